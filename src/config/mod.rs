@@ -1,0 +1,495 @@
+//! The gateway's configuration: TOML with embedded defaults, unknown keys refused, environment
+//! variables on top.
+
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::Deserialize;
+
+use crate::provider::{
+    Provider, ProviderOverride, ProviderSpec, Registry, RouteTimeouts, builtin_specs,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{origin}: {message}")]
+    Parse { origin: String, message: String },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A `tracing` filter such as `info` or `sidetrace=debug,info`.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Text,
+            level: "info".to_string(),
+        }
+    }
+}
+
+/// Default timeouts for every provider; a provider file or `[providers.<name>.timeouts]` can
+/// override each.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TimeoutConfig {
+    /// From sending the request to receiving the response headers. Non-streamed calls to
+    /// reasoning models can think for minutes before the headers come.
+    pub response_headers_ms: u64,
+    /// Longest silence between two body frames of a response.
+    pub idle_ms: u64,
+    /// Whole call, from request to last byte.
+    pub total_ms: u64,
+}
+
+impl Default for TimeoutConfig {
+    fn default() -> Self {
+        TimeoutConfig {
+            response_headers_ms: 600_000,
+            idle_ms: 300_000,
+            total_ms: 1_800_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TlsRoots {
+    /// Mozilla's roots, bundled in the binary: the same in every container.
+    Webpki,
+    /// The operating system's store (corporate TLS-inspecting proxies).
+    Native,
+    Both,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamConfig {
+    pub connect_timeout_ms: u64,
+    pub tls_roots: TlsRoots,
+    /// An extra PEM file of CA certificates to trust (private upstreams, test servers).
+    pub extra_ca_file: Option<PathBuf>,
+    /// Streams the gateway puts on one HTTP/2 connection before it opens another. Most servers
+    /// allow 100; above their limit, requests would queue inside one connection.
+    pub http2_max_streams_per_connection: usize,
+    /// Upper bound on HTTP/2 connections per upstream host.
+    pub http2_max_connections: usize,
+    pub pool_idle_timeout_ms: u64,
+    pub pool_max_idle_per_host: usize,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        UpstreamConfig {
+            connect_timeout_ms: 5_000,
+            tls_roots: TlsRoots::Webpki,
+            extra_ca_file: None,
+            http2_max_streams_per_connection: 100,
+            http2_max_connections: 64,
+            pool_idle_timeout_ms: 90_000,
+            pool_max_idle_per_host: 512,
+        }
+    }
+}
+
+/// The whole configuration file. Every key has a default, so an empty file is valid.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub listen: String,
+    pub admin_listen: String,
+    /// Provider that serves bare `/v1/...` paths; empty for none.
+    pub default_provider: String,
+    /// Extra provider files (`*.toml`), added to or replacing the built-in ones by name.
+    pub providers_dir: Option<PathBuf>,
+    /// Calls in flight at once, streams included; above it the gateway answers 503 at once.
+    pub max_concurrent_requests: usize,
+    pub max_request_body_bytes: u64,
+    /// On SIGTERM, how long open calls may take to finish before they are cut.
+    pub shutdown_grace_ms: u64,
+    pub log: LogConfig,
+    pub timeouts: TimeoutConfig,
+    pub upstream: UpstreamConfig,
+    pub providers: BTreeMap<String, ProviderOverride>,
+}
+
+impl PartialEq for ProviderOverride {
+    fn eq(&self, other: &Self) -> bool {
+        format!("{self:?}") == format!("{other:?}")
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "127.0.0.1:4000".to_string(),
+            admin_listen: "127.0.0.1:4001".to_string(),
+            default_provider: "openai".to_string(),
+            providers_dir: None,
+            max_concurrent_requests: 10_000,
+            max_request_body_bytes: 32 * 1024 * 1024,
+            shutdown_grace_ms: 30_000,
+            log: LogConfig::default(),
+            timeouts: TimeoutConfig::default(),
+            upstream: UpstreamConfig::default(),
+            providers: BTreeMap::new(),
+        }
+    }
+}
+
+/// Environment variables read by [`Config::apply_env`], for the docs and `--help`.
+pub const ENV_VARS: &[(&str, &str)] = &[
+    ("SIDETRACE_CONFIG", "config file path (same as --config)"),
+    ("SIDETRACE_LISTEN", "proxy listen address (listen)"),
+    (
+        "SIDETRACE_ADMIN_LISTEN",
+        "admin listen address (admin_listen)",
+    ),
+    (
+        "SIDETRACE_DEFAULT_PROVIDER",
+        "provider for bare /v1 paths (default_provider)",
+    ),
+    (
+        "SIDETRACE_PROVIDERS_DIR",
+        "extra provider files (providers_dir)",
+    ),
+    (
+        "SIDETRACE_LOG",
+        "log filter, e.g. debug (log.level); RUST_LOG is read when unset",
+    ),
+    ("SIDETRACE_LOG_FORMAT", "text or json (log.format)"),
+    (
+        "SIDETRACE_<PROVIDER>_BASE_URL",
+        "upstream of one provider, e.g. SIDETRACE_OPENAI_BASE_URL",
+    ),
+];
+
+impl Config {
+    /// Parses a config file's text; `origin` names it in errors.
+    pub fn from_toml(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            origin: origin.to_string(),
+            message: e.to_string().trim_end().to_string(),
+        })
+    }
+
+    /// Reads the file if one is given, else the embedded defaults, then applies the process
+    /// environment.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut config = match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+                Config::from_toml(&text, &path.display().to_string())?
+            }
+            None => Config::default(),
+        };
+        config.apply_env(std::env::vars())?;
+        Ok(config)
+    }
+
+    /// Environment overrides the file: deployments set addresses and upstreams per pod.
+    pub fn apply_env(
+        &mut self,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<(), ConfigError> {
+        let mut rust_log = None;
+        let mut level_set = false;
+        for (key, value) in vars {
+            match key.as_str() {
+                "SIDETRACE_LISTEN" => self.listen = value,
+                "SIDETRACE_ADMIN_LISTEN" => self.admin_listen = value,
+                "SIDETRACE_DEFAULT_PROVIDER" => self.default_provider = value,
+                "SIDETRACE_PROVIDERS_DIR" => self.providers_dir = Some(PathBuf::from(value)),
+                "SIDETRACE_LOG" => {
+                    self.log.level = value;
+                    level_set = true;
+                }
+                "RUST_LOG" => rust_log = Some(value),
+                "SIDETRACE_LOG_FORMAT" => {
+                    self.log.format = match value.as_str() {
+                        "text" => LogFormat::Text,
+                        "json" => LogFormat::Json,
+                        other => {
+                            return Err(ConfigError::Invalid(format!(
+                                "SIDETRACE_LOG_FORMAT={other:?}: expected text or json"
+                            )));
+                        }
+                    }
+                }
+                _ => {
+                    if let Some(name) = key
+                        .strip_prefix("SIDETRACE_")
+                        .and_then(|k| k.strip_suffix("_BASE_URL"))
+                        .filter(|n| !n.is_empty())
+                    {
+                        let name = name.to_ascii_lowercase();
+                        self.providers.entry(name).or_default().base_url = Some(value);
+                    }
+                }
+            }
+        }
+        if let (Some(filter), false) = (rust_log, level_set) {
+            self.log.level = filter;
+        }
+        Ok(())
+    }
+
+    pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
+        parse_addr("listen", &self.listen)
+    }
+
+    pub fn admin_addr(&self) -> Result<SocketAddr, ConfigError> {
+        parse_addr("admin_listen", &self.admin_listen)
+    }
+
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_millis(self.shutdown_grace_ms)
+    }
+
+    /// The provider specs in force: built-in files, then `providers_dir`, then config tables.
+    pub fn provider_specs(&self) -> Result<Vec<ProviderSpec>, ConfigError> {
+        let mut specs: BTreeMap<String, ProviderSpec> = BTreeMap::new();
+        for (file, text) in builtin_specs() {
+            let spec = parse_spec(text, &format!("providers/{file}"))?;
+            specs.insert(spec.name.clone(), spec);
+        }
+        if let Some(dir) = &self.providers_dir {
+            let entries = std::fs::read_dir(dir).map_err(|source| ConfigError::Read {
+                path: dir.clone(),
+                source,
+            })?;
+            let mut files: Vec<PathBuf> = entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+                .collect();
+            files.sort();
+            for path in files {
+                let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                let spec = parse_spec(&text, &path.display().to_string())?;
+                specs.insert(spec.name.clone(), spec);
+            }
+        }
+        for (name, o) in &self.providers {
+            if o.enabled == Some(false) {
+                specs.remove(name);
+                continue;
+            }
+            let spec = match specs.get_mut(name) {
+                Some(spec) => spec,
+                None => {
+                    if o.base_url.is_none() {
+                        return Err(ConfigError::Invalid(format!(
+                            "[providers.{name}] is not a built-in provider; a new provider needs base_url"
+                        )));
+                    }
+                    specs
+                        .entry(name.clone())
+                        .or_insert_with(|| ProviderSpec::openai_compatible(name))
+                }
+            };
+            spec.apply(o);
+        }
+        Ok(specs.into_values().collect())
+    }
+
+    /// Validates the providers and builds the routing table.
+    pub fn registry(&self) -> Result<Registry, ConfigError> {
+        let defaults = RouteTimeouts {
+            response_headers: Duration::from_millis(self.timeouts.response_headers_ms),
+            idle: Duration::from_millis(self.timeouts.idle_ms),
+            total: Duration::from_millis(self.timeouts.total_ms),
+        };
+        let providers = self
+            .provider_specs()?
+            .iter()
+            .map(|s| Provider::from_spec(s, defaults))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(ConfigError::Invalid)?;
+        Registry::new(providers, &self.default_provider).map_err(ConfigError::Invalid)
+    }
+
+    /// Everything `serve` checks before it binds a port.
+    pub fn validate(&self) -> Result<Registry, ConfigError> {
+        self.listen_addr()?;
+        self.admin_addr()?;
+        if self.max_concurrent_requests == 0 {
+            return Err(ConfigError::Invalid(
+                "max_concurrent_requests must be at least 1".into(),
+            ));
+        }
+        if self.upstream.http2_max_streams_per_connection == 0
+            || self.upstream.http2_max_connections == 0
+        {
+            return Err(ConfigError::Invalid(
+                "upstream.http2_max_streams_per_connection and http2_max_connections must be at least 1".into(),
+            ));
+        }
+        for (name, ms) in [
+            (
+                "timeouts.response_headers_ms",
+                self.timeouts.response_headers_ms,
+            ),
+            ("timeouts.idle_ms", self.timeouts.idle_ms),
+            ("timeouts.total_ms", self.timeouts.total_ms),
+            (
+                "upstream.connect_timeout_ms",
+                self.upstream.connect_timeout_ms,
+            ),
+        ] {
+            if ms == 0 {
+                return Err(ConfigError::Invalid(format!("{name} must be at least 1")));
+            }
+        }
+        tracing_subscriber::EnvFilter::try_new(&self.log.level)
+            .map_err(|e| ConfigError::Invalid(format!("log.level {:?}: {e}", self.log.level)))?;
+        crate::proxy::upstream::tls_config(&self.upstream).map_err(ConfigError::Invalid)?;
+        self.registry()
+    }
+}
+
+fn parse_spec(text: &str, origin: &str) -> Result<ProviderSpec, ConfigError> {
+    toml::from_str(text).map_err(|e| ConfigError::Parse {
+        origin: origin.to_string(),
+        message: e.to_string().trim_end().to_string(),
+    })
+}
+
+fn parse_addr(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
+    value.parse().map_err(|_| {
+        ConfigError::Invalid(format!(
+            "{key} = {value:?} is not an address like 127.0.0.1:4000"
+        ))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_documented_example_config_equals_the_built_in_defaults() {
+        let text = include_str!("../../config/sidetrace.toml");
+        let parsed = Config::from_toml(text, "config/sidetrace.toml").unwrap();
+        assert_eq!(parsed, Config::default());
+    }
+
+    #[test]
+    fn unknown_keys_are_reported_with_file_line_and_key() {
+        let err = Config::from_toml(
+            "listen = \"127.0.0.1:1\"\n\n[timeouts]\nidle_msec = 5\n",
+            "my.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.starts_with("my.toml: "), "{err}");
+        assert!(err.contains("line 4"), "{err}");
+        assert!(err.contains("idle_msec"), "{err}");
+    }
+
+    #[test]
+    fn unknown_provider_keys_are_refused() {
+        let err = Config::from_toml("[providers.openai]\nbase_uri = \"http://x\"\n", "c.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("base_uri") && err.contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn every_built_in_provider_file_is_valid() {
+        let registry = Config::default().validate().unwrap();
+        let names: Vec<&str> = registry.providers().map(|p| p.name.as_str()).collect();
+        for want in [
+            "openai",
+            "anthropic",
+            "gemini",
+            "azure",
+            "groq",
+            "mistral",
+            "deepseek",
+            "together",
+            "openrouter",
+            "xai",
+            "ollama",
+            "vllm",
+            "bedrock",
+        ] {
+            assert!(names.contains(&want), "missing provider {want}: {names:?}");
+        }
+    }
+
+    #[test]
+    fn env_overrides_addresses_and_provider_base_urls() {
+        let mut c = Config::default();
+        c.apply_env([
+            ("SIDETRACE_LISTEN".to_string(), "0.0.0.0:9000".to_string()),
+            (
+                "SIDETRACE_OPENAI_BASE_URL".to_string(),
+                "http://127.0.0.1:9".to_string(),
+            ),
+            ("RUST_LOG".to_string(), "debug".to_string()),
+        ])
+        .unwrap();
+        assert_eq!(c.listen, "0.0.0.0:9000");
+        assert_eq!(c.log.level, "debug");
+        let registry = c.registry().unwrap();
+        let route = registry.route("/v1/chat/completions").unwrap();
+        assert_eq!(route.uri, "http://127.0.0.1:9/v1/chat/completions");
+    }
+
+    #[test]
+    fn a_new_provider_in_the_config_is_openai_compatible() {
+        let c = Config::from_toml(
+            "[providers.mylab]\nbase_url = \"http://10.0.0.5:8000\"\n",
+            "c.toml",
+        )
+        .unwrap();
+        let route = c
+            .registry()
+            .unwrap()
+            .route("/mylab/v1/chat/completions")
+            .unwrap();
+        assert_eq!(route.uri, "http://10.0.0.5:8000/v1/chat/completions");
+        assert_eq!(route.format, crate::provider::WireFormat::ChatCompletions);
+    }
+
+    #[test]
+    fn a_new_provider_without_base_url_is_refused() {
+        let c =
+            Config::from_toml("[providers.mylab]\nroute_prefix = \"/lab\"\n", "c.toml").unwrap();
+        assert!(
+            c.registry()
+                .unwrap_err()
+                .to_string()
+                .contains("needs base_url")
+        );
+    }
+}

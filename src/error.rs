@@ -1,0 +1,131 @@
+//! One place turns every failure on the request path into a response, and says whose fault it was.
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+
+use crate::proxy::body::{ProxyBody, full};
+
+/// Whose fault a failure was: decides the status class and how loudly it is logged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// The client sent something we cannot forward.
+    Client,
+    /// The upstream provider could not be reached or did not answer in time.
+    Upstream,
+    /// The gateway itself (overload, shutdown, a bug).
+    Gateway,
+}
+
+impl Fault {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Fault::Client => "client",
+            Fault::Upstream => "upstream",
+            Fault::Gateway => "gateway",
+        }
+    }
+}
+
+/// A failure on the request path. Upstream HTTP error responses are not errors here: they pass
+/// through to the client unchanged.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("no provider route matches {path}; valid prefixes: {prefixes}")]
+    UnknownRoute { path: String, prefixes: String },
+    #[error("invalid {param} in path: {value:?} (expected letters, digits and '-')")]
+    BadRouteParam { param: String, value: String },
+    #[error("request body exceeds the limit of {limit} bytes")]
+    BodyTooLarge { limit: u64 },
+    #[error("client request body failed: {0}")]
+    ClientBody(String),
+    #[error("upstream {host} is unreachable: {reason}")]
+    UpstreamUnreachable { host: String, reason: String },
+    #[error("upstream {host} sent no response headers within {ms} ms")]
+    UpstreamTimeout { host: String, ms: u64 },
+    #[error("gateway overloaded: {limit} calls already in flight, retry shortly")]
+    Overloaded { limit: usize },
+    #[error("internal gateway error: {0}")]
+    Internal(String),
+}
+
+impl ProxyError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::UnknownRoute { .. } => StatusCode::NOT_FOUND,
+            ProxyError::BadRouteParam { .. } | ProxyError::ClientBody(_) => StatusCode::BAD_REQUEST,
+            ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::UpstreamUnreachable { .. } => StatusCode::BAD_GATEWAY,
+            ProxyError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn fault(&self) -> Fault {
+        match self {
+            ProxyError::UnknownRoute { .. }
+            | ProxyError::BadRouteParam { .. }
+            | ProxyError::BodyTooLarge { .. }
+            | ProxyError::ClientBody(_) => Fault::Client,
+            ProxyError::UpstreamUnreachable { .. } | ProxyError::UpstreamTimeout { .. } => {
+                Fault::Upstream
+            }
+            ProxyError::Overloaded { .. } | ProxyError::Internal(_) => Fault::Gateway,
+        }
+    }
+
+    /// A stable machine-readable code, used as `error.code` in the body and as the
+    /// `error.type` of the call record.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ProxyError::UnknownRoute { .. } => "unknown_route",
+            ProxyError::BadRouteParam { .. } => "bad_route_param",
+            ProxyError::BodyTooLarge { .. } => "request_too_large",
+            ProxyError::ClientBody(_) => "client_body_error",
+            ProxyError::UpstreamUnreachable { .. } => "upstream_unreachable",
+            ProxyError::UpstreamTimeout { .. } => "upstream_timeout",
+            ProxyError::Overloaded { .. } => "gateway_overloaded",
+            ProxyError::Internal(_) => "internal_error",
+        }
+    }
+
+    fn error_type(&self) -> &'static str {
+        match self.fault() {
+            Fault::Client => "invalid_request_error",
+            Fault::Upstream => "upstream_error",
+            Fault::Gateway => match self {
+                ProxyError::Overloaded { .. } => "overloaded_error",
+                _ => "api_error",
+            },
+        }
+    }
+
+    /// The body is shaped so that both OpenAI's SDKs (`error.message`, `error.type`, `error.code`)
+    /// and Anthropic's (`type: "error"`, `error.type`) surface it as a normal API error.
+    pub fn to_response(&self) -> Response<ProxyBody> {
+        let body = serde_json::json!({
+            "type": "error",
+            "error": {
+                "type": self.error_type(),
+                "code": self.code(),
+                "message": self.to_string(),
+                "source": "sidetrace",
+            }
+        });
+        let mut response = Response::new(full(Bytes::from(body.to_string())));
+        *response.status_mut() = self.status();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        headers.insert(
+            "x-sidetrace-error-source",
+            HeaderValue::from_static(self.fault().as_str()),
+        );
+        if matches!(self, ProxyError::Overloaded { .. }) {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}

@@ -1,0 +1,14 @@
+//! sidetrace: a reverse-proxy LLM gateway. Calls stream through untouched; usage, cost and
+//! traces are read on the side. See ARCHITECTURE.md for the map.
+
+pub mod admin;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod metrics;
+pub mod provider;
+pub mod proxy;
+pub mod server;
+
+pub use config::Config;
+pub use server::Gateway;

@@ -1,0 +1,166 @@
+//! The shape of a provider file, and of a `[providers.<name>]` override in the config.
+
+use serde::Deserialize;
+
+/// How a response body on a path is framed and which extractor reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WireFormat {
+    ChatCompletions,
+    Completions,
+    Embeddings,
+    Responses,
+    Messages,
+    GenerateContent,
+    OllamaChat,
+    OllamaGenerate,
+    Converse,
+    ConverseStream,
+    InvokeModel,
+    InvokeModelWithResponseStream,
+    /// Forwarded, not inspected.
+    Passthrough,
+}
+
+/// Which headers carry the client's credentials, and optionally a key the gateway holds itself.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSpec {
+    /// Headers that carry a credential. They pass through untouched and are never logged,
+    /// stored or exported.
+    #[serde(default)]
+    pub credential_headers: Vec<String>,
+    /// Header the gateway sets when it holds the provider key itself.
+    pub key_header: Option<String>,
+    /// Prefix of the header value, e.g. `"Bearer "`.
+    #[serde(default)]
+    pub key_prefix: String,
+    /// Environment variable holding a gateway-held key. It is used only when the client sent
+    /// none of the credential headers.
+    pub key_env: Option<String>,
+}
+
+/// A path pattern on the upstream side (after the route prefix) and the wire format it speaks.
+/// `*` matches any run of characters other than `/`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PathSpec {
+    pub pattern: String,
+    pub format: WireFormat,
+}
+
+/// Per-provider timeout overrides, in milliseconds.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimeoutOverrides {
+    pub connect_ms: Option<u64>,
+    pub response_headers_ms: Option<u64>,
+    pub idle_ms: Option<u64>,
+    pub total_ms: Option<u64>,
+}
+
+/// One provider file in `providers/`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderSpec {
+    pub name: String,
+    /// The OpenTelemetry `gen_ai.provider.name` value.
+    pub gen_ai_provider: String,
+    /// The provider's origin, optionally with a path prefix. `{param}` placeholders in the host
+    /// take their value from the leading path segments after the route prefix.
+    pub base_url: String,
+    /// Defaults to `/<name>`.
+    pub route_prefix: Option<String>,
+    /// Speak HTTP/2 without TLS to a plain `http://` upstream (h2c prior knowledge).
+    #[serde(default)]
+    pub http2_prior_knowledge: bool,
+    #[serde(default)]
+    pub auth: AuthSpec,
+    #[serde(default)]
+    pub paths: Vec<PathSpec>,
+    #[serde(default)]
+    pub timeouts: TimeoutOverrides,
+    /// Free text for humans: where the provider documents its API.
+    pub docs: Option<String>,
+}
+
+/// A `[providers.<name>]` table in the config: every field optional. On a provider that exists
+/// it overrides the given fields; with a new name it defines an OpenAI-compatible provider.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderOverride {
+    pub gen_ai_provider: Option<String>,
+    pub base_url: Option<String>,
+    pub route_prefix: Option<String>,
+    pub http2_prior_knowledge: Option<bool>,
+    pub auth: Option<AuthSpec>,
+    pub paths: Option<Vec<PathSpec>>,
+    pub timeouts: Option<TimeoutOverrides>,
+    /// `false` removes a built-in provider.
+    pub enabled: Option<bool>,
+}
+
+impl ProviderSpec {
+    /// The spec of a new OpenAI-compatible provider defined only in the config.
+    pub fn openai_compatible(name: &str) -> ProviderSpec {
+        let paths = [
+            ("/v1/chat/completions", WireFormat::ChatCompletions),
+            ("/v1/completions", WireFormat::Completions),
+            ("/v1/embeddings", WireFormat::Embeddings),
+            ("/v1/responses", WireFormat::Responses),
+            ("/chat/completions", WireFormat::ChatCompletions),
+            ("/completions", WireFormat::Completions),
+            ("/embeddings", WireFormat::Embeddings),
+        ]
+        .into_iter()
+        .map(|(pattern, format)| PathSpec {
+            pattern: pattern.to_string(),
+            format,
+        })
+        .collect();
+        ProviderSpec {
+            name: name.to_string(),
+            gen_ai_provider: name.to_string(),
+            base_url: String::new(),
+            route_prefix: None,
+            http2_prior_knowledge: false,
+            auth: AuthSpec {
+                credential_headers: vec!["authorization".to_string()],
+                key_header: Some("authorization".to_string()),
+                key_prefix: "Bearer ".to_string(),
+                key_env: None,
+            },
+            paths,
+            timeouts: TimeoutOverrides::default(),
+            docs: None,
+        }
+    }
+
+    pub fn apply(&mut self, o: &ProviderOverride) {
+        if let Some(v) = &o.gen_ai_provider {
+            self.gen_ai_provider = v.clone();
+        }
+        if let Some(v) = &o.base_url {
+            self.base_url = v.clone();
+        }
+        if let Some(v) = &o.route_prefix {
+            self.route_prefix = Some(v.clone());
+        }
+        if let Some(v) = o.http2_prior_knowledge {
+            self.http2_prior_knowledge = v;
+        }
+        if let Some(v) = &o.auth {
+            self.auth = v.clone();
+        }
+        if let Some(v) = &o.paths {
+            self.paths = v.clone();
+        }
+        if let Some(t) = &o.timeouts {
+            let own = &mut self.timeouts;
+            own.connect_ms = t.connect_ms.or(own.connect_ms);
+            own.response_headers_ms = t.response_headers_ms.or(own.response_headers_ms);
+            own.idle_ms = t.idle_ms.or(own.idle_ms);
+            own.total_ms = t.total_ms.or(own.total_ms);
+        }
+    }
+}

@@ -1,0 +1,67 @@
+//! Rescue: the one place a `ProxyError` becomes a JSON response, so hyper never sees an `Err`.
+
+use std::{
+    convert::Infallible,
+    task::{Context, Poll},
+};
+
+use http::{Request, Response};
+use tower::{Layer, Service};
+
+use super::body::ProxyBody;
+use crate::error::{Fault, ProxyError};
+
+#[derive(Clone, Default)]
+pub struct RescueLayer;
+
+impl<S> Layer<S> for RescueLayer {
+    type Service = Rescue<S>;
+    fn layer(&self, inner: S) -> Rescue<S> {
+        Rescue { inner }
+    }
+}
+
+#[derive(Clone)]
+pub struct Rescue<S> {
+    inner: S,
+}
+
+impl<S, B> Service<Request<B>> for Rescue<S>
+where
+    S: Service<Request<B>, Response = Response<ProxyBody>, Error = ProxyError>,
+    S::Future: Send + 'static,
+{
+    type Response = Response<ProxyBody>;
+    type Error = Infallible;
+    type Future = super::BoxFuture<Result<Response<ProxyBody>, Infallible>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        match self.inner.poll_ready(cx) {
+            Poll::Ready(Err(e)) => {
+                // Our services are always ready; an error here is a bug, answered per call.
+                tracing::error!(error = %e, "service not ready");
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Ok(())) => Poll::Ready(Ok(())),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let path = req.uri().path().to_string();
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            match fut.await {
+                Ok(response) => Ok(response),
+                Err(e) => {
+                    match e.fault() {
+                        Fault::Client => tracing::debug!(%path, error = %e, "client error"),
+                        Fault::Upstream => tracing::warn!(%path, error = %e, "upstream error"),
+                        Fault::Gateway => tracing::error!(%path, error = %e, "gateway error"),
+                    }
+                    Ok(e.to_response())
+                }
+            }
+        })
+    }
+}

@@ -1,0 +1,92 @@
+//! Routing: picks the provider from the path prefix, and counts each routed call by provider and
+//! status once its response headers (or its error) are known.
+
+use std::{
+    sync::Arc,
+    task::{Context, Poll},
+    time::Instant,
+};
+
+use http::{Request, Response};
+use tower::{Layer, Service};
+
+use super::body::ProxyBody;
+use crate::{error::ProxyError, metrics::Metrics, provider::Registry};
+
+#[derive(Clone)]
+pub struct RouteLayer {
+    registry: Arc<Registry>,
+    metrics: Arc<Metrics>,
+}
+
+impl RouteLayer {
+    pub fn new(registry: Arc<Registry>, metrics: Arc<Metrics>) -> Self {
+        RouteLayer { registry, metrics }
+    }
+}
+
+impl<S> Layer<S> for RouteLayer {
+    type Service = RouteService<S>;
+    fn layer(&self, inner: S) -> RouteService<S> {
+        RouteService {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct RouteService<S> {
+    inner: S,
+    layer: RouteLayer,
+}
+
+impl<S, B> Service<Request<B>> for RouteService<S>
+where
+    S: Service<Request<B>, Response = Response<ProxyBody>, Error = ProxyError>,
+    S::Future: Send + 'static,
+{
+    type Response = Response<ProxyBody>;
+    type Error = ProxyError;
+    type Future = super::BoxFuture<Result<Response<ProxyBody>, ProxyError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        let path_and_query = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        let route = match self.layer.registry.route(path_and_query) {
+            Ok(route) => route,
+            Err(e) => {
+                self.layer.metrics.rejected(e.code());
+                return Box::pin(std::future::ready(Err(e)));
+            }
+        };
+        let provider = route.provider.clone();
+        let method = req.method().clone();
+        // The path only: query strings can carry keys (Gemini's ?key=).
+        let path = req.uri().path().to_string();
+        req.extensions_mut().insert(route);
+        let metrics = self.layer.metrics.clone();
+        let started = Instant::now();
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            let result = fut.await;
+            let status = match &result {
+                Ok(r) => r.status(),
+                Err(e) => e.status(),
+            };
+            metrics.call_finished_headers(&provider.name, status.as_u16());
+            tracing::debug!(
+                provider = %provider.name,
+                %method,
+                %path,
+                status = status.as_u16(),
+                headers_ms = started.elapsed().as_secs_f64() * 1e3,
+                "call"
+            );
+            result
+        })
+    }
+}

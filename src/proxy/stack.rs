@@ -1,0 +1,60 @@
+//! THE layer order of the request path, outermost first. Each layer says why it sits where it is.
+
+use std::{convert::Infallible, sync::Arc};
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use tower::{Service, ServiceBuilder};
+use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
+
+use super::{
+    body::ProxyBody,
+    limit::BodyLimitLayer,
+    request_id::{MakeCallId, REQUEST_ID_HEADER},
+    rescue::RescueLayer,
+    rewrite::RewriteLayer,
+    route::RouteLayer,
+    shed::LoadShedLayer,
+    timeouts::TimeoutsLayer,
+    upstream::{Upstream, UpstreamClient},
+};
+use crate::{config::Config, metrics::Metrics, provider::Registry};
+
+/// Builds the service that answers every proxied request.
+pub fn build(
+    config: &Config,
+    registry: Arc<Registry>,
+    client: Arc<UpstreamClient>,
+    metrics: Arc<Metrics>,
+) -> impl Service<Request<Incoming>, Response = Response<ProxyBody>, Error = Infallible, Future: Send>
++ Clone
++ Send
++ 'static {
+    ServiceBuilder::new()
+        // Request id first, so that every response, the rescued errors included, carries it.
+        .layer(SetRequestIdLayer::new(
+            REQUEST_ID_HEADER,
+            MakeCallId::default(),
+        ))
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID_HEADER))
+        // Rescue: every error below becomes a JSON response here; hyper never sees an Err.
+        .layer(RescueLayer)
+        // Load shed before any work is done: past the limit a call costs one atomic and a 503.
+        // The permit lives in the response body, so open streams count.
+        .layer(LoadShedLayer::new(
+            config.max_concurrent_requests,
+            metrics.clone(),
+        ))
+        // Body limit before routing: a declared oversize body is refused before we look at it,
+        // a streamed one is cut when it grows past the limit.
+        .layer(BodyLimitLayer::new(config.max_request_body_bytes))
+        // Route: the path prefix alone picks the upstream (no header or body can: no SSRF).
+        // Counts each routed call by provider and status.
+        .layer(RouteLayer::new(registry, metrics.clone()))
+        // Rewrite: upstream URI, hop-by-hop headers, Host, x-sidetrace-* stripped, credentials kept.
+        .layer(RewriteLayer)
+        // Timeouts wrap only the upstream exchange: time to headers, idle between frames, total.
+        .layer(TimeoutsLayer)
+        // Upstream: pooled hyper client over rustls; never retries a POST.
+        .service(Upstream::new(client, metrics))
+}

@@ -1,0 +1,219 @@
+//! Listeners, connection handling and graceful shutdown for the proxy and admin ports.
+
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+    server::{conn::auto, graceful::GracefulShutdown},
+    service::TowerToHyperService,
+};
+use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
+use tower::Service;
+
+use crate::{
+    admin::{self, AdminState},
+    config::{Config, ConfigError},
+    metrics::Metrics,
+    proxy::{body::ProxyBody, stack, upstream::UpstreamClient},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("upstream client: {0}")]
+    Client(String),
+}
+
+/// How a shutdown went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShutdownReport {
+    /// Every open call finished within the grace period.
+    pub drained: bool,
+}
+
+/// A running gateway: the proxy and admin listeners and their connections.
+pub struct Gateway {
+    /// Where apps send their calls.
+    pub addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub metrics: Arc<Metrics>,
+    shutdown: watch::Sender<bool>,
+    task: JoinHandle<ShutdownReport>,
+}
+
+impl Gateway {
+    /// Validates the config, binds both listeners and starts serving. Port 0 picks a free port.
+    pub async fn start(config: Config) -> Result<Gateway, StartError> {
+        let registry = Arc::new(config.validate()?);
+        let metrics = Arc::new(Metrics::new());
+        let client = Arc::new(UpstreamClient::new(&config.upstream).map_err(StartError::Client)?);
+
+        let bind = |what, addr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::Bind { what, addr, source })
+        };
+        let listener = bind("listen", config.listen_addr()?).await?;
+        let admin_listener = bind("admin_listen", config.admin_addr()?).await?;
+        let addr = local_addr(&listener, "listen")?;
+        let admin_addr = local_addr(&admin_listener, "admin_listen")?;
+
+        let proxy = stack::build(&config, registry.clone(), client, metrics.clone());
+        let admin_state = Arc::new(AdminState {
+            metrics: metrics.clone(),
+            ready: AtomicBool::new(true),
+        });
+        let admin_service = tower::service_fn({
+            let state = admin_state.clone();
+            move |req: Request<Incoming>| admin::handle(state.clone(), req)
+        });
+
+        let (shutdown, signal) = watch::channel(false);
+        let grace = config.shutdown_grace();
+        let task = tokio::spawn(async move {
+            let admin_stop = watch::channel(false);
+            let admin_task = tokio::spawn(serve(
+                admin_listener,
+                admin_service,
+                admin_stop.1,
+                Duration::from_secs(1),
+                "admin",
+            ));
+            let mut on_signal = signal.clone();
+            let ready = admin_state.clone();
+            tokio::spawn(async move {
+                let _ = on_signal.wait_for(|stop| *stop).await;
+                ready.ready.store(false, Ordering::Release);
+            });
+            let drained = serve(listener, proxy, signal, grace, "proxy").await;
+            let _ = admin_stop.0.send(true);
+            let _ = admin_task.await;
+            ShutdownReport { drained }
+        });
+        tracing::info!(%addr, %admin_addr, providers = registry.providers().count(), "sidetrace listening");
+        Ok(Gateway {
+            addr,
+            admin_addr,
+            metrics,
+            shutdown,
+            task,
+        })
+    }
+
+    /// Stops accepting connections; open calls may finish within the grace period.
+    pub fn begin_shutdown(&self) {
+        self.shutdown.send_replace(true);
+    }
+
+    /// Shuts down and waits until every connection is closed or the grace period is over.
+    pub async fn shutdown(self) -> ShutdownReport {
+        self.begin_shutdown();
+        self.wait().await
+    }
+
+    /// Waits for the gateway to stop (after `begin_shutdown`).
+    pub async fn wait(self) -> ShutdownReport {
+        match self.task.await {
+            Ok(report) => report,
+            Err(e) => {
+                tracing::error!(error = %e, "gateway task failed");
+                ShutdownReport { drained: false }
+            }
+        }
+    }
+}
+
+fn local_addr(listener: &TcpListener, what: &'static str) -> Result<SocketAddr, StartError> {
+    listener.local_addr().map_err(|source| StartError::Bind {
+        what,
+        addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+        source,
+    })
+}
+
+/// Accepts connections until told to stop, then lets open connections finish for up to
+/// `grace`. Returns whether they all finished.
+async fn serve<S>(
+    listener: TcpListener,
+    service: S,
+    mut stop: watch::Receiver<bool>,
+    grace: Duration,
+    name: &'static str,
+) -> bool
+where
+    S: Service<Request<Incoming>, Response = Response<ProxyBody>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(30));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(1024);
+    let graceful = GracefulShutdown::new();
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = stop.wait_for(|stop| *stop) => break,
+        };
+        match accepted {
+            Ok((stream, _peer)) => {
+                // Small SSE events must leave at once, not wait for Nagle.
+                let _ = stream.set_nodelay(true);
+                let conn = builder
+                    .serve_connection_with_upgrades(
+                        TokioIo::new(stream),
+                        TowerToHyperService::new(service.clone()),
+                    )
+                    .into_owned();
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(listener = name, error = %e, "connection ended with an error");
+                    }
+                });
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: keep serving the connections we have.
+                tracing::warn!(listener = name, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    drop(listener);
+    tracing::info!(
+        listener = name,
+        grace_ms = grace.as_millis() as u64,
+        "draining connections"
+    );
+    tokio::select! {
+        _ = graceful.shutdown() => true,
+        _ = tokio::time::sleep(grace) => {
+            tracing::warn!(listener = name, "grace period over; cutting the remaining connections");
+            false
+        }
+    }
+}
