@@ -1,0 +1,495 @@
+//! Test harness: an in-process scripted mock provider (HTTP/1.1, h2c or TLS with ALPN), the real
+//! gateway on port 0, and a plain hyper client.
+#![allow(dead_code)]
+
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    path::PathBuf,
+    pin::Pin,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode, Version};
+use http_body::{Body, Frame};
+use http_body_util::{BodyExt, Full, combinators::UnsyncBoxBody};
+use hyper::body::Incoming;
+use hyper_util::{
+    client::legacy::{Client, connect::HttpConnector},
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+    server::conn::auto,
+};
+use sidetrace::{Config, Gateway};
+use tokio::{
+    net::TcpListener,
+    sync::{Notify, mpsc},
+};
+
+pub type TestBody = UnsyncBoxBody<Bytes, std::io::Error>;
+
+/// One step of a scripted response body.
+#[derive(Clone, Debug)]
+pub enum Step {
+    Send(Bytes),
+    Pause(Duration),
+    /// Hold the response open, sending nothing, until the connection goes away.
+    Stall,
+    /// Break the connection mid-body.
+    Abort,
+    /// Wait until the mock has seen at least this many requests in total.
+    WaitForRequests(usize),
+}
+
+/// A scripted response.
+#[derive(Clone, Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub headers_delay: Duration,
+    pub steps: Vec<Step>,
+}
+
+impl Reply {
+    pub fn json(status: u16, body: &str) -> Reply {
+        Reply {
+            status,
+            headers: vec![("content-type".into(), "application/json".into())],
+            headers_delay: Duration::ZERO,
+            steps: vec![Step::Send(Bytes::from(body.to_string()))],
+        }
+    }
+
+    /// A `text/event-stream` response, one step per event, with a pause between events.
+    pub fn sse(events: &[&str], pause: Duration) -> Reply {
+        let mut steps = Vec::new();
+        for (i, e) in events.iter().enumerate() {
+            if i > 0 && !pause.is_zero() {
+                steps.push(Step::Pause(pause));
+            }
+            steps.push(Step::Send(Bytes::from(e.to_string())));
+        }
+        Reply {
+            status: 200,
+            headers: vec![
+                (
+                    "content-type".into(),
+                    "text/event-stream; charset=utf-8".into(),
+                ),
+                ("cache-control".into(), "no-cache".into()),
+            ],
+            headers_delay: Duration::ZERO,
+            steps,
+        }
+    }
+
+    pub fn header(mut self, name: &str, value: &str) -> Reply {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    pub fn then(mut self, step: Step) -> Reply {
+        self.steps.push(step);
+        self
+    }
+
+    pub fn delay_headers(mut self, d: Duration) -> Reply {
+        self.headers_delay = d;
+        self
+    }
+}
+
+/// A request as the mock provider received it.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub method: String,
+    pub uri: String,
+    pub version: Version,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+#[derive(Default, Clone)]
+pub struct MockOptions {
+    /// Serve TLS with this certificate chain and key (PEM); ALPN offers h2 and http/1.1.
+    pub tls: Option<(String, String)>,
+    /// HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS.
+    pub h2_max_streams: Option<u32>,
+}
+
+type Handler = dyn Fn(&Seen) -> Reply + Send + Sync;
+
+pub struct Mock {
+    pub addr: SocketAddr,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+    /// Request body frames received so far, over all requests.
+    pub body_frames: Arc<AtomicUsize>,
+    pub body_frame_seen: Arc<Notify>,
+    requests: Arc<AtomicUsize>,
+    request_seen: Arc<Notify>,
+    tls: bool,
+}
+
+impl Mock {
+    pub async fn start(handler: impl Fn(&Seen) -> Reply + Send + Sync + 'static) -> Mock {
+        Mock::start_with(MockOptions::default(), handler).await
+    }
+
+    pub async fn start_with(
+        options: MockOptions,
+        handler: impl Fn(&Seen) -> Reply + Send + Sync + 'static,
+    ) -> Mock {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let handler: Arc<Handler> = Arc::new(handler);
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let body_frames = Arc::new(AtomicUsize::new(0));
+        let body_frame_seen = Arc::new(Notify::new());
+        let requests = Arc::new(AtomicUsize::new(0));
+        let request_seen = Arc::new(Notify::new());
+        let acceptor = options
+            .tls
+            .as_ref()
+            .map(|(cert, key)| tls_acceptor(cert, key));
+        let mock = Mock {
+            addr,
+            seen: seen.clone(),
+            body_frames: body_frames.clone(),
+            body_frame_seen: body_frame_seen.clone(),
+            requests: requests.clone(),
+            request_seen: request_seen.clone(),
+            tls: acceptor.is_some(),
+        };
+        let shared = Arc::new(MockShared {
+            handler,
+            seen,
+            body_frames,
+            body_frame_seen,
+            requests,
+            request_seen,
+        });
+        tokio::spawn(async move {
+            let mut builder = auto::Builder::new(TokioExecutor::new());
+            builder.http1().timer(TokioTimer::new());
+            if let Some(n) = options.h2_max_streams {
+                builder.http2().max_concurrent_streams(n);
+            }
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let _ = stream.set_nodelay(true);
+                let builder = builder.clone();
+                let shared = shared.clone();
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let service =
+                        hyper::service::service_fn(move |req| serve_one(shared.clone(), req));
+                    match acceptor {
+                        Some(acceptor) => {
+                            if let Ok(tls) = acceptor.accept(stream).await {
+                                let _ = builder.serve_connection(TokioIo::new(tls), service).await;
+                            }
+                        }
+                        None => {
+                            let _ = builder
+                                .serve_connection(TokioIo::new(stream), service)
+                                .await;
+                        }
+                    }
+                });
+            }
+        });
+        mock
+    }
+
+    pub fn url(&self) -> String {
+        if self.tls {
+            format!("https://localhost:{}", self.addr.port())
+        } else {
+            format!("http://{}", self.addr)
+        }
+    }
+
+    pub fn requests(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    pub fn last(&self) -> Seen {
+        self.seen
+            .lock()
+            .unwrap()
+            .last()
+            .cloned()
+            .expect("the mock saw no request")
+    }
+}
+
+struct MockShared {
+    handler: Arc<Handler>,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    body_frames: Arc<AtomicUsize>,
+    body_frame_seen: Arc<Notify>,
+    requests: Arc<AtomicUsize>,
+    request_seen: Arc<Notify>,
+}
+
+async fn serve_one(
+    shared: Arc<MockShared>,
+    req: Request<Incoming>,
+) -> Result<Response<TestBody>, Infallible> {
+    let (parts, mut body) = req.into_parts();
+    let mut collected = Vec::new();
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(frame) => {
+                if let Some(data) = frame.data_ref() {
+                    collected.extend_from_slice(data);
+                    shared.body_frames.fetch_add(1, Ordering::SeqCst);
+                    shared.body_frame_seen.notify_waiters();
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    let seen = Seen {
+        method: parts.method.to_string(),
+        uri: parts.uri.to_string(),
+        version: parts.version,
+        headers: parts.headers,
+        body: Bytes::from(collected),
+    };
+    let reply = (shared.handler)(&seen);
+    shared.seen.lock().unwrap().push(seen);
+    shared.requests.fetch_add(1, Ordering::SeqCst);
+    shared.request_seen.notify_waiters();
+    if !reply.headers_delay.is_zero() {
+        tokio::time::sleep(reply.headers_delay).await;
+    }
+    let (tx, rx) = mpsc::channel(16);
+    let requests = shared.requests.clone();
+    let request_seen = shared.request_seen.clone();
+    tokio::spawn(async move {
+        for step in reply.steps {
+            match step {
+                Step::Send(b) => {
+                    if tx.send(Ok(b)).await.is_err() {
+                        return;
+                    }
+                }
+                Step::Pause(d) => tokio::time::sleep(d).await,
+                Step::Stall => {
+                    tx.closed().await;
+                    return;
+                }
+                Step::Abort => {
+                    let _ = tx.send(Err(std::io::Error::other("scripted abort"))).await;
+                    return;
+                }
+                Step::WaitForRequests(n) => loop {
+                    let notified = request_seen.notified();
+                    if requests.load(Ordering::SeqCst) >= n {
+                        break;
+                    }
+                    let _ = tokio::time::timeout(Duration::from_millis(50), notified).await;
+                },
+            }
+        }
+    });
+    let mut response = Response::new(ChannelBody { rx }.boxed_unsync());
+    *response.status_mut() = StatusCode::from_u16(reply.status).unwrap();
+    for (k, v) in reply.headers {
+        response.headers_mut().append(
+            http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            v.parse().unwrap(),
+        );
+    }
+    Ok(response)
+}
+
+/// A body fed from a channel: each message is one frame.
+pub struct ChannelBody {
+    pub rx: mpsc::Receiver<Result<Bytes, std::io::Error>>,
+}
+
+impl Body for ChannelBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        self.rx.poll_recv(cx).map(|o| o.map(|r| r.map(Frame::data)))
+    }
+}
+
+fn tls_acceptor(cert_pem: &str, key_pem: &str) -> tokio_rustls::TlsAcceptor {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    tokio_rustls::TlsAcceptor::from(Arc::new(config))
+}
+
+/// A self-signed certificate for `localhost`: (cert PEM, key PEM).
+pub fn self_signed_localhost() -> (String, String) {
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    (certified.cert.pem(), certified.signing_key.serialize_pem())
+}
+
+/// The gateway on port 0 with `extra` TOML appended to the base config.
+pub async fn gateway(extra: &str) -> Gateway {
+    let text = format!("listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n{extra}");
+    let config = Config::from_toml(&text, "test.toml").unwrap();
+    Gateway::start(config).await.unwrap()
+}
+
+/// The gateway with openai, anthropic and a few more providers pointed at the mock.
+pub async fn gateway_for(mock: &Mock, extra: &str) -> Gateway {
+    let url = mock.url();
+    let mut text = String::new();
+    // Top-level keys must come before the first table.
+    let mut in_table = false;
+    let mut top_lines = String::new();
+    let mut table_lines = String::new();
+    for line in extra.lines() {
+        if line.trim_start().starts_with('[') {
+            in_table = true;
+        }
+        if in_table {
+            table_lines.push_str(line);
+            table_lines.push('\n');
+        } else {
+            top_lines.push_str(line);
+            top_lines.push('\n');
+        }
+    }
+    text.push_str(&top_lines);
+    for name in ["openai", "anthropic", "groq", "gemini"] {
+        let header = format!("[providers.{name}]\n");
+        let with_url = format!("{header}base_url = \"{url}\"\n");
+        if table_lines.contains(&header) {
+            table_lines = table_lines.replace(&header, &with_url);
+        } else {
+            text.push_str(&with_url);
+        }
+    }
+    text.push_str(&table_lines);
+    gateway(&text).await
+}
+
+pub fn client() -> Client<HttpConnector, TestBody> {
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(5))
+        .build_http()
+}
+
+pub fn h2_client() -> Client<HttpConnector, TestBody> {
+    Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http()
+}
+
+pub fn full_body(b: impl Into<Bytes>) -> TestBody {
+    Full::new(b.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Answer {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "body is not JSON ({e}): {}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+}
+
+/// POSTs `body` to the gateway and reads the whole answer.
+pub async fn post(gw: &Gateway, path: &str, headers: &[(&str, &str)], body: &str) -> Answer {
+    let mut req = Request::post(format!("http://{}{path}", gw.addr));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(full_body(body.to_string())).unwrap();
+    let response = client().request(req).await.unwrap();
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    Answer {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    }
+}
+
+/// Reads a response body frame by frame, with the time each frame arrived.
+pub async fn frames(body: Incoming) -> (Vec<(Instant, Bytes)>, Result<(), String>) {
+    let mut body = body;
+    let mut out = Vec::new();
+    loop {
+        match body.frame().await {
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    out.push((Instant::now(), data));
+                }
+            }
+            Some(Err(e)) => return (out, Err(e.to_string())),
+            None => return (out, Ok(())),
+        }
+    }
+}
+
+pub fn concat(frames: &[(Instant, Bytes)]) -> Vec<u8> {
+    frames.iter().flat_map(|(_, b)| b.iter().copied()).collect()
+}
+
+pub fn fixture(path: &str) -> Vec<u8> {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/providers")
+        .join(path);
+    std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+/// An address on which nothing listens.
+pub async fn closed_port() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    drop(l);
+    addr
+}
+
+pub async fn admin_get(gw: &Gateway, path: &str) -> Answer {
+    let req = Request::get(format!("http://{}{path}", gw.admin_addr))
+        .body(full_body(""))
+        .unwrap();
+    let response = client().request(req).await.unwrap();
+    let (parts, body) = response.into_parts();
+    Answer {
+        status: parts.status,
+        headers: parts.headers,
+        body: body.collect().await.unwrap().to_bytes(),
+    }
+}
