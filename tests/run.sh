@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it: formatting, lints, every test (Rust, and the official
+# Python SDKs through the gateway), and the benchmark's quick smoke mode.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+echo "== python venv with the official SDKs"
+bash tests/setup-python.sh
+
+echo "== cargo fmt"
+cargo fmt --all -- --check
+
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+
+echo "== cargo test"
+cargo test --workspace
+
+if [ -f load-tests/run.sh ]; then
+  echo "== benchmark smoke run"
+  bash load-tests/run.sh --quick
+fi

@@ -1,0 +1,165 @@
+//! The official `openai` and `anthropic` Python SDKs, unchanged but for their base URL, against
+//! the gateway and a mock provider that replays fixture bodies. Needs the venv that
+//! `tests/setup-python.sh` makes (the README's test command runs it).
+
+mod common;
+
+use std::{path::PathBuf, process::Command, time::Duration};
+
+use bytes::Bytes;
+use common::*;
+
+/// Splits an SSE body into its events (each with its blank line), to replay them one by one.
+fn sse_events(body: &[u8]) -> Vec<Bytes> {
+    let mut events = Vec::new();
+    let mut start = 0;
+    let mut i = 0;
+    while i + 1 < body.len() {
+        if body[i] == b'\n' && body[i + 1] == b'\n' {
+            events.push(Bytes::copy_from_slice(&body[start..i + 2]));
+            start = i + 2;
+            i += 2;
+        } else {
+            i += 1;
+        }
+    }
+    if start < body.len() {
+        events.push(Bytes::copy_from_slice(&body[start..]));
+    }
+    events
+}
+
+fn replay_sse(fixture_path: &str) -> Reply {
+    let mut reply = Reply::sse(&[], Duration::ZERO);
+    for event in sse_events(&fixture(fixture_path)) {
+        reply = reply.then(Step::Send(event)).then(Step::Pause(Duration::from_millis(2)));
+    }
+    reply
+}
+
+/// A provider that answers like OpenAI and Anthropic, from the fixtures.
+fn provider(seen: &Seen) -> Reply {
+    let body: serde_json::Value = serde_json::from_slice(&seen.body).unwrap_or_default();
+    let stream = body["stream"] == true;
+    let model = body["model"].as_str().unwrap_or("");
+    let path = seen.uri.split('?').next().unwrap_or("");
+    let json = |p: &str| String::from_utf8(fixture(p)).unwrap();
+    match path {
+        "/v1/chat/completions" if model == "rate-limited" => {
+            Reply::json(429, &json("openai/error_rate_limit_429.json")).header("retry-after", "7")
+        }
+        "/v1/chat/completions" if stream => replay_sse("openai/chat_stream_include_usage.sse"),
+        "/v1/chat/completions" => Reply::json(200, &json("openai/chat_nonstream.json")),
+        "/v1/messages" if model == "overloaded" => Reply::json(
+            529,
+            r#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#,
+        ),
+        "/v1/messages" if stream => replay_sse("anthropic/stream_cache_tokens.sse"),
+        "/v1/messages" => Reply::json(200, &json("anthropic/nonstream.json")),
+        _ => Reply::json(404, r#"{"error":{"type":"not_found","message":"mock: no such path"}}"#),
+    }
+}
+
+fn python() -> PathBuf {
+    if let Ok(p) = std::env::var("SIDETRACE_TEST_PYTHON") {
+        return PathBuf::from(p);
+    }
+    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/test-venv/bin/python");
+    assert!(
+        venv.exists(),
+        "{} is missing: run `bash tests/setup-python.sh` (the README's test command does)",
+        venv.display()
+    );
+    venv
+}
+
+async fn sdk_case(case: &str) -> Mock {
+    let mock = Mock::start(provider).await;
+    let dead = closed_port().await;
+    let gw = gateway_for(&mock, &format!("[providers.deadprovider]\nbase_url = \"http://{dead}\"\n")).await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/sdk_check.py");
+    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/providers");
+    let gateway = format!("http://{}", gw.addr);
+    let case_name = case.to_string();
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(python())
+            .arg(script)
+            .arg(&case_name)
+            .env("GATEWAY", gateway)
+            .env("FIXTURES", fixtures)
+            .env_remove("OPENAI_BASE_URL")
+            .env_remove("ANTHROPIC_BASE_URL")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success() && stdout.contains(&format!("ok {case}")),
+        "{case} failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    gw.shutdown().await;
+    mock
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_sdk_chat_completion_through_the_gateway() {
+    let mock = sdk_case("openai_chat").await;
+    let seen = mock.last();
+    assert_eq!(seen.uri, "/v1/chat/completions");
+    assert_eq!(seen.headers["authorization"], "Bearer sk-test-openai-0001");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_sdk_with_base_url_ending_in_bare_v1_reaches_the_default_provider() {
+    sdk_case("openai_chat_default_base").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_sdk_streaming_chat_through_the_gateway() {
+    let mock = sdk_case("openai_chat_stream").await;
+    let body: serde_json::Value = serde_json::from_slice(&mock.last().body).unwrap();
+    assert_eq!(body["stream"], true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_sdk_surfaces_an_upstream_429_as_rate_limit_error() {
+    sdk_case("openai_rate_limited").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_sdk_surfaces_an_unknown_route_as_not_found_with_the_valid_prefixes() {
+    sdk_case("openai_unknown_route").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_sdk_surfaces_an_unreachable_upstream_as_502() {
+    sdk_case("openai_upstream_down").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anthropic_sdk_streaming_messages_through_the_gateway() {
+    let mock = sdk_case("anthropic_stream").await;
+    let seen = mock.last();
+    assert_eq!(seen.uri, "/v1/messages");
+    // The SDK sends its key as x-api-key or as a bearer token, depending on version and options.
+    let credential = seen
+        .headers
+        .get("x-api-key")
+        .or(seen.headers.get("authorization"))
+        .map(|v| v.to_str().unwrap().to_string());
+    assert!(credential.is_some_and(|c| c.ends_with("sk-ant-test-0001")), "{:?}", seen.headers);
+    assert!(seen.headers.contains_key("anthropic-version"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anthropic_sdk_message_through_the_gateway() {
+    sdk_case("anthropic_message").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anthropic_sdk_surfaces_an_upstream_529() {
+    sdk_case("anthropic_overloaded").await;
+}

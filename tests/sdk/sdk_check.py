@@ -1,0 +1,149 @@
+"""Drives the official OpenAI and Anthropic Python SDKs through the gateway.
+
+Run by tests/sdk.rs, which starts the mock provider and the gateway and passes:
+  GATEWAY   base address of the gateway, e.g. http://127.0.0.1:40123
+  FIXTURES  directory of provider fixtures (tests/fixtures/providers)
+Usage: sdk_check.py CASE   (exit 0 and print "ok CASE" when every assertion holds)
+"""
+
+import json
+import os
+import sys
+
+import anthropic
+import openai
+
+GATEWAY = os.environ["GATEWAY"]
+FIXTURES = os.environ["FIXTURES"]
+
+
+def expect(name):
+    with open(os.path.join(FIXTURES, name + ".expect.json")) as f:
+        return json.load(f)
+
+
+def oai(base=GATEWAY + "/openai/v1"):
+    return openai.OpenAI(base_url=base, api_key="sk-test-openai-0001", max_retries=0, timeout=10)
+
+
+def ant():
+    return anthropic.Anthropic(
+        base_url=GATEWAY + "/anthropic", api_key="sk-ant-test-0001", max_retries=0, timeout=10
+    )
+
+
+MESSAGES = [{"role": "user", "content": "Say hello"}]
+
+
+def openai_chat():
+    e = expect("openai/chat_nonstream")
+    r = oai().chat.completions.create(model="o4-mini", messages=MESSAGES)
+    assert r.id == e["response_id"], r.id
+    assert r.model == e["model"], r.model
+    assert r.choices[0].finish_reason == e["finish_reasons"][0]
+    assert r.usage.prompt_tokens == e["input_tokens"]
+    assert r.usage.completion_tokens == e["output_tokens"]
+    assert r.usage.completion_tokens_details.reasoning_tokens == e["reasoning_tokens"]
+
+
+def openai_chat_default_base():
+    # OPENAI_BASE_URL=http://gateway/v1: bare /v1 goes to the default provider.
+    r = oai(GATEWAY + "/v1").chat.completions.create(model="o4-mini", messages=MESSAGES)
+    assert r.id == expect("openai/chat_nonstream")["response_id"]
+
+
+def openai_chat_stream():
+    e = expect("openai/chat_stream_include_usage")
+    chunks = list(
+        oai().chat.completions.create(
+            model="gpt-4o-mini",
+            messages=MESSAGES,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    assert len(chunks) > 3, len(chunks)
+    assert chunks[0].id == e["response_id"]
+    assert chunks[0].model == e["model"]
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert len(text) > 10, text
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert finishes == e["finish_reasons"], finishes
+    assert chunks[-1].usage is not None and chunks[-1].choices == []
+    assert chunks[-1].usage.prompt_tokens == e["input_tokens"]
+    assert chunks[-1].usage.completion_tokens == e["output_tokens"]
+
+
+def openai_rate_limited():
+    try:
+        oai().chat.completions.create(model="rate-limited", messages=MESSAGES)
+    except openai.RateLimitError as err:
+        assert err.status_code == 429
+        assert err.response.headers["retry-after"] == "7"
+        return
+    raise AssertionError("expected RateLimitError")
+
+
+def openai_unknown_route():
+    try:
+        oai(GATEWAY + "/nowhere/v1").chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    except openai.NotFoundError as err:
+        assert err.status_code == 404
+        assert "/openai" in err.message and "/anthropic" in err.message, err.message
+        assert err.code == "unknown_route", err.code
+        return
+    raise AssertionError("expected NotFoundError")
+
+
+def openai_upstream_down():
+    try:
+        oai(GATEWAY + "/deadprovider/v1").chat.completions.create(model="x", messages=MESSAGES)
+    except openai.InternalServerError as err:
+        assert err.status_code == 502
+        assert err.code == "upstream_unreachable", err.code
+        return
+    raise AssertionError("expected InternalServerError (502)")
+
+
+def anthropic_stream():
+    e = expect("anthropic/stream_cache_tokens")
+    with ant().messages.stream(
+        model="claude-sonnet-4-5", max_tokens=256, messages=MESSAGES
+    ) as stream:
+        text = "".join(stream.text_stream)
+        final = stream.get_final_message()
+    assert len(text) > 10, text
+    assert final.id == e["response_id"]
+    assert final.model == e["model"]
+    assert final.stop_reason == e["finish_reasons"][0]
+    u = final.usage
+    assert u.cache_read_input_tokens == e["cached_input_tokens"]
+    assert u.cache_creation_input_tokens == e["cache_creation_input_tokens"]
+    total_input = u.input_tokens + u.cache_read_input_tokens + u.cache_creation_input_tokens
+    assert total_input == e["input_tokens"], total_input
+    assert u.output_tokens == e["output_tokens"]
+
+
+def anthropic_message():
+    e = expect("anthropic/nonstream")
+    m = ant().messages.create(model="claude-opus-4-5", max_tokens=256, messages=MESSAGES)
+    assert m.id == e["response_id"]
+    assert m.stop_reason == e["finish_reasons"][0]
+    assert m.usage.output_tokens == e["output_tokens"]
+
+
+def anthropic_overloaded():
+    try:
+        ant().messages.create(model="overloaded", max_tokens=16, messages=MESSAGES)
+    except anthropic.APIStatusError as err:
+        assert err.status_code == 529, err.status_code
+        return
+    raise AssertionError("expected an APIStatusError 529")
+
+
+CASES = {name: fn for name, fn in globals().items() if callable(fn) and name.startswith(("openai_", "anthropic_"))}
+
+if __name__ == "__main__":
+    case = sys.argv[1]
+    CASES[case]()
+    print("ok", case)
