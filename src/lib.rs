@@ -5,10 +5,12 @@ pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod format;
 pub mod metrics;
 pub mod provider;
 pub mod proxy;
 pub mod server;
+pub mod sse;
 
 pub use config::Config;
 pub use server::Gateway;

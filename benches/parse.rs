@@ -1,0 +1,2 @@
+//! Parser throughput (filled in with the extractors).
+fn main() {}

@@ -1,0 +1,275 @@
+//! Reading a provider response on the side: framing (SSE, NDJSON, AWS event-stream, whole JSON)
+//! feeds one extractor per wire format, which fills a `ResponseRecord`. Pure code, no I/O.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{provider::WireFormat, sse::SseParser};
+
+pub mod anthropic;
+pub mod bedrock;
+pub mod eventstream;
+pub mod gemini;
+pub mod ndjson;
+pub mod ollama;
+pub mod openai_chat;
+pub mod openai_responses;
+
+/// Token counts as the OpenTelemetry GenAI conventions define them: `input_tokens` includes
+/// cache reads and writes, `output_tokens` includes reasoning. `None` when the provider did not
+/// report the field, `Some(0)` when it reported 0.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    pub input_tokens: Option<u64>,
+    pub output_tokens: Option<u64>,
+    pub cached_input_tokens: Option<u64>,
+    pub cache_creation_input_tokens: Option<u64>,
+    /// The part of `cache_creation_input_tokens` written with a 1-hour TTL (Anthropic), which is
+    /// priced higher than the 5-minute default.
+    pub cache_creation_1h_input_tokens: Option<u64>,
+    pub reasoning_tokens: Option<u64>,
+}
+
+/// An error the provider signalled inside the body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InbandError {
+    /// `error.type` (or the provider's equivalent); `None` when the provider gives none.
+    pub kind: Option<String>,
+    pub message: Option<String>,
+}
+
+/// What a response told us.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResponseRecord {
+    /// The model as the response names it (often a dated snapshot); first non-empty value.
+    pub model: Option<String>,
+    pub response_id: Option<String>,
+    /// Raw provider values, one per choice/candidate that reported one, by index.
+    pub finish_reasons: Vec<String>,
+    pub usage: Usage,
+    /// The provider's normal end-of-stream signal arrived and no error was signalled (for a
+    /// JSON body: a success body).
+    pub stream_completed: bool,
+    pub error: Option<InbandError>,
+    /// `incomplete_details.reason` of an OpenAI Responses API response.
+    pub incomplete_reason: Option<String>,
+    /// Events (SSE events, NDJSON lines, event-stream frames; 1 for a JSON body) seen.
+    pub events: u64,
+    pub bytes: u64,
+    /// Events skipped because they were larger than the per-event limit.
+    pub oversize_events: u64,
+    /// Events whose payload could not be decoded (malformed JSON, bad CRC, bad base64).
+    pub malformed_events: u64,
+    /// The body ended inside an event (truncated stream).
+    pub truncated: bool,
+}
+
+/// What an extractor says of one event, for the tap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    Other,
+    /// An OpenAI-style chunk with `choices: []` and a usage object: the chunk that
+    /// `stream_options.include_usage` adds.
+    UsageOnly,
+}
+
+/// One wire format's rules: turns decoded events (or a whole JSON body) into a record.
+pub trait Extractor: Send {
+    /// One event: an SSE event (`name` is its `event:` field, often empty), an NDJSON line, or
+    /// an event-stream frame (`name` is its `:event-type`). `data` is the event's payload.
+    fn on_event(&mut self, name: &str, data: &str, record: &mut ResponseRecord) -> EventKind;
+
+    /// A whole JSON body (non-streamed response, or an error body answering a streamed request).
+    fn on_json(&mut self, body: &[u8], record: &mut ResponseRecord);
+
+    /// True once output (a content, reasoning or tool-call delta) has been seen.
+    fn output_started(&self) -> bool;
+
+    /// End of body; `clean` is false when it was cut. Sets `stream_completed`.
+    fn finish(&mut self, clean: bool, record: &mut ResponseRecord);
+}
+
+/// How the bytes of a body are framed.
+enum Framing {
+    Sse(SseParser),
+    Ndjson(ndjson::LineSplitter),
+    EventStream(eventstream::FrameDecoder),
+    /// Whole body, kept up to `max_event_bytes`.
+    Json(Vec<u8>),
+}
+
+/// Limits for one body parser.
+#[derive(Debug, Clone, Copy)]
+pub struct ParserLimits {
+    /// Largest event (or JSON body) kept for decoding; larger ones are skipped and counted.
+    pub max_event_bytes: usize,
+}
+
+impl Default for ParserLimits {
+    fn default() -> Self {
+        ParserLimits {
+            max_event_bytes: 4 * 1024 * 1024,
+        }
+    }
+}
+
+/// Framing plus extractor for one response body.
+pub struct BodyParser {
+    framing: Framing,
+    extractor: Box<dyn Extractor>,
+    record: ResponseRecord,
+    json_oversize: bool,
+    limits: ParserLimits,
+}
+
+impl BodyParser {
+    /// The parser for a response, chosen from the route's format and the response
+    /// `Content-Type`; `None` for formats the gateway does not inspect.
+    pub fn for_response(
+        format: WireFormat,
+        provider: &str,
+        content_type: Option<&str>,
+        limits: ParserLimits,
+    ) -> Option<BodyParser> {
+        let extractor: Box<dyn Extractor> = match format {
+            WireFormat::ChatCompletions | WireFormat::Completions | WireFormat::Embeddings => {
+                Box::new(openai_chat::OpenAiChat::new(provider))
+            }
+            WireFormat::Responses => Box::new(openai_responses::OpenAiResponses::default()),
+            WireFormat::Messages => Box::new(anthropic::AnthropicMessages::default()),
+            WireFormat::GenerateContent => Box::new(gemini::Gemini::default()),
+            WireFormat::OllamaChat | WireFormat::OllamaGenerate => {
+                Box::new(ollama::OllamaNative::default())
+            }
+            WireFormat::Converse | WireFormat::ConverseStream => {
+                Box::new(bedrock::Converse::default())
+            }
+            WireFormat::InvokeModel | WireFormat::InvokeModelWithResponseStream => {
+                Box::new(bedrock::InvokeModel::default())
+            }
+            WireFormat::Passthrough => return None,
+        };
+        let mime = content_type
+            .and_then(|c| c.split(';').next())
+            .map(|c| c.trim().to_ascii_lowercase())
+            .unwrap_or_default();
+        let framing = match mime.as_str() {
+            "text/event-stream" => Framing::Sse(SseParser::new(limits.max_event_bytes)),
+            "application/x-ndjson" | "application/jsonl" | "application/ndjson" => {
+                Framing::Ndjson(ndjson::LineSplitter::new(limits.max_event_bytes))
+            }
+            "application/vnd.amazon.eventstream" => {
+                Framing::EventStream(eventstream::FrameDecoder::new(limits.max_event_bytes))
+            }
+            _ => Framing::Json(Vec::new()),
+        };
+        Some(BodyParser {
+            framing,
+            extractor,
+            record: ResponseRecord::default(),
+            json_oversize: false,
+            limits,
+        })
+    }
+
+    /// Whether the body is an event stream (as opposed to one JSON document).
+    pub fn is_stream(&self) -> bool {
+        !matches!(self.framing, Framing::Json(_))
+    }
+
+    pub fn output_started(&self) -> bool {
+        self.extractor.output_started()
+    }
+
+    /// Feeds the next bytes of the body.
+    pub fn feed(&mut self, chunk: &[u8]) {
+        self.feed_marking(chunk, |_, _| {});
+    }
+
+    /// Feeds the next bytes; for SSE bodies `on_boundary(end, kind)` is called at the end of
+    /// each event block with its end offset in `chunk`, so a caller can drop one event's bytes.
+    pub fn feed_marking(&mut self, chunk: &[u8], mut on_boundary: impl FnMut(usize, EventKind)) {
+        let record = &mut self.record;
+        let extractor = &mut self.extractor;
+        match &mut self.framing {
+            Framing::Sse(parser) => {
+                parser.feed(chunk, |b| {
+                    let kind = match b.event {
+                        Some(e) => {
+                            record.events += 1;
+                            extractor.on_event(e.event, e.data, record)
+                        }
+                        None => EventKind::Other,
+                    };
+                    on_boundary(b.end, kind);
+                });
+            }
+            Framing::Ndjson(lines) => {
+                record.bytes += chunk.len() as u64;
+                lines.feed(chunk, |line| {
+                    record.events += 1;
+                    extractor.on_event("", line, record);
+                });
+            }
+            Framing::EventStream(frames) => {
+                record.bytes += chunk.len() as u64;
+                frames.feed(chunk, |frame| match frame {
+                    Ok(f) => {
+                        record.events += 1;
+                        extractor.on_event(f.event_type, f.payload, record);
+                    }
+                    Err(_) => record.malformed_events += 1,
+                });
+            }
+            Framing::Json(buf) => {
+                record.bytes += chunk.len() as u64;
+                if buf.len() + chunk.len() > self.limits.max_event_bytes {
+                    self.json_oversize = true;
+                    *buf = Vec::new();
+                } else if !self.json_oversize {
+                    buf.extend_from_slice(chunk);
+                }
+            }
+        }
+    }
+
+    /// End of body. `clean` is false when the body was cut (upstream error, timeout, client gone).
+    pub fn finish(mut self, clean: bool) -> ResponseRecord {
+        match &mut self.framing {
+            Framing::Sse(parser) => {
+                self.record.bytes = parser.bytes();
+                self.record.oversize_events += parser.oversize_events();
+                self.record.truncated |= parser.finish();
+            }
+            Framing::Ndjson(lines) => {
+                self.record.oversize_events += lines.oversize_lines();
+                // A last line without its newline is still a whole JSON object when the body
+                // ended cleanly; Ollama always ends lines, others may not.
+                let extractor = &mut self.extractor;
+                let record = &mut self.record;
+                let tail = lines.finish();
+                if let Some(line) = tail {
+                    if clean {
+                        record.events += 1;
+                        extractor.on_event("", &line, record);
+                    } else {
+                        record.truncated = true;
+                    }
+                }
+            }
+            Framing::EventStream(frames) => {
+                self.record.truncated |= frames.finish();
+            }
+            Framing::Json(buf) => {
+                if self.json_oversize {
+                    self.record.oversize_events += 1;
+                } else if !buf.is_empty() {
+                    self.record.events += 1;
+                    let body = std::mem::take(buf);
+                    self.extractor.on_json(&body, &mut self.record);
+                }
+            }
+        }
+        self.extractor.finish(clean, &mut self.record);
+        self.record
+    }
+}

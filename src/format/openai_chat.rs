@@ -1,0 +1,21 @@
+//! Placeholder until the extractor lands.
+use super::{EventKind, Extractor, ResponseRecord};
+
+pub struct OpenAiChat;
+
+impl OpenAiChat {
+    pub fn new(_provider: &str) -> Self {
+        OpenAiChat
+    }
+}
+
+impl Extractor for OpenAiChat {
+    fn on_event(&mut self, _name: &str, _data: &str, _record: &mut ResponseRecord) -> EventKind {
+        EventKind::Other
+    }
+    fn on_json(&mut self, _body: &[u8], _record: &mut ResponseRecord) {}
+    fn output_started(&self) -> bool {
+        false
+    }
+    fn finish(&mut self, _clean: bool, _record: &mut ResponseRecord) {}
+}
