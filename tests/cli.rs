@@ -35,7 +35,10 @@ fn run(args: &[&str]) -> (i32, String, String) {
 fn check_config_accepts_no_file_and_the_example_file() {
     let (code, out, err) = run(&["check-config"]);
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("config ok") && out.contains("/openai"), "{out}");
+    assert!(
+        out.contains("config ok") && out.contains("/openai"),
+        "{out}"
+    );
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config/sidetrace.toml");
     let (code, _, err) = run(&["check-config", "--config", example]);
     assert_eq!(code, 0, "{err}");
@@ -45,7 +48,11 @@ fn check_config_accepts_no_file_and_the_example_file() {
 fn check_config_names_the_file_line_and_key_of_an_unknown_key() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.toml");
-    std::fs::write(&path, "listen = \"127.0.0.1:4000\"\n\n[upstream]\nconect_timeout_ms = 5\n").unwrap();
+    std::fs::write(
+        &path,
+        "listen = \"127.0.0.1:4000\"\n\n[upstream]\nconect_timeout_ms = 5\n",
+    )
+    .unwrap();
     let (code, _, err) = run(&["check-config", "--config", path.to_str().unwrap()]);
     assert_eq!(code, 2);
     assert!(err.contains("bad.toml"), "{err}");
@@ -58,10 +65,19 @@ fn check_config_refuses_invalid_values() {
     let dir = tempfile::tempdir().unwrap();
     for (text, expect) in [
         ("listen = \"localhost\"\n", "listen"),
-        ("[providers.openai]\nbase_url = \"ftp://x\"\n", "http:// or https://"),
-        ("[providers.mine]\nroute_prefix = \"/m\"\n", "needs base_url"),
+        (
+            "[providers.openai]\nbase_url = \"ftp://x\"\n",
+            "http:// or https://",
+        ),
+        (
+            "[providers.mine]\nroute_prefix = \"/m\"\n",
+            "needs base_url",
+        ),
         ("default_provider = \"nobody\"\n", "nobody"),
-        ("[upstream]\nextra_ca_file = \"/does/not/exist.pem\"\n", "extra_ca_file"),
+        (
+            "[upstream]\nextra_ca_file = \"/does/not/exist.pem\"\n",
+            "extra_ca_file",
+        ),
         ("[log]\nformat = \"xml\"\n", "xml"),
         ("this is not toml", "line 1"),
     ] {
@@ -77,7 +93,11 @@ fn check_config_refuses_invalid_values() {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -99,13 +119,18 @@ async fn serve_takes_env_overrides_uses_a_gateway_held_key_and_exits_0_on_sigter
     let client = client();
     let started = Instant::now();
     loop {
-        let req = Request::get(format!("http://127.0.0.1:{admin}/healthz")).body(full_body("")).unwrap();
+        let req = Request::get(format!("http://127.0.0.1:{admin}/healthz"))
+            .body(full_body(""))
+            .unwrap();
         if let Ok(r) = client.request(req).await
             && r.status() == StatusCode::OK
         {
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(10), "gateway did not come up");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "gateway did not come up"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let send = |auth: Option<&'static str>| {
@@ -115,15 +140,31 @@ async fn serve_takes_env_overrides_uses_a_gateway_held_key_and_exits_0_on_sigter
             if let Some(a) = auth {
                 req = req.header("authorization", a);
             }
-            client.request(req.body(full_body("{}")).unwrap()).await.unwrap().status()
+            client
+                .request(req.body(full_body("{}")).unwrap())
+                .await
+                .unwrap()
+                .status()
         }
     };
     assert_eq!(send(None).await, StatusCode::OK);
-    assert_eq!(mock.last().headers["authorization"], "Bearer sk-gateway-held-0001");
-    assert_eq!(send(Some("Bearer sk-client-secret-0002")).await, StatusCode::OK);
-    assert_eq!(mock.last().headers["authorization"], "Bearer sk-client-secret-0002");
+    assert_eq!(
+        mock.last().headers["authorization"],
+        "Bearer sk-gateway-held-0001"
+    );
+    assert_eq!(
+        send(Some("Bearer sk-client-secret-0002")).await,
+        StatusCode::OK
+    );
+    assert_eq!(
+        mock.last().headers["authorization"],
+        "Bearer sk-client-secret-0002"
+    );
 
-    let kill = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(kill.success());
     let deadline = Instant::now() + Duration::from_secs(10);
     let status = loop {
@@ -135,8 +176,22 @@ async fn serve_takes_env_overrides_uses_a_gateway_held_key_and_exits_0_on_sigter
     };
     assert_eq!(status.code(), Some(0));
     let mut logs = String::new();
-    child.stderr.take().unwrap().read_to_string(&mut logs).unwrap();
-    assert!(logs.lines().all(|l| l.starts_with('{')), "JSON logs expected:\n{logs}");
-    assert!(logs.contains("\"message\":\"call\""), "a debug line per call expected:\n{logs}");
-    assert!(!logs.contains("sk-gateway-held-0001") && !logs.contains("sk-client-secret-0002"), "{logs}");
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut logs)
+        .unwrap();
+    assert!(
+        logs.lines().all(|l| l.starts_with('{')),
+        "JSON logs expected:\n{logs}"
+    );
+    assert!(
+        logs.contains("\"message\":\"call\""),
+        "a debug line per call expected:\n{logs}"
+    );
+    assert!(
+        !logs.contains("sk-gateway-held-0001") && !logs.contains("sk-client-secret-0002"),
+        "{logs}"
+    );
 }

@@ -32,7 +32,9 @@ fn sse_events(body: &[u8]) -> Vec<Bytes> {
 fn replay_sse(fixture_path: &str) -> Reply {
     let mut reply = Reply::sse(&[], Duration::ZERO);
     for event in sse_events(&fixture(fixture_path)) {
-        reply = reply.then(Step::Send(event)).then(Step::Pause(Duration::from_millis(2)));
+        reply = reply
+            .then(Step::Send(event))
+            .then(Step::Pause(Duration::from_millis(2)));
     }
     reply
 }
@@ -56,7 +58,10 @@ fn provider(seen: &Seen) -> Reply {
         ),
         "/v1/messages" if stream => replay_sse("anthropic/stream_cache_tokens.sse"),
         "/v1/messages" => Reply::json(200, &json("anthropic/nonstream.json")),
-        _ => Reply::json(404, r#"{"error":{"type":"not_found","message":"mock: no such path"}}"#),
+        _ => Reply::json(
+            404,
+            r#"{"error":{"type":"not_found","message":"mock: no such path"}}"#,
+        ),
     }
 }
 
@@ -76,7 +81,11 @@ fn python() -> PathBuf {
 async fn sdk_case(case: &str) -> Mock {
     let mock = Mock::start(provider).await;
     let dead = closed_port().await;
-    let gw = gateway_for(&mock, &format!("[providers.deadprovider]\nbase_url = \"http://{dead}\"\n")).await;
+    let gw = gateway_for(
+        &mock,
+        &format!("[providers.deadprovider]\nbase_url = \"http://{dead}\"\n"),
+    )
+    .await;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/sdk_check.py");
     let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/providers");
     let gateway = format!("http://{}", gw.addr);
@@ -150,7 +159,11 @@ async fn anthropic_sdk_streaming_messages_through_the_gateway() {
         .get("x-api-key")
         .or(seen.headers.get("authorization"))
         .map(|v| v.to_str().unwrap().to_string());
-    assert!(credential.is_some_and(|c| c.ends_with("sk-ant-test-0001")), "{:?}", seen.headers);
+    assert!(
+        credential.is_some_and(|c| c.ends_with("sk-ant-test-0001")),
+        "{:?}",
+        seen.headers
+    );
     assert!(seen.headers.contains_key("anthropic-version"));
 }
 
