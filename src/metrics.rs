@@ -29,6 +29,19 @@ struct ProviderLabels {
     provider: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TokenLabels {
+    provider: String,
+    model: String,
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    provider: String,
+    outcome: &'static str,
+}
+
 type HistogramFamily = Family<ProviderLabels, Histogram, fn() -> Histogram>;
 
 fn latency_histogram() -> Histogram {
@@ -41,6 +54,11 @@ pub struct Metrics {
     requests: Family<CallLabels, Counter>,
     rejected: Family<ReasonLabels, Counter>,
     upstream_headers: HistogramFamily,
+    time_to_first_token: HistogramFamily,
+    tokens: Family<TokenLabels, Counter>,
+    calls: Family<OutcomeLabels, Counter>,
+    events_skipped: Family<ReasonLabels, Counter>,
+    requests_unparsed: Counter,
     /// Calls in flight, open response streams included.
     pub active_calls: Gauge,
 }
@@ -73,6 +91,37 @@ impl Metrics {
             Unit::Seconds,
             upstream_headers.clone(),
         );
+        let time_to_first_token: HistogramFamily = Family::new_with_constructor(latency_histogram);
+        registry.register_with_unit(
+            "sidetrace_time_to_first_token",
+            "Time from receiving a streamed call to its first output token",
+            Unit::Seconds,
+            time_to_first_token.clone(),
+        );
+        let tokens = Family::<TokenLabels, Counter>::default();
+        registry.register(
+            "sidetrace_tokens",
+            "Tokens reported by providers, by kind: input and output (totals), cached_input, cache_creation and reasoning (parts of them)",
+            tokens.clone(),
+        );
+        let calls = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "sidetrace_calls",
+            "Finished calls by how they ended",
+            calls.clone(),
+        );
+        let events_skipped = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "sidetrace_response_events_skipped",
+            "Response events the side parser could not read (oversize, malformed) and bodies it saw cut (truncated)",
+            events_skipped.clone(),
+        );
+        let requests_unparsed = Counter::default();
+        registry.register(
+            "sidetrace_requests_unparsed",
+            "Calls on inspected routes whose request body was not readable JSON (forwarded all the same)",
+            requests_unparsed.clone(),
+        );
         let active_calls = Gauge::default();
         registry.register(
             "sidetrace_active_calls",
@@ -84,7 +133,64 @@ impl Metrics {
             requests,
             rejected,
             upstream_headers,
+            time_to_first_token,
+            tokens,
+            calls,
+            events_skipped,
+            requests_unparsed,
             active_calls,
+        }
+    }
+
+    /// Counts a finished call: outcome, tokens by kind, time to first token, parser trouble.
+    pub fn call_recorded(&self, call: &crate::call::CallRecord, model: &str) {
+        self.calls
+            .get_or_create(&OutcomeLabels {
+                provider: call.provider.clone(),
+                outcome: call.outcome.as_str(),
+            })
+            .inc();
+        if call.format != crate::provider::WireFormat::Passthrough && !call.request.parsed {
+            self.requests_unparsed.inc();
+        }
+        if let Some(ttft) = call.time_to_first_token {
+            self.time_to_first_token
+                .get_or_create(&ProviderLabels {
+                    provider: call.provider.clone(),
+                })
+                .observe(ttft.as_secs_f64());
+        }
+        let Some(response) = &call.response else {
+            return;
+        };
+        let u = &response.usage;
+        for (kind, value) in [
+            ("input", u.input_tokens),
+            ("output", u.output_tokens),
+            ("cached_input", u.cached_input_tokens),
+            ("cache_creation", u.cache_creation_input_tokens),
+            ("reasoning", u.reasoning_tokens),
+        ] {
+            if let Some(n) = value.filter(|n| *n > 0) {
+                self.tokens
+                    .get_or_create(&TokenLabels {
+                        provider: call.provider.clone(),
+                        model: model.to_string(),
+                        kind,
+                    })
+                    .inc_by(n);
+            }
+        }
+        for (reason, n) in [
+            ("oversize", response.oversize_events),
+            ("malformed", response.malformed_events),
+            ("truncated", u64::from(response.truncated)),
+        ] {
+            if n > 0 {
+                self.events_skipped
+                    .get_or_create(&ReasonLabels { reason })
+                    .inc_by(n);
+            }
         }
     }
 

@@ -22,6 +22,7 @@ use tower::Service;
 
 use crate::{
     admin::{self, AdminState},
+    call::{CallRecord, Recorder},
     config::{Config, ConfigError},
     metrics::Metrics,
     proxy::{body::ProxyBody, stack, upstream::UpstreamClient},
@@ -54,6 +55,7 @@ pub struct Gateway {
     pub addr: SocketAddr,
     pub admin_addr: SocketAddr,
     pub metrics: Arc<Metrics>,
+    recorder: Arc<Recorder>,
     shutdown: watch::Sender<bool>,
     task: JoinHandle<ShutdownReport>,
 }
@@ -75,7 +77,14 @@ impl Gateway {
         let addr = local_addr(&listener, "listen")?;
         let admin_addr = local_addr(&admin_listener, "admin_listen")?;
 
-        let proxy = stack::build(&config, registry.clone(), client, metrics.clone());
+        let recorder = Arc::new(Recorder::new(metrics.clone(), config.inspect.recent_calls));
+        let proxy = stack::build(
+            &config,
+            registry.clone(),
+            client,
+            metrics.clone(),
+            recorder.clone(),
+        );
         let admin_state = Arc::new(AdminState {
             metrics: metrics.clone(),
             ready: AtomicBool::new(true),
@@ -112,9 +121,15 @@ impl Gateway {
             addr,
             admin_addr,
             metrics,
+            recorder,
             shutdown,
             task,
         })
+    }
+
+    /// The most recent finished calls, oldest first.
+    pub fn recent_calls(&self) -> Vec<CallRecord> {
+        self.recorder.recent()
     }
 
     /// Stops accepting connections; open calls may finish within the grace period.

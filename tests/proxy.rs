@@ -84,11 +84,13 @@ async fn a_paused_stream_reaches_the_client_event_by_event() {
 }
 
 #[tokio::test]
-async fn the_request_body_streams_to_the_upstream_before_the_client_finishes_it() {
+async fn a_request_body_on_an_uninspected_route_streams_to_the_upstream_before_the_client_finishes_it()
+ {
+    // Uploads (files, audio) are not read by the gateway: they stream through frame by frame.
     let mock = Mock::start(|_| Reply::json(200, "{}")).await;
     let gw = gateway_for(&mock, "").await;
     let (tx, rx) = tokio::sync::mpsc::channel(4);
-    let req = Request::post(format!("http://{}/openai/v1/chat/completions", gw.addr))
+    let req = Request::post(format!("http://{}/openai/v1/files", gw.addr))
         .body(http_body_util::BodyExt::boxed_unsync(ChannelBody { rx }))
         .unwrap();
     let call = tokio::spawn(client().request(req));
@@ -374,7 +376,7 @@ async fn content_encoding_passes_through_untouched() {
     let gw = gateway_for(&mock, "").await;
     let a = post(
         &gw,
-        "/openai/v1/chat/completions",
+        "/openai/v1/files",
         &[("accept-encoding", "gzip")],
         CHAT,
     )
@@ -382,6 +384,20 @@ async fn content_encoding_passes_through_untouched() {
     assert_eq!(a.headers["content-encoding"], "gzip");
     assert_eq!(a.body, gz);
     assert_eq!(mock.last().headers["accept-encoding"], "gzip");
+    // On inspected routes the gateway asks for an uncompressed response, so it can read usage;
+    // whatever the upstream sends anyway still passes through untouched.
+    let a = post(
+        &gw,
+        "/openai/v1/chat/completions",
+        &[("accept-encoding", "gzip")],
+        CHAT,
+    )
+    .await;
+    assert_eq!(a.headers["content-encoding"], "gzip");
+    assert_eq!(a.body, gz);
+    assert!(!mock.last().headers.contains_key("accept-encoding"));
+    let call = gw.recent_calls().pop().unwrap();
+    assert!(call.response.is_none(), "a compressed body is not parsed");
     gw.shutdown().await;
 }
 

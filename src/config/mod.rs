@@ -115,6 +115,34 @@ impl Default for UpstreamConfig {
     }
 }
 
+/// Reading responses on the side.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InspectConfig {
+    /// Add `stream_options.include_usage` to OpenAI-style streams that lack it (on providers that
+    /// accept it), and remove the extra usage chunk from what the client receives.
+    pub inject_include_usage: bool,
+    /// Largest single event (or non-streamed JSON body) the parser keeps; larger ones pass
+    /// through unread and are counted.
+    pub max_event_bytes: usize,
+    /// When the client hangs up mid-stream: `cancel` the upstream call, or `finish` reading it
+    /// in the background to record the full usage (the provider bills it either way).
+    pub on_client_disconnect: crate::proxy::tap::OnDisconnect,
+    /// Finished calls kept in memory for inspection.
+    pub recent_calls: usize,
+}
+
+impl Default for InspectConfig {
+    fn default() -> Self {
+        InspectConfig {
+            inject_include_usage: true,
+            max_event_bytes: 4 * 1024 * 1024,
+            on_client_disconnect: crate::proxy::tap::OnDisconnect::Cancel,
+            recent_calls: 1000,
+        }
+    }
+}
+
 /// The whole configuration file. Every key has a default, so an empty file is valid.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -133,6 +161,7 @@ pub struct Config {
     pub log: LogConfig,
     pub timeouts: TimeoutConfig,
     pub upstream: UpstreamConfig,
+    pub inspect: InspectConfig,
     pub providers: BTreeMap<String, ProviderOverride>,
 }
 
@@ -155,6 +184,7 @@ impl Default for Config {
             log: LogConfig::default(),
             timeouts: TimeoutConfig::default(),
             upstream: UpstreamConfig::default(),
+            inspect: InspectConfig::default(),
             providers: BTreeMap::new(),
         }
     }

@@ -32,6 +32,7 @@ pub struct Provider {
     host: Vec<HostPart>,
     base_path: String,
     pub http2_prior_knowledge: bool,
+    pub stream_usage_injection: bool,
     paths: Vec<PathSpec>,
     pub credential_headers: Vec<HeaderName>,
     /// A key the gateway holds, set only when the client sent no credential.
@@ -45,6 +46,21 @@ pub struct Route {
     pub provider: Arc<Provider>,
     pub uri: Uri,
     pub format: WireFormat,
+}
+
+impl Route {
+    /// `server.port` of the upstream.
+    pub fn port(&self) -> u16 {
+        self.uri.port_u16().unwrap_or(match self.uri.scheme_str() {
+            Some("http") => 80,
+            _ => 443,
+        })
+    }
+
+    /// `server.address` of the upstream (host only).
+    pub fn address(&self) -> &str {
+        self.uri.host().unwrap_or("")
+    }
 }
 
 impl Route {
@@ -172,6 +188,7 @@ impl Provider {
             host,
             base_path: base_path.to_string(),
             http2_prior_knowledge: spec.http2_prior_knowledge,
+            stream_usage_injection: spec.stream_usage_injection,
             paths: spec.paths.clone(),
             credential_headers,
             gateway_key,

@@ -1,9 +1,9 @@
 //! The shape of a provider file, and of a `[providers.<name>]` override in the config.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// How a response body on a path is framed and which extractor reads it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum WireFormat {
     ChatCompletions,
@@ -74,6 +74,10 @@ pub struct ProviderSpec {
     /// Speak HTTP/2 without TLS to a plain `http://` upstream (h2c prior knowledge).
     #[serde(default)]
     pub http2_prior_knowledge: bool,
+    /// The provider accepts `stream_options.include_usage`, so the gateway may add it to
+    /// streamed chat and completions calls that lack it.
+    #[serde(default)]
+    pub stream_usage_injection: bool,
     #[serde(default)]
     pub auth: AuthSpec,
     #[serde(default)]
@@ -93,6 +97,7 @@ pub struct ProviderOverride {
     pub base_url: Option<String>,
     pub route_prefix: Option<String>,
     pub http2_prior_knowledge: Option<bool>,
+    pub stream_usage_injection: Option<bool>,
     pub auth: Option<AuthSpec>,
     pub paths: Option<Vec<PathSpec>>,
     pub timeouts: Option<TimeoutOverrides>,
@@ -124,6 +129,7 @@ impl ProviderSpec {
             base_url: String::new(),
             route_prefix: None,
             http2_prior_knowledge: false,
+            stream_usage_injection: false,
             auth: AuthSpec {
                 credential_headers: vec!["authorization".to_string()],
                 key_header: Some("authorization".to_string()),
@@ -148,6 +154,9 @@ impl ProviderSpec {
         }
         if let Some(v) = o.http2_prior_knowledge {
             self.http2_prior_knowledge = v;
+        }
+        if let Some(v) = o.stream_usage_injection {
+            self.stream_usage_injection = v;
         }
         if let Some(v) = &o.auth {
             self.auth = v.clone();

@@ -1,6 +1,7 @@
 //! The request path: one tower stack (see `stack.rs`) from the client connection to the upstream.
 
 pub mod body;
+pub mod inspect;
 pub mod limit;
 pub mod request_id;
 pub mod rescue;
@@ -8,6 +9,7 @@ pub mod rewrite;
 pub mod route;
 pub mod shed;
 pub mod stack;
+pub mod tap;
 pub mod timeouts;
 pub mod upstream;
 

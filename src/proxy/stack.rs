@@ -9,16 +9,20 @@ use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
 
 use super::{
     body::ProxyBody,
+    inspect::InspectLayer,
     limit::BodyLimitLayer,
     request_id::{MakeCallId, REQUEST_ID_HEADER},
     rescue::RescueLayer,
     rewrite::RewriteLayer,
     route::RouteLayer,
     shed::LoadShedLayer,
+    tap::RecordLayer,
     timeouts::TimeoutsLayer,
     upstream::{Upstream, UpstreamClient},
 };
-use crate::{config::Config, metrics::Metrics, provider::Registry};
+use crate::{
+    call::Recorder, config::Config, format::ParserLimits, metrics::Metrics, provider::Registry,
+};
 
 /// Builds the service that answers every proxied request.
 pub fn build(
@@ -26,6 +30,7 @@ pub fn build(
     registry: Arc<Registry>,
     client: Arc<UpstreamClient>,
     metrics: Arc<Metrics>,
+    recorder: Arc<Recorder>,
 ) -> impl Service<Request<Incoming>, Response = Response<ProxyBody>, Error = Infallible, Future: Send>
 + Clone
 + Send
@@ -51,8 +56,20 @@ pub fn build(
         // Route: the path prefix alone picks the upstream (no header or body can: no SSRF).
         // Counts each routed call by provider and status.
         .layer(RouteLayer::new(registry, metrics.clone()))
+        // Inspect after routing, because the route's wire format says whether the request is JSON
+        // worth reading (model, stream, parameters) and whether include_usage may be added.
+        .layer(InspectLayer::new(config.inspect.inject_include_usage))
         // Rewrite: upstream URI, hop-by-hop headers, Host, x-sidetrace-* stripped, credentials kept.
         .layer(RewriteLayer)
+        // Record and tap outside the timeouts, so a timeout is recorded as a timeout; the call is
+        // finished exactly once (end, upstream error, timeout, client gone). The tap only reads.
+        .layer(RecordLayer::new(
+            recorder,
+            ParserLimits {
+                max_event_bytes: config.inspect.max_event_bytes,
+            },
+            config.inspect.on_client_disconnect,
+        ))
         // Timeouts wrap only the upstream exchange: time to headers, idle between frames, total.
         .layer(TimeoutsLayer)
         // Upstream: pooled hyper client over rustls; never retries a POST.

@@ -1,0 +1,201 @@
+//! One proxied call, as the gateway saw it: the request it read, the response record the tap
+//! built, timings and how it ended. Every routed call yields exactly one `CallRecord`.
+
+use std::{
+    collections::{HashSet, VecDeque},
+    sync::{Arc, Mutex},
+    time::{Duration, SystemTime},
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{format::ResponseRecord, metrics::Metrics, provider::WireFormat};
+
+/// Generation parameters read from the request body.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RequestParams {
+    pub max_tokens: Option<u64>,
+    pub temperature: Option<f64>,
+    pub top_p: Option<f64>,
+    pub top_k: Option<f64>,
+    pub frequency_penalty: Option<f64>,
+    pub presence_penalty: Option<f64>,
+    pub stop_sequences: Vec<String>,
+    /// Kept as text: seeds can exceed 2^53.
+    pub seed: Option<String>,
+    pub choice_count: Option<u64>,
+}
+
+/// What the gateway read from the request.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RequestInfo {
+    /// The model as requested (body, or path for Gemini, Bedrock and Azure deployments).
+    pub model: Option<String>,
+    pub stream: bool,
+    /// The client asked for `stream_options.include_usage` itself.
+    pub include_usage_requested: bool,
+    /// The gateway added `stream_options.include_usage` and strips the usage-only chunk.
+    pub include_usage_injected: bool,
+    pub params: RequestParams,
+    /// The body was read and understood as JSON. False for non-JSON, malformed, too large or
+    /// not-inspected bodies; the call goes through all the same.
+    pub parsed: bool,
+    pub body_bytes: u64,
+}
+
+/// How a call ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// The response body ended normally (the upstream status may still be an error status).
+    Completed,
+    /// The upstream could not be reached, or broke the stream.
+    UpstreamError,
+    /// Time to headers, idle or total deadline exceeded.
+    Timeout,
+    /// The client went away before the response ended.
+    Cancelled,
+    /// The gateway refused or failed the call after routing it (e.g. a body over the limit).
+    GatewayError,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Completed => "completed",
+            Outcome::UpstreamError => "upstream_error",
+            Outcome::Timeout => "timeout",
+            Outcome::Cancelled => "cancelled",
+            Outcome::GatewayError => "gateway_error",
+        }
+    }
+}
+
+/// One proxied call.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CallRecord {
+    /// The gateway's provider name (`openai`, `groq`, ...).
+    pub provider: String,
+    /// `gen_ai.provider.name`.
+    pub gen_ai_provider: String,
+    pub format: WireFormat,
+    pub method: String,
+    /// Path as received, without the query string (it can carry keys).
+    pub path: String,
+    pub server_address: String,
+    pub server_port: u16,
+    pub request: RequestInfo,
+    /// Upstream HTTP status; `None` when no response came.
+    pub status: Option<u16>,
+    /// What the response told us; `None` when it was not inspected (passthrough route,
+    /// compressed body, or no response).
+    pub response: Option<ResponseRecord>,
+    pub outcome: Outcome,
+    /// `error.type`: the provider's in-band error type, the HTTP status, or the gateway's cause.
+    pub error_type: Option<String>,
+    pub started_at: SystemTime,
+    pub duration: Duration,
+    pub time_to_headers: Option<Duration>,
+    pub time_to_first_token: Option<Duration>,
+}
+
+impl CallRecord {
+    /// The model to attribute the call to: the response's (a dated snapshot) over the request's.
+    pub fn model(&self) -> Option<&str> {
+        self.response
+            .as_ref()
+            .and_then(|r| r.model.as_deref())
+            .filter(|m| !m.is_empty())
+            .or(self.request.model.as_deref())
+    }
+}
+
+/// Keeps label values of one metric bounded: past `max` distinct values, new ones become
+/// `other`, so a client cannot blow up the metrics' cardinality.
+pub struct LabelCap {
+    seen: Mutex<HashSet<String>>,
+    max: usize,
+}
+
+impl LabelCap {
+    pub fn new(max: usize) -> Self {
+        LabelCap {
+            seen: Mutex::new(HashSet::new()),
+            max,
+        }
+    }
+
+    pub fn label(&self, value: &str) -> String {
+        let value: String = value.chars().take(100).collect();
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.contains(&value) {
+            return value;
+        }
+        if seen.len() < self.max {
+            seen.insert(value.clone());
+            return value;
+        }
+        "other".to_string()
+    }
+}
+
+/// Where finished calls go: metrics, a debug log line, and a bounded list of recent calls that
+/// tests (and later the local store) read.
+pub struct Recorder {
+    metrics: Arc<Metrics>,
+    models: LabelCap,
+    recent: Mutex<VecDeque<CallRecord>>,
+    keep: usize,
+}
+
+impl Recorder {
+    pub fn new(metrics: Arc<Metrics>, keep: usize) -> Recorder {
+        Recorder {
+            metrics,
+            models: LabelCap::new(200),
+            recent: Mutex::new(VecDeque::with_capacity(keep.min(1024))),
+            keep,
+        }
+    }
+
+    pub fn record(&self, call: CallRecord) {
+        let model = self.models.label(call.model().unwrap_or("unknown"));
+        self.metrics.call_recorded(&call, &model);
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            let usage = call.response.as_ref().map(|r| &r.usage);
+            tracing::debug!(
+                provider = %call.provider,
+                model = %model,
+                path = %call.path,
+                status = call.status,
+                outcome = call.outcome.as_str(),
+                error_type = call.error_type.as_deref(),
+                stream = call.request.stream,
+                input_tokens = usage.and_then(|u| u.input_tokens),
+                output_tokens = usage.and_then(|u| u.output_tokens),
+                cached_input_tokens = usage.and_then(|u| u.cached_input_tokens),
+                reasoning_tokens = usage.and_then(|u| u.reasoning_tokens),
+                duration_ms = call.duration.as_secs_f64() * 1e3,
+                ttft_ms = call.time_to_first_token.map(|d| d.as_secs_f64() * 1e3),
+                "call"
+            );
+        }
+        if self.keep > 0 {
+            let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+            if recent.len() == self.keep {
+                recent.pop_front();
+            }
+            recent.push_back(call);
+        }
+    }
+
+    /// The most recent calls, oldest first.
+    pub fn recent(&self) -> Vec<CallRecord> {
+        self.recent
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .cloned()
+            .collect()
+    }
+}

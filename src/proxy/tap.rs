@@ -1,0 +1,461 @@
+//! The record layer and the tap. The layer starts a `Call` for every routed request and makes
+//! sure it is finished exactly once: when the response body ends, fails, or is dropped (client
+//! gone), or when the exchange fails before headers. The tap body observes each frame as it
+//! passes (a borrow, no copy) and feeds the response parser; it changes nothing, except that it
+//! removes the usage-only chunk when the gateway itself asked for it (include_usage injection).
+
+use std::{
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::{Duration, Instant, SystemTime},
+};
+
+use bytes::{Bytes, BytesMut};
+use http::{Request, Response, header};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+use tower::{Layer, Service};
+
+use super::{
+    body::{BoxError, ProxyBody},
+    timeouts::BodyTimeout,
+};
+use crate::{
+    call::{CallRecord, Outcome, Recorder, RequestInfo},
+    error::ProxyError,
+    format::{BodyParser, EventKind, ParserLimits},
+    provider::Route,
+};
+
+/// What to do with the upstream call when the client goes away mid-stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnDisconnect {
+    /// Drop the upstream request at once (stops generation and its cost).
+    Cancel,
+    /// Read the rest of the upstream response in the background to record full usage.
+    Finish,
+}
+
+#[derive(Clone)]
+pub struct RecordLayer {
+    recorder: Arc<Recorder>,
+    limits: ParserLimits,
+    on_disconnect: OnDisconnect,
+}
+
+impl RecordLayer {
+    pub fn new(recorder: Arc<Recorder>, limits: ParserLimits, on_disconnect: OnDisconnect) -> Self {
+        RecordLayer {
+            recorder,
+            limits,
+            on_disconnect,
+        }
+    }
+}
+
+impl<S> Layer<S> for RecordLayer {
+    type Service = Record<S>;
+    fn layer(&self, inner: S) -> Record<S> {
+        Record {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Record<S> {
+    inner: S,
+    layer: RecordLayer,
+}
+
+impl<S, B> Service<Request<B>> for Record<S>
+where
+    S: Service<Request<B>, Response = Response<ProxyBody>, Error = ProxyError>,
+    S::Future: Send + 'static,
+{
+    type Response = Response<ProxyBody>;
+    type Error = ProxyError;
+    type Future = super::BoxFuture<Result<Response<ProxyBody>, ProxyError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let Some(route) = req.extensions().get::<Route>().cloned() else {
+            return Box::pin(self.inner.call(req));
+        };
+        let info = req
+            .extensions()
+            .get::<RequestInfo>()
+            .cloned()
+            .unwrap_or_default();
+        let strip_usage = info.include_usage_injected;
+        let mut call = Call::start(
+            self.layer.recorder.clone(),
+            &route,
+            req.method().as_str(),
+            info,
+        );
+        let layer = self.layer.clone();
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            match fut.await {
+                Ok(response) => {
+                    call.headers(response.status().as_u16());
+                    let encoded = response
+                        .headers()
+                        .get(header::CONTENT_ENCODING)
+                        .is_some_and(|v| v.as_bytes() != b"identity");
+                    let parser = if encoded {
+                        None
+                    } else {
+                        let content_type = response
+                            .headers()
+                            .get(header::CONTENT_TYPE)
+                            .and_then(|v| v.to_str().ok());
+                        BodyParser::for_response(
+                            route.format,
+                            &route.provider.name,
+                            content_type,
+                            layer.limits,
+                        )
+                    };
+                    call.parser = parser;
+                    let strip =
+                        strip_usage && call.parser.as_ref().is_some_and(BodyParser::is_stream);
+                    let mut response = response;
+                    if strip {
+                        // The body will be shorter than the upstream's by the stripped chunk.
+                        response.headers_mut().remove(header::CONTENT_LENGTH);
+                    }
+                    Ok(response.map(|body| {
+                        TapBody {
+                            inner: Some(body),
+                            call: Some(call),
+                            strip: strip.then(Strip::default),
+                            flush: None,
+                            max_pending: layer.limits.max_event_bytes,
+                            on_disconnect: layer.on_disconnect,
+                        }
+                        .boxed_unsync()
+                    }))
+                }
+                Err(e) => {
+                    let outcome = match &e {
+                        ProxyError::UpstreamTimeout { .. } => Outcome::Timeout,
+                        ProxyError::UpstreamUnreachable { .. } => Outcome::UpstreamError,
+                        ProxyError::ClientBody(_) => Outcome::Cancelled,
+                        _ => Outcome::GatewayError,
+                    };
+                    let error_type = match outcome {
+                        Outcome::Timeout => "timeout",
+                        Outcome::Cancelled => "cancelled",
+                        _ => e.code(),
+                    };
+                    call.finish(outcome, Some(error_type.to_string()), false);
+                    Err(e)
+                }
+            }
+        })
+    }
+}
+
+/// A call under way. Finishing hands its record to the recorder; dropping an unfinished call
+/// finishes it as cancelled, so every call is recorded exactly once.
+pub struct Call {
+    recorder: Arc<Recorder>,
+    record: Option<CallRecord>,
+    started: Instant,
+    parser: Option<BodyParser>,
+}
+
+impl Call {
+    fn start(recorder: Arc<Recorder>, route: &Route, method: &str, request: RequestInfo) -> Call {
+        Call {
+            recorder,
+            record: Some(CallRecord {
+                provider: route.provider.name.clone(),
+                gen_ai_provider: route.provider.gen_ai_provider.clone(),
+                format: route.format,
+                method: method.to_string(),
+                path: route.uri.path().to_string(),
+                server_address: route.address().to_string(),
+                server_port: route.port(),
+                request,
+                status: None,
+                response: None,
+                outcome: Outcome::Completed,
+                error_type: None,
+                started_at: SystemTime::now(),
+                duration: Duration::ZERO,
+                time_to_headers: None,
+                time_to_first_token: None,
+            }),
+            started: Instant::now(),
+            parser: None,
+        }
+    }
+
+    fn headers(&mut self, status: u16) {
+        if let Some(r) = &mut self.record {
+            r.status = Some(status);
+            r.time_to_headers = Some(self.started.elapsed());
+        }
+    }
+
+    fn feed(&mut self, data: &[u8]) {
+        if let Some(parser) = &mut self.parser {
+            parser.feed(data);
+            self.note_first_token();
+        }
+    }
+
+    fn note_first_token(&mut self) {
+        if let (Some(parser), Some(record)) = (&self.parser, &mut self.record)
+            && record.time_to_first_token.is_none()
+            && parser.is_stream()
+            && parser.output_started()
+        {
+            record.time_to_first_token = Some(self.started.elapsed());
+        }
+    }
+
+    fn finish(&mut self, outcome: Outcome, error_type: Option<String>, clean: bool) {
+        let Some(mut record) = self.record.take() else {
+            return;
+        };
+        record.duration = self.started.elapsed();
+        record.response = self.parser.take().map(|p| p.finish(clean));
+        record.outcome = outcome;
+        record.error_type = error_type.or_else(|| {
+            let inband = record.response.as_ref().and_then(|r| r.error.as_ref());
+            match (inband, record.status) {
+                (Some(e), _) => Some(e.kind.clone().unwrap_or_else(|| "_OTHER".to_string())),
+                (None, Some(status)) if status >= 400 => Some(status.to_string()),
+                _ => None,
+            }
+        });
+        self.recorder.record(record);
+    }
+}
+
+impl Drop for Call {
+    fn drop(&mut self) {
+        self.finish(Outcome::Cancelled, Some("cancelled".to_string()), false);
+    }
+}
+
+/// Holds back the bytes of the event being received so that the usage-only chunk can be left
+/// out whole. Client SSE parsers act only on complete events, so this delays nothing they see.
+#[derive(Default)]
+struct Strip {
+    pending: Vec<Bytes>,
+    pending_len: usize,
+    /// The dropped event ended with CR at the end of a frame: its LF may start the next one.
+    skip_lf: bool,
+    boundaries: Vec<(usize, EventKind)>,
+}
+
+impl Strip {
+    fn take_pending(&mut self, out: &mut Vec<Bytes>) {
+        out.append(&mut self.pending);
+        self.pending_len = 0;
+    }
+}
+
+/// The tap on a response body; see the module docs.
+pub struct TapBody {
+    inner: Option<ProxyBody>,
+    call: Option<Call>,
+    strip: Option<Strip>,
+    /// Held bytes to send before ending the stream.
+    flush: Option<Bytes>,
+    max_pending: usize,
+    on_disconnect: OnDisconnect,
+}
+
+fn join(parts: Vec<Bytes>) -> Bytes {
+    match parts.len() {
+        0 => Bytes::new(),
+        1 => parts.into_iter().next().unwrap_or_default(),
+        _ => {
+            let mut out = BytesMut::with_capacity(parts.iter().map(Bytes::len).sum());
+            for p in parts {
+                out.extend_from_slice(&p);
+            }
+            out.freeze()
+        }
+    }
+}
+
+impl TapBody {
+    /// Feeds a frame and returns what to forward, leaving out the usage-only event.
+    fn strip_frame(&mut self, data: Bytes) -> Bytes {
+        let (Some(strip), Some(call)) = (&mut self.strip, &mut self.call) else {
+            return data;
+        };
+        let Some(parser) = &mut call.parser else {
+            return data;
+        };
+        strip.boundaries.clear();
+        let boundaries = &mut strip.boundaries;
+        parser.feed_marking(&data, |end, kind| boundaries.push((end, kind)));
+        call.note_first_token();
+        let mut start = 0;
+        if std::mem::take(&mut strip.skip_lf) && data.first() == Some(&b'\n') {
+            start = 1;
+        }
+        let mut out = Vec::new();
+        let boundaries = std::mem::take(&mut strip.boundaries);
+        for &(end, kind) in &boundaries {
+            let end = end.max(start);
+            if kind == EventKind::UsageOnly {
+                strip.pending.clear();
+                strip.pending_len = 0;
+                strip.skip_lf = end == data.len() && data[end - 1] == b'\r';
+            } else {
+                strip.take_pending(&mut out);
+                if end > start {
+                    out.push(data.slice(start..end));
+                }
+            }
+            start = end;
+        }
+        strip.boundaries = boundaries;
+        if start < data.len() {
+            strip.pending_len += data.len() - start;
+            strip.pending.push(data.slice(start..));
+            if strip.pending_len > self.max_pending {
+                // Too large to be the usage chunk: stop holding it back.
+                strip.take_pending(&mut out);
+            }
+        }
+        join(out)
+    }
+}
+
+impl TapBody {
+    /// The upstream body is over: queue what was held back and finish the call as completed.
+    /// Done as soon as the end is known, because hyper stops polling a body whose
+    /// `is_end_stream` is true (known length) and would otherwise only drop it.
+    fn end(&mut self) {
+        self.inner = None;
+        if let Some(strip) = &mut self.strip {
+            let mut rest = Vec::new();
+            strip.take_pending(&mut rest);
+            let rest = join(rest);
+            if !rest.is_empty() {
+                self.flush = Some(rest);
+            }
+        }
+        if let Some(mut call) = self.call.take() {
+            call.finish(Outcome::Completed, None, true);
+        }
+    }
+}
+
+impl Body for TapBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        loop {
+            if let Some(bytes) = this.flush.take() {
+                return Poll::Ready(Some(Ok(Frame::data(bytes))));
+            }
+            let Some(inner) = this.inner.as_mut() else {
+                return Poll::Ready(None);
+            };
+            match Pin::new(inner).poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Ok(frame))) => {
+                    let frame = match frame.into_data() {
+                        Ok(data) if this.strip.is_some() => Frame::data(this.strip_frame(data)),
+                        Ok(data) => {
+                            if let Some(call) = &mut this.call {
+                                call.feed(&data);
+                            }
+                            Frame::data(data)
+                        }
+                        Err(trailers) => trailers,
+                    };
+                    if this.inner.as_ref().is_some_and(|b| b.is_end_stream()) {
+                        this.end();
+                    }
+                    if frame.data_ref().is_some_and(|d| d.is_empty()) {
+                        // Everything in it was held back or stripped.
+                        continue;
+                    }
+                    return Poll::Ready(Some(Ok(frame)));
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    let timeout = e.downcast_ref::<BodyTimeout>().is_some();
+                    if let Some(mut call) = this.call.take() {
+                        let (outcome, kind) = if timeout {
+                            (Outcome::Timeout, "timeout")
+                        } else {
+                            (Outcome::UpstreamError, "upstream_reset")
+                        };
+                        call.finish(outcome, Some(kind.to_string()), false);
+                    }
+                    this.inner = None;
+                    return Poll::Ready(Some(Err(e)));
+                }
+                Poll::Ready(None) => this.end(),
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.flush.is_none() && self.inner.is_none()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match (&self.inner, &self.strip) {
+            // Stripping can make the body shorter than the upstream said.
+            (Some(inner), None) => inner.size_hint(),
+            _ => SizeHint::default(),
+        }
+    }
+}
+
+impl Drop for TapBody {
+    fn drop(&mut self) {
+        let (Some(mut call), Some(mut inner)) = (self.call.take(), self.inner.take()) else {
+            return;
+        };
+        if self.on_disconnect == OnDisconnect::Finish
+            && let Ok(handle) = tokio::runtime::Handle::try_current()
+        {
+            // The client is gone; read the rest so the record has the full usage.
+            handle.spawn(async move {
+                let mut clean = true;
+                while let Some(frame) = inner.frame().await {
+                    match frame {
+                        Ok(frame) => {
+                            if let Some(data) = frame.data_ref() {
+                                call.feed(data);
+                            }
+                        }
+                        Err(_) => {
+                            clean = false;
+                            break;
+                        }
+                    }
+                }
+                call.finish(Outcome::Cancelled, Some("cancelled".to_string()), clean);
+            });
+            return;
+        }
+        drop(inner);
+        call.finish(Outcome::Cancelled, Some("cancelled".to_string()), false);
+    }
+}
