@@ -9,7 +9,17 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::{format::ResponseRecord, metrics::Metrics, provider::WireFormat};
+use crate::{
+    format::ResponseRecord,
+    metrics::Metrics,
+    provider::WireFormat,
+    trace::{
+        capture::CapturedContent,
+        context::TraceContext,
+        metadata::CallMetadata,
+        span::{SpanRecord, span_for},
+    },
+};
 
 /// Generation parameters read from the request body.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -96,7 +106,12 @@ pub struct CallRecord {
     pub started_at: SystemTime,
     pub duration: Duration,
     pub time_to_headers: Option<Duration>,
+    /// First body frame after the headers.
+    pub time_to_first_chunk: Option<Duration>,
     pub time_to_first_token: Option<Duration>,
+    pub trace: TraceContext,
+    pub metadata: CallMetadata,
+    pub content: Option<CapturedContent>,
 }
 
 impl CallRecord {
@@ -139,12 +154,21 @@ impl LabelCap {
     }
 }
 
+fn push_bounded<T>(list: &Mutex<VecDeque<T>>, item: T, keep: usize) {
+    let mut list = list.lock().unwrap_or_else(|e| e.into_inner());
+    if list.len() == keep {
+        list.pop_front();
+    }
+    list.push_back(item);
+}
+
 /// Where finished calls go: metrics, a debug log line, and a bounded list of recent calls that
 /// tests (and later the local store) read.
 pub struct Recorder {
     metrics: Arc<Metrics>,
     models: LabelCap,
     recent: Mutex<VecDeque<CallRecord>>,
+    spans: Mutex<VecDeque<SpanRecord>>,
     keep: usize,
 }
 
@@ -154,6 +178,7 @@ impl Recorder {
             metrics,
             models: LabelCap::new(200),
             recent: Mutex::new(VecDeque::with_capacity(keep.min(1024))),
+            spans: Mutex::new(VecDeque::with_capacity(keep.min(1024))),
             keep,
         }
     }
@@ -180,13 +205,28 @@ impl Recorder {
                 "call"
             );
         }
+        let span = span_for(&call);
+        tracing::debug!(
+            trace_id = %call.trace.trace_id_hex(),
+            span_id = %call.trace.span_id_hex(),
+            name = %span.name,
+            attributes = span.attributes.len(),
+            "span"
+        );
         if self.keep > 0 {
-            let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
-            if recent.len() == self.keep {
-                recent.pop_front();
-            }
-            recent.push_back(call);
+            push_bounded(&self.recent, call, self.keep);
+            push_bounded(&self.spans, span, self.keep);
         }
+    }
+
+    /// The most recent span records, oldest first.
+    pub fn recent_spans(&self) -> Vec<SpanRecord> {
+        self.spans
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .cloned()
+            .collect()
     }
 
     /// The most recent calls, oldest first.

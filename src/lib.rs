@@ -12,6 +12,7 @@ pub mod provider;
 pub mod proxy;
 pub mod server;
 pub mod sse;
+pub mod trace;
 
 pub use config::Config;
 pub use server::Gateway;

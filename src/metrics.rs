@@ -42,6 +42,11 @@ struct OutcomeLabels {
     outcome: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HeaderLabels {
+    header: &'static str,
+}
+
 type HistogramFamily = Family<ProviderLabels, Histogram, fn() -> Histogram>;
 
 fn latency_histogram() -> Histogram {
@@ -59,6 +64,8 @@ pub struct Metrics {
     calls: Family<OutcomeLabels, Counter>,
     events_skipped: Family<ReasonLabels, Counter>,
     requests_unparsed: Counter,
+    trace_context_invalid: Family<HeaderLabels, Counter>,
+    metadata_truncated: Counter,
     /// Calls in flight, open response streams included.
     pub active_calls: Gauge,
 }
@@ -122,6 +129,18 @@ impl Metrics {
             "Calls on inspected routes whose request body was not readable JSON (forwarded all the same)",
             requests_unparsed.clone(),
         );
+        let trace_context_invalid = Family::<HeaderLabels, Counter>::default();
+        registry.register(
+            "sidetrace_trace_context_invalid",
+            "Calls whose trace header was present but invalid (a new trace was started)",
+            trace_context_invalid.clone(),
+        );
+        let metadata_truncated = Counter::default();
+        registry.register(
+            "sidetrace_metadata_truncated",
+            "Metadata values or keys cut to the length and count bounds",
+            metadata_truncated.clone(),
+        );
         let active_calls = Gauge::default();
         registry.register(
             "sidetrace_active_calls",
@@ -138,8 +157,20 @@ impl Metrics {
             calls,
             events_skipped,
             requests_unparsed,
+            trace_context_invalid,
+            metadata_truncated,
             active_calls,
         }
+    }
+
+    pub fn trace_context_invalid(&self, header: &'static str) {
+        self.trace_context_invalid
+            .get_or_create(&HeaderLabels { header })
+            .inc();
+    }
+
+    pub fn metadata_truncated(&self, n: u32) {
+        self.metadata_truncated.inc_by(u64::from(n));
     }
 
     /// Counts a finished call: outcome, tokens by kind, time to first token, parser trouble.

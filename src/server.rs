@@ -78,13 +78,16 @@ impl Gateway {
         let admin_addr = local_addr(&admin_listener, "admin_listen")?;
 
         let recorder = Arc::new(Recorder::new(metrics.clone(), config.inspect.recent_calls));
+        let capturer = Arc::new(config.capturer()?);
         let proxy = stack::build(
             &config,
             registry.clone(),
             client,
             metrics.clone(),
             recorder.clone(),
+            capturer,
         );
+
         let admin_state = Arc::new(AdminState {
             metrics: metrics.clone(),
             ready: AtomicBool::new(true),
@@ -125,6 +128,11 @@ impl Gateway {
             shutdown,
             task,
         })
+    }
+
+    /// The most recent span records, oldest first.
+    pub fn recent_spans(&self) -> Vec<crate::trace::span::SpanRecord> {
+        self.recorder.recent_spans()
     }
 
     /// The most recent finished calls, oldest first.

@@ -10,8 +10,9 @@ use std::{
 
 use serde::Deserialize;
 
-use crate::provider::{
-    Provider, ProviderOverride, ProviderSpec, Registry, RouteTimeouts, builtin_specs,
+use crate::{
+    provider::{Provider, ProviderOverride, ProviderSpec, Registry, RouteTimeouts, builtin_specs},
+    trace::{capture::Capturer, metadata::CaptureLevel, redact::Redactor},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -143,6 +144,46 @@ impl Default for InspectConfig {
     }
 }
 
+/// A configured redaction pattern: matches are replaced with `[NAME]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedactPattern {
+    pub name: String,
+    pub pattern: String,
+}
+
+/// How much of each call's content reaches its span.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CaptureConfig {
+    /// none, metadata (counts, sizes, tool names), redacted or full. A caller can lower it per
+    /// call with `x-sidetrace-capture`, never raise it.
+    pub level: CaptureLevel,
+    /// Captured text per attribute, in bytes; longer text is cut (the JSON stays valid).
+    pub max_bytes: usize,
+    /// Extra patterns replaced at the `redacted` level.
+    pub redact_patterns: Vec<RedactPattern>,
+}
+
+impl Default for CaptureConfig {
+    fn default() -> Self {
+        CaptureConfig {
+            level: CaptureLevel::Metadata,
+            max_bytes: 16 * 1024,
+            redact_patterns: Vec::new(),
+        }
+    }
+}
+
+/// Trace grouping.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TraceConfig {
+    /// Key for deriving trace ids from `x-sidetrace-trace-id` values that are not 32 hex
+    /// digits (HMAC-SHA256). Every replica must share it; empty means a plain SHA-256.
+    pub grouping_key: String,
+}
+
 /// The whole configuration file. Every key has a default, so an empty file is valid.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -162,6 +203,8 @@ pub struct Config {
     pub timeouts: TimeoutConfig,
     pub upstream: UpstreamConfig,
     pub inspect: InspectConfig,
+    pub capture: CaptureConfig,
+    pub trace: TraceConfig,
     pub providers: BTreeMap<String, ProviderOverride>,
 }
 
@@ -185,6 +228,8 @@ impl Default for Config {
             timeouts: TimeoutConfig::default(),
             upstream: UpstreamConfig::default(),
             inspect: InspectConfig::default(),
+            capture: CaptureConfig::default(),
+            trace: TraceConfig::default(),
             providers: BTreeMap::new(),
         }
     }
@@ -211,6 +256,22 @@ pub const ENV_VARS: &[(&str, &str)] = &[
         "log filter, e.g. debug (log.level); RUST_LOG is read when unset",
     ),
     ("SIDETRACE_LOG_FORMAT", "text or json (log.format)"),
+    (
+        "SIDETRACE_CAPTURE_LEVEL",
+        "none, metadata, redacted or full (capture.level)",
+    ),
+    (
+        "SIDETRACE_TRACE_GROUPING_KEY",
+        "key for trace ids derived from grouping headers (trace.grouping_key)",
+    ),
+    (
+        "SIDETRACE_CAPTURE_LEVEL",
+        "none, metadata, redacted or full (capture.level)",
+    ),
+    (
+        "SIDETRACE_TRACE_GROUPING_KEY",
+        "key for trace ids derived from grouping headers (trace.grouping_key)",
+    ),
     (
         "SIDETRACE_<PROVIDER>_BASE_URL",
         "upstream of one provider, e.g. SIDETRACE_OPENAI_BASE_URL",
@@ -261,6 +322,14 @@ impl Config {
                     level_set = true;
                 }
                 "RUST_LOG" => rust_log = Some(value),
+                "SIDETRACE_TRACE_GROUPING_KEY" => self.trace.grouping_key = value,
+                "SIDETRACE_CAPTURE_LEVEL" => {
+                    self.capture.level = CaptureLevel::parse(&value).ok_or_else(|| {
+                        ConfigError::Invalid(format!(
+                            "SIDETRACE_CAPTURE_LEVEL={value:?}: expected none, metadata, redacted or full"
+                        ))
+                    })?;
+                }
                 "SIDETRACE_LOG_FORMAT" => {
                     self.log.format = match value.as_str() {
                         "text" => LogFormat::Text,
@@ -367,6 +436,21 @@ impl Config {
         Registry::new(providers, &self.default_provider).map_err(ConfigError::Invalid)
     }
 
+    /// The content capturer (compiles the redaction patterns).
+    pub fn capturer(&self) -> Result<Capturer, ConfigError> {
+        let custom: Vec<(String, String)> = self
+            .capture
+            .redact_patterns
+            .iter()
+            .map(|p| (p.name.clone(), p.pattern.clone()))
+            .collect();
+        Ok(Capturer {
+            default_level: self.capture.level,
+            max_bytes: self.capture.max_bytes,
+            redactor: Redactor::new(&custom).map_err(ConfigError::Invalid)?,
+        })
+    }
+
     /// Everything `serve` checks before it binds a port.
     pub fn validate(&self) -> Result<Registry, ConfigError> {
         self.listen_addr()?;
@@ -402,6 +486,7 @@ impl Config {
         tracing_subscriber::EnvFilter::try_new(&self.log.level)
             .map_err(|e| ConfigError::Invalid(format!("log.level {:?}: {e}", self.log.level)))?;
         crate::proxy::upstream::tls_config(&self.upstream).map_err(ConfigError::Invalid)?;
+        self.capturer()?;
         self.registry()
     }
 }

@@ -33,6 +33,7 @@ pub struct Provider {
     base_path: String,
     pub http2_prior_knowledge: bool,
     pub stream_usage_injection: bool,
+    pub propagate_trace_context: bool,
     paths: Vec<PathSpec>,
     pub credential_headers: Vec<HeaderName>,
     /// A key the gateway holds, set only when the client sent no credential.
@@ -189,6 +190,7 @@ impl Provider {
             base_path: base_path.to_string(),
             http2_prior_knowledge: spec.http2_prior_knowledge,
             stream_usage_injection: spec.stream_usage_injection,
+            propagate_trace_context: spec.propagate_trace_context,
             paths: spec.paths.clone(),
             credential_headers,
             gateway_key,

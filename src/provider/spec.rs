@@ -59,6 +59,10 @@ pub struct TimeoutOverrides {
     pub total_ms: Option<u64>,
 }
 
+fn yes() -> bool {
+    true
+}
+
 /// One provider file in `providers/`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -78,6 +82,9 @@ pub struct ProviderSpec {
     /// streamed chat and completions calls that lack it.
     #[serde(default)]
     pub stream_usage_injection: bool,
+    /// Send `traceparent` (the call span as parent) and the caller's `tracestate` upstream.
+    #[serde(default = "yes")]
+    pub propagate_trace_context: bool,
     #[serde(default)]
     pub auth: AuthSpec,
     #[serde(default)]
@@ -98,6 +105,7 @@ pub struct ProviderOverride {
     pub route_prefix: Option<String>,
     pub http2_prior_knowledge: Option<bool>,
     pub stream_usage_injection: Option<bool>,
+    pub propagate_trace_context: Option<bool>,
     pub auth: Option<AuthSpec>,
     pub paths: Option<Vec<PathSpec>>,
     pub timeouts: Option<TimeoutOverrides>,
@@ -130,6 +138,7 @@ impl ProviderSpec {
             route_prefix: None,
             http2_prior_knowledge: false,
             stream_usage_injection: false,
+            propagate_trace_context: true,
             auth: AuthSpec {
                 credential_headers: vec!["authorization".to_string()],
                 key_header: Some("authorization".to_string()),
@@ -157,6 +166,9 @@ impl ProviderSpec {
         }
         if let Some(v) = o.stream_usage_injection {
             self.stream_usage_injection = v;
+        }
+        if let Some(v) = o.propagate_trace_context {
+            self.propagate_trace_context = v;
         }
         if let Some(v) = &o.auth {
             self.auth = v.clone();

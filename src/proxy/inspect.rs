@@ -3,7 +3,10 @@
 //! generation parameters, and `stream_options.include_usage` is added to OpenAI-style streams
 //! that lack it. Other routes (uploads, files) keep streaming untouched.
 
-use std::task::{Context, Poll};
+use std::{
+    sync::Arc,
+    task::{Context, Poll},
+};
 
 use bytes::{Bytes, BytesMut};
 use http::{HeaderValue, Request, Response, header};
@@ -16,17 +19,23 @@ use crate::{
     call::{RequestInfo, RequestParams},
     error::ProxyError,
     provider::{Route, WireFormat},
+    trace::{
+        capture::Capturer,
+        metadata::{CallMetadata, CaptureLevel},
+    },
 };
 
 #[derive(Clone)]
 pub struct InspectLayer {
     inject_include_usage: bool,
+    capturer: Arc<Capturer>,
 }
 
 impl InspectLayer {
-    pub fn new(inject_include_usage: bool) -> Self {
+    pub fn new(inject_include_usage: bool, capturer: Arc<Capturer>) -> Self {
         InspectLayer {
             inject_include_usage,
+            capturer,
         }
     }
 }
@@ -37,6 +46,7 @@ impl<S> Layer<S> for InspectLayer {
         Inspect {
             inner,
             inject_include_usage: self.inject_include_usage,
+            capturer: self.capturer.clone(),
         }
     }
 }
@@ -45,6 +55,7 @@ impl<S> Layer<S> for InspectLayer {
 pub struct Inspect<S> {
     inner: S,
     inject_include_usage: bool,
+    capturer: Arc<Capturer>,
 }
 
 impl<S> Service<Request<RequestBody>> for Inspect<S>
@@ -73,6 +84,7 @@ where
             return Box::pin(self.inner.call(req));
         }
         let inject = self.inject_include_usage && route.provider.stream_usage_injection;
+        let capturer = self.capturer.clone();
         // The service was polled ready; hand that instance to the future and keep a fresh clone.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
@@ -80,7 +92,19 @@ where
             let (mut parts, body) = req.into_parts();
             let bytes = body.collect().await.map_err(body_error)?.to_bytes();
             let path = parts.uri.path().to_string();
-            let (info, rewritten) = inspect(&route, &path, &bytes, inject);
+            let (info, rewritten, fields) = inspect(&route, &path, &bytes, inject);
+            if let Some(metadata) = parts.extensions.get_mut::<CallMetadata>() {
+                if let Some(f) = &fields {
+                    metadata.add_body_fields(f.user.as_deref(), &f.metadata_pairs());
+                }
+                let level = capturer.level(metadata.capture);
+                if level > CaptureLevel::None && info.parsed {
+                    let content = serde_json::from_slice::<serde_json::Value>(&bytes)
+                        .map(|body| capturer.request(level, route.format, &body))
+                        .unwrap_or_default();
+                    parts.extensions.insert(content);
+                }
+            }
             let body = match rewritten {
                 Some(new_body) => {
                     parts
@@ -144,7 +168,7 @@ struct GeminiGeneration {
 /// The request fields the gateway reads; everything else is ignored.
 #[derive(Deserialize, Default)]
 #[serde(default)]
-struct RequestFields {
+pub struct RequestFields {
     model: Option<String>,
     stream: Option<bool>,
     stream_options: Option<StreamOptions>,
@@ -164,6 +188,23 @@ struct RequestFields {
     generation_config: Option<GeminiGeneration>,
     /// Ollama native puts parameters here.
     options: Option<serde_json::Map<String, serde_json::Value>>,
+    /// OpenAI's end-user id.
+    user: Option<String>,
+    /// OpenAI's string map; Anthropic's `{user_id}`.
+    metadata: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+impl RequestFields {
+    fn metadata_pairs(&self) -> Vec<(String, String)> {
+        self.metadata
+            .iter()
+            .flatten()
+            .map(|(k, v)| match v {
+                serde_json::Value::String(s) => (k.clone(), s.clone()),
+                other => (k.clone(), other.to_string()),
+            })
+            .collect()
+    }
 }
 
 /// Reads the request and, when asked, returns a rewritten body with include_usage added.
@@ -172,7 +213,7 @@ pub fn inspect(
     path: &str,
     body: &[u8],
     inject: bool,
-) -> (RequestInfo, Option<Bytes>) {
+) -> (RequestInfo, Option<Bytes>, Option<RequestFields>) {
     let mut info = RequestInfo {
         body_bytes: body.len() as u64,
         model: model_from_path(path),
@@ -258,7 +299,7 @@ pub fn inspect(
         );
         info.include_usage_injected = rewritten.is_some();
     }
-    (info, rewritten)
+    (info, rewritten, fields)
 }
 
 /// Adds `"stream_options":{"include_usage":true}`. When the request has no `stream_options`, the

@@ -4,10 +4,13 @@
 
 use std::task::{Context, Poll};
 
-use http::{HeaderMap, HeaderName, Request, Version, header};
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Version, header};
 use tower::{Layer, Service};
 
-use crate::provider::Route;
+use crate::{
+    provider::Route,
+    trace::{context::TraceContext, metadata::is_metadata_header},
+};
 
 /// Headers that describe one connection, not the message (RFC 9110 7.6.1), plus the
 /// non-standard ones proxies are known to see.
@@ -40,10 +43,11 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     headers.remove(header::UPGRADE);
 }
 
+/// Removes sidetrace's own headers and the metadata aliases of other gateways.
 fn strip_sidetrace_headers(headers: &mut HeaderMap) {
     let ours: Vec<HeaderName> = headers
         .keys()
-        .filter(|k| k.as_str().starts_with("x-sidetrace-"))
+        .filter(|k| is_metadata_header(k.as_str()))
         .cloned()
         .collect();
     for name in ours {
@@ -85,6 +89,27 @@ where
             let headers = req.headers_mut();
             strip_hop_by_hop(headers);
             strip_sidetrace_headers(headers);
+            // The caller's trace context is replaced by ours: the call span is the parent.
+            headers.remove("traceparent");
+            headers.remove("tracestate");
+            let trace = req.extensions().get::<TraceContext>().cloned();
+            if route.provider.propagate_trace_context
+                && let Some(trace) = trace
+            {
+                let headers = req.headers_mut();
+
+                if let Ok(v) = HeaderValue::from_str(&trace.traceparent()) {
+                    headers.insert("traceparent", v);
+                }
+                if let Some(state) = trace
+                    .trace_state
+                    .as_deref()
+                    .and_then(|s| HeaderValue::from_str(s).ok())
+                {
+                    headers.insert("tracestate", state);
+                }
+            }
+            let headers = req.headers_mut();
             // hyper sets Host (HTTP/1.1) or :authority (HTTP/2) from the new URI.
             headers.remove(header::HOST);
             // hyper's client does not wait for 100 Continue; the body is sent at once anyway.
@@ -109,7 +134,6 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::HeaderValue;
 
     #[test]
     fn hop_by_hop_headers_and_the_ones_connection_names_are_removed() {

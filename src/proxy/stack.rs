@@ -9,6 +9,7 @@ use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
 
 use super::{
     body::ProxyBody,
+    context::TraceContextLayer,
     inspect::InspectLayer,
     limit::BodyLimitLayer,
     request_id::{MakeCallId, REQUEST_ID_HEADER},
@@ -22,7 +23,13 @@ use super::{
 };
 use crate::{
     call::Recorder, config::Config, format::ParserLimits, metrics::Metrics, provider::Registry,
+    trace::capture::Capturer,
 };
+
+fn grouping_key(config: &Config) -> Option<Arc<[u8]>> {
+    let key = config.trace.grouping_key.as_bytes();
+    (!key.is_empty()).then(|| Arc::from(key))
+}
 
 /// Builds the service that answers every proxied request.
 pub fn build(
@@ -31,6 +38,7 @@ pub fn build(
     client: Arc<UpstreamClient>,
     metrics: Arc<Metrics>,
     recorder: Arc<Recorder>,
+    capturer: Arc<Capturer>,
 ) -> impl Service<Request<Incoming>, Response = Response<ProxyBody>, Error = Infallible, Future: Send>
 + Clone
 + Send
@@ -42,6 +50,12 @@ pub fn build(
             MakeCallId::default(),
         ))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID_HEADER))
+        // Trace context and metadata headers next, also outside rescue: every response names
+        // its trace and span, and inner layers find the context in the request extensions.
+        .layer(TraceContextLayer::new(
+            metrics.clone(),
+            grouping_key(config),
+        ))
         // Rescue: every error below becomes a JSON response here; hyper never sees an Err.
         .layer(RescueLayer)
         // Load shed before any work is done: past the limit a call costs one atomic and a 503.
@@ -58,7 +72,10 @@ pub fn build(
         .layer(RouteLayer::new(registry, metrics.clone()))
         // Inspect after routing, because the route's wire format says whether the request is JSON
         // worth reading (model, stream, parameters) and whether include_usage may be added.
-        .layer(InspectLayer::new(config.inspect.inject_include_usage))
+        .layer(InspectLayer::new(
+            config.inspect.inject_include_usage,
+            capturer,
+        ))
         // Rewrite: upstream URI, hop-by-hop headers, Host, x-sidetrace-* stripped, credentials kept.
         .layer(RewriteLayer)
         // Record and tap outside the timeouts, so a timeout is recorded as a timeout; the call is

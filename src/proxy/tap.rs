@@ -26,6 +26,7 @@ use crate::{
     error::ProxyError,
     format::{BodyParser, EventKind, ParserLimits},
     provider::Route,
+    trace::{capture::CapturedContent, context::TraceContext, metadata::CallMetadata},
 };
 
 /// What to do with the upstream call when the client goes away mid-stream.
@@ -94,11 +95,18 @@ where
             .cloned()
             .unwrap_or_default();
         let strip_usage = info.include_usage_injected;
+        let ext = req.extensions();
+        let Some(trace) = ext.get::<TraceContext>().cloned() else {
+            return Box::pin(self.inner.call(req));
+        };
+        let metadata = ext.get::<CallMetadata>().cloned().unwrap_or_default();
+        let content = ext.get::<CapturedContent>().cloned();
         let mut call = Call::start(
             self.layer.recorder.clone(),
             &route,
             req.method().as_str(),
             info,
+            (trace, metadata, content),
         );
         let layer = self.layer.clone();
         let fut = self.inner.call(req);
@@ -174,7 +182,13 @@ pub struct Call {
 }
 
 impl Call {
-    fn start(recorder: Arc<Recorder>, route: &Route, method: &str, request: RequestInfo) -> Call {
+    fn start(
+        recorder: Arc<Recorder>,
+        route: &Route,
+        method: &str,
+        request: RequestInfo,
+        (trace, metadata, content): (TraceContext, CallMetadata, Option<CapturedContent>),
+    ) -> Call {
         Call {
             recorder,
             record: Some(CallRecord {
@@ -193,7 +207,11 @@ impl Call {
                 started_at: SystemTime::now(),
                 duration: Duration::ZERO,
                 time_to_headers: None,
+                time_to_first_chunk: None,
                 time_to_first_token: None,
+                trace,
+                metadata,
+                content,
             }),
             started: Instant::now(),
             parser: None,
@@ -208,9 +226,18 @@ impl Call {
     }
 
     fn feed(&mut self, data: &[u8]) {
+        self.note_first_chunk();
         if let Some(parser) = &mut self.parser {
             parser.feed(data);
             self.note_first_token();
+        }
+    }
+
+    fn note_first_chunk(&mut self) {
+        if let Some(record) = &mut self.record
+            && record.time_to_first_chunk.is_none()
+        {
+            record.time_to_first_chunk = Some(self.started.elapsed());
         }
     }
 
@@ -304,6 +331,7 @@ impl TapBody {
         strip.boundaries.clear();
         let boundaries = &mut strip.boundaries;
         parser.feed_marking(&data, |end, kind| boundaries.push((end, kind)));
+        call.note_first_chunk();
         call.note_first_token();
         let mut start = 0;
         if std::mem::take(&mut strip.skip_lf) && data.first() == Some(&b'\n') {

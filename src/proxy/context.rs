@@ -1,0 +1,93 @@
+//! Trace context and call metadata: read from the request headers before anything else, so
+//! every response (errors included) can name its trace and span.
+
+use std::{
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use http::{HeaderValue, Request, Response};
+use tower::{Layer, Service};
+
+use crate::{
+    metrics::Metrics,
+    trace::{context::TraceContext, metadata::CallMetadata},
+};
+
+#[derive(Clone)]
+pub struct TraceContextLayer {
+    metrics: Arc<Metrics>,
+    grouping_key: Option<Arc<[u8]>>,
+}
+
+impl TraceContextLayer {
+    pub fn new(metrics: Arc<Metrics>, grouping_key: Option<Arc<[u8]>>) -> Self {
+        TraceContextLayer {
+            metrics,
+            grouping_key,
+        }
+    }
+}
+
+impl<S> Layer<S> for TraceContextLayer {
+    type Service = TraceContextService<S>;
+    fn layer(&self, inner: S) -> TraceContextService<S> {
+        TraceContextService {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct TraceContextService<S> {
+    inner: S,
+    layer: TraceContextLayer,
+}
+
+impl<S, B, RB> Service<Request<B>> for TraceContextService<S>
+where
+    S: Service<Request<B>, Response = Response<RB>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    RB: Send + 'static,
+{
+    type Response = Response<RB>;
+    type Error = S::Error;
+    type Future = super::BoxFuture<Result<Response<RB>, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        let (trace, invalid) =
+            TraceContext::from_headers(req.headers(), self.layer.grouping_key.as_deref());
+        for (bad, header) in [
+            (invalid.traceparent, "traceparent"),
+            (invalid.trace_id, "x-sidetrace-trace-id"),
+            (invalid.parent_span_id, "x-sidetrace-parent-span-id"),
+        ] {
+            if bad {
+                self.layer.metrics.trace_context_invalid(header);
+            }
+        }
+        let metadata = CallMetadata::from_headers(req.headers());
+        if metadata.truncated > 0 {
+            self.layer.metrics.metadata_truncated(metadata.truncated);
+        }
+        let trace_id = HeaderValue::from_str(&trace.trace_id_hex());
+        let span_id = HeaderValue::from_str(&trace.span_id_hex());
+        req.extensions_mut().insert(trace);
+        req.extensions_mut().insert(metadata);
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            let mut response = fut.await?;
+            if let (Ok(t), Ok(s)) = (trace_id, span_id) {
+                response.headers_mut().insert("x-sidetrace-trace-id", t);
+                response.headers_mut().insert("x-sidetrace-span-id", s);
+            }
+            Ok(response)
+        })
+    }
+}

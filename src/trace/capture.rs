@@ -1,0 +1,379 @@
+//! Content capture: the request's messages, system instructions and tools (and later the
+//! output) turned into the OpenTelemetry GenAI JSON shapes, at the capture level in force,
+//! redacted and truncated at ingest so nothing unredacted is ever stored.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::{metadata::CaptureLevel, redact::Redactor};
+use crate::provider::WireFormat;
+
+/// What a call's span carries of its content.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CapturedContent {
+    pub level: Option<CaptureLevel>,
+    /// `gen_ai.input.messages` (JSON), at `redacted` and `full`.
+    pub input_messages: Option<String>,
+    /// `gen_ai.system_instructions` (JSON), at `redacted` and `full`.
+    pub system_instructions: Option<String>,
+    /// `gen_ai.tool.definitions` (JSON): names only at `metadata`, full at `full`/`redacted`.
+    pub tool_definitions: Option<String>,
+    pub input_message_count: Option<u64>,
+    pub tool_names: Vec<String>,
+    /// `gen_ai.output.messages` (JSON), filled from the response at `redacted` and `full`.
+    pub output_messages: Option<String>,
+    /// Some text was cut to fit the size limit.
+    pub truncated: bool,
+}
+
+/// Settings for capture.
+pub struct Capturer {
+    pub default_level: CaptureLevel,
+    pub max_bytes: usize,
+    pub redactor: Redactor,
+}
+
+impl Capturer {
+    /// The level for one call: the caller may only lower the configured one.
+    pub fn level(&self, asked: Option<CaptureLevel>) -> CaptureLevel {
+        asked.map_or(self.default_level, |a| a.min(self.default_level))
+    }
+
+    /// Captures the request side from its JSON body.
+    pub fn request(
+        &self,
+        level: CaptureLevel,
+        format: WireFormat,
+        body: &Value,
+    ) -> CapturedContent {
+        let mut out = CapturedContent {
+            level: Some(level),
+            ..CapturedContent::default()
+        };
+        if level == CaptureLevel::None {
+            return out;
+        }
+        let (system, messages) = input_messages(format, body);
+        out.input_message_count = Some(messages.len() as u64);
+        let tools = tool_definitions(body);
+        out.tool_names = tools
+            .iter()
+            .filter_map(|t| t["name"].as_str().map(str::to_string))
+            .collect();
+        if level == CaptureLevel::Metadata {
+            if !out.tool_names.is_empty() {
+                let names: Vec<Value> = out
+                    .tool_names
+                    .iter()
+                    .map(|n| json!({"type": "function", "name": n}))
+                    .collect();
+                out.tool_definitions = Some(Value::Array(names).to_string());
+            }
+            return out;
+        }
+        let mut budget = Budget {
+            left: self.max_bytes,
+            truncated: false,
+            redactor: (level == CaptureLevel::Redacted).then_some(&self.redactor),
+        };
+        let mut messages = Value::Array(messages);
+        budget.walk(&mut messages);
+        out.input_messages = Some(messages.to_string());
+        if !system.is_empty() {
+            let mut system = Value::Array(system);
+            budget.walk(&mut system);
+            out.system_instructions = Some(system.to_string());
+        }
+        if !tools.is_empty() {
+            let mut tools = Value::Array(tools);
+            budget.walk(&mut tools);
+            out.tool_definitions = Some(tools.to_string());
+        }
+        out.truncated = budget.truncated;
+        out
+    }
+
+    /// Captures the output text and tool calls of a response.
+    pub fn output(
+        &self,
+        content: &mut CapturedContent,
+        text: &str,
+        tool_calls: &[(String, String)],
+        finish: Option<&str>,
+    ) {
+        let Some(level) = content.level else { return };
+        if level < CaptureLevel::Redacted {
+            return;
+        }
+        let mut parts = Vec::new();
+        if !text.is_empty() {
+            parts.push(json!({"type": "text", "content": text}));
+        }
+        for (name, arguments) in tool_calls {
+            parts.push(json!({"type": "tool_call", "name": name, "arguments": arguments}));
+        }
+        let mut message = json!([{
+            "role": "assistant",
+            "parts": parts,
+            "finish_reason": finish.unwrap_or(""),
+        }]);
+        let mut budget = Budget {
+            left: self.max_bytes,
+            truncated: false,
+            redactor: (level == CaptureLevel::Redacted).then_some(&self.redactor),
+        };
+        budget.walk(&mut message);
+        content.truncated |= budget.truncated;
+        content.output_messages = Some(message.to_string());
+    }
+}
+
+/// Redacts and truncates every string in a JSON value, keeping the JSON valid.
+struct Budget<'a> {
+    left: usize,
+    truncated: bool,
+    redactor: Option<&'a Redactor>,
+}
+
+impl Budget<'_> {
+    fn walk(&mut self, v: &mut Value) {
+        match v {
+            Value::String(s) => {
+                if let Some(r) = self.redactor
+                    && let std::borrow::Cow::Owned(red) = r.redact(s)
+                {
+                    *s = red;
+                }
+                if s.len() > self.left {
+                    let mut cut = self.left;
+                    while !s.is_char_boundary(cut) {
+                        cut -= 1;
+                    }
+                    s.truncate(cut);
+                    s.push_str("…[truncated]");
+                    self.truncated = true;
+                    self.left = 0;
+                } else {
+                    self.left -= s.len();
+                }
+            }
+            Value::Array(items) => items.iter_mut().for_each(|i| self.walk(i)),
+            Value::Object(map) => map.values_mut().for_each(|i| self.walk(i)),
+            _ => {}
+        }
+    }
+}
+
+fn text_part(s: &str) -> Value {
+    json!({"type": "text", "content": s})
+}
+
+/// Converts one provider content value (string, or list of typed blocks) to OTel parts.
+fn parts(content: &Value) -> Vec<Value> {
+    match content {
+        Value::String(s) => vec![text_part(s)],
+        Value::Array(blocks) => blocks
+            .iter()
+            .map(|b| match b["type"].as_str() {
+                Some("text") | Some("input_text") | Some("output_text") => text_part(b["text"].as_str().unwrap_or("")),
+                Some("tool_use") => json!({"type": "tool_call", "id": b["id"], "name": b["name"], "arguments": b["input"]}),
+                Some("tool_result") => json!({"type": "tool_call_response", "id": b["tool_use_id"], "response": b["content"]}),
+                Some("image_url") | Some("image") | Some("input_image") => json!({"type": "uri", "modality": "image", "uri": "[image]"}),
+                _ if b.get("text").is_some() => text_part(b["text"].as_str().unwrap_or("")),
+                Some(other) => json!({"type": other}),
+                None => json!({"type": "unknown"}),
+            })
+            .collect(),
+        Value::Null => Vec::new(),
+        other => vec![text_part(&other.to_string())],
+    }
+}
+
+/// (system instruction parts, input messages) in the OTel shapes.
+fn input_messages(format: WireFormat, body: &Value) -> (Vec<Value>, Vec<Value>) {
+    let mut system = Vec::new();
+    let mut messages = Vec::new();
+    match format {
+        WireFormat::GenerateContent => {
+            if let Some(si) = body
+                .get("systemInstruction")
+                .or(body.get("system_instruction"))
+            {
+                for p in si["parts"].as_array().into_iter().flatten() {
+                    system.push(text_part(p["text"].as_str().unwrap_or("")));
+                }
+            }
+            for c in body["contents"].as_array().into_iter().flatten() {
+                let parts: Vec<Value> = c["parts"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|p| text_part(p["text"].as_str().unwrap_or("")))
+                    .collect();
+                messages
+                    .push(json!({"role": c["role"].as_str().unwrap_or("user"), "parts": parts}));
+            }
+        }
+        WireFormat::Responses => {
+            if let Some(i) = body["instructions"].as_str() {
+                system.push(text_part(i));
+            }
+            match &body["input"] {
+                Value::String(s) => messages.push(json!({"role": "user", "parts": [text_part(s)]})),
+                Value::Array(items) => {
+                    for m in items {
+                        messages.push(json!({"role": m["role"].as_str().unwrap_or("user"), "parts": parts(&m["content"])}));
+                    }
+                }
+                _ => {}
+            }
+        }
+        WireFormat::Completions | WireFormat::OllamaGenerate => {
+            if let Some(p) = body["prompt"].as_str() {
+                messages.push(json!({"role": "user", "parts": [text_part(p)]}));
+            }
+        }
+        WireFormat::Embeddings => match &body["input"] {
+            Value::String(s) => messages.push(json!({"role": "user", "parts": [text_part(s)]})),
+            Value::Array(items) => {
+                for i in items {
+                    messages.push(json!({"role": "user", "parts": parts(i)}));
+                }
+            }
+            _ => {}
+        },
+        _ => {
+            // Chat completions, Anthropic messages, Ollama chat, Bedrock.
+            match &body["system"] {
+                Value::String(s) => system.push(text_part(s)),
+                Value::Array(blocks) => system.extend(parts(&Value::Array(blocks.clone()))),
+                _ => {}
+            }
+            for m in body["messages"].as_array().into_iter().flatten() {
+                let role = m["role"].as_str().unwrap_or("user");
+                if role == "system" || role == "developer" {
+                    system.extend(parts(&m["content"]));
+                    continue;
+                }
+                let mut p = parts(&m["content"]);
+                for call in m["tool_calls"].as_array().into_iter().flatten() {
+                    p.push(json!({"type": "tool_call", "id": call["id"], "name": call["function"]["name"], "arguments": call["function"]["arguments"]}));
+                }
+                messages.push(json!({"role": role, "parts": p}));
+            }
+        }
+    }
+    (system, messages)
+}
+
+/// Tools offered to the model, as `{type: function, name, description?, parameters?}`.
+fn tool_definitions(body: &Value) -> Vec<Value> {
+    let mut out = Vec::new();
+    for t in body["tools"].as_array().into_iter().flatten() {
+        if let Some(f) = t.get("function") {
+            out.push(json!({"type": "function", "name": f["name"], "description": f["description"], "parameters": f["parameters"]}));
+        } else if let Some(decls) = t.get("functionDeclarations").and_then(Value::as_array) {
+            for d in decls {
+                out.push(json!({"type": "function", "name": d["name"], "description": d["description"], "parameters": d["parameters"]}));
+            }
+        } else if t.get("name").is_some() {
+            out.push(json!({"type": "function", "name": t["name"], "description": t["description"], "parameters": t.get("input_schema").or(t.get("parameters"))}));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn capturer(level: CaptureLevel, max_bytes: usize) -> Capturer {
+        Capturer {
+            default_level: level,
+            max_bytes,
+            redactor: Redactor::new(&[]).unwrap(),
+        }
+    }
+
+    fn chat() -> Value {
+        json!({
+            "model": "gpt-4o",
+            "messages": [
+                {"role": "system", "content": "You are terse."},
+                {"role": "user", "content": "My email is jane@example.com"}
+            ],
+            "tools": [{"type": "function", "function": {"name": "lookup", "description": "find", "parameters": {"type": "object"}}}]
+        })
+    }
+
+    #[test]
+    fn metadata_level_keeps_counts_and_tool_names_but_no_text() {
+        let c = capturer(CaptureLevel::Metadata, 1000).request(
+            CaptureLevel::Metadata,
+            WireFormat::ChatCompletions,
+            &chat(),
+        );
+        assert_eq!(c.input_message_count, Some(1));
+        assert_eq!(c.tool_names, ["lookup"]);
+        assert!(c.input_messages.is_none() && c.system_instructions.is_none());
+        assert!(!c.tool_definitions.unwrap().contains("find"));
+    }
+
+    #[test]
+    fn redacted_level_keeps_structure_and_replaces_personal_data() {
+        let c = capturer(CaptureLevel::Redacted, 1000).request(
+            CaptureLevel::Redacted,
+            WireFormat::ChatCompletions,
+            &chat(),
+        );
+        let input: Value = serde_json::from_str(c.input_messages.as_deref().unwrap()).unwrap();
+        assert_eq!(input[0]["role"], "user");
+        assert_eq!(input[0]["parts"][0]["content"], "My email is [EMAIL]");
+        let system: Value =
+            serde_json::from_str(c.system_instructions.as_deref().unwrap()).unwrap();
+        assert_eq!(system[0]["content"], "You are terse.");
+    }
+
+    #[test]
+    fn full_level_is_truncated_to_the_size_limit_as_valid_json() {
+        let c = capturer(CaptureLevel::Full, 20).request(
+            CaptureLevel::Full,
+            WireFormat::ChatCompletions,
+            &chat(),
+        );
+        let input: Value = serde_json::from_str(c.input_messages.as_deref().unwrap()).unwrap();
+        assert!(
+            input[0]["parts"][0]["content"]
+                .as_str()
+                .unwrap()
+                .ends_with("…[truncated]")
+        );
+        assert!(c.truncated);
+    }
+
+    #[test]
+    fn a_caller_can_only_lower_the_level() {
+        let c = capturer(CaptureLevel::Redacted, 10);
+        assert_eq!(c.level(Some(CaptureLevel::Full)), CaptureLevel::Redacted);
+        assert_eq!(c.level(Some(CaptureLevel::None)), CaptureLevel::None);
+        assert_eq!(c.level(None), CaptureLevel::Redacted);
+    }
+
+    #[test]
+    fn anthropic_system_and_gemini_contents_are_read() {
+        let c = capturer(CaptureLevel::Full, 1000);
+        let a = c.request(
+            CaptureLevel::Full,
+            WireFormat::Messages,
+            &json!({"system": "sys", "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]}),
+        );
+        assert!(a.system_instructions.unwrap().contains("sys"));
+        assert!(a.input_messages.unwrap().contains("hi"));
+        let g = c.request(
+            CaptureLevel::Full,
+            WireFormat::GenerateContent,
+            &json!({"contents": [{"role": "user", "parts": [{"text": "yo"}]}]}),
+        );
+        assert!(g.input_messages.unwrap().contains("yo"));
+    }
+}

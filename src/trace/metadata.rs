@@ -1,0 +1,408 @@
+//! Call metadata from request headers: sidetrace's own `x-sidetrace-*` headers, the migration
+//! aliases of other gateways (Helicone, Portkey, LiteLLM) and W3C `baggage` keys. Values are
+//! bounded in length and count so a client cannot blow up memory or cardinality; what is cut is
+//! counted.
+
+use http::HeaderMap;
+use serde::{Deserialize, Serialize};
+
+/// Longest value kept (characters); longer ones are truncated.
+pub const MAX_VALUE_CHARS: usize = 256;
+/// Most `meta` keys and tags kept per call.
+pub const MAX_KEYS: usize = 32;
+
+/// How much of a call's content reaches its span.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CaptureLevel {
+    None,
+    /// Tool names, message counts and sizes; no text.
+    Metadata,
+    /// Content with personal data and secrets replaced by typed placeholders.
+    Redacted,
+    Full,
+}
+
+impl CaptureLevel {
+    pub fn parse(s: &str) -> Option<CaptureLevel> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "none" => Some(CaptureLevel::None),
+            "metadata" => Some(CaptureLevel::Metadata),
+            "redacted" => Some(CaptureLevel::Redacted),
+            "full" => Some(CaptureLevel::Full),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallMetadata {
+    pub feature: Option<String>,
+    pub user_id: Option<String>,
+    pub session_id: Option<String>,
+    pub session_path: Option<String>,
+    pub prompt_template: Option<String>,
+    pub prompt_version: Option<String>,
+    pub span_name: Option<String>,
+    pub tags: Vec<String>,
+    /// `x-sidetrace-meta-<key>` and the aliases that carry free properties.
+    pub meta: Vec<(String, String)>,
+    /// The capture level the caller asked for (it can only lower the configured one).
+    pub capture: Option<CaptureLevel>,
+    /// Values or keys cut to the bounds.
+    pub truncated: u32,
+}
+
+/// Request headers that carry metadata and are stripped before the request goes upstream
+/// (besides every `x-sidetrace-*` header).
+pub fn is_metadata_header(name: &str) -> bool {
+    name.starts_with("x-sidetrace-")
+        || name.starts_with("helicone-")
+        || name.starts_with("x-portkey-")
+        || name == "x-litellm-tags"
+        || name == "baggage"
+}
+
+impl CallMetadata {
+    pub fn from_headers(headers: &HeaderMap) -> CallMetadata {
+        let mut m = CallMetadata::default();
+        // Aliases first, so sidetrace's own headers win when both are sent.
+        if let Some(v) = text(headers, "baggage") {
+            for (key, value) in parse_baggage(&v) {
+                match key.as_str() {
+                    "user.id" | "user_id" | "userId" => m.set_user(&value),
+                    "session.id" | "session_id" | "sessionId" => m.set(Field::Session, &value),
+                    "feature.id" | "feature" => m.set(Field::Feature, &value),
+                    "prompt.template_id" | "prompt.template" => {
+                        m.set(Field::PromptTemplate, &value)
+                    }
+                    "prompt.version" => m.set(Field::PromptVersion, &value),
+                    _ => {}
+                }
+            }
+        }
+        if let Some(v) = text(headers, "helicone-user-id") {
+            m.set_user(&v);
+        }
+        if let Some(v) = text(headers, "helicone-session-id") {
+            m.set(Field::Session, &v);
+        }
+        if let Some(v) = text(headers, "helicone-session-path") {
+            m.set(Field::SessionPath, &v);
+        }
+        if let Some(v) = text(headers, "x-portkey-metadata")
+            && let Ok(serde_json::Value::Object(map)) =
+                serde_json::from_str::<serde_json::Value>(&v)
+        {
+            for (key, value) in map {
+                let value = match value {
+                    serde_json::Value::String(s) => s,
+                    other => other.to_string(),
+                };
+                if key == "_user" {
+                    m.set_user(&value);
+                } else {
+                    m.add_meta(&key, &value);
+                }
+            }
+        }
+        if let Some(v) = text(headers, "x-litellm-tags") {
+            m.add_tags(&v);
+        }
+        for (name, value) in headers {
+            let name = name.as_str();
+            if let Some(key) = name.strip_prefix("helicone-property-")
+                && let Ok(v) = value.to_str()
+            {
+                m.add_meta(key, v);
+            }
+        }
+        // sidetrace's own headers.
+        if let Some(v) = text(headers, "x-sidetrace-feature") {
+            m.set(Field::Feature, &v);
+        }
+        if let Some(v) = text(headers, "x-sidetrace-user-id") {
+            m.set_user(&v);
+        }
+        if let Some(v) = text(headers, "x-sidetrace-session-id") {
+            m.set(Field::Session, &v);
+        }
+        if let Some(v) = text(headers, "x-sidetrace-prompt-template") {
+            m.set(Field::PromptTemplate, &v);
+        }
+        if let Some(v) = text(headers, "x-sidetrace-prompt-version") {
+            m.set(Field::PromptVersion, &v);
+        }
+        if let Some(v) = text(headers, "x-sidetrace-span-name") {
+            m.set(Field::SpanName, &v);
+        }
+        if let Some(v) = text(headers, "x-sidetrace-tags") {
+            m.add_tags(&v);
+        }
+        if let Some(v) = text(headers, "x-sidetrace-capture") {
+            m.capture = CaptureLevel::parse(&v);
+        }
+        for (name, value) in headers {
+            if let Some(key) = name.as_str().strip_prefix("x-sidetrace-meta-")
+                && let Ok(v) = value.to_str()
+            {
+                m.add_meta(key, v);
+            }
+        }
+        m
+    }
+
+    /// OpenAI's body `user` and `metadata` fields fill in what headers did not say.
+    pub fn add_body_fields(&mut self, user: Option<&str>, metadata: &[(String, String)]) {
+        if self.user_id.is_none()
+            && let Some(u) = user
+        {
+            self.set_user(u);
+        }
+        for (k, v) in metadata {
+            if !self.meta.iter().any(|(key, _)| key == k) {
+                self.add_meta(k, v);
+            }
+        }
+    }
+
+    fn set_user(&mut self, v: &str) {
+        self.set(Field::User, v);
+    }
+
+    fn set(&mut self, field: Field, value: &str) {
+        let value = self.bound(value);
+        if value.is_empty() {
+            return;
+        }
+        let slot = match field {
+            Field::Feature => &mut self.feature,
+            Field::User => &mut self.user_id,
+            Field::Session => &mut self.session_id,
+            Field::SessionPath => &mut self.session_path,
+            Field::PromptTemplate => &mut self.prompt_template,
+            Field::PromptVersion => &mut self.prompt_version,
+            Field::SpanName => &mut self.span_name,
+        };
+        *slot = Some(value);
+    }
+
+    fn add_meta(&mut self, key: &str, value: &str) {
+        let key: String = key
+            .trim()
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+            .take(64)
+            .collect::<String>()
+            .to_ascii_lowercase();
+        if key.is_empty() {
+            return;
+        }
+        let value = self.bound(value);
+        if let Some(slot) = self.meta.iter_mut().find(|(k, _)| *k == key) {
+            slot.1 = value;
+        } else if self.meta.len() < MAX_KEYS {
+            self.meta.push((key, value));
+        } else {
+            self.truncated += 1;
+        }
+    }
+
+    fn add_tags(&mut self, list: &str) {
+        for tag in list.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+            let tag = self.bound(tag);
+            if self.tags.contains(&tag) {
+                continue;
+            }
+            if self.tags.len() < MAX_KEYS {
+                self.tags.push(tag);
+            } else {
+                self.truncated += 1;
+            }
+        }
+    }
+
+    fn bound(&mut self, value: &str) -> String {
+        let value = value.trim();
+        if value.chars().count() > MAX_VALUE_CHARS {
+            self.truncated += 1;
+            value.chars().take(MAX_VALUE_CHARS).collect()
+        } else {
+            value.to_string()
+        }
+    }
+}
+
+enum Field {
+    Feature,
+    User,
+    Session,
+    SessionPath,
+    PromptTemplate,
+    PromptVersion,
+    SpanName,
+}
+
+fn text(headers: &HeaderMap, name: &str) -> Option<String> {
+    let v = headers.get(name)?;
+    let s = match v.to_str() {
+        Ok(s) => s.to_string(),
+        Err(_) => String::from_utf8_lossy(v.as_bytes()).into_owned(),
+    };
+    let s = s.trim().to_string();
+    (!s.is_empty()).then_some(s)
+}
+
+/// W3C baggage: `key=value;props,...`, values percent-decoded; at most 64 members.
+fn parse_baggage(header: &str) -> Vec<(String, String)> {
+    header
+        .split(',')
+        .take(64)
+        .filter_map(|member| {
+            let kv = member.split(';').next()?;
+            let (k, v) = kv.split_once('=')?;
+            Some((k.trim().to_string(), percent_decode(v.trim())))
+        })
+        .collect()
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%'
+            && let Some(v) = b
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        {
+            out.push(v);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn h(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (k, v) in pairs {
+            map.append(*k, HeaderValue::from_str(v).unwrap());
+        }
+        map
+    }
+
+    #[test]
+    fn sidetrace_headers_fill_every_field() {
+        let m = CallMetadata::from_headers(&h(&[
+            ("x-sidetrace-feature", "support_agent"),
+            ("x-sidetrace-user-id", "u_123"),
+            ("x-sidetrace-session-id", "s_9"),
+            ("x-sidetrace-prompt-template", "support.v3"),
+            ("x-sidetrace-prompt-version", "7"),
+            ("x-sidetrace-span-name", "triage"),
+            ("x-sidetrace-tags", "beta, eu ,beta"),
+            ("x-sidetrace-meta-tenant", "acme"),
+            ("x-sidetrace-capture", "metadata"),
+        ]));
+        assert_eq!(m.feature.as_deref(), Some("support_agent"));
+        assert_eq!(m.user_id.as_deref(), Some("u_123"));
+        assert_eq!(m.session_id.as_deref(), Some("s_9"));
+        assert_eq!(m.prompt_template.as_deref(), Some("support.v3"));
+        assert_eq!(m.prompt_version.as_deref(), Some("7"));
+        assert_eq!(m.span_name.as_deref(), Some("triage"));
+        assert_eq!(m.tags, ["beta", "eu"]);
+        assert_eq!(m.meta, [("tenant".to_string(), "acme".to_string())]);
+        assert_eq!(m.capture, Some(CaptureLevel::Metadata));
+    }
+
+    #[test]
+    fn aliases_of_other_gateways_and_baggage_map_to_the_same_fields() {
+        let m = CallMetadata::from_headers(&h(&[
+            ("helicone-user-id", "hu"),
+            ("helicone-session-id", "hs"),
+            ("helicone-session-path", "/a/b"),
+            ("helicone-property-environment", "prod"),
+            ("x-portkey-metadata", r#"{"_user":"pu","team":"ml","n":3}"#),
+            ("x-litellm-tags", "t1,t2"),
+            (
+                "baggage",
+                "feature.id=search,prompt.version=2;ttl=5,other=x%20y",
+            ),
+        ]));
+        assert_eq!(
+            m.user_id.as_deref(),
+            Some("pu"),
+            "portkey's _user comes after helicone's"
+        );
+        assert_eq!(m.session_id.as_deref(), Some("hs"));
+        assert_eq!(m.session_path.as_deref(), Some("/a/b"));
+        assert_eq!(m.feature.as_deref(), Some("search"));
+        assert_eq!(m.prompt_version.as_deref(), Some("2"));
+        assert_eq!(m.tags, ["t1", "t2"]);
+        assert!(m.meta.contains(&("environment".into(), "prod".into())));
+        assert!(m.meta.contains(&("team".into(), "ml".into())));
+        assert!(m.meta.contains(&("n".into(), "3".into())));
+    }
+
+    #[test]
+    fn sidetrace_headers_win_over_aliases() {
+        let m = CallMetadata::from_headers(&h(&[
+            ("helicone-user-id", "alias"),
+            ("x-sidetrace-user-id", "own"),
+        ]));
+        assert_eq!(m.user_id.as_deref(), Some("own"));
+    }
+
+    #[test]
+    fn values_and_counts_are_bounded_and_the_excess_counted() {
+        let long = "x".repeat(1000);
+        let mut pairs: Vec<(&'static str, String)> = vec![("x-sidetrace-feature", long.clone())];
+        let names: Vec<&'static str> = (0..40)
+            .map(|i| &*Box::leak(format!("x-sidetrace-meta-k{i}").into_boxed_str()))
+            .collect();
+        for n in &names {
+            pairs.push((n, "v".into()));
+        }
+        let pairs: Vec<(&'static str, &str)> =
+            pairs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let m = CallMetadata::from_headers(&h(&pairs));
+        assert_eq!(m.feature.as_ref().unwrap().len(), MAX_VALUE_CHARS);
+        assert_eq!(m.meta.len(), MAX_KEYS);
+        assert_eq!(m.truncated, 1 + 8);
+    }
+
+    #[test]
+    fn body_user_and_metadata_fill_gaps_only() {
+        let mut m = CallMetadata::from_headers(&h(&[("x-sidetrace-meta-team", "a")]));
+        m.add_body_fields(
+            Some("body-user"),
+            &[("team".into(), "b".into()), ("env".into(), "dev".into())],
+        );
+        assert_eq!(m.user_id.as_deref(), Some("body-user"));
+        assert!(m.meta.contains(&("team".into(), "a".into())));
+        assert!(m.meta.contains(&("env".into(), "dev".into())));
+    }
+
+    #[test]
+    fn metadata_headers_are_recognised_for_stripping() {
+        for name in [
+            "x-sidetrace-feature",
+            "helicone-property-x",
+            "x-portkey-metadata",
+            "x-litellm-tags",
+            "baggage",
+        ] {
+            assert!(is_metadata_header(name), "{name}");
+        }
+        assert!(!is_metadata_header("authorization"));
+    }
+}

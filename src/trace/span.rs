@@ -1,0 +1,409 @@
+//! The span record: one per call, kind CLIENT, with the OpenTelemetry GenAI v1.41 attributes
+//! and sidetrace's analytics attributes. This is the one format the exporter, the spool and the
+//! local store use. Resource and scope are per process (`Telemetry`), not per span.
+
+use std::time::UNIX_EPOCH;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    call::{CallRecord, Outcome},
+    provider::WireFormat,
+};
+
+pub const SCHEMA_URL: &str = "https://opentelemetry.io/schemas/1.41.0";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum AttrValue {
+    Bool(bool),
+    Int(i64),
+    Double(f64),
+    Str(String),
+    StrList(Vec<String>),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum SpanStatus {
+    Unset,
+    Error(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SpanRecord {
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+    pub parent_span_id: Option<[u8; 8]>,
+    pub parent_is_remote: bool,
+    pub flags: u8,
+    pub trace_state: Option<String>,
+    pub name: String,
+    /// Always CLIENT: the model runs in another process.
+    pub kind: String,
+    pub start_unix_nanos: u64,
+    pub end_unix_nanos: u64,
+    pub status: SpanStatus,
+    pub attributes: Vec<(String, AttrValue)>,
+}
+
+impl SpanRecord {
+    pub fn attr(&self, key: &str) -> Option<&AttrValue> {
+        self.attributes
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v)
+    }
+}
+
+/// Resource attributes and instrumentation scope of this process.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Telemetry {
+    pub resource: Vec<(String, String)>,
+    pub scope_name: String,
+    pub scope_version: String,
+    pub schema_url: String,
+}
+
+impl Telemetry {
+    /// From `OTEL_SERVICE_NAME` and `OTEL_RESOURCE_ATTRIBUTES` (`k=v,k=v`, percent-encoded
+    /// values); the service name defaults to `sidetrace`.
+    pub fn from_env(
+        vars: impl IntoIterator<Item = (String, String)>,
+        instance_id: &str,
+    ) -> Telemetry {
+        let mut service_name = None;
+        let mut resource: Vec<(String, String)> = Vec::new();
+        for (k, v) in vars {
+            match k.as_str() {
+                "OTEL_SERVICE_NAME" if !v.trim().is_empty() => {
+                    service_name = Some(v.trim().to_string())
+                }
+                "OTEL_RESOURCE_ATTRIBUTES" => {
+                    for pair in v.split(',') {
+                        if let Some((key, value)) = pair.split_once('=') {
+                            let key = key.trim();
+                            if !key.is_empty() {
+                                resource.retain(|(k, _)| k != key);
+                                resource.push((key.to_string(), decode(value.trim())));
+                            }
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        // OTEL_SERVICE_NAME wins over service.name in OTEL_RESOURCE_ATTRIBUTES.
+        let from_attrs = resource
+            .iter()
+            .find(|(k, _)| k == "service.name")
+            .map(|(_, v)| v.clone());
+        resource.retain(|(k, _)| k != "service.name");
+        resource.insert(
+            0,
+            (
+                "service.name".into(),
+                service_name
+                    .or(from_attrs)
+                    .unwrap_or_else(|| "sidetrace".into()),
+            ),
+        );
+        for (k, v) in [
+            ("service.version", env!("CARGO_PKG_VERSION").to_string()),
+            ("service.instance.id", instance_id.to_string()),
+            ("telemetry.sdk.name", "sidetrace".to_string()),
+            ("telemetry.sdk.language", "rust".to_string()),
+        ] {
+            if !resource.iter().any(|(key, _)| key == k) {
+                resource.push((k.to_string(), v));
+            }
+        }
+        Telemetry {
+            resource,
+            scope_name: "sidetrace".into(),
+            scope_version: env!("CARGO_PKG_VERSION").into(),
+            schema_url: SCHEMA_URL.into(),
+        }
+    }
+}
+
+fn decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%'
+            && let Some(v) = b
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        {
+            out.push(v);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// `gen_ai.operation.name` for a wire format.
+pub fn operation(format: WireFormat) -> &'static str {
+    match format {
+        WireFormat::Completions | WireFormat::OllamaGenerate => "text_completion",
+        WireFormat::Embeddings => "embeddings",
+        WireFormat::GenerateContent => "generate_content",
+        WireFormat::Passthrough => "proxy",
+        _ => "chat",
+    }
+}
+
+fn nanos(t: std::time::SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// Builds the span of a finished call.
+pub fn span_for(call: &CallRecord) -> SpanRecord {
+    let mut a: Vec<(String, AttrValue)> = Vec::with_capacity(40);
+    let mut s = |k: &str, v: &str| a.push((k.to_string(), AttrValue::Str(v.to_string())));
+    let op = operation(call.format);
+    s("gen_ai.operation.name", op);
+    s("gen_ai.provider.name", &call.gen_ai_provider);
+    if let Some(m) = &call.request.model {
+        s("gen_ai.request.model", m);
+    }
+    s("server.address", &call.server_address);
+    let _ = s;
+    a.push((
+        "server.port".into(),
+        AttrValue::Int(i64::from(call.server_port)),
+    ));
+    let p = &call.request.params;
+    let int = |a: &mut Vec<(String, AttrValue)>, k: &str, v: Option<u64>| {
+        if let Some(v) = v.and_then(|v| i64::try_from(v).ok()) {
+            a.push((k.to_string(), AttrValue::Int(v)));
+        }
+    };
+    let dbl = |a: &mut Vec<(String, AttrValue)>, k: &str, v: Option<f64>| {
+        if let Some(v) = v {
+            a.push((k.to_string(), AttrValue::Double(v)));
+        }
+    };
+    int(&mut a, "gen_ai.request.max_tokens", p.max_tokens);
+    dbl(&mut a, "gen_ai.request.temperature", p.temperature);
+    dbl(&mut a, "gen_ai.request.top_p", p.top_p);
+    dbl(&mut a, "gen_ai.request.top_k", p.top_k);
+    dbl(
+        &mut a,
+        "gen_ai.request.frequency_penalty",
+        p.frequency_penalty,
+    );
+    dbl(
+        &mut a,
+        "gen_ai.request.presence_penalty",
+        p.presence_penalty,
+    );
+    if !p.stop_sequences.is_empty() {
+        a.push((
+            "gen_ai.request.stop_sequences".into(),
+            AttrValue::StrList(p.stop_sequences.clone()),
+        ));
+    }
+    if let Some(seed) = p.seed.as_ref().and_then(|s| s.parse::<i64>().ok()) {
+        a.push(("gen_ai.request.seed".into(), AttrValue::Int(seed)));
+    }
+    if let Some(n) = p.choice_count.filter(|n| *n != 1) {
+        int(&mut a, "gen_ai.request.choice.count", Some(n));
+    }
+    if call.request.stream {
+        a.push(("gen_ai.request.stream".into(), AttrValue::Bool(true)));
+    }
+    if call.gen_ai_provider == "openai" {
+        match call.format {
+            WireFormat::ChatCompletions => a.push((
+                "openai.api.type".into(),
+                AttrValue::Str("chat_completions".into()),
+            )),
+            WireFormat::Responses => {
+                a.push(("openai.api.type".into(), AttrValue::Str("responses".into())))
+            }
+            _ => {}
+        }
+    }
+    if let Some(r) = &call.response {
+        if let Some(id) = &r.response_id {
+            a.push(("gen_ai.response.id".into(), AttrValue::Str(id.clone())));
+        }
+        if let Some(m) = &r.model {
+            a.push(("gen_ai.response.model".into(), AttrValue::Str(m.clone())));
+        }
+        if !r.finish_reasons.is_empty() {
+            a.push((
+                "gen_ai.response.finish_reasons".into(),
+                AttrValue::StrList(r.finish_reasons.clone()),
+            ));
+        }
+        let u = &r.usage;
+        int(&mut a, "gen_ai.usage.input_tokens", u.input_tokens);
+        int(&mut a, "gen_ai.usage.output_tokens", u.output_tokens);
+        int(
+            &mut a,
+            "gen_ai.usage.cache_read.input_tokens",
+            u.cached_input_tokens,
+        );
+        int(
+            &mut a,
+            "gen_ai.usage.cache_creation.input_tokens",
+            u.cache_creation_input_tokens,
+        );
+        int(
+            &mut a,
+            "gen_ai.usage.reasoning.output_tokens",
+            u.reasoning_tokens,
+        );
+    }
+    if let Some(t) = call.time_to_first_chunk.filter(|_| call.request.stream) {
+        dbl(
+            &mut a,
+            "gen_ai.response.time_to_first_chunk",
+            Some(t.as_secs_f64()),
+        );
+    }
+    if let Some(status) = call.status {
+        a.push((
+            "http.response.status_code".into(),
+            AttrValue::Int(i64::from(status)),
+        ));
+    }
+    if let Some(e) = &call.error_type {
+        a.push(("error.type".into(), AttrValue::Str(e.clone())));
+    }
+    let m = &call.metadata;
+    let mut opt = |k: &str, v: &Option<String>| {
+        if let Some(v) = v {
+            a.push((k.to_string(), AttrValue::Str(v.clone())));
+        }
+    };
+    opt("feature.id", &m.feature);
+    opt("user.id", &m.user_id);
+    opt("session.id", &m.session_id);
+    opt("gen_ai.conversation.id", &m.session_id);
+    opt("session.path", &m.session_path);
+    opt("prompt.template_id", &m.prompt_template);
+    opt("prompt.version", &m.prompt_version);
+    if !m.tags.is_empty() {
+        a.push(("tag.tags".into(), AttrValue::StrList(m.tags.clone())));
+    }
+    for (k, v) in &m.meta {
+        a.push((format!("sidetrace.meta.{k}"), AttrValue::Str(v.clone())));
+    }
+    if let Some(c) = &call.content {
+        let mut opt = |k: &str, v: &Option<String>| {
+            if let Some(v) = v {
+                a.push((k.to_string(), AttrValue::Str(v.clone())));
+            }
+        };
+        opt("gen_ai.input.messages", &c.input_messages);
+        opt("gen_ai.system_instructions", &c.system_instructions);
+        opt("gen_ai.tool.definitions", &c.tool_definitions);
+        opt("gen_ai.output.messages", &c.output_messages);
+        if let Some(n) = c.input_message_count {
+            int(&mut a, "sidetrace.input.message_count", Some(n));
+        }
+        if c.truncated {
+            a.push(("sidetrace.content.truncated".into(), AttrValue::Bool(true)));
+        }
+    }
+    int(
+        &mut a,
+        "sidetrace.request.body_bytes",
+        Some(call.request.body_bytes),
+    );
+    a.push((
+        "sidetrace.provider".into(),
+        AttrValue::Str(call.provider.clone()),
+    ));
+    a.push((
+        "sidetrace.outcome".into(),
+        AttrValue::Str(call.outcome.as_str().into()),
+    ));
+
+    let failed = call.outcome != Outcome::Completed || call.error_type.is_some();
+    let status = if failed {
+        SpanStatus::Error(match call.outcome {
+            Outcome::Timeout => "upstream timed out".to_string(),
+            Outcome::Cancelled => "client cancelled the call".to_string(),
+            Outcome::UpstreamError => "upstream failed".to_string(),
+            Outcome::GatewayError => "gateway refused the call".to_string(),
+            Outcome::Completed => match call.status {
+                Some(s) if s >= 400 => format!("upstream answered {s}"),
+                _ => "provider signalled an error".to_string(),
+            },
+        })
+    } else {
+        SpanStatus::Unset
+    };
+    let name = match (&m.span_name, &call.request.model) {
+        (Some(n), _) => n.clone(),
+        (None, Some(model)) => format!("{op} {model}"),
+        (None, None) => op.to_string(),
+    };
+    let start = nanos(call.started_at);
+    let t = &call.trace;
+    SpanRecord {
+        trace_id: t.trace_id,
+        span_id: t.span_id,
+        parent_span_id: t.parent_span_id,
+        parent_is_remote: t.parent_is_remote,
+        flags: t.flags,
+        trace_state: t.trace_state.clone(),
+        name,
+        kind: "client".into(),
+        start_unix_nanos: start,
+        end_unix_nanos: start + call.duration.as_nanos() as u64,
+        status,
+        attributes: a,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resource_comes_from_the_standard_variables() {
+        let t = Telemetry::from_env(
+            [
+                ("OTEL_SERVICE_NAME".to_string(), "gw-eu".to_string()),
+                (
+                    "OTEL_RESOURCE_ATTRIBUTES".to_string(),
+                    "deployment.environment.name=prod,team=ml%20ops,service.name=ignored"
+                        .to_string(),
+                ),
+            ],
+            "i-1",
+        );
+        let get = |k: &str| {
+            t.resource
+                .iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.as_str())
+        };
+        assert_eq!(get("service.name"), Some("gw-eu"));
+        assert_eq!(get("deployment.environment.name"), Some("prod"));
+        assert_eq!(get("team"), Some("ml ops"));
+        assert_eq!(get("service.instance.id"), Some("i-1"));
+        assert_eq!(t.schema_url, SCHEMA_URL);
+        assert_eq!(t.scope_name, "sidetrace");
+    }
+
+    #[test]
+    fn service_name_defaults_to_sidetrace() {
+        let t = Telemetry::from_env(Vec::new(), "x");
+        assert_eq!(
+            t.resource[0],
+            ("service.name".to_string(), "sidetrace".to_string())
+        );
+    }
+}
