@@ -79,6 +79,11 @@ fn python() -> PathBuf {
 }
 
 async fn sdk_case(case: &str) -> Mock {
+    sdk_case_with_spans(case).await.0
+}
+
+/// Runs one case; returns the mock, the gateway's spans and the script's output.
+async fn sdk_case_with_spans(case: &str) -> (Mock, Vec<sidetrace::trace::span::SpanRecord>, String) {
     let mock = Mock::start(provider).await;
     let dead = closed_port().await;
     let gw = gateway_for(
@@ -109,8 +114,9 @@ async fn sdk_case(case: &str) -> Mock {
         output.status.success() && stdout.contains(&format!("ok {case}")),
         "{case} failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
     );
+        let spans = gw.recent_spans();
     gw.shutdown().await;
-    mock
+    (mock, spans, stdout.into_owned())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -175,4 +181,19 @@ async fn anthropic_sdk_message_through_the_gateway() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn anthropic_sdk_surfaces_an_upstream_529() {
     sdk_case("anthropic_overloaded").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_opentelemetry_sdk_parent_span_is_the_parent_of_the_gateways_span() {
+    let (mock, spans, stdout) = sdk_case_with_spans("otel_parent_span").await;
+    let line = stdout.lines().find(|l| l.starts_with("TRACE ")).expect("the script prints its span");
+    let mut parts = line.split_whitespace().skip(1);
+    let (trace_id, parent_id) = (parts.next().unwrap(), parts.next().unwrap());
+    assert_eq!(spans.len(), 1);
+    let span = &spans[0];
+    assert_eq!(sidetrace::trace::context::hex(&span.trace_id), trace_id);
+    assert_eq!(span.parent_span_id.map(|p| sidetrace::trace::context::hex(&p)).as_deref(), Some(parent_id));
+    assert!(span.parent_is_remote);
+    let upstream = mock.last().headers["traceparent"].to_str().unwrap().to_string();
+    assert!(upstream.contains(trace_id) && !upstream.contains(parent_id), "{upstream}");
 }

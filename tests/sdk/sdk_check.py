@@ -141,7 +141,28 @@ def anthropic_overloaded():
     raise AssertionError("expected an APIStatusError 529")
 
 
-CASES = {name: fn for name, fn in globals().items() if callable(fn) and name.startswith(("openai_", "anthropic_"))}
+def otel_parent_span():
+    # An app instrumented with the OpenTelemetry SDK: its span wraps the LLM call, and the
+    # SDK's global propagator (W3C trace context) injects traceparent into the request.
+    from opentelemetry import propagate, trace
+    from opentelemetry.sdk.trace import TracerProvider
+
+    trace.set_tracer_provider(TracerProvider())
+    tracer = trace.get_tracer("sdk-check")
+    with tracer.start_as_current_span("agent step") as span:
+        headers = {}
+        propagate.inject(headers)
+        assert "traceparent" in headers, headers
+        oai().chat.completions.create(model="o4-mini", messages=MESSAGES, extra_headers=headers)
+        ctx = span.get_span_context()
+        print("TRACE", format(ctx.trace_id, "032x"), format(ctx.span_id, "016x"))
+
+
+CASES = {
+    name: fn
+    for name, fn in globals().items()
+    if callable(fn) and name.startswith(("openai_", "anthropic_", "otel_"))
+}
 
 if __name__ == "__main__":
     case = sys.argv[1]
