@@ -1,0 +1,7 @@
+//! Getting spans out: the OTLP export path and the local spool that holds batches the collector
+//! could not take yet.
+
+pub mod spool;
+
+#[cfg(test)]
+mod spool_tests;
