@@ -214,7 +214,10 @@ mod tests {
     use super::*;
 
     /// Every event (name, data) and every boundary's end offset in stream terms.
-    fn parse_in(chunks: &[&[u8]]) -> (Vec<(String, String)>, Vec<usize>, bool) {
+    /// Events (name, data), boundary ends, and whether an event was left partial.
+    type Parsed = (Vec<(String, String)>, Vec<usize>, bool);
+
+    fn parse_in(chunks: &[&[u8]]) -> Parsed {
         let mut p = SseParser::new(1 << 20);
         let mut events = Vec::new();
         let mut ends = Vec::new();
@@ -232,7 +235,7 @@ mod tests {
         (events, ends, partial)
     }
 
-    fn every_split(body: &[u8]) -> Vec<(Vec<(String, String)>, Vec<usize>, bool)> {
+    fn every_split(body: &[u8]) -> Vec<Parsed> {
         let mut out = vec![parse_in(&[body])];
         for i in 0..=body.len() {
             // Splits between CR and LF move a boundary by one byte; they are checked on their own.
