@@ -1,6 +1,8 @@
-//! Every provider fixture through the gateway's body parser: fed whole, byte by byte, at seeded
-//! random cuts and at its `feed_splits`, each way must give the same record, and that record
-//! must match the fixture's expectation. Property tests add arbitrary splits and hostile input.
+//! Provider fixtures through the gateway's body parser, however the body is split.
+//!
+//! Each fixture is fed whole, byte by byte, at seeded random cuts and at its `feed_splits`: every
+//! way must give the same record, and that record must match the fixture's expectation. Property
+//! tests add arbitrary splits and hostile input.
 
 use std::{
     path::{Path, PathBuf},

@@ -1,5 +1,4 @@
-//! Anthropic Messages (`/v1/messages`), streamed or not; also the events inside Bedrock
-//! InvokeModel chunks, which `bedrock.rs` feeds through `on_message_event`.
+//! Anthropic Messages (`/v1/messages`), streamed or not, and inside Bedrock InvokeModel chunks.
 
 use serde::Deserialize;
 

@@ -1,5 +1,7 @@
-//! AWS Bedrock: Converse / ConverseStream, and InvokeModel / InvokeModelWithResponseStream for
-//! Anthropic models (whose chunks carry base64 Anthropic stream events).
+//! AWS Bedrock: Converse and ConverseStream, and InvokeModel (streamed or not) for Claude.
+//!
+//! InvokeModelWithResponseStream chunks carry base64 Anthropic stream events, which go through
+//! the Anthropic extractor.
 
 use base64::Engine;
 use serde::Deserialize;

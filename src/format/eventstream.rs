@@ -1,5 +1,4 @@
-//! AWS event-stream framing (`application/vnd.amazon.eventstream`, Bedrock): bytes in, checked
-//! frames out, across any split of the input, with memory bounded by the frame limit.
+//! AWS event-stream framing (Bedrock): bytes split anywhere in, checked frames out, bounded.
 //!
 //! A frame is `[total len u32][headers len u32][prelude CRC32]`, headers, payload, then a CRC32
 //! of everything before it; integers are big-endian and the CRC is IEEE (zlib's).

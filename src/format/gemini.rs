@@ -1,5 +1,7 @@
-//! Google Gemini `generateContent` / `streamGenerateContent` (Gemini API and Vertex AI): SSE
-//! chunks, a whole JSON response, or the JSON array of chunks sent without `alt=sse`.
+//! Google Gemini `generateContent`: SSE chunks, one JSON response, or a JSON array of chunks.
+//!
+//! The array is what `streamGenerateContent` sends without `alt=sse`. Vertex AI uses the same
+//! body format.
 
 use std::fmt;
 

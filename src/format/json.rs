@@ -1,5 +1,4 @@
-//! Lenient JSON pieces shared by the extractors, and byte scans that decide whether an event
-//! needs decoding at all.
+//! Lenient JSON decoding and byte pre-checks shared by the extractors.
 //!
 //! Providers add fields, send `null` for absent values, pad with whitespace and put 64-bit seeds
 //! next to the counts; one odd field must not cost a whole event. So the typed structs the

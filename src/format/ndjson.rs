@@ -1,5 +1,4 @@
-//! NDJSON framing: one JSON document per `\n`-terminated line, split on bytes with bounded
-//! memory.
+//! NDJSON framing: one JSON document per `\n`-terminated line, split on bytes, bounded.
 
 use std::borrow::Cow;
 

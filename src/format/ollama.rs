@@ -1,5 +1,4 @@
-//! Ollama's native API (`/api/chat`, `/api/generate`): NDJSON lines, or one JSON object when
-//! `stream: false`.
+//! Ollama's native API (`/api/chat`, `/api/generate`): NDJSON lines, or one JSON object.
 
 use serde::Deserialize;
 

@@ -1,5 +1,7 @@
-//! OpenAI chat completions, legacy completions and embeddings, and every server that copies
-//! them (Azure, DeepSeek, Groq, vLLM, Mistral, OpenRouter, Together, xAI, Ollama's `/v1`).
+//! OpenAI chat completions, legacy completions and embeddings, and the servers that copy them.
+//!
+//! Those are Azure, DeepSeek, Groq, vLLM, Mistral, OpenRouter, Together, xAI and Ollama's `/v1`;
+//! their quirks are listed in the fixtures' README.
 
 use serde::Deserialize;
 

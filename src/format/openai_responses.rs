@@ -1,5 +1,4 @@
-//! OpenAI Responses API (`/v1/responses`): streamed events dispatched on their JSON `type`, and
-//! the non-streamed response object.
+//! OpenAI Responses API (`/v1/responses`): streamed events, or the non-streamed response.
 
 use serde::Deserialize;
 
