@@ -233,16 +233,19 @@ impl BodyParser {
                 frames.feed(chunk, |frame| match frame {
                     Ok(f) => {
                         record.events += 1;
+                        // An exception without `:exception-type` is still named by its event type.
+                        let kind = match f.exception_type {
+                            "" => f.event_type,
+                            kind => kind,
+                        };
                         match std::str::from_utf8(f.payload) {
                             Ok(payload) if f.is_exception() => {
-                                extractor.on_exception(f.exception_type, payload, record)
+                                extractor.on_exception(kind, payload, record)
                             }
                             Ok(payload) => {
                                 extractor.on_event(f.event_type, payload, record);
                             }
-                            Err(_) if f.is_exception() => {
-                                extractor.on_exception(f.exception_type, "", record)
-                            }
+                            Err(_) if f.is_exception() => extractor.on_exception(kind, "", record),
                             Err(_) => record.malformed_events += 1,
                         }
                     }
