@@ -1,16 +1,402 @@
-//! Placeholder until the extractor lands.
-use super::{EventKind, Extractor, ResponseRecord};
+//! Anthropic Messages (`/v1/messages`), streamed or not, and inside Bedrock InvokeModel chunks.
+
+use serde::Deserialize;
+
+use super::{
+    EventKind, Extractor, ResponseRecord, Usage,
+    json::{
+        Count, ErrorField, Filled, FinishReasons, Needle, Obj, Text, set_error, set_first, sum,
+    },
+};
+
+/// A stream event, or a whole non-streamed body (`type: "message"` or `type: "error"`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct Event<'a> {
+    #[serde(borrow, rename = "type")]
+    kind: Text<'a>,
+    /// `message_start`.
+    #[serde(borrow)]
+    message: Obj<Message<'a>>,
+    /// `message_delta` (stop reason) and `content_block_delta` (output).
+    #[serde(borrow)]
+    delta: Obj<Delta<'a>>,
+    /// `message_delta`, and a non-streamed body.
+    usage: Obj<RawUsage>,
+    #[serde(borrow)]
+    content_block: Obj<Block<'a>>,
+    #[serde(borrow)]
+    error: ErrorField<'a>,
+    // A non-streamed body is the message itself.
+    #[serde(borrow)]
+    id: Text<'a>,
+    #[serde(borrow)]
+    model: Text<'a>,
+    #[serde(borrow)]
+    stop_reason: Text<'a>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct Message<'a> {
+    #[serde(borrow)]
+    id: Text<'a>,
+    #[serde(borrow)]
+    model: Text<'a>,
+    usage: Obj<RawUsage>,
+    #[serde(borrow)]
+    stop_reason: Text<'a>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct Delta<'a> {
+    #[serde(borrow, rename = "type")]
+    kind: Text<'a>,
+    #[serde(borrow)]
+    stop_reason: Text<'a>,
+    text: Filled,
+    thinking: Filled,
+    partial_json: Filled,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct Block<'a> {
+    #[serde(borrow, rename = "type")]
+    kind: Text<'a>,
+    text: Filled,
+    thinking: Filled,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct RawUsage {
+    input_tokens: Count,
+    output_tokens: Count,
+    cache_creation_input_tokens: Count,
+    cache_read_input_tokens: Count,
+    cache_creation: Obj<CacheCreation>,
+    output_tokens_details: Obj<OutputDetails>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct CacheCreation {
+    ephemeral_1h_input_tokens: Count,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct OutputDetails {
+    thinking_tokens: Count,
+}
+
+/// The raw counts as last reported. `message_delta` usage holds cumulative totals, so each
+/// field present replaces the earlier value; adding would count the placeholder twice.
+#[derive(Debug, Default, Clone, Copy)]
+struct Counts {
+    seen: bool,
+    input: Option<u64>,
+    output: Option<u64>,
+    cache_creation: Option<u64>,
+    cache_read: Option<u64>,
+    cache_creation_1h: Option<u64>,
+    thinking: Option<u64>,
+}
+
+impl Counts {
+    fn update(&mut self, u: &RawUsage) {
+        fn set(slot: &mut Option<u64>, v: Count) {
+            if v.0.is_some() {
+                *slot = v.0;
+            }
+        }
+        self.seen = true;
+        set(&mut self.input, u.input_tokens);
+        set(&mut self.output, u.output_tokens);
+        set(&mut self.cache_creation, u.cache_creation_input_tokens);
+        set(&mut self.cache_read, u.cache_read_input_tokens);
+        if let Some(c) = &u.cache_creation.0 {
+            set(&mut self.cache_creation_1h, c.ephemeral_1h_input_tokens);
+        }
+        if let Some(d) = &u.output_tokens_details.0 {
+            set(&mut self.thinking, d.thinking_tokens);
+        }
+    }
+
+    fn normalise(&self) -> Usage {
+        Usage {
+            input_tokens: Some(sum(&[self.input, self.cache_creation, self.cache_read])),
+            output_tokens: Some(self.output.unwrap_or(0)),
+            cached_input_tokens: self.cache_read,
+            cache_creation_input_tokens: self.cache_creation,
+            cache_creation_1h_input_tokens: self.cache_creation_1h,
+            reasoning_tokens: self.thinking,
+        }
+    }
+}
+
+static MESSAGE_EVENT: Needle = Needle::new("\"message_");
+static ERROR: Needle = Needle::new("\"error\"");
+
+/// Whether an event may be `message_start`/`_delta`/`_stop` or an error. Content deltas (the
+/// bulk of a stream) are neither; `"message_` only occurs as the start of such a type value.
+fn may_matter(data: &[u8]) -> bool {
+    MESSAGE_EVENT.any(data, |_| true) || ERROR.present(data)
+}
 
 #[derive(Default)]
-pub struct AnthropicMessages;
+pub struct AnthropicMessages {
+    counts: Counts,
+    finish: FinishReasons,
+    started: bool,
+    stopped: bool,
+    json_body: Option<bool>,
+}
+
+impl AnthropicMessages {
+    /// One decoded stream event as JSON bytes: an SSE event's data, or the decoded `bytes` of a
+    /// Bedrock InvokeModel chunk.
+    pub fn on_message_event(&mut self, name: &str, data: &[u8], record: &mut ResponseRecord) {
+        // OpenRouter's Anthropic-compatible endpoint ends with an OpenAI-style `[DONE]`.
+        if data.trim_ascii_start().starts_with(b"[DONE]") {
+            return;
+        }
+        let settled = self.started && record.model.is_some() && record.response_id.is_some();
+        let named = name.starts_with("message_") || name == "error";
+        if settled && !named && !may_matter(data) {
+            return;
+        }
+        match serde_json::from_slice::<Event<'_>>(data) {
+            Ok(event) => self.apply(event, name, record),
+            Err(_) => record.malformed_events += 1,
+        }
+    }
+
+    fn take_usage(&mut self, u: &RawUsage, record: &mut ResponseRecord) {
+        self.counts.update(u);
+        record.usage = self.counts.normalise();
+    }
+
+    fn apply(&mut self, e: Event<'_>, name: &str, record: &mut ResponseRecord) {
+        match e.kind.non_empty().unwrap_or(name) {
+            "message_start" => {
+                if let Some(m) = &e.message.0 {
+                    set_first(&mut record.model, &m.model);
+                    set_first(&mut record.response_id, &m.id);
+                    if let Some(u) = &m.usage.0 {
+                        self.take_usage(u, record);
+                    }
+                    if let Some(reason) = m.stop_reason.as_str() {
+                        self.finish.set(0, reason, record);
+                    }
+                }
+            }
+            "message_delta" => {
+                if let Some(reason) = e.delta.0.as_ref().and_then(|d| d.stop_reason.as_str()) {
+                    self.finish.set(0, reason, record);
+                }
+                if let Some(u) = &e.usage.0 {
+                    self.take_usage(u, record);
+                }
+            }
+            "content_block_start" => {
+                if let Some(b) = &e.content_block.0 {
+                    // A tool call or redacted thinking is output from its first event; a text
+                    // or thinking block starts empty.
+                    let empty_kind = matches!(b.kind.as_str(), Some("text" | "thinking") | None);
+                    self.started |= !empty_kind || b.text.0 || b.thinking.0;
+                }
+            }
+            "content_block_delta" => {
+                if let Some(d) = &e.delta.0 {
+                    let output = match d.kind.as_str() {
+                        Some("text_delta") => d.text.0,
+                        Some("thinking_delta") => d.thinking.0,
+                        Some("input_json_delta") => d.partial_json.0,
+                        _ => false,
+                    };
+                    self.started |= output;
+                }
+            }
+            "message_stop" => self.stopped = true,
+            "error" => {
+                let err = e.error.0.as_ref();
+                set_error(
+                    record,
+                    err.and_then(|e| e.kind.non_empty()),
+                    err.and_then(|e| e.message.as_str()),
+                );
+            }
+            // A non-streamed body.
+            "message" => {
+                set_first(&mut record.model, &e.model);
+                set_first(&mut record.response_id, &e.id);
+                if let Some(reason) = e.stop_reason.as_str() {
+                    self.finish.set(0, reason, record);
+                }
+                if let Some(u) = &e.usage.0 {
+                    self.take_usage(u, record);
+                }
+            }
+            // `ping` and event types added later.
+            _ => {}
+        }
+    }
+
+    /// Marks the body as a JSON body that is not a success (an error body of another shape).
+    pub(crate) fn json_failed(&mut self) {
+        self.json_body = Some(false);
+    }
+
+    /// A whole JSON body: a message, or `{"type":"error","error":{…}}`.
+    pub fn on_message_json(&mut self, body: &[u8], record: &mut ResponseRecord) {
+        let Ok(mut e) = serde_json::from_slice::<Event<'_>>(body) else {
+            record.malformed_events += 1;
+            self.json_body = Some(false);
+            return;
+        };
+        if e.kind.as_str().is_none() {
+            // Bodies relayed by other gateways may drop `type`; tell them apart by content.
+            let kind = if e.error.0.is_some() {
+                "error"
+            } else {
+                "message"
+            };
+            e.kind = Text(Some(kind.into()));
+        }
+        let is_message = e.kind.as_str() == Some("message");
+        let recognised = is_message && (e.id.as_str().is_some() || e.usage.0.is_some());
+        self.apply(e, "", record);
+        self.json_body = Some(recognised && record.error.is_none());
+    }
+}
 
 impl Extractor for AnthropicMessages {
-    fn on_event(&mut self, _name: &str, _data: &str, _record: &mut ResponseRecord) -> EventKind {
+    fn on_event(&mut self, name: &str, data: &str, record: &mut ResponseRecord) -> EventKind {
+        self.on_message_event(name, data.as_bytes(), record);
         EventKind::Other
     }
-    fn on_json(&mut self, _body: &[u8], _record: &mut ResponseRecord) {}
-    fn output_started(&self) -> bool {
-        false
+
+    fn on_json(&mut self, body: &[u8], record: &mut ResponseRecord) {
+        self.on_message_json(body, record);
     }
-    fn finish(&mut self, _clean: bool, _record: &mut ResponseRecord) {}
+
+    fn output_started(&self) -> bool {
+        self.started
+    }
+
+    fn finish(&mut self, _clean: bool, record: &mut ResponseRecord) {
+        let ended = self.json_body.unwrap_or(self.stopped);
+        record.stream_completed = ended && record.error.is_none();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(events: &[&str]) -> ResponseRecord {
+        let mut x = AnthropicMessages::default();
+        let mut r = ResponseRecord::default();
+        for data in events {
+            x.on_event("", data, &mut r);
+        }
+        x.finish(true, &mut r);
+        r
+    }
+
+    const START: &str = r#"{"type":"message_start","message":{"id":"msg_1","model":"claude-sonnet-4-5","usage":{"input_tokens":12,"cache_creation_input_tokens":1000,"cache_read_input_tokens":500,"cache_creation":{"ephemeral_5m_input_tokens":400,"ephemeral_1h_input_tokens":600},"output_tokens":2}}}"#;
+    const TEXT: &str =
+        r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hi"}}"#;
+
+    #[test]
+    fn the_1h_cache_write_is_split_out_of_the_cache_creation_total() {
+        let delta = r#"{"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":40}}"#;
+        let r = run(&[START, TEXT, delta, r#"{"type":"message_stop"}"#]);
+        assert_eq!(r.usage.cache_creation_input_tokens, Some(1000));
+        assert_eq!(r.usage.cache_creation_1h_input_tokens, Some(600));
+        assert_eq!(r.usage.input_tokens, Some(1512));
+        assert_eq!(r.usage.cached_input_tokens, Some(500));
+        assert!(r.stream_completed);
+    }
+
+    #[test]
+    fn message_delta_usage_replaces_never_adds() {
+        let d1 =
+            r#"{"type":"message_delta","delta":{"stop_reason":null},"usage":{"output_tokens":10}}"#;
+        let d2 = r#"{"type":"message_delta","delta":{"stop_reason":"max_tokens"},"usage":{"input_tokens":20,"output_tokens":30,"output_tokens_details":{"thinking_tokens":7}}}"#;
+        let r = run(&[START, TEXT, d1, d2, r#"{"type":"message_stop"}"#]);
+        assert_eq!(r.usage.output_tokens, Some(30));
+        assert_eq!(r.usage.input_tokens, Some(20 + 1000 + 500));
+        assert_eq!(r.usage.reasoning_tokens, Some(7));
+        assert_eq!(r.finish_reasons, ["max_tokens"]);
+    }
+
+    #[test]
+    fn an_error_event_keeps_the_last_reported_usage() {
+        let err = r#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#;
+        let r = run(&[START, TEXT, err]);
+        assert_eq!(
+            r.usage.output_tokens,
+            Some(2),
+            "message_start's placeholder is the last value"
+        );
+        assert_eq!(
+            r.error.as_ref().and_then(|e| e.kind.as_deref()),
+            Some("overloaded_error")
+        );
+        assert!(!r.stream_completed);
+    }
+
+    #[test]
+    fn padded_json_and_unknown_events_are_fine() {
+        // Anthropic pads payloads with spaces before the final brace.
+        let padded = r#"{"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":61}              }"#;
+        let r = run(&[
+            START,
+            r#"{"type":"ping"}"#,
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"compaction_delta","x":1}}"#,
+            r#"{"type":"brand_new_event","data":{}}"#,
+            padded,
+            r#"{"type":"message_stop"}"#,
+            // OpenRouter's Anthropic-compatible endpoint adds this.
+            "[DONE]",
+        ]);
+        assert_eq!(r.malformed_events, 0);
+        assert_eq!(r.usage.output_tokens, Some(61));
+        assert!(r.stream_completed);
+    }
+
+    #[test]
+    fn output_starts_with_a_tool_use_block_or_a_non_empty_delta() {
+        let mut x = AnthropicMessages::default();
+        let mut r = ResponseRecord::default();
+        x.on_event("", START, &mut r);
+        x.on_event(
+            "",
+            r#"{"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}"#,
+            &mut r,
+        );
+        assert!(!x.output_started());
+        x.on_event("", r#"{"type":"content_block_delta","index":0,"delta":{"type":"signature_delta","signature":"abc"}}"#, &mut r);
+        assert!(!x.output_started());
+        x.on_event("", r#"{"type":"content_block_start","index":1,"content_block":{"type":"tool_use","id":"toolu_1","name":"f","input":{}}}"#, &mut r);
+        assert!(x.output_started());
+    }
+
+    #[test]
+    fn json_error_bodies_set_the_error() {
+        let mut x = AnthropicMessages::default();
+        let mut r = ResponseRecord::default();
+        x.on_json(br#"{"type":"error","error":{"type":"rate_limit_error","message":"slow"},"request_id":"req_1"}"#, &mut r);
+        x.finish(true, &mut r);
+        assert_eq!(
+            r.error.as_ref().and_then(|e| e.kind.as_deref()),
+            Some("rate_limit_error")
+        );
+        assert!(!r.stream_completed);
+        assert_eq!(r.usage, Usage::default());
+    }
 }

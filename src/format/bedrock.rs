@@ -1,3 +1,423 @@
-//! Placeholder until the extractor lands.
-pub use super::gemini::Gemini as Converse;
-pub use super::gemini::Gemini as InvokeModel;
+//! AWS Bedrock: Converse and ConverseStream, and InvokeModel (streamed or not) for Claude.
+//!
+//! InvokeModelWithResponseStream chunks carry base64 Anthropic stream events, which go through
+//! the Anthropic extractor.
+
+use base64::Engine;
+use serde::Deserialize;
+
+use super::{
+    EventKind, Extractor, ResponseRecord, Usage,
+    anthropic::AnthropicMessages,
+    json::{Count, Filled, FinishReasons, Obj, Text, set_error, sum},
+};
+
+/// A ConverseStream event payload (the frame's `:event-type` says which), or a whole Converse
+/// body, or a Bedrock error body (`{"message": …}`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+struct ConverseEvent<'a> {
+    #[serde(borrow)]
+    stop_reason: Text<'a>,
+    usage: Obj<RawUsage>,
+    delta: Obj<Delta>,
+    start: Obj<Start>,
+    /// Non-streamed body.
+    output: Filled,
+    /// Error bodies: `message` (or `Message`), and sometimes `__type`.
+    #[serde(borrow)]
+    message: Text<'a>,
+    #[serde(borrow, rename = "Message")]
+    message_upper: Text<'a>,
+    #[serde(borrow, rename = "__type")]
+    error_type: Text<'a>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+struct RawUsage {
+    input_tokens: Count,
+    output_tokens: Count,
+    cache_read_input_tokens: Count,
+    cache_write_input_tokens: Count,
+    /// Duplicates seen in live traffic; used only when the documented names are missing.
+    cache_read_input_token_count: Count,
+    cache_write_input_token_count: Count,
+}
+
+impl RawUsage {
+    /// `inputTokens` excludes cache reads and writes (Anthropic semantics).
+    fn normalise(&self) -> Usage {
+        let read = self
+            .cache_read_input_tokens
+            .0
+            .or(self.cache_read_input_token_count.0);
+        let write = self
+            .cache_write_input_tokens
+            .0
+            .or(self.cache_write_input_token_count.0);
+        Usage {
+            input_tokens: Some(sum(&[self.input_tokens.0, read, write])),
+            output_tokens: Some(self.output_tokens.0.unwrap_or(0)),
+            cached_input_tokens: read,
+            cache_creation_input_tokens: write,
+            cache_creation_1h_input_tokens: None,
+            reasoning_tokens: None,
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+struct Delta {
+    text: Filled,
+    tool_use: Filled,
+    reasoning_content: Filled,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+struct Start {
+    tool_use: Filled,
+}
+
+/// An AWS error type such as `com.amazon.coral.validate#ValidationException`, without its
+/// namespace.
+fn short_error_type(t: &str) -> &str {
+    t.rsplit_once('#').map_or(t, |(_, name)| name)
+}
+
+/// Records a Bedrock JSON error body if `e` is one; returns whether it was.
+fn bedrock_error_body(e: &ConverseEvent<'_>, record: &mut ResponseRecord) -> bool {
+    let message = e.message.as_str().or(e.message_upper.as_str());
+    if message.is_none() && e.error_type.as_str().is_none() {
+        return false;
+    }
+    let kind = e.error_type.non_empty().map(short_error_type);
+    set_error(record, kind, message);
+    true
+}
+
+#[derive(Default)]
+pub struct Converse {
+    finish: FinishReasons,
+    started: bool,
+    stopped: bool,
+    metadata: bool,
+    json_body: Option<bool>,
+}
+
+impl Extractor for Converse {
+    fn on_event(&mut self, name: &str, data: &str, record: &mut ResponseRecord) -> EventKind {
+        // Frame headers name the event, so content deltas need no decoding once output started.
+        let wanted = match name {
+            "messageStop" | "metadata" => true,
+            "contentBlockDelta" | "contentBlockStart" => !self.started,
+            _ => name.ends_with("Exception"),
+        };
+        if !wanted {
+            return EventKind::Other;
+        }
+        let Ok(e) = serde_json::from_str::<ConverseEvent<'_>>(data) else {
+            record.malformed_events += 1;
+            return EventKind::Other;
+        };
+        match name {
+            "messageStop" => {
+                self.stopped = true;
+                if let Some(reason) = e.stop_reason.as_str() {
+                    self.finish.set(0, reason, record);
+                }
+            }
+            "metadata" => {
+                self.metadata = true;
+                if let Some(u) = &e.usage.0 {
+                    record.usage = u.normalise();
+                }
+            }
+            "contentBlockDelta" => {
+                self.started |= e
+                    .delta
+                    .0
+                    .is_some_and(|d| d.text.0 || d.tool_use.0 || d.reasoning_content.0);
+            }
+            "contentBlockStart" => self.started |= e.start.0.is_some_and(|s| s.tool_use.0),
+            // An exception sent as an ordinary event.
+            _ => self.on_exception(name, data, record),
+        }
+        EventKind::Other
+    }
+
+    fn on_json(&mut self, body: &[u8], record: &mut ResponseRecord) {
+        let Ok(e) = serde_json::from_slice::<ConverseEvent<'_>>(body) else {
+            record.malformed_events += 1;
+            self.json_body = Some(false);
+            return;
+        };
+        let success = e.output.0 || e.stop_reason.as_str().is_some() || e.usage.0.is_some();
+        if success {
+            if let Some(reason) = e.stop_reason.as_str() {
+                self.finish.set(0, reason, record);
+            }
+            if let Some(u) = &e.usage.0 {
+                record.usage = u.normalise();
+            }
+        } else {
+            bedrock_error_body(&e, record);
+        }
+        self.json_body = Some(success && record.error.is_none());
+    }
+
+    fn output_started(&self) -> bool {
+        self.started
+    }
+
+    fn finish(&mut self, _clean: bool, record: &mut ResponseRecord) {
+        // `messageStop` ends the message, and `metadata` (the usage) follows it as the last
+        // event: a stream is whole only with both.
+        let ended = self.json_body.unwrap_or(self.stopped && self.metadata);
+        record.stream_completed = ended && record.error.is_none();
+    }
+}
+
+/// An InvokeModelWithResponseStream `chunk` payload.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct Chunk<'a> {
+    #[serde(borrow)]
+    bytes: Text<'a>,
+}
+
+#[derive(Default)]
+pub struct InvokeModel {
+    inner: AnthropicMessages,
+    /// Decoded event bytes, reused across chunks.
+    decoded: Vec<u8>,
+}
+
+impl Extractor for InvokeModel {
+    fn on_event(&mut self, name: &str, data: &str, record: &mut ResponseRecord) -> EventKind {
+        if name.ends_with("Exception") {
+            self.on_exception(name, data, record);
+            return EventKind::Other;
+        }
+        if name != "chunk" && !name.is_empty() {
+            return EventKind::Other;
+        }
+        let Some(b64) = serde_json::from_str::<Chunk<'_>>(data)
+            .ok()
+            .and_then(|c| c.bytes.0)
+        else {
+            record.malformed_events += 1;
+            return EventKind::Other;
+        };
+        self.decoded.clear();
+        if base64::engine::general_purpose::STANDARD
+            .decode_vec(b64.as_bytes(), &mut self.decoded)
+            .is_err()
+        {
+            record.malformed_events += 1;
+            return EventKind::Other;
+        }
+        self.inner.on_message_event("", &self.decoded, record);
+        EventKind::Other
+    }
+
+    fn on_json(&mut self, body: &[u8], record: &mut ResponseRecord) {
+        // A Bedrock error body has no `type`; an Anthropic body (message or error) has one.
+        if let Ok(e) = serde_json::from_slice::<ConverseEvent<'_>>(body)
+            && !has_type(body)
+            && bedrock_error_body(&e, record)
+        {
+            self.inner.json_failed();
+            return;
+        }
+        self.inner.on_message_json(body, record);
+    }
+
+    fn output_started(&self) -> bool {
+        self.inner.output_started()
+    }
+
+    fn finish(&mut self, clean: bool, record: &mut ResponseRecord) {
+        self.inner.finish(clean, record);
+    }
+}
+
+fn has_type(body: &[u8]) -> bool {
+    #[derive(Deserialize)]
+    struct Typed<'a> {
+        #[serde(borrow, default, rename = "type")]
+        kind: Text<'a>,
+    }
+    serde_json::from_slice::<Typed<'_>>(body).is_ok_and(|t| t.kind.as_str().is_some())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::{BodyParser, ParserLimits, eventstream::encode_frame};
+    use crate::provider::WireFormat;
+
+    const EVENTSTREAM: &str = "application/vnd.amazon.eventstream";
+
+    fn event(name: &str, payload: &str) -> Vec<u8> {
+        encode_frame(
+            &[
+                (":event-type", name),
+                (":content-type", "application/json"),
+                (":message-type", "event"),
+            ],
+            payload.as_bytes(),
+        )
+    }
+
+    fn parse(format: WireFormat, body: &[u8]) -> ResponseRecord {
+        let mut p = BodyParser::for_response(
+            format,
+            "bedrock",
+            Some(EVENTSTREAM),
+            ParserLimits::default(),
+        )
+        .expect("parser");
+        p.feed(body);
+        p.finish(true)
+    }
+
+    fn chunk(anthropic_event: &str) -> Vec<u8> {
+        let b64 = base64::engine::general_purpose::STANDARD.encode(anthropic_event);
+        event("chunk", &format!(r#"{{"bytes":"{b64}","p":"abc"}}"#))
+    }
+
+    #[test]
+    fn an_exception_frame_sets_the_error_and_keeps_earlier_values() {
+        let mut body = event("messageStart", r#"{"role":"assistant"}"#);
+        body.extend(event(
+            "contentBlockDelta",
+            r#"{"contentBlockIndex":0,"delta":{"text":"Hi"}}"#,
+        ));
+        body.extend(encode_frame(
+            &[
+                (":exception-type", "modelStreamErrorException"),
+                (":content-type", "application/json"),
+                (":message-type", "exception"),
+            ],
+            br#"{"message":"Model stream error"}"#,
+        ));
+        let r = parse(WireFormat::ConverseStream, &body);
+        assert_eq!(
+            r.error.as_ref().and_then(|e| e.kind.as_deref()),
+            Some("modelStreamErrorException")
+        );
+        assert_eq!(
+            r.error.as_ref().and_then(|e| e.message.as_deref()),
+            Some("Model stream error")
+        );
+        assert!(!r.stream_completed);
+    }
+
+    #[test]
+    fn a_bad_crc_frame_is_counted_as_malformed() {
+        let mut bad = event(
+            "metadata",
+            r#"{"usage":{"inputTokens":1,"outputTokens":2}}"#,
+        );
+        let last = bad.len() - 1;
+        bad[last] ^= 0x55;
+        let mut body = event("messageStop", r#"{"stopReason":"end_turn"}"#);
+        body.extend(bad);
+        let r = parse(WireFormat::ConverseStream, &body);
+        assert_eq!(r.malformed_events, 1);
+        assert_eq!(r.finish_reasons, ["end_turn"]);
+        assert_eq!(r.usage.input_tokens, None);
+        assert!(!r.stream_completed, "the usage never arrived");
+    }
+
+    #[test]
+    fn a_truncated_final_frame_marks_the_record_truncated_and_not_completed() {
+        let mut body = event("messageStop", r#"{"stopReason":"end_turn"}"#);
+        let meta = event(
+            "metadata",
+            r#"{"usage":{"inputTokens":1,"outputTokens":2}}"#,
+        );
+        body.extend_from_slice(&meta[..meta.len() - 3]);
+        let r = parse(WireFormat::ConverseStream, &body);
+        assert!(r.truncated);
+        assert!(!r.stream_completed);
+    }
+
+    #[test]
+    fn invoke_model_chunks_follow_the_anthropic_rules() {
+        let mut body = chunk(
+            r#"{"type":"message_start","message":{"id":"msg_bdrk_1","model":"claude-sonnet-4-5-20250929","usage":{"input_tokens":10,"cache_read_input_tokens":90,"output_tokens":1}}}"#,
+        );
+        body.extend(chunk(
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hi"}}"#,
+        ));
+        body.extend(chunk(r#"{"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":5}}"#));
+        body.extend(chunk(r#"{"type":"message_stop","amazon-bedrock-invocationMetrics":{"inputTokenCount":10,"outputTokenCount":5}}"#));
+        let r = parse(WireFormat::InvokeModelWithResponseStream, &body);
+        assert_eq!(r.response_id.as_deref(), Some("msg_bdrk_1"));
+        assert_eq!(
+            (r.usage.input_tokens, r.usage.output_tokens),
+            (Some(100), Some(5))
+        );
+        assert_eq!(r.usage.cached_input_tokens, Some(90));
+        assert_eq!(r.finish_reasons, ["end_turn"]);
+        assert!(r.stream_completed);
+    }
+
+    #[test]
+    fn bad_base64_in_a_chunk_is_malformed() {
+        let body = event("chunk", r#"{"bytes":"!!not base64!!"}"#);
+        let r = parse(WireFormat::InvokeModelWithResponseStream, &body);
+        assert_eq!(r.malformed_events, 1);
+    }
+
+    #[test]
+    fn non_streamed_converse_and_error_bodies() {
+        let json = |format, body: &str| {
+            let mut p = BodyParser::for_response(
+                format,
+                "bedrock",
+                Some("application/json"),
+                ParserLimits::default(),
+            )
+            .expect("parser");
+            p.feed(body.as_bytes());
+            p.finish(true)
+        };
+        let r = json(
+            WireFormat::Converse,
+            r#"{"output":{"message":{"role":"assistant","content":[{"text":"Hi"}]}},"stopReason":"max_tokens","usage":{"inputTokens":3,"outputTokens":4,"totalTokens":7,"cacheWriteInputTokens":8},"metrics":{"latencyMs":10}}"#,
+        );
+        assert_eq!(r.finish_reasons, ["max_tokens"]);
+        assert_eq!(r.usage.input_tokens, Some(11));
+        assert_eq!(r.usage.cache_creation_input_tokens, Some(8));
+        assert!(r.stream_completed);
+
+        let r = json(
+            WireFormat::Converse,
+            r#"{"message":"Malformed input request"}"#,
+        );
+        assert!(r.error.is_some());
+        assert!(!r.stream_completed);
+
+        let r = json(
+            WireFormat::InvokeModel,
+            r#"{"__type":"com.amazon#ThrottlingException","message":"Too many"}"#,
+        );
+        assert_eq!(
+            r.error.as_ref().and_then(|e| e.kind.as_deref()),
+            Some("ThrottlingException")
+        );
+        assert!(!r.stream_completed);
+
+        let r = json(
+            WireFormat::InvokeModel,
+            r#"{"id":"msg_bdrk_2","type":"message","model":"claude","stop_reason":"end_turn","usage":{"input_tokens":1,"output_tokens":2}}"#,
+        );
+        assert_eq!(r.usage.output_tokens, Some(2));
+        assert!(r.stream_completed);
+    }
+}

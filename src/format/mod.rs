@@ -9,6 +9,7 @@ pub mod anthropic;
 pub mod bedrock;
 pub mod eventstream;
 pub mod gemini;
+mod json;
 pub mod ndjson;
 pub mod ollama;
 pub mod openai_chat;
@@ -80,6 +81,23 @@ pub trait Extractor: Send {
 
     /// A whole JSON body (non-streamed response, or an error body answering a streamed request).
     fn on_json(&mut self, body: &[u8], record: &mut ResponseRecord);
+
+    /// An event-stream frame whose `:message-type` is `exception` (or `error`): `kind` is its
+    /// `:exception-type` (or `:error-code`), `payload` usually `{"message": …}`.
+    fn on_exception(&mut self, kind: &str, payload: &str, record: &mut ResponseRecord) {
+        #[derive(Deserialize)]
+        struct Payload<'a> {
+            #[serde(borrow, default)]
+            message: Option<std::borrow::Cow<'a, str>>,
+            #[serde(borrow, default, rename = "Message")]
+            message_upper: Option<std::borrow::Cow<'a, str>>,
+        }
+        let parsed = serde_json::from_str::<Payload<'_>>(payload).ok();
+        let message = parsed
+            .as_ref()
+            .and_then(|p| p.message.as_deref().or(p.message_upper.as_deref()));
+        json::set_error(record, Some(kind), message);
+    }
 
     /// True once output (a content, reasoning or tool-call delta) has been seen.
     fn output_started(&self) -> bool;
@@ -215,7 +233,21 @@ impl BodyParser {
                 frames.feed(chunk, |frame| match frame {
                     Ok(f) => {
                         record.events += 1;
-                        extractor.on_event(f.event_type, f.payload, record);
+                        // An exception without `:exception-type` is still named by its event type.
+                        let kind = match f.exception_type {
+                            "" => f.event_type,
+                            kind => kind,
+                        };
+                        match std::str::from_utf8(f.payload) {
+                            Ok(payload) if f.is_exception() => {
+                                extractor.on_exception(kind, payload, record)
+                            }
+                            Ok(payload) => {
+                                extractor.on_event(f.event_type, payload, record);
+                            }
+                            Err(_) if f.is_exception() => extractor.on_exception(kind, "", record),
+                            Err(_) => record.malformed_events += 1,
+                        }
                     }
                     Err(_) => record.malformed_events += 1,
                 });
@@ -257,6 +289,7 @@ impl BodyParser {
                 }
             }
             Framing::EventStream(frames) => {
+                self.record.oversize_events += frames.oversize_frames();
                 self.record.truncated |= frames.finish();
             }
             Framing::Json(buf) => {
@@ -271,5 +304,130 @@ impl BodyParser {
         }
         self.extractor.finish(clean, &mut self.record);
         self.record
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parser(format: WireFormat, content_type: &str, max: usize) -> BodyParser {
+        BodyParser::for_response(
+            format,
+            "openai",
+            Some(content_type),
+            ParserLimits {
+                max_event_bytes: max,
+            },
+        )
+        .expect("inspected format")
+    }
+
+    const SSE: &str = "text/event-stream";
+
+    #[test]
+    fn an_oversize_sse_event_is_skipped_and_counted_and_later_events_still_parse() {
+        let mut p = parser(WireFormat::ChatCompletions, SSE, 256);
+        let big = format!(
+            r#"{{"id":"c1","model":"m","choices":[{{"index":0,"delta":{{"content":"{}"}}}}]}}"#,
+            "x".repeat(1000)
+        );
+        let body = format!(
+            "data: {big}\n\ndata: {{\"id\":\"c1\",\"model\":\"m\",\"choices\":[],\"usage\":{{\"prompt_tokens\":1,\"completion_tokens\":2}}}}\n\ndata: [DONE]\n\n"
+        );
+        for piece in body.as_bytes().chunks(100) {
+            p.feed(piece);
+        }
+        let r = p.finish(true);
+        assert_eq!(r.oversize_events, 1);
+        assert_eq!(r.usage.output_tokens, Some(2));
+        assert!(r.stream_completed);
+    }
+
+    #[test]
+    fn a_truncated_final_event_marks_the_record_truncated_and_not_completed() {
+        let mut p = parser(WireFormat::Messages, SSE, 1 << 20);
+        p.feed(b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"model\":\"claude\",\"usage\":{\"input_tokens\":5,\"output_tokens\":1}}}\n\n");
+        p.feed(b"event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":9}}\n\n");
+        p.feed(b"event: message_stop\ndata: {\"type\":\"message_st");
+        let r = p.finish(false);
+        assert!(r.truncated);
+        assert!(!r.stream_completed);
+        assert_eq!(
+            r.usage.output_tokens,
+            Some(9),
+            "the last reported values stay"
+        );
+        assert_eq!(
+            r.malformed_events, 0,
+            "a cut event is discarded, not parsed"
+        );
+    }
+
+    #[test]
+    fn the_include_usage_chunk_is_marked_at_its_boundary_for_the_tap() {
+        let mut p = parser(WireFormat::ChatCompletions, SSE, 1 << 20);
+        let content = "data: {\"id\":\"c1\",\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\"},\"finish_reason\":\"stop\"}]}\n\n";
+        let usage = "data: {\"id\":\"c1\",\"model\":\"m\",\"choices\":[],\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":2}}\n\n";
+        let body = format!("{content}{usage}data: [DONE]\n\n");
+        let mut marks = Vec::new();
+        p.feed_marking(body.as_bytes(), |end, kind| marks.push((end, kind)));
+        assert_eq!(
+            marks,
+            [
+                (content.len(), EventKind::Other),
+                (content.len() + usage.len(), EventKind::UsageOnly),
+                (body.len(), EventKind::Other),
+            ]
+        );
+    }
+
+    #[test]
+    fn an_ndjson_tail_without_newline_counts_only_when_the_body_ended_cleanly() {
+        let done = br#"{"model":"llama3","message":{"content":""},"done":true,"done_reason":"stop","prompt_eval_count":3,"eval_count":4}"#;
+        let mut p = parser(WireFormat::OllamaChat, "application/x-ndjson", 1 << 20);
+        p.feed(done);
+        let r = p.finish(true);
+        assert!(r.stream_completed);
+        assert_eq!(r.usage.output_tokens, Some(4));
+
+        let mut p = parser(WireFormat::OllamaChat, "application/x-ndjson", 1 << 20);
+        p.feed(done);
+        let r = p.finish(false);
+        assert!(r.truncated);
+        assert!(!r.stream_completed);
+    }
+
+    #[test]
+    fn an_oversize_json_body_is_counted_and_not_completed() {
+        let mut p = parser(WireFormat::ChatCompletions, "application/json", 64);
+        p.feed(br#"{"id":"chatcmpl-1","object":"chat.completion","model":"gpt-4o","choices":[{"index":0,"message":{"content":"hello"},"finish_reason":"stop"}]}"#);
+        let r = p.finish(true);
+        assert_eq!(r.oversize_events, 1);
+        assert!(!r.stream_completed);
+    }
+
+    #[test]
+    fn an_event_stream_oversize_frame_is_counted_in_the_record() {
+        let frame = |name: &str, payload: &str| {
+            eventstream::encode_frame(
+                &[(":event-type", name), (":message-type", "event")],
+                payload.as_bytes(),
+            )
+        };
+        let mut body = frame(
+            "contentBlockDelta",
+            &format!(r#"{{"delta":{{"text":"{}"}}}}"#, "x".repeat(300)),
+        );
+        body.extend(frame("messageStop", r#"{"stopReason":"end_turn"}"#));
+        let mut p = parser(
+            WireFormat::ConverseStream,
+            "application/vnd.amazon.eventstream",
+            128,
+        );
+        p.feed(&body);
+        let r = p.finish(true);
+        assert_eq!(r.oversize_events, 1);
+        assert_eq!(r.finish_reasons, ["end_turn"]);
     }
 }

@@ -1,16 +1,176 @@
-//! Placeholder until the extractor lands.
-use super::{EventKind, Extractor, ResponseRecord};
+//! Ollama's native API (`/api/chat`, `/api/generate`): NDJSON lines, or one JSON object.
+
+use serde::Deserialize;
+
+use super::{
+    EventKind, Extractor, ResponseRecord, Usage,
+    json::{
+        Count, ErrorField, Filled, FinishReasons, Flag, Needle, Obj, Text, set_error, set_first,
+    },
+};
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct Line<'a> {
+    #[serde(borrow)]
+    model: Text<'a>,
+    /// `/api/chat`.
+    message: Obj<Message>,
+    /// `/api/generate`.
+    response: Filled,
+    thinking: Filled,
+    done: Flag,
+    #[serde(borrow)]
+    done_reason: Text<'a>,
+    prompt_eval_count: Count,
+    eval_count: Count,
+    #[serde(borrow)]
+    error: ErrorField<'a>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct Message {
+    content: Filled,
+    thinking: Filled,
+    tool_calls: Filled,
+}
+
+static DONE: Needle = Needle::new("\"done\"");
+static ERROR: Needle = Needle::new("\"error\"");
+
+/// Whether a line may be the final `done: true` object or an error; every other line is
+/// `"done": false` with content.
+fn may_matter(data: &[u8]) -> bool {
+    DONE.any(data, |h| h == super::json::Hit::Value(b't')) || ERROR.present(data)
+}
 
 #[derive(Default)]
-pub struct OllamaNative;
+pub struct OllamaNative {
+    finish: FinishReasons,
+    started: bool,
+    done: bool,
+    json_body: Option<bool>,
+}
+
+impl OllamaNative {
+    fn apply(&mut self, line: Line<'_>, record: &mut ResponseRecord) {
+        set_first(&mut record.model, &line.model);
+        if !self.started {
+            let message = line
+                .message
+                .0
+                .as_ref()
+                .is_some_and(|m| m.content.0 || m.thinking.0 || m.tool_calls.0);
+            self.started = message || line.response.0 || line.thinking.0;
+        }
+        if line.done.0 {
+            self.done = true;
+            if let Some(reason) = line.done_reason.as_str() {
+                self.finish.set(0, reason, record);
+            }
+            // The counts are `omitempty`: a prompt served wholly from the KV cache has no
+            // `prompt_eval_count`, which means 0, not unknown.
+            record.usage = Usage {
+                input_tokens: Some(line.prompt_eval_count.0.unwrap_or(0)),
+                output_tokens: Some(line.eval_count.0.unwrap_or(0)),
+                ..Usage::default()
+            };
+        }
+        if let Some(e) = &line.error.0 {
+            set_error(record, e.kind.non_empty(), e.message.as_str());
+        }
+    }
+}
 
 impl Extractor for OllamaNative {
-    fn on_event(&mut self, _name: &str, _data: &str, _record: &mut ResponseRecord) -> EventKind {
+    fn on_event(&mut self, _name: &str, data: &str, record: &mut ResponseRecord) -> EventKind {
+        let settled = self.started && record.model.is_some();
+        if settled && !may_matter(data.as_bytes()) {
+            return EventKind::Other;
+        }
+        match serde_json::from_str::<Line<'_>>(data) {
+            Ok(line) => self.apply(line, record),
+            Err(_) => record.malformed_events += 1,
+        }
         EventKind::Other
     }
-    fn on_json(&mut self, _body: &[u8], _record: &mut ResponseRecord) {}
-    fn output_started(&self) -> bool {
-        false
+
+    fn on_json(&mut self, body: &[u8], record: &mut ResponseRecord) {
+        match serde_json::from_slice::<Line<'_>>(body) {
+            Ok(line) => {
+                let done = line.done.0;
+                self.apply(line, record);
+                self.json_body = Some(done && record.error.is_none());
+            }
+            Err(_) => {
+                record.malformed_events += 1;
+                self.json_body = Some(false);
+            }
+        }
     }
-    fn finish(&mut self, _clean: bool, _record: &mut ResponseRecord) {}
+
+    fn output_started(&self) -> bool {
+        self.started
+    }
+
+    fn finish(&mut self, _clean: bool, record: &mut ResponseRecord) {
+        let ended = self.json_body.unwrap_or(self.done);
+        record.stream_completed = ended && record.error.is_none();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(lines: &[&str]) -> ResponseRecord {
+        let mut x = OllamaNative::default();
+        let mut r = ResponseRecord::default();
+        for l in lines {
+            x.on_event("", l, &mut r);
+        }
+        x.finish(true, &mut r);
+        r
+    }
+
+    const TOKEN: &str =
+        r#"{"model":"llama3.2:3b","message":{"role":"assistant","content":"Hi"},"done":false}"#;
+
+    #[test]
+    fn a_missing_count_on_the_done_object_means_zero() {
+        let done = r#"{"model":"llama3.2:3b","message":{"role":"assistant","content":""},"done":true,"done_reason":"stop","eval_count":4}"#;
+        let r = run(&[TOKEN, TOKEN, done]);
+        assert_eq!(r.usage.input_tokens, Some(0));
+        assert_eq!(r.usage.output_tokens, Some(4));
+        assert_eq!(r.finish_reasons, ["stop"]);
+        assert!(r.stream_completed);
+    }
+
+    #[test]
+    fn an_error_line_sets_an_error_without_a_type() {
+        let r = run(&[
+            TOKEN,
+            r#"{"error":"model runner has unexpectedly stopped"}"#,
+        ]);
+        let e = r.error.expect("error");
+        assert_eq!(e.kind, None);
+        assert!(e.message.is_some());
+        assert!(!r.stream_completed);
+        assert_eq!(r.usage.input_tokens, None);
+    }
+
+    #[test]
+    fn generate_lines_use_response_for_output() {
+        let mut x = OllamaNative::default();
+        let mut r = ResponseRecord::default();
+        x.on_event("", r#"{"model":"m","response":"","done":false}"#, &mut r);
+        assert!(!x.output_started());
+        x.on_event("", r#"{"model":"m","response":"Hi","done":false}"#, &mut r);
+        assert!(x.output_started());
+        x.on_event("", r#"{"model":"m","response":"","done": true,"done_reason":"length","context":[1,2,3],"prompt_eval_count":3,"eval_count":2}"#, &mut r);
+        x.finish(true, &mut r);
+        assert_eq!(r.finish_reasons, ["length"]);
+        assert!(r.stream_completed);
+    }
 }

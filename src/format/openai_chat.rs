@@ -1,21 +1,488 @@
-//! Placeholder until the extractor lands.
-use super::{EventKind, Extractor, ResponseRecord};
+//! OpenAI chat completions, legacy completions and embeddings, and the servers that copy them.
+//!
+//! Those are Azure, DeepSeek, Groq, vLLM, Mistral, OpenRouter, Together, xAI and Ollama's `/v1`;
+//! their quirks are listed in the fixtures' README.
 
-pub struct OpenAiChat;
+use serde::Deserialize;
+
+use super::{
+    EventKind, Extractor, ResponseRecord, Usage,
+    json::{
+        Count, ErrorField, Filled, FinishReasons, Needle, Obj, Objs, Text, set_error, set_first,
+    },
+};
+
+/// One chunk, or a whole non-streamed body: the two share their shape.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct Chunk<'a> {
+    #[serde(borrow)]
+    id: Text<'a>,
+    #[serde(borrow)]
+    model: Text<'a>,
+    #[serde(borrow)]
+    choices: Objs<Choice<'a>>,
+    usage: Obj<RawUsage>,
+    x_groq: Obj<XGroq>,
+    #[serde(borrow)]
+    error: ErrorField<'a>,
+    /// vLLM's older error body is flat: `{"object":"error","type":…,"code":…,"message":…}`.
+    #[serde(borrow)]
+    object: Text<'a>,
+    #[serde(borrow, rename = "type")]
+    kind: Text<'a>,
+    #[serde(borrow)]
+    code: Text<'a>,
+    #[serde(borrow)]
+    message: Text<'a>,
+    /// FastAPI-style servers answer errors with `{"detail": …}`.
+    detail: Filled,
+    /// Embeddings bodies keep their vectors here; only its presence matters.
+    data: Filled,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct Choice<'a> {
+    index: Count,
+    #[serde(borrow)]
+    finish_reason: Text<'a>,
+    delta: Obj<Delta>,
+    /// Legacy completions (and Together, next to `delta`) stream the text here.
+    text: Filled,
+}
+
+/// The parts of a delta that count as output, seen without being kept.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct Delta {
+    content: Filled,
+    refusal: Filled,
+    /// DeepSeek and vLLM.
+    reasoning_content: Filled,
+    /// Newer vLLM, Ollama `/v1`, OpenRouter.
+    reasoning: Filled,
+    tool_calls: Filled,
+    function_call: Filled,
+    audio: Filled,
+}
+
+impl Delta {
+    fn has_output(&self) -> bool {
+        self.content.0
+            || self.refusal.0
+            || self.reasoning_content.0
+            || self.reasoning.0
+            || self.tool_calls.0
+            || self.function_call.0
+            || self.audio.0
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct RawUsage {
+    prompt_tokens: Count,
+    completion_tokens: Count,
+    prompt_tokens_details: Obj<PromptDetails>,
+    completion_tokens_details: Obj<CompletionDetails>,
+    /// DeepSeek.
+    prompt_cache_hit_tokens: Count,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct PromptDetails {
+    cached_tokens: Count,
+    cache_write_tokens: Count,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct CompletionDetails {
+    reasoning_tokens: Count,
+}
+
+/// Groq's own envelope; its `usage` is used only when the stream has no top-level one.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct XGroq {
+    usage: Obj<RawUsage>,
+}
+
+/// A chunk read only for its usage: once output, model and id are known, a chunk without a
+/// finish reason or an error matters only for its usage (running totals on every chunk with
+/// vLLM `continuous_usage_stats` and xAI), so its choices need not be decoded.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct UsageOnly {
+    choices: Filled,
+    usage: Obj<RawUsage>,
+    x_groq: Obj<XGroq>,
+}
+
+static FINISH_REASON: Needle = Needle::new("\"finish_reason\"");
+static USAGE: Needle = Needle::new("\"usage\"");
+static ERROR: Needle = Needle::new("\"error\"");
+
+pub struct OpenAiChat {
+    /// xAI leaves reasoning out of `completion_tokens`; everyone else includes it.
+    reasoning_outside_completion: bool,
+    finish: FinishReasons,
+    started: bool,
+    done: bool,
+    top_level_usage_seen: bool,
+    /// `Some(success)` once a whole JSON body was read.
+    json_body: Option<bool>,
+}
 
 impl OpenAiChat {
-    pub fn new(_provider: &str) -> Self {
-        OpenAiChat
+    /// `provider` is the gateway's provider name; it selects the quirks (`xai`).
+    pub fn new(provider: &str) -> Self {
+        OpenAiChat {
+            reasoning_outside_completion: provider.eq_ignore_ascii_case("xai"),
+            finish: FinishReasons::default(),
+            started: false,
+            done: false,
+            top_level_usage_seen: false,
+            json_body: None,
+        }
+    }
+
+    fn usage(&self, u: &RawUsage) -> Usage {
+        let prompt = u.prompt_tokens_details.0.as_ref();
+        let completion = u.completion_tokens_details.0.as_ref();
+        let reasoning = completion.and_then(|c| c.reasoning_tokens.0);
+        let output = if self.reasoning_outside_completion {
+            match (u.completion_tokens.0, reasoning) {
+                (None, None) => None,
+                (c, r) => Some(c.unwrap_or(0).saturating_add(r.unwrap_or(0))),
+            }
+        } else {
+            u.completion_tokens.0
+        };
+        Usage {
+            input_tokens: u.prompt_tokens.0,
+            output_tokens: output,
+            cached_input_tokens: prompt
+                .and_then(|p| p.cached_tokens.0)
+                .or(u.prompt_cache_hit_tokens.0),
+            cache_creation_input_tokens: prompt.and_then(|p| p.cache_write_tokens.0),
+            cache_creation_1h_input_tokens: None,
+            reasoning_tokens: reasoning,
+        }
+    }
+
+    fn apply_usage(
+        &mut self,
+        usage: &Obj<RawUsage>,
+        x_groq: &Obj<XGroq>,
+        no_choices: bool,
+        record: &mut ResponseRecord,
+    ) -> EventKind {
+        if let Some(u) = &usage.0 {
+            // Running totals (vLLM continuous usage, xAI) and the final usage chunk alike:
+            // the last object wins, whole.
+            self.top_level_usage_seen = true;
+            record.usage = self.usage(u);
+            if no_choices {
+                return EventKind::UsageOnly;
+            }
+        } else if !self.top_level_usage_seen
+            && let Some(u) = x_groq.0.as_ref().and_then(|x| x.usage.0.as_ref())
+        {
+            record.usage = self.usage(u);
+        }
+        EventKind::Other
+    }
+
+    fn apply(&mut self, c: Chunk<'_>, record: &mut ResponseRecord) -> EventKind {
+        set_first(&mut record.model, &c.model);
+        set_first(&mut record.response_id, &c.id);
+        let no_choices = c.choices.0.is_empty();
+        for choice in &c.choices.0 {
+            if let Some(reason) = choice.finish_reason.as_str() {
+                self.finish.set(choice.index.0.unwrap_or(0), reason, record);
+            }
+            if !self.started {
+                self.started =
+                    choice.text.0 || choice.delta.0.as_ref().is_some_and(Delta::has_output);
+            }
+        }
+        let kind = self.apply_usage(&c.usage, &c.x_groq, no_choices, record);
+        if let Some(e) = &c.error.0 {
+            let kind = e.kind.non_empty().or(e.code.non_empty());
+            set_error(record, kind, e.message.as_str());
+        } else if c.object.as_str() == Some("error") {
+            let kind = c.kind.non_empty().or(c.code.non_empty());
+            set_error(record, kind, c.message.as_str());
+        }
+        kind
     }
 }
 
 impl Extractor for OpenAiChat {
-    fn on_event(&mut self, _name: &str, _data: &str, _record: &mut ResponseRecord) -> EventKind {
-        EventKind::Other
+    fn on_event(&mut self, _name: &str, data: &str, record: &mut ResponseRecord) -> EventKind {
+        if data.trim_start().starts_with("[DONE]") {
+            self.done = true;
+            return EventKind::Other;
+        }
+        // Most chunks of a long stream carry only content: once output has started and the id
+        // and model are known, a byte scan tells which chunks can matter at all.
+        let settled = self.started && record.model.is_some() && record.response_id.is_some();
+        let bytes = data.as_bytes();
+        if settled && !FINISH_REASON.non_null(bytes) && !ERROR.present(bytes) {
+            // `"usage"` with an object value, top level or Groq's.
+            if !USAGE.object(bytes) {
+                return EventKind::Other;
+            }
+            return match serde_json::from_str::<UsageOnly>(data) {
+                Ok(u) => self.apply_usage(&u.usage, &u.x_groq, !u.choices.0, record),
+                Err(_) => {
+                    record.malformed_events += 1;
+                    EventKind::Other
+                }
+            };
+        }
+        match serde_json::from_str::<Chunk<'_>>(data) {
+            Ok(chunk) => self.apply(chunk, record),
+            Err(_) => {
+                record.malformed_events += 1;
+                EventKind::Other
+            }
+        }
     }
-    fn on_json(&mut self, _body: &[u8], _record: &mut ResponseRecord) {}
+
+    fn on_json(&mut self, body: &[u8], record: &mut ResponseRecord) {
+        match serde_json::from_slice::<Chunk<'_>>(body) {
+            Ok(chunk) => {
+                let recognised = chunk.id.as_str().is_some()
+                    || chunk.model.as_str().is_some()
+                    || !chunk.choices.0.is_empty()
+                    || chunk.usage.0.is_some()
+                    || chunk.data.0;
+                if !recognised && chunk.detail.0 {
+                    set_error(record, None, None);
+                }
+                self.apply(chunk, record);
+                self.json_body = Some(recognised && record.error.is_none());
+            }
+            Err(_) => {
+                record.malformed_events += 1;
+                self.json_body = Some(false);
+            }
+        }
+    }
+
     fn output_started(&self) -> bool {
-        false
+        self.started
     }
-    fn finish(&mut self, _clean: bool, _record: &mut ResponseRecord) {}
+
+    fn finish(&mut self, _clean: bool, record: &mut ResponseRecord) {
+        // `[DONE]` is the provider's own end marker: once it arrived, a cut afterwards loses
+        // nothing.
+        let ended = self.json_body.unwrap_or(self.done);
+        record.stream_completed = ended && record.error.is_none();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(provider: &str, events: &[&str]) -> (ResponseRecord, Vec<EventKind>) {
+        let mut x = OpenAiChat::new(provider);
+        let mut r = ResponseRecord::default();
+        let kinds = events.iter().map(|e| x.on_event("", e, &mut r)).collect();
+        x.finish(true, &mut r);
+        (r, kinds)
+    }
+
+    const ROLE: &str = r#"{"id":"c1","model":"m","choices":[{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}],"usage":null}"#;
+    const TOKEN: &str = r#"{"id":"c1","model":"m","choices":[{"index":0,"delta":{"content":"hi"},"finish_reason":null}],"usage":null}"#;
+    const FINISH: &str = r#"{"id":"c1","model":"m","choices":[{"index":0,"delta":{},"finish_reason":"stop"}],"usage":null}"#;
+
+    #[test]
+    fn groq_usage_comes_from_x_groq_when_there_is_no_top_level_usage() {
+        let finish = r#"{"id":"c1","model":"m","choices":[{"index":0,"delta":{},"finish_reason":"stop"}],"x_groq":{"id":"req_1","usage":{"queue_time":0.01,"prompt_tokens":18,"prompt_time":0.001,"completion_tokens":7,"completion_time":0.02,"total_tokens":25,"total_time":0.03}}}"#;
+        let (r, _) = run("groq", &[ROLE, TOKEN, finish, "[DONE]"]);
+        assert_eq!(r.usage.input_tokens, Some(18));
+        assert_eq!(r.usage.output_tokens, Some(7));
+        assert!(r.stream_completed);
+    }
+
+    #[test]
+    fn groq_top_level_usage_wins_over_x_groq_usage() {
+        let finish = r#"{"id":"c1","model":"m","choices":[{"index":0,"delta":{},"finish_reason":"stop"}],"x_groq":{"usage":{"prompt_tokens":1,"completion_tokens":1}}}"#;
+        let usage = r#"{"id":"c1","model":"m","choices":[],"usage":{"prompt_tokens":18,"completion_tokens":7},"x_groq":{"usage":{"prompt_tokens":2,"completion_tokens":2}}}"#;
+        let (r, kinds) = run("groq", &[ROLE, TOKEN, finish, usage, "[DONE]"]);
+        assert_eq!(
+            (r.usage.input_tokens, r.usage.output_tokens),
+            (Some(18), Some(7))
+        );
+        assert_eq!(kinds[3], EventKind::UsageOnly);
+    }
+
+    #[test]
+    fn xai_output_adds_reasoning_to_completion_tokens() {
+        let usage = r#"{"id":"u","model":"grok-4","choices":[{"index":0,"delta":{"content":"x"},"finish_reason":"stop"}],"usage":{"prompt_tokens":30,"completion_tokens":12,"completion_tokens_details":{"reasoning_tokens":200},"prompt_tokens_details":{"cached_tokens":6}}}"#;
+        let (r, _) = run("xai", &[usage, "[DONE]"]);
+        assert_eq!(r.usage.output_tokens, Some(212));
+        assert_eq!(r.usage.reasoning_tokens, Some(200));
+        assert_eq!(r.usage.cached_input_tokens, Some(6));
+        // The same body from any other provider: completion tokens already include reasoning.
+        let (r, _) = run("openai", &[usage, "[DONE]"]);
+        assert_eq!(r.usage.output_tokens, Some(12));
+    }
+
+    #[test]
+    fn vllm_continuous_usage_takes_the_last_object_never_a_sum() {
+        let chunk = |n: u32| {
+            format!(
+                r#"{{"id":"c1","model":"m","choices":[{{"index":0,"delta":{{"content":"t"}},"finish_reason":null}}],"usage":{{"prompt_tokens":10,"completion_tokens":{n},"total_tokens":{}}}}}"#,
+                10 + n
+            )
+        };
+        let events: Vec<String> = (1..=5).map(chunk).collect();
+        let mut all: Vec<&str> = events.iter().map(String::as_str).collect();
+        // A later chunk with `usage: null` must not clear the running total.
+        all.push(FINISH);
+        all.push("[DONE]");
+        let (r, kinds) = run("vllm", &all);
+        assert_eq!(
+            (r.usage.input_tokens, r.usage.output_tokens),
+            (Some(10), Some(5))
+        );
+        assert!(
+            kinds.iter().all(|k| *k == EventKind::Other),
+            "content chunks are not usage-only"
+        );
+    }
+
+    #[test]
+    fn azure_annotation_chunk_after_the_finish_chunk_overwrites_nothing() {
+        let first = r#"{"choices":[],"created":0,"id":"","model":"","object":"","prompt_filter_results":[]}"#;
+        let annotation = r#"{"choices":[{"content_filter_offsets":{"check_offset":0,"start_offset":0,"end_offset":20},"content_filter_results":{"hate":{"filtered":false,"severity":"safe"}},"finish_reason":null,"index":0}],"created":0,"id":"","model":"","object":""}"#;
+        let (r, kinds) = run("azure", &[first, ROLE, TOKEN, FINISH, annotation, "[DONE]"]);
+        assert_eq!(
+            kinds[0],
+            EventKind::Other,
+            "Azure's first chunk has no usage object"
+        );
+        assert_eq!(r.model.as_deref(), Some("m"));
+        assert_eq!(r.response_id.as_deref(), Some("c1"));
+        assert_eq!(r.finish_reasons, ["stop"]);
+        assert!(r.stream_completed);
+    }
+
+    #[test]
+    fn choices_null_or_missing_with_a_usage_object_is_the_usage_only_chunk() {
+        for usage in [
+            r#"{"id":"c1","model":"m","choices":null,"usage":{"prompt_tokens":3,"completion_tokens":4}}"#,
+            r#"{"id":"c1","model":"m","usage":{"prompt_tokens":3,"completion_tokens":4}}"#,
+            r#"{"id":"c1","model":"m","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":4}}"#,
+        ] {
+            let (r, kinds) = run("vllm", &[ROLE, TOKEN, FINISH, usage, "[DONE]"]);
+            assert_eq!(kinds[3], EventKind::UsageOnly, "{usage}");
+            assert_eq!(r.usage.output_tokens, Some(4));
+            assert_eq!(r.finish_reasons, ["stop"]);
+        }
+        // `choices: []` without usage (Azure's first chunk) is not.
+        let (_, kinds) = run("azure", &[r#"{"choices":[],"id":"","usage":null}"#]);
+        assert_eq!(kinds[0], EventKind::Other);
+    }
+
+    #[test]
+    fn deepseek_cache_hits_count_as_cached_input_when_details_are_absent() {
+        let finish = r#"{"id":"d","model":"deepseek-chat","choices":[{"index":0,"delta":{"content":""},"finish_reason":"stop"}],"usage":{"prompt_tokens":100,"completion_tokens":5,"prompt_cache_hit_tokens":64,"prompt_cache_miss_tokens":36}}"#;
+        let (r, _) = run("deepseek", &[finish, "[DONE]"]);
+        assert_eq!(r.usage.cached_input_tokens, Some(64));
+        assert_eq!(r.usage.cache_creation_input_tokens, None);
+    }
+
+    #[test]
+    fn malformed_json_in_one_event_is_counted_and_later_events_still_parse() {
+        let usage = r#"{"id":"c1","model":"m","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":4}}"#;
+        let (r, _) = run(
+            "openai",
+            &[
+                ROLE,
+                r#"{"id":"c1","choices":[{"#,
+                TOKEN,
+                FINISH,
+                usage,
+                "[DONE]",
+            ],
+        );
+        assert_eq!(r.malformed_events, 1);
+        assert_eq!(r.usage.output_tokens, Some(4));
+        assert_eq!(r.finish_reasons, ["stop"]);
+        assert!(r.stream_completed);
+    }
+
+    #[test]
+    fn openrouter_mid_stream_error_chunk_keeps_its_finish_reason_and_sets_the_error() {
+        let err = r#"{"id":"gen-1","model":"m","error":{"code":"server_error","message":"upstream died"},"choices":[{"index":0,"delta":{"content":""},"finish_reason":"error"}]}"#;
+        let (r, _) = run("openrouter", &[ROLE, TOKEN, err, "[DONE]"]);
+        assert_eq!(
+            r.error.as_ref().and_then(|e| e.kind.as_deref()),
+            Some("server_error")
+        );
+        assert_eq!(r.finish_reasons, ["error"]);
+        assert!(!r.stream_completed);
+    }
+
+    #[test]
+    fn mistral_spaced_json_is_not_skipped_by_the_pre_check() {
+        let finish = r#"{"id": "c1", "model": "m", "choices": [{"index": 0, "delta": {"content": ""}, "finish_reason": "stop"}], "usage": {"prompt_tokens": 9, "completion_tokens": 2}}"#;
+        let (r, _) = run("mistral", &[ROLE, TOKEN, TOKEN, finish, "[DONE]"]);
+        assert_eq!(r.finish_reasons, ["stop"]);
+        assert_eq!(r.usage.input_tokens, Some(9));
+    }
+
+    #[test]
+    fn together_seeds_above_two_to_the_53_do_not_fail_the_event() {
+        let finish = r#"{"id":"8f3c-SJC","model":"m","choices":[{"index":0,"text":"","seed":18446744073709551615,"delta":{"token_id":2,"content":""},"finish_reason":"eos"}],"usage":{"prompt_tokens":5,"completion_tokens":6}}"#;
+        let (r, _) = run("together", &[finish, "[DONE]"]);
+        assert_eq!(r.malformed_events, 0);
+        assert_eq!(r.finish_reasons, ["eos"]);
+        assert_eq!(r.usage.output_tokens, Some(6));
+    }
+
+    #[test]
+    fn output_starts_with_the_first_content_reasoning_or_tool_delta() {
+        let mut x = OpenAiChat::new("openai");
+        let mut r = ResponseRecord::default();
+        x.on_event("", ROLE, &mut r);
+        assert!(!x.output_started(), "the role chunk carries no output");
+        x.on_event(
+            "",
+            r#"{"id":"c1","model":"m","choices":[{"index":0,"delta":{"reasoning_content":"hm"}}]}"#,
+            &mut r,
+        );
+        assert!(x.output_started());
+        let mut x = OpenAiChat::new("openai");
+        x.on_event("", r#"{"id":"c1","model":"m","choices":[{"index":0,"delta":{"content":null,"tool_calls":[{"index":0,"id":"call_1","function":{"name":"f","arguments":""}}]}}]}"#, &mut r);
+        assert!(x.output_started());
+    }
+
+    #[test]
+    fn json_error_bodies_are_not_completed_and_name_the_error() {
+        let mut x = OpenAiChat::new("vllm");
+        let mut r = ResponseRecord::default();
+        x.on_json(br#"{"object":"error","message":"too long","type":"BadRequestError","param":null,"code":400}"#, &mut r);
+        x.finish(true, &mut r);
+        assert_eq!(
+            r.error.as_ref().and_then(|e| e.kind.as_deref()),
+            Some("BadRequestError")
+        );
+        assert!(!r.stream_completed);
+    }
+
+    #[test]
+    fn a_stream_cut_before_done_is_not_completed() {
+        let (r, _) = run("openai", &[ROLE, TOKEN, FINISH]);
+        assert!(!r.stream_completed);
+        assert_eq!(r.finish_reasons, ["stop"]);
+    }
 }

@@ -1,16 +1,327 @@
-//! Placeholder until the extractor lands.
-use super::{EventKind, Extractor, ResponseRecord};
+//! OpenAI Responses API (`/v1/responses`): streamed events, or the non-streamed response.
+
+use serde::Deserialize;
+
+use super::{
+    EventKind, Extractor, ResponseRecord, Usage,
+    json::{Count, ErrorField, Filled, FinishReasons, Needle, Obj, Text, set_error, set_first},
+};
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct Event<'a> {
+    #[serde(borrow, rename = "type")]
+    kind: Text<'a>,
+    #[serde(borrow)]
+    response: Obj<Response<'a>>,
+    delta: Filled,
+    /// `error` events carry `code` and `message` at the top level.
+    #[serde(borrow)]
+    code: Text<'a>,
+    #[serde(borrow)]
+    message: Text<'a>,
+    /// Some servers nest them instead: `{"type":"error","error":{…}}`.
+    #[serde(borrow)]
+    error: ErrorField<'a>,
+}
+
+/// The response object: carried by lifecycle events, or the whole non-streamed body.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct Response<'a> {
+    #[serde(borrow)]
+    id: Text<'a>,
+    #[serde(borrow)]
+    model: Text<'a>,
+    #[serde(borrow)]
+    status: Text<'a>,
+    usage: Obj<RawUsage>,
+    #[serde(borrow)]
+    incomplete_details: Obj<IncompleteDetails<'a>>,
+    #[serde(borrow)]
+    error: ErrorField<'a>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct IncompleteDetails<'a> {
+    #[serde(borrow)]
+    reason: Text<'a>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct RawUsage {
+    input_tokens: Count,
+    output_tokens: Count,
+    input_tokens_details: Obj<InputDetails>,
+    output_tokens_details: Obj<OutputDetails>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct InputDetails {
+    cached_tokens: Count,
+    cache_write_tokens: Count,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct OutputDetails {
+    reasoning_tokens: Count,
+}
+
+impl RawUsage {
+    fn normalise(&self) -> Usage {
+        let input = self.input_tokens_details.0.as_ref();
+        Usage {
+            input_tokens: self.input_tokens.0,
+            output_tokens: self.output_tokens.0,
+            cached_input_tokens: input.and_then(|d| d.cached_tokens.0),
+            cache_creation_input_tokens: input.and_then(|d| d.cache_write_tokens.0),
+            cache_creation_1h_input_tokens: None,
+            reasoning_tokens: self
+                .output_tokens_details
+                .0
+                .as_ref()
+                .and_then(|d| d.reasoning_tokens.0),
+        }
+    }
+}
+
+static RESPONSE: Needle = Needle::new("\"response\"");
+static ERROR: Needle = Needle::new("\"error\"");
+
+/// Whether an event may carry a response object or an error. Delta events (the bulk of a
+/// stream) carry neither: their `type` value is `"response.…"`, never the bare `"response"`.
+fn may_matter(data: &[u8]) -> bool {
+    RESPONSE.non_null(data) || ERROR.present(data)
+}
 
 #[derive(Default)]
-pub struct OpenAiResponses;
+pub struct OpenAiResponses {
+    finish: FinishReasons,
+    started: bool,
+    /// The terminal event (or body) arrived with status `completed` or `incomplete`.
+    ended_normally: bool,
+    json_body: Option<bool>,
+}
+
+impl OpenAiResponses {
+    /// Takes what a response object says; `terminal` for the final one (or a whole body).
+    fn apply_response(
+        &mut self,
+        r: &Response<'_>,
+        terminal: Option<&str>,
+        record: &mut ResponseRecord,
+    ) {
+        set_first(&mut record.model, &r.model);
+        set_first(&mut record.response_id, &r.id);
+        let Some(event_status) = terminal else {
+            return;
+        };
+        let status = r.status.non_empty().unwrap_or(event_status);
+        self.finish.set(0, status, record);
+        if let Some(u) = &r.usage.0 {
+            record.usage = u.normalise();
+        }
+        if let Some(reason) = r
+            .incomplete_details
+            .0
+            .as_ref()
+            .and_then(|d| d.reason.non_empty())
+        {
+            record.incomplete_reason = Some(reason.to_owned());
+        }
+        if status == "failed" || r.error.0.is_some() {
+            let e = r.error.0.as_ref();
+            let kind = e.and_then(|e| e.code.non_empty().or(e.kind.non_empty()));
+            set_error(record, kind, e.and_then(|e| e.message.as_str()));
+        }
+        self.ended_normally = matches!(status, "completed" | "incomplete");
+    }
+
+    fn apply(&mut self, event: Event<'_>, name: &str, record: &mut ResponseRecord) {
+        let kind = event.kind.non_empty().unwrap_or(name);
+        match kind {
+            "error" => {
+                let nested = event.error.0.as_ref();
+                let code = event
+                    .code
+                    .non_empty()
+                    .or_else(|| nested.and_then(|e| e.code.non_empty().or(e.kind.non_empty())));
+                let message = event
+                    .message
+                    .as_str()
+                    .or_else(|| nested.and_then(|e| e.message.as_str()));
+                set_error(record, code, message);
+            }
+            "response.completed" | "response.incomplete" | "response.failed" => {
+                let status = &kind["response.".len()..];
+                let response = event.response.0.unwrap_or_default();
+                self.apply_response(&response, Some(status), record);
+            }
+            _ => {
+                if let Some(r) = &event.response.0 {
+                    self.apply_response(r, None, record);
+                }
+                if kind.ends_with(".delta") && event.delta.0 {
+                    self.started = true;
+                }
+            }
+        }
+    }
+}
 
 impl Extractor for OpenAiResponses {
-    fn on_event(&mut self, _name: &str, _data: &str, _record: &mut ResponseRecord) -> EventKind {
+    fn on_event(&mut self, name: &str, data: &str, record: &mut ResponseRecord) -> EventKind {
+        // Some compatible servers end with an OpenAI-style `[DONE]`; it carries nothing.
+        if data.trim_start().starts_with("[DONE]") {
+            return EventKind::Other;
+        }
+        let settled = self.started && record.model.is_some() && record.response_id.is_some();
+        // The `event:` name is only a fallback for the type, but an event named like a
+        // lifecycle or error event is always decoded.
+        let named = name == "error" || (name.starts_with("response.") && !name.ends_with(".delta"));
+        if settled && !named && !may_matter(data.as_bytes()) {
+            return EventKind::Other;
+        }
+        match serde_json::from_str::<Event<'_>>(data) {
+            Ok(event) => self.apply(event, name, record),
+            Err(_) => record.malformed_events += 1,
+        }
         EventKind::Other
     }
-    fn on_json(&mut self, _body: &[u8], _record: &mut ResponseRecord) {}
-    fn output_started(&self) -> bool {
-        false
+
+    fn on_json(&mut self, body: &[u8], record: &mut ResponseRecord) {
+        let Ok(r) = serde_json::from_slice::<Response<'_>>(body) else {
+            record.malformed_events += 1;
+            self.json_body = Some(false);
+            return;
+        };
+        if let Some(status) = r.status.non_empty() {
+            self.apply_response(&r, Some(status), record);
+            // A background request answers `queued`/`in_progress`: a success body too.
+            self.json_body = Some(status != "failed" && record.error.is_none());
+        } else {
+            // `{"error":{…}}`: the request failed before a response existed.
+            let e = r.error.0.as_ref();
+            set_error(
+                record,
+                e.and_then(|e| e.kind.non_empty().or(e.code.non_empty())),
+                e.and_then(|e| e.message.as_str()),
+            );
+            self.json_body = Some(false);
+        }
     }
-    fn finish(&mut self, _clean: bool, _record: &mut ResponseRecord) {}
+
+    fn output_started(&self) -> bool {
+        self.started
+    }
+
+    fn finish(&mut self, _clean: bool, record: &mut ResponseRecord) {
+        let ended = self.json_body.unwrap_or(self.ended_normally);
+        record.stream_completed = ended && record.error.is_none();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(events: &[(&str, &str)]) -> ResponseRecord {
+        let mut x = OpenAiResponses::default();
+        let mut r = ResponseRecord::default();
+        for (name, data) in events {
+            x.on_event(name, data, &mut r);
+        }
+        x.finish(true, &mut r);
+        r
+    }
+
+    const CREATED: &str = r#"{"type":"response.created","response":{"id":"resp_1","model":"gpt-5","status":"in_progress","usage":null,"error":null},"sequence_number":0}"#;
+    const DELTA: &str = r#"{"type":"response.output_text.delta","delta":"Hi","sequence_number":1}"#;
+
+    #[test]
+    fn data_only_events_dispatch_on_the_json_type() {
+        let done = r#"{"type":"response.completed","response":{"id":"resp_1","model":"gpt-5","status":"completed","usage":{"input_tokens":5,"output_tokens":9,"input_tokens_details":{"cached_tokens":0,"cache_write_tokens":2},"output_tokens_details":{"reasoning_tokens":4}}}}"#;
+        let r = run(&[("", CREATED), ("", DELTA), ("", done)]);
+        assert_eq!(r.finish_reasons, ["completed"]);
+        assert_eq!(r.usage.cache_creation_input_tokens, Some(2));
+        assert_eq!(r.usage.reasoning_tokens, Some(4));
+        assert!(r.stream_completed);
+    }
+
+    #[test]
+    fn a_failed_response_sets_the_error_and_keeps_its_usage() {
+        let failed = r#"{"type":"response.failed","response":{"id":"resp_1","status":"failed","error":{"code":"server_error","message":"boom"},"usage":{"input_tokens":5,"output_tokens":1}}}"#;
+        let r = run(&[("", CREATED), ("", DELTA), ("", failed)]);
+        assert_eq!(
+            r.error.as_ref().and_then(|e| e.kind.as_deref()),
+            Some("server_error")
+        );
+        assert_eq!(r.finish_reasons, ["failed"]);
+        assert_eq!(r.usage.output_tokens, Some(1));
+        assert!(!r.stream_completed);
+    }
+
+    #[test]
+    fn an_error_event_ends_the_stream_without_a_terminal_response() {
+        let err = r#"{"type":"error","code":"rate_limit_exceeded","message":"slow down","param":null,"sequence_number":2}"#;
+        let r = run(&[
+            ("response.created", CREATED),
+            ("response.output_text.delta", DELTA),
+            ("error", err),
+        ]);
+        assert_eq!(
+            r.error.as_ref().and_then(|e| e.kind.as_deref()),
+            Some("rate_limit_exceeded")
+        );
+        assert!(r.finish_reasons.is_empty());
+        assert!(!r.stream_completed);
+    }
+
+    #[test]
+    fn a_stream_without_a_terminal_event_is_not_completed() {
+        let r = run(&[("", CREATED), ("", DELTA)]);
+        assert!(!r.stream_completed);
+        assert_eq!(r.model.as_deref(), Some("gpt-5"));
+    }
+
+    #[test]
+    fn non_streamed_bodies_and_error_bodies() {
+        let mut x = OpenAiResponses::default();
+        let mut r = ResponseRecord::default();
+        x.on_json(br#"{"id":"resp_2","object":"response","model":"gpt-4.1","status":"incomplete","incomplete_details":{"reason":"max_output_tokens"},"usage":{"input_tokens":3,"output_tokens":2},"error":null}"#, &mut r);
+        x.finish(true, &mut r);
+        assert_eq!(r.incomplete_reason.as_deref(), Some("max_output_tokens"));
+        assert!(r.stream_completed);
+
+        let mut x = OpenAiResponses::default();
+        let mut r = ResponseRecord::default();
+        x.on_json(
+            br#"{"error":{"message":"no","type":"invalid_request_error","code":null}}"#,
+            &mut r,
+        );
+        x.finish(true, &mut r);
+        assert_eq!(
+            r.error.as_ref().and_then(|e| e.kind.as_deref()),
+            Some("invalid_request_error")
+        );
+        assert!(!r.stream_completed);
+    }
+
+    #[test]
+    fn output_starts_with_any_non_empty_delta() {
+        let mut x = OpenAiResponses::default();
+        let mut r = ResponseRecord::default();
+        x.on_event("", CREATED, &mut r);
+        assert!(!x.output_started());
+        x.on_event(
+            "",
+            r#"{"type":"response.reasoning_summary_text.delta","delta":"Thinking"}"#,
+            &mut r,
+        );
+        assert!(x.output_started());
+    }
 }
