@@ -213,7 +213,7 @@ fn push_utf8(out: &mut String, bytes: &[u8]) {
 mod tests {
     use super::*;
 
-        /// Events as (name, data), every boundary's end offset in stream terms, and whether an
+    /// Events as (name, data), every boundary's end offset in stream terms, and whether an
     /// unterminated event was left at the end.
     type Parsed = (Vec<(String, String)>, Vec<usize>, bool);
 
@@ -235,7 +235,7 @@ mod tests {
         (events, ends, partial)
     }
 
-        fn every_split(body: &[u8]) -> Vec<Parsed> {
+    fn every_split(body: &[u8]) -> Vec<Parsed> {
         let mut out = vec![parse_in(&[body])];
         for i in 0..=body.len() {
             // Splits between CR and LF move a boundary by one byte; they are checked on their own.

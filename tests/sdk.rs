@@ -83,7 +83,9 @@ async fn sdk_case(case: &str) -> Mock {
 }
 
 /// Runs one case; returns the mock, the gateway's spans and the script's output.
-async fn sdk_case_with_spans(case: &str) -> (Mock, Vec<sidetrace::trace::span::SpanRecord>, String) {
+async fn sdk_case_with_spans(
+    case: &str,
+) -> (Mock, Vec<sidetrace::trace::span::SpanRecord>, String) {
     let mock = Mock::start(provider).await;
     let dead = closed_port().await;
     let gw = gateway_for(
@@ -114,7 +116,7 @@ async fn sdk_case_with_spans(case: &str) -> (Mock, Vec<sidetrace::trace::span::S
         output.status.success() && stdout.contains(&format!("ok {case}")),
         "{case} failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
     );
-        let spans = gw.recent_spans();
+    let spans = gw.recent_spans();
     gw.shutdown().await;
     (mock, spans, stdout.into_owned())
 }
@@ -137,6 +139,26 @@ async fn openai_sdk_streaming_chat_through_the_gateway() {
     let mock = sdk_case("openai_chat_stream").await;
     let body: serde_json::Value = serde_json::from_slice(&mock.last().body).unwrap();
     assert_eq!(body["stream"], true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_sdk_streaming_without_include_usage_gets_its_stream_while_the_gateway_records_usage()
+ {
+    let (mock, spans, _) = sdk_case_with_spans("openai_chat_stream_without_usage").await;
+    let sent: serde_json::Value = serde_json::from_slice(&mock.last().body).unwrap();
+    assert_eq!(
+        sent["stream_options"]["include_usage"], true,
+        "the gateway asked for usage"
+    );
+    let span = &spans[0];
+    assert_eq!(
+        span.attr("gen_ai.usage.input_tokens"),
+        Some(&sidetrace::trace::span::AttrValue::Int(24))
+    );
+    assert_eq!(
+        span.attr("gen_ai.usage.output_tokens"),
+        Some(&sidetrace::trace::span::AttrValue::Int(26))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -186,14 +208,28 @@ async fn anthropic_sdk_surfaces_an_upstream_529() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_opentelemetry_sdk_parent_span_is_the_parent_of_the_gateways_span() {
     let (mock, spans, stdout) = sdk_case_with_spans("otel_parent_span").await;
-    let line = stdout.lines().find(|l| l.starts_with("TRACE ")).expect("the script prints its span");
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("TRACE "))
+        .expect("the script prints its span");
     let mut parts = line.split_whitespace().skip(1);
     let (trace_id, parent_id) = (parts.next().unwrap(), parts.next().unwrap());
     assert_eq!(spans.len(), 1);
     let span = &spans[0];
     assert_eq!(sidetrace::trace::context::hex(&span.trace_id), trace_id);
-    assert_eq!(span.parent_span_id.map(|p| sidetrace::trace::context::hex(&p)).as_deref(), Some(parent_id));
+    assert_eq!(
+        span.parent_span_id
+            .map(|p| sidetrace::trace::context::hex(&p))
+            .as_deref(),
+        Some(parent_id)
+    );
     assert!(span.parent_is_remote);
-    let upstream = mock.last().headers["traceparent"].to_str().unwrap().to_string();
-    assert!(upstream.contains(trace_id) && !upstream.contains(parent_id), "{upstream}");
+    let upstream = mock.last().headers["traceparent"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        upstream.contains(trace_id) && !upstream.contains(parent_id),
+        "{upstream}"
+    );
 }

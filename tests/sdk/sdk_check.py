@@ -74,6 +74,16 @@ def openai_chat_stream():
     assert chunks[-1].usage.completion_tokens == e["output_tokens"]
 
 
+def openai_chat_stream_without_usage():
+    # The gateway adds include_usage upstream to record usage, and strips the extra chunk:
+    # the SDK sees exactly the stream it asked for.
+    chunks = list(oai().chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True))
+    assert len(chunks) > 3, len(chunks)
+    assert all(c.usage is None for c in chunks), [c.usage for c in chunks]
+    assert all(c.choices for c in chunks), "no usage-only chunk may reach the client"
+    assert chunks[-1].choices[0].finish_reason == "stop"
+
+
 def openai_rate_limited():
     try:
         oai().chat.completions.create(model="rate-limited", messages=MESSAGES)
