@@ -10,6 +10,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    export::pipeline::ExportHandle,
     format::ResponseRecord,
     metrics::Metrics,
     provider::WireFormat,
@@ -170,16 +171,18 @@ pub struct Recorder {
     recent: Mutex<VecDeque<CallRecord>>,
     spans: Mutex<VecDeque<SpanRecord>>,
     keep: usize,
+    export: Option<ExportHandle>,
 }
 
 impl Recorder {
-    pub fn new(metrics: Arc<Metrics>, keep: usize) -> Recorder {
+    pub fn new(metrics: Arc<Metrics>, keep: usize, export: Option<ExportHandle>) -> Recorder {
         Recorder {
             metrics,
             models: LabelCap::new(200),
             recent: Mutex::new(VecDeque::with_capacity(keep.min(1024))),
             spans: Mutex::new(VecDeque::with_capacity(keep.min(1024))),
             keep,
+            export,
         }
     }
 
@@ -215,7 +218,12 @@ impl Recorder {
         );
         if self.keep > 0 {
             push_bounded(&self.recent, call, self.keep);
+            if let Some(export) = &self.export {
+                export.submit(span.clone());
+            }
             push_bounded(&self.spans, span, self.keep);
+        } else if let Some(export) = &self.export {
+            export.submit(span);
         }
     }
 

@@ -47,6 +47,16 @@ struct HeaderLabels {
     header: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DropLabels {
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeOnly {
+    outcome: &'static str,
+}
+
 type HistogramFamily = Family<ProviderLabels, Histogram, fn() -> Histogram>;
 
 fn latency_histogram() -> Histogram {
@@ -66,6 +76,17 @@ pub struct Metrics {
     requests_unparsed: Counter,
     trace_context_invalid: Family<HeaderLabels, Counter>,
     metadata_truncated: Counter,
+    pub spans_received: Counter,
+    pub spans_exported: Counter,
+    pub spans_spooled: Counter,
+    pub spans_replayed: Counter,
+    spans_dropped: Family<DropLabels, Counter>,
+    export_attempts: Family<OutcomeOnly, Counter>,
+    pub export_duration: Histogram,
+    pub spool_items: Gauge,
+    pub spool_bytes: Gauge,
+    pub spool_oldest_age_seconds: Gauge,
+    pub spool_degraded: Gauge,
     /// Calls in flight, open response streams included.
     pub active_calls: Gauge,
 }
@@ -141,6 +162,75 @@ impl Metrics {
             "Metadata values or keys cut to the length and count bounds",
             metadata_truncated.clone(),
         );
+        let counter = |registry: &mut Registry, name: &str, help: &str| {
+            let c = Counter::default();
+            registry.register(name, help, c.clone());
+            c
+        };
+        let spans_received = counter(
+            &mut registry,
+            "sidetrace_spans_received",
+            "Finished call spans handed to the exporter",
+        );
+        let spans_exported = counter(
+            &mut registry,
+            "sidetrace_spans_exported",
+            "Spans the collector accepted on first try",
+        );
+        let spans_spooled = counter(
+            &mut registry,
+            "sidetrace_spans_spooled",
+            "Spans written to the spool (queue full or export failed)",
+        );
+        let spans_replayed = counter(
+            &mut registry,
+            "sidetrace_spans_replayed",
+            "Spooled spans the collector accepted later",
+        );
+        let spans_dropped = Family::<DropLabels, Counter>::default();
+        registry.register(
+            "sidetrace_spans_dropped",
+            "Spans lost, by reason (spool_full, expired, max_attempts, corrupt, spool_error, encode_error)",
+            spans_dropped.clone(),
+        );
+        let export_attempts = Family::<OutcomeOnly, Counter>::default();
+        registry.register(
+            "sidetrace_export_attempts",
+            "OTLP export attempts by outcome (ok, error, timeout)",
+            export_attempts.clone(),
+        );
+        let export_duration = latency_histogram();
+        registry.register_with_unit(
+            "sidetrace_export_duration",
+            "Time one OTLP export attempt took",
+            Unit::Seconds,
+            export_duration.clone(),
+        );
+        let gauge = |registry: &mut Registry, name: &str, help: &str| {
+            let g = Gauge::default();
+            registry.register(name, help, g.clone());
+            g
+        };
+        let spool_items = gauge(
+            &mut registry,
+            "sidetrace_spool_items",
+            "Batches waiting in the spool",
+        );
+        let spool_bytes = gauge(
+            &mut registry,
+            "sidetrace_spool_bytes",
+            "Encoded bytes waiting in the spool",
+        );
+        let spool_oldest_age_seconds = gauge(
+            &mut registry,
+            "sidetrace_spool_oldest_age_seconds",
+            "Age of the oldest spooled batch (replay lag)",
+        );
+        let spool_degraded = gauge(
+            &mut registry,
+            "sidetrace_spool_degraded",
+            "1 when the disk spool failed and an in-memory spool took its place",
+        );
         let active_calls = Gauge::default();
         registry.register(
             "sidetrace_active_calls",
@@ -159,6 +249,17 @@ impl Metrics {
             requests_unparsed,
             trace_context_invalid,
             metadata_truncated,
+            spans_received,
+            spans_exported,
+            spans_spooled,
+            spans_replayed,
+            spans_dropped,
+            export_attempts,
+            export_duration,
+            spool_items,
+            spool_bytes,
+            spool_oldest_age_seconds,
+            spool_degraded,
             active_calls,
         }
     }
@@ -166,6 +267,20 @@ impl Metrics {
     pub fn trace_context_invalid(&self, header: &'static str) {
         self.trace_context_invalid
             .get_or_create(&HeaderLabels { header })
+            .inc();
+    }
+
+    pub fn spans_dropped(&self, reason: &str, n: u64) {
+        self.spans_dropped
+            .get_or_create(&DropLabels {
+                reason: reason.to_string(),
+            })
+            .inc_by(n);
+    }
+
+    pub fn export_attempt(&self, outcome: &'static str) {
+        self.export_attempts
+            .get_or_create(&OutcomeOnly { outcome })
             .inc();
     }
 

@@ -24,8 +24,14 @@ use crate::{
     admin::{self, AdminState},
     call::{CallRecord, Recorder},
     config::{Config, ConfigError},
+    export::{
+        otlp,
+        pipeline::{ExportHandle, ExportTasks},
+        spool::{SpoolLimits, open_or_degrade},
+    },
     metrics::Metrics,
     proxy::{body::ProxyBody, stack, upstream::UpstreamClient},
+    trace::span::Telemetry,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +46,8 @@ pub enum StartError {
     },
     #[error("upstream client: {0}")]
     Client(String),
+    #[error("span export: {0}")]
+    Export(String),
 }
 
 /// How a shutdown went.
@@ -77,7 +85,19 @@ impl Gateway {
         let addr = local_addr(&listener, "listen")?;
         let admin_addr = local_addr(&admin_listener, "admin_listen")?;
 
-        let recorder = Arc::new(Recorder::new(metrics.clone(), config.inspect.recent_calls));
+        let telemetry = Telemetry::from_env(std::env::vars(), &instance_id());
+        let (export, export_tasks) = if config.export.enabled() {
+            let (handle, tasks) = start_export(&config, &telemetry, metrics.clone()).await?;
+            (Some(handle), Some(tasks))
+        } else {
+            tracing::info!("no OTLP endpoint configured: spans stay local");
+            (None, None)
+        };
+        let recorder = Arc::new(Recorder::new(
+            metrics.clone(),
+            config.inspect.recent_calls,
+            export,
+        ));
         let capturer = Arc::new(config.capturer()?);
         let proxy = stack::build(
             &config,
@@ -99,6 +119,7 @@ impl Gateway {
 
         let (shutdown, signal) = watch::channel(false);
         let grace = config.shutdown_grace();
+        let export_deadline = Duration::from_millis(config.export.shutdown_export_ms);
         let task = tokio::spawn(async move {
             let admin_stop = watch::channel(false);
             let admin_task = tokio::spawn(serve(
@@ -115,6 +136,10 @@ impl Gateway {
                 ready.ready.store(false, Ordering::Release);
             });
             let drained = serve(listener, proxy, signal, grace, "proxy").await;
+            // Every call has ended: export what is queued, spool the rest.
+            if let Some(tasks) = export_tasks {
+                tasks.shutdown(export_deadline).await;
+            }
             let _ = admin_stop.0.send(true);
             let _ = admin_task.await;
             ShutdownReport { drained }
@@ -161,6 +186,44 @@ impl Gateway {
             }
         }
     }
+}
+
+/// `service.instance.id`: the pod or host name when known, else a random id.
+fn instance_id() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| crate::trace::context::hex(&crate::trace::context::random_span_id()))
+}
+
+async fn start_export(
+    config: &Config,
+    telemetry: &Telemetry,
+    metrics: Arc<Metrics>,
+) -> Result<(ExportHandle, ExportTasks), StartError> {
+    let tls = crate::proxy::upstream::tls_config(&config.upstream).map_err(StartError::Export)?;
+    let exporter = otlp::build(&config.export, telemetry, tls).map_err(StartError::Export)?;
+    let limits = SpoolLimits {
+        max_bytes: config.spool.max_bytes,
+        max_age_ms: config.spool.max_age_ms,
+        max_attempts: config.spool.max_attempts,
+    };
+    let dir = config.data_dir().join("spool");
+    let (spool, degraded) = tokio::task::spawn_blocking(move || open_or_degrade(&dir, limits))
+        .await
+        .map_err(|e| StartError::Export(e.to_string()))?;
+    if degraded.is_some() {
+        metrics.spool_degraded.set(1);
+    }
+    let scope = otlp::scope(telemetry);
+    Ok(ExportHandle::start(
+        &config.export,
+        exporter,
+        spool,
+        limits,
+        scope,
+        metrics,
+    ))
 }
 
 fn local_addr(listener: &TcpListener, what: &'static str) -> Result<SocketAddr, StartError> {

@@ -184,6 +184,93 @@ pub struct TraceConfig {
     pub grouping_key: String,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum ExportProtocol {
+    #[serde(rename = "grpc")]
+    Grpc,
+    #[serde(rename = "http/protobuf")]
+    HttpProtobuf,
+}
+
+/// Span export over OTLP. Off unless an endpoint is set here or in `OTEL_EXPORTER_OTLP_ENDPOINT`
+/// / `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExportConfig {
+    /// gRPC: `http://collector:4317`. HTTP: `http://collector:4318` (`/v1/traces` is added).
+    pub endpoint: String,
+    /// `grpc` or `http/protobuf`; `OTEL_EXPORTER_OTLP_(TRACES_)PROTOCOL` when not set here.
+    pub protocol: ExportProtocol,
+    /// Per export attempt.
+    pub timeout_ms: u64,
+    /// `gzip` or `none`; empty: `OTEL_EXPORTER_OTLP_(TRACES_)COMPRESSION`.
+    pub compression: String,
+    /// Extra headers (or gRPC metadata), e.g. an API key of a tracing backend; empty:
+    /// `OTEL_EXPORTER_OTLP_(TRACES_)HEADERS`.
+    pub headers: BTreeMap<String, String>,
+    /// Finished spans waiting for the exporter; past it, spans spill to the spool at once.
+    pub queue_spans: usize,
+    pub batch_max_spans: usize,
+    /// Estimated encoded size per batch; keep it under the collector's 4 MiB gRPC default.
+    pub batch_max_bytes: usize,
+    /// A batch leaves at most this long after its first span arrived.
+    pub batch_delay_ms: u64,
+    /// On shutdown, time left to export what is queued; the rest is spooled.
+    pub shutdown_export_ms: u64,
+    /// Longest wait between replay attempts while the collector is down (jittered backoff).
+    pub replay_backoff_max_ms: u64,
+    /// Set from the environment: an endpoint variable was present.
+    #[serde(skip)]
+    pub endpoint_from_env: bool,
+}
+
+impl Default for ExportConfig {
+    fn default() -> Self {
+        ExportConfig {
+            endpoint: String::new(),
+            protocol: ExportProtocol::Grpc,
+            timeout_ms: 5_000,
+            compression: String::new(),
+            headers: BTreeMap::new(),
+            queue_spans: 65_536,
+            batch_max_spans: 512,
+            batch_max_bytes: 3 * 1024 * 1024,
+            batch_delay_ms: 1_000,
+            shutdown_export_ms: 5_000,
+            replay_backoff_max_ms: 30_000,
+            endpoint_from_env: false,
+        }
+    }
+}
+
+impl ExportConfig {
+    pub fn enabled(&self) -> bool {
+        !self.endpoint.is_empty() || self.endpoint_from_env
+    }
+}
+
+/// The local spool that keeps spans the collector could not take yet.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SpoolConfig {
+    /// Encoded span batches kept at most; past it the oldest are dropped (and counted).
+    pub max_bytes: u64,
+    /// Batches older than this are dropped (and counted).
+    pub max_age_ms: u64,
+    /// A batch that failed this many exports is dropped (and counted), so it cannot block the rest.
+    pub max_attempts: u32,
+}
+
+impl Default for SpoolConfig {
+    fn default() -> Self {
+        SpoolConfig {
+            max_bytes: 1024 * 1024 * 1024,
+            max_age_ms: 7 * 24 * 3600 * 1000,
+            max_attempts: 100,
+        }
+    }
+}
+
 /// The whole configuration file. Every key has a default, so an empty file is valid.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -205,6 +292,11 @@ pub struct Config {
     pub inspect: InspectConfig,
     pub capture: CaptureConfig,
     pub trace: TraceConfig,
+    /// Where the spool (and later the local trace store) lives. Empty: `$XDG_STATE_HOME/sidetrace`,
+    /// else `$HOME/.local/state/sidetrace`, else `/var/lib/sidetrace`.
+    pub data_dir: String,
+    pub export: ExportConfig,
+    pub spool: SpoolConfig,
     pub providers: BTreeMap<String, ProviderOverride>,
 }
 
@@ -230,6 +322,9 @@ impl Default for Config {
             inspect: InspectConfig::default(),
             capture: CaptureConfig::default(),
             trace: TraceConfig::default(),
+            data_dir: String::new(),
+            export: ExportConfig::default(),
+            spool: SpoolConfig::default(),
             providers: BTreeMap::new(),
         }
     }
@@ -260,13 +355,18 @@ pub const ENV_VARS: &[(&str, &str)] = &[
         "SIDETRACE_CAPTURE_LEVEL",
         "none, metadata, redacted or full (capture.level)",
     ),
+    ("SIDETRACE_DATA_DIR", "spool directory (data_dir)"),
     (
-        "SIDETRACE_TRACE_GROUPING_KEY",
-        "key for trace ids derived from grouping headers (trace.grouping_key)",
+        "OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT",
+        "turns span export on (export.endpoint)",
     ),
     (
-        "SIDETRACE_CAPTURE_LEVEL",
-        "none, metadata, redacted or full (capture.level)",
+        "OTEL_EXPORTER_OTLP_[TRACES_]PROTOCOL",
+        "grpc or http/protobuf (export.protocol)",
+    ),
+    (
+        "OTEL_EXPORTER_OTLP_[TRACES_]HEADERS, _TIMEOUT, _COMPRESSION",
+        "read by the exporter when the config leaves them empty",
     ),
     (
         "SIDETRACE_TRACE_GROUPING_KEY",
@@ -310,6 +410,7 @@ impl Config {
         vars: impl IntoIterator<Item = (String, String)>,
     ) -> Result<(), ConfigError> {
         let mut rust_log = None;
+        let mut protocol_env: Option<String> = None;
         let mut level_set = false;
         for (key, value) in vars {
             match key.as_str() {
@@ -323,6 +424,18 @@ impl Config {
                 }
                 "RUST_LOG" => rust_log = Some(value),
                 "SIDETRACE_TRACE_GROUPING_KEY" => self.trace.grouping_key = value,
+                "SIDETRACE_DATA_DIR" => self.data_dir = value,
+                "OTEL_EXPORTER_OTLP_ENDPOINT" | "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
+                    if !value.is_empty() =>
+                {
+                    self.export.endpoint_from_env = true;
+                }
+                "OTEL_EXPORTER_OTLP_PROTOCOL" | "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL" => {
+                    // The traces-specific variable wins; the loop sees both in any order.
+                    if key.ends_with("TRACES_PROTOCOL") || protocol_env.is_none() {
+                        protocol_env = Some(value);
+                    }
+                }
                 "SIDETRACE_CAPTURE_LEVEL" => {
                     self.capture.level = CaptureLevel::parse(&value).ok_or_else(|| {
                         ConfigError::Invalid(format!(
@@ -355,6 +468,17 @@ impl Config {
         }
         if let (Some(filter), false) = (rust_log, level_set) {
             self.log.level = filter;
+        }
+        if let Some(p) = protocol_env {
+            self.export.protocol = match p.trim() {
+                "grpc" => ExportProtocol::Grpc,
+                "http/protobuf" => ExportProtocol::HttpProtobuf,
+                other => {
+                    return Err(ConfigError::Invalid(format!(
+                        "OTEL_EXPORTER_OTLP_PROTOCOL={other:?}: sidetrace speaks grpc and http/protobuf"
+                    )));
+                }
+            };
         }
         Ok(())
     }
@@ -451,6 +575,24 @@ impl Config {
         })
     }
 
+    /// The data directory, resolved.
+    pub fn data_dir(&self) -> PathBuf {
+        if !self.data_dir.is_empty() {
+            return PathBuf::from(&self.data_dir);
+        }
+        if let Ok(state) = std::env::var("XDG_STATE_HOME")
+            && !state.is_empty()
+        {
+            return PathBuf::from(state).join("sidetrace");
+        }
+        if let Ok(home) = std::env::var("HOME")
+            && !home.is_empty()
+        {
+            return PathBuf::from(home).join(".local/state/sidetrace");
+        }
+        PathBuf::from("/var/lib/sidetrace")
+    }
+
     /// Everything `serve` checks before it binds a port.
     pub fn validate(&self) -> Result<Registry, ConfigError> {
         self.listen_addr()?;
@@ -487,6 +629,17 @@ impl Config {
             .map_err(|e| ConfigError::Invalid(format!("log.level {:?}: {e}", self.log.level)))?;
         crate::proxy::upstream::tls_config(&self.upstream).map_err(ConfigError::Invalid)?;
         self.capturer()?;
+        if !matches!(self.export.compression.as_str(), "" | "gzip" | "none") {
+            return Err(ConfigError::Invalid(format!(
+                "export.compression {:?}: expected gzip or none",
+                self.export.compression
+            )));
+        }
+        if self.export.queue_spans == 0 || self.export.batch_max_spans == 0 {
+            return Err(ConfigError::Invalid(
+                "export.queue_spans and export.batch_max_spans must be at least 1".into(),
+            ));
+        }
         self.registry()
     }
 }

@@ -3,5 +3,7 @@
 
 pub mod spool;
 
+pub mod otlp;
+pub mod pipeline;
 #[cfg(test)]
 mod spool_tests;
