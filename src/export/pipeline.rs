@@ -1,5 +1,6 @@
 //! The export pipeline: finished spans go into a bounded queue (the request path never waits:
-//! `try_send`, and a full queue spills to the spool instead of dropping); one task batches them
+//! `try_send`; when the queue is full, spans go to an overflow buffer that a background task
+//! writes to the spool, so the request path never touches the disk); one task batches them
 //! by count, size and time and exports each batch once; a failed batch goes to the spool; a
 //! replayer sends spooled batches oldest first, with jittered exponential backoff while the
 //! collector is down, and deletes a batch only after it was exported. Every span that leaves
@@ -41,6 +42,10 @@ struct Shared {
     healthy: AtomicBool,
     replay: Notify,
     metrics: Arc<Metrics>,
+    /// Spans that found the queue full, waiting for the spiller to write them to the spool.
+    overflow: std::sync::Mutex<Vec<SpanRecord>>,
+    overflow_max: usize,
+    spill_wakeup: Notify,
 }
 
 /// The running tasks; `shutdown` exports what it can within the deadline and spools the rest.
@@ -48,6 +53,7 @@ pub struct ExportTasks {
     stop: watch::Sender<bool>,
     batcher: JoinHandle<()>,
     replayer: JoinHandle<()>,
+    spiller: JoinHandle<()>,
 }
 
 impl ExportHandle {
@@ -67,6 +73,9 @@ impl ExportHandle {
             healthy: AtomicBool::new(true),
             replay: Notify::new(),
             metrics,
+            overflow: std::sync::Mutex::new(Vec::new()),
+            overflow_max: cfg.queue_spans,
+            spill_wakeup: Notify::new(),
         });
         shared.update_gauges();
         let exporter = Arc::new(exporter);
@@ -84,26 +93,41 @@ impl ExportHandle {
             shared.clone(),
             scope,
             cfg.clone(),
-            stopped,
+            stopped.clone(),
         ));
+        let spiller = tokio::spawn(spiller(shared.clone(), stopped));
         (
             ExportHandle { tx, shared },
             ExportTasks {
                 stop,
                 batcher,
                 replayer,
+                spiller,
             },
         )
     }
 
-    /// Hands a finished span to the exporter. Never waits: a full queue spills to the spool.
+    /// Hands a finished span to the exporter. Never waits and never touches the disk: a full
+    /// queue sends the span to the overflow buffer, which the spiller writes to the spool.
     pub fn submit(&self, span: SpanRecord) {
         self.shared.metrics.spans_received.inc();
         match self.tx.try_send(span) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(span))
             | Err(mpsc::error::TrySendError::Closed(span)) => {
-                self.shared.spill(&[span]);
+                let mut overflow = self
+                    .shared
+                    .overflow
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                if overflow.len() < self.shared.overflow_max {
+                    overflow.push(span);
+                    drop(overflow);
+                    self.shared.spill_wakeup.notify_one();
+                } else {
+                    drop(overflow);
+                    self.shared.metrics.spans_dropped("queue_full", 1);
+                }
             }
         }
     }
@@ -120,6 +144,7 @@ impl ExportTasks {
             tracing::error!("export did not finish within the shutdown deadline");
         }
         let _ = self.replayer.await;
+        let _ = self.spiller.await;
     }
 }
 
@@ -336,6 +361,32 @@ async fn send_or_spool(
         }
     })
     .await;
+}
+
+/// Writes overflowed spans to the spool, off the request path; on shutdown, whatever is left.
+async fn spiller(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    loop {
+        let stopping = tokio::select! {
+            _ = shared.spill_wakeup.notified() => false,
+            _ = stop.wait_for(|s| *s) => true,
+        };
+        let spans = std::mem::take(&mut *shared.overflow.lock().unwrap_or_else(|e| e.into_inner()));
+        if !spans.is_empty() {
+            let s = shared.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                for chunk in spans.chunks(512) {
+                    s.spill(chunk);
+                }
+                if let Err(e) = s.spool().flush() {
+                    tracing::warn!(error = %e, "spool flush failed");
+                }
+            })
+            .await;
+        }
+        if stopping {
+            break;
+        }
+    }
 }
 
 fn jittered(d: Duration) -> Duration {
