@@ -2,6 +2,8 @@
 //! gateway on port 0, and a plain hyper client.
 #![allow(dead_code)]
 
+pub mod otlp;
+
 use std::{
     convert::Infallible,
     net::SocketAddr,
