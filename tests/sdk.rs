@@ -93,6 +93,14 @@ async fn sdk_case_with_spans(
         &format!("[providers.deadprovider]\nbase_url = \"http://{dead}\"\n"),
     )
     .await;
+    let stdout = run_python(case, &gw).await;
+    let spans = gw.recent_spans();
+    gw.shutdown().await;
+    (mock, spans, stdout)
+}
+
+/// Runs one case of sdk_check.py against a running gateway; returns its stdout.
+async fn run_python(case: &str, gw: &sidetrace::Gateway) -> String {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/sdk_check.py");
     let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/providers");
     let gateway = format!("http://{}", gw.addr);
@@ -116,9 +124,7 @@ async fn sdk_case_with_spans(
         output.status.success() && stdout.contains(&format!("ok {case}")),
         "{case} failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
     );
-    let spans = gw.recent_spans();
-    gw.shutdown().await;
-    (mock, spans, stdout.into_owned())
+    stdout.into_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -232,4 +238,80 @@ async fn an_opentelemetry_sdk_parent_span_is_the_parent_of_the_gateways_span() {
         upstream.contains(trace_id) && !upstream.contains(parent_id),
         "{upstream}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_sdk_calls_streamed_and_not_arrive_at_the_collector_with_the_design_attributes() {
+    use common::otlp::{AttrValue, Collector, Transport};
+    let collector = Collector::start(Transport::Http).await;
+    let mock = Mock::start(provider).await;
+    let dir = tempfile::tempdir().unwrap();
+    let gw = gateway_for(
+        &mock,
+        &format!(
+            "data_dir = {:?}\n[export]\nendpoint = {:?}\nprotocol = \"http/protobuf\"\nbatch_delay_ms = 50\n",
+            dir.path().display().to_string(),
+            collector.endpoint()
+        ),
+    )
+    .await;
+    run_python("openai_chat", &gw).await;
+    run_python("openai_chat_stream", &gw).await;
+    let spans = collector
+        .wait_for_spans(2, std::time::Duration::from_secs(20))
+        .await;
+    let by_stream = |stream: bool| {
+        spans
+            .iter()
+            .find(|s| {
+                (s.attributes.get("gen_ai.request.stream") == Some(&AttrValue::Bool(true)))
+                    == stream
+            })
+            .unwrap_or_else(|| panic!("no span with stream={stream}"))
+    };
+    for (span, model, response_model, input, output) in [
+        (by_stream(false), "o4-mini", "o4-mini-2025-04-16", 1310, 615),
+        (
+            by_stream(true),
+            "gpt-4o-mini",
+            "gpt-4o-mini-2024-07-18",
+            24,
+            26,
+        ),
+    ] {
+        let a = &span.attributes;
+        let s = |k: &str| match a.get(k) {
+            Some(AttrValue::Str(v)) => v.clone(),
+            other => panic!("{k}: {other:?}"),
+        };
+        let i = |k: &str| match a.get(k) {
+            Some(AttrValue::Int(v)) => *v,
+            other => panic!("{k}: {other:?}"),
+        };
+        assert_eq!(span.name, format!("chat {model}"));
+        assert_eq!(span.kind, 3);
+        assert_eq!(s("gen_ai.operation.name"), "chat");
+        assert_eq!(s("gen_ai.provider.name"), "openai");
+        assert_eq!(s("gen_ai.request.model"), model);
+        assert_eq!(s("gen_ai.response.model"), response_model);
+        assert!(s("gen_ai.response.id").starts_with("chatcmpl-"));
+        assert_eq!(
+            a.get("gen_ai.response.finish_reasons"),
+            Some(&AttrValue::StrList(vec!["stop".into()]))
+        );
+        assert_eq!(i("gen_ai.usage.input_tokens"), input);
+        assert_eq!(i("gen_ai.usage.output_tokens"), output);
+        assert!(a.contains_key("gen_ai.usage.cache_read.input_tokens"));
+        assert!(a.contains_key("gen_ai.usage.reasoning.output_tokens"));
+        assert_eq!(s("server.address"), "127.0.0.1");
+        assert_eq!(i("server.port"), i64::from(mock.addr.port()));
+        assert_eq!(i("http.response.status_code"), 200);
+        assert!(!a.contains_key("gen_ai.system") && !a.contains_key("gen_ai.usage.prompt_tokens"));
+    }
+    assert!(matches!(
+        by_stream(true).attributes.get("gen_ai.response.time_to_first_chunk"),
+        Some(AttrValue::Double(t)) if *t > 0.0
+    ));
+    gw.shutdown().await;
+    collector.stop().await;
 }

@@ -1,0 +1,393 @@
+//! Span export under faults: an in-process OTLP collector (gRPC and HTTP) that is down, answers
+//! 429/503, stalls or refuses; the gateway must keep serving at full speed and every span must
+//! arrive later, once.
+
+mod common;
+
+use std::{
+    collections::HashMap,
+    path::Path,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use common::{
+    otlp::{Collector, Mode, ReceivedSpan, Transport},
+    *,
+};
+use http::StatusCode;
+
+const CHAT: &str = r#"{"model":"o4-mini","messages":[{"role":"user","content":"hi"}]}"#;
+
+fn reply() -> Reply {
+    Reply::json(
+        200,
+        &String::from_utf8(fixture("openai/chat_nonstream.json")).unwrap(),
+    )
+}
+
+fn export_config(endpoint: &str, transport: Transport, data_dir: &Path, extra: &str) -> String {
+    let protocol = match transport {
+        Transport::Grpc => "grpc",
+        Transport::Http => "http/protobuf",
+    };
+    format!(
+        "data_dir = {:?}\n{extra}\n[export]\nendpoint = {endpoint:?}\nprotocol = {protocol:?}\ntimeout_ms = 300\nbatch_delay_ms = 50\nreplay_backoff_max_ms = 400\n",
+        data_dir.display().to_string()
+    )
+}
+
+async fn metric(gw: &sidetrace::Gateway, name: &str) -> f64 {
+    let text = String::from_utf8(admin_get(gw, "/metrics").await.body.to_vec()).unwrap();
+    text.lines()
+        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+async fn wait_metric(gw: &sidetrace::Gateway, name: &str, at_least: f64) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let v = metric(gw, name).await;
+        if v >= at_least {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name} stayed at {v}, wanted {at_least}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Every span id once, and the set equal to what the gateway recorded.
+fn assert_each_once(received: &[ReceivedSpan], expected: &[String]) {
+    let mut counts: HashMap<&str, usize> = HashMap::new();
+    for s in received {
+        *counts.entry(s.span_id.as_str()).or_default() += 1;
+    }
+    for id in expected {
+        assert_eq!(
+            counts.get(id.as_str()),
+            Some(&1),
+            "span {id} arrived {:?} times",
+            counts.get(id.as_str())
+        );
+    }
+    assert_eq!(received.len(), expected.len(), "unexpected extra spans");
+}
+
+fn recorded_span_ids(gw: &sidetrace::Gateway) -> Vec<String> {
+    gw.recent_spans()
+        .iter()
+        .map(|s| sidetrace::trace::context::hex(&s.span_id))
+        .collect()
+}
+
+async fn calls(gw: &sidetrace::Gateway, n: usize) -> Duration {
+    let started = Instant::now();
+    for _ in 0..n {
+        let a = post(gw, "/openai/v1/chat/completions", &[], CHAT).await;
+        assert_eq!(a.status, StatusCode::OK);
+    }
+    started.elapsed()
+}
+
+async fn collector_down_then_up(transport: Transport) {
+    let mock = Mock::start(|_| reply()).await;
+    let collector = Collector::start(transport).await;
+    let addr = collector.addr;
+    let endpoint = collector.endpoint();
+    collector.stop().await;
+    let dir = tempfile::tempdir().unwrap();
+    let gw = gateway_for(&mock, &export_config(&endpoint, transport, dir.path(), "")).await;
+    let n = 30;
+    let took = calls(&gw, n).await;
+    assert!(
+        took < Duration::from_secs(10),
+        "calls were slowed down: {took:?}"
+    );
+    wait_metric(&gw, "sidetrace_spans_spooled_total", n as f64).await;
+    assert_eq!(metric(&gw, "sidetrace_spans_exported_total").await, 0.0);
+    let collector = Collector::start_on(transport, addr).await;
+    let received = collector.wait_for_spans(n, Duration::from_secs(20)).await;
+    // Let any duplicate show up before counting.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_each_once(&collector.spans(), &recorded_span_ids(&gw));
+    assert_eq!(received.len(), n);
+    wait_metric(&gw, "sidetrace_spans_replayed_total", n as f64).await;
+    assert_eq!(metric(&gw, "sidetrace_spans_dropped_total").await, 0.0);
+    gw.shutdown().await;
+    collector.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_grpc_collector_down_for_the_whole_run_every_span_arrives_once_when_it_is_back() {
+    collector_down_then_up(Transport::Grpc).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_http_collector_down_for_the_whole_run_every_span_arrives_once_when_it_is_back() {
+    collector_down_then_up(Transport::Http).await;
+}
+
+async fn degraded_collector(transport: Transport, mode: Mode) {
+    let mock = Mock::start(|_| reply()).await;
+    let collector = Collector::start(transport).await;
+    collector.set_mode(mode);
+    let dir = tempfile::tempdir().unwrap();
+    let gw = gateway_for(
+        &mock,
+        &export_config(&collector.endpoint(), transport, dir.path(), ""),
+    )
+    .await;
+    let n = 20;
+    let took = calls(&gw, n).await;
+    assert!(
+        took < Duration::from_secs(10),
+        "calls were slowed down: {took:?}"
+    );
+    wait_metric(&gw, "sidetrace_spans_spooled_total", 1.0).await;
+    collector.set_mode(Mode::Accept);
+    collector.wait_for_spans(n, Duration::from_secs(20)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_each_once(&collector.spans(), &recorded_span_ids(&gw));
+    gw.shutdown().await;
+    collector.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_answering_503_with_retry_after_delays_spans_but_not_calls() {
+    degraded_collector(
+        Transport::Http,
+        Mode::Status {
+            code: 503,
+            retry_after_s: Some(1),
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_answering_429_delays_spans_but_not_calls() {
+    degraded_collector(
+        Transport::Grpc,
+        Mode::Status {
+            code: 429,
+            retry_after_s: None,
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_collector_delays_spans_but_not_calls() {
+    degraded_collector(Transport::Grpc, Mode::Stall).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_healthy_collector_gets_each_span_once_with_resource_and_scope() {
+    let mock = Mock::start(|_| reply()).await;
+    let collector = Collector::start(Transport::Grpc).await;
+    let dir = tempfile::tempdir().unwrap();
+    let gw = gateway_for(
+        &mock,
+        &export_config(&collector.endpoint(), Transport::Grpc, dir.path(), ""),
+    )
+    .await;
+    calls(&gw, 5).await;
+    let spans = collector.wait_for_spans(5, Duration::from_secs(10)).await;
+    let s = &spans[0];
+    assert_eq!(s.kind, 3, "CLIENT");
+    assert_eq!(s.scope_name, "sidetrace");
+    assert_eq!(s.schema_url, "https://opentelemetry.io/schemas/1.41.0");
+    assert!(s.resource.contains_key("service.name"));
+    assert_eq!(s.name, "chat o4-mini");
+    wait_metric(&gw, "sidetrace_spans_exported_total", 5.0).await;
+    assert_eq!(metric(&gw, "sidetrace_spans_spooled_total").await, 0.0);
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_spool_drops_the_oldest_counts_them_and_the_proxy_keeps_serving() {
+    let mock = Mock::start(|_| reply()).await;
+    let collector = Collector::start(Transport::Grpc).await;
+    let addr = collector.addr;
+    let endpoint = collector.endpoint();
+    collector.stop().await;
+    let dir = tempfile::tempdir().unwrap();
+    // One span per batch; a span record is about 2 KB as spooled: room for about three.
+    let extra = "[spool]\nmax_bytes = 7000\n";
+    let mut config = export_config(&endpoint, Transport::Grpc, dir.path(), extra);
+    config.push_str("batch_max_spans = 1\n");
+    let gw = gateway_for(&mock, &config).await;
+    let n = 12;
+    calls(&gw, n).await;
+    wait_metric(&gw, "sidetrace_spans_spooled_total", n as f64).await;
+    wait_metric(
+        &gw,
+        "sidetrace_spans_dropped_total{reason=\"spool_full\"}",
+        1.0,
+    )
+    .await;
+    let dropped =
+        metric(&gw, "sidetrace_spans_dropped_total{reason=\"spool_full\"}").await as usize;
+    let kept = metric(&gw, "sidetrace_spool_items").await as usize;
+    assert!(kept >= 1 && kept < n, "kept {kept}");
+    assert_eq!(
+        dropped + kept,
+        n,
+        "every span is either kept or counted as dropped"
+    );
+    let collector = Collector::start_on(Transport::Grpc, addr).await;
+    let received = collector
+        .wait_for_spans(kept, Duration::from_secs(20))
+        .await;
+    // The newest survived.
+    let all = recorded_span_ids(&gw);
+    let newest: Vec<String> = all[n - kept..].to_vec();
+    let got: Vec<String> = received.iter().map(|s| s.span_id.clone()).collect();
+    for id in &newest {
+        assert!(got.contains(id), "newest span {id} was lost");
+    }
+    gw.shutdown().await;
+    collector.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_spools_what_the_collector_did_not_take_and_a_restart_exports_it() {
+    let mock = Mock::start(|_| reply()).await;
+    let collector = Collector::start(Transport::Grpc).await;
+    let addr = collector.addr;
+    let endpoint = collector.endpoint();
+    collector.stop().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = export_config(&endpoint, Transport::Grpc, dir.path(), "");
+    let gw = gateway_for(&mock, &config).await;
+    calls(&gw, 8).await;
+    let ids = recorded_span_ids(&gw);
+    gw.shutdown().await;
+    // The same data dir, the collector back.
+    let collector = Collector::start_on(Transport::Grpc, addr).await;
+    let gw = gateway_for(&mock, &config).await;
+    collector.wait_for_spans(8, Duration::from_secs(20)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_each_once(&collector.spans(), &ids);
+    gw.shutdown().await;
+    collector.stop().await;
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn serve_binary(
+    data_dir: &Path,
+    collector: &str,
+    upstream: &str,
+    port: u16,
+    admin: u16,
+) -> std::process::Child {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_sidetrace"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("SIDETRACE_") || k.starts_with("OTEL_") {
+            c.env_remove(k);
+        }
+    }
+    c.arg("serve")
+        .env("SIDETRACE_LISTEN", format!("127.0.0.1:{port}"))
+        .env("SIDETRACE_ADMIN_LISTEN", format!("127.0.0.1:{admin}"))
+        .env("SIDETRACE_DATA_DIR", data_dir)
+        .env("SIDETRACE_OPENAI_BASE_URL", upstream)
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", collector)
+        .env("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+        .env("OTEL_EXPORTER_OTLP_TIMEOUT", "300")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+async fn admin_text(admin: u16) -> Option<String> {
+    let req = http::Request::get(format!("http://127.0.0.1:{admin}/metrics"))
+        .body(full_body(""))
+        .unwrap();
+    let r = client().request(req).await.ok()?;
+    let body = http_body_util::BodyExt::collect(r.into_body())
+        .await
+        .ok()?
+        .to_bytes();
+    Some(String::from_utf8_lossy(&body).into_owned())
+}
+
+async fn wait_up(admin: u16) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while admin_text(admin).await.is_none() {
+        assert!(Instant::now() < deadline, "gateway did not come up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_spooled_before_a_sigkill_are_exported_after_a_restart() {
+    let mock = Mock::start(|_| reply()).await;
+    let collector = Collector::start(Transport::Grpc).await;
+    let addr = collector.addr;
+    let endpoint = collector.endpoint();
+    collector.stop().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (port, admin) = (free_port(), free_port());
+    let mut child = serve_binary(dir.path(), &endpoint, &mock.url(), port, admin);
+    wait_up(admin).await;
+    let n = 10;
+    let mut trace_ids = Vec::new();
+    for _ in 0..n {
+        let req = http::Request::post(format!("http://127.0.0.1:{port}/v1/chat/completions"))
+            .body(full_body(CHAT))
+            .unwrap();
+        let r = client().request(req).await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        trace_ids.push(
+            r.headers()["x-sidetrace-trace-id"]
+                .to_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    // Wait until all of them are spooled (and flushed: a failed batch is flushed at once).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = admin_text(admin).await.unwrap_or_default();
+        let spooled: f64 = text
+            .lines()
+            .filter(|l| l.starts_with("sidetrace_spans_spooled_total"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        if spooled >= n as f64 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "spans were not spooled: {spooled}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let collector = Collector::start_on(Transport::Grpc, addr).await;
+    let mut child = serve_binary(dir.path(), &endpoint, &mock.url(), port, admin);
+    let received = collector.wait_for_spans(n, Duration::from_secs(30)).await;
+    let mut got: Vec<String> = received.iter().map(|s| s.trace_id.clone()).collect();
+    got.sort();
+    trace_ids.sort();
+    assert_eq!(got, trace_ids);
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+    collector.stop().await;
+}
