@@ -53,6 +53,11 @@ struct DropLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DecisionLabels {
+    decision: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeOnly {
     outcome: &'static str,
 }
@@ -80,6 +85,8 @@ pub struct Metrics {
     pub spans_exported: Counter,
     pub spans_spooled: Counter,
     pub spans_replayed: Counter,
+    pub spans_sampled_out: Counter,
+    traces_sampled: Family<DecisionLabels, Counter>,
     spans_dropped: Family<DropLabels, Counter>,
     export_attempts: Family<OutcomeOnly, Counter>,
     pub export_duration: Histogram,
@@ -187,6 +194,17 @@ impl Metrics {
             "sidetrace_spans_replayed",
             "Spooled spans the collector accepted later",
         );
+        let spans_sampled_out = counter(
+            &mut registry,
+            "sidetrace_spans_sampled_out",
+            "Spans not exported because tail sampling dropped their trace (sampling is off by default)",
+        );
+        let traces_sampled = Family::<DecisionLabels, Counter>::default();
+        registry.register(
+            "sidetrace_traces_sampled",
+            "Tail sampling decisions by outcome",
+            traces_sampled.clone(),
+        );
         let spans_dropped = Family::<DropLabels, Counter>::default();
         registry.register(
             "sidetrace_spans_dropped",
@@ -253,6 +271,8 @@ impl Metrics {
             spans_exported,
             spans_spooled,
             spans_replayed,
+            spans_sampled_out,
+            traces_sampled,
             spans_dropped,
             export_attempts,
             export_duration,
@@ -276,6 +296,14 @@ impl Metrics {
                 reason: reason.to_string(),
             })
             .inc_by(n);
+    }
+
+    pub fn traces_sampled(&self, decision: &'static str, n: u64) {
+        if n > 0 {
+            self.traces_sampled
+                .get_or_create(&DecisionLabels { decision })
+                .inc_by(n);
+        }
     }
 
     pub fn export_attempt(&self, outcome: &'static str) {

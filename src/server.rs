@@ -27,6 +27,7 @@ use crate::{
     export::{
         otlp,
         pipeline::{ExportHandle, ExportTasks},
+        sampling::TailSampler,
         spool::{SpoolLimits, open_or_degrade},
     },
     metrics::Metrics,
@@ -216,6 +217,10 @@ async fn start_export(
         metrics.spool_degraded.set(1);
     }
     let scope = otlp::scope(telemetry);
+    let sampler = config
+        .sampling
+        .enabled
+        .then(|| TailSampler::new(config.sampling.clone()));
     Ok(ExportHandle::start(
         &config.export,
         exporter,
@@ -223,6 +228,7 @@ async fn start_export(
         limits,
         scope,
         metrics,
+        sampler,
     ))
 }
 

@@ -391,3 +391,48 @@ async fn spans_spooled_before_a_sigkill_are_exported_after_a_restart() {
     let _ = child.wait();
     collector.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_sampling_keeps_failed_and_slow_traces_and_drops_the_rest_when_the_fraction_is_zero() {
+    let mock = Mock::start(|seen| {
+        if seen.uri.contains("fail") {
+            Reply::json(500, r#"{"error":{"type":"server_error","message":"boom"}}"#)
+        } else if seen.uri.contains("slow") {
+            reply().delay_headers(Duration::from_millis(300))
+        } else {
+            reply()
+        }
+    })
+    .await;
+    let collector = Collector::start(Transport::Grpc).await;
+    let dir = tempfile::tempdir().unwrap();
+    let extra = "[sampling]\nenabled = true\ndecision_wait_ms = 100\nkeep_fraction = 0.0\nlatency_threshold_ms = 250\n";
+    let gw = gateway_for(
+        &mock,
+        &export_config(&collector.endpoint(), Transport::Grpc, dir.path(), extra),
+    )
+    .await;
+    for path in ["fail", "slow", "fast", "fast"] {
+        post(
+            &gw,
+            &format!("/openai/v1/chat/completions?{path}"),
+            &[],
+            CHAT,
+        )
+        .await;
+    }
+    let spans = collector.wait_for_spans(2, Duration::from_secs(10)).await;
+    wait_metric(&gw, "sidetrace_spans_sampled_out_total", 2.0).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        collector.spans().len(),
+        2,
+        "only the failed and the slow trace are kept"
+    );
+    assert!(
+        spans.iter().any(|s| s.status_code == 2),
+        "the failed call is kept"
+    );
+    gw.shutdown().await;
+    collector.stop().await;
+}

@@ -297,6 +297,7 @@ pub struct Config {
     pub data_dir: String,
     pub export: ExportConfig,
     pub spool: SpoolConfig,
+    pub sampling: crate::export::sampling::SamplingConfig,
     pub providers: BTreeMap<String, ProviderOverride>,
 }
 
@@ -325,6 +326,7 @@ impl Default for Config {
             data_dir: String::new(),
             export: ExportConfig::default(),
             spool: SpoolConfig::default(),
+            sampling: crate::export::sampling::SamplingConfig::default(),
             providers: BTreeMap::new(),
         }
     }
@@ -634,6 +636,11 @@ impl Config {
                 "export.compression {:?}: expected gzip or none",
                 self.export.compression
             )));
+        }
+        if !(0.0..=1.0).contains(&self.sampling.keep_fraction) {
+            return Err(ConfigError::Invalid(
+                "sampling.keep_fraction must be between 0 and 1".into(),
+            ));
         }
         if self.export.queue_spans == 0 || self.export.batch_max_spans == 0 {
             return Err(ConfigError::Invalid(

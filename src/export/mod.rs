@@ -5,5 +5,6 @@ pub mod spool;
 
 pub mod otlp;
 pub mod pipeline;
+pub mod sampling;
 #[cfg(test)]
 mod spool_tests;

@@ -21,6 +21,7 @@ use tokio::{
     task::JoinHandle,
 };
 
+use super::sampling::TailSampler;
 use super::{
     otlp::{self, Exporter},
     spool::{MemorySpool, Spool, SpoolError, SpoolLimits, unix_time_ms},
@@ -32,6 +33,7 @@ use crate::{config::ExportConfig, metrics::Metrics, trace::span::SpanRecord};
 pub struct ExportHandle {
     tx: mpsc::Sender<SpanRecord>,
     shared: Arc<Shared>,
+    sampler: Option<Arc<TailSampler>>,
 }
 
 struct Shared {
@@ -51,6 +53,7 @@ struct Shared {
 /// The running tasks; `shutdown` exports what it can within the deadline and spools the rest.
 pub struct ExportTasks {
     stop: watch::Sender<bool>,
+    sampler: Option<(watch::Sender<bool>, JoinHandle<()>)>,
     batcher: JoinHandle<()>,
     replayer: JoinHandle<()>,
     spiller: JoinHandle<()>,
@@ -65,6 +68,7 @@ impl ExportHandle {
         limits: SpoolLimits,
         scope: InstrumentationScope,
         metrics: Arc<Metrics>,
+        sampler: Option<TailSampler>,
     ) -> (ExportHandle, ExportTasks) {
         let (tx, rx) = mpsc::channel(cfg.queue_spans);
         let shared = Arc::new(Shared {
@@ -96,10 +100,24 @@ impl ExportHandle {
             stopped.clone(),
         ));
         let spiller = tokio::spawn(spiller(shared.clone(), stopped));
+        let sampler = sampler.map(Arc::new);
+        let handle = ExportHandle {
+            tx,
+            shared,
+            sampler: sampler.clone(),
+        };
+        let sampler_task = sampler.map(|s| {
+            let (stop, stopped) = watch::channel(false);
+            (
+                stop,
+                tokio::spawn(decide_traces(s, handle.clone(), stopped)),
+            )
+        });
         (
-            ExportHandle { tx, shared },
+            handle,
             ExportTasks {
                 stop,
+                sampler: sampler_task,
                 batcher,
                 replayer,
                 spiller,
@@ -111,6 +129,17 @@ impl ExportHandle {
     /// queue sends the span to the overflow buffer, which the spiller writes to the spool.
     pub fn submit(&self, span: SpanRecord) {
         self.shared.metrics.spans_received.inc();
+        let span = match &self.sampler {
+            Some(sampler) => match sampler.offer(span) {
+                None => return,
+                Some(span) => span,
+            },
+            None => span,
+        };
+        self.enqueue(span);
+    }
+
+    fn enqueue(&self, span: SpanRecord) {
         match self.tx.try_send(span) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(span))
@@ -136,6 +165,11 @@ impl ExportHandle {
 impl ExportTasks {
     /// Stops intake, exports the queue within `deadline` (or spools it), flushes the spool.
     pub async fn shutdown(self, deadline: Duration) {
+        // Traces still waiting for a sampling decision are decided now, before the queue drains.
+        if let Some((stop, task)) = self.sampler {
+            let _ = stop.send(true);
+            let _ = task.await;
+        }
         let _ = self.stop.send(true);
         if tokio::time::timeout(deadline + Duration::from_secs(2), self.batcher)
             .await
@@ -361,6 +395,33 @@ async fn send_or_spool(
         }
     })
     .await;
+}
+
+/// Decides idle traces for the tail sampler and sends the kept ones on.
+async fn decide_traces(
+    sampler: Arc<TailSampler>,
+    handle: ExportHandle,
+    mut stop: watch::Receiver<bool>,
+) {
+    let tick =
+        (sampler.decision_wait() / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
+    loop {
+        let stopping = tokio::select! {
+            _ = tokio::time::sleep(tick) => false,
+            _ = stop.wait_for(|s| *s) => true,
+        };
+        let decided = sampler.decide(Instant::now(), stopping);
+        let m = &handle.shared.metrics;
+        m.traces_sampled("keep", decided.kept_traces);
+        m.traces_sampled("drop", decided.dropped_traces);
+        m.spans_sampled_out.inc_by(decided.dropped_spans);
+        for span in decided.kept {
+            handle.enqueue(span);
+        }
+        if stopping {
+            break;
+        }
+    }
 }
 
 /// Writes overflowed spans to the spool, off the request path; on shutdown, whatever is left.
