@@ -5,6 +5,7 @@ pub mod admin;
 pub mod call;
 pub mod cli;
 pub mod config;
+pub mod cost;
 pub mod error;
 pub mod export;
 pub mod format;

@@ -11,6 +11,7 @@ use std::{
 use serde::Deserialize;
 
 use crate::{
+    cost::PriceBook,
     provider::{Provider, ProviderOverride, ProviderSpec, Registry, RouteTimeouts, builtin_specs},
     trace::{capture::Capturer, metadata::CaptureLevel, redact::Redactor},
 };
@@ -544,6 +545,12 @@ impl Config {
             spec.apply(o);
         }
         Ok(specs.into_values().collect())
+    }
+
+    /// The prices in force: built-in `[[models]]` tables plus `[providers.<name>]` `models`
+    /// and `deployments`. Call again on reload and swap the result into a `PriceBookCell`.
+    pub fn price_book(&self) -> Result<PriceBook, ConfigError> {
+        PriceBook::from_specs(&self.provider_specs()?).map_err(ConfigError::Invalid)
     }
 
     /// Validates the providers and builds the routing table.

@@ -1,6 +1,10 @@
 //! The shape of a provider file, and of a `[providers.<name>]` override in the config.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
+
+use crate::cost::ModelPrice;
 
 /// How a response body on a path is framed and which extractor reads it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -93,6 +97,16 @@ pub struct ProviderSpec {
     pub timeouts: TimeoutOverrides,
     /// Free text for humans: where the provider documents its API.
     pub docs: Option<String>,
+    /// Prices per model family (`[[models]]`), in USD per million tokens.
+    #[serde(default)]
+    pub models: Vec<ModelPrice>,
+    /// Models not priced here are looked up in this provider's table (Azure bills OpenAI's
+    /// models).
+    pub prices_from: Option<String>,
+    /// Deployment name (as the request names it) -> the priced model it serves, for Azure-style
+    /// providers where the customer names deployments.
+    #[serde(default)]
+    pub deployments: BTreeMap<String, String>,
 }
 
 /// A `[providers.<name>]` table in the config: every field optional. On a provider that exists
@@ -111,6 +125,12 @@ pub struct ProviderOverride {
     pub timeouts: Option<TimeoutOverrides>,
     /// `false` removes a built-in provider.
     pub enabled: Option<bool>,
+    /// Added to the provider's prices; an entry with the name of an existing one replaces it
+    /// (negotiated prices, private models).
+    pub models: Option<Vec<ModelPrice>>,
+    pub prices_from: Option<String>,
+    /// Added to the provider's deployments, replacing any of the same name.
+    pub deployments: Option<BTreeMap<String, String>>,
 }
 
 impl ProviderSpec {
@@ -148,6 +168,9 @@ impl ProviderSpec {
             paths,
             timeouts: TimeoutOverrides::default(),
             docs: None,
+            models: Vec::new(),
+            prices_from: None,
+            deployments: BTreeMap::new(),
         }
     }
 
@@ -182,6 +205,29 @@ impl ProviderSpec {
             own.response_headers_ms = t.response_headers_ms.or(own.response_headers_ms);
             own.idle_ms = t.idle_ms.or(own.idle_ms);
             own.total_ms = t.total_ms.or(own.total_ms);
+        }
+        for m in o.models.iter().flatten() {
+            match self
+                .models
+                .iter_mut()
+                .find(|own| own.name.eq_ignore_ascii_case(&m.name))
+            {
+                Some(own) => *own = m.clone(),
+                None => {
+                    // A price for what was an alias takes that name over.
+                    for own in &mut self.models {
+                        own.aliases.retain(|a| !a.eq_ignore_ascii_case(&m.name));
+                    }
+                    self.models.push(m.clone());
+                }
+            }
+        }
+        if let Some(v) = &o.prices_from {
+            self.prices_from = Some(v.clone());
+        }
+        if let Some(d) = &o.deployments {
+            self.deployments
+                .extend(d.iter().map(|(k, v)| (k.clone(), v.clone())));
         }
     }
 }
