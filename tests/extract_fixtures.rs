@@ -306,6 +306,9 @@ const FORMATS: &[WireFormat] = &[
     WireFormat::InvokeModelWithResponseStream,
 ];
 
+/// Output capture off, with a tiny budget, and with a large one.
+const CAPTURE_SIZES: &[usize] = &[0, 7, 1 << 16];
+
 /// Every framing, plus a missing and an unknown content type.
 const CONTENT_TYPES: &[Option<&str>] = &[
     Some("text/event-stream; charset=utf-8"),
@@ -436,6 +439,19 @@ proptest! {
         let mut cuts: Vec<usize> = raw_cuts.iter().map(|c| c.index(case.body.len() + 1)).collect();
         cuts.sort_unstable();
         prop_assert_eq!(parse_cut(case, &cuts), parse_cut(case, &[]), "{} cut at {:?}", case.name, cuts);
+        let captured = |cuts: &[usize]| {
+            let limits = ParserLimits { capture_output_bytes: 1 << 16, ..ParserLimits::default() };
+            let mut p = BodyParser::for_response(case.format, case.provider, Some(&case.content_type), limits)
+                .expect("parser");
+            let mut from = 0;
+            for &cut in cuts {
+                p.feed(&case.body[from..cut]);
+                from = cut;
+            }
+            p.feed(&case.body[from..]);
+            p.finish(true)
+        };
+        prop_assert_eq!(captured(&cuts), captured(&[]), "{} cut at {:?} with capture", case.name, cuts);
     }
 
     #[test]
@@ -447,8 +463,12 @@ proptest! {
         sizes in prop::collection::vec(1usize..97, 1..8),
         clean in any::<bool>(),
         small_limit in any::<bool>(),
+        capture in prop::sample::select(CAPTURE_SIZES),
     ) {
-        let limits = ParserLimits { max_event_bytes: if small_limit { 64 } else { 1 << 20 } };
+        let limits = ParserLimits {
+            max_event_bytes: if small_limit { 64 } else { 1 << 20 },
+            capture_output_bytes: capture,
+        };
         feed_pieces(format, provider, content_type, limits, &body, &sizes, clean);
     }
 
@@ -460,6 +480,7 @@ proptest! {
         cut in any::<prop::sample::Index>(),
         sizes in prop::collection::vec(1usize..300, 1..8),
         clean in any::<bool>(),
+        capture in prop::sample::select(CAPTURE_SIZES),
     ) {
         let case = pick.get(cases());
         let mut body = case.body.clone();
@@ -472,7 +493,8 @@ proptest! {
         body.truncate(cut.index(body.len() + 1));
         // The fixture's own framing with every extractor, and its own extractor with it.
         feed_pieces(format, case.provider, Some(&case.content_type), ParserLimits::default(), &body, &sizes, clean);
-        feed_pieces(case.format, case.provider, Some(&case.content_type), ParserLimits { max_event_bytes: 200 }, &body, &sizes, clean);
+        let small = ParserLimits { max_event_bytes: 200, capture_output_bytes: capture };
+        feed_pieces(case.format, case.provider, Some(&case.content_type), small, &body, &sizes, clean);
     }
 
     #[test]
@@ -481,10 +503,11 @@ proptest! {
         format in prop::sample::select(FORMATS),
         provider in prop::sample::select(PROVIDERS),
         sizes in prop::collection::vec(1usize..50, 1..8),
+        capture in prop::sample::select(CAPTURE_SIZES),
     ) {
         let body = lines.concat();
         let sse = Some("text/event-stream");
-        let limits = ParserLimits::default();
+        let limits = ParserLimits { capture_output_bytes: capture, ..ParserLimits::default() };
         let whole = feed_pieces(format, provider, sse, limits, body.as_bytes(), &[body.len().max(1)], true);
         let split = feed_pieces(format, provider, sse, limits, body.as_bytes(), &sizes, true);
         prop_assert_eq!(whole, split);
@@ -496,10 +519,14 @@ proptest! {
         format in prop::sample::select(FORMATS),
         sizes in prop::collection::vec(1usize..40, 1..8),
         small_limit in any::<bool>(),
+        capture in prop::sample::select(CAPTURE_SIZES),
     ) {
         let body = frames.concat();
         let es = Some("application/vnd.amazon.eventstream");
-        let limits = ParserLimits { max_event_bytes: if small_limit { 64 } else { 1 << 20 } };
+        let limits = ParserLimits {
+            max_event_bytes: if small_limit { 64 } else { 1 << 20 },
+            capture_output_bytes: capture,
+        };
         let whole = feed_pieces(format, "bedrock", es, limits, &body, &[body.len().max(1)], true);
         let split = feed_pieces(format, "bedrock", es, limits, &body, &sizes, true);
         prop_assert_eq!(whole, split);

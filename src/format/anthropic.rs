@@ -5,8 +5,10 @@ use serde::Deserialize;
 use super::{
     EventKind, Extractor, ResponseRecord, Usage,
     json::{
-        Count, ErrorField, Filled, FinishReasons, Needle, Obj, Text, set_error, set_first, sum,
+        Count, ErrorField, Filled, FinishReasons, Needle, Obj, Objs, Text, set_error, set_first,
+        sum,
     },
+    output::{JsonArg, OutputBuilder},
 };
 
 /// A stream event, or a whole non-streamed body (`type: "message"` or `type: "error"`).
@@ -137,6 +139,97 @@ impl Counts {
     }
 }
 
+/// What capture reads of an event or a whole body.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct OutEvent<'a> {
+    #[serde(borrow, rename = "type")]
+    kind: Text<'a>,
+    /// The content block a `content_block_*` event is about.
+    index: Count,
+    #[serde(borrow)]
+    delta: Obj<OutDelta<'a>>,
+    #[serde(borrow)]
+    content_block: Obj<OutBlock<'a>>,
+    /// A non-streamed body's blocks.
+    #[serde(borrow)]
+    content: Objs<OutBlock<'a>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct OutDelta<'a> {
+    #[serde(borrow, rename = "type")]
+    kind: Text<'a>,
+    #[serde(borrow)]
+    text: Text<'a>,
+    #[serde(borrow)]
+    partial_json: Text<'a>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct OutBlock<'a> {
+    #[serde(borrow, rename = "type")]
+    kind: Text<'a>,
+    #[serde(borrow)]
+    text: Text<'a>,
+    /// `tool_use` blocks.
+    #[serde(borrow)]
+    name: Text<'a>,
+    #[serde(borrow)]
+    input: JsonArg<'a>,
+}
+
+/// Feeds one stream event to the output builder. Text blocks and `tool_use` blocks are output;
+/// thinking and server tool blocks are not.
+fn capture_event(out: &mut OutputBuilder, name: &str, data: &[u8]) {
+    let Ok(e) = serde_json::from_slice::<OutEvent<'_>>(data) else {
+        return;
+    };
+    let key = e.index.0;
+    match e.kind.non_empty().unwrap_or(name) {
+        "content_block_start" => match e.content_block.0 {
+            Some(b) if b.kind.as_str() == Some("text") => out.text(b.text.as_str().unwrap_or("")),
+            Some(b) if b.kind.as_str() == Some("tool_use") => {
+                out.tool_start(key, b.name.as_str().unwrap_or(""));
+                // The input arrives as `input_json_delta` fragments after an empty `{}`; a
+                // relay that sends it whole in the start event is taken as it is.
+                if b.input.as_str() != "{}" {
+                    out.tool_args(key, b.input.as_str());
+                }
+            }
+            _ => {}
+        },
+        "content_block_delta" => {
+            if let Some(d) = &e.delta.0 {
+                match d.kind.as_str() {
+                    Some("text_delta") => out.text(d.text.as_str().unwrap_or("")),
+                    Some("input_json_delta") => {
+                        out.tool_args(key, d.partial_json.as_str().unwrap_or(""));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Feeds the content blocks of a whole message.
+fn capture_message(out: &mut OutputBuilder, body: &[u8]) {
+    let Ok(e) = serde_json::from_slice::<OutEvent<'_>>(body) else {
+        return;
+    };
+    for b in &e.content.0 {
+        match b.kind.as_str() {
+            Some("text") => out.text(b.text.as_str().unwrap_or("")),
+            Some("tool_use") => out.tool_call(b.name.as_str().unwrap_or(""), b.input.as_str()),
+            _ => {}
+        }
+    }
+}
+
 static MESSAGE_EVENT: Needle = Needle::new("\"message_");
 static ERROR: Needle = Needle::new("\"error\"");
 
@@ -153,15 +246,24 @@ pub struct AnthropicMessages {
     started: bool,
     stopped: bool,
     json_body: Option<bool>,
+    output: OutputBuilder,
 }
 
 impl AnthropicMessages {
+    /// Turns on output capture (see `Extractor::set_capture`).
+    pub fn set_capture(&mut self, max_bytes: usize) {
+        self.output = OutputBuilder::new(max_bytes);
+    }
+
     /// One decoded stream event as JSON bytes: an SSE event's data, or the decoded `bytes` of a
     /// Bedrock InvokeModel chunk.
     pub fn on_message_event(&mut self, name: &str, data: &[u8], record: &mut ResponseRecord) {
         // OpenRouter's Anthropic-compatible endpoint ends with an OpenAI-style `[DONE]`.
         if data.trim_ascii_start().starts_with(b"[DONE]") {
             return;
+        }
+        if self.output.active() {
+            capture_event(&mut self.output, name, data);
         }
         let settled = self.started && record.model.is_some() && record.response_id.is_some();
         let named = name.starts_with("message_") || name == "error";
@@ -252,6 +354,9 @@ impl AnthropicMessages {
 
     /// A whole JSON body: a message, or `{"type":"error","error":{…}}`.
     pub fn on_message_json(&mut self, body: &[u8], record: &mut ResponseRecord) {
+        if self.output.active() {
+            capture_message(&mut self.output, body);
+        }
         let Ok(mut e) = serde_json::from_slice::<Event<'_>>(body) else {
             record.malformed_events += 1;
             self.json_body = Some(false);
@@ -287,7 +392,12 @@ impl Extractor for AnthropicMessages {
         self.started
     }
 
+    fn set_capture(&mut self, max_bytes: usize) {
+        AnthropicMessages::set_capture(self, max_bytes);
+    }
+
     fn finish(&mut self, _clean: bool, record: &mut ResponseRecord) {
+        record.output = self.output.finish();
         let ended = self.json_body.unwrap_or(self.stopped);
         record.stream_completed = ended && record.error.is_none();
     }

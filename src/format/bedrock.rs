@@ -9,7 +9,8 @@ use serde::Deserialize;
 use super::{
     EventKind, Extractor, ResponseRecord, Usage,
     anthropic::AnthropicMessages,
-    json::{Count, Filled, FinishReasons, Obj, Text, set_error, sum},
+    json::{Count, Filled, FinishReasons, Obj, Objs, Text, set_error, sum},
+    output::{JsonArg, OutputBuilder},
 };
 
 /// A ConverseStream event payload (the frame's `:event-type` says which), or a whole Converse
@@ -81,6 +82,56 @@ struct Start {
     tool_use: Filled,
 }
 
+/// What capture reads of a ConverseStream event or a whole Converse body.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+struct OutEvent<'a> {
+    content_block_index: Count,
+    /// `contentBlockDelta`.
+    #[serde(borrow)]
+    delta: Obj<OutBlock<'a>>,
+    /// `contentBlockStart`.
+    #[serde(borrow)]
+    start: Obj<OutBlock<'a>>,
+    /// Non-streamed body.
+    #[serde(borrow)]
+    output: Obj<OutOutput<'a>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct OutOutput<'a> {
+    #[serde(borrow)]
+    message: Obj<OutMessage<'a>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct OutMessage<'a> {
+    #[serde(borrow)]
+    content: Objs<OutBlock<'a>>,
+}
+
+/// A content block, a block delta or a block start: `text` or `toolUse`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+struct OutBlock<'a> {
+    #[serde(borrow)]
+    text: Text<'a>,
+    #[serde(borrow)]
+    tool_use: Obj<OutToolUse<'a>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct OutToolUse<'a> {
+    #[serde(borrow)]
+    name: Text<'a>,
+    /// A string fragment in a delta, an object in a whole body.
+    #[serde(borrow)]
+    input: JsonArg<'a>,
+}
+
 /// An AWS error type such as `com.amazon.coral.validate#ValidationException`, without its
 /// namespace.
 fn short_error_type(t: &str) -> &str {
@@ -105,10 +156,35 @@ pub struct Converse {
     stopped: bool,
     metadata: bool,
     json_body: Option<bool>,
+    output: OutputBuilder,
+}
+
+impl Converse {
+    /// Feeds a `contentBlockStart` or `contentBlockDelta` event to the output builder; tool
+    /// calls are keyed by their content block index.
+    fn capture(&mut self, name: &str, data: &str) {
+        let Ok(e) = serde_json::from_str::<OutEvent<'_>>(data) else {
+            return;
+        };
+        let key = e.content_block_index.0;
+        if name == "contentBlockStart" {
+            if let Some(t) = e.start.0.as_ref().and_then(|s| s.tool_use.0.as_ref()) {
+                self.output.tool_start(key, t.name.as_str().unwrap_or(""));
+            }
+        } else if let Some(d) = &e.delta.0 {
+            self.output.text(d.text.as_str().unwrap_or(""));
+            if let Some(t) = &d.tool_use.0 {
+                self.output.tool_args(key, t.input.as_str());
+            }
+        }
+    }
 }
 
 impl Extractor for Converse {
     fn on_event(&mut self, name: &str, data: &str, record: &mut ResponseRecord) -> EventKind {
+        if self.output.active() && matches!(name, "contentBlockStart" | "contentBlockDelta") {
+            self.capture(name, data);
+        }
         // Frame headers name the event, so content deltas need no decoding once output started.
         let wanted = match name {
             "messageStop" | "metadata" => true,
@@ -149,6 +225,18 @@ impl Extractor for Converse {
     }
 
     fn on_json(&mut self, body: &[u8], record: &mut ResponseRecord) {
+        if self.output.active()
+            && let Ok(e) = serde_json::from_slice::<OutEvent<'_>>(body)
+            && let Some(m) = e.output.0.as_ref().and_then(|o| o.message.0.as_ref())
+        {
+            for block in &m.content.0 {
+                self.output.text(block.text.as_str().unwrap_or(""));
+                if let Some(t) = &block.tool_use.0 {
+                    let name = t.name.as_str().unwrap_or("");
+                    self.output.tool_call(name, t.input.as_str());
+                }
+            }
+        }
         let Ok(e) = serde_json::from_slice::<ConverseEvent<'_>>(body) else {
             record.malformed_events += 1;
             self.json_body = Some(false);
@@ -172,7 +260,12 @@ impl Extractor for Converse {
         self.started
     }
 
+    fn set_capture(&mut self, max_bytes: usize) {
+        self.output = OutputBuilder::new(max_bytes);
+    }
+
     fn finish(&mut self, _clean: bool, record: &mut ResponseRecord) {
+        record.output = self.output.finish();
         // `messageStop` ends the message, and `metadata` (the usage) follows it as the last
         // event: a stream is whole only with both.
         let ended = self.json_body.unwrap_or(self.stopped && self.metadata);
@@ -237,6 +330,10 @@ impl Extractor for InvokeModel {
 
     fn output_started(&self) -> bool {
         self.inner.output_started()
+    }
+
+    fn set_capture(&mut self, max_bytes: usize) {
+        self.inner.set_capture(max_bytes);
     }
 
     fn finish(&mut self, clean: bool, record: &mut ResponseRecord) {

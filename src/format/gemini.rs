@@ -13,9 +13,10 @@ use serde::{
 use super::{
     EventKind, Extractor, ResponseRecord, Usage,
     json::{
-        Count, ErrorField, Filled, FinishReasons, Needle, Obj, Objs, Text, set_error, set_first,
-        sum,
+        Count, ErrorField, Filled, FinishReasons, Flag, Needle, Obj, Objs, Text, set_error,
+        set_first, sum,
     },
+    output::{JsonArg, OutputBuilder},
 };
 
 #[derive(Debug, Default, Deserialize)]
@@ -108,6 +109,89 @@ struct UsageOnly {
     usage_metadata: Obj<RawUsage>,
 }
 
+/// What capture reads of a chunk. Only candidate 0 is assembled: the captured output is one
+/// model message, and other candidates are alternatives to it.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct OutChunk<'a> {
+    #[serde(borrow)]
+    candidates: Objs<OutCandidate<'a>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct OutCandidate<'a> {
+    index: Count,
+    #[serde(borrow)]
+    content: Obj<OutContent<'a>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct OutContent<'a> {
+    #[serde(borrow)]
+    parts: Objs<OutPart<'a>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+struct OutPart<'a> {
+    #[serde(borrow)]
+    text: Text<'a>,
+    /// A thought summary, not output text.
+    thought: Flag,
+    #[serde(borrow)]
+    function_call: Obj<OutFunctionCall<'a>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct OutFunctionCall<'a> {
+    #[serde(borrow)]
+    name: Text<'a>,
+    #[serde(borrow)]
+    args: JsonArg<'a>,
+}
+
+/// Feeds candidate 0 of a chunk to the output builder. Each `functionCall` part is a whole call.
+fn capture_chunk(out: &mut OutputBuilder, chunk: &OutChunk<'_>) {
+    for cand in &chunk.candidates.0 {
+        if cand.index.0.unwrap_or(0) != 0 {
+            continue;
+        }
+        let Some(content) = &cand.content.0 else {
+            continue;
+        };
+        for part in &content.parts.0 {
+            if let Some(call) = &part.function_call.0 {
+                out.tool_call(call.name.as_str().unwrap_or(""), call.args.as_str());
+            } else if !part.thought.0 {
+                out.text(part.text.as_str().unwrap_or(""));
+            }
+        }
+    }
+}
+
+/// Captures each element of a JSON array of chunks as it is read, like `ChunkArray`.
+struct OutChunkArray<'s>(&'s mut OutputBuilder);
+
+impl<'de> Visitor<'de> for OutChunkArray<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an array of response chunks")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while let Some(Obj(chunk)) = seq.next_element::<Obj<OutChunk<'de>>>()? {
+            if let Some(chunk) = chunk {
+                capture_chunk(self.0, &chunk);
+            }
+        }
+        Ok(())
+    }
+}
+
 static USAGE: Needle = Needle::new("\"usageMetadata\"");
 static FINISH_REASON: Needle = Needle::new("\"finishReason\"");
 static ERROR: Needle = Needle::new("\"error\"");
@@ -117,6 +201,7 @@ pub struct Gemini {
     finish: FinishReasons,
     started: bool,
     json_body: Option<bool>,
+    output: OutputBuilder,
 }
 
 impl Gemini {
@@ -173,6 +258,11 @@ impl Extractor for Gemini {
         if data.trim_start().starts_with("[DONE]") {
             return EventKind::Other;
         }
+        if self.output.active()
+            && let Ok(chunk) = serde_json::from_str::<OutChunk<'_>>(data)
+        {
+            capture_chunk(&mut self.output, &chunk);
+        }
         let settled = self.started && record.model.is_some() && record.response_id.is_some();
         let bytes = data.as_bytes();
         if settled && !FINISH_REASON.non_null(bytes) && !ERROR.present(bytes) {
@@ -196,6 +286,15 @@ impl Extractor for Gemini {
 
     fn on_json(&mut self, body: &[u8], record: &mut ResponseRecord) {
         let first = body.iter().find(|b| !b.is_ascii_whitespace());
+        if self.output.active() {
+            if first == Some(&b'[') {
+                let mut de = serde_json::Deserializer::from_slice(body);
+                // A cut array still gives the chunks before the cut; the error counts below.
+                let _ = (&mut de).deserialize_seq(OutChunkArray(&mut self.output));
+            } else if let Ok(chunk) = serde_json::from_slice::<OutChunk<'_>>(body) {
+                capture_chunk(&mut self.output, &chunk);
+            }
+        }
         let parsed = if first == Some(&b'[') {
             let mut de = serde_json::Deserializer::from_slice(body);
             let visitor = ChunkArray {
@@ -216,7 +315,12 @@ impl Extractor for Gemini {
         self.started
     }
 
+    fn set_capture(&mut self, max_bytes: usize) {
+        self.output = OutputBuilder::new(max_bytes);
+    }
+
     fn finish(&mut self, clean: bool, record: &mut ResponseRecord) {
+        record.output = self.output.finish();
         // Gemini has no end marker: a finish reason and a clean end of body are the signal.
         let ended = self
             .json_body

@@ -14,6 +14,9 @@ pub mod ndjson;
 pub mod ollama;
 pub mod openai_chat;
 pub mod openai_responses;
+mod output;
+
+pub use output::{CapturedOutput, ToolCallOutput};
 
 /// Token counts as the OpenTelemetry GenAI conventions define them: `input_tokens` includes
 /// cache reads and writes, `output_tokens` includes reasoning. `None` when the provider did not
@@ -62,6 +65,10 @@ pub struct ResponseRecord {
     pub malformed_events: u64,
     /// The body ended inside an event (truncated stream).
     pub truncated: bool,
+    /// The output text and tool calls, assembled only when `ParserLimits::capture_output_bytes`
+    /// is above 0 (`None` otherwise).
+    #[serde(default)]
+    pub output: Option<CapturedOutput>,
 }
 
 /// What an extractor says of one event, for the tap.
@@ -102,7 +109,15 @@ pub trait Extractor: Send {
     /// True once output (a content, reasoning or tool-call delta) has been seen.
     fn output_started(&self) -> bool;
 
-    /// End of body; `clean` is false when it was cut. Sets `stream_completed`.
+    /// Turns on assembling the output (text and tool calls) into `ResponseRecord::output`,
+    /// keeping at most `max_bytes`; called before the first byte. Extractors that cannot
+    /// capture ignore it.
+    fn set_capture(&mut self, max_bytes: usize) {
+        let _ = max_bytes;
+    }
+
+    /// End of body; `clean` is false when it was cut. Sets `stream_completed`, and `output`
+    /// when capture is on.
     fn finish(&mut self, clean: bool, record: &mut ResponseRecord);
 }
 
@@ -120,12 +135,17 @@ enum Framing {
 pub struct ParserLimits {
     /// Largest event (or JSON body) kept for decoding; larger ones are skipped and counted.
     pub max_event_bytes: usize,
+    /// Most bytes of output (text, tool names and arguments) assembled into
+    /// `ResponseRecord::output`; 0 (the default) turns that off, and content events are then
+    /// skipped undecoded.
+    pub capture_output_bytes: usize,
 }
 
 impl Default for ParserLimits {
     fn default() -> Self {
         ParserLimits {
             max_event_bytes: 4 * 1024 * 1024,
+            capture_output_bytes: 0,
         }
     }
 }
@@ -148,7 +168,7 @@ impl BodyParser {
         content_type: Option<&str>,
         limits: ParserLimits,
     ) -> Option<BodyParser> {
-        let extractor: Box<dyn Extractor> = match format {
+        let mut extractor: Box<dyn Extractor> = match format {
             WireFormat::ChatCompletions | WireFormat::Completions | WireFormat::Embeddings => {
                 Box::new(openai_chat::OpenAiChat::new(provider))
             }
@@ -166,6 +186,9 @@ impl BodyParser {
             }
             WireFormat::Passthrough => return None,
         };
+        if limits.capture_output_bytes > 0 {
+            extractor.set_capture(limits.capture_output_bytes);
+        }
         let mime = content_type
             .and_then(|c| c.split(';').next())
             .map(|c| c.trim().to_ascii_lowercase())
@@ -318,6 +341,7 @@ mod tests {
             Some(content_type),
             ParserLimits {
                 max_event_bytes: max,
+                ..ParserLimits::default()
             },
         )
         .expect("inspected format")

@@ -5,8 +5,10 @@ use serde::Deserialize;
 use super::{
     EventKind, Extractor, ResponseRecord, Usage,
     json::{
-        Count, ErrorField, Filled, FinishReasons, Flag, Needle, Obj, Text, set_error, set_first,
+        Count, ErrorField, Filled, FinishReasons, Flag, Needle, Obj, Objs, Text, set_error,
+        set_first,
     },
+    output::{JsonArg, OutputBuilder},
 };
 
 #[derive(Debug, Default, Deserialize)]
@@ -36,6 +38,60 @@ struct Message {
     tool_calls: Filled,
 }
 
+/// What capture reads of a line or a whole body.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct OutLine<'a> {
+    /// `/api/chat`.
+    #[serde(borrow)]
+    message: Obj<OutMessage<'a>>,
+    /// `/api/generate`.
+    #[serde(borrow)]
+    response: Text<'a>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct OutMessage<'a> {
+    #[serde(borrow)]
+    content: Text<'a>,
+    #[serde(borrow)]
+    tool_calls: Objs<OutToolCall<'a>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct OutToolCall<'a> {
+    #[serde(borrow)]
+    function: Obj<OutFunction<'a>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct OutFunction<'a> {
+    #[serde(borrow)]
+    name: Text<'a>,
+    /// An object; written back as JSON text.
+    #[serde(borrow)]
+    arguments: JsonArg<'a>,
+}
+
+/// Feeds one line (or a whole body) to the output builder; Ollama sends each tool call whole.
+fn capture(out: &mut OutputBuilder, data: &[u8]) {
+    let Ok(line) = serde_json::from_slice::<OutLine<'_>>(data) else {
+        return;
+    };
+    if let Some(m) = &line.message.0 {
+        out.text(m.content.as_str().unwrap_or(""));
+        for call in &m.tool_calls.0 {
+            if let Some(f) = &call.function.0 {
+                out.tool_call(f.name.as_str().unwrap_or(""), f.arguments.as_str());
+            }
+        }
+    }
+    out.text(line.response.as_str().unwrap_or(""));
+}
+
 static DONE: Needle = Needle::new("\"done\"");
 static ERROR: Needle = Needle::new("\"error\"");
 
@@ -51,6 +107,7 @@ pub struct OllamaNative {
     started: bool,
     done: bool,
     json_body: Option<bool>,
+    output: OutputBuilder,
 }
 
 impl OllamaNative {
@@ -85,6 +142,9 @@ impl OllamaNative {
 
 impl Extractor for OllamaNative {
     fn on_event(&mut self, _name: &str, data: &str, record: &mut ResponseRecord) -> EventKind {
+        if self.output.active() {
+            capture(&mut self.output, data.as_bytes());
+        }
         let settled = self.started && record.model.is_some();
         if settled && !may_matter(data.as_bytes()) {
             return EventKind::Other;
@@ -97,6 +157,9 @@ impl Extractor for OllamaNative {
     }
 
     fn on_json(&mut self, body: &[u8], record: &mut ResponseRecord) {
+        if self.output.active() {
+            capture(&mut self.output, body);
+        }
         match serde_json::from_slice::<Line<'_>>(body) {
             Ok(line) => {
                 let done = line.done.0;
@@ -114,7 +177,12 @@ impl Extractor for OllamaNative {
         self.started
     }
 
+    fn set_capture(&mut self, max_bytes: usize) {
+        self.output = OutputBuilder::new(max_bytes);
+    }
+
     fn finish(&mut self, _clean: bool, record: &mut ResponseRecord) {
+        record.output = self.output.finish();
         let ended = self.json_body.unwrap_or(self.done);
         record.stream_completed = ended && record.error.is_none();
     }

@@ -10,6 +10,7 @@ use super::{
     json::{
         Count, ErrorField, Filled, FinishReasons, Needle, Obj, Objs, Text, set_error, set_first,
     },
+    output::{JsonArg, OutputBuilder, TextParts},
 };
 
 /// One chunk, or a whole non-streamed body: the two share their shape.
@@ -121,6 +122,124 @@ struct UsageOnly {
     x_groq: Obj<XGroq>,
 }
 
+/// What capture reads of a chunk or a whole body. Only choice 0 is assembled: the captured
+/// output is one assistant message, and with `n > 1` the other choices are alternatives to it.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct OutChunk<'a> {
+    #[serde(borrow)]
+    choices: Objs<OutChoice<'a>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct OutChoice<'a> {
+    index: Count,
+    /// Streamed chunks.
+    #[serde(borrow)]
+    delta: Obj<OutMessage<'a>>,
+    /// Non-streamed bodies.
+    #[serde(borrow)]
+    message: Obj<OutMessage<'a>>,
+    /// Legacy completions, streamed or not.
+    #[serde(borrow)]
+    text: Text<'a>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct OutMessage<'a> {
+    #[serde(borrow)]
+    content: TextParts<'a>,
+    #[serde(borrow)]
+    tool_calls: Objs<OutToolCall<'a>>,
+    /// The deprecated `functions` API: one call.
+    #[serde(borrow)]
+    function_call: Obj<OutFunction<'a>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct OutToolCall<'a> {
+    /// Which call a streamed fragment belongs to.
+    index: Count,
+    #[serde(borrow)]
+    function: Obj<OutFunction<'a>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct OutFunction<'a> {
+    #[serde(borrow)]
+    name: Text<'a>,
+    #[serde(borrow)]
+    arguments: JsonArg<'a>,
+}
+
+/// The key of the deprecated `function_call`, apart from any `tool_calls` index.
+const FUNCTION_CALL_KEY: u64 = u64::MAX;
+
+/// Feeds choice 0 of a chunk (or whole body) to the output builder.
+fn capture(out: &mut OutputBuilder, data: &[u8]) {
+    let Ok(chunk) = serde_json::from_slice::<OutChunk<'_>>(data) else {
+        return;
+    };
+    for choice in chunk.choices.0 {
+        if choice.index.0.unwrap_or(0) != 0 {
+            continue;
+        }
+        // Together streams the text both in `text` and in `delta.content`: the message wins.
+        let mut had_content = false;
+        if let Some(m) = &choice.delta.0 {
+            for piece in &m.content.0 {
+                had_content |= !piece.is_empty();
+                out.text(piece);
+            }
+            for call in &m.tool_calls.0 {
+                let Some(f) = &call.function.0 else { continue };
+                match call.index.0 {
+                    Some(i) => {
+                        if let Some(name) = f.name.non_empty() {
+                            out.tool_start(Some(i), name);
+                        }
+                        out.tool_args(Some(i), f.arguments.as_str());
+                    }
+                    // Servers that send each call whole, without an index.
+                    None => {
+                        if let Some(name) = f.name.non_empty() {
+                            out.tool_start(None, name);
+                        }
+                        out.tool_args(None, f.arguments.as_str());
+                    }
+                }
+            }
+            if let Some(f) = &m.function_call.0 {
+                if let Some(name) = f.name.non_empty() {
+                    out.tool_start(Some(FUNCTION_CALL_KEY), name);
+                }
+                out.tool_args(Some(FUNCTION_CALL_KEY), f.arguments.as_str());
+            }
+        }
+        if let Some(m) = &choice.message.0 {
+            for piece in &m.content.0 {
+                had_content |= !piece.is_empty();
+                out.text(piece);
+            }
+            for call in &m.tool_calls.0 {
+                if let Some(f) = &call.function.0 {
+                    out.tool_call(f.name.as_str().unwrap_or(""), f.arguments.as_str());
+                }
+            }
+            if let Some(f) = &m.function_call.0 {
+                out.tool_call(f.name.as_str().unwrap_or(""), f.arguments.as_str());
+            }
+        }
+        if !had_content && let Some(text) = choice.text.as_str() {
+            out.text(text);
+        }
+    }
+}
+
 static FINISH_REASON: Needle = Needle::new("\"finish_reason\"");
 static USAGE: Needle = Needle::new("\"usage\"");
 static ERROR: Needle = Needle::new("\"error\"");
@@ -134,6 +253,7 @@ pub struct OpenAiChat {
     top_level_usage_seen: bool,
     /// `Some(success)` once a whole JSON body was read.
     json_body: Option<bool>,
+    output: OutputBuilder,
 }
 
 impl OpenAiChat {
@@ -146,6 +266,7 @@ impl OpenAiChat {
             done: false,
             top_level_usage_seen: false,
             json_body: None,
+            output: OutputBuilder::default(),
         }
     }
 
@@ -227,6 +348,9 @@ impl Extractor for OpenAiChat {
             self.done = true;
             return EventKind::Other;
         }
+        if self.output.active() {
+            capture(&mut self.output, data.as_bytes());
+        }
         // Most chunks of a long stream carry only content: once output has started and the id
         // and model are known, a byte scan tells which chunks can matter at all.
         let settled = self.started && record.model.is_some() && record.response_id.is_some();
@@ -254,6 +378,9 @@ impl Extractor for OpenAiChat {
     }
 
     fn on_json(&mut self, body: &[u8], record: &mut ResponseRecord) {
+        if self.output.active() {
+            capture(&mut self.output, body);
+        }
         match serde_json::from_slice::<Chunk<'_>>(body) {
             Ok(chunk) => {
                 let recognised = chunk.id.as_str().is_some()
@@ -278,7 +405,12 @@ impl Extractor for OpenAiChat {
         self.started
     }
 
+    fn set_capture(&mut self, max_bytes: usize) {
+        self.output = OutputBuilder::new(max_bytes);
+    }
+
     fn finish(&mut self, _clean: bool, record: &mut ResponseRecord) {
+        record.output = self.output.finish();
         // `[DONE]` is the provider's own end marker: once it arrived, a cut afterwards loses
         // nothing.
         let ended = self.json_body.unwrap_or(self.done);

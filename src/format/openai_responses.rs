@@ -4,7 +4,10 @@ use serde::Deserialize;
 
 use super::{
     EventKind, Extractor, ResponseRecord, Usage,
-    json::{Count, ErrorField, Filled, FinishReasons, Needle, Obj, Text, set_error, set_first},
+    json::{
+        Count, ErrorField, Filled, FinishReasons, Needle, Obj, Objs, Text, set_error, set_first,
+    },
+    output::{JsonArg, OutputBuilder},
 };
 
 #[derive(Debug, Default, Deserialize)]
@@ -89,6 +92,124 @@ impl RawUsage {
     }
 }
 
+/// What capture reads of an event.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct OutEvent<'a> {
+    #[serde(borrow, rename = "type")]
+    kind: Text<'a>,
+    /// `response.output_text.delta`, `response.function_call_arguments.delta`.
+    #[serde(borrow)]
+    delta: Text<'a>,
+    /// Which output item an item or delta event is about.
+    output_index: Count,
+    /// `response.output_item.added` / `.done`.
+    #[serde(borrow)]
+    item: Obj<OutItem<'a>>,
+    /// `response.function_call_arguments.done`.
+    #[serde(borrow)]
+    name: Text<'a>,
+    #[serde(borrow)]
+    arguments: JsonArg<'a>,
+    /// Terminal events.
+    #[serde(borrow)]
+    response: Obj<OutResponse<'a>>,
+}
+
+/// The response object, or a whole non-streamed body: only its output items.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct OutResponse<'a> {
+    #[serde(borrow)]
+    output: Objs<OutItem<'a>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct OutItem<'a> {
+    #[serde(borrow, rename = "type")]
+    kind: Text<'a>,
+    /// `function_call` items.
+    #[serde(borrow)]
+    name: Text<'a>,
+    #[serde(borrow)]
+    arguments: JsonArg<'a>,
+    /// `message` items.
+    #[serde(borrow)]
+    content: Objs<OutPart<'a>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct OutPart<'a> {
+    #[serde(borrow, rename = "type")]
+    kind: Text<'a>,
+    #[serde(borrow)]
+    text: Text<'a>,
+}
+
+/// Feeds the output items of a whole response: `output_text` parts of messages, and function
+/// calls. Reasoning, refusals and other item types are not output text.
+fn capture_items(out: &mut OutputBuilder, items: &[OutItem<'_>]) {
+    for item in items {
+        match item.kind.as_str() {
+            Some("message") => {
+                for part in &item.content.0 {
+                    if part.kind.as_str() == Some("output_text") {
+                        out.text(part.text.as_str().unwrap_or(""));
+                    }
+                }
+            }
+            Some("function_call") => {
+                out.tool_call(item.name.as_str().unwrap_or(""), item.arguments.as_str());
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Feeds one stream event to the output builder.
+fn capture_event(out: &mut OutputBuilder, name: &str, data: &str) {
+    let Ok(e) = serde_json::from_str::<OutEvent<'_>>(data) else {
+        return;
+    };
+    let key = e.output_index.0;
+    let function_item = e
+        .item
+        .0
+        .as_ref()
+        .filter(|i| i.kind.as_str() == Some("function_call"));
+    match e.kind.non_empty().unwrap_or(name) {
+        "response.output_text.delta" => out.text(e.delta.as_str().unwrap_or("")),
+        "response.output_item.added" => {
+            if let Some(item) = function_item {
+                out.tool_start(key, item.name.as_str().unwrap_or(""));
+                out.tool_args(key, item.arguments.as_str());
+            }
+        }
+        "response.function_call_arguments.delta" => {
+            out.tool_args(key, e.delta.as_str().unwrap_or(""));
+        }
+        "response.function_call_arguments.done" => {
+            out.tool_done(key, e.name.as_str().unwrap_or(""), e.arguments.as_str());
+        }
+        "response.output_item.done" => {
+            if let Some(item) = function_item {
+                let name = item.name.as_str().unwrap_or("");
+                out.tool_done(key, name, item.arguments.as_str());
+            }
+        }
+        // A stream that carried no deltas (some compatible servers send only the lifecycle
+        // events): the terminal response holds the whole output.
+        "response.completed" | "response.incomplete" | "response.failed" if !out.has_any() => {
+            if let Some(r) = &e.response.0 {
+                capture_items(out, &r.output.0);
+            }
+        }
+        _ => {}
+    }
+}
+
 static RESPONSE: Needle = Needle::new("\"response\"");
 static ERROR: Needle = Needle::new("\"error\"");
 
@@ -105,6 +226,7 @@ pub struct OpenAiResponses {
     /// The terminal event (or body) arrived with status `completed` or `incomplete`.
     ended_normally: bool,
     json_body: Option<bool>,
+    output: OutputBuilder,
 }
 
 impl OpenAiResponses {
@@ -179,6 +301,9 @@ impl Extractor for OpenAiResponses {
         if data.trim_start().starts_with("[DONE]") {
             return EventKind::Other;
         }
+        if self.output.active() {
+            capture_event(&mut self.output, name, data);
+        }
         let settled = self.started && record.model.is_some() && record.response_id.is_some();
         // The `event:` name is only a fallback for the type, but an event named like a
         // lifecycle or error event is always decoded.
@@ -194,6 +319,11 @@ impl Extractor for OpenAiResponses {
     }
 
     fn on_json(&mut self, body: &[u8], record: &mut ResponseRecord) {
+        if self.output.active()
+            && let Ok(r) = serde_json::from_slice::<OutResponse<'_>>(body)
+        {
+            capture_items(&mut self.output, &r.output.0);
+        }
         let Ok(r) = serde_json::from_slice::<Response<'_>>(body) else {
             record.malformed_events += 1;
             self.json_body = Some(false);
@@ -219,7 +349,12 @@ impl Extractor for OpenAiResponses {
         self.started
     }
 
+    fn set_capture(&mut self, max_bytes: usize) {
+        self.output = OutputBuilder::new(max_bytes);
+    }
+
     fn finish(&mut self, _clean: bool, record: &mut ResponseRecord) {
+        record.output = self.output.finish();
         let ended = self.json_body.unwrap_or(self.ended_normally);
         record.stream_completed = ended && record.error.is_none();
     }

@@ -84,6 +84,7 @@ pub fn build(
             recorder,
             ParserLimits {
                 max_event_bytes: config.inspect.max_event_bytes,
+                ..ParserLimits::default()
             },
             config.inspect.on_client_disconnect,
         ))
