@@ -10,10 +10,13 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    cost::PriceBookCell,
     export::pipeline::ExportHandle,
     format::ResponseRecord,
     metrics::Metrics,
     provider::WireFormat,
+    store::{budgets::Budgets, costs::CostStore},
+    trace::capture::Capturer,
     trace::{
         capture::CapturedContent,
         context::TraceContext,
@@ -113,6 +116,10 @@ pub struct CallRecord {
     pub trace: TraceContext,
     pub metadata: CallMetadata,
     pub content: Option<CapturedContent>,
+    /// Exact cost in pico-USD (10^-12); `None` when the model has no price or no usage came.
+    pub cost_pico_usd: Option<u128>,
+    /// The price-table entry used (`gpt-4o` for `gpt-4o-2024-08-06`).
+    pub priced_model: Option<String>,
 }
 
 impl CallRecord {
@@ -131,6 +138,8 @@ impl CallRecord {
 pub struct LabelCap {
     seen: Mutex<HashSet<String>>,
     max: usize,
+    /// When not empty, only these values are labels; the rest are `other`.
+    allowed: HashSet<String>,
 }
 
 impl LabelCap {
@@ -138,10 +147,26 @@ impl LabelCap {
         LabelCap {
             seen: Mutex::new(HashSet::new()),
             max,
+            allowed: HashSet::new(),
+        }
+    }
+
+    /// Labels from an allow-list (empty: the first `max` distinct values).
+    pub fn allowing(allowed: &[String], max: usize) -> Self {
+        LabelCap {
+            allowed: allowed.iter().cloned().collect(),
+            ..LabelCap::new(max)
         }
     }
 
     pub fn label(&self, value: &str) -> String {
+        if !self.allowed.is_empty() {
+            return if self.allowed.contains(value) {
+                value.to_string()
+            } else {
+                "other".to_string()
+            };
+        }
         let value: String = value.chars().take(100).collect();
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
         if seen.contains(&value) {
@@ -163,11 +188,31 @@ fn push_bounded<T>(list: &Mutex<VecDeque<T>>, item: T, keep: usize) {
     list.push_back(item);
 }
 
-/// Where finished calls go: metrics, a debug log line, and a bounded list of recent calls that
-/// tests (and later the local store) read.
+/// What a recorder is built from.
+pub struct RecorderParts {
+    pub metrics: Arc<Metrics>,
+    /// Recent calls and spans kept in memory.
+    pub keep: usize,
+    pub export: Option<ExportHandle>,
+    pub prices: Arc<PriceBookCell>,
+    pub costs: Arc<CostStore>,
+    pub budgets: Arc<Budgets>,
+    pub capturer: Arc<Capturer>,
+    /// Feature label values allowed on metrics (empty: the first `max_feature_labels` seen).
+    pub feature_labels: Vec<String>,
+    pub max_feature_labels: usize,
+}
+
+/// Where finished calls go: pricing, metrics, the cost store and budgets, export, a debug log
+/// line, and a bounded list of recent calls and spans that tests read.
 pub struct Recorder {
     metrics: Arc<Metrics>,
     models: LabelCap,
+    features: LabelCap,
+    prices: Arc<PriceBookCell>,
+    costs: Arc<CostStore>,
+    budgets: Arc<Budgets>,
+    capturer: Arc<Capturer>,
     recent: Mutex<VecDeque<CallRecord>>,
     spans: Mutex<VecDeque<SpanRecord>>,
     keep: usize,
@@ -175,10 +220,26 @@ pub struct Recorder {
 }
 
 impl Recorder {
-    pub fn new(metrics: Arc<Metrics>, keep: usize, export: Option<ExportHandle>) -> Recorder {
+    pub fn new(parts: RecorderParts) -> Recorder {
+        let RecorderParts {
+            metrics,
+            keep,
+            export,
+            prices,
+            costs,
+            budgets,
+            capturer,
+            feature_labels,
+            max_feature_labels,
+        } = parts;
         Recorder {
             metrics,
             models: LabelCap::new(200),
+            features: LabelCap::allowing(&feature_labels, max_feature_labels),
+            prices,
+            costs,
+            budgets,
+            capturer,
             recent: Mutex::new(VecDeque::with_capacity(keep.min(1024))),
             spans: Mutex::new(VecDeque::with_capacity(keep.min(1024))),
             keep,
@@ -186,9 +247,43 @@ impl Recorder {
         }
     }
 
-    pub fn record(&self, call: CallRecord) {
+    /// Prices a finished call in place (exact, from the reported usage).
+    pub fn price(&self, call: &mut CallRecord) {
+        let priced = self.prices.load().price_call(call);
+        call.cost_pico_usd = priced.cost.map(|c| c.pico_usd());
+        call.priced_model = priced.matched_model;
+    }
+
+    pub fn record(&self, mut call: CallRecord) {
+        if let (Some(content), Some(response)) = (&mut call.content, &call.response)
+            && let Some(output) = &response.output
+        {
+            let tool_calls: Vec<(String, String)> = output
+                .tool_calls
+                .iter()
+                .map(|t| (t.name.clone(), t.arguments.clone()))
+                .collect();
+            self.capturer.output(
+                content,
+                &output.text,
+                &tool_calls,
+                response.finish_reasons.first().map(String::as_str),
+            );
+            content.truncated |= output.truncated;
+        }
         let model = self.models.label(call.model().unwrap_or("unknown"));
-        self.metrics.call_recorded(&call, &model);
+        let feature = self
+            .features
+            .label(call.metadata.feature.as_deref().unwrap_or(""));
+        self.metrics.call_recorded(&call, &model, &feature);
+        let model_name = call
+            .priced_model
+            .as_deref()
+            .or(call.model())
+            .unwrap_or("unknown");
+        self.costs
+            .add(&call, model_name, crate::store::costs::now_secs());
+        self.budgets.record(&call);
         if tracing::enabled!(tracing::Level::DEBUG) {
             let usage = call.response.as_ref().map(|r| &r.usage);
             tracing::debug!(

@@ -88,7 +88,9 @@ fn serve(path: Option<PathBuf>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let path_for_reload = path.clone();
     runtime.block_on(async move {
+        let path = path_for_reload;
         let gateway = match Gateway::start(config).await {
             Ok(g) => g,
             Err(e) => {
@@ -97,12 +99,38 @@ fn serve(path: Option<PathBuf>) -> ExitCode {
                 return ExitCode::from(2);
             }
         };
-        wait_for_signal().await;
+        wait_for_shutdown(&gateway, path.as_deref()).await;
         tracing::info!("shutdown requested");
         let report = gateway.shutdown().await;
         tracing::info!(drained = report.drained, "stopped");
         ExitCode::SUCCESS
     })
+}
+
+/// Waits for SIGTERM or Ctrl-C; on SIGHUP, reloads the prices from the config file.
+async fn wait_for_shutdown(gateway: &Gateway, path: Option<&std::path::Path>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut hup) = signal(SignalKind::hangup()) {
+            let stop = wait_for_signal();
+            tokio::pin!(stop);
+            loop {
+                tokio::select! {
+                    _ = &mut stop => return,
+                    _ = hup.recv() => match Config::load(path) {
+                        Ok(config) => {
+                            if let Err(e) = gateway.reload_prices(&config) {
+                                tracing::error!(error = %e, "reload refused; the old prices stay");
+                            }
+                        }
+                        Err(e) => tracing::error!(error = %e, "reload refused; the old prices stay"),
+                    },
+                }
+            }
+        }
+    }
+    wait_for_signal().await;
 }
 
 async fn wait_for_signal() {

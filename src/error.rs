@@ -44,6 +44,14 @@ pub enum ProxyError {
     UpstreamTimeout { host: String, ms: u64 },
     #[error("gateway overloaded: {limit} calls already in flight, retry shortly")]
     Overloaded { limit: usize },
+    #[error(
+        "budget {name:?} of {limit_usd} USD per {window} is spent; calls resume when the window turns"
+    )]
+    BudgetExceeded {
+        name: String,
+        limit_usd: String,
+        window: &'static str,
+    },
     #[error("internal gateway error: {0}")]
     Internal(String),
 }
@@ -57,6 +65,7 @@ impl ProxyError {
             ProxyError::UpstreamUnreachable { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::BudgetExceeded { .. } => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -66,7 +75,8 @@ impl ProxyError {
             ProxyError::UnknownRoute { .. }
             | ProxyError::BadRouteParam { .. }
             | ProxyError::BodyTooLarge { .. }
-            | ProxyError::ClientBody(_) => Fault::Client,
+            | ProxyError::ClientBody(_)
+            | ProxyError::BudgetExceeded { .. } => Fault::Client,
             ProxyError::UpstreamUnreachable { .. } | ProxyError::UpstreamTimeout { .. } => {
                 Fault::Upstream
             }
@@ -85,12 +95,16 @@ impl ProxyError {
             ProxyError::UpstreamUnreachable { .. } => "upstream_unreachable",
             ProxyError::UpstreamTimeout { .. } => "upstream_timeout",
             ProxyError::Overloaded { .. } => "gateway_overloaded",
+            ProxyError::BudgetExceeded { .. } => "budget_exceeded",
             ProxyError::Internal(_) => "internal_error",
         }
     }
 
     fn error_type(&self) -> &'static str {
         match self.fault() {
+            Fault::Client if matches!(self, ProxyError::BudgetExceeded { .. }) => {
+                "budget_exceeded_error"
+            }
             Fault::Client => "invalid_request_error",
             Fault::Upstream => "upstream_error",
             Fault::Gateway => match self {

@@ -14,6 +14,7 @@ pub mod provider;
 pub mod proxy;
 pub mod server;
 pub mod sse;
+pub mod store;
 pub mod trace;
 
 pub use config::Config;

@@ -33,7 +33,20 @@ struct ProviderLabels {
 struct TokenLabels {
     provider: String,
     model: String,
+    feature: String,
     kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CostLabels {
+    provider: String,
+    model: String,
+    feature: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BudgetLabels {
+    budget: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -64,6 +77,11 @@ struct OutcomeOnly {
 
 type HistogramFamily = Family<ProviderLabels, Histogram, fn() -> Histogram>;
 
+fn overhead_histogram() -> Histogram {
+    // 10 µs .. 0.3 s
+    Histogram::new(exponential_buckets(0.00001, 2.0, 15))
+}
+
 fn latency_histogram() -> Histogram {
     // 1 ms .. 33 s
     Histogram::new(exponential_buckets(0.001, 2.0, 16))
@@ -76,6 +94,10 @@ pub struct Metrics {
     upstream_headers: HistogramFamily,
     time_to_first_token: HistogramFamily,
     tokens: Family<TokenLabels, Counter>,
+    cost: Family<CostLabels, Counter<f64, std::sync::atomic::AtomicU64>>,
+    unpriced: Family<CostLabels, Counter>,
+    budget_refused: Family<BudgetLabels, Counter>,
+    gateway_overhead: HistogramFamily,
     calls: Family<OutcomeLabels, Counter>,
     events_skipped: Family<ReasonLabels, Counter>,
     requests_unparsed: Counter,
@@ -138,6 +160,31 @@ impl Metrics {
             "sidetrace_tokens",
             "Tokens reported by providers, by kind: input and output (totals), cached_input, cache_creation and reasoning (parts of them)",
             tokens.clone(),
+        );
+        let cost = Family::<CostLabels, Counter<f64, std::sync::atomic::AtomicU64>>::default();
+        registry.register(
+            "sidetrace_cost_usd",
+            "Cost of calls in USD by provider, model and feature (exact sums: the cost query API)",
+            cost.clone(),
+        );
+        let unpriced = Family::<CostLabels, Counter>::default();
+        registry.register(
+            "sidetrace_calls_unpriced",
+            "Calls with usage but no known price for their model (never counted as 0 USD)",
+            unpriced.clone(),
+        );
+        let budget_refused = Family::<BudgetLabels, Counter>::default();
+        registry.register(
+            "sidetrace_budget_refused",
+            "Calls refused because their budget was spent",
+            budget_refused.clone(),
+        );
+        let gateway_overhead: HistogramFamily = Family::new_with_constructor(overhead_histogram);
+        registry.register_with_unit(
+            "sidetrace_gateway_overhead",
+            "Time the gateway adds before the response headers: time to headers minus the upstream's",
+            Unit::Seconds,
+            gateway_overhead.clone(),
         );
         let calls = Family::<OutcomeLabels, Counter>::default();
         registry.register(
@@ -262,6 +309,10 @@ impl Metrics {
             upstream_headers,
             time_to_first_token,
             tokens,
+            cost,
+            unpriced,
+            budget_refused,
+            gateway_overhead,
             calls,
             events_skipped,
             requests_unparsed,
@@ -316,8 +367,25 @@ impl Metrics {
         self.metadata_truncated.inc_by(u64::from(n));
     }
 
-    /// Counts a finished call: outcome, tokens by kind, time to first token, parser trouble.
-    pub fn call_recorded(&self, call: &crate::call::CallRecord, model: &str) {
+    pub fn budget_refused(&self, budget: &str) {
+        self.budget_refused
+            .get_or_create(&BudgetLabels {
+                budget: budget.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn observe_overhead(&self, provider: &str, overhead: Duration) {
+        self.gateway_overhead
+            .get_or_create(&ProviderLabels {
+                provider: provider.to_string(),
+            })
+            .observe(overhead.as_secs_f64());
+    }
+
+    /// Counts a finished call: outcome, tokens by kind, cost, time to first token, parser
+    /// trouble. `model` and `feature` are already bounded label values.
+    pub fn call_recorded(&self, call: &crate::call::CallRecord, model: &str, feature: &str) {
         self.calls
             .get_or_create(&OutcomeLabels {
                 provider: call.provider.clone(),
@@ -337,6 +405,24 @@ impl Metrics {
         let Some(response) = &call.response else {
             return;
         };
+        let cost_labels = CostLabels {
+            provider: call.provider.clone(),
+            model: model.to_string(),
+            feature: feature.to_string(),
+        };
+        match call.cost_pico_usd {
+            Some(pico) => {
+                self.cost
+                    .get_or_create(&cost_labels)
+                    .inc_by(pico as f64 / 1e12);
+            }
+            None if response.usage.input_tokens.is_some()
+                || response.usage.output_tokens.is_some() =>
+            {
+                self.unpriced.get_or_create(&cost_labels).inc();
+            }
+            None => {}
+        }
         let u = &response.usage;
         for (kind, value) in [
             ("input", u.input_tokens),
@@ -350,6 +436,7 @@ impl Metrics {
                     .get_or_create(&TokenLabels {
                         provider: call.provider.clone(),
                         model: model.to_string(),
+                        feature: feature.to_string(),
                         kind,
                     })
                     .inc_by(n);

@@ -22,8 +22,9 @@ use tower::Service;
 
 use crate::{
     admin::{self, AdminState},
-    call::{CallRecord, Recorder},
+    call::{CallRecord, Recorder, RecorderParts},
     config::{Config, ConfigError},
+    cost::{PriceBook, PriceBookCell},
     export::{
         otlp,
         pipeline::{ExportHandle, ExportTasks},
@@ -32,6 +33,10 @@ use crate::{
     },
     metrics::Metrics,
     proxy::{body::ProxyBody, stack, upstream::UpstreamClient},
+    store::{
+        budgets::Budgets,
+        costs::{CostStore, spawn_flusher},
+    },
     trace::span::Telemetry,
 };
 
@@ -65,6 +70,7 @@ pub struct Gateway {
     pub admin_addr: SocketAddr,
     pub metrics: Arc<Metrics>,
     recorder: Arc<Recorder>,
+    prices: Arc<PriceBookCell>,
     shutdown: watch::Sender<bool>,
     task: JoinHandle<ShutdownReport>,
 }
@@ -94,12 +100,30 @@ impl Gateway {
             tracing::info!("no OTLP endpoint configured: spans stay local");
             (None, None)
         };
-        let recorder = Arc::new(Recorder::new(
-            metrics.clone(),
-            config.inspect.recent_calls,
-            export,
-        ));
+        let prices = Arc::new(PriceBookCell::new(price_book(&config)?));
+        let data_dir = config.data_dir();
+        let (costs, _) =
+            tokio::task::spawn_blocking(move || CostStore::open(&data_dir.join("costs")))
+                .await
+                .map_err(|e| StartError::Export(e.to_string()))?;
+        let costs = Arc::new(costs);
+        let budgets = Arc::new(
+            Budgets::new(&config.budgets, &costs)
+                .map_err(|e| StartError::Config(ConfigError::Invalid(e)))?,
+        );
+        let cost_flusher = spawn_flusher(costs.clone(), Duration::from_secs(2));
         let capturer = Arc::new(config.capturer()?);
+        let recorder = Arc::new(Recorder::new(RecorderParts {
+            capturer: capturer.clone(),
+            metrics: metrics.clone(),
+            keep: config.inspect.recent_calls,
+            export,
+            prices: prices.clone(),
+            costs: costs.clone(),
+            budgets: budgets.clone(),
+            feature_labels: config.cost.metric_features.clone(),
+            max_feature_labels: config.cost.max_metric_features,
+        }));
         let proxy = stack::build(
             &config,
             registry.clone(),
@@ -107,11 +131,13 @@ impl Gateway {
             metrics.clone(),
             recorder.clone(),
             capturer,
+            budgets,
         );
 
         let admin_state = Arc::new(AdminState {
             metrics: metrics.clone(),
             ready: AtomicBool::new(true),
+            costs: costs.clone(),
         });
         let admin_service = tower::service_fn({
             let state = admin_state.clone();
@@ -141,6 +167,8 @@ impl Gateway {
             if let Some(tasks) = export_tasks {
                 tasks.shutdown(export_deadline).await;
             }
+            cost_flusher.abort();
+            let _ = tokio::task::spawn_blocking(move || costs.flush()).await;
             let _ = admin_stop.0.send(true);
             let _ = admin_task.await;
             ShutdownReport { drained }
@@ -151,9 +179,18 @@ impl Gateway {
             admin_addr,
             metrics,
             recorder,
+            prices,
             shutdown,
             task,
         })
+    }
+
+    /// Rebuilds the price tables from a new config (providers' `[[models]]` and overrides);
+    /// calls priced from now on use them. Other settings need a restart.
+    pub fn reload_prices(&self, config: &Config) -> Result<(), StartError> {
+        self.prices.store(price_book(config)?);
+        tracing::info!("prices reloaded");
+        Ok(())
     }
 
     /// The most recent span records, oldest first.
@@ -187,6 +224,10 @@ impl Gateway {
             }
         }
     }
+}
+
+fn price_book(config: &Config) -> Result<PriceBook, StartError> {
+    Ok(config.price_book()?)
 }
 
 /// `service.instance.id`: the pod or host name when known, else a random id.

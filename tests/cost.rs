@@ -542,6 +542,8 @@ fn price_call_reads_provider_models_and_usage_from_the_record() {
             trace_state: None,
             source: TraceSource::New,
         },
+        cost_pico_usd: None,
+        priced_model: None,
         metadata: Default::default(),
         content: None,
     };

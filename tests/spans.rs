@@ -370,6 +370,20 @@ async fn redacted_capture_keeps_the_content_without_personal_data() {
             .unwrap()
             .contains("lookup_order")
     );
+    let output: serde_json::Value =
+        serde_json::from_str(str_attr(&span, "gen_ai.output.messages").expect("output captured"))
+            .unwrap();
+    assert_eq!(output[0]["role"], "assistant");
+    assert_eq!(output[0]["finish_reason"], "stop");
+    let text = output[0]["parts"][0]["content"].as_str().unwrap();
+    let fixture_text: serde_json::Value =
+        serde_json::from_slice(&fixture("openai/chat_nonstream.json")).unwrap();
+    assert_eq!(
+        text,
+        fixture_text["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+    );
     assert_eq!(
         mock.last().body,
         PII.as_bytes(),

@@ -272,6 +272,29 @@ impl Default for SpoolConfig {
     }
 }
 
+/// Cost reporting back to the app and on metrics.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CostConfig {
+    /// Non-streamed responses up to this size are read whole before the headers go out, so
+    /// they can carry `x-sidetrace-cost-usd` and token counts; larger ones stream without them.
+    pub response_headers_max_body_bytes: usize,
+    /// Feature values used as metric labels; empty: the first `max_metric_features` seen, the
+    /// rest as `other` (bounds cardinality).
+    pub metric_features: Vec<String>,
+    pub max_metric_features: usize,
+}
+
+impl Default for CostConfig {
+    fn default() -> Self {
+        CostConfig {
+            response_headers_max_body_bytes: 1024 * 1024,
+            metric_features: Vec::new(),
+            max_metric_features: 100,
+        }
+    }
+}
+
 /// The whole configuration file. Every key has a default, so an empty file is valid.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -299,6 +322,8 @@ pub struct Config {
     pub export: ExportConfig,
     pub spool: SpoolConfig,
     pub sampling: crate::export::sampling::SamplingConfig,
+    pub cost: CostConfig,
+    pub budgets: Vec<crate::store::budgets::BudgetConfig>,
     pub providers: BTreeMap<String, ProviderOverride>,
 }
 
@@ -328,6 +353,8 @@ impl Default for Config {
             export: ExportConfig::default(),
             spool: SpoolConfig::default(),
             sampling: crate::export::sampling::SamplingConfig::default(),
+            cost: CostConfig::default(),
+            budgets: Vec::new(),
             providers: BTreeMap::new(),
         }
     }
@@ -638,6 +665,7 @@ impl Config {
             .map_err(|e| ConfigError::Invalid(format!("log.level {:?}: {e}", self.log.level)))?;
         crate::proxy::upstream::tls_config(&self.upstream).map_err(ConfigError::Invalid)?;
         self.capturer()?;
+        self.price_book()?;
         if !matches!(self.export.compression.as_str(), "" | "gzip" | "none") {
             return Err(ConfigError::Invalid(format!(
                 "export.compression {:?}: expected gzip or none",

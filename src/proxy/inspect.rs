@@ -19,6 +19,7 @@ use crate::{
     call::{RequestInfo, RequestParams},
     error::ProxyError,
     provider::{Route, WireFormat},
+    proxy::tap::ClientWants,
     trace::{
         capture::Capturer,
         metadata::{CallMetadata, CaptureLevel},
@@ -78,8 +79,11 @@ where
         let Some(route) = req.extensions().get::<Route>().cloned() else {
             return Box::pin(self.inner.call(req));
         };
+        let mut req = req;
+        // Read before the rewrite drops TE (hop-by-hop) and the x-sidetrace-* headers.
+        let wants = ClientWants::from_headers(req.headers());
+        req.extensions_mut().insert(wants);
         if route.format == WireFormat::Passthrough {
-            let mut req = req;
             req.extensions_mut().insert(RequestInfo::default());
             return Box::pin(self.inner.call(req));
         }

@@ -1,6 +1,7 @@
 //! The request path: one tower stack (see `stack.rs`) from the client connection to the upstream.
 
 pub mod body;
+pub mod budget;
 pub mod context;
 pub mod inspect;
 pub mod limit;

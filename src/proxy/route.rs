@@ -4,13 +4,13 @@
 use std::{
     sync::Arc,
     task::{Context, Poll},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use http::{Request, Response};
 use tower::{Layer, Service};
 
-use super::body::ProxyBody;
+use super::{body::ProxyBody, tap::BufferedFor, upstream::UpstreamElapsed};
 use crate::{error::ProxyError, metrics::Metrics, provider::Registry};
 
 #[derive(Clone)]
@@ -78,6 +78,16 @@ where
                 Err(e) => e.status(),
             };
             metrics.call_finished_headers(&provider.name, status.as_u16());
+            if let Ok(r) = &result
+                && let Some(up) = r.extensions().get::<UpstreamElapsed>()
+            {
+                let held = r
+                    .extensions()
+                    .get::<BufferedFor>()
+                    .map_or(Duration::ZERO, |b| b.0);
+                let overhead = started.elapsed().saturating_sub(up.0).saturating_sub(held);
+                metrics.observe_overhead(&provider.name, overhead);
+            }
             tracing::debug!(
                 provider = %provider.name,
                 %method,

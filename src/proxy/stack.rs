@@ -9,6 +9,7 @@ use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
 
 use super::{
     body::ProxyBody,
+    budget::BudgetLayer,
     context::TraceContextLayer,
     inspect::InspectLayer,
     limit::BodyLimitLayer,
@@ -23,7 +24,7 @@ use super::{
 };
 use crate::{
     call::Recorder, config::Config, format::ParserLimits, metrics::Metrics, provider::Registry,
-    trace::capture::Capturer,
+    store::budgets::Budgets, trace::capture::Capturer,
 };
 
 fn grouping_key(config: &Config) -> Option<Arc<[u8]>> {
@@ -39,6 +40,7 @@ pub fn build(
     metrics: Arc<Metrics>,
     recorder: Arc<Recorder>,
     capturer: Arc<Capturer>,
+    budgets: Arc<Budgets>,
 ) -> impl Service<Request<Incoming>, Response = Response<ProxyBody>, Error = Infallible, Future: Send>
 + Clone
 + Send
@@ -77,6 +79,9 @@ pub fn build(
             capturer,
         ))
         // Rewrite: upstream URI, hop-by-hop headers, Host, x-sidetrace-* stripped, credentials kept.
+        // Budgets after inspection, which knows the feature and user (headers and body): a
+        // spent budget is refused before anything reaches the provider.
+        .layer(BudgetLayer::new(budgets, metrics.clone()))
         .layer(RewriteLayer)
         // Record and tap outside the timeouts, so a timeout is recorded as a timeout; the call is
         // finished exactly once (end, upstream error, timeout, client gone). The tap only reads.
@@ -87,6 +92,8 @@ pub fn build(
                 ..ParserLimits::default()
             },
             config.inspect.on_client_disconnect,
+            config.cost.response_headers_max_body_bytes,
+            config.capture.max_bytes,
         ))
         // Timeouts wrap only the upstream exchange: time to headers, idle between frames, total.
         .layer(TimeoutsLayer)

@@ -5,6 +5,7 @@
 //! removes the usage-only chunk when the gateway itself asked for it (include_usage injection).
 
 use std::{
+    collections::VecDeque,
     pin::Pin,
     sync::Arc,
     task::{Context, Poll},
@@ -12,7 +13,7 @@ use std::{
 };
 
 use bytes::{Bytes, BytesMut};
-use http::{Request, Response, header};
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, header};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use tower::{Layer, Service};
@@ -23,10 +24,15 @@ use super::{
 };
 use crate::{
     call::{CallRecord, Outcome, Recorder, RequestInfo},
+    cost::Cost,
     error::ProxyError,
     format::{BodyParser, EventKind, ParserLimits},
     provider::Route,
-    trace::{capture::CapturedContent, context::TraceContext, metadata::CallMetadata},
+    trace::{
+        capture::CapturedContent,
+        context::TraceContext,
+        metadata::{CallMetadata, CaptureLevel},
+    },
 };
 
 /// What to do with the upstream call when the client goes away mid-stream.
@@ -44,14 +50,24 @@ pub struct RecordLayer {
     recorder: Arc<Recorder>,
     limits: ParserLimits,
     on_disconnect: OnDisconnect,
+    cost_headers_max_body_bytes: usize,
+    capture_output_bytes: usize,
 }
 
 impl RecordLayer {
-    pub fn new(recorder: Arc<Recorder>, limits: ParserLimits, on_disconnect: OnDisconnect) -> Self {
+    pub fn new(
+        recorder: Arc<Recorder>,
+        limits: ParserLimits,
+        on_disconnect: OnDisconnect,
+        cost_headers_max_body_bytes: usize,
+        capture_output_bytes: usize,
+    ) -> Self {
         RecordLayer {
             recorder,
             limits,
             on_disconnect,
+            cost_headers_max_body_bytes,
+            capture_output_bytes,
         }
     }
 }
@@ -94,6 +110,11 @@ where
             .get::<RequestInfo>()
             .cloned()
             .unwrap_or_default();
+        let wants = req
+            .extensions()
+            .get::<ClientWants>()
+            .copied()
+            .unwrap_or_default();
         let strip_usage = info.include_usage_injected;
         let ext = req.extensions();
         let Some(trace) = ext.get::<TraceContext>().cloned() else {
@@ -101,6 +122,17 @@ where
         };
         let metadata = ext.get::<CallMetadata>().cloned().unwrap_or_default();
         let content = ext.get::<CapturedContent>().cloned();
+        // Output is assembled only when the call's content is captured with text.
+        let limits = ParserLimits {
+            capture_output_bytes: if content.as_ref().and_then(|c| c.level)
+                >= Some(CaptureLevel::Redacted)
+            {
+                self.layer.capture_output_bytes
+            } else {
+                0
+            },
+            ..self.layer.limits
+        };
         let mut call = Call::start(
             self.layer.recorder.clone(),
             &route,
@@ -129,23 +161,47 @@ where
                             route.format,
                             &route.provider.name,
                             content_type,
-                            layer.limits,
+                            limits,
                         )
                     };
                     call.parser = parser;
-                    let strip =
-                        strip_usage && call.parser.as_ref().is_some_and(BodyParser::is_stream);
+                    let is_stream = call.parser.as_ref().is_some_and(BodyParser::is_stream);
+                    if call.parser.is_some() && !is_stream {
+                        let host = route.host().to_string();
+                        return buffer_and_price(
+                            call,
+                            response,
+                            layer.cost_headers_max_body_bytes,
+                            host,
+                        )
+                        .await;
+                    }
+                    let strip = strip_usage && is_stream;
+                    let is_sse = response
+                        .headers()
+                        .get(header::CONTENT_TYPE)
+                        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+                    let extras = EndExtras {
+                        trailers: wants.trailers && is_stream,
+                        comment: wants.sse_comment && is_sse,
+                    };
                     let mut response = response;
-                    if strip {
-                        // The body will be shorter than the upstream's by the stripped chunk.
+                    if strip || extras.trailers || extras.comment {
+                        // The body will differ in length from the upstream's.
                         response.headers_mut().remove(header::CONTENT_LENGTH);
+                    }
+                    if extras.trailers {
+                        response
+                            .headers_mut()
+                            .insert(header::TRAILER, HeaderValue::from_static(TRAILER_NAMES));
                     }
                     Ok(response.map(|body| {
                         TapBody {
                             inner: Some(body),
                             call: Some(call),
                             strip: strip.then(Strip::default),
-                            flush: None,
+                            queued: VecDeque::new(),
+                            extras,
                             max_pending: layer.limits.max_event_bytes,
                             on_disconnect: layer.on_disconnect,
                         }
@@ -212,6 +268,8 @@ impl Call {
                 trace,
                 metadata,
                 content,
+                cost_pico_usd: None,
+                priced_model: None,
             }),
             started: Instant::now(),
             parser: None,
@@ -251,10 +309,15 @@ impl Call {
         }
     }
 
-    fn finish(&mut self, outcome: Outcome, error_type: Option<String>, clean: bool) {
-        let Some(mut record) = self.record.take() else {
-            return;
-        };
+    /// Finishes the call (once): the record is priced and handed to the recorder. Returns what
+    /// the client may be told about it.
+    fn finish(
+        &mut self,
+        outcome: Outcome,
+        error_type: Option<String>,
+        clean: bool,
+    ) -> Option<CostSummary> {
+        let mut record = self.record.take()?;
         record.duration = self.started.elapsed();
         record.response = self.parser.take().map(|p| p.finish(clean));
         record.outcome = outcome;
@@ -266,9 +329,185 @@ impl Call {
                 _ => None,
             }
         });
+        self.recorder.price(&mut record);
+        let summary = CostSummary::of(&record);
         self.recorder.record(record);
+        Some(summary)
     }
 }
+
+/// Cost and token counts of a finished call, as the client gets them.
+pub struct CostSummary {
+    cost_usd: Option<String>,
+    tokens: [(HeaderName, Option<u64>); 4],
+}
+
+const TRAILER_NAMES: &str = "x-sidetrace-cost-usd, x-sidetrace-input-tokens, x-sidetrace-output-tokens, x-sidetrace-cached-input-tokens, x-sidetrace-reasoning-tokens";
+
+impl CostSummary {
+    fn of(record: &CallRecord) -> CostSummary {
+        let u = record
+            .response
+            .as_ref()
+            .map(|r| r.usage.clone())
+            .unwrap_or_default();
+        CostSummary {
+            cost_usd: record
+                .cost_pico_usd
+                .map(|p| Cost::from_pico_usd(p).to_string()),
+            tokens: [
+                (
+                    HeaderName::from_static("x-sidetrace-input-tokens"),
+                    u.input_tokens,
+                ),
+                (
+                    HeaderName::from_static("x-sidetrace-output-tokens"),
+                    u.output_tokens,
+                ),
+                (
+                    HeaderName::from_static("x-sidetrace-cached-input-tokens"),
+                    u.cached_input_tokens,
+                ),
+                (
+                    HeaderName::from_static("x-sidetrace-reasoning-tokens"),
+                    u.reasoning_tokens,
+                ),
+            ],
+        }
+    }
+
+    /// The headers (or trailers); an unpriced call gets no cost header, never a 0.
+    fn headers(&self) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        if let Some(cost) = self
+            .cost_usd
+            .as_deref()
+            .and_then(|c| HeaderValue::from_str(c).ok())
+        {
+            h.insert("x-sidetrace-cost-usd", cost);
+        }
+        for (name, value) in &self.tokens {
+            if let Some(v) = value {
+                h.insert(name.clone(), HeaderValue::from(*v));
+            }
+        }
+        h
+    }
+
+    /// An SSE comment line: every SSE parser ignores it.
+    fn sse_comment(&self) -> Bytes {
+        let mut line = String::from(": sidetrace");
+        if let Some(c) = &self.cost_usd {
+            line.push_str(&format!(" cost_usd={c}"));
+        }
+        for (name, value) in &self.tokens {
+            if let Some(v) = value {
+                let key = name
+                    .as_str()
+                    .trim_start_matches("x-sidetrace-")
+                    .replace('-', "_");
+                line.push_str(&format!(" {key}={v}"));
+            }
+        }
+        line.push_str("\n\n");
+        Bytes::from(line)
+    }
+}
+
+/// What the client asked to get back about cost, read before the request is rewritten.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ClientWants {
+    /// `TE: trailers`: the cost comes as HTTP trailers at the end of a stream.
+    pub trailers: bool,
+    /// `x-sidetrace-cost-comment: true`: the cost comes as a final SSE comment line.
+    pub sse_comment: bool,
+}
+
+impl ClientWants {
+    pub fn from_headers(headers: &HeaderMap) -> ClientWants {
+        ClientWants {
+            trailers: headers
+                .get_all(header::TE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .any(|v| {
+                    v.split(',')
+                        .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+                }),
+            sse_comment: headers
+                .get("x-sidetrace-cost-comment")
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true")),
+        }
+    }
+}
+
+/// Extra frames a stream ends with.
+#[derive(Debug, Clone, Copy, Default)]
+struct EndExtras {
+    trailers: bool,
+    comment: bool,
+}
+
+/// Reads a non-streamed response whole (it is small), so the headers can carry its cost. A body
+/// larger than `max` is passed on as it comes, without cost headers.
+async fn buffer_and_price(
+    mut call: Call,
+    response: Response<ProxyBody>,
+    max: usize,
+    host: String,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let (mut parts, mut body) = response.into_parts();
+    let started = std::time::Instant::now();
+    let mut buf = BytesMut::new();
+    loop {
+        match body.frame().await {
+            None => break,
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    call.feed(data);
+                    buf.extend_from_slice(data);
+                    if buf.len() > max {
+                        // Too large to hold: send what we have and stream the rest.
+                        let prefix = buf.freeze();
+                        let rest = TapBody {
+                            inner: Some(body),
+                            call: Some(call),
+                            strip: None,
+                            queued: VecDeque::from([Frame::data(prefix)]),
+                            extras: EndExtras::default(),
+                            max_pending: 0,
+                            on_disconnect: OnDisconnect::Cancel,
+                        };
+                        parts.headers.remove(header::CONTENT_LENGTH);
+                        return Ok(Response::from_parts(parts, rest.boxed_unsync()));
+                    }
+                }
+            }
+            Some(Err(e)) => {
+                let timeout = e.downcast_ref::<BodyTimeout>().is_some();
+                let (outcome, kind) = if timeout {
+                    (Outcome::Timeout, "timeout")
+                } else {
+                    (Outcome::UpstreamError, "upstream_reset")
+                };
+                call.finish(outcome, Some(kind.to_string()), false);
+                return Err(ProxyError::UpstreamUnreachable {
+                    host,
+                    reason: format!("the response body failed: {e}"),
+                });
+            }
+        }
+    }
+    if let Some(summary) = call.finish(Outcome::Completed, None, true) {
+        parts.headers.extend(summary.headers());
+    }
+    parts.extensions.insert(BufferedFor(started.elapsed()));
+    Ok(Response::from_parts(parts, super::body::full(buf.freeze())))
+}
+
+/// How long the gateway held a response to read it whole (not overhead: upstream time).
+#[derive(Debug, Clone, Copy)]
+pub struct BufferedFor(pub Duration);
 
 impl Drop for Call {
     fn drop(&mut self) {
@@ -299,8 +538,9 @@ pub struct TapBody {
     inner: Option<ProxyBody>,
     call: Option<Call>,
     strip: Option<Strip>,
-    /// Held bytes to send before ending the stream.
-    flush: Option<Bytes>,
+    /// Frames to send before ending the stream: held-back bytes, the cost comment, trailers.
+    queued: VecDeque<Frame<Bytes>>,
+    extras: EndExtras,
     max_pending: usize,
     on_disconnect: OnDisconnect,
 }
@@ -377,11 +617,18 @@ impl TapBody {
             strip.take_pending(&mut rest);
             let rest = join(rest);
             if !rest.is_empty() {
-                self.flush = Some(rest);
+                self.queued.push_back(Frame::data(rest));
             }
         }
-        if let Some(mut call) = self.call.take() {
-            call.finish(Outcome::Completed, None, true);
+        if let Some(mut call) = self.call.take()
+            && let Some(summary) = call.finish(Outcome::Completed, None, true)
+        {
+            if self.extras.comment {
+                self.queued.push_back(Frame::data(summary.sse_comment()));
+            }
+            if self.extras.trailers {
+                self.queued.push_back(Frame::trailers(summary.headers()));
+            }
         }
     }
 }
@@ -396,8 +643,8 @@ impl Body for TapBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
         loop {
-            if let Some(bytes) = this.flush.take() {
-                return Poll::Ready(Some(Ok(Frame::data(bytes))));
+            if let Some(frame) = this.queued.pop_front() {
+                return Poll::Ready(Some(Ok(frame)));
             }
             let Some(inner) = this.inner.as_mut() else {
                 return Poll::Ready(None);
@@ -443,7 +690,7 @@ impl Body for TapBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.flush.is_none() && self.inner.is_none()
+        self.queued.is_empty() && self.inner.is_none()
     }
 
     fn size_hint(&self) -> SizeHint {

@@ -254,14 +254,20 @@ impl Service<Request<RequestBody>> for Upstream {
         Box::pin(async move {
             let started = Instant::now();
             let result = fut.await;
-            metrics.observe_upstream_headers(&route.provider.name, started.elapsed());
+            let elapsed = started.elapsed();
+            metrics.observe_upstream_headers(&route.provider.name, elapsed);
             let mut response = result.map_err(|e| classify(&route, &e))?;
             strip_hop_by_hop(response.headers_mut());
+            response.extensions_mut().insert(UpstreamElapsed(elapsed));
             Ok(response
                 .map(|body| Holding::boxed(body.map_err(BoxError::from).boxed_unsync(), in_flight)))
         })
     }
 }
+
+/// Time from sending the request upstream to its response headers.
+#[derive(Debug, Clone, Copy)]
+pub struct UpstreamElapsed(pub Duration);
 
 /// Turns a client error into the error the caller sees, by whose fault it was.
 fn classify(route: &Route, error: &hyper_util::client::legacy::Error) -> ProxyError {

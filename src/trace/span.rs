@@ -263,6 +263,12 @@ pub fn span_for(call: &CallRecord) -> SpanRecord {
             u.reasoning_tokens,
         );
     }
+    if let Some(pico) = call.cost_pico_usd {
+        a.push(("cost.usd".into(), AttrValue::Double(pico as f64 / 1e12)));
+    }
+    if let Some(m) = &call.priced_model {
+        a.push(("sidetrace.price.model".into(), AttrValue::Str(m.clone())));
+    }
     if let Some(t) = call.time_to_first_chunk.filter(|_| call.request.stream) {
         dbl(
             &mut a,

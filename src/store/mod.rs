@@ -1,0 +1,4 @@
+//! What the gateway keeps locally: cost aggregates for the query API and budgets.
+
+pub mod budgets;
+pub mod costs;
