@@ -195,3 +195,75 @@ async fn serve_takes_env_overrides_uses_a_gateway_held_key_and_exits_0_on_sigter
         "{logs}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_prices_from_the_config_file_without_a_restart() {
+    let body = String::from_utf8(fixture("openai/chat_nonstream.json")).unwrap();
+    let mock = Mock::start(move |_| Reply::json(200, &body)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sidetrace.toml");
+    let (port, admin) = (free_port(), free_port());
+    // A negotiated price for o4-mini: everything at 1.00 USD per million tokens, so a call of
+    // 1310 input and 615 output tokens costs 1925 micro-USD; then 2.00: 3850.
+    let write = |price: &str| {
+        std::fs::write(
+            &path,
+            format!(
+                "listen = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin}\"\ndata_dir = {:?}\n\
+                 [providers.openai]\nbase_url = \"{}\"\n\
+                 models = [{{ name = \"o4-mini\", input = \"{price}\", output = \"{price}\", cached_input = \"{price}\" }}]\n",
+                dir.path().display().to_string(),
+                mock.url()
+            ),
+        )
+        .unwrap();
+    };
+    write("1.00");
+    let mut child = sidetrace()
+        .args(["serve", "--config", path.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let client = client();
+    let started = Instant::now();
+    let cost = |client: hyper_util::client::legacy::Client<_, TestBody>| async move {
+        let req = Request::post(format!("http://127.0.0.1:{port}/v1/chat/completions"))
+            .body(full_body(r#"{"model":"o4-mini"}"#))
+            .unwrap();
+        client.request(req).await.ok().and_then(|r| {
+            r.headers()
+                .get("x-sidetrace-cost-usd")
+                .map(|v| v.to_str().unwrap().to_string())
+        })
+    };
+    let first = loop {
+        if let Some(c) = cost(client.clone()).await {
+            break c;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "gateway did not come up"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(first, "0.001925");
+    write("2.00");
+    let hup = Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if cost(client.clone()).await.as_deref() == Some("0.00385") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "prices were not reloaded");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+}

@@ -315,3 +315,23 @@ async fn openai_sdk_calls_streamed_and_not_arrive_at_the_collector_with_the_desi
     gw.shutdown().await;
     collector.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_sdk_reads_cost_headers_on_a_raw_response_and_still_parses_it() {
+    sdk_case("openai_cost_headers").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anthropic_sdk_reads_cost_headers_on_a_raw_response_and_still_parses_it() {
+    sdk_case("anthropic_cost_headers").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_sdk_streams_are_unaffected_by_the_cost_comment_and_trailers() {
+    sdk_case("openai_stream_with_cost_comment_and_trailers").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anthropic_sdk_streams_are_unaffected_by_the_cost_comment() {
+    sdk_case("anthropic_stream_with_cost_comment").await;
+}

@@ -84,6 +84,50 @@ def openai_chat_stream_without_usage():
     assert chunks[-1].choices[0].finish_reason == "stop"
 
 
+def openai_cost_headers():
+    # o4-mini fixture: 158 x 1.10 + 1152 x 0.275 + 615 x 4.40 = 3196.6 micro-USD.
+    raw = oai().chat.completions.with_raw_response.create(model="o4-mini", messages=MESSAGES)
+    assert raw.headers["x-sidetrace-cost-usd"] == "0.0031966", raw.headers
+    assert raw.headers["x-sidetrace-input-tokens"] == "1310"
+    assert raw.headers["x-sidetrace-reasoning-tokens"] == "448"
+    completion = raw.parse()
+    assert completion.usage.prompt_tokens == 1310
+
+
+def anthropic_cost_headers():
+    # claude-opus-4-5 fixture: 35 x 5.00 + 3120 (1-hour write) x 10.00 + 41 x 25.00 = 32400 micro-USD.
+    raw = ant().messages.with_raw_response.create(model="claude-opus-4-5", max_tokens=64, messages=MESSAGES)
+    assert raw.headers["x-sidetrace-cost-usd"] == "0.0324", raw.headers
+    message = raw.parse()
+    assert message.usage.output_tokens == 41
+
+
+def openai_stream_with_cost_comment_and_trailers():
+    chunks = list(
+        oai().chat.completions.create(
+            model="gpt-4o-mini",
+            messages=MESSAGES,
+            stream=True,
+            stream_options={"include_usage": True},
+            extra_headers={"x-sidetrace-cost-comment": "true", "te": "trailers"},
+        )
+    )
+    assert chunks[-1].usage.completion_tokens == 26
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+
+
+def anthropic_stream_with_cost_comment():
+    with ant().messages.stream(
+        model="claude-sonnet-4-5",
+        max_tokens=64,
+        messages=MESSAGES,
+        extra_headers={"x-sidetrace-cost-comment": "true"},
+    ) as stream:
+        text = "".join(stream.text_stream)
+        final = stream.get_final_message()
+    assert text and final.usage.output_tokens == 90
+
+
 def openai_rate_limited():
     try:
         oai().chat.completions.create(model="rate-limited", messages=MESSAGES)
