@@ -15,6 +15,7 @@ use crate::{
     metrics::Metrics,
     proxy::body::{ProxyBody, full},
     store::costs::{CostStore, Filter, GroupBy, HOUR_SECS, Totals, now_secs},
+    trace::metadata::percent_decode,
 };
 
 /// What the admin endpoints read.
@@ -110,8 +111,8 @@ fn costs(state: &AdminState, query: &str) -> Response<ProxyBody> {
         },
     };
     let filter = Filter {
-        feature: get("feature").map(decode),
-        user: get("user").map(decode),
+        feature: get("feature").map(|v| percent_decode(&v.replace('+', " "))),
+        user: get("user").map(|v| percent_decode(&v.replace('+', " "))),
     };
     let rows = state.costs.query(from, to, group_by, &filter);
     let mut total = Totals::default();
@@ -156,32 +157,6 @@ fn parse_window(w: &str) -> Option<u64> {
         "d" => Some(n * 86_400),
         _ => None,
     }
-}
-
-fn decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'+' => out.push(b' '),
-            b'%' => {
-                if let Some(v) = b
-                    .get(i + 1..i + 3)
-                    .and_then(|h| std::str::from_utf8(h).ok())
-                    .and_then(|h| u8::from_str_radix(h, 16).ok())
-                {
-                    out.push(v);
-                    i += 3;
-                    continue;
-                }
-                out.push(b'%');
-            }
-            c => out.push(c),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn json_error(status: StatusCode, message: &str) -> Response<ProxyBody> {

@@ -22,7 +22,7 @@ use crate::{
     proxy::tap::ClientWants,
     trace::{
         capture::Capturer,
-        metadata::{CallMetadata, CaptureLevel},
+        metadata::{CallMetadata, CaptureLevel, percent_decode},
     },
 };
 
@@ -352,28 +352,6 @@ fn model_from_path(path: &str) -> Option<String> {
         return Some(percent_decode(&m)).filter(|m| !m.is_empty());
     }
     segment_after("/deployments/").filter(|m| !m.is_empty())
-}
-
-/// Bedrock model ids in paths are percent-encoded (`anthropic.claude-3-5-sonnet-20240620-v1%3A0`).
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%'
-            && let Some(h) = bytes
-                .get(i + 1..i + 3)
-                .and_then(|h| std::str::from_utf8(h).ok())
-            && let Ok(v) = u8::from_str_radix(h, 16)
-        {
-            out.push(v);
-            i += 3;
-            continue;
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]

@@ -266,7 +266,9 @@ fn parse_baggage(header: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-fn percent_decode(s: &str) -> String {
+/// `%XX` escapes decoded (invalid UTF-8 becomes U+FFFD); used for baggage, resource
+/// attributes, Bedrock model ids in paths and admin query strings.
+pub fn percent_decode(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;

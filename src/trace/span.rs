@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     call::{CallRecord, Outcome},
     provider::WireFormat,
+    trace::metadata::percent_decode,
 };
 
 pub const SCHEMA_URL: &str = "https://opentelemetry.io/schemas/1.41.0";
@@ -84,7 +85,7 @@ impl Telemetry {
                             let key = key.trim();
                             if !key.is_empty() {
                                 resource.retain(|(k, _)| k != key);
-                                resource.push((key.to_string(), decode(value.trim())));
+                                resource.push((key.to_string(), percent_decode(value.trim())));
                             }
                         }
                     }
@@ -124,27 +125,6 @@ impl Telemetry {
             schema_url: SCHEMA_URL.into(),
         }
     }
-}
-
-fn decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%'
-            && let Some(v) = b
-                .get(i + 1..i + 3)
-                .and_then(|h| std::str::from_utf8(h).ok())
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-        {
-            out.push(v);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// `gen_ai.operation.name` for a wire format.
