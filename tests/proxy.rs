@@ -607,3 +607,32 @@ async fn a_client_speaking_http2_is_served() {
     assert_eq!(concat(&frames), b"{\"ok\":true}");
     gw.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_streamed_request_answered_without_a_content_type_still_streams() {
+    let mock = Mock::start(|_| Reply {
+        status: 200,
+        headers: vec![],
+        headers_delay: Duration::ZERO,
+        steps: vec![
+            Step::Send(Bytes::from_static(b"data: {\"n\":1}\n\n")),
+            Step::Pause(Duration::from_millis(300)),
+            Step::Send(Bytes::from_static(b"data: [DONE]\n\n")),
+        ],
+    })
+    .await;
+    let gw = gateway_for(&mock, "").await;
+    let req = Request::post(format!("http://{}/openai/v1/chat/completions", gw.addr))
+        .body(full_body(r#"{"model":"m","stream":true}"#))
+        .unwrap();
+    let started = Instant::now();
+    let response = client().request(req).await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_millis(250),
+        "headers must not wait for the body"
+    );
+    let (frames, end) = frames(response.into_body()).await;
+    end.unwrap();
+    assert_eq!(frames.len(), 2);
+    gw.shutdown().await;
+}

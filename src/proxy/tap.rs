@@ -116,6 +116,7 @@ where
             .copied()
             .unwrap_or_default();
         let strip_usage = info.include_usage_injected;
+        let requested_stream = info.stream;
         let ext = req.extensions();
         let Some(trace) = ext.get::<TraceContext>().cloned() else {
             return Box::pin(self.inner.call(req));
@@ -166,7 +167,12 @@ where
                     };
                     call.parser = parser;
                     let is_stream = call.parser.as_ref().is_some_and(BodyParser::is_stream);
-                    if call.parser.is_some() && !is_stream {
+                    let declared_json = response
+                        .headers()
+                        .get(header::CONTENT_TYPE)
+                        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+                    // A streamed request answered with an odd content type is still streamed.
+                    if call.parser.is_some() && !is_stream && (!requested_stream || declared_json) {
                         let host = route.host().to_string();
                         return buffer_and_price(
                             call,
