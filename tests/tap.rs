@@ -370,11 +370,11 @@ async fn request_model_stream_flag_and_parameters_are_read_and_a_non_json_body_s
         "{metrics}"
     );
     assert!(
-        metrics.contains(r#"sidetrace_tokens_total{provider="openai",model="o4-mini-2025-04-16",kind="input"} 2620"#),
+        metrics.contains(r#"sidetrace_tokens_total{provider="openai",model="o4-mini-2025-04-16",feature="",kind="input"} 2620"#),
         "{metrics}"
     );
     assert!(
-        metrics.contains(r#"sidetrace_tokens_total{provider="openai",model="o4-mini-2025-04-16",kind="reasoning"} 896"#),
+        metrics.contains(r#"sidetrace_tokens_total{provider="openai",model="o4-mini-2025-04-16",feature="",kind="reasoning"} 896"#),
         "{metrics}"
     );
     gw.shutdown().await;
