@@ -102,11 +102,20 @@ where
                     metadata.add_body_fields(f.user.as_deref(), &f.metadata_pairs());
                 }
                 let level = capturer.level(metadata.capture);
-                if level > CaptureLevel::None && info.parsed {
-                    let content = serde_json::from_slice::<serde_json::Value>(&bytes)
-                        .map(|body| capturer.request(level, route.format, &body))
-                        .unwrap_or_default();
-                    parts.extensions.insert(content);
+                match (level, &fields) {
+                    (CaptureLevel::None, _) | (_, None) => {}
+                    // Counts and tool names come from the typed parse already done.
+                    (CaptureLevel::Metadata, Some(f)) => {
+                        parts
+                            .extensions
+                            .insert(capturer.metadata(f.input_message_count(), f.tool_names()));
+                    }
+                    (_, Some(_)) => {
+                        let content = serde_json::from_slice::<serde_json::Value>(&bytes)
+                            .map(|body| capturer.request(level, route.format, &body))
+                            .unwrap_or_default();
+                        parts.extensions.insert(content);
+                    }
                 }
             }
             let body = match rewritten {
@@ -196,9 +205,75 @@ pub struct RequestFields {
     user: Option<String>,
     /// OpenAI's string map; Anthropic's `{user_id}`.
     metadata: Option<serde_json::Map<String, serde_json::Value>>,
+    /// Chat, Anthropic, Ollama and Bedrock messages (only their roles are read).
+    messages: Option<Vec<MessageRole>>,
+    /// Gemini's messages.
+    contents: Option<Vec<serde::de::IgnoredAny>>,
+    /// Responses API input (a string or a list) and legacy completion prompts.
+    input: Option<serde_json::Value>,
+    tools: Option<Vec<ToolFields>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct MessageRole {
+    role: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct FunctionName {
+    name: Option<String>,
+}
+
+/// OpenAI `{function: {name}}`, Anthropic `{name}` and Gemini `{functionDeclarations: [...]}`.
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct ToolFields {
+    name: Option<String>,
+    function: Option<FunctionName>,
+    #[serde(rename = "functionDeclarations")]
+    function_declarations: Option<Vec<FunctionName>>,
 }
 
 impl RequestFields {
+    /// Input messages, system instructions excluded (as the content capture counts them).
+    fn input_message_count(&self) -> Option<u64> {
+        if let Some(m) = &self.messages {
+            let n = m
+                .iter()
+                .filter(|m| !matches!(m.role.as_deref(), Some("system") | Some("developer")))
+                .count();
+            return Some(n as u64);
+        }
+        if let Some(c) = &self.contents {
+            return Some(c.len() as u64);
+        }
+        match &self.input {
+            Some(serde_json::Value::Array(items)) => Some(items.len() as u64),
+            Some(_) => Some(1),
+            None => None,
+        }
+    }
+
+    fn tool_names(&self) -> Vec<String> {
+        let mut names = Vec::new();
+        for t in self.tools.iter().flatten() {
+            if let Some(n) = t
+                .function
+                .as_ref()
+                .and_then(|f| f.name.clone())
+                .or_else(|| t.name.clone())
+            {
+                names.push(n);
+            }
+            for d in t.function_declarations.iter().flatten() {
+                names.extend(d.name.clone());
+            }
+        }
+        names
+    }
+
     fn metadata_pairs(&self) -> Vec<(String, String)> {
         self.metadata
             .iter()

@@ -39,6 +39,30 @@ impl Capturer {
         asked.map_or(self.default_level, |a| a.min(self.default_level))
     }
 
+    /// The `metadata` level without a second parse of the body: counts and tool names only.
+    pub fn metadata(
+        &self,
+        input_message_count: Option<u64>,
+        tool_names: Vec<String>,
+    ) -> CapturedContent {
+        let tool_definitions = (!tool_names.is_empty()).then(|| {
+            Value::Array(
+                tool_names
+                    .iter()
+                    .map(|n| json!({"type": "function", "name": n}))
+                    .collect(),
+            )
+            .to_string()
+        });
+        CapturedContent {
+            level: Some(CaptureLevel::Metadata),
+            input_message_count,
+            tool_names,
+            tool_definitions,
+            ..CapturedContent::default()
+        }
+    }
+
     /// Captures the request side from its JSON body.
     pub fn request(
         &self,
