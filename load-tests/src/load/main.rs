@@ -1,0 +1,342 @@
+//! bench-load: the benchmark's load driver (open loop, closed loop, slow held streams) against
+//! one loopback URL, with the CPU and memory of the processes under test; prints JSON reports
+//! and turns a directory of them into the markdown results page.
+
+mod drive;
+mod procfs;
+mod report;
+mod stats;
+
+use std::{
+    net::{IpAddr, TcpListener},
+    path::PathBuf,
+    process::ExitCode,
+    time::Duration,
+};
+
+use clap::{ArgGroup, Args, Parser, Subcommand};
+use http::Uri;
+use serde_json::{Map, Value, json};
+
+use drive::{Driver, Mode, Target};
+use procfs::{RssSampler, Watched};
+
+#[derive(Parser)]
+#[command(
+    name = "bench-load",
+    about = "Load driver for the sidetrace benchmark (loopback targets only)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Send load to one URL and print a JSON report.
+    Run(RunArgs),
+    /// Record the watched processes' memory and CPU time now, without load.
+    Snapshot(SnapshotArgs),
+    /// Print N free loopback TCP ports, one a line.
+    Ports {
+        #[arg(default_value_t = 1)]
+        n: usize,
+    },
+    /// Turn a directory of JSON reports into the markdown results tables.
+    Report(report::ReportArgs),
+}
+
+/// Labels that tie a JSON report to its place in the results page.
+#[derive(Args)]
+struct Labels {
+    /// Scenario id, e.g. a1k.
+    #[arg(long, default_value = "adhoc")]
+    scenario: String,
+    /// Scenario title for the results page.
+    #[arg(long, default_value = "")]
+    title: String,
+    /// What is under test: direct, nginx or sidetrace.
+    #[arg(long, default_value = "target")]
+    target: String,
+    /// Processes to measure, `NAME=PID[,PID...]`, repeatable; `proxy` is the one compared.
+    #[arg(long = "watch")]
+    watch: Vec<Watched>,
+    /// Write the JSON report here instead of stdout.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+#[derive(Args)]
+#[command(group(ArgGroup::new("load").required(true).args(["rate", "connections", "slow_streams"])))]
+struct RunArgs {
+    /// Full URL, e.g. http://127.0.0.1:4100/v1/chat/completions (loopback only).
+    #[arg(long)]
+    url: String,
+    #[arg(long, value_enum, default_value = "chat")]
+    mode: Mode,
+    /// Open loop: requests per second, sent at fixed intervals.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Closed loop: concurrent connections, each sending as fast as answers come.
+    #[arg(long)]
+    connections: Option<usize>,
+    /// Open this many streams of one chunk per second and hold them for --hold-secs.
+    #[arg(long)]
+    slow_streams: Option<usize>,
+    /// Length of the run (open and closed loop), in seconds.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// How long each slow stream lasts, in seconds (one chunk per second).
+    #[arg(long, default_value_t = 30)]
+    hold_secs: u64,
+    /// Slow streams are opened at this rate, per second, not all in the same instant.
+    #[arg(long, default_value_t = 500.0)]
+    ramp_rate: f64,
+    /// Content chunks per answer (x-mock-chunks).
+    #[arg(long, default_value_t = 20)]
+    chunks: u64,
+    /// Delay between chunks (x-mock-delay-ms).
+    #[arg(long, default_value_t = 0)]
+    delay_ms: u64,
+    /// Open loop: past this many requests in flight, due requests count as errors.
+    #[arg(long, default_value_t = 2000)]
+    max_in_flight: usize,
+    /// Upper bound on requests sent, whatever the duration.
+    #[arg(long, default_value_t = 2_000_000)]
+    max_requests: u64,
+    /// Per-request timeout, in seconds (slow streams add their hold time).
+    #[arg(long, default_value_t = 30.0)]
+    timeout: f64,
+    /// Runtime worker threads (default: one per core).
+    #[arg(long)]
+    threads: Option<usize>,
+    #[command(flatten)]
+    labels: Labels,
+}
+
+#[derive(Args)]
+struct SnapshotArgs {
+    #[command(flatten)]
+    labels: Labels,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(args) => run(args),
+        Command::Snapshot(args) => snapshot(args),
+        Command::Ports { n } => ports(n),
+        Command::Report(args) => report::main(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("bench-load: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn ports(n: usize) -> Result<ExitCode, String> {
+    // All bound at once so that they differ; released on return, for the caller to bind.
+    let listeners = (0..n.min(100))
+        .map(|_| TcpListener::bind("127.0.0.1:0"))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("cannot bind a loopback port: {e}"))?;
+    for l in &listeners {
+        let port = l.local_addr().map_err(|e| e.to_string())?.port();
+        println!("{port}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Refuses anything but plain HTTP to a loopback IP: this tool must never load a real host.
+fn loopback_uri(url: &str) -> Result<Uri, String> {
+    let uri: Uri = url.parse().map_err(|e| format!("bad --url {url:?}: {e}"))?;
+    if uri.scheme_str() != Some("http") {
+        return Err(format!("--url {url:?}: only http:// is supported"));
+    }
+    let host = uri.host().unwrap_or("").trim_matches(['[', ']']);
+    match host.parse::<IpAddr>() {
+        Ok(ip) if ip.is_loopback() => Ok(uri),
+        _ => Err(format!(
+            "--url {url:?}: the host must be a loopback IP such as 127.0.0.1"
+        )),
+    }
+}
+
+fn write(labels: &Labels, report: Value) -> Result<(), String> {
+    let text = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
+    match &labels.out {
+        Some(path) => std::fs::write(path, text + "\n")
+            .map_err(|e| format!("cannot write {}: {e}", path.display())),
+        None => {
+            println!("{text}");
+            Ok(())
+        }
+    }
+}
+
+fn head(labels: &Labels, kind: &str) -> Map<String, Value> {
+    let mut m = Map::new();
+    m.insert("scenario".into(), json!(labels.scenario));
+    m.insert("title".into(), json!(labels.title));
+    m.insert("target".into(), json!(labels.target));
+    m.insert("kind".into(), json!(kind));
+    m
+}
+
+fn snapshot(args: SnapshotArgs) -> Result<ExitCode, String> {
+    let mut report = head(&args.labels, "snapshot");
+    let processes: Map<String, Value> = args
+        .labels
+        .watch
+        .iter()
+        .map(|w| {
+            let v = json!({
+                "pids": w.pids,
+                "cpu_ms": procfs::group_cpu_ms(w),
+                "rss_kib": procfs::group_rss_kib(w),
+                "pss_kib": procfs::group_pss_kib(w),
+                "hwm_kib": procfs::group_hwm_kib(w),
+            });
+            (w.name.clone(), v)
+        })
+        .collect();
+    report.insert("processes".into(), Value::Object(processes));
+    write(&args.labels, Value::Object(report))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run(args: RunArgs) -> Result<ExitCode, String> {
+    let uri = loopback_uri(&args.url)?;
+    if !(args.duration > 0.0 && args.duration <= 3600.0) {
+        return Err("--duration must be in (0, 3600] seconds".into());
+    }
+    let slow = args.slow_streams.is_some();
+    let (mode, chunks, delay_ms, timeout) = if slow {
+        // One chunk a second for the hold time; the timeout must outlast the stream.
+        (
+            Mode::Stream,
+            args.hold_secs.max(1),
+            1000,
+            args.hold_secs as f64 + args.timeout,
+        )
+    } else {
+        (args.mode, args.chunks, args.delay_ms, args.timeout)
+    };
+    let driver = Driver::new(Target {
+        uri,
+        mode,
+        chunks,
+        delay_ms,
+        timeout: Duration::from_secs_f64(timeout.clamp(0.001, 7200.0)),
+    });
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    rt.enable_all();
+    if let Some(n) = args.threads {
+        rt.worker_threads(n.max(1));
+    }
+    let rt = rt
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+
+    let watch = args.labels.watch.clone();
+    let cpu_before: Vec<u64> = watch.iter().map(procfs::group_cpu_ms).collect();
+    let sampler = RssSampler::start(watch.clone(), Duration::from_millis(100), 100_000);
+    let duration = Duration::from_secs_f64(args.duration);
+
+    let (kind, sent, wall) = if let Some(rate) = args.rate {
+        if !(rate > 0.0 && rate <= 1_000_000.0) {
+            return Err("--rate must be in (0, 1000000]".into());
+        }
+        let count = ((rate * args.duration).round() as u64).min(args.max_requests);
+        let wall = drive::open_loop(&rt, &driver, rate, count, args.max_in_flight);
+        ("open", count, wall)
+    } else if let Some(c) = args.connections {
+        let c = c.clamp(1, 10_000);
+        let wall = drive::closed_loop(&rt, &driver, c, duration, args.max_requests);
+        ("closed", 0, wall)
+    } else {
+        let n = args.slow_streams.unwrap_or(0).min(100_000) as u64;
+        let wall = drive::open_loop(&rt, &driver, args.ramp_rate.max(1.0), n, usize::MAX);
+        ("slow", n, wall)
+    };
+
+    let peaks = sampler.finish();
+    let outcomes = driver.take_outcomes();
+    let ok = outcomes.samples.len() as u64;
+    let errors = outcomes.errors.total();
+    let sent = if kind == "closed" { ok + errors } else { sent };
+    let processes: Map<String, Value> = watch
+        .iter()
+        .zip(cpu_before)
+        .zip(peaks)
+        .map(|((w, before), peak)| {
+            let cpu = procfs::group_cpu_ms(w).saturating_sub(before);
+            let v = json!({
+                "pids": w.pids,
+                "cpu_ms": cpu,
+                "cpu_us_per_req": if ok > 0 { Some(cpu as f64 * 1000.0 / ok as f64) } else { None },
+                "peak_rss_kib": peak,
+                "rss_end_kib": procfs::group_rss_kib(w),
+                "pss_end_kib": procfs::group_pss_kib(w),
+                "hwm_kib": procfs::group_hwm_kib(w),
+            });
+            (w.name.clone(), v)
+        })
+        .collect();
+
+    let e = &outcomes.errors;
+    let pick = |f: fn(&drive::Sample) -> u64| outcomes.samples.iter().map(f).collect::<Vec<_>>();
+    let mut report = head(&args.labels, kind);
+    let wall_s = wall.as_secs_f64();
+    let fields = json!({
+        "url": args.url,
+        "mode": format!("{mode:?}").to_lowercase(),
+        "rate": args.rate,
+        "connections": args.connections,
+        "streams": args.slow_streams,
+        "duration_s": if slow { args.hold_secs as f64 } else { args.duration },
+        "chunks": chunks,
+        "delay_ms": delay_ms,
+        "sent": sent,
+        "ok": ok,
+        "errors": errors,
+        "error_kinds": {
+            "status": e.status, "io": e.io, "timeout": e.timeout,
+            "truncated": e.truncated, "overload": e.overload,
+        },
+        "first_error": outcomes.first_error,
+        "wall_s": (wall_s * 1000.0).round() / 1000.0,
+        "achieved_rps": if wall_s > 0.0 { (ok as f64 / wall_s).round() } else { 0.0 },
+        "total_ms": stats::summary(pick(|s| s.total_ns)),
+        "ttfb_ms": if mode.streams() { stats::summary(pick(|s| s.ttfb_ns)) } else { Value::Null },
+        "send_lag_ms": stats::summary(pick(|s| s.lag_ns)),
+        // From the actual send: what a closed-loop tool would report; shows how much of the
+        // figures above is the driver's own lateness.
+        "from_send_ms": stats::summary(pick(|s| s.total_ns.saturating_sub(s.lag_ns))),
+        "processes": processes,
+    });
+    if let Value::Object(f) = fields {
+        report.extend(f);
+    }
+    write(&args.labels, Value::Object(report))?;
+    // Do not wait for idle pooled connections: the runtime's tasks are dropped with it.
+    rt.shutdown_timeout(Duration::from_millis(100));
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_loopback_http_urls_are_accepted() {
+        assert!(loopback_uri("http://127.0.0.1:4000/v1/chat/completions").is_ok());
+        assert!(loopback_uri("http://[::1]:4000/v1/messages").is_ok());
+        assert!(loopback_uri("http://localhost:4000/").is_err());
+        assert!(loopback_uri("http://10.0.0.1:4000/").is_err());
+        assert!(loopback_uri("https://127.0.0.1:4000/").is_err());
+    }
+}
