@@ -3,7 +3,7 @@
 use std::{env, fs, path::Path};
 
 fn main() {
-        // Read at run time: a build script compiled once may serve several checkouts.
+    // Read at run time: a build script compiled once may serve several checkouts.
     let manifest_dir = env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR");
     let dir = Path::new(&manifest_dir).join("providers");
     println!("cargo:rerun-if-changed={}", dir.display());
