@@ -10,7 +10,10 @@ use bytes::Bytes;
 use common::*;
 use http::Request;
 use serde_json::Value;
-use sidetrace::call::{CallRecord, Outcome};
+use sidetrace::{
+    call::{CallRecord, Outcome},
+    trace::span::{AttrValue, SpanRecord, SpanStatus},
+};
 
 const PROVIDERS: [(&str, &str); 9] = [
     ("openai", "openai"),
@@ -201,6 +204,102 @@ fn check_record(case: &Case, call: &CallRecord) {
     assert_eq!(call.outcome, Outcome::Completed, "{name}");
 }
 
+/// The span of a fixture's call carries the GenAI attributes with the record's values.
+fn check_span(case: &Case, span: &SpanRecord) {
+    let e = &case.expect;
+    let name = &case.name;
+    let s = |k: &str| match span.attr(k) {
+        Some(AttrValue::Str(v)) => Some(v.as_str()),
+        _ => None,
+    };
+    let i = |k: &str| match span.attr(k) {
+        Some(AttrValue::Int(v)) => Some(*v as u64),
+        _ => None,
+    };
+    let op = match e["api"].as_str().unwrap() {
+        "completions" => "text_completion",
+        "embeddings" => "embeddings",
+        "generate_content" => "generate_content",
+        _ => "chat",
+    };
+    assert_eq!(s("gen_ai.operation.name"), Some(op), "{name}");
+    assert!(
+        s("gen_ai.provider.name").is_some_and(|p| !p.is_empty()),
+        "{name}"
+    );
+    assert_eq!(s("server.address"), Some("127.0.0.1"), "{name}");
+    assert!(i("server.port").is_some(), "{name}");
+    assert_eq!(
+        i("http.response.status_code"),
+        e["http_status"].as_u64(),
+        "{name}"
+    );
+    assert_eq!(s("gen_ai.response.id"), e["response_id"].as_str(), "{name}");
+    assert_eq!(s("gen_ai.response.model"), e["model"].as_str(), "{name}");
+    assert_eq!(
+        i("gen_ai.usage.input_tokens"),
+        e["input_tokens"].as_u64(),
+        "{name}"
+    );
+    assert_eq!(
+        i("gen_ai.usage.output_tokens"),
+        e["output_tokens"].as_u64(),
+        "{name}"
+    );
+    assert_eq!(
+        i("gen_ai.usage.cache_read.input_tokens"),
+        e["cached_input_tokens"].as_u64(),
+        "{name}"
+    );
+    assert_eq!(
+        i("gen_ai.usage.cache_creation.input_tokens"),
+        e["cache_creation_input_tokens"].as_u64(),
+        "{name}"
+    );
+    assert_eq!(
+        i("gen_ai.usage.reasoning.output_tokens"),
+        e["reasoning_tokens"].as_u64(),
+        "{name}"
+    );
+    let finish: Vec<String> = e["finish_reasons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    if finish.is_empty() {
+        assert!(
+            span.attr("gen_ai.response.finish_reasons").is_none(),
+            "{name}"
+        );
+    } else {
+        assert_eq!(
+            span.attr("gen_ai.response.finish_reasons"),
+            Some(&AttrValue::StrList(finish)),
+            "{name}"
+        );
+    }
+    let failed = e["http_status"].as_u64() != Some(200) || !e["error"].is_null();
+    assert_eq!(
+        matches!(span.status, SpanStatus::Error(_)),
+        failed,
+        "{name}: status"
+    );
+    assert_eq!(
+        span.attr("error.type").is_some(),
+        failed,
+        "{name}: error.type"
+    );
+    assert_eq!(span.kind, "client");
+    for deprecated in [
+        "gen_ai.system",
+        "gen_ai.usage.prompt_tokens",
+        "gen_ai.usage.completion_tokens",
+    ] {
+        assert!(span.attr(deprecated).is_none(), "{name}: {deprecated}");
+    }
+}
+
 async fn wait_for_calls(gw: &sidetrace::Gateway, n: usize) -> Vec<CallRecord> {
     for _ in 0..200 {
         let calls = gw.recent_calls();
@@ -239,6 +338,7 @@ async fn every_fixture_through_the_gateway_gives_its_record_and_the_upstreams_by
             );
             let calls = wait_for_calls(&gw, 1).await;
             check_record(&case, &calls[0]);
+            check_span(&case, &gw.recent_spans()[0]);
             gw.shutdown().await;
         }
     }

@@ -1,0 +1,37 @@
+//! Redaction throughput (MB/s): capture at `redacted` must stay cheap.
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use sidetrace::trace::redact::Redactor;
+
+fn corpus(with_findings: bool) -> String {
+    let clean = "The quarterly report shows steady growth across all regions, with the team \
+                 planning three launches next year and a review of supplier contracts in spring. ";
+    let dirty = "Contact jane.doe@example.com or +1 415-555-0132; card 4111 1111 1111 1111, \
+                 key sk-proj-abcdefghijklmnopqrstuvwxyz0123 from 10.1.2.3. ";
+    let mut text = String::new();
+    while text.len() < 64 * 1024 {
+        text.push_str(clean);
+        if with_findings {
+            text.push_str(dirty);
+        }
+    }
+    text
+}
+
+fn redaction(c: &mut Criterion) {
+    let redactor = Redactor::new(&[]).expect("built-in patterns compile");
+    let mut group = c.benchmark_group("redact");
+    for (name, text) in [
+        ("clean_text", corpus(false)),
+        ("text_with_findings", corpus(true)),
+    ] {
+        group.throughput(Throughput::Bytes(text.len() as u64));
+        group.bench_function(name, |b| {
+            b.iter(|| redactor.redact(std::hint::black_box(&text)).len())
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, redaction);
+criterion_main!(benches);
