@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The gateway benchmark: the same scenarios against a mock upstream called directly, through
-# nginx and through sidetrace, side by side in one run; results in load-tests/results/latest.md.
+# nginx and through sidetrace, side by side in one run, then what the gateway's features cost
+# (tap, capture levels, span export, spooling, replay), each against a baseline of the same run;
+# results in load-tests/results/latest.md.
 #
-#   bash load-tests/run.sh            full run, a few minutes (installs nginx if missing)
+#   bash load-tests/run.sh            full run, about 13 minutes (installs nginx if missing)
 #   bash load-tests/run.sh --quick    smoke run for CI, well under a minute after the build;
 #                                     skips nginx when it is not installed
 #   --no-build                        use the binaries already built
@@ -10,7 +12,8 @@
 #   --nice N                          run the mock, the proxies and the driver at nice N (e.g.
 #                                     -10 as root, to get ahead of other work on a shared machine)
 #
-# Exits non-zero if any run against direct or sidetrace had errors.
+# Exits non-zero if any run against direct or a sidetrace target had errors, a cost-header probe
+# failed, or the spool did not drain after the collector came back.
 set -euo pipefail
 
 QUICK=0
@@ -31,7 +34,7 @@ while [[ $# -gt 0 ]]; do
         shift
         ;;
     -h | --help)
-        sed -n '2,14p' "$0"
+        sed -n '2,15p' "$0"
         exit 0
         ;;
     *)
@@ -79,6 +82,8 @@ WORK=$(mktemp -d "${TMPDIR:-/tmp}/sidetrace-bench.XXXXXX")
 JSON=$WORK/json
 mkdir -p "$JSON" "$WORK/nginx"
 PIDS=()
+# The gateway processes among them, whose exit status on SIGTERM is checked.
+GATEWAYS=()
 
 alive() {
     local state
@@ -101,8 +106,8 @@ cleanup() {
         kill -KILL "$pid" 2>/dev/null
         status=0
         wait "$pid" 2>/dev/null || status=$?
-        if [[ $pid == "${GATEWAY_PID:-}" && $status != 0 ]]; then
-            echo "run.sh: sidetrace exited with status $status on SIGTERM" >&2
+        if [[ " ${GATEWAYS[*]} " == *" $pid "* && $status != 0 ]]; then
+            echo "run.sh: sidetrace (pid $pid) exited with status $status on SIGTERM" >&2
         fi
     done
     if [[ $KEEP == 1 ]]; then
@@ -113,6 +118,26 @@ cleanup() {
     exit "$rc"
 }
 trap cleanup EXIT
+
+# Stops one process this script started (SIGTERM, up to 10 s for a gateway's graceful shutdown,
+# then SIGKILL), and forgets its PID so that the exit cleanup never signals a reused one.
+stop_proc() { # pid
+    local pid=$1 status=0 p keep=()
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 100); do
+        alive "$pid" || break
+        sleep 0.1
+    done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || status=$?
+    if [[ " ${GATEWAYS[*]} " == *" $pid "* && $status != 0 ]]; then
+        echo "run.sh: sidetrace (pid $pid) exited with status $status on SIGTERM" >&2
+    fi
+    for p in "${PIDS[@]}"; do
+        [[ $p == "$pid" ]] || keep+=("$p")
+    done
+    PIDS=("${keep[@]}")
+}
 
 # Waits (at most 10 s) until a loopback port accepts connections, while its process lives.
 wait_port() {
@@ -129,7 +154,11 @@ wait_port() {
     exit 1
 }
 
-read -r MOCK_PORT NGINX_PORT GATEWAY_PORT ADMIN_PORT <<<"$("$LOAD" ports 4 | tr '\n' ' ')"
+# Every port at once, so that they differ. SPOOL_SINK_PORT stays closed until the replay: it is
+# the OTLP endpoint of the collector-down gateway.
+read -r MOCK_PORT NGINX_PORT GATEWAY_PORT ADMIN_PORT NONE_PORT NONE_ADMIN REDACTED_PORT \
+    REDACTED_ADMIN EXPORT_PORT EXPORT_ADMIN SPOOL_PORT SPOOL_ADMIN SINK_PORT SPOOL_SINK_PORT \
+    <<<"$("$LOAD" ports 14 | tr '\n' ' ')"
 
 "${NICE[@]}" "$MOCK" --listen "127.0.0.1:$MOCK_PORT" >"$WORK/mock.log" 2>&1 &
 MOCK_PID=$!
@@ -190,30 +219,110 @@ EOF
     done
 fi
 
-# No keys, no config file, no data dir and no OTLP endpoint from the caller's environment: the
-# gateway runs on its defaults, span export off.
-"${NICE[@]}" env -u OPENAI_API_KEY -u ANTHROPIC_API_KEY -u SIDETRACE_CONFIG -u SIDETRACE_DATA_DIR \
-    -u OTEL_EXPORTER_OTLP_ENDPOINT -u OTEL_EXPORTER_OTLP_TRACES_ENDPOINT \
-    SIDETRACE_LISTEN="127.0.0.1:$GATEWAY_PORT" \
-    SIDETRACE_ADMIN_LISTEN="127.0.0.1:$ADMIN_PORT" \
-    SIDETRACE_OPENAI_BASE_URL="http://127.0.0.1:$MOCK_PORT" \
-    SIDETRACE_ANTHROPIC_BASE_URL="http://127.0.0.1:$MOCK_PORT" \
-    SIDETRACE_LOG=warn \
-    "$GATEWAY" serve >"$WORK/sidetrace.log" 2>&1 &
-GATEWAY_PID=$!
-PIDS+=("$GATEWAY_PID")
-wait_port "$GATEWAY_PORT" "$GATEWAY_PID" sidetrace
+# Every gateway reads this file: the defaults plus one provider with no inspection at all, to
+# measure what the tap and the request inspection cost on the same process.
+cat >"$WORK/sidetrace.toml" <<EOF
+# Written by load-tests/run.sh. /raw/... goes to the mock with no path format: every call is
+# passthrough (no request inspection, no tap parsing, no cost).
+[providers.raw]
+base_url = "http://127.0.0.1:$MOCK_PORT"
+paths = []
+EOF
+# The collector-down gateway's own copy (the quick run adds to it).
+cp "$WORK/sidetrace.toml" "$WORK/sidetrace-spool.toml"
+
+# Starts a gateway on that file (or $WORK/<name>.toml if there is one), with its own data dir in
+# the temp dir, listening on loopback; extra NAME=VALUE arguments go into its environment. No
+# keys, no other config, data dir, capture level or OTLP setting comes from the caller's
+# environment. Sets STARTED_PID.
+start_gateway() { # name port admin_port [NAME=VALUE...]
+    local name=$1 port=$2 admin=$3 config=$WORK/sidetrace.toml
+    shift 3
+    [[ -f $WORK/$name.toml ]] && config=$WORK/$name.toml
+    mkdir -p "$WORK/data/$name"
+    "${NICE[@]}" env -u OPENAI_API_KEY -u ANTHROPIC_API_KEY -u SIDETRACE_CONFIG \
+        -u SIDETRACE_DATA_DIR -u SIDETRACE_CAPTURE_LEVEL -u OTEL_EXPORTER_OTLP_ENDPOINT \
+        -u OTEL_EXPORTER_OTLP_TRACES_ENDPOINT -u OTEL_EXPORTER_OTLP_PROTOCOL \
+        -u OTEL_EXPORTER_OTLP_TRACES_PROTOCOL -u OTEL_EXPORTER_OTLP_HEADERS \
+        -u OTEL_EXPORTER_OTLP_TRACES_HEADERS -u OTEL_EXPORTER_OTLP_COMPRESSION \
+        -u OTEL_EXPORTER_OTLP_TRACES_COMPRESSION -u SIDETRACE_PROVIDERS_DIR \
+        SIDETRACE_LISTEN="127.0.0.1:$port" \
+        SIDETRACE_ADMIN_LISTEN="127.0.0.1:$admin" \
+        SIDETRACE_OPENAI_BASE_URL="http://127.0.0.1:$MOCK_PORT" \
+        SIDETRACE_ANTHROPIC_BASE_URL="http://127.0.0.1:$MOCK_PORT" \
+        SIDETRACE_LOG=warn \
+        SIDETRACE_DATA_DIR="$WORK/data/$name" \
+        "$@" \
+        "$GATEWAY" serve --config "$config" >"$WORK/$name.log" 2>&1 &
+    STARTED_PID=$!
+    PIDS+=("$STARTED_PID")
+    GATEWAYS+=("$STARTED_PID")
+    wait_port "$port" "$STARTED_PID" "$name"
+}
+
+# Starts a bench-mock as an OTLP/HTTP sink. Sets STARTED_PID.
+start_sink() { # name port
+    "${NICE[@]}" "$MOCK" --listen "127.0.0.1:$2" >"$WORK/$1.log" 2>&1 &
+    STARTED_PID=$!
+    PIDS+=("$STARTED_PID")
+    wait_port "$2" "$STARTED_PID" "$1"
+}
+
+# The default gateway: span export off, capture level metadata.
+start_gateway sidetrace "$GATEWAY_PORT" "$ADMIN_PORT"
+GATEWAY_PID=$STARTED_PID
+NONE_PID="" REDACTED_PID="" EXPORT_PID="" SPOOL_PID=""
 
 TARGETS=(direct)
 [[ $USE_NGINX == 1 ]] && TARGETS+=(nginx)
 TARGETS+=(sidetrace)
 
+# Targets: direct, nginx, and the gateway variants. sidetrace and sidetrace-raw are the same
+# process (the default gateway) on two routes; the others are gateway processes of their own.
 port_of() {
     case $1 in
     direct) echo "$MOCK_PORT" ;;
     nginx) echo "$NGINX_PORT" ;;
-    sidetrace) echo "$GATEWAY_PORT" ;;
+    sidetrace | sidetrace-raw) echo "$GATEWAY_PORT" ;;
+    sidetrace-none) echo "$NONE_PORT" ;;
+    sidetrace-redacted) echo "$REDACTED_PORT" ;;
+    sidetrace-export) echo "$EXPORT_PORT" ;;
+    sidetrace-spool) echo "$SPOOL_PORT" ;;
     esac
+}
+
+admin_of() {
+    case $1 in
+    sidetrace | sidetrace-raw) echo "$ADMIN_PORT" ;;
+    sidetrace-none) echo "$NONE_ADMIN" ;;
+    sidetrace-redacted) echo "$REDACTED_ADMIN" ;;
+    sidetrace-export) echo "$EXPORT_ADMIN" ;;
+    sidetrace-spool) echo "$SPOOL_ADMIN" ;;
+    esac
+}
+
+pid_of() {
+    case $1 in
+    sidetrace | sidetrace-raw) echo "$GATEWAY_PID" ;;
+    sidetrace-none) echo "$NONE_PID" ;;
+    sidetrace-redacted) echo "$REDACTED_PID" ;;
+    sidetrace-export) echo "$EXPORT_PID" ;;
+    sidetrace-spool) echo "$SPOOL_PID" ;;
+    esac
+}
+
+path_of() { # target mode
+    if [[ $2 == anthropic ]]; then
+        if [[ $1 == direct || $1 == nginx ]]; then
+            echo /v1/messages
+        else
+            echo /anthropic/v1/messages
+        fi
+    elif [[ $1 == sidetrace-raw ]]; then
+        echo /raw/v1/chat/completions
+    else
+        echo /v1/chat/completions
+    fi
 }
 
 # --watch arguments: the proxy under test (compared) and the mock (to show it is not the limit).
@@ -221,8 +330,21 @@ watch_args() {
     case $1 in
     direct) echo "--watch mock=$MOCK_PID" ;;
     nginx) echo "--watch proxy=$NGINX_PIDS --watch mock=$MOCK_PID" ;;
-    sidetrace) echo "--watch proxy=$GATEWAY_PID --watch mock=$MOCK_PID" ;;
+    *) echo "--watch proxy=$(pid_of "$1") --watch mock=$MOCK_PID" ;;
     esac
+}
+
+# --counters arguments, in the feature scenarios only (COUNTERS=1): the gateway's /metrics, and
+# the OTLP sink's /stats for the gateways that export.
+COUNTERS=0
+counter_args() {
+    [[ $COUNTERS == 1 && $1 == sidetrace* ]] || return 0
+    local args="--counters gw=http://127.0.0.1:$(admin_of "$1")/metrics"
+    case $1 in
+    sidetrace-export) args+=" --counters sink=http://127.0.0.1:$SINK_PORT/stats" ;;
+    sidetrace-spool) args+=" --counters sink=http://127.0.0.1:$SPOOL_SINK_PORT/stats" ;;
+    esac
+    echo "$args"
 }
 
 # Report files are numbered in run order, which is the order of the results page. A global,
@@ -233,33 +355,45 @@ next_out() { # scenario target -> $OUT_FILE
     printf -v OUT_FILE '%s/%03d-%s-%s.json' "$JSON" "$SEQ" "$1" "$2"
 }
 
+# F_*: the feature scenarios (capture levels, export, spooling, replay), shorter than the rest.
+# The quick run checks that everything works, no more: no settle time after the export runs, and
+# the collector-down gateway retries the collector at least every second (default: backoff up to
+# 30 s), so that the smoke run does not wait for it.
 if [[ $QUICK == 1 ]]; then
     A1_RATE=100 A3_RATE=300 B_RATE=100 E_RATE=50 DUR=1 C_CONN=8 C_DUR=1 C_MAX=300
-    SLOW_N=20 SLOW_HOLD=2 PAUSE=0.2 WARMUP=50
+    SLOW_N=20 SLOW_HOLD=2 AFTER_SLOW=0.5 PAUSE=0.1 WARMUP=50
+    F_RATE=100 F_DUR=1 F_CONN=8 F_MAX=300 SETTLE_MS=0 REPLAY_WAIT=30
+    printf '\n[export]\nreplay_backoff_max_ms = 1000\n' >>"$WORK/sidetrace-spool.toml"
 else
     A1_RATE=1000 A3_RATE=3000 B_RATE=500 E_RATE=500 DUR=15 C_CONN=64 C_DUR=10 C_MAX=2000000
-    SLOW_N=1000 SLOW_HOLD=30 PAUSE=1 WARMUP=1000
+    SLOW_N=1000 SLOW_HOLD=30 AFTER_SLOW=2 PAUSE=1 WARMUP=1000
+    F_RATE=1000 F_DUR=8 F_CONN=64 F_MAX=2000000 SETTLE_MS=1500 REPLAY_WAIT=60
 fi
 
-# One scenario, run against every target in turn: interleaving the targets spreads any
-# background noise of the shared machine over all of them.
-scenario() { # id title mode [bench-load run args...]
-    local id=$1 title=$2 mode=$3 target path
-    shift 3
-    for target in "${TARGETS[@]}"; do
-        path=/v1/chat/completions
-        if [[ $mode == anthropic ]]; then
-            path=/v1/messages
-            [[ $target == sidetrace ]] && path=/anthropic/v1/messages
-        fi
+# One scenario, run against each target in turn: interleaving the targets spreads any
+# background noise of the shared machine over all of them. nginx is left out when not running.
+scenario_on() { # "targets..." id title mode [bench-load run args...]
+    local targets=$1 id=$2 title=$3 mode=$4 target
+    shift 4
+    for target in $targets; do
+        [[ $target == nginx && $USE_NGINX != 1 ]] && continue
         echo "run.sh: $id $target" >&2
         next_out "$id" "$target"
-        # shellcheck disable=SC2046  # watch_args is meant to split into words
+        # shellcheck disable=SC2046  # watch_args and counter_args are meant to split into words
         "${NICE[@]}" "$LOAD" run --scenario "$id" --title "$title" --target "$target" --mode "$mode" \
-            --url "http://127.0.0.1:$(port_of "$target")$path" $(watch_args "$target") \
-            --out "$OUT_FILE" "$@"
+            --url "http://127.0.0.1:$(port_of "$target")$(path_of "$target" "$mode")" \
+            $(watch_args "$target") $(counter_args "$target") --out "$OUT_FILE" "$@"
         sleep "$PAUSE"
     done
+}
+
+scenario() { # id title mode [bench-load run args...]: direct, nginx and the default gateway
+    scenario_on "${TARGETS[*]}" "$@"
+}
+
+warm_up() { # target
+    "${NICE[@]}" "$LOAD" run --rate "$WARMUP" --duration 1 --mode stream \
+        --url "http://127.0.0.1:$(port_of "$1")$(path_of "$1" stream)" >/dev/null
 }
 
 snapshot() { # id
@@ -279,22 +413,32 @@ snapshot idle
 
 # Warm-up, not recorded: connection pools, allocator arenas, page cache.
 for target in "${TARGETS[@]}"; do
-    "${NICE[@]}" "$LOAD" run --rate "$WARMUP" --duration 1 --mode stream \
-        --url "http://127.0.0.1:$(port_of "$target")/v1/chat/completions" >/dev/null
+    warm_up "$target"
 done
 sleep "$PAUSE"
 
-scenario a1k "non-stream chat, open loop $A1_RATE req/s, ${DUR} s" chat \
+# Cost headers: the inspected route prices the call and says so; the raw route must not.
+for target in sidetrace sidetrace-raw; do
+    next_out probe "$target"
+    expect=(--expect-header x-sidetrace-cost-usd)
+    [[ $target == sidetrace-raw ]] && expect=(--expect-no-header x-sidetrace-cost-usd)
+    "$LOAD" probe --scenario probe --target "$target" --mode chat "${expect[@]}" \
+        --url "http://127.0.0.1:$(port_of "$target")$(path_of "$target" chat)" --out "$OUT_FILE"
+done
+
+# a1k, b and c also run on the raw route of the same gateway: the tap's cost, before / after.
+WITH_RAW="direct nginx sidetrace-raw sidetrace"
+scenario_on "$WITH_RAW" a1k "non-stream chat, open loop $A1_RATE req/s, ${DUR} s" chat \
     --rate "$A1_RATE" --duration "$DUR"
 scenario a3k "non-stream chat, open loop $A3_RATE req/s, ${DUR} s" chat \
     --rate "$A3_RATE" --duration "$DUR"
-scenario b "stream chat, 20 chunks, open loop $B_RATE req/s, ${DUR} s" stream \
+scenario_on "$WITH_RAW" b "stream chat, 20 chunks, open loop $B_RATE req/s, ${DUR} s" stream \
     --rate "$B_RATE" --duration "$DUR" --chunks 20
 # The same stream with 5 ms between chunks, as tokens come from a model: nobody can batch
 # chunks that arrive apart, so this shows the per-chunk cost without the burst advantage.
 scenario b5 "stream chat, 20 chunks 5 ms apart, open loop $B_RATE req/s, ${DUR} s" stream \
     --rate "$B_RATE" --duration "$DUR" --chunks 20 --delay-ms 5
-scenario c "non-stream chat, closed loop, $C_CONN connections, ${C_DUR} s (max throughput)" chat \
+scenario_on "$WITH_RAW" c "non-stream chat, closed loop, $C_CONN connections, ${C_DUR} s (max throughput)" chat \
     --connections "$C_CONN" --duration "$C_DUR" --max-requests "$C_MAX"
 scenario e "Anthropic messages stream, 20 chunks, open loop $E_RATE req/s, ${DUR} s" anthropic \
     --rate "$E_RATE" --duration "$DUR" --chunks 20
@@ -309,14 +453,94 @@ for target in "${SLOW_TARGETS[@]}"; do
         --scenario slow --title "$SLOW_N open streams, 1 chunk/s for ${SLOW_HOLD} s" \
         --url "http://127.0.0.1:$(port_of "$target")/v1/chat/completions" \
         $(watch_args "$target") --out "$OUT_FILE"
-    sleep 2
+    sleep "$AFTER_SLOW"
     next_out after-slow "$target"
     # shellcheck disable=SC2046
     "$LOAD" snapshot --scenario after-slow --target "$target" $(watch_args "$target") \
         --out "$OUT_FILE"
 done
 
+# Capture levels: two more gateways, none and redacted, against the default one (metadata).
+echo "run.sh: starting the capture-level gateways" >&2
+start_gateway sidetrace-none "$NONE_PORT" "$NONE_ADMIN" SIDETRACE_CAPTURE_LEVEL=none
+NONE_PID=$STARTED_PID
+start_gateway sidetrace-redacted "$REDACTED_PORT" "$REDACTED_ADMIN" SIDETRACE_CAPTURE_LEVEL=redacted
+REDACTED_PID=$STARTED_PID
+warm_up sidetrace-none
+warm_up sidetrace-redacted
+sleep "$PAUSE"
+scenario_on "sidetrace-none sidetrace sidetrace-redacted" cap \
+    "non-stream chat, open loop $F_RATE req/s, ${F_DUR} s, by capture level" chat \
+    --rate "$F_RATE" --duration "$F_DUR"
+stop_proc "$NONE_PID"
+stop_proc "$REDACTED_PID"
+
+# Span export: a gateway exporting to a local OTLP/HTTP sink, and one whose collector is down
+# (its endpoint is a closed port), against the default gateway (export off).
+echo "run.sh: starting the OTLP sink and the exporting gateways" >&2
+start_sink sink "$SINK_PORT"
+SINK_PID=$STARTED_PID
+start_gateway sidetrace-export "$EXPORT_PORT" "$EXPORT_ADMIN" \
+    OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$SINK_PORT" OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf
+EXPORT_PID=$STARTED_PID
+start_gateway sidetrace-spool "$SPOOL_PORT" "$SPOOL_ADMIN" \
+    OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$SPOOL_SINK_PORT" \
+    OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf
+SPOOL_PID=$STARTED_PID
+warm_up sidetrace-export
+warm_up sidetrace-spool
+sleep "$PAUSE"
+COUNTERS=1
+X_TARGETS="sidetrace sidetrace-export sidetrace-spool"
+scenario_on "$X_TARGETS" x1k "non-stream chat, open loop $F_RATE req/s, ${F_DUR} s, by span export" \
+    chat --rate "$F_RATE" --duration "$F_DUR" --settle-ms "$SETTLE_MS"
+scenario_on "$X_TARGETS" xc \
+    "non-stream chat, closed loop, $F_CONN connections, ${F_DUR} s, by span export" chat \
+    --connections "$F_CONN" --duration "$F_DUR" --max-requests "$F_MAX" --settle-ms "$SETTLE_MS"
+
+# Replay: the collector comes up on the collector-down gateway's endpoint. A watcher, started
+# just before, polls that gateway's metrics until its spool is empty (bounded); once the first
+# spans are replayed, a closed-loop run measures the throughput during the replay, until the
+# spool is empty.
+echo "run.sh: the collector comes back: replay" >&2
+next_out replay sidetrace-spool
+"${NICE[@]}" "$LOAD" replay-watch --metrics "http://127.0.0.1:$SPOOL_ADMIN/metrics" \
+    --timeout "$REPLAY_WAIT" --started-file "$WORK/replay-started" --scenario replay \
+    --target sidetrace-spool --title "spool replay after the collector came back" \
+    --out "$OUT_FILE" &
+WATCHER_PID=$!
+PIDS+=("$WATCHER_PID")
+sleep 0.2
+start_sink sink-replay "$SPOOL_SINK_PORT"
+REPLAY_SINK_PID=$STARTED_PID
+for _ in $(seq $((REPLAY_WAIT * 10))); do
+    [[ -e $WORK/replay-started ]] && break
+    alive "$WATCHER_PID" || break
+    sleep 0.1
+done
+if [[ -e $WORK/replay-started ]]; then
+    scenario_on sidetrace-spool rc \
+        "non-stream chat, closed loop, $F_CONN connections, during the replay (at most ${F_DUR} s)" \
+        chat --connections "$F_CONN" --duration "$F_DUR" --max-requests "$F_MAX" \
+        --until-drained "http://127.0.0.1:$SPOOL_ADMIN/metrics"
+else
+    echo "run.sh: nothing was replayed within ${REPLAY_WAIT} s" >&2
+fi
+# The watcher ends by itself, when the spool is empty or at its timeout; stopped if it has not.
+for _ in $(seq $(((REPLAY_WAIT + 5) * 10))); do
+    alive "$WATCHER_PID" || break
+    sleep 0.1
+done
+stop_proc "$WATCHER_PID"
+COUNTERS=0
+# Gateways first: a graceful shutdown exports what is queued, so the sinks go last.
+stop_proc "$EXPORT_PID"
+stop_proc "$SPOOL_PID"
+stop_proc "$SINK_PID"
+stop_proc "$REPLAY_SINK_PID"
+
 LOADAVG_END=$(cut -d' ' -f1-3 /proc/loadavg)
+
 
 # The results page.
 if [[ $QUICK == 1 ]]; then
@@ -352,10 +576,21 @@ nginx_version="not run"
     echo "  under test share the same $(nproc) cores."
     echo "- Targets: **direct** (bench-mock itself), **nginx** (\`proxy_pass\`, \`proxy_buffering off\`,"
     echo "  \`proxy_http_version 1.1\`, upstream keepalive 128, \`worker_processes 2\`, access log off),"
-    echo "  **sidetrace** (\`sidetrace serve\`, no config file, \`SIDETRACE_LOG=warn\`, default limits)."
+    echo "  **sidetrace** (\`sidetrace serve\`, \`SIDETRACE_LOG=warn\`, default limits, capture level"
+    echo "  metadata, no OTLP endpoint so span export off, its own data dir in the temp dir) on the"
+    echo "  default inspected route \`/v1/chat/completions\`."
     echo "- Gateway request path, as built from this tree (the layers of src/proxy/stack.rs, outermost"
-    echo "  first): $LAYERS; then the upstream client. No OTLP endpoint is given, so span export"
-    echo "  is off."
+    echo "  first): $LAYERS; then the upstream client."
+    echo "- Gateway config file, every gateway process (defaults otherwise): one more provider,"
+    echo "  \`[providers.raw]\` with \`base_url\` = the mock and \`paths = []\`, so that"
+    echo "  \`/raw/v1/chat/completions\` is passthrough: no request inspection, no tap parsing, no cost."
+    echo "  Target **sidetrace-raw** is the default gateway on that route."
+    echo "- Feature targets, each a gateway process of its own started for its scenarios, warmed up,"
+    echo "  then stopped: **sidetrace-none** / **sidetrace-redacted** (\`SIDETRACE_CAPTURE_LEVEL\`),"
+    echo "  **sidetrace-export** (\`OTEL_EXPORTER_OTLP_ENDPOINT\` = a bench-mock OTLP/HTTP sink,"
+    echo "  \`OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf\`, export settings at their defaults: batches of"
+    echo "  512 spans or 1 s), **sidetrace-spool** (the same, endpoint a closed loopback port until the"
+    echo "  replay, when a second sink starts on it). Their counters come from their \`/metrics\`."
     echo "- Mock: bench-mock, HTTP/1.1 keep-alive, TCP_NODELAY, no delay between chunks unless stated."
     echo "- Driver: bench-load. Open loop: requests due at fixed intervals, latency measured from the"
     echo "  due time (no coordinated omission), at most 2,000 in flight (more count as errors)."
@@ -370,7 +605,7 @@ nginx_version="not run"
     echo
 } >"$OUT"
 set +e
-"$LOAD" report "$JSON" --fail-on-errors direct,sidetrace $([[ $QUICK == 1 ]] && echo --quick) >>"$OUT"
+"$LOAD" report "$JSON" --fail-on-errors 'direct,sidetrace*' $([[ $QUICK == 1 ]] && echo --quick) >>"$OUT"
 status=$?
 set -e
 echo "run.sh: results in $OUT"

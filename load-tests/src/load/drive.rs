@@ -4,7 +4,7 @@
 use std::{
     sync::{
         Arc, Mutex,
-        atomic::{AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -136,6 +136,8 @@ pub struct Driver {
     body: Bytes,
     in_flight: AtomicUsize,
     outcomes: Mutex<Outcomes>,
+    /// Set from outside to end a closed-loop run before its duration.
+    pub stop: AtomicBool,
 }
 
 impl Driver {
@@ -173,6 +175,7 @@ impl Driver {
             headers,
             in_flight: AtomicUsize::new(0),
             outcomes: Mutex::new(Outcomes::default()),
+            stop: AtomicBool::new(false),
         })
     }
 
@@ -210,6 +213,27 @@ impl Driver {
                 format!("no complete answer within {:?}", self.target.timeout)
             }),
         }
+    }
+
+    /// One request, outside any run: its status, response headers and body length.
+    pub async fn probe(&self) -> Result<(http::StatusCode, HeaderMap, usize), String> {
+        let mut req = Request::new(Full::new(self.body.clone()));
+        *req.method_mut() = http::Method::POST;
+        *req.uri_mut() = self.target.uri.clone();
+        *req.headers_mut() = self.headers.clone();
+        let exchange = async {
+            let resp = self
+                .client
+                .request(req)
+                .await
+                .map_err(|e| error_chain(&e))?;
+            let (parts, body) = resp.into_parts();
+            let body = body.collect().await.map_err(|e| error_chain(&e))?;
+            Ok((parts.status, parts.headers, body.to_bytes().len()))
+        };
+        tokio::time::timeout(self.target.timeout, exchange)
+            .await
+            .map_err(|_| format!("no answer within {:?}", self.target.timeout))?
     }
 
     /// Returns when the first and the last body bytes arrived.
@@ -325,7 +349,8 @@ pub fn open_loop(
 }
 
 /// Closed loop: `connections` workers, each sending its next request as soon as the previous
-/// one is answered, until `duration` is over or `max_requests` were sent. Returns the run time.
+/// one is answered, until `duration` is over, `max_requests` were sent or `driver.stop` is set.
+/// Returns the run time.
 pub fn closed_loop(
     rt: &Runtime,
     driver: &Arc<Driver>,
@@ -343,6 +368,7 @@ pub fn closed_loop(
             let sent = sent.clone();
             workers.spawn(async move {
                 while Instant::now() < deadline
+                    && !d.stop.load(Ordering::Acquire)
                     && sent.fetch_add(1, Ordering::AcqRel) < max_requests
                 {
                     let now = Instant::now();

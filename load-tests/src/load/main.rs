@@ -1,8 +1,11 @@
 //! bench-load: the benchmark's load driver (open loop, closed loop, slow held streams) against
-//! one loopback URL, with the CPU and memory of the processes under test; prints JSON reports
-//! and turns a directory of them into the markdown results page.
+//! one loopback URL, with the CPU and memory of the processes under test and counters read from
+//! their metrics pages; probes one call's headers, watches a span spool drain; prints JSON
+//! reports and turns a directory of them into the markdown results page.
 
+mod counters;
 mod drive;
+mod features;
 mod procfs;
 mod report;
 mod stats;
@@ -44,6 +47,11 @@ enum Command {
     },
     /// Turn a directory of JSON reports into the markdown results tables.
     Report(report::ReportArgs),
+    /// Send one request and record its status and `x-sidetrace-*` response headers.
+    Probe(ProbeArgs),
+    /// Watch a gateway's span spool drain once the collector is back: the wait before the
+    /// replay starts and the replay rate (spans/s).
+    ReplayWatch(counters::ReplayArgs),
 }
 
 /// Labels that tie a JSON report to its place in the results page.
@@ -110,6 +118,35 @@ struct RunArgs {
     /// Runtime worker threads (default: one per core).
     #[arg(long)]
     threads: Option<usize>,
+    /// Counter pages to read before and after the run, `NAME=URL`, repeatable (the gateway's
+    /// /metrics, the OTLP sink's /stats).
+    #[arg(long = "counters")]
+    counters: Vec<counters::Source>,
+    /// After the load, wait this long before the final CPU and counter readings, so that work
+    /// the run left behind (the last export batch, spool writes) is counted in it.
+    #[arg(long, default_value_t = 0)]
+    settle_ms: u64,
+    /// Closed loop only: end the run early once the gateway at this metrics URL has nothing
+    /// left in its span spool (`sidetrace_spool_items` 0), to measure throughput during replay.
+    #[arg(long)]
+    until_drained: Option<String>,
+    #[command(flatten)]
+    labels: Labels,
+}
+
+#[derive(Args)]
+struct ProbeArgs {
+    /// Full URL (loopback only).
+    #[arg(long)]
+    url: String,
+    #[arg(long, value_enum, default_value = "chat")]
+    mode: Mode,
+    /// Count the probe as an error unless the answer has this header (repeatable).
+    #[arg(long = "expect-header")]
+    expect_header: Vec<String>,
+    /// Count the probe as an error if the answer has this header (repeatable).
+    #[arg(long = "expect-no-header")]
+    expect_no_header: Vec<String>,
     #[command(flatten)]
     labels: Labels,
 }
@@ -127,6 +164,8 @@ fn main() -> ExitCode {
         Command::Snapshot(args) => snapshot(args),
         Command::Ports { n } => ports(n),
         Command::Report(args) => report::main(args),
+        Command::Probe(args) => probe(args),
+        Command::ReplayWatch(args) => counters::replay_watch(args),
     };
     match result {
         Ok(code) => code,
@@ -241,10 +280,38 @@ fn run(args: RunArgs) -> Result<ExitCode, String> {
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
 
+    let reader = counters::Reader::new();
+    let counters_before = rt.block_on(reader.read_all(&args.counters));
     let watch = args.labels.watch.clone();
     let cpu_before: Vec<u64> = watch.iter().map(procfs::group_cpu_ms).collect();
+    let started_unix_ms = counters::unix_ms();
     let sampler = RssSampler::start(watch.clone(), Duration::from_millis(100), 100_000);
     let duration = Duration::from_secs_f64(args.duration);
+
+    let mut drained_at: Option<std::sync::Arc<std::sync::Mutex<Option<u64>>>> = None;
+    if let Some(url) = &args.until_drained {
+        if args.connections.is_none() {
+            return Err("--until-drained needs --connections".into());
+        }
+        let uri = loopback_uri(url)?;
+        let d = driver.clone();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(None));
+        drained_at = Some(seen.clone());
+        rt.spawn(async move {
+            let reader = counters::Reader::new();
+            // Bounded by the run: the task is dropped with the runtime.
+            loop {
+                if let Ok(p) = reader.read(&uri).await
+                    && p.get("sidetrace_spool_items").copied().unwrap_or(0.0) == 0.0
+                {
+                    *seen.lock().unwrap_or_else(|e| e.into_inner()) = Some(counters::unix_ms());
+                    d.stop.store(true, std::sync::atomic::Ordering::Release);
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        });
+    }
 
     let (kind, sent, wall) = if let Some(rate) = args.rate {
         if !(rate > 0.0 && rate <= 1_000_000.0) {
@@ -263,6 +330,12 @@ fn run(args: RunArgs) -> Result<ExitCode, String> {
         ("slow", n, wall)
     };
 
+    let ended_unix_ms = counters::unix_ms();
+    let counters_end = rt.block_on(reader.read_all(&args.counters));
+    if args.settle_ms > 0 {
+        std::thread::sleep(Duration::from_millis(args.settle_ms.min(60_000)));
+    }
+    let counters_settled = rt.block_on(reader.read_all(&args.counters));
     let peaks = sampler.finish();
     let outcomes = driver.take_outcomes();
     let ok = outcomes.samples.len() as u64;
@@ -284,6 +357,24 @@ fn run(args: RunArgs) -> Result<ExitCode, String> {
                 "hwm_kib": procfs::group_hwm_kib(w),
             });
             (w.name.clone(), v)
+        })
+        .collect();
+
+    let counters: Map<String, Value> = args
+        .counters
+        .iter()
+        .enumerate()
+        .map(|(i, src)| {
+            let v = json!({
+                "url": src.uri.to_string(),
+                "before": counters::page_json(&counters_before[i]),
+                "end": counters::page_json(&counters_end[i]),
+                "settled": counters::page_json(&counters_settled[i]),
+                // During the load only, and with what the run left behind after the settle time.
+                "delta_end": counters::delta(&counters_before[i], &counters_end[i]),
+                "delta": counters::delta(&counters_before[i], &counters_settled[i]),
+            });
+            (src.name.clone(), v)
         })
         .collect();
 
@@ -309,6 +400,10 @@ fn run(args: RunArgs) -> Result<ExitCode, String> {
         },
         "first_error": outcomes.first_error,
         "wall_s": (wall_s * 1000.0).round() / 1000.0,
+        "started_unix_ms": started_unix_ms,
+        "ended_unix_ms": ended_unix_ms,
+        "settle_ms": args.settle_ms,
+        "drained_unix_ms": drained_at.and_then(|d| *d.lock().unwrap_or_else(|e| e.into_inner())),
         "achieved_rps": if wall_s > 0.0 { (ok as f64 / wall_s).round() } else { 0.0 },
         "total_ms": stats::summary(pick(|s| s.total_ns)),
         "ttfb_ms": if mode.streams() { stats::summary(pick(|s| s.ttfb_ns)) } else { Value::Null },
@@ -317,6 +412,7 @@ fn run(args: RunArgs) -> Result<ExitCode, String> {
         // figures above is the driver's own lateness.
         "from_send_ms": stats::summary(pick(|s| s.total_ns.saturating_sub(s.lag_ns))),
         "processes": processes,
+        "counters": counters,
     });
     if let Value::Object(f) = fields {
         report.extend(f);
@@ -324,6 +420,69 @@ fn run(args: RunArgs) -> Result<ExitCode, String> {
     write(&args.labels, Value::Object(report))?;
     // Do not wait for idle pooled connections: the runtime's tasks are dropped with it.
     rt.shutdown_timeout(Duration::from_millis(100));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn probe(args: ProbeArgs) -> Result<ExitCode, String> {
+    let uri = loopback_uri(&args.url)?;
+    let driver = Driver::new(Target {
+        uri,
+        mode: args.mode,
+        chunks: 20,
+        delay_ms: 0,
+        timeout: Duration::from_secs(30),
+    });
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    let answer = rt.block_on(driver.probe());
+    let mut report = head(&args.labels, "probe");
+    let (status, headers, body_bytes, mut error) = match answer {
+        Ok((status, headers, len)) => (Some(status.as_u16()), headers, Some(len), None),
+        Err(e) => (None, http::HeaderMap::new(), None, Some(e)),
+    };
+    if error.is_none() && !status.is_some_and(|s| (200..300).contains(&s)) {
+        error = Some(format!("status {status:?}"));
+    }
+    for h in &args.expect_header {
+        if error.is_none() && !headers.contains_key(h.as_str()) {
+            error = Some(format!("the answer has no {h} header"));
+        }
+    }
+    for h in &args.expect_no_header {
+        if error.is_none() && headers.contains_key(h.as_str()) {
+            error = Some(format!("the answer has a {h} header"));
+        }
+    }
+    // The gateway's own headers; request and trace ids differ on every call and say nothing.
+    let own: Map<String, Value> = headers
+        .iter()
+        .filter(|(k, _)| k.as_str().starts_with("x-sidetrace-"))
+        .filter(|(k, _)| {
+            !matches!(
+                k.as_str(),
+                "x-sidetrace-trace-id" | "x-sidetrace-span-id" | "x-sidetrace-request-id"
+            )
+        })
+        .map(|(k, v)| (k.to_string(), json!(v.to_str().unwrap_or("(not text)"))))
+        .collect();
+    let fields = json!({
+        "url": args.url,
+        "mode": format!("{:?}", args.mode).to_lowercase(),
+        "status": status,
+        "body_bytes": body_bytes,
+        "headers": own,
+        "expect_header": args.expect_header,
+        "expect_no_header": args.expect_no_header,
+        "ok": if error.is_none() { 1 } else { 0 },
+        "errors": if error.is_none() { 0 } else { 1 },
+        "first_error": error,
+    });
+    if let Value::Object(f) = fields {
+        report.extend(f);
+    }
+    write(&args.labels, Value::Object(report))?;
     Ok(ExitCode::SUCCESS)
 }
 

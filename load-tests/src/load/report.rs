@@ -1,5 +1,7 @@
 //! The results page: reads a run's JSON reports and writes markdown tables, the added latency of
-//! each proxy over the direct call, the sidetrace / nginx ratios and the budgets of design.md 9.
+//! each proxy over the direct call, the sidetrace / nginx ratios, the budgets of design.md 9,
+//! and the cost of the gateway's features (tap, capture levels, span export, spool, replay),
+//! each against a baseline measured in the same run.
 
 use std::{fmt::Write as _, path::PathBuf, process::ExitCode};
 
@@ -10,7 +12,8 @@ use serde_json::Value;
 pub struct ReportArgs {
     /// Directory of JSON reports, read in file-name order.
     dir: PathBuf,
-    /// Exit 1 if any load run against one of these targets had errors (comma separated).
+    /// Exit 1 if any load run against one of these targets had errors (comma separated; a
+    /// trailing `*` matches every target with that prefix).
     #[arg(long, value_delimiter = ',')]
     fail_on_errors: Vec<String>,
     /// Mark the figures as a quick smoke run, not a measurement.
@@ -18,44 +21,56 @@ pub struct ReportArgs {
     quick: bool,
 }
 
-const TARGET_ORDER: [&str; 3] = ["direct", "nginx", "sidetrace"];
+/// The gateway variants are separate targets: `sidetrace` is the default gateway on the
+/// inspected route; `sidetrace-raw` the same process on a route with no inspection; the others
+/// are gateway processes of their own (capture level, export on, collector down).
+const TARGET_ORDER: [&str; 8] = [
+    "direct",
+    "nginx",
+    "sidetrace-raw",
+    "sidetrace-none",
+    "sidetrace",
+    "sidetrace-redacted",
+    "sidetrace-export",
+    "sidetrace-spool",
+];
 
-struct Scenario {
-    id: String,
+pub(crate) struct Scenario {
+    pub id: String,
     title: String,
-    runs: Vec<Value>,
+    pub runs: Vec<Value>,
 }
 
 impl Scenario {
-    fn run(&self, target: &str) -> Option<&Value> {
+    pub fn run(&self, target: &str) -> Option<&Value> {
         self.runs.iter().find(|r| r["target"] == target)
     }
 }
 
-fn num(v: &Value, pointer: &str) -> Option<f64> {
+pub(crate) fn num(v: &Value, pointer: &str) -> Option<f64> {
     v.pointer(pointer).and_then(Value::as_f64)
 }
 
-fn ms(v: Option<f64>) -> String {
+pub(crate) fn ms(v: Option<f64>) -> String {
     v.map_or("—".into(), |v| format!("{v:.3}"))
 }
 
-fn signed_ms(v: Option<f64>) -> String {
+pub(crate) fn signed_ms(v: Option<f64>) -> String {
     v.map_or("—".into(), |v| format!("{v:+.3}"))
 }
 
-fn mib(kib: Option<f64>) -> String {
+pub(crate) fn mib(kib: Option<f64>) -> String {
     kib.map_or("—".into(), |k| format!("{:.1}", k / 1024.0))
 }
 
-fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+pub(crate) fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
     match (a, b) {
         (Some(a), Some(b)) if b > 0.0 => Some(a / b),
         _ => None,
     }
 }
 
-fn times(v: Option<f64>) -> String {
+pub(crate) fn times(v: Option<f64>) -> String {
     v.map_or("—".into(), |v| format!("{v:.2}×"))
 }
 
@@ -121,7 +136,10 @@ fn load_table(out: &mut String, s: &Scenario) {
             ("max", "/total_ms/max"),
         ]
     };
-    let added_figures: &[(&str, &str)] = if streams {
+    let has_direct = s.run("direct").is_some();
+    let added_figures: &[(&str, &str)] = if !has_direct {
+        &[]
+    } else if streams {
         &[
             ("added TTFB p50", "/ttfb_ms/p50"),
             ("added TTFB p99", "/ttfb_ms/p99"),
@@ -248,11 +266,14 @@ fn is_load(r: &Value) -> bool {
     matches!(r["kind"].as_str(), Some("open" | "closed"))
 }
 
-/// Highest peak RSS of a target's proxy over every open- and closed-loop run.
+/// Highest peak RSS of a target's proxy over every open- and closed-loop run (for sidetrace,
+/// its runs on the raw route too: the same process).
 fn peak_under_load(scenarios: &[Scenario], target: &str) -> Option<f64> {
+    let same = |t: &str| t == target || (target == "sidetrace" && t == "sidetrace-raw");
     scenarios
         .iter()
-        .filter_map(|s| s.run(target))
+        .flat_map(|s| s.runs.iter())
+        .filter(|r| same(r["target"].as_str().unwrap_or("")))
         .filter(|r| is_load(r))
         .filter_map(|r| num(r, "/processes/proxy/peak_rss_kib"))
         .reduce(f64::max)
@@ -414,6 +435,7 @@ pub fn main(args: ReportArgs) -> Result<ExitCode, String> {
     }
     let _ = writeln!(out, "\n### Memory\n");
     memory_table(&mut out, &scenarios);
+    crate::features::write(&mut out, &scenarios);
     let after = scenarios.iter().find(|s| s.id == "after-slow");
     for s in &scenarios {
         let kind = s
@@ -450,7 +472,11 @@ pub fn main(args: ReportArgs) -> Result<ExitCode, String> {
                 ms(num(r, "/total_ms/p50")),
                 ms(num(r, "/total_ms/p99")),
             );
-            if errors > 0 && args.fail_on_errors.iter().any(|t| t == target) {
+            let watched = |t: &String| match t.strip_suffix('*') {
+                Some(prefix) => target.starts_with(prefix),
+                None => t == target,
+            };
+            if errors > 0 && args.fail_on_errors.iter().any(watched) {
                 failed.push(format!("{} {target}: {errors} errors", s.id));
             }
         }

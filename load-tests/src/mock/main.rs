@@ -1,10 +1,16 @@
 //! bench-mock: a fast mock LLM upstream on loopback, OpenAI chat completions and Anthropic
-//! messages, streamed or not, with the chunk count and delays chosen per request by headers.
+//! messages, streamed or not, with the chunk count and delays chosen per request by headers;
+//! also a minimal OTLP/HTTP trace sink (`POST /v1/traces`) that counts what it is sent.
 
 mod body;
 mod wire;
 
-use std::{convert::Infallible, net::SocketAddr, time::Duration};
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    sync::atomic::{AtomicU64, Ordering},
+    time::Duration,
+};
 
 use bytes::Bytes;
 use clap::Parser;
@@ -124,6 +130,10 @@ async fn serve(addr: SocketAddr) -> std::io::Result<()> {
     }
 }
 
+/// What the OTLP sink received: export requests and their body bytes (protobuf, as sent).
+static TRACES_REQUESTS: AtomicU64 = AtomicU64::new(0);
+static TRACES_BYTES: AtomicU64 = AtomicU64::new(0);
+
 async fn handle(req: Request<Incoming>) -> Result<Response<MockBody>, Infallible> {
     let params = Params::from_headers(req.headers());
     let method = req.method().clone();
@@ -144,6 +154,8 @@ async fn handle(req: Request<Incoming>) -> Result<Response<MockBody>, Infallible
     let resp = match (method, path.as_str()) {
         (Method::POST, p) if p.ends_with("/chat/completions") => chat(&body, params),
         (Method::POST, p) if p.ends_with("/messages") => messages(&body, params),
+        (Method::POST, "/v1/traces") => traces(&body),
+        (Method::GET, "/stats") => stats(),
         (Method::GET, "/healthz") => json(StatusCode::OK, Bytes::from_static(b"{\"ok\":true}")),
         _ => error(StatusCode::NOT_FOUND, "no such mock endpoint"),
     };
@@ -197,6 +209,39 @@ fn messages(body: &Bytes, p: Params) -> Response<MockBody> {
     } else {
         json(StatusCode::OK, wire::message(p.chunks, asked.prompt_tokens))
     }
+}
+
+/// OTLP/HTTP trace export: counted, not decoded. An empty `ExportTraceServiceResponse` (full
+/// success) encodes to zero bytes, so the answer is 200 with an empty protobuf body.
+fn traces(body: &Bytes) -> Response<MockBody> {
+    TRACES_REQUESTS.fetch_add(1, Ordering::Relaxed);
+    TRACES_BYTES.fetch_add(body.len() as u64, Ordering::Relaxed);
+    let mut resp = Response::new(MockBody::whole(Bytes::new()));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/x-protobuf"),
+    );
+    resp
+}
+
+/// The sink's counters, in the Prometheus text format (what bench-load reads from the gateway).
+fn stats() -> Response<MockBody> {
+    let text = format!(
+        concat!(
+            "# TYPE bench_sink_trace_requests counter\n",
+            "bench_sink_trace_requests_total {}\n",
+            "# TYPE bench_sink_trace_bytes counter\n",
+            "bench_sink_trace_bytes_total {}\n",
+        ),
+        TRACES_REQUESTS.load(Ordering::Relaxed),
+        TRACES_BYTES.load(Ordering::Relaxed),
+    );
+    let mut resp = Response::new(MockBody::whole(Bytes::from(text)));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    resp
 }
 
 fn sse(body: MockBody) -> Response<MockBody> {
