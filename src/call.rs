@@ -198,6 +198,8 @@ pub struct RecorderParts {
     pub costs: Arc<CostStore>,
     pub budgets: Arc<Budgets>,
     pub capturer: Arc<Capturer>,
+    /// Price calls (`cost.enabled`).
+    pub pricing: bool,
     /// Feature label values allowed on metrics (empty: the first `max_feature_labels` seen).
     pub feature_labels: Vec<String>,
     pub max_feature_labels: usize,
@@ -213,6 +215,7 @@ pub struct Recorder {
     costs: Arc<CostStore>,
     budgets: Arc<Budgets>,
     capturer: Arc<Capturer>,
+    pricing: bool,
     recent: Mutex<VecDeque<CallRecord>>,
     spans: Mutex<VecDeque<SpanRecord>>,
     keep: usize,
@@ -229,6 +232,7 @@ impl Recorder {
             costs,
             budgets,
             capturer,
+            pricing,
             feature_labels,
             max_feature_labels,
         } = parts;
@@ -240,6 +244,7 @@ impl Recorder {
             costs,
             budgets,
             capturer,
+            pricing,
             recent: Mutex::new(VecDeque::with_capacity(keep.min(1024))),
             spans: Mutex::new(VecDeque::with_capacity(keep.min(1024))),
             keep,
@@ -249,6 +254,9 @@ impl Recorder {
 
     /// Prices a finished call in place (exact, from the reported usage).
     pub fn price(&self, call: &mut CallRecord) {
+        if !self.pricing {
+            return;
+        }
         let priced = self.prices.load().price_call(call);
         call.cost_pico_usd = priced.cost.map(|c| c.pico_usd());
         call.priced_model = priced.matched_model;
@@ -275,7 +283,8 @@ impl Recorder {
         let feature = self
             .features
             .label(call.metadata.feature.as_deref().unwrap_or(""));
-        self.metrics.call_recorded(&call, &model, &feature);
+        self.metrics
+            .call_recorded(&call, &model, &feature, self.pricing);
         let model_name = call
             .priced_model
             .as_deref()

@@ -385,7 +385,13 @@ impl Metrics {
 
     /// Counts a finished call: outcome, tokens by kind, cost, time to first token, parser
     /// trouble. `model` and `feature` are already bounded label values.
-    pub fn call_recorded(&self, call: &crate::call::CallRecord, model: &str, feature: &str) {
+    pub fn call_recorded(
+        &self,
+        call: &crate::call::CallRecord,
+        model: &str,
+        feature: &str,
+        pricing: bool,
+    ) {
         self.calls
             .get_or_create(&OutcomeLabels {
                 provider: call.provider.clone(),
@@ -416,8 +422,9 @@ impl Metrics {
                     .get_or_create(&cost_labels)
                     .inc_by(pico as f64 / 1e12);
             }
-            None if response.usage.input_tokens.is_some()
-                || response.usage.output_tokens.is_some() =>
+            None if pricing
+                && (response.usage.input_tokens.is_some()
+                    || response.usage.output_tokens.is_some()) =>
             {
                 self.unpriced.get_or_create(&cost_labels).inc();
             }

@@ -115,6 +115,7 @@ impl Gateway {
         let capturer = Arc::new(config.capturer()?);
         let recorder = Arc::new(Recorder::new(RecorderParts {
             capturer: capturer.clone(),
+            pricing: config.cost.enabled,
             metrics: metrics.clone(),
             keep: config.inspect.recent_calls,
             export,

@@ -348,3 +348,33 @@ async fn cost_totals_survive_a_restart_and_seed_the_budgets() {
     );
     gw.shutdown().await;
 }
+
+#[tokio::test]
+async fn with_pricing_off_there_is_no_cost_anywhere_and_tokens_are_still_counted() {
+    let mock = Mock::start(provider).await;
+    let (gw, _dir) = gw(&mock, "[cost]\nenabled = false\n").await;
+    let a = post(
+        &gw,
+        "/openai/v1/chat/completions",
+        &[],
+        r#"{"model":"o4-mini"}"#,
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert!(
+        !a.headers.contains_key("x-sidetrace-cost-usd")
+            && !a.headers.contains_key("x-sidetrace-input-tokens")
+    );
+    let span = gw.recent_spans().pop().unwrap();
+    assert!(span.attr("cost.usd").is_none());
+    assert_eq!(
+        span.attr("gen_ai.usage.input_tokens"),
+        Some(&AttrValue::Int(1310))
+    );
+    let metrics = String::from_utf8(admin_get(&gw, "/metrics").await.body.to_vec()).unwrap();
+    assert!(
+        !metrics.contains("sidetrace_calls_unpriced_total{"),
+        "{metrics}"
+    );
+    gw.shutdown().await;
+}

@@ -276,6 +276,9 @@ impl Default for SpoolConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CostConfig {
+    /// Price calls at all. Off: no cost on spans, headers, metrics or the cost API (tokens are
+    /// still counted), and non-streamed responses are not held to add cost headers.
+    pub enabled: bool,
     /// Non-streamed responses up to this size are read whole before the headers go out, so
     /// they can carry `x-sidetrace-cost-usd` and token counts; larger ones stream without them.
     pub response_headers_max_body_bytes: usize,
@@ -288,6 +291,7 @@ pub struct CostConfig {
 impl Default for CostConfig {
     fn default() -> Self {
         CostConfig {
+            enabled: true,
             response_headers_max_body_bytes: 1024 * 1024,
             metric_features: Vec::new(),
             max_metric_features: 100,

@@ -92,7 +92,12 @@ pub fn build(
                 ..ParserLimits::default()
             },
             config.inspect.on_client_disconnect,
-            config.cost.response_headers_max_body_bytes,
+            // Without pricing there is nothing to put in the headers: do not hold responses.
+            if config.cost.enabled {
+                config.cost.response_headers_max_body_bytes
+            } else {
+                0
+            },
             config.capture.max_bytes,
         ))
         // Timeouts wrap only the upstream exchange: time to headers, idle between frames, total.

@@ -172,7 +172,11 @@ where
                         .get(header::CONTENT_TYPE)
                         .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
                     // A streamed request answered with an odd content type is still streamed.
-                    if call.parser.is_some() && !is_stream && (!requested_stream || declared_json) {
+                    if layer.cost_headers_max_body_bytes > 0
+                        && call.parser.is_some()
+                        && !is_stream
+                        && (!requested_stream || declared_json)
+                    {
                         let host = route.host().to_string();
                         return buffer_and_price(
                             call,
