@@ -167,8 +167,11 @@ impl LabelCap {
                 "other".to_string()
             };
         }
-        let value: String = value.chars().take(100).collect();
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(known) = seen.get(value) {
+            return known.clone();
+        }
+        let value: String = value.chars().take(100).collect();
         if seen.contains(&value) {
             return value;
         }

@@ -24,7 +24,7 @@ use crate::{
     admin::{self, AdminState},
     call::{CallRecord, Recorder, RecorderParts},
     config::{Config, ConfigError},
-    cost::{PriceBook, PriceBookCell},
+    cost::PriceBookCell,
     export::{
         otlp,
         pipeline::{ExportHandle, ExportTasks},
@@ -100,7 +100,7 @@ impl Gateway {
             tracing::info!("no OTLP endpoint configured: spans stay local");
             (None, None)
         };
-        let prices = Arc::new(PriceBookCell::new(price_book(&config)?));
+        let prices = Arc::new(PriceBookCell::new(config.price_book()?));
         let data_dir = config.data_dir();
         let (costs, _) =
             tokio::task::spawn_blocking(move || CostStore::open(&data_dir.join("costs")))
@@ -189,7 +189,7 @@ impl Gateway {
     /// Rebuilds the price tables from a new config (providers' `[[models]]` and overrides);
     /// calls priced from now on use them. Other settings need a restart.
     pub fn reload_prices(&self, config: &Config) -> Result<(), StartError> {
-        self.prices.store(price_book(config)?);
+        self.prices.store(config.price_book()?);
         tracing::info!("prices reloaded");
         Ok(())
     }
@@ -225,10 +225,6 @@ impl Gateway {
             }
         }
     }
-}
-
-fn price_book(config: &Config) -> Result<PriceBook, StartError> {
-    Ok(config.price_book()?)
 }
 
 /// `service.instance.id`: the pod or host name when known, else a random id.

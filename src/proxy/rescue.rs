@@ -48,16 +48,23 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let path = req.uri().path().to_string();
+        // A refcounted clone, not a copy: only logged when the call fails.
+        let uri = req.uri().clone();
         let fut = self.inner.call(req);
         Box::pin(async move {
             match fut.await {
                 Ok(response) => Ok(response),
                 Err(e) => {
                     match e.fault() {
-                        Fault::Client => tracing::debug!(%path, error = %e, "client error"),
-                        Fault::Upstream => tracing::warn!(%path, error = %e, "upstream error"),
-                        Fault::Gateway => tracing::error!(%path, error = %e, "gateway error"),
+                        Fault::Client => {
+                            tracing::debug!(path = uri.path(), error = %e, "client error")
+                        }
+                        Fault::Upstream => {
+                            tracing::warn!(path = uri.path(), error = %e, "upstream error")
+                        }
+                        Fault::Gateway => {
+                            tracing::error!(path = uri.path(), error = %e, "gateway error")
+                        }
                     }
                     Ok(e.to_response())
                 }

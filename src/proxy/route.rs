@@ -64,9 +64,6 @@ where
             }
         };
         let provider = route.provider.clone();
-        let method = req.method().clone();
-        // The path only: query strings can carry keys (Gemini's ?key=).
-        let path = req.uri().path().to_string();
         req.extensions_mut().insert(route);
         let metrics = self.layer.metrics.clone();
         let started = Instant::now();
@@ -88,14 +85,6 @@ where
                 let overhead = started.elapsed().saturating_sub(up.0).saturating_sub(held);
                 metrics.observe_overhead(&provider.name, overhead);
             }
-            tracing::debug!(
-                provider = %provider.name,
-                %method,
-                %path,
-                status = status.as_u16(),
-                headers_ms = started.elapsed().as_secs_f64() * 1e3,
-                "call"
-            );
             result
         })
     }
