@@ -93,11 +93,8 @@ fn check_config_refuses_invalid_values() {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    // The binary is killed and started again on the same ports.
+    restartable_port()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -278,11 +278,8 @@ async fn shutdown_spools_what_the_collector_did_not_take_and_a_restart_exports_i
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    // The binary is killed and started again on the same ports.
+    restartable_port()
 }
 
 fn serve_binary(

@@ -495,3 +495,23 @@ pub async fn admin_get(gw: &Gateway, path: &str) -> Answer {
         body: body.collect().await.unwrap().to_bytes(),
     }
 }
+
+/// A loopback port for a server that will be stopped and started again on the same port.
+/// Ports from the kernel's ephemeral range can be handed out as the source port of another
+/// test's outgoing connection while the server is down, so these come from below it
+/// (20000-32767), starting at a per-process offset, probed by binding.
+pub fn restartable_port() -> u16 {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let base = (std::process::id() as usize * 131) % 12_000;
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        assert!(
+            n < 12_000,
+            "no free loopback port below the ephemeral range"
+        );
+        let port = 20_000 + ((base + n * 7) % 12_000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}

@@ -271,8 +271,11 @@ pub struct Collector {
 
 impl Collector {
     /// A collector on 127.0.0.1, port 0.
+    /// Starts on a port outside the ephemeral range, so `stop` and `start_on` the same address
+    /// cannot lose the port to another connection in between.
     pub async fn start(transport: Transport) -> Collector {
-        Collector::start_on(transport, "127.0.0.1:0".parse().unwrap()).await
+        let port = super::restartable_port();
+        Collector::start_on(transport, SocketAddr::from(([127, 0, 0, 1], port))).await
     }
 
     /// A collector on a given address, e.g. the one of a stopped collector (SO_REUSEADDR is
