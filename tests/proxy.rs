@@ -636,3 +636,60 @@ async fn a_streamed_request_answered_without_a_content_type_still_streams() {
     assert_eq!(frames.len(), 2);
     gw.shutdown().await;
 }
+
+/// A non-streamed answer larger than `cost.response_headers_max_body_bytes` is passed on as it
+/// comes; the client must still get every byte, framed with the upstream's full length.
+#[tokio::test]
+async fn a_non_streamed_response_over_the_cost_buffer_arrives_whole_with_its_length() {
+    // An embeddings answer of about 1.4 MB, sent in pieces so the buffer fills mid-body.
+    let vector: Vec<String> = (0..150_000).map(|i| format!("0.{i:06}")).collect();
+    let body = format!(
+        r#"{{"object":"list","data":[{{"object":"embedding","index":0,"embedding":[{}]}}],"model":"text-embedding-3-small","usage":{{"prompt_tokens":8,"total_tokens":8}}}}"#,
+        vector.join(",")
+    );
+    assert!(body.len() > 1024 * 1024 + 100_000);
+    let steps: Vec<Step> = body
+        .as_bytes()
+        .chunks(64 * 1024)
+        .map(|c| Step::Send(Bytes::copy_from_slice(c)))
+        .collect();
+    let len = body.len().to_string();
+    let mock = Mock::start(move |_| Reply {
+        status: 200,
+        headers: vec![
+            ("content-type".into(), "application/json".into()),
+            ("content-length".into(), len.clone()),
+        ],
+        headers_delay: Duration::ZERO,
+        steps: steps.clone(),
+    })
+    .await;
+    let gw = gateway_for(&mock, "").await;
+    let a = post(
+        &gw,
+        "/openai/v1/embeddings",
+        &[("content-type", "application/json")],
+        r#"{"model":"text-embedding-3-small","input":"hello"}"#,
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(a.body.len(), body.len(), "the client got a cut body");
+    assert_eq!(a.body, body.as_bytes());
+    assert_eq!(
+        a.headers.get("content-length").map(|v| v.as_bytes()),
+        Some(body.len().to_string().as_bytes()),
+        "framed by the whole length"
+    );
+    a.json();
+    // The side parser saw every byte too: the usage at the end of the body is recorded.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let call = loop {
+        if let Some(call) = gw.recent_calls().pop() {
+            break call;
+        }
+        assert!(Instant::now() < deadline, "the call was never recorded");
+        tokio::task::yield_now().await;
+    };
+    assert_eq!(call.response.unwrap().usage.input_tokens, Some(8));
+    gw.shutdown().await;
+}

@@ -703,12 +703,30 @@ impl Body for TapBody {
         self.queued.is_empty() && self.inner.is_none()
     }
 
+    /// hyper frames the response by this hint when it is exact, so it must count every byte
+    /// still to come: the queued frames (a prefix read while trying to buffer the body) plus
+    /// what the upstream has left. Unknown when the tap may change the length: stripping makes
+    /// the body shorter, a cost comment longer.
     fn size_hint(&self) -> SizeHint {
-        match (&self.inner, &self.strip) {
-            // Stripping can make the body shorter than the upstream said.
-            (Some(inner), None) => inner.size_hint(),
-            _ => SizeHint::default(),
+        let Some(inner) = &self.inner else {
+            return SizeHint::default();
+        };
+        if self.strip.is_some() || self.extras.comment || self.extras.trailers {
+            return SizeHint::default();
         }
+        let queued: u64 = self
+            .queued
+            .iter()
+            .filter_map(Frame::data_ref)
+            .map(|d| d.len() as u64)
+            .sum();
+        let rest = inner.size_hint();
+        let mut hint = SizeHint::new();
+        hint.set_lower(rest.lower().saturating_add(queued));
+        if let Some(upper) = rest.upper() {
+            hint.set_upper(upper.saturating_add(queued));
+        }
+        hint
     }
 }
 
