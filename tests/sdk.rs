@@ -50,6 +50,10 @@ fn provider(seen: &Seen) -> Reply {
         "/v1/chat/completions" if model == "rate-limited" => {
             Reply::json(429, &json("openai/error_rate_limit_429.json")).header("retry-after", "7")
         }
+        // The upstream sends `[DONE]` but holds the body open: the SDK stops at `[DONE]`.
+        "/v1/chat/completions" if stream && model == "held-open" => {
+            replay_sse("openai/chat_stream_include_usage.sse").then(Step::Stall)
+        }
         "/v1/chat/completions" if stream => replay_sse("openai/chat_stream_include_usage.sse"),
         "/v1/chat/completions" => Reply::json(200, &json("openai/chat_nonstream.json")),
         "/v1/messages" if model == "overloaded" => Reply::json(
@@ -334,4 +338,24 @@ async fn openai_sdk_streams_are_unaffected_by_the_cost_comment_and_trailers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn anthropic_sdk_streams_are_unaffected_by_the_cost_comment() {
     sdk_case("anthropic_stream_with_cost_comment").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_sdk_closing_a_stream_at_done_before_the_upstream_ends_completes_the_call() {
+    let mock = Mock::start(provider).await;
+    let gw = gateway_for(&mock, "").await;
+    run_python("openai_chat_stream_held_open", &gw).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let call = loop {
+        if let Some(call) = gw.recent_calls().pop() {
+            break call;
+        }
+        assert!(std::time::Instant::now() < deadline, "no call recorded");
+        tokio::task::yield_now().await;
+    };
+    assert_eq!(call.outcome, sidetrace::call::Outcome::Completed);
+    assert_eq!(call.error_type, None);
+    let span = gw.recent_spans().pop().unwrap();
+    assert_eq!(span.status, sidetrace::trace::span::SpanStatus::Unset);
+    gw.shutdown().await;
 }

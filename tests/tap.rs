@@ -649,3 +649,90 @@ async fn time_to_first_token_is_measured_on_streams() {
     );
     gw.shutdown().await;
 }
+
+/// Official SDKs stop reading at the stream's last event (`[DONE]`, `message_stop`, ...) and
+/// close the response, often before the upstream's end of body arrives. Such a call completed;
+/// a client that leaves before the last event cancelled its call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_leaving_after_the_last_event_completed_its_call_for_every_stream_fixture() {
+    let mut checked = 0;
+    for case in cases() {
+        let content_type = case.expect["content_type"].as_str().unwrap().to_string();
+        if content_type.starts_with("application/json") {
+            continue;
+        }
+        let completed = case.expect["stream_completed"].as_bool().unwrap();
+        // The whole body, then the upstream holds the stream open: no end of body.
+        let mut reply = replay(&case, 7);
+        reply.steps.push(Step::Stall);
+        let mock = Mock::start(move |_| reply.clone()).await;
+        let gw = gateway_to(&mock, "[inspect]\ninject_include_usage = false\n").await;
+        let req = Request::post(format!("http://{}{}", gw.addr, gateway_path(&case)))
+            .header("content-type", "application/json")
+            .body(full_body(request_body(&case)))
+            .unwrap();
+        let mut response = client().request(req).await.unwrap();
+        let mut got = Vec::new();
+        while got.len() < case.body.len() {
+            let frame = http_body_util::BodyExt::frame(response.body_mut())
+                .await
+                .unwrap_or_else(|| panic!("{}: the stream ended early", case.name))
+                .unwrap();
+            if let Some(data) = frame.data_ref() {
+                got.extend_from_slice(data);
+            }
+        }
+        assert_eq!(got, case.body, "{}", case.name);
+        drop(response);
+        let call = wait_for_calls(&gw, 1).await.remove(0);
+        if completed {
+            assert_eq!(call.outcome, Outcome::Completed, "{}", case.name);
+            assert_eq!(call.error_type, None, "{}", case.name);
+            assert!(call.response.unwrap().stream_completed, "{}", case.name);
+            let span = &gw.recent_spans()[0];
+            assert_eq!(span.status, SpanStatus::Unset, "{}", case.name);
+            checked += 1;
+        } else {
+            assert_ne!(call.outcome, Outcome::Completed, "{}", case.name);
+        }
+        gw.shutdown().await;
+    }
+    assert!(checked >= 10, "only {checked} completed stream fixtures");
+}
+
+#[tokio::test]
+async fn a_client_leaving_before_the_last_event_still_cancelled_its_call() {
+    // Everything but `[DONE]`: the finish reason and the usage arrived, the end did not.
+    let events = openai_events(true);
+    let (last, rest) = events.split_last().unwrap();
+    assert!(last.contains("[DONE]"));
+    let mock = Mock::start({
+        let rest: Vec<String> = rest.iter().map(|e| e.to_string()).collect();
+        move |_| {
+            let refs: Vec<&str> = rest.iter().map(String::as_str).collect();
+            Reply::sse(&refs, Duration::ZERO).then(Step::Stall)
+        }
+    })
+    .await;
+    let gw = gateway_for(&mock, "[inspect]\ninject_include_usage = false\n").await;
+    let req = Request::post(format!("http://{}/openai/v1/chat/completions", gw.addr))
+        .body(full_body(
+            r#"{"model":"gpt-4o-mini","stream":true,"messages":[]}"#,
+        ))
+        .unwrap();
+    let mut response = client().request(req).await.unwrap();
+    let want: usize = rest.iter().map(|e| e.len()).sum();
+    let mut got = 0;
+    while got < want {
+        let frame = http_body_util::BodyExt::frame(response.body_mut())
+            .await
+            .unwrap()
+            .unwrap();
+        got += frame.data_ref().map_or(0, |d| d.len());
+    }
+    drop(response);
+    let call = wait_for_calls(&gw, 1).await.remove(0);
+    assert_eq!(call.outcome, Outcome::Cancelled);
+    assert_eq!(call.error_type.as_deref(), Some("cancelled"));
+    gw.shutdown().await;
+}

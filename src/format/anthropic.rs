@@ -396,6 +396,10 @@ impl Extractor for AnthropicMessages {
         AnthropicMessages::set_capture(self, max_bytes);
     }
 
+    fn end_seen(&self, _record: &ResponseRecord) -> bool {
+        self.stopped
+    }
+
     fn finish(&mut self, _clean: bool, record: &mut ResponseRecord) {
         record.output = self.output.finish();
         let ended = self.json_body.unwrap_or(self.stopped);

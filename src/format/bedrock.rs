@@ -264,6 +264,10 @@ impl Extractor for Converse {
         self.output = OutputBuilder::new(max_bytes);
     }
 
+    fn end_seen(&self, _record: &ResponseRecord) -> bool {
+        self.stopped && self.metadata
+    }
+
     fn finish(&mut self, _clean: bool, record: &mut ResponseRecord) {
         record.output = self.output.finish();
         // `messageStop` ends the message, and `metadata` (the usage) follows it as the last
@@ -334,6 +338,10 @@ impl Extractor for InvokeModel {
 
     fn set_capture(&mut self, max_bytes: usize) {
         self.inner.set_capture(max_bytes);
+    }
+
+    fn end_seen(&self, record: &ResponseRecord) -> bool {
+        self.inner.end_seen(record)
     }
 
     fn finish(&mut self, clean: bool, record: &mut ResponseRecord) {

@@ -319,6 +319,11 @@ impl Extractor for Gemini {
         self.output = OutputBuilder::new(max_bytes);
     }
 
+    /// Gemini has no end marker: its final chunk is the one with a finish reason.
+    fn end_seen(&self, record: &ResponseRecord) -> bool {
+        !record.finish_reasons.is_empty()
+    }
+
     fn finish(&mut self, clean: bool, record: &mut ResponseRecord) {
         record.output = self.output.finish();
         // Gemini has no end marker: a finish reason and a clean end of body are the signal.

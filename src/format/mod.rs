@@ -116,6 +116,11 @@ pub trait Extractor: Send {
         let _ = max_bytes;
     }
 
+    /// True once a stream's own last event arrived (`[DONE]`, `message_stop`,
+    /// `response.completed`, Gemini's chunk with a finish reason, ...): a client that leaves
+    /// after it has the whole answer, even if the upstream's end of body has not come yet.
+    fn end_seen(&self, record: &ResponseRecord) -> bool;
+
     /// End of body; `clean` is false when it was cut. Sets `stream_completed`, and `output`
     /// when capture is on.
     fn finish(&mut self, clean: bool, record: &mut ResponseRecord);
@@ -219,6 +224,12 @@ impl BodyParser {
 
     pub fn output_started(&self) -> bool {
         self.extractor.output_started()
+    }
+
+    /// True when the body is a stream whose last event arrived without an error signalled:
+    /// see [`Extractor::end_seen`].
+    pub fn end_seen(&self) -> bool {
+        self.is_stream() && self.record.error.is_none() && self.extractor.end_seen(&self.record)
     }
 
     /// Feeds the next bytes of the body.

@@ -181,6 +181,10 @@ impl Extractor for OllamaNative {
         self.output = OutputBuilder::new(max_bytes);
     }
 
+    fn end_seen(&self, _record: &ResponseRecord) -> bool {
+        self.done
+    }
+
     fn finish(&mut self, _clean: bool, record: &mut ResponseRecord) {
         record.output = self.output.finish();
         let ended = self.json_body.unwrap_or(self.done);

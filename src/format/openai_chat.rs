@@ -409,6 +409,10 @@ impl Extractor for OpenAiChat {
         self.output = OutputBuilder::new(max_bytes);
     }
 
+    fn end_seen(&self, _record: &ResponseRecord) -> bool {
+        self.done
+    }
+
     fn finish(&mut self, _clean: bool, record: &mut ResponseRecord) {
         record.output = self.output.finish();
         // `[DONE]` is the provider's own end marker: once it arrived, a cut afterwards loses

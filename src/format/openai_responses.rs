@@ -353,6 +353,10 @@ impl Extractor for OpenAiResponses {
         self.output = OutputBuilder::new(max_bytes);
     }
 
+    fn end_seen(&self, _record: &ResponseRecord) -> bool {
+        self.ended_normally
+    }
+
     fn finish(&mut self, _clean: bool, record: &mut ResponseRecord) {
         record.output = self.output.finish();
         let ended = self.json_body.unwrap_or(self.ended_normally);

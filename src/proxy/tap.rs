@@ -735,6 +735,13 @@ impl Drop for TapBody {
         let (Some(mut call), Some(mut inner)) = (self.call.take(), self.inner.take()) else {
             return;
         };
+        if call.parser.as_ref().is_some_and(BodyParser::end_seen) {
+            // The client left after the stream's last event (SDKs stop reading at `[DONE]`):
+            // it has the whole answer; only the upstream's end of body was still to come.
+            drop(inner);
+            call.finish(Outcome::Completed, None, true);
+            return;
+        }
         if self.on_disconnect == OnDisconnect::Finish
             && let Ok(handle) = tokio::runtime::Handle::try_current()
         {

@@ -74,6 +74,19 @@ def openai_chat_stream():
     assert chunks[-1].usage.completion_tokens == e["output_tokens"]
 
 
+def openai_chat_stream_held_open():
+    # The sync SDK stops at [DONE] and closes the response; the upstream has not ended its body.
+    chunks = list(
+        oai().chat.completions.create(
+            model="held-open",
+            messages=MESSAGES,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    assert chunks[-1].usage is not None and chunks[-1].choices == []
+
+
 def openai_chat_stream_without_usage():
     # The gateway adds include_usage upstream to record usage, and strips the extra chunk:
     # the SDK sees exactly the stream it asked for.
