@@ -34,6 +34,10 @@ pub enum ProxyError {
     UnknownRoute { path: String, prefixes: String },
     #[error("invalid {param} in path: {value:?} (expected letters, digits and '-')")]
     BadRouteParam { param: String, value: String },
+    #[error(
+        "path {path:?} has a '.' or '..' segment (plain or percent-encoded); such paths are not forwarded"
+    )]
+    DotSegment { path: String },
     #[error("request body exceeds the limit of {limit} bytes")]
     BodyTooLarge { limit: u64 },
     #[error("client request body failed: {0}")]
@@ -60,7 +64,9 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::UnknownRoute { .. } => StatusCode::NOT_FOUND,
-            ProxyError::BadRouteParam { .. } | ProxyError::ClientBody(_) => StatusCode::BAD_REQUEST,
+            ProxyError::BadRouteParam { .. }
+            | ProxyError::DotSegment { .. }
+            | ProxyError::ClientBody(_) => StatusCode::BAD_REQUEST,
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::UpstreamUnreachable { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
@@ -74,6 +80,7 @@ impl ProxyError {
         match self {
             ProxyError::UnknownRoute { .. }
             | ProxyError::BadRouteParam { .. }
+            | ProxyError::DotSegment { .. }
             | ProxyError::BodyTooLarge { .. }
             | ProxyError::ClientBody(_)
             | ProxyError::BudgetExceeded { .. } => Fault::Client,
@@ -90,6 +97,7 @@ impl ProxyError {
         match self {
             ProxyError::UnknownRoute { .. } => "unknown_route",
             ProxyError::BadRouteParam { .. } => "bad_route_param",
+            ProxyError::DotSegment { .. } => "invalid_path",
             ProxyError::BodyTooLarge { .. } => "request_too_large",
             ProxyError::ClientBody(_) => "client_body_error",
             ProxyError::UpstreamUnreachable { .. } => "upstream_unreachable",

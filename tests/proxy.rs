@@ -693,3 +693,43 @@ async fn a_non_streamed_response_over_the_cost_buffer_arrives_whole_with_its_len
     assert_eq!(call.response.unwrap().usage.input_tokens, Some(8));
     gw.shutdown().await;
 }
+
+/// A provider with a base path must never be reached outside it: dot segments, plain or
+/// percent-encoded, are refused with 400 and nothing reaches the upstream.
+#[tokio::test]
+async fn dot_segments_never_let_a_call_leave_the_providers_base_path() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mock = Mock::start(|_| Reply::json(200, "{}")).await;
+    let gw = gateway_for(
+        &mock,
+        &format!(
+            "[providers.mylab]\nbase_url = \"{}/tenant-a\"\n",
+            mock.url()
+        ),
+    )
+    .await;
+    for path in [
+        "/mylab/../tenant-b/v1/chat/completions",
+        "/mylab/%2e%2e/tenant-b/v1/chat/completions",
+        "/mylab/.%2E/tenant-b/v1/chat/completions",
+        "/mylab/v1/..%2f..%2ftenant-b/chat/completions",
+    ] {
+        // Raw bytes on the wire, so no client library normalizes the path first.
+        let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+        let req = format!(
+            "POST {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{CHAT}",
+            CHAT.len()
+        );
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 400"), "{path}: {answer}");
+        assert!(answer.contains("invalid_path"), "{path}: {answer}");
+    }
+    assert!(mock.requests().is_empty(), "{:?}", mock.requests());
+    // The same provider still works within its base path.
+    let a = post(&gw, "/mylab/v1/chat/completions", &[], CHAT).await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(mock.last().uri, "/tenant-a/v1/chat/completions");
+    gw.shutdown().await;
+}

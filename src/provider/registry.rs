@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, sync::Arc, time::Duration};
 use http::{HeaderName, HeaderValue, Uri};
 
 use super::spec::{PathSpec, ProviderSpec, WireFormat};
-use crate::error::ProxyError;
+use crate::{error::ProxyError, trace::metadata::percent_decode};
 
 /// Timeouts in force for one provider.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -290,6 +290,21 @@ fn parse_host_template(authority: &str) -> Result<Vec<HostPart>, String> {
     Ok(parts)
 }
 
+/// True when a path segment is `.` or `..`, plainly or percent-encoded, also where a segment
+/// decodes to several parts split by `/` or `\` (servers that decode `%2F`, or treat `\` as a
+/// separator, would see them as segments). An encoded `/` alone stays allowed: Bedrock model
+/// ARNs in paths need it.
+fn has_dot_segment(path: &str) -> bool {
+    let is_dot = |part: &str| part == "." || part == "..";
+    path.split('/').any(|segment| {
+        if segment.contains('%') {
+            percent_decode(segment).split(['/', '\\']).any(is_dot)
+        } else {
+            segment.split('\\').any(is_dot)
+        }
+    })
+}
+
 /// A host label a path segment may fill in: 1-63 letters, digits or '-', not starting with '-'.
 fn is_dns_label(s: &str) -> bool {
     !s.is_empty()
@@ -397,6 +412,13 @@ impl Registry {
             Some((p, q)) => (p, Some(q)),
             None => (path_and_query, None),
         };
+        // Dot segments would let a path climb out of the provider's base path upstream
+        // (`/mylab/../tenant-b/...` reaching `/tenant-a/../tenant-b/...`). No API uses them.
+        if has_dot_segment(path) {
+            return Err(ProxyError::DotSegment {
+                path: path.chars().take(200).collect(),
+            });
+        }
         for p in &self.by_prefix {
             if let Some(rest) = path.strip_prefix(p.prefix.as_str())
                 && (rest.is_empty() || rest.starts_with('/'))
@@ -542,5 +564,49 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.contains("share the route prefix /x"), "{err}");
+    }
+
+    #[test]
+    fn dot_segments_plain_encoded_or_hidden_behind_separators_are_refused() {
+        for path in [
+            "/mylab/../tenant-b/v1/chat/completions",
+            "/mylab/./v1/chat/completions",
+            "/mylab/%2e%2e/tenant-b/v1/chat/completions",
+            "/mylab/%2E./tenant-b/v1/chat/completions",
+            "/mylab/.%2e/tenant-b/v1/chat/completions",
+            "/mylab/..%2ftenant-b/v1/chat/completions",
+            "/mylab/x%2F..%2F../v1/chat/completions",
+            "/mylab/..%5ctenant-b/v1/chat/completions",
+            "/mylab/..\\tenant-b/v1/chat/completions",
+            "/mylab/v1/..",
+            "/v1/../../admin",
+        ] {
+            assert!(has_dot_segment(path), "{path}");
+        }
+        for path in [
+            "/mylab/v1/chat/completions",
+            "/gemini/v1beta/models/gemini-2.5-pro:generateContent",
+            "/bedrock/us-east-1/model/arn%3Aaws%3Abedrock%3Aus-east-1%3A1%3Ainference-profile%2Fus.anthropic.claude-v2/converse",
+            "/mylab/v1/files/.hidden",
+            "/mylab/v1/files/a..b",
+            "/mylab/v1/files/...",
+            "/mylab/%252e%252e/v1",
+        ] {
+            assert!(!has_dot_segment(path), "{path}");
+        }
+    }
+
+    #[test]
+    fn a_dot_segment_path_is_refused_before_routing() {
+        let r = registry(&[
+            ("openai", "https://api.openai.com"),
+            ("mylab", "http://host/tenant-a"),
+        ]);
+        assert!(matches!(
+            r.route("/mylab/../tenant-b/v1/chat/completions?x=1"),
+            Err(ProxyError::DotSegment { .. })
+        ));
+        let ok = r.route("/mylab/v1/chat/completions").unwrap();
+        assert_eq!(ok.uri.path(), "/tenant-a/v1/chat/completions");
     }
 }
