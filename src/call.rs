@@ -255,6 +255,10 @@ impl Recorder {
         }
     }
 
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
     /// Prices a finished call in place (exact, from the reported usage).
     pub fn price(&self, call: &mut CallRecord) {
         if !self.pricing {

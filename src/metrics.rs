@@ -100,6 +100,7 @@ pub struct Metrics {
     gateway_overhead: HistogramFamily,
     calls: Family<OutcomeLabels, Counter>,
     events_skipped: Family<ReasonLabels, Counter>,
+    calls_uninspected: Family<ReasonLabels, Counter>,
     requests_unparsed: Counter,
     trace_context_invalid: Family<HeaderLabels, Counter>,
     metadata_truncated: Counter,
@@ -198,6 +199,16 @@ impl Metrics {
             "Response events the side parser could not read (oversize, malformed) and bodies it saw cut (truncated)",
             events_skipped.clone(),
         );
+        let calls_uninspected = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "sidetrace_calls_uninspected",
+            "Calls on inspected routes whose response the side parser could not read (content_encoding: compressed by the upstream), so no usage, cost or finish reason was recorded",
+            calls_uninspected.clone(),
+        );
+        // Present at 0 from the start, so an alert on it sees data.
+        let _ = calls_uninspected.get_or_create(&ReasonLabels {
+            reason: "content_encoding",
+        });
         let requests_unparsed = Counter::default();
         registry.register(
             "sidetrace_requests_unparsed",
@@ -315,6 +326,7 @@ impl Metrics {
             gateway_overhead,
             calls,
             events_skipped,
+            calls_uninspected,
             requests_unparsed,
             trace_context_invalid,
             metadata_truncated,
@@ -468,6 +480,13 @@ impl Metrics {
                 provider: provider.to_string(),
                 status,
             })
+            .inc();
+    }
+
+    /// A call on an inspected route whose response could not be read on the side.
+    pub fn call_uninspected(&self, reason: &'static str) {
+        self.calls_uninspected
+            .get_or_create(&ReasonLabels { reason })
             .inc();
     }
 

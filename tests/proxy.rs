@@ -384,6 +384,12 @@ async fn content_encoding_passes_through_untouched() {
     assert_eq!(a.headers["content-encoding"], "gzip");
     assert_eq!(a.body, gz);
     assert_eq!(mock.last().headers["accept-encoding"], "gzip");
+    let uninspected = r#"sidetrace_calls_uninspected_total{reason="content_encoding"}"#;
+    let metrics = String::from_utf8(admin_get(&gw, "/metrics").await.body.to_vec()).unwrap();
+    assert!(
+        metrics.contains(&format!("{uninspected} 0")),
+        "a pass-through route is not counted: {metrics}"
+    );
     // On inspected routes the gateway asks for an uncompressed response, so it can read usage;
     // whatever the upstream sends anyway still passes through untouched.
     let a = post(
@@ -398,6 +404,9 @@ async fn content_encoding_passes_through_untouched() {
     assert!(!mock.last().headers.contains_key("accept-encoding"));
     let call = gw.recent_calls().pop().unwrap();
     assert!(call.response.is_none(), "a compressed body is not parsed");
+    // ...and the lost usage is counted, not hidden.
+    let metrics = String::from_utf8(admin_get(&gw, "/metrics").await.body.to_vec()).unwrap();
+    assert!(metrics.contains(&format!("{uninspected} 1")), "{metrics}");
     gw.shutdown().await;
 }
 

@@ -27,7 +27,7 @@ use crate::{
     cost::Cost,
     error::ProxyError,
     format::{BodyParser, EventKind, ParserLimits},
-    provider::Route,
+    provider::{Route, WireFormat},
     trace::{
         capture::CapturedContent,
         context::TraceContext,
@@ -152,6 +152,14 @@ where
                         .get(header::CONTENT_ENCODING)
                         .is_some_and(|v| v.as_bytes() != b"identity");
                     let parser = if encoded {
+                        // Compressed by the upstream although we asked for identity: passed
+                        // through as it is, but its usage cannot be read. Counted, not hidden.
+                        if route.format != WireFormat::Passthrough {
+                            layer
+                                .recorder
+                                .metrics()
+                                .call_uninspected("content_encoding");
+                        }
                         None
                     } else {
                         let content_type = response
