@@ -55,6 +55,7 @@ pub enum ProxyError {
         name: String,
         limit_usd: String,
         window: &'static str,
+        retry_after_secs: u64,
     },
     #[error("internal gateway error: {0}")]
     Internal(String),
@@ -145,8 +146,18 @@ impl ProxyError {
             "x-sidetrace-error-source",
             HeaderValue::from_static(self.fault().as_str()),
         );
-        if matches!(self, ProxyError::Overloaded { .. }) {
-            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        match self {
+            ProxyError::Overloaded { .. } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            ProxyError::BudgetExceeded {
+                retry_after_secs, ..
+            } => {
+                // Retrying before the window turns cannot succeed: the SDKs honour this header.
+                headers.insert("x-should-retry", HeaderValue::from_static("false"));
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+            }
+            _ => {}
         }
         response
     }

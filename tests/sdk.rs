@@ -359,3 +359,39 @@ async fn openai_sdk_closing_a_stream_at_done_before_the_upstream_ends_completes_
     assert_eq!(span.status, sidetrace::trace::span::SpanStatus::Unset);
     gw.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_sdk_does_not_retry_a_budget_refusal() {
+    let mock = Mock::start(provider).await;
+    let dir = tempfile::tempdir().unwrap();
+    let gw = gateway_for(
+        &mock,
+        &format!(
+            "data_dir = {:?}\n[[budgets]]\nname = \"spent\"\nlimit_usd = \"0.000001\"\nunpriced_call_usd = \"1\"\nwindow = \"day\"\n",
+            dir.path().display().to_string()
+        ),
+    )
+    .await;
+    // One call spends the budget; the SDK's call is refused.
+    let first = post(
+        &gw,
+        "/openai/v1/chat/completions",
+        &[],
+        r#"{"model":"o4-mini"}"#,
+    )
+    .await;
+    assert_eq!(first.status, http::StatusCode::OK);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while gw.recent_calls().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "no call recorded");
+        tokio::task::yield_now().await;
+    }
+    run_python("openai_budget_refused_is_not_retried", &gw).await;
+    let metrics = String::from_utf8(admin_get(&gw, "/metrics").await.body.to_vec()).unwrap();
+    assert!(
+        metrics.contains("sidetrace_budget_refused_total{budget=\"spent\"} 1"),
+        "the SDK retried a budget refusal: {metrics}"
+    );
+    assert_eq!(mock.requests().len(), 1);
+    gw.shutdown().await;
+}

@@ -1,5 +1,7 @@
-//! Budget check: a call whose feature or user has spent its budget for the window is refused
-//! with 429 before it reaches the provider. Calls already under way are never cut.
+//! Budget check: a call whose feature or user has spent its budget for the window (counting the
+//! reservations of calls under way) is refused with 429 before it reaches the provider; an
+//! admitted call carries its reservation to the record layer. Calls under way are never cut.
+//! What a budget promises is in `store/budgets.rs`.
 
 use std::{
     sync::Arc,
@@ -55,21 +57,31 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<B>) -> Self::Future {
-        if !self.layer.budgets.is_empty()
-            && let Some(m) = req.extensions().get::<CallMetadata>()
-            && let Some(e) = self
-                .layer
-                .budgets
-                .check(m.feature.as_deref(), m.user_id.as_deref())
-        {
-            self.layer.metrics.budget_refused(&e.name);
-            return Box::pin(std::future::ready(Err(ProxyError::BudgetExceeded {
-                name: e.name,
-                limit_usd: e.limit_usd,
-                window: e.window,
-            })));
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        if self.layer.budgets.is_empty() {
+            return Box::pin(self.inner.call(req));
         }
-        Box::pin(self.inner.call(req))
+        let metadata = req.extensions().get::<CallMetadata>();
+        let admitted = self.layer.budgets.admit(
+            metadata.and_then(|m| m.feature.as_deref()),
+            metadata.and_then(|m| m.user_id.as_deref()),
+        );
+        match admitted {
+            Ok(reservation) => {
+                // The record layer keeps it with the call; it is released once the call is
+                // recorded (or when the request is dropped before that).
+                req.extensions_mut().insert(Arc::new(reservation));
+                Box::pin(self.inner.call(req))
+            }
+            Err(e) => {
+                self.layer.metrics.budget_refused(&e.name);
+                Box::pin(std::future::ready(Err(ProxyError::BudgetExceeded {
+                    name: e.name,
+                    limit_usd: e.limit_usd,
+                    window: e.window,
+                    retry_after_secs: e.retry_after_secs,
+                })))
+            }
+        }
     }
 }

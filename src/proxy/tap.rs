@@ -28,6 +28,7 @@ use crate::{
     error::ProxyError,
     format::{BodyParser, EventKind, ParserLimits},
     provider::{Route, WireFormat},
+    store::budgets::Reservation,
     trace::{
         capture::CapturedContent,
         context::TraceContext,
@@ -101,7 +102,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<B>) -> Self::Future {
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let Some(route) = req.extensions().get::<Route>().cloned() else {
             return Box::pin(self.inner.call(req));
         };
@@ -141,6 +142,7 @@ where
             info,
             (trace, metadata, content),
         );
+        call.reservation = req.extensions_mut().remove::<Arc<Reservation>>();
         let layer = self.layer.clone();
         let fut = self.inner.call(req);
         Box::pin(async move {
@@ -253,6 +255,9 @@ pub struct Call {
     record: Option<CallRecord>,
     started: Instant,
     parser: Option<BodyParser>,
+    /// What the budgets hold for this call; released when the call is dropped, after it was
+    /// recorded.
+    reservation: Option<Arc<Reservation>>,
 }
 
 impl Call {
@@ -291,6 +296,7 @@ impl Call {
             }),
             started: Instant::now(),
             parser: None,
+            reservation: None,
         }
     }
 

@@ -269,12 +269,10 @@ impl CostStore {
         out
     }
 
-    /// Spend matching `filter` since `from`.
-    pub fn spent(&self, from: u64, filter: &Filter) -> u128 {
-        let mut total = 0u128;
-        self.rows(from, u64::MAX, filter, |_, t| {
-            total = total.saturating_add(t.cost_pico_usd)
-        });
+    /// Sums of the calls matching `filter` since `from`.
+    pub fn totals(&self, from: u64, filter: &Filter) -> Totals {
+        let mut total = Totals::default();
+        self.rows(from, u64::MAX, filter, |_, t| total.add(t));
         total
     }
 }

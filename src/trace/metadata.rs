@@ -171,7 +171,10 @@ impl CallMetadata {
     }
 
     fn set(&mut self, field: Field, value: &str) {
-        let value = self.bound(value);
+        let value = match field {
+            Field::Feature => canonical_feature(&self.bound(value)),
+            _ => self.bound(value),
+        };
         if value.is_empty() {
             return;
         }
@@ -251,6 +254,14 @@ fn text(headers: &HeaderMap, name: &str) -> Option<String> {
     };
     let s = s.trim().to_string();
     (!s.is_empty()).then_some(s)
+}
+
+/// A feature name as calls, metrics, cost aggregates and budgets know it: trimmed of whitespace
+/// and stray list separators, lowercased. `Support_Agent` and `support_agent,` are one feature.
+pub fn canonical_feature(value: &str) -> String {
+    value
+        .trim_matches(|c: char| c.is_whitespace() || matches!(c, ',' | ';'))
+        .to_lowercase()
 }
 
 /// W3C baggage: `key=value;props,...`, values percent-decoded; at most 64 members.

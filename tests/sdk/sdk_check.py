@@ -151,6 +151,22 @@ def openai_rate_limited():
     raise AssertionError("expected RateLimitError")
 
 
+def openai_budget_refused_is_not_retried():
+    # A spent budget answers 429 with x-should-retry: false: the SDK gives up at once even
+    # with retries on (the test counts the refusals at the gateway).
+    client = openai.OpenAI(
+        base_url=GATEWAY + "/openai/v1", api_key="sk-test-openai-0001", max_retries=3, timeout=10
+    )
+    try:
+        client.chat.completions.create(model="o4-mini", messages=MESSAGES)
+    except openai.RateLimitError as e:
+        assert e.status_code == 429
+        assert e.body["code"] == "budget_exceeded", e.body
+        assert e.response.headers["x-should-retry"] == "false"
+    else:
+        raise AssertionError("expected RateLimitError")
+
+
 def openai_unknown_route():
     try:
         oai(GATEWAY + "/nowhere/v1").chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
