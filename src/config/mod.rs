@@ -8,7 +8,7 @@ use std::{
     time::Duration,
 };
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{
     cost::PriceBook,
@@ -29,14 +29,14 @@ pub enum ConfigError {
     Invalid(String),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LogFormat {
     Text,
     Json,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
     pub format: LogFormat,
@@ -55,7 +55,7 @@ impl Default for LogConfig {
 
 /// Default timeouts for every provider; a provider file or `[providers.<name>.timeouts]` can
 /// override each.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TimeoutConfig {
     /// From sending the request to receiving the response headers. Non-streamed calls to
@@ -77,7 +77,7 @@ impl Default for TimeoutConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TlsRoots {
     /// Mozilla's roots, bundled in the binary: the same in every container.
@@ -87,7 +87,7 @@ pub enum TlsRoots {
     Both,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct UpstreamConfig {
     pub connect_timeout_ms: u64,
@@ -118,7 +118,7 @@ impl Default for UpstreamConfig {
 }
 
 /// Reading responses on the side.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct InspectConfig {
     /// Add `stream_options.include_usage` to OpenAI-style streams that lack it (on providers that
@@ -146,7 +146,7 @@ impl Default for InspectConfig {
 }
 
 /// A configured redaction pattern: matches are replaced with `[NAME]`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedactPattern {
     pub name: String,
@@ -154,7 +154,7 @@ pub struct RedactPattern {
 }
 
 /// How much of each call's content reaches its span.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CaptureConfig {
     /// none, metadata (counts, sizes, tool names), redacted or full. A caller can lower it per
@@ -177,7 +177,7 @@ impl Default for CaptureConfig {
 }
 
 /// Trace grouping.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TraceConfig {
     /// Key for deriving trace ids from `x-sidetrace-trace-id` values that are not 32 hex
@@ -185,7 +185,7 @@ pub struct TraceConfig {
     pub grouping_key: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ExportProtocol {
     #[serde(rename = "grpc")]
     Grpc,
@@ -195,7 +195,7 @@ pub enum ExportProtocol {
 
 /// Span export over OTLP. Off unless an endpoint is set here or in `OTEL_EXPORTER_OTLP_ENDPOINT`
 /// / `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ExportConfig {
     /// gRPC: `http://collector:4317`. HTTP: `http://collector:4318` (`/v1/traces` is added).
@@ -251,7 +251,7 @@ impl ExportConfig {
 }
 
 /// The local spool that keeps spans the collector could not take yet.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SpoolConfig {
     /// Encoded span batches kept at most; past it the oldest are dropped (and counted).
@@ -273,7 +273,7 @@ impl Default for SpoolConfig {
 }
 
 /// Cost reporting back to the app and on metrics.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CostConfig {
     /// Price calls at all. Off: no cost on spans, headers, metrics or the cost API (tokens are
@@ -300,7 +300,7 @@ impl Default for CostConfig {
 }
 
 /// The whole configuration file. Every key has a default, so an empty file is valid.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub listen: String,
@@ -328,6 +328,8 @@ pub struct Config {
     pub sampling: crate::export::sampling::SamplingConfig,
     pub cost: CostConfig,
     pub budgets: Vec<crate::store::budgets::BudgetConfig>,
+    /// Documented by example (commented) in config/sidetrace.toml, so not compared there.
+    #[serde(skip_serializing)]
     pub providers: BTreeMap<String, ProviderOverride>,
 }
 
@@ -714,6 +716,48 @@ mod tests {
         let text = include_str!("../../config/sidetrace.toml");
         let parsed = Config::from_toml(text, "config/sidetrace.toml").unwrap();
         assert_eq!(parsed, Config::default());
+    }
+
+    /// Parsing alone cannot see a key missing from the documented file (its default fills it
+    /// in), so every key of the serialized defaults must be written there. Keys whose default
+    /// is empty (`[[budgets]]`, `[providers.*]`, unset paths) are documented by commented
+    /// examples instead, and must appear in a comment.
+    #[test]
+    fn every_config_key_is_written_in_the_documented_file() {
+        fn missing(want: &toml::Table, have: &toml::Table, path: &str, out: &mut Vec<String>) {
+            for (key, value) in want {
+                let full = if path.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{path}.{key}")
+                };
+                match (value, have.get(key)) {
+                    (toml::Value::Table(w), Some(toml::Value::Table(h))) => {
+                        missing(w, h, &full, out)
+                    }
+                    (_, Some(_)) => {}
+                    (toml::Value::Array(a), None) if a.is_empty() => {}
+                    (_, None) => out.push(full),
+                }
+            }
+        }
+        let text = include_str!("../../config/sidetrace.toml");
+        let documented: toml::Table = toml::from_str(text).unwrap();
+        let defaults = toml::Table::try_from(Config::default()).unwrap();
+        let mut out = Vec::new();
+        missing(&defaults, &documented, "", &mut out);
+        assert!(
+            out.is_empty(),
+            "keys missing from config/sidetrace.toml: {out:?}"
+        );
+        for example in [
+            "# [[budgets]]",
+            "# [providers.",
+            "# providers_dir",
+            "# extra_ca_file",
+        ] {
+            assert!(text.contains(example), "{example} is not documented");
+        }
     }
 
     #[test]

@@ -14,7 +14,7 @@ use serde::Deserialize;
 
 use crate::trace::span::{AttrValue, SpanRecord, SpanStatus};
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SamplingConfig {
     pub enabled: bool,

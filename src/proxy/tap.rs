@@ -37,7 +37,7 @@ use crate::{
 };
 
 /// What to do with the upstream call when the client goes away mid-stream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OnDisconnect {
     /// Drop the upstream request at once (stops generation and its cost).

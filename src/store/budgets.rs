@@ -39,7 +39,7 @@ use crate::{call::CallRecord, trace::metadata::canonical_feature};
 /// How many recent priced calls a budget's estimate looks at.
 pub const RECENT_COSTS: usize = 32;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Window {
     Hour,
@@ -69,7 +69,7 @@ impl Window {
 }
 
 /// One `[[budgets]]` entry of the config.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BudgetConfig {
     pub name: String,
