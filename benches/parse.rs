@@ -254,7 +254,7 @@ fn bedrock_converse() -> Stream {
 fn run(s: &Stream) -> u64 {
     let mut p = BodyParser::for_response(
         s.format,
-        s.provider,
+        sidetrace::provider::builtin_quirks(s.provider),
         Some(s.content_type),
         ParserLimits::default(),
     )

@@ -15,7 +15,7 @@ use sidetrace::{
         BodyParser, CapturedOutput, ParserLimits, ResponseRecord, ToolCallOutput,
         eventstream::encode_frame,
     },
-    provider::WireFormat,
+    provider::{WireFormat, builtin_quirks},
 };
 
 const SSE: &str = "text/event-stream";
@@ -43,7 +43,8 @@ fn limits(cap: usize) -> ParserLimits {
 }
 
 fn parse(format: WireFormat, provider: &str, ct: &str, body: &[u8], cap: usize) -> ResponseRecord {
-    let mut p = BodyParser::for_response(format, provider, Some(ct), limits(cap)).expect("parser");
+    let mut p = BodyParser::for_response(format, builtin_quirks(provider), Some(ct), limits(cap))
+        .expect("parser");
     p.feed(body);
     p.finish(true)
 }
@@ -55,7 +56,8 @@ fn parse_bytewise(
     body: &[u8],
     cap: usize,
 ) -> ResponseRecord {
-    let mut p = BodyParser::for_response(format, provider, Some(ct), limits(cap)).expect("parser");
+    let mut p = BodyParser::for_response(format, builtin_quirks(provider), Some(ct), limits(cap))
+        .expect("parser");
     for b in body.chunks(1) {
         p.feed(b);
     }
@@ -373,7 +375,7 @@ fn a_long_stream_keeps_no_more_than_the_cap() {
     let chunk = "data: {\"id\":\"c\",\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"0123456789\"}}]}\n\n";
     let mut p = BodyParser::for_response(
         WireFormat::ChatCompletions,
-        "openai",
+        builtin_quirks("openai"),
         Some(SSE),
         limits(1000),
     )

@@ -46,7 +46,7 @@ fn fixture(name: &str) -> Fixture {
     };
     let mut parser = BodyParser::for_response(
         format,
-        provider,
+        sidetrace::provider::builtin_quirks(provider),
         expect["content_type"].as_str(),
         ParserLimits::default(),
     )

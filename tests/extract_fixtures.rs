@@ -13,7 +13,7 @@ use proptest::prelude::*;
 use serde_json::Value;
 use sidetrace::{
     format::{BodyParser, ParserLimits, ResponseRecord, eventstream::encode_frame},
-    provider::WireFormat,
+    provider::{WireFormat, builtin_quirks},
 };
 
 struct Case {
@@ -118,7 +118,7 @@ fn cases() -> &'static [Case] {
 fn parser(case: &Case) -> BodyParser {
     BodyParser::for_response(
         case.format,
-        case.provider,
+        builtin_quirks(case.provider),
         Some(&case.content_type),
         ParserLimits::default(),
     )
@@ -339,7 +339,8 @@ fn feed_pieces(
     sizes: &[usize],
     clean: bool,
 ) -> ResponseRecord {
-    let mut p = BodyParser::for_response(format, provider, content_type, limits).expect("parser");
+    let mut p = BodyParser::for_response(format, builtin_quirks(provider), content_type, limits)
+        .expect("parser");
     let mut rest = body;
     let mut i = 0;
     while !rest.is_empty() {
@@ -441,7 +442,7 @@ proptest! {
         prop_assert_eq!(parse_cut(case, &cuts), parse_cut(case, &[]), "{} cut at {:?}", case.name, cuts);
         let captured = |cuts: &[usize]| {
             let limits = ParserLimits { capture_output_bytes: 1 << 16, ..ParserLimits::default() };
-            let mut p = BodyParser::for_response(case.format, case.provider, Some(&case.content_type), limits)
+            let mut p = BodyParser::for_response(case.format, builtin_quirks(case.provider), Some(&case.content_type), limits)
                 .expect("parser");
             let mut from = 0;
             for &cut in cuts {

@@ -736,3 +736,35 @@ async fn a_client_leaving_before_the_last_event_still_cancelled_its_call() {
     assert_eq!(call.error_type.as_deref(), Some("cancelled"));
     gw.shutdown().await;
 }
+
+/// Provider quirks are flags in the spec, so a provider the user defines gets them too: an
+/// xAI-compatible `[providers.grok]` whose completion tokens leave out reasoning.
+#[tokio::test]
+async fn a_users_own_provider_gets_a_quirk_by_its_spec_flag_not_its_name() {
+    let body = r#"{"id":"u","object":"chat.completion","model":"grok-4","choices":[{"index":0,"message":{"role":"assistant","content":"x"},"finish_reason":"stop"}],"usage":{"prompt_tokens":30,"completion_tokens":12,"completion_tokens_details":{"reasoning_tokens":200}}}"#;
+    let mock = Mock::start(move |_| Reply::json(200, body)).await;
+    let gw = gateway(&format!(
+        "[providers.grok]\nbase_url = \"{url}\"\nquirks = {{ reasoning_tokens_outside_completion = true }}\n\
+         [providers.plain]\nbase_url = \"{url}\"\n\
+         [providers.xai]\nbase_url = \"{url}\"\n",
+        url = mock.url()
+    ))
+    .await;
+    for (provider, output) in [("grok", 212), ("xai", 212), ("plain", 12)] {
+        post(
+            &gw,
+            &format!("/{provider}/v1/chat/completions"),
+            &[],
+            r#"{"model":"grok-4","messages":[]}"#,
+        )
+        .await;
+        let call = gw.recent_calls().pop().unwrap();
+        assert_eq!(call.provider, provider);
+        assert_eq!(
+            call.response.unwrap().usage.output_tokens,
+            Some(output),
+            "{provider}"
+        );
+    }
+    gw.shutdown().await;
+}

@@ -380,7 +380,7 @@ mod tests {
     fn parse(format: WireFormat, body: &[u8]) -> ResponseRecord {
         let mut p = BodyParser::for_response(
             format,
-            "bedrock",
+            crate::provider::Quirks::default(),
             Some(EVENTSTREAM),
             ParserLimits::default(),
         )
@@ -484,7 +484,7 @@ mod tests {
         let json = |format, body: &str| {
             let mut p = BodyParser::for_response(
                 format,
-                "bedrock",
+                crate::provider::Quirks::default(),
                 Some("application/json"),
                 ParserLimits::default(),
             )

@@ -3,7 +3,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{provider::WireFormat, sse::SseParser};
+use crate::{
+    provider::{Quirks, WireFormat},
+    sse::SseParser,
+};
 
 pub mod anthropic;
 pub mod bedrock;
@@ -169,13 +172,13 @@ impl BodyParser {
     /// `Content-Type`; `None` for formats the gateway does not inspect.
     pub fn for_response(
         format: WireFormat,
-        provider: &str,
+        quirks: Quirks,
         content_type: Option<&str>,
         limits: ParserLimits,
     ) -> Option<BodyParser> {
         let mut extractor: Box<dyn Extractor> = match format {
             WireFormat::ChatCompletions | WireFormat::Completions | WireFormat::Embeddings => {
-                Box::new(openai_chat::OpenAiChat::new(provider))
+                Box::new(openai_chat::OpenAiChat::new(quirks))
             }
             WireFormat::Responses => Box::new(openai_responses::OpenAiResponses::default()),
             WireFormat::Messages => Box::new(anthropic::AnthropicMessages::default()),
@@ -348,7 +351,7 @@ mod tests {
     fn parser(format: WireFormat, content_type: &str, max: usize) -> BodyParser {
         BodyParser::for_response(
             format,
-            "openai",
+            Quirks::default(),
             Some(content_type),
             ParserLimits {
                 max_event_bytes: max,

@@ -5,6 +5,8 @@
 
 use serde::Deserialize;
 
+use crate::provider::Quirks;
+
 use super::{
     EventKind, Extractor, ResponseRecord, Usage,
     json::{
@@ -257,10 +259,9 @@ pub struct OpenAiChat {
 }
 
 impl OpenAiChat {
-    /// `provider` is the gateway's provider name; it selects the quirks (`xai`).
-    pub fn new(provider: &str) -> Self {
+    pub fn new(quirks: Quirks) -> Self {
         OpenAiChat {
-            reasoning_outside_completion: provider.eq_ignore_ascii_case("xai"),
+            reasoning_outside_completion: quirks.reasoning_tokens_outside_completion,
             finish: FinishReasons::default(),
             started: false,
             done: false,
@@ -427,7 +428,7 @@ mod tests {
     use super::*;
 
     fn run(provider: &str, events: &[&str]) -> (ResponseRecord, Vec<EventKind>) {
-        let mut x = OpenAiChat::new(provider);
+        let mut x = OpenAiChat::new(crate::provider::builtin_quirks(provider));
         let mut r = ResponseRecord::default();
         let kinds = events.iter().map(|e| x.on_event("", e, &mut r)).collect();
         x.finish(true, &mut r);
@@ -587,7 +588,7 @@ mod tests {
 
     #[test]
     fn output_starts_with_the_first_content_reasoning_or_tool_delta() {
-        let mut x = OpenAiChat::new("openai");
+        let mut x = OpenAiChat::new(Quirks::default());
         let mut r = ResponseRecord::default();
         x.on_event("", ROLE, &mut r);
         assert!(!x.output_started(), "the role chunk carries no output");
@@ -597,14 +598,14 @@ mod tests {
             &mut r,
         );
         assert!(x.output_started());
-        let mut x = OpenAiChat::new("openai");
+        let mut x = OpenAiChat::new(Quirks::default());
         x.on_event("", r#"{"id":"c1","model":"m","choices":[{"index":0,"delta":{"content":null,"tool_calls":[{"index":0,"id":"call_1","function":{"name":"f","arguments":""}}]}}]}"#, &mut r);
         assert!(x.output_started());
     }
 
     #[test]
     fn json_error_bodies_are_not_completed_and_name_the_error() {
-        let mut x = OpenAiChat::new("vllm");
+        let mut x = OpenAiChat::new(Quirks::default());
         let mut r = ResponseRecord::default();
         x.on_json(br#"{"object":"error","message":"too long","type":"BadRequestError","param":null,"code":400}"#, &mut r);
         x.finish(true, &mut r);

@@ -4,10 +4,21 @@ mod registry;
 mod spec;
 
 pub use registry::{Provider, Registry, Route, RouteTimeouts};
-pub use spec::{AuthSpec, PathSpec, ProviderOverride, ProviderSpec, WireFormat};
+pub use spec::{AuthSpec, PathSpec, ProviderOverride, ProviderSpec, Quirks, WireFormat};
 
 /// The provider files in `providers/`, compiled into the binary so it runs with no files at all.
 /// `build.rs` lists the directory, so adding a provider is adding a file.
 pub fn builtin_specs() -> &'static [(&'static str, &'static str)] {
     include!(concat!(env!("OUT_DIR"), "/builtin_providers.rs"))
+}
+
+/// The quirks of a built-in provider (none for an unknown name); for tests and tools that read
+/// responses without a configured registry.
+pub fn builtin_quirks(name: &str) -> Quirks {
+    builtin_specs()
+        .iter()
+        .filter_map(|(_, text)| toml::from_str::<ProviderSpec>(text).ok())
+        .find(|spec| spec.name == name)
+        .map(|spec| spec.quirks)
+        .unwrap_or_default()
 }

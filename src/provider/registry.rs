@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use http::{HeaderName, HeaderValue, Uri};
 
-use super::spec::{PathSpec, ProviderSpec, WireFormat};
+use super::spec::{PathSpec, ProviderSpec, Quirks, WireFormat};
 use crate::{error::ProxyError, trace::metadata::percent_decode};
 
 /// Timeouts in force for one provider.
@@ -34,6 +34,7 @@ pub struct Provider {
     pub http2_prior_knowledge: bool,
     pub stream_usage_injection: bool,
     pub propagate_trace_context: bool,
+    pub quirks: Quirks,
     paths: Vec<PathSpec>,
     pub credential_headers: Vec<HeaderName>,
     /// A key the gateway holds, set only when the client sent no credential.
@@ -191,6 +192,7 @@ impl Provider {
             http2_prior_knowledge: spec.http2_prior_knowledge,
             stream_usage_injection: spec.stream_usage_injection,
             propagate_trace_context: spec.propagate_trace_context,
+            quirks: spec.quirks,
             paths: spec.paths.clone(),
             credential_headers,
             gateway_key,

@@ -107,6 +107,19 @@ pub struct ProviderSpec {
     /// providers where the customer names deployments.
     #[serde(default)]
     pub deployments: BTreeMap<String, String>,
+    /// How this provider departs from the wire format it copies.
+    #[serde(default)]
+    pub quirks: Quirks,
+}
+
+/// Ways a provider departs from the wire format it copies, read by the response extractors.
+/// Flags in the spec, not checks of a provider's name, so a user's own provider can have them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Quirks {
+    /// `completion_tokens` leaves out `reasoning_tokens` (xAI), so the extractor adds them
+    /// back: GenAI output tokens include reasoning.
+    pub reasoning_tokens_outside_completion: bool,
 }
 
 /// A `[providers.<name>]` table in the config: every field optional. On a provider that exists
@@ -131,6 +144,7 @@ pub struct ProviderOverride {
     pub prices_from: Option<String>,
     /// Added to the provider's deployments, replacing any of the same name.
     pub deployments: Option<BTreeMap<String, String>>,
+    pub quirks: Option<Quirks>,
 }
 
 impl ProviderSpec {
@@ -171,6 +185,7 @@ impl ProviderSpec {
             models: Vec::new(),
             prices_from: None,
             deployments: BTreeMap::new(),
+            quirks: Quirks::default(),
         }
     }
 
@@ -192,6 +207,9 @@ impl ProviderSpec {
         }
         if let Some(v) = o.propagate_trace_context {
             self.propagate_trace_context = v;
+        }
+        if let Some(v) = o.quirks {
+            self.quirks = v;
         }
         if let Some(v) = &o.auth {
             self.auth = v.clone();

@@ -170,7 +170,7 @@ where
                             .and_then(|v| v.to_str().ok());
                         BodyParser::for_response(
                             route.format,
-                            &route.provider.name,
+                            route.provider.quirks,
                             content_type,
                             limits,
                         )
