@@ -38,6 +38,8 @@ pub enum ProxyError {
     BodyTooLarge { limit: u64 },
     #[error("client request body failed: {0}")]
     ClientBody(String),
+    #[error("request body too slow: {0}")]
+    RequestBodyTimeout(String),
     #[error("upstream {host} is unreachable: {reason}")]
     UpstreamUnreachable { host: String, reason: String },
     #[error("upstream {host} sent no response headers within {ms} ms")]
@@ -52,6 +54,10 @@ pub enum ProxyError {
         limit_usd: String,
         window: &'static str,
     },
+    #[error(
+        "gateway is holding {limit} bytes of request bodies already (max_buffered_request_bytes), retry shortly"
+    )]
+    BufferFull { limit: u64 },
     #[error("internal gateway error: {0}")]
     Internal(String),
 }
@@ -62,9 +68,12 @@ impl ProxyError {
             ProxyError::UnknownRoute { .. } => StatusCode::NOT_FOUND,
             ProxyError::BadRouteParam { .. } | ProxyError::ClientBody(_) => StatusCode::BAD_REQUEST,
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::RequestBodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ProxyError::UpstreamUnreachable { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-            ProxyError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Overloaded { .. } | ProxyError::BufferFull { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ProxyError::BudgetExceeded { .. } => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -76,11 +85,14 @@ impl ProxyError {
             | ProxyError::BadRouteParam { .. }
             | ProxyError::BodyTooLarge { .. }
             | ProxyError::ClientBody(_)
+            | ProxyError::RequestBodyTimeout(_)
             | ProxyError::BudgetExceeded { .. } => Fault::Client,
             ProxyError::UpstreamUnreachable { .. } | ProxyError::UpstreamTimeout { .. } => {
                 Fault::Upstream
             }
-            ProxyError::Overloaded { .. } | ProxyError::Internal(_) => Fault::Gateway,
+            ProxyError::Overloaded { .. }
+            | ProxyError::BufferFull { .. }
+            | ProxyError::Internal(_) => Fault::Gateway,
         }
     }
 
@@ -92,9 +104,11 @@ impl ProxyError {
             ProxyError::BadRouteParam { .. } => "bad_route_param",
             ProxyError::BodyTooLarge { .. } => "request_too_large",
             ProxyError::ClientBody(_) => "client_body_error",
+            ProxyError::RequestBodyTimeout(_) => "request_body_timeout",
             ProxyError::UpstreamUnreachable { .. } => "upstream_unreachable",
             ProxyError::UpstreamTimeout { .. } => "upstream_timeout",
             ProxyError::Overloaded { .. } => "gateway_overloaded",
+            ProxyError::BufferFull { .. } => "gateway_buffer_full",
             ProxyError::BudgetExceeded { .. } => "budget_exceeded",
             ProxyError::Internal(_) => "internal_error",
         }
@@ -108,7 +122,9 @@ impl ProxyError {
             Fault::Client => "invalid_request_error",
             Fault::Upstream => "upstream_error",
             Fault::Gateway => match self {
-                ProxyError::Overloaded { .. } => "overloaded_error",
+                ProxyError::Overloaded { .. } | ProxyError::BufferFull { .. } => {
+                    "overloaded_error"
+                }
                 _ => "api_error",
             },
         }
@@ -137,7 +153,10 @@ impl ProxyError {
             "x-sidetrace-error-source",
             HeaderValue::from_static(self.fault().as_str()),
         );
-        if matches!(self, ProxyError::Overloaded { .. }) {
+        if matches!(
+            self,
+            ProxyError::Overloaded { .. } | ProxyError::BufferFull { .. }
+        ) {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         response

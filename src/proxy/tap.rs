@@ -519,9 +519,21 @@ async fn buffer_and_price(
 #[derive(Debug, Clone, Copy)]
 pub struct BufferedFor(pub Duration);
 
+impl Call {
+    /// Why an unfinished call was dropped: its client left, or shutdown cut it.
+    fn dropped_because(&self) -> &'static str {
+        if self.recorder.cutting() {
+            "shutdown"
+        } else {
+            "cancelled"
+        }
+    }
+}
+
 impl Drop for Call {
     fn drop(&mut self) {
-        self.finish(Outcome::Cancelled, Some("cancelled".to_string()), false);
+        let kind = self.dropped_because();
+        self.finish(Outcome::Cancelled, Some(kind.to_string()), false);
     }
 }
 
@@ -717,7 +729,9 @@ impl Drop for TapBody {
         let (Some(mut call), Some(mut inner)) = (self.call.take(), self.inner.take()) else {
             return;
         };
+        // When shutdown cuts the call nothing may outlive it: no background read.
         if self.on_disconnect == OnDisconnect::Finish
+            && !call.recorder.cutting()
             && let Ok(handle) = tokio::runtime::Handle::try_current()
         {
             // The client is gone; read the rest so the record has the full usage.
@@ -741,6 +755,7 @@ impl Drop for TapBody {
             return;
         }
         drop(inner);
-        call.finish(Outcome::Cancelled, Some("cancelled".to_string()), false);
+        let kind = call.dropped_because();
+        call.finish(Outcome::Cancelled, Some(kind.to_string()), false);
     }
 }
