@@ -12,7 +12,7 @@ use std::{
     net::SocketAddr,
     sync::{
         Arc,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
     },
     task::{Context, Poll},
     time::{Duration, Instant},
@@ -27,7 +27,7 @@ use hyper_util::{
 };
 use tokio::{
     net::TcpListener,
-    sync::{OwnedSemaphorePermit, Semaphore, watch},
+    sync::{Notify, OwnedSemaphorePermit, Semaphore, watch},
     task::{JoinHandle, JoinSet},
 };
 use tower::Service;
@@ -398,10 +398,36 @@ impl Throttled {
     }
 }
 
-/// Requests in flight, on one connection and on the whole listener.
+/// Requests in flight on a whole listener. Shutdown waits for none to be left: HTTP/2 streams
+/// run on tasks of their own, outside the connection tasks.
+#[derive(Default)]
+struct ListenerRequests {
+    count: AtomicUsize,
+    none_left: Notify,
+}
+
+impl ListenerRequests {
+    fn count(&self) -> usize {
+        self.count.load(Ordering::Acquire)
+    }
+
+    async fn wait_for_none(&self) {
+        loop {
+            let none_left = self.none_left.notified();
+            tokio::pin!(none_left);
+            none_left.as_mut().enable();
+            if self.count() == 0 {
+                return;
+            }
+            none_left.await;
+        }
+    }
+}
+
+/// Requests in flight, on one connection (watched for idleness) and on the whole listener.
 struct InFlight {
     connection: watch::Sender<usize>,
-    listener: Arc<watch::Sender<usize>>,
+    listener: Arc<ListenerRequests>,
 }
 
 /// One request in flight: from the call of the service until its response body is dropped.
@@ -410,7 +436,7 @@ struct RequestGuard(Arc<InFlight>);
 impl RequestGuard {
     fn new(in_flight: &Arc<InFlight>) -> Self {
         in_flight.connection.send_modify(|n| *n += 1);
-        in_flight.listener.send_modify(|n| *n += 1);
+        in_flight.listener.count.fetch_add(1, Ordering::AcqRel);
         RequestGuard(in_flight.clone())
     }
 }
@@ -418,7 +444,10 @@ impl RequestGuard {
 impl Drop for RequestGuard {
     fn drop(&mut self) {
         self.0.connection.send_modify(|n| *n -= 1);
-        self.0.listener.send_modify(|n| *n -= 1);
+        let listener = &self.0.listener;
+        if listener.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            listener.none_left.notify_waiters();
+        }
     }
 }
 
@@ -581,7 +610,7 @@ where
         .timer(TokioTimer::new())
         .max_concurrent_streams(1024);
     let slots = Arc::new(Semaphore::new(limits.max_connections));
-    let listener_requests = Arc::new(watch::Sender::new(0usize));
+    let listener_requests = Arc::new(ListenerRequests::default());
     let mut connections = JoinSet::new();
     let mut accept_failures = Throttled::new();
     let mut at_cap = Throttled::new();
@@ -658,10 +687,9 @@ where
         connections = connections.len(),
         "draining connections"
     );
-    let mut requests = listener_requests.subscribe();
     let drain = async {
         while connections.join_next().await.is_some() {}
-        let _ = requests.wait_for(|n| *n == 0).await;
+        listener_requests.wait_for_none().await;
     };
     if tokio::time::timeout(limits.grace, drain).await.is_ok() {
         return true;
@@ -669,7 +697,7 @@ where
     tracing::warn!(
         listener = name,
         connections = connections.len(),
-        calls = *listener_requests.borrow(),
+        calls = listener_requests.count(),
         "grace period over; cutting the remaining connections"
     );
     if let Some(recorder) = &recorder {
@@ -688,12 +716,12 @@ where
     connections.abort_all();
     let ended = async {
         while connections.join_next().await.is_some() {}
-        let _ = requests.wait_for(|n| *n == 0).await;
+        listener_requests.wait_for_none().await;
     };
     if tokio::time::timeout(CUT_DEADLINE, ended).await.is_err() {
         tracing::error!(
             listener = name,
-            calls = *listener_requests.borrow(),
+            calls = listener_requests.count(),
             "calls still open after their connections were cut"
         );
     }
