@@ -122,9 +122,7 @@ impl ProxyError {
             Fault::Client => "invalid_request_error",
             Fault::Upstream => "upstream_error",
             Fault::Gateway => match self {
-                ProxyError::Overloaded { .. } | ProxyError::BufferFull { .. } => {
-                    "overloaded_error"
-                }
+                ProxyError::Overloaded { .. } | ProxyError::BufferFull { .. } => "overloaded_error",
                 _ => "api_error",
             },
         }

@@ -671,7 +671,11 @@ where
             }
             Next::Accepted(Err(e)) => {
                 // Out of file descriptors and the like: keep serving the connections we have.
-                metrics.connections.accept_errors.get_or_create(&labels).inc();
+                metrics
+                    .connections
+                    .accept_errors
+                    .get_or_create(&labels)
+                    .inc();
                 if let Some(errors) = accept_failures.hit() {
                     tracing::warn!(listener = name, error = %e, errors, "accept failed");
                 }
@@ -739,15 +743,24 @@ Max open files            1024                 1048576              files     \n
     #[test]
     fn open_file_limit_is_the_soft_limit() {
         assert_eq!(parse_open_file_limit(LIMITS), Some(1024));
-        assert_eq!(parse_open_file_limit("Max open files unlimited unlimited files"), None);
+        assert_eq!(
+            parse_open_file_limit("Max open files unlimited unlimited files"),
+            None
+        );
         assert_eq!(parse_open_file_limit(""), None);
     }
 
     #[test]
     fn connection_cap_leaves_room_for_upstream_connections() {
-        assert_eq!(max_connections(0, Some(1024)), (1024 - FD_RESERVE as usize) / 2);
+        assert_eq!(
+            max_connections(0, Some(1024)),
+            (1024 - FD_RESERVE as usize) / 2
+        );
         assert_eq!(max_connections(100, Some(1024)), 100);
-        assert_eq!(max_connections(100_000, Some(1024)), (1024 - FD_RESERVE as usize) / 2);
+        assert_eq!(
+            max_connections(100_000, Some(1024)),
+            (1024 - FD_RESERVE as usize) / 2
+        );
         assert_eq!(max_connections(0, Some(10)), 1);
         assert_eq!(max_connections(0, None), 10_000);
         assert_eq!(max_connections(7, None), 7);

@@ -18,7 +18,8 @@ use http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
-const STREAM: &str = r#"{"model":"o4-mini","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+const STREAM: &str =
+    r#"{"model":"o4-mini","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
 const FIRST_EVENT: &str = "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"model\":\"o4-mini\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\"}}]}\n\n";
 
 /// A stream that sends one event and then nothing, until the connection goes away.

@@ -156,7 +156,6 @@ async fn a_body_sent_at_one_byte_per_tick_is_cut_by_the_total_deadline_with_408(
     gw.shutdown().await;
 }
 
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_chunked_body_that_stops_is_cut_by_the_idle_timeout_on_a_streamed_route() {
     let mock = Mock::start(|_| Reply::json(200, "{}")).await;
@@ -254,7 +253,9 @@ async fn request_bytes_held_in_memory_are_bounded_across_calls_with_503_past_the
     // Sent in frames without a content-length: only the growing count can refuse it.
     let (tx, rx) = tokio::sync::mpsc::channel(16);
     for chunk in big.as_bytes().chunks(100) {
-        tx.send(Ok(bytes::Bytes::copy_from_slice(chunk))).await.unwrap();
+        tx.send(Ok(bytes::Bytes::copy_from_slice(chunk)))
+            .await
+            .unwrap();
     }
     drop(tx);
     let body = http_body_util::BodyExt::boxed_unsync(ChannelBody { rx });
@@ -269,13 +270,18 @@ async fn request_bytes_held_in_memory_are_bounded_across_calls_with_503_past_the
     assert_eq!(json["error"]["code"], "gateway_buffer_full");
     let text = metrics(&gw).await;
     assert_eq!(
-        metric(&text, "sidetrace_requests_rejected_total{reason=\"buffer_full\"}"),
+        metric(
+            &text,
+            "sidetrace_requests_rejected_total{reason=\"buffer_full\"}"
+        ),
         1.0,
         "{text}"
     );
     // Small calls still fit; once the holder leaves, its bytes are given back.
     assert_eq!(
-        post(&gw, "/openai/v1/chat/completions", &[], CHAT).await.status,
+        post(&gw, "/openai/v1/chat/completions", &[], CHAT)
+            .await
+            .status,
         StatusCode::OK
     );
     drop(holder);
@@ -307,9 +313,18 @@ async fn connections_that_send_nothing_or_go_idle_are_closed() {
     wait_closed(&mut partial, Duration::from_secs(10)).await;
     // HTTP/1.1 kept alive after a call, then idle: closed.
     let mut kept = TcpStream::connect(gw.addr).await.unwrap();
-    kept.write_all(format!("{}{CHAT}", head("/openai/v1/chat/completions", &format!("content-length: {}", CHAT.len()))).as_bytes())
-        .await
-        .unwrap();
+    kept.write_all(
+        format!(
+            "{}{CHAT}",
+            head(
+                "/openai/v1/chat/completions",
+                &format!("content-length: {}", CHAT.len())
+            )
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
     let (status, _, _) = read_response(&mut kept, Duration::from_secs(10)).await;
     assert_eq!(status, 200);
     wait_closed(&mut kept, Duration::from_secs(10)).await;
@@ -336,7 +351,10 @@ async fn connections_that_send_nothing_or_go_idle_are_closed() {
         .unwrap();
     let text = metrics(&gw).await;
     assert!(
-        metric(&text, "sidetrace_connections_closed_total{listener=\"proxy\",reason=\"idle\"}") >= 2.0,
+        metric(
+            &text,
+            "sidetrace_connections_closed_total{listener=\"proxy\",reason=\"idle\"}"
+        ) >= 2.0,
         "{text}"
     );
     gw.shutdown().await;
@@ -365,7 +383,10 @@ async fn with_300_file_descriptors_400_silent_sockets_do_not_stop_normal_calls()
     let mut child = Command::new("sh")
         .args([
             "-c",
-            &format!("ulimit -n 300 && exec {binary} serve --config {}", path.display()),
+            &format!(
+                "ulimit -n 300 && exec {binary} serve --config {}",
+                path.display()
+            ),
         ])
         .env_remove("RUST_LOG")
         .env_remove("SIDETRACE_LOG")
