@@ -197,7 +197,7 @@ async fn twenty_stalled_bodies_no_longer_starve_a_normal_caller_once_their_timeo
     let mock = Mock::start(|_| ok_reply()).await;
     let gw = gateway_for(
         &mock,
-        "max_concurrent_requests = 20\n[timeouts]\nrequest_body_idle_ms = 500\n",
+        "max_concurrent_requests = 20\n[timeouts]\nrequest_body_idle_ms = 2000\n",
     )
     .await;
     let mut stalled = Vec::new();
