@@ -428,3 +428,37 @@ async fn with_300_file_descriptors_400_silent_sockets_do_not_stop_normal_calls()
     assert!(logs.contains("connection cap reached"), "{logs}");
     drop(silent);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_in_flight_longer_than_the_idle_connection_timeout_is_not_cut() {
+    let event = "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"model\":\"o4-mini\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\"}}]}\n\n";
+    let mock = Mock::start(move |_| {
+        Reply::sse(
+            &[event, event, event, "data: [DONE]\n\n"],
+            Duration::from_millis(200),
+        )
+        .delay_headers(Duration::from_millis(300))
+    })
+    .await;
+    let gw = gateway_for(
+        &mock,
+        "[timeouts]\nrequest_headers_ms = 100\nidle_connection_ms = 100\n",
+    )
+    .await;
+    let stream = r#"{"model":"o4-mini","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+    for client in [client(), h2_client()] {
+        let req = Request::post(format!("http://{}/openai/v1/chat/completions", gw.addr))
+            .body(full_body(stream))
+            .unwrap();
+        let response = client.request(req).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let (got, end) = frames(response.into_body()).await;
+        assert_eq!(end, Ok(()), "the stream ends cleanly");
+        assert!(
+            String::from_utf8(concat(&got))
+                .unwrap()
+                .ends_with("data: [DONE]\n\n")
+        );
+    }
+    gw.shutdown().await;
+}
