@@ -55,7 +55,7 @@ pub enum ProxyError {
         window: &'static str,
     },
     #[error(
-        "gateway is holding {limit} bytes of request bodies already (max_buffered_request_bytes), retry shortly"
+        "request bodies held by the gateway would pass {limit} bytes (max_buffered_request_bytes), retry shortly"
     )]
     BufferFull { limit: u64 },
     #[error("internal gateway error: {0}")]
