@@ -3,7 +3,10 @@
 
 use std::{
     collections::{HashSet, VecDeque},
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, SystemTime},
 };
 
@@ -223,6 +226,8 @@ pub struct Recorder {
     spans: Mutex<VecDeque<SpanRecord>>,
     keep: usize,
     export: Option<ExportHandle>,
+    /// Shutdown's grace is over and open calls are being cut.
+    cutting: AtomicBool,
 }
 
 impl Recorder {
@@ -252,11 +257,23 @@ impl Recorder {
             spans: Mutex::new(VecDeque::with_capacity(keep.min(1024))),
             keep,
             export,
+            cutting: AtomicBool::new(false),
         }
     }
 
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+
+    /// Marks that shutdown is cutting the calls still open: they end as `error.type=shutdown`
+    /// rather than `cancelled`, and nothing is left to read in the background.
+    pub fn begin_cut(&self) {
+        self.cutting.store(true, Ordering::Release);
+    }
+
+    /// Whether shutdown is cutting open calls (see [`Recorder::begin_cut`]).
+    pub fn cutting(&self) -> bool {
+        self.cutting.load(Ordering::Acquire)
     }
 
     /// Prices a finished call in place (exact, from the reported usage).

@@ -42,6 +42,8 @@ pub enum ProxyError {
     BodyTooLarge { limit: u64 },
     #[error("client request body failed: {0}")]
     ClientBody(String),
+    #[error("request body too slow: {0}")]
+    RequestBodyTimeout(String),
     #[error("upstream {host} is unreachable: {reason}")]
     UpstreamUnreachable { host: String, reason: String },
     #[error("upstream {host} sent no response headers within {ms} ms")]
@@ -57,6 +59,10 @@ pub enum ProxyError {
         window: &'static str,
         retry_after_secs: u64,
     },
+    #[error(
+        "request bodies held by the gateway would pass {limit} bytes (max_buffered_request_bytes), retry shortly"
+    )]
+    BufferFull { limit: u64 },
     #[error("internal gateway error: {0}")]
     Internal(String),
 }
@@ -69,9 +75,12 @@ impl ProxyError {
             | ProxyError::DotSegment { .. }
             | ProxyError::ClientBody(_) => StatusCode::BAD_REQUEST,
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::RequestBodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ProxyError::UpstreamUnreachable { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-            ProxyError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Overloaded { .. } | ProxyError::BufferFull { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ProxyError::BudgetExceeded { .. } => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -84,11 +93,14 @@ impl ProxyError {
             | ProxyError::DotSegment { .. }
             | ProxyError::BodyTooLarge { .. }
             | ProxyError::ClientBody(_)
+            | ProxyError::RequestBodyTimeout(_)
             | ProxyError::BudgetExceeded { .. } => Fault::Client,
             ProxyError::UpstreamUnreachable { .. } | ProxyError::UpstreamTimeout { .. } => {
                 Fault::Upstream
             }
-            ProxyError::Overloaded { .. } | ProxyError::Internal(_) => Fault::Gateway,
+            ProxyError::Overloaded { .. }
+            | ProxyError::BufferFull { .. }
+            | ProxyError::Internal(_) => Fault::Gateway,
         }
     }
 
@@ -101,9 +113,11 @@ impl ProxyError {
             ProxyError::DotSegment { .. } => "invalid_path",
             ProxyError::BodyTooLarge { .. } => "request_too_large",
             ProxyError::ClientBody(_) => "client_body_error",
+            ProxyError::RequestBodyTimeout(_) => "request_body_timeout",
             ProxyError::UpstreamUnreachable { .. } => "upstream_unreachable",
             ProxyError::UpstreamTimeout { .. } => "upstream_timeout",
             ProxyError::Overloaded { .. } => "gateway_overloaded",
+            ProxyError::BufferFull { .. } => "gateway_buffer_full",
             ProxyError::BudgetExceeded { .. } => "budget_exceeded",
             ProxyError::Internal(_) => "internal_error",
         }
@@ -117,7 +131,7 @@ impl ProxyError {
             Fault::Client => "invalid_request_error",
             Fault::Upstream => "upstream_error",
             Fault::Gateway => match self {
-                ProxyError::Overloaded { .. } => "overloaded_error",
+                ProxyError::Overloaded { .. } | ProxyError::BufferFull { .. } => "overloaded_error",
                 _ => "api_error",
             },
         }
@@ -147,7 +161,7 @@ impl ProxyError {
             HeaderValue::from_static(self.fault().as_str()),
         );
         match self {
-            ProxyError::Overloaded { .. } => {
+            ProxyError::Overloaded { .. } | ProxyError::BufferFull { .. } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             ProxyError::BudgetExceeded {

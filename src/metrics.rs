@@ -75,6 +75,59 @@ struct OutcomeOnly {
     outcome: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabels {
+    pub listener: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConnectionCloseLabels {
+    pub listener: &'static str,
+    pub reason: &'static str,
+}
+
+/// Client connections of each listener.
+pub struct ConnectionMetrics {
+    pub open: Family<ListenerLabels, Gauge>,
+    /// Closed by the gateway: `idle` (no request for a while), `shutdown_cut` (grace over).
+    pub closed: Family<ConnectionCloseLabels, Counter>,
+    pub accept_errors: Family<ListenerLabels, Counter>,
+    /// Times the listener reached its connection cap and stopped accepting for a while.
+    pub cap_reached: Family<ListenerLabels, Counter>,
+}
+
+impl ConnectionMetrics {
+    fn register(registry: &mut Registry) -> ConnectionMetrics {
+        let m = ConnectionMetrics {
+            open: Family::default(),
+            closed: Family::default(),
+            accept_errors: Family::default(),
+            cap_reached: Family::default(),
+        };
+        registry.register(
+            "sidetrace_connections_open",
+            "Client connections open, by listener",
+            m.open.clone(),
+        );
+        registry.register(
+            "sidetrace_connections_closed",
+            "Client connections the gateway closed, by listener and reason (idle, shutdown_cut)",
+            m.closed.clone(),
+        );
+        registry.register(
+            "sidetrace_accept_errors",
+            "Failed accepts (out of file descriptors and the like), by listener",
+            m.accept_errors.clone(),
+        );
+        registry.register(
+            "sidetrace_connection_cap_reached",
+            "Times a listener reached max_connections and paused accepting until one closed",
+            m.cap_reached.clone(),
+        );
+        m
+    }
+}
+
 type HistogramFamily = Family<ProviderLabels, Histogram, fn() -> Histogram>;
 
 fn overhead_histogram() -> Histogram {
@@ -119,6 +172,9 @@ pub struct Metrics {
     pub spool_degraded: Gauge,
     /// Calls in flight, open response streams included.
     pub active_calls: Gauge,
+    /// Request body bytes held by inspected routes.
+    pub request_buffered_bytes: Gauge,
+    pub connections: ConnectionMetrics,
 }
 
 impl Default for Metrics {
@@ -313,6 +369,14 @@ impl Metrics {
             "Calls in flight, open response streams included",
             active_calls.clone(),
         );
+        let request_buffered_bytes = Gauge::default();
+        registry.register_with_unit(
+            "sidetrace_request_buffered",
+            "Request body bytes held in memory by inspected routes (max_buffered_request_bytes)",
+            Unit::Bytes,
+            request_buffered_bytes.clone(),
+        );
+        let connections = ConnectionMetrics::register(&mut registry);
         Metrics {
             registry,
             requests,
@@ -344,6 +408,8 @@ impl Metrics {
             spool_oldest_age_seconds,
             spool_degraded,
             active_calls,
+            request_buffered_bytes,
+            connections,
         }
     }
 

@@ -1,23 +1,35 @@
 //! Listeners, connection handling and graceful shutdown for the proxy and admin ports.
+//!
+//! Each listener keeps its connections bounded: at most `max_connections` open (at the cap it
+//! stops accepting until one closes), a connection must send its first request within
+//! `request_headers_ms` and is closed gracefully after `idle_connection_ms` with no request in
+//! flight. On shutdown the connections drain within the grace; those still open after it are
+//! cut, and the calls on them are finished (recorded, exported or spooled) before export stops.
 
 use std::{
     convert::Infallible,
+    fmt::Display,
     net::SocketAddr,
     sync::{
         Arc,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
     },
-    time::Duration,
+    task::{Context, Poll},
+    time::{Duration, Instant},
 };
 
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
-    server::{conn::auto, graceful::GracefulShutdown},
+    server::{conn::auto, graceful::GracefulConnection},
     service::TowerToHyperService,
 };
-use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
+use tokio::{
+    net::TcpListener,
+    sync::{Notify, OwnedSemaphorePermit, Semaphore, watch},
+    task::{JoinHandle, JoinSet},
+};
 use tower::Service;
 
 use crate::{
@@ -31,8 +43,12 @@ use crate::{
         sampling::TailSampler,
         spool::{SpoolLimits, open_or_degrade},
     },
-    metrics::Metrics,
-    proxy::{body::ProxyBody, stack, upstream::UpstreamClient},
+    metrics::{ConnectionCloseLabels, ListenerLabels, Metrics},
+    proxy::{
+        body::{Holding, ProxyBody},
+        stack,
+        upstream::UpstreamClient,
+    },
     store::{
         budgets::Budgets,
         costs::{CostStore, spawn_flusher},
@@ -146,16 +162,35 @@ impl Gateway {
         });
 
         let (shutdown, signal) = watch::channel(false);
-        let grace = config.shutdown_grace();
         let export_deadline = Duration::from_millis(config.export.shutdown_export_ms);
+        let proxy_limits = ListenerLimits {
+            name: "proxy",
+            max_connections: max_connections(config.max_connections, open_file_limit()),
+            first_request: Duration::from_millis(config.timeouts.request_headers_ms),
+            idle: Duration::from_millis(config.timeouts.idle_connection_ms),
+            grace: config.shutdown_grace(),
+        };
+        let admin_limits = ListenerLimits {
+            name: "admin",
+            max_connections: ADMIN_MAX_CONNECTIONS,
+            grace: Duration::from_secs(1),
+            ..proxy_limits
+        };
+        tracing::info!(
+            max_connections = proxy_limits.max_connections,
+            "client connection cap"
+        );
+        let serve_metrics = metrics.clone();
+        let cut_recorder = recorder.clone();
         let task = tokio::spawn(async move {
             let admin_stop = watch::channel(false);
             let admin_task = tokio::spawn(serve(
                 admin_listener,
                 admin_service,
                 admin_stop.1,
-                Duration::from_secs(1),
-                "admin",
+                admin_limits,
+                serve_metrics.clone(),
+                None,
             ));
             let mut on_signal = signal.clone();
             let ready = admin_state.clone();
@@ -163,7 +198,15 @@ impl Gateway {
                 let _ = on_signal.wait_for(|stop| *stop).await;
                 ready.ready.store(false, Ordering::Release);
             });
-            let drained = serve(listener, proxy, signal, grace, "proxy").await;
+            let drained = serve(
+                listener,
+                proxy,
+                signal,
+                proxy_limits,
+                serve_metrics,
+                Some(cut_recorder),
+            )
+            .await;
             // Every call has ended: export what is queued, spool the rest.
             if let Some(tasks) = export_tasks {
                 tasks.shutdown(export_deadline).await;
@@ -278,14 +321,274 @@ fn local_addr(listener: &TcpListener, what: &'static str) -> Result<SocketAddr, 
     })
 }
 
-/// Accepts connections until told to stop, then lets open connections finish for up to
-/// `grace`. Returns whether they all finished.
+/// Admin connections at once: probes and a scraper need few.
+const ADMIN_MAX_CONNECTIONS: usize = 64;
+
+/// File descriptors kept for what is not a client connection: the data stores, the admin
+/// listener, idle upstream connections, the exporter.
+const FD_RESERVE: u64 = 128 + ADMIN_MAX_CONNECTIONS as u64;
+
+/// How long cut connections may take to end once aborted (they end at their next poll).
+const CUT_DEADLINE: Duration = Duration::from_secs(5);
+
+/// The proxy listener's connection cap: half of the open-file limit left after the reserve
+/// (each call may open an upstream connection too), or less when configured lower.
+fn max_connections(configured: usize, open_files: Option<u64>) -> usize {
+    let derived = open_files.map(|n| (n.saturating_sub(FD_RESERVE) / 2).max(1));
+    let derived = derived.map(|n| usize::try_from(n).unwrap_or(usize::MAX));
+    match (configured, derived) {
+        (0, Some(d)) => d,
+        (0, None) => 10_000,
+        (c, Some(d)) => c.min(d),
+        (c, None) => c,
+    }
+}
+
+/// The soft `RLIMIT_NOFILE` of this process, from `/proc/self/limits` (Linux); `None` when
+/// unknown or unlimited.
+fn open_file_limit() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/self/limits").ok()?;
+    parse_open_file_limit(&text)
+}
+
+fn parse_open_file_limit(limits: &str) -> Option<u64> {
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
+}
+
+/// How one listener treats its connections.
+#[derive(Debug, Clone, Copy)]
+struct ListenerLimits {
+    name: &'static str,
+    max_connections: usize,
+    /// A new connection must have sent its first request's headers within this long.
+    first_request: Duration,
+    /// A connection with no request in flight for this long is closed gracefully.
+    idle: Duration,
+    /// On shutdown, how long open connections may take to finish.
+    grace: Duration,
+}
+
+/// Logs a repeated warning at most once a second, with how many times it happened.
+struct Throttled {
+    last: Option<Instant>,
+    count: u64,
+}
+
+impl Throttled {
+    fn new() -> Self {
+        Throttled {
+            last: None,
+            count: 0,
+        }
+    }
+
+    /// Counts one occurrence; returns how many happened since the last log line when it is
+    /// time for another.
+    fn hit(&mut self) -> Option<u64> {
+        self.count += 1;
+        let due = self
+            .last
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(1));
+        if !due {
+            return None;
+        }
+        self.last = Some(Instant::now());
+        Some(std::mem::take(&mut self.count))
+    }
+}
+
+/// Requests in flight on a whole listener. Shutdown waits for none to be left: HTTP/2 streams
+/// run on tasks of their own, outside the connection tasks.
+#[derive(Default)]
+struct ListenerRequests {
+    count: AtomicUsize,
+    none_left: Notify,
+}
+
+impl ListenerRequests {
+    fn count(&self) -> usize {
+        self.count.load(Ordering::Acquire)
+    }
+
+    async fn wait_for_none(&self) {
+        loop {
+            let none_left = self.none_left.notified();
+            tokio::pin!(none_left);
+            none_left.as_mut().enable();
+            if self.count() == 0 {
+                return;
+            }
+            none_left.await;
+        }
+    }
+}
+
+/// Requests in flight, on one connection (watched for idleness) and on the whole listener.
+struct InFlight {
+    connection: watch::Sender<usize>,
+    listener: Arc<ListenerRequests>,
+}
+
+/// One request in flight: from the call of the service until its response body is dropped.
+struct RequestGuard(Arc<InFlight>);
+
+impl RequestGuard {
+    fn new(in_flight: &Arc<InFlight>) -> Self {
+        in_flight.connection.send_modify(|n| *n += 1);
+        in_flight.listener.count.fetch_add(1, Ordering::AcqRel);
+        RequestGuard(in_flight.clone())
+    }
+}
+
+impl Drop for RequestGuard {
+    fn drop(&mut self) {
+        self.0.connection.send_modify(|n| *n -= 1);
+        let listener = &self.0.listener;
+        if listener.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            listener.none_left.notify_waiters();
+        }
+    }
+}
+
+/// Counts a connection's requests in flight, so that it can be closed once idle and shutdown
+/// can wait for every call (HTTP/2 streams run on tasks of their own).
+#[derive(Clone)]
+struct TrackRequests<S> {
+    inner: S,
+    in_flight: Arc<InFlight>,
+}
+
+impl<S> Service<Request<Incoming>> for TrackRequests<S>
+where
+    S: Service<Request<Incoming>, Response = Response<ProxyBody>, Error = Infallible>,
+    S::Future: Send + 'static,
+{
+    type Response = Response<ProxyBody>;
+    type Error = Infallible;
+    type Future = crate::proxy::BoxFuture<Result<Response<ProxyBody>, Infallible>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+        let guard = RequestGuard::new(&self.in_flight);
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            let response = fut.await?;
+            Ok(response.map(|body| Holding::boxed(body, guard)))
+        })
+    }
+}
+
+/// Resolves once the connection has had no request in flight for `first` (before its first
+/// request) or `idle` (after it).
+async fn until_idle(mut requests: watch::Receiver<usize>, first: Duration, idle: Duration) {
+    let mut wait = first;
+    loop {
+        if requests.wait_for(|n| *n == 0).await.is_err() {
+            return std::future::pending().await;
+        }
+        match tokio::time::timeout(wait, requests.changed()).await {
+            Err(_elapsed) => return,
+            Ok(Err(_closed)) => return std::future::pending().await,
+            Ok(Ok(())) => wait = idle,
+        }
+    }
+}
+
+/// Counts an open connection and holds its place under the cap until it ends.
+struct OpenConnection {
+    metrics: Arc<Metrics>,
+    listener: &'static str,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl OpenConnection {
+    fn new(metrics: Arc<Metrics>, listener: &'static str, permit: OwnedSemaphorePermit) -> Self {
+        metrics
+            .connections
+            .open
+            .get_or_create(&ListenerLabels { listener })
+            .inc();
+        OpenConnection {
+            metrics,
+            listener,
+            _permit: permit,
+        }
+    }
+
+    fn closed(&self, reason: &'static str) {
+        let labels = ConnectionCloseLabels {
+            listener: self.listener,
+            reason,
+        };
+        self.metrics.connections.closed.get_or_create(&labels).inc();
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        let labels = ListenerLabels {
+            listener: self.listener,
+        };
+        self.metrics.connections.open.get_or_create(&labels).dec();
+    }
+}
+
+/// Serves one connection until it ends; closes it gracefully when the listener stops or when
+/// it has been idle too long.
+async fn run_connection<C>(
+    conn: C,
+    requests: watch::Receiver<usize>,
+    mut stop: watch::Receiver<bool>,
+    limits: ListenerLimits,
+    open: OpenConnection,
+) where
+    C: GracefulConnection,
+    C::Error: Display,
+{
+    tokio::pin!(conn);
+    let idle = until_idle(requests, limits.first_request, limits.idle);
+    tokio::pin!(idle);
+    let mut closing = false;
+    let result = loop {
+        tokio::select! {
+            result = conn.as_mut() => break result,
+            _ = stop.wait_for(|stop| *stop), if !closing => {
+                closing = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            () = &mut idle, if !closing => {
+                closing = true;
+                open.closed("idle");
+                conn.as_mut().graceful_shutdown();
+            }
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(listener = limits.name, error = %e, "connection ended with an error");
+    }
+}
+
+/// What the accept loop does next.
+enum Next {
+    Stop,
+    Accepted(std::io::Result<(tokio::net::TcpStream, SocketAddr)>),
+}
+
+/// Accepts connections until told to stop (at most `max_connections` open at once), then lets
+/// open connections finish for up to the grace period. Connections still open after it are cut,
+/// and the calls on them finished (as `error.type=shutdown` when `recorder` is given) before
+/// this returns. Returns whether every connection finished within the grace.
 async fn serve<S>(
     listener: TcpListener,
     service: S,
     mut stop: watch::Receiver<bool>,
-    grace: Duration,
-    name: &'static str,
+    limits: ListenerLimits,
+    metrics: Arc<Metrics>,
+    recorder: Option<Arc<Recorder>>,
 ) -> bool
 where
     S: Service<Request<Incoming>, Response = Response<ProxyBody>, Error = Infallible>
@@ -294,41 +597,89 @@ where
         + 'static,
     S::Future: Send + 'static,
 {
+    let name = limits.name;
     let mut builder = auto::Builder::new(TokioExecutor::new());
+    // HTTP/1.1: partial request headers, and a kept-alive connection's next request headers,
+    // must come within the timeout (hyper starts it whenever it waits for a request head).
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30));
+        .header_read_timeout(limits.first_request);
     builder
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(1024);
-    let graceful = GracefulShutdown::new();
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let listener_requests = Arc::new(ListenerRequests::default());
+    let mut connections = JoinSet::new();
+    let mut accept_failures = Throttled::new();
+    let mut at_cap = Throttled::new();
+    let labels = ListenerLabels { listener: name };
     loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            _ = stop.wait_for(|stop| *stop) => break,
+        while let Some(ended) = connections.try_join_next() {
+            if let Err(e) = ended {
+                tracing::error!(listener = name, error = %e, "connection task failed");
+            }
+        }
+        let permit = match slots.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                metrics.connections.cap_reached.get_or_create(&labels).inc();
+                if let Some(times) = at_cap.hit() {
+                    tracing::warn!(
+                        listener = name,
+                        max_connections = limits.max_connections,
+                        times,
+                        "connection cap reached; accepting again when a connection closes"
+                    );
+                }
+                tokio::select! {
+                    permit = slots.clone().acquire_owned() => match permit {
+                        Ok(permit) => permit,
+                        Err(_closed) => break,
+                    },
+                    _ = stop.wait_for(|stop| *stop) => break,
+                }
+            }
         };
-        match accepted {
-            Ok((stream, _peer)) => {
+        let next = tokio::select! {
+            accepted = listener.accept() => Next::Accepted(accepted),
+            _ = stop.wait_for(|stop| *stop) => Next::Stop,
+        };
+        match next {
+            Next::Stop => break,
+            Next::Accepted(Ok((stream, _peer))) => {
                 // Small SSE events must leave at once, not wait for Nagle.
                 let _ = stream.set_nodelay(true);
+                let in_flight = Arc::new(InFlight {
+                    connection: watch::Sender::new(0),
+                    listener: listener_requests.clone(),
+                });
+                let requests = in_flight.connection.subscribe();
+                let service = TrackRequests {
+                    inner: service.clone(),
+                    in_flight,
+                };
                 let conn = builder
                     .serve_connection_with_upgrades(
                         TokioIo::new(stream),
-                        TowerToHyperService::new(service.clone()),
+                        TowerToHyperService::new(service),
                     )
                     .into_owned();
-                let conn = graceful.watch(conn);
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(listener = name, error = %e, "connection ended with an error");
-                    }
-                });
+                let open = OpenConnection::new(metrics.clone(), name, permit);
+                connections.spawn(run_connection(conn, requests, stop.clone(), limits, open));
             }
-            Err(e) => {
+            Next::Accepted(Err(e)) => {
                 // Out of file descriptors and the like: keep serving the connections we have.
-                tracing::warn!(listener = name, error = %e, "accept failed");
+                metrics
+                    .connections
+                    .accept_errors
+                    .get_or_create(&labels)
+                    .inc();
+                if let Some(errors) = accept_failures.hit() {
+                    tracing::warn!(listener = name, error = %e, errors, "accept failed");
+                }
+                drop(permit);
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
@@ -336,14 +687,82 @@ where
     drop(listener);
     tracing::info!(
         listener = name,
-        grace_ms = grace.as_millis() as u64,
+        grace_ms = limits.grace.as_millis() as u64,
+        connections = connections.len(),
         "draining connections"
     );
-    tokio::select! {
-        _ = graceful.shutdown() => true,
-        _ = tokio::time::sleep(grace) => {
-            tracing::warn!(listener = name, "grace period over; cutting the remaining connections");
-            false
-        }
+    let drain = async {
+        while connections.join_next().await.is_some() {}
+        listener_requests.wait_for_none().await;
+    };
+    if tokio::time::timeout(limits.grace, drain).await.is_ok() {
+        return true;
+    }
+    tracing::warn!(
+        listener = name,
+        connections = connections.len(),
+        calls = listener_requests.count(),
+        "grace period over; cutting the remaining connections"
+    );
+    if let Some(recorder) = &recorder {
+        recorder.begin_cut();
+    }
+    let cut = ConnectionCloseLabels {
+        listener: name,
+        reason: "shutdown_cut",
+    };
+    metrics
+        .connections
+        .closed
+        .get_or_create(&cut)
+        .inc_by(connections.len() as u64);
+    // Aborting drops each connection with its calls: every call's record is finished there.
+    connections.abort_all();
+    let ended = async {
+        while connections.join_next().await.is_some() {}
+        listener_requests.wait_for_none().await;
+    };
+    if tokio::time::timeout(CUT_DEADLINE, ended).await.is_err() {
+        tracing::error!(
+            listener = name,
+            calls = listener_requests.count(),
+            "calls still open after their connections were cut"
+        );
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: &str = "Limit                     Soft Limit           Hard Limit           Units     \n\
+Max cpu time              unlimited            unlimited            seconds   \n\
+Max open files            1024                 1048576              files     \n";
+
+    #[test]
+    fn open_file_limit_is_the_soft_limit() {
+        assert_eq!(parse_open_file_limit(LIMITS), Some(1024));
+        assert_eq!(
+            parse_open_file_limit("Max open files unlimited unlimited files"),
+            None
+        );
+        assert_eq!(parse_open_file_limit(""), None);
+    }
+
+    #[test]
+    fn connection_cap_leaves_room_for_upstream_connections() {
+        assert_eq!(
+            max_connections(0, Some(1024)),
+            (1024 - FD_RESERVE as usize) / 2
+        );
+        assert_eq!(max_connections(100, Some(1024)), 100);
+        assert_eq!(
+            max_connections(100_000, Some(1024)),
+            (1024 - FD_RESERVE as usize) / 2
+        );
+        assert_eq!(max_connections(0, Some(10)), 1);
+        assert_eq!(max_connections(0, None), 10_000);
+        assert_eq!(max_connections(7, None), 7);
     }
 }

@@ -65,6 +65,15 @@ pub struct TimeoutConfig {
     pub idle_ms: u64,
     /// Whole call, from request to last byte.
     pub total_ms: u64,
+    /// Client side, not per provider: a new connection must send its first request's headers
+    /// within this long, and a kept-alive HTTP/1.1 connection its next request's.
+    pub request_headers_ms: u64,
+    /// Client side: longest silence between two frames of a request body (408 when exceeded).
+    pub request_body_idle_ms: u64,
+    /// Client side: the whole request body must arrive within this long (408 when exceeded).
+    pub request_body_total_ms: u64,
+    /// Client side: a connection with no request in flight for this long is closed gracefully.
+    pub idle_connection_ms: u64,
 }
 
 impl Default for TimeoutConfig {
@@ -73,6 +82,10 @@ impl Default for TimeoutConfig {
             response_headers_ms: 600_000,
             idle_ms: 300_000,
             total_ms: 1_800_000,
+            request_headers_ms: 30_000,
+            request_body_idle_ms: 30_000,
+            request_body_total_ms: 120_000,
+            idle_connection_ms: 90_000,
         }
     }
 }
@@ -314,6 +327,11 @@ pub struct Config {
     pub max_request_body_bytes: u64,
     /// On SIGTERM, how long open calls may take to finish before they are cut.
     pub shutdown_grace_ms: u64,
+    /// Request bytes held in memory at once by inspected routes, over all calls (503 above it).
+    pub max_buffered_request_bytes: u64,
+    /// Open client connections; 0: derived from the open-file limit. At the cap the gateway
+    /// stops accepting until a connection closes.
+    pub max_connections: usize,
     pub log: LogConfig,
     pub timeouts: TimeoutConfig,
     pub upstream: UpstreamConfig,
@@ -349,6 +367,8 @@ impl Default for Config {
             max_concurrent_requests: 10_000,
             max_request_body_bytes: 32 * 1024 * 1024,
             shutdown_grace_ms: 30_000,
+            max_buffered_request_bytes: 256 * 1024 * 1024,
+            max_connections: 0,
             log: LogConfig::default(),
             timeouts: TimeoutConfig::default(),
             upstream: UpstreamConfig::default(),
@@ -658,6 +678,22 @@ impl Config {
             ),
             ("timeouts.idle_ms", self.timeouts.idle_ms),
             ("timeouts.total_ms", self.timeouts.total_ms),
+            (
+                "timeouts.request_headers_ms",
+                self.timeouts.request_headers_ms,
+            ),
+            (
+                "timeouts.request_body_idle_ms",
+                self.timeouts.request_body_idle_ms,
+            ),
+            (
+                "timeouts.request_body_total_ms",
+                self.timeouts.request_body_total_ms,
+            ),
+            (
+                "timeouts.idle_connection_ms",
+                self.timeouts.idle_connection_ms,
+            ),
             (
                 "upstream.connect_timeout_ms",
                 self.upstream.connect_timeout_ms,

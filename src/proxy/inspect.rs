@@ -1,10 +1,14 @@
 //! Request inspection: on routes whose wire format the gateway reads, the JSON request body is
 //! read (it is small, and bounded by the body limit) to learn the model, the stream flag and the
 //! generation parameters, and `stream_options.include_usage` is added to OpenAI-style streams
-//! that lack it. Other routes (uploads, files) keep streaming untouched.
+//! that lack it. Other routes (uploads, files) keep streaming untouched. The bytes held at once
+//! over all calls are bounded (`max_buffered_request_bytes`): past it a call gets 503.
 
 use std::{
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
     task::{Context, Poll},
 };
 
@@ -14,10 +18,11 @@ use http_body_util::BodyExt;
 use serde::Deserialize;
 use tower::{Layer, Service};
 
-use super::body::{ProxyBody, RequestBody};
+use super::body::{Holding, ProxyBody, RequestBody};
 use crate::{
     call::{RequestInfo, RequestParams},
     error::ProxyError,
+    metrics::Metrics,
     provider::{Route, WireFormat},
     proxy::tap::ClientWants,
     trace::{
@@ -26,17 +31,85 @@ use crate::{
     },
 };
 
+/// The request bytes all inspected calls may hold in memory at once.
+pub struct RequestBuffers {
+    max: u64,
+    used: AtomicU64,
+    metrics: Arc<Metrics>,
+}
+
+impl RequestBuffers {
+    pub fn new(max: u64, metrics: Arc<Metrics>) -> Arc<RequestBuffers> {
+        Arc::new(RequestBuffers {
+            max,
+            used: AtomicU64::new(0),
+            metrics,
+        })
+    }
+
+    fn hold(self: &Arc<Self>) -> Held {
+        Held {
+            buffers: self.clone(),
+            bytes: 0,
+        }
+    }
+}
+
+/// Bytes one call holds; given back when it is dropped (once the body has been sent upstream).
+struct Held {
+    buffers: Arc<RequestBuffers>,
+    bytes: u64,
+}
+
+impl Held {
+    /// Holds `total` bytes in all, or refuses (and counts the refusal) when that would pass the
+    /// limit.
+    fn grow_to(&mut self, total: u64) -> Result<(), ProxyError> {
+        let Some(more) = total.checked_sub(self.bytes).filter(|&n| n > 0) else {
+            return Ok(());
+        };
+        let b = &self.buffers;
+        b.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_add(more).filter(|&n| n <= b.max)
+            })
+            .map_err(|_| {
+                b.metrics.rejected("buffer_full");
+                ProxyError::BufferFull { limit: b.max }
+            })?;
+        b.metrics.request_buffered_bytes.inc_by(more as i64);
+        self.bytes = total;
+        Ok(())
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.buffers.used.fetch_sub(self.bytes, Ordering::AcqRel);
+        self.buffers
+            .metrics
+            .request_buffered_bytes
+            .dec_by(self.bytes as i64);
+    }
+}
+
 #[derive(Clone)]
 pub struct InspectLayer {
     inject_include_usage: bool,
     capturer: Arc<Capturer>,
+    buffers: Arc<RequestBuffers>,
 }
 
 impl InspectLayer {
-    pub fn new(inject_include_usage: bool, capturer: Arc<Capturer>) -> Self {
+    pub fn new(
+        inject_include_usage: bool,
+        capturer: Arc<Capturer>,
+        buffers: Arc<RequestBuffers>,
+    ) -> Self {
         InspectLayer {
             inject_include_usage,
             capturer,
+            buffers,
         }
     }
 }
@@ -48,6 +121,7 @@ impl<S> Layer<S> for InspectLayer {
             inner,
             inject_include_usage: self.inject_include_usage,
             capturer: self.capturer.clone(),
+            buffers: self.buffers.clone(),
         }
     }
 }
@@ -57,6 +131,7 @@ pub struct Inspect<S> {
     inner: S,
     inject_include_usage: bool,
     capturer: Arc<Capturer>,
+    buffers: Arc<RequestBuffers>,
 }
 
 impl<S> Service<Request<RequestBody>> for Inspect<S>
@@ -89,12 +164,13 @@ where
         }
         let inject = self.inject_include_usage && route.provider.stream_usage_injection;
         let capturer = self.capturer.clone();
+        let held = self.buffers.hold();
         // The service was polled ready; hand that instance to the future and keep a fresh clone.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         Box::pin(async move {
             let (mut parts, body) = req.into_parts();
-            let bytes = body.collect().await.map_err(body_error)?.to_bytes();
+            let (bytes, held) = read_whole(body, &parts.headers, held).await?;
             let path = parts.uri.path().to_string();
             let (info, rewritten, fields) = inspect(&route, &path, &bytes, inject);
             if let Some(metadata) = parts.extensions.get_mut::<CallMetadata>() {
@@ -131,9 +207,12 @@ where
             // gets exactly what the upstream sends.
             parts.headers.remove(header::ACCEPT_ENCODING);
             parts.extensions.insert(info);
-            let body: RequestBody = http_body_util::Full::new(body)
-                .map_err(|never| match never {})
-                .boxed_unsync();
+            let body: RequestBody = Holding::boxed(
+                http_body_util::Full::new(body)
+                    .map_err(|never| match never {})
+                    .boxed_unsync(),
+                held,
+            );
             let request: Request<RequestBody> = Request::from_parts(parts, body);
             // Boxed here so the async block does not hold `S::Future` itself, whose `Send` the
             // compiler cannot prove across the await (rust-lang/rust#64552).
@@ -144,9 +223,35 @@ where
     }
 }
 
+/// Reads the request body whole, holding its bytes against the gateway-wide limit as they come.
+async fn read_whole(
+    mut body: RequestBody,
+    headers: &http::HeaderMap,
+    mut held: Held,
+) -> Result<(Bytes, Held), ProxyError> {
+    // The body limit layer has refused a declared length over its limit already.
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    held.grow_to(declared)?;
+    let mut buf = BytesMut::with_capacity(declared as usize);
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame.map_err(body_error)?.into_data() {
+            held.grow_to((buf.len() + data.len()) as u64)?;
+            buf.extend_from_slice(&data);
+        }
+    }
+    Ok((buf.freeze(), held))
+}
+
 fn body_error(e: super::body::BoxError) -> ProxyError {
     if let Some(limit) = e.downcast_ref::<super::limit::LengthLimitError>() {
         return ProxyError::BodyTooLarge { limit: limit.limit };
+    }
+    if let Some(slow) = e.downcast_ref::<super::limit::RequestBodyTimeout>() {
+        return ProxyError::RequestBodyTimeout(slow.to_string());
     }
     ProxyError::ClientBody(e.to_string())
 }

@@ -1,15 +1,20 @@
-//! Request body limit: refuses a declared length over the limit before anything is sent, and
-//! cuts a streamed body that grows past it.
+//! Request body limits: refuses a declared length over the limit before anything is sent, cuts
+//! a streamed body that grows past it, and cuts a body that comes too slowly (silent between
+//! frames for too long, or not complete by a total deadline), so a slow client cannot hold a
+//! call, its load-shed permit and its buffer for ever.
 
 use std::{
+    future::Future,
     pin::Pin,
     task::{Context, Poll},
+    time::Duration,
 };
 
 use bytes::Bytes;
 use http::{Request, header};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
+use tokio::time::{Instant, Sleep};
 use tower::{Layer, Service};
 
 use super::body::{BoxError, RequestBody};
@@ -25,14 +30,33 @@ pub struct LengthLimitError {
 #[error("client request body failed: {0}")]
 pub struct ClientBodyError(pub String);
 
+/// Why a request body was cut for slowness.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestBodyTimeout {
+    #[error("the client sent nothing of the request body for {0:?}")]
+    Idle(Duration),
+    #[error("the request body did not arrive whole within {0:?}")]
+    Total(Duration),
+}
+
+/// How long a client may take to send a request body.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyTimeouts {
+    /// Longest wait for the next frame.
+    pub idle: Duration,
+    /// The whole body, from the request's headers on.
+    pub total: Duration,
+}
+
 #[derive(Clone)]
 pub struct BodyLimitLayer {
     limit: u64,
+    timeouts: BodyTimeouts,
 }
 
 impl BodyLimitLayer {
-    pub fn new(limit: u64) -> Self {
-        BodyLimitLayer { limit }
+    pub fn new(limit: u64, timeouts: BodyTimeouts) -> Self {
+        BodyLimitLayer { limit, timeouts }
     }
 }
 
@@ -42,6 +66,7 @@ impl<S> Layer<S> for BodyLimitLayer {
         BodyLimit {
             inner,
             limit: self.limit,
+            timeouts: self.timeouts,
         }
     }
 }
@@ -50,6 +75,7 @@ impl<S> Layer<S> for BodyLimitLayer {
 pub struct BodyLimit<S> {
     inner: S,
     limit: u64,
+    timeouts: BodyTimeouts,
 }
 
 impl<S, B> Service<Request<B>> for BodyLimit<S>
@@ -78,11 +104,16 @@ where
         if declared.is_some_and(|n| n > limit) {
             return Box::pin(std::future::ready(Err(ProxyError::BodyTooLarge { limit })));
         }
+        let timeouts = self.timeouts;
         let req = req.map(|body| {
             LimitedBody {
                 inner: body,
                 remaining: limit,
                 limit,
+                timeouts,
+                deadline: Instant::now() + timeouts.total,
+                timer: None,
+                waiting: false,
             }
             .boxed_unsync()
         });
@@ -94,6 +125,14 @@ struct LimitedBody<B> {
     inner: B,
     remaining: u64,
     limit: u64,
+    timeouts: BodyTimeouts,
+    /// When the whole body must have arrived.
+    deadline: Instant,
+    /// Made on the first wait only: a body that arrives with its headers costs no timer.
+    timer: Option<Pin<Box<Sleep>>>,
+    /// The last poll found no frame: the client is being waited for. Time the reader spends
+    /// not polling (an upstream that reads slowly) is not the client's fault and not counted.
+    waiting: bool,
 }
 
 impl<B> Body for LimitedBody<B>
@@ -108,7 +147,12 @@ where
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match Pin::new(&mut self.inner).poll_frame(cx) {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if polled.is_ready() {
+            self.waiting = false;
+        }
+        match polled {
+            Poll::Pending => self.wait(cx),
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     let n = data.len() as u64;
@@ -124,7 +168,6 @@ where
                 Poll::Ready(Some(Err(Box::new(ClientBodyError(e.to_string())))))
             }
             Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => Poll::Pending,
         }
     }
 
@@ -134,5 +177,32 @@ where
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+impl<B> LimitedBody<B> {
+    /// No frame yet: arms the timer (the idle wait, or the total deadline if sooner) when the
+    /// wait begins, and cuts the body when it fires.
+    fn wait(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if !self.waiting {
+            self.waiting = true;
+            let until = (Instant::now() + self.timeouts.idle).min(self.deadline);
+            match &mut self.timer {
+                Some(timer) => timer.as_mut().reset(until),
+                None => self.timer = Some(Box::pin(tokio::time::sleep_until(until))),
+            }
+        }
+        let Some(timer) = &mut self.timer else {
+            return Poll::Pending;
+        };
+        if timer.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        let error = if Instant::now() >= self.deadline {
+            RequestBodyTimeout::Total(self.timeouts.total)
+        } else {
+            RequestBodyTimeout::Idle(self.timeouts.idle)
+        };
+        Poll::Ready(Some(Err(Box::new(error))))
     }
 }

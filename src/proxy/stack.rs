@@ -1,6 +1,6 @@
 //! THE layer order of the request path, outermost first. Each layer says why it sits where it is.
 
-use std::{convert::Infallible, sync::Arc};
+use std::{convert::Infallible, sync::Arc, time::Duration};
 
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -11,8 +11,8 @@ use super::{
     body::ProxyBody,
     budget::BudgetLayer,
     context::TraceContextLayer,
-    inspect::InspectLayer,
-    limit::BodyLimitLayer,
+    inspect::{InspectLayer, RequestBuffers},
+    limit::{BodyLimitLayer, BodyTimeouts},
     request_id::{MakeCallId, REQUEST_ID_HEADER},
     rescue::RescueLayer,
     rewrite::RewriteLayer,
@@ -67,8 +67,14 @@ pub fn build(
             metrics.clone(),
         ))
         // Body limit before routing: a declared oversize body is refused before we look at it,
-        // a streamed one is cut when it grows past the limit.
-        .layer(BodyLimitLayer::new(config.max_request_body_bytes))
+        // a streamed one is cut when it grows past the limit or comes too slowly.
+        .layer(BodyLimitLayer::new(
+            config.max_request_body_bytes,
+            BodyTimeouts {
+                idle: Duration::from_millis(config.timeouts.request_body_idle_ms),
+                total: Duration::from_millis(config.timeouts.request_body_total_ms),
+            },
+        ))
         // Route: the path prefix alone picks the upstream (no header or body can: no SSRF).
         // Counts each routed call by provider and status.
         .layer(RouteLayer::new(registry, metrics.clone()))
@@ -77,6 +83,7 @@ pub fn build(
         .layer(InspectLayer::new(
             config.inspect.inject_include_usage,
             capturer,
+            RequestBuffers::new(config.max_buffered_request_bytes, metrics.clone()),
         ))
         // Rewrite: upstream URI, hop-by-hop headers, Host, x-sidetrace-* stripped, credentials kept.
         // Budgets after inspection, which knows the feature and user (headers and body): a

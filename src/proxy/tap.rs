@@ -533,9 +533,21 @@ async fn buffer_and_price(
 #[derive(Debug, Clone, Copy)]
 pub struct BufferedFor(pub Duration);
 
+impl Call {
+    /// Why an unfinished call was dropped: its client left, or shutdown cut it.
+    fn dropped_because(&self) -> &'static str {
+        if self.recorder.cutting() {
+            "shutdown"
+        } else {
+            "cancelled"
+        }
+    }
+}
+
 impl Drop for Call {
     fn drop(&mut self) {
-        self.finish(Outcome::Cancelled, Some("cancelled".to_string()), false);
+        let kind = self.dropped_because();
+        self.finish(Outcome::Cancelled, Some(kind.to_string()), false);
     }
 }
 
@@ -756,7 +768,9 @@ impl Drop for TapBody {
             call.finish(Outcome::Completed, None, true);
             return;
         }
+        // When shutdown cuts the call nothing may outlive it: no background read.
         if self.on_disconnect == OnDisconnect::Finish
+            && !call.recorder.cutting()
             && let Ok(handle) = tokio::runtime::Handle::try_current()
         {
             // The client is gone; read the rest so the record has the full usage.
@@ -780,6 +794,7 @@ impl Drop for TapBody {
             return;
         }
         drop(inner);
-        call.finish(Outcome::Cancelled, Some("cancelled".to_string()), false);
+        let kind = call.dropped_because();
+        call.finish(Outcome::Cancelled, Some(kind.to_string()), false);
     }
 }

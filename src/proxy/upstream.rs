@@ -25,7 +25,7 @@ use tower::Service;
 
 use super::{
     body::{BoxError, Holding, ProxyBody, RequestBody},
-    limit::{ClientBodyError, LengthLimitError},
+    limit::{ClientBodyError, LengthLimitError, RequestBodyTimeout},
     rewrite::strip_hop_by_hop,
 };
 use crate::{
@@ -279,6 +279,9 @@ fn classify(route: &Route, error: &hyper_util::client::legacy::Error) -> ProxyEr
         }
         if let Some(client) = e.downcast_ref::<ClientBodyError>() {
             return ProxyError::ClientBody(client.0.clone());
+        }
+        if let Some(slow) = e.downcast_ref::<RequestBodyTimeout>() {
+            return ProxyError::RequestBodyTimeout(slow.to_string());
         }
         reasons.push(e.to_string());
         source = e.source();
