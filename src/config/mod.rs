@@ -142,7 +142,7 @@ pub struct InspectConfig {
     pub max_event_bytes: usize,
     /// When the client hangs up mid-stream: `cancel` the upstream call, or `finish` reading it
     /// in the background to record the full usage (the provider bills it either way).
-    pub on_client_disconnect: crate::proxy::tap::OnDisconnect,
+    pub on_client_disconnect: crate::proxy::record::OnDisconnect,
     /// Finished calls kept in memory for inspection.
     pub recent_calls: usize,
 }
@@ -152,7 +152,7 @@ impl Default for InspectConfig {
         InspectConfig {
             inject_include_usage: true,
             max_event_bytes: 4 * 1024 * 1024,
-            on_client_disconnect: crate::proxy::tap::OnDisconnect::Cancel,
+            on_client_disconnect: crate::proxy::record::OnDisconnect::Cancel,
             recent_calls: 1000,
         }
     }

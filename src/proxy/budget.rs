@@ -11,7 +11,7 @@ use std::{
 use http::{Request, Response};
 use tower::{Layer, Service};
 
-use super::body::ProxyBody;
+use super::{body::ProxyBody, record::CallSlot};
 use crate::{
     error::ProxyError, metrics::Metrics, store::budgets::Budgets, trace::metadata::CallMetadata,
 };
@@ -57,7 +57,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+    fn call(&mut self, req: Request<B>) -> Self::Future {
         if self.layer.budgets.is_empty() {
             return Box::pin(self.inner.call(req));
         }
@@ -68,9 +68,11 @@ where
         );
         match admitted {
             Ok(reservation) => {
-                // The record layer keeps it with the call; it is released once the call is
-                // recorded (or when the request is dropped before that).
-                req.extensions_mut().insert(Arc::new(reservation));
+                // The call keeps it until it is recorded; without a call (no record layer
+                // above) it is released here at once.
+                if let Some(slot) = req.extensions().get::<CallSlot>() {
+                    slot.hold(reservation);
+                }
                 Box::pin(self.inner.call(req))
             }
             Err(e) => {

@@ -18,13 +18,15 @@ use http_body_util::BodyExt;
 use serde::Deserialize;
 use tower::{Layer, Service};
 
-use super::body::{Holding, ProxyBody, RequestBody};
+use super::{
+    body::{Holding, ProxyBody, RequestBody},
+    record::CallSlot,
+};
 use crate::{
     call::{RequestInfo, RequestParams},
     error::ProxyError,
     metrics::Metrics,
     provider::{Route, WireFormat},
-    proxy::tap::ClientWants,
     trace::{
         capture::Capturer,
         metadata::{CallMetadata, CaptureLevel, percent_decode},
@@ -154,12 +156,7 @@ where
         let Some(route) = req.extensions().get::<Route>().cloned() else {
             return Box::pin(self.inner.call(req));
         };
-        let mut req = req;
-        // Read before the rewrite drops TE (hop-by-hop) and the x-sidetrace-* headers.
-        let wants = ClientWants::from_headers(req.headers());
-        req.extensions_mut().insert(wants);
         if route.format == WireFormat::Passthrough {
-            req.extensions_mut().insert(RequestInfo::default());
             return Box::pin(self.inner.call(req));
         }
         let inject = self.inject_include_usage && route.provider.stream_usage_injection;
@@ -173,26 +170,24 @@ where
             let (bytes, held) = read_whole(body, &parts.headers, held).await?;
             let path = parts.uri.path().to_string();
             let (info, rewritten, fields) = inspect(&route, &path, &bytes, inject);
+            let mut content = None;
             if let Some(metadata) = parts.extensions.get_mut::<CallMetadata>() {
                 if let Some(f) = &fields {
                     metadata.add_body_fields(f.user.as_deref(), &f.metadata_pairs());
                 }
                 let level = capturer.level(metadata.capture);
-                match (level, &fields) {
-                    (CaptureLevel::None, _) | (_, None) => {}
+                content = match (level, &fields) {
+                    (CaptureLevel::None, _) | (_, None) => None,
                     // Counts and tool names come from the typed parse already done.
                     (CaptureLevel::Metadata, Some(f)) => {
-                        parts
-                            .extensions
-                            .insert(capturer.metadata(f.input_message_count(), f.tool_names()));
+                        Some(capturer.metadata(f.input_message_count(), f.tool_names()))
                     }
-                    (_, Some(_)) => {
-                        let content = serde_json::from_slice::<serde_json::Value>(&bytes)
+                    (_, Some(_)) => Some(
+                        serde_json::from_slice::<serde_json::Value>(&bytes)
                             .map(|body| capturer.request(level, route.format, &body))
-                            .unwrap_or_default();
-                        parts.extensions.insert(content);
-                    }
-                }
+                            .unwrap_or_default(),
+                    ),
+                };
             }
             let body = match rewritten {
                 Some(new_body) => {
@@ -206,7 +201,11 @@ where
             // The side parser reads the response, so ask for it uncompressed; the client still
             // gets exactly what the upstream sends.
             parts.headers.remove(header::ACCEPT_ENCODING);
-            parts.extensions.insert(info);
+            // For the call's record; the metadata stays in the extensions for the budgets.
+            if let Some(slot) = parts.extensions.get::<CallSlot>() {
+                let metadata = parts.extensions.get::<CallMetadata>().cloned();
+                slot.fill_request(info, metadata, content);
+            }
             let body: RequestBody = Holding::boxed(
                 http_body_util::Full::new(body)
                     .map_err(|never| match never {})

@@ -5,6 +5,8 @@ pub mod budget;
 pub mod context;
 pub mod inspect;
 pub mod limit;
+pub mod record;
+pub mod reply;
 pub mod request_id;
 pub mod rescue;
 pub mod rewrite;

@@ -10,7 +10,7 @@ use std::{
 use http::{Request, Response};
 use tower::{Layer, Service};
 
-use super::{body::ProxyBody, tap::BufferedFor, upstream::UpstreamElapsed};
+use super::{body::ProxyBody, reply::BufferedFor, upstream::UpstreamElapsed};
 use crate::{error::ProxyError, metrics::Metrics, provider::Registry};
 
 #[derive(Clone)]

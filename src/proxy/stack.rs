@@ -13,12 +13,12 @@ use super::{
     context::TraceContextLayer,
     inspect::{InspectLayer, RequestBuffers},
     limit::{BodyLimitLayer, BodyTimeouts},
+    record::RecordLayer,
     request_id::{MakeCallId, REQUEST_ID_HEADER},
     rescue::RescueLayer,
     rewrite::RewriteLayer,
     route::RouteLayer,
     shed::LoadShedLayer,
-    tap::RecordLayer,
     timeouts::TimeoutsLayer,
     upstream::{Upstream, UpstreamClient},
 };
@@ -66,32 +66,13 @@ pub fn build(
             config.max_concurrent_requests,
             metrics.clone(),
         ))
-        // Body limit before routing: a declared oversize body is refused before we look at it,
-        // a streamed one is cut when it grows past the limit or comes too slowly.
-        .layer(BodyLimitLayer::new(
-            config.max_request_body_bytes,
-            BodyTimeouts {
-                idle: Duration::from_millis(config.timeouts.request_body_idle_ms),
-                total: Duration::from_millis(config.timeouts.request_body_total_ms),
-            },
-        ))
         // Route: the path prefix alone picks the upstream (no header or body can: no SSRF).
         // Counts each routed call by provider and status.
         .layer(RouteLayer::new(registry, metrics.clone()))
-        // Inspect after routing, because the route's wire format says whether the request is JSON
-        // worth reading (model, stream, parameters) and whether include_usage may be added.
-        .layer(InspectLayer::new(
-            config.inspect.inject_include_usage,
-            capturer,
-            RequestBuffers::new(config.max_buffered_request_bytes, metrics.clone()),
-        ))
-        // Rewrite: upstream URI, hop-by-hop headers, Host, x-sidetrace-* stripped, credentials kept.
-        // Budgets after inspection, which knows the feature and user (headers and body): a
-        // spent budget is refused before anything reaches the provider.
-        .layer(BudgetLayer::new(budgets, metrics.clone()))
-        .layer(RewriteLayer)
-        // Record and tap outside the timeouts, so a timeout is recorded as a timeout; the call is
-        // finished exactly once (end, upstream error, timeout, client gone). The tap only reads.
+        // Record directly under routing, outside everything that can refuse a routed call
+        // (body limits, inspection, budgets): every routed call is recorded exactly once, the
+        // refused ones too. Outside the timeouts, so a timeout is recorded as a timeout. The
+        // layers inside leave what they learn in the call's slot; the tap only reads.
         .layer(RecordLayer::new(
             recorder,
             ParserLimits {
@@ -107,6 +88,27 @@ pub fn build(
             },
             config.capture.max_bytes,
         ))
+        // Body limit: a declared oversize body is refused before anything is read, a streamed
+        // one is cut when it grows past the limit or comes too slowly.
+        .layer(BodyLimitLayer::new(
+            config.max_request_body_bytes,
+            BodyTimeouts {
+                idle: Duration::from_millis(config.timeouts.request_body_idle_ms),
+                total: Duration::from_millis(config.timeouts.request_body_total_ms),
+            },
+        ))
+        // Inspect after routing, because the route's wire format says whether the request is JSON
+        // worth reading (model, stream, parameters) and whether include_usage may be added.
+        .layer(InspectLayer::new(
+            config.inspect.inject_include_usage,
+            capturer,
+            RequestBuffers::new(config.max_buffered_request_bytes, metrics.clone()),
+        ))
+        // Budgets after inspection, which knows the feature and user (headers and body): a
+        // spent budget is refused before anything reaches the provider.
+        .layer(BudgetLayer::new(budgets, metrics.clone()))
+        // Rewrite: upstream URI, hop-by-hop headers, Host, x-sidetrace-* stripped, credentials kept.
+        .layer(RewriteLayer)
         // Timeouts wrap only the upstream exchange: time to headers, idle between frames, total.
         .layer(TimeoutsLayer)
         // Upstream: pooled hyper client over rustls; never retries a POST.
