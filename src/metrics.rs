@@ -71,6 +71,11 @@ struct DecisionLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StoreLabels {
+    store: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeOnly {
     outcome: &'static str,
 }
@@ -118,6 +123,8 @@ pub struct Metrics {
     pub spool_degraded: Gauge,
     /// Calls in flight, open response streams included.
     pub active_calls: Gauge,
+    store_damaged: Family<StoreLabels, Counter>,
+    pub cost_calls_lost: Counter,
 }
 
 impl Default for Metrics {
@@ -255,7 +262,7 @@ impl Metrics {
         let spans_dropped = Family::<DropLabels, Counter>::default();
         registry.register(
             "sidetrace_spans_dropped",
-            "Spans lost, by reason (spool_full, expired, max_attempts, corrupt, spool_error, encode_error)",
+            "Spans lost, by reason (spool_full, expired, max_attempts, corrupt, spool_error, encode_error, shutdown)",
             spans_dropped.clone(),
         );
         let export_attempts = Family::<OutcomeOnly, Counter>::default();
@@ -302,6 +309,17 @@ impl Metrics {
             "Calls in flight, open response streams included",
             active_calls.clone(),
         );
+        let store_damaged = Family::<StoreLabels, Counter>::default();
+        registry.register(
+            "sidetrace_store_damaged",
+            "Damaged data directories found on open (store: spool, costs), moved aside for inspection",
+            store_damaged.clone(),
+        );
+        let cost_calls_lost = counter(
+            &mut registry,
+            "sidetrace_cost_calls_lost",
+            "Calls whose cost aggregates were lost to a damaged cost store, as far as its tally knows",
+        );
         Metrics {
             registry,
             requests,
@@ -332,7 +350,15 @@ impl Metrics {
             spool_oldest_age_seconds,
             spool_degraded,
             active_calls,
+            store_damaged,
+            cost_calls_lost,
         }
+    }
+
+    pub fn store_damaged(&self, store: &'static str) {
+        self.store_damaged
+            .get_or_create(&StoreLabels { store })
+            .inc();
     }
 
     pub fn trace_context_invalid(&self, header: &'static str) {
