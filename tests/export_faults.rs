@@ -293,6 +293,16 @@ async fn after_the_spool_degrades_to_memory_export_resumes_once_the_collector_is
         );
     }
 
+    // Everything the collector got was also acknowledged (nothing left in the memory spool).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while metric(&p.metrics, "sidetrace_spans_exported_total")
+        + metric(&p.metrics, "sidetrace_spans_replayed_total")
+        < 15.0
+    {
+        assert!(Instant::now() < deadline, "exports were not counted");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
     // Shutdown ends although the retired disk spool can never be closed.
     let shutdown = tokio::time::timeout(
         Duration::from_secs(30),
@@ -481,6 +491,13 @@ async fn with_the_data_dir_on_a_full_tmpfs_export_resumes_and_sigterm_exits() {
         "spooled spans to be replayed",
         Duration::from_secs(60),
         |t| sum(t, "sidetrace_spans_replayed_total") >= 1.0,
+    )
+    .await;
+    wait_for(
+        admin,
+        "the memory spool to drain",
+        Duration::from_secs(60),
+        |t| sum(t, "sidetrace_spool_items") == 0.0,
     )
     .await;
     let before = collector.spans().len();

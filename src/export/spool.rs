@@ -47,10 +47,12 @@ use std::{
     io,
     path::{Path, PathBuf},
     sync::{Arc, Mutex, MutexGuard, PoisonError},
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{SystemTime, UNIX_EPOCH},
 };
 
-use crate::store::sled_db::{Damage, Detached, Tally, is_damage, move_aside};
+use crate::store::sled_db::{
+    Damage, Detached, Tally, is_damage, move_aside, open_waiting_for_lock,
+};
 
 /// sled's page cache; its default is 1 GiB, far more than a spool that is mostly written and
 /// read once needs.
@@ -58,11 +60,6 @@ pub const SLED_CACHE_CAPACITY_BYTES: u64 = 16 * 1024 * 1024;
 
 /// How often sled's background thread makes writes durable: the loss window of a hard kill.
 pub const SLED_FLUSH_EVERY_MS: u64 = 500;
-
-/// A previous `Db` in this process releases its file lock only once sled's threads finish
-/// (spacejam/sled#1234), so a quick reopen waits this long before giving up.
-const SLED_LOCK_WAIT: Duration = Duration::from_secs(2);
-const SLED_LOCK_RETRY_INTERVAL: Duration = Duration::from_millis(10);
 
 /// The tree holding the batches; a name of our own keeps sled's default tree free for later use.
 const BATCHES_TREE: &str = "export_batches";
@@ -598,6 +595,8 @@ impl SledSpool {
                     survivors.push(value.to_vec());
                 }
             }
+            // Closed here, before the move: sled writes by path while closing, which must
+            // not land in the fresh directory. The disk reads fine.
             drop((batches, db));
             return Self::replace_damaged(dir, limits, reason, lost, survivors);
         }
@@ -895,24 +894,12 @@ fn scan(batches: &sled::Tree) -> Result<(Ledger, Vec<(sled::IVec, u32)>), SpoolE
 }
 
 fn open_db(dir: &Path) -> Result<sled::Db, sled::Error> {
-    let config = sled::Config::new()
-        .path(dir)
-        .cache_capacity(SLED_CACHE_CAPACITY_BYTES)
-        .flush_every_ms(Some(SLED_FLUSH_EVERY_MS));
-    let deadline = Instant::now() + SLED_LOCK_WAIT;
-    loop {
-        match config.open() {
-            Err(sled::Error::Io(error)) if is_lock_held(&error) && Instant::now() < deadline => {
-                std::thread::sleep(SLED_LOCK_RETRY_INTERVAL);
-            }
-            opened => return opened,
-        }
-    }
-}
-
-/// sled reports a held file lock only through its message (kind `Other`).
-fn is_lock_held(error: &io::Error) -> bool {
-    error.to_string().contains("could not acquire lock")
+    open_waiting_for_lock(
+        &sled::Config::new()
+            .path(dir)
+            .cache_capacity(SLED_CACHE_CAPACITY_BYTES)
+            .flush_every_ms(Some(SLED_FLUSH_EVERY_MS)),
+    )
 }
 
 #[derive(Clone, Copy)]

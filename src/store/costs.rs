@@ -12,7 +12,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use super::sled_db::{Damage, Detached, Tally, is_damage, move_aside};
+use super::sled_db::{Damage, Detached, Tally, is_damage, move_aside, open_waiting_for_lock};
 use crate::call::CallRecord;
 
 pub const HOUR_SECS: u64 = 3600;
@@ -129,12 +129,13 @@ pub struct CostStore {
 }
 
 fn open_tree(dir: &Path) -> Result<sled::Tree, sled::Error> {
-    sled::Config::new()
-        .path(dir)
-        .cache_capacity(8 * 1024 * 1024)
-        .flush_every_ms(Some(1000))
-        .open()
-        .and_then(|db| db.open_tree("hourly"))
+    open_waiting_for_lock(
+        &sled::Config::new()
+            .path(dir)
+            .cache_capacity(8 * 1024 * 1024)
+            .flush_every_ms(Some(1000)),
+    )
+    .and_then(|db| db.open_tree("hourly"))
 }
 
 /// The rows of `tree` that decode, and their tally.
@@ -178,11 +179,11 @@ impl CostStore {
                 None
             }
         };
-        let (tree, damage) = match open_tree(dir) {
+        let (tree, damage, found) = match open_tree(dir) {
             Ok(tree) => {
                 let (rows, found) = scan(&tree)?;
                 match expected.and_then(|tally| tally.missing_from(found)) {
-                    None => (tree, None),
+                    None => (tree, None, found),
                     Some(lost) => {
                         let reason = format!(
                             "{} of {} rows ({} calls) are missing",
@@ -190,7 +191,9 @@ impl CostStore {
                             expected.unwrap_or_default().items,
                             lost.units
                         );
-                        drop(Detached::new(tree));
+                        // Closed here, before the move: sled writes by path while closing,
+                        // which must not land in the fresh directory. The disk reads fine.
+                        drop(tree);
                         Self::replace_damaged(dir, reason, lost, rows)?
                     }
                 }
@@ -201,7 +204,6 @@ impl CostStore {
             }
             Err(e) => return Err(e),
         };
-        let (_, found) = scan(&tree)?;
         let store = CostStore {
             pending: Mutex::new(BTreeMap::new()),
             tree: Some(Detached::new(tree)),
@@ -222,7 +224,7 @@ impl CostStore {
         reason: String,
         lost: Tally,
         rows: Vec<(sled::IVec, sled::IVec)>,
-    ) -> Result<(sled::Tree, Option<Damage>), sled::Error> {
+    ) -> Result<(sled::Tree, Option<Damage>, Tally), sled::Error> {
         let moved_to = move_aside(dir)?;
         tracing::error!(
             path = %dir.display(),
@@ -234,7 +236,10 @@ impl CostStore {
             "the cost store is damaged: cost history was lost; the damaged files are kept aside and a fresh store is used"
         );
         let tree = open_tree(dir)?;
+        let mut kept = Tally::default();
         for (k, v) in rows {
+            kept.items += 1;
+            kept.units += serde_json::from_slice::<Totals>(&v).map_or(0, |t| t.calls);
             tree.insert(k, v)?;
         }
         tree.flush()?;
@@ -244,7 +249,7 @@ impl CostStore {
             lost,
             moved_to: Some(moved_to),
         };
-        Ok((tree, Some(damage)))
+        Ok((tree, Some(damage), kept))
     }
 
     pub fn in_memory() -> CostStore {

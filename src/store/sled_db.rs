@@ -15,8 +15,32 @@ use std::{
     fmt, io,
     ops::Deref,
     path::{Path, PathBuf},
-    time::{SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
+
+/// A previous `Db` on the same directory releases its file lock only once sled's threads finish
+/// (spacejam/sled#1234), and [`Detached`] closes it on another thread, so a quick reopen waits
+/// this long before giving up.
+const LOCK_WAIT: Duration = Duration::from_secs(2);
+const LOCK_RETRY_INTERVAL: Duration = Duration::from_millis(10);
+
+/// Opens a database, waiting up to [`LOCK_WAIT`] for a closing one to release its lock.
+pub fn open_waiting_for_lock(config: &sled::Config) -> Result<sled::Db, sled::Error> {
+    let deadline = Instant::now() + LOCK_WAIT;
+    loop {
+        match config.open() {
+            Err(sled::Error::Io(error)) if is_lock_held(&error) && Instant::now() < deadline => {
+                std::thread::sleep(LOCK_RETRY_INTERVAL);
+            }
+            opened => return opened,
+        }
+    }
+}
+
+/// sled reports a held file lock only through its message (kind `Other`).
+fn is_lock_held(error: &io::Error) -> bool {
+    error.to_string().contains("could not acquire lock")
+}
 
 /// A sled handle whose drop runs on a detached thread: sled may block forever in `Drop`.
 pub struct Detached<T: Send + 'static>(Option<T>);
