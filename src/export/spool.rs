@@ -16,8 +16,8 @@
 //!   `SpoolError::TooLarge` and never stored: the caller counts that one.
 //! - **Durability window.** sled writes in the background every [`SLED_FLUSH_EVERY_MS`] ms. A hard
 //!   kill (SIGKILL, OOM kill, power loss) loses at most the appends, acks and attempt counts of
-//!   that window, unless `flush()` was called after them. A clean shutdown (dropping the spool)
-//!   flushes. A lost ack means the batch is sent again; a lost append means the batch is gone.
+//!   that window, unless `flush()` was called after them. A clean shutdown calls `flush()`
+//!   (dropping the spool flushes too, on a thread nobody waits for). A lost ack means the batch is sent again; a lost append means the batch is gone.
 //! - **At-least-once.** A crash between the collector's success answer and the flushed `ack`
 //!   re-sends the batch on the next replay, so the backend may see duplicates. Acking promptly
 //!   keeps that window small.

@@ -621,3 +621,42 @@ fn drop_counts_list_only_the_reasons_that_dropped_something() {
         )]
     );
 }
+
+#[test]
+fn batches_sled_lost_silently_are_counted_as_corrupt_and_the_directory_is_kept_aside() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let dir = root.path().join("spool");
+    let spool = open_sled(&dir, roomy_limits());
+    for n in 1..=3u8 {
+        spool.append(&[n; 40], u32::from(n), 1_000).expect("append");
+    }
+    spool.flush().expect("flush");
+    drop(spool);
+    // What sled does to a damaged log: the tree comes back shorter and says nothing. The tally
+    // still remembers two more batches of 4 spans.
+    crate::store::sled_db::Tally {
+        items: 5,
+        units: 10,
+    }
+    .write(&dir)
+    .expect("write tally");
+
+    let spool = open_sled(&dir, roomy_limits());
+    let damage = spool.damage().cloned().expect("the loss is reported");
+    assert_eq!((damage.lost.items, damage.lost.units), (2, 4));
+    let aside = damage.moved_to.expect("kept aside");
+    assert!(aside.join("conf").exists(), "{aside:?}");
+    let mut expected = DropCounts::default();
+    expected.record_many(DropReason::Corrupt, 2, 4);
+    assert_eq!(spool.take_dropped(), expected);
+    // The readable batches are kept, oldest first, and new ones still come after them.
+    spool.append(&[4; 40], 4, 2_000).expect("append");
+    let payloads: Vec<u8> = visible(&spool).iter().map(|e| e.payload[0]).collect();
+    assert_eq!(payloads, vec![1, 2, 3, 4]);
+    drop(spool);
+
+    // The fresh spool's own tally matches it: no damage on the next open.
+    let spool = open_sled(&dir, roomy_limits());
+    assert_eq!(spool.damage(), None);
+    assert_eq!(spool.stats().items, 4);
+}
