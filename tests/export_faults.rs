@@ -348,6 +348,46 @@ async fn a_shutdown_stuck_on_the_disk_is_bounded_and_counts_the_spans_it_leaves_
     collector.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_batch_that_cannot_be_deleted_is_not_sent_again_and_again() {
+    let gate = Gate::default();
+    gate.open_at_the_latest_after(Duration::from_secs(45));
+    let collector = Collector::start(Transport::Grpc).await;
+    collector.set_mode(Mode::Status {
+        code: 503,
+        retry_after_s: None,
+    });
+    let p = start_pipeline(&collector, &gate, "");
+    let _open_at_end = OpenOnDrop(gate.clone());
+    for n in 0..5 {
+        p.handle.submit(span(n));
+    }
+    wait_metric(&p.metrics, "sidetrace_spans_spooled_total", 5.0).await;
+    // The disk fills up while the batches wait; then the collector is back. Replay works, but
+    // no exported batch can be deleted.
+    p.full.store(true, Ordering::SeqCst);
+    collector.set_mode(Mode::Accept);
+    wait_metric(&p.metrics, "sidetrace_spool_degraded", 1.0).await;
+    let replayed = collector.spans().len();
+    assert!(replayed >= 1, "nothing was replayed");
+    // The pipeline moved on: a later span is exported, and the replayed ones came once.
+    p.handle.submit(span(5));
+    let received = collector
+        .wait_for_spans(replayed + 1, Duration::from_secs(20))
+        .await;
+    for n in 0..6 {
+        let times = received.iter().filter(|s| s.span_id == span_hex(n)).count();
+        assert!(times <= 1, "span {n} arrived {times} times");
+    }
+    assert!(received.iter().any(|s| s.span_id == span_hex(5)));
+    let shutdown = tokio::time::timeout(
+        Duration::from_secs(30),
+        p.tasks.shutdown(Duration::from_millis(500)),
+    );
+    assert!(shutdown.await.is_ok(), "export shutdown hung");
+    collector.stop().await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // The real binary, its data dir on a 512 KiB tmpfs.
 

@@ -650,8 +650,21 @@ async fn replayer(
         match export(&exporter, &spans, &scope, &shared.metrics, timeout).await {
             Ok(()) => {
                 let s = spool.clone();
-                if let Ok(Err(e)) = tokio::task::spawn_blocking(move || s.ack(id)).await {
-                    tracing::error!(error = %e, "cannot delete an exported batch; it may be sent again");
+                match tokio::task::spawn_blocking(move || s.ack(id)).await {
+                    Ok(Err(SpoolError::Io(e))) => {
+                        // Replaying a batch that cannot be deleted would send it again and
+                        // again: the disk spool is parked (its batches replay after a restart)
+                        // and a memory spool takes over, as when an append fails.
+                        tracing::error!(
+                            error = %e,
+                            "cannot delete an exported batch (it will be sent again after a restart); degrading to an in-memory spool"
+                        );
+                        shared.degrade(&spool);
+                    }
+                    Ok(Err(e)) => {
+                        tracing::error!(error = %e, "cannot delete an exported batch; it may be sent again");
+                    }
+                    _ => {}
                 }
                 shared.metrics.spans_replayed.inc_by(spans.len() as u64);
                 shared.healthy.store(true, Ordering::Release);
