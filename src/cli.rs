@@ -89,7 +89,7 @@ fn serve(path: Option<PathBuf>) -> ExitCode {
         }
     };
     let path_for_reload = path.clone();
-    runtime.block_on(async move {
+    let code = runtime.block_on(async move {
         let path = path_for_reload;
         let gateway = match Gateway::start(config).await {
             Ok(g) => g,
@@ -104,8 +104,15 @@ fn serve(path: Option<PathBuf>) -> ExitCode {
         let report = gateway.shutdown().await;
         tracing::info!(drained = report.drained, "stopped");
         ExitCode::SUCCESS
-    })
+    });
+    // Dropping a runtime waits for every blocking task without limit; one stuck on a failed
+    // disk must not keep the process alive after shutdown has done what it could.
+    runtime.shutdown_timeout(RUNTIME_SHUTDOWN_WAIT);
+    code
 }
+
+/// How long exit waits for blocking tasks still running after shutdown.
+const RUNTIME_SHUTDOWN_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Waits for SIGTERM or Ctrl-C; on SIGHUP, reloads the prices from the config file.
 async fn wait_for_shutdown(gateway: &Gateway, path: Option<&std::path::Path>) {

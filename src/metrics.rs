@@ -71,6 +71,11 @@ struct DecisionLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StoreLabels {
+    store: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeOnly {
     outcome: &'static str,
 }
@@ -175,6 +180,8 @@ pub struct Metrics {
     /// Request body bytes held by inspected routes.
     pub request_buffered_bytes: Gauge,
     pub connections: ConnectionMetrics,
+    store_damaged: Family<StoreLabels, Counter>,
+    pub cost_calls_lost: Counter,
 }
 
 impl Default for Metrics {
@@ -322,7 +329,7 @@ impl Metrics {
         let spans_dropped = Family::<DropLabels, Counter>::default();
         registry.register(
             "sidetrace_spans_dropped",
-            "Spans lost, by reason (spool_full, expired, max_attempts, corrupt, spool_error, encode_error)",
+            "Spans lost, by reason (spool_full, expired, max_attempts, corrupt, spool_error, encode_error, shutdown)",
             spans_dropped.clone(),
         );
         let export_attempts = Family::<OutcomeOnly, Counter>::default();
@@ -377,6 +384,17 @@ impl Metrics {
             request_buffered_bytes.clone(),
         );
         let connections = ConnectionMetrics::register(&mut registry);
+        let store_damaged = Family::<StoreLabels, Counter>::default();
+        registry.register(
+            "sidetrace_store_damaged",
+            "Damaged data directories found on open (store: spool, costs), moved aside for inspection",
+            store_damaged.clone(),
+        );
+        let cost_calls_lost = counter(
+            &mut registry,
+            "sidetrace_cost_calls_lost",
+            "Calls whose cost aggregates were lost to a damaged cost store, as far as its tally knows",
+        );
         Metrics {
             registry,
             requests,
@@ -410,7 +428,15 @@ impl Metrics {
             active_calls,
             request_buffered_bytes,
             connections,
+            store_damaged,
+            cost_calls_lost,
         }
+    }
+
+    pub fn store_damaged(&self, store: &'static str) {
+        self.store_damaged
+            .get_or_create(&StoreLabels { store })
+            .inc();
     }
 
     pub fn trace_context_invalid(&self, header: &'static str) {

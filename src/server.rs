@@ -72,6 +72,9 @@ pub enum StartError {
     Export(String),
 }
 
+/// How long shutdown waits for the last cost store flush.
+const COST_FLUSH_AT_SHUTDOWN: Duration = Duration::from_secs(2);
+
 /// How a shutdown went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ShutdownReport {
@@ -122,6 +125,10 @@ impl Gateway {
             tokio::task::spawn_blocking(move || CostStore::open(&data_dir.join("costs")))
                 .await
                 .map_err(|e| StartError::Export(e.to_string()))?;
+        if let Some(damage) = costs.damage() {
+            metrics.store_damaged("costs");
+            metrics.cost_calls_lost.inc_by(damage.lost.units);
+        }
         let costs = Arc::new(costs);
         let budgets = Arc::new(
             Budgets::new(&config.budgets, &costs)
@@ -212,7 +219,16 @@ impl Gateway {
                 tasks.shutdown(export_deadline).await;
             }
             cost_flusher.abort();
-            let _ = tokio::task::spawn_blocking(move || costs.flush()).await;
+            // Bounded: a failed disk must not hold the exit (the rows stay unflushed then).
+            let flushed = tokio::time::timeout(
+                COST_FLUSH_AT_SHUTDOWN,
+                tokio::task::spawn_blocking(move || costs.flush()),
+            );
+            if flushed.await.is_err() {
+                tracing::error!(
+                    "the cost store did not flush in time at shutdown; recent cost rows may be lost"
+                );
+            }
             let _ = admin_stop.0.send(true);
             let _ = admin_task.await;
             ShutdownReport { drained }
@@ -291,12 +307,16 @@ async fn start_export(
         max_attempts: config.spool.max_attempts,
     };
     let dir = config.data_dir().join("spool");
-    let (spool, degraded) = tokio::task::spawn_blocking(move || open_or_degrade(&dir, limits))
+    let opened = tokio::task::spawn_blocking(move || open_or_degrade(&dir, limits))
         .await
         .map_err(|e| StartError::Export(e.to_string()))?;
-    if degraded.is_some() {
+    if opened.degraded.is_some() {
         metrics.spool_degraded.set(1);
     }
+    if opened.damage.is_some() {
+        metrics.store_damaged("spool");
+    }
+    let spool = opened.spool;
     let scope = otlp::scope(telemetry);
     let sampler = config
         .sampling

@@ -9,7 +9,7 @@
 use std::{
     sync::{
         Arc, RwLock,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -36,8 +36,19 @@ pub struct ExportHandle {
     sampler: Option<Arc<TailSampler>>,
 }
 
+/// How long shutdown waits for the export tasks beyond the export deadline before it abandons
+/// them (and counts what they held as dropped).
+pub const SHUTDOWN_MARGIN: Duration = Duration::from_secs(2);
+
 struct Shared {
     spool: RwLock<Arc<dyn Spool>>,
+    /// Spools replaced by a memory spool after a storage failure. They are parked here, never
+    /// dropped by a task: dropping the last handle of a sled database on a failed disk can
+    /// block forever, so shutdown drops them on a thread of its own.
+    retired: std::sync::Mutex<Vec<Arc<dyn Spool>>>,
+    /// Spans taken into the queue or the overflow buffer and not yet exported, spooled or
+    /// counted as dropped: what an abandoned shutdown leaves behind.
+    unsettled: AtomicU64,
     limits: SpoolLimits,
     /// The last export (live or replay) worked; while false, live batches go straight to the
     /// spool and only the replayer probes the collector.
@@ -57,6 +68,7 @@ pub struct ExportTasks {
     batcher: JoinHandle<()>,
     replayer: JoinHandle<()>,
     spiller: JoinHandle<()>,
+    shared: Arc<Shared>,
 }
 
 impl ExportHandle {
@@ -73,6 +85,8 @@ impl ExportHandle {
         let (tx, rx) = mpsc::channel(cfg.queue_spans);
         let shared = Arc::new(Shared {
             spool: RwLock::new(spool),
+            retired: std::sync::Mutex::new(Vec::new()),
+            unsettled: AtomicU64::new(0),
             limits,
             healthy: AtomicBool::new(true),
             replay: Notify::new(),
@@ -103,7 +117,7 @@ impl ExportHandle {
         let sampler = sampler.map(Arc::new);
         let handle = ExportHandle {
             tx,
-            shared,
+            shared: shared.clone(),
             sampler: sampler.clone(),
         };
         let sampler_task = sampler.map(|s| {
@@ -121,6 +135,7 @@ impl ExportHandle {
                 batcher,
                 replayer,
                 spiller,
+                shared,
             },
         )
     }
@@ -141,7 +156,9 @@ impl ExportHandle {
 
     fn enqueue(&self, span: SpanRecord) {
         match self.tx.try_send(span) {
-            Ok(()) => {}
+            Ok(()) => {
+                self.shared.unsettled.fetch_add(1, Ordering::AcqRel);
+            }
             Err(mpsc::error::TrySendError::Full(span))
             | Err(mpsc::error::TrySendError::Closed(span)) => {
                 let mut overflow = self
@@ -151,6 +168,7 @@ impl ExportHandle {
                     .unwrap_or_else(|e| e.into_inner());
                 if overflow.len() < self.shared.overflow_max {
                     overflow.push(span);
+                    self.shared.unsettled.fetch_add(1, Ordering::AcqRel);
                     drop(overflow);
                     self.shared.spill_wakeup.notify_one();
                 } else {
@@ -164,21 +182,85 @@ impl ExportHandle {
 
 impl ExportTasks {
     /// Stops intake, exports the queue within `deadline` (or spools it), flushes the spool.
+    ///
+    /// Bounded: every task gets until `deadline` plus [`SHUTDOWN_MARGIN`]; a task still running
+    /// then is abandoned and logged, and the spans it held are counted as dropped
+    /// (`reason="shutdown"`), as are spans left in an in-memory spool, which cannot outlive the
+    /// process.
     pub async fn shutdown(self, deadline: Duration) {
+        let give_up = tokio::time::Instant::now() + deadline + SHUTDOWN_MARGIN;
+        let mut abandoned = Vec::new();
         // Traces still waiting for a sampling decision are decided now, before the queue drains.
         if let Some((stop, task)) = self.sampler {
             let _ = stop.send(true);
-            let _ = task.await;
+            if !finish_by(task, give_up).await {
+                abandoned.push("sampler");
+            }
         }
         let _ = self.stop.send(true);
-        if tokio::time::timeout(deadline + Duration::from_secs(2), self.batcher)
-            .await
-            .is_err()
-        {
-            tracing::error!("export did not finish within the shutdown deadline");
+        for (name, task) in [
+            ("batcher", self.batcher),
+            ("spiller", self.spiller),
+            ("replayer", self.replayer),
+        ] {
+            if !finish_by(task, give_up).await {
+                abandoned.push(name);
+            }
         }
-        let _ = self.replayer.await;
-        let _ = self.spiller.await;
+        let shared = self.shared;
+        // Spans that came in after the batcher stopped are still in the overflow buffer.
+        let late = std::mem::take(&mut *shared.overflow.lock().unwrap_or_else(|e| e.into_inner()));
+        let left_behind = shared.unsettled.swap(0, Ordering::AcqRel);
+        let spool = shared.spool();
+        let in_memory = if spool.durable() {
+            0
+        } else {
+            spool.stats().spans
+        };
+        if !abandoned.is_empty() {
+            tracing::error!(
+                tasks = ?abandoned,
+                deadline_ms = (deadline + SHUTDOWN_MARGIN).as_millis() as u64,
+                "export tasks did not finish in time and were abandoned"
+            );
+        }
+        if left_behind > 0 {
+            tracing::error!(
+                spans = left_behind,
+                late_spans = late.len(),
+                "spans neither exported nor spooled at shutdown were dropped"
+            );
+            shared.metrics.spans_dropped("shutdown", left_behind);
+        }
+        if in_memory > 0 {
+            tracing::error!(
+                spans = in_memory,
+                "the spool is in memory (the disk failed): its spans are dropped at shutdown"
+            );
+            shared.metrics.spans_dropped("shutdown", in_memory);
+        }
+        shared.count_drops(spool.as_ref());
+        drop(spool);
+        let retired =
+            std::mem::take(&mut *shared.retired.lock().unwrap_or_else(|e| e.into_inner()));
+        if !retired.is_empty() {
+            // Never waited on: a sled database on a failed disk may never finish closing.
+            let _ = std::thread::Builder::new()
+                .name("sidetrace-spool-retire".to_string())
+                .spawn(move || drop(retired));
+        }
+    }
+}
+
+/// Waits for `task` until `give_up`; aborts it and returns false if it is still running then.
+async fn finish_by(task: JoinHandle<()>, give_up: tokio::time::Instant) -> bool {
+    let abort = task.abort_handle();
+    match tokio::time::timeout_at(give_up, task).await {
+        Ok(_) => true,
+        Err(_) => {
+            abort.abort();
+            false
+        }
     }
 }
 
@@ -209,9 +291,7 @@ impl Shared {
                     error = %e,
                     "spool write failed; degrading to an in-memory spool: spooled spans will not survive a restart"
                 );
-                let memory: Arc<dyn Spool> = Arc::new(MemorySpool::new(self.limits));
-                *self.spool.write().unwrap_or_else(|e| e.into_inner()) = memory.clone();
-                self.metrics.spool_degraded.set(1);
+                let memory = self.degrade(&spool);
                 memory.append(&payload, n, unix_time_ms())
             }
             other => other,
@@ -228,6 +308,31 @@ impl Shared {
         }
         self.count_drops(spool.as_ref());
         self.update_gauges();
+    }
+
+    /// Replaces `failed` with a memory spool (unless another thread already did) and parks
+    /// `failed`; returns the spool to use now.
+    fn degrade(&self, failed: &Arc<dyn Spool>) -> Arc<dyn Spool> {
+        let mut current = self.spool.write().unwrap_or_else(|e| e.into_inner());
+        if Arc::ptr_eq(&current, failed) {
+            let memory: Arc<dyn Spool> = Arc::new(MemorySpool::new(self.limits));
+            let old = std::mem::replace(&mut *current, memory);
+            self.retired
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(old);
+            self.metrics.spool_degraded.set(1);
+        }
+        current.clone()
+    }
+
+    /// `n` spans were exported, spooled or counted as dropped.
+    fn settle(&self, n: u64) {
+        let _ = self
+            .unsettled
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
+                Some(u.saturating_sub(n))
+            });
     }
 
     fn count_drops(&self, spool: &dyn Spool) {
@@ -346,7 +451,12 @@ async fn batcher(
     for chunk in rest.chunks(cfg.batch_max_spans) {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() || !shared.healthy.load(Ordering::Acquire) {
-            shared.spill(chunk);
+            let (s, chunk) = (shared.clone(), chunk.to_vec());
+            let _ = tokio::task::spawn_blocking(move || {
+                s.spill(&chunk);
+                s.settle(chunk.len() as u64);
+            })
+            .await;
             continue;
         }
         send_or_spool(
@@ -379,6 +489,7 @@ async fn send_or_spool(
         match export(exporter, &batch, scope, &shared.metrics, timeout).await {
             Ok(()) => {
                 shared.metrics.spans_exported.inc_by(n);
+                shared.settle(n);
                 return;
             }
             Err(e) => {
@@ -390,6 +501,7 @@ async fn send_or_spool(
     let shared = shared.clone();
     let _ = tokio::task::spawn_blocking(move || {
         shared.spill(&batch);
+        shared.settle(n);
         if let Err(e) = shared.spool().flush() {
             tracing::warn!(error = %e, "spool flush failed");
         }
@@ -437,6 +549,7 @@ async fn spiller(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
             let _ = tokio::task::spawn_blocking(move || {
                 for chunk in spans.chunks(512) {
                     s.spill(chunk);
+                    s.settle(chunk.len() as u64);
                 }
                 if let Err(e) = s.spool().flush() {
                     tracing::warn!(error = %e, "spool flush failed");
@@ -537,8 +650,21 @@ async fn replayer(
         match export(&exporter, &spans, &scope, &shared.metrics, timeout).await {
             Ok(()) => {
                 let s = spool.clone();
-                if let Ok(Err(e)) = tokio::task::spawn_blocking(move || s.ack(id)).await {
-                    tracing::error!(error = %e, "cannot delete an exported batch; it may be sent again");
+                match tokio::task::spawn_blocking(move || s.ack(id)).await {
+                    Ok(Err(SpoolError::Io(e))) => {
+                        // Replaying a batch that cannot be deleted would send it again and
+                        // again: the disk spool is parked (its batches replay after a restart)
+                        // and a memory spool takes over, as when an append fails.
+                        tracing::error!(
+                            error = %e,
+                            "cannot delete an exported batch (it will be sent again after a restart); degrading to an in-memory spool"
+                        );
+                        shared.degrade(&spool);
+                    }
+                    Ok(Err(e)) => {
+                        tracing::error!(error = %e, "cannot delete an exported batch; it may be sent again");
+                    }
+                    _ => {}
                 }
                 shared.metrics.spans_replayed.inc_by(spans.len() as u64);
                 shared.healthy.store(true, Ordering::Release);

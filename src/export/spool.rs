@@ -16,8 +16,8 @@
 //!   `SpoolError::TooLarge` and never stored: the caller counts that one.
 //! - **Durability window.** sled writes in the background every [`SLED_FLUSH_EVERY_MS`] ms. A hard
 //!   kill (SIGKILL, OOM kill, power loss) loses at most the appends, acks and attempt counts of
-//!   that window, unless `flush()` was called after them. A clean shutdown (dropping the spool)
-//!   flushes. A lost ack means the batch is sent again; a lost append means the batch is gone.
+//!   that window, unless `flush()` was called after them. A clean shutdown calls `flush()`
+//!   (dropping the spool flushes too, on a thread nobody waits for). A lost ack means the batch is sent again; a lost append means the batch is gone.
 //! - **At-least-once.** A crash between the collector's success answer and the flushed `ack`
 //!   re-sends the batch on the next replay, so the backend may see duplicates. Acking promptly
 //!   keeps that window small.
@@ -28,9 +28,14 @@
 //!   I/O error, permission, corrupt database) is returned as `SpoolError::Io` and leaves the
 //!   spool's contents and counters as they were. The caller then switches to a [`MemorySpool`]
 //!   and sets `sidetrace_spool_degraded`: [`open_or_degrade`] does this at startup. A
-//!   `MemorySpool` keeps the same bounds, but nothing in it survives a restart. One exception we
-//!   cannot catch: sled 0.34 unwraps the final fsync when its last handle is dropped, so a disk
-//!   that fails exactly at shutdown panics inside sled's `Drop`.
+//!   `MemorySpool` keeps the same bounds, but nothing in it survives a restart. sled 0.34
+//!   flushes when its last handle is dropped and can wait forever (or panic) on a failed disk,
+//!   so [`SledSpool`] closes its database on a thread of its own (`store::sled_db::Detached`).
+//! - **Damage is reported, counted and kept aside.** A tally of batches and spans is rewritten
+//!   beside the tree after every change. On open, a database sled calls corrupt, or one holding
+//!   fewer batches or spans than the tally (sled silently cuts a damaged log short), is moved to
+//!   `<dir>.corrupt-<unix time>`; the batches that still read go to a fresh spool, and the spans
+//!   known lost are dropped as `corrupt`.
 //! - **Blocking.** Every method does synchronous disk I/O (`flush` waits for an fsync). Call it
 //!   from `spawn_blocking` or a dedicated thread, never from the request path.
 //!
@@ -40,9 +45,13 @@
 use std::{
     collections::{BTreeMap, HashMap},
     io,
-    path::Path,
+    path::{Path, PathBuf},
     sync::{Arc, Mutex, MutexGuard, PoisonError},
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use crate::store::sled_db::{
+    Damage, Detached, Tally, is_damage, move_aside, open_waiting_for_lock,
 };
 
 /// sled's page cache; its default is 1 GiB, far more than a spool that is mostly written and
@@ -51,11 +60,6 @@ pub const SLED_CACHE_CAPACITY_BYTES: u64 = 16 * 1024 * 1024;
 
 /// How often sled's background thread makes writes durable: the loss window of a hard kill.
 pub const SLED_FLUSH_EVERY_MS: u64 = 500;
-
-/// A previous `Db` in this process releases its file lock only once sled's threads finish
-/// (spacejam/sled#1234), so a quick reopen waits this long before giving up.
-const SLED_LOCK_WAIT: Duration = Duration::from_secs(2);
-const SLED_LOCK_RETRY_INTERVAL: Duration = Duration::from_millis(10);
 
 /// The tree holding the batches; a name of our own keeps sled's default tree free for later use.
 const BATCHES_TREE: &str = "export_batches";
@@ -171,6 +175,13 @@ impl DropCounts {
         count.spans += u64::from(spans);
     }
 
+    /// Records `batches` dropped batches holding `spans` spans in all.
+    pub fn record_many(&mut self, reason: DropReason, batches: u64, spans: u64) {
+        let count = &mut self.by_reason[reason.index()];
+        count.batches += batches;
+        count.spans += spans;
+    }
+
     pub fn get(&self, reason: DropReason) -> DropCount {
         self.by_reason[reason.index()]
     }
@@ -232,6 +243,8 @@ pub trait Spool: Send + Sync {
     fn take_dropped(&self) -> DropCounts;
     /// Makes everything written so far durable.
     fn flush(&self) -> Result<(), SpoolError>;
+    /// Whether what is stored survives a restart (false for the in-memory spool).
+    fn durable(&self) -> bool;
 }
 
 /// Wall-clock time for `append` and `trim`; tests pass their own clock instead.
@@ -243,11 +256,24 @@ pub fn unix_time_ms() -> u64 {
         })
 }
 
-/// Opens the sled spool in `dir`; when that fails, logs loudly and returns a [`MemorySpool`] and
-/// the reason, for the caller's `sidetrace_spool_degraded` gauge.
-pub fn open_or_degrade(dir: &Path, limits: SpoolLimits) -> (Arc<dyn Spool>, Option<String>) {
+/// What [`open_or_degrade`] opened.
+pub struct OpenedSpool {
+    pub spool: Arc<dyn Spool>,
+    /// Why the spool is in memory instead of on disk, for `sidetrace_spool_degraded`.
+    pub degraded: Option<String>,
+    /// Damage found on disk and set aside (already logged; its spans are in the spool's drops).
+    pub damage: Option<Damage>,
+}
+
+/// Opens the sled spool in `dir` (setting damaged files aside, see [`SledSpool::open`]); when
+/// that fails, logs loudly and returns a [`MemorySpool`] and the reason.
+pub fn open_or_degrade(dir: &Path, limits: SpoolLimits) -> OpenedSpool {
     match SledSpool::open(dir, limits) {
-        Ok(spool) => (Arc::new(spool), None),
+        Ok(spool) => OpenedSpool {
+            damage: spool.damage().cloned(),
+            spool: Arc::new(spool),
+            degraded: None,
+        },
         Err(error) => {
             let reason = format!("cannot open the spool in {}: {error}", dir.display());
             tracing::error!(
@@ -255,7 +281,11 @@ pub fn open_or_degrade(dir: &Path, limits: SpoolLimits) -> (Arc<dyn Spool>, Opti
                 %error,
                 "spool degraded to memory: spooled export batches will not survive a restart"
             );
-            (Arc::new(MemorySpool::new(limits)), Some(reason))
+            OpenedSpool {
+                spool: Arc::new(MemorySpool::new(limits)),
+                degraded: Some(reason),
+                damage: None,
+            }
         }
     }
 }
@@ -473,14 +503,23 @@ impl Spool for MemorySpool {
     fn flush(&self) -> Result<(), SpoolError> {
         Ok(())
     }
+
+    fn durable(&self) -> bool {
+        false
+    }
 }
 
 /// The durable spool: one sled tree of `big-endian id -> header + payload`, with an in-memory
 /// [`Ledger`] so bounds and stats never read payloads back.
 pub struct SledSpool {
-    db: sled::Db,
-    batches: sled::Tree,
+    // Detached: sled's drop flushes and can block forever on a failed disk, so the last handle
+    // is closed on a thread of its own, never on a runtime worker.
+    db: Detached<sled::Db>,
+    batches: Detached<sled::Tree>,
+    dir: PathBuf,
     limits: SpoolLimits,
+    /// Damage found (and set aside) when this spool was opened.
+    damage: Option<Damage>,
     // Every sled write happens under this lock, so the ledger always matches what is stored.
     ledger: Mutex<Ledger>,
     #[cfg(test)]
@@ -499,32 +538,165 @@ impl std::fmt::Debug for SledSpool {
 impl SledSpool {
     /// Opens (or creates) the spool in `dir` and rebuilds the counters by scanning it; values
     /// that do not decode are deleted and counted as `corrupt`.
+    ///
+    /// Damage is reported, counted and set aside: when sled finds its files corrupt, or finds
+    /// fewer batches or spans than the tally kept beside the tree (sled silently truncates a
+    /// damaged log), the directory is moved to `<dir>.corrupt-<unix time>`, a fresh spool is
+    /// opened in `dir` holding the batches that could still be read, and the spans known lost
+    /// are counted as `corrupt` drops. [`SledSpool::damage`] says what happened.
     pub fn open(dir: &Path, limits: SpoolLimits) -> Result<SledSpool, SpoolError> {
-        let db = open_db(dir)?;
-        let batches = db.open_tree(BATCHES_TREE)?;
-        let mut ledger = Ledger::default();
-        let mut corrupt_keys = Vec::new();
-        for stored in batches.iter() {
-            let (key, value) = stored?;
-            let header = decode_header(&value);
-            match (EntryId::from_key(&key), header) {
-                (Some(id), Some(header)) => ledger.insert(id, header.meta(&value)),
-                _ => corrupt_keys.push((key, header.map_or(0, |header| header.spans))),
+        let expected = match Tally::read(dir) {
+            Ok(tally) => tally,
+            Err(error) => {
+                tracing::warn!(%error, "the spool's tally is unreadable; losses since the last run cannot be counted");
+                None
             }
+        };
+        let (db, batches) = match open_db(dir).and_then(|db| {
+            let tree = db.open_tree(BATCHES_TREE)?;
+            Ok((db, tree))
+        }) {
+            Ok(opened) => opened,
+            Err(error) if is_damage(&error) => {
+                let lost = expected.unwrap_or_default();
+                return Self::replace_damaged(dir, limits, error.to_string(), lost, Vec::new());
+            }
+            Err(error) => return Err(error.into()),
+        };
+        let (ledger, corrupt_keys) = scan(&batches)?;
+        let found = Tally {
+            items: ledger.entries.len() as u64,
+            units: ledger.spans,
+        };
+        // Values that are there but do not decode are deleted and counted below; damage is
+        // batches (or spans) that sled lost without a word.
+        let unreadable = corrupt_keys
+            .iter()
+            .filter(|(key, _)| EntryId::from_key(key).is_some())
+            .count() as u64;
+        let silently_lost = expected.is_some_and(|tally| {
+            tally.items > found.items + unreadable
+                || (corrupt_keys.is_empty() && tally.units > found.units)
+        });
+        if let Some(lost) = expected
+            .filter(|_| silently_lost)
+            .and_then(|tally| tally.missing_from(found))
+        {
+            let reason = format!(
+                "{} of {} spooled batches ({} spans) are missing",
+                lost.items,
+                expected.unwrap_or_default().items,
+                lost.units
+            );
+            let mut survivors = Vec::with_capacity(ledger.entries.len());
+            for stored in batches.iter() {
+                let (key, value) = stored?;
+                if EntryId::from_key(&key).is_some() && decode_header(&value).is_some() {
+                    survivors.push(value.to_vec());
+                }
+            }
+            // Closed here, before the move: sled writes by path while closing, which must
+            // not land in the fresh directory. The disk reads fine.
+            drop((batches, db));
+            return Self::replace_damaged(dir, limits, reason, lost, survivors);
         }
-        for (key, spans) in corrupt_keys {
-            tracing::warn!(key = ?key, "deleting a spooled export batch that does not decode");
-            batches.remove(&key)?;
-            ledger.dropped.record(DropReason::Corrupt, spans);
+        let spool = SledSpool::new(db, batches, dir, limits, ledger, None);
+        {
+            let mut ledger = lock(&spool.ledger);
+            for (key, spans) in corrupt_keys {
+                tracing::warn!(key = ?key, "deleting a spooled export batch that does not decode");
+                spool.batches.remove(&key)?;
+                ledger.dropped.record(DropReason::Corrupt, spans);
+            }
+            spool.save_tally(&ledger);
         }
-        Ok(SledSpool {
-            db,
-            batches,
+        Ok(spool)
+    }
+
+    fn new(
+        db: sled::Db,
+        batches: sled::Tree,
+        dir: &Path,
+        limits: SpoolLimits,
+        ledger: Ledger,
+        damage: Option<Damage>,
+    ) -> SledSpool {
+        SledSpool {
+            db: Detached::new(db),
+            batches: Detached::new(batches),
+            dir: dir.to_path_buf(),
             limits,
+            damage,
             ledger: Mutex::new(ledger),
             #[cfg(test)]
             fail_writes: std::sync::atomic::AtomicBool::new(false),
-        })
+        }
+    }
+
+    /// Moves the damaged `dir` aside, opens a fresh spool there with the `survivors` (stored
+    /// values, oldest first, under new ids in the same order) and counts `lost` as corrupt.
+    fn replace_damaged(
+        dir: &Path,
+        limits: SpoolLimits,
+        reason: String,
+        lost: Tally,
+        survivors: Vec<Vec<u8>>,
+    ) -> Result<SledSpool, SpoolError> {
+        let moved_to = move_aside(dir)?;
+        let damage = Damage {
+            path: dir.to_path_buf(),
+            reason,
+            lost,
+            moved_to: Some(moved_to),
+        };
+        tracing::error!(
+            path = %dir.display(),
+            moved_to = %damage.moved_to.as_deref().unwrap_or(dir).display(),
+            reason = %damage.reason,
+            lost_batches = lost.items,
+            lost_spans = lost.units,
+            kept_batches = survivors.len(),
+            "the spool is damaged: spooled spans were lost; the damaged files are kept aside and a fresh spool is used"
+        );
+        let db = open_db(dir)?;
+        let batches = db.open_tree(BATCHES_TREE)?;
+        let mut ledger = Ledger::default();
+        for value in survivors {
+            let Some(header) = decode_header(&value) else {
+                continue;
+            };
+            let id = EntryId(db.generate_id()?);
+            batches.insert(id.to_key(), value.as_slice())?;
+            ledger.insert(id, header.meta(&value));
+        }
+        if lost != Tally::default() {
+            // A batch count of 0 would hide the spans from `DropCounts::iter`.
+            let batches = lost.items.max(1);
+            ledger
+                .dropped
+                .record_many(DropReason::Corrupt, batches, lost.units);
+        }
+        db.flush()?;
+        let spool = SledSpool::new(db, batches, dir, limits, ledger, Some(damage));
+        spool.save_tally(&lock(&spool.ledger));
+        Ok(spool)
+    }
+
+    /// Damage found when the spool was opened (already logged and counted).
+    pub fn damage(&self) -> Option<&Damage> {
+        self.damage.as_ref()
+    }
+
+    /// Records what the tree holds now, for the next open to compare with. A failure only
+    /// weakens that check, so it is logged, not returned.
+    fn save_tally(&self, ledger: &Ledger) {
+        let tally = Tally {
+            items: ledger.entries.len() as u64,
+            units: ledger.spans,
+        };
+        if let Err(error) = tally.write(&self.dir) {
+            tracing::debug!(%error, dir = %self.dir.display(), "cannot update the spool's tally");
+        }
     }
 
     /// Test hook: makes every later write fail as a full disk would.
@@ -577,6 +749,7 @@ impl SledSpool {
         if let Some((id, meta, _)) = new_entry {
             ledger.insert(id, meta);
         }
+        self.save_tally(ledger);
         Ok(())
     }
 }
@@ -616,6 +789,7 @@ impl Spool for SledSpool {
         }
         // Only reachable if something other than this spool wrote to the tree; deleting keeps
         // one bad value from blocking replay forever.
+        let changed = !corrupt_keys.is_empty();
         for key in corrupt_keys {
             tracing::warn!(key = ?key, "deleting a spooled export batch that does not decode");
             self.check_writable()?;
@@ -624,6 +798,9 @@ impl Spool for SledSpool {
                 Some(id) => ledger.drop_entry(id, DropReason::Corrupt),
                 None => ledger.dropped.record(DropReason::Corrupt, 0),
             }
+        }
+        if changed {
+            self.save_tally(&ledger);
         }
         Ok(entries)
     }
@@ -636,6 +813,7 @@ impl Spool for SledSpool {
         self.check_writable()?;
         self.batches.remove(id.to_key())?;
         ledger.remove(id);
+        self.save_tally(&ledger);
         Ok(())
     }
 
@@ -649,6 +827,7 @@ impl Spool for SledSpool {
         if attempts >= self.limits.max_attempts {
             self.batches.remove(id.to_key())?;
             ledger.drop_entry(id, DropReason::MaxAttempts);
+            self.save_tally(&ledger);
             return Ok(FailOutcome::Dropped);
         }
         let stored = self.batches.get(id.to_key())?;
@@ -656,11 +835,13 @@ impl Spool for SledSpool {
             // The ledger mirrors the tree under the same lock, so this means outside
             // interference; forget the entry rather than count attempts for nothing.
             ledger.drop_entry(id, DropReason::Corrupt);
+            self.save_tally(&ledger);
             return Ok(FailOutcome::NotFound);
         };
         if decode_header(&value).is_none() {
             self.batches.remove(id.to_key())?;
             ledger.drop_entry(id, DropReason::Corrupt);
+            self.save_tally(&ledger);
             return Ok(FailOutcome::Dropped);
         }
         value[ATTEMPTS_OFFSET..ATTEMPTS_OFFSET + 4].copy_from_slice(&attempts.to_be_bytes());
@@ -689,27 +870,36 @@ impl Spool for SledSpool {
         self.db.flush()?;
         Ok(())
     }
-}
 
-fn open_db(dir: &Path) -> Result<sled::Db, sled::Error> {
-    let config = sled::Config::new()
-        .path(dir)
-        .cache_capacity(SLED_CACHE_CAPACITY_BYTES)
-        .flush_every_ms(Some(SLED_FLUSH_EVERY_MS));
-    let deadline = Instant::now() + SLED_LOCK_WAIT;
-    loop {
-        match config.open() {
-            Err(sled::Error::Io(error)) if is_lock_held(&error) && Instant::now() < deadline => {
-                std::thread::sleep(SLED_LOCK_RETRY_INTERVAL);
-            }
-            opened => return opened,
-        }
+    fn durable(&self) -> bool {
+        true
     }
 }
 
-/// sled reports a held file lock only through its message (kind `Other`).
-fn is_lock_held(error: &io::Error) -> bool {
-    error.to_string().contains("could not acquire lock")
+/// Rebuilds the ledger from the tree; keys or values that do not decode are returned (with the
+/// span count their header still gives) for the caller to delete.
+#[allow(clippy::type_complexity)]
+fn scan(batches: &sled::Tree) -> Result<(Ledger, Vec<(sled::IVec, u32)>), SpoolError> {
+    let mut ledger = Ledger::default();
+    let mut corrupt_keys = Vec::new();
+    for stored in batches.iter() {
+        let (key, value) = stored?;
+        let header = decode_header(&value);
+        match (EntryId::from_key(&key), header) {
+            (Some(id), Some(header)) => ledger.insert(id, header.meta(&value)),
+            _ => corrupt_keys.push((key, header.map_or(0, |header| header.spans))),
+        }
+    }
+    Ok((ledger, corrupt_keys))
+}
+
+fn open_db(dir: &Path) -> Result<sled::Db, sled::Error> {
+    open_waiting_for_lock(
+        &sled::Config::new()
+            .path(dir)
+            .cache_capacity(SLED_CACHE_CAPACITY_BYTES)
+            .flush_every_ms(Some(SLED_FLUSH_EVERY_MS)),
+    )
 }
 
 #[derive(Clone, Copy)]

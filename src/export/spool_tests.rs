@@ -556,29 +556,44 @@ fn open_or_degrade_falls_back_to_a_memory_spool_when_the_directory_is_a_regular_
     let not_a_dir = dir.path().join("spool");
     std::fs::write(&not_a_dir, b"I am a file").expect("write file");
 
-    let (spool, degraded) = open_or_degrade(&not_a_dir, roomy_limits());
-    let reason = degraded.expect("degraded");
+    let opened = open_or_degrade(&not_a_dir, roomy_limits());
+    let spool = opened.spool;
+    let reason = opened.degraded.expect("degraded");
     assert!(reason.contains("spool"), "{reason}");
     let id = spool.append(b"still accepted", 1, 1_000).expect("append");
     assert_eq!(visible(spool.as_ref())[0].id, id);
 }
 
 #[test]
-fn open_or_degrade_falls_back_to_a_memory_spool_when_the_database_files_are_garbage() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::write(dir.path().join("conf"), vec![0xA5; 300]).expect("write conf");
-    std::fs::write(dir.path().join("db"), vec![0x5A; 300_000]).expect("write db");
+fn open_or_degrade_sets_garbage_database_files_aside_and_opens_a_fresh_spool() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let dir = root.path().join("spool");
+    std::fs::create_dir(&dir).expect("mkdir");
+    std::fs::write(dir.join("conf"), vec![0xA5; 300]).expect("write conf");
+    std::fs::write(dir.join("db"), vec![0x5A; 300_000]).expect("write db");
 
-    let (spool, degraded) = open_or_degrade(dir.path(), roomy_limits());
-    assert!(degraded.is_some());
-    spool.append(b"still accepted", 1, 1_000).expect("append");
+    let opened = open_or_degrade(&dir, roomy_limits());
+    assert_eq!(opened.degraded, None);
+    let damage = opened.damage.expect("the garbage is reported");
+    let moved = damage.moved_to.expect("and kept aside");
+    assert_eq!(
+        std::fs::read(moved.join("db")).expect("kept"),
+        vec![0x5A; 300_000]
+    );
+    opened
+        .spool
+        .append(b"still accepted", 1, 1_000)
+        .expect("append");
+    assert!(opened.spool.durable());
 }
 
 #[test]
 fn open_or_degrade_uses_sled_when_the_directory_is_usable() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (spool, degraded) = open_or_degrade(dir.path(), roomy_limits());
-    assert_eq!(degraded, None);
+    let opened = open_or_degrade(dir.path(), roomy_limits());
+    assert_eq!(opened.degraded, None);
+    assert_eq!(opened.damage, None);
+    let spool = opened.spool;
     spool.append(b"durable", 1, 1_000).expect("append");
     drop(spool);
 
@@ -605,4 +620,43 @@ fn drop_counts_list_only_the_reasons_that_dropped_something() {
             }
         )]
     );
+}
+
+#[test]
+fn batches_sled_lost_silently_are_counted_as_corrupt_and_the_directory_is_kept_aside() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let dir = root.path().join("spool");
+    let spool = open_sled(&dir, roomy_limits());
+    for n in 1..=3u8 {
+        spool.append(&[n; 40], u32::from(n), 1_000).expect("append");
+    }
+    spool.flush().expect("flush");
+    drop(spool);
+    // What sled does to a damaged log: the tree comes back shorter and says nothing. The tally
+    // still remembers two more batches of 4 spans.
+    crate::store::sled_db::Tally {
+        items: 5,
+        units: 10,
+    }
+    .write(&dir)
+    .expect("write tally");
+
+    let spool = open_sled(&dir, roomy_limits());
+    let damage = spool.damage().cloned().expect("the loss is reported");
+    assert_eq!((damage.lost.items, damage.lost.units), (2, 4));
+    let aside = damage.moved_to.expect("kept aside");
+    assert!(aside.join("conf").exists(), "{aside:?}");
+    let mut expected = DropCounts::default();
+    expected.record_many(DropReason::Corrupt, 2, 4);
+    assert_eq!(spool.take_dropped(), expected);
+    // The readable batches are kept, oldest first, and new ones still come after them.
+    spool.append(&[4; 40], 4, 2_000).expect("append");
+    let payloads: Vec<u8> = visible(&spool).iter().map(|e| e.payload[0]).collect();
+    assert_eq!(payloads, vec![1, 2, 3, 4]);
+    drop(spool);
+
+    // The fresh spool's own tally matches it: no damage on the next open.
+    let spool = open_sled(&dir, roomy_limits());
+    assert_eq!(spool.damage(), None);
+    assert_eq!(spool.stats().items, 4);
 }

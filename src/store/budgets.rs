@@ -211,6 +211,19 @@ impl Budgets {
     pub fn new(configs: &[BudgetConfig], store: &CostStore) -> Result<Budgets, String> {
         let now = now_secs();
         let mut budgets = Vec::new();
+        if !configs.is_empty() {
+            if let Some(damage) = store.damage() {
+                tracing::error!(
+                    %damage,
+                    lost_calls = damage.lost.units,
+                    "budgets could not be seeded with the spend lost from the damaged cost store: they may admit more than their limit this window"
+                );
+            } else if !store.is_durable() {
+                tracing::error!(
+                    "budgets could not be seeded: the cost store is in memory, so spend before this start is unknown"
+                );
+            }
+        }
         for c in configs {
             let limit_pico =
                 parse_usd(&c.limit_usd).map_err(|e| format!("budget {}: limit_usd {e}", c.name))?;

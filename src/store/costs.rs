@@ -5,13 +5,14 @@
 
 use std::{
     collections::BTreeMap,
-    path::Path,
+    path::{Path, PathBuf},
     sync::Mutex,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use serde::{Deserialize, Serialize};
 
+use super::sled_db::{Damage, Detached, Tally, is_damage, move_aside, open_waiting_for_lock};
 use crate::call::CallRecord;
 
 pub const HOUR_SECS: u64 = 3600;
@@ -110,31 +111,58 @@ pub fn now_secs() -> u64 {
 }
 
 /// The aggregate store: pending increments in memory, merged rows in sled.
+///
+/// Damage is reported, counted and set aside: beside the tree a tally of rows and calls is
+/// written after each durable flush; when sled finds its files corrupt, or a scan on open finds
+/// fewer rows or calls than the tally (sled silently truncates a damaged log), the directory is
+/// moved to `<dir>.corrupt-<unix time>` and a fresh store holds the rows that could be read.
 pub struct CostStore {
     pending: Mutex<BTreeMap<Key, Totals>>,
-    tree: Option<sled::Tree>,
+    // Detached: sled's drop flushes and can block forever on a failed disk.
+    tree: Option<Detached<sled::Tree>>,
+    dir: PathBuf,
+    /// Rows and calls stored in `tree`, kept up to date by `flush` for the tally file.
+    stored: Mutex<Tally>,
     /// Rows kept when there is no disk (or it failed): the same answers, lost on restart.
     memory: Mutex<BTreeMap<Key, Totals>>,
+    damage: Option<Damage>,
+}
+
+fn open_tree(dir: &Path) -> Result<sled::Tree, sled::Error> {
+    open_waiting_for_lock(
+        &sled::Config::new()
+            .path(dir)
+            .cache_capacity(8 * 1024 * 1024)
+            .flush_every_ms(Some(1000)),
+    )
+    .and_then(|db| db.open_tree("hourly"))
+}
+
+/// The rows of `tree` that decode, and their tally.
+#[allow(clippy::type_complexity)]
+fn scan(tree: &sled::Tree) -> Result<(Vec<(sled::IVec, sled::IVec)>, Tally), sled::Error> {
+    let mut rows = Vec::new();
+    let mut tally = Tally::default();
+    for stored in tree.iter() {
+        let (k, v) = stored?;
+        if let (Ok(_), Ok(t)) = (
+            serde_json::from_slice::<Key>(&k),
+            serde_json::from_slice::<Totals>(&v),
+        ) {
+            tally.items += 1;
+            tally.units += t.calls;
+            rows.push((k, v));
+        }
+    }
+    Ok((rows, tally))
 }
 
 impl CostStore {
     /// Opens the store in `dir`; without a usable directory it keeps everything in memory.
+    /// Damaged files are set aside (see the type's docs) and reported by [`CostStore::damage`].
     pub fn open(dir: &Path) -> (CostStore, Option<String>) {
-        let opened = sled::Config::new()
-            .path(dir)
-            .cache_capacity(8 * 1024 * 1024)
-            .flush_every_ms(Some(1000))
-            .open()
-            .and_then(|db| db.open_tree("hourly"));
-        match opened {
-            Ok(tree) => (
-                CostStore {
-                    pending: Mutex::new(BTreeMap::new()),
-                    tree: Some(tree),
-                    memory: Mutex::new(BTreeMap::new()),
-                },
-                None,
-            ),
+        match Self::open_checked(dir) {
+            Ok(store) => (store, None),
             Err(e) => {
                 let reason = format!("cannot open the cost store in {}: {e}", dir.display());
                 tracing::error!(%reason, "cost totals will be kept in memory only");
@@ -143,11 +171,111 @@ impl CostStore {
         }
     }
 
+    fn open_checked(dir: &Path) -> Result<CostStore, sled::Error> {
+        let expected = match Tally::read(dir) {
+            Ok(tally) => tally,
+            Err(error) => {
+                tracing::warn!(%error, "the cost store's tally is unreadable; lost rows cannot be detected this time");
+                None
+            }
+        };
+        let (tree, damage, found) = match open_tree(dir) {
+            Ok(tree) => {
+                let (rows, found) = scan(&tree)?;
+                match expected.and_then(|tally| tally.missing_from(found)) {
+                    None => (tree, None, found),
+                    Some(lost) => {
+                        let reason = format!(
+                            "{} of {} rows ({} calls) are missing",
+                            lost.items,
+                            expected.unwrap_or_default().items,
+                            lost.units
+                        );
+                        // Closed here, before the move: sled writes by path while closing,
+                        // which must not land in the fresh directory. The disk reads fine.
+                        drop(tree);
+                        Self::replace_damaged(dir, reason, lost, rows)?
+                    }
+                }
+            }
+            Err(e) if is_damage(&e) => {
+                let lost = expected.unwrap_or_default();
+                Self::replace_damaged(dir, e.to_string(), lost, Vec::new())?
+            }
+            Err(e) => return Err(e),
+        };
+        let store = CostStore {
+            pending: Mutex::new(BTreeMap::new()),
+            tree: Some(Detached::new(tree)),
+            dir: dir.to_path_buf(),
+            stored: Mutex::new(found),
+            memory: Mutex::new(BTreeMap::new()),
+            damage,
+        };
+        if expected != Some(found) {
+            store.save_tally(found);
+        }
+        Ok(store)
+    }
+
+    /// Moves the damaged `dir` aside and opens a fresh tree there holding `rows`.
+    fn replace_damaged(
+        dir: &Path,
+        reason: String,
+        lost: Tally,
+        rows: Vec<(sled::IVec, sled::IVec)>,
+    ) -> Result<(sled::Tree, Option<Damage>, Tally), sled::Error> {
+        let moved_to = move_aside(dir)?;
+        tracing::error!(
+            path = %dir.display(),
+            moved_to = %moved_to.display(),
+            %reason,
+            lost_rows = lost.items,
+            lost_calls = lost.units,
+            kept_rows = rows.len(),
+            "the cost store is damaged: cost history was lost; the damaged files are kept aside and a fresh store is used"
+        );
+        let tree = open_tree(dir)?;
+        let mut kept = Tally::default();
+        for (k, v) in rows {
+            kept.items += 1;
+            kept.units += serde_json::from_slice::<Totals>(&v).map_or(0, |t| t.calls);
+            tree.insert(k, v)?;
+        }
+        tree.flush()?;
+        let damage = Damage {
+            path: dir.to_path_buf(),
+            reason,
+            lost,
+            moved_to: Some(moved_to),
+        };
+        Ok((tree, Some(damage), kept))
+    }
+
     pub fn in_memory() -> CostStore {
         CostStore {
             pending: Mutex::new(BTreeMap::new()),
             tree: None,
+            dir: PathBuf::new(),
+            stored: Mutex::new(Tally::default()),
             memory: Mutex::new(BTreeMap::new()),
+            damage: None,
+        }
+    }
+
+    /// Damage found when the store was opened (already logged).
+    pub fn damage(&self) -> Option<&Damage> {
+        self.damage.as_ref()
+    }
+
+    /// Whether stored rows survive a restart.
+    pub fn is_durable(&self) -> bool {
+        self.tree.is_some()
+    }
+
+    fn save_tally(&self, tally: Tally) {
+        if let Err(error) = tally.write(&self.dir) {
+            tracing::debug!(%error, dir = %self.dir.display(), "cannot update the cost store's tally");
         }
     }
 
@@ -201,6 +329,8 @@ impl CostStore {
             }
             return;
         };
+        let mut stored = self.stored.lock().unwrap_or_else(|e| e.into_inner());
+        let mut changed = false;
         for (k, t) in pending {
             let Ok(key) = serde_json::to_vec(&k) else {
                 continue;
@@ -212,6 +342,11 @@ impl CostStore {
                 total.add(&t);
                 serde_json::to_vec(&total).ok()
             });
+            if let Ok(old) = &merged {
+                changed = true;
+                stored.items += u64::from(old.is_none());
+                stored.units += t.calls;
+            }
             if let Err(e) = merged {
                 tracing::error!(error = %e, "cost store write failed; keeping the row in memory");
                 self.memory
@@ -220,6 +355,13 @@ impl CostStore {
                     .entry(k)
                     .or_default()
                     .add(&t);
+            }
+        }
+        // The tally only ever claims rows that are on disk, so a crash cannot look like damage.
+        if changed {
+            match tree.flush() {
+                Ok(_) => self.save_tally(*stored),
+                Err(e) => tracing::warn!(error = %e, "cost store flush failed"),
             }
         }
     }

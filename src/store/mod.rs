@@ -2,3 +2,4 @@
 
 pub mod budgets;
 pub mod costs;
+pub mod sled_db;
