@@ -67,6 +67,12 @@ impl SseParser {
         self.bytes
     }
 
+    /// Buffer capacity held between feeds: one event's worth at most (its lines as bytes, its
+    /// data and name as text), whatever was fed.
+    pub fn held_bytes(&self) -> usize {
+        self.line.capacity() + self.event.capacity() + self.data.capacity()
+    }
+
     /// Whether an event (or line) is under way: at end of stream it would be discarded.
     pub fn has_partial_event(&self) -> bool {
         self.mid_line || !self.line.is_empty() || !self.data.is_empty() || self.oversize
