@@ -184,6 +184,8 @@ if alive "$GATEWAY_PID"; then
 else
     wait "$GATEWAY_PID" || STATUS=$?
 fi
+# Reaped: the exit cleanup must never signal a reused PID.
+PIDS=("$MOCK_PID")
 ELAPSED=$(awk -v s="$START" -v e="$(date +%s.%N)" 'BEGIN { printf "%.1f", e - s }')
 WARNINGS=$(grep -c . "$WORK/gateway.log" || true)
 {
