@@ -22,6 +22,9 @@ pub struct Boundary<'a> {
 pub struct SseParser {
     /// Bytes of the current line that arrived in an earlier chunk.
     line: Vec<u8>,
+    /// The current line began in an earlier chunk (its bytes are in `line`, or were dropped
+    /// because the event is oversize): its end is never a blank line.
+    mid_line: bool,
     /// The last chunk ended with CR: an LF at the start of the next one belongs to it.
     pending_cr: bool,
     /// Still at the very start of the stream (a BOM may come, possibly split).
@@ -42,6 +45,7 @@ impl SseParser {
     pub fn new(max_event_bytes: usize) -> SseParser {
         SseParser {
             line: Vec::new(),
+            mid_line: false,
             pending_cr: false,
             at_start: true,
             event: String::new(),
@@ -63,16 +67,23 @@ impl SseParser {
         self.bytes
     }
 
+    /// Buffer capacity held between feeds: one event's worth at most (its lines as bytes, its
+    /// data and name as text), whatever was fed.
+    pub fn held_bytes(&self) -> usize {
+        self.line.capacity() + self.event.capacity() + self.data.capacity()
+    }
+
     /// Whether an event (or line) is under way: at end of stream it would be discarded.
     pub fn has_partial_event(&self) -> bool {
-        !self.line.is_empty() || !self.data.is_empty() || self.oversize
+        self.mid_line || !self.line.is_empty() || !self.data.is_empty() || self.oversize
     }
 
     /// Feeds the next bytes of the stream; `on_boundary` is called at every blank line.
     pub fn feed(&mut self, chunk: &[u8], mut on_boundary: impl FnMut(Boundary<'_>)) {
         self.bytes += chunk.len() as u64;
         let mut pos = 0;
-        if self.pending_cr {
+        // An empty chunk (an empty DATA frame) between a CR and its LF changes nothing.
+        if self.pending_cr && !chunk.is_empty() {
             self.pending_cr = false;
             if chunk.first() == Some(&b'\n') {
                 pos = 1;
@@ -93,7 +104,10 @@ impl SseParser {
                 pos += take;
                 self.at_start = false;
             } else {
+                // The bytes held as a possible BOM start the first line.
                 self.at_start = false;
+                self.held = self.line.len();
+                self.mid_line = !self.line.is_empty();
             }
         }
         while pos < chunk.len() {
@@ -101,6 +115,7 @@ impl SseParser {
             match memchr::memchr2(b'\n', b'\r', rest) {
                 None => {
                     self.hold(rest);
+                    self.mid_line = true;
                     return;
                 }
                 Some(i) => {
@@ -113,14 +128,16 @@ impl SseParser {
                             None => self.pending_cr = true,
                         }
                     }
-                    if self.line.is_empty() {
-                        self.line_done(&rest[..i], end, &mut on_boundary);
-                    } else {
+                    if self.mid_line {
+                        self.mid_line = false;
                         self.hold(&rest[..i]);
                         let line = std::mem::take(&mut self.line);
-                        self.line_done(&line, end, &mut on_boundary);
+                        self.line_done(&line, true, end, &mut on_boundary);
                         self.line = line;
                         self.line.clear();
+                    } else {
+                        self.held += i;
+                        self.line_done(&rest[..i], false, end, &mut on_boundary);
                     }
                     pos = end;
                 }
@@ -131,6 +148,7 @@ impl SseParser {
     /// End of stream: an event without its blank line is discarded. Returns whether one was.
     pub fn finish(&mut self) -> bool {
         let partial = self.has_partial_event();
+        self.mid_line = false;
         self.line.clear();
         self.data.clear();
         self.event.clear();
@@ -139,6 +157,7 @@ impl SseParser {
         partial
     }
 
+    /// Keeps bytes of a line that goes on in the next chunk, counting them toward the event.
     fn hold(&mut self, bytes: &[u8]) {
         self.held += bytes.len();
         if self.held > self.max_event_bytes {
@@ -150,8 +169,16 @@ impl SseParser {
         }
     }
 
-    fn line_done(&mut self, line: &[u8], end: usize, on_boundary: &mut impl FnMut(Boundary<'_>)) {
-        if line.is_empty() {
+    /// A whole line (without its end), already counted in `held`. `continued` when it began
+    /// in an earlier chunk: then it is not blank even if its bytes were dropped as oversize.
+    fn line_done(
+        &mut self,
+        line: &[u8],
+        continued: bool,
+        end: usize,
+        on_boundary: &mut impl FnMut(Boundary<'_>),
+    ) {
+        if line.is_empty() && !continued {
             let event = if self.oversize {
                 self.oversize_events += 1;
                 None
@@ -173,12 +200,11 @@ impl SseParser {
             self.oversize = false;
             return;
         }
-        self.held += line.len();
         if self.held > self.max_event_bytes {
             self.oversize = true;
             self.data.clear();
         }
-        if self.oversize || line[0] == b':' {
+        if self.oversize || line.first() == Some(&b':') {
             return;
         }
         let (field, value) = match memchr::memchr(b':', line) {

@@ -169,6 +169,11 @@ impl FrameDecoder {
         self.oversize
     }
 
+    /// Buffer capacity held between feeds: one frame's worth at most, whatever was fed.
+    pub fn held_bytes(&self) -> usize {
+        self.buf.capacity()
+    }
+
     /// Feeds the next bytes; `on_frame` gets every whole frame, or why one could not be read.
     /// After a fatal error (bad prelude) nothing more is reported.
     pub fn feed(&mut self, chunk: &[u8], mut on_frame: impl FnMut(Result<Frame<'_>, FrameError>)) {

@@ -64,6 +64,11 @@ impl LineSplitter {
         self.oversize
     }
 
+    /// Buffer capacity held between feeds: one line's worth at most, whatever was fed.
+    pub fn held_bytes(&self) -> usize {
+        self.buf.capacity()
+    }
+
     /// End of body: the last line if it had no newline (and was not oversize).
     pub fn finish(&mut self) -> Option<String> {
         self.skipping = false;

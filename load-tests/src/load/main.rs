@@ -8,6 +8,7 @@ mod drive;
 mod features;
 mod procfs;
 mod report;
+mod soak;
 mod stats;
 
 use std::{
@@ -44,6 +45,10 @@ enum Command {
     Ports {
         #[arg(default_value_t = 1)]
         n: usize,
+        /// Take them below the ephemeral range (20000-32767), for a server that is stopped and
+        /// bound again on the same port: the kernel never hands those out as source ports.
+        #[arg(long)]
+        restartable: bool,
     },
     /// Turn a directory of JSON reports into the markdown results tables.
     Report(report::ReportArgs),
@@ -52,6 +57,9 @@ enum Command {
     /// Watch a gateway's span spool drain once the collector is back: the wait before the
     /// replay starts and the replay rate (spans/s).
     ReplayWatch(counters::ReplayArgs),
+    /// The soak: mixed load for minutes against a running gateway, a collector that flaps, and
+    /// a markdown report of calls, spans, memory and descriptors (see load-tests/soak.sh).
+    Soak(soak::SoakArgs),
 }
 
 /// Labels that tie a JSON report to its place in the results page.
@@ -162,10 +170,11 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run(args),
         Command::Snapshot(args) => snapshot(args),
-        Command::Ports { n } => ports(n),
+        Command::Ports { n, restartable } => ports(n, restartable),
         Command::Report(args) => report::main(args),
         Command::Probe(args) => probe(args),
         Command::ReplayWatch(args) => counters::replay_watch(args),
+        Command::Soak(args) => soak::main(args),
     };
     match result {
         Ok(code) => code,
@@ -176,12 +185,25 @@ fn main() -> ExitCode {
     }
 }
 
-fn ports(n: usize) -> Result<ExitCode, String> {
+fn ports(n: usize, restartable: bool) -> Result<ExitCode, String> {
     // All bound at once so that they differ; released on return, for the caller to bind.
-    let listeners = (0..n.min(100))
-        .map(|_| TcpListener::bind("127.0.0.1:0"))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("cannot bind a loopback port: {e}"))?;
+    let listeners = if restartable {
+        // A start that differs per call, so that two scripts rarely race for the same port.
+        let start = 20_000 + (std::process::id() as usize * 7919) % 12_768;
+        (0..12_768)
+            .map(|i| 20_000 + (start - 20_000 + i) % 12_768)
+            .filter_map(|port| TcpListener::bind(("127.0.0.1", port as u16)).ok())
+            .take(n.min(100))
+            .collect::<Vec<_>>()
+    } else {
+        (0..n.min(100))
+            .map(|_| TcpListener::bind("127.0.0.1:0"))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("cannot bind a loopback port: {e}"))?
+    };
+    if listeners.len() < n.min(100) {
+        return Err("not enough free loopback ports below the ephemeral range".to_owned());
+    }
     for l in &listeners {
         let port = l.local_addr().map_err(|e| e.to_string())?.port();
         println!("{port}");
