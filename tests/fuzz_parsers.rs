@@ -36,7 +36,7 @@ use sidetrace::{
         eventstream::{FrameDecoder, crc32, encode_frame},
         ndjson::LineSplitter,
     },
-    provider::WireFormat,
+    provider::{WireFormat, builtin_quirks},
     sse::SseParser,
     trace::{
         context::{FLAG_RANDOM, FLAG_SAMPLED, TraceContext, TraceSource, hex, parse_traceparent},
@@ -549,7 +549,8 @@ fn run_body(
     cuts: &[usize],
     clean: bool,
 ) -> ResponseRecord {
-    let mut p = BodyParser::for_response(format, provider, content_type, limits).expect("parser");
+    let mut p = BodyParser::for_response(format, builtin_quirks(provider), content_type, limits)
+        .expect("parser");
     for piece in pieces(body, cuts) {
         p.feed(piece);
         let _ = p.output_started();
@@ -996,7 +997,7 @@ fn an_sse_event_under_the_limit_is_kept_when_its_line_spans_two_reads() {
     };
     let mut p = BodyParser::for_response(
         WireFormat::ChatCompletions,
-        "openai",
+        builtin_quirks("openai"),
         Some("text/event-stream"),
         limits,
     )

@@ -15,10 +15,17 @@ pub fn builtin_specs() -> &'static [(&'static str, &'static str)] {
 /// The quirks of a built-in provider (none for an unknown name); for tests and tools that read
 /// responses without a configured registry.
 pub fn builtin_quirks(name: &str) -> Quirks {
-    builtin_specs()
+    static QUIRKS: std::sync::OnceLock<Vec<(String, Quirks)>> = std::sync::OnceLock::new();
+    QUIRKS
+        .get_or_init(|| {
+            builtin_specs()
+                .iter()
+                .filter_map(|(_, text)| toml::from_str::<ProviderSpec>(text).ok())
+                .map(|spec| (spec.name, spec.quirks))
+                .collect()
+        })
         .iter()
-        .filter_map(|(_, text)| toml::from_str::<ProviderSpec>(text).ok())
-        .find(|spec| spec.name == name)
-        .map(|spec| spec.quirks)
+        .find(|(n, _)| n == name)
+        .map(|(_, quirks)| *quirks)
         .unwrap_or_default()
 }
