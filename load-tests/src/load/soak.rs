@@ -728,8 +728,8 @@ fn render(
     let rows = [
         ("calls made (all kinds)", total as f64),
         (
-            "calls made whose request arrived whole (all but stalled_body)",
-            (total - stalled) as f64,
+            "of which stalled bodies (recorded as cancelled when the client gives up)",
+            stalled as f64,
         ),
         (
             "spans received by the gateway's exporter (sidetrace_spans_received_total)",
@@ -774,7 +774,7 @@ fn render(
         md,
         "\nAccounted for (at the collector + counted dropped): {accounted:.0} of the {received:.0} \
          spans the gateway made ({:+.0}), with {spooled:.0} batches still spooled. The gateway made \
-         {received:.0} spans for {total} calls sent ({:+.0}; stalled bodies: {stalled}).\n",
+         {received:.0} spans for {total} calls sent ({:+.0}): every routed call makes one span.\n",
         accounted - received,
         received - total as f64,
     );
