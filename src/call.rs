@@ -23,7 +23,7 @@ use crate::{
     trace::{
         capture::CapturedContent,
         context::TraceContext,
-        metadata::CallMetadata,
+        metadata::{CallMetadata, canonical_feature},
         span::{SpanRecord, span_for},
     },
 };
@@ -247,7 +247,14 @@ impl Recorder {
         Recorder {
             metrics,
             models: LabelCap::new(200),
-            features: LabelCap::allowing(&feature_labels, max_feature_labels),
+            // Calls carry canonical feature names, so the allow-list is made canonical too.
+            features: LabelCap::allowing(
+                &feature_labels
+                    .iter()
+                    .map(|f| canonical_feature(f))
+                    .collect::<Vec<_>>(),
+                max_feature_labels,
+            ),
             prices,
             costs,
             budgets,

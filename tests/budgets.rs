@@ -268,3 +268,21 @@ async fn a_call_the_provider_refused_counts_nothing() {
     assert_eq!(chat(&gw, "f", "house-model-7").await.status, StatusCode::OK);
     gw.shutdown().await;
 }
+
+#[tokio::test]
+async fn calls_on_routes_the_gateway_does_not_inspect_count_nothing() {
+    let mock = Mock::start(provider).await;
+    let (gw, _dir) = gw(
+        &mock,
+        "[[budgets]]\nname = \"b\"\nlimit_usd = \"0.5\"\nunpriced_call_usd = \"1\"\nwindow = \"day\"\n",
+    )
+    .await;
+    // Files, model lists and the like are not generations: no unpriced charge.
+    for i in 0..3 {
+        let a = post(&gw, "/openai/v1/files", &[], "{}").await;
+        assert_eq!(a.status, StatusCode::OK);
+        wait_for_calls(&gw, i + 1).await;
+    }
+    assert_eq!(chat(&gw, "f", "house-model-7").await.status, StatusCode::OK);
+    gw.shutdown().await;
+}

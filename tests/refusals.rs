@@ -73,8 +73,8 @@ async fn every_refusal_after_routing_is_recorded_once_with_its_cause() {
         &format!(
             "data_dir = {:?}\n{}",
             dir.path().display().to_string(),
-            "max_request_body_bytes = 2000\nmax_buffered_request_bytes = 1500\n\
-         [timeouts]\nrequest_body_idle_ms = 300\nrequest_body_total_ms = 600\n\
+            "max_request_body_bytes = 2000\nmax_buffered_request_bytes = 2000\n\
+         [timeouts]\nrequest_body_idle_ms = 2000\nrequest_body_total_ms = 3000\n\
          [[budgets]]\nname = \"spent\"\nfeature = \"capped\"\nlimit_usd = \"0.000001\"\nwindow = \"day\"\n"
         ),
     )
@@ -124,12 +124,44 @@ async fn every_refusal_after_routing_is_recorded_once_with_its_cause() {
     n += 1;
     refused(&nth_call(&gw, n).await, "request_too_large");
 
-    // More than the gateway may hold for all bodies at once (1500 bytes).
-    let held = format!(r#"{{"model":"o4-mini","pad":"{}"}}"#, "x".repeat(1600));
+    // More than the gateway may hold for all bodies at once (2000 bytes): one body has sent
+    // 1500 bytes and waits; another of 1000 does not fit beside it. The first is then cut by
+    // the idle timeout: two refusals, two records.
+    let mut holder = TcpStream::connect(gw.addr).await.unwrap();
+    holder
+        .write_all(
+            format!(
+                "POST /openai/v1/chat/completions HTTP/1.1\r\nhost: gw\r\ncontent-length: 1900\r\n\r\n{{\"model\":\"{}",
+                "x".repeat(1490)
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let held_bytes = |text: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix("sidetrace_request_buffered_bytes "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    while held_bytes(&String::from_utf8_lossy(
+        &admin_get(&gw, "/metrics").await.body,
+    )) < 1500
+    {
+        assert!(Instant::now() < deadline, "the holder's bytes are not held");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let held = format!(r#"{{"model":"o4-mini","pad":"{}"}}"#, "x".repeat(1000));
     let a = post(&gw, "/openai/v1/chat/completions", &[], &held).await;
     assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE);
     n += 1;
     refused(&nth_call(&gw, n).await, "gateway_buffer_full");
+    let mut answer = vec![0u8; 1024];
+    let got = holder.read(&mut answer).await.unwrap();
+    assert!(String::from_utf8_lossy(&answer[..got]).starts_with("HTTP/1.1 408"));
+    n += 1;
+    refused(&nth_call(&gw, n).await, "request_body_timeout");
 
     // A body that stops coming.
     let slow = format!(

@@ -234,15 +234,36 @@ async fn twenty_stalled_bodies_no_longer_starve_a_normal_caller_once_their_timeo
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_bytes_held_in_memory_are_bounded_across_calls_with_503_past_the_limit() {
     let mock = Mock::start(|_| ok_reply()).await;
-    let gw = gateway_for(&mock, "max_buffered_request_bytes = 1000\n").await;
-    // One unfinished body declares 800 bytes: they are held for it.
+    let gw = gateway_for(
+        &mock,
+        "max_request_body_bytes = 1000\nmax_buffered_request_bytes = 1000\n",
+    )
+    .await;
+    // Bodies that declare a length but send nothing hold nothing: they cannot block others.
+    let mut declarers = Vec::new();
+    for _ in 0..5 {
+        let mut s = TcpStream::connect(gw.addr).await.unwrap();
+        s.write_all(head("/openai/v1/chat/completions", "content-length: 1000").as_bytes())
+            .await
+            .unwrap();
+        declarers.push(s);
+    }
+    // One unfinished body has sent 800 bytes: they are held for it.
     let mut holder = TcpStream::connect(gw.addr).await.unwrap();
     holder
-        .write_all(head("/openai/v1/chat/completions", "content-length: 800").as_bytes())
+        .write_all(head("/openai/v1/chat/completions", "content-length: 900").as_bytes())
         .await
         .unwrap();
-    holder.write_all(b"{\"model\":").await.unwrap();
+    holder
+        .write_all(format!("{{\"model\":\"{}", "x".repeat(789)).as_bytes())
+        .await
+        .unwrap();
     wait_metric(&gw, "sidetrace_request_buffered_bytes ", 800.0).await;
+    assert_eq!(
+        metric(&metrics(&gw).await, "sidetrace_request_buffered_bytes "),
+        800.0,
+        "only the bytes that arrived are held"
+    );
     // A chunked body that grows past what is left is refused with 503 and retry-after.
     let big = format!(
         r#"{{"model":"o4-mini","messages":[{{"role":"user","content":"{}"}}]}}"#,
@@ -285,6 +306,7 @@ async fn request_bytes_held_in_memory_are_bounded_across_calls_with_503_past_the
         StatusCode::OK
     );
     drop(holder);
+    drop(declarers);
     let deadline = Instant::now() + Duration::from_secs(10);
     while metric(&metrics(&gw).await, "sidetrace_request_buffered_bytes ") != 0.0 {
         assert!(Instant::now() < deadline, "held bytes were not given back");

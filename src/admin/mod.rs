@@ -15,7 +15,7 @@ use crate::{
     metrics::Metrics,
     proxy::body::{ProxyBody, full},
     store::costs::{CostStore, Filter, GroupBy, HOUR_SECS, Totals, now_secs},
-    trace::metadata::percent_decode,
+    trace::metadata::{canonical_feature, percent_decode},
 };
 
 /// What the admin endpoints read.
@@ -111,7 +111,8 @@ fn costs(state: &AdminState, query: &str) -> Response<ProxyBody> {
         },
     };
     let filter = Filter {
-        feature: get("feature").map(|v| percent_decode(&v.replace('+', " "))),
+        // Features are recorded in canonical form: `Support_Agent` finds `support_agent`.
+        feature: get("feature").map(|v| canonical_feature(&percent_decode(&v.replace('+', " ")))),
         user: get("user").map(|v| percent_decode(&v.replace('+', " "))),
     };
     let rows = state.costs.query(from, to, group_by, &filter);

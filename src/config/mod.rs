@@ -664,6 +664,13 @@ impl Config {
                 "max_concurrent_requests must be at least 1".into(),
             ));
         }
+        if self.max_buffered_request_bytes < self.max_request_body_bytes {
+            // Else a body the limit allows would be refused with 503 "retry shortly" for ever.
+            return Err(ConfigError::Invalid(format!(
+                "max_buffered_request_bytes ({}) must be at least max_request_body_bytes ({})",
+                self.max_buffered_request_bytes, self.max_request_body_bytes
+            )));
+        }
         if self.upstream.http2_max_streams_per_connection == 0
             || self.upstream.http2_max_connections == 0
         {
@@ -794,6 +801,17 @@ mod tests {
         ] {
             assert!(text.contains(example), "{example} is not documented");
         }
+    }
+
+    #[test]
+    fn buffers_smaller_than_the_body_limit_are_refused() {
+        let config = Config::from_toml(
+            "max_request_body_bytes = 2000\nmax_buffered_request_bytes = 1000\n",
+            "c.toml",
+        )
+        .unwrap();
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("max_buffered_request_bytes"), "{err}");
     }
 
     #[test]

@@ -292,12 +292,17 @@ fn parse_host_template(authority: &str) -> Result<Vec<HostPart>, String> {
     Ok(parts)
 }
 
-/// True when a path segment is `.` or `..`, plainly or percent-encoded, also where a segment
+/// True when a path segment is `.` or `..`, plainly or percent-encoded or followed by `;`
+/// parameters, also where a segment
 /// decodes to several parts split by `/` or `\` (servers that decode `%2F`, or treat `\` as a
 /// separator, would see them as segments). An encoded `/` alone stays allowed: Bedrock model
 /// ARNs in paths need it.
 fn has_dot_segment(path: &str) -> bool {
-    let is_dot = |part: &str| part == "." || part == "..";
+    // Servlet containers read `..;x` as `..` (path parameters): the part before `;` counts.
+    let is_dot = |part: &str| {
+        let part = part.split(';').next().unwrap_or(part);
+        part == "." || part == ".."
+    };
     path.split('/').any(|segment| {
         if segment.contains('%') {
             percent_decode(segment).split(['/', '\\']).any(is_dot)
@@ -582,6 +587,8 @@ mod tests {
             "/mylab/..\\tenant-b/v1/chat/completions",
             "/mylab/v1/..",
             "/v1/../../admin",
+            "/mylab/..;/tenant-b/v1/chat/completions",
+            "/mylab/.%2e;x=1/tenant-b/v1",
         ] {
             assert!(has_dot_segment(path), "{path}");
         }

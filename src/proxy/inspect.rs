@@ -228,14 +228,16 @@ async fn read_whole(
     headers: &http::HeaderMap,
     mut held: Held,
 ) -> Result<(Bytes, Held), ProxyError> {
-    // The body limit layer has refused a declared length over its limit already.
+    // The body limit layer has refused a declared length over its limit already. Only bytes
+    // that arrived are held: a client that declares a large body and sends nothing holds
+    // (next to) nothing.
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
+        .and_then(|v| v.parse::<usize>().ok())
         .unwrap_or(0);
-    held.grow_to(declared)?;
-    let mut buf = BytesMut::with_capacity(declared as usize);
+    // At most 64 KiB up front, held or not: the usual small body fits in one allocation.
+    let mut buf = BytesMut::with_capacity(declared.min(64 * 1024));
     while let Some(frame) = body.frame().await {
         if let Ok(data) = frame.map_err(body_error)?.into_data() {
             held.grow_to((buf.len() + data.len()) as u64)?;

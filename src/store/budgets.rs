@@ -18,7 +18,8 @@
 //!   may have billed (it answered 2xx) but that could not be priced (a model without a price,
 //!   or usage that never arrived because the client left or the stream broke) counts
 //!   `unpriced_call_usd` when set, else the estimate, or its partial cost when that is larger.
-//!   A call the provider refused (no 2xx) counts only what it reported (usually nothing).
+//!   A call the provider refused (no 2xx), and a call on a route the gateway does not inspect
+//!   (files, model lists), counts only what it reported (usually nothing).
 //! - **Matching.** Features are compared in their canonical form (trimmed, lowercased, stray
 //!   separators dropped: `Support_Agent` and `support_agent,` are one feature); users exactly.
 //! - **Restarts.** The spend is re-read from the cost store, which holds priced costs: what
@@ -129,9 +130,8 @@ struct Budget {
 impl Budget {
     fn matches(&self, feature: Option<&str>, user: Option<&str>) -> bool {
         let u = self.config.user.as_deref().filter(|u| !u.is_empty());
-        self.feature
-            .as_deref()
-            .is_none_or(|f| feature.is_some_and(|g| canonical_feature(g) == f))
+        // Call metadata holds features in canonical form already (see `canonical_feature`).
+        self.feature.as_deref().is_none_or(|f| feature == Some(f))
             && u.is_none_or(|u| user == Some(u))
     }
 
@@ -158,7 +158,9 @@ impl Budget {
         let cost = call.cost_pico_usd.unwrap_or(0);
         let billed = call.status.is_some_and(|s| (200..300).contains(&s));
         let whole = call.outcome == crate::call::Outcome::Completed && call.cost_pico_usd.is_some();
-        if !billed || whole {
+        // Routes the gateway does not inspect (files, model lists, ...) are not generations.
+        let generation = call.format != crate::provider::WireFormat::Passthrough;
+        if !billed || whole || !generation {
             return cost;
         }
         cost.max(self.unpriced_pico.unwrap_or_else(|| self.estimate()))

@@ -172,7 +172,8 @@ impl CallMetadata {
 
     fn set(&mut self, field: Field, value: &str) {
         let value = match field {
-            Field::Feature => canonical_feature(&self.bound(value)),
+            // Canonical first: lowercasing can lengthen a text, and the bound must hold after.
+            Field::Feature => self.bound(&canonical_feature(value)),
             _ => self.bound(value),
         };
         if value.is_empty() {
