@@ -579,3 +579,30 @@ async fn with_the_data_dir_on_a_full_tmpfs_export_resumes_and_sigterm_exits() {
     assert_eq!(status.code(), Some(0));
     collector.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_span_that_comes_after_the_export_shut_down_is_counted_not_left_in_a_buffer() {
+    let gate = Gate::default();
+    gate.open_at_the_latest_after(Duration::from_secs(45));
+    let collector = Collector::start(Transport::Grpc).await;
+    let p = start_pipeline(&collector, &gate, "");
+    // The test's spool blocks when dropped until the gate opens.
+    let _open_at_end = OpenOnDrop(gate.clone());
+    p.handle.submit(span(0));
+    wait_metric(&p.metrics, "sidetrace_spans_exported_total", 1.0).await;
+    let shutdown = tokio::time::timeout(
+        Duration::from_secs(30),
+        p.tasks.shutdown(Duration::from_millis(500)),
+    );
+    assert!(shutdown.await.is_ok(), "export shutdown hung");
+    // A call that finished late (a background read of a stream its client left).
+    p.handle.submit(span(1));
+    assert_eq!(
+        metric(
+            &p.metrics,
+            "sidetrace_spans_dropped_total{reason=\"shutdown\"}"
+        ),
+        1.0
+    );
+    collector.stop().await;
+}

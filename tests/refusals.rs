@@ -38,7 +38,7 @@ async fn nth_call(gw: &sidetrace::Gateway, n: usize) -> CallRecord {
             return calls.into_iter().last().unwrap();
         }
         assert!(Instant::now() < deadline, "call {n} was never recorded");
-        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 

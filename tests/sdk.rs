@@ -351,7 +351,7 @@ async fn openai_sdk_closing_a_stream_at_done_before_the_upstream_ends_completes_
             break call;
         }
         assert!(std::time::Instant::now() < deadline, "no call recorded");
-        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
     };
     assert_eq!(call.outcome, sidetrace::call::Outcome::Completed);
     assert_eq!(call.error_type, None);
@@ -384,7 +384,7 @@ async fn openai_sdk_does_not_retry_a_budget_refusal() {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while gw.recent_calls().is_empty() {
         assert!(std::time::Instant::now() < deadline, "no call recorded");
-        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
     run_python("openai_budget_refused_is_not_retried", &gw).await;
     let metrics = String::from_utf8(admin_get(&gw, "/metrics").await.body.to_vec()).unwrap();

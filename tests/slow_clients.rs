@@ -197,7 +197,7 @@ async fn twenty_stalled_bodies_no_longer_starve_a_normal_caller_once_their_timeo
     let mock = Mock::start(|_| ok_reply()).await;
     let gw = gateway_for(
         &mock,
-        "max_concurrent_requests = 20\n[timeouts]\nrequest_body_idle_ms = 2000\n",
+        "max_concurrent_requests = 20\n[timeouts]\nrequest_body_idle_ms = 8000\n",
     )
     .await;
     let mut stalled = Vec::new();
@@ -255,7 +255,7 @@ async fn request_bytes_held_in_memory_are_bounded_across_calls_with_503_past_the
         .await
         .unwrap();
     holder
-        .write_all(format!("{{\"model\":\"{}", "x".repeat(789)).as_bytes())
+        .write_all(format!("{{\"model\":\"{}", "x".repeat(790)).as_bytes())
         .await
         .unwrap();
     wait_metric(&gw, "sidetrace_request_buffered_bytes ", 800.0).await;

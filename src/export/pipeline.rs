@@ -49,6 +49,9 @@ struct Shared {
     /// Spans taken into the queue or the overflow buffer and not yet exported, spooled or
     /// counted as dropped: what an abandoned shutdown leaves behind.
     unsettled: AtomicU64,
+    /// Shutdown is over: a span that still comes (a call finished after it) is counted as
+    /// dropped at once, never left in a buffer nobody reads.
+    closed: AtomicBool,
     limits: SpoolLimits,
     /// The last export (live or replay) worked; while false, live batches go straight to the
     /// spool and only the replayer probes the collector.
@@ -87,6 +90,7 @@ impl ExportHandle {
             spool: RwLock::new(spool),
             retired: std::sync::Mutex::new(Vec::new()),
             unsettled: AtomicU64::new(0),
+            closed: AtomicBool::new(false),
             limits,
             healthy: AtomicBool::new(true),
             replay: Notify::new(),
@@ -155,6 +159,11 @@ impl ExportHandle {
     }
 
     fn enqueue(&self, span: SpanRecord) {
+        if self.shared.closed.load(Ordering::Acquire) {
+            tracing::warn!("a span finished after the export shut down; dropped");
+            self.shared.metrics.spans_dropped("shutdown", 1);
+            return;
+        }
         match self.tx.try_send(span) {
             Ok(()) => {
                 self.shared.unsettled.fetch_add(1, Ordering::AcqRel);
@@ -208,15 +217,43 @@ impl ExportTasks {
             }
         }
         let shared = self.shared;
-        // Spans that came in after the batcher stopped are still in the overflow buffer.
-        let late = std::mem::take(&mut *shared.overflow.lock().unwrap_or_else(|e| e.into_inner()));
-        let left_behind = shared.unsettled.swap(0, Ordering::AcqRel);
-        let spool = shared.spool();
-        let in_memory = if spool.durable() {
-            0
-        } else {
-            spool.stats().spans
+        // Spans that came in after the batcher stopped are still in the overflow buffer: they go
+        // to the spool like any other. From now on a span that comes is counted at once.
+        let late = {
+            let mut overflow = shared.overflow.lock().unwrap_or_else(|e| e.into_inner());
+            shared.closed.store(true, Ordering::Release);
+            std::mem::take(&mut *overflow)
         };
+        let late_spans = late.len();
+        // Every call on the spool may block on a failed disk (sled holds its lock across the
+        // write): none of them runs on this task, and each is bounded.
+        let s = shared.clone();
+        let settled = tokio::time::timeout(
+            SHUTDOWN_MARGIN,
+            tokio::task::spawn_blocking(move || {
+                s.spill(&late);
+                s.settle(late.len() as u64);
+                let spool = s.spool();
+                if let Err(e) = spool.flush() {
+                    tracing::error!(error = %e, "spool flush at shutdown failed");
+                }
+                s.count_drops(spool.as_ref());
+                if spool.durable() {
+                    0
+                } else {
+                    spool.stats().spans
+                }
+            }),
+        )
+        .await;
+        let in_memory = match settled {
+            Ok(Ok(spans)) => spans,
+            _ => {
+                abandoned.push("final spool write");
+                0
+            }
+        };
+        let left_behind = shared.unsettled.swap(0, Ordering::AcqRel);
         if !abandoned.is_empty() {
             tracing::error!(
                 tasks = ?abandoned,
@@ -227,7 +264,7 @@ impl ExportTasks {
         if left_behind > 0 {
             tracing::error!(
                 spans = left_behind,
-                late_spans = late.len(),
+                late_spans,
                 "spans neither exported nor spooled at shutdown were dropped"
             );
             shared.metrics.spans_dropped("shutdown", left_behind);
@@ -239,8 +276,6 @@ impl ExportTasks {
             );
             shared.metrics.spans_dropped("shutdown", in_memory);
         }
-        shared.count_drops(spool.as_ref());
-        drop(spool);
         let retired =
             std::mem::take(&mut *shared.retired.lock().unwrap_or_else(|e| e.into_inner()));
         if !retired.is_empty() {

@@ -312,6 +312,9 @@ struct Ledger {
     bytes: u64,
     spans: u64,
     dropped: DropCounts,
+    /// Batches and spans appended since the last `flush` (sled spool): left out of the tally,
+    /// so a hard kill that loses them is not taken for damage.
+    unflushed: (u64, u64),
 }
 
 impl Ledger {
@@ -690,9 +693,11 @@ impl SledSpool {
     /// Records what the tree holds now, for the next open to compare with. A failure only
     /// weakens that check, so it is logged, not returned.
     fn save_tally(&self, ledger: &Ledger) {
+        // Only what is durable: appends count once `flush` made them so. Removals count at
+        // once, which can only make the tally lower than the disk, never higher.
         let tally = Tally {
-            items: ledger.entries.len() as u64,
-            units: ledger.spans,
+            items: (ledger.entries.len() as u64).saturating_sub(ledger.unflushed.0),
+            units: ledger.spans.saturating_sub(ledger.unflushed.1),
         };
         if let Err(error) = tally.write(&self.dir) {
             tracing::debug!(%error, dir = %self.dir.display(), "cannot update the spool's tally");
@@ -769,7 +774,13 @@ impl Spool for SledSpool {
             payload_bytes,
         };
         let value = encode_value(&meta, payload);
-        self.apply(&mut ledger, evictions, Some((id, meta, value)))?;
+        ledger.unflushed.0 += 1;
+        ledger.unflushed.1 += u64::from(spans);
+        if let Err(e) = self.apply(&mut ledger, evictions, Some((id, meta, value))) {
+            ledger.unflushed.0 -= 1;
+            ledger.unflushed.1 -= u64::from(spans);
+            return Err(e);
+        }
         Ok(id)
     }
 
@@ -865,9 +876,14 @@ impl Spool for SledSpool {
     }
 
     fn flush(&self) -> Result<(), SpoolError> {
-        // No ledger lock: an fsync can take a while and appends need not wait for it.
+        // No ledger lock across the fsync: it can take a while and appends need not wait.
+        let pending = lock(&self.ledger).unflushed;
         self.check_writable()?;
         self.db.flush()?;
+        let mut ledger = lock(&self.ledger);
+        ledger.unflushed.0 = ledger.unflushed.0.saturating_sub(pending.0);
+        ledger.unflushed.1 = ledger.unflushed.1.saturating_sub(pending.1);
+        self.save_tally(&ledger);
         Ok(())
     }
 

@@ -660,3 +660,30 @@ fn batches_sled_lost_silently_are_counted_as_corrupt_and_the_directory_is_kept_a
     assert_eq!(spool.damage(), None);
     assert_eq!(spool.stats().items, 4);
 }
+
+#[test]
+fn the_tally_counts_appends_only_once_they_are_flushed_so_a_hard_kill_is_not_damage() {
+    use crate::store::sled_db::Tally;
+    let root = tempfile::tempdir().expect("tempdir");
+    let dir = root.path().join("spool");
+    let spool = open_sled(&dir, roomy_limits());
+    spool.append(&[1; 40], 3, 1_000).expect("append");
+    spool.flush().expect("flush");
+    let durable = Tally { items: 1, units: 3 };
+    assert_eq!(Tally::read(&dir).expect("read"), Some(durable));
+    // Appended, not yet flushed: a kill now may lose it, and the tally must not expect it.
+    spool.append(&[2; 40], 5, 1_000).expect("append");
+    assert_eq!(Tally::read(&dir).expect("read"), Some(durable));
+    // A removal counts at once (a lower tally can never look like damage).
+    let oldest = visible(&spool)[0].id;
+    spool.ack(oldest).expect("ack");
+    assert_eq!(
+        Tally::read(&dir).expect("read"),
+        Some(Tally { items: 0, units: 0 })
+    );
+    spool.flush().expect("flush");
+    assert_eq!(
+        Tally::read(&dir).expect("read"),
+        Some(Tally { items: 1, units: 5 })
+    );
+}
