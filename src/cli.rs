@@ -51,7 +51,7 @@ fn check_config(path: Option<PathBuf>) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match config.validate() {
+    match crate::server::check_config(&config) {
         Ok(registry) => {
             println!(
                 "config ok: listen {} admin {}",

@@ -15,6 +15,7 @@ pub mod proxy;
 pub mod server;
 pub mod sse;
 pub mod store;
+pub mod tls;
 pub mod trace;
 
 pub use config::Config;

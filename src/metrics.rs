@@ -1,6 +1,10 @@
 //! Prometheus metrics of the gateway itself, served as text on the admin listener.
 
-use std::time::Duration;
+use std::{
+    collections::HashSet,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
@@ -11,6 +15,11 @@ use prometheus_client::{
         histogram::{Histogram, exponential_buckets},
     },
     registry::{Registry, Unit},
+};
+
+use crate::{
+    call::{record::CallRecord, sink::Sink},
+    trace::{metadata::canonical_feature, span::SpanRecord},
 };
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -489,13 +498,7 @@ impl Metrics {
 
     /// Counts a finished call: outcome, tokens by kind, cost, time to first token, parser
     /// trouble. `model` and `feature` are already bounded label values.
-    pub fn call_recorded(
-        &self,
-        call: &crate::call::CallRecord,
-        model: &str,
-        feature: &str,
-        pricing: bool,
-    ) {
+    pub fn call_recorded(&self, call: &CallRecord, model: &str, feature: &str, pricing: bool) {
         self.calls
             .get_or_create(&OutcomeLabels {
                 provider: call.provider.clone(),
@@ -601,5 +604,100 @@ impl Metrics {
             tracing::error!(error = %e, "encoding metrics failed");
         }
         out
+    }
+}
+
+/// Keeps label values of one metric bounded: past `max` distinct values, new ones become
+/// `other`, so a client cannot blow up the metrics' cardinality.
+pub struct LabelCap {
+    seen: Mutex<HashSet<String>>,
+    max: usize,
+    /// When not empty, only these values are labels; the rest are `other`.
+    allowed: HashSet<String>,
+}
+
+impl LabelCap {
+    pub fn new(max: usize) -> Self {
+        LabelCap {
+            seen: Mutex::new(HashSet::new()),
+            max,
+            allowed: HashSet::new(),
+        }
+    }
+
+    /// Labels from an allow-list (empty: the first `max` distinct values).
+    pub fn allowing(allowed: &[String], max: usize) -> Self {
+        LabelCap {
+            allowed: allowed.iter().cloned().collect(),
+            ..LabelCap::new(max)
+        }
+    }
+
+    pub fn label(&self, value: &str) -> String {
+        if !self.allowed.is_empty() {
+            return if self.allowed.contains(value) {
+                value.to_string()
+            } else {
+                "other".to_string()
+            };
+        }
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(known) = seen.get(value) {
+            return known.clone();
+        }
+        let value: String = value.chars().take(100).collect();
+        if seen.contains(&value) {
+            return value;
+        }
+        if seen.len() < self.max {
+            seen.insert(value.clone());
+            return value;
+        }
+        "other".to_string()
+    }
+}
+
+/// The metrics a finished call updates, as a recorder sink. Model and feature label values are
+/// bounded (see [`LabelCap`]).
+pub struct CallMetrics {
+    metrics: Arc<Metrics>,
+    models: LabelCap,
+    features: LabelCap,
+    pricing: bool,
+}
+
+impl CallMetrics {
+    /// `feature_labels`: the features allowed as label values (empty: the first
+    /// `max_feature_labels` seen). `pricing`: calls are priced, so a missing price is counted.
+    pub fn new(
+        metrics: Arc<Metrics>,
+        feature_labels: &[String],
+        max_feature_labels: usize,
+        pricing: bool,
+    ) -> Self {
+        CallMetrics {
+            metrics,
+            models: LabelCap::new(200),
+            // Calls carry canonical feature names, so the allow-list is made canonical too.
+            features: LabelCap::allowing(
+                &feature_labels
+                    .iter()
+                    .map(|f| canonical_feature(f))
+                    .collect::<Vec<_>>(),
+                max_feature_labels,
+            ),
+            pricing,
+        }
+    }
+}
+
+impl Sink for CallMetrics {
+    fn record(&self, call: &CallRecord, _span: &SpanRecord) {
+        let model = self.models.label(call.model().unwrap_or("unknown"));
+        let feature = self
+            .features
+            .label(call.metadata.feature.as_deref().unwrap_or(""));
+        self.metrics
+            .call_recorded(call, &model, &feature, self.pricing);
     }
 }

@@ -34,16 +34,20 @@ use tower::Service;
 
 use crate::{
     admin::{self, AdminState},
-    call::{CallRecord, Recorder, RecorderParts},
+    call::{
+        recorder::{Recorder, RecorderParts},
+        sink::Sink,
+    },
     config::{Config, ConfigError},
-    cost::PriceBookCell,
+    cost::{PriceBook, PriceBookCell},
     export::{
         otlp,
         pipeline::{ExportHandle, ExportTasks},
         sampling::TailSampler,
         spool::{SpoolLimits, open_or_degrade},
     },
-    metrics::{ConnectionCloseLabels, ListenerLabels, Metrics},
+    metrics::{CallMetrics, ConnectionCloseLabels, ListenerLabels, Metrics},
+    provider::Registry,
     proxy::{
         body::{Holding, ProxyBody},
         stack,
@@ -53,7 +57,7 @@ use crate::{
         budgets::Budgets,
         costs::{CostStore, spawn_flusher},
     },
-    trace::span::Telemetry,
+    trace::{capture::Capturer, span::Telemetry},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -88,7 +92,6 @@ pub struct Gateway {
     pub addr: SocketAddr,
     pub admin_addr: SocketAddr,
     pub metrics: Arc<Metrics>,
-    recorder: Arc<Recorder>,
     prices: Arc<PriceBookCell>,
     shutdown: watch::Sender<bool>,
     task: JoinHandle<ShutdownReport>,
@@ -97,7 +100,16 @@ pub struct Gateway {
 impl Gateway {
     /// Validates the config, binds both listeners and starts serving. Port 0 picks a free port.
     pub async fn start(config: Config) -> Result<Gateway, StartError> {
-        let registry = Arc::new(config.validate()?);
+        Gateway::start_with_sinks(config, Vec::new()).await
+    }
+
+    /// [`Gateway::start`], with more places for finished calls to go: each sink gets every call
+    /// after the built-in ones (metrics, cost store, budgets). Tests use it to read the calls.
+    pub async fn start_with_sinks(
+        config: Config,
+        extra_sinks: Vec<Arc<dyn Sink>>,
+    ) -> Result<Gateway, StartError> {
+        let registry = Arc::new(check_config(&config)?);
         let metrics = Arc::new(Metrics::new());
         let client = Arc::new(UpstreamClient::new(&config.upstream).map_err(StartError::Client)?);
 
@@ -119,7 +131,7 @@ impl Gateway {
             tracing::info!("no OTLP endpoint configured: spans stay local");
             (None, None)
         };
-        let prices = Arc::new(PriceBookCell::new(config.price_book()?));
+        let prices = Arc::new(PriceBookCell::new(PriceBook::from_config(&config)?));
         let data_dir = config.data_dir();
         let (costs, _) =
             tokio::task::spawn_blocking(move || CostStore::open(&data_dir.join("costs")))
@@ -135,18 +147,26 @@ impl Gateway {
                 .map_err(|e| StartError::Config(ConfigError::Invalid(e)))?,
         );
         let cost_flusher = spawn_flusher(costs.clone(), Duration::from_secs(2));
-        let capturer = Arc::new(config.capturer()?);
+        let capturer = Arc::new(Capturer::from_config(&config.capture)?);
+        // Where each finished call goes, in order: metrics, the cost store, budgets, then any
+        // the caller added; the span goes to the export last.
+        let mut sinks: Vec<Arc<dyn Sink>> = vec![
+            Arc::new(CallMetrics::new(
+                metrics.clone(),
+                &config.cost.metric_features,
+                config.cost.max_metric_features,
+                config.cost.enabled,
+            )),
+            costs.clone(),
+            budgets.clone(),
+        ];
+        sinks.extend(extra_sinks);
         let recorder = Arc::new(Recorder::new(RecorderParts {
-            capturer: capturer.clone(),
-            pricing: config.cost.enabled,
-            metrics: metrics.clone(),
-            keep: config.inspect.recent_calls,
-            export,
             prices: prices.clone(),
-            costs: costs.clone(),
-            budgets: budgets.clone(),
-            feature_labels: config.cost.metric_features.clone(),
-            max_feature_labels: config.cost.max_metric_features,
+            pricing: config.cost.enabled,
+            capturer: capturer.clone(),
+            sinks,
+            export,
         }));
         let proxy = stack::build(
             &config,
@@ -188,7 +208,6 @@ impl Gateway {
             "client connection cap"
         );
         let serve_metrics = metrics.clone();
-        let cut_recorder = recorder.clone();
         let task = tokio::spawn(async move {
             let admin_stop = watch::channel(false);
             let admin_task = tokio::spawn(serve(
@@ -211,7 +230,7 @@ impl Gateway {
                 signal,
                 proxy_limits,
                 serve_metrics,
-                Some(cut_recorder),
+                Some(recorder),
             )
             .await;
             // Every call has ended: export what is queued, spool the rest.
@@ -238,7 +257,6 @@ impl Gateway {
             addr,
             admin_addr,
             metrics,
-            recorder,
             prices,
             shutdown,
             task,
@@ -248,19 +266,9 @@ impl Gateway {
     /// Rebuilds the price tables from a new config (providers' `[[models]]` and overrides);
     /// calls priced from now on use them. Other settings need a restart.
     pub fn reload_prices(&self, config: &Config) -> Result<(), StartError> {
-        self.prices.store(config.price_book()?);
+        self.prices.store(PriceBook::from_config(config)?);
         tracing::info!("prices reloaded");
         Ok(())
-    }
-
-    /// The most recent span records, oldest first.
-    pub fn recent_spans(&self) -> Vec<crate::trace::span::SpanRecord> {
-        self.recorder.recent_spans()
-    }
-
-    /// The most recent finished calls, oldest first.
-    pub fn recent_calls(&self) -> Vec<CallRecord> {
-        self.recorder.recent()
     }
 
     /// Stops accepting connections; open calls may finish within the grace period.
@@ -286,6 +294,18 @@ impl Gateway {
     }
 }
 
+/// Everything `serve` checks before it binds a port (what `check-config` runs): the config's
+/// own values, then everything built from it (TLS roots, redaction patterns, prices, budgets,
+/// routes). Returns the routing table.
+pub fn check_config(config: &Config) -> Result<Registry, ConfigError> {
+    config.validate()?;
+    crate::tls::client_config(&config.upstream).map_err(ConfigError::Invalid)?;
+    Capturer::from_config(&config.capture)?;
+    PriceBook::from_config(config)?;
+    crate::store::budgets::check(&config.budgets).map_err(ConfigError::Invalid)?;
+    Registry::from_config(config)
+}
+
 /// `service.instance.id`: the pod or host name when known, else a random id.
 fn instance_id() -> String {
     std::env::var("HOSTNAME")
@@ -299,7 +319,7 @@ async fn start_export(
     telemetry: &Telemetry,
     metrics: Arc<Metrics>,
 ) -> Result<(ExportHandle, ExportTasks), StartError> {
-    let tls = crate::proxy::upstream::tls_config(&config.upstream).map_err(StartError::Export)?;
+    let tls = crate::tls::client_config(&config.upstream).map_err(StartError::Export)?;
     let exporter = otlp::build(&config.export, telemetry, tls).map_err(StartError::Export)?;
     let limits = SpoolLimits {
         max_bytes: config.spool.max_bytes,

@@ -42,7 +42,7 @@ fn provider(seen: &Seen) -> Reply {
     }
 }
 
-async fn gw(mock: &Mock, budgets: &str) -> (sidetrace::Gateway, tempfile::TempDir) {
+async fn gw(mock: &Mock, budgets: &str) -> (TestGateway, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let gw = gateway_for(
         mock,
@@ -55,7 +55,7 @@ async fn gw(mock: &Mock, budgets: &str) -> (sidetrace::Gateway, tempfile::TempDi
     (gw, dir)
 }
 
-async fn chat(gw: &sidetrace::Gateway, feature: &str, model: &str) -> Answer {
+async fn chat(gw: &TestGateway, feature: &str, model: &str) -> Answer {
     post(
         gw,
         "/openai/v1/chat/completions",
@@ -65,7 +65,7 @@ async fn chat(gw: &sidetrace::Gateway, feature: &str, model: &str) -> Answer {
     .await
 }
 
-async fn wait_for_calls(gw: &sidetrace::Gateway, n: usize) {
+async fn wait_for_calls(gw: &TestGateway, n: usize) {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while gw.recent_calls().len() < n {
         assert!(std::time::Instant::now() < deadline, "calls not recorded");

@@ -79,6 +79,19 @@ fn check_config_refuses_invalid_values() {
             "extra_ca_file",
         ),
         ("[log]\nformat = \"xml\"\n", "xml"),
+        // Checked as `serve` reads them, before any port is bound.
+        (
+            "[[budgets]]\nname = \"team\"\nlimit_usd = \"ten\"\nwindow = \"day\"\n",
+            "budget team: limit_usd",
+        ),
+        (
+            "[[budgets]]\nname = \"b\"\nlimit_usd = \"1\"\nwindow = \"day\"\nunpriced_call_usd = \"-1\"\n",
+            "budget b: unpriced_call_usd",
+        ),
+        (
+            "[capture]\nredact_patterns = [{ name = \"x\", pattern = \"(\" }]\n",
+            "x",
+        ),
         ("this is not toml", "line 1"),
     ] {
         let path = dir.path().join("c.toml");

@@ -22,7 +22,7 @@ fn held_stream(all: usize) -> Reply {
 /// machine's means (2 cores) and their timing meaningful.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-async fn run_streams(gw: &sidetrace::Gateway, n: usize, deadline: Duration) -> Result<(), String> {
+async fn run_streams(gw: &TestGateway, n: usize, deadline: Duration) -> Result<(), String> {
     let client = client();
     let mut calls = Vec::with_capacity(n);
     for i in 0..n {

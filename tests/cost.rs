@@ -73,7 +73,7 @@ fn fixture(name: &str) -> Fixture {
 }
 
 fn builtin_book() -> PriceBook {
-    Config::default().price_book().unwrap()
+    PriceBook::from_config(&Config::default()).unwrap()
 }
 
 fn price(book: &PriceBook, provider: &str, f: &Fixture) -> Priced {
@@ -213,7 +213,7 @@ models = [{ name = "thinker", input = "1.00", output = "2.00", reasoning = "8.00
         "c.toml",
     )
     .unwrap();
-    let book = config.price_book().unwrap();
+    let book = PriceBook::from_config(&config).unwrap();
     // 1000 in × 1.00 = 1000 µ$; (500 − 300) plain out × 2.00 = 400 µ$;
     // 300 reasoning × 8.00 = 2400 µ$; total 3800 µ$ = $0.0038.
     let p = book.price("lab", Some("thinker"), None, &usage(1000, 0, 500, 300));
@@ -387,7 +387,7 @@ models = [
         "c.toml",
     )
     .unwrap();
-    let book = config.price_book().unwrap();
+    let book = PriceBook::from_config(&config).unwrap();
     let u = usage(1000, 0, 100, 0);
     // Negotiated: 1000 × 1.00 + 100 × 4.00 = 1400 µ$ (the list price would be 3500 µ$).
     let p = book.price("openai", Some("gpt-4o-2024-08-06"), None, &u);
@@ -410,7 +410,7 @@ fn a_config_price_for_an_alias_takes_that_name_over() {
         "c.toml",
     )
     .unwrap();
-    let book = config.price_book().unwrap();
+    let book = PriceBook::from_config(&config).unwrap();
     assert_eq!(
         book.lookup("anthropic", "claude-sonnet-4-0").unwrap().input,
         UsdPerMillion::parse("2").unwrap()
@@ -447,7 +447,7 @@ batch-mini = "gpt-4o-mini"
         "c.toml",
     )
     .unwrap();
-    let book = config.price_book().unwrap();
+    let book = PriceBook::from_config(&config).unwrap();
     let p = price(&book, "azure", &f);
     assert_eq!(p.matched_model.as_deref(), Some("gpt-4o-datazone"));
     assert_eq!(cost_of(&p), "0.000869");
@@ -465,7 +465,7 @@ fn a_deployment_mapped_to_an_unpriced_model_is_a_config_error() {
         "c.toml",
     )
     .unwrap();
-    let err = config.price_book().unwrap_err().to_string();
+    let err = PriceBook::from_config(&config).unwrap_err().to_string();
     assert!(err.contains("prod") && err.contains("no price"), "{err}");
 }
 
@@ -476,7 +476,7 @@ fn price_typos_in_the_config_fail_loudly() {
         "[providers.openai]\nmodels = [{ name = \"gpt-4o\", input = \"2.5\", ouput = \"10\" }]\n",
         "[providers.openai]\nmodels = [{ name = \"gpt-4o\", input = \"2,5\", output = \"10\" }]\n",
     ] {
-        let result = Config::from_toml(text, "c.toml").and_then(|c| c.price_book());
+        let result = Config::from_toml(text, "c.toml").and_then(|c| PriceBook::from_config(&c));
         assert!(result.is_err(), "{text}");
     }
 }

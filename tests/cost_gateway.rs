@@ -31,7 +31,7 @@ fn provider(seen: &Seen) -> Reply {
     }
 }
 
-async fn gw(mock: &Mock, extra: &str) -> (sidetrace::Gateway, tempfile::TempDir) {
+async fn gw(mock: &Mock, extra: &str) -> (TestGateway, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let gw = gateway_for(
         mock,
@@ -170,7 +170,7 @@ async fn a_stream_ends_with_a_cost_comment_when_asked() {
     gw.shutdown().await;
 }
 
-async fn costs_api(gw: &sidetrace::Gateway, query: &str) -> Value {
+async fn costs_api(gw: &TestGateway, query: &str) -> Value {
     let a = admin_get(gw, &format!("/api/costs?{query}")).await;
     assert_eq!(
         a.status,

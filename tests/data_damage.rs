@@ -26,7 +26,7 @@ fn reply() -> Reply {
     )
 }
 
-async fn metric(gw: &sidetrace::Gateway, name: &str) -> f64 {
+async fn metric(gw: &TestGateway, name: &str) -> f64 {
     let text = String::from_utf8(admin_get(gw, "/metrics").await.body.to_vec()).unwrap();
     text.lines()
         .filter(|l| l.starts_with(name) && !l.starts_with('#'))
@@ -34,7 +34,7 @@ async fn metric(gw: &sidetrace::Gateway, name: &str) -> f64 {
         .sum()
 }
 
-async fn wait_metric(gw: &sidetrace::Gateway, name: &str, at_least: f64) {
+async fn wait_metric(gw: &TestGateway, name: &str, at_least: f64) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let v = metric(gw, name).await;

@@ -153,9 +153,7 @@ fn check(e: &Embedded) -> Result<Config, String> {
         ));
     }
     let config = Config::from_toml(&e.text, &e.origin).map_err(|err| err.to_string())?;
-    config
-        .validate()
-        .map_err(|err| format!("{}: {err}", e.origin))?;
+    sidetrace::server::check_config(&config).map_err(|err| format!("{}: {err}", e.origin))?;
     Ok(config)
 }
 

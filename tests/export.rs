@@ -37,7 +37,7 @@ fn export_config(endpoint: &str, transport: Transport, data_dir: &Path, extra: &
     )
 }
 
-async fn metric(gw: &sidetrace::Gateway, name: &str) -> f64 {
+async fn metric(gw: &TestGateway, name: &str) -> f64 {
     let text = String::from_utf8(admin_get(gw, "/metrics").await.body.to_vec()).unwrap();
     text.lines()
         .filter(|l| l.starts_with(name) && !l.starts_with('#'))
@@ -45,7 +45,7 @@ async fn metric(gw: &sidetrace::Gateway, name: &str) -> f64 {
         .sum()
 }
 
-async fn wait_metric(gw: &sidetrace::Gateway, name: &str, at_least: f64) {
+async fn wait_metric(gw: &TestGateway, name: &str, at_least: f64) {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let v = metric(gw, name).await;
@@ -77,14 +77,14 @@ fn assert_each_once(received: &[ReceivedSpan], expected: &[String]) {
     assert_eq!(received.len(), expected.len(), "unexpected extra spans");
 }
 
-fn recorded_span_ids(gw: &sidetrace::Gateway) -> Vec<String> {
+fn recorded_span_ids(gw: &TestGateway) -> Vec<String> {
     gw.recent_spans()
         .iter()
         .map(|s| sidetrace::trace::context::hex(&s.span_id))
         .collect()
 }
 
-async fn calls(gw: &sidetrace::Gateway, n: usize) -> Duration {
+async fn calls(gw: &TestGateway, n: usize) -> Duration {
     let started = Instant::now();
     for _ in 0..n {
         let a = post(gw, "/openai/v1/chat/completions", &[], CHAT).await;

@@ -163,7 +163,7 @@ fn start_pipeline(collector: &Collector, gate: &Gate, extra: &str) -> Pipeline {
     );
     let config = Config::from_toml(&text, "test.toml").unwrap();
     let telemetry = Telemetry::from_env(Vec::new(), "test-instance");
-    let tls = sidetrace::proxy::upstream::tls_config(&config.upstream).unwrap();
+    let tls = sidetrace::tls::client_config(&config.upstream).unwrap();
     let exporter = otlp::build(&config.export, &telemetry, tls).unwrap();
     let (full, stuck) = (Arc::new(AtomicBool::new(false)), Arc::default());
     let spool = FailingDiskSpool {

@@ -28,7 +28,7 @@ fn ok_reply(_: &Seen) -> Reply {
 }
 
 /// Waits until the gateway has recorded `n` calls; returns the last.
-async fn nth_call(gw: &sidetrace::Gateway, n: usize) -> CallRecord {
+async fn nth_call(gw: &TestGateway, n: usize) -> CallRecord {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let calls = gw.recent_calls();
@@ -43,7 +43,7 @@ async fn nth_call(gw: &sidetrace::Gateway, n: usize) -> CallRecord {
 }
 
 /// Sends raw bytes and reads the status of the answer.
-async fn raw(gw: &sidetrace::Gateway, bytes: &[u8], then_wait: bool) -> u16 {
+async fn raw(gw: &TestGateway, bytes: &[u8], then_wait: bool) -> u16 {
     let mut s = TcpStream::connect(gw.addr).await.unwrap();
     s.write_all(bytes).await.unwrap();
     if !then_wait {

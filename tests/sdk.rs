@@ -104,7 +104,7 @@ async fn sdk_case_with_spans(
 }
 
 /// Runs one case of sdk_check.py against a running gateway; returns its stdout.
-async fn run_python(case: &str, gw: &sidetrace::Gateway) -> String {
+async fn run_python(case: &str, gw: &TestGateway) -> String {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/sdk_check.py");
     let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/providers");
     let gateway = format!("http://{}", gw.addr);

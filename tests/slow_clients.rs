@@ -81,7 +81,7 @@ async fn wait_closed(stream: &mut (impl AsyncRead + Unpin), within: Duration) {
         .expect("the gateway closes the connection");
 }
 
-async fn metrics(gw: &sidetrace::Gateway) -> String {
+async fn metrics(gw: &TestGateway) -> String {
     String::from_utf8(admin_get(gw, "/metrics").await.body.to_vec()).unwrap()
 }
 
@@ -93,7 +93,7 @@ fn metric(text: &str, prefix: &str) -> f64 {
 }
 
 /// Polls the metrics until `prefix` reaches `at_least`; panics after a generous deadline.
-async fn wait_metric(gw: &sidetrace::Gateway, prefix: &str, at_least: f64) {
+async fn wait_metric(gw: &TestGateway, prefix: &str, at_least: f64) {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let text = metrics(gw).await;

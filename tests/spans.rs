@@ -10,7 +10,7 @@ use sidetrace::trace::span::{AttrValue, SpanRecord, SpanStatus};
 
 const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
-async fn spans(gw: &sidetrace::Gateway, n: usize) -> Vec<SpanRecord> {
+async fn spans(gw: &TestGateway, n: usize) -> Vec<SpanRecord> {
     for _ in 0..200 {
         let s = gw.recent_spans();
         if s.len() >= n {

@@ -35,7 +35,7 @@ fn gateway_provider(fixture_provider: &str) -> String {
 }
 
 /// Every provider pointed at the mock; no include_usage injection, so bytes compare 1:1.
-async fn gateway_to(mock: &Mock, extra: &str) -> sidetrace::Gateway {
+async fn gateway_to(mock: &Mock, extra: &str) -> TestGateway {
     let mut text = format!("{extra}\n");
     for p in [
         "openai",
@@ -300,7 +300,7 @@ fn check_span(case: &Case, span: &SpanRecord) {
     }
 }
 
-async fn wait_for_calls(gw: &sidetrace::Gateway, n: usize) -> Vec<CallRecord> {
+async fn wait_for_calls(gw: &TestGateway, n: usize) -> Vec<CallRecord> {
     for _ in 0..200 {
         let calls = gw.recent_calls();
         if calls.len() >= n {

@@ -10,11 +10,10 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::{
-    cost::PriceBook,
-    provider::{Provider, ProviderOverride, ProviderSpec, Registry, RouteTimeouts, builtin_specs},
-    trace::{capture::Capturer, metadata::CaptureLevel, redact::Redactor},
-};
+pub mod prices;
+pub mod providers;
+
+use providers::{ProviderOverride, ProviderSpec, builtin_specs};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -142,9 +141,7 @@ pub struct InspectConfig {
     pub max_event_bytes: usize,
     /// When the client hangs up mid-stream: `cancel` the upstream call, or `finish` reading it
     /// in the background to record the full usage (the provider bills it either way).
-    pub on_client_disconnect: crate::proxy::record::OnDisconnect,
-    /// Finished calls kept in memory for inspection.
-    pub recent_calls: usize,
+    pub on_client_disconnect: OnDisconnect,
 }
 
 impl Default for InspectConfig {
@@ -152,8 +149,7 @@ impl Default for InspectConfig {
         InspectConfig {
             inject_include_usage: true,
             max_event_bytes: 4 * 1024 * 1024,
-            on_client_disconnect: crate::proxy::record::OnDisconnect::Cancel,
-            recent_calls: 1000,
+            on_client_disconnect: OnDisconnect::Cancel,
         }
     }
 }
@@ -343,12 +339,127 @@ pub struct Config {
     pub data_dir: String,
     pub export: ExportConfig,
     pub spool: SpoolConfig,
-    pub sampling: crate::export::sampling::SamplingConfig,
+    pub sampling: SamplingConfig,
     pub cost: CostConfig,
-    pub budgets: Vec<crate::store::budgets::BudgetConfig>,
+    pub budgets: Vec<BudgetConfig>,
     /// Documented by example (commented) in config/sidetrace.toml, so not compared there.
     #[serde(skip_serializing)]
     pub providers: BTreeMap<String, ProviderOverride>,
+}
+
+/// What to do with the upstream call when the client goes away mid-stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnDisconnect {
+    /// Drop the upstream request at once (stops generation and its cost).
+    Cancel,
+    /// Read the rest of the upstream response in the background to record full usage.
+    Finish,
+}
+
+/// How much of a call's content reaches its span.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CaptureLevel {
+    None,
+    /// Tool names, message counts and sizes; no text.
+    Metadata,
+    /// Content with personal data and secrets replaced by typed placeholders.
+    Redacted,
+    Full,
+}
+
+impl CaptureLevel {
+    pub fn parse(s: &str) -> Option<CaptureLevel> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "none" => Some(CaptureLevel::None),
+            "metadata" => Some(CaptureLevel::Metadata),
+            "redacted" => Some(CaptureLevel::Redacted),
+            "full" => Some(CaptureLevel::Full),
+            _ => None,
+        }
+    }
+}
+
+/// `[sampling]`: tail sampling of whole traces before export.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SamplingConfig {
+    pub enabled: bool,
+    /// A trace is decided once no span of it arrived for this long.
+    pub decision_wait_ms: u64,
+    pub keep_errors: bool,
+    /// Keep traces with a span at least this slow; 0 turns the rule off.
+    pub latency_threshold_ms: u64,
+    /// Keep traces with a span costing at least this much (USD, `cost.usd`); 0 turns it off.
+    pub cost_threshold_usd: f64,
+    /// Share of the other traces kept, 0.0 to 1.0.
+    pub keep_fraction: f64,
+    /// Traces held at once; past it, new spans are kept without waiting (memory stays bounded).
+    pub max_traces: usize,
+}
+
+impl Default for SamplingConfig {
+    fn default() -> Self {
+        SamplingConfig {
+            enabled: false,
+            decision_wait_ms: 10_000,
+            keep_errors: true,
+            latency_threshold_ms: 0,
+            cost_threshold_usd: 0.0,
+            keep_fraction: 0.1,
+            max_traces: 100_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Window {
+    Hour,
+    Day,
+    Week,
+    Month,
+}
+
+impl Window {
+    pub fn secs(self) -> u64 {
+        match self {
+            Window::Hour => 3600,
+            Window::Day => 86_400,
+            Window::Week => 7 * 86_400,
+            Window::Month => 30 * 86_400,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Window::Hour => "hour",
+            Window::Day => "day",
+            Window::Week => "week",
+            Window::Month => "month",
+        }
+    }
+}
+
+/// One `[[budgets]]` entry of the config.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BudgetConfig {
+    pub name: String,
+    /// Calls with this `x-sidetrace-feature` count; empty or absent: any feature.
+    #[serde(default)]
+    pub feature: Option<String>,
+    /// Calls with this user id count; absent: any user.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// USD as a decimal string, e.g. "25.00".
+    pub limit_usd: String,
+    pub window: Window,
+    /// What a call that cannot be priced counts as (and what a call reserves before the budget
+    /// has seen a priced call), in USD; absent: the budget's estimate.
+    #[serde(default)]
+    pub unpriced_call_usd: Option<String>,
 }
 
 impl PartialEq for ProviderOverride {
@@ -378,7 +489,7 @@ impl Default for Config {
             data_dir: String::new(),
             export: ExportConfig::default(),
             spool: SpoolConfig::default(),
-            sampling: crate::export::sampling::SamplingConfig::default(),
+            sampling: SamplingConfig::default(),
             cost: CostConfig::default(),
             budgets: Vec::new(),
             providers: BTreeMap::new(),
@@ -600,43 +711,6 @@ impl Config {
         Ok(specs.into_values().collect())
     }
 
-    /// The prices in force: built-in `[[models]]` tables plus `[providers.<name>]` `models`
-    /// and `deployments`. Call again on reload and swap the result into a `PriceBookCell`.
-    pub fn price_book(&self) -> Result<PriceBook, ConfigError> {
-        PriceBook::from_specs(&self.provider_specs()?).map_err(ConfigError::Invalid)
-    }
-
-    /// Validates the providers and builds the routing table.
-    pub fn registry(&self) -> Result<Registry, ConfigError> {
-        let defaults = RouteTimeouts {
-            response_headers: Duration::from_millis(self.timeouts.response_headers_ms),
-            idle: Duration::from_millis(self.timeouts.idle_ms),
-            total: Duration::from_millis(self.timeouts.total_ms),
-        };
-        let providers = self
-            .provider_specs()?
-            .iter()
-            .map(|s| Provider::from_spec(s, defaults))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(ConfigError::Invalid)?;
-        Registry::new(providers, &self.default_provider).map_err(ConfigError::Invalid)
-    }
-
-    /// The content capturer (compiles the redaction patterns).
-    pub fn capturer(&self) -> Result<Capturer, ConfigError> {
-        let custom: Vec<(String, String)> = self
-            .capture
-            .redact_patterns
-            .iter()
-            .map(|p| (p.name.clone(), p.pattern.clone()))
-            .collect();
-        Ok(Capturer {
-            default_level: self.capture.level,
-            max_bytes: self.capture.max_bytes,
-            redactor: Redactor::new(&custom).map_err(ConfigError::Invalid)?,
-        })
-    }
-
     /// The data directory, resolved.
     pub fn data_dir(&self) -> PathBuf {
         if !self.data_dir.is_empty() {
@@ -655,8 +729,10 @@ impl Config {
         PathBuf::from("/var/lib/sidetrace")
     }
 
-    /// Everything `serve` checks before it binds a port.
-    pub fn validate(&self) -> Result<Registry, ConfigError> {
+    /// Checks the values of the config itself (addresses, limits, timeouts, provider files).
+    /// What is built from it (TLS roots, redaction patterns, prices, budgets, routes) is checked
+    /// where it is built: `server::check_config` runs both, as `serve` and `check-config` do.
+    pub fn validate(&self) -> Result<(), ConfigError> {
         self.listen_addr()?;
         self.admin_addr()?;
         if self.max_concurrent_requests == 0 {
@@ -712,9 +788,6 @@ impl Config {
         }
         tracing_subscriber::EnvFilter::try_new(&self.log.level)
             .map_err(|e| ConfigError::Invalid(format!("log.level {:?}: {e}", self.log.level)))?;
-        crate::proxy::upstream::tls_config(&self.upstream).map_err(ConfigError::Invalid)?;
-        self.capturer()?;
-        self.price_book()?;
         if !matches!(self.export.compression.as_str(), "" | "gzip" | "none") {
             return Err(ConfigError::Invalid(format!(
                 "export.compression {:?}: expected gzip or none",
@@ -731,7 +804,7 @@ impl Config {
                 "export.queue_spans and export.batch_max_spans must be at least 1".into(),
             ));
         }
-        self.registry()
+        self.provider_specs().map(drop)
     }
 }
 
@@ -837,7 +910,7 @@ mod tests {
 
     #[test]
     fn every_built_in_provider_file_is_valid() {
-        let registry = Config::default().validate().unwrap();
+        let registry = crate::server::check_config(&Config::default()).unwrap();
         let names: Vec<&str> = registry.providers().map(|p| p.name.as_str()).collect();
         for want in [
             "openai",
@@ -872,7 +945,7 @@ mod tests {
         .unwrap();
         assert_eq!(c.listen, "0.0.0.0:9000");
         assert_eq!(c.log.level, "debug");
-        let registry = c.registry().unwrap();
+        let registry = crate::provider::Registry::from_config(&c).unwrap();
         let route = registry.route("/v1/chat/completions").unwrap();
         assert_eq!(route.uri, "http://127.0.0.1:9/v1/chat/completions");
     }
@@ -884,8 +957,7 @@ mod tests {
             "c.toml",
         )
         .unwrap();
-        let route = c
-            .registry()
+        let route = crate::provider::Registry::from_config(&c)
             .unwrap()
             .route("/mylab/v1/chat/completions")
             .unwrap();
@@ -898,7 +970,7 @@ mod tests {
         let c =
             Config::from_toml("[providers.mylab]\nroute_prefix = \"/lab\"\n", "c.toml").unwrap();
         assert!(
-            c.registry()
+            crate::provider::Registry::from_config(&c)
                 .unwrap_err()
                 .to_string()
                 .contains("needs base_url")

@@ -36,7 +36,12 @@ use std::{
     sync::{Arc, RwLock},
 };
 
-use crate::{call::CallRecord, format::Usage, provider::ProviderSpec};
+use crate::{
+    call::record::CallRecord,
+    config::{Config, ConfigError},
+    format::Usage,
+    provider::ProviderSpec,
+};
 
 pub mod matching;
 mod price;
@@ -69,7 +74,7 @@ impl Cost {
 impl fmt::Display for Cost {
     /// USD as an exact decimal, trailing zeros trimmed: `0.000123`, `12.5`, `0`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        price::write_decimal(f, self.0, Self::DIGITS)
+        crate::config::prices::write_decimal(f, self.0, Self::DIGITS)
     }
 }
 
@@ -189,6 +194,12 @@ pub struct PriceBook {
 }
 
 impl PriceBook {
+    /// The prices in force: built-in `[[models]]` tables plus `[providers.<name>]` `models`
+    /// and `deployments`. Call again on reload and swap the result into a `PriceBookCell`.
+    pub fn from_config(config: &Config) -> Result<PriceBook, ConfigError> {
+        PriceBook::from_specs(&config.provider_specs()?).map_err(ConfigError::Invalid)
+    }
+
     /// Builds and checks the book: names unique per provider, dates well-formed, every
     /// deployment mapped to a model that has a price.
     pub fn from_specs(specs: &[ProviderSpec]) -> Result<PriceBook, String> {

@@ -10,40 +10,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use serde::Deserialize;
-
+pub use crate::config::SamplingConfig;
 use crate::trace::span::{AttrValue, SpanRecord, SpanStatus};
-
-#[derive(Debug, Clone, PartialEq, serde::Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct SamplingConfig {
-    pub enabled: bool,
-    /// A trace is decided once no span of it arrived for this long.
-    pub decision_wait_ms: u64,
-    pub keep_errors: bool,
-    /// Keep traces with a span at least this slow; 0 turns the rule off.
-    pub latency_threshold_ms: u64,
-    /// Keep traces with a span costing at least this much (USD, `cost.usd`); 0 turns it off.
-    pub cost_threshold_usd: f64,
-    /// Share of the other traces kept, 0.0 to 1.0.
-    pub keep_fraction: f64,
-    /// Traces held at once; past it, new spans are kept without waiting (memory stays bounded).
-    pub max_traces: usize,
-}
-
-impl Default for SamplingConfig {
-    fn default() -> Self {
-        SamplingConfig {
-            enabled: false,
-            decision_wait_ms: 10_000,
-            keep_errors: true,
-            latency_threshold_ms: 0,
-            cost_threshold_usd: 0.0,
-            keep_fraction: 0.1,
-            max_traces: 100_000,
-        }
-    }
-}
 
 struct Pending {
     spans: Vec<SpanRecord>,

@@ -1,16 +1,11 @@
 //! Provider specs (`providers/*.toml`) and the registry that maps a route prefix to a provider.
 
 mod registry;
-mod spec;
 
+pub use crate::config::providers::{
+    AuthSpec, PathSpec, ProviderOverride, ProviderSpec, Quirks, WireFormat, builtin_specs,
+};
 pub use registry::{Provider, Registry, Route, RouteTimeouts};
-pub use spec::{AuthSpec, PathSpec, ProviderOverride, ProviderSpec, Quirks, WireFormat};
-
-/// The provider files in `providers/`, compiled into the binary so it runs with no files at all.
-/// `build.rs` lists the directory, so adding a provider is adding a file.
-pub fn builtin_specs() -> &'static [(&'static str, &'static str)] {
-    include!(concat!(env!("OUT_DIR"), "/builtin_providers.rs"))
-}
 
 /// The quirks of a built-in provider (none for an unknown name); for tests and tools that read
 /// responses without a configured registry.

@@ -5,8 +5,14 @@ use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use http::{HeaderName, HeaderValue, Uri};
 
-use super::spec::{PathSpec, ProviderSpec, Quirks, WireFormat};
-use crate::{error::ProxyError, trace::metadata::percent_decode};
+use crate::{
+    config::{
+        Config, ConfigError,
+        providers::{PathSpec, ProviderSpec, Quirks, WireFormat},
+    },
+    error::ProxyError,
+    trace::metadata::percent_decode,
+};
 
 /// Timeouts in force for one provider.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -363,6 +369,23 @@ pub struct Registry {
 }
 
 impl Registry {
+    /// Validates the providers in force and builds the routing table.
+    pub fn from_config(config: &Config) -> Result<Registry, ConfigError> {
+        let t = &config.timeouts;
+        let defaults = RouteTimeouts {
+            response_headers: Duration::from_millis(t.response_headers_ms),
+            idle: Duration::from_millis(t.idle_ms),
+            total: Duration::from_millis(t.total_ms),
+        };
+        let providers = config
+            .provider_specs()?
+            .iter()
+            .map(|s| Provider::from_spec(s, defaults))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(ConfigError::Invalid)?;
+        Registry::new(providers, &config.default_provider).map_err(ConfigError::Invalid)
+    }
+
     pub fn new(providers: Vec<Provider>, default: &str) -> Result<Registry, String> {
         let mut seen = BTreeMap::new();
         for p in &providers {

@@ -23,10 +23,15 @@ use super::{
     tap::TapBody,
     timeouts::BodyTimeout,
 };
+pub use crate::config::OnDisconnect;
 use crate::{
-    call::{CallRecord, Outcome, Recorder, RequestInfo},
+    call::{
+        record::{CallRecord, Outcome, RequestInfo},
+        recorder::Recorder,
+    },
     error::ProxyError,
     format::{BodyParser, ParserLimits},
+    metrics::Metrics,
     provider::{Route, WireFormat},
     store::budgets::Reservation,
     trace::{
@@ -35,16 +40,6 @@ use crate::{
         metadata::{CallMetadata, CaptureLevel},
     },
 };
-
-/// What to do with the upstream call when the client goes away mid-stream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum OnDisconnect {
-    /// Drop the upstream request at once (stops generation and its cost).
-    Cancel,
-    /// Read the rest of the upstream response in the background to record full usage.
-    Finish,
-}
 
 /// What the layers inside the record layer learned about the call, for its record. Shared
 /// through the request extensions; the record layer takes it when the inner layers answer (or
@@ -111,6 +106,7 @@ pub(super) fn body_outcome(e: &BoxError) -> (Outcome, &'static str) {
 #[derive(Clone)]
 pub struct RecordLayer {
     recorder: Arc<Recorder>,
+    metrics: Arc<Metrics>,
     limits: ParserLimits,
     on_disconnect: OnDisconnect,
     cost_headers_max_body_bytes: usize,
@@ -120,6 +116,7 @@ pub struct RecordLayer {
 impl RecordLayer {
     pub fn new(
         recorder: Arc<Recorder>,
+        metrics: Arc<Metrics>,
         limits: ParserLimits,
         on_disconnect: OnDisconnect,
         cost_headers_max_body_bytes: usize,
@@ -127,6 +124,7 @@ impl RecordLayer {
     ) -> Self {
         RecordLayer {
             recorder,
+            metrics,
             limits,
             on_disconnect,
             cost_headers_max_body_bytes,
@@ -169,7 +167,7 @@ impl RecordLayer {
             // Compressed by the upstream although we asked for identity: passed through as it
             // is, but its usage cannot be read. Counted, not hidden.
             if route.format != WireFormat::Passthrough {
-                self.recorder.metrics().call_uninspected("content_encoding");
+                self.metrics.call_uninspected("content_encoding");
             }
             None
         } else {

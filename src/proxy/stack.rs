@@ -23,8 +23,8 @@ use super::{
     upstream::{Upstream, UpstreamClient},
 };
 use crate::{
-    call::Recorder, config::Config, format::ParserLimits, metrics::Metrics, provider::Registry,
-    store::budgets::Budgets, trace::capture::Capturer,
+    call::recorder::Recorder, config::Config, format::ParserLimits, metrics::Metrics,
+    provider::Registry, store::budgets::Budgets, trace::capture::Capturer,
 };
 
 fn grouping_key(config: &Config) -> Option<Arc<[u8]>> {
@@ -75,6 +75,7 @@ pub fn build(
         // layers inside leave what they learn in the call's slot; the tap only reads.
         .layer(RecordLayer::new(
             recorder,
+            metrics.clone(),
             ParserLimits {
                 max_event_bytes: config.inspect.max_event_bytes,
                 ..ParserLimits::default()

@@ -20,7 +20,6 @@ use hyper_util::{
     client::legacy::{Client, connect::HttpConnector},
     rt::{TokioExecutor, TokioTimer},
 };
-use rustls::pki_types::{CertificateDer, pem::PemObject};
 use tower::Service;
 
 use super::{
@@ -28,55 +27,9 @@ use super::{
     limit::{ClientBodyError, LengthLimitError, RequestBodyTimeout},
     rewrite::strip_hop_by_hop,
 };
-use crate::{
-    config::{TlsRoots, UpstreamConfig},
-    error::ProxyError,
-    metrics::Metrics,
-    provider::Route,
-};
+use crate::{config::UpstreamConfig, error::ProxyError, metrics::Metrics, provider::Route};
 
 type HyperClient = Client<HttpsConnector<HttpConnector>, RequestBody>;
-
-/// Builds the TLS settings for upstream connections from the config.
-pub fn tls_config(cfg: &UpstreamConfig) -> Result<rustls::ClientConfig, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    if matches!(cfg.tls_roots, TlsRoots::Webpki | TlsRoots::Both) {
-        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    }
-    if matches!(cfg.tls_roots, TlsRoots::Native | TlsRoots::Both) {
-        let native = rustls_native_certs::load_native_certs();
-        let (added, _) = roots.add_parsable_certificates(native.certs);
-        if added == 0 {
-            return Err(format!(
-                "upstream.tls_roots includes native, but no certificate could be loaded from the system store ({} errors)",
-                native.errors.len()
-            ));
-        }
-    }
-    if let Some(path) = &cfg.extra_ca_file {
-        let certs = CertificateDer::pem_file_iter(path)
-            .map_err(|e| format!("upstream.extra_ca_file {}: {e}", path.display()))?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| format!("upstream.extra_ca_file {}: {e}", path.display()))?;
-        if certs.is_empty() {
-            return Err(format!(
-                "upstream.extra_ca_file {}: no certificate in it",
-                path.display()
-            ));
-        }
-        for cert in certs {
-            roots
-                .add(cert)
-                .map_err(|e| format!("upstream.extra_ca_file {}: {e}", path.display()))?;
-        }
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    Ok(rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_no_client_auth())
-}
 
 /// Clients sharing the load of one kind of connection.
 struct ClientSet {
@@ -172,7 +125,7 @@ pub struct UpstreamClient {
 
 impl UpstreamClient {
     pub fn new(cfg: &UpstreamConfig) -> Result<UpstreamClient, String> {
-        let tls = tls_config(cfg)?;
+        let tls = crate::tls::client_config(cfg)?;
         let make = |http2_only: bool| -> Box<dyn Fn() -> HyperClient + Send + Sync> {
             let tls = tls.clone();
             let cfg = cfg.clone();

@@ -32,62 +32,15 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use serde::Deserialize;
-
 use super::costs::{CostStore, Filter, now_secs};
-use crate::{call::CallRecord, trace::metadata::canonical_feature};
+pub use crate::config::{BudgetConfig, Window};
+use crate::{
+    call::{record::CallRecord, sink::Sink},
+    trace::{metadata::canonical_feature, span::SpanRecord},
+};
 
 /// How many recent priced calls a budget's estimate looks at.
 pub const RECENT_COSTS: usize = 32;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Window {
-    Hour,
-    Day,
-    Week,
-    Month,
-}
-
-impl Window {
-    pub fn secs(self) -> u64 {
-        match self {
-            Window::Hour => 3600,
-            Window::Day => 86_400,
-            Window::Week => 7 * 86_400,
-            Window::Month => 30 * 86_400,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Window::Hour => "hour",
-            Window::Day => "day",
-            Window::Week => "week",
-            Window::Month => "month",
-        }
-    }
-}
-
-/// One `[[budgets]]` entry of the config.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BudgetConfig {
-    pub name: String,
-    /// Calls with this `x-sidetrace-feature` count; empty or absent: any feature.
-    #[serde(default)]
-    pub feature: Option<String>,
-    /// Calls with this user id count; absent: any user.
-    #[serde(default)]
-    pub user: Option<String>,
-    /// USD as a decimal string, e.g. "25.00".
-    pub limit_usd: String,
-    pub window: Window,
-    /// What a call that cannot be priced counts as (and what a call reserves before the budget
-    /// has seen a priced call), in USD; absent: the budget's estimate.
-    #[serde(default)]
-    pub unpriced_call_usd: Option<String>,
-}
 
 /// Parses a decimal USD amount into pico-USD, exactly.
 pub fn parse_usd(text: &str) -> Result<u128, String> {
@@ -157,7 +110,8 @@ impl Budget {
     fn charge_for(&self, call: &CallRecord) -> u128 {
         let cost = call.cost_pico_usd.unwrap_or(0);
         let billed = call.status.is_some_and(|s| (200..300).contains(&s));
-        let whole = call.outcome == crate::call::Outcome::Completed && call.cost_pico_usd.is_some();
+        let whole =
+            call.outcome == crate::call::record::Outcome::Completed && call.cost_pico_usd.is_some();
         // Routes the gateway does not inspect (files, model lists, ...) are not generations.
         let generation = call.format != crate::provider::WireFormat::Passthrough;
         if !billed || whole || !generation {
@@ -227,14 +181,7 @@ impl Budgets {
             }
         }
         for c in configs {
-            let limit_pico =
-                parse_usd(&c.limit_usd).map_err(|e| format!("budget {}: limit_usd {e}", c.name))?;
-            let unpriced_pico = c
-                .unpriced_call_usd
-                .as_deref()
-                .map(parse_usd)
-                .transpose()
-                .map_err(|e| format!("budget {}: unpriced_call_usd {e}", c.name))?;
+            let (limit_pico, unpriced_pico) = amounts(c)?;
             let mut b = Budget {
                 feature: c
                     .feature
@@ -310,7 +257,7 @@ impl Budgets {
 
     /// Counts a finished call in every budget it falls under (see the module docs for what a
     /// call counts as).
-    pub fn record(&self, call: &CallRecord) {
+    fn charge(&self, call: &CallRecord) {
         let now = now_secs();
         let mut budgets = self.lock();
         for b in budgets.iter_mut() {
@@ -324,7 +271,7 @@ impl Budgets {
             let charge = b.charge_for(call);
             b.spent_pico = b.spent_pico.saturating_add(charge);
             if let Some(cost) = call.cost_pico_usd
-                && call.outcome == crate::call::Outcome::Completed
+                && call.outcome == crate::call::record::Outcome::Completed
             {
                 if b.recent_costs.len() == RECENT_COSTS {
                     b.recent_costs.pop_front();
@@ -332,6 +279,31 @@ impl Budgets {
                 b.recent_costs.push_back(cost);
             }
         }
+    }
+}
+
+/// Checks the `[[budgets]]` amounts as [`Budgets::new`] reads them, without a cost store: what
+/// `check-config` runs.
+pub fn check(configs: &[BudgetConfig]) -> Result<(), String> {
+    configs.iter().try_for_each(|c| amounts(c).map(drop))
+}
+
+/// A budget's limit and its unpriced-call amount, in pico-USD.
+fn amounts(c: &BudgetConfig) -> Result<(u128, Option<u128>), String> {
+    let limit = parse_usd(&c.limit_usd).map_err(|e| format!("budget {}: limit_usd {e}", c.name))?;
+    let unpriced = c
+        .unpriced_call_usd
+        .as_deref()
+        .map(parse_usd)
+        .transpose()
+        .map_err(|e| format!("budget {}: unpriced_call_usd {e}", c.name))?;
+    Ok((limit, unpriced))
+}
+
+/// Budgets as a recorder sink: every finished call is charged to the budgets it falls under.
+impl Sink for Budgets {
+    fn record(&self, call: &CallRecord, _span: &SpanRecord) {
+        self.charge(call);
     }
 }
 

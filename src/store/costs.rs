@@ -13,7 +13,10 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 use super::sled_db::{Damage, Detached, Tally, is_damage, move_aside, open_waiting_for_lock};
-use crate::call::CallRecord;
+use crate::{
+    call::{record::CallRecord, sink::Sink},
+    trace::span::SpanRecord,
+};
 
 pub const HOUR_SECS: u64 = 3600;
 
@@ -101,6 +104,19 @@ impl Filter {
     fn matches(&self, k: &Key) -> bool {
         self.feature.as_ref().is_none_or(|f| *f == k.feature)
             && self.user.as_ref().is_none_or(|u| *u == k.user)
+    }
+}
+
+/// The cost store as a recorder sink: each call is added to its hour's aggregate, under the
+/// price-table model it was priced as (else the model it named).
+impl Sink for CostStore {
+    fn record(&self, call: &CallRecord, _span: &SpanRecord) {
+        let model = call
+            .priced_model
+            .as_deref()
+            .or(call.model())
+            .unwrap_or("unknown");
+        self.add(call, model, now_secs());
     }
 }
 

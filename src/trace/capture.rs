@@ -6,7 +6,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::{metadata::CaptureLevel, redact::Redactor};
-use crate::provider::WireFormat;
+use crate::{
+    config::{CaptureConfig, ConfigError},
+    provider::WireFormat,
+};
 
 /// What a call's span carries of its content.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -34,6 +37,20 @@ pub struct Capturer {
 }
 
 impl Capturer {
+    /// The capturer for `[capture]` (compiles the redaction patterns).
+    pub fn from_config(config: &CaptureConfig) -> Result<Capturer, ConfigError> {
+        let custom: Vec<(String, String)> = config
+            .redact_patterns
+            .iter()
+            .map(|p| (p.name.clone(), p.pattern.clone()))
+            .collect();
+        Ok(Capturer {
+            default_level: config.level,
+            max_bytes: config.max_bytes,
+            redactor: Redactor::new(&custom).map_err(ConfigError::Invalid)?,
+        })
+    }
+
     /// The level for one call: the caller may only lower the configured one.
     pub fn level(&self, asked: Option<CaptureLevel>) -> CaptureLevel {
         asked.map_or(self.default_level, |a| a.min(self.default_level))

@@ -6,34 +6,12 @@
 use http::HeaderMap;
 use serde::{Deserialize, Serialize};
 
+pub use crate::config::CaptureLevel;
+
 /// Longest value kept (characters); longer ones are truncated.
 pub const MAX_VALUE_CHARS: usize = 256;
 /// Most `meta` keys and tags kept per call.
 pub const MAX_KEYS: usize = 32;
-
-/// How much of a call's content reaches its span.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum CaptureLevel {
-    None,
-    /// Tool names, message counts and sizes; no text.
-    Metadata,
-    /// Content with personal data and secrets replaced by typed placeholders.
-    Redacted,
-    Full,
-}
-
-impl CaptureLevel {
-    pub fn parse(s: &str) -> Option<CaptureLevel> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "none" => Some(CaptureLevel::None),
-            "metadata" => Some(CaptureLevel::Metadata),
-            "redacted" => Some(CaptureLevel::Redacted),
-            "full" => Some(CaptureLevel::Full),
-            _ => None,
-        }
-    }
-}
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CallMetadata {

@@ -27,7 +27,11 @@ use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
     server::conn::auto,
 };
-use sidetrace::{Config, Gateway};
+use sidetrace::{
+    Config, Gateway,
+    call::{CallRecord, sink::Sink},
+    trace::span::SpanRecord,
+};
 use tokio::{
     net::TcpListener,
     sync::{Notify, mpsc},
@@ -354,15 +358,72 @@ pub fn self_signed_localhost() -> (String, String) {
     (certified.cert.pem(), certified.signing_key.serialize_pem())
 }
 
+/// A sink that keeps every finished call and its span, for tests to read: the gateway itself
+/// keeps none in memory.
+#[derive(Default)]
+pub struct RecentCalls {
+    calls: std::sync::Mutex<Vec<(CallRecord, SpanRecord)>>,
+}
+
+impl Sink for RecentCalls {
+    fn record(&self, call: &CallRecord, span: &SpanRecord) {
+        self.calls
+            .lock()
+            .unwrap()
+            .push((call.clone(), span.clone()));
+    }
+}
+
+/// The gateway under test, with the calls it recorded.
+pub struct TestGateway {
+    gateway: Gateway,
+    recent: Arc<RecentCalls>,
+}
+
+impl TestGateway {
+    pub async fn start(config: Config) -> Result<TestGateway, sidetrace::server::StartError> {
+        let recent = Arc::new(RecentCalls::default());
+        let gateway = Gateway::start_with_sinks(config, vec![recent.clone()]).await?;
+        Ok(TestGateway { gateway, recent })
+    }
+
+    /// Every call recorded so far, oldest first.
+    pub fn recent_calls(&self) -> Vec<CallRecord> {
+        let calls = self.recent.calls.lock().unwrap();
+        calls.iter().map(|(call, _)| call.clone()).collect()
+    }
+
+    /// The span of every call recorded so far, oldest first.
+    pub fn recent_spans(&self) -> Vec<SpanRecord> {
+        let calls = self.recent.calls.lock().unwrap();
+        calls.iter().map(|(_, span)| span.clone()).collect()
+    }
+
+    pub async fn shutdown(self) -> sidetrace::server::ShutdownReport {
+        self.gateway.shutdown().await
+    }
+
+    pub async fn wait(self) -> sidetrace::server::ShutdownReport {
+        self.gateway.wait().await
+    }
+}
+
+impl std::ops::Deref for TestGateway {
+    type Target = Gateway;
+    fn deref(&self) -> &Gateway {
+        &self.gateway
+    }
+}
+
 /// The gateway on port 0 with `extra` TOML appended to the base config.
-pub async fn gateway(extra: &str) -> Gateway {
+pub async fn gateway(extra: &str) -> TestGateway {
     let text = format!("listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n{extra}");
     let config = Config::from_toml(&text, "test.toml").unwrap();
-    Gateway::start(config).await.unwrap()
+    TestGateway::start(config).await.unwrap()
 }
 
 /// The gateway with openai, anthropic and a few more providers pointed at the mock.
-pub async fn gateway_for(mock: &Mock, extra: &str) -> Gateway {
+pub async fn gateway_for(mock: &Mock, extra: &str) -> TestGateway {
     let url = mock.url();
     let mut text = String::new();
     // Top-level keys must come before the first table.

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::cost::ModelPrice;
+use super::prices::ModelPrice;
 
 /// How a response body on a path is framed and which extractor reads it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -248,4 +248,10 @@ impl ProviderSpec {
                 .extend(d.iter().map(|(k, v)| (k.clone(), v.clone())));
         }
     }
+}
+
+/// The provider files in `providers/`, compiled into the binary so it runs with no files at all.
+/// `build.rs` lists the directory, so adding a provider is adding a file.
+pub fn builtin_specs() -> &'static [(&'static str, &'static str)] {
+    include!(concat!(env!("OUT_DIR"), "/builtin_providers.rs"))
 }

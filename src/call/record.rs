@@ -1,0 +1,123 @@
+//! One proxied call, as the gateway saw it: the request it read, the response record the tap
+//! built, timings and how it ended. Every routed call yields exactly one `CallRecord`.
+//!
+//! Data only: cost, the stores, metrics and spans read these types and this file imports none
+//! of them.
+
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    format::ResponseRecord,
+    provider::WireFormat,
+    trace::{capture::CapturedContent, context::TraceContext, metadata::CallMetadata},
+};
+
+/// Generation parameters read from the request body.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RequestParams {
+    pub max_tokens: Option<u64>,
+    pub temperature: Option<f64>,
+    pub top_p: Option<f64>,
+    pub top_k: Option<f64>,
+    pub frequency_penalty: Option<f64>,
+    pub presence_penalty: Option<f64>,
+    pub stop_sequences: Vec<String>,
+    /// Kept as text: seeds can exceed 2^53.
+    pub seed: Option<String>,
+    pub choice_count: Option<u64>,
+}
+
+/// What the gateway read from the request.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RequestInfo {
+    /// The model as requested (body, or path for Gemini, Bedrock and Azure deployments).
+    pub model: Option<String>,
+    pub stream: bool,
+    /// The client asked for `stream_options.include_usage` itself.
+    pub include_usage_requested: bool,
+    /// The gateway added `stream_options.include_usage` and strips the usage-only chunk.
+    pub include_usage_injected: bool,
+    pub params: RequestParams,
+    /// The body was read and understood as JSON. False for non-JSON, malformed, too large or
+    /// not-inspected bodies; the call goes through all the same.
+    pub parsed: bool,
+    pub body_bytes: u64,
+}
+
+/// How a call ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// The response body ended normally (the upstream status may still be an error status).
+    Completed,
+    /// The upstream could not be reached, or broke the stream.
+    UpstreamError,
+    /// Time to headers, idle or total deadline exceeded.
+    Timeout,
+    /// The client went away before the response ended.
+    Cancelled,
+    /// The gateway refused or failed the call after routing it (e.g. a body over the limit).
+    GatewayError,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Completed => "completed",
+            Outcome::UpstreamError => "upstream_error",
+            Outcome::Timeout => "timeout",
+            Outcome::Cancelled => "cancelled",
+            Outcome::GatewayError => "gateway_error",
+        }
+    }
+}
+
+/// One proxied call.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CallRecord {
+    /// The gateway's provider name (`openai`, `groq`, ...).
+    pub provider: String,
+    /// `gen_ai.provider.name`.
+    pub gen_ai_provider: String,
+    pub format: WireFormat,
+    pub method: String,
+    /// Path as received, without the query string (it can carry keys).
+    pub path: String,
+    pub server_address: String,
+    pub server_port: u16,
+    pub request: RequestInfo,
+    /// Upstream HTTP status; `None` when no response came.
+    pub status: Option<u16>,
+    /// What the response told us; `None` when it was not inspected (passthrough route,
+    /// compressed body, or no response).
+    pub response: Option<ResponseRecord>,
+    pub outcome: Outcome,
+    /// `error.type`: the provider's in-band error type, the HTTP status, or the gateway's cause.
+    pub error_type: Option<String>,
+    pub started_at: SystemTime,
+    pub duration: Duration,
+    pub time_to_headers: Option<Duration>,
+    /// First body frame after the headers.
+    pub time_to_first_chunk: Option<Duration>,
+    pub time_to_first_token: Option<Duration>,
+    pub trace: TraceContext,
+    pub metadata: CallMetadata,
+    pub content: Option<CapturedContent>,
+    /// Exact cost in pico-USD (10^-12); `None` when the model has no price or no usage came.
+    pub cost_pico_usd: Option<u128>,
+    /// The price-table entry used (`gpt-4o` for `gpt-4o-2024-08-06`).
+    pub priced_model: Option<String>,
+}
+
+impl CallRecord {
+    /// The model to attribute the call to: the response's (a dated snapshot) over the request's.
+    pub fn model(&self) -> Option<&str> {
+        self.response
+            .as_ref()
+            .and_then(|r| r.model.as_deref())
+            .filter(|m| !m.is_empty())
+            .or(self.request.model.as_deref())
+    }
+}

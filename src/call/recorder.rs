@@ -1,0 +1,146 @@
+//! The recorder: where a finished call goes. It prices the call, puts the captured output in
+//! its content, builds its span, hands call and span to every sink in order (metrics, the cost
+//! store, budgets, ...) and gives the span to the export last, which owns it from there.
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicBool, Ordering},
+};
+
+use crate::{
+    call::{record::CallRecord, sink::Sink},
+    cost::PriceBookCell,
+    export::pipeline::ExportHandle,
+    trace::{
+        capture::Capturer,
+        span::{SpanRecord, span_for},
+    },
+};
+
+/// What a recorder is built from.
+pub struct RecorderParts {
+    pub prices: Arc<PriceBookCell>,
+    /// Price calls (`cost.enabled`).
+    pub pricing: bool,
+    pub capturer: Arc<Capturer>,
+    /// In the order they get each call.
+    pub sinks: Vec<Arc<dyn Sink>>,
+    /// The span's last stop: the OTLP export (and its tail sampler), when configured.
+    pub export: Option<ExportHandle>,
+}
+
+pub struct Recorder {
+    prices: Arc<PriceBookCell>,
+    pricing: bool,
+    capturer: Arc<Capturer>,
+    sinks: Vec<Arc<dyn Sink>>,
+    export: Option<ExportHandle>,
+    /// Shutdown's grace is over and open calls are being cut.
+    cutting: AtomicBool,
+}
+
+impl Recorder {
+    pub fn new(parts: RecorderParts) -> Recorder {
+        let RecorderParts {
+            prices,
+            pricing,
+            capturer,
+            sinks,
+            export,
+        } = parts;
+        Recorder {
+            prices,
+            pricing,
+            capturer,
+            sinks,
+            export,
+            cutting: AtomicBool::new(false),
+        }
+    }
+
+    /// Marks that shutdown is cutting the calls still open: they end as `error.type=shutdown`
+    /// rather than `cancelled`, and nothing is left to read in the background.
+    pub fn begin_cut(&self) {
+        self.cutting.store(true, Ordering::Release);
+    }
+
+    /// Whether shutdown is cutting open calls (see [`Recorder::begin_cut`]).
+    pub fn cutting(&self) -> bool {
+        self.cutting.load(Ordering::Acquire)
+    }
+
+    /// Prices a finished call in place (exact, from the reported usage).
+    pub fn price(&self, call: &mut CallRecord) {
+        if !self.pricing {
+            return;
+        }
+        let priced = self.prices.load().price_call(call);
+        call.cost_pico_usd = priced.cost.map(|c| c.pico_usd());
+        call.priced_model = priced.matched_model;
+    }
+
+    /// Hands a finished, priced call to every sink and its span to the export.
+    pub fn record(&self, mut call: CallRecord) {
+        self.capture_output(&mut call);
+        let span = span_for(&call);
+        for sink in &self.sinks {
+            sink.record(&call, &span);
+        }
+        log(&call, &span);
+        if let Some(export) = &self.export {
+            export.submit(span);
+        }
+    }
+
+    /// Puts what the response said (text, tool calls, finish reason) in the captured content,
+    /// at the configured capture level.
+    fn capture_output(&self, call: &mut CallRecord) {
+        if let (Some(content), Some(response)) = (&mut call.content, &call.response)
+            && let Some(output) = &response.output
+        {
+            let tool_calls: Vec<(String, String)> = output
+                .tool_calls
+                .iter()
+                .map(|t| (t.name.clone(), t.arguments.clone()))
+                .collect();
+            self.capturer.output(
+                content,
+                &output.text,
+                &tool_calls,
+                response.finish_reasons.first().map(String::as_str),
+            );
+            content.truncated |= output.truncated;
+        }
+    }
+}
+
+/// One debug line per call and per span.
+fn log(call: &CallRecord, span: &SpanRecord) {
+    if !tracing::enabled!(tracing::Level::DEBUG) {
+        return;
+    }
+    let usage = call.response.as_ref().map(|r| &r.usage);
+    tracing::debug!(
+        provider = %call.provider,
+        model = call.model().unwrap_or("unknown"),
+        path = %call.path,
+        status = call.status,
+        outcome = call.outcome.as_str(),
+        error_type = call.error_type.as_deref(),
+        stream = call.request.stream,
+        input_tokens = usage.and_then(|u| u.input_tokens),
+        output_tokens = usage.and_then(|u| u.output_tokens),
+        cached_input_tokens = usage.and_then(|u| u.cached_input_tokens),
+        reasoning_tokens = usage.and_then(|u| u.reasoning_tokens),
+        duration_ms = call.duration.as_secs_f64() * 1e3,
+        ttft_ms = call.time_to_first_token.map(|d| d.as_secs_f64() * 1e3),
+        "call"
+    );
+    tracing::debug!(
+        trace_id = %call.trace.trace_id_hex(),
+        span_id = %call.trace.span_id_hex(),
+        name = %span.name,
+        attributes = span.attributes.len(),
+        "span"
+    );
+}
