@@ -227,24 +227,21 @@ async fn a_streamed_body_growing_past_the_limit_is_refused_with_413() {
 #[tokio::test]
 async fn an_unreachable_upstream_is_a_fast_502() {
     let dead = closed_port().await;
+    // A connect timeout far beyond the test's patience: only the refusal itself can answer.
     let gw = gateway(&format!(
-        "[providers.openai]\nbase_url = \"http://{dead}\"\n"
+        "[upstream]\nconnect_timeout_ms = 600000\n[providers.openai]\nbase_url = \"http://{dead}\"\n"
     ))
     .await;
-    let started = Instant::now();
     let a = post(
         &gw,
         "/openai/v1/chat/completions",
         &[("authorization", "Bearer sk-secret-1")],
         CHAT,
-    )
-    .await;
-    assert_eq!(a.status, StatusCode::BAD_GATEWAY);
-    assert!(
-        started.elapsed() < Duration::from_secs(2),
-        "took {:?}",
-        started.elapsed()
     );
+    let a = tokio::time::timeout(Duration::from_secs(60), a)
+        .await
+        .expect("the refused connection is answered at once, not after the connect timeout");
+    assert_eq!(a.status, StatusCode::BAD_GATEWAY);
     let json = a.json();
     assert_eq!(json["error"]["code"], "upstream_unreachable");
     assert_eq!(a.headers["x-sidetrace-error-source"], "upstream");
@@ -260,11 +257,10 @@ async fn no_response_headers_in_time_is_a_504() {
         "[providers.openai.timeouts]\nresponse_headers_ms = 200\n",
     )
     .await;
-    let started = Instant::now();
+    // The upstream would answer 200 after 3 s: a 504 can only come from the timeout.
     let a = post(&gw, "/openai/v1/chat/completions", &[], CHAT).await;
     assert_eq!(a.status, StatusCode::GATEWAY_TIMEOUT);
     assert_eq!(a.json()["error"]["code"], "upstream_timeout");
-    assert!(started.elapsed() < Duration::from_secs(2));
     gw.shutdown().await;
 }
 
@@ -285,11 +281,9 @@ async fn a_stream_that_goes_quiet_is_cut_after_the_idle_timeout() {
         end.is_err(),
         "a cut stream must not look complete to the client"
     );
+    // The upstream never sends again: only the idle timeout can end the stream, not earlier.
     let took = started.elapsed();
-    assert!(
-        took >= Duration::from_millis(250) && took < Duration::from_secs(3),
-        "{took:?}"
-    );
+    assert!(took >= Duration::from_millis(250), "{took:?}");
     gw.shutdown().await;
 }
 
@@ -310,16 +304,15 @@ async fn a_stream_past_its_total_deadline_is_cut() {
     let req = Request::post(format!("http://{}/openai/v1/chat/completions", gw.addr))
         .body(full_body(CHAT))
         .unwrap();
-    let started = Instant::now();
     let response = client().request(req).await.unwrap();
     let (frames, end) = frames(response.into_body()).await;
+    // 101 events over 5 s, a 0.4 s deadline: cut early, and no frame is an idle gap.
     assert!(end.is_err());
     assert!(
         frames.len() >= 3 && frames.len() < 50,
         "{} frames",
         frames.len()
     );
-    assert!(started.elapsed() < Duration::from_secs(2));
     gw.shutdown().await;
 }
 
