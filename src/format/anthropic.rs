@@ -3,7 +3,7 @@
 use serde::Deserialize;
 
 use super::{
-    EventKind, Extractor, ResponseRecord, Usage,
+    EventKind, Extractor, Progress, ResponseRecord, Usage,
     json::{
         Count, ErrorField, Filled, FinishReasons, Needle, Obj, Objs, Text, set_error, set_first,
         sum,
@@ -17,6 +17,8 @@ use super::{
 struct Event<'a> {
     #[serde(borrow, rename = "type")]
     kind: Text<'a>,
+    /// The content block a `content_block_*` event is about.
+    index: Count,
     /// `message_start`.
     #[serde(borrow)]
     message: Obj<Message<'a>>,
@@ -27,6 +29,9 @@ struct Event<'a> {
     usage: Obj<RawUsage>,
     #[serde(borrow)]
     content_block: Obj<Block<'a>>,
+    /// A non-streamed body's blocks.
+    #[serde(borrow)]
+    content: Objs<Block<'a>>,
     #[serde(borrow)]
     error: ErrorField<'a>,
     // A non-streamed body is the message itself.
@@ -57,9 +62,11 @@ struct Delta<'a> {
     kind: Text<'a>,
     #[serde(borrow)]
     stop_reason: Text<'a>,
-    text: Filled,
+    #[serde(borrow)]
+    text: Text<'a>,
     thinking: Filled,
-    partial_json: Filled,
+    #[serde(borrow)]
+    partial_json: Text<'a>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -67,8 +74,14 @@ struct Delta<'a> {
 struct Block<'a> {
     #[serde(borrow, rename = "type")]
     kind: Text<'a>,
-    text: Filled,
+    #[serde(borrow)]
+    text: Text<'a>,
     thinking: Filled,
+    /// `tool_use` blocks.
+    #[serde(borrow)]
+    name: Text<'a>,
+    #[serde(borrow)]
+    input: JsonArg<'a>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -139,57 +152,12 @@ impl Counts {
     }
 }
 
-/// What capture reads of an event or a whole body.
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct OutEvent<'a> {
-    #[serde(borrow, rename = "type")]
-    kind: Text<'a>,
-    /// The content block a `content_block_*` event is about.
-    index: Count,
-    #[serde(borrow)]
-    delta: Obj<OutDelta<'a>>,
-    #[serde(borrow)]
-    content_block: Obj<OutBlock<'a>>,
-    /// A non-streamed body's blocks.
-    #[serde(borrow)]
-    content: Objs<OutBlock<'a>>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct OutDelta<'a> {
-    #[serde(borrow, rename = "type")]
-    kind: Text<'a>,
-    #[serde(borrow)]
-    text: Text<'a>,
-    #[serde(borrow)]
-    partial_json: Text<'a>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct OutBlock<'a> {
-    #[serde(borrow, rename = "type")]
-    kind: Text<'a>,
-    #[serde(borrow)]
-    text: Text<'a>,
-    /// `tool_use` blocks.
-    #[serde(borrow)]
-    name: Text<'a>,
-    #[serde(borrow)]
-    input: JsonArg<'a>,
-}
-
-/// Feeds one stream event to the output builder. Text blocks and `tool_use` blocks are output;
-/// thinking and server tool blocks are not.
-fn capture_event(out: &mut OutputBuilder, name: &str, data: &[u8]) {
-    let Ok(e) = serde_json::from_slice::<OutEvent<'_>>(data) else {
-        return;
-    };
+/// Feeds one stream event (its type already resolved) to the output builder. Text blocks and
+/// `tool_use` blocks are output; thinking and server tool blocks are not.
+fn capture_event(out: &mut OutputBuilder, kind: &str, e: &Event<'_>) {
     let key = e.index.0;
-    match e.kind.non_empty().unwrap_or(name) {
-        "content_block_start" => match e.content_block.0 {
+    match kind {
+        "content_block_start" => match &e.content_block.0 {
             Some(b) if b.kind.as_str() == Some("text") => out.text(b.text.as_str().unwrap_or("")),
             Some(b) if b.kind.as_str() == Some("tool_use") => {
                 out.tool_start(key, b.name.as_str().unwrap_or(""));
@@ -212,21 +180,19 @@ fn capture_event(out: &mut OutputBuilder, name: &str, data: &[u8]) {
                 }
             }
         }
-        _ => {}
-    }
-}
-
-/// Feeds the content blocks of a whole message.
-fn capture_message(out: &mut OutputBuilder, body: &[u8]) {
-    let Ok(e) = serde_json::from_slice::<OutEvent<'_>>(body) else {
-        return;
-    };
-    for b in &e.content.0 {
-        match b.kind.as_str() {
-            Some("text") => out.text(b.text.as_str().unwrap_or("")),
-            Some("tool_use") => out.tool_call(b.name.as_str().unwrap_or(""), b.input.as_str()),
-            _ => {}
+        // A non-streamed body.
+        "message" => {
+            for b in &e.content.0 {
+                match b.kind.as_str() {
+                    Some("text") => out.text(b.text.as_str().unwrap_or("")),
+                    Some("tool_use") => {
+                        out.tool_call(b.name.as_str().unwrap_or(""), b.input.as_str());
+                    }
+                    _ => {}
+                }
+            }
         }
+        _ => {}
     }
 }
 
@@ -243,36 +209,19 @@ fn may_matter(data: &[u8]) -> bool {
 pub struct AnthropicMessages {
     counts: Counts,
     finish: FinishReasons,
-    started: bool,
-    stopped: bool,
-    json_body: Option<bool>,
-    output: OutputBuilder,
 }
 
 impl AnthropicMessages {
-    /// Turns on output capture (see `Extractor::set_capture`).
-    pub fn set_capture(&mut self, max_bytes: usize) {
-        self.output = OutputBuilder::new(max_bytes);
-    }
-
     /// One decoded stream event as JSON bytes: an SSE event's data, or the decoded `bytes` of a
     /// Bedrock InvokeModel chunk.
-    pub fn on_message_event(&mut self, name: &str, data: &[u8], record: &mut ResponseRecord) {
-        // OpenRouter's Anthropic-compatible endpoint ends with an OpenAI-style `[DONE]`.
-        if data.trim_ascii_start().starts_with(b"[DONE]") {
-            return;
-        }
-        if self.output.active() {
-            capture_event(&mut self.output, name, data);
-        }
-        let settled = self.started && record.model.is_some() && record.response_id.is_some();
+    pub(crate) fn on_message_event(&mut self, name: &str, data: &[u8], p: &mut Progress) {
         let named = name.starts_with("message_") || name == "error";
-        if settled && !named && !may_matter(data) {
+        if p.settled() && !p.capturing() && !named && !may_matter(data) {
             return;
         }
         match serde_json::from_slice::<Event<'_>>(data) {
-            Ok(event) => self.apply(event, name, record),
-            Err(_) => record.malformed_events += 1,
+            Ok(event) => self.apply(&event, name, p),
+            Err(_) => p.malformed(),
         }
     }
 
@@ -281,8 +230,13 @@ impl AnthropicMessages {
         record.usage = self.counts.normalise();
     }
 
-    fn apply(&mut self, e: Event<'_>, name: &str, record: &mut ResponseRecord) {
-        match e.kind.non_empty().unwrap_or(name) {
+    fn apply(&mut self, e: &Event<'_>, name: &str, p: &mut Progress) {
+        let kind = e.kind.non_empty().unwrap_or(name);
+        if p.capturing() {
+            capture_event(&mut p.output, kind, e);
+        }
+        let record = &mut p.record;
+        match kind {
             "message_start" => {
                 if let Some(m) = &e.message.0 {
                     set_first(&mut record.model, &m.model);
@@ -308,21 +262,21 @@ impl AnthropicMessages {
                     // A tool call or redacted thinking is output from its first event; a text
                     // or thinking block starts empty.
                     let empty_kind = matches!(b.kind.as_str(), Some("text" | "thinking") | None);
-                    self.started |= !empty_kind || b.text.0 || b.thinking.0;
+                    p.started |= !empty_kind || b.text.non_empty().is_some() || b.thinking.0;
                 }
             }
             "content_block_delta" => {
                 if let Some(d) = &e.delta.0 {
                     let output = match d.kind.as_str() {
-                        Some("text_delta") => d.text.0,
+                        Some("text_delta") => d.text.non_empty().is_some(),
                         Some("thinking_delta") => d.thinking.0,
-                        Some("input_json_delta") => d.partial_json.0,
+                        Some("input_json_delta") => d.partial_json.non_empty().is_some(),
                         _ => false,
                     };
-                    self.started |= output;
+                    p.started |= output;
                 }
             }
-            "message_stop" => self.stopped = true,
+            "message_stop" => p.ended = true,
             "error" => {
                 let err = e.error.0.as_ref();
                 set_error(
@@ -347,19 +301,11 @@ impl AnthropicMessages {
         }
     }
 
-    /// Marks the body as a JSON body that is not a success (an error body of another shape).
-    pub(crate) fn json_failed(&mut self) {
-        self.json_body = Some(false);
-    }
-
     /// A whole JSON body: a message, or `{"type":"error","error":{…}}`.
-    pub fn on_message_json(&mut self, body: &[u8], record: &mut ResponseRecord) {
-        if self.output.active() {
-            capture_message(&mut self.output, body);
-        }
+    pub(crate) fn on_message_json(&mut self, body: &[u8], p: &mut Progress) {
         let Ok(mut e) = serde_json::from_slice::<Event<'_>>(body) else {
-            record.malformed_events += 1;
-            self.json_body = Some(false);
+            p.malformed();
+            p.json_body = Some(false);
             return;
         };
         if e.kind.as_str().is_none() {
@@ -373,37 +319,19 @@ impl AnthropicMessages {
         }
         let is_message = e.kind.as_str() == Some("message");
         let recognised = is_message && (e.id.as_str().is_some() || e.usage.0.is_some());
-        self.apply(e, "", record);
-        self.json_body = Some(recognised && record.error.is_none());
+        self.apply(&e, "", p);
+        p.json_body = Some(recognised && p.record.error.is_none());
     }
 }
 
 impl Extractor for AnthropicMessages {
-    fn on_event(&mut self, name: &str, data: &str, record: &mut ResponseRecord) -> EventKind {
-        self.on_message_event(name, data.as_bytes(), record);
+    fn on_event(&mut self, name: &str, data: &str, p: &mut Progress) -> EventKind {
+        self.on_message_event(name, data.as_bytes(), p);
         EventKind::Other
     }
 
-    fn on_json(&mut self, body: &[u8], record: &mut ResponseRecord) {
-        self.on_message_json(body, record);
-    }
-
-    fn output_started(&self) -> bool {
-        self.started
-    }
-
-    fn set_capture(&mut self, max_bytes: usize) {
-        AnthropicMessages::set_capture(self, max_bytes);
-    }
-
-    fn end_seen(&self, _record: &ResponseRecord) -> bool {
-        self.stopped
-    }
-
-    fn finish(&mut self, _clean: bool, record: &mut ResponseRecord) {
-        record.output = self.output.finish();
-        let ended = self.json_body.unwrap_or(self.stopped);
-        record.stream_completed = ended && record.error.is_none();
+    fn on_json(&mut self, body: &[u8], p: &mut Progress) {
+        self.on_message_json(body, p);
     }
 }
 
@@ -413,12 +341,11 @@ mod tests {
 
     fn run(events: &[&str]) -> ResponseRecord {
         let mut x = AnthropicMessages::default();
-        let mut r = ResponseRecord::default();
+        let mut p = Progress::default();
         for data in events {
-            x.on_event("", data, &mut r);
+            crate::format::sse_event(&mut x, "", data, &mut p);
         }
-        x.finish(true, &mut r);
-        r
+        p.finish(&mut x, true)
     }
 
     const START: &str = r#"{"type":"message_start","message":{"id":"msg_1","model":"claude-sonnet-4-5","usage":{"input_tokens":12,"cache_creation_input_tokens":1000,"cache_read_input_tokens":500,"cache_creation":{"ephemeral_5m_input_tokens":400,"ephemeral_1h_input_tokens":600},"output_tokens":2}}}"#;
@@ -486,26 +413,37 @@ mod tests {
     #[test]
     fn output_starts_with_a_tool_use_block_or_a_non_empty_delta() {
         let mut x = AnthropicMessages::default();
-        let mut r = ResponseRecord::default();
-        x.on_event("", START, &mut r);
-        x.on_event(
+        let mut p = Progress::default();
+        crate::format::sse_event(&mut x, "", START, &mut p);
+        crate::format::sse_event(
+            &mut x,
             "",
             r#"{"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}"#,
-            &mut r,
+            &mut p,
         );
-        assert!(!x.output_started());
-        x.on_event("", r#"{"type":"content_block_delta","index":0,"delta":{"type":"signature_delta","signature":"abc"}}"#, &mut r);
-        assert!(!x.output_started());
-        x.on_event("", r#"{"type":"content_block_start","index":1,"content_block":{"type":"tool_use","id":"toolu_1","name":"f","input":{}}}"#, &mut r);
-        assert!(x.output_started());
+        assert!(!p.started);
+        crate::format::sse_event(
+            &mut x,
+            "",
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"signature_delta","signature":"abc"}}"#,
+            &mut p,
+        );
+        assert!(!p.started);
+        crate::format::sse_event(
+            &mut x,
+            "",
+            r#"{"type":"content_block_start","index":1,"content_block":{"type":"tool_use","id":"toolu_1","name":"f","input":{}}}"#,
+            &mut p,
+        );
+        assert!(p.started);
     }
 
     #[test]
     fn json_error_bodies_set_the_error() {
         let mut x = AnthropicMessages::default();
-        let mut r = ResponseRecord::default();
-        x.on_json(br#"{"type":"error","error":{"type":"rate_limit_error","message":"slow"},"request_id":"req_1"}"#, &mut r);
-        x.finish(true, &mut r);
+        let mut p = Progress::default();
+        x.on_json(br#"{"type":"error","error":{"type":"rate_limit_error","message":"slow"},"request_id":"req_1"}"#, &mut p);
+        let r = p.finish(&mut x, true);
         assert_eq!(
             r.error.as_ref().and_then(|e| e.kind.as_deref()),
             Some("rate_limit_error")

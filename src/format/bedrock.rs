@@ -7,7 +7,7 @@ use base64::Engine;
 use serde::Deserialize;
 
 use super::{
-    EventKind, Extractor, ResponseRecord, Usage,
+    EventKind, Extractor, Progress, ResponseRecord, Usage,
     anthropic::AnthropicMessages,
     json::{Count, Filled, FinishReasons, Obj, Objs, Text, set_error, sum},
     output::{JsonArg, OutputBuilder},
@@ -21,10 +21,17 @@ struct ConverseEvent<'a> {
     #[serde(borrow)]
     stop_reason: Text<'a>,
     usage: Obj<RawUsage>,
-    delta: Obj<Delta>,
-    start: Obj<Start>,
+    /// The content block a `contentBlockStart` or `contentBlockDelta` is about.
+    content_block_index: Count,
+    /// `contentBlockDelta`.
+    #[serde(borrow)]
+    delta: Obj<Block<'a>>,
+    /// `contentBlockStart`.
+    #[serde(borrow)]
+    start: Obj<Block<'a>>,
     /// Non-streamed body.
-    output: Filled,
+    #[serde(borrow)]
+    output: Obj<Output<'a>>,
     /// Error bodies: `message` (or `Message`), and sometimes `__type`.
     #[serde(borrow)]
     message: Text<'a>,
@@ -69,62 +76,33 @@ impl RawUsage {
 }
 
 #[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct Output<'a> {
+    #[serde(borrow)]
+    message: Obj<Message<'a>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct Message<'a> {
+    #[serde(borrow)]
+    content: Objs<Block<'a>>,
+}
+
+/// A content block, a block delta or a block start: `text`, `toolUse` or reasoning.
+#[derive(Debug, Default, Deserialize)]
 #[serde(default, rename_all = "camelCase")]
-struct Delta {
-    text: Filled,
-    tool_use: Filled,
+struct Block<'a> {
+    #[serde(borrow)]
+    text: Text<'a>,
+    #[serde(borrow)]
+    tool_use: Obj<ToolUse<'a>>,
     reasoning_content: Filled,
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(default, rename_all = "camelCase")]
-struct Start {
-    tool_use: Filled,
-}
-
-/// What capture reads of a ConverseStream event or a whole Converse body.
-#[derive(Debug, Default, Deserialize)]
-#[serde(default, rename_all = "camelCase")]
-struct OutEvent<'a> {
-    content_block_index: Count,
-    /// `contentBlockDelta`.
-    #[serde(borrow)]
-    delta: Obj<OutBlock<'a>>,
-    /// `contentBlockStart`.
-    #[serde(borrow)]
-    start: Obj<OutBlock<'a>>,
-    /// Non-streamed body.
-    #[serde(borrow)]
-    output: Obj<OutOutput<'a>>,
-}
-
-#[derive(Debug, Default, Deserialize)]
 #[serde(default)]
-struct OutOutput<'a> {
-    #[serde(borrow)]
-    message: Obj<OutMessage<'a>>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct OutMessage<'a> {
-    #[serde(borrow)]
-    content: Objs<OutBlock<'a>>,
-}
-
-/// A content block, a block delta or a block start: `text` or `toolUse`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(default, rename_all = "camelCase")]
-struct OutBlock<'a> {
-    #[serde(borrow)]
-    text: Text<'a>,
-    #[serde(borrow)]
-    tool_use: Obj<OutToolUse<'a>>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct OutToolUse<'a> {
+struct ToolUse<'a> {
     #[serde(borrow)]
     name: Text<'a>,
     /// A string fragment in a delta, an object in a whole body.
@@ -152,128 +130,113 @@ fn bedrock_error_body(e: &ConverseEvent<'_>, record: &mut ResponseRecord) -> boo
 #[derive(Default)]
 pub struct Converse {
     finish: FinishReasons,
-    started: bool,
     stopped: bool,
     metadata: bool,
-    json_body: Option<bool>,
-    output: OutputBuilder,
 }
 
-impl Converse {
-    /// Feeds a `contentBlockStart` or `contentBlockDelta` event to the output builder; tool
-    /// calls are keyed by their content block index.
-    fn capture(&mut self, name: &str, data: &str) {
-        let Ok(e) = serde_json::from_str::<OutEvent<'_>>(data) else {
-            return;
-        };
-        let key = e.content_block_index.0;
-        if name == "contentBlockStart" {
-            if let Some(t) = e.start.0.as_ref().and_then(|s| s.tool_use.0.as_ref()) {
-                self.output.tool_start(key, t.name.as_str().unwrap_or(""));
-            }
-        } else if let Some(d) = &e.delta.0 {
-            self.output.text(d.text.as_str().unwrap_or(""));
-            if let Some(t) = &d.tool_use.0 {
-                self.output.tool_args(key, t.input.as_str());
-            }
+/// Feeds a `contentBlockStart` or `contentBlockDelta` event to the output builder; tool calls
+/// are keyed by their content block index.
+fn capture_event(out: &mut OutputBuilder, name: &str, e: &ConverseEvent<'_>) {
+    let key = e.content_block_index.0;
+    if name == "contentBlockStart" {
+        if let Some(t) = e.start.0.as_ref().and_then(|s| s.tool_use.0.as_ref()) {
+            out.tool_start(key, t.name.as_str().unwrap_or(""));
+        }
+    } else if let Some(d) = &e.delta.0 {
+        out.text(d.text.as_str().unwrap_or(""));
+        if let Some(t) = &d.tool_use.0 {
+            out.tool_args(key, t.input.as_str());
+        }
+    }
+}
+
+/// Feeds the content blocks of a whole Converse body.
+fn capture_body(out: &mut OutputBuilder, e: &ConverseEvent<'_>) {
+    let Some(m) = e.output.0.as_ref().and_then(|o| o.message.0.as_ref()) else {
+        return;
+    };
+    for block in &m.content.0 {
+        out.text(block.text.as_str().unwrap_or(""));
+        if let Some(t) = &block.tool_use.0 {
+            out.tool_call(t.name.as_str().unwrap_or(""), t.input.as_str());
         }
     }
 }
 
 impl Extractor for Converse {
-    fn on_event(&mut self, name: &str, data: &str, record: &mut ResponseRecord) -> EventKind {
-        if self.output.active() && matches!(name, "contentBlockStart" | "contentBlockDelta") {
-            self.capture(name, data);
-        }
-        // Frame headers name the event, so content deltas need no decoding once output started.
+    fn on_event(&mut self, name: &str, data: &str, p: &mut Progress) -> EventKind {
+        // Frame headers name the event, so content deltas need no decoding once output started
+        // (unless capture wants them).
         let wanted = match name {
             "messageStop" | "metadata" => true,
-            "contentBlockDelta" | "contentBlockStart" => !self.started,
+            "contentBlockDelta" | "contentBlockStart" => !p.started || p.capturing(),
             _ => name.ends_with("Exception"),
         };
         if !wanted {
             return EventKind::Other;
         }
         let Ok(e) = serde_json::from_str::<ConverseEvent<'_>>(data) else {
-            record.malformed_events += 1;
+            p.malformed();
             return EventKind::Other;
         };
         match name {
             "messageStop" => {
                 self.stopped = true;
                 if let Some(reason) = e.stop_reason.as_str() {
-                    self.finish.set(0, reason, record);
+                    self.finish.set(0, reason, &mut p.record);
                 }
             }
             "metadata" => {
                 self.metadata = true;
                 if let Some(u) = &e.usage.0 {
-                    record.usage = u.normalise();
+                    p.record.usage = u.normalise();
                 }
             }
             "contentBlockDelta" => {
-                self.started |= e
-                    .delta
-                    .0
-                    .is_some_and(|d| d.text.0 || d.tool_use.0 || d.reasoning_content.0);
+                if p.capturing() {
+                    capture_event(&mut p.output, name, &e);
+                }
+                p.started |= e.delta.0.as_ref().is_some_and(|d| {
+                    d.text.non_empty().is_some() || d.tool_use.0.is_some() || d.reasoning_content.0
+                });
             }
-            "contentBlockStart" => self.started |= e.start.0.is_some_and(|s| s.tool_use.0),
+            "contentBlockStart" => {
+                if p.capturing() {
+                    capture_event(&mut p.output, name, &e);
+                }
+                p.started |= e.start.0.as_ref().is_some_and(|s| s.tool_use.0.is_some());
+            }
             // An exception sent as an ordinary event.
-            _ => self.on_exception(name, data, record),
+            _ => self.on_exception(name, data, p),
         }
+        // `messageStop` ends the message, and `metadata` (the usage) follows it as the last
+        // event: a stream is whole only with both.
+        p.ended = self.stopped && self.metadata;
         EventKind::Other
     }
 
-    fn on_json(&mut self, body: &[u8], record: &mut ResponseRecord) {
-        if self.output.active()
-            && let Ok(e) = serde_json::from_slice::<OutEvent<'_>>(body)
-            && let Some(m) = e.output.0.as_ref().and_then(|o| o.message.0.as_ref())
-        {
-            for block in &m.content.0 {
-                self.output.text(block.text.as_str().unwrap_or(""));
-                if let Some(t) = &block.tool_use.0 {
-                    let name = t.name.as_str().unwrap_or("");
-                    self.output.tool_call(name, t.input.as_str());
-                }
-            }
-        }
+    fn on_json(&mut self, body: &[u8], p: &mut Progress) {
         let Ok(e) = serde_json::from_slice::<ConverseEvent<'_>>(body) else {
-            record.malformed_events += 1;
-            self.json_body = Some(false);
+            p.malformed();
+            p.json_body = Some(false);
             return;
         };
-        let success = e.output.0 || e.stop_reason.as_str().is_some() || e.usage.0.is_some();
+        if p.capturing() {
+            capture_body(&mut p.output, &e);
+        }
+        let success =
+            e.output.0.is_some() || e.stop_reason.as_str().is_some() || e.usage.0.is_some();
         if success {
             if let Some(reason) = e.stop_reason.as_str() {
-                self.finish.set(0, reason, record);
+                self.finish.set(0, reason, &mut p.record);
             }
             if let Some(u) = &e.usage.0 {
-                record.usage = u.normalise();
+                p.record.usage = u.normalise();
             }
         } else {
-            bedrock_error_body(&e, record);
+            bedrock_error_body(&e, &mut p.record);
         }
-        self.json_body = Some(success && record.error.is_none());
-    }
-
-    fn output_started(&self) -> bool {
-        self.started
-    }
-
-    fn set_capture(&mut self, max_bytes: usize) {
-        self.output = OutputBuilder::new(max_bytes);
-    }
-
-    fn end_seen(&self, _record: &ResponseRecord) -> bool {
-        self.stopped && self.metadata
-    }
-
-    fn finish(&mut self, _clean: bool, record: &mut ResponseRecord) {
-        record.output = self.output.finish();
-        // `messageStop` ends the message, and `metadata` (the usage) follows it as the last
-        // event: a stream is whole only with both.
-        let ended = self.json_body.unwrap_or(self.stopped && self.metadata);
-        record.stream_completed = ended && record.error.is_none();
+        p.json_body = Some(success && p.record.error.is_none());
     }
 }
 
@@ -293,9 +256,9 @@ pub struct InvokeModel {
 }
 
 impl Extractor for InvokeModel {
-    fn on_event(&mut self, name: &str, data: &str, record: &mut ResponseRecord) -> EventKind {
+    fn on_event(&mut self, name: &str, data: &str, p: &mut Progress) -> EventKind {
         if name.ends_with("Exception") {
-            self.on_exception(name, data, record);
+            self.on_exception(name, data, p);
             return EventKind::Other;
         }
         if name != "chunk" && !name.is_empty() {
@@ -305,7 +268,7 @@ impl Extractor for InvokeModel {
             .ok()
             .and_then(|c| c.bytes.0)
         else {
-            record.malformed_events += 1;
+            p.malformed();
             return EventKind::Other;
         };
         self.decoded.clear();
@@ -313,39 +276,23 @@ impl Extractor for InvokeModel {
             .decode_vec(b64.as_bytes(), &mut self.decoded)
             .is_err()
         {
-            record.malformed_events += 1;
+            p.malformed();
             return EventKind::Other;
         }
-        self.inner.on_message_event("", &self.decoded, record);
+        self.inner.on_message_event("", &self.decoded, p);
         EventKind::Other
     }
 
-    fn on_json(&mut self, body: &[u8], record: &mut ResponseRecord) {
+    fn on_json(&mut self, body: &[u8], p: &mut Progress) {
         // A Bedrock error body has no `type`; an Anthropic body (message or error) has one.
         if let Ok(e) = serde_json::from_slice::<ConverseEvent<'_>>(body)
             && !has_type(body)
-            && bedrock_error_body(&e, record)
+            && bedrock_error_body(&e, &mut p.record)
         {
-            self.inner.json_failed();
+            p.json_body = Some(false);
             return;
         }
-        self.inner.on_message_json(body, record);
-    }
-
-    fn output_started(&self) -> bool {
-        self.inner.output_started()
-    }
-
-    fn set_capture(&mut self, max_bytes: usize) {
-        self.inner.set_capture(max_bytes);
-    }
-
-    fn end_seen(&self, record: &ResponseRecord) -> bool {
-        self.inner.end_seen(record)
-    }
-
-    fn finish(&mut self, clean: bool, record: &mut ResponseRecord) {
-        self.inner.finish(clean, record);
+        self.inner.on_message_json(body, p);
     }
 }
 

@@ -11,7 +11,7 @@ use serde::{
 };
 
 use super::{
-    EventKind, Extractor, ResponseRecord, Usage,
+    EventKind, Extractor, Progress, Usage,
     json::{
         Count, ErrorField, Filled, FinishReasons, Flag, Needle, Obj, Objs, Text, set_error,
         set_first, sum,
@@ -39,34 +39,48 @@ struct Candidate<'a> {
     index: Count,
     #[serde(borrow)]
     finish_reason: Text<'a>,
-    content: Obj<Content>,
+    #[serde(borrow)]
+    content: Obj<Content<'a>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
-struct Content {
-    parts: Objs<Part>,
+struct Content<'a> {
+    #[serde(borrow)]
+    parts: Objs<Part<'a>>,
 }
 
-/// The parts of a part that count as output, seen without being kept.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, rename_all = "camelCase")]
-struct Part {
-    text: Filled,
-    function_call: Filled,
+struct Part<'a> {
+    #[serde(borrow)]
+    text: Text<'a>,
+    /// A thought summary, not output text.
+    thought: Flag,
+    #[serde(borrow)]
+    function_call: Obj<FunctionCall<'a>>,
     inline_data: Filled,
     executable_code: Filled,
     code_execution_result: Filled,
 }
 
-impl Part {
+impl Part<'_> {
     fn has_output(&self) -> bool {
-        self.text.0
-            || self.function_call.0
+        self.text.non_empty().is_some()
+            || self.function_call.0.is_some()
             || self.inline_data.0
             || self.executable_code.0
             || self.code_execution_result.0
     }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct FunctionCall<'a> {
+    #[serde(borrow)]
+    name: Text<'a>,
+    #[serde(borrow)]
+    args: JsonArg<'a>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -109,52 +123,10 @@ struct UsageOnly {
     usage_metadata: Obj<RawUsage>,
 }
 
-/// What capture reads of a chunk. Only candidate 0 is assembled: the captured output is one
-/// model message, and other candidates are alternatives to it.
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct OutChunk<'a> {
-    #[serde(borrow)]
-    candidates: Objs<OutCandidate<'a>>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct OutCandidate<'a> {
-    index: Count,
-    #[serde(borrow)]
-    content: Obj<OutContent<'a>>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct OutContent<'a> {
-    #[serde(borrow)]
-    parts: Objs<OutPart<'a>>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default, rename_all = "camelCase")]
-struct OutPart<'a> {
-    #[serde(borrow)]
-    text: Text<'a>,
-    /// A thought summary, not output text.
-    thought: Flag,
-    #[serde(borrow)]
-    function_call: Obj<OutFunctionCall<'a>>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct OutFunctionCall<'a> {
-    #[serde(borrow)]
-    name: Text<'a>,
-    #[serde(borrow)]
-    args: JsonArg<'a>,
-}
-
-/// Feeds candidate 0 of a chunk to the output builder. Each `functionCall` part is a whole call.
-fn capture_chunk(out: &mut OutputBuilder, chunk: &OutChunk<'_>) {
+/// Feeds candidate 0 of a chunk to the output builder; each `functionCall` part is a whole
+/// call. Only candidate 0 is assembled: the captured output is one model message, and other
+/// candidates are alternatives to it.
+fn capture(out: &mut OutputBuilder, chunk: &Chunk<'_>) {
     for cand in &chunk.candidates.0 {
         if cand.index.0.unwrap_or(0) != 0 {
             continue;
@@ -172,26 +144,6 @@ fn capture_chunk(out: &mut OutputBuilder, chunk: &OutChunk<'_>) {
     }
 }
 
-/// Captures each element of a JSON array of chunks as it is read, like `ChunkArray`.
-struct OutChunkArray<'s>(&'s mut OutputBuilder);
-
-impl<'de> Visitor<'de> for OutChunkArray<'_> {
-    type Value = ();
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("an array of response chunks")
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        while let Some(Obj(chunk)) = seq.next_element::<Obj<OutChunk<'de>>>()? {
-            if let Some(chunk) = chunk {
-                capture_chunk(self.0, &chunk);
-            }
-        }
-        Ok(())
-    }
-}
-
 static USAGE: Needle = Needle::new("\"usageMetadata\"");
 static FINISH_REASON: Needle = Needle::new("\"finishReason\"");
 static ERROR: Needle = Needle::new("\"error\"");
@@ -199,23 +151,26 @@ static ERROR: Needle = Needle::new("\"error\"");
 #[derive(Default)]
 pub struct Gemini {
     finish: FinishReasons,
-    started: bool,
-    json_body: Option<bool>,
-    output: OutputBuilder,
 }
 
 impl Gemini {
-    fn apply(&mut self, c: Chunk<'_>, record: &mut ResponseRecord) {
+    fn apply(&mut self, c: &Chunk<'_>, p: &mut Progress) {
+        if p.capturing() {
+            capture(&mut p.output, c);
+        }
+        let record = &mut p.record;
         set_first(&mut record.model, &c.model_version);
         set_first(&mut record.response_id, &c.response_id);
         for cand in &c.candidates.0 {
             if let Some(reason) = cand.finish_reason.as_str() {
                 self.finish.set(cand.index.0.unwrap_or(0), reason, record);
+                // Gemini has no end marker: its final chunk is the one with a finish reason.
+                p.ended = true;
             }
-            if !self.started
+            if !p.started
                 && let Some(content) = &cand.content.0
             {
-                self.started = content.parts.0.iter().any(Part::has_output);
+                p.started = content.parts.0.iter().any(Part::has_output);
             }
         }
         // Running totals: the last object wins, and a chunk without one keeps the previous.
@@ -232,7 +187,7 @@ impl Gemini {
 /// syntax error still count.
 struct ChunkArray<'s> {
     gemini: &'s mut Gemini,
-    record: &'s mut ResponseRecord,
+    progress: &'s mut Progress,
 }
 
 impl<'de> Visitor<'de> for ChunkArray<'_> {
@@ -245,7 +200,7 @@ impl<'de> Visitor<'de> for ChunkArray<'_> {
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
         while let Some(Obj(chunk)) = seq.next_element::<Obj<Chunk<'de>>>()? {
             if let Some(chunk) = chunk {
-                self.gemini.apply(chunk, self.record);
+                self.gemini.apply(&chunk, self.progress);
             }
         }
         Ok(())
@@ -253,90 +208,56 @@ impl<'de> Visitor<'de> for ChunkArray<'_> {
 }
 
 impl Extractor for Gemini {
-    fn on_event(&mut self, _name: &str, data: &str, record: &mut ResponseRecord) -> EventKind {
-        // Some relays end Gemini streams with an OpenAI-style `[DONE]`; it carries nothing.
-        if data.trim_start().starts_with("[DONE]") {
-            return EventKind::Other;
-        }
-        if self.output.active()
-            && let Ok(chunk) = serde_json::from_str::<OutChunk<'_>>(data)
-        {
-            capture_chunk(&mut self.output, &chunk);
-        }
-        let settled = self.started && record.model.is_some() && record.response_id.is_some();
+    fn on_event(&mut self, _name: &str, data: &str, p: &mut Progress) -> EventKind {
         let bytes = data.as_bytes();
-        if settled && !FINISH_REASON.non_null(bytes) && !ERROR.present(bytes) {
+        if p.settled() && !p.capturing() && !FINISH_REASON.non_null(bytes) && !ERROR.present(bytes)
+        {
             if USAGE.object(bytes) {
                 match serde_json::from_str::<UsageOnly>(data) {
                     Ok(UsageOnly {
                         usage_metadata: Obj(Some(u)),
-                    }) => record.usage = u.normalise(),
+                    }) => p.record.usage = u.normalise(),
                     Ok(_) => {}
-                    Err(_) => record.malformed_events += 1,
+                    Err(_) => p.malformed(),
                 }
             }
             return EventKind::Other;
         }
         match serde_json::from_str::<Chunk<'_>>(data) {
-            Ok(chunk) => self.apply(chunk, record),
-            Err(_) => record.malformed_events += 1,
+            Ok(chunk) => self.apply(&chunk, p),
+            Err(_) => p.malformed(),
         }
         EventKind::Other
     }
 
-    fn on_json(&mut self, body: &[u8], record: &mut ResponseRecord) {
+    fn on_json(&mut self, body: &[u8], p: &mut Progress) {
         let first = body.iter().find(|b| !b.is_ascii_whitespace());
-        if self.output.active() {
-            if first == Some(&b'[') {
-                let mut de = serde_json::Deserializer::from_slice(body);
-                // A cut array still gives the chunks before the cut; the error counts below.
-                let _ = (&mut de).deserialize_seq(OutChunkArray(&mut self.output));
-            } else if let Ok(chunk) = serde_json::from_slice::<OutChunk<'_>>(body) {
-                capture_chunk(&mut self.output, &chunk);
-            }
-        }
         let parsed = if first == Some(&b'[') {
             let mut de = serde_json::Deserializer::from_slice(body);
             let visitor = ChunkArray {
                 gemini: self,
-                record,
+                progress: p,
             };
             (&mut de).deserialize_seq(visitor).and_then(|()| de.end())
         } else {
-            serde_json::from_slice::<Chunk<'_>>(body).map(|chunk| self.apply(chunk, record))
+            serde_json::from_slice::<Chunk<'_>>(body).map(|chunk| self.apply(&chunk, p))
         };
         if parsed.is_err() {
-            record.malformed_events += 1;
+            p.malformed();
         }
-        self.json_body = Some(parsed.is_ok() && record.error.is_none());
+        p.json_body = Some(parsed.is_ok() && p.record.error.is_none());
     }
 
-    fn output_started(&self) -> bool {
-        self.started
-    }
-
-    fn set_capture(&mut self, max_bytes: usize) {
-        self.output = OutputBuilder::new(max_bytes);
-    }
-
-    /// Gemini has no end marker: its final chunk is the one with a finish reason.
-    fn end_seen(&self, record: &ResponseRecord) -> bool {
-        !record.finish_reasons.is_empty()
-    }
-
-    fn finish(&mut self, clean: bool, record: &mut ResponseRecord) {
-        record.output = self.output.finish();
-        // Gemini has no end marker: a finish reason and a clean end of body are the signal.
-        let ended = self
-            .json_body
-            .unwrap_or(clean && !record.finish_reasons.is_empty());
-        record.stream_completed = ended && record.error.is_none();
+    fn finish(&mut self, clean: bool, p: &mut Progress) {
+        // With no end marker, a finish reason and a clean end of body are the signal.
+        p.ended &= clean;
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::format::ResponseRecord;
 
     const C1: &str = r#"{"candidates":[{"content":{"parts":[{"text":"Hi"}],"role":"model"},"index":0}],"usageMetadata":{"promptTokenCount":5,"candidatesTokenCount":1,"thoughtsTokenCount":10,"toolUsePromptTokenCount":3},"modelVersion":"gemini-2.5-flash","responseId":"r1"}"#;
     const C2: &str = r#"{"candidates":[{"content":{"parts":[{"text":"!"}],"role":"model"},"index":0}],"modelVersion":"gemini-2.5-flash","responseId":"r1"}"#;
@@ -344,12 +265,11 @@ mod tests {
 
     fn run(events: &[&str], clean: bool) -> ResponseRecord {
         let mut x = Gemini::default();
-        let mut r = ResponseRecord::default();
+        let mut p = Progress::default();
         for data in events {
-            x.on_event("", data, &mut r);
+            crate::format::sse_event(&mut x, "", data, &mut p);
         }
-        x.finish(clean, &mut r);
-        r
+        p.finish(&mut x, clean)
     }
 
     #[test]
@@ -389,18 +309,18 @@ mod tests {
     #[test]
     fn a_json_array_of_chunks_is_read_element_by_element() {
         let mut x = Gemini::default();
-        let mut r = ResponseRecord::default();
-        x.on_json(format!("[{C1},\n{C2},\n{C3}]").as_bytes(), &mut r);
-        x.finish(true, &mut r);
+        let mut p = Progress::default();
+        x.on_json(format!("[{C1},\n{C2},\n{C3}]").as_bytes(), &mut p);
+        let r = p.finish(&mut x, true);
         assert_eq!(r.finish_reasons, ["STOP"]);
         assert_eq!(r.usage.output_tokens, Some(14));
         assert!(r.stream_completed);
 
         // Cut short: the chunks before the cut still count, but it is not a success body.
         let mut x = Gemini::default();
-        let mut r = ResponseRecord::default();
-        x.on_json(format!("[{C1},\n{C2},\n{{\"cand").as_bytes(), &mut r);
-        x.finish(true, &mut r);
+        let mut p = Progress::default();
+        x.on_json(format!("[{C1},\n{C2},\n{{\"cand").as_bytes(), &mut p);
+        let r = p.finish(&mut x, true);
         assert_eq!(r.usage.output_tokens, Some(11));
         assert_eq!(r.malformed_events, 1);
         assert!(!r.stream_completed);

@@ -7,6 +7,7 @@ use crate::{
     provider::{Quirks, WireFormat},
     sse::SseParser,
 };
+use output::OutputBuilder;
 
 pub mod anthropic;
 pub mod bedrock;
@@ -83,18 +84,69 @@ pub enum EventKind {
     UsageOnly,
 }
 
-/// One wire format's rules: turns decoded events (or a whole JSON body) into a record.
-pub trait Extractor: Send {
+/// What every extractor tracks the same way, kept once by the [`BodyParser`] and lent to the
+/// extractor with each event: the record, whether output started, whether the stream's own end
+/// arrived, the verdict on a whole JSON body, and the output capture.
+#[derive(Default)]
+pub(crate) struct Progress {
+    pub record: ResponseRecord,
+    /// Output (a content, reasoning or tool-call delta) has been seen.
+    pub started: bool,
+    /// The stream's own last event arrived (`[DONE]`, `message_stop`, `response.completed`,
+    /// Gemini's chunk with a finish reason, ...): a client that leaves after it has the whole
+    /// answer, even if the upstream's end of body has not come yet.
+    pub ended: bool,
+    /// `Some(success)` once a whole JSON body was read: whether it was a success body.
+    pub json_body: Option<bool>,
+    /// Assembles the output (text and tool calls) when capture is on; inactive otherwise.
+    pub output: OutputBuilder,
+}
+
+impl Progress {
+    /// Output has started and the model and response id are known: from here on most events
+    /// of a long stream carry only content, which matters only when capture is on.
+    pub fn settled(&self) -> bool {
+        self.started && self.record.model.is_some() && self.record.response_id.is_some()
+    }
+
+    /// Whether events must be decoded for their content (output capture is on).
+    pub fn capturing(&self) -> bool {
+        self.output.active()
+    }
+
+    /// Counts an event (or body) that could not be decoded.
+    pub fn malformed(&mut self) {
+        self.record.malformed_events += 1;
+    }
+
+    /// End of body: lets the extractor settle, then fills in the output and whether the
+    /// response completed (a success JSON body, or a stream whose own end arrived, with no
+    /// error either way).
+    pub fn finish(mut self, extractor: &mut dyn Extractor, clean: bool) -> ResponseRecord {
+        extractor.finish(clean, &mut self);
+        let mut record = self.record;
+        record.output = self.output.finish();
+        let ended = self.json_body.unwrap_or(self.ended);
+        record.stream_completed = ended && record.error.is_none();
+        record
+    }
+}
+
+/// One wire format's rules: turns decoded events (or a whole JSON body) into the call's
+/// [`Progress`]. Each event is decoded once, for usage, ids, finish reasons and errors and, when
+/// capture is on, for the output too.
+pub(crate) trait Extractor: Send {
     /// One event: an SSE event (`name` is its `event:` field, often empty), an NDJSON line, or
     /// an event-stream frame (`name` is its `:event-type`). `data` is the event's payload.
-    fn on_event(&mut self, name: &str, data: &str, record: &mut ResponseRecord) -> EventKind;
+    fn on_event(&mut self, name: &str, data: &str, p: &mut Progress) -> EventKind;
 
-    /// A whole JSON body (non-streamed response, or an error body answering a streamed request).
-    fn on_json(&mut self, body: &[u8], record: &mut ResponseRecord);
+    /// A whole JSON body (non-streamed response, or an error body answering a streamed
+    /// request). Sets `p.json_body`.
+    fn on_json(&mut self, body: &[u8], p: &mut Progress);
 
     /// An event-stream frame whose `:message-type` is `exception` (or `error`): `kind` is its
     /// `:exception-type` (or `:error-code`), `payload` usually `{"message": …}`.
-    fn on_exception(&mut self, kind: &str, payload: &str, record: &mut ResponseRecord) {
+    fn on_exception(&mut self, kind: &str, payload: &str, p: &mut Progress) {
         #[derive(Deserialize)]
         struct Payload<'a> {
             #[serde(borrow, default)]
@@ -106,27 +158,35 @@ pub trait Extractor: Send {
         let message = parsed
             .as_ref()
             .and_then(|p| p.message.as_deref().or(p.message_upper.as_deref()));
-        json::set_error(record, Some(kind), message);
+        json::set_error(&mut p.record, Some(kind), message);
     }
 
-    /// True once output (a content, reasoning or tool-call delta) has been seen.
-    fn output_started(&self) -> bool;
-
-    /// Turns on assembling the output (text and tool calls) into `ResponseRecord::output`,
-    /// keeping at most `max_bytes`; called before the first byte. Extractors that cannot
-    /// capture ignore it.
-    fn set_capture(&mut self, max_bytes: usize) {
-        let _ = max_bytes;
+    /// An OpenAI-style `[DONE]` event: the end marker of chat completions, which relays of
+    /// other formats sometimes add too (it carries nothing then).
+    fn on_done(&mut self, p: &mut Progress) {
+        let _ = p;
     }
 
-    /// True once a stream's own last event arrived (`[DONE]`, `message_stop`,
-    /// `response.completed`, Gemini's chunk with a finish reason, ...): a client that leaves
-    /// after it has the whole answer, even if the upstream's end of body has not come yet.
-    fn end_seen(&self, record: &ResponseRecord) -> bool;
+    /// End of body, for a format with more to settle (`clean` is false when it was cut).
+    fn finish(&mut self, clean: bool, p: &mut Progress) {
+        let _ = (clean, p);
+    }
+}
 
-    /// End of body; `clean` is false when it was cut. Sets `stream_completed`, and `output`
-    /// when capture is on.
-    fn finish(&mut self, clean: bool, record: &mut ResponseRecord);
+/// Hands one SSE event to the extractor: an OpenAI-style `[DONE]` to `on_done`, any other to
+/// `on_event`.
+pub(crate) fn sse_event(
+    extractor: &mut dyn Extractor,
+    name: &str,
+    data: &str,
+    p: &mut Progress,
+) -> EventKind {
+    if data.trim_start().starts_with("[DONE]") {
+        extractor.on_done(p);
+        EventKind::Other
+    } else {
+        extractor.on_event(name, data, p)
+    }
 }
 
 /// How the bytes of a body are framed.
@@ -162,7 +222,7 @@ impl Default for ParserLimits {
 pub struct BodyParser {
     framing: Framing,
     extractor: Box<dyn Extractor>,
-    record: ResponseRecord,
+    progress: Progress,
     json_oversize: bool,
     limits: ParserLimits,
 }
@@ -176,7 +236,7 @@ impl BodyParser {
         content_type: Option<&str>,
         limits: ParserLimits,
     ) -> Option<BodyParser> {
-        let mut extractor: Box<dyn Extractor> = match format {
+        let extractor: Box<dyn Extractor> = match format {
             WireFormat::ChatCompletions | WireFormat::Completions | WireFormat::Embeddings => {
                 Box::new(openai_chat::OpenAiChat::new(quirks))
             }
@@ -194,9 +254,6 @@ impl BodyParser {
             }
             WireFormat::Passthrough => return None,
         };
-        if limits.capture_output_bytes > 0 {
-            extractor.set_capture(limits.capture_output_bytes);
-        }
         let mime = content_type
             .and_then(|c| c.split(';').next())
             .map(|c| c.trim().to_ascii_lowercase())
@@ -214,7 +271,10 @@ impl BodyParser {
         Some(BodyParser {
             framing,
             extractor,
-            record: ResponseRecord::default(),
+            progress: Progress {
+                output: OutputBuilder::new(limits.capture_output_bytes),
+                ..Progress::default()
+            },
             json_oversize: false,
             limits,
         })
@@ -226,13 +286,13 @@ impl BodyParser {
     }
 
     pub fn output_started(&self) -> bool {
-        self.extractor.output_started()
+        self.progress.started
     }
 
-    /// True when the body is a stream whose last event arrived without an error signalled:
-    /// see [`Extractor::end_seen`].
+    /// True when the body is a stream whose own last event arrived without an error signalled
+    /// (see [`Progress::ended`]).
     pub fn end_seen(&self) -> bool {
-        self.is_stream() && self.record.error.is_none() && self.extractor.end_seen(&self.record)
+        self.is_stream() && self.progress.record.error.is_none() && self.progress.ended
     }
 
     /// Feeds the next bytes of the body.
@@ -243,15 +303,15 @@ impl BodyParser {
     /// Feeds the next bytes; for SSE bodies `on_boundary(end, kind)` is called at the end of
     /// each event block with its end offset in `chunk`, so a caller can drop one event's bytes.
     pub fn feed_marking(&mut self, chunk: &[u8], mut on_boundary: impl FnMut(usize, EventKind)) {
-        let record = &mut self.record;
+        let p = &mut self.progress;
         let extractor = &mut self.extractor;
         match &mut self.framing {
             Framing::Sse(parser) => {
                 parser.feed(chunk, |b| {
                     let kind = match b.event {
                         Some(e) => {
-                            record.events += 1;
-                            extractor.on_event(e.event, e.data, record)
+                            p.record.events += 1;
+                            sse_event(extractor.as_mut(), e.event, e.data, p)
                         }
                         None => EventKind::Other,
                     };
@@ -259,17 +319,17 @@ impl BodyParser {
                 });
             }
             Framing::Ndjson(lines) => {
-                record.bytes += chunk.len() as u64;
+                p.record.bytes += chunk.len() as u64;
                 lines.feed(chunk, |line| {
-                    record.events += 1;
-                    extractor.on_event("", line, record);
+                    p.record.events += 1;
+                    extractor.on_event("", line, p);
                 });
             }
             Framing::EventStream(frames) => {
-                record.bytes += chunk.len() as u64;
+                p.record.bytes += chunk.len() as u64;
                 frames.feed(chunk, |frame| match frame {
                     Ok(f) => {
-                        record.events += 1;
+                        p.record.events += 1;
                         // An exception without `:exception-type` is still named by its event type.
                         let kind = match f.exception_type {
                             "" => f.event_type,
@@ -277,20 +337,20 @@ impl BodyParser {
                         };
                         match std::str::from_utf8(f.payload) {
                             Ok(payload) if f.is_exception() => {
-                                extractor.on_exception(kind, payload, record)
+                                extractor.on_exception(kind, payload, p)
                             }
                             Ok(payload) => {
-                                extractor.on_event(f.event_type, payload, record);
+                                extractor.on_event(f.event_type, payload, p);
                             }
-                            Err(_) if f.is_exception() => extractor.on_exception(kind, "", record),
-                            Err(_) => record.malformed_events += 1,
+                            Err(_) if f.is_exception() => extractor.on_exception(kind, "", p),
+                            Err(_) => p.malformed(),
                         }
                     }
-                    Err(_) => record.malformed_events += 1,
+                    Err(_) => p.malformed(),
                 });
             }
             Framing::Json(buf) => {
-                record.bytes += chunk.len() as u64;
+                p.record.bytes += chunk.len() as u64;
                 if buf.len() + chunk.len() > self.limits.max_event_bytes {
                     self.json_oversize = true;
                     *buf = Vec::new();
@@ -303,44 +363,41 @@ impl BodyParser {
 
     /// End of body. `clean` is false when the body was cut (upstream error, timeout, client gone).
     pub fn finish(mut self, clean: bool) -> ResponseRecord {
+        let p = &mut self.progress;
         match &mut self.framing {
             Framing::Sse(parser) => {
-                self.record.bytes = parser.bytes();
-                self.record.oversize_events += parser.oversize_events();
-                self.record.truncated |= parser.finish();
+                p.record.bytes = parser.bytes();
+                p.record.oversize_events += parser.oversize_events();
+                p.record.truncated |= parser.finish();
             }
             Framing::Ndjson(lines) => {
-                self.record.oversize_events += lines.oversize_lines();
+                p.record.oversize_events += lines.oversize_lines();
                 // A last line without its newline is still a whole JSON object when the body
                 // ended cleanly; Ollama always ends lines, others may not.
-                let extractor = &mut self.extractor;
-                let record = &mut self.record;
-                let tail = lines.finish();
-                if let Some(line) = tail {
+                if let Some(line) = lines.finish() {
                     if clean {
-                        record.events += 1;
-                        extractor.on_event("", &line, record);
+                        p.record.events += 1;
+                        self.extractor.on_event("", &line, p);
                     } else {
-                        record.truncated = true;
+                        p.record.truncated = true;
                     }
                 }
             }
             Framing::EventStream(frames) => {
-                self.record.oversize_events += frames.oversize_frames();
-                self.record.truncated |= frames.finish();
+                p.record.oversize_events += frames.oversize_frames();
+                p.record.truncated |= frames.finish();
             }
             Framing::Json(buf) => {
                 if self.json_oversize {
-                    self.record.oversize_events += 1;
+                    p.record.oversize_events += 1;
                 } else if !buf.is_empty() {
-                    self.record.events += 1;
+                    p.record.events += 1;
                     let body = std::mem::take(buf);
-                    self.extractor.on_json(&body, &mut self.record);
+                    self.extractor.on_json(&body, p);
                 }
             }
         }
-        self.extractor.finish(clean, &mut self.record);
-        self.record
+        self.progress.finish(self.extractor.as_mut(), clean)
     }
 }
 

@@ -3,12 +3,12 @@
 use serde::Deserialize;
 
 use super::{
-    EventKind, Extractor, ResponseRecord, Usage,
+    EventKind, Extractor, Progress, Usage,
     json::{
         Count, ErrorField, Filled, FinishReasons, Flag, Needle, Obj, Objs, Text, set_error,
         set_first,
     },
-    output::{JsonArg, OutputBuilder},
+    output::{OutputBuilder, ToolCall},
 };
 
 #[derive(Debug, Default, Deserialize)]
@@ -17,9 +17,11 @@ struct Line<'a> {
     #[serde(borrow)]
     model: Text<'a>,
     /// `/api/chat`.
-    message: Obj<Message>,
+    #[serde(borrow)]
+    message: Obj<Message<'a>>,
     /// `/api/generate`.
-    response: Filled,
+    #[serde(borrow)]
+    response: Text<'a>,
     thinking: Filled,
     done: Flag,
     #[serde(borrow)]
@@ -32,55 +34,16 @@ struct Line<'a> {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
-struct Message {
-    content: Filled,
-    thinking: Filled,
-    tool_calls: Filled,
-}
-
-/// What capture reads of a line or a whole body.
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct OutLine<'a> {
-    /// `/api/chat`.
-    #[serde(borrow)]
-    message: Obj<OutMessage<'a>>,
-    /// `/api/generate`.
-    #[serde(borrow)]
-    response: Text<'a>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct OutMessage<'a> {
+struct Message<'a> {
     #[serde(borrow)]
     content: Text<'a>,
+    thinking: Filled,
     #[serde(borrow)]
-    tool_calls: Objs<OutToolCall<'a>>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct OutToolCall<'a> {
-    #[serde(borrow)]
-    function: Obj<OutFunction<'a>>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct OutFunction<'a> {
-    #[serde(borrow)]
-    name: Text<'a>,
-    /// An object; written back as JSON text.
-    #[serde(borrow)]
-    arguments: JsonArg<'a>,
+    tool_calls: Objs<ToolCall<'a>>,
 }
 
 /// Feeds one line (or a whole body) to the output builder; Ollama sends each tool call whole.
-fn capture(out: &mut OutputBuilder, data: &[u8]) {
-    let Ok(line) = serde_json::from_slice::<OutLine<'_>>(data) else {
-        return;
-    };
+fn capture(out: &mut OutputBuilder, line: &Line<'_>) {
     if let Some(m) = &line.message.0 {
         out.text(m.content.as_str().unwrap_or(""));
         for call in &m.tool_calls.0 {
@@ -104,25 +67,21 @@ fn may_matter(data: &[u8]) -> bool {
 #[derive(Default)]
 pub struct OllamaNative {
     finish: FinishReasons,
-    started: bool,
-    done: bool,
-    json_body: Option<bool>,
-    output: OutputBuilder,
 }
 
 impl OllamaNative {
-    fn apply(&mut self, line: Line<'_>, record: &mut ResponseRecord) {
-        set_first(&mut record.model, &line.model);
-        if !self.started {
-            let message = line
-                .message
-                .0
-                .as_ref()
-                .is_some_and(|m| m.content.0 || m.thinking.0 || m.tool_calls.0);
-            self.started = message || line.response.0 || line.thinking.0;
+    fn apply(&mut self, line: &Line<'_>, p: &mut Progress) {
+        if p.capturing() {
+            capture(&mut p.output, line);
         }
+        let record = &mut p.record;
+        set_first(&mut record.model, &line.model);
+        let message = line.message.0.as_ref().is_some_and(|m| {
+            m.content.non_empty().is_some() || m.thinking.0 || !m.tool_calls.0.is_empty()
+        });
+        p.started = p.started || message || line.response.non_empty().is_some() || line.thinking.0;
         if line.done.0 {
-            self.done = true;
+            p.ended = true;
             if let Some(reason) = line.done_reason.as_str() {
                 self.finish.set(0, reason, record);
             }
@@ -141,69 +100,46 @@ impl OllamaNative {
 }
 
 impl Extractor for OllamaNative {
-    fn on_event(&mut self, _name: &str, data: &str, record: &mut ResponseRecord) -> EventKind {
-        if self.output.active() {
-            capture(&mut self.output, data.as_bytes());
-        }
-        let settled = self.started && record.model.is_some();
-        if settled && !may_matter(data.as_bytes()) {
+    fn on_event(&mut self, _name: &str, data: &str, p: &mut Progress) -> EventKind {
+        // Lines carry no id: once output started and the model is known, only the final line
+        // or an error matters, unless capture wants the content.
+        let settled = p.started && p.record.model.is_some();
+        if settled && !p.capturing() && !may_matter(data.as_bytes()) {
             return EventKind::Other;
         }
         match serde_json::from_str::<Line<'_>>(data) {
-            Ok(line) => self.apply(line, record),
-            Err(_) => record.malformed_events += 1,
+            Ok(line) => self.apply(&line, p),
+            Err(_) => p.malformed(),
         }
         EventKind::Other
     }
 
-    fn on_json(&mut self, body: &[u8], record: &mut ResponseRecord) {
-        if self.output.active() {
-            capture(&mut self.output, body);
-        }
+    fn on_json(&mut self, body: &[u8], p: &mut Progress) {
         match serde_json::from_slice::<Line<'_>>(body) {
             Ok(line) => {
-                let done = line.done.0;
-                self.apply(line, record);
-                self.json_body = Some(done && record.error.is_none());
+                self.apply(&line, p);
+                p.json_body = Some(line.done.0 && p.record.error.is_none());
             }
             Err(_) => {
-                record.malformed_events += 1;
-                self.json_body = Some(false);
+                p.malformed();
+                p.json_body = Some(false);
             }
         }
-    }
-
-    fn output_started(&self) -> bool {
-        self.started
-    }
-
-    fn set_capture(&mut self, max_bytes: usize) {
-        self.output = OutputBuilder::new(max_bytes);
-    }
-
-    fn end_seen(&self, _record: &ResponseRecord) -> bool {
-        self.done
-    }
-
-    fn finish(&mut self, _clean: bool, record: &mut ResponseRecord) {
-        record.output = self.output.finish();
-        let ended = self.json_body.unwrap_or(self.done);
-        record.stream_completed = ended && record.error.is_none();
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::format::ResponseRecord;
 
     fn run(lines: &[&str]) -> ResponseRecord {
         let mut x = OllamaNative::default();
-        let mut r = ResponseRecord::default();
+        let mut p = Progress::default();
         for l in lines {
-            x.on_event("", l, &mut r);
+            x.on_event("", l, &mut p);
         }
-        x.finish(true, &mut r);
-        r
+        p.finish(&mut x, true)
     }
 
     const TOKEN: &str =
@@ -235,13 +171,13 @@ mod tests {
     #[test]
     fn generate_lines_use_response_for_output() {
         let mut x = OllamaNative::default();
-        let mut r = ResponseRecord::default();
-        x.on_event("", r#"{"model":"m","response":"","done":false}"#, &mut r);
-        assert!(!x.output_started());
-        x.on_event("", r#"{"model":"m","response":"Hi","done":false}"#, &mut r);
-        assert!(x.output_started());
-        x.on_event("", r#"{"model":"m","response":"","done": true,"done_reason":"length","context":[1,2,3],"prompt_eval_count":3,"eval_count":2}"#, &mut r);
-        x.finish(true, &mut r);
+        let mut p = Progress::default();
+        x.on_event("", r#"{"model":"m","response":"","done":false}"#, &mut p);
+        assert!(!p.started);
+        x.on_event("", r#"{"model":"m","response":"Hi","done":false}"#, &mut p);
+        assert!(p.started);
+        x.on_event("", r#"{"model":"m","response":"","done": true,"done_reason":"length","context":[1,2,3],"prompt_eval_count":3,"eval_count":2}"#, &mut p);
+        let r = p.finish(&mut x, true);
         assert_eq!(r.finish_reasons, ["length"]);
         assert!(r.stream_completed);
     }

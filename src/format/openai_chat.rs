@@ -8,11 +8,11 @@ use serde::Deserialize;
 use crate::provider::Quirks;
 
 use super::{
-    EventKind, Extractor, ResponseRecord, Usage,
+    EventKind, Extractor, Progress, ResponseRecord, Usage,
     json::{
         Count, ErrorField, Filled, FinishReasons, Needle, Obj, Objs, Text, set_error, set_first,
     },
-    output::{JsonArg, OutputBuilder, TextParts},
+    output::{Function, OutputBuilder, TextParts, ToolCall},
 };
 
 /// One chunk, or a whole non-streamed body: the two share their shape.
@@ -50,34 +50,44 @@ struct Choice<'a> {
     index: Count,
     #[serde(borrow)]
     finish_reason: Text<'a>,
-    delta: Obj<Delta>,
+    /// Streamed chunks.
+    #[serde(borrow)]
+    delta: Obj<Message<'a>>,
+    /// Non-streamed bodies.
+    #[serde(borrow)]
+    message: Obj<Message<'a>>,
     /// Legacy completions (and Together, next to `delta`) stream the text here.
-    text: Filled,
+    #[serde(borrow)]
+    text: Text<'a>,
 }
 
-/// The parts of a delta that count as output, seen without being kept.
+/// A delta or a whole message: what counts as output, and what capture keeps of it.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
-struct Delta {
-    content: Filled,
+struct Message<'a> {
+    #[serde(borrow)]
+    content: TextParts<'a>,
     refusal: Filled,
     /// DeepSeek and vLLM.
     reasoning_content: Filled,
     /// Newer vLLM, Ollama `/v1`, OpenRouter.
     reasoning: Filled,
-    tool_calls: Filled,
-    function_call: Filled,
+    #[serde(borrow)]
+    tool_calls: Objs<ToolCall<'a>>,
+    /// The deprecated `functions` API: one call.
+    #[serde(borrow)]
+    function_call: Obj<Function<'a>>,
     audio: Filled,
 }
 
-impl Delta {
+impl Message<'_> {
     fn has_output(&self) -> bool {
-        self.content.0
+        self.content.0.iter().any(|piece| !piece.is_empty())
             || self.refusal.0
             || self.reasoning_content.0
             || self.reasoning.0
-            || self.tool_calls.0
-            || self.function_call.0
+            || !self.tool_calls.0.is_empty()
+            || self.function_call.0.is_some()
             || self.audio.0
     }
 }
@@ -124,69 +134,14 @@ struct UsageOnly {
     x_groq: Obj<XGroq>,
 }
 
-/// What capture reads of a chunk or a whole body. Only choice 0 is assembled: the captured
-/// output is one assistant message, and with `n > 1` the other choices are alternatives to it.
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct OutChunk<'a> {
-    #[serde(borrow)]
-    choices: Objs<OutChoice<'a>>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct OutChoice<'a> {
-    index: Count,
-    /// Streamed chunks.
-    #[serde(borrow)]
-    delta: Obj<OutMessage<'a>>,
-    /// Non-streamed bodies.
-    #[serde(borrow)]
-    message: Obj<OutMessage<'a>>,
-    /// Legacy completions, streamed or not.
-    #[serde(borrow)]
-    text: Text<'a>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct OutMessage<'a> {
-    #[serde(borrow)]
-    content: TextParts<'a>,
-    #[serde(borrow)]
-    tool_calls: Objs<OutToolCall<'a>>,
-    /// The deprecated `functions` API: one call.
-    #[serde(borrow)]
-    function_call: Obj<OutFunction<'a>>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct OutToolCall<'a> {
-    /// Which call a streamed fragment belongs to.
-    index: Count,
-    #[serde(borrow)]
-    function: Obj<OutFunction<'a>>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct OutFunction<'a> {
-    #[serde(borrow)]
-    name: Text<'a>,
-    #[serde(borrow)]
-    arguments: JsonArg<'a>,
-}
-
 /// The key of the deprecated `function_call`, apart from any `tool_calls` index.
 const FUNCTION_CALL_KEY: u64 = u64::MAX;
 
-/// Feeds choice 0 of a chunk (or whole body) to the output builder.
-fn capture(out: &mut OutputBuilder, data: &[u8]) {
-    let Ok(chunk) = serde_json::from_slice::<OutChunk<'_>>(data) else {
-        return;
-    };
-    for choice in chunk.choices.0 {
+/// Feeds choice 0 of a chunk (or whole body) to the output builder. Only choice 0 is
+/// assembled: the captured output is one assistant message, and with `n > 1` the other choices
+/// are alternatives to it.
+fn capture(out: &mut OutputBuilder, chunk: &Chunk<'_>) {
+    for choice in &chunk.choices.0 {
         if choice.index.0.unwrap_or(0) != 0 {
             continue;
         }
@@ -199,21 +154,11 @@ fn capture(out: &mut OutputBuilder, data: &[u8]) {
             }
             for call in &m.tool_calls.0 {
                 let Some(f) = &call.function.0 else { continue };
-                match call.index.0 {
-                    Some(i) => {
-                        if let Some(name) = f.name.non_empty() {
-                            out.tool_start(Some(i), name);
-                        }
-                        out.tool_args(Some(i), f.arguments.as_str());
-                    }
-                    // Servers that send each call whole, without an index.
-                    None => {
-                        if let Some(name) = f.name.non_empty() {
-                            out.tool_start(None, name);
-                        }
-                        out.tool_args(None, f.arguments.as_str());
-                    }
+                // Servers that send each call whole have no index.
+                if let Some(name) = f.name.non_empty() {
+                    out.tool_start(call.index.0, name);
                 }
+                out.tool_args(call.index.0, f.arguments.as_str());
             }
             if let Some(f) = &m.function_call.0 {
                 if let Some(name) = f.name.non_empty() {
@@ -250,12 +195,7 @@ pub struct OpenAiChat {
     /// xAI leaves reasoning out of `completion_tokens`; everyone else includes it.
     reasoning_outside_completion: bool,
     finish: FinishReasons,
-    started: bool,
-    done: bool,
     top_level_usage_seen: bool,
-    /// `Some(success)` once a whole JSON body was read.
-    json_body: Option<bool>,
-    output: OutputBuilder,
 }
 
 impl OpenAiChat {
@@ -263,11 +203,7 @@ impl OpenAiChat {
         OpenAiChat {
             reasoning_outside_completion: quirks.reasoning_tokens_outside_completion,
             finish: FinishReasons::default(),
-            started: false,
-            done: false,
             top_level_usage_seen: false,
-            json_body: None,
-            output: OutputBuilder::default(),
         }
     }
 
@@ -318,7 +254,11 @@ impl OpenAiChat {
         EventKind::Other
     }
 
-    fn apply(&mut self, c: Chunk<'_>, record: &mut ResponseRecord) -> EventKind {
+    fn apply(&mut self, c: &Chunk<'_>, p: &mut Progress) -> EventKind {
+        if p.capturing() {
+            capture(&mut p.output, c);
+        }
+        let record = &mut p.record;
         set_first(&mut record.model, &c.model);
         set_first(&mut record.response_id, &c.id);
         let no_choices = c.choices.0.is_empty();
@@ -326,10 +266,9 @@ impl OpenAiChat {
             if let Some(reason) = choice.finish_reason.as_str() {
                 self.finish.set(choice.index.0.unwrap_or(0), reason, record);
             }
-            if !self.started {
-                self.started =
-                    choice.text.0 || choice.delta.0.as_ref().is_some_and(Delta::has_output);
-            }
+            p.started = p.started
+                || choice.text.non_empty().is_some()
+                || choice.delta.0.as_ref().is_some_and(Message::has_output);
         }
         let kind = self.apply_usage(&c.usage, &c.x_groq, no_choices, record);
         if let Some(e) = &c.error.0 {
@@ -344,44 +283,40 @@ impl OpenAiChat {
 }
 
 impl Extractor for OpenAiChat {
-    fn on_event(&mut self, _name: &str, data: &str, record: &mut ResponseRecord) -> EventKind {
-        if data.trim_start().starts_with("[DONE]") {
-            self.done = true;
-            return EventKind::Other;
-        }
-        if self.output.active() {
-            capture(&mut self.output, data.as_bytes());
-        }
-        // Most chunks of a long stream carry only content: once output has started and the id
-        // and model are known, a byte scan tells which chunks can matter at all.
-        let settled = self.started && record.model.is_some() && record.response_id.is_some();
+    fn on_event(&mut self, _name: &str, data: &str, p: &mut Progress) -> EventKind {
+        // Most chunks of a long stream carry only content: unless capture wants it, once
+        // output has started and the id and model are known, a byte scan tells which chunks
+        // can matter at all.
         let bytes = data.as_bytes();
-        if settled && !FINISH_REASON.non_null(bytes) && !ERROR.present(bytes) {
+        if p.settled() && !p.capturing() && !FINISH_REASON.non_null(bytes) && !ERROR.present(bytes)
+        {
             // `"usage"` with an object value, top level or Groq's.
             if !USAGE.object(bytes) {
                 return EventKind::Other;
             }
             return match serde_json::from_str::<UsageOnly>(data) {
-                Ok(u) => self.apply_usage(&u.usage, &u.x_groq, !u.choices.0, record),
+                Ok(u) => self.apply_usage(&u.usage, &u.x_groq, !u.choices.0, &mut p.record),
                 Err(_) => {
-                    record.malformed_events += 1;
+                    p.malformed();
                     EventKind::Other
                 }
             };
         }
         match serde_json::from_str::<Chunk<'_>>(data) {
-            Ok(chunk) => self.apply(chunk, record),
+            Ok(chunk) => self.apply(&chunk, p),
             Err(_) => {
-                record.malformed_events += 1;
+                p.malformed();
                 EventKind::Other
             }
         }
     }
 
-    fn on_json(&mut self, body: &[u8], record: &mut ResponseRecord) {
-        if self.output.active() {
-            capture(&mut self.output, body);
-        }
+    /// The provider's own end marker: once it arrived, a cut afterwards loses nothing.
+    fn on_done(&mut self, p: &mut Progress) {
+        p.ended = true;
+    }
+
+    fn on_json(&mut self, body: &[u8], p: &mut Progress) {
         match serde_json::from_slice::<Chunk<'_>>(body) {
             Ok(chunk) => {
                 let recognised = chunk.id.as_str().is_some()
@@ -390,36 +325,16 @@ impl Extractor for OpenAiChat {
                     || chunk.usage.0.is_some()
                     || chunk.data.0;
                 if !recognised && chunk.detail.0 {
-                    set_error(record, None, None);
+                    set_error(&mut p.record, None, None);
                 }
-                self.apply(chunk, record);
-                self.json_body = Some(recognised && record.error.is_none());
+                self.apply(&chunk, p);
+                p.json_body = Some(recognised && p.record.error.is_none());
             }
             Err(_) => {
-                record.malformed_events += 1;
-                self.json_body = Some(false);
+                p.malformed();
+                p.json_body = Some(false);
             }
         }
-    }
-
-    fn output_started(&self) -> bool {
-        self.started
-    }
-
-    fn set_capture(&mut self, max_bytes: usize) {
-        self.output = OutputBuilder::new(max_bytes);
-    }
-
-    fn end_seen(&self, _record: &ResponseRecord) -> bool {
-        self.done
-    }
-
-    fn finish(&mut self, _clean: bool, record: &mut ResponseRecord) {
-        record.output = self.output.finish();
-        // `[DONE]` is the provider's own end marker: once it arrived, a cut afterwards loses
-        // nothing.
-        let ended = self.json_body.unwrap_or(self.done);
-        record.stream_completed = ended && record.error.is_none();
     }
 }
 
@@ -429,9 +344,12 @@ mod tests {
 
     fn run(provider: &str, events: &[&str]) -> (ResponseRecord, Vec<EventKind>) {
         let mut x = OpenAiChat::new(crate::provider::builtin_quirks(provider));
-        let mut r = ResponseRecord::default();
-        let kinds = events.iter().map(|e| x.on_event("", e, &mut r)).collect();
-        x.finish(true, &mut r);
+        let mut p = Progress::default();
+        let kinds = events
+            .iter()
+            .map(|e| crate::format::sse_event(&mut x, "", e, &mut p))
+            .collect();
+        let r = p.finish(&mut x, true);
         (r, kinds)
     }
 
@@ -589,26 +507,32 @@ mod tests {
     #[test]
     fn output_starts_with_the_first_content_reasoning_or_tool_delta() {
         let mut x = OpenAiChat::new(Quirks::default());
-        let mut r = ResponseRecord::default();
-        x.on_event("", ROLE, &mut r);
-        assert!(!x.output_started(), "the role chunk carries no output");
-        x.on_event(
+        let mut p = Progress::default();
+        crate::format::sse_event(&mut x, "", ROLE, &mut p);
+        assert!(!p.started, "the role chunk carries no output");
+        crate::format::sse_event(
+            &mut x,
             "",
             r#"{"id":"c1","model":"m","choices":[{"index":0,"delta":{"reasoning_content":"hm"}}]}"#,
-            &mut r,
+            &mut p,
         );
-        assert!(x.output_started());
+        assert!(p.started);
         let mut x = OpenAiChat::new(Quirks::default());
-        x.on_event("", r#"{"id":"c1","model":"m","choices":[{"index":0,"delta":{"content":null,"tool_calls":[{"index":0,"id":"call_1","function":{"name":"f","arguments":""}}]}}]}"#, &mut r);
-        assert!(x.output_started());
+        crate::format::sse_event(
+            &mut x,
+            "",
+            r#"{"id":"c1","model":"m","choices":[{"index":0,"delta":{"content":null,"tool_calls":[{"index":0,"id":"call_1","function":{"name":"f","arguments":""}}]}}]}"#,
+            &mut p,
+        );
+        assert!(p.started);
     }
 
     #[test]
     fn json_error_bodies_are_not_completed_and_name_the_error() {
         let mut x = OpenAiChat::new(Quirks::default());
-        let mut r = ResponseRecord::default();
-        x.on_json(br#"{"object":"error","message":"too long","type":"BadRequestError","param":null,"code":400}"#, &mut r);
-        x.finish(true, &mut r);
+        let mut p = Progress::default();
+        x.on_json(br#"{"object":"error","message":"too long","type":"BadRequestError","param":null,"code":400}"#, &mut p);
+        let r = p.finish(&mut x, true);
         assert_eq!(
             r.error.as_ref().and_then(|e| e.kind.as_deref()),
             Some("BadRequestError")

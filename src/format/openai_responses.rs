@@ -3,10 +3,8 @@
 use serde::Deserialize;
 
 use super::{
-    EventKind, Extractor, ResponseRecord, Usage,
-    json::{
-        Count, ErrorField, Filled, FinishReasons, Needle, Obj, Objs, Text, set_error, set_first,
-    },
+    EventKind, Extractor, Progress, Usage,
+    json::{Count, ErrorField, FinishReasons, Needle, Obj, Objs, Text, set_error, set_first},
     output::{JsonArg, OutputBuilder},
 };
 
@@ -17,7 +15,19 @@ struct Event<'a> {
     kind: Text<'a>,
     #[serde(borrow)]
     response: Obj<Response<'a>>,
-    delta: Filled,
+    /// `response.output_text.delta`, `response.function_call_arguments.delta`, ...
+    #[serde(borrow)]
+    delta: Text<'a>,
+    /// Which output item an item or delta event is about.
+    output_index: Count,
+    /// `response.output_item.added` / `.done`.
+    #[serde(borrow)]
+    item: Obj<Item<'a>>,
+    /// `response.function_call_arguments.done`.
+    #[serde(borrow)]
+    name: Text<'a>,
+    #[serde(borrow)]
+    arguments: JsonArg<'a>,
     /// `error` events carry `code` and `message` at the top level.
     #[serde(borrow)]
     code: Text<'a>,
@@ -43,6 +53,8 @@ struct Response<'a> {
     incomplete_details: Obj<IncompleteDetails<'a>>,
     #[serde(borrow)]
     error: ErrorField<'a>,
+    #[serde(borrow)]
+    output: Objs<Item<'a>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -92,41 +104,9 @@ impl RawUsage {
     }
 }
 
-/// What capture reads of an event.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
-struct OutEvent<'a> {
-    #[serde(borrow, rename = "type")]
-    kind: Text<'a>,
-    /// `response.output_text.delta`, `response.function_call_arguments.delta`.
-    #[serde(borrow)]
-    delta: Text<'a>,
-    /// Which output item an item or delta event is about.
-    output_index: Count,
-    /// `response.output_item.added` / `.done`.
-    #[serde(borrow)]
-    item: Obj<OutItem<'a>>,
-    /// `response.function_call_arguments.done`.
-    #[serde(borrow)]
-    name: Text<'a>,
-    #[serde(borrow)]
-    arguments: JsonArg<'a>,
-    /// Terminal events.
-    #[serde(borrow)]
-    response: Obj<OutResponse<'a>>,
-}
-
-/// The response object, or a whole non-streamed body: only its output items.
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct OutResponse<'a> {
-    #[serde(borrow)]
-    output: Objs<OutItem<'a>>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct OutItem<'a> {
+struct Item<'a> {
     #[serde(borrow, rename = "type")]
     kind: Text<'a>,
     /// `function_call` items.
@@ -136,12 +116,12 @@ struct OutItem<'a> {
     arguments: JsonArg<'a>,
     /// `message` items.
     #[serde(borrow)]
-    content: Objs<OutPart<'a>>,
+    content: Objs<Part<'a>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
-struct OutPart<'a> {
+struct Part<'a> {
     #[serde(borrow, rename = "type")]
     kind: Text<'a>,
     #[serde(borrow)]
@@ -150,7 +130,7 @@ struct OutPart<'a> {
 
 /// Feeds the output items of a whole response: `output_text` parts of messages, and function
 /// calls. Reasoning, refusals and other item types are not output text.
-fn capture_items(out: &mut OutputBuilder, items: &[OutItem<'_>]) {
+fn capture_items(out: &mut OutputBuilder, items: &[Item<'_>]) {
     for item in items {
         match item.kind.as_str() {
             Some("message") => {
@@ -168,18 +148,15 @@ fn capture_items(out: &mut OutputBuilder, items: &[OutItem<'_>]) {
     }
 }
 
-/// Feeds one stream event to the output builder.
-fn capture_event(out: &mut OutputBuilder, name: &str, data: &str) {
-    let Ok(e) = serde_json::from_str::<OutEvent<'_>>(data) else {
-        return;
-    };
+/// Feeds one stream event (its type already resolved) to the output builder.
+fn capture_event(out: &mut OutputBuilder, kind: &str, e: &Event<'_>) {
     let key = e.output_index.0;
     let function_item = e
         .item
         .0
         .as_ref()
         .filter(|i| i.kind.as_str() == Some("function_call"));
-    match e.kind.non_empty().unwrap_or(name) {
+    match kind {
         "response.output_text.delta" => out.text(e.delta.as_str().unwrap_or("")),
         "response.output_item.added" => {
             if let Some(item) = function_item {
@@ -222,21 +199,12 @@ fn may_matter(data: &[u8]) -> bool {
 #[derive(Default)]
 pub struct OpenAiResponses {
     finish: FinishReasons,
-    started: bool,
-    /// The terminal event (or body) arrived with status `completed` or `incomplete`.
-    ended_normally: bool,
-    json_body: Option<bool>,
-    output: OutputBuilder,
 }
 
 impl OpenAiResponses {
     /// Takes what a response object says; `terminal` for the final one (or a whole body).
-    fn apply_response(
-        &mut self,
-        r: &Response<'_>,
-        terminal: Option<&str>,
-        record: &mut ResponseRecord,
-    ) {
+    fn apply_response(&mut self, r: &Response<'_>, terminal: Option<&str>, p: &mut Progress) {
+        let record = &mut p.record;
         set_first(&mut record.model, &r.model);
         set_first(&mut record.response_id, &r.id);
         let Some(event_status) = terminal else {
@@ -260,11 +228,15 @@ impl OpenAiResponses {
             let kind = e.and_then(|e| e.code.non_empty().or(e.kind.non_empty()));
             set_error(record, kind, e.and_then(|e| e.message.as_str()));
         }
-        self.ended_normally = matches!(status, "completed" | "incomplete");
+        // The terminal event (or body) with status `completed` or `incomplete` is the end.
+        p.ended = matches!(status, "completed" | "incomplete");
     }
 
-    fn apply(&mut self, event: Event<'_>, name: &str, record: &mut ResponseRecord) {
+    fn apply(&mut self, event: &Event<'_>, name: &str, p: &mut Progress) {
         let kind = event.kind.non_empty().unwrap_or(name);
+        if p.capturing() {
+            capture_event(&mut p.output, kind, event);
+        }
         match kind {
             "error" => {
                 let nested = event.error.0.as_ref();
@@ -276,19 +248,21 @@ impl OpenAiResponses {
                     .message
                     .as_str()
                     .or_else(|| nested.and_then(|e| e.message.as_str()));
-                set_error(record, code, message);
+                set_error(&mut p.record, code, message);
             }
             "response.completed" | "response.incomplete" | "response.failed" => {
                 let status = &kind["response.".len()..];
-                let response = event.response.0.unwrap_or_default();
-                self.apply_response(&response, Some(status), record);
+                match &event.response.0 {
+                    Some(response) => self.apply_response(response, Some(status), p),
+                    None => self.apply_response(&Response::default(), Some(status), p),
+                }
             }
             _ => {
                 if let Some(r) = &event.response.0 {
-                    self.apply_response(r, None, record);
+                    self.apply_response(r, None, p);
                 }
-                if kind.ends_with(".delta") && event.delta.0 {
-                    self.started = true;
+                if kind.ends_with(".delta") && event.delta.non_empty().is_some() {
+                    p.started = true;
                 }
             }
         }
@@ -296,86 +270,58 @@ impl OpenAiResponses {
 }
 
 impl Extractor for OpenAiResponses {
-    fn on_event(&mut self, name: &str, data: &str, record: &mut ResponseRecord) -> EventKind {
-        // Some compatible servers end with an OpenAI-style `[DONE]`; it carries nothing.
-        if data.trim_start().starts_with("[DONE]") {
-            return EventKind::Other;
-        }
-        if self.output.active() {
-            capture_event(&mut self.output, name, data);
-        }
-        let settled = self.started && record.model.is_some() && record.response_id.is_some();
+    fn on_event(&mut self, name: &str, data: &str, p: &mut Progress) -> EventKind {
         // The `event:` name is only a fallback for the type, but an event named like a
         // lifecycle or error event is always decoded.
         let named = name == "error" || (name.starts_with("response.") && !name.ends_with(".delta"));
-        if settled && !named && !may_matter(data.as_bytes()) {
+        if p.settled() && !p.capturing() && !named && !may_matter(data.as_bytes()) {
             return EventKind::Other;
         }
         match serde_json::from_str::<Event<'_>>(data) {
-            Ok(event) => self.apply(event, name, record),
-            Err(_) => record.malformed_events += 1,
+            Ok(event) => self.apply(&event, name, p),
+            Err(_) => p.malformed(),
         }
         EventKind::Other
     }
 
-    fn on_json(&mut self, body: &[u8], record: &mut ResponseRecord) {
-        if self.output.active()
-            && let Ok(r) = serde_json::from_slice::<OutResponse<'_>>(body)
-        {
-            capture_items(&mut self.output, &r.output.0);
-        }
+    fn on_json(&mut self, body: &[u8], p: &mut Progress) {
         let Ok(r) = serde_json::from_slice::<Response<'_>>(body) else {
-            record.malformed_events += 1;
-            self.json_body = Some(false);
+            p.malformed();
+            p.json_body = Some(false);
             return;
         };
+        if p.capturing() {
+            capture_items(&mut p.output, &r.output.0);
+        }
         if let Some(status) = r.status.non_empty() {
-            self.apply_response(&r, Some(status), record);
+            self.apply_response(&r, Some(status), p);
             // A background request answers `queued`/`in_progress`: a success body too.
-            self.json_body = Some(status != "failed" && record.error.is_none());
+            p.json_body = Some(status != "failed" && p.record.error.is_none());
         } else {
             // `{"error":{…}}`: the request failed before a response existed.
             let e = r.error.0.as_ref();
             set_error(
-                record,
+                &mut p.record,
                 e.and_then(|e| e.kind.non_empty().or(e.code.non_empty())),
                 e.and_then(|e| e.message.as_str()),
             );
-            self.json_body = Some(false);
+            p.json_body = Some(false);
         }
-    }
-
-    fn output_started(&self) -> bool {
-        self.started
-    }
-
-    fn set_capture(&mut self, max_bytes: usize) {
-        self.output = OutputBuilder::new(max_bytes);
-    }
-
-    fn end_seen(&self, _record: &ResponseRecord) -> bool {
-        self.ended_normally
-    }
-
-    fn finish(&mut self, _clean: bool, record: &mut ResponseRecord) {
-        record.output = self.output.finish();
-        let ended = self.json_body.unwrap_or(self.ended_normally);
-        record.stream_completed = ended && record.error.is_none();
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::format::ResponseRecord;
 
     fn run(events: &[(&str, &str)]) -> ResponseRecord {
         let mut x = OpenAiResponses::default();
-        let mut r = ResponseRecord::default();
+        let mut p = Progress::default();
         for (name, data) in events {
-            x.on_event(name, data, &mut r);
+            crate::format::sse_event(&mut x, name, data, &mut p);
         }
-        x.finish(true, &mut r);
-        r
+        p.finish(&mut x, true)
     }
 
     const CREATED: &str = r#"{"type":"response.created","response":{"id":"resp_1","model":"gpt-5","status":"in_progress","usage":null,"error":null},"sequence_number":0}"#;
@@ -430,19 +376,19 @@ mod tests {
     #[test]
     fn non_streamed_bodies_and_error_bodies() {
         let mut x = OpenAiResponses::default();
-        let mut r = ResponseRecord::default();
-        x.on_json(br#"{"id":"resp_2","object":"response","model":"gpt-4.1","status":"incomplete","incomplete_details":{"reason":"max_output_tokens"},"usage":{"input_tokens":3,"output_tokens":2},"error":null}"#, &mut r);
-        x.finish(true, &mut r);
+        let mut p = Progress::default();
+        x.on_json(br#"{"id":"resp_2","object":"response","model":"gpt-4.1","status":"incomplete","incomplete_details":{"reason":"max_output_tokens"},"usage":{"input_tokens":3,"output_tokens":2},"error":null}"#, &mut p);
+        let r = p.finish(&mut x, true);
         assert_eq!(r.incomplete_reason.as_deref(), Some("max_output_tokens"));
         assert!(r.stream_completed);
 
         let mut x = OpenAiResponses::default();
-        let mut r = ResponseRecord::default();
+        let mut p = Progress::default();
         x.on_json(
             br#"{"error":{"message":"no","type":"invalid_request_error","code":null}}"#,
-            &mut r,
+            &mut p,
         );
-        x.finish(true, &mut r);
+        let r = p.finish(&mut x, true);
         assert_eq!(
             r.error.as_ref().and_then(|e| e.kind.as_deref()),
             Some("invalid_request_error")
@@ -453,14 +399,15 @@ mod tests {
     #[test]
     fn output_starts_with_any_non_empty_delta() {
         let mut x = OpenAiResponses::default();
-        let mut r = ResponseRecord::default();
-        x.on_event("", CREATED, &mut r);
-        assert!(!x.output_started());
-        x.on_event(
+        let mut p = Progress::default();
+        crate::format::sse_event(&mut x, "", CREATED, &mut p);
+        assert!(!p.started);
+        crate::format::sse_event(
+            &mut x,
             "",
             r#"{"type":"response.reasoning_summary_text.delta","delta":"Thinking"}"#,
-            &mut r,
+            &mut p,
         );
-        assert!(x.output_started());
+        assert!(p.started);
     }
 }

@@ -6,7 +6,7 @@ use std::{borrow::Cow, fmt, marker::PhantomData};
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
-use super::json::{Obj, Text};
+use super::json::{Count, Obj, Text};
 
 /// One tool call the model asked for: its name and its arguments as JSON text (as the provider
 /// sent them, fragments joined).
@@ -386,6 +386,27 @@ impl<'de> Visitor<'de> for JsonWriter<'_> {
         self.0.push('}');
         Ok(())
     }
+}
+
+/// An OpenAI-style tool call, `{"index": …, "function": {"name": …, "arguments": …}}`: in a
+/// streamed delta (fragments by `index`) or whole in a message (OpenAI, and Ollama's
+/// `/api/chat`, whose arguments are an object).
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub(crate) struct ToolCall<'a> {
+    /// Which call a streamed fragment belongs to; absent when each call comes whole.
+    pub index: Count,
+    #[serde(borrow)]
+    pub function: Obj<Function<'a>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub(crate) struct Function<'a> {
+    #[serde(borrow)]
+    pub name: Text<'a>,
+    #[serde(borrow)]
+    pub arguments: JsonArg<'a>,
 }
 
 /// Message content that is either a string or a list of parts, of which those of type `text`
