@@ -251,12 +251,18 @@ fn bedrock_converse() -> Stream {
     }
 }
 
-fn run(s: &Stream) -> u64 {
+/// Parses a whole stream; `capture_output_bytes` > 0 also assembles the output, as with
+/// `[capture] level = "redacted"` or `"full"`.
+fn run(s: &Stream, capture_output_bytes: usize) -> u64 {
+    let limits = ParserLimits {
+        capture_output_bytes,
+        ..ParserLimits::default()
+    };
     let mut p = BodyParser::for_response(
         s.format,
         sidetrace::provider::builtin_quirks(s.provider),
         Some(s.content_type),
-        ParserLimits::default(),
+        limits,
     )
     .expect("inspected format");
     for read in s.body.chunks(READ) {
@@ -280,21 +286,26 @@ fn streams() -> Vec<Stream> {
     ]
 }
 
-fn bench_group(g: &mut BenchmarkGroup<'_, WallTime>, streams: &[Stream], per_event: bool) {
+fn bench_group(
+    g: &mut BenchmarkGroup<'_, WallTime>,
+    streams: &[Stream],
+    per_event: bool,
+    capture: usize,
+) {
     for s in streams {
         g.throughput(if per_event {
             Throughput::Elements(s.events)
         } else {
             Throughput::Bytes(s.body.len() as u64)
         });
-        g.bench_function(s.name, |b| b.iter(|| run(s)));
+        g.bench_function(s.name, |b| b.iter(|| run(s, capture)));
     }
 }
 
 fn parse(c: &mut Criterion) {
     let streams = streams();
     for s in &streams {
-        run(s);
+        run(s, 0);
         println!(
             "{}: {} bytes, {} events, {:.0} bytes/event",
             s.name,
@@ -303,8 +314,10 @@ fn parse(c: &mut Criterion) {
             s.body.len() as f64 / s.events as f64
         );
     }
-    bench_group(&mut c.benchmark_group("bytes"), &streams, false);
-    bench_group(&mut c.benchmark_group("events"), &streams, true);
+    bench_group(&mut c.benchmark_group("bytes"), &streams, false, 0);
+    bench_group(&mut c.benchmark_group("events"), &streams, true, 0);
+    // Output capture on: every content event is decoded for its text.
+    bench_group(&mut c.benchmark_group("captured"), &streams, false, 1 << 20);
 }
 
 criterion_group!(benches, parse);
