@@ -87,3 +87,103 @@ where
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use tower::{ServiceExt, service_fn};
+
+    use super::*;
+    use crate::{
+        config::{BudgetConfig, Window},
+        proxy::body::full,
+        store::costs::CostStore,
+    };
+
+    /// A budget of $1 a day for feature `search`, where a call not yet priced reserves $1:
+    /// one call under way spends it.
+    fn budgets() -> Arc<Budgets> {
+        let config = BudgetConfig {
+            name: "search-daily".into(),
+            feature: Some("search".into()),
+            user: None,
+            limit_usd: "1.00".into(),
+            window: Window::Day,
+            unpriced_call_usd: Some("1.00".into()),
+        };
+        Arc::new(Budgets::new(&[config], &CostStore::in_memory()).unwrap())
+    }
+
+    fn request(feature: &str, slot: &CallSlot) -> Request<()> {
+        let mut req = Request::new(());
+        req.extensions_mut().insert(CallMetadata {
+            feature: Some(feature.into()),
+            ..CallMetadata::default()
+        });
+        req.extensions_mut().insert(slot.clone());
+        req
+    }
+
+    #[tokio::test]
+    async fn a_spent_budget_refuses_before_the_inner_service_and_a_released_reservation_admits_again()
+     {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counted = calls.clone();
+        let inner = service_fn(move |_req: Request<()>| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            std::future::ready(Ok::<_, ProxyError>(Response::new(full("ok"))))
+        });
+        let metrics = Arc::new(Metrics::new());
+        let svc = BudgetLayer::new(budgets(), metrics.clone()).layer(inner);
+
+        // The first call is admitted and its slot holds the reservation.
+        let first = CallSlot::default();
+        svc.clone()
+            .oneshot(request("search", &first))
+            .await
+            .unwrap();
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+
+        // While it is under way, the next one is refused without reaching the inner service.
+        let refused = svc
+            .clone()
+            .oneshot(request("search", &CallSlot::default()))
+            .await;
+        match refused {
+            Err(ProxyError::BudgetExceeded {
+                name,
+                limit_usd,
+                window,
+                retry_after_secs,
+            }) => {
+                assert_eq!(
+                    (name.as_str(), limit_usd.as_str(), window),
+                    ("search-daily", "1.00", "day")
+                );
+                assert!(
+                    (1..=86_400).contains(&retry_after_secs),
+                    "{retry_after_secs}"
+                );
+            }
+            other => panic!("expected a budget refusal, got {other:?}"),
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        assert!(metrics.encode().contains("search-daily"));
+
+        // Another feature is not under this budget.
+        svc.clone()
+            .oneshot(request("chat", &CallSlot::default()))
+            .await
+            .unwrap();
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+
+        // The first call ends unpriced (it is never recorded here): dropping its slot releases
+        // the reservation, and the budget admits again.
+        drop(first);
+        svc.oneshot(request("search", &CallSlot::default()))
+            .await
+            .unwrap();
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+    }
+}

@@ -206,3 +206,107 @@ impl<B> LimitedBody<B> {
         Poll::Ready(Some(Err(Box::new(error))))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        convert::Infallible,
+        sync::{
+            Arc,
+            atomic::{AtomicUsize, Ordering},
+        },
+    };
+
+    use http_body_util::Full;
+    use tower::{ServiceExt, service_fn};
+
+    use super::*;
+
+    /// A body that never sends a frame and never ends.
+    struct Silent;
+
+    impl Body for Silent {
+        type Data = Bytes;
+        type Error = Infallible;
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+            Poll::Pending
+        }
+    }
+
+    const TIMEOUTS: BodyTimeouts = BodyTimeouts {
+        idle: Duration::from_secs(5),
+        total: Duration::from_secs(60),
+    };
+
+    /// The limit over an inner service that reads the whole body and answers with what it got
+    /// (the bytes, or the error that cut them), counting its calls.
+    fn limited<B>(
+        limit: u64,
+    ) -> (
+        impl Service<Request<B>, Response = Result<Bytes, BoxError>, Error = ProxyError> + Clone,
+        Arc<AtomicUsize>,
+    )
+    where
+        B: Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: std::fmt::Display,
+    {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counted = calls.clone();
+        let inner = service_fn(move |req: Request<RequestBody>| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            async move {
+                let read = req.into_body().collect().await;
+                Ok::<_, ProxyError>(read.map(|c| c.to_bytes()))
+            }
+        });
+        (BodyLimitLayer::new(limit, TIMEOUTS).layer(inner), calls)
+    }
+
+    #[tokio::test]
+    async fn a_declared_length_over_the_limit_is_refused_before_the_inner_service() {
+        let (svc, calls) = limited::<Full<Bytes>>(10);
+        let req = Request::builder()
+            .header(header::CONTENT_LENGTH, "11")
+            .body(Full::new(Bytes::from_static(b"01234567890")))
+            .unwrap();
+        let e = svc.oneshot(req).await;
+        assert!(matches!(e, Err(ProxyError::BodyTooLarge { limit: 10 })));
+        assert_eq!(calls.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn a_body_without_a_length_is_cut_when_it_grows_past_the_limit() {
+        let (svc, _) = limited::<Full<Bytes>>(10);
+        let within = svc
+            .clone()
+            .oneshot(Request::new(Full::new(Bytes::from_static(b"0123456789"))));
+        assert_eq!(within.await.unwrap().unwrap(), "0123456789");
+        let over = svc.oneshot(Request::new(Full::new(Bytes::from(vec![b'x'; 100]))));
+        let cut = over.await.unwrap().unwrap_err();
+        assert!(cut.downcast_ref::<LengthLimitError>().is_some(), "{cut}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_body_is_cut_after_the_idle_timeout() {
+        let (svc, calls) = limited::<Silent>(10);
+        let started = Instant::now();
+        let cut = svc
+            .oneshot(Request::new(Silent))
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert!(
+            matches!(
+                cut.downcast_ref::<RequestBodyTimeout>(),
+                Some(RequestBodyTimeout::Idle(d)) if *d == TIMEOUTS.idle
+            ),
+            "{cut}"
+        );
+        // Paused time: exactly the idle timeout passed, neither less nor the total deadline.
+        assert_eq!(started.elapsed(), TIMEOUTS.idle);
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+}

@@ -90,3 +90,73 @@ where
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use http_body_util::BodyExt;
+    use tower::{ServiceExt, service_fn};
+
+    use super::*;
+    use crate::proxy::body::full;
+
+    /// A load shed of `limit` over an inner service that answers at once and counts its calls.
+    fn shed(
+        limit: usize,
+    ) -> (
+        impl Service<Request<()>, Response = Response<ProxyBody>, Error = ProxyError, Future: Send>
+        + Clone,
+        Arc<AtomicUsize>,
+        Arc<Metrics>,
+    ) {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counted = calls.clone();
+        let inner = service_fn(move |_req: Request<()>| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            std::future::ready(Ok::<_, ProxyError>(Response::new(full("streamed"))))
+        });
+        let metrics = Arc::new(Metrics::new());
+        let layer = LoadShedLayer::new(limit, metrics.clone());
+        (layer.layer(inner), calls, metrics)
+    }
+
+    #[tokio::test]
+    async fn an_open_response_body_holds_its_permit_and_the_next_call_is_refused_at_once() {
+        let (svc, calls, metrics) = shed(1);
+        let open = svc.clone().oneshot(Request::new(())).await.unwrap();
+        assert_eq!(metrics.active_calls.get(), 1);
+        let refused = svc.clone().oneshot(Request::new(())).await;
+        assert!(
+            matches!(refused, Err(ProxyError::Overloaded { limit: 1 })),
+            "{refused:?}"
+        );
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            1,
+            "a refused call never reaches inner"
+        );
+        // Reading the body to its end and dropping it frees the permit.
+        let body = open.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, "streamed");
+        assert_eq!(metrics.active_calls.get(), 0);
+        svc.oneshot(Request::new(())).await.unwrap();
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn an_inner_error_frees_the_permit() {
+        let metrics = Arc::new(Metrics::new());
+        let inner = service_fn(|_req: Request<()>| {
+            std::future::ready(Err::<Response<ProxyBody>, _>(ProxyError::Internal(
+                "boom".into(),
+            )))
+        });
+        let svc = LoadShedLayer::new(1, metrics.clone()).layer(inner);
+        for _ in 0..3 {
+            let e = svc.clone().oneshot(Request::new(())).await;
+            assert!(matches!(e, Err(ProxyError::Internal(_))), "{e:?}");
+        }
+        assert_eq!(metrics.active_calls.get(), 0);
+    }
+}
