@@ -78,41 +78,48 @@ impl ClientSet {
 
     /// The least busy client; a new one when all are at the stream limit. `spread` is false for
     /// plain HTTP/1.1, where one pool opens as many connections as needed.
+    ///
+    /// A stream is counted on its client with a compare-and-swap, so calls picking at the same
+    /// moment never put more than `max_streams` on one connection (past the server's limit
+    /// hyper would queue the extra stream behind the others).
     fn pick(&self, spread: bool) -> (&HyperClient, InFlight) {
-        let open = self.open.load(Ordering::Acquire);
-        let mut best: Option<(&Slot, usize)> = None;
-        if spread {
-            for cell in &self.clients[..open.min(self.clients.len())] {
-                if let Some(slot) = cell.get() {
-                    let n = slot.in_flight.load(Ordering::Relaxed);
-                    if best.is_none_or(|(_, m)| n < m) {
-                        best = Some((slot, n));
-                    }
-                }
-            }
+        if !spread {
+            return self.take(self.slot(0));
         }
-        let slot = match best {
-            Some((slot, n)) if n < self.max_streams => slot,
-            _ if !spread || open == 0 => {
-                if open == 0 {
-                    let _ = self
-                        .open
-                        .compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire);
+        loop {
+            let open = self.open.load(Ordering::Acquire).min(self.clients.len());
+            let best = self.clients[..open]
+                .iter()
+                .filter_map(OnceLock::get)
+                .map(|slot| (slot, slot.in_flight.load(Ordering::Acquire)))
+                .min_by_key(|&(_, n)| n);
+            if let Some((slot, n)) = best
+                && n < self.max_streams
+            {
+                if slot
+                    .in_flight
+                    .compare_exchange(n, n + 1, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+                {
+                    return (&slot.client, InFlight(slot.in_flight.clone()));
                 }
-                self.slot(0)
+                // Another call took that stream first: look again.
+                continue;
             }
-            Some((slot, _)) => {
-                let i = self.open.fetch_add(1, Ordering::AcqRel);
-                if i < self.clients.len() {
-                    self.slot(i)
-                } else {
-                    self.open.fetch_sub(1, Ordering::AcqRel);
-                    slot
-                }
+            // Every open client is at the limit (or none is open yet): open one more.
+            let i = self.open.fetch_add(1, Ordering::AcqRel);
+            if i < self.clients.len() {
+                return self.take(self.slot(i));
             }
-            None => self.slot(0),
-        };
-        slot.in_flight.fetch_add(1, Ordering::Relaxed);
+            self.open.fetch_sub(1, Ordering::AcqRel);
+            // At the connection cap: the least busy client queues the stream.
+            return self.take(best.map_or_else(|| self.slot(0), |(slot, _)| slot));
+        }
+    }
+
+    /// Counts one more stream on `slot`, whatever its count.
+    fn take<'a>(&'a self, slot: &'a Slot) -> (&'a HyperClient, InFlight) {
+        slot.in_flight.fetch_add(1, Ordering::AcqRel);
         (&slot.client, InFlight(slot.in_flight.clone()))
     }
 }
