@@ -505,7 +505,12 @@ impl Metrics {
                 outcome: call.outcome.as_str(),
             })
             .inc();
-        if call.format != crate::provider::WireFormat::Passthrough && !call.request.parsed {
+        // Unparsed means forwarded unread: a call the gateway refused (body too large or too
+        // slow, budget, buffers full) was not forwarded, and its body may never have been read.
+        if call.format != crate::provider::WireFormat::Passthrough
+            && !call.request.parsed
+            && call.outcome != crate::call::record::Outcome::GatewayError
+        {
             self.requests_unparsed.inc();
         }
         if let Some(ttft) = call.time_to_first_token {

@@ -188,6 +188,12 @@ async fn every_refusal_after_routing_is_recorded_once_with_its_cause() {
         2,
         "no refused call reached the upstream"
     );
+    // Refused calls were not forwarded unread: they are not counted as unparsed requests.
+    let metrics = String::from_utf8_lossy(&admin_get(&gw, "/metrics").await.body).into_owned();
+    assert!(
+        metrics.contains("sidetrace_requests_unparsed_total 0"),
+        "{metrics}"
+    );
     gw.shutdown().await;
 }
 
