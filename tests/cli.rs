@@ -171,19 +171,7 @@ async fn serve_takes_env_overrides_uses_a_gateway_held_key_and_exits_0_on_sigter
         "Bearer sk-client-secret-0002"
     );
 
-    let kill = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "gateway did not stop on SIGTERM");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let status = sigterm_and_wait(&mut child, Duration::from_secs(10)).await;
     assert_eq!(status.code(), Some(0));
     let mut logs = String::new();
     child

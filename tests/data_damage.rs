@@ -26,29 +26,6 @@ fn reply() -> Reply {
     )
 }
 
-async fn metric(gw: &TestGateway, name: &str) -> f64 {
-    let text = String::from_utf8(admin_get(gw, "/metrics").await.body.to_vec()).unwrap();
-    text.lines()
-        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
-async fn wait_metric(gw: &TestGateway, name: &str, at_least: f64) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let v = metric(gw, name).await;
-        if v >= at_least {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{name} stayed at {v}, wanted {at_least}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// Directories next to `dir` named `<name>.corrupt-*`.
 fn set_aside(dir: &Path) -> Vec<PathBuf> {
     let name = dir.file_name().unwrap().to_string_lossy().into_owned();
@@ -168,18 +145,6 @@ async fn call(port: u16, feature: &str) -> Option<StatusCode> {
     client().request(req).await.ok().map(|r| r.status())
 }
 
-async fn admin_text(admin: u16, path: &str) -> Option<String> {
-    let req = Request::get(format!("http://127.0.0.1:{admin}{path}"))
-        .body(full_body(""))
-        .unwrap();
-    let r = client().request(req).await.ok()?;
-    let body = http_body_util::BodyExt::collect(r.into_body())
-        .await
-        .ok()?
-        .to_bytes();
-    Some(String::from_utf8_lossy(&body).into_owned())
-}
-
 async fn wait_up(port: u16) {
     let deadline = Instant::now() + Duration::from_secs(15);
     while call(port, "warmup").await.is_none() {
@@ -189,18 +154,8 @@ async fn wait_up(port: u16) {
 }
 
 async fn sigterm(child: &mut std::process::Child) -> String {
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            assert_eq!(status.code(), Some(0));
-            break;
-        }
-        assert!(Instant::now() < deadline, "gateway did not stop on SIGTERM");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let status = sigterm_and_wait(child, Duration::from_secs(30)).await;
+    assert_eq!(status.code(), Some(0));
     let mut logs = String::new();
     child
         .stderr

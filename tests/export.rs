@@ -37,29 +37,6 @@ fn export_config(endpoint: &str, transport: Transport, data_dir: &Path, extra: &
     )
 }
 
-async fn metric(gw: &TestGateway, name: &str) -> f64 {
-    let text = String::from_utf8(admin_get(gw, "/metrics").await.body.to_vec()).unwrap();
-    text.lines()
-        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
-async fn wait_metric(gw: &TestGateway, name: &str, at_least: f64) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let v = metric(gw, name).await;
-        if v >= at_least {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{name} stayed at {v}, wanted {at_least}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// Waits until the gateway has delivered `n` spans (exported or replayed) and holds none in its
 /// spool: from then on it sends nothing more, so what the collector has is final, duplicates
 /// included.
@@ -321,21 +298,9 @@ fn serve_binary(
         .unwrap()
 }
 
-async fn admin_text(admin: u16) -> Option<String> {
-    let req = http::Request::get(format!("http://127.0.0.1:{admin}/metrics"))
-        .body(full_body(""))
-        .unwrap();
-    let r = client().request(req).await.ok()?;
-    let body = http_body_util::BodyExt::collect(r.into_body())
-        .await
-        .ok()?
-        .to_bytes();
-    Some(String::from_utf8_lossy(&body).into_owned())
-}
-
 async fn wait_up(admin: u16) {
     let deadline = Instant::now() + Duration::from_secs(15);
-    while admin_text(admin).await.is_none() {
+    while admin_text(admin, "/metrics").await.is_none() {
         assert!(Instant::now() < deadline, "gateway did not come up");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -373,7 +338,7 @@ async fn spans_spooled_before_a_sigkill_are_exported_after_a_restart() {
     let spool_dir = dir.path().join("spool");
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let text = admin_text(admin).await.unwrap_or_default();
+        let text = admin_text(admin, "/metrics").await.unwrap_or_default();
         let spooled: f64 = text
             .lines()
             .filter(|l| l.starts_with("sidetrace_spans_spooled_total"))

@@ -212,12 +212,7 @@ fn span(n: u64) -> SpanRecord {
 }
 
 fn metric(metrics: &Metrics, name: &str) -> f64 {
-    metrics
-        .encode()
-        .lines()
-        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    metric_in(&metrics.encode(), name)
 }
 
 async fn wait_metric(metrics: &Metrics, name: &str, at_least: f64) {
@@ -424,29 +419,10 @@ impl Drop for Tmpfs {
     }
 }
 
-async fn metrics_text(admin: u16) -> Option<String> {
-    let req = http::Request::get(format!("http://127.0.0.1:{admin}/metrics"))
-        .body(full_body(""))
-        .unwrap();
-    let r = client().request(req).await.ok()?;
-    let body = http_body_util::BodyExt::collect(r.into_body())
-        .await
-        .ok()?
-        .to_bytes();
-    Some(String::from_utf8_lossy(&body).into_owned())
-}
-
-fn sum(text: &str, name: &str) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 async fn wait_for(admin: u16, what: &str, deadline: Duration, ok: impl Fn(&str) -> bool) {
     let until = Instant::now() + deadline;
     loop {
-        if let Some(text) = metrics_text(admin).await
+        if let Some(text) = admin_text(admin, "/metrics").await
             && ok(&text)
         {
             return;
@@ -520,7 +496,7 @@ async fn with_the_data_dir_on_a_full_tmpfs_export_resumes_and_sigterm_exits() {
         admin,
         "the spool to degrade to memory",
         Duration::from_secs(30),
-        |t| sum(t, "sidetrace_spool_degraded") == 1.0,
+        |t| metric_in(t, "sidetrace_spool_degraded") == 1.0,
     )
     .await;
 
@@ -530,14 +506,14 @@ async fn with_the_data_dir_on_a_full_tmpfs_export_resumes_and_sigterm_exits() {
         admin,
         "spooled spans to be replayed",
         Duration::from_secs(60),
-        |t| sum(t, "sidetrace_spans_replayed_total") >= 1.0,
+        |t| metric_in(t, "sidetrace_spans_replayed_total") >= 1.0,
     )
     .await;
     wait_for(
         admin,
         "the memory spool to drain",
         Duration::from_secs(60),
-        |t| sum(t, "sidetrace_spool_items") == 0.0,
+        |t| metric_in(t, "sidetrace_spool_items") == 0.0,
     )
     .await;
     let before = collector.spans().len();
@@ -560,22 +536,7 @@ async fn with_the_data_dir_on_a_full_tmpfs_export_resumes_and_sigterm_exits() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    let kill = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the gateway did not exit after SIGTERM"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let status = sigterm_and_wait(&mut child, Duration::from_secs(30)).await;
     assert_eq!(status.code(), Some(0));
     collector.stop().await;
 }

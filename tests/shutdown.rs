@@ -136,19 +136,7 @@ async fn the_binary_on_sigterm_exports_the_calls_it_cuts_and_exits_0() {
     for _ in 0..5 {
         open.push(open_stream(&client, addr).await);
     }
-    let kill = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "gateway did not stop on SIGTERM");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let status = sigterm_and_wait(&mut child, Duration::from_secs(30)).await;
     let mut logs = String::new();
     child
         .stderr

@@ -81,30 +81,6 @@ async fn wait_closed(stream: &mut (impl AsyncRead + Unpin), within: Duration) {
         .expect("the gateway closes the connection");
 }
 
-async fn metrics(gw: &TestGateway) -> String {
-    String::from_utf8(admin_get(gw, "/metrics").await.body.to_vec()).unwrap()
-}
-
-fn metric(text: &str, prefix: &str) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(prefix) && !l.starts_with('#'))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
-/// Polls the metrics until `prefix` reaches `at_least`; panics after a generous deadline.
-async fn wait_metric(gw: &TestGateway, prefix: &str, at_least: f64) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let text = metrics(gw).await;
-        if metric(&text, prefix) >= at_least {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{prefix} < {at_least}:\n{text}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_sent_at_one_byte_per_tick_is_cut_by_the_total_deadline_with_408() {
     let mock = Mock::start(|_| ok_reply()).await;
@@ -143,10 +119,10 @@ async fn a_body_sent_at_one_byte_per_tick_is_cut_by_the_total_deadline_with_408(
         "{json}"
     );
     assert!(mock.requests().is_empty(), "nothing reached the upstream");
-    let text = metrics(&gw).await;
-    assert_eq!(metric(&text, "sidetrace_active_calls "), 0.0, "{text}");
+    let text = metrics_of(&gw).await;
+    assert_eq!(metric_in(&text, "sidetrace_active_calls "), 0.0, "{text}");
     assert_eq!(
-        metric(
+        metric_in(
             &text,
             "sidetrace_requests_total{provider=\"openai\",status=\"408\"}"
         ),
@@ -260,7 +236,7 @@ async fn request_bytes_held_in_memory_are_bounded_across_calls_with_503_past_the
         .unwrap();
     wait_metric(&gw, "sidetrace_request_buffered_bytes ", 800.0).await;
     assert_eq!(
-        metric(&metrics(&gw).await, "sidetrace_request_buffered_bytes "),
+        metric_in(&metrics_of(&gw).await, "sidetrace_request_buffered_bytes "),
         800.0,
         "only the bytes that arrived are held"
     );
@@ -289,9 +265,9 @@ async fn request_bytes_held_in_memory_are_bounded_across_calls_with_503_past_the
         .to_bytes();
     let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
     assert_eq!(json["error"]["code"], "gateway_buffer_full");
-    let text = metrics(&gw).await;
+    let text = metrics_of(&gw).await;
     assert_eq!(
-        metric(
+        metric_in(
             &text,
             "sidetrace_requests_rejected_total{reason=\"buffer_full\"}"
         ),
@@ -308,7 +284,7 @@ async fn request_bytes_held_in_memory_are_bounded_across_calls_with_503_past_the
     drop(holder);
     drop(declarers);
     let deadline = Instant::now() + Duration::from_secs(10);
-    while metric(&metrics(&gw).await, "sidetrace_request_buffered_bytes ") != 0.0 {
+    while metric_in(&metrics_of(&gw).await, "sidetrace_request_buffered_bytes ") != 0.0 {
         assert!(Instant::now() < deadline, "held bytes were not given back");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -371,9 +347,9 @@ async fn connections_that_send_nothing_or_go_idle_are_closed() {
         .expect("the idle h2c connection is closed")
         .unwrap()
         .unwrap();
-    let text = metrics(&gw).await;
+    let text = metrics_of(&gw).await;
     assert!(
-        metric(
+        metric_in(
             &text,
             "sidetrace_connections_closed_total{listener=\"proxy\",reason=\"idle\"}"
         ) >= 2.0,

@@ -576,3 +576,71 @@ pub fn restartable_port() -> u16 {
         }
     }
 }
+
+/// The sum of the samples of the metric lines that start with `prefix` (labels included, so
+/// `"sidetrace_spans_dropped_total"` sums every reason); end the prefix with a space to match
+/// one unlabelled metric exactly.
+pub fn metric_in(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(prefix) && !l.starts_with('#'))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// The gateway's `/metrics` text.
+pub async fn metrics_of(gw: &Gateway) -> String {
+    String::from_utf8(admin_get(gw, "/metrics").await.body.to_vec()).unwrap()
+}
+
+/// [`metric_in`] of the gateway's `/metrics`.
+pub async fn metric(gw: &Gateway, prefix: &str) -> f64 {
+    metric_in(&metrics_of(gw).await, prefix)
+}
+
+/// Polls the gateway's `/metrics` until `prefix` reaches `at_least`; panics after 30 s.
+pub async fn wait_metric(gw: &Gateway, prefix: &str, at_least: f64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = metrics_of(gw).await;
+        let v = metric_in(&text, prefix);
+        if v >= at_least {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{prefix} stayed at {v}, wanted {at_least}:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// GET `path` on the admin port of a gateway run as a process; `None` while it is not up.
+pub async fn admin_text(admin: u16, path: &str) -> Option<String> {
+    let req = Request::get(format!("http://127.0.0.1:{admin}{path}"))
+        .body(full_body(""))
+        .unwrap();
+    let r = client().request(req).await.ok()?;
+    let body = r.into_body().collect().await.ok()?.to_bytes();
+    Some(String::from_utf8_lossy(&body).into_owned())
+}
+
+/// Sends SIGTERM to a gateway run as a process and waits (without blocking the runtime) until
+/// it exits; panics after `within`.
+pub async fn sigterm_and_wait(
+    child: &mut std::process::Child,
+    within: Duration,
+) -> std::process::ExitStatus {
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "gateway did not stop on SIGTERM");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
