@@ -158,8 +158,10 @@ impl Gateway {
                 config.cost.enabled,
             )),
             costs.clone(),
-            budgets.clone(),
         ];
+        if !budgets.is_empty() {
+            sinks.push(budgets.clone());
+        }
         sinks.extend(extra_sinks);
         let recorder = Arc::new(Recorder::new(RecorderParts {
             prices: prices.clone(),

@@ -232,7 +232,6 @@ impl ExportTasks {
             SHUTDOWN_MARGIN,
             tokio::task::spawn_blocking(move || {
                 s.spill(&late);
-                s.settle(late.len() as u64);
                 let spool = s.spool();
                 if let Err(e) = spool.flush() {
                     tracing::error!(error = %e, "spool flush at shutdown failed");
@@ -304,9 +303,16 @@ impl Shared {
         self.spool.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// Writes spans to the spool. A storage failure (full disk, broken database) degrades the
-    /// spool to memory, loudly, rather than losing the spans or stopping the proxy.
+    /// Writes spans to the spool (or counts them dropped) and settles them: they are no longer
+    /// the export's to lose at shutdown.
     fn spill(&self, spans: &[SpanRecord]) {
+        self.write_to_spool(spans);
+        self.settle(spans.len() as u64);
+    }
+
+    /// A storage failure (full disk, broken database) degrades the spool to memory, loudly,
+    /// rather than losing the spans or stopping the proxy.
+    fn write_to_spool(&self, spans: &[SpanRecord]) {
         if spans.is_empty() {
             return;
         }
@@ -489,7 +495,6 @@ async fn batcher(
             let (s, chunk) = (shared.clone(), chunk.to_vec());
             let _ = tokio::task::spawn_blocking(move || {
                 s.spill(&chunk);
-                s.settle(chunk.len() as u64);
             })
             .await;
             continue;
@@ -536,7 +541,6 @@ async fn send_or_spool(
     let shared = shared.clone();
     let _ = tokio::task::spawn_blocking(move || {
         shared.spill(&batch);
-        shared.settle(n);
         if let Err(e) = shared.spool().flush() {
             tracing::warn!(error = %e, "spool flush failed");
         }
@@ -584,7 +588,6 @@ async fn spiller(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
             let _ = tokio::task::spawn_blocking(move || {
                 for chunk in spans.chunks(512) {
                     s.spill(chunk);
-                    s.settle(chunk.len() as u64);
                 }
                 if let Err(e) = s.spool().flush() {
                     tracing::warn!(error = %e, "spool flush failed");

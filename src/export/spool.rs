@@ -315,6 +315,8 @@ struct Ledger {
     /// Batches and spans appended since the last `flush` (sled spool): left out of the tally,
     /// so a hard kill that loses them is not taken for damage.
     unflushed: (u64, u64),
+    /// The tally last written (sled spool), so an unchanged one is not written again.
+    saved: Option<Tally>,
 }
 
 impl Ledger {
@@ -611,7 +613,7 @@ impl SledSpool {
                 spool.batches.remove(&key)?;
                 ledger.dropped.record(DropReason::Corrupt, spans);
             }
-            spool.save_tally(&ledger);
+            spool.save_tally(&mut ledger);
         }
         Ok(spool)
     }
@@ -681,7 +683,7 @@ impl SledSpool {
         }
         db.flush()?;
         let spool = SledSpool::new(db, batches, dir, limits, ledger, Some(damage));
-        spool.save_tally(&lock(&spool.ledger));
+        spool.save_tally(&mut lock(&spool.ledger));
         Ok(spool)
     }
 
@@ -692,15 +694,21 @@ impl SledSpool {
 
     /// Records what the tree holds now, for the next open to compare with. A failure only
     /// weakens that check, so it is logged, not returned.
-    fn save_tally(&self, ledger: &Ledger) {
+    fn save_tally(&self, ledger: &mut Ledger) {
         // Only what is durable: appends count once `flush` made them so. Removals count at
         // once, which can only make the tally lower than the disk, never higher.
         let tally = Tally {
             items: (ledger.entries.len() as u64).saturating_sub(ledger.unflushed.0),
             units: ledger.spans.saturating_sub(ledger.unflushed.1),
         };
-        if let Err(error) = tally.write(&self.dir) {
-            tracing::debug!(%error, dir = %self.dir.display(), "cannot update the spool's tally");
+        if ledger.saved == Some(tally) {
+            return;
+        }
+        match tally.write(&self.dir) {
+            Ok(()) => ledger.saved = Some(tally),
+            Err(error) => {
+                tracing::debug!(%error, dir = %self.dir.display(), "cannot update the spool's tally")
+            }
         }
     }
 
@@ -811,7 +819,7 @@ impl Spool for SledSpool {
             }
         }
         if changed {
-            self.save_tally(&ledger);
+            self.save_tally(&mut ledger);
         }
         Ok(entries)
     }
@@ -824,7 +832,7 @@ impl Spool for SledSpool {
         self.check_writable()?;
         self.batches.remove(id.to_key())?;
         ledger.remove(id);
-        self.save_tally(&ledger);
+        self.save_tally(&mut ledger);
         Ok(())
     }
 
@@ -838,7 +846,7 @@ impl Spool for SledSpool {
         if attempts >= self.limits.max_attempts {
             self.batches.remove(id.to_key())?;
             ledger.drop_entry(id, DropReason::MaxAttempts);
-            self.save_tally(&ledger);
+            self.save_tally(&mut ledger);
             return Ok(FailOutcome::Dropped);
         }
         let stored = self.batches.get(id.to_key())?;
@@ -846,13 +854,13 @@ impl Spool for SledSpool {
             // The ledger mirrors the tree under the same lock, so this means outside
             // interference; forget the entry rather than count attempts for nothing.
             ledger.drop_entry(id, DropReason::Corrupt);
-            self.save_tally(&ledger);
+            self.save_tally(&mut ledger);
             return Ok(FailOutcome::NotFound);
         };
         if decode_header(&value).is_none() {
             self.batches.remove(id.to_key())?;
             ledger.drop_entry(id, DropReason::Corrupt);
-            self.save_tally(&ledger);
+            self.save_tally(&mut ledger);
             return Ok(FailOutcome::Dropped);
         }
         value[ATTEMPTS_OFFSET..ATTEMPTS_OFFSET + 4].copy_from_slice(&attempts.to_be_bytes());
@@ -883,7 +891,7 @@ impl Spool for SledSpool {
         let mut ledger = lock(&self.ledger);
         ledger.unflushed.0 = ledger.unflushed.0.saturating_sub(pending.0);
         ledger.unflushed.1 = ledger.unflushed.1.saturating_sub(pending.1);
-        self.save_tally(&ledger);
+        self.save_tally(&mut ledger);
         Ok(())
     }
 

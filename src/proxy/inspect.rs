@@ -248,13 +248,7 @@ async fn read_whole(
 }
 
 fn body_error(e: super::body::BoxError) -> ProxyError {
-    if let Some(limit) = e.downcast_ref::<super::limit::LengthLimitError>() {
-        return ProxyError::BodyTooLarge { limit: limit.limit };
-    }
-    if let Some(slow) = e.downcast_ref::<super::limit::RequestBodyTimeout>() {
-        return ProxyError::RequestBodyTimeout(slow.to_string());
-    }
-    ProxyError::ClientBody(e.to_string())
+    super::limit::refusal(&*e).unwrap_or_else(|| ProxyError::ClientBody(e.to_string()))
 }
 
 #[derive(Deserialize, Default)]

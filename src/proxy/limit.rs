@@ -39,6 +39,17 @@ pub enum RequestBodyTimeout {
     Total(Duration),
 }
 
+/// The refusal a request body error stands for when the limits here cut the body (too large,
+/// too slow), wherever the error surfaces (inspection reading the body, or the upstream client
+/// streaming it).
+pub fn refusal(e: &(dyn std::error::Error + 'static)) -> Option<ProxyError> {
+    if let Some(limit) = e.downcast_ref::<LengthLimitError>() {
+        return Some(ProxyError::BodyTooLarge { limit: limit.limit });
+    }
+    e.downcast_ref::<RequestBodyTimeout>()
+        .map(|slow| ProxyError::RequestBodyTimeout(slow.to_string()))
+}
+
 /// How long a client may take to send a request body.
 #[derive(Debug, Clone, Copy)]
 pub struct BodyTimeouts {

@@ -429,7 +429,7 @@ impl Call {
     }
 
     /// Why an unfinished call was dropped: its client left, or shutdown cut it.
-    pub(super) fn dropped_because(&self) -> &'static str {
+    fn dropped_because(&self) -> &'static str {
         if self.recorder.cutting() {
             "shutdown"
         } else {

@@ -283,8 +283,9 @@ impl Drop for TapBody {
             });
             return;
         }
+        // The client left mid-stream: the upstream is dropped first, then the call, whose own
+        // drop records it as cancelled (or `shutdown`).
         drop(inner);
-        let kind = call.dropped_because();
-        call.finish(Outcome::Cancelled, Some(kind.to_string()), false);
+        drop(call);
     }
 }

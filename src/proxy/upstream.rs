@@ -24,7 +24,7 @@ use tower::Service;
 
 use super::{
     body::{BoxError, Holding, ProxyBody, RequestBody},
-    limit::{ClientBodyError, LengthLimitError, RequestBodyTimeout},
+    limit::{self, ClientBodyError},
     rewrite::strip_hop_by_hop,
 };
 use crate::{config::UpstreamConfig, error::ProxyError, metrics::Metrics, provider::Route};
@@ -234,14 +234,11 @@ fn classify(route: &Route, error: &hyper_util::client::legacy::Error) -> ProxyEr
     let mut source = error.source();
     let mut reasons = Vec::new();
     while let Some(e) = source {
-        if let Some(limit) = e.downcast_ref::<LengthLimitError>() {
-            return ProxyError::BodyTooLarge { limit: limit.limit };
+        if let Some(refused) = limit::refusal(e) {
+            return refused;
         }
         if let Some(client) = e.downcast_ref::<ClientBodyError>() {
             return ProxyError::ClientBody(client.0.clone());
-        }
-        if let Some(slow) = e.downcast_ref::<RequestBodyTimeout>() {
-            return ProxyError::RequestBodyTimeout(slow.to_string());
         }
         reasons.push(e.to_string());
         source = e.source();
