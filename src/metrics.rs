@@ -29,8 +29,8 @@ struct CallLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ReasonLabels {
-    reason: &'static str,
+pub struct ReasonLabels {
+    pub reason: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -142,6 +142,70 @@ impl ConnectionMetrics {
     }
 }
 
+/// The local trace store.
+pub struct StoreMetrics {
+    pub spans_written: Counter,
+    /// Spans the store did not keep: `queue_full`, `write_error`, `off` (store degraded).
+    pub spans_dropped: Family<ReasonLabels, Counter>,
+    /// Whole traces evicted: `size`, `age`.
+    pub traces_evicted: Family<ReasonLabels, Counter>,
+    pub bytes: Gauge,
+    pub traces: Gauge,
+    /// 1 while the store keeps spans; 0 when it is off or failed.
+    pub up: Gauge,
+}
+
+impl StoreMetrics {
+    fn register(registry: &mut Registry) -> StoreMetrics {
+        let m = StoreMetrics {
+            spans_written: Counter::default(),
+            spans_dropped: Family::default(),
+            traces_evicted: Family::default(),
+            bytes: Gauge::default(),
+            traces: Gauge::default(),
+            up: Gauge::default(),
+        };
+        for reason in ["queue_full", "write_error", "off"] {
+            let _ = m.spans_dropped.get_or_create(&ReasonLabels { reason });
+        }
+        for reason in ["size", "age"] {
+            let _ = m.traces_evicted.get_or_create(&ReasonLabels { reason });
+        }
+        registry.register(
+            "sidetrace_store_spans_written",
+            "Spans written to the local trace store",
+            m.spans_written.clone(),
+        );
+        registry.register(
+            "sidetrace_store_spans_dropped",
+            "Spans the local trace store did not keep, by reason (queue_full, write_error, off); the export is not affected",
+            m.spans_dropped.clone(),
+        );
+        registry.register(
+            "sidetrace_store_traces_evicted",
+            "Whole traces evicted from the local trace store, by reason (size, age)",
+            m.traces_evicted.clone(),
+        );
+        registry.register_with_unit(
+            "sidetrace_store",
+            "Span bytes kept in the local trace store ([store] max_bytes bounds it)",
+            Unit::Bytes,
+            m.bytes.clone(),
+        );
+        registry.register(
+            "sidetrace_store_traces",
+            "Traces kept in the local trace store",
+            m.traces.clone(),
+        );
+        registry.register(
+            "sidetrace_store_up",
+            "1 while the local trace store keeps spans, 0 when it is off or failed",
+            m.up.clone(),
+        );
+        m
+    }
+}
+
 type HistogramFamily = Family<ProviderLabels, Histogram, fn() -> Histogram>;
 
 fn overhead_histogram() -> Histogram {
@@ -189,6 +253,7 @@ pub struct Metrics {
     /// Request body bytes held by inspected routes.
     pub request_buffered_bytes: Gauge,
     pub connections: ConnectionMetrics,
+    pub store: StoreMetrics,
     store_damaged: Family<StoreLabels, Counter>,
     pub cost_calls_lost: Counter,
 }
@@ -393,6 +458,7 @@ impl Metrics {
             request_buffered_bytes.clone(),
         );
         let connections = ConnectionMetrics::register(&mut registry);
+        let store = StoreMetrics::register(&mut registry);
         let store_damaged = Family::<StoreLabels, Counter>::default();
         registry.register(
             "sidetrace_store_damaged",
@@ -437,6 +503,7 @@ impl Metrics {
             active_calls,
             request_buffered_bytes,
             connections,
+            store,
             store_damaged,
             cost_calls_lost,
         }

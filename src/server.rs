@@ -55,7 +55,8 @@ use crate::{
     },
     store::{
         budgets::Budgets,
-        costs::{CostStore, spawn_flusher},
+        costs::{CostStore, HOUR_SECS, spawn_flusher},
+        traces::{StoreLimits, StoreSink, TraceStore},
     },
     trace::{capture::Capturer, span::Telemetry},
 };
@@ -146,8 +147,17 @@ impl Gateway {
             Budgets::new(&config.budgets, &costs)
                 .map_err(|e| StartError::Config(ConfigError::Invalid(e)))?,
         );
-        let cost_flusher = spawn_flusher(costs.clone(), Duration::from_secs(2));
-        let capturer = Arc::new(Capturer::from_config(&config.capture)?);
+        // The aggregates are kept as long as the traces, and as long as budgets look back.
+        let cost_keep_secs = config
+            .store
+            .max_age_secs()?
+            .max(budgets.longest_window_secs() + HOUR_SECS);
+        let cost_flusher = spawn_flusher(costs.clone(), Duration::from_secs(2), cost_keep_secs);
+        let traces = open_trace_store(&config, metrics.clone()).await?;
+        let capturer = Arc::new(
+            Capturer::from_config(&config.capture)?
+                .with_store_level(traces.as_ref().ok().map(|_| config.store.capture)),
+        );
         // Where each finished call goes, in order: metrics, the cost store, budgets, then any
         // the caller added; the span goes to the export last.
         let mut sinks: Vec<Arc<dyn Sink>> = vec![
@@ -161,6 +171,9 @@ impl Gateway {
         ];
         if !budgets.is_empty() {
             sinks.push(budgets.clone());
+        }
+        if let Ok(store) = &traces {
+            sinks.push(Arc::new(StoreSink::new(store.clone(), &telemetry)));
         }
         sinks.extend(extra_sinks);
         let recorder = Arc::new(Recorder::new(RecorderParts {
@@ -184,6 +197,7 @@ impl Gateway {
             metrics: metrics.clone(),
             ready: AtomicBool::new(true),
             costs: costs.clone(),
+            traces: traces.clone(),
         });
         let admin_service = tower::service_fn({
             let state = admin_state.clone();
@@ -240,6 +254,9 @@ impl Gateway {
                 tasks.shutdown(export_deadline).await;
             }
             cost_flusher.abort();
+            if let Ok(store) = traces {
+                close_trace_store(store).await;
+            }
             // Bounded: a failed disk must not hold the exit (the rows stay unflushed then).
             let flushed = tokio::time::timeout(
                 COST_FLUSH_AT_SHUTDOWN,
@@ -293,6 +310,55 @@ impl Gateway {
                 ShutdownReport { drained: false }
             }
         }
+    }
+}
+
+/// How long shutdown waits for the trace store to write what is queued.
+const TRACE_STORE_FLUSH_AT_SHUTDOWN: Duration = Duration::from_secs(2);
+
+/// Opens the trace store in `<data_dir>/traces` when `[store] enabled`; `Err` says why there is
+/// none (the API answers 503 with it, the proxy serves as usual).
+async fn open_trace_store(
+    config: &Config,
+    metrics: Arc<Metrics>,
+) -> Result<Result<Arc<TraceStore>, String>, StartError> {
+    if !config.store.enabled {
+        return Ok(Err(
+            "the trace store is off ([store] enabled = false)".into()
+        ));
+    }
+    let limits = StoreLimits {
+        max_bytes: config.store.max_bytes,
+        max_age: Duration::from_secs(config.store.max_age_secs()?),
+    };
+    let dir = config.data_dir().join("traces");
+    let opened = {
+        let metrics = metrics.clone();
+        tokio::task::spawn_blocking(move || TraceStore::open(&dir, limits, metrics))
+            .await
+            .map_err(|e| StartError::Export(e.to_string()))?
+    };
+    if opened.damage.is_some() {
+        metrics.store_damaged("traces");
+    }
+    Ok(match (opened.store, opened.unavailable) {
+        (Some(store), _) => Ok(store),
+        (None, why) => Err(why.unwrap_or_else(|| "the trace store could not be opened".into())),
+    })
+}
+
+/// Stops the store taking spans and waits, bounded, for what is queued to be written.
+async fn close_trace_store(store: Arc<TraceStore>) {
+    let flushed = tokio::task::spawn_blocking(move || {
+        let done = store.flush(TRACE_STORE_FLUSH_AT_SHUTDOWN);
+        store.close();
+        done
+    })
+    .await;
+    if !matches!(flushed, Ok(true)) {
+        tracing::error!(
+            "the trace store did not write everything in time at shutdown; the last spans may be missing from it"
+        );
     }
 }
 

@@ -546,6 +546,7 @@ fn price_call_reads_provider_models_and_usage_from_the_record() {
         priced_model: None,
         metadata: Default::default(),
         content: None,
+        kept_content: None,
     };
     let book = builtin_book();
     assert_eq!(book.price_call(&call), price(&book, "azure", &f));

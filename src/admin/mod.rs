@@ -1,6 +1,10 @@
-//! The admin listener: health, readiness and Prometheus metrics, away from the proxy port.
+//! The admin listener: health, readiness, Prometheus metrics, the JSON API (`docs/api.md`) and
+//! the web UI, away from the proxy port.
+
+mod traces;
 
 use std::{
+    collections::BTreeMap,
     convert::Infallible,
     sync::{
         Arc,
@@ -9,12 +13,16 @@ use std::{
 };
 
 use http::{Method, Request, Response, StatusCode, header};
+use serde_json::{Value, json};
 
 use crate::{
     cost::Cost,
     metrics::Metrics,
     proxy::body::{ProxyBody, full},
-    store::costs::{CostStore, Filter, GroupBy, HOUR_SECS, Totals, now_secs},
+    store::{
+        costs::{CostStore, Filter, GroupBy, HOUR_SECS, Totals, now_secs},
+        traces::TraceStore,
+    },
     trace::metadata::{canonical_feature, percent_decode},
 };
 
@@ -24,6 +32,92 @@ pub struct AdminState {
     /// True while the proxy accepts calls; false once shutdown began.
     pub ready: AtomicBool,
     pub costs: Arc<CostStore>,
+    /// The trace store, or why there is none.
+    pub traces: Result<Arc<TraceStore>, String>,
+}
+
+/// A query string's parameters, percent-decoded (`+` is a space).
+pub struct Query(Vec<(String, String)>);
+
+impl Query {
+    pub fn parse(query: &str) -> Query {
+        Query(
+            query
+                .split('&')
+                .filter(|kv| !kv.is_empty())
+                .map(|kv| {
+                    let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+                    let decode = |s: &str| percent_decode(&s.replace('+', " "));
+                    (decode(k), decode(v))
+                })
+                .collect(),
+        )
+    }
+
+    /// The first value of `key`.
+    pub fn get(&self, key: &str) -> Option<String> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.clone())
+    }
+}
+
+/// An API answer other than 200: a status and a JSON error saying what was wrong.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    kind: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    pub fn bad(message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            kind: "invalid_request_error",
+            message: message.into(),
+        }
+    }
+
+    pub fn not_found(message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::NOT_FOUND,
+            kind: "not_found",
+            message: message.into(),
+        }
+    }
+
+    pub fn unavailable(message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            kind: "store_unavailable",
+            message: message.into(),
+        }
+    }
+
+    pub fn internal(message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            kind: "internal_error",
+            message: message.into(),
+        }
+    }
+
+    fn response(&self) -> Response<ProxyBody> {
+        text(
+            self.status,
+            "application/json",
+            json!({"error": {"type": self.kind, "message": self.message}}).to_string(),
+        )
+    }
+}
+
+fn json_answer(result: Result<Value, ApiError>) -> Response<ProxyBody> {
+    match result {
+        Ok(v) => text(StatusCode::OK, "application/json", v.to_string()),
+        Err(e) => e.response(),
+    }
 }
 
 pub async fn handle<B>(
@@ -37,7 +131,14 @@ pub async fn handle<B>(
             "use GET\n".into(),
         ));
     }
-    let response = match req.uri().path() {
+    let path = req.uri().path();
+    let query = Query::parse(req.uri().query().unwrap_or(""));
+    if let Some(answer) =
+        traces::route(state.traces.as_ref().map_err(String::as_str), path, &query).await
+    {
+        return Ok(json_answer(answer));
+    }
+    let response = match path {
         "/healthz" => text(StatusCode::OK, "text/plain", "ok\n".into()),
         "/readyz" => {
             if state.ready.load(Ordering::Acquire) {
@@ -55,88 +156,114 @@ pub async fn handle<B>(
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
             state.metrics.encode(),
         ),
-        "/api/costs" => costs(&state, req.uri().query().unwrap_or("")),
+        "/api/costs" => json_answer(costs(&state, &query)),
         "/" => text(
             StatusCode::OK,
             "text/plain",
-            "sidetrace admin: /healthz /readyz /metrics /api/costs?group_by=feature&window=24h\n"
+            "sidetrace admin: /ui /api/traces /api/sessions /api/costs /healthz /readyz /metrics (docs/api.md)\n"
                 .into(),
         ),
         _ => text(
             StatusCode::NOT_FOUND,
             "text/plain",
-            "not found: try /healthz /readyz /metrics\n".into(),
+            "not found: try /ui /api/traces /healthz /readyz /metrics\n".into(),
         ),
     };
     Ok(response)
 }
 
+/// Groups answered at most in `rows` (the costliest; `rows_left_out` says how many more) and
+/// drawn at most in `series`.
+const COST_ROWS: usize = 100;
+const COST_SERIES: usize = 10;
+
 /// `GET /api/costs?group_by=feature|user|model|provider|prompt_version&window=24h` (or
-/// `from`/`to` in unix seconds; `feature=`/`user=` filter): totals of cost, tokens and calls per
-/// group over the window, at hour granularity, from the local cost store.
-fn costs(state: &AdminState, query: &str) -> Response<ProxyBody> {
-    let params: Vec<(&str, &str)> = query
-        .split('&')
-        .filter_map(|kv| kv.split_once('='))
-        .collect();
-    let get = |k: &str| params.iter().find(|(key, _)| *key == k).map(|(_, v)| *v);
-    let group_by = match get("group_by").map_or(Some(GroupBy::Feature), GroupBy::parse) {
-        Some(g) => g,
-        None => {
-            return json_error(
-                StatusCode::BAD_REQUEST,
-                "group_by must be one of provider, model, feature, user, prompt_version",
-            );
-        }
-    };
+/// `from`/`to` in unix seconds; `feature=`/`user=` filter; `bucket=1h|1d` adds a series per
+/// group): totals of cost, tokens and calls per group over the window, at hour granularity,
+/// from the local cost store.
+fn costs(state: &AdminState, q: &Query) -> Result<Value, ApiError> {
+    let group_name = q.get("group_by").unwrap_or_else(|| "feature".into());
+    let group_by = GroupBy::parse(&group_name).ok_or_else(|| {
+        ApiError::bad("group_by must be one of provider, model, feature, user, prompt_version")
+    })?;
     let now = now_secs();
-    let (from, to) = match (get("from"), get("to"), get("window")) {
-        (Some(f), t, _) => match (f.parse::<u64>(), t.map_or(Ok(now + 1), str::parse::<u64>)) {
+    let (from, to) = match (q.get("from"), q.get("to"), q.get("window")) {
+        (Some(f), t, _) => match (
+            f.parse::<u64>(),
+            t.map_or(Ok(now + 1), |t| t.parse::<u64>()),
+        ) {
             (Ok(f), Ok(t)) if f < t => (f, t),
-            _ => {
-                return json_error(
-                    StatusCode::BAD_REQUEST,
-                    "from and to are unix seconds, from < to",
-                );
-            }
+            _ => return Err(ApiError::bad("from and to are unix seconds, from < to")),
         },
-        (None, _, w) => match parse_window(w.unwrap_or("24h")) {
+        (None, _, w) => match crate::config::parse_duration_secs(w.as_deref().unwrap_or("24h")) {
             Some(secs) => (now.saturating_sub(secs), now + 1),
             None => {
-                return json_error(
-                    StatusCode::BAD_REQUEST,
-                    "window is a number with h or d, e.g. 24h or 7d",
-                );
+                return Err(ApiError::bad(
+                    "window is a number with m, h or d, e.g. 24h or 7d",
+                ));
             }
         },
+    };
+    let bucket = match q.get("bucket").as_deref() {
+        None => None,
+        Some("1h") => Some(HOUR_SECS),
+        Some("1d") => Some(24 * HOUR_SECS),
+        Some(_) => return Err(ApiError::bad("bucket is 1h or 1d")),
     };
     let filter = Filter {
         // Features are recorded in canonical form: `Support_Agent` finds `support_agent`.
-        feature: get("feature").map(|v| canonical_feature(&percent_decode(&v.replace('+', " ")))),
-        user: get("user").map(|v| percent_decode(&v.replace('+', " "))),
+        feature: q.get("feature").map(|v| canonical_feature(&v)),
+        user: q.get("user"),
     };
     let rows = state.costs.query(from, to, group_by, &filter);
     let mut total = Totals::default();
-    let rows: Vec<serde_json::Value> = rows
-        .iter()
-        .map(|(key, t)| {
-            total.add(t);
-            row(key, t)
-        })
-        .collect();
-    let body = serde_json::json!({
+    for (_, t) in &rows {
+        total.add(t);
+    }
+    let mut body = json!({
         "from": from,
         "to": to,
         "granularity_secs": HOUR_SECS,
-        "group_by": get("group_by").unwrap_or("feature"),
-        "rows": rows,
+        "group_by": group_name,
+        "rows": rows.iter().take(COST_ROWS).map(|(k, t)| row(k, t)).collect::<Vec<_>>(),
+        "rows_left_out": rows.len().saturating_sub(COST_ROWS),
         "total": row("", &total),
     });
-    text(StatusCode::OK, "application/json", body.to_string())
+    if let Some(bucket) = bucket {
+        let groups: Vec<String> = rows
+            .iter()
+            .take(COST_SERIES)
+            .map(|(k, _)| k.clone())
+            .collect();
+        let series: BTreeMap<String, BTreeMap<u64, Totals>> = state
+            .costs
+            .series(from, to, group_by, &filter, bucket, &groups);
+        body["series"] = groups
+            .iter()
+            .map(|g| {
+                let points: Vec<Value> = series
+                    .get(g)
+                    .into_iter()
+                    .flatten()
+                    .map(|(t, totals)| {
+                        json!({
+                            "t": t,
+                            "calls": totals.calls,
+                            "cost_usd": Cost::from_pico_usd(totals.cost_pico_usd).to_string(),
+                            "input_tokens": totals.input_tokens,
+                            "output_tokens": totals.output_tokens,
+                        })
+                    })
+                    .collect();
+                json!({"key": g, "points": points})
+            })
+            .collect();
+    }
+    Ok(body)
 }
 
-fn row(key: &str, t: &Totals) -> serde_json::Value {
-    serde_json::json!({
+fn row(key: &str, t: &Totals) -> Value {
+    json!({
         "key": key,
         "calls": t.calls,
         "priced_calls": t.priced_calls,
@@ -148,25 +275,6 @@ fn row(key: &str, t: &Totals) -> serde_json::Value {
         "cache_creation_input_tokens": t.cache_creation_input_tokens,
         "reasoning_tokens": t.reasoning_tokens,
     })
-}
-
-fn parse_window(w: &str) -> Option<u64> {
-    let (n, unit) = w.split_at(w.len().checked_sub(1)?);
-    let n: u64 = n.parse().ok()?;
-    match unit {
-        "h" => Some(n * 3600),
-        "d" => Some(n * 86_400),
-        _ => None,
-    }
-}
-
-fn json_error(status: StatusCode, message: &str) -> Response<ProxyBody> {
-    text(
-        status,
-        "application/json",
-        serde_json::json!({"error": {"type": "invalid_request_error", "message": message}})
-            .to_string(),
-    )
 }
 
 fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<ProxyBody> {

@@ -104,7 +104,12 @@ pub struct CallRecord {
     pub time_to_first_token: Option<Duration>,
     pub trace: TraceContext,
     pub metadata: CallMetadata,
+    /// The content the span carries: at `[capture] level` once recorded (until then, at the
+    /// higher of that and the store's level).
     pub content: Option<CapturedContent>,
+    /// The content at the local trace store's level (`[store] capture`), when it keeps any.
+    #[serde(default)]
+    pub kept_content: Option<CapturedContent>,
     /// Exact cost in pico-USD (10^-12); `None` when the model has no price or no usage came.
     pub cost_pico_usd: Option<u128>,
     /// The price-table entry used (`gpt-4o` for `gpt-4o-2024-08-06`).

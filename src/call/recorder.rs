@@ -82,6 +82,7 @@ impl Recorder {
     /// Hands a finished, priced call to every sink and its span to the export.
     pub fn record(&self, mut call: CallRecord) {
         self.capture_output(&mut call);
+        self.split_content(&mut call);
         let span = span_for(&call);
         for sink in &self.sinks {
             sink.record(&call, &span);
@@ -90,6 +91,20 @@ impl Recorder {
         if let Some(export) = &self.export {
             export.submit(span);
         }
+    }
+
+    /// The content was captured at the higher of the export's and the store's levels: each
+    /// gets its own from here (the span carries the export's).
+    fn split_content(&self, call: &mut CallRecord) {
+        let Some(content) = call.content.take() else {
+            return;
+        };
+        let asked = call.metadata.capture;
+        call.kept_content = self
+            .capturer
+            .store_level(asked)
+            .and_then(|level| self.capturer.lower(content.clone(), level));
+        call.content = self.capturer.lower(content, self.capturer.level(asked));
     }
 
     /// Puts what the response said (text, tool calls, finish reason) in the captured content,

@@ -281,6 +281,59 @@ impl Default for SpoolConfig {
     }
 }
 
+/// The local trace store behind the JSON API and the web UI.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// Keep every finished span in `<data_dir>/traces` and serve `/api/traces` and `/ui`.
+    pub enabled: bool,
+    /// Stored span bytes kept at most; past it the oldest traces are evicted whole (counted).
+    pub max_bytes: u64,
+    /// Traces older than this are evicted (counted): a number with `m`, `h` or `d`, e.g. `7d`.
+    /// The cost aggregates are kept as long.
+    pub max_age: String,
+    /// The content the store keeps: none, metadata, redacted or full. It stays on this machine;
+    /// `[capture] level` is what leaves it with the export.
+    pub capture: CaptureLevel,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            enabled: true,
+            max_bytes: 1024 * 1024 * 1024,
+            max_age: "7d".into(),
+            capture: CaptureLevel::Redacted,
+        }
+    }
+}
+
+impl StoreConfig {
+    /// `max_age` in seconds.
+    pub fn max_age_secs(&self) -> Result<u64, ConfigError> {
+        parse_duration_secs(&self.max_age).ok_or_else(|| {
+            ConfigError::Invalid(format!(
+                "store.max_age must be a number with m, h or d (e.g. 7d), not {:?}",
+                self.max_age
+            ))
+        })
+    }
+}
+
+/// `15m`, `24h`, `7d` in seconds; `None` for anything else (or 0).
+pub fn parse_duration_secs(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let (n, unit) = text.split_at(text.len().checked_sub(1)?);
+    let n: u64 = n.parse().ok()?;
+    let secs = match unit {
+        "m" => n.checked_mul(60)?,
+        "h" => n.checked_mul(3600)?,
+        "d" => n.checked_mul(86_400)?,
+        _ => return None,
+    };
+    (secs > 0).then_some(secs)
+}
+
 /// Cost reporting back to the app and on metrics.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -342,6 +395,7 @@ pub struct Config {
     pub sampling: SamplingConfig,
     pub cost: CostConfig,
     pub budgets: Vec<BudgetConfig>,
+    pub store: StoreConfig,
     /// Documented by example (commented) in config/sidetrace.toml, so not compared there.
     #[serde(skip_serializing)]
     pub providers: BTreeMap<String, ProviderOverride>,
@@ -377,6 +431,15 @@ impl CaptureLevel {
             "redacted" => Some(CaptureLevel::Redacted),
             "full" => Some(CaptureLevel::Full),
             _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CaptureLevel::None => "none",
+            CaptureLevel::Metadata => "metadata",
+            CaptureLevel::Redacted => "redacted",
+            CaptureLevel::Full => "full",
         }
     }
 }
@@ -492,6 +555,7 @@ impl Default for Config {
             sampling: SamplingConfig::default(),
             cost: CostConfig::default(),
             budgets: Vec::new(),
+            store: StoreConfig::default(),
             providers: BTreeMap::new(),
         }
     }
@@ -734,6 +798,7 @@ impl Config {
     /// where it is built: `server::check_config` runs both, as `serve` and `check-config` do.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.listen_addr()?;
+        self.store.max_age_secs()?;
         self.admin_addr()?;
         if self.max_concurrent_requests == 0 {
             return Err(ConfigError::Invalid(

@@ -175,7 +175,7 @@ where
                 if let Some(f) = &fields {
                     metadata.add_body_fields(f.user.as_deref(), &f.metadata_pairs());
                 }
-                let level = capturer.level(metadata.capture);
+                let level = capturer.capture_level(metadata.capture);
                 content = match (level, &fields) {
                     (CaptureLevel::None, _) | (_, None) => None,
                     // Counts and tool names come from the typed parse already done.

@@ -340,6 +340,7 @@ impl Call {
                 trace,
                 metadata,
                 content: None,
+                kept_content: None,
                 cost_pico_usd: None,
                 priced_model: None,
             }),

@@ -216,6 +216,16 @@ impl Budgets {
         self.lock().is_empty()
     }
 
+    /// The longest window of any budget, in seconds (0 without budgets): the cost store keeps
+    /// at least that much history.
+    pub fn longest_window_secs(&self) -> u64 {
+        self.lock()
+            .iter()
+            .map(|b| b.config.window.secs())
+            .max()
+            .unwrap_or(0)
+    }
+
     /// Admits a new call, reserving its estimate in every budget that covers it, or names the
     /// first covering budget that is spent (counting the reservations of calls under way).
     pub fn admit(

@@ -427,6 +427,63 @@ impl CostStore {
         out
     }
 
+    /// Totals per group and per bucket of `bucket_secs` (a multiple of an hour) over
+    /// `[from, to)`, for the groups in `groups` only.
+    pub fn series(
+        &self,
+        from: u64,
+        to: u64,
+        group_by: GroupBy,
+        filter: &Filter,
+        bucket_secs: u64,
+        groups: &[String],
+    ) -> BTreeMap<String, BTreeMap<u64, Totals>> {
+        let mut out: BTreeMap<String, BTreeMap<u64, Totals>> = BTreeMap::new();
+        self.rows(from, to, filter, |k, t| {
+            let group = group_by.of(k);
+            if groups.iter().any(|g| g == group) {
+                out.entry(group.to_string())
+                    .or_default()
+                    .entry(k.hour - k.hour % bucket_secs)
+                    .or_default()
+                    .add(t);
+            }
+        });
+        out
+    }
+
+    /// Drops the rows of hours that ended before `before` (unix seconds): the aggregates are
+    /// kept as long as the traces, and as long as the longest budget window needs.
+    pub fn expire(&self, before: u64) -> u64 {
+        let old = |k: &Key| k.hour + HOUR_SECS <= before;
+        let mut dropped = 0;
+        for map in [&self.memory, &self.pending] {
+            map.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .retain(|k, _| !old(k));
+        }
+        let Some(tree) = &self.tree else { return 0 };
+        let mut stored = self.stored.lock().unwrap_or_else(|e| e.into_inner());
+        for (k, v) in tree.iter().flatten() {
+            let Ok(key) = serde_json::from_slice::<Key>(&k) else {
+                continue;
+            };
+            if old(&key) && tree.remove(&k).is_ok() {
+                dropped += 1;
+                stored.items = stored.items.saturating_sub(1);
+                let calls = serde_json::from_slice::<Totals>(&v).map_or(0, |t| t.calls);
+                stored.units = stored.units.saturating_sub(calls);
+            }
+        }
+        if dropped > 0 {
+            match tree.flush() {
+                Ok(_) => self.save_tally(*stored),
+                Err(e) => tracing::warn!(error = %e, "cost store flush failed"),
+            }
+        }
+        dropped
+    }
+
     /// Sums of the calls matching `filter` since `from`.
     pub fn totals(&self, from: u64, filter: &Filter) -> Totals {
         let mut total = Totals::default();
@@ -435,16 +492,29 @@ impl CostStore {
     }
 }
 
-/// Flushes the store every `every` until the returned handle is dropped... by aborting it.
+/// Flushes the store every `every`, and drops rows older than `keep_secs` once an hour, until
+/// the returned task is aborted.
 pub fn spawn_flusher(
     store: std::sync::Arc<CostStore>,
     every: Duration,
+    keep_secs: u64,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
+        let mut last_expiry: Option<tokio::time::Instant> = None;
         loop {
-            tokio::time::sleep(every).await;
             let s = store.clone();
-            let _ = tokio::task::spawn_blocking(move || s.flush()).await;
+            let expire = last_expiry.is_none_or(|t| t.elapsed() >= Duration::from_secs(HOUR_SECS));
+            if expire {
+                last_expiry = Some(tokio::time::Instant::now());
+            }
+            let _ = tokio::task::spawn_blocking(move || {
+                s.flush();
+                if expire {
+                    s.expire(now_secs().saturating_sub(keep_secs));
+                }
+            })
+            .await;
+            tokio::time::sleep(every).await;
         }
     })
 }

@@ -34,6 +34,8 @@ pub struct Capturer {
     pub default_level: CaptureLevel,
     pub max_bytes: usize,
     pub redactor: Redactor,
+    /// The local trace store's level (`[store] capture`); `None` when there is no store.
+    pub store_level: Option<CaptureLevel>,
 }
 
 impl Capturer {
@@ -48,7 +50,69 @@ impl Capturer {
             default_level: config.level,
             max_bytes: config.max_bytes,
             redactor: Redactor::new(&custom).map_err(ConfigError::Invalid)?,
+            store_level: None,
         })
+    }
+
+    /// The same capturer, also capturing for a local store at `level`.
+    pub fn with_store_level(self, level: Option<CaptureLevel>) -> Capturer {
+        Capturer {
+            store_level: level,
+            ..self
+        }
+    }
+
+    /// The level one call's content is captured at: the higher of the export's and the
+    /// store's, each lowered by what the caller asked. [`Capturer::lower`] then gives each its
+    /// own.
+    pub fn capture_level(&self, asked: Option<CaptureLevel>) -> CaptureLevel {
+        self.level(asked)
+            .max(self.store_level(asked).unwrap_or(CaptureLevel::None))
+    }
+
+    /// The store's level for one call (the caller may lower it too); `None` without a store.
+    pub fn store_level(&self, asked: Option<CaptureLevel>) -> Option<CaptureLevel> {
+        self.store_level
+            .map(|level| asked.map_or(level, |a| a.min(level)))
+    }
+
+    /// `content`, captured at its own level, as `level` keeps it (never more than it has):
+    /// `metadata` drops the text, `redacted` replaces personal data in text captured `full`.
+    pub fn lower(&self, content: CapturedContent, level: CaptureLevel) -> Option<CapturedContent> {
+        let have = content.level.unwrap_or(CaptureLevel::None);
+        if level >= have {
+            return Some(content);
+        }
+        match level {
+            CaptureLevel::None => None,
+            CaptureLevel::Metadata => {
+                Some(self.metadata(content.input_message_count, content.tool_names))
+            }
+            CaptureLevel::Redacted | CaptureLevel::Full => {
+                let mut budget = Budget {
+                    left: usize::MAX,
+                    truncated: false,
+                    redactor: Some(&self.redactor),
+                };
+                let mut redact = |text: Option<String>| {
+                    text.map(|t| match serde_json::from_str::<Value>(&t) {
+                        Ok(mut v) => {
+                            budget.walk(&mut v);
+                            v.to_string()
+                        }
+                        Err(_) => self.redactor.redact(&t).into_owned(),
+                    })
+                };
+                Some(CapturedContent {
+                    level: Some(level),
+                    input_messages: redact(content.input_messages),
+                    system_instructions: redact(content.system_instructions),
+                    tool_definitions: redact(content.tool_definitions),
+                    output_messages: redact(content.output_messages),
+                    ..content
+                })
+            }
+        }
     }
 
     /// The level for one call: the caller may only lower the configured one.
@@ -333,6 +397,7 @@ mod tests {
             default_level: level,
             max_bytes,
             redactor: Redactor::new(&[]).unwrap(),
+            store_level: None,
         }
     }
 

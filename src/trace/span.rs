@@ -9,7 +9,10 @@ use serde::{Deserialize, Serialize};
 use crate::{
     call::{CallRecord, Outcome},
     provider::WireFormat,
-    trace::metadata::percent_decode,
+    trace::{
+        capture::CapturedContent,
+        metadata::{CaptureLevel, percent_decode},
+    },
 };
 
 pub const SCHEMA_URL: &str = "https://opentelemetry.io/schemas/1.41.0";
@@ -39,7 +42,7 @@ pub struct SpanRecord {
     pub flags: u8,
     pub trace_state: Option<String>,
     pub name: String,
-    /// Always CLIENT: the model runs in another process.
+    /// `client` for the gateway's calls (the model runs in another process).
     pub kind: String,
     pub start_unix_nanos: u64,
     pub end_unix_nanos: u64,
@@ -141,6 +144,49 @@ pub fn operation(format: WireFormat) -> &'static str {
 fn nanos(t: std::time::SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// The attributes that carry a call's captured content.
+const CONTENT_ATTRIBUTES: [&str; 7] = [
+    "gen_ai.input.messages",
+    "gen_ai.system_instructions",
+    "gen_ai.tool.definitions",
+    "gen_ai.output.messages",
+    "sidetrace.input.message_count",
+    "sidetrace.content.truncated",
+    "sidetrace.content.level",
+];
+
+fn push_content(a: &mut Vec<(String, AttrValue)>, c: &CapturedContent) {
+    let mut opt = |k: &str, v: &Option<String>| {
+        if let Some(v) = v {
+            a.push((k.to_string(), AttrValue::Str(v.clone())));
+        }
+    };
+    opt("gen_ai.input.messages", &c.input_messages);
+    opt("gen_ai.system_instructions", &c.system_instructions);
+    opt("gen_ai.tool.definitions", &c.tool_definitions);
+    opt("gen_ai.output.messages", &c.output_messages);
+    if let Some(n) = c.input_message_count.and_then(|n| i64::try_from(n).ok()) {
+        a.push(("sidetrace.input.message_count".into(), AttrValue::Int(n)));
+    }
+    if c.truncated {
+        a.push(("sidetrace.content.truncated".into(), AttrValue::Bool(true)));
+    }
+}
+
+/// The span with `content` in place of the content it carried, and the level it was kept at
+/// (`sidetrace.content.level`): the local store keeps content at its own level.
+pub fn with_content(mut span: SpanRecord, content: &CapturedContent) -> SpanRecord {
+    span.attributes
+        .retain(|(k, _)| !CONTENT_ATTRIBUTES.contains(&k.as_str()));
+    push_content(&mut span.attributes, content);
+    let level = content.level.unwrap_or(CaptureLevel::None);
+    span.attributes.push((
+        "sidetrace.content.level".into(),
+        AttrValue::Str(level.as_str().into()),
+    ));
+    span
 }
 
 /// Builds the span of a finished call.
@@ -285,21 +331,7 @@ pub fn span_for(call: &CallRecord) -> SpanRecord {
         a.push((format!("sidetrace.meta.{k}"), AttrValue::Str(v.clone())));
     }
     if let Some(c) = &call.content {
-        let mut opt = |k: &str, v: &Option<String>| {
-            if let Some(v) = v {
-                a.push((k.to_string(), AttrValue::Str(v.clone())));
-            }
-        };
-        opt("gen_ai.input.messages", &c.input_messages);
-        opt("gen_ai.system_instructions", &c.system_instructions);
-        opt("gen_ai.tool.definitions", &c.tool_definitions);
-        opt("gen_ai.output.messages", &c.output_messages);
-        if let Some(n) = c.input_message_count {
-            int(&mut a, "sidetrace.input.message_count", Some(n));
-        }
-        if c.truncated {
-            a.push(("sidetrace.content.truncated".into(), AttrValue::Bool(true)));
-        }
+        push_content(&mut a, c);
     }
     int(
         &mut a,

@@ -378,13 +378,28 @@ impl Sink for RecentCalls {
 pub struct TestGateway {
     gateway: Gateway,
     recent: Arc<RecentCalls>,
+    /// The data directory made for this gateway when the config named none (removed on drop).
+    _data: Option<tempfile::TempDir>,
 }
 
 impl TestGateway {
-    pub async fn start(config: Config) -> Result<TestGateway, sidetrace::server::StartError> {
+    /// Starts the gateway; without a `data_dir` in the config it gets a fresh one of its own, so
+    /// tests never share (or lock each other out of) the stores.
+    pub async fn start(mut config: Config) -> Result<TestGateway, sidetrace::server::StartError> {
+        let data = config
+            .data_dir
+            .is_empty()
+            .then(|| tempfile::tempdir().unwrap());
+        if let Some(dir) = &data {
+            config.data_dir = dir.path().display().to_string();
+        }
         let recent = Arc::new(RecentCalls::default());
         let gateway = Gateway::start_with_sinks(config, vec![recent.clone()]).await?;
-        Ok(TestGateway { gateway, recent })
+        Ok(TestGateway {
+            gateway,
+            recent,
+            _data: data,
+        })
     }
 
     /// Every call recorded so far, oldest first.

@@ -1,0 +1,368 @@
+//! Reading the trace store: pages of trace and session rows by index scans, one whole trace as a
+//! tree with rollups.
+
+use std::collections::HashMap;
+
+use super::{
+    SessionSummary, StoredSpan, Totals, TraceStore, TraceSummary, decode, session_time_key,
+    time_key, trace_id_of, value_prefix,
+};
+
+/// A filter over traces, and a page of it. Every given condition must hold.
+#[derive(Debug, Clone, Default)]
+pub struct TraceQuery {
+    /// Started at or after (unix nanos).
+    pub from: Option<u64>,
+    /// Started before.
+    pub to: Option<u64>,
+    pub feature: Option<String>,
+    pub user: Option<String>,
+    pub session: Option<String>,
+    /// A model the trace called (as answered or as requested).
+    pub model: Option<String>,
+    pub provider: Option<String>,
+    pub errors_only: bool,
+    pub min_cost_pico_usd: Option<u128>,
+    pub min_duration_nanos: Option<u64>,
+    /// Case-insensitive text in span names and captured content.
+    pub text: Option<String>,
+    pub limit: usize,
+    /// Continue after this (start, trace id): the last row of the previous page.
+    pub cursor: Option<(u64, [u8; 16])>,
+}
+
+/// A filter over sessions, and a page of it.
+#[derive(Debug, Clone, Default)]
+pub struct SessionQuery {
+    /// Last active at or after (unix nanos).
+    pub from: Option<u64>,
+    /// Last active before.
+    pub to: Option<u64>,
+    pub user: Option<String>,
+    pub feature: Option<String>,
+    pub limit: usize,
+    /// Continue after this (last active, session id).
+    pub cursor: Option<(u64, String)>,
+}
+
+/// One page: the rows and whether more follow (their cursor is the last row's).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page<T> {
+    pub rows: Vec<T>,
+    pub more: bool,
+}
+
+/// One span of a trace in tree order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TreeNode {
+    pub stored: StoredSpan,
+    pub depth: usize,
+    /// It names a parent that is not in the trace.
+    pub parent_missing: bool,
+    /// Its own figures, and those of its whole subtree.
+    pub own: Totals,
+    pub rollup: Totals,
+    /// `service.name` of its resource.
+    pub service: String,
+}
+
+/// A whole trace.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TraceTree {
+    pub summary: TraceSummary,
+    /// Depth first, children by start time.
+    pub nodes: Vec<TreeNode>,
+    /// Every resource its spans name, by key.
+    pub resources: HashMap<u64, Vec<(String, String)>>,
+}
+
+impl TraceQuery {
+    fn matches(&self, s: &TraceSummary) -> bool {
+        let eq = |want: &Option<String>, have: &Option<String>| {
+            want.as_ref().is_none_or(|w| have.as_ref() == Some(w))
+        };
+        self.from.is_none_or(|f| s.start_unix_nanos >= f)
+            && self.to.is_none_or(|t| s.start_unix_nanos < t)
+            && eq(&self.feature, &s.feature)
+            && eq(&self.user, &s.user)
+            && eq(&self.session, &s.session)
+            && self.model.as_ref().is_none_or(|m| s.models.contains(m))
+            && self
+                .provider
+                .as_ref()
+                .is_none_or(|p| s.providers.contains(p))
+            && (!self.errors_only || s.totals.errors > 0)
+            && self
+                .min_cost_pico_usd
+                .is_none_or(|c| s.totals.cost().is_some_and(|have| have >= c))
+            && self
+                .min_duration_nanos
+                .is_none_or(|d| s.duration_nanos() >= d)
+    }
+}
+
+/// Whether a span's name or captured content holds `needle` (lower case already).
+fn span_has_text(span: &StoredSpan, needle: &str) -> bool {
+    const CONTENT: [&str; 4] = [
+        "gen_ai.input.messages",
+        "gen_ai.output.messages",
+        "gen_ai.system_instructions",
+        "gen_ai.tool.definitions",
+    ];
+    if span.span.name.to_lowercase().contains(needle) {
+        return true;
+    }
+    span.span.attributes.iter().any(|(k, v)| {
+        CONTENT.contains(&k.as_str())
+            && matches!(v, crate::trace::span::AttrValue::Str(s) if s.to_lowercase().contains(needle))
+    })
+}
+
+impl TraceStore {
+    /// A page of traces, newest first. The most selective index given is scanned (session,
+    /// user, feature, else time); the other conditions are checked on each row.
+    pub fn traces(&self, q: &TraceQuery) -> Result<Page<TraceSummary>, sled::Error> {
+        let t = &*self.trees;
+        let (tree, prefix) = match (&q.session, &q.user, &q.feature) {
+            (Some(s), _, _) => (&t.by_session, value_prefix(s)),
+            (None, Some(u), _) => (&t.by_user, value_prefix(u)),
+            (None, None, Some(f)) => (&t.by_feature, value_prefix(f)),
+            _ => (&t.by_time, Vec::new()),
+        };
+        let key = |time_part: [u8; 24]| {
+            let mut k = prefix.clone();
+            k.extend_from_slice(&time_part);
+            k
+        };
+        let low = key(time_key(q.from.unwrap_or(0), &[0; 16]));
+        // Exclusive upper bound: before `to`, and before the cursor's row.
+        let mut high = match q.to {
+            Some(to) => key(time_key(to, &[0; 16])),
+            None => {
+                let mut k = prefix.clone();
+                k.extend_from_slice(&[0xff; 25]);
+                k
+            }
+        };
+        if let Some((start, id)) = q.cursor {
+            high = high.min(key(time_key(start, &id)));
+        }
+        let needle = q.text.as_ref().map(|s| s.to_lowercase());
+        let mut rows = Vec::new();
+        let mut more = false;
+        for entry in tree.range(low..high).rev() {
+            let (k, _) = entry?;
+            let Some(id) = trace_id_of(&k) else { continue };
+            let Some(summary) = t.traces.get(id)?.and_then(|v| decode::<TraceSummary>(&v)) else {
+                continue;
+            };
+            if !q.matches(&summary) {
+                continue;
+            }
+            if let Some(needle) = &needle
+                && !self.trace_has_text(&id, needle)?
+            {
+                continue;
+            }
+            if rows.len() == q.limit {
+                more = true;
+                break;
+            }
+            rows.push(summary);
+        }
+        Ok(Page { rows, more })
+    }
+
+    fn trace_has_text(&self, id: &[u8; 16], needle: &str) -> Result<bool, sled::Error> {
+        for entry in self.trees.spans.scan_prefix(id).values() {
+            if let Some(span) = decode::<StoredSpan>(&entry?)
+                && span_has_text(&span, needle)
+            {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// One trace's row.
+    pub fn summary(&self, id: &[u8; 16]) -> Result<Option<TraceSummary>, sled::Error> {
+        Ok(self.trees.traces.get(id)?.and_then(|v| decode(&v)))
+    }
+
+    /// One whole trace as a tree; `None` when the store has no such trace.
+    pub fn trace(&self, id: &[u8; 16]) -> Result<Option<TraceTree>, sled::Error> {
+        let Some(summary) = self.summary(id)? else {
+            return Ok(None);
+        };
+        let mut spans = Vec::new();
+        for entry in self.trees.spans.scan_prefix(id).values() {
+            if let Some(span) = decode::<StoredSpan>(&entry?) {
+                spans.push(span);
+            }
+        }
+        let mut resources = HashMap::new();
+        for s in &spans {
+            if !resources.contains_key(&s.resource)
+                && let Some(r) = self.trees.resources.get(s.resource.to_be_bytes())?
+            {
+                resources.insert(s.resource, decode(&r).unwrap_or_default());
+            }
+        }
+        let nodes = tree_order(spans, &resources);
+        Ok(Some(TraceTree {
+            summary,
+            nodes,
+            resources,
+        }))
+    }
+
+    /// A page of sessions, most recently active first.
+    pub fn sessions(&self, q: &SessionQuery) -> Result<Page<SessionSummary>, sled::Error> {
+        let t = &*self.trees;
+        let low = q.from.unwrap_or(0).to_be_bytes().to_vec();
+        let mut high = match q.to {
+            Some(to) => to.to_be_bytes().to_vec(),
+            None => vec![0xff; 9],
+        };
+        if let Some((last, id)) = &q.cursor {
+            high = high.min(session_time_key(*last, id));
+        }
+        let mut rows = Vec::new();
+        let mut more = false;
+        for entry in t.sessions_by_time.range(low..high).rev() {
+            let (k, _) = entry?;
+            let Some(session) = k.get(8..).and_then(|b| std::str::from_utf8(b).ok()) else {
+                continue;
+            };
+            let Some(s) = t
+                .sessions
+                .get(session)?
+                .and_then(|v| decode::<SessionSummary>(&v))
+            else {
+                continue;
+            };
+            let keep = q.user.as_ref().is_none_or(|u| s.user.as_ref() == Some(u))
+                && q.feature
+                    .as_ref()
+                    .is_none_or(|f| s.feature.as_ref() == Some(f));
+            if !keep {
+                continue;
+            }
+            if rows.len() == q.limit {
+                more = true;
+                break;
+            }
+            rows.push(s);
+        }
+        Ok(Page { rows, more })
+    }
+
+    /// One session's row and its traces, oldest first (at most `limit`; `more` when there are
+    /// more). `None` for an unknown session.
+    #[allow(clippy::type_complexity)]
+    pub fn session(
+        &self,
+        id: &str,
+        limit: usize,
+    ) -> Result<Option<(SessionSummary, Page<TraceSummary>)>, sled::Error> {
+        let t = &*self.trees;
+        let Some(session) = t
+            .sessions
+            .get(id)?
+            .and_then(|v| decode::<SessionSummary>(&v))
+        else {
+            return Ok(None);
+        };
+        let mut rows = Vec::new();
+        let mut more = false;
+        for entry in t.by_session.scan_prefix(value_prefix(id)) {
+            let (k, _) = entry?;
+            let Some(trace) = trace_id_of(&k) else {
+                continue;
+            };
+            if let Some(s) = self.summary(&trace)? {
+                if rows.len() == limit {
+                    more = true;
+                    break;
+                }
+                rows.push(s);
+            }
+        }
+        Ok(Some((session, Page { rows, more })))
+    }
+}
+
+/// Orders spans depth first (children by start time, then span id), with depths and rollups.
+/// Spans whose parent is not in the trace are roots.
+fn tree_order(
+    mut spans: Vec<StoredSpan>,
+    resources: &HashMap<u64, Vec<(String, String)>>,
+) -> Vec<TreeNode> {
+    spans.sort_by(|a, b| {
+        (a.span.start_unix_nanos, a.span.span_id).cmp(&(b.span.start_unix_nanos, b.span.span_id))
+    });
+    let index: HashMap<[u8; 8], usize> = spans
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.span.span_id, i))
+        .collect();
+    let mut children: Vec<Vec<usize>> = vec![Vec::new(); spans.len()];
+    let mut roots = Vec::new();
+    for (i, s) in spans.iter().enumerate() {
+        match s.span.parent_span_id.and_then(|p| index.get(&p)) {
+            Some(&parent) if parent != i => children[parent].push(i),
+            _ => roots.push(i),
+        }
+    }
+    // Depth-first order without recursion (a 1,000-deep chain must not overflow the stack).
+    let mut order: Vec<(usize, usize)> = Vec::with_capacity(spans.len());
+    let mut stack: Vec<(usize, usize)> = roots.iter().rev().map(|&r| (r, 0)).collect();
+    let mut seen = vec![false; spans.len()];
+    while let Some((i, depth)) = stack.pop() {
+        if std::mem::replace(&mut seen[i], true) {
+            continue;
+        }
+        order.push((i, depth));
+        stack.extend(children[i].iter().rev().map(|&c| (c, depth + 1)));
+    }
+    // Spans in a parent cycle (malformed input) are reached by no root: show them as roots.
+    for (i, seen) in seen.iter_mut().enumerate() {
+        if !std::mem::replace(seen, true) {
+            order.push((i, 0));
+        }
+    }
+    // Rollups: children come after their parent in `order`, so a reverse pass sums upwards.
+    let own: Vec<Totals> = spans.iter().map(StoredSpan::totals).collect();
+    let mut rollup = own.clone();
+    let parent_of: Vec<Option<usize>> = spans
+        .iter()
+        .map(|s| s.span.parent_span_id.and_then(|p| index.get(&p).copied()))
+        .collect();
+    for &(i, depth) in order.iter().rev() {
+        // Below a root, a span was reached from its parent; roots (a parent cycle included)
+        // add to nothing.
+        if let Some(p) = parent_of[i].filter(|_| depth > 0) {
+            let r = rollup[i];
+            rollup[p].add(&r);
+        }
+    }
+    let mut slots: Vec<Option<StoredSpan>> = spans.into_iter().map(Some).collect();
+    order
+        .into_iter()
+        .map(|(i, depth)| {
+            let stored = slots[i].take().expect("each span is placed once");
+            let service = resources
+                .get(&stored.resource)
+                .and_then(|r| r.iter().find(|(k, _)| k == "service.name"))
+                .map_or_else(String::new, |(_, v)| v.clone());
+            TreeNode {
+                parent_missing: stored.span.parent_span_id.is_some() && depth == 0,
+                depth,
+                own: own[i],
+                rollup: rollup[i],
+                service,
+                stored,
+            }
+        })
+        .collect()
+}

@@ -1,0 +1,216 @@
+//! What the trace store keeps beside the spans: one summary row per trace and per session, kept
+//! current as spans arrive, so that lists and filters read rows, not spans.
+
+use serde::{Deserialize, Serialize};
+
+use crate::trace::span::{AttrValue, SpanRecord, SpanStatus};
+
+/// What one span adds to its trace (and its session).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Totals {
+    pub spans: u64,
+    pub errors: u64,
+    pub input_tokens: u64,
+    pub cached_input_tokens: u64,
+    pub reasoning_tokens: u64,
+    pub output_tokens: u64,
+    /// Exact cost of the priced spans, in pico-USD.
+    pub cost_pico_usd: u128,
+    /// Spans that carried a cost; `cost_pico_usd` means nothing when this is 0.
+    pub priced_spans: u64,
+}
+
+impl Totals {
+    /// One span's own figures: its token counts and cost (`cost_pico_usd` when the gateway
+    /// priced it, else its `cost.usd` attribute).
+    pub fn of_span(span: &SpanRecord, cost_pico_usd: Option<u128>) -> Totals {
+        let int = |k: &str| match span.attr(k) {
+            Some(AttrValue::Int(n)) => u64::try_from(*n).unwrap_or(0),
+            _ => 0,
+        };
+        let cost = cost_pico_usd.or_else(|| match span.attr("cost.usd") {
+            Some(AttrValue::Double(usd)) if *usd >= 0.0 && usd.is_finite() => {
+                Some((usd * 1e12).round() as u128)
+            }
+            _ => None,
+        });
+        Totals {
+            spans: 1,
+            errors: u64::from(matches!(span.status, SpanStatus::Error(_))),
+            input_tokens: int("gen_ai.usage.input_tokens"),
+            cached_input_tokens: int("gen_ai.usage.cache_read.input_tokens"),
+            reasoning_tokens: int("gen_ai.usage.reasoning.output_tokens"),
+            output_tokens: int("gen_ai.usage.output_tokens"),
+            cost_pico_usd: cost.unwrap_or(0),
+            priced_spans: u64::from(cost.is_some()),
+        }
+    }
+
+    pub fn add(&mut self, o: &Totals) {
+        self.spans += o.spans;
+        self.errors += o.errors;
+        self.input_tokens += o.input_tokens;
+        self.cached_input_tokens += o.cached_input_tokens;
+        self.reasoning_tokens += o.reasoning_tokens;
+        self.output_tokens += o.output_tokens;
+        self.cost_pico_usd = self.cost_pico_usd.saturating_add(o.cost_pico_usd);
+        self.priced_spans += o.priced_spans;
+    }
+
+    pub fn sub(&mut self, o: &Totals) {
+        self.spans = self.spans.saturating_sub(o.spans);
+        self.errors = self.errors.saturating_sub(o.errors);
+        self.input_tokens = self.input_tokens.saturating_sub(o.input_tokens);
+        self.cached_input_tokens = self
+            .cached_input_tokens
+            .saturating_sub(o.cached_input_tokens);
+        self.reasoning_tokens = self.reasoning_tokens.saturating_sub(o.reasoning_tokens);
+        self.output_tokens = self.output_tokens.saturating_sub(o.output_tokens);
+        self.cost_pico_usd = self.cost_pico_usd.saturating_sub(o.cost_pico_usd);
+        self.priced_spans = self.priced_spans.saturating_sub(o.priced_spans);
+    }
+
+    /// The cost, when any span in it was priced.
+    pub fn cost(&self) -> Option<u128> {
+        (self.priced_spans > 0).then_some(self.cost_pico_usd)
+    }
+}
+
+/// One trace's row.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TraceSummary {
+    pub trace_id: [u8; 16],
+    pub start_unix_nanos: u64,
+    pub end_unix_nanos: u64,
+    /// The earliest span without a parent, when one arrived.
+    pub root_name: Option<String>,
+    root_start: u64,
+    /// The earliest span's name: the trace's name until its root arrives.
+    first_name: String,
+    pub totals: Totals,
+    /// The first feature, user and session seen in the trace.
+    pub feature: Option<String>,
+    pub user: Option<String>,
+    pub session: Option<String>,
+    /// Every distinct model (as answered, else as requested) and provider.
+    pub models: Vec<String>,
+    pub providers: Vec<String>,
+    /// Stored bytes of the trace's spans (keys and values), for the size bound.
+    pub bytes: u64,
+}
+
+fn text(span: &SpanRecord, key: &str) -> Option<String> {
+    match span.attr(key) {
+        Some(AttrValue::Str(s)) if !s.is_empty() => Some(s.clone()),
+        _ => None,
+    }
+}
+
+impl TraceSummary {
+    pub fn new(trace_id: [u8; 16]) -> TraceSummary {
+        TraceSummary {
+            trace_id,
+            ..TraceSummary::default()
+        }
+    }
+
+    /// The name to show for the trace.
+    pub fn name(&self) -> &str {
+        self.root_name.as_deref().unwrap_or(&self.first_name)
+    }
+
+    pub fn duration_nanos(&self) -> u64 {
+        self.end_unix_nanos.saturating_sub(self.start_unix_nanos)
+    }
+
+    /// Adds one span (`bytes`: what it takes in the store).
+    pub fn add(&mut self, span: &SpanRecord, totals: &Totals, bytes: u64) {
+        let first = self.totals.spans == 0;
+        if first || span.start_unix_nanos < self.start_unix_nanos {
+            self.start_unix_nanos = span.start_unix_nanos;
+            self.first_name = span.name.clone();
+        }
+        self.end_unix_nanos = self.end_unix_nanos.max(span.end_unix_nanos);
+        if span.parent_span_id.is_none()
+            && (self.root_name.is_none() || span.start_unix_nanos < self.root_start)
+        {
+            self.root_name = Some(span.name.clone());
+            self.root_start = span.start_unix_nanos;
+        }
+        self.totals.add(totals);
+        self.bytes += bytes;
+        if self.feature.is_none() {
+            self.feature = text(span, "feature.id");
+        }
+        if self.user.is_none() {
+            self.user = text(span, "user.id");
+        }
+        if self.session.is_none() {
+            self.session = text(span, "session.id");
+        }
+        let model =
+            text(span, "gen_ai.response.model").or_else(|| text(span, "gen_ai.request.model"));
+        if let Some(m) = model
+            && !self.models.contains(&m)
+        {
+            self.models.push(m);
+        }
+        let provider =
+            text(span, "sidetrace.provider").or_else(|| text(span, "gen_ai.provider.name"));
+        if let Some(p) = provider
+            && !self.providers.contains(&p)
+        {
+            self.providers.push(p);
+        }
+    }
+}
+
+/// One session's row: the sum of its traces' rows.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionSummary {
+    pub session_id: String,
+    pub first_unix_nanos: u64,
+    pub last_unix_nanos: u64,
+    pub traces: u64,
+    pub totals: Totals,
+    pub user: Option<String>,
+    pub feature: Option<String>,
+}
+
+impl SessionSummary {
+    pub fn new(session_id: &str) -> SessionSummary {
+        SessionSummary {
+            session_id: session_id.to_string(),
+            ..SessionSummary::default()
+        }
+    }
+
+    /// Takes in a trace of the session: `before` is its row as the session counted it already
+    /// (`None` when the trace is new to the session).
+    pub fn update(&mut self, before: Option<&TraceSummary>, after: &TraceSummary) {
+        let empty = self.traces == 0;
+        match before {
+            Some(b) => self.totals.sub(&b.totals),
+            None => self.traces += 1,
+        }
+        self.totals.add(&after.totals);
+        self.first_unix_nanos = if empty {
+            after.start_unix_nanos
+        } else {
+            self.first_unix_nanos.min(after.start_unix_nanos)
+        };
+        self.last_unix_nanos = self.last_unix_nanos.max(after.end_unix_nanos);
+        if self.user.is_none() {
+            self.user = after.user.clone();
+        }
+        if self.feature.is_none() {
+            self.feature = after.feature.clone();
+        }
+    }
+
+    /// Lets go of an evicted trace.
+    pub fn remove(&mut self, trace: &TraceSummary) {
+        self.traces = self.traces.saturating_sub(1);
+        self.totals.sub(&trace.totals);
+    }
+}

@@ -1,0 +1,361 @@
+//! The trace store through the running gateway: calls with feature, user and session headers
+//! appear in `/api/traces` with exact tokens and cost, the trace id from a response header
+//! opens the whole trace, content is kept at the store's level (redacted) while the export keeps
+//! its own (metadata), and bad input gets a JSON error.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use http::StatusCode;
+use serde_json::Value;
+use sidetrace::{cost::Cost, trace::span::AttrValue};
+
+const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+
+fn provider(seen: &Seen) -> Reply {
+    let body: Value = serde_json::from_slice(&seen.body).unwrap_or_default();
+    let json = |p: &str| String::from_utf8(fixture(p)).unwrap();
+    if body["model"] == "rate-limited" {
+        return Reply::json(429, &json("openai/error_rate_limit_429.json"));
+    }
+    Reply::json(200, &json("openai/chat_nonstream.json"))
+}
+
+const CHAT: &str = r#"{"model":"o4-mini","messages":[{"role":"system","content":"Be brief."},{"role":"user","content":"Why is my query slow? Mail me at jane@example.com"}]}"#;
+
+/// GETs an admin path until `done` holds for its JSON; panics after 30 s.
+async fn wait_json(gw: &TestGateway, path: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let a = admin_get(gw, path).await;
+        let v = a.json();
+        if a.status == StatusCode::OK && done(&v) {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{path} never got there: {v}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn error_of(gw: &TestGateway, path: &str, status: StatusCode) -> String {
+    let a = admin_get(gw, path).await;
+    assert_eq!(
+        a.status,
+        status,
+        "{path}: {}",
+        String::from_utf8_lossy(&a.body)
+    );
+    assert_eq!(a.headers["content-type"], "application/json");
+    a.json()["error"]["message"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{path}: no error message"))
+        .to_string()
+}
+
+#[tokio::test]
+async fn calls_appear_as_traces_with_exact_tokens_cost_content_and_sessions() {
+    let mock = Mock::start(provider).await;
+    let gw = gateway_for(&mock, "").await;
+    let headers = [
+        ("traceparent", TRACEPARENT),
+        ("x-sidetrace-feature", "Support_Agent"),
+        ("x-sidetrace-user-id", "u_123"),
+        ("x-sidetrace-session-id", "s_9"),
+    ];
+    let first = post(&gw, "/v1/chat/completions", &headers, CHAT).await;
+    assert_eq!(first.status, StatusCode::OK);
+    let from_header = first.headers["x-sidetrace-trace-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(from_header, TRACE_ID);
+    assert_eq!(
+        post(&gw, "/v1/chat/completions", &headers, CHAT)
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let refused = post(
+        &gw,
+        "/v1/chat/completions",
+        &[("x-sidetrace-feature", "search")],
+        r#"{"model":"rate-limited","messages":[{"role":"user","content":"hi"}]}"#,
+    )
+    .await;
+    assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
+
+    let list = wait_json(&gw, "/api/traces", |v| {
+        let rows = v["traces"].as_array().unwrap();
+        rows.len() == 2
+            && rows
+                .iter()
+                .map(|r| r["spans"].as_u64().unwrap())
+                .sum::<u64>()
+                == 3
+    })
+    .await;
+    assert_eq!(list["next_cursor"], Value::Null);
+
+    // Exact tokens and cost: the sums of what the calls themselves recorded.
+    let calls: Vec<_> = gw
+        .recent_calls()
+        .into_iter()
+        .filter(|c| c.trace.trace_id_hex() == TRACE_ID)
+        .collect();
+    assert_eq!(calls.len(), 2);
+    let usage = |f: fn(&sidetrace::format::Usage) -> Option<u64>| -> u64 {
+        calls
+            .iter()
+            .map(|c| f(&c.response.as_ref().unwrap().usage).unwrap())
+            .sum()
+    };
+    let cost: u128 = calls.iter().map(|c| c.cost_pico_usd.unwrap()).sum();
+    let by_feature = admin_get(&gw, "/api/traces?feature=support_agent")
+        .await
+        .json();
+    let rows = by_feature["traces"].as_array().unwrap();
+    assert_eq!(rows.len(), 1, "{by_feature}");
+    let row = &rows[0];
+    assert_eq!(row["trace_id"], TRACE_ID);
+    assert_eq!(row["spans"], 2);
+    assert_eq!(row["errors"], 0);
+    assert_eq!(row["input_tokens"], usage(|u| u.input_tokens));
+    assert_eq!(row["output_tokens"], usage(|u| u.output_tokens));
+    assert_eq!(row["cached_input_tokens"], usage(|u| u.cached_input_tokens));
+    assert_eq!(row["reasoning_tokens"], usage(|u| u.reasoning_tokens));
+    assert_eq!(row["cost_usd"], Cost::from_pico_usd(cost).to_string());
+    assert_eq!(row["feature"], "support_agent");
+    assert_eq!(row["user"], "u_123");
+    assert_eq!(row["session"], "s_9");
+    assert_eq!(row["models"], serde_json::json!(["o4-mini-2025-04-16"]));
+    assert_eq!(row["providers"], serde_json::json!(["openai"]));
+
+    // status=error finds the refused call's trace only.
+    let errors = admin_get(&gw, "/api/traces?status=error").await.json();
+    let errors = errors["traces"].as_array().unwrap();
+    assert_eq!(errors.len(), 1);
+    assert_eq!(errors[0]["feature"], "search");
+    assert_eq!(errors[0]["errors"], 1);
+
+    // Paging: one per page, the cursor leads to the other, then the end.
+    let page1 = admin_get(&gw, "/api/traces?limit=1").await.json();
+    let cursor = page1["next_cursor"].as_str().unwrap().to_string();
+    let page2 = admin_get(&gw, &format!("/api/traces?limit=1&cursor={cursor}"))
+        .await
+        .json();
+    assert_ne!(
+        page1["traces"][0]["trace_id"],
+        page2["traces"][0]["trace_id"]
+    );
+    assert_eq!(page2["next_cursor"], Value::Null);
+
+    // The trace id from the response header opens the whole trace.
+    let trace = admin_get(&gw, &format!("/api/traces/{from_header}"))
+        .await
+        .json();
+    let spans = trace["spans"].as_array().unwrap();
+    assert_eq!(spans.len(), 2);
+    for s in spans {
+        assert_eq!(s["parent_span_id"], "00f067aa0ba902b7");
+        assert_eq!(s["parent_missing"], true);
+        assert_eq!(s["depth"], 0);
+        assert_eq!(s["service"], "sidetrace");
+        let a = &s["attributes"];
+        assert_eq!(a["sidetrace.content.level"], "redacted");
+        let input = a["gen_ai.input.messages"].as_str().unwrap();
+        assert!(
+            input.contains("[EMAIL]") && !input.contains("jane@example.com"),
+            "{input}"
+        );
+        assert!(
+            a["gen_ai.system_instructions"]
+                .as_str()
+                .unwrap()
+                .contains("Be brief.")
+        );
+        let output = a["gen_ai.output.messages"].as_str().unwrap();
+        assert!(output.contains("composite index"), "{output}");
+        assert_eq!(s["rollup"]["spans"], 1);
+        assert_eq!(s["self"]["cost_usd"], s["rollup"]["cost_usd"]);
+    }
+    // The export keeps its own level: no text left the machine.
+    for span in gw.recent_spans() {
+        assert!(span.attr("gen_ai.input.messages").is_none());
+        assert!(span.attr("gen_ai.output.messages").is_none());
+        assert_eq!(
+            span.attr("sidetrace.input.message_count"),
+            Some(&AttrValue::Int(1))
+        );
+    }
+
+    // The trace as OTLP JSON.
+    let otlp = admin_get(&gw, &format!("/api/traces/{TRACE_ID}/otlp"))
+        .await
+        .json();
+    let rs = &otlp["resourceSpans"][0];
+    assert!(
+        rs["resource"]["attributes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["key"] == "service.name" && a["value"]["stringValue"] == "sidetrace")
+    );
+    let otlp_spans = rs["scopeSpans"][0]["spans"].as_array().unwrap();
+    assert_eq!(otlp_spans.len(), 2);
+    assert_eq!(otlp_spans[0]["traceId"], TRACE_ID);
+    assert_eq!(otlp_spans[0]["kind"], 3);
+    assert!(otlp_spans[0]["startTimeUnixNano"].is_string());
+
+    // Sessions.
+    let sessions = admin_get(&gw, "/api/sessions").await.json();
+    let s9: Vec<&Value> = sessions["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["session_id"] == "s_9")
+        .collect();
+    assert_eq!(s9.len(), 1);
+    assert_eq!(s9[0]["traces"], 1);
+    assert_eq!(s9[0]["spans"], 2);
+    assert_eq!(s9[0]["cost_usd"], Cost::from_pico_usd(cost).to_string());
+    let one = admin_get(&gw, "/api/sessions/s_9").await.json();
+    assert_eq!(one["traces"][0]["trace_id"], TRACE_ID);
+    assert_eq!(one["truncated"], false);
+
+    // The cost page's series.
+    let costs = admin_get(&gw, "/api/costs?group_by=feature&window=7d&bucket=1h")
+        .await
+        .json();
+    let series = costs["series"].as_array().unwrap();
+    let support = series.iter().find(|s| s["key"] == "support_agent").unwrap();
+    assert_eq!(support["points"][0]["calls"], 2);
+    assert_eq!(
+        support["points"][0]["cost_usd"],
+        Cost::from_pico_usd(cost).to_string()
+    );
+
+    // Every span written, none dropped.
+    assert_eq!(
+        metric(&gw, "sidetrace_store_spans_written_total").await,
+        3.0
+    );
+    assert_eq!(
+        metric(&gw, "sidetrace_store_spans_dropped_total").await,
+        0.0
+    );
+    assert_eq!(metric(&gw, "sidetrace_store_up ").await, 1.0);
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_json_error_saying_what_was_wrong() {
+    let gw = gateway("").await;
+    for (path, status, says) in [
+        ("/api/traces?limit=0", StatusCode::BAD_REQUEST, "limit"),
+        ("/api/traces?limit=abc", StatusCode::BAD_REQUEST, "limit"),
+        (
+            "/api/traces?cursor=nonsense",
+            StatusCode::BAD_REQUEST,
+            "cursor",
+        ),
+        (
+            "/api/traces?cursor=12-zz",
+            StatusCode::BAD_REQUEST,
+            "cursor",
+        ),
+        ("/api/traces?window=5x", StatusCode::BAD_REQUEST, "window"),
+        ("/api/traces?from=10&to=5", StatusCode::BAD_REQUEST, "from"),
+        ("/api/traces?status=fine", StatusCode::BAD_REQUEST, "status"),
+        (
+            "/api/traces?min_cost_usd=-1",
+            StatusCode::BAD_REQUEST,
+            "min_cost_usd",
+        ),
+        (
+            "/api/traces?min_duration_ms=x",
+            StatusCode::BAD_REQUEST,
+            "min_duration_ms",
+        ),
+        (
+            "/api/traces/not-a-trace-id",
+            StatusCode::BAD_REQUEST,
+            "32 hex",
+        ),
+        (
+            "/api/traces/0000000000000000000000000000abcd",
+            StatusCode::NOT_FOUND,
+            "no trace",
+        ),
+        (
+            "/api/traces/0000000000000000000000000000abcd/spans",
+            StatusCode::NOT_FOUND,
+            "no such endpoint",
+        ),
+        ("/api/sessions/nobody", StatusCode::NOT_FOUND, "no session"),
+        (
+            "/api/sessions?cursor=1-zz",
+            StatusCode::BAD_REQUEST,
+            "cursor",
+        ),
+        ("/api/costs?bucket=1w", StatusCode::BAD_REQUEST, "bucket"),
+        (
+            "/api/costs?group_by=colour",
+            StatusCode::BAD_REQUEST,
+            "group_by",
+        ),
+    ] {
+        let message = error_of(&gw, path, status).await;
+        assert!(message.contains(says), "{path}: {message}");
+    }
+    // An empty store answers empty pages.
+    let empty = admin_get(&gw, "/api/traces").await.json();
+    assert_eq!(
+        empty,
+        serde_json::json!({"traces": [], "next_cursor": null})
+    );
+}
+
+#[tokio::test]
+async fn with_the_store_off_the_api_says_so_and_the_proxy_serves() {
+    let mock = Mock::start(provider).await;
+    let gw = gateway_for(&mock, "[store]\nenabled = false\n").await;
+    assert_eq!(
+        post(&gw, "/v1/chat/completions", &[], CHAT).await.status,
+        StatusCode::OK
+    );
+    let message = error_of(&gw, "/api/traces", StatusCode::SERVICE_UNAVAILABLE).await;
+    assert!(message.contains("enabled = false"), "{message}");
+    error_of(&gw, "/api/sessions", StatusCode::SERVICE_UNAVAILABLE).await;
+    assert_eq!(metric(&gw, "sidetrace_store_up ").await, 0.0);
+    // Without a store, the export's level is the only one: metadata, no text.
+    let span = &gw.recent_spans()[0];
+    assert!(span.attr("gen_ai.input.messages").is_none());
+}
+
+#[tokio::test]
+async fn traces_survive_a_restart_of_the_gateway() {
+    let mock = Mock::start(provider).await;
+    let dir = tempfile::tempdir().unwrap();
+    let extra = format!("data_dir = {:?}\n", dir.path().display().to_string());
+    let gw = gateway_for(&mock, &extra).await;
+    let a = post(
+        &gw,
+        "/v1/chat/completions",
+        &[("traceparent", TRACEPARENT)],
+        CHAT,
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK);
+    wait_json(&gw, &format!("/api/traces/{TRACE_ID}"), |v| {
+        v["spans"].as_array().is_some_and(|s| s.len() == 1)
+    })
+    .await;
+    gw.shutdown().await;
+
+    let gw = gateway_for(&mock, &extra).await;
+    let trace = admin_get(&gw, &format!("/api/traces/{TRACE_ID}")).await;
+    assert_eq!(trace.status, StatusCode::OK);
+    assert_eq!(trace.json()["trace"]["spans"], 1);
+}

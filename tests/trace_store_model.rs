@@ -1,0 +1,485 @@
+//! The trace store against a model: random spans in, random queries paged through with their
+//! cursors, and the answer must equal a brute-force filter over the same spans. Plus retention
+//! by bytes and by age (whole traces, counted), restart, and a damaged store moved aside.
+
+use std::{path::Path, sync::Arc, time::Duration};
+
+use proptest::prelude::*;
+use sidetrace::{
+    metrics::Metrics,
+    store::traces::{Ingest, Origin, StoreLimits, TraceQuery, TraceStore, now_unix_nanos},
+    trace::span::{AttrValue, SpanRecord, SpanStatus},
+};
+
+const HOUR: u64 = 3_600_000_000_000;
+
+fn origin() -> Arc<Origin> {
+    Arc::new(Origin {
+        resource: vec![("service.name".into(), "test".into())],
+        scope_name: "sidetrace".into(),
+        scope_version: "0".into(),
+    })
+}
+
+/// A span as the model sees it.
+#[derive(Debug, Clone)]
+struct Spec {
+    trace: u8,
+    span: u8,
+    parent: Option<u8>,
+    start: u64,
+    duration: u64,
+    feature: Option<&'static str>,
+    user: Option<&'static str>,
+    session: Option<&'static str>,
+    model: &'static str,
+    provider: &'static str,
+    error: bool,
+    input_tokens: u64,
+    cost_pico: Option<u128>,
+    name: &'static str,
+}
+
+fn trace_id(n: u8) -> [u8; 16] {
+    let mut id = [0x11u8; 16];
+    id[15] = n;
+    id
+}
+
+fn span_of(s: &Spec, base: u64) -> SpanRecord {
+    let mut attributes = vec![
+        (
+            "gen_ai.request.model".to_string(),
+            AttrValue::Str(s.model.into()),
+        ),
+        (
+            "sidetrace.provider".to_string(),
+            AttrValue::Str(s.provider.into()),
+        ),
+        (
+            "gen_ai.usage.input_tokens".to_string(),
+            AttrValue::Int(s.input_tokens as i64),
+        ),
+    ];
+    for (k, v) in [
+        ("feature.id", s.feature),
+        ("user.id", s.user),
+        ("session.id", s.session),
+    ] {
+        if let Some(v) = v {
+            attributes.push((k.to_string(), AttrValue::Str(v.into())));
+        }
+    }
+    SpanRecord {
+        trace_id: trace_id(s.trace),
+        span_id: [s.trace, s.span, 0, 0, 0, 0, 0, 1],
+        parent_span_id: s.parent.map(|p| [s.trace, p, 0, 0, 0, 0, 0, 1]),
+        parent_is_remote: false,
+        flags: 1,
+        trace_state: None,
+        name: s.name.into(),
+        kind: "CLIENT".into(),
+        start_unix_nanos: base + s.start,
+        end_unix_nanos: base + s.start + s.duration,
+        status: if s.error {
+            SpanStatus::Error("failed".into())
+        } else {
+            SpanStatus::Unset
+        },
+        attributes,
+    }
+}
+
+fn open(dir: &Path, max_bytes: u64, max_age: Duration) -> (Arc<TraceStore>, Arc<Metrics>) {
+    let metrics = Arc::new(Metrics::new());
+    let opened = TraceStore::open(dir, StoreLimits { max_bytes, max_age }, metrics.clone());
+    (opened.store.expect("the store opens"), metrics)
+}
+
+fn put(store: &TraceStore, span: SpanRecord, cost: Option<u128>) {
+    store.submit(Ingest {
+        span,
+        origin: origin(),
+        cost_pico_usd: cost,
+    });
+}
+
+/// The model's row of a trace.
+#[derive(Debug, Clone, PartialEq)]
+struct Row {
+    id: [u8; 16],
+    start: u64,
+    end: u64,
+    spans: u64,
+    errors: u64,
+    input_tokens: u64,
+    cost: Option<u128>,
+    feature: Option<String>,
+    user: Option<String>,
+    session: Option<String>,
+    models: Vec<String>,
+    providers: Vec<String>,
+    names: Vec<String>,
+}
+
+fn model_rows(specs: &[Spec], base: u64) -> Vec<Row> {
+    let mut rows: Vec<Row> = Vec::new();
+    for s in specs {
+        let id = trace_id(s.trace);
+        let span = span_of(s, base);
+        // A span sent twice counts once.
+        if specs
+            .iter()
+            .take_while(|o| !std::ptr::eq(*o, s))
+            .any(|o| o.trace == s.trace && o.span == s.span)
+        {
+            continue;
+        }
+        let at = match rows.iter().position(|r| r.id == id) {
+            Some(at) => at,
+            None => {
+                rows.push(Row {
+                    id,
+                    start: span.start_unix_nanos,
+                    end: span.end_unix_nanos,
+                    spans: 0,
+                    errors: 0,
+                    input_tokens: 0,
+                    cost: None,
+                    feature: None,
+                    user: None,
+                    session: None,
+                    models: Vec::new(),
+                    providers: Vec::new(),
+                    names: Vec::new(),
+                });
+                rows.len() - 1
+            }
+        };
+        let r = &mut rows[at];
+        r.start = r.start.min(span.start_unix_nanos);
+        r.end = r.end.max(span.end_unix_nanos);
+        r.spans += 1;
+        r.errors += u64::from(s.error);
+        r.input_tokens += s.input_tokens;
+        if let Some(c) = s.cost_pico {
+            r.cost = Some(r.cost.unwrap_or(0) + c);
+        }
+        r.feature = r.feature.clone().or(s.feature.map(String::from));
+        r.user = r.user.clone().or(s.user.map(String::from));
+        r.session = r.session.clone().or(s.session.map(String::from));
+        if !r.models.contains(&s.model.to_string()) {
+            r.models.push(s.model.into());
+        }
+        if !r.providers.contains(&s.provider.to_string()) {
+            r.providers.push(s.provider.into());
+        }
+        r.names.push(s.name.into());
+    }
+    rows
+}
+
+fn model_query(rows: &[Row], q: &TraceQuery) -> Vec<[u8; 16]> {
+    let mut hits: Vec<&Row> = rows
+        .iter()
+        .filter(|r| {
+            q.from.is_none_or(|f| r.start >= f)
+                && q.to.is_none_or(|t| r.start < t)
+                && q.feature
+                    .as_ref()
+                    .is_none_or(|f| r.feature.as_ref() == Some(f))
+                && q.user.as_ref().is_none_or(|u| r.user.as_ref() == Some(u))
+                && q.session
+                    .as_ref()
+                    .is_none_or(|s| r.session.as_ref() == Some(s))
+                && q.model.as_ref().is_none_or(|m| r.models.contains(m))
+                && q.provider.as_ref().is_none_or(|p| r.providers.contains(p))
+                && (!q.errors_only || r.errors > 0)
+                && q.min_cost_pico_usd
+                    .is_none_or(|c| r.cost.is_some_and(|have| have >= c))
+                && q.min_duration_nanos.is_none_or(|d| r.end - r.start >= d)
+                && q.text.as_ref().is_none_or(|t| {
+                    r.names
+                        .iter()
+                        .any(|n| n.to_lowercase().contains(&t.to_lowercase()))
+                })
+        })
+        .collect();
+    hits.sort_by_key(|r| std::cmp::Reverse((r.start, r.id)));
+    hits.into_iter().map(|r| r.id).collect()
+}
+
+fn spec() -> impl Strategy<Value = Spec> {
+    (
+        (0u8..6, 0u8..4, prop::option::of(0u8..4), 0u64..50, 0u64..20),
+        (
+            prop::option::of(prop::sample::select(vec!["support", "search"])),
+            prop::option::of(prop::sample::select(vec!["u1", "u2"])),
+            prop::option::of(prop::sample::select(vec!["s1", "s2"])),
+        ),
+        (
+            prop::sample::select(vec!["gpt-4o", "claude"]),
+            prop::sample::select(vec!["openai", "anthropic"]),
+            prop::bool::weighted(0.2),
+            0u64..100,
+            prop::option::of(0u128..1_000_000),
+            prop::sample::select(vec!["chat gpt-4o", "agent.run", "Retrieve docs"]),
+        ),
+    )
+        .prop_map(
+            |(
+                (trace, span, parent, start, duration),
+                (feature, user, session),
+                (model, provider, error, input_tokens, cost_pico, name),
+            )| Spec {
+                trace,
+                span,
+                parent: parent.filter(|p| *p != span),
+                start: start * 1_000_000,
+                duration: duration * 1_000_000,
+                feature,
+                user,
+                session,
+                model,
+                provider,
+                error,
+                input_tokens,
+                cost_pico,
+                name,
+            },
+        )
+}
+
+fn query(base: u64) -> impl Strategy<Value = TraceQuery> {
+    (
+        (
+            prop::option::of(0u64..50),
+            prop::option::of(0u64..70),
+            prop::option::of(prop::sample::select(vec!["support", "search", "none"])),
+            prop::option::of(prop::sample::select(vec!["u1", "u2"])),
+            prop::option::of(prop::sample::select(vec!["s1", "s2"])),
+        ),
+        (
+            prop::option::of(prop::sample::select(vec!["gpt-4o", "claude"])),
+            prop::option::of(prop::sample::select(vec!["openai", "anthropic"])),
+            prop::bool::weighted(0.3),
+            prop::option::of(0u128..1_500_000),
+            prop::option::of(0u64..30),
+            prop::option::of(prop::sample::select(vec!["retrieve", "CHAT", "nothing"])),
+            1usize..5,
+        ),
+    )
+        .prop_map(
+            move |(
+                (from, to, feature, user, session),
+                (model, provider, errors_only, min_cost, min_duration, text, limit),
+            )| TraceQuery {
+                from: from.map(|f| base + f * 1_000_000),
+                to: to.map(|t| base + t * 1_000_000),
+                feature: feature.map(String::from),
+                user: user.map(String::from),
+                session: session.map(String::from),
+                model: model.map(String::from),
+                provider: provider.map(String::from),
+                errors_only,
+                min_cost_pico_usd: min_cost,
+                min_duration_nanos: min_duration.map(|d| d * 1_000_000),
+                text: text.map(String::from),
+                limit,
+                cursor: None,
+            },
+        )
+}
+
+/// Pages through a query with its cursor; every id, in order.
+fn all_pages(store: &TraceStore, q: &TraceQuery) -> Vec<[u8; 16]> {
+    let mut q = q.clone();
+    let mut out = Vec::new();
+    for _ in 0..100 {
+        let page = store.traces(&q).unwrap();
+        assert!(page.rows.len() <= q.limit);
+        out.extend(page.rows.iter().map(|r| r.trace_id));
+        if !page.more {
+            return out;
+        }
+        let last = page.rows.last().expect("a page with more is not empty");
+        q.cursor = Some((last.start_unix_nanos, last.trace_id));
+    }
+    panic!("paging did not end");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 40, ..ProptestConfig::default() })]
+
+    #[test]
+    fn queries_and_pages_equal_a_brute_force_filter(
+        specs in prop::collection::vec(spec(), 1..40),
+        queries in prop::collection::vec(query(1_000 * HOUR), 1..8),
+    ) {
+        let base = 1_000 * HOUR;
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = open(dir.path(), u64::MAX, Duration::from_secs(u64::MAX / 4_000_000_000));
+        for s in &specs {
+            put(&store, span_of(s, base), s.cost_pico);
+        }
+        assert!(store.flush(Duration::from_secs(10)));
+        let rows = model_rows(&specs, base);
+        for r in &rows {
+            let got = store.summary(&r.id).unwrap().expect("every trace has a row");
+            prop_assert_eq!(got.totals.spans, r.spans);
+            prop_assert_eq!(got.totals.errors, r.errors);
+            prop_assert_eq!(got.totals.input_tokens, r.input_tokens);
+            prop_assert_eq!(got.totals.cost(), r.cost);
+            prop_assert_eq!(got.start_unix_nanos, r.start);
+            prop_assert_eq!(got.end_unix_nanos, r.end);
+            prop_assert_eq!(&got.feature, &r.feature);
+            let tree = store.trace(&r.id).unwrap().unwrap();
+            prop_assert_eq!(tree.nodes.len() as u64, r.spans);
+            // The roots' rollups add up to the trace.
+            let rolled: u64 = tree.nodes.iter().filter(|n| n.depth == 0).map(|n| n.rollup.input_tokens).sum();
+            prop_assert_eq!(rolled, r.input_tokens);
+        }
+        for q in &queries {
+            prop_assert_eq!(all_pages(&store, q), model_query(&rows, q), "query {:?}", q);
+        }
+    }
+}
+
+fn metric(m: &Metrics, prefix: &str) -> f64 {
+    m.encode()
+        .lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+fn simple(trace: u8, span: u8, start: u64) -> SpanRecord {
+    span_of(
+        &Spec {
+            trace,
+            span,
+            parent: None,
+            start: 0,
+            duration: 1_000_000,
+            feature: Some("support"),
+            user: None,
+            session: Some("s1"),
+            model: "gpt-4o",
+            provider: "openai",
+            error: false,
+            input_tokens: 10,
+            cost_pico: None,
+            name: "chat gpt-4o",
+        },
+        start,
+    )
+}
+
+#[test]
+fn past_max_bytes_the_oldest_traces_are_evicted_whole_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, metrics) = open(dir.path(), 40_000, Duration::from_secs(86_400));
+    let now = now_unix_nanos();
+    for t in 0..100u8 {
+        for s in 0..3 {
+            put(&store, simple(t, s, now + u64::from(t) * 1_000_000), None);
+        }
+    }
+    assert!(store.flush(Duration::from_secs(10)));
+    let evicted = metric(
+        &metrics,
+        "sidetrace_store_traces_evicted_total{reason=\"size\"}",
+    );
+    assert!(evicted > 0.0, "nothing evicted");
+    assert!(metric(&metrics, "sidetrace_store_bytes ") <= 40_000.0);
+    let all = store
+        .traces(&TraceQuery {
+            limit: 1000,
+            ..TraceQuery::default()
+        })
+        .unwrap()
+        .rows;
+    assert_eq!(all.len() as f64 + evicted, 100.0);
+    // The newest are kept, the oldest gone, and no trace is kept in part.
+    assert_eq!(all[0].trace_id, trace_id(99));
+    assert!(store.trace(&trace_id(0)).unwrap().is_none());
+    for row in &all {
+        assert_eq!(row.totals.spans, 3);
+        assert_eq!(store.trace(&row.trace_id).unwrap().unwrap().nodes.len(), 3);
+    }
+    // The session counts only what is left.
+    let (session, traces) = store.session("s1", 1000).unwrap().unwrap();
+    assert_eq!(session.traces, all.len() as u64);
+    assert_eq!(traces.rows.len(), all.len());
+}
+
+#[test]
+fn traces_past_max_age_are_evicted_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, metrics) = open(dir.path(), u64::MAX, Duration::from_secs(3600));
+    let now = now_unix_nanos();
+    put(&store, simple(1, 0, now - 2 * HOUR), None);
+    put(&store, simple(2, 0, now), None);
+    assert!(store.flush(Duration::from_secs(10)));
+    assert_eq!(
+        metric(
+            &metrics,
+            "sidetrace_store_traces_evicted_total{reason=\"age\"}"
+        ),
+        1.0
+    );
+    assert!(store.trace(&trace_id(1)).unwrap().is_none());
+    assert!(store.trace(&trace_id(2)).unwrap().is_some());
+}
+
+#[test]
+fn traces_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = now_unix_nanos();
+    {
+        let (store, _) = open(dir.path(), u64::MAX, Duration::from_secs(86_400));
+        put(&store, simple(7, 0, now), Some(5));
+        put(&store, simple(7, 1, now), Some(6));
+        assert!(store.flush(Duration::from_secs(10)));
+        store.close();
+    }
+    let (store, metrics) = open(dir.path(), u64::MAX, Duration::from_secs(86_400));
+    let row = store.summary(&trace_id(7)).unwrap().unwrap();
+    assert_eq!(row.totals.spans, 2);
+    assert_eq!(row.totals.cost(), Some(11));
+    assert!(metric(&metrics, "sidetrace_store_bytes ") > 0.0);
+    assert_eq!(metric(&metrics, "sidetrace_store_traces "), 1.0);
+}
+
+#[test]
+fn a_damaged_store_is_moved_aside_and_a_fresh_one_used() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("traces");
+    {
+        let (store, _) = open(&dir, u64::MAX, Duration::from_secs(86_400));
+        put(&store, simple(1, 0, now_unix_nanos()), None);
+        assert!(store.flush(Duration::from_secs(10)));
+        store.close();
+    }
+    std::fs::write(
+        dir.join("conf"),
+        b"\x00garbage that is not a sled config\xff",
+    )
+    .unwrap();
+    let metrics = Arc::new(Metrics::new());
+    let opened = TraceStore::open(
+        &dir,
+        StoreLimits {
+            max_bytes: u64::MAX,
+            max_age: Duration::from_secs(86_400),
+        },
+        metrics,
+    );
+    let damage = opened.damage.expect("the damage is reported");
+    let moved = damage.moved_to.expect("the damaged files are kept aside");
+    assert!(moved.join("conf").exists());
+    let store = opened.store.expect("a fresh store is used");
+    put(&store, simple(2, 0, now_unix_nanos()), None);
+    assert!(store.flush(Duration::from_secs(10)));
+    assert!(store.summary(&trace_id(2)).unwrap().is_some());
+}
