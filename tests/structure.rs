@@ -283,11 +283,49 @@ fn config_imports_no_feature_module() {
     assert!(outside.is_empty(), "config imports {outside:?}");
 }
 
+/// The parsers fill the call record's data (`ResponseRecord`, `RequestParams`), so they sit
+/// beneath it.
 #[test]
-fn the_parsers_know_nothing_of_the_proxy() {
+fn the_parsers_know_nothing_of_the_proxy_or_the_call() {
     let g = graph();
-    let found = imports_between(&g, "format", &["proxy", "server", "call/recorder"]);
+    let found = imports_between(&g, "format", &["proxy", "server", "call"]);
     assert!(found.is_empty(), "format imports {found:?}");
+}
+
+/// What each API's request says is read beside its response extractor in `format/`: the
+/// proxy and the content capture ask it and name no API themselves.
+#[test]
+fn only_format_tells_the_wire_apis_apart() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    sources(&root, &root, &mut files);
+    let mut found = Vec::new();
+    for (module, code) in &files {
+        if !(under(module, "proxy") || module == "trace/capture") {
+            continue;
+        }
+        // Comments are not code.
+        let code: String = code
+            .lines()
+            .map(|l| l.split("//").next().unwrap())
+            .collect::<Vec<_>>()
+            .join("\n");
+        for (at, _) in code.match_indices("WireFormat::") {
+            let rest = &code[at + "WireFormat::".len()..];
+            let name: String = rest
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '_')
+                .collect();
+            if name != "Passthrough" {
+                found.push(format!("{module}: WireFormat::{name}"));
+            }
+        }
+    }
+    assert!(files.len() > 30, "the source tree was not read");
+    assert!(
+        found.is_empty(),
+        "per-API knowledge outside format/: {found:?}"
+    );
 }
 
 #[test]

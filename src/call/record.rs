@@ -8,26 +8,12 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::format::request::RequestParams;
 use crate::{
     format::ResponseRecord,
     provider::WireFormat,
     trace::{capture::CapturedContent, context::TraceContext, metadata::CallMetadata},
 };
-
-/// Generation parameters read from the request body.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct RequestParams {
-    pub max_tokens: Option<u64>,
-    pub temperature: Option<f64>,
-    pub top_p: Option<f64>,
-    pub top_k: Option<f64>,
-    pub frequency_penalty: Option<f64>,
-    pub presence_penalty: Option<f64>,
-    pub stop_sequences: Vec<String>,
-    /// Kept as text: seeds can exceed 2^53.
-    pub seed: Option<String>,
-    pub choice_count: Option<u64>,
-}
 
 /// What the gateway read from the request.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -1,6 +1,8 @@
-//! Anthropic Messages (`/v1/messages`), streamed or not, and inside Bedrock InvokeModel chunks.
+//! Anthropic Messages (`/v1/messages`), streamed or not, and inside Bedrock InvokeModel chunks;
+//! and what its requests say.
 
 use serde::Deserialize;
+use serde_json::Value;
 
 use super::{
     EventKind, Extractor, Progress, ResponseRecord, Usage,
@@ -9,6 +11,7 @@ use super::{
         sum,
     },
     output::{JsonArg, OutputBuilder},
+    request::{Input, RequestApi, RequestFields, model_before_verb},
 };
 
 /// A stream event, or a whole non-streamed body (`type: "message"` or `type: "error"`).
@@ -335,9 +338,31 @@ impl Extractor for AnthropicMessages {
     }
 }
 
+// The request side.
+
+/// Messages requests: a top-level `system` (text or blocks) and `messages` of content blocks,
+/// streamed on the body's flag. On Vertex AI the model is in the path
+/// (`.../publishers/anthropic/models/<m>:rawPredict`) and not in the body.
+pub(crate) struct MessagesRequest;
+
+impl RequestApi for MessagesRequest {
+    fn model_from_path(&self, path: &str) -> Option<String> {
+        model_before_verb(path)
+    }
+
+    fn input(&self, body: &Value) -> Input {
+        Input::chat(body)
+    }
+
+    fn input_message_count(&self, fields: &RequestFields) -> Option<u64> {
+        fields.count_messages()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{format::request::Request, provider::WireFormat};
 
     fn run(events: &[&str]) -> ResponseRecord {
         let mut x = AnthropicMessages::default();
@@ -450,5 +475,20 @@ mod tests {
         );
         assert!(!r.stream_completed);
         assert_eq!(r.usage, Usage::default());
+    }
+
+    #[test]
+    fn requests_stream_on_their_flag_and_count_messages() {
+        let body = r#"{"model":"claude-sonnet-4-5","stream":true,"system":"s","messages":[{"role":"user","content":"hi"}]}"#;
+        let r = Request::read(WireFormat::Messages, "/v1/messages", body.as_bytes()).unwrap();
+        assert!(r.stream);
+        assert_eq!(r.model.as_deref(), Some("claude-sonnet-4-5"));
+        assert_eq!(r.fields.unwrap().input_message_count(), Some(1));
+        let vertex =
+            "/v1/projects/p/locations/l/publishers/anthropic/models/claude-sonnet-4-5:rawPredict";
+        let r = Request::read(WireFormat::Messages, vertex, br#"{"messages":[]}"#).unwrap();
+        assert!(!r.stream);
+        assert_eq!(r.model.as_deref(), Some("claude-sonnet-4-5"));
+        assert_eq!(r.fields.unwrap().input_message_count(), Some(0));
     }
 }

@@ -1,17 +1,21 @@
-//! AWS Bedrock: Converse and ConverseStream, and InvokeModel (streamed or not) for Claude.
+//! AWS Bedrock: Converse and ConverseStream, and InvokeModel (streamed or not) for Claude; and
+//! what their requests say.
 //!
 //! InvokeModelWithResponseStream chunks carry base64 Anthropic stream events, which go through
 //! the Anthropic extractor.
 
 use base64::Engine;
 use serde::Deserialize;
+use serde_json::Value;
 
 use super::{
     EventKind, Extractor, Progress, ResponseRecord, Usage,
     anthropic::AnthropicMessages,
     json::{Count, Filled, FinishReasons, Obj, Objs, Text, set_error, sum},
     output::{JsonArg, OutputBuilder},
+    request::{Input, RequestApi, RequestFields, path_segment_after},
 };
+use crate::trace::metadata::percent_decode;
 
 /// A ConverseStream event payload (the frame's `:event-type` says which), or a whole Converse
 /// body, or a Bedrock error body (`{"message": …}`).
@@ -305,10 +309,40 @@ fn has_type(body: &[u8]) -> bool {
     serde_json::from_slice::<Typed<'_>>(body).is_ok_and(|t| t.kind.as_str().is_some())
 }
 
+// The request side.
+
+/// Converse and InvokeModel requests: the model is in the path, percent-encoded
+/// (`/model/<m>/converse`); `system` and `messages` hold the input (Converse's, or the
+/// Anthropic body InvokeModel carries for Claude).
+pub(crate) struct BedrockRequest {
+    /// The path streams whatever the body says (`converse-stream`,
+    /// `invoke-with-response-stream`).
+    pub stream_path: bool,
+}
+
+impl RequestApi for BedrockRequest {
+    fn streams(&self, _: &str, flag: Option<bool>) -> bool {
+        self.stream_path || flag.unwrap_or(false)
+    }
+
+    fn model_from_path(&self, path: &str) -> Option<String> {
+        let m = path_segment_after(path, "/model/")?;
+        Some(percent_decode(m)).filter(|m| !m.is_empty())
+    }
+
+    fn input(&self, body: &Value) -> Input {
+        Input::chat(body)
+    }
+
+    fn input_message_count(&self, fields: &RequestFields) -> Option<u64> {
+        fields.count_messages()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::format::{BodyParser, ParserLimits, eventstream::encode_frame};
+    use crate::format::{BodyParser, ParserLimits, eventstream::encode_frame, request::Request};
     use crate::provider::WireFormat;
 
     const EVENTSTREAM: &str = "application/vnd.amazon.eventstream";
@@ -471,5 +505,36 @@ mod tests {
         );
         assert_eq!(r.usage.output_tokens, Some(2));
         assert!(r.stream_completed);
+    }
+
+    #[test]
+    fn requests_stream_on_the_stream_paths_and_count_messages() {
+        let path = "/model/anthropic.claude-3-5-sonnet-20240620-v1%3A0/converse-stream";
+        let body =
+            br#"{"system":[{"text":"s"}],"messages":[{"role":"user","content":[{"text":"hi"}]}]}"#;
+        let r = Request::read(WireFormat::ConverseStream, path, body).unwrap();
+        assert!(r.stream);
+        assert_eq!(
+            r.model.as_deref(),
+            Some("anthropic.claude-3-5-sonnet-20240620-v1:0")
+        );
+        assert_eq!(r.fields.unwrap().input_message_count(), Some(1));
+        let r = Request::read(
+            WireFormat::InvokeModelWithResponseStream,
+            "/model/m/invoke-with-response-stream",
+            b"",
+        )
+        .unwrap();
+        assert!(r.stream);
+        let r = Request::read(WireFormat::Converse, "/model/m/converse", body).unwrap();
+        assert!(!r.stream);
+        assert_eq!(r.model.as_deref(), Some("m"));
+        let r = Request::read(
+            WireFormat::InvokeModel,
+            "/model/m/invoke",
+            br#"{"stream":true}"#,
+        )
+        .unwrap();
+        assert!(r.stream);
     }
 }

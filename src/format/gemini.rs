@@ -1,4 +1,5 @@
-//! Google Gemini `generateContent`: SSE chunks, one JSON response, or a JSON array of chunks.
+//! Google Gemini `generateContent`: SSE chunks, one JSON response, or a JSON array of chunks;
+//! and what its requests say.
 //!
 //! The array is what `streamGenerateContent` sends without `alt=sse`. Vertex AI uses the same
 //! body format.
@@ -10,6 +11,8 @@ use serde::{
     de::{SeqAccess, Visitor},
 };
 
+use serde_json::{Value, json};
+
 use super::{
     EventKind, Extractor, Progress, Usage,
     json::{
@@ -17,6 +20,7 @@ use super::{
         set_first, sum,
     },
     output::{JsonArg, OutputBuilder},
+    request::{Input, RequestApi, RequestFields, model_before_verb, text_part},
 };
 
 #[derive(Debug, Default, Deserialize)]
@@ -254,10 +258,58 @@ impl Extractor for Gemini {
     }
 }
 
+// The request side.
+
+/// `generateContent` requests: the model is in the path (`/models/<m>:generateContent`), which
+/// streams when its verb is `streamGenerateContent`; `systemInstruction` and `contents` hold
+/// the input.
+pub(crate) struct GenerateContentRequest;
+
+impl RequestApi for GenerateContentRequest {
+    fn streams(&self, path: &str, _: Option<bool>) -> bool {
+        path.contains(":streamGenerateContent")
+    }
+
+    fn model_from_path(&self, path: &str) -> Option<String> {
+        model_before_verb(path)
+    }
+
+    fn input(&self, body: &Value) -> Input {
+        let mut input = Input::default();
+        if let Some(si) = body
+            .get("systemInstruction")
+            .or(body.get("system_instruction"))
+        {
+            for p in si["parts"].as_array().into_iter().flatten() {
+                input
+                    .system
+                    .push(text_part(p["text"].as_str().unwrap_or("")));
+            }
+        }
+        for c in body["contents"].as_array().into_iter().flatten() {
+            let parts: Vec<Value> = c["parts"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|p| text_part(p["text"].as_str().unwrap_or("")))
+                .collect();
+            input
+                .messages
+                .push(json!({"role": c["role"].as_str().unwrap_or("user"), "parts": parts}));
+        }
+        input
+    }
+
+    fn input_message_count(&self, fields: &RequestFields) -> Option<u64> {
+        fields.count_contents()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::format::ResponseRecord;
+    use crate::{format::request::Request, provider::WireFormat};
 
     const C1: &str = r#"{"candidates":[{"content":{"parts":[{"text":"Hi"}],"role":"model"},"index":0}],"usageMetadata":{"promptTokenCount":5,"candidatesTokenCount":1,"thoughtsTokenCount":10,"toolUsePromptTokenCount":3},"modelVersion":"gemini-2.5-flash","responseId":"r1"}"#;
     const C2: &str = r#"{"candidates":[{"content":{"parts":[{"text":"!"}],"role":"model"},"index":0}],"modelVersion":"gemini-2.5-flash","responseId":"r1"}"#;
@@ -324,5 +376,19 @@ mod tests {
         assert_eq!(r.usage.output_tokens, Some(11));
         assert_eq!(r.malformed_events, 1);
         assert!(!r.stream_completed);
+    }
+
+    #[test]
+    fn requests_stream_by_their_path_and_count_contents() {
+        let body = br#"{"stream":false,"contents":[{"role":"user","parts":[{"text":"a"}]},{"role":"model","parts":[]}]}"#;
+        let path = "/v1beta/models/gemini-2.5-flash:streamGenerateContent";
+        let r = Request::read(WireFormat::GenerateContent, path, body).unwrap();
+        assert!(r.stream);
+        assert_eq!(r.model.as_deref(), Some("gemini-2.5-flash"));
+        assert_eq!(r.fields.unwrap().input_message_count(), Some(2));
+        let path = "/v1beta/models/gemini-2.5-flash:generateContent";
+        let r = Request::read(WireFormat::GenerateContent, path, br#"{"stream":true}"#).unwrap();
+        assert!(!r.stream);
+        assert_eq!(r.fields.unwrap().input_message_count(), None);
     }
 }

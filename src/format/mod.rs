@@ -1,5 +1,6 @@
 //! Reading a provider response on the side: framing (SSE, NDJSON, AWS event-stream, whole JSON)
-//! feeds one extractor per wire format, which fills a `ResponseRecord`. Pure code, no I/O.
+//! feeds one extractor per wire format, which fills a `ResponseRecord`. Each API's file also
+//! says what its requests say (`request::RequestApi`). Pure code, no I/O.
 
 use serde::{Deserialize, Serialize};
 
@@ -19,6 +20,7 @@ pub mod ollama;
 pub mod openai_chat;
 pub mod openai_responses;
 mod output;
+pub mod request;
 
 pub use output::{CapturedOutput, ToolCallOutput};
 

@@ -1,6 +1,8 @@
-//! Ollama's native API (`/api/chat`, `/api/generate`): NDJSON lines, or one JSON object.
+//! Ollama's native API (`/api/chat`, `/api/generate`): NDJSON lines, or one JSON object; and
+//! what its requests say.
 
 use serde::Deserialize;
+use serde_json::Value;
 
 use super::{
     EventKind, Extractor, Progress, Usage,
@@ -9,6 +11,7 @@ use super::{
         set_first,
     },
     output::{OutputBuilder, ToolCall},
+    request::{Input, RequestApi, RequestFields},
 };
 
 #[derive(Debug, Default, Deserialize)]
@@ -128,10 +131,48 @@ impl Extractor for OllamaNative {
     }
 }
 
+// The request side: Ollama's native API streams unless the body says `"stream": false`.
+
+/// `/api/chat` requests: `messages`, system ones as instructions.
+pub(crate) struct OllamaChatRequest;
+
+impl RequestApi for OllamaChatRequest {
+    fn streams(&self, _: &str, flag: Option<bool>) -> bool {
+        flag.unwrap_or(true)
+    }
+
+    fn input(&self, body: &Value) -> Input {
+        Input::chat(body)
+    }
+
+    fn input_message_count(&self, fields: &RequestFields) -> Option<u64> {
+        fields.count_messages()
+    }
+}
+
+/// `/api/generate` requests: one `prompt`. The typed read counts no messages (it does not read
+/// the prompt).
+pub(crate) struct OllamaGenerateRequest;
+
+impl RequestApi for OllamaGenerateRequest {
+    fn streams(&self, _: &str, flag: Option<bool>) -> bool {
+        flag.unwrap_or(true)
+    }
+
+    fn input(&self, body: &Value) -> Input {
+        Input::prompt(body["prompt"].as_str())
+    }
+
+    fn input_message_count(&self, _: &RequestFields) -> Option<u64> {
+        None
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::format::ResponseRecord;
+    use crate::{format::request::Request, provider::WireFormat};
 
     fn run(lines: &[&str]) -> ResponseRecord {
         let mut x = OllamaNative::default();
@@ -180,5 +221,29 @@ mod tests {
         let r = p.finish(&mut x, true);
         assert_eq!(r.finish_reasons, ["length"]);
         assert!(r.stream_completed);
+    }
+
+    #[test]
+    fn requests_stream_unless_told_not_to_and_count_chat_messages() {
+        let read =
+            |format, body: &str| Request::read(format, "/api/chat", body.as_bytes()).unwrap();
+        let r = read(
+            WireFormat::OllamaChat,
+            r#"{"model":"llama3","messages":[{"role":"system","content":"s"},{"role":"user","content":"hi"}]}"#,
+        );
+        assert!(r.stream);
+        assert_eq!(r.model.as_deref(), Some("llama3"));
+        assert_eq!(r.fields.unwrap().input_message_count(), Some(1));
+        assert!(!read(WireFormat::OllamaChat, r#"{"stream":false}"#).stream);
+        let r = read(WireFormat::OllamaGenerate, r#"{"prompt":"p"}"#);
+        assert!(r.stream);
+        assert_eq!(r.fields.unwrap().input_message_count(), None);
+        assert!(!read(WireFormat::OllamaGenerate, r#"{"stream":false}"#).stream);
+        // An empty body is not read, and still streams.
+        assert!(
+            Request::read(WireFormat::OllamaChat, "/api/chat", b"")
+                .unwrap()
+                .stream
+        );
     }
 }

@@ -1,9 +1,12 @@
-//! OpenAI chat completions, legacy completions and embeddings, and the servers that copy them.
+//! OpenAI chat completions, legacy completions and embeddings, and the servers that copy them:
+//! their responses, and what their requests say.
 //!
 //! Those are Azure, DeepSeek, Groq, vLLM, Mistral, OpenRouter, Together, xAI and Ollama's `/v1`;
 //! their quirks are listed in the fixtures' README.
 
+use bytes::{Bytes, BytesMut};
 use serde::Deserialize;
+use serde_json::{Value, json};
 
 use crate::provider::Quirks;
 
@@ -13,6 +16,7 @@ use super::{
         Count, ErrorField, Filled, FinishReasons, Needle, Obj, Objs, Text, set_error, set_first,
     },
     output::{Function, OutputBuilder, TextParts, ToolCall},
+    request::{Input, RequestApi, RequestFields, parts, path_segment_after, text_part},
 };
 
 /// One chunk, or a whole non-streamed body: the two share their shape.
@@ -338,9 +342,125 @@ impl Extractor for OpenAiChat {
     }
 }
 
+// The request side.
+
+/// Azure names the deployment, which stands for the model, in the path:
+/// `/openai/deployments/<d>/chat/completions`.
+fn azure_deployment(path: &str) -> Option<String> {
+    path_segment_after(path, "/deployments/")
+        .filter(|d| !d.is_empty())
+        .map(str::to_string)
+}
+
+/// Chat completions: `messages` (system and developer ones are instructions), streamed on the
+/// body's flag; a stream's usage is asked for with `stream_options.include_usage`.
+pub(crate) struct ChatRequest;
+
+impl RequestApi for ChatRequest {
+    fn model_from_path(&self, path: &str) -> Option<String> {
+        azure_deployment(path)
+    }
+
+    fn input(&self, body: &Value) -> Input {
+        Input::chat(body)
+    }
+
+    fn input_message_count(&self, fields: &RequestFields) -> Option<u64> {
+        fields.count_messages()
+    }
+
+    fn ask_stream_usage(&self, body: &[u8], has_stream_options: bool) -> Option<Bytes> {
+        add_include_usage(body, has_stream_options)
+    }
+}
+
+/// Legacy completions: one `prompt`, streamed on the body's flag, stream usage asked for as in
+/// chat. The typed read counts no messages (it does not read the prompt).
+pub(crate) struct CompletionsRequest;
+
+impl RequestApi for CompletionsRequest {
+    fn model_from_path(&self, path: &str) -> Option<String> {
+        azure_deployment(path)
+    }
+
+    fn input(&self, body: &Value) -> Input {
+        Input::prompt(body["prompt"].as_str())
+    }
+
+    fn input_message_count(&self, _: &RequestFields) -> Option<u64> {
+        None
+    }
+
+    fn ask_stream_usage(&self, body: &[u8], has_stream_options: bool) -> Option<Bytes> {
+        add_include_usage(body, has_stream_options)
+    }
+}
+
+/// Embeddings: `input`, a text or a list of them, each one user message.
+pub(crate) struct EmbeddingsRequest;
+
+impl RequestApi for EmbeddingsRequest {
+    fn model_from_path(&self, path: &str) -> Option<String> {
+        azure_deployment(path)
+    }
+
+    fn input(&self, body: &Value) -> Input {
+        let mut input = Input::default();
+        match &body["input"] {
+            Value::String(s) => input
+                .messages
+                .push(json!({"role": "user", "parts": [text_part(s)]})),
+            Value::Array(items) => {
+                for i in items {
+                    input
+                        .messages
+                        .push(json!({"role": "user", "parts": parts(i)}));
+                }
+            }
+            _ => {}
+        }
+        input
+    }
+
+    fn input_message_count(&self, fields: &RequestFields) -> Option<u64> {
+        fields.count_input()
+    }
+}
+
+/// Adds `"stream_options":{"include_usage":true}`. When the request has no `stream_options`, the
+/// member is inserted right after the opening brace, leaving every other byte as it was.
+fn add_include_usage(body: &[u8], has_stream_options: bool) -> Option<Bytes> {
+    if !has_stream_options {
+        let start = body.iter().position(|b| !b.is_ascii_whitespace())?;
+        if body[start] != b'{' {
+            return None;
+        }
+        let rest = &body[start + 1..];
+        let empty = rest.iter().all(|b| b.is_ascii_whitespace() || *b == b'}');
+        let mut out = BytesMut::with_capacity(body.len() + 48);
+        out.extend_from_slice(&body[..=start]);
+        out.extend_from_slice(br#""stream_options":{"include_usage":true}"#);
+        if !empty {
+            out.extend_from_slice(b",");
+        }
+        out.extend_from_slice(rest);
+        return Some(out.freeze());
+    }
+    let mut value: Value = serde_json::from_slice(body).ok()?;
+    let options = value.get_mut("stream_options")?;
+    if options.is_null() {
+        *options = json!({});
+    }
+    options
+        .as_object_mut()?
+        .insert("include_usage".into(), Value::Bool(true));
+    serde_json::to_vec(&value).ok().map(Bytes::from)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{format::request::Request, provider::WireFormat};
 
     fn run(provider: &str, events: &[&str]) -> (ResponseRecord, Vec<EventKind>) {
         let mut x = OpenAiChat::new(crate::provider::builtin_quirks(provider));
@@ -545,5 +665,89 @@ mod tests {
         let (r, _) = run("openai", &[ROLE, TOKEN, FINISH]);
         assert!(!r.stream_completed);
         assert_eq!(r.finish_reasons, ["stop"]);
+    }
+
+    fn request(format: WireFormat, path: &str, body: &str) -> Request {
+        Request::read(format, path, body.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn chat_streams_on_its_flag_and_counts_messages_without_instructions() {
+        let body = r#"{"model":"gpt-4o","stream":true,"messages":[
+            {"role":"system","content":"s"},{"role":"developer","content":"d"},
+            {"role":"user","content":"hi"},{"role":"assistant","content":"yo"}]}"#;
+        let r = request(WireFormat::ChatCompletions, "/v1/chat/completions", body);
+        assert!(r.stream);
+        assert_eq!(r.model.as_deref(), Some("gpt-4o"));
+        assert_eq!(r.fields.unwrap().input_message_count(), Some(2));
+        let r = request(WireFormat::ChatCompletions, "/v1/chat/completions", "{}");
+        assert!(!r.stream);
+        assert_eq!(r.fields.unwrap().input_message_count(), None);
+    }
+
+    #[test]
+    fn completions_and_embeddings_stream_on_their_flag_and_count_as_they_always_did() {
+        let r = request(
+            WireFormat::Completions,
+            "/v1/completions",
+            r#"{"prompt":"p","stream":true}"#,
+        );
+        assert!(r.stream);
+        assert_eq!(r.fields.unwrap().input_message_count(), None);
+        let r = request(
+            WireFormat::Embeddings,
+            "/v1/embeddings",
+            r#"{"input":["a","b","c"]}"#,
+        );
+        assert!(!r.stream);
+        assert_eq!(r.fields.unwrap().input_message_count(), Some(3));
+        let r = request(WireFormat::Embeddings, "/v1/embeddings", r#"{"input":"a"}"#);
+        assert_eq!(r.fields.unwrap().input_message_count(), Some(1));
+    }
+
+    #[test]
+    fn the_azure_deployment_in_the_path_is_the_model_unless_the_body_names_one() {
+        let path = "/openai/deployments/gpt4o-prod/chat/completions";
+        let r = request(WireFormat::ChatCompletions, path, "{}");
+        assert_eq!(r.model.as_deref(), Some("gpt4o-prod"));
+        let r = request(WireFormat::ChatCompletions, path, r#"{"model":"m"}"#);
+        assert_eq!(r.model.as_deref(), Some("m"));
+        let r = request(WireFormat::ChatCompletions, "/v1/chat/completions", "{}");
+        assert_eq!(r.model, None);
+    }
+
+    #[test]
+    fn stream_usage_is_asked_for_on_chat_and_completion_streams_only() {
+        let ask =
+            |format, body: &str| request(format, "/", body).with_stream_usage(body.as_bytes());
+        let stream = r#"{"stream":true}"#;
+        assert!(ask(WireFormat::ChatCompletions, stream).is_some());
+        assert!(ask(WireFormat::Completions, stream).is_some());
+        assert!(ask(WireFormat::Embeddings, stream).is_none());
+        assert!(ask(WireFormat::Responses, stream).is_none());
+        assert!(ask(WireFormat::ChatCompletions, r#"{"stream":false}"#).is_none());
+        let asked = r#"{"stream":true,"stream_options":{"include_usage":true}}"#;
+        assert!(ask(WireFormat::ChatCompletions, asked).is_none());
+    }
+
+    #[test]
+    fn include_usage_is_inserted_after_the_opening_brace_leaving_the_rest_alone() {
+        let body = br#" {"model":"gpt-4o","stream":true}"#;
+        let out = add_include_usage(body, false).unwrap();
+        assert_eq!(
+            &out[..],
+            br#" {"stream_options":{"include_usage":true},"model":"gpt-4o","stream":true}"#
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["stream_options"]["include_usage"], true);
+    }
+
+    #[test]
+    fn existing_stream_options_keep_their_other_fields() {
+        let body = br#"{"model":"m","stream":true,"stream_options":{"include_obfuscation":false}}"#;
+        let out = add_include_usage(body, true).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["stream_options"]["include_usage"], true);
+        assert_eq!(v["stream_options"]["include_obfuscation"], false);
     }
 }

@@ -1,11 +1,14 @@
-//! OpenAI Responses API (`/v1/responses`): streamed events, or the non-streamed response.
+//! OpenAI Responses API (`/v1/responses`): streamed events, or the non-streamed response; and
+//! what its requests say.
 
 use serde::Deserialize;
+use serde_json::{Value, json};
 
 use super::{
     EventKind, Extractor, Progress, Usage,
     json::{Count, ErrorField, FinishReasons, Needle, Obj, Objs, Text, set_error, set_first},
     output::{JsonArg, OutputBuilder},
+    request::{Input, RequestApi, RequestFields, parts, text_part},
 };
 
 #[derive(Debug, Default, Deserialize)]
@@ -310,10 +313,42 @@ impl Extractor for OpenAiResponses {
     }
 }
 
+// The request side.
+
+/// Responses API requests: `instructions`, and `input` as a text or a list of items; streamed
+/// on the body's flag.
+pub(crate) struct ResponsesRequest;
+
+impl RequestApi for ResponsesRequest {
+    fn input(&self, body: &Value) -> Input {
+        let mut input = Input::default();
+        if let Some(i) = body["instructions"].as_str() {
+            input.system.push(text_part(i));
+        }
+        match &body["input"] {
+            Value::String(s) => input
+                .messages
+                .push(json!({"role": "user", "parts": [text_part(s)]})),
+            Value::Array(items) => {
+                for m in items {
+                    input.messages.push(json!({"role": m["role"].as_str().unwrap_or("user"), "parts": parts(&m["content"])}));
+                }
+            }
+            _ => {}
+        }
+        input
+    }
+
+    fn input_message_count(&self, fields: &RequestFields) -> Option<u64> {
+        fields.count_input()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::format::ResponseRecord;
+    use crate::{format::request::Request, provider::WireFormat};
 
     fn run(events: &[(&str, &str)]) -> ResponseRecord {
         let mut x = OpenAiResponses::default();
@@ -409,5 +444,22 @@ mod tests {
             &mut p,
         );
         assert!(p.started);
+    }
+
+    #[test]
+    fn requests_stream_on_their_flag_and_count_input_items() {
+        let read = |body: &str| {
+            Request::read(WireFormat::Responses, "/v1/responses", body.as_bytes()).unwrap()
+        };
+        let r = read(
+            r#"{"model":"gpt-5","stream":true,"instructions":"i","input":[{"role":"user","content":"a"},{"role":"assistant","content":"b"}]}"#,
+        );
+        assert!(r.stream);
+        assert_eq!(r.model.as_deref(), Some("gpt-5"));
+        assert_eq!(r.fields.unwrap().input_message_count(), Some(2));
+        let r = read(r#"{"input":"just text"}"#);
+        assert!(!r.stream);
+        assert_eq!(r.fields.unwrap().input_message_count(), Some(1));
+        assert_eq!(read("{}").fields.unwrap().input_message_count(), None);
     }
 }

@@ -1,6 +1,7 @@
 //! Content capture: the request's messages, system instructions and tools (and later the
-//! output) turned into the OpenTelemetry GenAI JSON shapes, at the capture level in force,
-//! redacted and truncated at ingest so nothing unredacted is ever stored.
+//! output), which each API's request side in `format` reads into the OpenTelemetry GenAI JSON
+//! shapes, kept at the capture level in force, redacted and truncated at ingest so nothing
+//! unredacted is ever stored.
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -8,6 +9,7 @@ use serde_json::{Value, json};
 use super::{metadata::CaptureLevel, redact::Redactor};
 use crate::{
     config::{CaptureConfig, ConfigError},
+    format::request::{self, Input},
     provider::WireFormat,
 };
 
@@ -158,9 +160,9 @@ impl Capturer {
         if level == CaptureLevel::None {
             return out;
         }
-        let (system, messages) = input_messages(format, body);
+        let Input { system, messages } = request::input(format, body);
         out.input_message_count = Some(messages.len() as u64);
-        let tools = tool_definitions(body);
+        let tools = request::tool_definitions(body);
         out.tool_names = tools
             .iter()
             .filter_map(|t| t["name"].as_str().map(str::to_string))
@@ -267,125 +269,6 @@ impl Budget<'_> {
             _ => {}
         }
     }
-}
-
-fn text_part(s: &str) -> Value {
-    json!({"type": "text", "content": s})
-}
-
-/// Converts one provider content value (string, or list of typed blocks) to OTel parts.
-fn parts(content: &Value) -> Vec<Value> {
-    match content {
-        Value::String(s) => vec![text_part(s)],
-        Value::Array(blocks) => blocks
-            .iter()
-            .map(|b| match b["type"].as_str() {
-                Some("text") | Some("input_text") | Some("output_text") => text_part(b["text"].as_str().unwrap_or("")),
-                Some("tool_use") => json!({"type": "tool_call", "id": b["id"], "name": b["name"], "arguments": b["input"]}),
-                Some("tool_result") => json!({"type": "tool_call_response", "id": b["tool_use_id"], "response": b["content"]}),
-                Some("image_url") | Some("image") | Some("input_image") => json!({"type": "uri", "modality": "image", "uri": "[image]"}),
-                _ if b.get("text").is_some() => text_part(b["text"].as_str().unwrap_or("")),
-                Some(other) => json!({"type": other}),
-                None => json!({"type": "unknown"}),
-            })
-            .collect(),
-        Value::Null => Vec::new(),
-        other => vec![text_part(&other.to_string())],
-    }
-}
-
-/// (system instruction parts, input messages) in the OTel shapes.
-fn input_messages(format: WireFormat, body: &Value) -> (Vec<Value>, Vec<Value>) {
-    let mut system = Vec::new();
-    let mut messages = Vec::new();
-    match format {
-        WireFormat::GenerateContent => {
-            if let Some(si) = body
-                .get("systemInstruction")
-                .or(body.get("system_instruction"))
-            {
-                for p in si["parts"].as_array().into_iter().flatten() {
-                    system.push(text_part(p["text"].as_str().unwrap_or("")));
-                }
-            }
-            for c in body["contents"].as_array().into_iter().flatten() {
-                let parts: Vec<Value> = c["parts"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .map(|p| text_part(p["text"].as_str().unwrap_or("")))
-                    .collect();
-                messages
-                    .push(json!({"role": c["role"].as_str().unwrap_or("user"), "parts": parts}));
-            }
-        }
-        WireFormat::Responses => {
-            if let Some(i) = body["instructions"].as_str() {
-                system.push(text_part(i));
-            }
-            match &body["input"] {
-                Value::String(s) => messages.push(json!({"role": "user", "parts": [text_part(s)]})),
-                Value::Array(items) => {
-                    for m in items {
-                        messages.push(json!({"role": m["role"].as_str().unwrap_or("user"), "parts": parts(&m["content"])}));
-                    }
-                }
-                _ => {}
-            }
-        }
-        WireFormat::Completions | WireFormat::OllamaGenerate => {
-            if let Some(p) = body["prompt"].as_str() {
-                messages.push(json!({"role": "user", "parts": [text_part(p)]}));
-            }
-        }
-        WireFormat::Embeddings => match &body["input"] {
-            Value::String(s) => messages.push(json!({"role": "user", "parts": [text_part(s)]})),
-            Value::Array(items) => {
-                for i in items {
-                    messages.push(json!({"role": "user", "parts": parts(i)}));
-                }
-            }
-            _ => {}
-        },
-        _ => {
-            // Chat completions, Anthropic messages, Ollama chat, Bedrock.
-            match &body["system"] {
-                Value::String(s) => system.push(text_part(s)),
-                Value::Array(blocks) => system.extend(parts(&Value::Array(blocks.clone()))),
-                _ => {}
-            }
-            for m in body["messages"].as_array().into_iter().flatten() {
-                let role = m["role"].as_str().unwrap_or("user");
-                if role == "system" || role == "developer" {
-                    system.extend(parts(&m["content"]));
-                    continue;
-                }
-                let mut p = parts(&m["content"]);
-                for call in m["tool_calls"].as_array().into_iter().flatten() {
-                    p.push(json!({"type": "tool_call", "id": call["id"], "name": call["function"]["name"], "arguments": call["function"]["arguments"]}));
-                }
-                messages.push(json!({"role": role, "parts": p}));
-            }
-        }
-    }
-    (system, messages)
-}
-
-/// Tools offered to the model, as `{type: function, name, description?, parameters?}`.
-fn tool_definitions(body: &Value) -> Vec<Value> {
-    let mut out = Vec::new();
-    for t in body["tools"].as_array().into_iter().flatten() {
-        if let Some(f) = t.get("function") {
-            out.push(json!({"type": "function", "name": f["name"], "description": f["description"], "parameters": f["parameters"]}));
-        } else if let Some(decls) = t.get("functionDeclarations").and_then(Value::as_array) {
-            for d in decls {
-                out.push(json!({"type": "function", "name": d["name"], "description": d["description"], "parameters": d["parameters"]}));
-            }
-        } else if t.get("name").is_some() {
-            out.push(json!({"type": "function", "name": t["name"], "description": t["description"], "parameters": t.get("input_schema").or(t.get("parameters"))}));
-        }
-    }
-    out
 }
 
 #[cfg(test)]

@@ -1,0 +1,502 @@
+//! The request side of the wire APIs: what every API's JSON request shares (the typed read of
+//! its fields, generation parameters, metadata, tools, the OpenTelemetry GenAI shapes of its
+//! input), and the [`RequestApi`] each API implements beside its response extractor. Pure code.
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::{anthropic, bedrock, gemini, ollama, openai_chat, openai_responses};
+use crate::provider::WireFormat;
+
+/// One API's request side: what it says beyond the fields all APIs share.
+pub(crate) trait RequestApi: Sync {
+    /// Whether the request streams, from its path and its body's `stream` flag (`flag`).
+    fn streams(&self, path: &str, flag: Option<bool>) -> bool {
+        let _ = path;
+        flag.unwrap_or(false)
+    }
+
+    /// The model the path names, for APIs that put it there (a `model` in the body wins).
+    fn model_from_path(&self, path: &str) -> Option<String> {
+        let _ = path;
+        None
+    }
+
+    /// The system instructions and input messages, in the OpenTelemetry GenAI shapes.
+    fn input(&self, body: &Value) -> Input;
+
+    /// Input messages, system instructions left out, counted from the typed read.
+    fn input_message_count(&self, fields: &RequestFields) -> Option<u64>;
+
+    /// The body asking for the stream's usage too, for APIs that have an option for it
+    /// (`has_stream_options`: the body has a `stream_options` member already).
+    fn ask_stream_usage(&self, body: &[u8], has_stream_options: bool) -> Option<Bytes> {
+        let _ = (body, has_stream_options);
+        None
+    }
+}
+
+/// The request side of a wire format; `None` for the formats the gateway does not read.
+fn api(format: WireFormat) -> Option<&'static dyn RequestApi> {
+    Some(match format {
+        WireFormat::ChatCompletions => &openai_chat::ChatRequest,
+        WireFormat::Completions => &openai_chat::CompletionsRequest,
+        WireFormat::Embeddings => &openai_chat::EmbeddingsRequest,
+        WireFormat::Responses => &openai_responses::ResponsesRequest,
+        WireFormat::Messages => &anthropic::MessagesRequest,
+        WireFormat::GenerateContent => &gemini::GenerateContentRequest,
+        WireFormat::OllamaChat => &ollama::OllamaChatRequest,
+        WireFormat::OllamaGenerate => &ollama::OllamaGenerateRequest,
+        WireFormat::Converse | WireFormat::InvokeModel => {
+            &bedrock::BedrockRequest { stream_path: false }
+        }
+        WireFormat::ConverseStream | WireFormat::InvokeModelWithResponseStream => {
+            &bedrock::BedrockRequest { stream_path: true }
+        }
+        WireFormat::Passthrough => return None,
+    })
+}
+
+/// What a request says, read by its API's rules from its path and JSON body.
+pub struct Request {
+    /// The body's `model`, else the one the path names.
+    pub model: Option<String>,
+    pub stream: bool,
+    /// The client asked for `stream_options.include_usage` itself.
+    pub include_usage_requested: bool,
+    pub params: RequestParams,
+    /// `None` when the body is empty, not JSON, or a field has an unexpected type.
+    pub fields: Option<RequestFields>,
+    api: &'static dyn RequestApi,
+}
+
+impl Request {
+    /// Reads a request of `format`; `None` for a format the gateway does not read.
+    pub fn read(format: WireFormat, path: &str, body: &[u8]) -> Option<Request> {
+        let api = api(format)?;
+        let mut fields: Option<RequestFields> = if body.is_empty() {
+            None
+        } else {
+            serde_json::from_slice(body).ok()
+        };
+        if let Some(f) = &mut fields {
+            f.input_message_count = api.input_message_count(f);
+        }
+        let f = fields.as_ref();
+        let model = f
+            .and_then(|f| f.model.clone())
+            .or_else(|| api.model_from_path(path));
+        let stream = api.streams(path, f.and_then(|f| f.stream));
+        let include_usage_requested = f
+            .and_then(|f| f.stream_options.as_ref())
+            .and_then(|o| o.include_usage)
+            .unwrap_or(false);
+        let params = f.map(RequestFields::params).unwrap_or_default();
+        Some(Request {
+            model,
+            stream,
+            include_usage_requested,
+            params,
+            fields,
+            api,
+        })
+    }
+
+    /// The body with `stream_options.include_usage` added, when the API has that option and the
+    /// request streams without asking for it; `None` leaves the body as it is.
+    pub fn with_stream_usage(&self, body: &[u8]) -> Option<Bytes> {
+        if !self.stream || self.include_usage_requested {
+            return None;
+        }
+        let has_stream_options = self
+            .fields
+            .as_ref()
+            .is_some_and(|f| f.stream_options.is_some());
+        self.api.ask_stream_usage(body, has_stream_options)
+    }
+}
+
+/// Generation parameters read from the request body.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RequestParams {
+    pub max_tokens: Option<u64>,
+    pub temperature: Option<f64>,
+    pub top_p: Option<f64>,
+    pub top_k: Option<f64>,
+    pub frequency_penalty: Option<f64>,
+    pub presence_penalty: Option<f64>,
+    pub stop_sequences: Vec<String>,
+    /// Kept as text: seeds can exceed 2^53.
+    pub seed: Option<String>,
+    pub choice_count: Option<u64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct StreamOptions {
+    include_usage: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Stop {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
+struct GeminiGeneration {
+    max_output_tokens: Option<u64>,
+    temperature: Option<f64>,
+    top_p: Option<f64>,
+    top_k: Option<f64>,
+    stop_sequences: Option<Vec<String>>,
+    seed: Option<serde_json::Number>,
+    candidate_count: Option<u64>,
+    frequency_penalty: Option<f64>,
+    presence_penalty: Option<f64>,
+}
+
+/// The request fields the gateway reads, of every API at once (a field of the wrong type makes
+/// the whole read fail, whichever API it belongs to); everything else is ignored.
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub struct RequestFields {
+    model: Option<String>,
+    stream: Option<bool>,
+    stream_options: Option<StreamOptions>,
+    max_tokens: Option<u64>,
+    max_completion_tokens: Option<u64>,
+    max_output_tokens: Option<u64>,
+    temperature: Option<f64>,
+    top_p: Option<f64>,
+    top_k: Option<f64>,
+    frequency_penalty: Option<f64>,
+    presence_penalty: Option<f64>,
+    stop: Option<Stop>,
+    stop_sequences: Option<Vec<String>>,
+    seed: Option<serde_json::Number>,
+    n: Option<u64>,
+    #[serde(rename = "generationConfig")]
+    generation_config: Option<GeminiGeneration>,
+    /// Ollama native puts parameters here.
+    options: Option<serde_json::Map<String, Value>>,
+    /// OpenAI's end-user id.
+    pub user: Option<String>,
+    /// OpenAI's string map; Anthropic's `{user_id}`.
+    metadata: Option<serde_json::Map<String, Value>>,
+    /// Chat, Anthropic, Ollama and Bedrock messages (only their roles are read).
+    messages: Option<Vec<MessageRole>>,
+    /// Gemini's messages.
+    contents: Option<Vec<serde::de::IgnoredAny>>,
+    /// Responses API input (a string or a list) and embeddings input.
+    input: Option<Value>,
+    tools: Option<Vec<ToolFields>>,
+    /// Counted by the request's API once the fields are read.
+    #[serde(skip)]
+    input_message_count: Option<u64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct MessageRole {
+    role: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct FunctionName {
+    name: Option<String>,
+}
+
+/// OpenAI `{function: {name}}`, Anthropic `{name}` and Gemini `{functionDeclarations: [...]}`.
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct ToolFields {
+    name: Option<String>,
+    function: Option<FunctionName>,
+    #[serde(rename = "functionDeclarations")]
+    function_declarations: Option<Vec<FunctionName>>,
+}
+
+impl RequestFields {
+    /// Input messages, system instructions left out, as the request's API counts them (and as
+    /// the content capture does).
+    pub fn input_message_count(&self) -> Option<u64> {
+        self.input_message_count
+    }
+
+    /// `messages`, those with a `system` or `developer` role left out.
+    pub(crate) fn count_messages(&self) -> Option<u64> {
+        let m = self.messages.as_ref()?;
+        let n = m
+            .iter()
+            .filter(|m| !matches!(m.role.as_deref(), Some("system") | Some("developer")))
+            .count();
+        Some(n as u64)
+    }
+
+    /// Gemini's `contents`.
+    pub(crate) fn count_contents(&self) -> Option<u64> {
+        self.contents.as_ref().map(|c| c.len() as u64)
+    }
+
+    /// `input`: the items of a list, or one.
+    pub(crate) fn count_input(&self) -> Option<u64> {
+        match self.input.as_ref()? {
+            Value::Array(items) => Some(items.len() as u64),
+            _ => Some(1),
+        }
+    }
+
+    /// The names of the tools offered to the model.
+    pub fn tool_names(&self) -> Vec<String> {
+        let mut names = Vec::new();
+        for t in self.tools.iter().flatten() {
+            if let Some(n) = t
+                .function
+                .as_ref()
+                .and_then(|f| f.name.clone())
+                .or_else(|| t.name.clone())
+            {
+                names.push(n);
+            }
+            for d in t.function_declarations.iter().flatten() {
+                names.extend(d.name.clone());
+            }
+        }
+        names
+    }
+
+    /// The body's `metadata` map, values that are not strings as JSON text.
+    pub fn metadata_pairs(&self) -> Vec<(String, String)> {
+        self.metadata
+            .iter()
+            .flatten()
+            .map(|(k, v)| match v {
+                Value::String(s) => (k.clone(), s.clone()),
+                other => (k.clone(), other.to_string()),
+            })
+            .collect()
+    }
+
+    /// Generation parameters, wherever the API puts them: top level, Gemini's
+    /// `generationConfig` or Ollama's `options`.
+    fn params(&self) -> RequestParams {
+        let g = self.generation_config.as_ref();
+        let opt_f64 = |k: &str| {
+            self.options
+                .as_ref()
+                .and_then(|o| o.get(k))
+                .and_then(|v| v.as_f64())
+        };
+        RequestParams {
+            max_tokens: self
+                .max_tokens
+                .or(self.max_completion_tokens)
+                .or(self.max_output_tokens)
+                .or(g.and_then(|g| g.max_output_tokens))
+                .or(opt_f64("num_predict").map(|v| v as u64)),
+            temperature: self
+                .temperature
+                .or(g.and_then(|g| g.temperature))
+                .or(opt_f64("temperature")),
+            top_p: self.top_p.or(g.and_then(|g| g.top_p)).or(opt_f64("top_p")),
+            top_k: self.top_k.or(g.and_then(|g| g.top_k)).or(opt_f64("top_k")),
+            frequency_penalty: self
+                .frequency_penalty
+                .or(g.and_then(|g| g.frequency_penalty)),
+            presence_penalty: self.presence_penalty.or(g.and_then(|g| g.presence_penalty)),
+            stop_sequences: match (
+                &self.stop,
+                &self.stop_sequences,
+                g.and_then(|g| g.stop_sequences.as_ref()),
+            ) {
+                (Some(Stop::One(s)), _, _) => vec![s.clone()],
+                (Some(Stop::Many(v)), _, _) | (None, Some(v), _) | (None, None, Some(v)) => {
+                    v.clone()
+                }
+                _ => Vec::new(),
+            },
+            seed: self
+                .seed
+                .as_ref()
+                .or(g.and_then(|g| g.seed.as_ref()))
+                .map(|n| n.to_string()),
+            choice_count: self.n.or(g.and_then(|g| g.candidate_count)),
+        }
+    }
+}
+
+/// The path segment right after `marker` (`/deployments/`), possibly empty.
+pub(crate) fn path_segment_after<'p>(path: &'p str, marker: &str) -> Option<&'p str> {
+    let i = path.find(marker)?;
+    path[i + marker.len()..].split('/').next()
+}
+
+/// The model of a Google-style path, `.../models/<m>:verb` (Gemini; Anthropic on Vertex AI).
+pub(crate) fn model_before_verb(path: &str) -> Option<String> {
+    let segment = path_segment_after(path, "/models/")?;
+    Some(segment.split(':').next().unwrap_or("").to_string()).filter(|m| !m.is_empty())
+}
+
+/// A request's input in the OpenTelemetry GenAI shapes.
+#[derive(Debug, Default)]
+pub struct Input {
+    /// `gen_ai.system_instructions` parts.
+    pub system: Vec<Value>,
+    /// `gen_ai.input.messages`: `{role, parts}` objects.
+    pub messages: Vec<Value>,
+}
+
+impl Input {
+    /// One user message holding `text`, when there is text (a completion prompt).
+    pub(crate) fn prompt(text: Option<&str>) -> Input {
+        Input {
+            system: Vec::new(),
+            messages: text
+                .map(|t| json!({"role": "user", "parts": [text_part(t)]}))
+                .into_iter()
+                .collect(),
+        }
+    }
+
+    /// The shape chat completions, Anthropic, Ollama chat and Bedrock share: a top-level
+    /// `system` (text or blocks) and `messages`, where `system` and `developer` roles are
+    /// instructions too and `tool_calls` become tool call parts.
+    pub(crate) fn chat(body: &Value) -> Input {
+        let mut input = Input::default();
+        match &body["system"] {
+            Value::String(s) => input.system.push(text_part(s)),
+            system @ Value::Array(_) => input.system.extend(parts(system)),
+            _ => {}
+        }
+        for m in body["messages"].as_array().into_iter().flatten() {
+            let role = m["role"].as_str().unwrap_or("user");
+            if role == "system" || role == "developer" {
+                input.system.extend(parts(&m["content"]));
+                continue;
+            }
+            let mut p = parts(&m["content"]);
+            for call in m["tool_calls"].as_array().into_iter().flatten() {
+                p.push(json!({"type": "tool_call", "id": call["id"], "name": call["function"]["name"], "arguments": call["function"]["arguments"]}));
+            }
+            input.messages.push(json!({"role": role, "parts": p}));
+        }
+        input
+    }
+}
+
+/// The input of a request of `format`; empty for a format the gateway does not read.
+pub fn input(format: WireFormat, body: &Value) -> Input {
+    api(format).map(|a| a.input(body)).unwrap_or_default()
+}
+
+/// Tools offered to the model, as `{type: function, name, description?, parameters?}`.
+pub fn tool_definitions(body: &Value) -> Vec<Value> {
+    let mut out = Vec::new();
+    for t in body["tools"].as_array().into_iter().flatten() {
+        if let Some(f) = t.get("function") {
+            out.push(json!({"type": "function", "name": f["name"], "description": f["description"], "parameters": f["parameters"]}));
+        } else if let Some(decls) = t.get("functionDeclarations").and_then(Value::as_array) {
+            for d in decls {
+                out.push(json!({"type": "function", "name": d["name"], "description": d["description"], "parameters": d["parameters"]}));
+            }
+        } else if t.get("name").is_some() {
+            out.push(json!({"type": "function", "name": t["name"], "description": t["description"], "parameters": t.get("input_schema").or(t.get("parameters"))}));
+        }
+    }
+    out
+}
+
+/// A text part.
+pub(crate) fn text_part(s: &str) -> Value {
+    json!({"type": "text", "content": s})
+}
+
+/// Converts one provider content value (string, or list of typed blocks) to OTel parts.
+pub(crate) fn parts(content: &Value) -> Vec<Value> {
+    match content {
+        Value::String(s) => vec![text_part(s)],
+        Value::Array(blocks) => blocks
+            .iter()
+            .map(|b| match b["type"].as_str() {
+                Some("text") | Some("input_text") | Some("output_text") => text_part(b["text"].as_str().unwrap_or("")),
+                Some("tool_use") => json!({"type": "tool_call", "id": b["id"], "name": b["name"], "arguments": b["input"]}),
+                Some("tool_result") => json!({"type": "tool_call_response", "id": b["tool_use_id"], "response": b["content"]}),
+                Some("image_url") | Some("image") | Some("input_image") => json!({"type": "uri", "modality": "image", "uri": "[image]"}),
+                _ if b.get("text").is_some() => text_part(b["text"].as_str().unwrap_or("")),
+                Some(other) => json!({"type": other}),
+                None => json!({"type": "unknown"}),
+            })
+            .collect(),
+        Value::Null => Vec::new(),
+        other => vec![text_part(&other.to_string())],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generation_parameters_are_read_wherever_the_api_puts_them() {
+        let read = |format, body: &str| Request::read(format, "/", body.as_bytes()).unwrap();
+        let chat = read(
+            WireFormat::ChatCompletions,
+            r#"{"max_completion_tokens":9,"temperature":0.5,"stop":"x","seed":12345678901234567890,"n":2}"#,
+        );
+        assert_eq!(chat.params.max_tokens, Some(9));
+        assert_eq!(chat.params.temperature, Some(0.5));
+        assert_eq!(chat.params.stop_sequences, ["x"]);
+        assert_eq!(chat.params.seed.as_deref(), Some("12345678901234567890"));
+        assert_eq!(chat.params.choice_count, Some(2));
+        let gemini = read(
+            WireFormat::GenerateContent,
+            r#"{"generationConfig":{"maxOutputTokens":7,"topK":3,"stopSequences":["a","b"],"candidateCount":1}}"#,
+        );
+        assert_eq!(gemini.params.max_tokens, Some(7));
+        assert_eq!(gemini.params.top_k, Some(3.0));
+        assert_eq!(gemini.params.stop_sequences, ["a", "b"]);
+        assert_eq!(gemini.params.choice_count, Some(1));
+        let ollama = read(
+            WireFormat::OllamaChat,
+            r#"{"options":{"num_predict":5,"temperature":0.1}}"#,
+        );
+        assert_eq!(ollama.params.max_tokens, Some(5));
+        assert_eq!(ollama.params.temperature, Some(0.1));
+    }
+
+    #[test]
+    fn a_field_of_the_wrong_type_leaves_the_request_unread_but_its_path_still_counts() {
+        let r = Request::read(
+            WireFormat::ConverseStream,
+            "/model/m/converse-stream",
+            br#"{"messages":"not a list"}"#,
+        )
+        .unwrap();
+        assert!(r.fields.is_none());
+        assert!(r.stream);
+        assert_eq!(r.model.as_deref(), Some("m"));
+        assert!(Request::read(WireFormat::Passthrough, "/", b"{}").is_none());
+    }
+
+    #[test]
+    fn tool_names_and_metadata_are_read_from_every_api_shape() {
+        let r = Request::read(
+            WireFormat::ChatCompletions,
+            "/",
+            br#"{"tools":[{"function":{"name":"a"}},{"name":"b"},{"functionDeclarations":[{"name":"c"}]}],
+                "metadata":{"k":"v","n":1}}"#,
+        )
+        .unwrap();
+        let f = r.fields.unwrap();
+        assert_eq!(f.tool_names(), ["a", "b", "c"]);
+        assert_eq!(
+            f.metadata_pairs(),
+            [("k".into(), "v".into()), ("n".into(), "1".into())]
+        );
+    }
+}
