@@ -1143,6 +1143,7 @@ function toolIndex(nodes, ctx) {
   const results = new Map(); // id -> {response, spanIdx}
   const toolSpans = new Map(); // id -> node idx of the execute_tool span
   const calls = new Map(); // id -> {name, arguments, spanIdx}
+  const idBySig = new Map(); // name + arguments -> id, for calls recorded without their id
   for (const x of nodes) {
     const callId = attr(x.span, 'gen_ai.tool.call.id');
     if (callId) toolSpans.set(String(callId), x.idx);
@@ -1156,13 +1157,25 @@ function toolIndex(nodes, ctx) {
           if (!part || part.id == null) continue;
           const id = String(part.id);
           if (part.type === 'tool_call_response' && !results.has(id)) results.set(id, { response: part.response, spanIdx: x.idx });
-          if (part.type === 'tool_call' && !calls.has(id)) calls.set(id, { name: part.name, arguments: part.arguments, spanIdx: x.idx });
+          if (part.type === 'tool_call' && !calls.has(id)) {
+            calls.set(id, { name: part.name, arguments: part.arguments, spanIdx: x.idx });
+            idBySig.set(callSig(part), id);
+          }
         }
       }
     }
   }
-  ctx.toolIndex = { results, toolSpans, calls };
+  ctx.toolIndex = { results, toolSpans, calls, idBySig };
   return ctx.toolIndex;
+}
+
+/** A tool call's name and arguments, the same whether the arguments came as JSON text or as an
+ * object: the gateway records a response's tool calls without their id, and the next request's
+ * history carries the same call with it. */
+function callSig(part) {
+  let args = part.arguments;
+  if (typeof args === 'string') { try { args = JSON.parse(args); } catch (_) { /* keep the text */ } }
+  return String(part.name) + '\u0000' + JSON.stringify(args ?? null);
 }
 
 function renderSpanPanel(panel, nodes, idx, traceId, ctx, select) {
@@ -1457,13 +1470,18 @@ function oneLineArgs(v) {
 }
 
 function renderToolCall(p, chatCtx) {
-  const id = p.id != null ? String(p.id) : '';
+  let id = p.id != null ? String(p.id) : '';
+  let inferred = false;
+  if (!id && chatCtx) {
+    const found = chatCtx.tix.idBySig.get(callSig(p));
+    if (found) { id = found; inferred = true; }
+  }
   const box = h('div', { class: 'toolcall', testid: 'tool-call', data: { callId: id } });
   box.appendChild(h('div', { class: 'tc-head' },
     h('span', { class: 'tc-icon', text: 'ƒ' }),
     h('span', { class: 'tc-sig' }, h('b', { text: p.name || '(tool)' }), h('span', { class: 'muted', text: '(' + oneLineArgs(p.arguments) + ')' })),
     h('span', { class: 'spacer' }),
-    id ? h('code', { class: 'muted small', text: id }) : null));
+    id ? h('code', { class: 'muted small', text: id, title: inferred ? 'id from the same call in a later request (this response was recorded without it)' : 'call id' }) : null));
   if (p.arguments !== undefined && p.arguments !== null && p.arguments !== '') {
     box.appendChild(h('details', { class: 'tc-args' }, h('summary', { class: 'small muted', text: 'arguments' }), h('pre', { class: 'json small', text: prettyValue(p.arguments) })));
   }
