@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: formatting, lints, every test (Rust, and the official
-# Python SDKs through the gateway), and the benchmark's quick smoke mode.
+# Python SDKs through the gateway, the web UI in headless Chromium), and the benchmark's quick
+# smoke mode.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 echo "== python venv with the official SDKs"
 bash tests/setup-python.sh
+
+echo "== chromium and playwright-core for the web UI check"
+bash tests/setup-ui.sh
 
 echo "== cargo fmt"
 cargo fmt --all -- --check

@@ -2,6 +2,7 @@
 //! the web UI, away from the proxy port.
 
 mod traces;
+pub mod ui;
 
 use std::{
     collections::BTreeMap,
@@ -138,6 +139,17 @@ pub async fn handle<B>(
     {
         return Ok(json_answer(answer));
     }
+    if path == "/ui" || path.starts_with("/ui/") {
+        return Ok(match ui::asset(path) {
+            Some((content_type, bytes)) => page(content_type, bytes),
+            None if path.starts_with(ui::ASSETS_PREFIX) => text(
+                StatusCode::NOT_FOUND,
+                "text/plain",
+                "no such asset\n".into(),
+            ),
+            None => page(ui::INDEX_CONTENT_TYPE, ui::INDEX_HTML),
+        });
+    }
     let response = match path {
         "/healthz" => text(StatusCode::OK, "text/plain", "ok\n".into()),
         "/readyz" => {
@@ -157,12 +169,16 @@ pub async fn handle<B>(
             state.metrics.encode(),
         ),
         "/api/costs" => json_answer(costs(&state, &query)),
-        "/" => text(
-            StatusCode::OK,
-            "text/plain",
-            "sidetrace admin: /ui /api/traces /api/sessions /api/costs /healthz /readyz /metrics (docs/api.md)\n"
-                .into(),
-        ),
+        "/" => {
+            let mut r = text(
+                StatusCode::FOUND,
+                "text/plain",
+                "the trace explorer is at /ui; also /api/traces /api/sessions /api/costs /healthz /readyz /metrics (docs/api.md)\n".into(),
+            );
+            r.headers_mut()
+                .insert(header::LOCATION, http::HeaderValue::from_static("/ui"));
+            r
+        }
         _ => text(
             StatusCode::NOT_FOUND,
             "text/plain",
@@ -275,6 +291,25 @@ fn row(key: &str, t: &Totals) -> Value {
         "cache_creation_input_tokens": t.cache_creation_input_tokens,
         "reasoning_tokens": t.reasoning_tokens,
     })
+}
+
+/// A file of the web UI (embedded, never changes while the binary runs).
+fn page(content_type: &'static str, bytes: &'static [u8]) -> Response<ProxyBody> {
+    let mut r = Response::new(full(bytes::Bytes::from_static(bytes)));
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static(content_type),
+    );
+    h.insert(
+        header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-cache"),
+    );
+    h.insert(
+        "x-content-type-options",
+        http::HeaderValue::from_static("nosniff"),
+    );
+    r
 }
 
 fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<ProxyBody> {

@@ -21,8 +21,16 @@ const CSS: &str = "text/css; charset=utf-8";
 const ASSETS: &[(&str, &str, &[u8])] = &[
     ("app.js", JS, include_bytes!("ui/app.js")),
     ("app.css", CSS, include_bytes!("ui/app.css")),
-    ("uplot.iife.min.js", JS, include_bytes!("ui/vendor/uplot.iife.min.js")),
-    ("uplot.min.css", CSS, include_bytes!("ui/vendor/uplot.min.css")),
+    (
+        "uplot.iife.min.js",
+        JS,
+        include_bytes!("ui/vendor/uplot.iife.min.js"),
+    ),
+    (
+        "uplot.min.css",
+        CSS,
+        include_bytes!("ui/vendor/uplot.min.css"),
+    ),
 ];
 
 /// The content type and bytes of the asset at `path` (the whole request path, such as

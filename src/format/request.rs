@@ -379,6 +379,13 @@ impl Input {
                 input.system.extend(parts(&m["content"]));
                 continue;
             }
+            // An OpenAI tool result: `{role: tool, tool_call_id, content}`.
+            if let Some(id) = m["tool_call_id"].as_str() {
+                let part =
+                    json!({"type": "tool_call_response", "id": id, "response": m["content"]});
+                input.messages.push(json!({"role": role, "parts": [part]}));
+                continue;
+            }
             let mut p = parts(&m["content"]);
             for call in m["tool_calls"].as_array().into_iter().flatten() {
                 p.push(json!({"type": "tool_call", "id": call["id"], "name": call["function"]["name"], "arguments": call["function"]["arguments"]}));
@@ -440,6 +447,22 @@ pub(crate) fn parts(content: &Value) -> Vec<Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_chat_tool_result_is_a_tool_call_response_with_its_call_id() {
+        let body = serde_json::json!({"messages": [
+            {"role": "assistant", "content": null, "tool_calls": [{"id": "call_1", "type": "function",
+                "function": {"name": "get_weather", "arguments": "{}"}}]},
+            {"role": "tool", "tool_call_id": "call_1", "content": "18C"},
+        ]});
+        let input = Input::chat(&body);
+        assert_eq!(input.messages[0]["parts"][0]["id"], "call_1");
+        assert_eq!(
+            input.messages[1],
+            serde_json::json!({"role": "tool", "parts": [
+                {"type": "tool_call_response", "id": "call_1", "response": "18C"}]})
+        );
+    }
 
     #[test]
     fn generation_parameters_are_read_wherever_the_api_puts_them() {
