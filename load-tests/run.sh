@@ -158,7 +158,7 @@ wait_port() {
 # the OTLP endpoint of the collector-down gateway.
 read -r MOCK_PORT NGINX_PORT GATEWAY_PORT ADMIN_PORT NONE_PORT NONE_ADMIN REDACTED_PORT \
     REDACTED_ADMIN EXPORT_PORT EXPORT_ADMIN SPOOL_PORT SPOOL_ADMIN SINK_PORT SPOOL_SINK_PORT \
-    <<<"$("$LOAD" ports 14 | tr '\n' ' ')"
+    NOSTORE_PORT NOSTORE_ADMIN <<<"$("$LOAD" ports 16 | tr '\n' ' ')"
 
 "${NICE[@]}" "$MOCK" --listen "127.0.0.1:$MOCK_PORT" >"$WORK/mock.log" 2>&1 &
 MOCK_PID=$!
@@ -271,7 +271,7 @@ start_sink() { # name port
 # The default gateway: span export off, capture level metadata.
 start_gateway sidetrace "$GATEWAY_PORT" "$ADMIN_PORT"
 GATEWAY_PID=$STARTED_PID
-NONE_PID="" REDACTED_PID="" EXPORT_PID="" SPOOL_PID=""
+NONE_PID="" REDACTED_PID="" EXPORT_PID="" SPOOL_PID="" NOSTORE_PID=""
 
 TARGETS=(direct)
 [[ $USE_NGINX == 1 ]] && TARGETS+=(nginx)
@@ -285,6 +285,7 @@ port_of() {
     nginx) echo "$NGINX_PORT" ;;
     sidetrace | sidetrace-raw) echo "$GATEWAY_PORT" ;;
     sidetrace-none) echo "$NONE_PORT" ;;
+    sidetrace-nostore) echo "$NOSTORE_PORT" ;;
     sidetrace-redacted) echo "$REDACTED_PORT" ;;
     sidetrace-export) echo "$EXPORT_PORT" ;;
     sidetrace-spool) echo "$SPOOL_PORT" ;;
@@ -295,6 +296,7 @@ admin_of() {
     case $1 in
     sidetrace | sidetrace-raw) echo "$ADMIN_PORT" ;;
     sidetrace-none) echo "$NONE_ADMIN" ;;
+    sidetrace-nostore) echo "$NOSTORE_ADMIN" ;;
     sidetrace-redacted) echo "$REDACTED_ADMIN" ;;
     sidetrace-export) echo "$EXPORT_ADMIN" ;;
     sidetrace-spool) echo "$SPOOL_ADMIN" ;;
@@ -305,6 +307,7 @@ pid_of() {
     case $1 in
     sidetrace | sidetrace-raw) echo "$GATEWAY_PID" ;;
     sidetrace-none) echo "$NONE_PID" ;;
+    sidetrace-nostore) echo "$NOSTORE_PID" ;;
     sidetrace-redacted) echo "$REDACTED_PID" ;;
     sidetrace-export) echo "$EXPORT_PID" ;;
     sidetrace-spool) echo "$SPOOL_PID" ;;
@@ -475,6 +478,25 @@ scenario_on "sidetrace-none sidetrace sidetrace-redacted" cap \
 stop_proc "$NONE_PID"
 stop_proc "$REDACTED_PID"
 
+# The trace store: a gateway with it off against the default one (on: every span written to
+# sled by a background thread). Open loop for the added latency, closed loop for CPU and
+# throughput; the default gateway's counters say every span was written and none dropped.
+echo "run.sh: starting the gateway without a trace store" >&2
+printf '\n[store]\nenabled = false\n' | cat "$WORK/sidetrace.toml" - >"$WORK/sidetrace-nostore.toml"
+start_gateway sidetrace-nostore "$NOSTORE_PORT" "$NOSTORE_ADMIN"
+NOSTORE_PID=$STARTED_PID
+warm_up sidetrace-nostore
+sleep "$PAUSE"
+COUNTERS=1
+scenario_on "sidetrace-nostore sidetrace" st1k \
+    "non-stream chat, open loop $F_RATE req/s, ${F_DUR} s, trace store off / on" chat \
+    --rate "$F_RATE" --duration "$F_DUR" --settle-ms "$SETTLE_MS"
+scenario_on "sidetrace-nostore sidetrace" stc \
+    "non-stream chat, closed loop, $F_CONN connections, ${F_DUR} s, trace store off / on" chat \
+    --connections "$F_CONN" --duration "$F_DUR" --max-requests "$F_MAX" --settle-ms "$SETTLE_MS"
+COUNTERS=0
+stop_proc "$NOSTORE_PID"
+
 # Span export: a gateway exporting to a local OTLP/HTTP sink, and one whose collector is down
 # (its endpoint is a closed port), against the default gateway (export off).
 echo "run.sh: starting the OTLP sink and the exporting gateways" >&2
@@ -577,8 +599,9 @@ nginx_version="not run"
     echo "- Targets: **direct** (bench-mock itself), **nginx** (\`proxy_pass\`, \`proxy_buffering off\`,"
     echo "  \`proxy_http_version 1.1\`, upstream keepalive 128, \`worker_processes 2\`, access log off),"
     echo "  **sidetrace** (\`sidetrace serve\`, \`SIDETRACE_LOG=warn\`, default limits, capture level"
-    echo "  metadata, no OTLP endpoint so span export off, its own data dir in the temp dir) on the"
-    echo "  default inspected route \`/v1/chat/completions\`."
+    echo "  metadata, the trace store on (the default: every span kept in sled, content redacted), no"
+    echo "  OTLP endpoint so span export off, its own data dir in the temp dir) on the default"
+    echo "  inspected route \`/v1/chat/completions\`."
     echo "- Gateway request path, as built from this tree (the layers of src/proxy/stack.rs, outermost"
     echo "  first): $LAYERS; then the upstream client."
     echo "- Gateway config file, every gateway process (defaults otherwise): one more provider,"
@@ -587,6 +610,7 @@ nginx_version="not run"
     echo "  Target **sidetrace-raw** is the default gateway on that route."
     echo "- Feature targets, each a gateway process of its own started for its scenarios, warmed up,"
     echo "  then stopped: **sidetrace-none** / **sidetrace-redacted** (\`SIDETRACE_CAPTURE_LEVEL\`),"
+    echo "  **sidetrace-nostore** (\`[store] enabled = false\`),"
     echo "  **sidetrace-export** (\`OTEL_EXPORTER_OTLP_ENDPOINT\` = a bench-mock OTLP/HTTP sink,"
     echo "  \`OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf\`, export settings at their defaults: batches of"
     echo "  512 spans or 1 s), **sidetrace-spool** (the same, endpoint a closed loopback port until the"

@@ -41,7 +41,7 @@ fn rate_label(s: Option<&Scenario>) -> String {
 }
 
 pub fn write(out: &mut String, scenarios: &[Scenario]) {
-    let any = ["probe", "cap", "x1k", "xc", "replay", "rc"]
+    let any = ["probe", "cap", "st1k", "stc", "x1k", "xc", "replay", "rc"]
         .iter()
         .any(|id| find(scenarios, id).is_some())
         || scenarios.iter().any(|s| s.run("sidetrace-raw").is_some());
@@ -55,6 +55,7 @@ pub fn write(out: &mut String, scenarios: &[Scenario]) {
     );
     tap(out, scenarios);
     capture(out, scenarios);
+    store(out, scenarios);
     export(out, scenarios);
     spool(out, scenarios);
     replay(out, scenarios);
@@ -238,6 +239,72 @@ fn capture(out: &mut String, scenarios: &[Scenario]) {
             signed_ms(diff(p50, base.and_then(|b| num(b, "/total_ms/p50")))),
             mib(num(r, "/processes/proxy/peak_rss_kib")),
             ms(num(r, "/send_lag_ms/p99")),
+        );
+    }
+}
+
+/// The trace store off (a gateway of its own) against on (the default gateway): added latency
+/// in the open loop, CPU and throughput in the closed loop, and what the store wrote or dropped.
+fn store(out: &mut String, scenarios: &[Scenario]) {
+    let (o, c) = (find(scenarios, "st1k"), find(scenarios, "stc"));
+    if o.is_none() && c.is_none() {
+        return;
+    }
+    let _ = writeln!(out, "\n#### Trace store\n");
+    let _ = writeln!(
+        out,
+        "Off is a gateway process of its own (`[store] enabled = false`); on is the default \
+         gateway, whose background thread writes every span to sled. Open loop at {} (st1k), \
+         closed loop at {} (stc).\n",
+        rate_label(o),
+        rate_label(c)
+    );
+    let _ = writeln!(
+        out,
+        "| trace store | p50 (st1k) | p50 − off | p99 (st1k) | CPU µs/req (st1k) | CPU vs off (st1k) | req/s (stc) | req/s vs off | CPU µs/req (stc) | CPU vs off (stc) | peak RSS MiB (stc) | spans written (stc) | spans dropped (stc) |"
+    );
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let cpu = "/processes/proxy/cpu_us_per_req";
+    for (target, label) in [("sidetrace-nostore", "off"), ("sidetrace", "on (default)")] {
+        let (or, cr) = (o.and_then(|s| s.run(target)), c.and_then(|s| s.run(target)));
+        if or.is_none() && cr.is_none() {
+            continue;
+        }
+        let base_o = o.and_then(|s| s.run("sidetrace-nostore"));
+        let base_c = c.and_then(|s| s.run("sidetrace-nostore"));
+        let p50 = or.and_then(|r| num(r, "/total_ms/p50"));
+        let rps = cr.and_then(|r| num(r, "/achieved_rps"));
+        let _ = writeln!(
+            out,
+            "| {label} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            ms(p50),
+            signed_ms(diff(p50, base_o.and_then(|b| num(b, "/total_ms/p50")))),
+            ms(or.and_then(|r| num(r, "/total_ms/p99"))),
+            us(or.and_then(|r| num(r, cpu))),
+            times(ratio(
+                or.and_then(|r| num(r, cpu)),
+                base_o.and_then(|b| num(b, cpu))
+            )),
+            count(rps),
+            times(ratio(rps, base_c.and_then(|b| num(b, "/achieved_rps")))),
+            us(cr.and_then(|r| num(r, cpu))),
+            times(ratio(
+                cr.and_then(|r| num(r, cpu)),
+                base_c.and_then(|b| num(b, cpu))
+            )),
+            mib(cr.and_then(|r| num(r, "/processes/proxy/peak_rss_kib"))),
+            count(cr.and_then(|r| counter(
+                r,
+                "gw",
+                "delta",
+                "sidetrace_store_spans_written_total"
+            ))),
+            count(cr.and_then(|r| counter(
+                r,
+                "gw",
+                "delta",
+                "sidetrace_store_spans_dropped_total"
+            ))),
         );
     }
 }

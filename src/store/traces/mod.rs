@@ -156,6 +156,7 @@ impl Trees {
         let db = open_waiting_for_lock(
             &sled::Config::new()
                 .path(dir)
+                .mode(sled::Mode::HighThroughput)
                 .cache_capacity(CACHE_BYTES)
                 .flush_every_ms(Some(1000)),
         )?;
@@ -184,6 +185,8 @@ pub struct TraceStore {
     metrics: Arc<Metrics>,
     /// A write failed: the store keeps no more spans this run.
     failed: AtomicBool,
+    /// Stored bytes and traces, kept in memory and saved in `meta` with each batch.
+    counts: Mutex<Counts>,
     queue: Mutex<Option<SyncSender<Message>>>,
 }
 
@@ -193,6 +196,41 @@ pub struct Opened {
     /// Why there is no store (logged already).
     pub unavailable: Option<String>,
     pub damage: Option<Damage>,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Counts {
+    bytes: u64,
+    traces: u64,
+}
+
+impl Counts {
+    /// As saved in `meta`; counted afresh when missing (a store from before the counts).
+    fn load(trees: &Trees) -> Result<Counts, sled::Error> {
+        let read = |key: &str| -> Result<Option<u64>, sled::Error> {
+            Ok(trees
+                .meta
+                .get(key)?
+                .and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes)))
+        };
+        match (read("bytes")?, read("traces")?) {
+            (Some(bytes), Some(traces)) => Ok(Counts { bytes, traces }),
+            _ => {
+                let mut counts = Counts::default();
+                for row in trees.traces.iter().values() {
+                    counts.traces += 1;
+                    counts.bytes += decode::<TraceSummary>(&row?).map_or(0, |s| s.bytes);
+                }
+                Ok(counts)
+            }
+        }
+    }
+
+    fn save(&self, trees: &Trees) -> Result<(), sled::Error> {
+        trees.meta.insert("bytes", &self.bytes.to_be_bytes())?;
+        trees.meta.insert("traces", &self.traces.to_be_bytes())?;
+        Ok(())
+    }
 }
 
 fn time_key(start: u64, trace_id: &[u8; 16]) -> [u8; 24] {
@@ -283,8 +321,21 @@ impl TraceStore {
                 };
             }
         };
+        let counts = match Counts::load(&trees) {
+            Ok(counts) => counts,
+            Err(e) => {
+                let reason = format!("cannot read the trace store in {}: {e}", dir.display());
+                tracing::error!(%reason, "traces are not kept");
+                return Opened {
+                    store: None,
+                    unavailable: Some(reason),
+                    damage,
+                };
+            }
+        };
         let (sender, receiver) = sync_channel(QUEUE_SPANS);
         let store = Arc::new(TraceStore {
+            counts: Mutex::new(counts),
             trees: Detached::new(trees),
             limits,
             metrics,
@@ -505,8 +556,17 @@ impl TraceStore {
             self.reindex(before.as_ref(), &after)?;
             t.traces
                 .insert(trace_id, serde_json::to_vec(&after).unwrap_or_default())?;
+            if before.is_none() {
+                self.counts().traces += 1;
+            }
         }
-        self.add_bytes(added_bytes as i64)
+        let mut counts = self.counts();
+        counts.bytes += added_bytes;
+        counts.save(t)
+    }
+
+    fn counts(&self) -> std::sync::MutexGuard<'_, Counts> {
+        self.counts.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Moves a trace's index entries from its old row to its new one (`None`: removed).
@@ -595,25 +655,14 @@ impl TraceStore {
     }
 
     fn stored_bytes(&self) -> u64 {
-        self.trees
-            .meta
-            .get("bytes")
-            .ok()
-            .flatten()
-            .and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes))
-            .unwrap_or(0)
-    }
-
-    fn add_bytes(&self, delta: i64) -> Result<(), sled::Error> {
-        let now = self.stored_bytes().saturating_add_signed(delta);
-        self.trees.meta.insert("bytes", &now.to_be_bytes())?;
-        Ok(())
+        self.counts().bytes
     }
 
     fn refresh_gauges(&self) {
+        let counts = *self.counts();
         let m = &self.metrics.store;
-        m.bytes.set(self.stored_bytes() as i64);
-        m.traces.set(self.trees.traces.len() as i64);
+        m.bytes.set(counts.bytes as i64);
+        m.traces.set(counts.traces as i64);
     }
 
     /// Evicts whole traces, oldest first, until the stored bytes fit `max_bytes`.
@@ -681,7 +730,11 @@ impl TraceStore {
         if let Some(session) = &summary.session {
             self.update_session(session, |s| s.remove(&summary))?;
         }
-        self.add_bytes(-(summary.bytes as i64))?;
+        let mut counts = self.counts();
+        counts.bytes = counts.bytes.saturating_sub(summary.bytes);
+        counts.traces = counts.traces.saturating_sub(1);
+        counts.save(t)?;
+        drop(counts);
         self.metrics
             .store
             .traces_evicted

@@ -1,0 +1,264 @@
+//! The trace store: how fast spans are written (the budget is 50,000 spans/s), and how fast
+//! the API's reads are with 1,000,000 spans stored (first page of the trace list, one trace of
+//! 1,000 spans, a list filtered by feature and errors; the budgets are 50, 50 and 100 ms).
+//!
+//! `cargo bench --bench store`. The million-span store is built once under
+//! `target/store-bench/` (about a minute) and reused; `STORE_BENCH_SPANS` changes its size.
+//! It also prints the process's resident memory after building it and after the reads.
+
+use std::{
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use sidetrace::{
+    metrics::Metrics,
+    store::traces::{Ingest, Origin, StoreLimits, TraceQuery, TraceStore, now_unix_nanos},
+    trace::span::{AttrValue, SpanRecord, SpanStatus},
+};
+
+fn origin() -> Arc<Origin> {
+    Arc::new(Origin {
+        resource: vec![
+            ("service.name".into(), "sidetrace".into()),
+            ("service.version".into(), "0.1.0".into()),
+        ],
+        scope_name: "sidetrace".into(),
+        scope_version: "0.1.0".into(),
+    })
+}
+
+/// A span like the gateway's for a chat call with redacted content (about 1.5 KB as stored).
+fn span(trace: u64, n: u64, start: u64) -> SpanRecord {
+    let mut trace_id = [0u8; 16];
+    trace_id[..8].copy_from_slice(&trace.to_be_bytes());
+    trace_id[15] = 1;
+    let mut span_id = [0u8; 8];
+    span_id.copy_from_slice(&(n + 1).to_be_bytes());
+    let s = |v: &str| AttrValue::Str(v.to_string());
+    let features = ["support_agent", "search", "summarize", "classify"];
+    let attributes = vec![
+        ("gen_ai.operation.name".to_string(), s("chat")),
+        ("gen_ai.provider.name".to_string(), s("openai")),
+        ("gen_ai.request.model".to_string(), s("gpt-4o-mini")),
+        ("server.address".to_string(), s("api.openai.com")),
+        ("server.port".to_string(), AttrValue::Int(443)),
+        ("gen_ai.request.max_tokens".to_string(), AttrValue::Int(512)),
+        (
+            "gen_ai.request.temperature".to_string(),
+            AttrValue::Double(0.2),
+        ),
+        (
+            "gen_ai.response.id".to_string(),
+            s("chatcmpl-CJCk1PzR4vXb7NmQe2WtY9sLu5HaJ"),
+        ),
+        (
+            "gen_ai.response.model".to_string(),
+            s("gpt-4o-mini-2024-07-18"),
+        ),
+        (
+            "gen_ai.response.finish_reasons".to_string(),
+            AttrValue::StrList(vec!["stop".into()]),
+        ),
+        ("gen_ai.usage.input_tokens".to_string(), AttrValue::Int(182)),
+        ("gen_ai.usage.output_tokens".to_string(), AttrValue::Int(17)),
+        ("cost.usd".to_string(), AttrValue::Double(0.0000375)),
+        ("http.response.status_code".to_string(), AttrValue::Int(200)),
+        ("feature.id".to_string(), s(features[(trace % 4) as usize])),
+        ("user.id".to_string(), s(&format!("u_{}", trace % 1000))),
+        ("session.id".to_string(), s(&format!("s_{}", trace % 5000))),
+        (
+            "gen_ai.input.messages".to_string(),
+            s(
+                r#"[{"role":"user","parts":[{"type":"text","content":"What is the weather in Paris right now? I fly there tomorrow and need to know what to pack. Mail me at [EMAIL] with a list of clothes, please, and keep it short."}]}]"#,
+            ),
+        ),
+        (
+            "gen_ai.system_instructions".to_string(),
+            s(
+                r#"[{"type":"text","content":"You are a helpful support agent for Acme Travel. Use the tools when the user asks about the weather. Be brief."}]"#,
+            ),
+        ),
+        (
+            "gen_ai.output.messages".to_string(),
+            s(
+                r#"[{"role":"assistant","parts":[{"type":"text","content":"It is 18°C and sunny in Paris; pack a light jacket, comfortable shoes and sunglasses. Rain is not expected before the weekend."}],"finish_reason":"stop"}]"#,
+            ),
+        ),
+        ("sidetrace.provider".to_string(), s("openai")),
+        ("sidetrace.outcome".to_string(), s("completed")),
+        ("sidetrace.content.level".to_string(), s("redacted")),
+    ];
+    SpanRecord {
+        trace_id,
+        span_id,
+        parent_span_id: (n > 0).then_some([0, 0, 0, 0, 0, 0, 0, 1]),
+        parent_is_remote: false,
+        flags: 1,
+        trace_state: None,
+        name: "chat gpt-4o-mini".into(),
+        kind: "client".into(),
+        start_unix_nanos: start,
+        end_unix_nanos: start + 46_000_000,
+        status: if trace % 50 == 1 && n == 0 {
+            SpanStatus::Error("upstream answered 429".into())
+        } else {
+            SpanStatus::Unset
+        },
+        attributes,
+    }
+}
+
+fn open(dir: &std::path::Path) -> Arc<TraceStore> {
+    TraceStore::open(
+        dir,
+        StoreLimits {
+            max_bytes: u64::MAX,
+            max_age: Duration::from_secs(365 * 86_400),
+        },
+        Arc::new(Metrics::new()),
+    )
+    .store
+    .expect("the store opens")
+}
+
+fn rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kib| kib / 1024.0)
+}
+
+/// Submits spans as fast as the queue takes them (the writer drains it), then waits for all.
+fn write_all(store: &TraceStore, spans: impl Iterator<Item = SpanRecord>) {
+    let origin = origin();
+    for span in spans {
+        store.submit(Ingest {
+            span,
+            origin: origin.clone(),
+            cost_pico_usd: Some(37_500_000),
+        });
+    }
+    assert!(store.flush(Duration::from_secs(600)));
+}
+
+fn writes(c: &mut Criterion) {
+    const N: u64 = 20_000;
+    let mut g = c.benchmark_group("store_write");
+    g.throughput(Throughput::Elements(N));
+    g.sample_size(10);
+    g.bench_function("20k spans, 4 per trace", |b| {
+        b.iter_batched(
+            || {
+                let dir = tempfile::tempdir().unwrap();
+                let store = open(dir.path());
+                let now = now_unix_nanos();
+                let spans: Vec<SpanRecord> =
+                    (0..N).map(|i| span(i / 4, i % 4, now + i * 1000)).collect();
+                (dir, store, spans)
+            },
+            |(dir, store, spans)| {
+                // Slow submits would be dropped (the queue is bounded): wait for room instead,
+                // so every span is written and the figure is the writer's own rate.
+                let origin = origin();
+                for chunk in spans.chunks(8 * 1024) {
+                    for span in chunk {
+                        store.submit(Ingest {
+                            span: span.clone(),
+                            origin: origin.clone(),
+                            cost_pico_usd: Some(37_500_000),
+                        });
+                    }
+                    assert!(store.flush(Duration::from_secs(60)));
+                }
+                (dir, store)
+            },
+            BatchSize::PerIteration,
+        );
+    });
+    g.finish();
+}
+
+fn reads(c: &mut Criterion) {
+    let spans: u64 = std::env::var("STORE_BENCH_SPANS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("target/store-bench")
+        .join(format!("{spans}"));
+    let done = dir.join("built");
+    let fresh = !done.exists();
+    if fresh {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    let store = open(&dir.join("traces"));
+    // One trace of 1,000 spans, the rest in traces of 4, spread over the last day.
+    let big = 1u64 << 40;
+    if fresh {
+        let t0 = Instant::now();
+        let start = now_unix_nanos() - 86_400_000_000_000;
+        let step = 86_400_000_000_000 / spans.max(1);
+        for chunk in (0..spans - 1000).collect::<Vec<_>>().chunks(8 * 1024) {
+            write_all(
+                &store,
+                chunk.iter().map(|&i| span(i / 4, i % 4, start + i * step)),
+            );
+        }
+        write_all(
+            &store,
+            (0..1000).map(|i| span(big, i, start + (spans / 2) * step + i * 1000)),
+        );
+        std::fs::write(&done, b"").unwrap();
+        eprintln!(
+            "built a store of {spans} spans in {:.1} s ({:.0} spans/s)",
+            t0.elapsed().as_secs_f64(),
+            spans as f64 / t0.elapsed().as_secs_f64()
+        );
+    }
+    eprintln!(
+        "RSS with the store of {spans} spans open: {:.1} MiB",
+        rss_mib()
+    );
+    let mut big_id = [0u8; 16];
+    big_id[..8].copy_from_slice(&big.to_be_bytes());
+    big_id[15] = 1;
+    let mut g = c.benchmark_group(format!("store_read_{spans}_spans"));
+    g.bench_function("first page of 50 traces", |b| {
+        b.iter(|| {
+            let page = store
+                .traces(&TraceQuery {
+                    limit: 50,
+                    ..TraceQuery::default()
+                })
+                .unwrap();
+            assert_eq!(page.rows.len(), 50);
+        })
+    });
+    g.bench_function("one trace of 1,000 spans", |b| {
+        b.iter(|| assert_eq!(store.trace(&big_id).unwrap().unwrap().nodes.len(), 1000))
+    });
+    g.bench_function("50 traces of feature search with errors", |b| {
+        b.iter(|| {
+            store
+                .traces(&TraceQuery {
+                    feature: Some("search".into()),
+                    errors_only: true,
+                    limit: 50,
+                    ..TraceQuery::default()
+                })
+                .unwrap()
+        })
+    });
+    g.finish();
+    eprintln!("RSS after the reads: {:.1} MiB", rss_mib());
+}
+
+criterion_group!(benches, writes, reads);
+criterion_main!(benches);
