@@ -56,7 +56,7 @@ const BATCH_SPANS: usize = 1024;
 /// How often the writer evicts traces past `max_age` (also once at open).
 const AGE_CHECK: Duration = Duration::from_secs(30);
 /// sled's page cache: reads of recent traces hit it; the rest come from the OS page cache.
-const CACHE_BYTES: u64 = 16 * 1024 * 1024;
+const CACHE_BYTES: u64 = 8 * 1024 * 1024;
 
 /// Where a span came from: its resource (service) and instrumentation scope.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -156,7 +156,6 @@ impl Trees {
         let db = open_waiting_for_lock(
             &sled::Config::new()
                 .path(dir)
-                .mode(sled::Mode::HighThroughput)
                 .cache_capacity(CACHE_BYTES)
                 .flush_every_ms(Some(1000)),
         )?;
