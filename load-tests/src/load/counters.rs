@@ -20,8 +20,9 @@ use serde_json::{Map, Value, json};
 
 /// Metric families kept in the reports; the rest of a metrics page (latency histograms, per
 /// provider call counts) is not needed to compute the feature figures.
-const KEPT: [&str; 5] = [
+const KEPT: [&str; 6] = [
     "sidetrace_spans_",
+    "sidetrace_store_spans_",
     "sidetrace_spool_",
     "sidetrace_export_attempts",
     "sidetrace_active_calls",
