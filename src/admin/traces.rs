@@ -273,6 +273,18 @@ fn cursor(q: &Query) -> Result<Option<(u64, String)>, ApiError> {
         .ok_or_else(|| ApiError::bad("cursor is not one this API gave"))
 }
 
+/// The text whose UTF-8 bytes `hex` spells (a session id in a cursor).
+fn unhex(hex: &str) -> Option<String> {
+    if !hex.len().is_multiple_of(2) {
+        return None;
+    }
+    let bytes = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+        .collect::<Option<Vec<u8>>>()?;
+    String::from_utf8(bytes).ok()
+}
+
 fn trace_query(q: &Query) -> Result<TraceQuery, ApiError> {
     let (from, to) = window(q)?;
     let cursor = match cursor(q)? {
@@ -406,13 +418,7 @@ async fn sessions(store: &Arc<TraceStore>, query: &Query) -> Result<Value, ApiEr
             None => None,
             Some((last, id)) => Some((
                 last,
-                String::from_utf8(
-                    (0..id.len() / 2)
-                        .map(|i| u8::from_str_radix(id.get(2 * i..2 * i + 2).unwrap_or("zz"), 16))
-                        .collect::<Result<Vec<u8>, _>>()
-                        .map_err(|_| ApiError::bad("cursor is not one this API gave"))?,
-                )
-                .map_err(|_| ApiError::bad("cursor is not one this API gave"))?,
+                unhex(&id).ok_or_else(|| ApiError::bad("cursor is not one this API gave"))?,
             )),
         },
     };
@@ -446,5 +452,12 @@ mod tests {
         assert_eq!(otlp_kind("client"), 3);
         assert_eq!(otlp_kind("INTERNAL"), 1);
         assert_eq!(otlp_kind("nonsense"), 0);
+    }
+
+    #[test]
+    fn a_session_cursor_round_trips_through_hex() {
+        assert_eq!(unhex(&hex("s_9 é".as_bytes())).as_deref(), Some("s_9 é"));
+        assert_eq!(unhex("zz"), None);
+        assert_eq!(unhex("abc"), None);
     }
 }

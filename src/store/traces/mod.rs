@@ -232,6 +232,18 @@ impl Counts {
     }
 }
 
+impl Opened {
+    /// No store, for `reason` (logged here): the API answers 503 with it, the proxy serves on.
+    fn unavailable(reason: String, damage: Option<Damage>) -> Opened {
+        tracing::error!(%reason, "traces are not kept: /api/traces and /ui answer 503; the proxy serves as usual");
+        Opened {
+            store: None,
+            unavailable: Some(reason),
+            damage,
+        }
+    }
+}
+
 fn time_key(start: u64, trace_id: &[u8; 16]) -> [u8; 24] {
     let mut k = [0u8; 24];
     k[..8].copy_from_slice(&start.to_be_bytes());
@@ -311,25 +323,19 @@ impl TraceStore {
         let trees = match trees {
             Ok(trees) => trees,
             Err(e) => {
-                let reason = format!("cannot open the trace store in {}: {e}", dir.display());
-                tracing::error!(%reason, "traces are not kept: /api/traces and /ui answer 503; the proxy serves as usual");
-                return Opened {
-                    store: None,
-                    unavailable: Some(reason),
+                return Opened::unavailable(
+                    format!("cannot open the trace store in {}: {e}", dir.display()),
                     damage,
-                };
+                );
             }
         };
         let counts = match Counts::load(&trees) {
             Ok(counts) => counts,
             Err(e) => {
-                let reason = format!("cannot read the trace store in {}: {e}", dir.display());
-                tracing::error!(%reason, "traces are not kept");
-                return Opened {
-                    store: None,
-                    unavailable: Some(reason),
+                return Opened::unavailable(
+                    format!("cannot read the trace store in {}: {e}", dir.display()),
                     damage,
-                };
+                );
             }
         };
         let (sender, receiver) = sync_channel(QUEUE_SPANS);
@@ -347,13 +353,10 @@ impl TraceStore {
             .name("sidetrace-trace-store".into())
             .spawn(move || writer.run(receiver));
         if let Err(e) = spawned {
-            let reason = format!("cannot start the trace store's writer thread: {e}");
-            tracing::error!(%reason, "traces are not kept");
-            return Opened {
-                store: None,
-                unavailable: Some(reason),
+            return Opened::unavailable(
+                format!("cannot start the trace store's writer thread: {e}"),
                 damage,
-            };
+            );
         }
         store.metrics.store.up.set(1);
         Opened {
@@ -370,23 +373,19 @@ impl TraceStore {
             self.dropped("off", 1);
             return;
         }
-        let queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(sender) = queue.as_ref() else {
-            drop(queue);
-            self.dropped("off", 1);
-            return;
+        // The lock is released before counting: the counter is not the queue's.
+        let reason = match self
+            .queue
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|sender| sender.try_send(Message::Span(Box::new(ingest))))
+        {
+            Some(Ok(())) => return,
+            Some(Err(TrySendError::Full(_))) => "queue_full",
+            Some(Err(TrySendError::Disconnected(_))) | None => "off",
         };
-        match sender.try_send(Message::Span(Box::new(ingest))) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => {
-                drop(queue);
-                self.dropped("queue_full", 1);
-            }
-            Err(TrySendError::Disconnected(_)) => {
-                drop(queue);
-                self.dropped("off", 1);
-            }
-        }
+        self.dropped(reason, 1);
     }
 
     /// Waits (at most `timeout`) until every span queued before is written and flushed to disk.
