@@ -172,8 +172,12 @@ impl Gateway {
         if !budgets.is_empty() {
             sinks.push(budgets.clone());
         }
-        if let Ok(store) = &traces {
-            sinks.push(Arc::new(StoreSink::new(store.clone(), &telemetry)));
+        let store_sink = traces
+            .as_ref()
+            .ok()
+            .map(|store| Arc::new(StoreSink::new(store.clone(), &telemetry)));
+        if let Some(sink) = &store_sink {
+            sinks.push(sink.clone());
         }
         sinks.extend(extra_sinks);
         let recorder = Arc::new(Recorder::new(RecorderParts {
@@ -182,6 +186,7 @@ impl Gateway {
             capturer: capturer.clone(),
             sinks,
             export,
+            store: store_sink,
         }));
         let proxy = stack::build(
             &config,

@@ -11,6 +11,7 @@ use crate::{
     call::{record::CallRecord, sink::Sink},
     cost::PriceBookCell,
     export::pipeline::ExportHandle,
+    store::traces::{Origin, StoreSink},
     trace::{
         capture::Capturer,
         span::{SpanRecord, span_for},
@@ -27,6 +28,9 @@ pub struct RecorderParts {
     pub sinks: Vec<Arc<dyn Sink>>,
     /// The span's last stop: the OTLP export (and its tail sampler), when configured.
     pub export: Option<ExportHandle>,
+    /// The trace store, for spans that are not a call's own (see [`Recorder::record_span`]);
+    /// a call's span reaches it as a sink.
+    pub store: Option<Arc<StoreSink>>,
 }
 
 pub struct Recorder {
@@ -35,6 +39,7 @@ pub struct Recorder {
     capturer: Arc<Capturer>,
     sinks: Vec<Arc<dyn Sink>>,
     export: Option<ExportHandle>,
+    store: Option<Arc<StoreSink>>,
     /// Shutdown's grace is over and open calls are being cut.
     cutting: AtomicBool,
 }
@@ -47,6 +52,7 @@ impl Recorder {
             capturer,
             sinks,
             export,
+            store,
         } = parts;
         Recorder {
             prices,
@@ -54,6 +60,7 @@ impl Recorder {
             capturer,
             sinks,
             export,
+            store,
             cutting: AtomicBool::new(false),
         }
     }
@@ -90,6 +97,24 @@ impl Recorder {
         log(&call, &span);
         if let Some(export) = &self.export {
             export.submit(span);
+        }
+    }
+
+    /// Hands a span that is not a call's own (a tool span read from the wire, a span received
+    /// over OTLP) to the trace store and to the export; never waits. `stored` is the store's
+    /// copy when it keeps other content than the export (its own capture level), and `origin`
+    /// its resource and scope when it is not this gateway's.
+    pub fn record_span(
+        &self,
+        exported: SpanRecord,
+        stored: Option<SpanRecord>,
+        origin: Option<Arc<Origin>>,
+    ) {
+        if let Some(store) = &self.store {
+            store.span(stored.unwrap_or_else(|| exported.clone()), origin, None);
+        }
+        if let Some(export) = &self.export {
+            export.submit(exported);
         }
     }
 

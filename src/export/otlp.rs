@@ -69,7 +69,7 @@ pub fn span_data(r: &SpanRecord, scope: &InstrumentationScope) -> SpanData {
         ),
         parent_span_id: r.parent_span_id.map_or(SpanId::INVALID, SpanId::from_bytes),
         parent_span_is_remote: r.parent_is_remote,
-        span_kind: SpanKind::Client,
+        span_kind: span_kind(&r.kind),
         name: Cow::Owned(r.name.clone()),
         start_time: UNIX_EPOCH + Duration::from_nanos(r.start_unix_nanos),
         end_time: UNIX_EPOCH + Duration::from_nanos(r.end_unix_nanos),
@@ -169,9 +169,29 @@ fn http_traces_endpoint(endpoint: &str) -> String {
     }
 }
 
+/// The OTLP kind of a span's `kind` (`client`, `server`, `internal`, `producer`, `consumer`);
+/// an unknown one is `internal`, the spec's default.
+pub fn span_kind(kind: &str) -> SpanKind {
+    match kind {
+        "client" => SpanKind::Client,
+        "server" => SpanKind::Server,
+        "producer" => SpanKind::Producer,
+        "consumer" => SpanKind::Consumer,
+        _ => SpanKind::Internal,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn span_kinds_map_to_otlp_kinds() {
+        assert_eq!(span_kind("client"), SpanKind::Client);
+        assert_eq!(span_kind("server"), SpanKind::Server);
+        assert_eq!(span_kind("internal"), SpanKind::Internal);
+        assert_eq!(span_kind("something else"), SpanKind::Internal);
+    }
 
     #[test]
     fn an_http_base_endpoint_gets_the_traces_path_once() {

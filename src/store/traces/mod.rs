@@ -758,6 +758,17 @@ impl StoreSink {
     }
 }
 
+impl StoreSink {
+    /// Queues one span; `origin` is this gateway's when not given.
+    pub fn span(&self, span: SpanRecord, origin: Option<Arc<Origin>>, cost_pico_usd: Option<u128>) {
+        self.store.submit(Ingest {
+            span,
+            origin: origin.unwrap_or_else(|| self.origin.clone()),
+            cost_pico_usd,
+        });
+    }
+}
+
 impl Sink for StoreSink {
     fn record(&self, call: &CallRecord, span: &SpanRecord) {
         let span = with_content(
@@ -766,10 +777,6 @@ impl Sink for StoreSink {
                 .as_ref()
                 .unwrap_or(&CapturedContent::default()),
         );
-        self.store.submit(Ingest {
-            span,
-            origin: self.origin.clone(),
-            cost_pico_usd: call.cost_pico_usd,
-        });
+        self.span(span, None, call.cost_pico_usd);
     }
 }
