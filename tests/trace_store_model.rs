@@ -413,6 +413,80 @@ fn past_max_bytes_the_oldest_traces_are_evicted_whole_and_counted() {
     assert_eq!(traces.rows.len(), all.len());
 }
 
+/// Bytes in the span files under `dir/spans`, and how many files.
+fn span_files(dir: &Path) -> (u64, usize) {
+    let mut bytes = 0;
+    let mut files = 0;
+    for entry in std::fs::read_dir(dir.join("spans")).unwrap() {
+        bytes += entry.unwrap().metadata().unwrap().len();
+        files += 1;
+    }
+    (bytes, files)
+}
+
+#[test]
+fn evicted_traces_give_their_disk_space_back_and_what_is_kept_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let max_bytes = 100_000;
+    let now = now_unix_nanos();
+    let mut written = 0u64;
+    {
+        let (store, metrics) = open(dir.path(), max_bytes, Duration::from_secs(86_400));
+        for round in 0..40u64 {
+            for t in 0..20u64 {
+                let n = round * 20 + t;
+                let mut id = [0u8; 16];
+                id[..8].copy_from_slice(&(n + 1).to_be_bytes());
+                for s in 0..3 {
+                    let mut span = simple(1, s, now + n * 1_000_000);
+                    span.trace_id = id;
+                    put(&store, span, None);
+                    written += 1;
+                }
+            }
+            assert!(store.flush(Duration::from_secs(10)));
+        }
+        assert!(metric(&metrics, "sidetrace_store_bytes ") <= max_bytes as f64);
+        let (bytes, files) = span_files(dir.path());
+        // What is kept, plus the segment being written and one being emptied (64 KiB each
+        // at this size), not everything ever written.
+        assert!(
+            bytes < max_bytes + 3 * (64 << 10),
+            "{bytes} bytes in {files} span files for {written} spans"
+        );
+        store.close();
+    }
+    let (store, _) = open(dir.path(), max_bytes, Duration::from_secs(86_400));
+    let rows = store
+        .traces(&TraceQuery {
+            limit: 1000,
+            ..TraceQuery::default()
+        })
+        .unwrap()
+        .rows;
+    assert!(!rows.is_empty());
+    for row in &rows {
+        let tree = store.trace(&row.trace_id).unwrap().unwrap();
+        assert_eq!(tree.nodes.len(), 3, "every kept span is read back");
+    }
+}
+
+#[test]
+fn a_lost_span_file_loses_its_spans_not_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = open(dir.path(), u64::MAX, Duration::from_secs(86_400));
+    put(&store, simple(3, 0, now_unix_nanos()), None);
+    assert!(store.flush(Duration::from_secs(10)));
+    for entry in std::fs::read_dir(dir.path().join("spans")).unwrap() {
+        std::fs::write(entry.unwrap().path(), b"").unwrap();
+    }
+    let tree = store.trace(&trace_id(3)).unwrap().expect("the row is kept");
+    assert!(tree.nodes.is_empty(), "the span cannot be read: left out");
+    put(&store, simple(4, 0, now_unix_nanos()), None);
+    assert!(store.flush(Duration::from_secs(10)));
+    assert_eq!(store.trace(&trace_id(4)).unwrap().unwrap().nodes.len(), 1);
+}
+
 #[test]
 fn traces_past_max_age_are_evicted_and_counted() {
     let dir = tempfile::tempdir().unwrap();

@@ -13,13 +13,16 @@
 //! after it counted as dropped) and the proxy keeps serving.
 //!
 //! Layout (all keys big-endian, so byte order is time order):
-//! - `spans`: trace id (16) + span id (8) -> [`StoredSpan`] (JSON)
+//! - `spans`: trace id (16) + span id (8) -> where the span's [`StoredSpan`] (JSON) is in the
+//!   segment files under `spans/` (see `log.rs`: sled keeps only this 16-byte pointer)
+//! - `segments`: segment id (4) -> how many stored spans it holds (deleted at zero)
 //! - `traces`: trace id -> [`TraceSummary`] (JSON)
 //! - `by_time`: start nanos (8) + trace id -> ()
 //! - `by_feature`, `by_user`, `by_session`: value length (2) + value + start + trace id -> ()
 //! - `sessions`: session id -> [`SessionSummary`]; `sessions_by_time`: last nanos + id -> ()
 //! - `resources`: resource key (8) -> resource attributes; `meta`: `bytes` -> stored bytes
 
+mod log;
 mod query;
 mod summary;
 
@@ -38,6 +41,8 @@ use serde::{Deserialize, Serialize};
 
 pub use query::{Page, SessionQuery, TraceQuery, TraceTree, TreeNode};
 pub use summary::{SessionSummary, Totals, TraceSummary};
+
+use log::{Pointer, SpanLog};
 
 use super::sled_db::{Damage, Detached, is_damage, move_aside, open_waiting_for_lock};
 use crate::{
@@ -148,6 +153,7 @@ struct Trees {
     sessions: sled::Tree,
     sessions_by_time: sled::Tree,
     resources: sled::Tree,
+    segments: sled::Tree,
     meta: sled::Tree,
 }
 
@@ -170,6 +176,7 @@ impl Trees {
             sessions: tree("sessions")?,
             sessions_by_time: tree("sessions_by_time")?,
             resources: tree("resources")?,
+            segments: tree("segments")?,
             meta: tree("meta")?,
             db,
         })
@@ -186,6 +193,10 @@ pub struct TraceStore {
     failed: AtomicBool,
     /// Stored bytes and traces, kept in memory and saved in `meta` with each batch.
     counts: Mutex<Counts>,
+    /// The span bodies.
+    log: SpanLog,
+    /// Live spans per segment, as saved in `segments`.
+    live: Mutex<BTreeMap<u32, u64>>,
     queue: Mutex<Option<SyncSender<Message>>>,
 }
 
@@ -291,6 +302,25 @@ fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Option<T> {
     serde_json::from_slice(bytes).ok()
 }
 
+fn io_error(e: sled::Error) -> std::io::Error {
+    std::io::Error::other(e.to_string())
+}
+
+/// The `segments` tree: live spans per segment.
+fn load_live(trees: &Trees) -> Result<BTreeMap<u32, u64>, sled::Error> {
+    let mut live = BTreeMap::new();
+    for row in trees.segments.iter() {
+        let (k, v) = row?;
+        if let (Ok(k), Ok(v)) = (
+            <[u8; 4]>::try_from(k.as_ref()),
+            <[u8; 8]>::try_from(v.as_ref()),
+        ) {
+            live.insert(u32::from_be_bytes(k), u64::from_be_bytes(v));
+        }
+    }
+    Ok(live)
+}
+
 /// Now, in unix nanoseconds.
 pub fn now_unix_nanos() -> u64 {
     SystemTime::now()
@@ -338,9 +368,24 @@ impl TraceStore {
                 );
             }
         };
+        let opened_log = load_live(&trees).map_err(io_error).and_then(|live| {
+            let segment_bytes = (limits.max_bytes / 16).clamp(64 << 10, 64 << 20);
+            SpanLog::open(&dir.join("spans"), segment_bytes, &live).map(|log| (log, live))
+        });
+        let (log, live) = match opened_log {
+            Ok(opened) => opened,
+            Err(e) => {
+                return Opened::unavailable(
+                    format!("cannot open the span files in {}: {e}", dir.display()),
+                    damage,
+                );
+            }
+        };
         let (sender, receiver) = sync_channel(QUEUE_SPANS);
         let store = Arc::new(TraceStore {
             counts: Mutex::new(counts),
+            log,
+            live: Mutex::new(live),
             trees: Detached::new(trees),
             limits,
             metrics,
@@ -426,6 +471,8 @@ impl TraceStore {
 
     fn run(self: Arc<Self>, receiver: Receiver<Message>) {
         let mut known_resources = HashSet::new();
+        // Reused for every batch's encoded spans.
+        let mut buf = Vec::with_capacity(1 << 20);
         let mut last_age_check = Instant::now();
         self.evict_expired();
         loop {
@@ -450,7 +497,7 @@ impl TraceStore {
             }
             let spans_written = !spans.is_empty();
             if spans_written {
-                self.write(spans, &mut known_resources);
+                self.write(spans, &mut known_resources, &mut buf);
             }
             // Cheap when nothing expired (one look at the oldest trace), so after every batch.
             if spans_written || last_age_check.elapsed() >= AGE_CHECK {
@@ -458,7 +505,9 @@ impl TraceStore {
                 self.evict_expired();
             }
             if !flushes.is_empty() {
-                if let Err(e) = self.trees.db.flush() {
+                if let Err(e) = self.log.sync().map_err(sled::Error::Io) {
+                    self.fail(&e);
+                } else if let Err(e) = self.trees.db.flush() {
                     self.fail(&e);
                 }
                 for done in flushes {
@@ -479,13 +528,13 @@ impl TraceStore {
     }
 
     /// Applies a batch of spans; on a failed write the store turns off.
-    fn write(&self, spans: Vec<Ingest>, known_resources: &mut HashSet<u64>) {
+    fn write(&self, spans: Vec<Ingest>, known_resources: &mut HashSet<u64>, buf: &mut Vec<u8>) {
         let n = spans.len() as u64;
         if self.failed.load(Ordering::Relaxed) {
             self.dropped("off", n);
             return;
         }
-        match self.try_write(spans, known_resources) {
+        match self.try_write(spans, known_resources, buf) {
             Ok(()) => {
                 self.metrics.store.spans_written.inc_by(n);
                 if let Err(e) = self.enforce_size() {
@@ -504,52 +553,69 @@ impl TraceStore {
         &self,
         spans: Vec<Ingest>,
         known_resources: &mut HashSet<u64>,
+        buf: &mut Vec<u8>,
     ) -> Result<(), sled::Error> {
         let t = &*self.trees;
-        let mut by_trace: BTreeMap<[u8; 16], Vec<Ingest>> = BTreeMap::new();
-        for s in spans {
-            by_trace.entry(s.span.trace_id).or_default().push(s);
+        // Encode the batch into one buffer, grouped by trace; each span's place in it.
+        buf.clear();
+        let mut by_trace: BTreeMap<[u8; 16], Vec<(StoredSpan, u64, u32)>> = BTreeMap::new();
+        for ingest in spans {
+            let resource = ingest.origin.key();
+            if known_resources.insert(resource)
+                && !t.resources.contains_key(resource.to_be_bytes())?
+            {
+                let value = serde_json::to_vec(&ingest.origin.resource).unwrap_or_default();
+                t.resources.insert(resource.to_be_bytes(), value)?;
+            }
+            let stored = StoredSpan {
+                resource,
+                scope_name: ingest.origin.scope_name.clone(),
+                scope_version: ingest.origin.scope_version.clone(),
+                cost_pico_usd: ingest.cost_pico_usd,
+                span: ingest.span,
+            };
+            let at = buf.len();
+            if let Err(e) = serde_json::to_writer(&mut *buf, &stored) {
+                tracing::warn!(error = %e, "a span could not be encoded for the trace store");
+                self.dropped("write_error", 1);
+                buf.truncate(at);
+                continue;
+            }
+            let len = u32::try_from(buf.len() - at).unwrap_or(u32::MAX);
+            by_trace
+                .entry(stored.span.trace_id)
+                .or_default()
+                .push((stored, at as u64, len));
         }
+        if buf.is_empty() {
+            return Ok(());
+        }
+        let (segment, base) = self.log.append(buf).map_err(sled::Error::Io)?;
         let mut added_bytes = 0u64;
+        let mut added_spans = 0u64;
         for (trace_id, spans) in by_trace {
             let before: Option<TraceSummary> = t.traces.get(trace_id)?.and_then(|v| decode(&v));
             let mut after = before
                 .clone()
                 .unwrap_or_else(|| TraceSummary::new(trace_id));
-            for ingest in spans {
-                let resource = ingest.origin.key();
-                if known_resources.insert(resource)
-                    && !t.resources.contains_key(resource.to_be_bytes())?
-                {
-                    let value = serde_json::to_vec(&ingest.origin.resource).unwrap_or_default();
-                    t.resources.insert(resource.to_be_bytes(), value)?;
-                }
-                let stored = StoredSpan {
-                    resource,
-                    scope_name: ingest.origin.scope_name.clone(),
-                    scope_version: ingest.origin.scope_version.clone(),
-                    cost_pico_usd: ingest.cost_pico_usd,
-                    span: ingest.span,
-                };
+            for (stored, at, len) in spans {
                 let key = span_key(&trace_id, &stored.span.span_id);
-                let value = match serde_json::to_vec(&stored) {
-                    Ok(v) => v,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "a span could not be encoded for the trace store");
-                        self.dropped("write_error", 1);
-                        continue;
-                    }
+                let pointer = Pointer {
+                    segment,
+                    offset: base + at,
+                    len,
                 };
-                let bytes = (key.len() + value.len()) as u64;
                 // A span sent twice (a client retrying an export) is kept once, as it came first.
                 if t.spans
-                    .compare_and_swap(key, None as Option<&[u8]>, Some(value))?
+                    .compare_and_swap(key, None as Option<&[u8]>, Some(&pointer.encode()[..]))?
                     .is_err()
                 {
                     continue;
                 }
+                let bytes = key.len() as u64 + u64::from(len);
                 after.add(&stored.span, &stored.totals(), bytes);
                 added_bytes += bytes;
+                added_spans += 1;
             }
             self.reindex(before.as_ref(), &after)?;
             t.traces
@@ -558,9 +624,44 @@ impl TraceStore {
                 self.counts().traces += 1;
             }
         }
+        self.change_live(&[(segment, added_spans as i64)])?;
         let mut counts = self.counts();
         counts.bytes += added_bytes;
         counts.save(t)
+    }
+
+    /// Adds to (or takes from) segments' live span counts; a segment left with none is deleted
+    /// once it is no longer the one being appended to.
+    fn change_live(&self, changes: &[(u32, i64)]) -> Result<(), sled::Error> {
+        let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
+        for &(segment, change) in changes {
+            let count = live.entry(segment).or_default();
+            *count = count.saturating_add_signed(change);
+            self.trees
+                .segments
+                .insert(segment.to_be_bytes(), &count.to_be_bytes())?;
+        }
+        let current = self.log.current_segment();
+        let empty: Vec<u32> = live
+            .iter()
+            .filter(|&(&segment, &count)| count == 0 && segment != current)
+            .map(|(&segment, _)| segment)
+            .collect();
+        for segment in empty {
+            live.remove(&segment);
+            self.trees.segments.remove(segment.to_be_bytes())?;
+            self.log.remove(segment).map_err(sled::Error::Io)?;
+        }
+        Ok(())
+    }
+
+    /// One stored span from its `spans` row: read from its segment (or, from a store written
+    /// by an earlier version, the row itself). `None` when it cannot be read or decoded.
+    fn load_span(&self, row: &[u8]) -> Option<StoredSpan> {
+        match Pointer::decode(row) {
+            Some(p) => self.log.read(p).ok().and_then(|bytes| decode(&bytes)),
+            None => decode(row),
+        }
     }
 
     fn counts(&self) -> std::sync::MutexGuard<'_, Counts> {
@@ -710,10 +811,16 @@ impl TraceStore {
         else {
             return Ok(false);
         };
-        for key in t.spans.scan_prefix(trace_id).keys() {
-            t.spans.remove(key?)?;
+        let mut freed: BTreeMap<u32, i64> = BTreeMap::new();
+        for row in t.spans.scan_prefix(trace_id) {
+            let (key, value) = row?;
+            if let Some(p) = Pointer::decode(&value) {
+                *freed.entry(p.segment).or_default() -= 1;
+            }
+            t.spans.remove(key)?;
         }
         t.traces.remove(trace_id)?;
+        self.change_live(&freed.into_iter().collect::<Vec<_>>())?;
         t.by_time
             .remove(time_key(summary.start_unix_nanos, trace_id))?;
         for (tree, value) in [

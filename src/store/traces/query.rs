@@ -175,7 +175,7 @@ impl TraceStore {
 
     fn trace_has_text(&self, id: &[u8; 16], needle: &str) -> Result<bool, sled::Error> {
         for entry in self.trees.spans.scan_prefix(id).values() {
-            if let Some(span) = decode::<StoredSpan>(&entry?)
+            if let Some(span) = self.load_span(&entry?)
                 && span_has_text(&span, needle)
             {
                 return Ok(true);
@@ -196,7 +196,7 @@ impl TraceStore {
         };
         let mut spans = Vec::new();
         for entry in self.trees.spans.scan_prefix(id).values() {
-            if let Some(span) = decode::<StoredSpan>(&entry?) {
+            if let Some(span) = self.load_span(&entry?) {
                 spans.push(span);
             }
         }
