@@ -515,6 +515,9 @@ impl TraceStore {
                 }
             }
         }
+        if let Err(e) = self.log.sync() {
+            tracing::warn!(error = %e, "the trace store's span files did not sync at shutdown");
+        }
         if let Err(e) = self.trees.db.flush() {
             tracing::warn!(error = %e, "the trace store did not flush at shutdown");
         }
