@@ -256,6 +256,50 @@ pub struct Metrics {
     pub store: StoreMetrics,
     store_damaged: Family<StoreLabels, Counter>,
     pub cost_calls_lost: Counter,
+    scores: ScoreMetrics,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ScoreLabels {
+    name: String,
+    feature: String,
+    label: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ScoreValueLabels {
+    name: String,
+    feature: String,
+}
+
+/// Scores posted to `/api/scores`.
+struct ScoreMetrics {
+    scores: Family<ScoreLabels, Counter>,
+    values: Family<ScoreValueLabels, Histogram, fn() -> Histogram>,
+}
+
+impl ScoreMetrics {
+    fn register(registry: &mut Registry) -> ScoreMetrics {
+        let m = ScoreMetrics {
+            scores: Family::default(),
+            values: Family::new_with_constructor(|| {
+                Histogram::new([
+                    0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0, 2.0, 3.0, 4.0, 5.0, 10.0,
+                ])
+            }),
+        };
+        registry.register(
+            "sidetrace_scores",
+            "Scores posted to /api/scores, by name, the scored trace's feature and label (each bounded; past the bound, other)",
+            m.scores.clone(),
+        );
+        registry.register(
+            "sidetrace_score_value",
+            "The values of scores posted with a number, by name and feature",
+            m.values.clone(),
+        );
+        m
+    }
 }
 
 impl Default for Metrics {
@@ -459,6 +503,7 @@ impl Metrics {
         );
         let connections = ConnectionMetrics::register(&mut registry);
         let store = StoreMetrics::register(&mut registry);
+        let scores = ScoreMetrics::register(&mut registry);
         let store_damaged = Family::<StoreLabels, Counter>::default();
         registry.register(
             "sidetrace_store_damaged",
@@ -506,6 +551,28 @@ impl Metrics {
             store,
             store_damaged,
             cost_calls_lost,
+            scores,
+        }
+    }
+
+    /// One score posted to `/api/scores` (labels already bounded by the caller).
+    pub fn score_recorded(&self, name: &str, feature: &str, label: &str, value: Option<f64>) {
+        self.scores
+            .scores
+            .get_or_create(&ScoreLabels {
+                name: name.to_string(),
+                feature: feature.to_string(),
+                label: label.to_string(),
+            })
+            .inc();
+        if let Some(value) = value {
+            self.scores
+                .values
+                .get_or_create(&ScoreValueLabels {
+                    name: name.to_string(),
+                    feature: feature.to_string(),
+                })
+                .observe(value);
         }
     }
 

@@ -203,6 +203,7 @@ impl Gateway {
             ready: AtomicBool::new(true),
             costs: costs.clone(),
             traces: traces.clone(),
+            scores: admin::scores::Scores::new(recorder.clone(), metrics.clone()),
         });
         let admin_service = tower::service_fn({
             let state = admin_state.clone();

@@ -1,6 +1,7 @@
 //! The admin listener: health, readiness, Prometheus metrics, the JSON API (`docs/api.md`) and
 //! the web UI, away from the proxy port.
 
+pub mod scores;
 mod traces;
 pub mod ui;
 
@@ -35,6 +36,8 @@ pub struct AdminState {
     pub costs: Arc<CostStore>,
     /// The trace store, or why there is none.
     pub traces: Result<Arc<TraceStore>, String>,
+    /// Where posted scores go.
+    pub scores: scores::Scores,
 }
 
 /// A query string's parameters, percent-decoded (`+` is a space).
@@ -124,7 +127,14 @@ fn json_answer(result: Result<Value, ApiError>) -> Response<ProxyBody> {
 pub async fn handle<B>(
     state: Arc<AdminState>,
     req: Request<B>,
-) -> Result<Response<ProxyBody>, Infallible> {
+) -> Result<Response<ProxyBody>, Infallible>
+where
+    B: http_body::Body,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    if req.uri().path() == "/api/scores" {
+        return Ok(post_score(&state, req).await);
+    }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return Ok(text(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -173,7 +183,7 @@ pub async fn handle<B>(
             let mut r = text(
                 StatusCode::FOUND,
                 "text/plain",
-                "the trace explorer is at /ui; also /api/traces /api/sessions /api/costs /healthz /readyz /metrics (docs/api.md)\n".into(),
+                "the trace explorer is at /ui; also /api/traces /api/sessions /api/costs /api/scores (POST) /healthz /readyz /metrics (docs/api.md)\n".into(),
             );
             r.headers_mut()
                 .insert(header::LOCATION, http::HeaderValue::from_static("/ui"));
@@ -186,6 +196,42 @@ pub async fn handle<B>(
         ),
     };
     Ok(response)
+}
+
+/// `POST /api/scores` (`scores.rs`): the body read up to its limit, then the score.
+async fn post_score<B>(state: &AdminState, req: Request<B>) -> Response<ProxyBody>
+where
+    B: http_body::Body,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    use http_body_util::{BodyExt, Limited};
+    if req.method() != Method::POST {
+        return text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "use POST with a JSON body (docs/api.md)\n".into(),
+        );
+    }
+    let body = match Limited::new(req.into_body(), scores::MAX_BODY)
+        .collect()
+        .await
+    {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            return ApiError {
+                status: StatusCode::PAYLOAD_TOO_LARGE,
+                kind: "request_too_large",
+                message: format!("a score body is at most {} bytes", scores::MAX_BODY),
+            }
+            .response();
+        }
+        Err(e) => return ApiError::bad(format!("the body could not be read: {e}")).response(),
+    };
+    let store = state.traces.as_ref().map_err(String::as_str);
+    match scores::post(&state.scores, store, &body).await {
+        Ok(v) => text(StatusCode::CREATED, "application/json", v.to_string()),
+        Err(e) => e.response(),
+    }
 }
 
 /// Groups answered at most in `rows` (the costliest; `rows_left_out` says how many more) and
