@@ -81,6 +81,14 @@ pub fn attr_json(v: &AttrValue) -> Value {
         AttrValue::Double(d) => (*d).into(),
         AttrValue::Str(s) => s.clone().into(),
         AttrValue::StrList(l) => l.clone().into(),
+        AttrValue::List(l) => l.iter().map(attr_json).collect::<Vec<_>>().into(),
+        AttrValue::Map { kvlist } => Value::Object(
+            kvlist
+                .iter()
+                .map(|(k, v)| (k.clone(), attr_json(v)))
+                .collect(),
+        ),
+        AttrValue::Bytes { bytes } => json!({ "bytes": bytes }),
     }
 }
 
@@ -97,7 +105,7 @@ fn totals_json(t: &Totals, spans: bool) -> Value {
 fn node_json(n: &TreeNode) -> Value {
     let s = &n.stored.span;
     let (code, message) = match &s.status {
-        SpanStatus::Unset => ("ok", Value::Null),
+        SpanStatus::Unset | SpanStatus::Ok => ("ok", Value::Null),
         SpanStatus::Error(m) => ("error", m.clone().into()),
     };
     let attributes: Map<String, Value> = s
@@ -144,6 +152,13 @@ fn otlp_value(v: &AttrValue) -> Value {
         AttrValue::StrList(l) => {
             json!({"arrayValue": {"values": l.iter().map(|s| json!({"stringValue": s})).collect::<Vec<_>>()}})
         }
+        AttrValue::List(l) => {
+            json!({"arrayValue": {"values": l.iter().map(otlp_value).collect::<Vec<_>>()}})
+        }
+        AttrValue::Map { kvlist } => {
+            json!({"kvlistValue": {"values": kvlist.iter().map(|(k, v)| json!({"key": k, "value": otlp_value(v)})).collect::<Vec<_>>()}})
+        }
+        AttrValue::Bytes { bytes } => json!({ "bytesValue": bytes }),
     }
 }
 
@@ -179,6 +194,7 @@ fn otlp_json(t: &TraceTree) -> Value {
             "flags": s.flags,
             "status": match &s.status {
                 SpanStatus::Unset => json!({}),
+                SpanStatus::Ok => json!({"code": 1}),
                 SpanStatus::Error(m) => json!({"code": 2, "message": m}),
             },
         });

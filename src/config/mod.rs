@@ -320,6 +320,47 @@ impl StoreConfig {
     }
 }
 
+/// `[ingest]`: the OTLP receiver, so an app's OpenTelemetry SDK can use the sidecar as its local
+/// collector (`OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4318`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestConfig {
+    pub enabled: bool,
+    /// OTLP/HTTP (`POST /v1/traces`, protobuf or JSON).
+    pub http_listen: String,
+    /// OTLP/gRPC (`TraceService/Export`).
+    pub grpc_listen: String,
+    /// Largest export request, in bytes, before and after gzip (413 / RESOURCE_EXHAUSTED).
+    pub max_request_bytes: u64,
+    /// Most spans in one request (413 / RESOURCE_EXHAUSTED above it; nothing of it is taken).
+    pub max_spans_per_request: usize,
+    /// Export requests handled at once; more wait for a slot.
+    pub max_concurrent_requests: usize,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        IngestConfig {
+            enabled: true,
+            http_listen: "127.0.0.1:4318".into(),
+            grpc_listen: "127.0.0.1:4317".into(),
+            max_request_bytes: 8 * 1024 * 1024,
+            max_spans_per_request: 20_000,
+            max_concurrent_requests: 64,
+        }
+    }
+}
+
+impl IngestConfig {
+    pub fn http_addr(&self) -> Result<SocketAddr, ConfigError> {
+        parse_addr("ingest.http_listen", &self.http_listen)
+    }
+
+    pub fn grpc_addr(&self) -> Result<SocketAddr, ConfigError> {
+        parse_addr("ingest.grpc_listen", &self.grpc_listen)
+    }
+}
+
 /// `15m`, `24h`, `7d` in seconds; `None` for anything else (or 0).
 pub fn parse_duration_secs(text: &str) -> Option<u64> {
     let text = text.trim();
@@ -396,6 +437,7 @@ pub struct Config {
     pub cost: CostConfig,
     pub budgets: Vec<BudgetConfig>,
     pub store: StoreConfig,
+    pub ingest: IngestConfig,
     /// Documented by example (commented) in config/sidetrace.toml, so not compared there.
     #[serde(skip_serializing)]
     pub providers: BTreeMap<String, ProviderOverride>,
@@ -556,6 +598,7 @@ impl Default for Config {
             cost: CostConfig::default(),
             budgets: Vec::new(),
             store: StoreConfig::default(),
+            ingest: IngestConfig::default(),
             providers: BTreeMap::new(),
         }
     }
@@ -587,6 +630,14 @@ pub const ENV_VARS: &[(&str, &str)] = &[
         "none, metadata, redacted or full (capture.level)",
     ),
     ("SIDETRACE_DATA_DIR", "spool directory (data_dir)"),
+    (
+        "SIDETRACE_INGEST_HTTP_LISTEN, SIDETRACE_INGEST_GRPC_LISTEN",
+        "OTLP receiver addresses (ingest.http_listen, ingest.grpc_listen)",
+    ),
+    (
+        "SIDETRACE_INGEST_ENABLED",
+        "true or false: the OTLP receiver (ingest.enabled)",
+    ),
     (
         "OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT",
         "turns span export on (export.endpoint)",
@@ -656,6 +707,19 @@ impl Config {
                 "RUST_LOG" => rust_log = Some(value),
                 "SIDETRACE_TRACE_GROUPING_KEY" => self.trace.grouping_key = value,
                 "SIDETRACE_DATA_DIR" => self.data_dir = value,
+                "SIDETRACE_INGEST_HTTP_LISTEN" => self.ingest.http_listen = value,
+                "SIDETRACE_INGEST_GRPC_LISTEN" => self.ingest.grpc_listen = value,
+                "SIDETRACE_INGEST_ENABLED" => {
+                    self.ingest.enabled = match value.trim() {
+                        "true" | "1" => true,
+                        "false" | "0" => false,
+                        other => {
+                            return Err(ConfigError::Invalid(format!(
+                                "SIDETRACE_INGEST_ENABLED={other:?}: expected true or false"
+                            )));
+                        }
+                    }
+                }
                 "OTEL_EXPORTER_OTLP_ENDPOINT" | "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
                     if !value.is_empty() =>
                 {
@@ -800,6 +864,18 @@ impl Config {
         self.listen_addr()?;
         self.store.max_age_secs()?;
         self.admin_addr()?;
+        if self.ingest.enabled {
+            self.ingest.http_addr()?;
+            self.ingest.grpc_addr()?;
+            if self.ingest.max_request_bytes == 0
+                || self.ingest.max_spans_per_request == 0
+                || self.ingest.max_concurrent_requests == 0
+            {
+                return Err(ConfigError::Invalid(
+                    "ingest.max_request_bytes, max_spans_per_request and max_concurrent_requests must be at least 1".into(),
+                ));
+            }
+        }
         if self.max_concurrent_requests == 0 {
             return Err(ConfigError::Invalid(
                 "max_concurrent_requests must be at least 1".into(),
