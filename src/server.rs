@@ -269,9 +269,7 @@ impl Gateway {
             if let (Some((http, grpc)), Some(receiver)) = (ingest_listeners, receiver) {
                 let http_service = tower::service_fn({
                     let receiver = receiver.clone();
-                    move |req: Request<Incoming>| {
-                        crate::ingest::handle_http(receiver.clone(), req)
-                    }
+                    move |req: Request<Incoming>| crate::ingest::handle_http(receiver.clone(), req)
                 });
                 ingest_tasks.push(tokio::spawn(serve(
                     http,

@@ -26,9 +26,7 @@ use opentelemetry_proto::tonic::{
         ExportTraceServiceRequest, ExportTraceServiceResponse,
         trace_service_client::TraceServiceClient,
     },
-    common::v1::{
-        AnyValue, ArrayValue, InstrumentationScope, KeyValue, KeyValueList, any_value,
-    },
+    common::v1::{AnyValue, ArrayValue, InstrumentationScope, KeyValue, KeyValueList, any_value},
     resource::v1::Resource,
     trace::v1::{ResourceSpans, ScopeSpans, Span, Status, span},
 };
@@ -72,7 +70,9 @@ fn span(trace: [u8; 16], n: u64, parent: Option<u64>) -> Span {
     Span {
         trace_id: trace.to_vec(),
         span_id: (n + 1).to_be_bytes().to_vec(),
-        parent_span_id: parent.map(|p| (p + 1).to_be_bytes().to_vec()).unwrap_or_default(),
+        parent_span_id: parent
+            .map(|p| (p + 1).to_be_bytes().to_vec())
+            .unwrap_or_default(),
         name: format!("step {n}"),
         kind: 1,
         start_time_unix_nano: start,
@@ -230,8 +230,7 @@ async fn stored_trace(gw: &TestGateway, trace: &[u8; 16]) -> serde_json::Value {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn spans_over_http_protobuf_json_and_grpc_keep_their_resource_in_the_store_and_the_export()
-{
+async fn spans_over_http_protobuf_json_and_grpc_keep_their_resource_in_the_store_and_the_export() {
     let collector = Collector::start(Transport::Grpc).await;
     let mock = Mock::start(|_| {
         Reply::json(
@@ -313,10 +312,18 @@ async fn spans_over_http_protobuf_json_and_grpc_keep_their_resource_in_the_store
         hex(&1u64.to_be_bytes()),
         start + 1000
     );
-    let a = post(http_addr(&gw), &[JSON, ("content-encoding", "gzip")], gzip(json.as_bytes())).await;
+    let a = post(
+        http_addr(&gw),
+        &[JSON, ("content-encoding", "gzip")],
+        gzip(json.as_bytes()),
+    )
+    .await;
     assert_eq!(a.status, StatusCode::OK, "{:?}", a.body);
     assert_eq!(a.headers["content-type"], "application/json");
-    assert_eq!(serde_json::from_slice::<serde_json::Value>(&a.body).unwrap(), serde_json::json!({}));
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&a.body).unwrap(),
+        serde_json::json!({})
+    );
 
     let mut tool = span(trace, 2, Some(0));
     tool.name = "execute_tool lookup_order".into();
@@ -360,9 +367,15 @@ async fn spans_over_http_protobuf_json_and_grpc_keep_their_resource_in_the_store
     // A resource attribute that is not a string goes out as its text.
     assert_eq!(root.resource["process.pid"], "4242");
     assert_eq!(root.status_code, 1);
-    assert_eq!(root.attributes["s"], common::otlp::AttrValue::Str("text".into()));
+    assert_eq!(
+        root.attributes["s"],
+        common::otlp::AttrValue::Str("text".into())
+    );
     assert_eq!(by_name["retrieve"].parent_span_id, root.span_id);
-    assert_eq!(by_name["retrieve"].attributes["n"], common::otlp::AttrValue::Int(3));
+    assert_eq!(
+        by_name["retrieve"].attributes["n"],
+        common::otlp::AttrValue::Int(3)
+    );
     let own = received
         .iter()
         .find(|s| s.name.starts_with("chat"))
@@ -387,7 +400,10 @@ async fn spans_over_http_protobuf_json_and_grpc_keep_their_resource_in_the_store
     assert_eq!(root["parent_span_id"], serde_json::Value::Null);
     assert_eq!(root["attributes"]["mixed"], serde_json::json!([1, "x"]));
     assert_eq!(root["attributes"]["map"], serde_json::json!({"k": "v"}));
-    assert_eq!(root["attributes"]["raw"], serde_json::json!({"bytes": "AQID"}));
+    assert_eq!(
+        root["attributes"]["raw"],
+        serde_json::json!({"bytes": "AQID"})
+    );
     for name in ["retrieve", "execute_tool lookup_order", "chat"] {
         assert_eq!(find(name)["parent_span_id"], root["span_id"], "{name}");
     }
@@ -395,15 +411,24 @@ async fn spans_over_http_protobuf_json_and_grpc_keep_their_resource_in_the_store
 
     let m = metrics_of(&gw).await;
     assert_eq!(
-        metric_in(&m, "sidetrace_ingest_spans_total{transport=\"http\",result=\"accepted\"}"),
+        metric_in(
+            &m,
+            "sidetrace_ingest_spans_total{transport=\"http\",result=\"accepted\"}"
+        ),
         2.0
     );
     assert_eq!(
-        metric_in(&m, "sidetrace_ingest_spans_total{transport=\"grpc\",result=\"accepted\"}"),
+        metric_in(
+            &m,
+            "sidetrace_ingest_spans_total{transport=\"grpc\",result=\"accepted\"}"
+        ),
         1.0
     );
     assert_eq!(
-        metric_in(&m, "sidetrace_ingest_requests_total{transport=\"http\",result=\"ok\"}"),
+        metric_in(
+            &m,
+            "sidetrace_ingest_requests_total{transport=\"http\",result=\"ok\"}"
+        ),
         2.0
     );
     gw.shutdown().await;
@@ -415,7 +440,12 @@ async fn malformed_bodies_and_wrong_content_types_get_the_specs_answers_and_noth
     let addr = http_addr(&gw);
 
     // Malformed protobuf: 400 with a protobuf google.rpc.Status.
-    let a = post(addr, &[PROTOBUF], vec![0x0a, 0xff, 0xff, 0xff, 0xff, 0x0f, 0x01]).await;
+    let a = post(
+        addr,
+        &[PROTOBUF],
+        vec![0x0a, 0xff, 0xff, 0xff, 0xff, 0x0f, 0x01],
+    )
+    .await;
     assert_eq!(a.status, StatusCode::BAD_REQUEST);
     assert_eq!(a.headers["content-type"], "application/x-protobuf");
     let status = RpcStatus::decode(a.body).unwrap();
@@ -423,7 +453,11 @@ async fn malformed_bodies_and_wrong_content_types_get_the_specs_answers_and_noth
     assert!(status.message.contains("protobuf"), "{}", status.message);
 
     // Malformed JSON, and JSON of the wrong shape: 400 with a JSON status.
-    for body in [&b"{\"resourceSpans\": [ {"[..], b"{\"resourceSpans\": 7}", b"[]"] {
+    for body in [
+        &b"{\"resourceSpans\": [ {"[..],
+        b"{\"resourceSpans\": 7}",
+        b"[]",
+    ] {
         let a = post(addr, &[JSON], body.to_vec()).await;
         assert_eq!(a.status, StatusCode::BAD_REQUEST, "{body:?}");
         assert_eq!(a.headers["content-type"], "application/json");
@@ -433,7 +467,12 @@ async fn malformed_bodies_and_wrong_content_types_get_the_specs_answers_and_noth
     }
 
     // Invalid gzip: 400.
-    let a = post(addr, &[PROTOBUF, ("content-encoding", "gzip")], b"not gzip at all".to_vec()).await;
+    let a = post(
+        addr,
+        &[PROTOBUF, ("content-encoding", "gzip")],
+        b"not gzip at all".to_vec(),
+    )
+    .await;
     assert_eq!(a.status, StatusCode::BAD_REQUEST);
     assert!(RpcStatus::decode(a.body).unwrap().message.contains("gzip"));
 
@@ -493,23 +532,38 @@ async fn malformed_bodies_and_wrong_content_types_get_the_specs_answers_and_noth
     assert_eq!(a.status, StatusCode::OK);
     let m = metrics_of(&gw).await;
     assert_eq!(
-        metric_in(&m, "sidetrace_ingest_requests_total{transport=\"http\",result=\"malformed\"}"),
+        metric_in(
+            &m,
+            "sidetrace_ingest_requests_total{transport=\"http\",result=\"malformed\"}"
+        ),
         5.0
     );
     assert_eq!(
-        metric_in(&m, "sidetrace_ingest_requests_total{transport=\"http\",result=\"unsupported\"}"),
+        metric_in(
+            &m,
+            "sidetrace_ingest_requests_total{transport=\"http\",result=\"unsupported\"}"
+        ),
         3.0
     );
     assert_eq!(
-        metric_in(&m, "sidetrace_ingest_requests_total{transport=\"grpc\",result=\"malformed\"}"),
+        metric_in(
+            &m,
+            "sidetrace_ingest_requests_total{transport=\"grpc\",result=\"malformed\"}"
+        ),
         1.0
     );
     assert_eq!(
-        metric_in(&m, "sidetrace_ingest_spans_total{transport=\"http\",result=\"accepted\"}"),
+        metric_in(
+            &m,
+            "sidetrace_ingest_spans_total{transport=\"http\",result=\"accepted\"}"
+        ),
         1.0
     );
     wait_for(&gw, "sidetrace_store_spans_written_total", 1.0).await;
-    assert_eq!(metric(&gw, "sidetrace_store_spans_written_total").await, 1.0);
+    assert_eq!(
+        metric(&gw, "sidetrace_store_spans_written_total").await,
+        1.0
+    );
     gw.shutdown().await;
 }
 
@@ -545,14 +599,29 @@ async fn oversize_requests_gzip_bombs_and_too_many_spans_are_refused_whole() {
     // A gzip bomb: 64 KiB of gzip that unpacks to 50 MB stops at the limit.
     let bomb = gzip(&vec![0u8; 50_000_000]);
     assert!(bomb.len() < 65536);
-    let a = post(addr, &[PROTOBUF, ("content-encoding", "gzip")], bomb.clone()).await;
+    let a = post(
+        addr,
+        &[PROTOBUF, ("content-encoding", "gzip")],
+        bomb.clone(),
+    )
+    .await;
     assert_eq!(a.status, StatusCode::PAYLOAD_TOO_LARGE);
 
     // More spans than allowed: 413, none taken.
     let spans: Vec<Span> = (0..101).map(|n| span(trace, n, None)).collect();
-    let a = post(addr, &[PROTOBUF], request("app", spans.clone()).encode_to_vec()).await;
+    let a = post(
+        addr,
+        &[PROTOBUF],
+        request("app", spans.clone()).encode_to_vec(),
+    )
+    .await;
     assert_eq!(a.status, StatusCode::PAYLOAD_TOO_LARGE);
-    assert!(RpcStatus::decode(a.body).unwrap().message.contains("max_spans_per_request"));
+    assert!(
+        RpcStatus::decode(a.body)
+            .unwrap()
+            .message
+            .contains("max_spans_per_request")
+    );
 
     // gRPC: RESOURCE_EXHAUSTED for all three.
     let mut c = grpc_client(&gw).await;
@@ -575,14 +644,23 @@ async fn oversize_requests_gzip_bombs_and_too_many_spans_are_refused_whole() {
     wait_for(&gw, "sidetrace_store_spans_written_total", 100.0).await;
     let m = metrics_of(&gw).await;
     assert_eq!(
-        metric_in(&m, "sidetrace_ingest_requests_total{transport=\"http\",result=\"too_large\"}"),
+        metric_in(
+            &m,
+            "sidetrace_ingest_requests_total{transport=\"http\",result=\"too_large\"}"
+        ),
         4.0
     );
     assert_eq!(
-        metric_in(&m, "sidetrace_ingest_requests_total{transport=\"grpc\",result=\"too_large\"}"),
+        metric_in(
+            &m,
+            "sidetrace_ingest_requests_total{transport=\"grpc\",result=\"too_large\"}"
+        ),
         3.0
     );
-    assert_eq!(metric(&gw, "sidetrace_store_spans_written_total").await, 100.0);
+    assert_eq!(
+        metric(&gw, "sidetrace_store_spans_written_total").await,
+        100.0
+    );
     gw.shutdown().await;
 }
 
@@ -596,15 +674,33 @@ async fn ten_thousand_spans_in_one_request_all_reach_the_store_and_the_collector
         .map(|n| span(trace, n, (n > 0).then_some(0)))
         .collect();
     let body = gzip(&request("bulk-app", spans).encode_to_vec());
-    let a = post(http_addr(&gw), &[PROTOBUF, ("content-encoding", "gzip")], body).await;
+    let a = post(
+        http_addr(&gw),
+        &[PROTOBUF, ("content-encoding", "gzip")],
+        body,
+    )
+    .await;
     assert_eq!(a.status, StatusCode::OK);
-    assert_eq!(ExportTraceServiceResponse::decode(a.body).unwrap().partial_success, None);
-    collector.wait_for_spans(10_000, Duration::from_secs(30)).await;
+    assert_eq!(
+        ExportTraceServiceResponse::decode(a.body)
+            .unwrap()
+            .partial_success,
+        None
+    );
+    collector
+        .wait_for_spans(10_000, Duration::from_secs(30))
+        .await;
     wait_settled(&gw, 10_000).await;
-    let expected: BTreeSet<String> = (0..10_000u64).map(|n| hex(&(n + 1).to_be_bytes())).collect();
+    let expected: BTreeSet<String> = (0..10_000u64)
+        .map(|n| hex(&(n + 1).to_be_bytes()))
+        .collect();
     let received = collector.spans();
     assert_each_once(&received, &expected);
-    assert!(received.iter().all(|s| s.resource["service.name"] == "bulk-app"));
+    assert!(
+        received
+            .iter()
+            .all(|s| s.resource["service.name"] == "bulk-app")
+    );
     wait_for(&gw, "sidetrace_store_spans_written_total", 10_000.0).await;
     assert_eq!(metric(&gw, "sidetrace_spans_dropped_total").await, 0.0);
     gw.shutdown().await;
@@ -625,18 +721,39 @@ async fn invalid_ids_are_rejected_one_by_one_in_a_partial_success_and_the_rest_k
     zero_span.span_id = vec![0; 8];
     let mut bad_parent = good(13);
     bad_parent.parent_span_id = vec![1, 2, 3];
-    let spans = vec![good(0), zero_trace, short_trace, good(1), zero_span, bad_parent, good(2)];
+    let spans = vec![
+        good(0),
+        zero_trace,
+        short_trace,
+        good(1),
+        zero_span,
+        bad_parent,
+        good(2),
+    ];
 
     // Protobuf over HTTP.
-    let a = post(http_addr(&gw), &[PROTOBUF], request("app", spans.clone()).encode_to_vec()).await;
+    let a = post(
+        http_addr(&gw),
+        &[PROTOBUF],
+        request("app", spans.clone()).encode_to_vec(),
+    )
+    .await;
     assert_eq!(a.status, StatusCode::OK);
     let partial = ExportTraceServiceResponse::decode(a.body)
         .unwrap()
         .partial_success
         .expect("a partial success");
     assert_eq!(partial.rejected_spans, 4);
-    assert!(partial.error_message.contains("trace_id"), "{}", partial.error_message);
-    assert!(partial.error_message.contains("parent_span_id"), "{}", partial.error_message);
+    assert!(
+        partial.error_message.contains("trace_id"),
+        "{}",
+        partial.error_message
+    );
+    assert!(
+        partial.error_message.contains("parent_span_id"),
+        "{}",
+        partial.error_message
+    );
 
     // gRPC: the same answer.
     let trace2 = trace_id(6);
@@ -670,7 +787,12 @@ async fn invalid_ids_are_rejected_one_by_one_in_a_partial_success_and_the_rest_k
     assert_eq!(a.status, StatusCode::OK);
     let v: serde_json::Value = serde_json::from_slice(&a.body).unwrap();
     assert_eq!(v["partialSuccess"]["rejectedSpans"], "1");
-    assert!(v["partialSuccess"]["errorMessage"].as_str().unwrap().contains("span_id"));
+    assert!(
+        v["partialSuccess"]["errorMessage"]
+            .as_str()
+            .unwrap()
+            .contains("span_id")
+    );
 
     // Every valid span arrives once; no invalid one does.
     let received = collector.wait_for_spans(7, Duration::from_secs(10)).await;
@@ -691,19 +813,31 @@ async fn invalid_ids_are_rejected_one_by_one_in_a_partial_success_and_the_rest_k
     assert_eq!(names, want);
     let m = metrics_of(&gw).await;
     assert_eq!(
-        metric_in(&m, "sidetrace_ingest_spans_rejected_total{reason=\"invalid_trace_id\"}"),
+        metric_in(
+            &m,
+            "sidetrace_ingest_spans_rejected_total{reason=\"invalid_trace_id\"}"
+        ),
         4.0
     );
     assert_eq!(
-        metric_in(&m, "sidetrace_ingest_spans_rejected_total{reason=\"invalid_span_id\"}"),
+        metric_in(
+            &m,
+            "sidetrace_ingest_spans_rejected_total{reason=\"invalid_span_id\"}"
+        ),
         3.0
     );
     assert_eq!(
-        metric_in(&m, "sidetrace_ingest_spans_rejected_total{reason=\"invalid_parent_span_id\"}"),
+        metric_in(
+            &m,
+            "sidetrace_ingest_spans_rejected_total{reason=\"invalid_parent_span_id\"}"
+        ),
         2.0
     );
     assert_eq!(
-        metric_in(&m, "sidetrace_ingest_requests_total{transport=\"http\",result=\"partial\"}"),
+        metric_in(
+            &m,
+            "sidetrace_ingest_requests_total{transport=\"http\",result=\"partial\"}"
+        ),
         2.0
     );
     gw.shutdown().await;
@@ -727,7 +861,12 @@ async fn a_crowded_export_queue_answers_503_with_retry_after_and_unavailable_wit
     for round in 0..40u64 {
         let spans: Vec<Span> = (0..4).map(|i| span(trace, round * 4 + i, None)).collect();
         let ids: Vec<String> = spans.iter().map(|s| hex(&s.span_id)).collect();
-        let a = post(http_addr(&gw), &[PROTOBUF], request("app", spans).encode_to_vec()).await;
+        let a = post(
+            http_addr(&gw),
+            &[PROTOBUF],
+            request("app", spans).encode_to_vec(),
+        )
+        .await;
         match a.status {
             StatusCode::OK => accepted.extend(ids),
             StatusCode::SERVICE_UNAVAILABLE => {
@@ -753,7 +892,14 @@ async fn a_crowded_export_queue_answers_503_with_retry_after_and_unavailable_wit
         e.get_details_retry_info().and_then(|r| r.retry_delay),
         Some(Duration::from_secs(2))
     );
-    assert!(metric(&gw, "sidetrace_ingest_requests_total{transport=\"http\",result=\"overloaded\"}").await >= 1.0);
+    assert!(
+        metric(
+            &gw,
+            "sidetrace_ingest_requests_total{transport=\"http\",result=\"overloaded\"}"
+        )
+        .await
+            >= 1.0
+    );
 
     // The collector comes back: every accepted span arrives, once.
     collector.set_mode(Mode::Accept);
@@ -785,7 +931,12 @@ async fn received_spans_spooled_at_shutdown_are_replayed_after_a_restart_with_th
     let trace = trace_id(9);
     let spans: Vec<Span> = (0..5).map(|n| span(trace, n, None)).collect();
     let expected: BTreeSet<String> = spans.iter().map(|s| hex(&s.span_id)).collect();
-    let a = post(http_addr(&gw), &[PROTOBUF], request("replayed-app", spans).encode_to_vec()).await;
+    let a = post(
+        http_addr(&gw),
+        &[PROTOBUF],
+        request("replayed-app", spans).encode_to_vec(),
+    )
+    .await;
     assert_eq!(a.status, StatusCode::OK);
     wait_for(&gw, "sidetrace_spans_spooled_total", 5.0).await;
     gw.shutdown().await;
@@ -819,7 +970,8 @@ async fn a_receiver_port_in_use_stops_the_start_with_its_name() {
     assert!(err.contains("ingest.http_listen"), "{err}");
     assert!(err.contains(&port.to_string()), "{err}");
 
-    let off = "listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n[ingest]\nenabled = false\n";
+    let off =
+        "listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n[ingest]\nenabled = false\n";
     let gw = TestGateway::start(sidetrace::Config::from_toml(off, "t.toml").unwrap())
         .await
         .unwrap();

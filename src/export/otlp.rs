@@ -114,7 +114,12 @@ pub fn origin_parts(o: &Origin) -> (opentelemetry_sdk::Resource, Instrumentation
     (resource_of(&o.resource), scope.build())
 }
 
-fn span_context(trace_id: [u8; 16], span_id: [u8; 8], flags: u8, state: Option<&str>) -> SpanContext {
+fn span_context(
+    trace_id: [u8; 16],
+    span_id: [u8; 8],
+    flags: u8,
+    state: Option<&str>,
+) -> SpanContext {
     let trace_state = state
         .and_then(|s| s.parse::<TraceState>().ok())
         .unwrap_or_default();

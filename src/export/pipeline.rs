@@ -459,8 +459,8 @@ fn estimated_bytes(s: &SpanRecord) -> usize {
                 + 6
         })
         .sum();
-    let extras: usize = s.events.iter().map(|e| e.name.len() + 64).sum::<usize>()
-        + s.links.len() * 64;
+    let extras: usize =
+        s.events.iter().map(|e| e.name.len() + 64).sum::<usize>() + s.links.len() * 64;
     s.name.len() + attrs + extras + 96
 }
 
@@ -596,12 +596,7 @@ async fn batcher(
     }
 }
 
-async fn send_or_spool(
-    out: &Out,
-    shared: &Arc<Shared>,
-    batch: Vec<SpanRecord>,
-    timeout: Duration,
-) {
+async fn send_or_spool(out: &Out, shared: &Arc<Shared>, batch: Vec<SpanRecord>, timeout: Duration) {
     let n = batch.len() as u64;
     if shared.healthy.load(Ordering::Acquire) {
         match export(out, &batch, &shared.metrics, timeout).await {

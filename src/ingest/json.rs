@@ -120,7 +120,7 @@ fn id(o: &Obj, camel: &str, snake: &str) -> Result<Vec<u8>, String> {
 }
 
 fn hex_decode(text: &str) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 {
+    if !text.len().is_multiple_of(2) {
         return None;
     }
     (0..text.len())
@@ -284,9 +284,7 @@ fn any_value(v: &Value) -> Result<AnyValue, String> {
     let o = object(v, "an attribute value")?;
     let value = if let Some(s) = field(o, "stringValue", "string_value") {
         Some(V::StringValue(
-            s.as_str()
-                .ok_or("stringValue is not a string")?
-                .to_string(),
+            s.as_str().ok_or("stringValue is not a string")?.to_string(),
         ))
     } else if let Some(b) = field(o, "boolValue", "bool_value") {
         Some(V::BoolValue(b.as_bool().ok_or("boolValue is not a bool")?))
@@ -366,12 +364,19 @@ mod tests {
 
     #[test]
     fn bad_ids_make_an_invalid_span_but_bad_structure_a_malformed_request() {
-        let req = decode(br#"{"resourceSpans":[{"scopeSpans":[{"spans":[{"traceId":"zz","spanId":"01"}]}]}]}"#)
-            .unwrap();
+        let req = decode(
+            br#"{"resourceSpans":[{"scopeSpans":[{"spans":[{"traceId":"zz","spanId":"01"}]}]}]}"#,
+        )
+        .unwrap();
         let span = &req.resource_spans[0].scope_spans[0].spans[0];
         assert!(span.trace_id.is_empty());
         assert!(decode(br#"{"resourceSpans":{"x":1}}"#).is_err());
-        assert!(decode(br#"{"resourceSpans":[{"scopeSpans":[{"spans":[{"startTimeUnixNano":"soon"}]}]}]}"#).is_err());
+        assert!(
+            decode(
+                br#"{"resourceSpans":[{"scopeSpans":[{"spans":[{"startTimeUnixNano":"soon"}]}]}]}"#
+            )
+            .is_err()
+        );
         assert!(decode(b"[1,2").is_err());
         assert!(decode(b"{}").unwrap().resource_spans.is_empty());
     }

@@ -477,7 +477,10 @@ fn accepted(a: &Accepted, encoding: Encoding) -> Response<Body> {
                 }}),
                 None => serde_json::json!({}),
             };
-            ("application/json", serde_json::to_vec(&value).unwrap_or_default())
+            (
+                "application/json",
+                serde_json::to_vec(&value).unwrap_or_default(),
+            )
         }
     };
     let mut response = Response::new(body(bytes));
@@ -498,9 +501,7 @@ where
 {
     let encoding = match media_type(req.headers()).as_deref() {
         Some("application/json") => Some(Encoding::Json),
-        Some("application/x-protobuf") | Some("application/protobuf") => {
-            Some(Encoding::Protobuf)
-        }
+        Some("application/x-protobuf") | Some("application/protobuf") => Some(Encoding::Protobuf),
         _ => None,
     };
     if req.uri().path() != "/v1/traces" {
@@ -542,7 +543,10 @@ where
         Ok(a) => accepted(&a, encoding),
         Err(refusal) => refused(&refusal, encoding),
     };
-    tracing::trace!(elapsed_ms = started.elapsed().as_millis() as u64, "OTLP/HTTP export");
+    tracing::trace!(
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "OTLP/HTTP export"
+    );
     Ok(response)
 }
 
@@ -599,7 +603,9 @@ where
     let bytes = match read.await {
         Err(_) => return Err(Refusal::Malformed("the request body took too long".into())),
         Ok(Err(e)) => {
-            if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
                 return Err(too_large());
             }
             return Err(Refusal::Malformed(format!("reading the request body: {e}")));
@@ -678,26 +684,25 @@ pub fn grpc_service(
                 Err(never) => match never {},
             };
             let (mut parts, body) = response.into_parts();
-            let mapped = match parts.headers.get("grpc-status").map(|v| v.as_bytes()) {
+            // Refusals of tonic's decoder (the handler never answers INTERNAL or OUT_OF_RANGE,
+            // and its own RESOURCE_EXHAUSTED is counted where it is made).
+            let status = parts.headers.get("grpc-status").map(|v| v.as_bytes());
+            // "Error decompressing: size limit ...", percent-encoded.
+            let unpacked_too_large = parts
+                .headers
+                .get("grpc-message")
+                .is_some_and(|m| m.as_bytes().starts_with(b"Error%20decompressing"));
+            let decoder = match status {
                 Some(b"13") => Some(("3", Refusal::Malformed(String::new()))),
                 Some(b"11") => Some(("8", Refusal::TooLarge(String::new()))),
-                Some(b"8") => Some(("8", Refusal::TooLarge(String::new()))),
+                Some(b"8") if unpacked_too_large => Some(("8", Refusal::TooLarge(String::new()))),
                 _ => None,
             };
-            if let Some((code, refusal)) = mapped {
-                // RESOURCE_EXHAUSTED from the handler itself was already counted there.
-                let from_decoder = parts.headers.get("grpc-status").map(|v| v.as_bytes())
-                    != Some(b"8")
-                    || parts
-                        .headers
-                        .get("grpc-message")
-                        .is_some_and(|m| m.as_bytes().starts_with(b"Error"));
+            if let Some((code, refusal)) = decoder {
                 parts
                     .headers
                     .insert("grpc-status", HeaderValue::from_static(code));
-                if from_decoder {
-                    receiver.count(Transport::Grpc, &Err(refusal));
-                }
+                receiver.count(Transport::Grpc, &Err(refusal));
             }
             let body = body.map_err(|e| Box::new(e) as BoxError).boxed_unsync();
             Ok::<_, Infallible>(Response::from_parts(parts, body))

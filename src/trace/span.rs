@@ -31,9 +31,13 @@ pub enum AttrValue {
     /// An array that is not all strings (OTLP arrays may mix types), received over OTLP.
     List(Vec<AttrValue>),
     /// An OTLP key-value list, in order.
-    Map { kvlist: Vec<(String, AttrValue)> },
+    Map {
+        kvlist: Vec<(String, AttrValue)>,
+    },
     /// OTLP bytes, base64 (standard alphabet, padded).
-    Bytes { bytes: String },
+    Bytes {
+        bytes: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
