@@ -867,6 +867,18 @@ impl Config {
         if self.ingest.enabled {
             self.ingest.http_addr()?;
             self.ingest.grpc_addr()?;
+            // The gateway exporting to its own receiver would send every span round for ever.
+            for (key, listen) in [
+                ("http_listen", &self.ingest.http_listen),
+                ("grpc_listen", &self.ingest.grpc_listen),
+            ] {
+                if self.export.endpoint.contains(&format!("//{listen}")) {
+                    return Err(ConfigError::Invalid(format!(
+                        "export.endpoint {:?} is this gateway's own OTLP receiver (ingest.{key}): spans would loop",
+                        self.export.endpoint
+                    )));
+                }
+            }
             if self.ingest.max_request_bytes == 0
                 || self.ingest.max_spans_per_request == 0
                 || self.ingest.max_concurrent_requests == 0
@@ -967,6 +979,40 @@ fn parse_addr(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_receiver_is_checked_and_may_not_be_the_export_target() {
+        let ok = Config::from_toml("[ingest]\nhttp_listen = \"127.0.0.1:0\"\n", "t").unwrap();
+        ok.validate().unwrap();
+        let looped =
+            Config::from_toml("[export]\nendpoint = \"http://127.0.0.1:4317\"\n", "t").unwrap();
+        let err = looped.validate().unwrap_err().to_string();
+        assert!(err.contains("ingest.grpc_listen"), "{err}");
+        let bad = Config::from_toml("[ingest]\ngrpc_listen = \"localhost\"\n", "t").unwrap();
+        assert!(
+            bad.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("ingest.grpc_listen")
+        );
+        let off = Config::from_toml(
+            "[ingest]\nenabled = false\ngrpc_listen = \"localhost\"\n[export]\nendpoint = \"http://127.0.0.1:4317\"\n",
+            "t",
+        )
+        .unwrap();
+        off.validate().unwrap();
+        let mut env = Config::default();
+        env.apply_env([
+            ("SIDETRACE_INGEST_ENABLED".to_string(), "false".to_string()),
+            (
+                "SIDETRACE_INGEST_HTTP_LISTEN".to_string(),
+                "127.0.0.1:9".to_string(),
+            ),
+        ])
+        .unwrap();
+        assert!(!env.ingest.enabled);
+        assert_eq!(env.ingest.http_listen, "127.0.0.1:9");
+    }
 
     #[test]
     fn the_documented_example_config_equals_the_built_in_defaults() {
