@@ -978,3 +978,67 @@ async fn a_receiver_port_in_use_stops_the_start_with_its_name() {
     assert!(gw.ingest_http_addr.is_none() && gw.ingest_grpc_addr.is_none());
     gw.shutdown().await;
 }
+
+/// The gateway's own span and two apps' spans, spooled together while the collector is down,
+/// replay each under its own resource, once: a spool entry holds one origin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_of_several_origins_spooled_together_replay_each_under_its_resource_once() {
+    let collector = Collector::start(Transport::Grpc).await;
+    collector.set_mode(Mode::Status {
+        code: 503,
+        retry_after_s: None,
+    });
+    let mock = Mock::start(|_| {
+        Reply::json(
+            200,
+            &String::from_utf8(fixture("openai/chat_nonstream.json")).unwrap(),
+        )
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let gw = gateway_for(&mock, &export_config(&collector, dir.path(), "")).await;
+    let trace = trace_id(10);
+    // One request with two resources: their spans are queued back to back, in one batch.
+    let mut expected = BTreeSet::new();
+    let mut service_of = BTreeMap::new();
+    let mut both = ExportTraceServiceRequest::default();
+    for (service, first) in [("app-a", 0u64), ("app-b", 10)] {
+        let spans: Vec<Span> = (first..first + 3).map(|n| span(trace, n, None)).collect();
+        for s in &spans {
+            expected.insert(hex(&s.span_id));
+            service_of.insert(hex(&s.span_id), service);
+        }
+        both.resource_spans
+            .extend(request(service, spans).resource_spans);
+    }
+    let a = post(http_addr(&gw), &[PROTOBUF], both.encode_to_vec()).await;
+    assert_eq!(a.status, StatusCode::OK);
+    let call = common::post(
+        &gw,
+        "/openai/v1/chat/completions",
+        &[],
+        r#"{"model":"o4-mini","messages":[{"role":"user","content":"hi"}]}"#,
+    )
+    .await;
+    assert_eq!(call.status, StatusCode::OK);
+    wait_for(&gw, "sidetrace_spans_spooled_total", 7.0).await;
+
+    collector.set_mode(Mode::Accept);
+    collector.wait_for_spans(7, Duration::from_secs(20)).await;
+    wait_settled(&gw, 7).await;
+    let received = collector.spans();
+    let own: Vec<_> = received
+        .iter()
+        .filter(|s| s.resource["service.name"] == "sidetrace")
+        .collect();
+    assert_eq!(own.len(), 1, "{received:#?}");
+    expected.insert(own[0].span_id.clone());
+    assert_each_once(&received, &expected);
+    for s in &received {
+        if let Some(service) = service_of.get(&s.span_id) {
+            assert_eq!(s.resource["service.name"], *service);
+            assert_eq!(s.scope_name, "agent.lib");
+        }
+    }
+    gw.shutdown().await;
+}
