@@ -404,6 +404,15 @@ async fn spans_over_http_protobuf_json_and_grpc_keep_their_resource_in_the_store
         root["attributes"]["raw"],
         serde_json::json!({"bytes": "AQID"})
     );
+    assert_eq!(root["events"][0]["name"], "retrieved");
+    assert_eq!(root["events"][0]["attributes"]["doc"], "d1");
+    assert_eq!(root["status"]["code"], "ok");
+    let otlp = admin_get(&gw, &format!("/api/traces/{}/otlp", hex(&trace))).await;
+    assert!(
+        String::from_utf8_lossy(&otlp.body).contains("\"retrieved\""),
+        "{:?}",
+        otlp.body
+    );
     for name in ["retrieve", "execute_tool lookup_order", "chat"] {
         assert_eq!(find(name)["parent_span_id"], root["span_id"], "{name}");
     }

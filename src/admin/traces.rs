@@ -113,7 +113,7 @@ fn node_json(n: &TreeNode) -> Value {
         .iter()
         .map(|(k, v)| (k.clone(), attr_json(v)))
         .collect();
-    json!({
+    let mut out = json!({
         "trace_id": hex(&s.trace_id),
         "span_id": hex(&s.span_id),
         "parent_span_id": s.parent_span_id.map(|p| hex(&p)),
@@ -132,7 +132,41 @@ fn node_json(n: &TreeNode) -> Value {
         "attributes": attributes,
         "self": totals_json(&n.own, false),
         "rollup": totals_json(&n.rollup, true),
-    })
+    });
+    // Received spans may have events and links; the gateway's own have none.
+    let attrs = |a: &[(String, AttrValue)]| -> Map<String, Value> {
+        a.iter().map(|(k, v)| (k.clone(), attr_json(v))).collect()
+    };
+    if !s.events.is_empty() {
+        out["events"] = s
+            .events
+            .iter()
+            .map(|e| {
+                json!({
+                    "name": e.name,
+                    "time_ms": ms(e.time_unix_nanos),
+                    "time_unix_nanos": e.time_unix_nanos.to_string(),
+                    "attributes": attrs(&e.attributes),
+                })
+            })
+            .collect::<Vec<_>>()
+            .into();
+    }
+    if !s.links.is_empty() {
+        out["links"] = s
+            .links
+            .iter()
+            .map(|l| {
+                json!({
+                    "trace_id": hex(&l.trace_id),
+                    "span_id": hex(&l.span_id),
+                    "attributes": attrs(&l.attributes),
+                })
+            })
+            .collect::<Vec<_>>()
+            .into();
+    }
+    out
 }
 
 fn tree_json(t: &TraceTree) -> Value {
@@ -200,6 +234,44 @@ fn otlp_json(t: &TraceTree) -> Value {
         });
         if let Some(p) = s.parent_span_id {
             span["parentSpanId"] = hex(&p).into();
+        }
+        let kvs = |a: &[(String, AttrValue)]| -> Vec<Value> {
+            a.iter()
+                .map(|(k, v)| json!({"key": k, "value": otlp_value(v)}))
+                .collect()
+        };
+        if !s.events.is_empty() {
+            span["events"] = s
+                .events
+                .iter()
+                .map(|e| {
+                    json!({
+                        "timeUnixNano": e.time_unix_nanos.to_string(),
+                        "name": e.name,
+                        "attributes": kvs(&e.attributes),
+                    })
+                })
+                .collect::<Vec<_>>()
+                .into();
+        }
+        if !s.links.is_empty() {
+            span["links"] = s
+                .links
+                .iter()
+                .map(|l| {
+                    let mut link = json!({
+                        "traceId": hex(&l.trace_id),
+                        "spanId": hex(&l.span_id),
+                        "flags": l.flags,
+                        "attributes": kvs(&l.attributes),
+                    });
+                    if let Some(ts) = &l.trace_state {
+                        link["traceState"] = ts.clone().into();
+                    }
+                    link
+                })
+                .collect::<Vec<_>>()
+                .into();
         }
         if let Some(ts) = &s.trace_state {
             span["traceState"] = ts.clone().into();
