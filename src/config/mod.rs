@@ -334,7 +334,8 @@ pub struct IngestConfig {
     pub max_request_bytes: u64,
     /// Most spans in one request (413 / RESOURCE_EXHAUSTED above it; nothing of it is taken).
     pub max_spans_per_request: usize,
-    /// Export requests handled at once; more wait for a slot.
+    /// Export requests read and handled at once (their bodies are in memory: at most this many
+    /// times `max_request_bytes`, plus their decoded spans); more wait for a slot.
     pub max_concurrent_requests: usize,
 }
 
@@ -346,7 +347,7 @@ impl Default for IngestConfig {
             grpc_listen: "127.0.0.1:4317".into(),
             max_request_bytes: 8 * 1024 * 1024,
             max_spans_per_request: 20_000,
-            max_concurrent_requests: 64,
+            max_concurrent_requests: 16,
         }
     }
 }

@@ -10,12 +10,7 @@
 
 pub mod json;
 
-use std::{
-    convert::Infallible,
-    io::Read as _,
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::{convert::Infallible, io::Read as _, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
@@ -166,6 +161,15 @@ impl Receiver {
         }
     }
 
+    /// Waits for one of `max_concurrent_requests` slots; held from before the body is read
+    /// until the spans are handed on, so it bounds the memory requests take.
+    async fn slot(&self) -> tokio::sync::SemaphorePermit<'_> {
+        self.slots
+            .acquire()
+            .await
+            .expect("the receiver's semaphore is never closed")
+    }
+
     /// Takes one decoded export request: every valid span is recorded, invalid ones are
     /// rejected one by one; a request past the limits, or one the crowded export queue cannot
     /// take, is refused whole.
@@ -174,7 +178,6 @@ impl Receiver {
         request: ExportTraceServiceRequest,
         transport: Transport,
     ) -> Result<Accepted, Refusal> {
-        let _slot = self.slots.acquire().await;
         let result = self.take(request);
         self.count(transport, &result);
         result
@@ -523,7 +526,7 @@ where
             .insert(header::ALLOW, HeaderValue::from_static("POST"));
         return Ok(r);
     }
-    let started = Instant::now();
+    let _slot = receiver.slot().await;
     let result = match encoding {
         None => Err(Refusal::Unsupported(
             "content-type must be application/x-protobuf or application/json".into(),
@@ -539,15 +542,10 @@ where
             return Ok(refused(&refusal, encoding));
         }
     };
-    let response = match receiver.export(request, Transport::Http).await {
+    Ok(match receiver.export(request, Transport::Http).await {
         Ok(a) => accepted(&a, encoding),
         Err(refusal) => refused(&refusal, encoding),
-    };
-    tracing::trace!(
-        elapsed_ms = started.elapsed().as_millis() as u64,
-        "OTLP/HTTP export"
-    );
-    Ok(response)
+    })
 }
 
 fn media_type(headers: &http::HeaderMap) -> Option<String> {
@@ -679,10 +677,32 @@ pub fn grpc_service(
         let server = server.clone();
         let receiver = receiver.clone();
         async move {
-            let response = match server.oneshot(req).await {
-                Ok(r) => r,
-                Err(never) => match never {},
+            // Held while tonic reads and decodes the body and the handler runs; a client that
+            // does not send its body in time gives it back (DEADLINE_EXCEEDED).
+            let slot = receiver.slot().await;
+            let response = match tokio::time::timeout(BODY_TIMEOUT, server.oneshot(req)).await {
+                Ok(Ok(r)) => r,
+                Ok(Err(never)) => match never {},
+                Err(_) => {
+                    receiver.count(
+                        Transport::Grpc,
+                        &Err(Refusal::Malformed("the request body took too long".into())),
+                    );
+                    let mut r = Response::new(body(Bytes::new()));
+                    let h = r.headers_mut();
+                    h.insert(
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("application/grpc"),
+                    );
+                    h.insert("grpc-status", HeaderValue::from_static("4"));
+                    h.insert(
+                        "grpc-message",
+                        HeaderValue::from_static("the%20request%20body%20took%20too%20long"),
+                    );
+                    return Ok(r);
+                }
             };
+            drop(slot);
             let (mut parts, body) = response.into_parts();
             // Refusals of tonic's decoder (the handler never answers INTERNAL or OUT_OF_RANGE,
             // and its own RESOURCE_EXHAUSTED is counted where it is made).
