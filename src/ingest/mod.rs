@@ -729,3 +729,124 @@ pub fn grpc_service(
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use opentelemetry_proto::tonic::{
+        common::v1::{ArrayValue, KeyValueList},
+        trace::v1::{Status, span},
+    };
+
+    use super::*;
+
+    fn kv(key: &str, value: any_value::Value) -> KeyValue {
+        KeyValue {
+            key: key.into(),
+            value: Some(AnyValue { value: Some(value) }),
+            ..Default::default()
+        }
+    }
+
+    fn valid() -> Span {
+        Span {
+            trace_id: vec![1; 16],
+            span_id: vec![2; 8],
+            name: "op".into(),
+            start_time_unix_nano: 10,
+            end_time_unix_nano: 20,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_span_converts_with_kind_status_flags_values_events_and_links() {
+        use any_value::Value as V;
+        let mut s = valid();
+        s.parent_span_id = vec![3; 8];
+        s.kind = 3;
+        s.flags = 0x301;
+        s.trace_state = "k=v".into();
+        s.status = Some(Status {
+            code: 2,
+            message: "boom".into(),
+        });
+        s.attributes = vec![
+            kv("nan", V::DoubleValue(f64::NAN)),
+            kv(
+                "strs",
+                V::ArrayValue(ArrayValue {
+                    values: vec![AnyValue {
+                        value: Some(V::StringValue("a".into())),
+                    }],
+                }),
+            ),
+            kv(
+                "map",
+                V::KvlistValue(KeyValueList {
+                    values: vec![kv("n", V::IntValue(1))],
+                }),
+            ),
+            KeyValue {
+                key: "empty".into(),
+                value: Some(AnyValue { value: None }),
+                ..Default::default()
+            },
+        ];
+        s.events = vec![span::Event {
+            time_unix_nano: 15,
+            name: "e".into(),
+            ..Default::default()
+        }];
+        s.links = vec![
+            span::Link {
+                trace_id: vec![4; 16],
+                span_id: vec![5; 8],
+                ..Default::default()
+            },
+            span::Link::default(),
+        ];
+        let r = span_record(s).unwrap();
+        assert_eq!(r.parent_span_id, Some([3; 8]));
+        assert!(r.parent_is_remote);
+        assert_eq!(r.flags, 1);
+        assert_eq!(r.kind, "client");
+        assert_eq!(r.trace_state.as_deref(), Some("k=v"));
+        assert_eq!(r.status, SpanStatus::Error("boom".into()));
+        assert_eq!(r.attr("nan"), Some(&AttrValue::Str("NaN".into())));
+        assert_eq!(r.attr("strs"), Some(&AttrValue::StrList(vec!["a".into()])));
+        assert_eq!(
+            r.attr("map"),
+            Some(&AttrValue::Map {
+                kvlist: vec![("n".into(), AttrValue::Int(1))]
+            })
+        );
+        assert_eq!(r.attr("empty"), None);
+        assert_eq!(r.events.len(), 1);
+        assert_eq!(r.links.len(), 1, "a link to an invalid context is left out");
+        assert!(r.origin.is_none());
+    }
+
+    #[test]
+    fn invalid_ids_are_named_and_an_all_zero_parent_is_a_root() {
+        let mut s = valid();
+        s.parent_span_id = vec![0; 8];
+        assert_eq!(span_record(s).unwrap().parent_span_id, None);
+        for (change, why) in [
+            (
+                (|s: &mut Span| s.trace_id = vec![0; 16]) as fn(&mut Span),
+                Invalid::TraceId,
+            ),
+            (|s: &mut Span| s.trace_id = vec![1; 17], Invalid::TraceId),
+            (|s: &mut Span| s.span_id = Vec::new(), Invalid::SpanId),
+            (|s: &mut Span| s.span_id = vec![0; 8], Invalid::SpanId),
+            (
+                |s: &mut Span| s.parent_span_id = vec![1; 4],
+                Invalid::ParentSpanId,
+            ),
+        ] {
+            let mut s = valid();
+            change(&mut s);
+            assert_eq!(span_record(s).unwrap_err(), (why, "op".to_string()));
+        }
+    }
+}
