@@ -335,8 +335,6 @@ impl Shared {
         self.settle(spans.len() as u64);
     }
 
-    /// A storage failure (full disk, broken database) degrades the spool to memory, loudly,
-    /// rather than losing the spans or stopping the proxy.
     /// Spans of different origins go to separate entries: a replayed entry is exported in one
     /// request under one resource, so it succeeds or fails whole (exactly once).
     fn write_to_spool(&self, spans: &[SpanRecord]) {
@@ -355,6 +353,8 @@ impl Shared {
         }
     }
 
+    /// A storage failure (full disk, broken database) degrades the spool to memory, loudly,
+    /// rather than losing the spans or stopping the proxy.
     fn write_group(&self, spans: &[&SpanRecord]) {
         if spans.is_empty() {
             return;

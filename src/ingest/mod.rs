@@ -173,7 +173,7 @@ impl Receiver {
     /// Takes one decoded export request: every valid span is recorded, invalid ones are
     /// rejected one by one; a request past the limits, or one the crowded export queue cannot
     /// take, is refused whole.
-    pub async fn export(
+    pub fn export(
         &self,
         request: ExportTraceServiceRequest,
         transport: Transport,
@@ -542,7 +542,7 @@ where
             return Ok(refused(&refusal, encoding));
         }
     };
-    Ok(match receiver.export(request, Transport::Http).await {
+    Ok(match receiver.export(request, Transport::Http) {
         Ok(a) => accepted(&a, encoding),
         Err(refusal) => refused(&refusal, encoding),
     })
@@ -641,7 +641,7 @@ impl TraceService for Grpc {
         &self,
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        match self.0.export(request.into_inner(), Transport::Grpc).await {
+        match self.0.export(request.into_inner(), Transport::Grpc) {
             Ok(a) => Ok(tonic::Response::new(a.response())),
             Err(Refusal::Overloaded) => Err(tonic::Status::with_error_details(
                 tonic::Code::Unavailable,
