@@ -108,6 +108,9 @@ fn span(trace: u64, n: u64, start: u64) -> SpanRecord {
             SpanStatus::Unset
         },
         attributes,
+        events: Vec::new(),
+        links: Vec::new(),
+        origin: None,
     }
 }
 

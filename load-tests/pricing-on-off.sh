@@ -7,8 +7,8 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 LT=${CARGO_TARGET_DIR:-$ROOT/target}/release; GW=${SIDETRACE_BIN:-$ROOT/target/release/sidetrace}; T=$(mktemp -d)
 $LT/bench-mock --listen 127.0.0.1:18961 --exit-after-secs 300 > $T/mock.log 2>&1 & MOCK=$!
 printf '[cost]\nenabled = false\n' > $T/off.toml
-SIDETRACE_DATA_DIR=$T/on SIDETRACE_LISTEN=127.0.0.1:18962 SIDETRACE_ADMIN_LISTEN=127.0.0.1:18963 SIDETRACE_OPENAI_BASE_URL=http://127.0.0.1:18961 SIDETRACE_LOG=warn $GW serve > $T/on.log 2>&1 & ON=$!
-SIDETRACE_DATA_DIR=$T/off SIDETRACE_LISTEN=127.0.0.1:18964 SIDETRACE_ADMIN_LISTEN=127.0.0.1:18965 SIDETRACE_OPENAI_BASE_URL=http://127.0.0.1:18961 SIDETRACE_LOG=warn $GW serve --config $T/off.toml > $T/off.log 2>&1 & OFF=$!
+SIDETRACE_INGEST_ENABLED=false SIDETRACE_DATA_DIR=$T/on SIDETRACE_LISTEN=127.0.0.1:18962 SIDETRACE_ADMIN_LISTEN=127.0.0.1:18963 SIDETRACE_OPENAI_BASE_URL=http://127.0.0.1:18961 SIDETRACE_LOG=warn $GW serve > $T/on.log 2>&1 & ON=$!
+SIDETRACE_INGEST_ENABLED=false SIDETRACE_DATA_DIR=$T/off SIDETRACE_LISTEN=127.0.0.1:18964 SIDETRACE_ADMIN_LISTEN=127.0.0.1:18965 SIDETRACE_OPENAI_BASE_URL=http://127.0.0.1:18961 SIDETRACE_LOG=warn $GW serve --config $T/off.toml > $T/off.log 2>&1 & OFF=$!
 sleep 1.5
 for round in 1 2; do
   for v in on:18962:$ON off:18964:$OFF; do

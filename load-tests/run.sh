@@ -248,6 +248,7 @@ start_gateway() { # name port admin_port [NAME=VALUE...]
         -u OTEL_EXPORTER_OTLP_TRACES_COMPRESSION -u SIDETRACE_PROVIDERS_DIR \
         SIDETRACE_LISTEN="127.0.0.1:$port" \
         SIDETRACE_ADMIN_LISTEN="127.0.0.1:$admin" \
+        SIDETRACE_INGEST_ENABLED=false \
         SIDETRACE_OPENAI_BASE_URL="http://127.0.0.1:$MOCK_PORT" \
         SIDETRACE_ANTHROPIC_BASE_URL="http://127.0.0.1:$MOCK_PORT" \
         SIDETRACE_LOG=warn \

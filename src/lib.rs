@@ -9,6 +9,7 @@ pub mod cost;
 pub mod error;
 pub mod export;
 pub mod format;
+pub mod ingest;
 pub mod metrics;
 pub mod provider;
 pub mod proxy;

@@ -206,6 +206,78 @@ impl StoreMetrics {
     }
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct IngestLabels {
+    pub transport: &'static str,
+    pub result: &'static str,
+}
+
+/// The OTLP receiver (`[ingest]`). Labels are fixed sets: transport `http`/`grpc`; request
+/// result `ok`, `partial`, `malformed`, `too_large`, `unsupported`, `overloaded`; span result
+/// `accepted`/`rejected`; rejection reason `invalid_trace_id`, `invalid_span_id`,
+/// `invalid_parent_span_id`.
+pub struct IngestMetrics {
+    pub requests: Family<IngestLabels, Counter>,
+    pub spans: Family<IngestLabels, Counter>,
+    pub rejected: Family<ReasonLabels, Counter>,
+}
+
+impl IngestMetrics {
+    fn register(registry: &mut Registry) -> IngestMetrics {
+        let m = IngestMetrics {
+            requests: Family::default(),
+            spans: Family::default(),
+            rejected: Family::default(),
+        };
+        for transport in ["http", "grpc"] {
+            for result in ["accepted", "rejected"] {
+                let _ = m.spans.get_or_create(&IngestLabels { transport, result });
+            }
+        }
+        for reason in [
+            "invalid_trace_id",
+            "invalid_span_id",
+            "invalid_parent_span_id",
+        ] {
+            let _ = m.rejected.get_or_create(&ReasonLabels { reason });
+        }
+        registry.register(
+            "sidetrace_ingest_requests",
+            "OTLP export requests received, by transport (http, grpc) and result (ok, partial, malformed, too_large, unsupported, overloaded)",
+            m.requests.clone(),
+        );
+        registry.register(
+            "sidetrace_ingest_spans",
+            "Spans received over OTLP, by transport and result (accepted: recorded; rejected: invalid, named in the partial success)",
+            m.spans.clone(),
+        );
+        registry.register(
+            "sidetrace_ingest_spans_rejected",
+            "Received spans rejected, by reason (invalid_trace_id, invalid_span_id, invalid_parent_span_id)",
+            m.rejected.clone(),
+        );
+        m
+    }
+
+    pub fn request(&self, transport: &'static str, result: &'static str) {
+        self.requests
+            .get_or_create(&IngestLabels { transport, result })
+            .inc();
+    }
+
+    pub fn spans(&self, transport: &'static str, result: &'static str, n: u64) {
+        if n > 0 {
+            self.spans
+                .get_or_create(&IngestLabels { transport, result })
+                .inc_by(n);
+        }
+    }
+
+    pub fn rejected(&self, reason: &'static str) {
+        self.rejected.get_or_create(&ReasonLabels { reason }).inc();
+    }
+}
+
 type HistogramFamily = Family<ProviderLabels, Histogram, fn() -> Histogram>;
 
 fn overhead_histogram() -> Histogram {
@@ -254,6 +326,7 @@ pub struct Metrics {
     pub request_buffered_bytes: Gauge,
     pub connections: ConnectionMetrics,
     pub store: StoreMetrics,
+    pub ingest: IngestMetrics,
     store_damaged: Family<StoreLabels, Counter>,
     pub cost_calls_lost: Counter,
     scores: ScoreMetrics,
@@ -504,6 +577,7 @@ impl Metrics {
         let connections = ConnectionMetrics::register(&mut registry);
         let store = StoreMetrics::register(&mut registry);
         let scores = ScoreMetrics::register(&mut registry);
+        let ingest = IngestMetrics::register(&mut registry);
         let store_damaged = Family::<StoreLabels, Counter>::default();
         registry.register(
             "sidetrace_store_damaged",
@@ -549,6 +623,7 @@ impl Metrics {
             request_buffered_bytes,
             connections,
             store,
+            ingest,
             store_damaged,
             cost_calls_lost,
             scores,

@@ -92,6 +92,9 @@ pub struct Gateway {
     /// Where apps send their calls.
     pub addr: SocketAddr,
     pub admin_addr: SocketAddr,
+    /// The OTLP receiver's listeners (`[ingest]`), when it is on.
+    pub ingest_http_addr: Option<SocketAddr>,
+    pub ingest_grpc_addr: Option<SocketAddr>,
     pub metrics: Arc<Metrics>,
     prices: Arc<PriceBookCell>,
     shutdown: watch::Sender<bool>,
@@ -123,6 +126,23 @@ impl Gateway {
         let admin_listener = bind("admin_listen", config.admin_addr()?).await?;
         let addr = local_addr(&listener, "listen")?;
         let admin_addr = local_addr(&admin_listener, "admin_listen")?;
+        // The OTLP receiver's listeners: bound before anything starts, so a port in use stops
+        // the start with its name and address.
+        let ingest_listeners = if config.ingest.enabled {
+            let http = bind("ingest.http_listen", config.ingest.http_addr()?).await?;
+            let grpc = bind("ingest.grpc_listen", config.ingest.grpc_addr()?).await?;
+            Some((http, grpc))
+        } else {
+            None
+        };
+        let ingest_http_addr = match &ingest_listeners {
+            Some((http, _)) => Some(local_addr(http, "ingest.http_listen")?),
+            None => None,
+        };
+        let ingest_grpc_addr = match &ingest_listeners {
+            Some((_, grpc)) => Some(local_addr(grpc, "ingest.grpc_listen")?),
+            None => None,
+        };
 
         let telemetry = Telemetry::from_env(std::env::vars(), &instance_id());
         let (export, export_tasks) = if config.export.enabled() {
@@ -198,6 +218,14 @@ impl Gateway {
             budgets,
         );
 
+        let receiver = ingest_listeners.is_some().then(|| {
+            Arc::new(crate::ingest::Receiver::new(
+                &config.ingest,
+                recorder.clone(),
+                metrics.clone(),
+            ))
+        });
+
         let admin_state = Arc::new(AdminState {
             metrics: metrics.clone(),
             ready: AtomicBool::new(true),
@@ -229,8 +257,38 @@ impl Gateway {
             max_connections = proxy_limits.max_connections,
             "client connection cap"
         );
+        let ingest_limits = ListenerLimits {
+            name: "ingest",
+            max_connections: INGEST_MAX_CONNECTIONS,
+            ..proxy_limits
+        };
         let serve_metrics = metrics.clone();
         let task = tokio::spawn(async move {
+            // The receiver stops taking spans when the proxy stops taking calls; both finish
+            // what they hold before the export drains.
+            let mut ingest_tasks = Vec::new();
+            if let (Some((http, grpc)), Some(receiver)) = (ingest_listeners, receiver) {
+                let http_service = tower::service_fn({
+                    let receiver = receiver.clone();
+                    move |req: Request<Incoming>| crate::ingest::handle_http(receiver.clone(), req)
+                });
+                ingest_tasks.push(tokio::spawn(serve(
+                    http,
+                    http_service,
+                    signal.clone(),
+                    ingest_limits,
+                    serve_metrics.clone(),
+                    None,
+                )));
+                ingest_tasks.push(tokio::spawn(serve(
+                    grpc,
+                    crate::ingest::grpc_service(receiver),
+                    signal.clone(),
+                    ingest_limits,
+                    serve_metrics.clone(),
+                    None,
+                )));
+            }
             let admin_stop = watch::channel(false);
             let admin_task = tokio::spawn(serve(
                 admin_listener,
@@ -255,6 +313,9 @@ impl Gateway {
                 Some(recorder),
             )
             .await;
+            for task in ingest_tasks {
+                let _ = task.await;
+            }
             // Every call has ended: export what is queued, spool the rest.
             if let Some(tasks) = export_tasks {
                 tasks.shutdown(export_deadline).await;
@@ -281,6 +342,8 @@ impl Gateway {
         Ok(Gateway {
             addr,
             admin_addr,
+            ingest_http_addr,
+            ingest_grpc_addr,
             metrics,
             prices,
             shutdown,
@@ -411,7 +474,6 @@ async fn start_export(
         metrics.store_damaged("spool");
     }
     let spool = opened.spool;
-    let scope = otlp::scope(telemetry);
     let sampler = config
         .sampling
         .enabled
@@ -421,7 +483,7 @@ async fn start_export(
         exporter,
         spool,
         limits,
-        scope,
+        telemetry,
         metrics,
         sampler,
     ))
@@ -437,6 +499,11 @@ fn local_addr(listener: &TcpListener, what: &'static str) -> Result<SocketAddr, 
 
 /// Admin connections at once: probes and a scraper need few.
 const ADMIN_MAX_CONNECTIONS: usize = 64;
+
+/// Connections at once on each OTLP receiver listener: an app's exporters keep one or a few
+/// open. The general part of [`FD_RESERVE`] covers the two listeners' (the proxy's cap is not
+/// lowered for a receiver most deployments barely use).
+const INGEST_MAX_CONNECTIONS: usize = 32;
 
 /// File descriptors kept for what is not a client connection: the data stores, the admin
 /// listener, idle upstream connections, the exporter.

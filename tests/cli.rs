@@ -19,6 +19,9 @@ fn sidetrace() -> Command {
             c.env_remove(k);
         }
     }
+    // Tests run at once: the OTLP receiver's default ports would clash.
+    c.env("SIDETRACE_INGEST_HTTP_LISTEN", "127.0.0.1:0")
+        .env("SIDETRACE_INGEST_GRPC_LISTEN", "127.0.0.1:0");
     c
 }
 

@@ -131,6 +131,8 @@ fn serve(config: &Path) -> std::process::Child {
         }
     }
     c.args(["serve", "--config", config.to_str().unwrap()])
+        .env("SIDETRACE_INGEST_HTTP_LISTEN", "127.0.0.1:0")
+        .env("SIDETRACE_INGEST_GRPC_LISTEN", "127.0.0.1:0")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

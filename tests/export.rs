@@ -285,6 +285,8 @@ fn serve_binary(
         }
     }
     c.arg("serve")
+        .env("SIDETRACE_INGEST_HTTP_LISTEN", "127.0.0.1:0")
+        .env("SIDETRACE_INGEST_GRPC_LISTEN", "127.0.0.1:0")
         .env("SIDETRACE_LISTEN", format!("127.0.0.1:{port}"))
         .env("SIDETRACE_ADMIN_LISTEN", format!("127.0.0.1:{admin}"))
         .env("SIDETRACE_DATA_DIR", data_dir)

@@ -179,7 +179,7 @@ fn start_pipeline(collector: &Collector, gate: &Gate, extra: &str) -> Pipeline {
         exporter,
         Arc::new(spool),
         LIMITS,
-        otlp::scope(&telemetry),
+        &telemetry,
         metrics.clone(),
         None,
     );
@@ -208,6 +208,9 @@ fn span(n: u64) -> SpanRecord {
         end_unix_nanos: 1_700_000_000_100_000_000,
         status: SpanStatus::Unset,
         attributes: Vec::new(),
+        events: Vec::new(),
+        links: Vec::new(),
+        origin: None,
     }
 }
 
@@ -450,6 +453,8 @@ async fn with_the_data_dir_on_a_full_tmpfs_export_resumes_and_sigterm_exits() {
         }
     }
     let mut child = c
+        .env("SIDETRACE_INGEST_HTTP_LISTEN", "127.0.0.1:0")
+        .env("SIDETRACE_INGEST_GRPC_LISTEN", "127.0.0.1:0")
         .arg("serve")
         .env("SIDETRACE_LISTEN", format!("127.0.0.1:{port}"))
         .env("SIDETRACE_ADMIN_LISTEN", format!("127.0.0.1:{admin}"))

@@ -119,6 +119,8 @@ async fn the_binary_on_sigterm_exports_the_calls_it_cuts_and_exits_0() {
     .unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_sidetrace"))
         .args(["serve", "--config", path.to_str().unwrap()])
+        .env("SIDETRACE_INGEST_HTTP_LISTEN", "127.0.0.1:0")
+        .env("SIDETRACE_INGEST_GRPC_LISTEN", "127.0.0.1:0")
         .env_remove("RUST_LOG")
         .env_remove("SIDETRACE_LOG")
         .stdout(Stdio::null())

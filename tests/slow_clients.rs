@@ -387,6 +387,8 @@ async fn with_300_file_descriptors_400_silent_sockets_do_not_stop_normal_calls()
             ),
         ])
         .env_remove("RUST_LOG")
+        .env("SIDETRACE_INGEST_HTTP_LISTEN", "127.0.0.1:0")
+        .env("SIDETRACE_INGEST_GRPC_LISTEN", "127.0.0.1:0")
         .env_remove("SIDETRACE_LOG")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

@@ -87,6 +87,9 @@ fn span_of(s: &Spec, base: u64) -> SpanRecord {
             SpanStatus::Unset
         },
         attributes,
+        events: Vec::new(),
+        links: Vec::new(),
+        origin: None,
     }
 }
 

@@ -4,7 +4,8 @@
 //! A score becomes a zero-duration span named `evaluation {name}` (kind INTERNAL), parented to
 //! the scored span (or, when only a trace is named, to the trace's root span), carrying the GenAI
 //! evaluation attributes (`gen_ai.evaluation.name`, `.score.value`, `.score.label`,
-//! `.explanation`, and the scored call's `gen_ai.response.id`). The span goes where every other
+//! `.explanation`, and the scored call's `gen_ai.response.id`), and the same attributes in a
+//! `gen_ai.evaluation.result` span event. The span goes where every other
 //! span goes: into the trace store (the UI shows it under the span it scores) and out through the
 //! export queue and spool. It is counted in `sidetrace_scores_total{name,feature,label}` and
 //! `sidetrace_score_value{name,feature}`, with bounded labels.
@@ -20,7 +21,7 @@ use crate::{
     store::traces::{TraceStore, now_unix_nanos},
     trace::{
         context::random_span_id,
-        span::{AttrValue, SpanRecord, SpanStatus},
+        span::{AttrValue, SpanEvent, SpanRecord, SpanStatus},
     },
 };
 
@@ -289,7 +290,15 @@ fn score_span(posted: &Posted, target: &Target) -> SpanRecord {
         start_unix_nanos: now,
         end_unix_nanos: now,
         status: SpanStatus::Unset,
+        // The convention's event too, for tools that read evaluations from span events.
+        events: vec![SpanEvent {
+            name: "gen_ai.evaluation.result".into(),
+            time_unix_nanos: now,
+            attributes: attributes.clone(),
+        }],
         attributes,
+        links: Vec::new(),
+        origin: None,
     }
 }
 

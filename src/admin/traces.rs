@@ -81,6 +81,14 @@ pub fn attr_json(v: &AttrValue) -> Value {
         AttrValue::Double(d) => (*d).into(),
         AttrValue::Str(s) => s.clone().into(),
         AttrValue::StrList(l) => l.clone().into(),
+        AttrValue::List(l) => l.iter().map(attr_json).collect::<Vec<_>>().into(),
+        AttrValue::Map { kvlist } => Value::Object(
+            kvlist
+                .iter()
+                .map(|(k, v)| (k.clone(), attr_json(v)))
+                .collect(),
+        ),
+        AttrValue::Bytes { bytes } => json!({ "bytes": bytes }),
     }
 }
 
@@ -97,7 +105,7 @@ fn totals_json(t: &Totals, spans: bool) -> Value {
 fn node_json(n: &TreeNode) -> Value {
     let s = &n.stored.span;
     let (code, message) = match &s.status {
-        SpanStatus::Unset => ("ok", Value::Null),
+        SpanStatus::Unset | SpanStatus::Ok => ("ok", Value::Null),
         SpanStatus::Error(m) => ("error", m.clone().into()),
     };
     let attributes: Map<String, Value> = s
@@ -105,7 +113,7 @@ fn node_json(n: &TreeNode) -> Value {
         .iter()
         .map(|(k, v)| (k.clone(), attr_json(v)))
         .collect();
-    json!({
+    let mut out = json!({
         "trace_id": hex(&s.trace_id),
         "span_id": hex(&s.span_id),
         "parent_span_id": s.parent_span_id.map(|p| hex(&p)),
@@ -124,7 +132,41 @@ fn node_json(n: &TreeNode) -> Value {
         "attributes": attributes,
         "self": totals_json(&n.own, false),
         "rollup": totals_json(&n.rollup, true),
-    })
+    });
+    // Received spans may have events and links, a score its evaluation event.
+    let attrs = |a: &[(String, AttrValue)]| -> Map<String, Value> {
+        a.iter().map(|(k, v)| (k.clone(), attr_json(v))).collect()
+    };
+    if !s.events.is_empty() {
+        out["events"] = s
+            .events
+            .iter()
+            .map(|e| {
+                json!({
+                    "name": e.name,
+                    "time_ms": ms(e.time_unix_nanos),
+                    "time_unix_nanos": e.time_unix_nanos.to_string(),
+                    "attributes": attrs(&e.attributes),
+                })
+            })
+            .collect::<Vec<_>>()
+            .into();
+    }
+    if !s.links.is_empty() {
+        out["links"] = s
+            .links
+            .iter()
+            .map(|l| {
+                json!({
+                    "trace_id": hex(&l.trace_id),
+                    "span_id": hex(&l.span_id),
+                    "attributes": attrs(&l.attributes),
+                })
+            })
+            .collect::<Vec<_>>()
+            .into();
+    }
+    out
 }
 
 fn tree_json(t: &TraceTree) -> Value {
@@ -144,6 +186,13 @@ fn otlp_value(v: &AttrValue) -> Value {
         AttrValue::StrList(l) => {
             json!({"arrayValue": {"values": l.iter().map(|s| json!({"stringValue": s})).collect::<Vec<_>>()}})
         }
+        AttrValue::List(l) => {
+            json!({"arrayValue": {"values": l.iter().map(otlp_value).collect::<Vec<_>>()}})
+        }
+        AttrValue::Map { kvlist } => {
+            json!({"kvlistValue": {"values": kvlist.iter().map(|(k, v)| json!({"key": k, "value": otlp_value(v)})).collect::<Vec<_>>()}})
+        }
+        AttrValue::Bytes { bytes } => json!({ "bytesValue": bytes }),
     }
 }
 
@@ -179,11 +228,50 @@ fn otlp_json(t: &TraceTree) -> Value {
             "flags": s.flags,
             "status": match &s.status {
                 SpanStatus::Unset => json!({}),
+                SpanStatus::Ok => json!({"code": 1}),
                 SpanStatus::Error(m) => json!({"code": 2, "message": m}),
             },
         });
         if let Some(p) = s.parent_span_id {
             span["parentSpanId"] = hex(&p).into();
+        }
+        let kvs = |a: &[(String, AttrValue)]| -> Vec<Value> {
+            a.iter()
+                .map(|(k, v)| json!({"key": k, "value": otlp_value(v)}))
+                .collect()
+        };
+        if !s.events.is_empty() {
+            span["events"] = s
+                .events
+                .iter()
+                .map(|e| {
+                    json!({
+                        "timeUnixNano": e.time_unix_nanos.to_string(),
+                        "name": e.name,
+                        "attributes": kvs(&e.attributes),
+                    })
+                })
+                .collect::<Vec<_>>()
+                .into();
+        }
+        if !s.links.is_empty() {
+            span["links"] = s
+                .links
+                .iter()
+                .map(|l| {
+                    let mut link = json!({
+                        "traceId": hex(&l.trace_id),
+                        "spanId": hex(&l.span_id),
+                        "flags": l.flags,
+                        "attributes": kvs(&l.attributes),
+                    });
+                    if let Some(ts) = &l.trace_state {
+                        link["traceState"] = ts.clone().into();
+                    }
+                    link
+                })
+                .collect::<Vec<_>>()
+                .into();
         }
         if let Some(ts) = &s.trace_state {
             span["traceState"] = ts.clone().into();

@@ -104,18 +104,31 @@ impl Recorder {
     /// over OTLP) to the trace store and to the export; never waits. `stored` is the store's
     /// copy when it keeps other content than the export (its own capture level), and `origin`
     /// its resource and scope when it is not this gateway's.
+    ///
+    /// The exported span carries `origin` through the queue and the spool (it is exported
+    /// under that resource and scope); the store keeps origins apart, so its copy has none.
     pub fn record_span(
         &self,
-        exported: SpanRecord,
+        mut exported: SpanRecord,
         stored: Option<SpanRecord>,
         origin: Option<Arc<Origin>>,
     ) {
+        exported.origin = None;
         if let Some(store) = &self.store {
-            store.span(stored.unwrap_or_else(|| exported.clone()), origin, None);
+            let mut stored = stored.unwrap_or_else(|| exported.clone());
+            stored.origin = None;
+            store.span(stored, origin.clone(), None);
         }
         if let Some(export) = &self.export {
+            exported.origin = origin;
             export.submit(exported);
         }
+    }
+
+    /// Whether the export queue is too crowded to take `n` spans from outside the gateway
+    /// (see `ExportHandle::crowded`); never when there is no export.
+    pub fn export_crowded(&self, n: usize) -> bool {
+        self.export.as_ref().is_some_and(|e| e.crowded(n))
     }
 
     /// The content was captured at the higher of the export's and the store's levels: each

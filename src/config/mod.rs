@@ -320,6 +320,48 @@ impl StoreConfig {
     }
 }
 
+/// `[ingest]`: the OTLP receiver, so an app's OpenTelemetry SDK can use the sidecar as its local
+/// collector (`OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4318`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestConfig {
+    pub enabled: bool,
+    /// OTLP/HTTP (`POST /v1/traces`, protobuf or JSON).
+    pub http_listen: String,
+    /// OTLP/gRPC (`TraceService/Export`).
+    pub grpc_listen: String,
+    /// Largest export request, in bytes, before and after gzip (413 / RESOURCE_EXHAUSTED).
+    pub max_request_bytes: u64,
+    /// Most spans in one request (413 / RESOURCE_EXHAUSTED above it; nothing of it is taken).
+    pub max_spans_per_request: usize,
+    /// Export requests read and handled at once (their bodies are in memory: at most this many
+    /// times `max_request_bytes`, plus their decoded spans); more wait for a slot.
+    pub max_concurrent_requests: usize,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        IngestConfig {
+            enabled: true,
+            http_listen: "127.0.0.1:4318".into(),
+            grpc_listen: "127.0.0.1:4317".into(),
+            max_request_bytes: 8 * 1024 * 1024,
+            max_spans_per_request: 20_000,
+            max_concurrent_requests: 16,
+        }
+    }
+}
+
+impl IngestConfig {
+    pub fn http_addr(&self) -> Result<SocketAddr, ConfigError> {
+        parse_addr("ingest.http_listen", &self.http_listen)
+    }
+
+    pub fn grpc_addr(&self) -> Result<SocketAddr, ConfigError> {
+        parse_addr("ingest.grpc_listen", &self.grpc_listen)
+    }
+}
+
 /// `15m`, `24h`, `7d` in seconds; `None` for anything else (or 0).
 pub fn parse_duration_secs(text: &str) -> Option<u64> {
     let text = text.trim();
@@ -396,6 +438,7 @@ pub struct Config {
     pub cost: CostConfig,
     pub budgets: Vec<BudgetConfig>,
     pub store: StoreConfig,
+    pub ingest: IngestConfig,
     /// Documented by example (commented) in config/sidetrace.toml, so not compared there.
     #[serde(skip_serializing)]
     pub providers: BTreeMap<String, ProviderOverride>,
@@ -556,6 +599,7 @@ impl Default for Config {
             cost: CostConfig::default(),
             budgets: Vec::new(),
             store: StoreConfig::default(),
+            ingest: IngestConfig::default(),
             providers: BTreeMap::new(),
         }
     }
@@ -587,6 +631,14 @@ pub const ENV_VARS: &[(&str, &str)] = &[
         "none, metadata, redacted or full (capture.level)",
     ),
     ("SIDETRACE_DATA_DIR", "spool directory (data_dir)"),
+    (
+        "SIDETRACE_INGEST_HTTP_LISTEN, SIDETRACE_INGEST_GRPC_LISTEN",
+        "OTLP receiver addresses (ingest.http_listen, ingest.grpc_listen)",
+    ),
+    (
+        "SIDETRACE_INGEST_ENABLED",
+        "true or false: the OTLP receiver (ingest.enabled)",
+    ),
     (
         "OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT",
         "turns span export on (export.endpoint)",
@@ -656,6 +708,19 @@ impl Config {
                 "RUST_LOG" => rust_log = Some(value),
                 "SIDETRACE_TRACE_GROUPING_KEY" => self.trace.grouping_key = value,
                 "SIDETRACE_DATA_DIR" => self.data_dir = value,
+                "SIDETRACE_INGEST_HTTP_LISTEN" => self.ingest.http_listen = value,
+                "SIDETRACE_INGEST_GRPC_LISTEN" => self.ingest.grpc_listen = value,
+                "SIDETRACE_INGEST_ENABLED" => {
+                    self.ingest.enabled = match value.trim() {
+                        "true" | "1" => true,
+                        "false" | "0" => false,
+                        other => {
+                            return Err(ConfigError::Invalid(format!(
+                                "SIDETRACE_INGEST_ENABLED={other:?}: expected true or false"
+                            )));
+                        }
+                    }
+                }
                 "OTEL_EXPORTER_OTLP_ENDPOINT" | "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
                     if !value.is_empty() =>
                 {
@@ -800,6 +865,30 @@ impl Config {
         self.listen_addr()?;
         self.store.max_age_secs()?;
         self.admin_addr()?;
+        if self.ingest.enabled {
+            self.ingest.http_addr()?;
+            self.ingest.grpc_addr()?;
+            // The gateway exporting to its own receiver would send every span round for ever.
+            for (key, listen) in [
+                ("http_listen", &self.ingest.http_listen),
+                ("grpc_listen", &self.ingest.grpc_listen),
+            ] {
+                if self.export.endpoint.contains(&format!("//{listen}")) {
+                    return Err(ConfigError::Invalid(format!(
+                        "export.endpoint {:?} is this gateway's own OTLP receiver (ingest.{key}): spans would loop",
+                        self.export.endpoint
+                    )));
+                }
+            }
+            if self.ingest.max_request_bytes == 0
+                || self.ingest.max_spans_per_request == 0
+                || self.ingest.max_concurrent_requests == 0
+            {
+                return Err(ConfigError::Invalid(
+                    "ingest.max_request_bytes, max_spans_per_request and max_concurrent_requests must be at least 1".into(),
+                ));
+            }
+        }
         if self.max_concurrent_requests == 0 {
             return Err(ConfigError::Invalid(
                 "max_concurrent_requests must be at least 1".into(),
@@ -891,6 +980,40 @@ fn parse_addr(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_receiver_is_checked_and_may_not_be_the_export_target() {
+        let ok = Config::from_toml("[ingest]\nhttp_listen = \"127.0.0.1:0\"\n", "t").unwrap();
+        ok.validate().unwrap();
+        let looped =
+            Config::from_toml("[export]\nendpoint = \"http://127.0.0.1:4317\"\n", "t").unwrap();
+        let err = looped.validate().unwrap_err().to_string();
+        assert!(err.contains("ingest.grpc_listen"), "{err}");
+        let bad = Config::from_toml("[ingest]\ngrpc_listen = \"localhost\"\n", "t").unwrap();
+        assert!(
+            bad.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("ingest.grpc_listen")
+        );
+        let off = Config::from_toml(
+            "[ingest]\nenabled = false\ngrpc_listen = \"localhost\"\n[export]\nendpoint = \"http://127.0.0.1:4317\"\n",
+            "t",
+        )
+        .unwrap();
+        off.validate().unwrap();
+        let mut env = Config::default();
+        env.apply_env([
+            ("SIDETRACE_INGEST_ENABLED".to_string(), "false".to_string()),
+            (
+                "SIDETRACE_INGEST_HTTP_LISTEN".to_string(),
+                "127.0.0.1:9".to_string(),
+            ),
+        ])
+        .unwrap();
+        assert!(!env.ingest.enabled);
+        assert_eq!(env.ingest.http_listen, "127.0.0.1:9");
+    }
 
     #[test]
     fn the_documented_example_config_equals_the_built_in_defaults() {

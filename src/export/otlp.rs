@@ -11,18 +11,21 @@ use std::{
 
 use opentelemetry::{
     Array, InstrumentationScope, KeyValue, StringValue, Value,
-    trace::{SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState},
+    trace::{Event, Link, SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState},
 };
 use opentelemetry_otlp::{WithExportConfig, WithHttpConfig, WithTonicConfig};
 use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanExporter as _, SpanLinks};
 
 use crate::{
     config::{ExportConfig, ExportProtocol},
-    trace::span::{AttrValue, SpanRecord, SpanStatus, Telemetry},
+    trace::span::{AttrValue, Origin, SpanRecord, SpanStatus, Telemetry},
 };
 
 pub type Exporter = opentelemetry_otlp::SpanExporter;
 
+/// An attribute value as the SDK's. The SDK's values have no bytes, maps or mixed arrays:
+/// those (only received spans have them) go out as their JSON text, which the trace store and
+/// `/api/traces` keep as they came.
 fn value(v: &AttrValue) -> Value {
     match v {
         AttrValue::Bool(b) => Value::Bool(*b),
@@ -32,7 +35,53 @@ fn value(v: &AttrValue) -> Value {
         AttrValue::StrList(list) => Value::Array(Array::String(
             list.iter().cloned().map(StringValue::from).collect(),
         )),
+        AttrValue::List(list) => homogeneous(list).unwrap_or_else(|| as_json(v)),
+        AttrValue::Map { .. } | AttrValue::Bytes { .. } => as_json(v),
     }
+}
+
+/// An array of one scalar type, as the SDK's array.
+fn homogeneous(list: &[AttrValue]) -> Option<Value> {
+    let bools: Option<Vec<bool>> = list
+        .iter()
+        .map(|v| match v {
+            AttrValue::Bool(b) => Some(*b),
+            _ => None,
+        })
+        .collect();
+    if let Some(b) = bools {
+        return Some(Value::Array(Array::Bool(b)));
+    }
+    let ints: Option<Vec<i64>> = list
+        .iter()
+        .map(|v| match v {
+            AttrValue::Int(i) => Some(*i),
+            _ => None,
+        })
+        .collect();
+    if let Some(i) = ints {
+        return Some(Value::Array(Array::I64(i)));
+    }
+    let doubles: Option<Vec<f64>> = list
+        .iter()
+        .map(|v| match v {
+            AttrValue::Double(d) => Some(*d),
+            AttrValue::Int(i) => Some(*i as f64),
+            _ => None,
+        })
+        .collect();
+    doubles.map(|d| Value::Array(Array::F64(d)))
+}
+
+fn as_json(v: &AttrValue) -> Value {
+    Value::String(serde_json::to_string(v).unwrap_or_default().into())
+}
+
+fn key_values(attrs: &[(String, AttrValue)]) -> Vec<KeyValue> {
+    attrs
+        .iter()
+        .map(|(k, v)| KeyValue::new(k.clone(), value(v)))
+        .collect()
 }
 
 pub fn scope(t: &Telemetry) -> InstrumentationScope {
@@ -43,46 +92,92 @@ pub fn scope(t: &Telemetry) -> InstrumentationScope {
 }
 
 pub fn resource(t: &Telemetry) -> opentelemetry_sdk::Resource {
+    resource_of(&t.resource)
+}
+
+fn resource_of(attributes: &[(String, String)]) -> opentelemetry_sdk::Resource {
     opentelemetry_sdk::Resource::builder_empty()
         .with_attributes(
-            t.resource
+            attributes
                 .iter()
                 .map(|(k, v)| KeyValue::new(k.clone(), v.clone())),
         )
         .build()
 }
 
-/// One span record as the SDK's export type.
-pub fn span_data(r: &SpanRecord, scope: &InstrumentationScope) -> SpanData {
-    let trace_state = r
-        .trace_state
-        .as_deref()
+/// The resource and scope a received span is exported under.
+pub fn origin_parts(o: &Origin) -> (opentelemetry_sdk::Resource, InstrumentationScope) {
+    let mut scope = InstrumentationScope::builder(o.scope_name.clone());
+    if !o.scope_version.is_empty() {
+        scope = scope.with_version(o.scope_version.clone());
+    }
+    (resource_of(&o.resource), scope.build())
+}
+
+fn span_context(
+    trace_id: [u8; 16],
+    span_id: [u8; 8],
+    flags: u8,
+    state: Option<&str>,
+) -> SpanContext {
+    let trace_state = state
         .and_then(|s| s.parse::<TraceState>().ok())
         .unwrap_or_default();
+    SpanContext::new(
+        TraceId::from_bytes(trace_id),
+        SpanId::from_bytes(span_id),
+        TraceFlags::new(flags),
+        false,
+        trace_state,
+    )
+}
+
+fn time(nanos: u64) -> std::time::SystemTime {
+    UNIX_EPOCH + Duration::from_nanos(nanos)
+}
+
+/// One span record as the SDK's export type.
+pub fn span_data(r: &SpanRecord, scope: &InstrumentationScope) -> SpanData {
+    let mut events = SpanEvents::default();
+    events.events = r
+        .events
+        .iter()
+        .map(|e| {
+            Event::new(
+                e.name.clone(),
+                time(e.time_unix_nanos),
+                key_values(&e.attributes),
+                0,
+            )
+        })
+        .collect();
+    let mut links = SpanLinks::default();
+    links.links = r
+        .links
+        .iter()
+        .map(|l| {
+            Link::new(
+                span_context(l.trace_id, l.span_id, l.flags, l.trace_state.as_deref()),
+                key_values(&l.attributes),
+                0,
+            )
+        })
+        .collect();
     SpanData {
-        span_context: SpanContext::new(
-            TraceId::from_bytes(r.trace_id),
-            SpanId::from_bytes(r.span_id),
-            TraceFlags::new(r.flags),
-            false,
-            trace_state,
-        ),
+        span_context: span_context(r.trace_id, r.span_id, r.flags, r.trace_state.as_deref()),
         parent_span_id: r.parent_span_id.map_or(SpanId::INVALID, SpanId::from_bytes),
         parent_span_is_remote: r.parent_is_remote,
         span_kind: span_kind(&r.kind),
         name: Cow::Owned(r.name.clone()),
-        start_time: UNIX_EPOCH + Duration::from_nanos(r.start_unix_nanos),
-        end_time: UNIX_EPOCH + Duration::from_nanos(r.end_unix_nanos),
-        attributes: r
-            .attributes
-            .iter()
-            .map(|(k, v)| KeyValue::new(k.clone(), value(v)))
-            .collect(),
+        start_time: time(r.start_unix_nanos),
+        end_time: time(r.end_unix_nanos),
+        attributes: key_values(&r.attributes),
         dropped_attributes_count: 0,
-        events: SpanEvents::default(),
-        links: SpanLinks::default(),
+        events,
+        links,
         status: match &r.status {
             SpanStatus::Unset => Status::Unset,
+            SpanStatus::Ok => Status::Ok,
             SpanStatus::Error(m) => Status::error(m.clone()),
         },
         instrumentation_scope: scope.clone(),

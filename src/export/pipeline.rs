@@ -26,7 +26,20 @@ use super::{
     otlp::{self, Exporter},
     spool::{MemorySpool, Spool, SpoolError, SpoolLimits, unix_time_ms},
 };
-use crate::{config::ExportConfig, metrics::Metrics, trace::span::SpanRecord};
+use crate::{
+    config::ExportConfig,
+    metrics::Metrics,
+    trace::span::{Origin, SpanRecord, Telemetry},
+};
+
+/// The exporter and what spans go out under: the gateway's own resource and scope, or a
+/// received span's origin (its app's). The resource is the exporter's state, so one export
+/// runs at a time and sets it first.
+struct Out {
+    exporter: tokio::sync::Mutex<Exporter>,
+    own_resource: opentelemetry_sdk::Resource,
+    own_scope: InstrumentationScope,
+}
 
 /// What the request path holds: a sender into the queue.
 #[derive(Clone)]
@@ -81,7 +94,7 @@ impl ExportHandle {
         exporter: Exporter,
         spool: Arc<dyn Spool>,
         limits: SpoolLimits,
-        scope: InstrumentationScope,
+        telemetry: &Telemetry,
         metrics: Arc<Metrics>,
         sampler: Option<TailSampler>,
     ) -> (ExportHandle, ExportTasks) {
@@ -100,23 +113,20 @@ impl ExportHandle {
             spill_wakeup: Notify::new(),
         });
         shared.update_gauges();
-        let exporter = Arc::new(exporter);
+        let out = Arc::new(Out {
+            exporter: tokio::sync::Mutex::new(exporter),
+            own_resource: otlp::resource(telemetry),
+            own_scope: otlp::scope(telemetry),
+        });
         let (stop, stopped) = watch::channel(false);
         let batcher = tokio::spawn(batcher(
             rx,
-            exporter.clone(),
+            out.clone(),
             shared.clone(),
-            scope.clone(),
             cfg.clone(),
             stopped.clone(),
         ));
-        let replayer = tokio::spawn(replayer(
-            exporter,
-            shared.clone(),
-            scope,
-            cfg.clone(),
-            stopped.clone(),
-        ));
+        let replayer = tokio::spawn(replayer(out, shared.clone(), cfg.clone(), stopped.clone()));
         let spiller = tokio::spawn(spiller(shared.clone(), stopped));
         let sampler = sampler.map(Arc::new);
         let handle = ExportHandle {
@@ -156,6 +166,21 @@ impl ExportHandle {
             None => span,
         };
         self.enqueue(span);
+    }
+
+    /// Whether `n` more spans from outside the gateway (received over OTLP) would crowd the
+    /// queue: spans already wait in the overflow buffer for the disk, or fewer slots are free
+    /// than `n` (counted up to half the queue) plus a quarter of the queue, which is kept for
+    /// the gateway's own calls. The receiver answers "retry later" then.
+    pub fn crowded(&self, n: usize) -> bool {
+        let capacity = self.tx.max_capacity();
+        let overflowing = !self
+            .shared
+            .overflow
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty();
+        overflowing || self.tx.capacity() < n.min(capacity / 2) + capacity / 4
     }
 
     fn enqueue(&self, span: SpanRecord) {
@@ -310,9 +335,27 @@ impl Shared {
         self.settle(spans.len() as u64);
     }
 
+    /// Spans of different origins go to separate entries: a replayed entry is exported in one
+    /// request under one resource, so it succeeds or fails whole (exactly once).
+    fn write_to_spool(&self, spans: &[SpanRecord]) {
+        let mut groups: Vec<Vec<&SpanRecord>> = Vec::new();
+        for span in spans {
+            match groups
+                .iter_mut()
+                .find(|g| same_origin(&g[0].origin, &span.origin))
+            {
+                Some(g) => g.push(span),
+                None => groups.push(vec![span]),
+            }
+        }
+        for group in groups {
+            self.write_group(&group);
+        }
+    }
+
     /// A storage failure (full disk, broken database) degrades the spool to memory, loudly,
     /// rather than losing the spans or stopping the proxy.
-    fn write_to_spool(&self, spans: &[SpanRecord]) {
+    fn write_group(&self, spans: &[&SpanRecord]) {
         if spans.is_empty() {
             return;
         }
@@ -406,26 +449,66 @@ fn estimated_bytes(s: &SpanRecord) -> usize {
                     crate::trace::span::AttrValue::StrList(l) => {
                         l.iter().map(|s| s.len() + 2).sum()
                     }
+                    v @ (crate::trace::span::AttrValue::List(_)
+                    | crate::trace::span::AttrValue::Map { .. }
+                    | crate::trace::span::AttrValue::Bytes { .. }) => {
+                        serde_json::to_string(v).map_or(0, |t| t.len())
+                    }
                     _ => 9,
                 }
                 + 6
         })
         .sum();
-    s.name.len() + attrs + 96
+    let extras: usize =
+        s.events.iter().map(|e| e.name.len() + 64).sum::<usize>() + s.links.len() * 64;
+    s.name.len() + attrs + extras + 96
 }
 
+fn same_origin(a: &Option<Arc<Origin>>, b: &Option<Arc<Origin>>) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b) || a == b,
+        _ => false,
+    }
+}
+
+/// Splits a batch by origin, keeping the order within each.
+fn by_origin(spans: Vec<SpanRecord>) -> Vec<Vec<SpanRecord>> {
+    let mut groups: Vec<Vec<SpanRecord>> = Vec::new();
+    for span in spans {
+        match groups
+            .iter_mut()
+            .find(|g| same_origin(&g[0].origin, &span.origin))
+        {
+            Some(g) => g.push(span),
+            None => groups.push(vec![span]),
+        }
+    }
+    groups
+}
+
+/// Exports spans of one origin in one request, under that origin's resource and scope (the
+/// gateway's own when none).
 async fn export(
-    exporter: &Exporter,
+    out: &Out,
     spans: &[SpanRecord],
-    scope: &InstrumentationScope,
     metrics: &Metrics,
     timeout: Duration,
 ) -> Result<(), String> {
-    let batch = spans.iter().map(|s| otlp::span_data(s, scope)).collect();
+    let origin = spans.first().and_then(|s| s.origin.as_deref());
+    let (resource, scope) = match origin {
+        Some(o) => otlp::origin_parts(o),
+        None => (out.own_resource.clone(), out.own_scope.clone()),
+    };
+    let batch = spans.iter().map(|s| otlp::span_data(s, &scope)).collect();
     let started = Instant::now();
     // The exporter has its own timeout; ours is the backstop if it does not fire.
-    let result =
-        tokio::time::timeout(timeout + Duration::from_secs(1), exporter.export(batch)).await;
+    let result = tokio::time::timeout(timeout + Duration::from_secs(1), async {
+        let mut exporter = out.exporter.lock().await;
+        exporter.set_resource(&resource);
+        exporter.export(batch).await
+    })
+    .await;
     metrics
         .export_duration
         .observe(started.elapsed().as_secs_f64());
@@ -447,9 +530,8 @@ async fn export(
 
 async fn batcher(
     mut rx: mpsc::Receiver<SpanRecord>,
-    exporter: Arc<Exporter>,
+    out: Arc<Out>,
     shared: Arc<Shared>,
-    scope: InstrumentationScope,
     cfg: ExportConfig,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -477,7 +559,9 @@ async fn batcher(
                 _ = stop.wait_for(|s| *s) => break,
             }
         }
-        send_or_spool(&exporter, &shared, &scope, batch, timeout).await;
+        for group in by_origin(batch) {
+            send_or_spool(&out, &shared, group, timeout).await;
+        }
         if *stop.borrow() {
             break;
         }
@@ -499,14 +583,9 @@ async fn batcher(
             .await;
             continue;
         }
-        send_or_spool(
-            &exporter,
-            &shared,
-            &scope,
-            chunk.to_vec(),
-            timeout.min(left),
-        )
-        .await;
+        for group in by_origin(chunk.to_vec()) {
+            send_or_spool(&out, &shared, group, timeout.min(left)).await;
+        }
     }
     let spool = shared.spool();
     if let Err(e) = tokio::task::spawn_blocking(move || spool.flush())
@@ -517,16 +596,10 @@ async fn batcher(
     }
 }
 
-async fn send_or_spool(
-    exporter: &Exporter,
-    shared: &Arc<Shared>,
-    scope: &InstrumentationScope,
-    batch: Vec<SpanRecord>,
-    timeout: Duration,
-) {
+async fn send_or_spool(out: &Out, shared: &Arc<Shared>, batch: Vec<SpanRecord>, timeout: Duration) {
     let n = batch.len() as u64;
     if shared.healthy.load(Ordering::Acquire) {
-        match export(exporter, &batch, scope, &shared.metrics, timeout).await {
+        match export(out, &batch, &shared.metrics, timeout).await {
             Ok(()) => {
                 shared.metrics.spans_exported.inc_by(n);
                 shared.settle(n);
@@ -609,9 +682,8 @@ fn jittered(d: Duration) -> Duration {
 }
 
 async fn replayer(
-    exporter: Arc<Exporter>,
+    out: Arc<Out>,
     shared: Arc<Shared>,
-    scope: InstrumentationScope,
     cfg: ExportConfig,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -685,7 +757,9 @@ async fn replayer(
             }
         };
         let id = entry.id;
-        match export(&exporter, &spans, &scope, &shared.metrics, timeout).await {
+        // Entries are written one origin each (`write_to_spool`); one from before origins
+        // existed has only the gateway's spans.
+        match export(&out, &spans, &shared.metrics, timeout).await {
             Ok(()) => {
                 let s = spool.clone();
                 match tokio::task::spawn_blocking(move || s.ack(id)).await {

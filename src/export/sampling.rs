@@ -147,6 +147,9 @@ mod tests {
                 SpanStatus::Unset
             },
             attributes: Vec::new(),
+            events: Vec::new(),
+            links: Vec::new(),
+            origin: None,
         }
     }
 

@@ -2,7 +2,7 @@
 //! and sidetrace's analytics attributes. This is the one format the exporter, the spool and the
 //! local store use. Resource and scope are per process (`Telemetry`), not per span.
 
-use std::time::UNIX_EPOCH;
+use std::{sync::Arc, time::UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
@@ -17,20 +17,66 @@ use crate::{
 
 pub const SCHEMA_URL: &str = "https://opentelemetry.io/schemas/1.41.0";
 
+/// An attribute value. Untagged in JSON (the spool and the store), so the first variant that
+/// fits decodes: a string array is a `StrList`, any other array a `List`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum AttrValue {
     Bool(bool),
     Int(i64),
+    /// Finite only: JSON has no NaN or infinity (a received one is kept as a `Str`).
     Double(f64),
     Str(String),
     StrList(Vec<String>),
+    /// An array that is not all strings (OTLP arrays may mix types), received over OTLP.
+    List(Vec<AttrValue>),
+    /// An OTLP key-value list, in order.
+    Map {
+        kvlist: Vec<(String, AttrValue)>,
+    },
+    /// OTLP bytes, base64 (standard alphabet, padded).
+    Bytes {
+        bytes: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum SpanStatus {
     Unset,
     Error(String),
+    /// Set explicitly by the span's maker (received spans; the gateway never sets it).
+    Ok,
+}
+
+/// A span event (received over OTLP; the gateway's own spans have none).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SpanEvent {
+    pub name: String,
+    pub time_unix_nanos: u64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attributes: Vec<(String, AttrValue)>,
+}
+
+/// A link to another span (received over OTLP).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SpanLink {
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_state: Option<String>,
+    #[serde(default)]
+    pub flags: u8,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attributes: Vec<(String, AttrValue)>,
+}
+
+/// Where a span came from: its resource (service) and instrumentation scope. A span received
+/// over OTLP carries its app's; `None` on a span means this gateway's own ([`Telemetry`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Origin {
+    pub resource: Vec<(String, String)>,
+    pub scope_name: String,
+    pub scope_version: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -48,6 +94,16 @@ pub struct SpanRecord {
     pub end_unix_nanos: u64,
     pub status: SpanStatus,
     pub attributes: Vec<(String, AttrValue)>,
+    /// Events and links: received spans may have them; old spool entries have none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub events: Vec<SpanEvent>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub links: Vec<SpanLink>,
+    /// The resource and scope it is exported under when not this gateway's (a span received
+    /// over OTLP); it travels through the export queue and the spool with the span. The trace
+    /// store keeps origins apart (its `resources` tree), so its copy has none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<Arc<Origin>>,
 }
 
 impl SpanRecord {
@@ -382,12 +438,71 @@ pub fn span_for(call: &CallRecord) -> SpanRecord {
         end_unix_nanos: start + call.duration.as_nanos() as u64,
         status,
         attributes: a,
+        events: Vec::new(),
+        links: Vec::new(),
+        origin: None,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn received_values_events_links_and_origin_survive_json_and_old_records_still_decode() {
+        let old = r#"{"trace_id":[1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1],"span_id":[2,2,2,2,2,2,2,2],
+            "parent_span_id":null,"parent_is_remote":false,"flags":1,"trace_state":null,
+            "name":"chat m","kind":"client","start_unix_nanos":1,"end_unix_nanos":2,
+            "status":"Unset","attributes":[["a",["x","y"]],["n",3],["d",1.5]]}"#;
+        let mut span: SpanRecord = serde_json::from_str(old).unwrap();
+        assert!(span.events.is_empty() && span.links.is_empty() && span.origin.is_none());
+        assert_eq!(
+            span.attr("a"),
+            Some(&AttrValue::StrList(vec!["x".into(), "y".into()]))
+        );
+        assert_eq!(span.attr("d"), Some(&AttrValue::Double(1.5)));
+        span.attributes.extend([
+            (
+                "mixed".to_string(),
+                AttrValue::List(vec![AttrValue::Int(1), AttrValue::Str("x".into())]),
+            ),
+            ("ints".to_string(), AttrValue::List(vec![AttrValue::Int(1)])),
+            (
+                "map".to_string(),
+                AttrValue::Map {
+                    kvlist: vec![("k".into(), AttrValue::Bool(true))],
+                },
+            ),
+            (
+                "bytes".to_string(),
+                AttrValue::Bytes {
+                    bytes: "AQI=".into(),
+                },
+            ),
+            ("whole double".to_string(), AttrValue::Double(2.0)),
+        ]);
+        span.status = SpanStatus::Ok;
+        span.events.push(SpanEvent {
+            name: "e".into(),
+            time_unix_nanos: 5,
+            attributes: vec![("x".into(), AttrValue::Int(1))],
+        });
+        span.links.push(SpanLink {
+            trace_id: [3; 16],
+            span_id: [4; 8],
+            trace_state: None,
+            flags: 1,
+            attributes: Vec::new(),
+        });
+        span.origin = Some(Arc::new(Origin {
+            resource: vec![("service.name".into(), "app".into())],
+            scope_name: "lib".into(),
+            scope_version: "1".into(),
+        }));
+        let text = serde_json::to_string(&span).unwrap();
+        let back: SpanRecord = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, span);
+    }
 
     #[test]
     fn resource_comes_from_the_standard_variables() {

@@ -393,6 +393,14 @@ impl TestGateway {
         if let Some(dir) = &data {
             config.data_dir = dir.path().display().to_string();
         }
+        // Tests start many gateways at once: the OTLP receiver's default ports would clash.
+        let defaults = sidetrace::config::IngestConfig::default();
+        if config.ingest.http_listen == defaults.http_listen {
+            config.ingest.http_listen = "127.0.0.1:0".into();
+        }
+        if config.ingest.grpc_listen == defaults.grpc_listen {
+            config.ingest.grpc_listen = "127.0.0.1:0".into();
+        }
         let recent = Arc::new(RecentCalls::default());
         let gateway = Gateway::start_with_sinks(config, vec![recent.clone()]).await?;
         Ok(TestGateway {

@@ -63,13 +63,8 @@ const AGE_CHECK: Duration = Duration::from_secs(30);
 /// sled's page cache: reads of recent traces hit it; the rest come from the OS page cache.
 const CACHE_BYTES: u64 = 8 * 1024 * 1024;
 
-/// Where a span came from: its resource (service) and instrumentation scope.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Origin {
-    pub resource: Vec<(String, String)>,
-    pub scope_name: String,
-    pub scope_version: String,
-}
+/// Where a span came from (defined beside the span, which carries it through the export).
+pub use crate::trace::span::Origin;
 
 impl Origin {
     pub fn of(telemetry: &Telemetry) -> Origin {
