@@ -22,7 +22,7 @@ pub mod openai_responses;
 mod output;
 pub mod request;
 
-pub use output::{CapturedOutput, ToolCallOutput};
+pub use output::{CapturedOutput, ToolCallOutput, ToolCallRef, synthetic_tool_call_id};
 
 /// Token counts as the OpenTelemetry GenAI conventions define them: `input_tokens` includes
 /// cache reads and writes, `output_tokens` includes reasoning. `None` when the provider did not
@@ -75,6 +75,10 @@ pub struct ResponseRecord {
     /// is above 0 (`None` otherwise).
     #[serde(default)]
     pub output: Option<CapturedOutput>,
+    /// The tool calls the response asked for, id and name, read whatever the capture level
+    /// (their arguments are content: in `output`, when captured).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCallRef>,
 }
 
 /// What an extractor says of one event, for the tap.
@@ -127,6 +131,7 @@ impl Progress {
     pub fn finish(mut self, extractor: &mut dyn Extractor, clean: bool) -> ResponseRecord {
         extractor.finish(clean, &mut self);
         let mut record = self.record;
+        record.tool_calls = self.output.tool_refs();
         record.output = self.output.finish();
         let ended = self.json_body.unwrap_or(self.ended);
         record.stream_completed = ended && record.error.is_none();

@@ -76,13 +76,17 @@ where
         if metadata.truncated > 0 {
             self.layer.metrics.metadata_truncated(metadata.truncated);
         }
-        let trace_id = HeaderValue::from_str(&trace.trace_id_hex());
-        let span_id = HeaderValue::from_str(&trace.span_id_hex());
+        let read = trace.clone();
         req.extensions_mut().insert(trace);
         req.extensions_mut().insert(metadata);
         let fut = self.inner.call(req);
         Box::pin(async move {
             let mut response = fut.await?;
+            // Inspection may have joined the call to an earlier call's trace (an agent loop
+            // with no trace header): the response then names that one.
+            let trace = response.extensions().get::<TraceContext>().unwrap_or(&read);
+            let trace_id = HeaderValue::from_str(&trace.trace_id_hex());
+            let span_id = HeaderValue::from_str(&trace.span_id_hex());
             if let (Ok(t), Ok(s)) = (trace_id, span_id) {
                 response.headers_mut().insert("x-sidetrace-trace-id", t);
                 response.headers_mut().insert("x-sidetrace-span-id", s);

@@ -23,13 +23,14 @@ use super::{
     record::CallSlot,
 };
 use crate::{
-    call::RequestInfo,
+    call::{RequestInfo, recorder::Recorder},
     error::ProxyError,
     format::request::{self, RequestFields},
     metrics::Metrics,
     provider::{Route, WireFormat},
     trace::{
         capture::Capturer,
+        context::{TraceContext, TraceSource},
         metadata::{CallMetadata, CaptureLevel},
     },
 };
@@ -101,6 +102,7 @@ pub struct InspectLayer {
     inject_include_usage: bool,
     capturer: Arc<Capturer>,
     buffers: Arc<RequestBuffers>,
+    recorder: Arc<Recorder>,
 }
 
 impl InspectLayer {
@@ -108,11 +110,13 @@ impl InspectLayer {
         inject_include_usage: bool,
         capturer: Arc<Capturer>,
         buffers: Arc<RequestBuffers>,
+        recorder: Arc<Recorder>,
     ) -> Self {
         InspectLayer {
             inject_include_usage,
             capturer,
             buffers,
+            recorder,
         }
     }
 }
@@ -125,6 +129,7 @@ impl<S> Layer<S> for InspectLayer {
             inject_include_usage: self.inject_include_usage,
             capturer: self.capturer.clone(),
             buffers: self.buffers.clone(),
+            recorder: self.recorder.clone(),
         }
     }
 }
@@ -135,6 +140,7 @@ pub struct Inspect<S> {
     inject_include_usage: bool,
     capturer: Arc<Capturer>,
     buffers: Arc<RequestBuffers>,
+    recorder: Arc<Recorder>,
 }
 
 impl<S> Service<Request<RequestBody>> for Inspect<S>
@@ -162,6 +168,7 @@ where
         }
         let inject = self.inject_include_usage && route.provider.stream_usage_injection;
         let capturer = self.capturer.clone();
+        let recorder = self.recorder.clone();
         let held = self.buffers.hold();
         // The service was polled ready; hand that instance to the future and keep a fresh clone.
         let clone = self.inner.clone();
@@ -171,6 +178,9 @@ where
             let (bytes, held) = read_whole(body, &parts.headers, held).await?;
             let path = parts.uri.path().to_string();
             let (info, rewritten, fields) = inspect(&route, &path, &bytes, inject);
+            // Decided here, before the request goes upstream, so the propagated
+            // `traceparent` names the joined trace.
+            let joined = follow_agent_loop(&recorder, &mut parts, route.format, &bytes, &fields);
             let mut content = None;
             if let Some(metadata) = parts.extensions.get_mut::<CallMetadata>() {
                 if let Some(f) = &fields {
@@ -206,6 +216,9 @@ where
             if let Some(slot) = parts.extensions.get::<CallSlot>() {
                 let metadata = parts.extensions.get::<CallMetadata>().cloned();
                 slot.fill_request(info, metadata, content);
+                if let Some(trace) = &joined {
+                    slot.join_trace(trace.clone());
+                }
             }
             let body: RequestBody = Holding::boxed(
                 http_body_util::Full::new(body)
@@ -218,9 +231,54 @@ where
             // compiler cannot prove across the await (rust-lang/rust#64552).
             let response: super::BoxFuture<Result<Response<ProxyBody>, ProxyError>> =
                 Box::pin(inner.call(request));
-            response.await
+            let mut response = response.await?;
+            if let Some(trace) = joined {
+                // For the trace context layer, which names the call's trace in the response.
+                response.extensions_mut().insert(trace);
+            }
+            Ok(response)
         })
     }
+}
+
+/// Tool results and agent loops: the request's tool results end the tool spans of the calls
+/// they answer, and a request with no trace header and no session header that continues an
+/// earlier call (answers its tool calls, or names its response as `previous_response_id`)
+/// joins that call's trace and session. Returns the joined trace, which replaces the one in
+/// the extensions. Explicit headers always win: a request with `traceparent`,
+/// `x-sidetrace-trace-id` or a session header keeps what they say.
+fn follow_agent_loop(
+    recorder: &Recorder,
+    parts: &mut http::request::Parts,
+    format: WireFormat,
+    body: &[u8],
+    fields: &Option<RequestFields>,
+) -> Option<TraceContext> {
+    let tools = recorder.tools()?;
+    let results = request::tool_results(format, body);
+    let previous = fields
+        .as_ref()
+        .and_then(|f| f.previous_response_id.as_deref());
+    let metadata = parts.extensions.get::<CallMetadata>();
+    let asked = metadata.and_then(|m| m.capture);
+    let explicit_session = metadata.is_some_and(|m| m.session_id.is_some());
+    let own = parts.extensions.get::<TraceContext>();
+    let may_join = own.is_some_and(|t| t.source == TraceSource::New) && !explicit_session;
+    let joined = if may_join && (!results.is_empty() || previous.is_some()) {
+        tools.join(&results, previous).and_then(|asker| {
+            let own = parts.extensions.get::<TraceContext>()?;
+            let trace = asker.followed_by(own.span_id);
+            parts.extensions.insert(trace.clone());
+            if let Some(m) = parts.extensions.get_mut::<CallMetadata>() {
+                m.session_id = asker.session_id.clone();
+            }
+            Some(trace)
+        })
+    } else {
+        None
+    };
+    recorder.tool_results(&results, asked);
+    joined
 }
 
 /// Reads the request body whole, holding its bytes against the gateway-wide limit as they come.
