@@ -341,20 +341,29 @@ impl ToolTable {
 
     /// The call a request follows, for a request with no trace header (the join is
     /// counted): the one that asked for a tool call it answers, else the one whose response id
-    /// it names as `previous_response_id`.
+    /// it names as `previous_response_id`. A request that names a session other than that
+    /// call's does not join it.
     pub fn join(
         &self,
         results: &[ToolResult],
         previous_response_id: Option<&str>,
+        session: Option<&str>,
     ) -> Option<Arc<Asker>> {
         let st = self.lock();
-        let (asker, link) = match results.iter().find_map(|r| st.pending.get(&r.call_id)) {
-            Some(p) => (p.asker.clone(), "tool_result"),
-            None => (
-                st.responses.get(previous_response_id?)?.clone(),
-                "previous_response_id",
-            ),
+        let same_session = |a: &Asker| match (session, a.session_id.as_deref()) {
+            (Some(s), Some(theirs)) => s == theirs,
+            _ => true,
         };
+        let by_result = results
+            .iter()
+            .filter_map(|r| st.pending.get(&r.call_id))
+            .find(|p| same_session(&p.asker))
+            .map(|p| (p.asker.clone(), "tool_result"));
+        let by_response = || {
+            let asker = st.responses.get(previous_response_id?)?;
+            same_session(asker).then(|| (asker.clone(), "previous_response_id"))
+        };
+        let (asker, link) = by_result.or_else(by_response)?;
         self.metrics.tools.joined(link);
         Some(asker)
     }

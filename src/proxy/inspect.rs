@@ -242,11 +242,12 @@ where
 }
 
 /// Tool results and agent loops: the request's tool results end the tool spans of the calls
-/// they answer, and a request with no trace header and no session header that continues an
-/// earlier call (answers its tool calls, or names its response as `previous_response_id`)
-/// joins that call's trace and session. Returns the joined trace, which replaces the one in
-/// the extensions. Explicit headers always win: a request with `traceparent`,
-/// `x-sidetrace-trace-id` or a session header keeps what they say.
+/// they answer, and a request with no trace header that continues an earlier call (answers its
+/// tool calls, or names its response as `previous_response_id`) joins that call's trace, and
+/// its session unless the request names one. Returns the joined trace, which replaces the one
+/// in the extensions. Explicit headers always win: a request with `traceparent` or
+/// `x-sidetrace-trace-id` keeps its trace, one with a session header its session (and one
+/// whose session differs from the earlier call's is not joined).
 fn follow_agent_loop(
     recorder: &Recorder,
     parts: &mut http::request::Parts,
@@ -261,19 +262,23 @@ fn follow_agent_loop(
         .and_then(|f| f.previous_response_id.as_deref());
     let metadata = parts.extensions.get::<CallMetadata>();
     let asked = metadata.and_then(|m| m.capture);
-    let explicit_session = metadata.is_some_and(|m| m.session_id.is_some());
+    let session = metadata.and_then(|m| m.session_id.clone());
     let own = parts.extensions.get::<TraceContext>();
-    let may_join = own.is_some_and(|t| t.source == TraceSource::New) && !explicit_session;
+    let may_join = own.is_some_and(|t| t.source == TraceSource::New);
     let joined = if may_join && (!results.is_empty() || previous.is_some()) {
-        tools.join(&results, previous).and_then(|asker| {
-            let own = parts.extensions.get::<TraceContext>()?;
-            let trace = asker.followed_by(own.span_id);
-            parts.extensions.insert(trace.clone());
-            if let Some(m) = parts.extensions.get_mut::<CallMetadata>() {
-                m.session_id = asker.session_id.clone();
-            }
-            Some(trace)
-        })
+        tools
+            .join(&results, previous, session.as_deref())
+            .and_then(|asker| {
+                let own = parts.extensions.get::<TraceContext>()?;
+                let trace = asker.followed_by(own.span_id);
+                parts.extensions.insert(trace.clone());
+                if session.is_none()
+                    && let Some(m) = parts.extensions.get_mut::<CallMetadata>()
+                {
+                    m.session_id = asker.session_id.clone();
+                }
+                Some(trace)
+            })
     } else {
         None
     };

@@ -31,6 +31,20 @@ pub struct CallMetadata {
     pub truncated: u32,
 }
 
+/// Session headers that coding agents and agent gateways send by themselves, first match wins:
+/// Claude Code (`X-Claude-Code-Session-Id`), Codex CLI (`session-id`, older versions
+/// `session_id`), OpenCode (`x-opencode-session`), Amp (`x-amp-thread-id`), Bifrost's
+/// `x-bf-session-id`, and the generic `x-session-id`. They are passed upstream unchanged.
+pub const CODING_AGENT_SESSION_HEADERS: [&str; 7] = [
+    "x-claude-code-session-id",
+    "session-id",
+    "session_id",
+    "x-opencode-session",
+    "x-amp-thread-id",
+    "x-bf-session-id",
+    "x-session-id",
+];
+
 /// Request headers that carry metadata and are stripped before the request goes upstream
 /// (besides every `x-sidetrace-*` header).
 pub fn is_metadata_header(name: &str) -> bool {
@@ -57,6 +71,14 @@ impl CallMetadata {
                     "prompt.version" => m.set(Field::PromptVersion, &value),
                     _ => {}
                 }
+            }
+        }
+        // Session headers coding agents send on their own (lowest priority: any gateway's
+        // own session header wins). Sources in the README ("Sessions").
+        for name in CODING_AGENT_SESSION_HEADERS {
+            if let Some(v) = text(headers, name) {
+                m.set(Field::Session, &v);
+                break;
             }
         }
         if let Some(v) = text(headers, "helicone-user-id") {
