@@ -611,21 +611,58 @@ mod tests {
         let mut b = OutputBuilder::new(0);
         assert!(!b.active());
         b.text("x");
-        b.tool_call("f", "{}");
+        b.tool_call(Some("call_1"), "f", "{}");
+        assert_eq!(
+            b.tool_refs(),
+            [ToolCallRef {
+                id: "call_1".into(),
+                name: "f".into()
+            }],
+            "ids and names are metadata, kept whatever the capture"
+        );
         assert_eq!(b.finish(), None);
+    }
+
+    #[test]
+    fn streamed_ids_stay_with_their_call_captured_or_not() {
+        for max in [0, 1000] {
+            let mut b = OutputBuilder::new(max);
+            b.tool_start(Some(0), Some("call_a"), "a");
+            b.tool_start(Some(1), Some("call_b"), "b");
+            b.tool_args(Some(0), "{}");
+            b.tool_args(Some(1), "{\"q\":1}");
+            b.tool_done(Some(1), None, "b", "");
+            b.tool_call(Some("call_c"), "c", "[]");
+            let refs: Vec<(String, String)> =
+                b.tool_refs().into_iter().map(|r| (r.id, r.name)).collect();
+            let want = [("call_a", "a"), ("call_b", "b"), ("call_c", "c")]
+                .map(|(i, n)| (i.to_string(), n.to_string()));
+            assert_eq!(refs, want);
+            if let Some(out) = b.finish() {
+                let calls: Vec<(&str, &str)> = out
+                    .tool_calls
+                    .iter()
+                    .map(|c| (c.id.as_str(), c.arguments.as_str()))
+                    .collect();
+                assert_eq!(
+                    calls,
+                    [("call_a", "{}"), ("call_b", "{\"q\":1}"), ("call_c", "[]")]
+                );
+            }
+        }
     }
 
     #[test]
     fn keyed_fragments_join_per_call_and_names_are_not_repeated() {
         let mut b = OutputBuilder::new(1000);
-        b.tool_start(Some(0), "a");
-        b.tool_start(Some(1), "b");
+        b.tool_start(Some(0), None, "a");
+        b.tool_start(Some(1), None, "b");
         b.tool_args(Some(0), "{\"x\"");
         b.tool_args(Some(1), "{}");
-        b.tool_start(Some(0), "a");
+        b.tool_start(Some(0), None, "a");
         b.tool_args(Some(0), ":1}");
-        b.tool_done(Some(0), "a", "{\"ignored\":true}");
-        b.tool_done(Some(2), "c", "{\"y\":2}");
+        b.tool_done(Some(0), None, "a", "{\"ignored\":true}");
+        b.tool_done(Some(2), None, "c", "{\"y\":2}");
         let out = b.finish().expect("on");
         let calls: Vec<(&str, &str)> = out
             .tool_calls
@@ -638,8 +675,8 @@ mod tests {
     #[test]
     fn names_and_arguments_count_against_the_budget() {
         let mut b = OutputBuilder::new(8);
-        b.tool_call("fn", "{\"a\":1}");
-        b.tool_call("g", "{}");
+        b.tool_call(None, "fn", "{\"a\":1}");
+        b.tool_call(None, "g", "{}");
         let out = b.finish().expect("on");
         assert_eq!(out.tool_calls.len(), 1);
         assert_eq!(out.tool_calls[0].arguments, "{\"a\":1");
@@ -650,7 +687,7 @@ mod tests {
     fn the_number_of_tool_calls_is_bounded() {
         let mut b = OutputBuilder::new(1 << 20);
         for _ in 0..1000 {
-            b.tool_call("", "");
+            b.tool_call(None, "", "");
         }
         let out = b.finish().expect("on");
         assert_eq!(out.tool_calls.len(), MAX_TOOL_CALLS);
