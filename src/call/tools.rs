@@ -585,3 +585,253 @@ impl ToolTable {
         self.len() == (0, 0)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::{
+        call::record::{Outcome, RequestInfo},
+        config::CaptureConfig,
+        format::{CapturedOutput, ResponseRecord, ToolCallOutput, ToolCallRef},
+        provider::WireFormat,
+        trace::{context::FLAG_SAMPLED, metadata::CallMetadata},
+    };
+
+    fn table(limits: ToolLimits, level: CaptureLevel) -> ToolTable {
+        let capturer = Capturer::from_config(&CaptureConfig {
+            level,
+            ..CaptureConfig::default()
+        })
+        .unwrap();
+        ToolTable::new(limits, Arc::new(capturer), Arc::new(Metrics::new()))
+    }
+
+    fn limits() -> ToolLimits {
+        ToolLimits {
+            max_entries: 100,
+            max_bytes: 1 << 20,
+            unanswered_after: Duration::from_secs(60),
+            app_span_grace: Duration::from_secs(10),
+            max_response_ids: 100,
+        }
+    }
+
+    /// A finished call whose response asked for `calls` (id, name, arguments).
+    fn call(span: u8, parent: Option<u8>, calls: &[(&str, &str, &str)]) -> CallRecord {
+        CallRecord {
+            provider: "openai".into(),
+            gen_ai_provider: "openai".into(),
+            format: WireFormat::ChatCompletions,
+            method: "POST".into(),
+            path: "/v1/chat/completions".into(),
+            server_address: "localhost".into(),
+            server_port: 443,
+            request: RequestInfo::default(),
+            status: Some(200),
+            response: Some(ResponseRecord {
+                response_id: Some(format!("resp_{span}")),
+                tool_calls: calls
+                    .iter()
+                    .map(|(id, name, _)| ToolCallRef {
+                        id: (*id).into(),
+                        name: (*name).into(),
+                    })
+                    .collect(),
+                output: Some(CapturedOutput {
+                    text: String::new(),
+                    tool_calls: calls
+                        .iter()
+                        .map(|(id, name, args)| ToolCallOutput {
+                            id: (*id).into(),
+                            name: (*name).into(),
+                            arguments: (*args).into(),
+                        })
+                        .collect(),
+                    truncated: false,
+                }),
+                ..ResponseRecord::default()
+            }),
+            outcome: Outcome::Completed,
+            error_type: None,
+            started_at: UNIX_EPOCH + Duration::from_secs(1000),
+            duration: Duration::from_millis(250),
+            time_to_headers: None,
+            time_to_first_chunk: None,
+            time_to_first_token: None,
+            trace: TraceContext {
+                trace_id: [7; 16],
+                span_id: [span; 8],
+                parent_span_id: parent.map(|p| [p; 8]),
+                parent_is_remote: false,
+                flags: FLAG_SAMPLED,
+                trace_state: None,
+                source: TraceSource::New,
+            },
+            metadata: CallMetadata {
+                session_id: Some("s1".into()),
+                ..CallMetadata::default()
+            },
+            content: None,
+            kept_content: None,
+            cost_pico_usd: None,
+            priced_model: None,
+        }
+    }
+
+    fn result(id: &str, content: &str, is_error: bool) -> ToolResult {
+        ToolResult {
+            call_id: id.into(),
+            name: None,
+            content: content.into(),
+            is_error,
+        }
+    }
+
+    #[test]
+    fn a_loop_with_no_sdk_is_a_flat_tree_under_its_first_call() {
+        let t = table(limits(), CaptureLevel::Full);
+        let now = Instant::now();
+        t.remember(&call(1, None, &[("c1", "f", "{}")]), now);
+        let asker = t.join(&[result("c1", "x", false)], None, None).unwrap();
+        let second = asker.followed_by([2; 8]);
+        assert_eq!(second.trace_id, [7; 16]);
+        assert_eq!(
+            second.parent_span_id,
+            Some([1; 8]),
+            "the root is the parent"
+        );
+        assert_eq!(second.source, TraceSource::Joined);
+        // The second call's own follower goes under the root too, not under the second.
+        t.remember(&call(2, Some(1), &[("c2", "g", "{}")]), now);
+        let asker = t.join(&[result("c2", "y", false)], None, None).unwrap();
+        assert_eq!(asker.followed_by([3; 8]).parent_span_id, Some([1; 8]));
+        // By response id too, and a request naming another session does not join.
+        assert!(t.join(&[], Some("resp_2"), Some("s1")).is_some());
+        assert!(t.join(&[], Some("resp_2"), Some("other")).is_none());
+        assert!(t.join(&[], Some("resp_unknown"), None).is_none());
+    }
+
+    #[test]
+    fn an_answered_call_makes_one_span_from_the_end_of_the_call_to_the_answer() {
+        let t = table(limits(), CaptureLevel::Full);
+        let now = Instant::now();
+        t.remember(&call(1, None, &[("c1", "search", "{\"q\":1}")]), now);
+        let arrived = UNIX_EPOCH + Duration::from_secs(1002);
+        let spans = t.answer(&[result("c1", "hits", true)], None, arrived, now);
+        assert_eq!(spans.len(), 1);
+        let (s, stored) = &spans[0];
+        assert_eq!(stored, &None, "no store: one copy");
+        assert_eq!(s.name, "execute_tool search");
+        assert_eq!(s.kind, "internal");
+        assert_eq!(s.parent_span_id, Some([1; 8]));
+        assert_eq!(s.start_unix_nanos, 1_000_250_000_000);
+        assert_eq!(s.end_unix_nanos, 1_002_000_000_000);
+        assert!(matches!(s.status, SpanStatus::Error(_)));
+        assert_eq!(
+            s.attr("gen_ai.tool.call.arguments"),
+            Some(&AttrValue::Str("{\"q\":1}".into()))
+        );
+        assert_eq!(
+            s.attr("gen_ai.tool.call.result"),
+            Some(&AttrValue::Str("hits".into()))
+        );
+        // Answered once: a second answer makes nothing.
+        assert!(
+            t.answer(&[result("c1", "hits", false)], None, arrived, now)
+                .is_empty()
+        );
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn without_content_capture_a_span_has_no_arguments_or_result() {
+        let t = table(limits(), CaptureLevel::Metadata);
+        let now = Instant::now();
+        t.remember(&call(1, None, &[("c1", "f", "{\"secret\":1}")]), now);
+        let spans = t.answer(&[result("c1", "r", false)], None, SystemTime::now(), now);
+        let (s, _) = &spans[0];
+        assert_eq!(s.attr("gen_ai.tool.call.arguments"), None);
+        assert_eq!(s.attr("gen_ai.tool.call.result"), None);
+        assert_eq!(
+            s.attr("gen_ai.tool.call.id"),
+            Some(&AttrValue::Str("c1".into()))
+        );
+    }
+
+    #[test]
+    fn bytes_bound_the_table_and_the_oldest_calls_go_first() {
+        let t = table(
+            ToolLimits {
+                max_bytes: 1000,
+                ..limits()
+            },
+            CaptureLevel::Full,
+        );
+        let now = Instant::now();
+        let big = "x".repeat(400);
+        for i in 0..5u8 {
+            t.remember(&call(i + 1, None, &[(&format!("c{i}"), "f", &big)]), now);
+        }
+        let (pending, _) = t.len();
+        assert!(pending < 5 && pending >= 1, "{pending}");
+        assert!(t.join(&[result("c4", "", false)], None, None).is_some());
+        assert!(t.join(&[result("c0", "", false)], None, None).is_none());
+    }
+
+    #[test]
+    fn unanswered_calls_end_after_the_wait_and_shutdown_ends_the_rest() {
+        let t = table(limits(), CaptureLevel::Full);
+        let now = Instant::now();
+        t.remember(&call(1, None, &[("c1", "f", "{}")]), now);
+        assert!(t.sweep(now + Duration::from_secs(59)).is_empty());
+        let spans = t.sweep(now + Duration::from_secs(60));
+        assert_eq!(spans.len(), 1);
+        let (s, _) = &spans[0];
+        assert_eq!(
+            s.attr("sidetrace.tool.unanswered"),
+            Some(&AttrValue::Bool(true))
+        );
+        assert_eq!(s.end_unix_nanos - s.start_unix_nanos, 60_000_000_000);
+
+        t.remember(&call(2, None, &[("c2", "g", "{}")]), now);
+        let spans = t.drain();
+        assert_eq!(spans.len(), 1);
+        assert_eq!(
+            spans[0].0.attr("sidetrace.tool.unanswered_reason"),
+            Some(&AttrValue::Str("shutdown".into()))
+        );
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn while_apps_send_spans_a_finished_span_is_held_and_the_apps_own_wins() {
+        let t = table(limits(), CaptureLevel::Full);
+        t.set_app_sends_spans(true);
+        let now = Instant::now();
+        t.remember(&call(1, None, &[("c1", "f", "{}"), ("c2", "g", "{}")]), now);
+        let arrived = SystemTime::now();
+        let out = t.answer(
+            &[result("c1", "", false), result("c2", "", false)],
+            None,
+            arrived,
+            now,
+        );
+        assert!(out.is_empty(), "held");
+        t.app_reported([7; 16], "c1");
+        t.app_reported([9; 16], "c2"); // another trace: not the same call
+        assert!(t.sweep(now + Duration::from_secs(9)).is_empty());
+        let out = t.sweep(now + Duration::from_secs(10));
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].0.name, "execute_tool g");
+        // Switched off: emitted at once.
+        t.set_app_sends_spans(false);
+        t.remember(&call(2, None, &[("c3", "h", "{}")]), now);
+        assert_eq!(
+            t.answer(&[result("c3", "", false)], None, arrived, now)
+                .len(),
+            1
+        );
+    }
+}

@@ -592,4 +592,67 @@ mod tests {
             [("k".into(), "v".into()), ("n".into(), "1".into())]
         );
     }
+
+    #[test]
+    fn tool_results_are_read_from_every_api_shape() {
+        let read = |format, body: Value| {
+            let r = tool_results(format, body.to_string().as_bytes());
+            r.into_iter()
+                .map(|r| (r.call_id, r.content, r.is_error))
+                .collect::<Vec<_>>()
+        };
+        let owned = |v: &[(&str, &str, bool)]| {
+            v.iter()
+                .map(|(i, c, e)| (i.to_string(), c.to_string(), *e))
+                .collect::<Vec<_>>()
+        };
+        let chat = json!({"messages": [
+            {"role": "user", "content": "hi"},
+            {"role": "tool", "tool_call_id": "call_1", "content": "18C"},
+            {"role": "tool", "tool_call_id": "call_2", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}]});
+        assert_eq!(
+            read(WireFormat::ChatCompletions, chat),
+            owned(&[("call_1", "18C", false), ("call_2", "a\nb", false)])
+        );
+        let responses = json!({"previous_response_id": "resp_1", "input": [
+            {"type": "function_call_output", "call_id": "call_9", "output": "{\"ok\":true}"}]});
+        assert_eq!(
+            read(WireFormat::Responses, responses),
+            owned(&[("call_9", "{\"ok\":true}", false)])
+        );
+        let anthropic = json!({"messages": [{"role": "user", "content": [
+            {"type": "tool_result", "tool_use_id": "toolu_1", "content": "fine"},
+            {"type": "tool_result", "tool_use_id": "toolu_2", "content": [{"type": "text", "text": "boom"}], "is_error": true}]}]});
+        assert_eq!(
+            read(WireFormat::Messages, anthropic.clone()),
+            owned(&[("toolu_1", "fine", false), ("toolu_2", "boom", true)])
+        );
+        // Anthropic bodies through Bedrock InvokeModel read the same.
+        assert_eq!(read(WireFormat::InvokeModel, anthropic).len(), 2);
+        let converse = json!({"messages": [{"role": "user", "content": [
+            {"toolResult": {"toolUseId": "tooluse_1", "content": [{"json": {"n": 1}}]}},
+            {"toolResult": {"toolUseId": "tooluse_2", "content": [{"text": "denied"}], "status": "error"}}]}]});
+        assert_eq!(
+            read(WireFormat::Converse, converse),
+            owned(&[
+                ("tooluse_1", "{\"n\":1}", false),
+                ("tooluse_2", "denied", true)
+            ])
+        );
+        let gemini = json!({"contents": [{"role": "user", "parts": [
+            {"functionResponse": {"name": "get_weather", "response": {"t": 18}}},
+            {"functionResponse": {"name": "get_weather", "response": {"t": 9}}},
+            {"functionResponse": {"id": "fc_7", "name": "lookup", "response": {"error": "no such sku"}}}]}]});
+        assert_eq!(
+            read(WireFormat::GenerateContent, gemini),
+            owned(&[
+                ("get_weather#0", "{\"t\":18}", false),
+                ("get_weather#1", "{\"t\":9}", false),
+                ("fc_7", "{\"error\":\"no such sku\"}", true),
+            ])
+        );
+        // A body without any tool result is not parsed again.
+        assert!(tool_results(WireFormat::ChatCompletions, b"{\"messages\":[]}").is_empty());
+        assert!(tool_results(WireFormat::Passthrough, b"{\"tool_call_id\":1}").is_empty());
+    }
 }
