@@ -775,7 +775,7 @@ mod tests {
             t.remember(&call(i + 1, None, &[(&format!("c{i}"), "f", &big)]), now);
         }
         let (pending, _) = t.len();
-        assert!(pending < 5 && pending >= 1, "{pending}");
+        assert!((1..5).contains(&pending), "{pending}");
         assert!(t.join(&[result("c4", "", false)], None, None).is_some());
         assert!(t.join(&[result("c0", "", false)], None, None).is_none());
     }
