@@ -317,6 +317,39 @@ mod tests {
     }
 
     #[test]
+    fn coding_agent_session_headers_give_the_session_and_gateway_headers_win() {
+        for name in CODING_AGENT_SESSION_HEADERS {
+            let m = CallMetadata::from_headers(&h(&[(name, "agent-s1")]));
+            assert_eq!(m.session_id.as_deref(), Some("agent-s1"), "{name}");
+        }
+        let m = CallMetadata::from_headers(&h(&[
+            ("x-claude-code-session-id", "cc"),
+            ("session-id", "codex"),
+        ]));
+        assert_eq!(
+            m.session_id.as_deref(),
+            Some("cc"),
+            "first in the list wins"
+        );
+        let m = CallMetadata::from_headers(&h(&[
+            ("x-claude-code-session-id", "cc"),
+            ("helicone-session-id", "helicone"),
+        ]));
+        assert_eq!(m.session_id.as_deref(), Some("helicone"));
+        let m = CallMetadata::from_headers(&h(&[
+            ("x-claude-code-session-id", "cc"),
+            ("x-sidetrace-session-id", "mine"),
+        ]));
+        assert_eq!(m.session_id.as_deref(), Some("mine"));
+        assert!(
+            CODING_AGENT_SESSION_HEADERS
+                .iter()
+                .all(|n| !is_metadata_header(n)),
+            "passed upstream unchanged"
+        );
+    }
+
+    #[test]
     fn sidetrace_headers_fill_every_field() {
         let m = CallMetadata::from_headers(&h(&[
             ("x-sidetrace-feature", "support_agent"),
