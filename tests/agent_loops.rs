@@ -6,7 +6,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::*;
+use common::{
+    otlp::{AttrValue as Otlp, Collector, Transport},
+    *,
+};
 use serde_json::{Value, json};
 
 /// Full capture everywhere, so arguments and results can be checked.
@@ -516,4 +519,57 @@ async fn a_tool_span_the_app_reported_itself_is_dropped_after_the_hold() {
         2.0
     );
     wait_metric(&gw, "sidetrace_tool_spans_emitted_total", 2.0).await;
+}
+
+#[tokio::test]
+async fn tool_spans_are_exported_at_the_export_level_and_shutdown_ends_the_waiting_calls() {
+    let collector = Collector::start(Transport::Http).await;
+    let mock = Mock::start(openai).await;
+    let extra = format!(
+        "[capture]\nlevel = \"metadata\"\n[store]\ncapture = \"full\"\n[export]\nendpoint = {:?}\nprotocol = \"http/protobuf\"\nbatch_delay_ms = 20\n",
+        collector.endpoint()
+    );
+    let gw = gateway_for(&mock, &extra).await;
+    let first = post(&gw, "/openai/v1/chat/completions", &[], CHAT_1).await;
+    let trace = header(&first, "x-sidetrace-trace-id");
+    post(&gw, "/openai/v1/chat/completions", &[], &chat_2()).await;
+    // The store keeps its own level (full): arguments and result.
+    let spans = trace_with(&gw, &trace, 4).await;
+    let stored = by_name(&spans, "execute_tool get_weather");
+    assert_eq!(stored["attributes"]["gen_ai.tool.call.result"], "sunny");
+    // The export keeps its level (metadata): ids and names, no content.
+    let exported = collector.wait_for_spans(4, Duration::from_secs(20)).await;
+    let tools: Vec<_> = exported
+        .iter()
+        .filter(|s| s.name.starts_with("execute_tool "))
+        .collect();
+    assert_eq!(tools.len(), 2);
+    for t in &tools {
+        assert_eq!(t.trace_id, trace);
+        assert_eq!(t.kind, 1, "INTERNAL");
+        assert!(t.attributes.contains_key("gen_ai.tool.call.id"));
+        assert!(!t.attributes.contains_key("gen_ai.tool.call.arguments"));
+        assert!(!t.attributes.contains_key("gen_ai.tool.call.result"));
+    }
+    // A loop left waiting at shutdown: its calls end as unanswered, exported before exit.
+    let again = post(&gw, "/openai/v1/chat/completions", &[], CHAT_1).await;
+    let waiting = header(&again, "x-sidetrace-trace-id");
+    gw.shutdown().await;
+    let exported = collector.wait_for_spans(7, Duration::from_secs(20)).await;
+    let ended: Vec<_> = exported
+        .iter()
+        .filter(|s| s.trace_id == waiting && s.name.starts_with("execute_tool "))
+        .collect();
+    assert_eq!(ended.len(), 2, "{exported:#?}");
+    for t in ended {
+        assert_eq!(
+            t.attributes.get("sidetrace.tool.unanswered"),
+            Some(&Otlp::Bool(true))
+        );
+        assert_eq!(
+            t.attributes.get("sidetrace.tool.unanswered_reason"),
+            Some(&Otlp::Str("shutdown".into()))
+        );
+    }
+    collector.stop().await;
 }
