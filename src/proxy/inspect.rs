@@ -20,6 +20,7 @@ use tower::{Layer, Service};
 
 use super::{
     body::{Holding, ProxyBody, RequestBody},
+    context::JoinedTrace,
     record::CallSlot,
 };
 use crate::{
@@ -220,6 +221,10 @@ where
                     slot.join_trace(trace.clone());
                 }
             }
+            // For the trace context layer, which names the call's trace in the response.
+            if let (Some(trace), Some(cell)) = (&joined, parts.extensions.get::<JoinedTrace>()) {
+                cell.set(trace.clone());
+            }
             let body: RequestBody = Holding::boxed(
                 http_body_util::Full::new(body)
                     .map_err(|never| match never {})
@@ -231,12 +236,7 @@ where
             // compiler cannot prove across the await (rust-lang/rust#64552).
             let response: super::BoxFuture<Result<Response<ProxyBody>, ProxyError>> =
                 Box::pin(inner.call(request));
-            let mut response = response.await?;
-            if let Some(trace) = joined {
-                // For the trace context layer, which names the call's trace in the response.
-                response.extensions_mut().insert(trace);
-            }
-            Ok(response)
+            response.await
         })
     }
 }
