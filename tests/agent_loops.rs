@@ -435,29 +435,39 @@ async fn explicit_trace_and_session_headers_win_over_joining() {
         span1.as_str()
     );
 
-    // A session header other than the asking call's: not joined, its session kept.
-    post(
-        &gw,
-        "/openai/v1/chat/completions",
-        &[("x-sidetrace-session-id", "alice")],
-        CHAT_1,
-    )
-    .await;
-    let other = post(
-        &gw,
-        "/openai/v1/chat/completions",
-        &[("x-sidetrace-session-id", "bob")],
-        &chat_2(),
-    )
-    .await;
-    let other_trace = header(&other, "x-sidetrace-trace-id");
-    let calls = gw.recent_calls();
-    let bob = calls
-        .iter()
-        .find(|c| c.trace.trace_id_hex() == other_trace)
-        .unwrap();
-    assert_eq!(bob.metadata.session_id.as_deref(), Some("bob"));
-    assert_eq!(bob.trace.parent_span_id, None, "a new trace of its own");
+    // A session header set on purpose, even the asking call's own: not joined, its session
+    // kept. A coding agent's own session header other than the asking call's: not joined.
+    for (name, asking, answering) in [
+        ("x-sidetrace-session-id", "alice", "bob"),
+        ("x-sidetrace-session-id", "alice", "alice"),
+        ("x-claude-code-session-id", "cc-1", "cc-2"),
+    ] {
+        post(
+            &gw,
+            "/openai/v1/chat/completions",
+            &[(name, asking)],
+            CHAT_1,
+        )
+        .await;
+        let other = post(
+            &gw,
+            "/openai/v1/chat/completions",
+            &[(name, answering)],
+            &chat_2(),
+        )
+        .await;
+        let other_trace = header(&other, "x-sidetrace-trace-id");
+        let calls = gw.recent_calls();
+        let call = calls
+            .iter()
+            .find(|c| c.trace.trace_id_hex() == other_trace)
+            .unwrap();
+        assert_eq!(call.metadata.session_id.as_deref(), Some(answering));
+        assert_eq!(
+            call.trace.parent_span_id, None,
+            "{name}: a new trace of its own"
+        );
+    }
     assert_eq!(
         metric(&gw, "sidetrace_traces_joined_total").await,
         0.0,

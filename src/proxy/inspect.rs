@@ -242,12 +242,14 @@ where
 }
 
 /// Tool results and agent loops: the request's tool results end the tool spans of the calls
-/// they answer, and a request with no trace header that continues an earlier call (answers its
-/// tool calls, or names its response as `previous_response_id`) joins that call's trace, and
-/// its session unless the request names one. Returns the joined trace, which replaces the one
-/// in the extensions. Explicit headers always win: a request with `traceparent` or
-/// `x-sidetrace-trace-id` keeps its trace, one with a session header its session (and one
-/// whose session differs from the earlier call's is not joined).
+/// they answer, and a request with no trace header and no explicit session header that
+/// continues an earlier call (answers its tool calls, or names its response as
+/// `previous_response_id`) joins that call's trace, and its session unless a coding agent's
+/// own session header names one. Returns the joined trace, which replaces the one in the
+/// extensions. Explicit headers always win: a request with `traceparent`,
+/// `x-sidetrace-trace-id` or a session header set on purpose (`x-sidetrace-session-id` and its
+/// aliases) is not joined; one whose coding-agent session differs from the earlier call's is
+/// not joined either.
 fn follow_agent_loop(
     recorder: &Recorder,
     parts: &mut http::request::Parts,
@@ -263,8 +265,9 @@ fn follow_agent_loop(
     let metadata = parts.extensions.get::<CallMetadata>();
     let asked = metadata.and_then(|m| m.capture);
     let session = metadata.and_then(|m| m.session_id.clone());
+    let explicit_session = metadata.is_some_and(|m| m.session_explicit);
     let own = parts.extensions.get::<TraceContext>();
-    let may_join = own.is_some_and(|t| t.source == TraceSource::New);
+    let may_join = own.is_some_and(|t| t.source == TraceSource::New) && !explicit_session;
     let joined = if may_join && (!results.is_empty() || previous.is_some()) {
         tools
             .join(&results, previous, session.as_deref())

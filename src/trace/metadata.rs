@@ -29,6 +29,11 @@ pub struct CallMetadata {
     pub capture: Option<CaptureLevel>,
     /// Values or keys cut to the bounds.
     pub truncated: u32,
+    /// The session came from a header the caller set on purpose (`x-sidetrace-session-id`,
+    /// `helicone-session-id`, `baggage`), not one a coding agent sends on its own: such a call
+    /// is never joined to an agent loop's trace (see `call::tools`).
+    #[serde(default)]
+    pub session_explicit: bool,
 }
 
 /// Session headers that coding agents and agent gateways send by themselves, first match wins:
@@ -71,14 +76,6 @@ impl CallMetadata {
                     "prompt.version" => m.set(Field::PromptVersion, &value),
                     _ => {}
                 }
-            }
-        }
-        // Session headers coding agents send on their own (lowest priority: any gateway's
-        // own session header wins). Sources in the README ("Sessions").
-        for name in CODING_AGENT_SESSION_HEADERS {
-            if let Some(v) = text(headers, name) {
-                m.set(Field::Session, &v);
-                break;
             }
         }
         if let Some(v) = text(headers, "helicone-user-id") {
@@ -138,6 +135,16 @@ impl CallMetadata {
         }
         if let Some(v) = text(headers, "x-sidetrace-tags") {
             m.add_tags(&v);
+        }
+        // Session headers coding agents send on their own, only when no header set one on
+        // purpose (those win). Sources in the README ("Sessions").
+        m.session_explicit = m.session_id.is_some();
+        if !m.session_explicit
+            && let Some(v) = CODING_AGENT_SESSION_HEADERS
+                .iter()
+                .find_map(|name| text(headers, name))
+        {
+            m.set(Field::Session, &v);
         }
         if let Some(v) = text(headers, "x-sidetrace-capture") {
             m.capture = CaptureLevel::parse(&v);
@@ -336,6 +343,12 @@ mod tests {
             ("helicone-session-id", "helicone"),
         ]));
         assert_eq!(m.session_id.as_deref(), Some("helicone"));
+        assert!(m.session_explicit);
+        let m = CallMetadata::from_headers(&h(&[
+            ("x-claude-code-session-id", "cc"),
+            ("baggage", "session.id=from-baggage"),
+        ]));
+        assert_eq!(m.session_id.as_deref(), Some("from-baggage"));
         let m = CallMetadata::from_headers(&h(&[
             ("x-claude-code-session-id", "cc"),
             ("x-sidetrace-session-id", "mine"),
