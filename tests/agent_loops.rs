@@ -137,6 +137,21 @@ async fn an_openai_chat_loop_without_trace_headers_is_one_trace_with_a_tool_span
         span1.as_str(),
         "the first call is the root"
     );
+    // The output message names each tool call by its id, as the next input's results do.
+    let output: Value = serde_json::from_str(
+        call1["attributes"]["gen_ai.output.messages"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    let ids: Vec<&str> = output[0]["parts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["type"] == "tool_call")
+        .map(|p| p["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["call_weather", "call_time"]);
     for (name, id, args, result) in [
         (
             "get_weather",

@@ -195,15 +195,10 @@ impl Recorder {
         if let (Some(content), Some(response)) = (&mut call.content, &call.response)
             && let Some(output) = &response.output
         {
-            let tool_calls: Vec<(String, String)> = output
-                .tool_calls
-                .iter()
-                .map(|t| (t.name.clone(), t.arguments.clone()))
-                .collect();
             self.capturer.output(
                 content,
                 &output.text,
-                &tool_calls,
+                &output.tool_calls,
                 response.finish_reasons.first().map(String::as_str),
             );
             content.truncated |= output.truncated;
