@@ -278,6 +278,100 @@ impl IngestMetrics {
     }
 }
 
+/// Tool spans read from the wire and agent loops joined (`call::tools`).
+pub struct ToolMetrics {
+    /// Tool spans emitted (answered, unanswered, released after the dedupe hold).
+    pub emitted: Counter,
+    /// Tool calls answered, by result (`ok`, `error`).
+    answered: Family<ResultLabels, Counter>,
+    /// Tool calls never answered within the wait (their span is emitted, marked).
+    pub unanswered: Counter,
+    /// Tool spans not emitted: `app_reported` (the app sent its own).
+    dropped: Family<ReasonLabels, Counter>,
+    /// Entries pushed out of the bounded tables: `count`, `bytes`, `response_ids`.
+    evicted: Family<ReasonLabels, Counter>,
+    /// Requests without a trace header that joined an earlier call's trace, by what linked
+    /// them (`tool_result`, `previous_response_id`).
+    joined: Family<ReasonLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
+impl ToolMetrics {
+    fn register(registry: &mut Registry) -> ToolMetrics {
+        let m = ToolMetrics {
+            emitted: Counter::default(),
+            answered: Family::default(),
+            unanswered: Counter::default(),
+            dropped: Family::default(),
+            evicted: Family::default(),
+            joined: Family::default(),
+        };
+        for result in ["ok", "error"] {
+            let _ = m.answered.get_or_create(&ResultLabels { result });
+        }
+        let _ = m.dropped.get_or_create(&ReasonLabels {
+            reason: "app_reported",
+        });
+        for reason in ["count", "bytes", "response_ids"] {
+            let _ = m.evicted.get_or_create(&ReasonLabels { reason });
+        }
+        for reason in ["tool_result", "previous_response_id"] {
+            let _ = m.joined.get_or_create(&ReasonLabels { reason });
+        }
+        registry.register(
+            "sidetrace_tool_spans_emitted",
+            "execute_tool spans the gateway made from tool calls and results read from the wire",
+            m.emitted.clone(),
+        );
+        registry.register(
+            "sidetrace_tool_calls_answered",
+            "Tool calls a later request answered, by result (ok, error)",
+            m.answered.clone(),
+        );
+        registry.register(
+            "sidetrace_tool_calls_unanswered",
+            "Tool calls never answered within trace.tool_unanswered_ms (their span is marked)",
+            m.unanswered.clone(),
+        );
+        registry.register(
+            "sidetrace_tool_spans_dropped",
+            "Tool spans not emitted because the app sent its own for the same call id (app_reported)",
+            m.dropped.clone(),
+        );
+        registry.register(
+            "sidetrace_tool_pending_evicted",
+            "Entries pushed out of the bounded tool tables, by reason (count, bytes, response_ids)",
+            m.evicted.clone(),
+        );
+        registry.register(
+            "sidetrace_traces_joined",
+            "Requests without trace headers joined to an earlier call's trace, by link (tool_result, previous_response_id)",
+            m.joined.clone(),
+        );
+        m
+    }
+
+    pub fn answered(&self, result: &'static str) {
+        self.answered.get_or_create(&ResultLabels { result }).inc();
+    }
+
+    pub fn dropped(&self, reason: &'static str) {
+        self.dropped.get_or_create(&ReasonLabels { reason }).inc();
+    }
+
+    pub fn evicted(&self, reason: &'static str) {
+        self.evicted.get_or_create(&ReasonLabels { reason }).inc();
+    }
+
+    pub fn joined(&self, reason: &'static str) {
+        self.joined.get_or_create(&ReasonLabels { reason }).inc();
+    }
+}
+
 type HistogramFamily = Family<ProviderLabels, Histogram, fn() -> Histogram>;
 
 fn overhead_histogram() -> Histogram {
@@ -327,6 +421,7 @@ pub struct Metrics {
     pub connections: ConnectionMetrics,
     pub store: StoreMetrics,
     pub ingest: IngestMetrics,
+    pub tools: ToolMetrics,
     store_damaged: Family<StoreLabels, Counter>,
     pub cost_calls_lost: Counter,
     scores: ScoreMetrics,
@@ -578,6 +673,7 @@ impl Metrics {
         let store = StoreMetrics::register(&mut registry);
         let scores = ScoreMetrics::register(&mut registry);
         let ingest = IngestMetrics::register(&mut registry);
+        let tools = ToolMetrics::register(&mut registry);
         let store_damaged = Family::<StoreLabels, Counter>::default();
         registry.register(
             "sidetrace_store_damaged",
@@ -624,6 +720,7 @@ impl Metrics {
             connections,
             store,
             ingest,
+            tools,
             store_damaged,
             cost_calls_lost,
             scores,

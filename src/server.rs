@@ -37,6 +37,7 @@ use crate::{
     call::{
         recorder::{Recorder, RecorderParts},
         sink::Sink,
+        tools::{ToolLimits, ToolTable},
     },
     config::{Config, ConfigError},
     cost::{PriceBook, PriceBookCell},
@@ -96,6 +97,9 @@ pub struct Gateway {
     pub ingest_http_addr: Option<SocketAddr>,
     pub ingest_grpc_addr: Option<SocketAddr>,
     pub metrics: Arc<Metrics>,
+    /// Tool calls awaiting their results (`None` when `[trace] tool_spans` is off): the OTLP
+    /// receiver reports the app's own `execute_tool` spans here.
+    pub tools: Option<Arc<ToolTable>>,
     prices: Arc<PriceBookCell>,
     shutdown: watch::Sender<bool>,
     task: JoinHandle<ShutdownReport>,
@@ -200,6 +204,13 @@ impl Gateway {
             sinks.push(sink.clone());
         }
         sinks.extend(extra_sinks);
+        let tools = config.trace.tool_spans.then(|| {
+            Arc::new(ToolTable::new(
+                ToolLimits::from_config(&config.trace),
+                capturer.clone(),
+                metrics.clone(),
+            ))
+        });
         let recorder = Arc::new(Recorder::new(RecorderParts {
             prices: prices.clone(),
             pricing: config.cost.enabled,
@@ -207,7 +218,18 @@ impl Gateway {
             sinks,
             export,
             store: store_sink,
+            tools: tools.clone(),
         }));
+        // Ends tool calls never answered and releases tool spans held for the app's own.
+        let tool_sweeper = tools.clone().map(|table| {
+            let recorder = recorder.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(table.sweep_every()).await;
+                    recorder.sweep_tools();
+                }
+            })
+        });
         let proxy = stack::build(
             &config,
             registry.clone(),
@@ -263,6 +285,7 @@ impl Gateway {
             ..proxy_limits
         };
         let serve_metrics = metrics.clone();
+        let tool_recorder = recorder.clone();
         let task = tokio::spawn(async move {
             // The receiver stops taking spans when the proxy stops taking calls; both finish
             // what they hold before the export drains.
@@ -316,7 +339,13 @@ impl Gateway {
             for task in ingest_tasks {
                 let _ = task.await;
             }
-            // Every call has ended: export what is queued, spool the rest.
+            // Every call has ended: tool spans still held or pending go out now (pending calls
+            // as unanswered, reason `shutdown`), then export what is queued, spool the rest.
+            if let Some(sweeper) = tool_sweeper {
+                sweeper.abort();
+            }
+            tool_recorder.drain_tools();
+            drop(tool_recorder);
             if let Some(tasks) = export_tasks {
                 tasks.shutdown(export_deadline).await;
             }
@@ -345,6 +374,7 @@ impl Gateway {
             ingest_http_addr,
             ingest_grpc_addr,
             metrics,
+            tools,
             prices,
             shutdown,
             task,

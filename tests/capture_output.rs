@@ -72,10 +72,11 @@ fn output(format: WireFormat, provider: &str, ct: &str, body: &[u8]) -> Captured
     whole.output.expect("capture was on")
 }
 
-fn calls(pairs: &[(&str, &str)]) -> Vec<ToolCallOutput> {
-    pairs
+fn calls(triples: &[(&str, &str, &str)]) -> Vec<ToolCallOutput> {
+    triples
         .iter()
-        .map(|(name, arguments)| ToolCallOutput {
+        .map(|(id, name, arguments)| ToolCallOutput {
+            id: (*id).to_owned(),
             name: (*name).to_owned(),
             arguments: (*arguments).to_owned(),
         })
@@ -140,6 +141,9 @@ fn openai_chat_expected(body: &[u8]) -> (String, Vec<ToolCallOutput>) {
                 if let Some(name) = call["function"]["name"].as_str() {
                     entry.name = name.to_owned();
                 }
+                if let Some(id) = call["id"].as_str() {
+                    entry.id = id.to_owned();
+                }
                 entry
                     .arguments
                     .push_str(str_of(&call["function"]["arguments"]));
@@ -157,8 +161,9 @@ fn anthropic_expected(body: &[u8]) -> (String, Vec<ToolCallOutput>) {
         let index = event["index"].as_u64().unwrap_or(0);
         match str_of(&event["type"]) {
             "content_block_start" if event["content_block"]["type"] == "tool_use" => {
-                tools.entry(index).or_default().name =
-                    str_of(&event["content_block"]["name"]).to_owned();
+                let entry = tools.entry(index).or_default();
+                entry.name = str_of(&event["content_block"]["name"]).to_owned();
+                entry.id = str_of(&event["content_block"]["id"]).to_owned();
             }
             "content_block_delta" => match str_of(&event["delta"]["type"]) {
                 "text_delta" => text.push_str(str_of(&event["delta"]["text"])),
@@ -196,8 +201,16 @@ fn openai_parallel_tool_calls_are_reassembled_by_index_with_their_exact_argument
     assert_eq!(
         out.tool_calls,
         calls(&[
-            ("get_weather", r#"{"city":"Paris","unit":"celsius"}"#),
-            ("get_weather", r#"{"city":"Tokyo","unit":"celsius"}"#),
+            (
+                "call_Xk29RbW7Lm3QpTf8vNd2YhGs",
+                "get_weather",
+                r#"{"city":"Paris","unit":"celsius"}"#
+            ),
+            (
+                "call_Pq7ZmV2cKt9HwJx4sRb6NeLa",
+                "get_weather",
+                r#"{"city":"Tokyo","unit":"celsius"}"#
+            ),
         ])
     );
     for call in &out.tool_calls {
@@ -220,10 +233,44 @@ fn anthropic_tool_use_input_fragments_are_joined_and_the_text_comes_before() {
     assert_eq!(
         out.tool_calls,
         calls(&[(
+            "toolu_01Bx8RnQ5wVt3LyKd7HsZm2P",
             "get_order_status",
             r#"{"order_id": "A-104472", "include_history": true}"#
         )])
     );
+}
+
+#[test]
+fn tool_call_ids_and_names_are_read_with_capture_off() {
+    for (file, format, want) in [
+        (
+            "openai/chat_stream_tool_calls.sse",
+            WireFormat::ChatCompletions,
+            vec![
+                ("call_Xk29RbW7Lm3QpTf8vNd2YhGs", "get_weather"),
+                ("call_Pq7ZmV2cKt9HwJx4sRb6NeLa", "get_weather"),
+            ],
+        ),
+        (
+            "anthropic/stream_tool_use.sse",
+            WireFormat::Messages,
+            vec![("toolu_01Bx8RnQ5wVt3LyKd7HsZm2P", "get_order_status")],
+        ),
+    ] {
+        let body = body(file);
+        for record in [
+            parse(format, "openai", SSE, &body, 0),
+            parse_bytewise(format, "openai", SSE, &body, 0),
+        ] {
+            assert_eq!(record.output, None, "capture is off");
+            let got: Vec<(&str, &str)> = record
+                .tool_calls
+                .iter()
+                .map(|t| (t.id.as_str(), t.name.as_str()))
+                .collect();
+            assert_eq!(got, want, "{file}");
+        }
+    }
 }
 
 #[test]
@@ -542,7 +589,10 @@ fn non_streamed_tool_calls_keep_their_arguments_as_json_text_in_key_order() {
         JSON,
         openai.as_bytes(),
     );
-    assert_eq!(out.tool_calls, calls(&[("f", r#"{"b":1,"a":2}"#)]));
+    assert_eq!(
+        out.tool_calls,
+        calls(&[("call_1", "f", r#"{"b":1,"a":2}"#)])
+    );
 
     let anthropic = r#"{"id":"msg_1","type":"message","model":"claude","content":[{"type":"text","text":"Let me check."},{"type":"tool_use","id":"toolu_1","name":"lookup","input":{"zeta":"z","alpha":[1,2]}}],"stop_reason":"tool_use","usage":{"input_tokens":1,"output_tokens":2}}"#;
     let out = output(
@@ -554,7 +604,7 @@ fn non_streamed_tool_calls_keep_their_arguments_as_json_text_in_key_order() {
     assert_eq!(out.text, "Let me check.");
     assert_eq!(
         out.tool_calls,
-        calls(&[("lookup", r#"{"zeta":"z","alpha":[1,2]}"#)])
+        calls(&[("toolu_1", "lookup", r#"{"zeta":"z","alpha":[1,2]}"#)])
     );
 
     let responses = r#"{"id":"resp_1","object":"response","model":"gpt-5","status":"completed","output":[{"type":"reasoning","summary":[]},{"type":"message","content":[{"type":"output_text","text":"Calling."}]},{"type":"function_call","call_id":"call_1","name":"get_weather","arguments":"{\"city\":\"Oslo\"}"}],"usage":{"input_tokens":1,"output_tokens":2}}"#;
@@ -562,13 +612,13 @@ fn non_streamed_tool_calls_keep_their_arguments_as_json_text_in_key_order() {
     assert_eq!(out.text, "Calling.");
     assert_eq!(
         out.tool_calls,
-        calls(&[("get_weather", r#"{"city":"Oslo"}"#)])
+        calls(&[("call_1", "get_weather", r#"{"city":"Oslo"}"#)])
     );
 
     let converse = r#"{"output":{"message":{"role":"assistant","content":[{"text":"Sure."},{"toolUse":{"toolUseId":"t1","name":"search","input":{"q":"s3"}}}]}},"stopReason":"tool_use","usage":{"inputTokens":1,"outputTokens":2}}"#;
     let out = output(WireFormat::Converse, "bedrock", JSON, converse.as_bytes());
     assert_eq!(out.text, "Sure.");
-    assert_eq!(out.tool_calls, calls(&[("search", r#"{"q":"s3"}"#)]));
+    assert_eq!(out.tool_calls, calls(&[("t1", "search", r#"{"q":"s3"}"#)]));
 }
 
 #[test]
@@ -588,7 +638,10 @@ fn responses_function_call_arguments_stream_in_fragments() {
     let out = output(WireFormat::Responses, "openai", SSE, body.as_bytes());
     assert_eq!(
         out.tool_calls,
-        calls(&[("get_weather", r#"{"city":"Oslo"}"#), ("get_time", "{}")])
+        calls(&[
+            ("call_1", "get_weather", r#"{"city":"Oslo"}"#),
+            ("", "get_time", "{}")
+        ])
     );
     assert_eq!(out.text, "");
 }
@@ -608,7 +661,12 @@ fn gemini_function_calls_are_whole_and_thought_parts_are_not_text() {
     assert_eq!(out.text, "Checking now.");
     assert_eq!(
         out.tool_calls,
-        calls(&[("get_weather", r#"{"city":"Oslo","days":3}"#)])
+        calls(&[(
+            "get_weather#0",
+            "get_weather",
+            r#"{"city":"Oslo","days":3}"#
+        )]),
+        "a call without an id gets the synthetic <name>#<n>"
     );
     // The same chunks as a JSON array (`streamGenerateContent` without `alt=sse`).
     let array = format!("[{}]", chunks.join(",\n"));
@@ -632,7 +690,7 @@ fn ollama_tool_calls_and_generate_responses_are_captured() {
     let out = output(WireFormat::OllamaChat, "ollama", NDJSON, chat.as_bytes());
     assert_eq!(
         out.tool_calls,
-        calls(&[("get_weather", r#"{"city":"Oslo"}"#)])
+        calls(&[("", "get_weather", r#"{"city":"Oslo"}"#)])
     );
 
     let generate = concat!(
@@ -695,7 +753,7 @@ fn bedrock_converse_tool_use_input_fragments_are_joined_by_block_index() {
     }
     let out = output(WireFormat::ConverseStream, "bedrock", EVENTSTREAM, &body);
     assert_eq!(out.text, "Looking.");
-    assert_eq!(out.tool_calls, calls(&[("search", r#"{"q":"s3"}"#)]));
+    assert_eq!(out.tool_calls, calls(&[("t1", "search", r#"{"q":"s3"}"#)]));
 }
 
 #[test]
@@ -726,5 +784,5 @@ fn bedrock_invoke_model_streams_capture_the_anthropic_events_inside() {
         &body,
     );
     assert_eq!(out.text, "Hi there");
-    assert_eq!(out.tool_calls, calls(&[("f", r#"{"x":1}"#)]));
+    assert_eq!(out.tool_calls, calls(&[("toolu_1", "f", r#"{"x":1}"#)]));
 }

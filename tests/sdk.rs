@@ -395,3 +395,186 @@ async fn openai_sdk_does_not_retry_a_budget_refusal() {
     assert_eq!(mock.requests().len(), 1);
     gw.shutdown().await;
 }
+
+/// A provider for agent loops: tool calls first, an answer once the request carries their
+/// results (OpenAI chat, Anthropic messages, Responses chained by `previous_response_id`).
+fn agent_provider(seen: &Seen) -> Reply {
+    let body: serde_json::Value = serde_json::from_slice(&seen.body).unwrap_or_default();
+    let text = String::from_utf8_lossy(&seen.body);
+    let path = seen.uri.split('?').next().unwrap_or("");
+    let reply = match path {
+        "/v1/chat/completions" if text.contains("\"role\":\"tool\"") => serde_json::json!({
+            "id": "chatcmpl-2", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini",
+            "choices": [{"index": 0, "finish_reason": "stop",
+                         "message": {"role": "assistant", "content": "Sunny, 14:00"}}],
+            "usage": {"prompt_tokens": 30, "completion_tokens": 4, "total_tokens": 34}}),
+        "/v1/chat/completions" => serde_json::json!({
+            "id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini",
+            "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {
+                "role": "assistant", "content": null, "tool_calls": [
+                    {"id": "call_weather", "type": "function",
+                     "function": {"name": "get_weather", "arguments": "{\"city\":\"Paris\"}"}},
+                    {"id": "call_time", "type": "function",
+                     "function": {"name": "get_time", "arguments": "{}"}}]}}],
+            "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}}),
+        "/v1/messages" if text.contains("tool_result") => serde_json::json!({
+            "id": "msg_2", "type": "message", "role": "assistant", "model": "claude-sonnet-4-5",
+            "content": [{"type": "text", "text": "done"}], "stop_reason": "end_turn",
+            "stop_sequence": null, "usage": {"input_tokens": 40, "output_tokens": 2}}),
+        "/v1/messages" => serde_json::json!({
+            "id": "msg_1", "type": "message", "role": "assistant", "model": "claude-sonnet-4-5",
+            "content": [
+                {"type": "tool_use", "id": "toolu_search", "name": "search", "input": {"q": "rust"}},
+                {"type": "tool_use", "id": "toolu_fetch", "name": "fetch", "input": {"url": "x"}}],
+            "stop_reason": "tool_use", "stop_sequence": null,
+            "usage": {"input_tokens": 12, "output_tokens": 20}}),
+        "/v1/responses" => {
+            let (id, output) = match body["previous_response_id"].as_str() {
+                None => (
+                    "resp_1",
+                    serde_json::json!([{
+                    "type": "function_call", "id": "fc_1", "call_id": "call_lookup",
+                    "name": "lookup", "arguments": "{\"sku\":42}", "status": "completed"}]),
+                ),
+                Some(_) => (
+                    "resp_2",
+                    serde_json::json!([{
+                    "type": "message", "id": "msg_r2", "role": "assistant", "status": "completed",
+                    "content": [{"type": "output_text", "text": "in stock", "annotations": []}]}]),
+                ),
+            };
+            serde_json::json!({
+                "id": id, "object": "response", "created_at": 1, "model": "gpt-4.1",
+                "status": "completed", "output": output, "parallel_tool_calls": true,
+                "tool_choice": "auto", "tools": [],
+                "usage": {"input_tokens": 5, "output_tokens": 3, "total_tokens": 8,
+                          "input_tokens_details": {"cached_tokens": 0},
+                          "output_tokens_details": {"reasoning_tokens": 0}}})
+        }
+        _ => return Reply::json(404, r#"{"error":{"message":"mock: no such path"}}"#),
+    };
+    Reply::json(200, &reply.to_string())
+}
+
+/// One agent loop case with no trace headers: every call in one trace, the later calls'
+/// parent the first call, and one `execute_tool` span per tool call (name, id, parent, from
+/// the end of the call that asked to the arrival of the result), read back through
+/// `/api/traces/{id}`. Returns the trace's spans.
+async fn agent_loop(case: &str, calls: usize, tools: &[(&str, &str)]) -> Vec<serde_json::Value> {
+    let mock = Mock::start(agent_provider).await;
+    let gw = gateway_for(&mock, "").await;
+    run_python(case, &gw).await;
+    let recorded = gw.recent_calls();
+    assert_eq!(recorded.len(), calls, "{case}");
+    let first = &recorded[0].trace;
+    let trace_id = first.trace_id_hex();
+    for (i, later) in recorded.iter().enumerate().skip(1) {
+        assert_eq!(
+            later.trace.trace_id_hex(),
+            trace_id,
+            "{case}: call {i} joined"
+        );
+        assert_eq!(
+            later.trace.parent_span_id,
+            Some(first.span_id),
+            "{case}: call {i} under the first"
+        );
+        let upstream = mock.requests()[i].headers["traceparent"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        assert!(
+            upstream.contains(&trace_id),
+            "{case}: propagated {upstream}"
+        );
+    }
+    let want = calls + tools.len();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let spans = loop {
+        let a = admin_get(&gw, &format!("/api/traces/{trace_id}")).await;
+        if a.status == 200 {
+            let spans = a.json()["spans"].as_array().unwrap().clone();
+            if spans.len() >= want {
+                break spans;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{case}: spans never stored"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(spans.len(), want, "{case}: {spans:#?}");
+    let nanos = |s: &serde_json::Value, k: &str| s[k].as_str().unwrap().parse::<u64>().unwrap();
+    let first_span = first.span_id_hex();
+    let asker = spans
+        .iter()
+        .find(|s| s["span_id"] == first_span.as_str())
+        .unwrap();
+    let second = spans
+        .iter()
+        .find(|s| s["span_id"] == recorded[1].trace.span_id_hex().as_str())
+        .unwrap();
+    for (name, id) in tools {
+        let tool = spans
+            .iter()
+            .find(|s| s["name"] == format!("execute_tool {name}").as_str())
+            .unwrap_or_else(|| panic!("{case}: no tool span {name}: {spans:#?}"));
+        assert_eq!(tool["kind"], "INTERNAL");
+        assert_eq!(
+            tool["parent_span_id"],
+            first_span.as_str(),
+            "{case}: {name}"
+        );
+        assert_eq!(tool["attributes"]["gen_ai.tool.call.id"], *id);
+        assert_eq!(tool["attributes"]["gen_ai.operation.name"], "execute_tool");
+        let (start, end) = (
+            nanos(tool, "start_unix_nanos"),
+            nanos(tool, "end_unix_nanos"),
+        );
+        assert!(
+            start.abs_diff(nanos(asker, "end_unix_nanos")) < 1_000_000,
+            "{case}"
+        );
+        assert!(
+            start <= end && end <= nanos(second, "end_unix_nanos"),
+            "{case}"
+        );
+    }
+    gw.shutdown().await;
+    spans
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_sdk_tool_loop_without_trace_headers_is_one_trace_with_its_tool_spans() {
+    agent_loop(
+        "loop_openai_chat",
+        2,
+        &[("get_weather", "call_weather"), ("get_time", "call_time")],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anthropic_sdk_tool_use_loop_without_trace_headers_marks_the_error_result() {
+    let spans = agent_loop(
+        "loop_anthropic_tool_use",
+        2,
+        &[("search", "toolu_search"), ("fetch", "toolu_fetch")],
+    )
+    .await;
+    let status = |name: &str| {
+        spans
+            .iter()
+            .find(|s| s["name"] == name)
+            .map(|s| s["status"]["code"].clone())
+            .unwrap()
+    };
+    assert_eq!(status("execute_tool search"), "ok");
+    assert_eq!(status("execute_tool fetch"), "error");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_sdk_responses_loop_with_previous_response_id_is_one_trace() {
+    agent_loop("loop_openai_responses", 2, &[("lookup", "call_lookup")]).await;
+}

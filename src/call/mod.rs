@@ -7,5 +7,6 @@
 pub mod record;
 pub mod recorder;
 pub mod sink;
+pub mod tools;
 
 pub use record::{CallRecord, Outcome, RequestInfo, RequestParams};

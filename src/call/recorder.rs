@@ -2,18 +2,27 @@
 //! its content, builds its span, hands call and span to every sink in order (metrics, the cost
 //! store, budgets, ...) and gives the span to the export last, which owns it from there.
 
-use std::sync::{
-    Arc,
-    atomic::{AtomicBool, Ordering},
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Instant, SystemTime},
 };
 
 use crate::{
-    call::{record::CallRecord, sink::Sink},
+    call::{
+        record::CallRecord,
+        sink::Sink,
+        tools::{ToolSpan, ToolTable},
+    },
     cost::PriceBookCell,
     export::pipeline::ExportHandle,
+    format::request::ToolResult,
     store::traces::{Origin, StoreSink},
     trace::{
         capture::Capturer,
+        metadata::CaptureLevel,
         span::{SpanRecord, span_for},
     },
 };
@@ -31,6 +40,9 @@ pub struct RecorderParts {
     /// The trace store, for spans that are not a call's own (see [`Recorder::record_span`]);
     /// a call's span reaches it as a sink.
     pub store: Option<Arc<StoreSink>>,
+    /// Tool calls awaiting their results (`[trace] tool_spans`); `None` turns tool spans and
+    /// agent-loop joining off.
+    pub tools: Option<Arc<ToolTable>>,
 }
 
 pub struct Recorder {
@@ -40,6 +52,7 @@ pub struct Recorder {
     sinks: Vec<Arc<dyn Sink>>,
     export: Option<ExportHandle>,
     store: Option<Arc<StoreSink>>,
+    tools: Option<Arc<ToolTable>>,
     /// Shutdown's grace is over and open calls are being cut.
     cutting: AtomicBool,
 }
@@ -53,6 +66,7 @@ impl Recorder {
             sinks,
             export,
             store,
+            tools,
         } = parts;
         Recorder {
             prices,
@@ -61,6 +75,7 @@ impl Recorder {
             sinks,
             export,
             store,
+            tools,
             cutting: AtomicBool::new(false),
         }
     }
@@ -88,6 +103,11 @@ impl Recorder {
 
     /// Hands a finished, priced call to every sink and its span to the export.
     pub fn record(&self, mut call: CallRecord) {
+        if let Some(tools) = &self.tools {
+            // First, so a request answering these calls finds them as early as possible.
+            let pushed_out = tools.remember(&call, Instant::now());
+            self.emit_tools(pushed_out);
+        }
         self.capture_output(&mut call);
         self.split_content(&mut call);
         let span = span_for(&call);
@@ -131,6 +151,43 @@ impl Recorder {
         self.export.as_ref().is_some_and(|e| e.crowded(n))
     }
 
+    /// The tool table, when tool spans are on (the OTLP receiver reports the app's own
+    /// `execute_tool` spans to it).
+    pub fn tools(&self) -> Option<&Arc<ToolTable>> {
+        self.tools.as_ref()
+    }
+
+    /// A request carrying `results` arrived now: the tool spans of the calls they answer.
+    pub fn tool_results(&self, results: &[ToolResult], asked: Option<CaptureLevel>) {
+        if let Some(tools) = &self.tools {
+            let spans = tools.answer(results, asked, SystemTime::now(), Instant::now());
+            self.emit_tools(spans);
+        }
+    }
+
+    /// Ends the tool calls whose wait is over and releases held tool spans.
+    pub fn sweep_tools(&self) {
+        if let Some(tools) = &self.tools {
+            let spans = tools.sweep(Instant::now());
+            self.emit_tools(spans);
+        }
+    }
+
+    /// Shutdown: every tool span still held goes out, and every pending call ends as
+    /// unanswered (`sidetrace.tool.unanswered_reason=shutdown`).
+    pub fn drain_tools(&self) {
+        if let Some(tools) = &self.tools {
+            let spans = tools.drain();
+            self.emit_tools(spans);
+        }
+    }
+
+    fn emit_tools(&self, spans: Vec<ToolSpan>) {
+        for (exported, stored) in spans {
+            self.record_span(exported, stored, None);
+        }
+    }
+
     /// The content was captured at the higher of the export's and the store's levels: each
     /// gets its own from here (the span carries the export's).
     fn split_content(&self, call: &mut CallRecord) {
@@ -151,15 +208,10 @@ impl Recorder {
         if let (Some(content), Some(response)) = (&mut call.content, &call.response)
             && let Some(output) = &response.output
         {
-            let tool_calls: Vec<(String, String)> = output
-                .tool_calls
-                .iter()
-                .map(|t| (t.name.clone(), t.arguments.clone()))
-                .collect();
             self.capturer.output(
                 content,
                 &output.text,
-                &tool_calls,
+                &output.tool_calls,
                 response.finish_reasons.first().map(String::as_str),
             );
             content.truncated |= output.truncated;

@@ -185,13 +185,43 @@ impl Default for CaptureConfig {
     }
 }
 
-/// Trace grouping.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// Trace grouping, tool spans read from the wire, and agent loops grouped without an SDK.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TraceConfig {
     /// Key for deriving trace ids from `x-sidetrace-trace-id` values that are not 32 hex
     /// digits (HMAC-SHA256). Every replica must share it; empty means a plain SHA-256.
     pub grouping_key: String,
+    /// Emit `execute_tool` spans for tool calls a response asked for and a later request
+    /// answered, and join agent loops that send no trace header into one trace.
+    pub tool_spans: bool,
+    /// Tool calls awaiting their result (and finished tool spans held for the app's own), at
+    /// most; the oldest is evicted (and counted) past it.
+    pub tool_pending_max_entries: usize,
+    /// Bytes those entries may hold (ids, names, captured arguments and results).
+    pub tool_pending_max_bytes: usize,
+    /// A tool call not answered within this long ends as a span marked unanswered.
+    pub tool_unanswered_ms: u64,
+    /// Once an app sends its own spans over OTLP, a finished tool span waits this long for the
+    /// app's `execute_tool` span of the same call id (which wins) before it is emitted. Longer
+    /// than the OpenTelemetry SDK batch processor's 5 s delay.
+    pub tool_app_span_grace_ms: u64,
+    /// Responses API response ids remembered (for `previous_response_id`), at most.
+    pub response_ids_max_entries: usize,
+}
+
+impl Default for TraceConfig {
+    fn default() -> Self {
+        TraceConfig {
+            grouping_key: String::new(),
+            tool_spans: true,
+            tool_pending_max_entries: 10_000,
+            tool_pending_max_bytes: 16 * 1024 * 1024,
+            tool_unanswered_ms: 10 * 60 * 1000,
+            tool_app_span_grace_ms: 10_000,
+            response_ids_max_entries: 10_000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -935,6 +965,7 @@ impl Config {
                 "upstream.connect_timeout_ms",
                 self.upstream.connect_timeout_ms,
             ),
+            ("trace.tool_unanswered_ms", self.trace.tool_unanswered_ms),
         ] {
             if ms == 0 {
                 return Err(ConfigError::Invalid(format!("{name} must be at least 1")));

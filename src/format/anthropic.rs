@@ -11,7 +11,7 @@ use super::{
         sum,
     },
     output::{JsonArg, OutputBuilder},
-    request::{Input, RequestApi, RequestFields, model_before_verb},
+    request::{Input, RequestApi, RequestFields, ToolResult, model_before_verb, result_text},
 };
 
 /// A stream event, or a whole non-streamed body (`type: "message"` or `type: "error"`).
@@ -81,6 +81,8 @@ struct Block<'a> {
     text: Text<'a>,
     thinking: Filled,
     /// `tool_use` blocks.
+    #[serde(borrow)]
+    id: Text<'a>,
     #[serde(borrow)]
     name: Text<'a>,
     #[serde(borrow)]
@@ -163,7 +165,7 @@ fn capture_event(out: &mut OutputBuilder, kind: &str, e: &Event<'_>) {
         "content_block_start" => match &e.content_block.0 {
             Some(b) if b.kind.as_str() == Some("text") => out.text(b.text.as_str().unwrap_or("")),
             Some(b) if b.kind.as_str() == Some("tool_use") => {
-                out.tool_start(key, b.name.as_str().unwrap_or(""));
+                out.tool_start(key, b.id.non_empty(), b.name.as_str().unwrap_or(""));
                 // The input arrives as `input_json_delta` fragments after an empty `{}`; a
                 // relay that sends it whole in the start event is taken as it is.
                 if b.input.as_str() != "{}" {
@@ -189,7 +191,11 @@ fn capture_event(out: &mut OutputBuilder, kind: &str, e: &Event<'_>) {
                 match b.kind.as_str() {
                     Some("text") => out.text(b.text.as_str().unwrap_or("")),
                     Some("tool_use") => {
-                        out.tool_call(b.name.as_str().unwrap_or(""), b.input.as_str());
+                        out.tool_call(
+                            b.id.non_empty(),
+                            b.name.as_str().unwrap_or(""),
+                            b.input.as_str(),
+                        );
                     }
                     _ => {}
                 }
@@ -201,11 +207,14 @@ fn capture_event(out: &mut OutputBuilder, kind: &str, e: &Event<'_>) {
 
 static MESSAGE_EVENT: Needle = Needle::new("\"message_");
 static ERROR: Needle = Needle::new("\"error\"");
+static TOOL_USE: Needle = Needle::new("\"tool_use\"");
 
-/// Whether an event may be `message_start`/`_delta`/`_stop` or an error. Content deltas (the
-/// bulk of a stream) are neither; `"message_` only occurs as the start of such a type value.
+/// Whether an event may be `message_start`/`_delta`/`_stop`, an error, or the start of a
+/// `tool_use` block (whose id and name are read whatever the capture). Content deltas (the
+/// bulk of a stream) are none of these; `"message_` only occurs as the start of such a type
+/// value.
 fn may_matter(data: &[u8]) -> bool {
-    MESSAGE_EVENT.any(data, |_| true) || ERROR.present(data)
+    MESSAGE_EVENT.any(data, |_| true) || ERROR.present(data) || TOOL_USE.any(data, |_| true)
 }
 
 #[derive(Default)]
@@ -235,9 +244,8 @@ impl AnthropicMessages {
 
     fn apply(&mut self, e: &Event<'_>, name: &str, p: &mut Progress) {
         let kind = e.kind.non_empty().unwrap_or(name);
-        if p.capturing() {
-            capture_event(&mut p.output, kind, e);
-        }
+        // Text only when capture is on; tool call ids and names always.
+        capture_event(&mut p.output, kind, e);
         let record = &mut p.record;
         match kind {
             "message_start" => {
@@ -346,6 +354,27 @@ impl Extractor for AnthropicMessages {
 pub(crate) struct MessagesRequest;
 
 impl RequestApi for MessagesRequest {
+    /// `tool_result` blocks in the messages' content, with `tool_use_id` and `is_error`.
+    fn tool_results(&self, body: &Value) -> Vec<ToolResult> {
+        let Some(messages) = body.get("messages").and_then(Value::as_array) else {
+            return Vec::new();
+        };
+        messages
+            .iter()
+            .filter_map(|m| m.get("content").and_then(Value::as_array))
+            .flatten()
+            .filter(|b| b.get("type").and_then(Value::as_str) == Some("tool_result"))
+            .filter_map(|b| {
+                Some(ToolResult {
+                    call_id: b.get("tool_use_id")?.as_str()?.to_owned(),
+                    name: None,
+                    content: result_text(b.get("content").unwrap_or(&Value::Null)),
+                    is_error: b.get("is_error").and_then(Value::as_bool) == Some(true),
+                })
+            })
+            .collect()
+    }
+
     fn model_from_path(&self, path: &str) -> Option<String> {
         model_before_verb(path)
     }

@@ -13,7 +13,7 @@ use super::{
     anthropic::AnthropicMessages,
     json::{Count, Filled, FinishReasons, Obj, Objs, Text, set_error, sum},
     output::{JsonArg, OutputBuilder},
-    request::{Input, RequestApi, RequestFields, path_segment_after},
+    request::{Input, RequestApi, RequestFields, ToolResult, path_segment_after, result_text},
 };
 use crate::trace::metadata::percent_decode;
 
@@ -106,7 +106,10 @@ struct Block<'a> {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
+#[serde(rename_all = "camelCase")]
 struct ToolUse<'a> {
+    #[serde(borrow)]
+    tool_use_id: Text<'a>,
     #[serde(borrow)]
     name: Text<'a>,
     /// A string fragment in a delta, an object in a whole body.
@@ -144,7 +147,11 @@ fn capture_event(out: &mut OutputBuilder, name: &str, e: &ConverseEvent<'_>) {
     let key = e.content_block_index.0;
     if name == "contentBlockStart" {
         if let Some(t) = e.start.0.as_ref().and_then(|s| s.tool_use.0.as_ref()) {
-            out.tool_start(key, t.name.as_str().unwrap_or(""));
+            out.tool_start(
+                key,
+                t.tool_use_id.non_empty(),
+                t.name.as_str().unwrap_or(""),
+            );
         }
     } else if let Some(d) = &e.delta.0 {
         out.text(d.text.as_str().unwrap_or(""));
@@ -162,7 +169,11 @@ fn capture_body(out: &mut OutputBuilder, e: &ConverseEvent<'_>) {
     for block in &m.content.0 {
         out.text(block.text.as_str().unwrap_or(""));
         if let Some(t) = &block.tool_use.0 {
-            out.tool_call(t.name.as_str().unwrap_or(""), t.input.as_str());
+            out.tool_call(
+                t.tool_use_id.non_empty(),
+                t.name.as_str().unwrap_or(""),
+                t.input.as_str(),
+            );
         }
     }
 }
@@ -173,7 +184,9 @@ impl Extractor for Converse {
         // (unless capture wants them).
         let wanted = match name {
             "messageStop" | "metadata" => true,
-            "contentBlockDelta" | "contentBlockStart" => !p.started || p.capturing(),
+            "contentBlockDelta" => !p.started || p.capturing(),
+            // A tool call's id and name are read whatever the capture.
+            "contentBlockStart" => true,
             _ => name.ends_with("Exception"),
         };
         if !wanted {
@@ -205,9 +218,7 @@ impl Extractor for Converse {
                 });
             }
             "contentBlockStart" => {
-                if p.capturing() {
-                    capture_event(&mut p.output, name, &e);
-                }
+                capture_event(&mut p.output, name, &e);
                 p.started |= e.start.0.as_ref().is_some_and(|s| s.tool_use.0.is_some());
             }
             // An exception sent as an ordinary event.
@@ -225,9 +236,8 @@ impl Extractor for Converse {
             p.json_body = Some(false);
             return;
         };
-        if p.capturing() {
-            capture_body(&mut p.output, &e);
-        }
+        // Text only when capture is on; tool call ids and names always.
+        capture_body(&mut p.output, &e);
         let success =
             e.output.0.is_some() || e.stop_reason.as_str().is_some() || e.usage.0.is_some();
         if success {
@@ -321,6 +331,41 @@ pub(crate) struct BedrockRequest {
 }
 
 impl RequestApi for BedrockRequest {
+    /// Converse `toolResult` blocks in the messages' content, with `toolUseId` and
+    /// `status: error`; InvokeModel bodies are Anthropic's (`tool_result` blocks).
+    fn tool_results(&self, body: &Value) -> Vec<ToolResult> {
+        let Some(messages) = body.get("messages").and_then(Value::as_array) else {
+            return Vec::new();
+        };
+        let blocks = messages
+            .iter()
+            .filter_map(|m| m.get("content").and_then(Value::as_array))
+            .flatten();
+        let mut out = Vec::new();
+        for b in blocks {
+            if let Some(r) = b.get("toolResult") {
+                if let Some(id) = r.get("toolUseId").and_then(Value::as_str) {
+                    out.push(ToolResult {
+                        call_id: id.to_owned(),
+                        name: None,
+                        content: result_text(r.get("content").unwrap_or(&Value::Null)),
+                        is_error: r.get("status").and_then(Value::as_str) == Some("error"),
+                    });
+                }
+            } else if b.get("type").and_then(Value::as_str) == Some("tool_result")
+                && let Some(id) = b.get("tool_use_id").and_then(Value::as_str)
+            {
+                out.push(ToolResult {
+                    call_id: id.to_owned(),
+                    name: None,
+                    content: result_text(b.get("content").unwrap_or(&Value::Null)),
+                    is_error: b.get("is_error").and_then(Value::as_bool) == Some(true),
+                });
+            }
+        }
+        out
+    }
+
     fn streams(&self, _: &str, flag: Option<bool>) -> bool {
         self.stream_path || flag.unwrap_or(false)
     }

@@ -19,8 +19,10 @@ use super::{
         Count, ErrorField, Filled, FinishReasons, Flag, Needle, Obj, Objs, Text, set_error,
         set_first, sum,
     },
-    output::{JsonArg, OutputBuilder},
-    request::{Input, RequestApi, RequestFields, model_before_verb, text_part},
+    output::{JsonArg, OutputBuilder, synthetic_tool_call_id},
+    request::{
+        Input, RequestApi, RequestFields, ToolResult, model_before_verb, result_text, text_part,
+    },
 };
 
 #[derive(Debug, Default, Deserialize)]
@@ -81,6 +83,9 @@ impl Part<'_> {
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 struct FunctionCall<'a> {
+    /// Set by the Gemini API when it sends one (Vertex and the Live API); often absent.
+    #[serde(borrow)]
+    id: Text<'a>,
     #[serde(borrow)]
     name: Text<'a>,
     #[serde(borrow)]
@@ -130,7 +135,10 @@ struct UsageOnly {
 /// Feeds candidate 0 of a chunk to the output builder; each `functionCall` part is a whole
 /// call. Only candidate 0 is assembled: the captured output is one model message, and other
 /// candidates are alternatives to it.
-fn capture(out: &mut OutputBuilder, chunk: &Chunk<'_>) {
+///
+/// A call without an `id` gets a synthetic one, `<name>#<n>` (see `synthetic_tool_call_id`):
+/// `names` counts the calls of each name seen so far in this response.
+fn capture(out: &mut OutputBuilder, chunk: &Chunk<'_>, names: &mut Vec<(String, usize)>) {
     for cand in &chunk.candidates.0 {
         if cand.index.0.unwrap_or(0) != 0 {
             continue;
@@ -140,7 +148,24 @@ fn capture(out: &mut OutputBuilder, chunk: &Chunk<'_>) {
         };
         for part in &content.parts.0 {
             if let Some(call) = &part.function_call.0 {
-                out.tool_call(call.name.as_str().unwrap_or(""), call.args.as_str());
+                let name = call.name.as_str().unwrap_or("");
+                let seen = names.iter().position(|(n, _)| n == name);
+                let nth = match seen {
+                    Some(at) => {
+                        names[at].1 += 1;
+                        names[at].1 - 1
+                    }
+                    None if names.len() < 128 => {
+                        names.push((name.to_owned(), 1));
+                        0
+                    }
+                    None => continue,
+                };
+                let id = match call.id.non_empty() {
+                    Some(id) => id.to_owned(),
+                    None => synthetic_tool_call_id(name, nth),
+                };
+                out.tool_call(Some(&id), name, call.args.as_str());
             } else if !part.thought.0 {
                 out.text(part.text.as_str().unwrap_or(""));
             }
@@ -151,17 +176,19 @@ fn capture(out: &mut OutputBuilder, chunk: &Chunk<'_>) {
 static USAGE: Needle = Needle::new("\"usageMetadata\"");
 static FINISH_REASON: Needle = Needle::new("\"finishReason\"");
 static ERROR: Needle = Needle::new("\"error\"");
+static FUNCTION_CALL: Needle = Needle::new("\"functionCall\"");
 
 #[derive(Default)]
 pub struct Gemini {
     finish: FinishReasons,
+    /// Calls seen per tool name, for synthetic call ids.
+    call_names: Vec<(String, usize)>,
 }
 
 impl Gemini {
     fn apply(&mut self, c: &Chunk<'_>, p: &mut Progress) {
-        if p.capturing() {
-            capture(&mut p.output, c);
-        }
+        // Text only when capture is on; tool call ids and names always.
+        capture(&mut p.output, c, &mut self.call_names);
         let record = &mut p.record;
         set_first(&mut record.model, &c.model_version);
         set_first(&mut record.response_id, &c.response_id);
@@ -214,7 +241,11 @@ impl<'de> Visitor<'de> for ChunkArray<'_> {
 impl Extractor for Gemini {
     fn on_event(&mut self, _name: &str, data: &str, p: &mut Progress) -> EventKind {
         let bytes = data.as_bytes();
-        if p.settled() && !p.capturing() && !FINISH_REASON.non_null(bytes) && !ERROR.present(bytes)
+        if p.settled()
+            && !p.capturing()
+            && !FINISH_REASON.non_null(bytes)
+            && !ERROR.present(bytes)
+            && !FUNCTION_CALL.present(bytes)
         {
             if USAGE.object(bytes) {
                 match serde_json::from_str::<UsageOnly>(data) {
@@ -266,6 +297,48 @@ impl Extractor for Gemini {
 pub(crate) struct GenerateContentRequest;
 
 impl RequestApi for GenerateContentRequest {
+    /// `functionResponse` parts of `contents`, by `id`, else by the synthetic `<name>#<n>`
+    /// (`n` counting the responses of that name in the same message, as the calls were
+    /// counted in the response).
+    fn tool_results(&self, body: &Value) -> Vec<ToolResult> {
+        let Some(contents) = body.get("contents").and_then(Value::as_array) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for content in contents {
+            let mut names: Vec<(&str, usize)> = Vec::new();
+            let parts = content.get("parts").and_then(Value::as_array);
+            for part in parts.into_iter().flatten() {
+                let Some(r) = part.get("functionResponse") else {
+                    continue;
+                };
+                let name = r.get("name").and_then(Value::as_str).unwrap_or("");
+                let nth = match names.iter().position(|(n, _)| *n == name) {
+                    Some(at) => {
+                        names[at].1 += 1;
+                        names[at].1 - 1
+                    }
+                    None => {
+                        names.push((name, 1));
+                        0
+                    }
+                };
+                let call_id = match r.get("id").and_then(Value::as_str) {
+                    Some(id) if !id.is_empty() => id.to_owned(),
+                    _ => synthetic_tool_call_id(name, nth),
+                };
+                let response = r.get("response").unwrap_or(&Value::Null);
+                out.push(ToolResult {
+                    call_id,
+                    name: Some(name.to_owned()),
+                    content: result_text(response),
+                    is_error: response.get("error").is_some_and(|e| !e.is_null()),
+                });
+            }
+        }
+        out
+    }
+
     fn streams(&self, path: &str, _: Option<bool>) -> bool {
         path.contains(":streamGenerateContent")
     }

@@ -22,7 +22,7 @@ pub mod openai_responses;
 mod output;
 pub mod request;
 
-pub use output::{CapturedOutput, ToolCallOutput};
+pub use output::{CapturedOutput, ToolCallOutput, ToolCallRef, synthetic_tool_call_id};
 
 /// Token counts as the OpenTelemetry GenAI conventions define them: `input_tokens` includes
 /// cache reads and writes, `output_tokens` includes reasoning. `None` when the provider did not
@@ -75,6 +75,10 @@ pub struct ResponseRecord {
     /// is above 0 (`None` otherwise).
     #[serde(default)]
     pub output: Option<CapturedOutput>,
+    /// The tool calls the response asked for, id and name, read whatever the capture level
+    /// (their arguments are content: in `output`, when captured).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCallRef>,
 }
 
 /// What an extractor says of one event, for the tap.
@@ -127,6 +131,7 @@ impl Progress {
     pub fn finish(mut self, extractor: &mut dyn Extractor, clean: bool) -> ResponseRecord {
         extractor.finish(clean, &mut self);
         let mut record = self.record;
+        record.tool_calls = self.output.tool_refs();
         record.output = self.output.finish();
         let ended = self.json_body.unwrap_or(self.ended);
         record.stream_completed = ended && record.error.is_none();
@@ -526,5 +531,71 @@ mod tests {
         let r = p.finish(true);
         assert_eq!(r.oversize_events, 1);
         assert_eq!(r.finish_reasons, ["end_turn"]);
+    }
+
+    fn refs(r: &ResponseRecord) -> Vec<(&str, &str)> {
+        r.tool_calls
+            .iter()
+            .map(|t| (t.id.as_str(), t.name.as_str()))
+            .collect()
+    }
+
+    #[test]
+    fn tool_call_ids_are_read_from_every_format_with_capture_off() {
+        // Responses, streamed: the call id comes with the item, later events only name it.
+        let mut p = parser(WireFormat::Responses, SSE, 1 << 20);
+        for e in [
+            r#"{"type":"response.created","response":{"id":"resp_1","model":"gpt-5","status":"in_progress"}}"#,
+            r#"{"type":"response.output_text.delta","output_index":0,"delta":"Checking"}"#,
+            r#"{"type":"response.output_item.added","output_index":1,"item":{"type":"function_call","id":"fc_1","call_id":"call_1","name":"lookup","arguments":""}}"#,
+            r#"{"type":"response.function_call_arguments.delta","output_index":1,"item_id":"fc_1","delta":"{}"}"#,
+            r#"{"type":"response.output_item.done","output_index":1,"item":{"type":"function_call","id":"fc_1","call_id":"call_1","name":"lookup","arguments":"{}"}}"#,
+            r#"{"type":"response.completed","response":{"id":"resp_1","model":"gpt-5","status":"completed","output":[{"type":"function_call","call_id":"call_1","name":"lookup","arguments":"{}"}]}}"#,
+        ] {
+            p.feed(format!("data: {e}\n\n").as_bytes());
+        }
+        let r = p.finish(true);
+        assert_eq!(r.output, None);
+        assert_eq!(refs(&r), [("call_1", "lookup")]);
+
+        // Gemini: whole calls, a synthetic id when the API sends none.
+        let mut p = parser(WireFormat::GenerateContent, SSE, 1 << 20);
+        p.feed(br#"data: {"candidates":[{"content":{"parts":[{"text":"ok"}]},"index":0}],"modelVersion":"g","responseId":"r"}
+
+"#);
+        p.feed(br#"data: {"candidates":[{"content":{"parts":[{"functionCall":{"name":"f","args":{}}},{"functionCall":{"id":"fc_2","name":"g","args":{}}},{"functionCall":{"name":"f","args":{}}}]},"finishReason":"STOP","index":0}],"modelVersion":"g","responseId":"r"}
+
+"#);
+        let r = p.finish(true);
+        assert_eq!(refs(&r), [("f#0", "f"), ("fc_2", "g"), ("f#1", "f")]);
+
+        // Bedrock ConverseStream: the id is in the block start, after output started.
+        let frame = |name: &str, payload: &str| {
+            eventstream::encode_frame(
+                &[(":event-type", name), (":message-type", "event")],
+                payload.as_bytes(),
+            )
+        };
+        let mut body = frame(
+            "contentBlockDelta",
+            r#"{"contentBlockIndex":0,"delta":{"text":"Sure"}}"#,
+        );
+        body.extend(frame(
+            "contentBlockStart",
+            r#"{"contentBlockIndex":1,"start":{"toolUse":{"toolUseId":"tooluse_1","name":"search"}}}"#,
+        ));
+        body.extend(frame(
+            "contentBlockDelta",
+            r#"{"contentBlockIndex":1,"delta":{"toolUse":{"input":"{}"}}}"#,
+        ));
+        body.extend(frame("messageStop", r#"{"stopReason":"tool_use"}"#));
+        let mut p = parser(
+            WireFormat::ConverseStream,
+            "application/vnd.amazon.eventstream",
+            1 << 20,
+        );
+        p.feed(&body);
+        let r = p.finish(true);
+        assert_eq!(refs(&r), [("tooluse_1", "search")]);
     }
 }

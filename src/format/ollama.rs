@@ -51,7 +51,11 @@ fn capture(out: &mut OutputBuilder, line: &Line<'_>) {
         out.text(m.content.as_str().unwrap_or(""));
         for call in &m.tool_calls.0 {
             if let Some(f) = &call.function.0 {
-                out.tool_call(f.name.as_str().unwrap_or(""), f.arguments.as_str());
+                out.tool_call(
+                    call.id.non_empty(),
+                    f.name.as_str().unwrap_or(""),
+                    f.arguments.as_str(),
+                );
             }
         }
     }

@@ -16,7 +16,10 @@ use super::{
         Count, ErrorField, Filled, FinishReasons, Needle, Obj, Objs, Text, set_error, set_first,
     },
     output::{Function, OutputBuilder, TextParts, ToolCall},
-    request::{Input, RequestApi, RequestFields, parts, path_segment_after, text_part},
+    request::{
+        Input, RequestApi, RequestFields, ToolResult, parts, path_segment_after, result_text,
+        text_part,
+    },
 };
 
 /// One chunk, or a whole non-streamed body: the two share their shape.
@@ -160,13 +163,13 @@ fn capture(out: &mut OutputBuilder, chunk: &Chunk<'_>) {
                 let Some(f) = &call.function.0 else { continue };
                 // Servers that send each call whole have no index.
                 if let Some(name) = f.name.non_empty() {
-                    out.tool_start(call.index.0, name);
+                    out.tool_start(call.index.0, call.id.non_empty(), name);
                 }
                 out.tool_args(call.index.0, f.arguments.as_str());
             }
             if let Some(f) = &m.function_call.0 {
                 if let Some(name) = f.name.non_empty() {
-                    out.tool_start(Some(FUNCTION_CALL_KEY), name);
+                    out.tool_start(Some(FUNCTION_CALL_KEY), None, name);
                 }
                 out.tool_args(Some(FUNCTION_CALL_KEY), f.arguments.as_str());
             }
@@ -178,11 +181,15 @@ fn capture(out: &mut OutputBuilder, chunk: &Chunk<'_>) {
             }
             for call in &m.tool_calls.0 {
                 if let Some(f) = &call.function.0 {
-                    out.tool_call(f.name.as_str().unwrap_or(""), f.arguments.as_str());
+                    out.tool_call(
+                        call.id.non_empty(),
+                        f.name.as_str().unwrap_or(""),
+                        f.arguments.as_str(),
+                    );
                 }
             }
             if let Some(f) = &m.function_call.0 {
-                out.tool_call(f.name.as_str().unwrap_or(""), f.arguments.as_str());
+                out.tool_call(None, f.name.as_str().unwrap_or(""), f.arguments.as_str());
             }
         }
         if !had_content && let Some(text) = choice.text.as_str() {
@@ -194,6 +201,7 @@ fn capture(out: &mut OutputBuilder, chunk: &Chunk<'_>) {
 static FINISH_REASON: Needle = Needle::new("\"finish_reason\"");
 static USAGE: Needle = Needle::new("\"usage\"");
 static ERROR: Needle = Needle::new("\"error\"");
+static TOOL_CALLS: Needle = Needle::new("\"tool_calls\"");
 
 pub struct OpenAiChat {
     /// xAI leaves reasoning out of `completion_tokens`; everyone else includes it.
@@ -259,9 +267,8 @@ impl OpenAiChat {
     }
 
     fn apply(&mut self, c: &Chunk<'_>, p: &mut Progress) -> EventKind {
-        if p.capturing() {
-            capture(&mut p.output, c);
-        }
+        // Text only when capture is on; tool call ids and names always.
+        capture(&mut p.output, c);
         let record = &mut p.record;
         set_first(&mut record.model, &c.model);
         set_first(&mut record.response_id, &c.id);
@@ -292,7 +299,11 @@ impl Extractor for OpenAiChat {
         // output has started and the id and model are known, a byte scan tells which chunks
         // can matter at all.
         let bytes = data.as_bytes();
-        if p.settled() && !p.capturing() && !FINISH_REASON.non_null(bytes) && !ERROR.present(bytes)
+        if p.settled()
+            && !p.capturing()
+            && !FINISH_REASON.non_null(bytes)
+            && !ERROR.present(bytes)
+            && !TOOL_CALLS.non_null(bytes)
         {
             // `"usage"` with an object value, top level or Groq's.
             if !USAGE.object(bytes) {
@@ -357,6 +368,25 @@ fn azure_deployment(path: &str) -> Option<String> {
 pub(crate) struct ChatRequest;
 
 impl RequestApi for ChatRequest {
+    /// `role: tool` messages with their `tool_call_id`.
+    fn tool_results(&self, body: &Value) -> Vec<ToolResult> {
+        let Some(messages) = body.get("messages").and_then(Value::as_array) else {
+            return Vec::new();
+        };
+        messages
+            .iter()
+            .filter(|m| m.get("role").and_then(Value::as_str) == Some("tool"))
+            .filter_map(|m| {
+                Some(ToolResult {
+                    call_id: m.get("tool_call_id")?.as_str()?.to_owned(),
+                    name: None,
+                    content: result_text(m.get("content").unwrap_or(&Value::Null)),
+                    is_error: false,
+                })
+            })
+            .collect()
+    }
+
     fn model_from_path(&self, path: &str) -> Option<String> {
         azure_deployment(path)
     }

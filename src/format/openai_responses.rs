@@ -8,7 +8,7 @@ use super::{
     EventKind, Extractor, Progress, Usage,
     json::{Count, ErrorField, FinishReasons, Needle, Obj, Objs, Text, set_error, set_first},
     output::{JsonArg, OutputBuilder},
-    request::{Input, RequestApi, RequestFields, parts, text_part},
+    request::{Input, RequestApi, RequestFields, ToolResult, parts, result_text, text_part},
 };
 
 #[derive(Debug, Default, Deserialize)]
@@ -116,6 +116,8 @@ struct Item<'a> {
     #[serde(borrow)]
     name: Text<'a>,
     #[serde(borrow)]
+    call_id: Text<'a>,
+    #[serde(borrow)]
     arguments: JsonArg<'a>,
     /// `message` items.
     #[serde(borrow)]
@@ -144,7 +146,11 @@ fn capture_items(out: &mut OutputBuilder, items: &[Item<'_>]) {
                 }
             }
             Some("function_call") => {
-                out.tool_call(item.name.as_str().unwrap_or(""), item.arguments.as_str());
+                out.tool_call(
+                    item.call_id.non_empty(),
+                    item.name.as_str().unwrap_or(""),
+                    item.arguments.as_str(),
+                );
             }
             _ => {}
         }
@@ -163,7 +169,11 @@ fn capture_event(out: &mut OutputBuilder, kind: &str, e: &Event<'_>) {
         "response.output_text.delta" => out.text(e.delta.as_str().unwrap_or("")),
         "response.output_item.added" => {
             if let Some(item) = function_item {
-                out.tool_start(key, item.name.as_str().unwrap_or(""));
+                out.tool_start(
+                    key,
+                    item.call_id.non_empty(),
+                    item.name.as_str().unwrap_or(""),
+                );
                 out.tool_args(key, item.arguments.as_str());
             }
         }
@@ -171,12 +181,17 @@ fn capture_event(out: &mut OutputBuilder, kind: &str, e: &Event<'_>) {
             out.tool_args(key, e.delta.as_str().unwrap_or(""));
         }
         "response.function_call_arguments.done" => {
-            out.tool_done(key, e.name.as_str().unwrap_or(""), e.arguments.as_str());
+            out.tool_done(
+                key,
+                None,
+                e.name.as_str().unwrap_or(""),
+                e.arguments.as_str(),
+            );
         }
         "response.output_item.done" => {
             if let Some(item) = function_item {
                 let name = item.name.as_str().unwrap_or("");
-                out.tool_done(key, name, item.arguments.as_str());
+                out.tool_done(key, item.call_id.non_empty(), name, item.arguments.as_str());
             }
         }
         // A stream that carried no deltas (some compatible servers send only the lifecycle
@@ -192,11 +207,13 @@ fn capture_event(out: &mut OutputBuilder, kind: &str, e: &Event<'_>) {
 
 static RESPONSE: Needle = Needle::new("\"response\"");
 static ERROR: Needle = Needle::new("\"error\"");
+static FUNCTION_CALL: Needle = Needle::new("\"function_call\"");
 
-/// Whether an event may carry a response object or an error. Delta events (the bulk of a
-/// stream) carry neither: their `type` value is `"response.…"`, never the bare `"response"`.
+/// Whether an event may carry a response object, an error or a function call item (whose id
+/// and name are read whatever the capture). Delta events (the bulk of a stream) carry none:
+/// their `type` value is `"response.…"`, never the bare `"response"`.
 fn may_matter(data: &[u8]) -> bool {
-    RESPONSE.non_null(data) || ERROR.present(data)
+    RESPONSE.non_null(data) || ERROR.present(data) || FUNCTION_CALL.any(data, |_| true)
 }
 
 #[derive(Default)]
@@ -237,9 +254,8 @@ impl OpenAiResponses {
 
     fn apply(&mut self, event: &Event<'_>, name: &str, p: &mut Progress) {
         let kind = event.kind.non_empty().unwrap_or(name);
-        if p.capturing() {
-            capture_event(&mut p.output, kind, event);
-        }
+        // Text only when capture is on; tool call ids and names always.
+        capture_event(&mut p.output, kind, event);
         match kind {
             "error" => {
                 let nested = event.error.0.as_ref();
@@ -293,9 +309,7 @@ impl Extractor for OpenAiResponses {
             p.json_body = Some(false);
             return;
         };
-        if p.capturing() {
-            capture_items(&mut p.output, &r.output.0);
-        }
+        capture_items(&mut p.output, &r.output.0);
         if let Some(status) = r.status.non_empty() {
             self.apply_response(&r, Some(status), p);
             // A background request answers `queued`/`in_progress`: a success body too.
@@ -320,6 +334,25 @@ impl Extractor for OpenAiResponses {
 pub(crate) struct ResponsesRequest;
 
 impl RequestApi for ResponsesRequest {
+    /// `function_call_output` items of `input` with their `call_id`.
+    fn tool_results(&self, body: &Value) -> Vec<ToolResult> {
+        let Some(items) = body.get("input").and_then(Value::as_array) else {
+            return Vec::new();
+        };
+        items
+            .iter()
+            .filter(|i| i.get("type").and_then(Value::as_str) == Some("function_call_output"))
+            .filter_map(|i| {
+                Some(ToolResult {
+                    call_id: i.get("call_id")?.as_str()?.to_owned(),
+                    name: None,
+                    content: result_text(i.get("output").unwrap_or(&Value::Null)),
+                    is_error: false,
+                })
+            })
+            .collect()
+    }
+
     fn input(&self, body: &Value) -> Input {
         let mut input = Input::default();
         if let Some(i) = body["instructions"].as_str() {

@@ -8,12 +8,32 @@ use serde::{Deserialize, Serialize};
 
 use super::json::{Count, Obj, Text};
 
-/// One tool call the model asked for: its name and its arguments as JSON text (as the provider
-/// sent them, fragments joined).
+/// One tool call the model asked for: its id, its name and its arguments as JSON text (as the
+/// provider sent them, fragments joined).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ToolCallOutput {
+    /// The provider's id for the call (`call_…`, `toolu_…`, `tooluse_…`); for a Gemini call
+    /// without one, a stable synthetic id (see [`synthetic_tool_call_id`]). Empty when unknown.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub id: String,
     pub name: String,
     pub arguments: String,
+}
+
+/// A tool call as metadata: id and name, read whatever the capture level (arguments are
+/// content and only in [`CapturedOutput`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ToolCallRef {
+    pub id: String,
+    pub name: String,
+}
+
+/// The id given to a call whose provider sends none (Gemini's `functionCall` without `id`):
+/// `<name>#<n>`, `n` counting the calls of that name in the same response from 0. A
+/// `functionResponse` without `id` is matched by the same rule: `<name>#<n>`, `n` counting the
+/// responses of that name in the same message.
+pub fn synthetic_tool_call_id(name: &str, nth: usize) -> String {
+    format!("{name}#{nth}")
 }
 
 /// The output of a response as far as content capture keeps it.
@@ -28,7 +48,7 @@ pub struct CapturedOutput {
 
 /// Most tool calls kept (OpenAI allows 128 tools per request).
 const MAX_TOOL_CALLS: usize = 128;
-/// Longest tool name kept.
+/// Longest tool name (and tool call id) kept.
 const MAX_TOOL_NAME_BYTES: usize = 256;
 
 /// Per tool call: the provider's key for it, and whether arguments were fed.
@@ -42,12 +62,17 @@ struct CallState {
 /// count against it (so text + arguments never exceed it). Past the budget nothing more is
 /// appended and `truncated` is set; from then on the builder is inactive, so extractors go back
 /// to skipping content.
+///
+/// Tool calls' ids and names are metadata: they are tracked always (bounded by the call limit
+/// and the name limit, not by the budget), whether or not content is captured.
 #[derive(Debug, Default)]
 pub(crate) struct OutputBuilder {
     max: usize,
     left: usize,
     out: CapturedOutput,
     calls: Vec<CallState>,
+    /// Every call's id and name, with the provider's key, captured or not.
+    refs: Vec<(Option<u64>, ToolCallRef)>,
 }
 
 /// `s` cut to at most `max` bytes on a character boundary.
@@ -77,9 +102,9 @@ impl OutputBuilder {
         self.max > 0 && !self.out.truncated
     }
 
-    /// Whether any text or tool call was kept.
+    /// Whether any text or tool call was kept (or any tool call tracked).
     pub fn has_any(&self) -> bool {
-        !self.out.text.is_empty() || !self.out.tool_calls.is_empty()
+        !self.out.text.is_empty() || !self.out.tool_calls.is_empty() || !self.refs.is_empty()
     }
 
     /// The part of `s` that fits the budget, which it uses up; sets `truncated` when cut.
@@ -118,6 +143,7 @@ impl OutputBuilder {
         }
         self.left -= name.len();
         self.out.tool_calls.push(ToolCallOutput {
+            id: String::new(),
             name: name.to_owned(),
             arguments: String::new(),
         });
@@ -151,36 +177,49 @@ impl OutputBuilder {
         self.calls[at].args_fed = true;
     }
 
-    /// A streamed call starts (or is named again): `key` is the provider's index for it. With
-    /// `None` a new call is always opened.
-    pub fn tool_start(&mut self, key: Option<u64>, name: &str) {
-        if !self.active() {
-            return;
+    /// The tracked call for `key`, like [`OutputBuilder::find`].
+    fn find_ref(&self, key: Option<u64>) -> Option<usize> {
+        match key {
+            None => self.refs.len().checked_sub(1),
+            Some(_) => self.refs.iter().rposition(|(k, _)| *k == key),
         }
-        match key.and_then(|_| self.find(key)) {
-            Some(at) => self.name(at, name),
-            None => {
-                self.open(key, name);
+    }
+
+    /// Tracks a call's id and name (metadata, kept whatever the capture): the call for `key`
+    /// when there is one and `new` is false, else a new one (within the call limit).
+    fn track(&mut self, key: Option<u64>, id: Option<&str>, name: &str, new: bool) {
+        let at = match (new, key.and_then(|_| self.find_ref(key))) {
+            (false, Some(at)) => at,
+            _ if self.refs.len() >= MAX_TOOL_CALLS => return,
+            _ => {
+                self.refs.push((key, ToolCallRef::default()));
+                self.refs.len() - 1
             }
-        }
-    }
-
-    /// A fragment of a streamed call's arguments; `None` means the last call.
-    pub fn tool_args(&mut self, key: Option<u64>, fragment: &str) {
-        if !self.active() || fragment.is_empty() {
-            return;
-        }
-        let at = match self.find(key) {
-            Some(at) => Some(at),
-            None => self.open(key, ""),
         };
-        if let Some(at) = at {
-            self.append_args(at, fragment);
+        let r = &mut self.refs[at].1;
+        if r.id.is_empty()
+            && let Some(id) = id
+        {
+            r.id = cut(id, MAX_TOOL_NAME_BYTES).to_owned();
+        }
+        if r.name.is_empty() {
+            r.name = cut(name, MAX_TOOL_NAME_BYTES).to_owned();
         }
     }
 
-    /// A streamed call's final form: its whole arguments are used only if no fragment was fed.
-    pub fn tool_done(&mut self, key: Option<u64>, name: &str, arguments: &str) {
+    /// Gives the captured call at `at` the tracked id of `key`'s call.
+    fn set_id(&mut self, at: usize, key: Option<u64>) {
+        if self.out.tool_calls[at].id.is_empty()
+            && let Some(r) = self.find_ref(key)
+        {
+            self.out.tool_calls[at].id = self.refs[r].1.id.clone();
+        }
+    }
+
+    /// A streamed call starts (or is named again): `key` is the provider's index for it. With
+    /// `None` a new call is always opened. `id` is the provider's id for it, when it says one.
+    pub fn tool_start(&mut self, key: Option<u64>, id: Option<&str>, name: &str) {
+        self.track(key, id, name, key.is_none());
         if !self.active() {
             return;
         }
@@ -191,21 +230,68 @@ impl OutputBuilder {
             }
             None => self.open(key, name),
         };
-        if let Some(at) = at
-            && !self.calls[at].args_fed
-        {
-            self.append_args(at, arguments);
+        if let Some(at) = at {
+            self.set_id(at, key);
+        }
+    }
+
+    /// A fragment of a streamed call's arguments; `None` means the last call.
+    pub fn tool_args(&mut self, key: Option<u64>, fragment: &str) {
+        if self.find_ref(key).is_none() {
+            self.track(key, None, "", true);
+        }
+        if !self.active() || fragment.is_empty() {
+            return;
+        }
+        let at = match self.find(key) {
+            Some(at) => Some(at),
+            None => self.open(key, ""),
+        };
+        if let Some(at) = at {
+            self.set_id(at, key);
+            self.append_args(at, fragment);
+        }
+    }
+
+    /// A streamed call's final form: its whole arguments are used only if no fragment was fed.
+    pub fn tool_done(&mut self, key: Option<u64>, id: Option<&str>, name: &str, arguments: &str) {
+        self.track(key, id, name, key.is_none());
+        if !self.active() {
+            return;
+        }
+        let at = match key.and_then(|_| self.find(key)) {
+            Some(at) => {
+                self.name(at, name);
+                Some(at)
+            }
+            None => self.open(key, name),
+        };
+        if let Some(at) = at {
+            self.set_id(at, key);
+            if !self.calls[at].args_fed {
+                self.append_args(at, arguments);
+            }
         }
     }
 
     /// A whole call (non-streamed bodies, and providers that send each call in one piece).
-    pub fn tool_call(&mut self, name: &str, arguments: &str) {
+    pub fn tool_call(&mut self, id: Option<&str>, name: &str, arguments: &str) {
+        self.track(None, id, name, true);
         if !self.active() {
             return;
         }
         if let Some(at) = self.open(None, name) {
+            self.set_id(at, None);
             self.append_args(at, arguments);
         }
+    }
+
+    /// Every tool call's id and name (tracked whatever the capture).
+    pub fn tool_refs(&mut self) -> Vec<ToolCallRef> {
+        std::mem::take(&mut self.refs)
+            .into_iter()
+            .map(|(_, r)| r)
+            .collect()
     }
 
     /// The assembled output, `None` when capture is off.
@@ -396,6 +482,9 @@ impl<'de> Visitor<'de> for JsonWriter<'_> {
 pub(crate) struct ToolCall<'a> {
     /// Which call a streamed fragment belongs to; absent when each call comes whole.
     pub index: Count,
+    /// The call's id (`call_…`): in the first fragment of a streamed call, or with a whole one.
+    #[serde(borrow)]
+    pub id: Text<'a>,
     #[serde(borrow)]
     pub function: Obj<Function<'a>>,
 }
@@ -522,21 +611,58 @@ mod tests {
         let mut b = OutputBuilder::new(0);
         assert!(!b.active());
         b.text("x");
-        b.tool_call("f", "{}");
+        b.tool_call(Some("call_1"), "f", "{}");
+        assert_eq!(
+            b.tool_refs(),
+            [ToolCallRef {
+                id: "call_1".into(),
+                name: "f".into()
+            }],
+            "ids and names are metadata, kept whatever the capture"
+        );
         assert_eq!(b.finish(), None);
+    }
+
+    #[test]
+    fn streamed_ids_stay_with_their_call_captured_or_not() {
+        for max in [0, 1000] {
+            let mut b = OutputBuilder::new(max);
+            b.tool_start(Some(0), Some("call_a"), "a");
+            b.tool_start(Some(1), Some("call_b"), "b");
+            b.tool_args(Some(0), "{}");
+            b.tool_args(Some(1), "{\"q\":1}");
+            b.tool_done(Some(1), None, "b", "");
+            b.tool_call(Some("call_c"), "c", "[]");
+            let refs: Vec<(String, String)> =
+                b.tool_refs().into_iter().map(|r| (r.id, r.name)).collect();
+            let want = [("call_a", "a"), ("call_b", "b"), ("call_c", "c")]
+                .map(|(i, n)| (i.to_string(), n.to_string()));
+            assert_eq!(refs, want);
+            if let Some(out) = b.finish() {
+                let calls: Vec<(&str, &str)> = out
+                    .tool_calls
+                    .iter()
+                    .map(|c| (c.id.as_str(), c.arguments.as_str()))
+                    .collect();
+                assert_eq!(
+                    calls,
+                    [("call_a", "{}"), ("call_b", "{\"q\":1}"), ("call_c", "[]")]
+                );
+            }
+        }
     }
 
     #[test]
     fn keyed_fragments_join_per_call_and_names_are_not_repeated() {
         let mut b = OutputBuilder::new(1000);
-        b.tool_start(Some(0), "a");
-        b.tool_start(Some(1), "b");
+        b.tool_start(Some(0), None, "a");
+        b.tool_start(Some(1), None, "b");
         b.tool_args(Some(0), "{\"x\"");
         b.tool_args(Some(1), "{}");
-        b.tool_start(Some(0), "a");
+        b.tool_start(Some(0), None, "a");
         b.tool_args(Some(0), ":1}");
-        b.tool_done(Some(0), "a", "{\"ignored\":true}");
-        b.tool_done(Some(2), "c", "{\"y\":2}");
+        b.tool_done(Some(0), None, "a", "{\"ignored\":true}");
+        b.tool_done(Some(2), None, "c", "{\"y\":2}");
         let out = b.finish().expect("on");
         let calls: Vec<(&str, &str)> = out
             .tool_calls
@@ -549,8 +675,8 @@ mod tests {
     #[test]
     fn names_and_arguments_count_against_the_budget() {
         let mut b = OutputBuilder::new(8);
-        b.tool_call("fn", "{\"a\":1}");
-        b.tool_call("g", "{}");
+        b.tool_call(None, "fn", "{\"a\":1}");
+        b.tool_call(None, "g", "{}");
         let out = b.finish().expect("on");
         assert_eq!(out.tool_calls.len(), 1);
         assert_eq!(out.tool_calls[0].arguments, "{\"a\":1");
@@ -561,7 +687,7 @@ mod tests {
     fn the_number_of_tool_calls_is_bounded() {
         let mut b = OutputBuilder::new(1 << 20);
         for _ in 0..1000 {
-            b.tool_call("", "");
+            b.tool_call(None, "", "");
         }
         let out = b.finish().expect("on");
         assert_eq!(out.tool_calls.len(), MAX_TOOL_CALLS);

@@ -29,6 +29,13 @@ pub(crate) trait RequestApi: Sync {
     /// Input messages, system instructions left out, counted from the typed read.
     fn input_message_count(&self, fields: &RequestFields) -> Option<u64>;
 
+    /// The tool results the request carries (answers to tool calls an earlier response asked
+    /// for), in the order they appear.
+    fn tool_results(&self, body: &Value) -> Vec<ToolResult> {
+        let _ = body;
+        Vec::new()
+    }
+
     /// The body asking for the stream's usage too, for APIs that have an option for it
     /// (`has_stream_options`: the body has a `stream_options` member already).
     fn ask_stream_usage(&self, body: &[u8], has_stream_options: bool) -> Option<Bytes> {
@@ -56,6 +63,67 @@ fn api(format: WireFormat) -> Option<&'static dyn RequestApi> {
         }
         WireFormat::Passthrough => return None,
     })
+}
+
+/// One tool result a request carries: the answer to a tool call an earlier response asked for.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ToolResult {
+    /// The id of the call it answers (`tool_call_id`, `call_id`, `tool_use_id`, `toolUseId`,
+    /// Gemini's `functionResponse.id` or the synthetic `<name>#<n>`).
+    pub call_id: String,
+    /// The tool's name, when the API repeats it (Gemini).
+    pub name: Option<String>,
+    /// The result as text: a string as it is, text parts joined, anything else as JSON.
+    pub content: String,
+    /// The result says the tool failed (Anthropic `is_error`, Bedrock `status: error`).
+    pub is_error: bool,
+}
+
+/// Keys whose presence in a body means it may carry tool results (or name a previous
+/// response); a body without any is not parsed a second time.
+static TOOL_RESULT_KEYS: [super::json::Needle; 6] = [
+    super::json::Needle::new("\"tool_call_id\""),
+    super::json::Needle::new("\"function_call_output\""),
+    super::json::Needle::new("\"tool_result\""),
+    super::json::Needle::new("\"functionResponse\""),
+    super::json::Needle::new("\"toolResult\""),
+    super::json::Needle::new("\"tool_use_id\""),
+];
+
+/// The tool results a request of `format` carries; empty for a body without any (checked by
+/// a byte scan first, so most requests are not parsed again).
+pub fn tool_results(format: WireFormat, body: &[u8]) -> Vec<ToolResult> {
+    let Some(api) = api(format) else {
+        return Vec::new();
+    };
+    if !TOOL_RESULT_KEYS.iter().any(|k| k.any(body, |_| true)) {
+        return Vec::new();
+    }
+    match serde_json::from_slice::<Value>(body) {
+        Ok(v) => api.tool_results(&v),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// A tool result's content as text: a string as it is, a list of parts with `text` joined by
+/// newlines (other parts as JSON), anything else as JSON text.
+pub(crate) fn result_text(v: &Value) -> String {
+    match v {
+        Value::Null => String::new(),
+        Value::String(s) => s.clone(),
+        Value::Array(parts) => parts
+            .iter()
+            .map(|p| match p.get("text").and_then(Value::as_str) {
+                Some(t) => t.to_owned(),
+                None => match p.get("json") {
+                    Some(j) => j.to_string(),
+                    None => p.to_string(),
+                },
+            })
+            .collect::<Vec<_>>()
+            .join("\n"),
+        other => other.to_string(),
+    }
 }
 
 /// What a request says, read by its API's rules from its path and JSON body.
@@ -194,6 +262,8 @@ pub struct RequestFields {
     /// Responses API input (a string or a list) and embeddings input.
     input: Option<Value>,
     tools: Option<Vec<ToolFields>>,
+    /// Responses API: the response this one continues.
+    pub previous_response_id: Option<String>,
     /// Counted by the request's API once the fields are read.
     #[serde(skip)]
     input_message_count: Option<u64>,
@@ -521,5 +591,68 @@ mod tests {
             f.metadata_pairs(),
             [("k".into(), "v".into()), ("n".into(), "1".into())]
         );
+    }
+
+    #[test]
+    fn tool_results_are_read_from_every_api_shape() {
+        let read = |format, body: Value| {
+            let r = tool_results(format, body.to_string().as_bytes());
+            r.into_iter()
+                .map(|r| (r.call_id, r.content, r.is_error))
+                .collect::<Vec<_>>()
+        };
+        let owned = |v: &[(&str, &str, bool)]| {
+            v.iter()
+                .map(|(i, c, e)| (i.to_string(), c.to_string(), *e))
+                .collect::<Vec<_>>()
+        };
+        let chat = json!({"messages": [
+            {"role": "user", "content": "hi"},
+            {"role": "tool", "tool_call_id": "call_1", "content": "18C"},
+            {"role": "tool", "tool_call_id": "call_2", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}]});
+        assert_eq!(
+            read(WireFormat::ChatCompletions, chat),
+            owned(&[("call_1", "18C", false), ("call_2", "a\nb", false)])
+        );
+        let responses = json!({"previous_response_id": "resp_1", "input": [
+            {"type": "function_call_output", "call_id": "call_9", "output": "{\"ok\":true}"}]});
+        assert_eq!(
+            read(WireFormat::Responses, responses),
+            owned(&[("call_9", "{\"ok\":true}", false)])
+        );
+        let anthropic = json!({"messages": [{"role": "user", "content": [
+            {"type": "tool_result", "tool_use_id": "toolu_1", "content": "fine"},
+            {"type": "tool_result", "tool_use_id": "toolu_2", "content": [{"type": "text", "text": "boom"}], "is_error": true}]}]});
+        assert_eq!(
+            read(WireFormat::Messages, anthropic.clone()),
+            owned(&[("toolu_1", "fine", false), ("toolu_2", "boom", true)])
+        );
+        // Anthropic bodies through Bedrock InvokeModel read the same.
+        assert_eq!(read(WireFormat::InvokeModel, anthropic).len(), 2);
+        let converse = json!({"messages": [{"role": "user", "content": [
+            {"toolResult": {"toolUseId": "tooluse_1", "content": [{"json": {"n": 1}}]}},
+            {"toolResult": {"toolUseId": "tooluse_2", "content": [{"text": "denied"}], "status": "error"}}]}]});
+        assert_eq!(
+            read(WireFormat::Converse, converse),
+            owned(&[
+                ("tooluse_1", "{\"n\":1}", false),
+                ("tooluse_2", "denied", true)
+            ])
+        );
+        let gemini = json!({"contents": [{"role": "user", "parts": [
+            {"functionResponse": {"name": "get_weather", "response": {"t": 18}}},
+            {"functionResponse": {"name": "get_weather", "response": {"t": 9}}},
+            {"functionResponse": {"id": "fc_7", "name": "lookup", "response": {"error": "no such sku"}}}]}]});
+        assert_eq!(
+            read(WireFormat::GenerateContent, gemini),
+            owned(&[
+                ("get_weather#0", "{\"t\":18}", false),
+                ("get_weather#1", "{\"t\":9}", false),
+                ("fc_7", "{\"error\":\"no such sku\"}", true),
+            ])
+        );
+        // A body without any tool result is not parsed again.
+        assert!(tool_results(WireFormat::ChatCompletions, b"{\"messages\":[]}").is_empty());
+        assert!(tool_results(WireFormat::Passthrough, b"{\"tool_call_id\":1}").is_empty());
     }
 }

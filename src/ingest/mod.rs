@@ -250,6 +250,16 @@ impl Receiver {
     /// the export (never waits). What else wants to see the app's own spans (e.g. which tool
     /// call ids the app reported itself) hooks in here.
     fn received(&self, span: SpanRecord, origin: Arc<Origin>) {
+        // The app reports its own tool calls: the gateway's span for the same call id gives
+        // way to the app's (see call/tools.rs), and from now on waits a moment for it.
+        if let Some(tools) = self.recorder.tools() {
+            if !tools.app_sends_spans() {
+                tools.set_app_sends_spans(true);
+            }
+            if let Some(AttrValue::Str(call_id)) = span.attr("gen_ai.tool.call.id") {
+                tools.app_reported(span.trace_id, call_id);
+            }
+        }
         self.recorder.record_span(span, None, Some(origin));
     }
 

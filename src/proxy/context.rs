@@ -2,7 +2,7 @@
 //! every response (errors included) can name its trace and span.
 
 use std::{
-    sync::Arc,
+    sync::{Arc, Mutex},
     task::{Context, Poll},
 };
 
@@ -13,6 +13,21 @@ use crate::{
     metrics::Metrics,
     trace::{context::TraceContext, metadata::CallMetadata},
 };
+
+/// Where an inner layer leaves the trace a call joined (inspection: an agent loop with no
+/// trace header), so the response names it, the gateway's own error answers included.
+#[derive(Clone, Default)]
+pub struct JoinedTrace(Arc<Mutex<Option<TraceContext>>>);
+
+impl JoinedTrace {
+    pub fn set(&self, trace: TraceContext) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(trace);
+    }
+
+    fn take(&self) -> Option<TraceContext> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
 
 #[derive(Clone)]
 pub struct TraceContextLayer {
@@ -76,13 +91,19 @@ where
         if metadata.truncated > 0 {
             self.layer.metrics.metadata_truncated(metadata.truncated);
         }
-        let trace_id = HeaderValue::from_str(&trace.trace_id_hex());
-        let span_id = HeaderValue::from_str(&trace.span_id_hex());
+        let read = trace.clone();
+        let joined = JoinedTrace::default();
         req.extensions_mut().insert(trace);
         req.extensions_mut().insert(metadata);
+        req.extensions_mut().insert(joined.clone());
         let fut = self.inner.call(req);
         Box::pin(async move {
             let mut response = fut.await?;
+            // Inspection may have joined the call to an earlier call's trace (an agent loop
+            // with no trace header): the response then names that one.
+            let trace = joined.take().unwrap_or(read);
+            let trace_id = HeaderValue::from_str(&trace.trace_id_hex());
+            let span_id = HeaderValue::from_str(&trace.span_id_hex());
             if let (Ok(t), Ok(s)) = (trace_id, span_id) {
                 response.headers_mut().insert("x-sidetrace-trace-id", t);
                 response.headers_mut().insert("x-sidetrace-span-id", s);

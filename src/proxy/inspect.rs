@@ -20,16 +20,18 @@ use tower::{Layer, Service};
 
 use super::{
     body::{Holding, ProxyBody, RequestBody},
+    context::JoinedTrace,
     record::CallSlot,
 };
 use crate::{
-    call::RequestInfo,
+    call::{RequestInfo, recorder::Recorder},
     error::ProxyError,
     format::request::{self, RequestFields},
     metrics::Metrics,
     provider::{Route, WireFormat},
     trace::{
         capture::Capturer,
+        context::{TraceContext, TraceSource},
         metadata::{CallMetadata, CaptureLevel},
     },
 };
@@ -101,6 +103,7 @@ pub struct InspectLayer {
     inject_include_usage: bool,
     capturer: Arc<Capturer>,
     buffers: Arc<RequestBuffers>,
+    recorder: Arc<Recorder>,
 }
 
 impl InspectLayer {
@@ -108,11 +111,13 @@ impl InspectLayer {
         inject_include_usage: bool,
         capturer: Arc<Capturer>,
         buffers: Arc<RequestBuffers>,
+        recorder: Arc<Recorder>,
     ) -> Self {
         InspectLayer {
             inject_include_usage,
             capturer,
             buffers,
+            recorder,
         }
     }
 }
@@ -125,6 +130,7 @@ impl<S> Layer<S> for InspectLayer {
             inject_include_usage: self.inject_include_usage,
             capturer: self.capturer.clone(),
             buffers: self.buffers.clone(),
+            recorder: self.recorder.clone(),
         }
     }
 }
@@ -135,6 +141,7 @@ pub struct Inspect<S> {
     inject_include_usage: bool,
     capturer: Arc<Capturer>,
     buffers: Arc<RequestBuffers>,
+    recorder: Arc<Recorder>,
 }
 
 impl<S> Service<Request<RequestBody>> for Inspect<S>
@@ -162,6 +169,7 @@ where
         }
         let inject = self.inject_include_usage && route.provider.stream_usage_injection;
         let capturer = self.capturer.clone();
+        let recorder = self.recorder.clone();
         let held = self.buffers.hold();
         // The service was polled ready; hand that instance to the future and keep a fresh clone.
         let clone = self.inner.clone();
@@ -171,6 +179,9 @@ where
             let (bytes, held) = read_whole(body, &parts.headers, held).await?;
             let path = parts.uri.path().to_string();
             let (info, rewritten, fields) = inspect(&route, &path, &bytes, inject);
+            // Decided here, before the request goes upstream, so the propagated
+            // `traceparent` names the joined trace.
+            let joined = follow_agent_loop(&recorder, &mut parts, route.format, &bytes, &fields);
             let mut content = None;
             if let Some(metadata) = parts.extensions.get_mut::<CallMetadata>() {
                 if let Some(f) = &fields {
@@ -206,6 +217,13 @@ where
             if let Some(slot) = parts.extensions.get::<CallSlot>() {
                 let metadata = parts.extensions.get::<CallMetadata>().cloned();
                 slot.fill_request(info, metadata, content);
+                if let Some(trace) = &joined {
+                    slot.join_trace(trace.clone());
+                }
+            }
+            // For the trace context layer, which names the call's trace in the response.
+            if let (Some(trace), Some(cell)) = (&joined, parts.extensions.get::<JoinedTrace>()) {
+                cell.set(trace.clone());
             }
             let body: RequestBody = Holding::boxed(
                 http_body_util::Full::new(body)
@@ -221,6 +239,54 @@ where
             response.await
         })
     }
+}
+
+/// Tool results and agent loops: the request's tool results end the tool spans of the calls
+/// they answer, and a request with no trace header and no explicit session header that
+/// continues an earlier call (answers its tool calls, or names its response as
+/// `previous_response_id`) joins that call's trace, and its session unless a coding agent's
+/// own session header names one. Returns the joined trace, which replaces the one in the
+/// extensions. Explicit headers always win: a request with `traceparent`,
+/// `x-sidetrace-trace-id` or a session header set on purpose (`x-sidetrace-session-id` and its
+/// aliases) is not joined; one whose coding-agent session differs from the earlier call's is
+/// not joined either.
+fn follow_agent_loop(
+    recorder: &Recorder,
+    parts: &mut http::request::Parts,
+    format: WireFormat,
+    body: &[u8],
+    fields: &Option<RequestFields>,
+) -> Option<TraceContext> {
+    let tools = recorder.tools()?;
+    let results = request::tool_results(format, body);
+    let previous = fields
+        .as_ref()
+        .and_then(|f| f.previous_response_id.as_deref());
+    let metadata = parts.extensions.get::<CallMetadata>();
+    let asked = metadata.and_then(|m| m.capture);
+    let session = metadata.and_then(|m| m.session_id.clone());
+    let explicit_session = metadata.is_some_and(|m| m.session_explicit);
+    let own = parts.extensions.get::<TraceContext>();
+    let may_join = own.is_some_and(|t| t.source == TraceSource::New) && !explicit_session;
+    let joined = if may_join && (!results.is_empty() || previous.is_some()) {
+        tools
+            .join(&results, previous, session.as_deref())
+            .and_then(|asker| {
+                let own = parts.extensions.get::<TraceContext>()?;
+                let trace = asker.followed_by(own.span_id);
+                parts.extensions.insert(trace.clone());
+                if session.is_none()
+                    && let Some(m) = parts.extensions.get_mut::<CallMetadata>()
+                {
+                    m.session_id = asker.session_id.clone();
+                }
+                Some(trace)
+            })
+    } else {
+        None
+    };
+    recorder.tool_results(&results, asked);
+    joined
 }
 
 /// Reads the request body whole, holding its bytes against the gateway-wide limit as they come.

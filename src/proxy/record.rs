@@ -53,6 +53,9 @@ struct Draft {
     metadata: Option<CallMetadata>,
     content: Option<CapturedContent>,
     reservation: Option<Reservation>,
+    /// The trace the call joined (an agent loop with no trace header), replacing the one read
+    /// from its headers.
+    trace: Option<TraceContext>,
 }
 
 impl CallSlot {
@@ -71,6 +74,11 @@ impl CallSlot {
         draft.info = Some(info);
         draft.metadata = metadata;
         draft.content = content;
+    }
+
+    /// Inspection: the call joins an earlier call's trace (see `call::tools`).
+    pub fn join_trace(&self, trace: TraceContext) {
+        self.lock().trace = Some(trace);
     }
 
     /// Budgets: what they hold for this call until it is recorded.
@@ -365,6 +373,9 @@ impl Call {
                 record.metadata = metadata;
             }
             record.content = draft.content;
+            if let Some(trace) = draft.trace {
+                record.trace = trace;
+            }
         }
         self.reservation = draft.reservation;
     }

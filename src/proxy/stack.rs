@@ -74,7 +74,7 @@ pub fn build(
         // refused ones too. Outside the timeouts, so a timeout is recorded as a timeout. The
         // layers inside leave what they learn in the call's slot; the tap only reads.
         .layer(RecordLayer::new(
-            recorder,
+            recorder.clone(),
             metrics.clone(),
             ParserLimits {
                 max_event_bytes: config.inspect.max_event_bytes,
@@ -104,6 +104,7 @@ pub fn build(
             config.inspect.inject_include_usage,
             capturer,
             RequestBuffers::new(config.max_buffered_request_bytes, metrics.clone()),
+            recorder.clone(),
         ))
         // Budgets after inspection, which knows the feature and user (headers and body): a
         // spent budget is refused before anything reaches the provider.

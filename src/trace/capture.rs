@@ -9,7 +9,10 @@ use serde_json::{Value, json};
 use super::{metadata::CaptureLevel, redact::Redactor};
 use crate::{
     config::{CaptureConfig, ConfigError},
-    format::request::{self, Input},
+    format::{
+        ToolCallOutput,
+        request::{self, Input},
+    },
     provider::WireFormat,
 };
 
@@ -205,7 +208,7 @@ impl Capturer {
         &self,
         content: &mut CapturedContent,
         text: &str,
-        tool_calls: &[(String, String)],
+        tool_calls: &[ToolCallOutput],
         finish: Option<&str>,
     ) {
         let Some(level) = content.level else { return };
@@ -216,8 +219,13 @@ impl Capturer {
         if !text.is_empty() {
             parts.push(json!({"type": "text", "content": text}));
         }
-        for (name, arguments) in tool_calls {
-            parts.push(json!({"type": "tool_call", "name": name, "arguments": arguments}));
+        for call in tool_calls {
+            let mut part =
+                json!({"type": "tool_call", "name": call.name, "arguments": call.arguments});
+            if !call.id.is_empty() {
+                part["id"] = json!(call.id);
+            }
+            parts.push(part);
         }
         let mut message = json!([{
             "role": "assistant",

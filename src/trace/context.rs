@@ -21,6 +21,9 @@ pub enum TraceSource {
     Traceparent,
     GroupingHeader,
     New,
+    /// No trace header: the request continues an agent loop of an earlier call (it answers
+    /// that call's tool calls or names its response as `previous_response_id`).
+    Joined,
 }
 
 /// The call span's place in a trace.

@@ -29,7 +29,26 @@ pub struct CallMetadata {
     pub capture: Option<CaptureLevel>,
     /// Values or keys cut to the bounds.
     pub truncated: u32,
+    /// The session came from a header the caller set on purpose (`x-sidetrace-session-id`,
+    /// `helicone-session-id`, `baggage`), not one a coding agent sends on its own: such a call
+    /// is never joined to an agent loop's trace (see `call::tools`).
+    #[serde(default)]
+    pub session_explicit: bool,
 }
+
+/// Session headers that coding agents and agent gateways send by themselves, first match wins:
+/// Claude Code (`X-Claude-Code-Session-Id`), Codex CLI (`session-id`, older versions
+/// `session_id`), OpenCode (`x-opencode-session`), Amp (`x-amp-thread-id`), Bifrost's
+/// `x-bf-session-id`, and the generic `x-session-id`. They are passed upstream unchanged.
+pub const CODING_AGENT_SESSION_HEADERS: [&str; 7] = [
+    "x-claude-code-session-id",
+    "session-id",
+    "session_id",
+    "x-opencode-session",
+    "x-amp-thread-id",
+    "x-bf-session-id",
+    "x-session-id",
+];
 
 /// Request headers that carry metadata and are stripped before the request goes upstream
 /// (besides every `x-sidetrace-*` header).
@@ -116,6 +135,16 @@ impl CallMetadata {
         }
         if let Some(v) = text(headers, "x-sidetrace-tags") {
             m.add_tags(&v);
+        }
+        // Session headers coding agents send on their own, only when no header set one on
+        // purpose (those win). Sources in the README ("Sessions").
+        m.session_explicit = m.session_id.is_some();
+        if !m.session_explicit
+            && let Some(v) = CODING_AGENT_SESSION_HEADERS
+                .iter()
+                .find_map(|name| text(headers, name))
+        {
+            m.set(Field::Session, &v);
         }
         if let Some(v) = text(headers, "x-sidetrace-capture") {
             m.capture = CaptureLevel::parse(&v);
@@ -292,6 +321,45 @@ mod tests {
             map.append(*k, HeaderValue::from_str(v).unwrap());
         }
         map
+    }
+
+    #[test]
+    fn coding_agent_session_headers_give_the_session_and_gateway_headers_win() {
+        for name in CODING_AGENT_SESSION_HEADERS {
+            let m = CallMetadata::from_headers(&h(&[(name, "agent-s1")]));
+            assert_eq!(m.session_id.as_deref(), Some("agent-s1"), "{name}");
+        }
+        let m = CallMetadata::from_headers(&h(&[
+            ("x-claude-code-session-id", "cc"),
+            ("session-id", "codex"),
+        ]));
+        assert_eq!(
+            m.session_id.as_deref(),
+            Some("cc"),
+            "first in the list wins"
+        );
+        let m = CallMetadata::from_headers(&h(&[
+            ("x-claude-code-session-id", "cc"),
+            ("helicone-session-id", "helicone"),
+        ]));
+        assert_eq!(m.session_id.as_deref(), Some("helicone"));
+        assert!(m.session_explicit);
+        let m = CallMetadata::from_headers(&h(&[
+            ("x-claude-code-session-id", "cc"),
+            ("baggage", "session.id=from-baggage"),
+        ]));
+        assert_eq!(m.session_id.as_deref(), Some("from-baggage"));
+        let m = CallMetadata::from_headers(&h(&[
+            ("x-claude-code-session-id", "cc"),
+            ("x-sidetrace-session-id", "mine"),
+        ]));
+        assert_eq!(m.session_id.as_deref(), Some("mine"));
+        assert!(
+            CODING_AGENT_SESSION_HEADERS
+                .iter()
+                .all(|n| !is_metadata_header(n)),
+            "passed upstream unchanged"
+        );
     }
 
     #[test]

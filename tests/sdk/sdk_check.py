@@ -241,10 +241,67 @@ def otel_parent_span():
         print("TRACE", format(ctx.trace_id, "032x"), format(ctx.span_id, "016x"))
 
 
+# Agent loops with NO trace headers: the gateway groups them (see tests/sdk.rs).
+
+
+def loop_openai_chat():
+    client = oai()
+    tools = [
+        {"type": "function", "function": {"name": n, "parameters": {"type": "object", "properties": {}}}}
+        for n in ("get_weather", "get_time")
+    ]
+    messages = [{"role": "user", "content": "Weather and time in Paris?"}]
+    r = client.chat.completions.create(model="gpt-4o-mini", messages=messages, tools=tools)
+    calls = r.choices[0].message.tool_calls
+    assert [c.id for c in calls] == ["call_weather", "call_time"], calls
+    messages.append(r.choices[0].message.model_dump(exclude_none=True))
+    answers = {"get_weather": "sunny", "get_time": "14:00"}
+    for c in calls:
+        messages.append({"role": "tool", "tool_call_id": c.id, "content": answers[c.function.name]})
+    r2 = client.chat.completions.create(model="gpt-4o-mini", messages=messages, tools=tools)
+    assert r2.choices[0].message.content == "Sunny, 14:00", r2
+
+
+def loop_anthropic_tool_use():
+    client = ant()
+    tools = [{"name": n, "input_schema": {"type": "object"}} for n in ("search", "fetch")]
+    messages = [{"role": "user", "content": "go"}]
+    m = client.messages.create(model="claude-sonnet-4-5", max_tokens=100, messages=messages, tools=tools)
+    uses = [b for b in m.content if b.type == "tool_use"]
+    assert [u.id for u in uses] == ["toolu_search", "toolu_fetch"], m.content
+    messages.append({"role": "assistant", "content": [b.model_dump(exclude_none=True) for b in m.content]})
+    messages.append(
+        {
+            "role": "user",
+            "content": [
+                {"type": "tool_result", "tool_use_id": "toolu_search", "content": "3 hits"},
+                {"type": "tool_result", "tool_use_id": "toolu_fetch", "content": "404", "is_error": True},
+            ],
+        }
+    )
+    m2 = client.messages.create(model="claude-sonnet-4-5", max_tokens=100, messages=messages, tools=tools)
+    assert m2.content[0].text == "done", m2
+
+
+def loop_openai_responses():
+    client = oai()
+    tools = [{"type": "function", "name": "lookup", "parameters": {"type": "object", "properties": {}}}]
+    r = client.responses.create(model="gpt-4.1", input="Is SKU 42 in stock?", tools=tools)
+    calls = [o for o in r.output if o.type == "function_call"]
+    assert [c.call_id for c in calls] == ["call_lookup"], r.output
+    r2 = client.responses.create(
+        model="gpt-4.1",
+        previous_response_id=r.id,
+        input=[{"type": "function_call_output", "call_id": "call_lookup", "output": '{"stock":3}'}],
+        tools=tools,
+    )
+    assert r2.output_text == "in stock", r2
+
+
 CASES = {
     name: fn
     for name, fn in globals().items()
-    if callable(fn) and name.startswith(("openai_", "anthropic_", "otel_"))
+    if callable(fn) and name.startswith(("openai_", "anthropic_", "otel_", "loop_"))
 }
 
 if __name__ == "__main__":

@@ -1143,7 +1143,7 @@ function toolIndex(nodes, ctx) {
   const results = new Map(); // id -> {response, spanIdx}
   const toolSpans = new Map(); // id -> node idx of the execute_tool span
   const calls = new Map(); // id -> {name, arguments, spanIdx}
-  const idBySig = new Map(); // name + arguments -> id, for calls recorded without their id
+  const idBySig = new Map(); // name + arguments -> id, for calls stored without their id
   for (const x of nodes) {
     const callId = attr(x.span, 'gen_ai.tool.call.id');
     if (callId) toolSpans.set(String(callId), x.idx);
@@ -1170,8 +1170,8 @@ function toolIndex(nodes, ctx) {
 }
 
 /** A tool call's name and arguments, the same whether the arguments came as JSON text or as an
- * object: the gateway records a response's tool calls without their id, and the next request's
- * history carries the same call with it. */
+ * object. The gateway records each tool call's id; spans stored by an earlier version (or an
+ * app's spans) may lack it, and the next request's history carries the same call with it. */
 function callSig(part) {
   let args = part.arguments;
   if (typeof args === 'string') { try { args = JSON.parse(args); } catch (_) { /* keep the text */ } }
@@ -1481,7 +1481,7 @@ function renderToolCall(p, chatCtx) {
     h('span', { class: 'tc-icon', text: 'ƒ' }),
     h('span', { class: 'tc-sig' }, h('b', { text: p.name || '(tool)' }), h('span', { class: 'muted', text: '(' + oneLineArgs(p.arguments) + ')' })),
     h('span', { class: 'spacer' }),
-    id ? h('code', { class: 'muted small', text: id, title: inferred ? 'id from the same call in a later request (this response was recorded without it)' : 'call id' }) : null));
+    id ? h('code', { class: 'muted small', text: id, title: inferred ? 'id from the same call in a later request (this span was stored without it)' : 'call id' }) : null));
   if (p.arguments !== undefined && p.arguments !== null && p.arguments !== '') {
     box.appendChild(h('details', { class: 'tc-args' }, h('summary', { class: 'small muted', text: 'arguments' }), h('pre', { class: 'json small', text: prettyValue(p.arguments) })));
   }
