@@ -1,10 +1,11 @@
 //! The web UI in a real headless Chromium (Debian's `chromium`, driven by `playwright-core`;
 //! `tests/setup-ui.sh` installs both, and the README's test command runs it): the gateway
-//! records a small agent run (a call that asks for a tool, then the call that answers it, as its
-//! child), a refused call and a 1,000-call trace; `tests/ui/ui_check.mjs` then opens the list,
-//! filters by feature, opens the trace, collapses and expands the tree, opens a span's messages
-//! and cost, follows the deep link, the session view and the cost chart, failing on any console
-//! error. Screenshots go to `target/ui-screenshots/`.
+//! records the seed's agent run twice (with the app's own spans received over OTLP, and with no
+//! SDK at all: tool spans read from the wire, the loop grouped by its tool call ids), a score, a
+//! refused call and a 1,000-call trace; `tests/ui/ui_check.mjs` then opens the list, filters by
+//! feature, opens the trace, checks both agent trees row by row, collapses and expands the tree,
+//! opens a span's messages and cost, follows the deep link, the session view and the cost chart,
+//! failing on any console error. Screenshots go to `target/ui-screenshots/`.
 
 mod common;
 
@@ -20,6 +21,51 @@ use serde_json::{Value, json};
 
 const AGENT_TRACE: &str = "5b8aa5a2d2c872e8321cf37308d69df2";
 const BIG_TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
+const APP_ROOT: &str = "b7ad6b7169203331";
+const APP_RETRIEVE: &str = "c7ad6b7169203332";
+/// The agent run's tree as the UI must show it, row by row: name and depth.
+const AGENT_TREE: &str = "support_agent.run:0,retrieve:1,chat gpt-4o-mini:1,execute_tool get_weather:2,chat gpt-4o-mini:1,evaluation helpfulness:2";
+const LOOP_TREE: &str = "chat gpt-4o-mini:0,execute_tool get_weather:1,chat gpt-4o-mini:1";
+
+fn now_nanos() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+}
+
+/// One span of the app's own SDK, as OTLP/JSON.
+fn app_span(id: &str, parent: Option<&str>, name: &str, start: u64, end: u64) -> Value {
+    json!({
+        "traceId": AGENT_TRACE, "spanId": id, "parentSpanId": parent.unwrap_or(""),
+        "name": name, "kind": 1,
+        "startTimeUnixNano": start.to_string(), "endTimeUnixNano": end.to_string(),
+    })
+}
+
+/// Sends the app's spans to the gateway's OTLP receiver, as the app's SDK exporter would.
+async fn send_app_spans(gw: &TestGateway, spans: &[Value]) {
+    let body = json!({"resourceSpans": [{
+        "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "support-agent"}}]},
+        "scopeSpans": [{"scope": {"name": "support_agent"}, "spans": spans}]}]});
+    let addr = gw.ingest_http_addr.expect("the OTLP receiver is on");
+    let req = http::Request::post(format!("http://{addr}/v1/traces"))
+        .header("content-type", "application/json")
+        .body(full_body(body.to_string()))
+        .unwrap();
+    assert_eq!(
+        client().request(req).await.unwrap().status(),
+        StatusCode::OK
+    );
+}
+
+async fn admin_post(gw: &TestGateway, path: &str, body: &str) -> StatusCode {
+    let req = http::Request::post(format!("http://{}{path}", gw.admin_addr))
+        .header("content-type", "application/json")
+        .body(full_body(body.to_string()))
+        .unwrap();
+    client().request(req).await.unwrap().status()
+}
 
 fn usage(input: u64, output: u64) -> Value {
     json!({"prompt_tokens": input, "completion_tokens": output, "total_tokens": input + output})
@@ -95,7 +141,8 @@ async fn the_trace_explorer_works_in_a_real_browser() {
         "chromium or playwright-core is missing: run `bash tests/setup-ui.sh` (the README's test command does)"
     );
     let mock = Mock::start(provider).await;
-    let gw = gateway_for(&mock, "").await;
+    // Tool spans wait a moment for an app's own (see call/tools.rs); a short wait here.
+    let gw = gateway_for(&mock, "[trace]\ntool_app_span_grace_ms = 100\n").await;
     let session = [
         ("x-sidetrace-feature", "support_agent"),
         ("x-sidetrace-user-id", "u_123"),
@@ -104,25 +151,85 @@ async fn the_trace_explorer_works_in_a_real_browser() {
         ("x-sidetrace-prompt-version", "3"),
     ];
 
-    // The agent run: the first call asks for a tool; the second answers with its result, as
-    // the first call's child (its traceparent names the first call's span).
-    let parent = format!("00-{AGENT_TRACE}-b7ad6b7169203331-01");
+    // The seed's agent run, with the app's own OpenTelemetry spans: its `retrieve` span and
+    // (at the end, as an SDK exports it) its root `support_agent.run` arrive over OTLP; both LLM
+    // calls are children of the root (traceparent); the gateway reads the tool call and its
+    // result from the wire and puts `execute_tool get_weather` under the call that asked.
+    let t0 = now_nanos();
+    send_app_spans(
+        &gw,
+        &[app_span(
+            APP_RETRIEVE,
+            Some(APP_ROOT),
+            "retrieve",
+            t0,
+            t0 + 2_000_000,
+        )],
+    )
+    .await;
+    let parent = format!("00-{AGENT_TRACE}-{APP_ROOT}-01");
     let mut headers = session.to_vec();
     headers.push(("traceparent", &parent));
     let a = post(&gw, "/v1/chat/completions", &headers, &first_request()).await;
     assert_eq!(a.status, StatusCode::OK);
-    wait_spans(&gw, AGENT_TRACE, 1).await;
-    let first_span = gw
-        .recent_spans()
-        .iter()
-        .find(|s| sidetrace::trace::context::hex(&s.trace_id) == AGENT_TRACE)
-        .map(|s| sidetrace::trace::context::hex(&s.span_id))
-        .unwrap();
-    let child = format!("00-{AGENT_TRACE}-{first_span}-01");
-    let mut headers = session.to_vec();
-    headers.push(("traceparent", &child));
     let b = post(&gw, "/v1/chat/completions", &headers, &second_request()).await;
     assert_eq!(b.status, StatusCode::OK);
+    send_app_spans(
+        &gw,
+        &[app_span(
+            APP_ROOT,
+            None,
+            "support_agent.run",
+            t0 - 1_000_000,
+            now_nanos(),
+        )],
+    )
+    .await;
+    wait_spans(&gw, AGENT_TRACE, 5).await;
+    // A user's verdict on the answer, scored after the fact on the second call.
+    let tree = admin_get(&gw, &format!("/api/traces/{AGENT_TRACE}"))
+        .await
+        .json();
+    let answer_span = tree["spans"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["name"] == "chat gpt-4o-mini")
+        .max_by_key(|s| {
+            s["start_unix_nanos"]
+                .as_str()
+                .unwrap()
+                .parse::<u64>()
+                .unwrap()
+        })
+        .unwrap()["span_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let scored = admin_post(
+        &gw,
+        "/api/scores",
+        &json!({"trace_id": AGENT_TRACE, "span_id": answer_span, "name": "helpfulness", "score": 0.9, "label": "pass"}).to_string(),
+    )
+    .await;
+    assert_eq!(scored, StatusCode::CREATED);
+    wait_spans(&gw, AGENT_TRACE, 6).await;
+
+    // The same run with no SDK and no trace header at all: the second call answers the first
+    // one's tool call, so it joins the first call's trace.
+    let feature = [("x-sidetrace-feature", "support_agent")];
+    let a = post(&gw, "/v1/chat/completions", &feature, &first_request()).await;
+    assert_eq!(a.status, StatusCode::OK);
+    let loop_trace = a.headers["x-sidetrace-trace-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let b = post(&gw, "/v1/chat/completions", &feature, &second_request()).await;
+    assert_eq!(
+        b.headers["x-sidetrace-trace-id"].to_str().unwrap(),
+        loop_trace
+    );
+    wait_spans(&gw, &loop_trace, 3).await;
 
     // A refused call of another feature, and a trace of 1,000 calls.
     let refused = post(
@@ -150,7 +257,6 @@ async fn the_trace_explorer_works_in_a_real_browser() {
         .await;
         assert_eq!(r.status, StatusCode::OK);
     }
-    wait_spans(&gw, AGENT_TRACE, 2).await;
     wait_spans(&gw, BIG_TRACE, 1000).await;
 
     let out = root.join("target/ui-screenshots");
@@ -160,6 +266,14 @@ async fn the_trace_explorer_works_in_a_real_browser() {
             .arg(root.join("tests/ui/ui_check.mjs"))
             .args(["--base", &base, "--trace", AGENT_TRACE, "--session", "s_9"])
             .args(["--feature", "support_agent", "--big-trace", BIG_TRACE])
+            .args([
+                "--tree",
+                AGENT_TREE,
+                "--loop-trace",
+                &loop_trace,
+                "--loop-tree",
+                LOOP_TREE,
+            ])
             .arg("--out")
             .arg(&out)
             .output()

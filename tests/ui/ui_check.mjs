@@ -4,6 +4,10 @@
 //
 //   node tests/ui/ui_check.mjs --base http://127.0.0.1:PORT --trace TRACE_ID \
 //     --session SESSION_ID --feature FEATURE --out DIR [--big-trace TRACE_ID]
+//     [--tree 'name:depth,...'] [--loop-trace TRACE_ID --loop-tree 'name:depth,...']
+//
+// --tree: the rows --trace must show, in order (span name and depth in the tree); --loop-tree
+// the same for --loop-trace.
 //
 // Needs Debian's chromium at /usr/bin/chromium and playwright-core (tests/setup-ui.sh).
 
@@ -173,6 +177,44 @@ async function main() {
     console.log(`  ${n} spans`);
     await screenshot('trace-view');
   });
+
+  /** The span rows of the trace on screen, in order, as `name:depth`. */
+  async function treeRows() {
+    return page.$$eval('[data-testid=span-row]', (rs) => rs.map((r) => `${r.dataset.name}:${r.dataset.depth}`));
+  }
+
+  async function checkTree(traceId, expected, shotName) {
+    await goto('/ui/traces/' + traceId);
+    await waitFor((n) => document.querySelectorAll('[data-testid=span-row]').length === n, expected.length, `trace ${traceId} does not show ${expected.length} spans`);
+    await noErrorBox();
+    const rows = await treeRows();
+    check(JSON.stringify(rows) === JSON.stringify(expected), `trace ${traceId}: the tree is\n      ${rows.join('\n      ')}\n    not\n      ${expected.join('\n      ')}`);
+    console.log(`  ${rows.join(' | ')}`);
+    await screenshot(shotName);
+  }
+
+  if (args.tree) {
+    await runStep('the agent run is one tree: app spans, LLM calls, tool calls under the call that asked, the score', async () => {
+      await checkTree(args.trace, args.tree.split(','), 'agent-tree-with-app-spans');
+      // the tool span's panel names its call id and the call it answers
+      const tool = await page.$('[data-testid=span-row][data-name="execute_tool get_weather"]');
+      await tool.click();
+      await waitFor(() => /execute_tool get_weather/.test(document.querySelector('[data-testid=span-panel] [data-testid=span-name]')?.textContent || ''), null, 'the tool span does not open');
+      const attrs = await page.textContent('[data-testid=span-panel] [data-testid=span-attributes]');
+      check(attrs.includes('gen_ai.tool.call.id') && attrs.includes('call_7Hq2'), 'the tool span panel does not show its call id');
+      await screenshot('tool-span-panel');
+      const score = await page.textContent('[data-testid=span-row][data-name="evaluation helpfulness"] [data-testid=mark-score]').catch(() => null);
+      check(score && score.includes('0.9') && score.includes('pass'), `the score's row does not show its value and label (${score})`);
+    });
+  }
+
+  if (args['loop-trace'] && args['loop-tree']) {
+    await runStep('the same run with no SDK is one tree too', async () => {
+      await checkTree(args['loop-trace'], args['loop-tree'].split(','), 'agent-tree-no-sdk');
+    });
+    await goto('/ui/traces/' + args.trace);
+    await waitFor(() => document.querySelectorAll('[data-testid=span-row]').length > 0, null, 'the trace view shows no span tree');
+  }
 
   await runStep('collapse and expand a node', async () => {
     const toggle = await page.$('[data-testid=span-row] [data-testid=span-toggle]');

@@ -676,6 +676,7 @@ function parseJsonAttr(span, key) {
 
 /** What kind of step a span is, for its icon and bar colour. */
 function spanKind(span) {
+  if (attr(span, 'gen_ai.evaluation.name') != null) return 'score';
   const op = attr(span, 'gen_ai.operation.name');
   if (op === 'execute_tool') return 'tool';
   if (op === 'embeddings') return 'embed';
@@ -686,7 +687,14 @@ function spanKind(span) {
   return 'app';
 }
 
-const KIND_LABEL = { llm: 'LLM', tool: 'TOOL', embed: 'EMB', retrieve: 'RET', app: 'APP' };
+const KIND_LABEL = { llm: 'LLM', tool: 'TOOL', embed: 'EMB', retrieve: 'RET', app: 'APP', score: 'EVAL' };
+
+/** A score's value and label, for its row: `0.9 · pass`. */
+function scoreText(span) {
+  const v = attr(span, 'gen_ai.evaluation.score.value');
+  const l = attr(span, 'gen_ai.evaluation.score.label');
+  return [v != null ? String(v) : null, l != null ? String(l) : null].filter((x) => x).join(' · ');
+}
 
 function isError(span) {
   return span.status && span.status.code === 'error';
@@ -894,6 +902,7 @@ function renderTrace(gen, page, body, params) {
     if (x.idx === slowest) marks.push(h('span', { class: 'mark slow', text: 'slowest', title: `slowest span: ${fmtDur(x.selfMs)} of its own time`, testid: 'mark-slowest' }));
     if (x.idx === priciest) marks.push(h('span', { class: 'mark cost', text: 'top $', title: 'most expensive span: ' + fmtCost(x.self.cost_usd), testid: 'mark-priciest' }));
     if (s.parent_missing) marks.push(h('span', { class: 'mark miss', text: '↰', title: 'its parent span is not in this trace' }));
+    if (x.kind === 'score') marks.push(h('span', { class: 'mark score', text: scoreText(s), title: 'score of the span above (POST /api/scores)' + (attr(s, 'gen_ai.evaluation.explanation') ? ': ' + attr(s, 'gen_ai.evaluation.explanation') : ''), testid: 'mark-score' }));
     if (x.children.length) marks.push(h('span', { class: 'kids', text: String((r.spans || x.end - x.idx + 1) - 1), title: 'spans below' }));
     const left0 = ((s.start_ms - t0) / total) * 100;
     const width = Math.max(((s.end_ms - s.start_ms) / total) * 100, 0.15);
