@@ -163,6 +163,9 @@ fn parse(body: &[u8]) -> Result<Posted, ApiError> {
 /// What the store knows of the scored span: its id, its response id and the trace's feature.
 struct Target {
     parent: Option<[u8; 8]>,
+    /// The scored span's trace flags and state, which its score keeps (sampled when unknown).
+    flags: u8,
+    trace_state: Option<String>,
     response_id: Option<String>,
     feature: Option<String>,
 }
@@ -193,6 +196,8 @@ fn find(
     };
     Ok(Some(Ok(Target {
         parent: Some(node.stored.span.span_id),
+        flags: node.stored.span.flags,
+        trace_state: node.stored.span.trace_state.clone(),
         response_id,
         feature: tree.summary.feature.clone(),
     })))
@@ -233,6 +238,8 @@ pub async fn post(
         // No store to check against: the ids are taken as given.
         Err(_) => Target {
             parent: posted.span_id,
+            flags: 1,
+            trace_state: None,
             response_id: None,
             feature: None,
         },
@@ -283,8 +290,8 @@ fn score_span(posted: &Posted, target: &Target) -> SpanRecord {
         span_id: random_span_id(),
         parent_span_id: target.parent,
         parent_is_remote: false,
-        flags: 1,
-        trace_state: None,
+        flags: target.flags,
+        trace_state: target.trace_state.clone(),
         name: format!("evaluation {}", posted.name),
         kind: "internal".into(),
         start_unix_nanos: now,

@@ -158,9 +158,14 @@ impl Recorder {
     }
 
     /// A request carrying `results` arrived now: the tool spans of the calls they answer.
-    pub fn tool_results(&self, results: &[ToolResult], asked: Option<CaptureLevel>) {
+    pub fn tool_results(
+        &self,
+        results: &[ToolResult],
+        trace_id: [u8; 16],
+        asked: Option<CaptureLevel>,
+    ) {
         if let Some(tools) = &self.tools {
-            let spans = tools.answer(results, asked, SystemTime::now(), Instant::now());
+            let spans = tools.answer(results, trace_id, asked, SystemTime::now(), Instant::now());
             self.emit_tools(spans);
         }
     }

@@ -27,7 +27,7 @@ use std::{
 use crate::{
     call::record::CallRecord,
     config::TraceConfig,
-    format::request::ToolResult,
+    format::{is_synthetic_tool_call_id, request::ToolResult},
     metrics::Metrics,
     trace::{
         capture::Capturer,
@@ -354,10 +354,20 @@ impl ToolTable {
             (Some(s), Some(theirs)) => s == theirs,
             _ => true,
         };
+        // A synthetic id (`<name>#<n>`, Gemini without ids) repeats across apps: it links only
+        // calls that name the same session.
+        let same_named_session = |a: &Asker| matches!((session, a.session_id.as_deref()), (Some(s), Some(theirs)) if s == theirs);
         let by_result = results
             .iter()
-            .filter_map(|r| st.pending.get(&r.call_id))
-            .find(|p| same_session(&p.asker))
+            .filter_map(|r| Some((r, st.pending.get(&r.call_id)?)))
+            .find(|(r, p)| {
+                if is_synthetic_tool_call_id(&r.call_id) {
+                    same_named_session(&p.asker)
+                } else {
+                    same_session(&p.asker)
+                }
+            })
+            .map(|(_, p)| p)
             .map(|p| (p.asker.clone(), "tool_result"));
         let by_response = || {
             let asker = st.responses.get(previous_response_id?)?;
@@ -374,6 +384,7 @@ impl ToolTable {
     pub fn answer(
         &self,
         results: &[ToolResult],
+        trace_id: [u8; 16],
         asked: Option<CaptureLevel>,
         arrived: SystemTime,
         now: Instant,
@@ -382,19 +393,48 @@ impl ToolTable {
             return Vec::new();
         }
         let hold = self.app_sends_spans();
+        // The answered calls leave the table under the lock; their spans (redaction included)
+        // are built after it, so other requests never wait on that work.
+        let mut taken = Vec::new();
+        {
+            let mut st = self.lock();
+            for r in results {
+                // A synthetic id answers only a call of the request's own trace.
+                if is_synthetic_tool_call_id(&r.call_id)
+                    && st
+                        .pending
+                        .get(&r.call_id)
+                        .is_none_or(|p| p.asker.trace_id != trace_id)
+                {
+                    continue;
+                }
+                let Some(p) = st.pending.remove(&r.call_id) else {
+                    continue;
+                };
+                st.bytes -= p.bytes;
+                if st.reported.contains(&(p.asker.trace_id, r.call_id.clone())) {
+                    self.metrics.tools.dropped("app_reported");
+                    continue;
+                }
+                taken.push((p, r));
+            }
+        }
+        let built: Vec<_> = taken
+            .into_iter()
+            .map(|(p, r)| {
+                let span = self.span(&p, &r.call_id, Some((r, asked)), arrived);
+                (p, r, span)
+            })
+            .collect();
         let mut out = Vec::new();
         let mut st = self.lock();
-        for r in results {
-            let Some(p) = st.pending.remove(&r.call_id) else {
-                continue;
-            };
-            st.bytes -= p.bytes;
+        for (p, r, span) in built {
             let trace_id = p.asker.trace_id;
+            // The app may have reported it while the span was being built.
             if st.reported.contains(&(trace_id, r.call_id.clone())) {
                 self.metrics.tools.dropped("app_reported");
                 continue;
             }
-            let span = self.span(&p, &r.call_id, Some((r, asked)), arrived);
             self.metrics
                 .tools
                 .answered(if r.is_error { "error" } else { "ok" });
@@ -569,12 +609,18 @@ impl ToolTable {
     /// Arguments or a result as `level` keeps them: text only at `redacted` (redacted) and
     /// `full`, cut to the capture size limit.
     fn content(&self, text: &str, level: CaptureLevel) -> Option<String> {
+        let max = self.capturer.max_bytes.min(MAX_CONTENT_BYTES);
         let text = match level {
             CaptureLevel::None | CaptureLevel::Metadata => return None,
-            CaptureLevel::Redacted => self.capturer.redactor.redact(text).into_owned(),
-            CaptureLevel::Full => text.to_owned(),
+            // Cut first (with a margin, so a secret across the cut is still seen whole), then
+            // redact: the work is bounded whatever the size of the text.
+            CaptureLevel::Redacted => self
+                .capturer
+                .redactor
+                .redact(cut(text, max + 256))
+                .into_owned(),
+            CaptureLevel::Full => cut(text, max).to_owned(),
         };
-        let max = self.capturer.max_bytes.min(MAX_CONTENT_BYTES);
         Some(cut(&text, max).to_owned())
     }
 
@@ -717,12 +763,37 @@ mod tests {
     }
 
     #[test]
+    fn a_synthetic_id_links_only_the_same_session_and_answers_only_its_own_trace() {
+        let t = table(limits(), CaptureLevel::Full);
+        let now = Instant::now();
+        t.remember(
+            &call(1, None, &[("get_weather#0", "get_weather", "{}")]),
+            now,
+        );
+        let answer = [result("get_weather#0", "{\"t\":18}", false)];
+        // Another app with the same tool, no session: not joined, and not its answer.
+        assert!(t.join(&answer, None, None).is_none());
+        assert!(
+            t.answer(&answer, [9; 16], None, SystemTime::now(), now)
+                .is_empty()
+        );
+        assert!(t.join(&answer, None, Some("s2")).is_none());
+        // The same session joins, and the answer in that trace makes the span.
+        assert!(t.join(&answer, None, Some("s1")).is_some());
+        let spans = t.answer(&answer, [7; 16], None, SystemTime::now(), now);
+        assert_eq!(spans.len(), 1);
+        // A real id still links without a session.
+        t.remember(&call(2, None, &[("call_1", "f", "{}")]), now);
+        assert!(t.join(&[result("call_1", "", false)], None, None).is_some());
+    }
+
+    #[test]
     fn an_answered_call_makes_one_span_from_the_end_of_the_call_to_the_answer() {
         let t = table(limits(), CaptureLevel::Full);
         let now = Instant::now();
         t.remember(&call(1, None, &[("c1", "search", "{\"q\":1}")]), now);
         let arrived = UNIX_EPOCH + Duration::from_secs(1002);
-        let spans = t.answer(&[result("c1", "hits", true)], None, arrived, now);
+        let spans = t.answer(&[result("c1", "hits", true)], [7; 16], None, arrived, now);
         assert_eq!(spans.len(), 1);
         let (s, stored) = &spans[0];
         assert_eq!(stored, &None, "no store: one copy");
@@ -742,7 +813,7 @@ mod tests {
         );
         // Answered once: a second answer makes nothing.
         assert!(
-            t.answer(&[result("c1", "hits", false)], None, arrived, now)
+            t.answer(&[result("c1", "hits", false)], [7; 16], None, arrived, now)
                 .is_empty()
         );
         assert!(t.is_empty());
@@ -753,7 +824,13 @@ mod tests {
         let t = table(limits(), CaptureLevel::Metadata);
         let now = Instant::now();
         t.remember(&call(1, None, &[("c1", "f", "{\"secret\":1}")]), now);
-        let spans = t.answer(&[result("c1", "r", false)], None, SystemTime::now(), now);
+        let spans = t.answer(
+            &[result("c1", "r", false)],
+            [7; 16],
+            None,
+            SystemTime::now(),
+            now,
+        );
         let (s, _) = &spans[0];
         assert_eq!(s.attr("gen_ai.tool.call.arguments"), None);
         assert_eq!(s.attr("gen_ai.tool.call.result"), None);
@@ -817,6 +894,7 @@ mod tests {
         let arrived = SystemTime::now();
         let out = t.answer(
             &[result("c1", "", false), result("c2", "", false)],
+            [7; 16],
             None,
             arrived,
             now,
@@ -832,7 +910,7 @@ mod tests {
         t.set_app_sends_spans(false);
         t.remember(&call(2, None, &[("c3", "h", "{}")]), now);
         assert_eq!(
-            t.answer(&[result("c3", "", false)], None, arrived, now)
+            t.answer(&[result("c3", "", false)], [7; 16], None, arrived, now)
                 .len(),
             1
         );

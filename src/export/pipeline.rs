@@ -501,14 +501,16 @@ async fn export(
         None => (out.own_resource.clone(), out.own_scope.clone()),
     };
     let batch = spans.iter().map(|s| otlp::span_data(s, &scope)).collect();
+    // The batcher and the replayer share the exporter: waiting for it is not part of the
+    // export's time (a backstop fired while waiting would spool a batch that may be in flight
+    // and so send it twice).
+    let mut exporter = out.exporter.lock().await;
+    exporter.set_resource(&resource);
     let started = Instant::now();
     // The exporter has its own timeout; ours is the backstop if it does not fire.
-    let result = tokio::time::timeout(timeout + Duration::from_secs(1), async {
-        let mut exporter = out.exporter.lock().await;
-        exporter.set_resource(&resource);
-        exporter.export(batch).await
-    })
-    .await;
+    let result =
+        tokio::time::timeout(timeout + Duration::from_secs(1), exporter.export(batch)).await;
+    drop(exporter);
     metrics
         .export_duration
         .observe(started.elapsed().as_secs_f64());

@@ -297,15 +297,21 @@ impl Extractor for Gemini {
 pub(crate) struct GenerateContentRequest;
 
 impl RequestApi for GenerateContentRequest {
-    /// `functionResponse` parts of `contents`, by `id`, else by the synthetic `<name>#<n>`
-    /// (`n` counting the responses of that name in the same message, as the calls were
-    /// counted in the response).
+    /// `functionResponse` parts of the last content that has any (the answers to the model's
+    /// last turn; earlier ones are history, and their synthetic ids repeat), by `id`, else by
+    /// the synthetic `<name>#<n>` (`n` counting the responses of that name in the same
+    /// message, as the calls were counted in the response).
     fn tool_results(&self, body: &Value) -> Vec<ToolResult> {
         let Some(contents) = body.get("contents").and_then(Value::as_array) else {
             return Vec::new();
         };
+        let has_responses = |c: &&Value| {
+            c.get("parts")
+                .and_then(Value::as_array)
+                .is_some_and(|parts| parts.iter().any(|p| p.get("functionResponse").is_some()))
+        };
         let mut out = Vec::new();
-        for content in contents {
+        if let Some(content) = contents.iter().rev().find(has_responses) {
             let mut names: Vec<(&str, usize)> = Vec::new();
             let parts = content.get("parts").and_then(Value::as_array);
             for part in parts.into_iter().flatten() {

@@ -22,7 +22,9 @@ pub mod openai_responses;
 mod output;
 pub mod request;
 
-pub use output::{CapturedOutput, ToolCallOutput, ToolCallRef, synthetic_tool_call_id};
+pub use output::{
+    CapturedOutput, ToolCallOutput, ToolCallRef, is_synthetic_tool_call_id, synthetic_tool_call_id,
+};
 
 /// Token counts as the OpenTelemetry GenAI conventions define them: `input_tokens` includes
 /// cache reads and writes, `output_tokens` includes reasoning. `None` when the provider did not

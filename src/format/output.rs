@@ -36,6 +36,13 @@ pub fn synthetic_tool_call_id(name: &str, nth: usize) -> String {
     format!("{name}#{nth}")
 }
 
+/// Whether `id` is one that [`synthetic_tool_call_id`] made (`<name>#<n>`): such ids repeat
+/// across calls and apps, so they never link requests on their own.
+pub fn is_synthetic_tool_call_id(id: &str) -> bool {
+    id.rsplit_once('#')
+        .is_some_and(|(_, n)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
 /// The output of a response as far as content capture keeps it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CapturedOutput {

@@ -105,16 +105,20 @@ pub fn tool_results(format: WireFormat, body: &[u8]) -> Vec<ToolResult> {
     }
 }
 
-/// A tool result's content as text: a string as it is, a list of parts with `text` joined by
-/// newlines (other parts as JSON), anything else as JSON text.
+/// The most of a tool result's text kept from a request: the span keeps at most 64 KiB of it
+/// (`call/tools.rs`); the margin lets redaction see a secret that straddles that cut.
+pub const MAX_RESULT_BYTES: usize = 64 * 1024 + 256;
+
+/// A tool result's content as text, at most [`MAX_RESULT_BYTES`]: a string as it is, a list of
+/// parts with `text` joined by newlines (other parts as JSON), anything else as JSON text.
 pub(crate) fn result_text(v: &Value) -> String {
-    match v {
+    let mut text = match v {
         Value::Null => String::new(),
-        Value::String(s) => s.clone(),
+        Value::String(s) => s[..floor_char_boundary(s, MAX_RESULT_BYTES)].to_owned(),
         Value::Array(parts) => parts
             .iter()
             .map(|p| match p.get("text").and_then(Value::as_str) {
-                Some(t) => t.to_owned(),
+                Some(t) => t[..floor_char_boundary(t, MAX_RESULT_BYTES)].to_owned(),
                 None => match p.get("json") {
                     Some(j) => j.to_string(),
                     None => p.to_string(),
@@ -123,7 +127,21 @@ pub(crate) fn result_text(v: &Value) -> String {
             .collect::<Vec<_>>()
             .join("\n"),
         other => other.to_string(),
+    };
+    text.truncate(floor_char_boundary(&text, MAX_RESULT_BYTES));
+    text
+}
+
+/// The largest char boundary of `s` at or below `max`.
+fn floor_char_boundary(s: &str, max: usize) -> usize {
+    if s.len() <= max {
+        return s.len();
     }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    end
 }
 
 /// What a request says, read by its API's rules from its path and JSON body.
@@ -650,6 +668,15 @@ mod tests {
                 ("get_weather#1", "{\"t\":9}", false),
                 ("fc_7", "{\"error\":\"no such sku\"}", true),
             ])
+        );
+        // Only the last turn's answers: earlier ones are history with the same synthetic ids.
+        let history = json!({"contents": [
+            {"role": "user", "parts": [{"functionResponse": {"name": "get_weather", "response": {"t": 1}}}]},
+            {"role": "model", "parts": [{"functionCall": {"name": "get_weather", "args": {}}}]},
+            {"role": "user", "parts": [{"functionResponse": {"name": "get_weather", "response": {"t": 2}}}]}]});
+        assert_eq!(
+            read(WireFormat::GenerateContent, history),
+            owned(&[("get_weather#0", "{\"t\":2}", false)])
         );
         // A body without any tool result is not parsed again.
         assert!(tool_results(WireFormat::ChatCompletions, b"{\"messages\":[]}").is_empty());

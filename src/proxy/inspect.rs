@@ -285,7 +285,9 @@ fn follow_agent_loop(
     } else {
         None
     };
-    recorder.tool_results(&results, asked);
+    if let Some(trace) = parts.extensions.get::<TraceContext>() {
+        recorder.tool_results(&results, trace.trace_id, asked);
+    }
     joined
 }
 

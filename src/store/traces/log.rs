@@ -5,8 +5,10 @@
 //! CPU. Here the writer appends each batch of encoded spans to the current segment with one
 //! write, and the `spans` tree keeps only a 16-byte [`Pointer`] per span.
 //!
-//! Segments are named `{id:010}.log` and never appended to after a restart (a new one is begun),
-//! so a torn tail can only hold bytes that no pointer names. The `segments` tree counts each
+//! Segments are named `{id:010}.log` and never appended to after a restart (a new one is begun).
+//! A batch is appended before any pointer to it is written, and a segment is synced when it is
+//! closed and with each flush; after a power loss sled may still keep pointers to bytes that
+//! never reached the disk: such a span reads as missing and is left out of its trace. The `segments` tree counts each
 //! segment's live spans; eviction lowers the count and deletes the file when it reaches zero, so
 //! disk space comes back a segment at a time (traces arrive in time order, so the oldest
 //! segments empty first). A segment that no count names at open is left over from a crash
@@ -111,6 +113,8 @@ impl SpanLog {
     pub fn append(&self, bytes: &[u8]) -> io::Result<(u32, u64)> {
         let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
         if current.len >= self.segment_bytes {
+            // The closed segment is made durable now: `sync` only sees the current one.
+            current.file.sync_data()?;
             let id = current.id + 1;
             let file = OpenOptions::new()
                 .create_new(true)
@@ -164,10 +168,10 @@ impl SpanLog {
         if id == self.current_segment() {
             return Ok(());
         }
-        self.readers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&id);
+        // Unlinked under the readers' lock, so no reader opens it again in between (a handle
+        // kept open would keep the deleted file's space).
+        let mut readers = self.readers.lock().unwrap_or_else(|e| e.into_inner());
+        readers.remove(&id);
         match fs::remove_file(segment_path(&self.dir, id)) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),

@@ -589,6 +589,10 @@ impl TraceStore {
             return Ok(());
         }
         let (segment, base) = self.log.append(buf).map_err(sled::Error::Io)?;
+        // Counted before any pointer names the segment (and taken back for duplicates after),
+        // so a crash between the two never leaves a pointer into a segment counted empty.
+        let batch_spans: usize = by_trace.values().map(Vec::len).sum();
+        self.change_live(&[(segment, batch_spans as i64)])?;
         let mut added_bytes = 0u64;
         let mut added_spans = 0u64;
         for (trace_id, spans) in by_trace {
@@ -622,7 +626,10 @@ impl TraceStore {
                 self.counts().traces += 1;
             }
         }
-        self.change_live(&[(segment, added_spans as i64)])?;
+        let duplicates = batch_spans as u64 - added_spans;
+        if duplicates > 0 {
+            self.change_live(&[(segment, -(duplicates as i64))])?;
+        }
         let mut counts = self.counts();
         counts.bytes += added_bytes;
         counts.save(t)
