@@ -162,14 +162,7 @@ pub struct ToolTable {
 const MAX_CONTENT_BYTES: usize = 64 * 1024;
 
 fn cut(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
+    &s[..s.floor_char_boundary(max)]
 }
 
 fn unix_nanos(t: SystemTime) -> u64 {

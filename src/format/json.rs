@@ -508,14 +508,7 @@ impl Needle {
 
 /// Cuts `s` to at most `max` bytes on a character boundary.
 fn capped(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_owned();
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    s[..end].to_owned()
+    s[..s.floor_char_boundary(max)].to_owned()
 }
 
 /// Keeps the first non-empty value (providers send `""` placeholders, e.g. Azure's first chunk).

@@ -84,14 +84,7 @@ pub(crate) struct OutputBuilder {
 
 /// `s` cut to at most `max` bytes on a character boundary.
 fn cut(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
+    &s[..s.floor_char_boundary(max)]
 }
 
 impl OutputBuilder {

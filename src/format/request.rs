@@ -114,11 +114,11 @@ pub const MAX_RESULT_BYTES: usize = 64 * 1024 + 256;
 pub(crate) fn result_text(v: &Value) -> String {
     let mut text = match v {
         Value::Null => String::new(),
-        Value::String(s) => s[..floor_char_boundary(s, MAX_RESULT_BYTES)].to_owned(),
+        Value::String(s) => s[..s.floor_char_boundary(MAX_RESULT_BYTES)].to_owned(),
         Value::Array(parts) => parts
             .iter()
             .map(|p| match p.get("text").and_then(Value::as_str) {
-                Some(t) => t[..floor_char_boundary(t, MAX_RESULT_BYTES)].to_owned(),
+                Some(t) => t[..t.floor_char_boundary(MAX_RESULT_BYTES)].to_owned(),
                 None => match p.get("json") {
                     Some(j) => j.to_string(),
                     None => p.to_string(),
@@ -128,20 +128,8 @@ pub(crate) fn result_text(v: &Value) -> String {
             .join("\n"),
         other => other.to_string(),
     };
-    text.truncate(floor_char_boundary(&text, MAX_RESULT_BYTES));
+    text.truncate(text.floor_char_boundary(MAX_RESULT_BYTES));
     text
-}
-
-/// The largest char boundary of `s` at or below `max`.
-fn floor_char_boundary(s: &str, max: usize) -> usize {
-    if s.len() <= max {
-        return s.len();
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    end
 }
 
 /// What a request says, read by its API's rules from its path and JSON body.
