@@ -338,16 +338,7 @@ impl Shared {
     /// Spans of different origins go to separate entries: a replayed entry is exported in one
     /// request under one resource, so it succeeds or fails whole (exactly once).
     fn write_to_spool(&self, spans: &[SpanRecord]) {
-        let mut groups: Vec<Vec<&SpanRecord>> = Vec::new();
-        for span in spans {
-            match groups
-                .iter_mut()
-                .find(|g| same_origin(&g[0].origin, &span.origin))
-            {
-                Some(g) => g.push(span),
-                None => groups.push(vec![span]),
-            }
-        }
+        let groups = by_origin(spans.iter());
         for group in groups {
             self.write_group(&group);
         }
@@ -473,12 +464,14 @@ fn same_origin(a: &Option<Arc<Origin>>, b: &Option<Arc<Origin>>) -> bool {
 }
 
 /// Splits a batch by origin, keeping the order within each.
-fn by_origin(spans: Vec<SpanRecord>) -> Vec<Vec<SpanRecord>> {
-    let mut groups: Vec<Vec<SpanRecord>> = Vec::new();
+fn by_origin<T: std::borrow::Borrow<SpanRecord>>(
+    spans: impl IntoIterator<Item = T>,
+) -> Vec<Vec<T>> {
+    let mut groups: Vec<Vec<T>> = Vec::new();
     for span in spans {
         match groups
             .iter_mut()
-            .find(|g| same_origin(&g[0].origin, &span.origin))
+            .find(|g| same_origin(&g[0].borrow().origin, &span.borrow().origin))
         {
             Some(g) => g.push(span),
             None => groups.push(vec![span]),
