@@ -288,7 +288,7 @@ pub struct ToolMetrics {
     pub unanswered: Counter,
     /// Tool spans not emitted: `app_reported` (the app sent its own).
     dropped: Family<ReasonLabels, Counter>,
-    /// Entries pushed out of the bounded tables: `count`, `bytes`, `response_ids`.
+    /// Entries pushed out of the bounded tables: `count`, `bytes`, `response_ids`, `answered`.
     evicted: Family<ReasonLabels, Counter>,
     /// Requests without a trace header that joined an earlier call's trace, by what linked
     /// them (`tool_result`, `previous_response_id`).
@@ -316,7 +316,7 @@ impl ToolMetrics {
         let _ = m.dropped.get_or_create(&ReasonLabels {
             reason: "app_reported",
         });
-        for reason in ["count", "bytes", "response_ids"] {
+        for reason in ["count", "bytes", "response_ids", "answered"] {
             let _ = m.evicted.get_or_create(&ReasonLabels { reason });
         }
         for reason in ["tool_result", "previous_response_id"] {
@@ -344,7 +344,7 @@ impl ToolMetrics {
         );
         registry.register(
             "sidetrace_tool_pending_evicted",
-            "Entries pushed out of the bounded tool tables, by reason (count, bytes, response_ids)",
+            "Entries pushed out of the bounded tool tables, by reason (count, bytes, response_ids, answered)",
             m.evicted.clone(),
         );
         registry.register(

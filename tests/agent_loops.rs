@@ -656,3 +656,50 @@ async fn an_execute_tool_span_the_app_sends_over_otlp_replaces_the_gateways() {
         call_span.as_str()
     );
 }
+
+#[tokio::test]
+async fn a_retried_answer_joins_the_same_trace_and_makes_no_second_tool_span() {
+    let attempts = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = attempts.clone();
+    let mock = Mock::start(move |s: &Seen| {
+        if String::from_utf8_lossy(&s.body).contains("\"role\":\"tool\"")
+            && seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0
+        {
+            // The first attempt at the answer is rate limited; the client retries it.
+            return Reply::json(
+                429,
+                r#"{"error":{"message":"slow down","type":"requests"}}"#,
+            );
+        }
+        openai(s)
+    })
+    .await;
+    let gw = gateway_for(&mock, "").await;
+    let first = post(&gw, "/openai/v1/chat/completions", &[], CHAT_1).await;
+    let trace = header(&first, "x-sidetrace-trace-id");
+    let refused = post(&gw, "/openai/v1/chat/completions", &[], &chat_2()).await;
+    assert_eq!(refused.status, 429);
+    assert_eq!(header(&refused, "x-sidetrace-trace-id"), trace);
+    let retried = post(&gw, "/openai/v1/chat/completions", &[], &chat_2()).await;
+    assert_eq!(retried.status, 200);
+    assert_eq!(
+        header(&retried, "x-sidetrace-trace-id"),
+        trace,
+        "the retry joins the loop too"
+    );
+    let spans = trace_with(&gw, &trace, 5).await;
+    let tools: Vec<_> = spans
+        .iter()
+        .filter(|s| s["attributes"]["gen_ai.operation.name"] == "execute_tool")
+        .collect();
+    assert_eq!(
+        tools.len(),
+        2,
+        "one span per tool call, made by the first answer: {spans:#?}"
+    );
+    assert_eq!(metric(&gw, "sidetrace_tool_spans_emitted_total").await, 2.0);
+    assert_eq!(
+        metric(&gw, "sidetrace_traces_joined_total{reason=\"tool_result\"}").await,
+        2.0
+    );
+}

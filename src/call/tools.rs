@@ -141,6 +141,10 @@ struct State {
     bytes: usize,
     responses: HashMap<String, Arc<Asker>>,
     response_order: VecDeque<String>,
+    /// Call ids already answered, with their asker: a client's retry of the request that
+    /// answered them still joins the loop (no second span). Bounded like `responses`.
+    answered: HashMap<String, Arc<Asker>>,
+    answered_order: VecDeque<String>,
     held: VecDeque<Held>,
     held_bytes: usize,
     /// Call ids the app reported spans for, per trace; bounded like the pending table.
@@ -352,16 +356,22 @@ impl ToolTable {
         let same_named_session = |a: &Asker| matches!((session, a.session_id.as_deref()), (Some(s), Some(theirs)) if s == theirs);
         let by_result = results
             .iter()
-            .filter_map(|r| Some((r, st.pending.get(&r.call_id)?)))
-            .find(|(r, p)| {
+            .filter_map(|r| {
+                let asker = st
+                    .pending
+                    .get(&r.call_id)
+                    .map(|p| &p.asker)
+                    .or_else(|| st.answered.get(&r.call_id))?;
+                Some((r, asker))
+            })
+            .find(|(r, asker)| {
                 if is_synthetic_tool_call_id(&r.call_id) {
-                    same_named_session(&p.asker)
+                    same_named_session(asker)
                 } else {
-                    same_session(&p.asker)
+                    same_session(asker)
                 }
             })
-            .map(|(_, p)| p)
-            .map(|p| (p.asker.clone(), "tool_result"));
+            .map(|(_, asker)| (asker.clone(), "tool_result"));
         let by_response = || {
             let asker = st.responses.get(previous_response_id?)?;
             same_session(asker).then(|| (asker.clone(), "previous_response_id"))
@@ -369,6 +379,26 @@ impl ToolTable {
         let (asker, link) = by_result.or_else(by_response)?;
         self.metrics.tools.joined(link);
         Some(asker)
+    }
+
+    /// Keeps an answered call's asker for joining a retry; the oldest go past the bound.
+    fn remember_answered(&self, st: &mut State, call_id: &str, asker: &Arc<Asker>) {
+        if self.limits.max_response_ids == 0 {
+            return;
+        }
+        if st
+            .answered
+            .insert(call_id.to_owned(), asker.clone())
+            .is_none()
+        {
+            st.answered_order.push_back(call_id.to_owned());
+        }
+        while st.answered_order.len() > self.limits.max_response_ids {
+            if let Some(old) = st.answered_order.pop_front() {
+                st.answered.remove(&old);
+                self.metrics.tools.evicted("answered");
+            }
+        }
     }
 
     /// A request carrying tool results arrived at `arrived`: each result of a pending call
@@ -405,6 +435,7 @@ impl ToolTable {
                     continue;
                 };
                 st.bytes -= p.bytes;
+                self.remember_answered(&mut st, &r.call_id, &p.asker);
                 if st.reported.contains(&(p.asker.trace_id, r.call_id.clone())) {
                     self.metrics.tools.dropped("app_reported");
                     continue;

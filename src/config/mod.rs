@@ -206,7 +206,8 @@ pub struct TraceConfig {
     /// app's `execute_tool` span of the same call id (which wins) before it is emitted. Longer
     /// than the OpenTelemetry SDK batch processor's 5 s delay.
     pub tool_app_span_grace_ms: u64,
-    /// Responses API response ids remembered (for `previous_response_id`), at most.
+    /// Responses API response ids remembered (for `previous_response_id`), at most; as many
+    /// answered tool call ids are kept, so a client's retry of an answer still joins its loop.
     pub response_ids_max_entries: usize,
 }
 
