@@ -322,13 +322,37 @@ proptest! {
         let base = 1_000 * HOUR;
         let dir = tempfile::tempdir().unwrap();
         let (store, _) = open(dir.path(), u64::MAX, Duration::from_secs(u64::MAX / 4_000_000_000));
-        for s in &specs {
+        // The first half is written to sled; the second half arrives after, so its traces are
+        // open (in memory), some of them opened again from their written rows. The answers
+        // must be the same then, and once everything is written.
+        let (first, second) = specs.split_at(specs.len() / 2);
+        for s in first {
             put(&store, span_of(s, base), s.cost_pico);
         }
         assert!(store.flush(Duration::from_secs(10)));
-        let rows = model_rows(&specs, base);
+        for s in second {
+            put(&store, span_of(s, base), s.cost_pico);
+        }
+        assert!(store.caught_up(Duration::from_secs(10)));
+        check_against_model(&store, &specs, &queries, base)?;
+        assert!(store.flush(Duration::from_secs(10)));
+        check_against_model(&store, &specs, &queries, base)?;
+    }
+}
+
+fn check_against_model(
+    store: &TraceStore,
+    specs: &[Spec],
+    queries: &[TraceQuery],
+    base: u64,
+) -> Result<(), TestCaseError> {
+    {
+        let rows = model_rows(specs, base);
         for r in &rows {
-            let got = store.summary(&r.id).unwrap().expect("every trace has a row");
+            let got = store
+                .summary(&r.id)
+                .unwrap()
+                .expect("every trace has a row");
             prop_assert_eq!(got.totals.spans, r.spans);
             prop_assert_eq!(got.totals.errors, r.errors);
             prop_assert_eq!(got.totals.input_tokens, r.input_tokens);
@@ -339,13 +363,19 @@ proptest! {
             let tree = store.trace(&r.id).unwrap().unwrap();
             prop_assert_eq!(tree.nodes.len() as u64, r.spans);
             // The roots' rollups add up to the trace.
-            let rolled: u64 = tree.nodes.iter().filter(|n| n.depth == 0).map(|n| n.rollup.input_tokens).sum();
+            let rolled: u64 = tree
+                .nodes
+                .iter()
+                .filter(|n| n.depth == 0)
+                .map(|n| n.rollup.input_tokens)
+                .sum();
             prop_assert_eq!(rolled, r.input_tokens);
         }
-        for q in &queries {
-            prop_assert_eq!(all_pages(&store, q), model_query(&rows, q), "query {:?}", q);
+        for q in queries {
+            prop_assert_eq!(all_pages(store, q), model_query(&rows, q), "query {:?}", q);
         }
     }
+    Ok(())
 }
 
 fn metric(m: &Metrics, prefix: &str) -> f64 {
@@ -559,4 +589,74 @@ fn a_damaged_store_is_moved_aside_and_a_fresh_one_used() {
     put(&store, simple(2, 0, now_unix_nanos()), None);
     assert!(store.flush(Duration::from_secs(10)));
     assert!(store.summary(&trace_id(2)).unwrap().is_some());
+}
+
+/// A store written before the `rows` tree (one `traces` row per trace id, one `spans` row per
+/// span, spans inline as JSON) is moved into the new layout at open, and nothing is lost.
+#[test]
+fn a_store_in_the_earlier_layout_is_moved_into_the_new_one() {
+    use sidetrace::store::traces::{StoredSpan, Totals, TraceSummary};
+    let dir = tempfile::tempdir().unwrap();
+    let now = now_unix_nanos();
+    let spans = [simple(3, 0, now), simple(3, 1, now + 5)];
+    {
+        let db = sled::open(dir.path()).unwrap();
+        let (traces, by_time) = (
+            db.open_tree("traces").unwrap(),
+            db.open_tree("by_time").unwrap(),
+        );
+        let old_spans = db.open_tree("spans").unwrap();
+        let mut summary = TraceSummary::new(trace_id(3));
+        for span in &spans {
+            let stored = StoredSpan {
+                span: span.clone(),
+                resource: 1,
+                scope_name: "sidetrace".into(),
+                scope_version: "0".into(),
+                cost_pico_usd: Some(7),
+            };
+            let json = serde_json::to_vec(&stored).unwrap();
+            summary.add(
+                span,
+                &Totals::of_span(span, Some(7)),
+                24 + json.len() as u64,
+            );
+            let mut key = trace_id(3).to_vec();
+            key.extend_from_slice(&span.span_id);
+            old_spans.insert(key, json).unwrap();
+        }
+        traces
+            .insert(trace_id(3), serde_json::to_vec(&summary).unwrap())
+            .unwrap();
+        let mut time_key = summary.start_unix_nanos.to_be_bytes().to_vec();
+        time_key.extend_from_slice(&trace_id(3));
+        by_time.insert(time_key, &[]).unwrap();
+        db.flush().unwrap();
+    }
+    for added in 0..2 {
+        let (store, metrics) = open(dir.path(), u64::MAX, Duration::from_secs(86_400));
+        let tree = store
+            .trace(&trace_id(3))
+            .unwrap()
+            .expect("the trace is kept");
+        assert_eq!(tree.nodes.len(), 2 + added);
+        assert_eq!(tree.summary.totals.cost(), Some(14));
+        assert_eq!(metric(&metrics, "sidetrace_store_traces "), 1.0);
+        let page = store
+            .traces(&TraceQuery {
+                limit: 10,
+                ..TraceQuery::default()
+            })
+            .unwrap();
+        assert_eq!(page.rows.len(), 1);
+        // A span arriving now joins the moved trace (the second time, as a duplicate).
+        put(&store, simple(3, 9, now + 9), None);
+        assert!(store.flush(Duration::from_secs(10)));
+        store.close();
+    }
+    let (store, _) = open(dir.path(), u64::MAX, Duration::from_secs(86_400));
+    assert_eq!(
+        store.summary(&trace_id(3)).unwrap().unwrap().totals.spans,
+        3
+    );
 }

@@ -3,7 +3,7 @@
 //! sled keeps its values inside its B-tree nodes, so every insert of a 1–3 KB span rewrote (and
 //! on a cache miss first read back) a node full of other spans: that was most of the store's
 //! CPU. Here the writer appends each batch of encoded spans to the current segment with one
-//! write, and the `spans` tree keeps only a 16-byte [`Pointer`] per span.
+//! write, and each trace's row keeps only a 16-byte [`Pointer`] per span.
 //!
 //! Segments are named `{id:010}.log` and never appended to after a restart (a new one is begun).
 //! A batch is appended before any pointer to it is written, and a segment is synced when it is

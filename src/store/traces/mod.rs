@@ -13,16 +13,21 @@
 //! after it counted as dropped) and the proxy keeps serving.
 //!
 //! Layout (all keys big-endian, so byte order is time order):
-//! - `spans`: trace id (16) + span id (8) -> where the span's [`StoredSpan`] (JSON) is in the
-//!   segment files under `spans/` (see `log.rs`: sled keeps only this 16-byte pointer)
+//! - span bodies: JSON [`StoredSpan`]s appended to the segment files under `spans/` (`log.rs`)
+//! - `rows`: start nanos (8) + trace id -> the trace's [`TraceSummary`] and where each of its
+//!   spans is (`open.rs`, [`TraceRow`]); written once the trace has been quiet for a while
+//!   (until then it is open, in memory, and the readers see it there)
+//! - `by_time`: start nanos (8) + trace id -> () (the ids of the written rows, read at open)
 //! - `segments`: segment id (4) -> how many stored spans it holds (deleted at zero)
-//! - `traces`: trace id -> [`TraceSummary`] (JSON)
-//! - `by_time`: start nanos (8) + trace id -> ()
 //! - `by_feature`, `by_user`, `by_session`: value length (2) + value + start + trace id -> ()
 //! - `sessions`: session id -> [`SessionSummary`]; `sessions_by_time`: last nanos + id -> ()
 //! - `resources`: resource key (8) -> resource attributes; `meta`: `bytes` -> stored bytes
+//!
+//! Stores written before the `rows` tree (a `traces` row per id, a `spans` row per span) are
+//! moved into it at open.
 
 mod log;
+mod open;
 mod query;
 mod summary;
 
@@ -43,6 +48,7 @@ pub use query::{Page, SessionQuery, TraceQuery, TraceTree, TreeNode};
 pub use summary::{SessionSummary, Totals, TraceSummary};
 
 use log::{Pointer, SpanLog};
+use open::{OPEN_MAX, OpenTrace, OpenTraces, TraceRow, WrittenIds, to_seal};
 
 use super::sled_db::{Damage, Detached, is_damage, move_aside, open_waiting_for_lock};
 use crate::{
@@ -60,6 +66,10 @@ const QUEUE_SPANS: usize = 16 * 1024;
 const BATCH_SPANS: usize = 1024;
 /// How often the writer evicts traces past `max_age` (also once at open).
 const AGE_CHECK: Duration = Duration::from_secs(30);
+/// How often the writer looks for open traces to write.
+const SEAL_CHECK: Duration = Duration::from_secs(1);
+/// What a span adds to the stored bytes besides its JSON: its entry in its trace's row.
+const TRACE_ROW_SPAN_BYTES: u32 = 24;
 /// sled's page cache: reads of recent traces hit it; the rest come from the OS page cache.
 const CACHE_BYTES: u64 = 8 * 1024 * 1024;
 
@@ -128,6 +138,8 @@ enum Message {
     Span(Box<Ingest>),
     /// Everything sent before is written and flushed: answer on the channel.
     Flush(std::sync::mpsc::Sender<()>),
+    /// Everything sent before is applied (readers see it): answer on the channel.
+    CaughtUp(std::sync::mpsc::Sender<()>),
 }
 
 /// The store's settings.
@@ -139,8 +151,7 @@ pub struct StoreLimits {
 
 struct Trees {
     db: sled::Db,
-    spans: sled::Tree,
-    traces: sled::Tree,
+    rows: sled::Tree,
     by_time: sled::Tree,
     by_feature: sled::Tree,
     by_user: sled::Tree,
@@ -162,8 +173,7 @@ impl Trees {
         )?;
         let tree = |name: &str| db.open_tree(name);
         Ok(Trees {
-            spans: tree("spans")?,
-            traces: tree("traces")?,
+            rows: tree("rows")?,
             by_time: tree("by_time")?,
             by_feature: tree("by_feature")?,
             by_user: tree("by_user")?,
@@ -192,9 +202,13 @@ pub struct TraceStore {
     log: SpanLog,
     /// Live spans per segment, as saved in `segments`.
     live: Mutex<BTreeMap<u32, u64>>,
+    /// Traces still taking spans (readers look here first). Only the writer changes it; a
+    /// trace leaves it only once its row is written.
+    open: Mutex<OpenTraces>,
+    /// Where each written trace's row is.
+    written: Mutex<WrittenIds>,
     queue: Mutex<Option<SyncSender<Message>>>,
 }
-
 /// What opening the store found.
 pub struct Opened {
     pub store: Option<Arc<TraceStore>>,
@@ -222,9 +236,9 @@ impl Counts {
             (Some(bytes), Some(traces)) => Ok(Counts { bytes, traces }),
             _ => {
                 let mut counts = Counts::default();
-                for row in trees.traces.iter().values() {
+                for row in trees.rows.iter().values() {
                     counts.traces += 1;
-                    counts.bytes += decode::<TraceSummary>(&row?).map_or(0, |s| s.bytes);
+                    counts.bytes += TraceRow::decode_summary(&row?).map_or(0, |s| s.bytes);
                 }
                 Ok(counts)
             }
@@ -276,13 +290,6 @@ fn value_key(value: &str, start: u64, trace_id: &[u8; 16]) -> Vec<u8> {
 fn session_time_key(last: u64, session: &str) -> Vec<u8> {
     let mut k = last.to_be_bytes().to_vec();
     k.extend_from_slice(session.as_bytes());
-    k
-}
-
-fn span_key(trace_id: &[u8; 16], span_id: &[u8; 8]) -> [u8; 24] {
-    let mut k = [0u8; 24];
-    k[..16].copy_from_slice(trace_id);
-    k[16..].copy_from_slice(span_id);
     k
 }
 
@@ -354,24 +361,26 @@ impl TraceStore {
                 );
             }
         };
-        let counts = match Counts::load(&trees) {
-            Ok(counts) => counts,
-            Err(e) => {
-                return Opened::unavailable(
-                    format!("cannot read the trace store in {}: {e}", dir.display()),
-                    damage,
-                );
-            }
-        };
         let opened_log = load_live(&trees).map_err(io_error).and_then(|live| {
             let segment_bytes = (limits.max_bytes / 16).clamp(64 << 10, 64 << 20);
             SpanLog::open(&dir.join("spans"), segment_bytes, &live).map(|log| (log, live))
         });
-        let (log, live) = match opened_log {
+        let (log, mut live) = match opened_log {
             Ok(opened) => opened,
             Err(e) => {
                 return Opened::unavailable(
                     format!("cannot open the span files in {}: {e}", dir.display()),
+                    damage,
+                );
+            }
+        };
+        let read = migrate_legacy(&trees, &log, &mut live)
+            .and_then(|()| Ok((Counts::load(&trees)?, written_ids(&trees)?)));
+        let (counts, written) = match read {
+            Ok(read) => read,
+            Err(e) => {
+                return Opened::unavailable(
+                    format!("cannot read the trace store in {}: {e}", dir.display()),
                     damage,
                 );
             }
@@ -381,6 +390,8 @@ impl TraceStore {
             counts: Mutex::new(counts),
             log,
             live: Mutex::new(live),
+            open: Mutex::new(OpenTraces::new()),
+            written: Mutex::new(written),
             trees: Detached::new(trees),
             limits,
             metrics,
@@ -428,15 +439,29 @@ impl TraceStore {
         self.dropped(reason, 1);
     }
 
-    /// Waits (at most `timeout`) until every span queued before is written and flushed to disk.
-    /// Returns false when that did not happen in time.
+    /// Waits (at most `timeout`) until every span queued before is written and flushed to disk
+    /// (open traces included). Returns false when that did not happen in time.
     pub fn flush(&self, timeout: Duration) -> bool {
+        self.wait_for_writer(timeout, Message::Flush)
+    }
+
+    /// Waits (at most `timeout`) until every span queued before is applied: the readers see
+    /// it, though its trace may still be open (in memory). Returns false when not in time.
+    pub fn caught_up(&self, timeout: Duration) -> bool {
+        self.wait_for_writer(timeout, Message::CaughtUp)
+    }
+
+    fn wait_for_writer(
+        &self,
+        timeout: Duration,
+        message: fn(std::sync::mpsc::Sender<()>) -> Message,
+    ) -> bool {
         let (done, wait) = std::sync::mpsc::channel();
         let sender = self.queue.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let Some(sender) = sender else { return true };
         let deadline = Instant::now() + timeout;
         // The queue may be full: wait for room, but not past the deadline.
-        let mut message = Message::Flush(done);
+        let mut message = message(done);
         loop {
             match sender.try_send(message) {
                 Ok(()) => break,
@@ -469,20 +494,23 @@ impl TraceStore {
         // Reused for every batch's encoded spans.
         let mut buf = Vec::with_capacity(1 << 20);
         let mut last_age_check = Instant::now();
+        let mut last_seal_check = Instant::now();
         self.evict_expired();
         loop {
-            let first = match receiver.recv_timeout(AGE_CHECK) {
+            let first = match receiver.recv_timeout(SEAL_CHECK) {
                 Ok(m) => Some(m),
                 Err(RecvTimeoutError::Timeout) => None,
                 Err(RecvTimeoutError::Disconnected) => break,
             };
             let mut spans = Vec::new();
             let mut flushes = Vec::new();
+            let mut caught_up = Vec::new();
             let mut next = first;
             while let Some(message) = next {
                 match message {
                     Message::Span(s) => spans.push(*s),
                     Message::Flush(done) => flushes.push(done),
+                    Message::CaughtUp(done) => caught_up.push(done),
                 }
                 next = if spans.len() < BATCH_SPANS {
                     receiver.try_recv().ok()
@@ -493,6 +521,14 @@ impl TraceStore {
             let spans_written = !spans.is_empty();
             if spans_written {
                 self.write(spans, &mut known_resources, &mut buf);
+            }
+            for done in caught_up {
+                let _ = done.send(());
+            }
+            let crowded = self.open_traces().len() > OPEN_MAX;
+            if !flushes.is_empty() || crowded || last_seal_check.elapsed() >= SEAL_CHECK {
+                last_seal_check = Instant::now();
+                self.seal(!flushes.is_empty());
             }
             // Cheap when nothing expired (one look at the oldest trace), so after every batch.
             if spans_written || last_age_check.elapsed() >= AGE_CHECK {
@@ -510,6 +546,7 @@ impl TraceStore {
                 }
             }
         }
+        self.seal(true);
         if let Err(e) = self.log.sync() {
             tracing::warn!(error = %e, "the trace store's span files did not sync at shutdown");
         }
@@ -523,6 +560,14 @@ impl TraceStore {
             tracing::error!(%error, "the trace store cannot write: it keeps no more traces this run (the proxy and the export go on)");
             self.metrics.store.up.set(0);
         }
+    }
+
+    fn open_traces(&self) -> std::sync::MutexGuard<'_, OpenTraces> {
+        self.open.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn written(&self) -> std::sync::MutexGuard<'_, WrittenIds> {
+        self.written.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Applies a batch of spans; on a failed write the store turns off.
@@ -547,6 +592,8 @@ impl TraceStore {
         self.refresh_gauges();
     }
 
+    /// Appends the batch's spans to the span files and adds them to their open traces (a
+    /// trace written already is opened again from its row).
     fn try_write(
         &self,
         spans: Vec<Ingest>,
@@ -595,35 +642,48 @@ impl TraceStore {
         self.change_live(&[(segment, batch_spans as i64)])?;
         let mut added_bytes = 0u64;
         let mut added_spans = 0u64;
+        let now = Instant::now();
         for (trace_id, spans) in by_trace {
-            let before: Option<TraceSummary> = t.traces.get(trace_id)?.and_then(|v| decode(&v));
-            let mut after = before
-                .clone()
-                .unwrap_or_else(|| TraceSummary::new(trace_id));
+            let reopened = if self.open_traces().contains_key(&trace_id) {
+                None
+            } else {
+                Some(self.written_row(&trace_id)?)
+            };
+            let mut open = self.open_traces();
+            let trace = open.entry(trace_id).or_insert_with(|| match reopened {
+                Some(Some((_, row))) => OpenTrace::reopened(row),
+                _ => {
+                    self.counts().traces += 1;
+                    OpenTrace::new(trace_id)
+                }
+            });
+            // The trace as its session counted it so far (sessions are kept current per batch).
+            let before = trace
+                .summary
+                .session
+                .is_some()
+                .then(|| trace.summary.clone());
             for (stored, at, len) in spans {
-                let key = span_key(&trace_id, &stored.span.span_id);
+                // A span sent twice (a client retrying an export) is kept once, as it came first.
+                if !trace.span_ids.insert(stored.span.span_id) {
+                    continue;
+                }
                 let pointer = Pointer {
                     segment,
                     offset: base + at,
                     len,
                 };
-                // A span sent twice (a client retrying an export) is kept once, as it came first.
-                if t.spans
-                    .compare_and_swap(key, None as Option<&[u8]>, Some(&pointer.encode()[..]))?
-                    .is_err()
-                {
-                    continue;
-                }
-                let bytes = key.len() as u64 + u64::from(len);
-                after.add(&stored.span, &stored.totals(), bytes);
+                trace.spans.push((stored.span.span_id, pointer));
+                let bytes = (TRACE_ROW_SPAN_BYTES + len) as u64;
+                trace.summary.add(&stored.span, &stored.totals(), bytes);
                 added_bytes += bytes;
                 added_spans += 1;
             }
-            self.reindex(before.as_ref(), &after)?;
-            t.traces
-                .insert(trace_id, serde_json::to_vec(&after).unwrap_or_default())?;
-            if before.is_none() {
-                self.counts().traces += 1;
+            trace.touched = now;
+            let after = trace.summary.clone();
+            drop(open);
+            if let Some(session) = after.session.as_deref() {
+                self.update_session(session, |s| s.update(before.as_ref(), &after))?;
             }
         }
         let duplicates = batch_spans as u64 - added_spans;
@@ -633,6 +693,78 @@ impl TraceStore {
         let mut counts = self.counts();
         counts.bytes += added_bytes;
         counts.save(t)
+    }
+
+    /// Writes the open traces that have been quiet for [`open::SEAL_IDLE`] (and, past
+    /// [`OPEN_MAX`], the ones quiet the longest), or every one when `all`.
+    fn seal(&self, all: bool) {
+        let sealing: Vec<OpenTrace> = {
+            let open = self.open_traces();
+            let ids = if all {
+                open.keys().copied().collect()
+            } else {
+                to_seal(&open, Instant::now(), OPEN_MAX * 3 / 4)
+            };
+            ids.iter().filter_map(|id| open.get(id).cloned()).collect()
+        };
+        if sealing.is_empty() || self.failed.load(Ordering::Relaxed) {
+            return;
+        }
+        for trace in &sealing {
+            if let Err(e) = self.write_row(trace) {
+                self.fail(&e);
+                return;
+            }
+        }
+        // Let go of them only now: a reader that misses a trace here finds its row.
+        let mut open = self.open_traces();
+        for trace in &sealing {
+            open.remove(&trace.summary.trace_id);
+        }
+    }
+
+    /// Writes one trace's row and index entries (replacing those of its earlier row).
+    fn write_row(&self, trace: &OpenTrace) -> Result<(), sled::Error> {
+        let t = &*self.trees;
+        let id = &trace.summary.trace_id;
+        let start = trace.summary.start_unix_nanos;
+        if let Some(old) = &trace.written
+            && old.start_unix_nanos != start
+        {
+            t.rows.remove(time_key(old.start_unix_nanos, id))?;
+            self.forget_written(id, old.start_unix_nanos);
+        }
+        self.reindex(trace.written.as_ref(), &trace.summary)?;
+        t.rows.insert(time_key(start, id), trace.row().encode())?;
+        self.written().insert(id, start, |at| {
+            t.rows.contains_key(time_key(at, id)).unwrap_or(false)
+        });
+        Ok(())
+    }
+
+    /// Forgets where a trace's row was (the row at `start` is removed already).
+    fn forget_written(&self, id: &[u8; 16], start: u64) {
+        let rows = &self.trees.rows;
+        self.written().remove(id, start, || {
+            rows.range(WrittenIds::shared_range(id, start))
+                .next()
+                .is_some_and(|r| r.is_ok())
+        });
+    }
+
+    /// A written trace's row key and row.
+    fn written_row(&self, id: &[u8; 16]) -> Result<Option<([u8; 24], TraceRow)>, sled::Error> {
+        let Some(start) = self.written().get(id) else {
+            return Ok(None);
+        };
+        let key = time_key(start, id);
+        Ok(self
+            .trees
+            .rows
+            .get(key)?
+            .and_then(|v| TraceRow::decode(&v))
+            .filter(|row| &row.summary.trace_id == id)
+            .map(|row| (key, row)))
     }
 
     /// Adds to (or takes from) segments' live span counts; a segment left with none is deleted
@@ -660,20 +792,16 @@ impl TraceStore {
         Ok(())
     }
 
-    /// One stored span from its `spans` row: read from its segment (or, from a store written
-    /// by an earlier version, the row itself). `None` when it cannot be read or decoded.
-    fn load_span(&self, row: &[u8]) -> Option<StoredSpan> {
-        match Pointer::decode(row) {
-            Some(p) => self.log.read(p).ok().and_then(|bytes| decode(&bytes)),
-            None => decode(row),
-        }
+    /// One stored span, read from its segment. `None` when it cannot be read or decoded.
+    fn load_span(&self, p: Pointer) -> Option<StoredSpan> {
+        self.log.read(p).ok().and_then(|bytes| decode(&bytes))
     }
 
     fn counts(&self) -> std::sync::MutexGuard<'_, Counts> {
         self.counts.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Moves a trace's index entries from its old row to its new one (`None`: removed).
+    /// Moves a trace's index entries from its old row to its new one.
     fn reindex(
         &self,
         before: Option<&TraceSummary>,
@@ -715,10 +843,6 @@ impl TraceStore {
             if let Some(new) = new {
                 tree.insert(value_key(new, after.start_unix_nanos, id), &[])?;
             }
-        }
-        if let Some(session) = after.session.as_deref() {
-            let counted = before.filter(|b| b.session.as_deref() == Some(session));
-            self.update_session(session, |s| s.update(counted, after))?;
         }
         Ok(())
     }
@@ -769,16 +893,31 @@ impl TraceStore {
         m.traces.set(counts.traces as i64);
     }
 
-    /// Evicts whole traces, oldest first, until the stored bytes fit `max_bytes`.
+    /// The open trace that started first.
+    fn oldest_open(&self) -> Option<[u8; 16]> {
+        self.open_traces()
+            .values()
+            .min_by_key(|t| (t.summary.start_unix_nanos, t.summary.trace_id))
+            .map(|t| t.summary.trace_id)
+    }
+
+    /// Evicts whole traces, oldest written first, until the stored bytes fit `max_bytes`.
     fn enforce_size(&self) -> Result<(), sled::Error> {
         while self.stored_bytes() > self.limits.max_bytes {
-            let Some((key, _)) = self.trees.by_time.first()? else {
+            let oldest = self.trees.by_time.first()?;
+            let Some(id) = oldest
+                .as_ref()
+                .and_then(|(key, _)| trace_id_of(key))
+                .or_else(|| self.oldest_open())
+            else {
                 break;
             };
-            let Some(id) = trace_id_of(&key) else { break };
             if !self.evict(&id, "size")? {
-                // An index entry without its row: drop it so the loop ends.
-                self.trees.by_time.remove(key)?;
+                match oldest {
+                    // An index entry without its row: drop it so the loop ends.
+                    Some((key, _)) => self.trees.by_time.remove(key).map(|_| ())?,
+                    None => break,
+                }
             }
         }
         Ok(())
@@ -798,6 +937,15 @@ impl TraceStore {
                     self.trees.by_time.remove(key)?;
                 }
             }
+            let expired: Vec<[u8; 16]> = self
+                .open_traces()
+                .values()
+                .filter(|t| t.summary.start_unix_nanos < cutoff)
+                .map(|t| t.summary.trace_id)
+                .collect();
+            for id in expired {
+                self.evict(&id, "age")?;
+            }
             Ok(())
         })();
         if let Err(e) = result {
@@ -806,37 +954,38 @@ impl TraceStore {
         self.refresh_gauges();
     }
 
-    /// Removes one trace whole: its spans, row and index entries. False when it had no row.
+    /// Removes one trace whole, open or written: its spans, row and index entries. False when
+    /// the store does not have it.
     fn evict(&self, trace_id: &[u8; 16], reason: &'static str) -> Result<bool, sled::Error> {
         let t = &*self.trees;
-        let Some(summary) = t
-            .traces
-            .get(trace_id)?
-            .and_then(|v| decode::<TraceSummary>(&v))
-        else {
-            return Ok(false);
+        let open = self.open_traces().remove(trace_id);
+        let row = self.written_row(trace_id)?;
+        // The open trace holds the written spans too.
+        let (summary, spans) = match (open, &row) {
+            (Some(open), _) => (open.summary, open.spans),
+            (None, Some((_, row))) => (row.summary.clone(), row.spans.clone()),
+            (None, None) => return Ok(false),
         };
         let mut freed: BTreeMap<u32, i64> = BTreeMap::new();
-        for row in t.spans.scan_prefix(trace_id) {
-            let (key, value) = row?;
-            if let Some(p) = Pointer::decode(&value) {
-                *freed.entry(p.segment).or_default() -= 1;
-            }
-            t.spans.remove(key)?;
+        for (_, p) in &spans {
+            *freed.entry(p.segment).or_default() -= 1;
         }
-        t.traces.remove(trace_id)?;
+        if let Some((key, written)) = &row {
+            t.rows.remove(key)?;
+            self.forget_written(trace_id, written.summary.start_unix_nanos);
+            let w = &written.summary;
+            t.by_time.remove(time_key(w.start_unix_nanos, trace_id))?;
+            for (tree, value) in [
+                (&t.by_feature, &w.feature),
+                (&t.by_user, &w.user),
+                (&t.by_session, &w.session),
+            ] {
+                if let Some(v) = value {
+                    tree.remove(value_key(v, w.start_unix_nanos, trace_id))?;
+                }
+            }
+        }
         self.change_live(&freed.into_iter().collect::<Vec<_>>())?;
-        t.by_time
-            .remove(time_key(summary.start_unix_nanos, trace_id))?;
-        for (tree, value) in [
-            (&t.by_feature, &summary.feature),
-            (&t.by_user, &summary.user),
-            (&t.by_session, &summary.session),
-        ] {
-            if let Some(v) = value {
-                tree.remove(value_key(v, summary.start_unix_nanos, trace_id))?;
-            }
-        }
         if let Some(session) = &summary.session {
             self.update_session(session, |s| s.remove(&summary))?;
         }
@@ -852,6 +1001,83 @@ impl TraceStore {
             .inc();
         Ok(true)
     }
+}
+
+/// Where each written trace's row is, from the `by_time` index (its keys are the rows' keys).
+fn written_ids(trees: &Trees) -> Result<WrittenIds, sled::Error> {
+    let mut ids = WrittenIds::default();
+    for key in trees.by_time.iter().keys() {
+        let key = key?;
+        let (Some(id), Some(start)) = (
+            trace_id_of(&key),
+            key.get(..8)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_be_bytes),
+        ) else {
+            continue;
+        };
+        ids.insert(&id, start, |at| {
+            trees.rows.contains_key(time_key(at, &id)).unwrap_or(false)
+        });
+    }
+    Ok(ids)
+}
+
+/// Moves a store written before the `rows` tree into it: each `traces` row (keyed by trace id)
+/// and its `spans` rows (pointers, or the span's JSON inline, which is appended to the span
+/// files) become one row; the old trees are dropped. The index trees are unchanged.
+fn migrate_legacy(
+    trees: &Trees,
+    log: &SpanLog,
+    live: &mut BTreeMap<u32, u64>,
+) -> Result<(), sled::Error> {
+    if !trees.db.tree_names().iter().any(|n| n == b"traces") {
+        return Ok(());
+    }
+    let traces = trees.db.open_tree("traces")?;
+    let spans = trees.db.open_tree("spans")?;
+    for row in traces.iter().values() {
+        let Some(summary) = decode::<TraceSummary>(&row?) else {
+            continue;
+        };
+        let id = summary.trace_id;
+        let mut pointers = Vec::new();
+        for span in spans.scan_prefix(id) {
+            let (key, value) = span?;
+            let Some(span_id) = key.get(16..24).and_then(|b| <[u8; 8]>::try_from(b).ok()) else {
+                continue;
+            };
+            let pointer = match Pointer::decode(&value) {
+                Some(p) => p,
+                None => {
+                    let (segment, offset) = log.append(&value).map_err(sled::Error::Io)?;
+                    let count = live.entry(segment).or_default();
+                    *count += 1;
+                    trees
+                        .segments
+                        .insert(segment.to_be_bytes(), &count.to_be_bytes())?;
+                    Pointer {
+                        segment,
+                        offset,
+                        len: u32::try_from(value.len()).unwrap_or(u32::MAX),
+                    }
+                }
+            };
+            pointers.push((span_id, pointer));
+        }
+        let row = TraceRow {
+            spans: pointers,
+            summary,
+        };
+        trees
+            .rows
+            .insert(time_key(row.summary.start_unix_nanos, &id), row.encode())?;
+    }
+    trees.db.flush()?;
+    trees.db.drop_tree("traces")?;
+    trees.db.drop_tree("spans")?;
+    tracing::info!("the trace store was moved to its new layout");
+    Ok(())
 }
 
 /// The store as a recorder sink: each call's span goes to the store with the content at the

@@ -1,11 +1,11 @@
 //! Reading the trace store: pages of trace and session rows by index scans, one whole trace as a
 //! tree with rollups.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use super::{
-    SessionSummary, StoredSpan, Totals, TraceStore, TraceSummary, decode, session_time_key,
-    time_key, trace_id_of, value_prefix,
+    SessionSummary, StoredSpan, Totals, TraceStore, TraceSummary, decode, log::Pointer,
+    open::TraceRow, session_time_key, time_key, trace_id_of, value_prefix,
 };
 
 /// A filter over traces, and a page of it. Every given condition must hold.
@@ -148,34 +148,81 @@ impl TraceStore {
             high = high.min(key(time_key(start, &id)));
         }
         let needle = q.text.as_ref().map(|s| s.to_lowercase());
+        // Open traces first (newest first, within the page's bounds): they take the place of
+        // any row written for them before.
+        let (mut open, open_ids) = self.open_matching(|s| {
+            q.matches(s)
+                && (s.start_unix_nanos, s.trace_id) < q.cursor.unwrap_or((u64::MAX, [0xff; 16]))
+        });
+        open.sort_by_key(|s| std::cmp::Reverse((s.start_unix_nanos, s.trace_id)));
+        let mut open = open.into_iter().peekable();
         let mut rows = Vec::new();
-        let mut more = false;
-        for entry in tree.range(low..high).rev() {
-            let (k, _) = entry?;
-            let Some(id) = trace_id_of(&k) else { continue };
-            let Some(summary) = t.traces.get(id)?.and_then(|v| decode::<TraceSummary>(&v)) else {
-                continue;
-            };
-            if !q.matches(&summary) {
-                continue;
+        let mut written = tree.range(low..high).rev();
+        loop {
+            // The next written row that matches, unless an open trace comes before it.
+            let mut next_written = None;
+            for entry in written.by_ref() {
+                let (k, _) = entry?;
+                let Some(id) = trace_id_of(&k) else { continue };
+                if open_ids.contains(&id) {
+                    continue;
+                }
+                let Some(at) = k.len().checked_sub(24).map(|at| &k[at..]) else {
+                    continue;
+                };
+                let Some(summary) = t.rows.get(at)?.and_then(|v| TraceRow::decode_summary(&v))
+                else {
+                    continue;
+                };
+                if q.matches(&summary) {
+                    next_written = Some(summary);
+                    break;
+                }
             }
-            if let Some(needle) = &needle
-                && !self.trace_has_text(&id, needle)?
+            let key = |s: &TraceSummary| (s.start_unix_nanos, s.trace_id);
+            let mut candidates = Vec::new();
+            while let Some(o) =
+                open.next_if(|o| next_written.as_ref().is_none_or(|w| key(o) > key(w)))
             {
-                continue;
+                candidates.push(o);
             }
-            if rows.len() == q.limit {
-                more = true;
-                break;
+            let done = next_written.is_none();
+            candidates.extend(next_written);
+            for summary in candidates {
+                if let Some(needle) = &needle
+                    && !self.trace_has_text(&summary.trace_id, needle)?
+                {
+                    continue;
+                }
+                if rows.len() == q.limit {
+                    return Ok(Page { rows, more: true });
+                }
+                rows.push(summary);
             }
-            rows.push(summary);
+            if done {
+                return Ok(Page { rows, more: false });
+            }
         }
-        Ok(Page { rows, more })
+    }
+
+    /// The open traces whose summary `keep` takes, and the ids of every open trace.
+    fn open_matching(
+        &self,
+        keep: impl Fn(&TraceSummary) -> bool,
+    ) -> (Vec<TraceSummary>, HashSet<[u8; 16]>) {
+        let open = self.open_traces();
+        let ids = open.keys().copied().collect();
+        let matching = open
+            .values()
+            .filter(|t| keep(&t.summary))
+            .map(|t| t.summary.clone())
+            .collect();
+        (matching, ids)
     }
 
     fn trace_has_text(&self, id: &[u8; 16], needle: &str) -> Result<bool, sled::Error> {
-        for entry in self.trees.spans.scan_prefix(id).values() {
-            if let Some(span) = self.load_span(&entry?)
+        for p in self.span_pointers(id)?.unwrap_or_default() {
+            if let Some(span) = self.load_span(p)
                 && span_has_text(&span, needle)
             {
                 return Ok(true);
@@ -184,22 +231,38 @@ impl TraceStore {
         Ok(false)
     }
 
+    /// Where a trace's spans are, open or written.
+    fn span_pointers(&self, id: &[u8; 16]) -> Result<Option<Vec<Pointer>>, sled::Error> {
+        if let Some(t) = self.open_traces().get(id) {
+            return Ok(Some(t.spans.iter().map(|(_, p)| *p).collect()));
+        }
+        Ok(self
+            .written_row(id)?
+            .map(|(_, row)| row.spans.into_iter().map(|(_, p)| p).collect()))
+    }
+
     /// One trace's row.
     pub fn summary(&self, id: &[u8; 16]) -> Result<Option<TraceSummary>, sled::Error> {
-        Ok(self.trees.traces.get(id)?.and_then(|v| decode(&v)))
+        if let Some(t) = self.open_traces().get(id) {
+            return Ok(Some(t.summary.clone()));
+        }
+        Ok(self.written_row(id)?.map(|(_, row)| row.summary))
     }
 
     /// One whole trace as a tree; `None` when the store has no such trace.
     pub fn trace(&self, id: &[u8; 16]) -> Result<Option<TraceTree>, sled::Error> {
-        let Some(summary) = self.summary(id)? else {
-            return Ok(None);
+        let (summary, pointers) = match self.open_traces().get(id) {
+            Some(t) => (t.summary.clone(), t.spans.iter().map(|(_, p)| *p).collect()),
+            None => match self.written_row(id)? {
+                Some((_, row)) => (row.summary, row.spans.into_iter().map(|(_, p)| p).collect()),
+                None => return Ok(None),
+            },
         };
-        let mut spans = Vec::new();
-        for entry in self.trees.spans.scan_prefix(id).values() {
-            if let Some(span) = self.load_span(&entry?) {
-                spans.push(span);
-            }
-        }
+        let pointers: Vec<Pointer> = pointers;
+        let spans: Vec<StoredSpan> = pointers
+            .into_iter()
+            .filter_map(|p| self.load_span(p))
+            .collect();
         let mut resources = HashMap::new();
         for s in &spans {
             if !resources.contains_key(&s.resource)
@@ -273,22 +336,29 @@ impl TraceStore {
         else {
             return Ok(None);
         };
-        let mut rows = Vec::new();
-        let mut more = false;
+        // Its open traces and its written ones, oldest first; an open trace takes the place of
+        // its earlier row.
+        let (open, open_ids) = self.open_matching(|s| s.session.as_deref() == Some(id));
+        let mut all: Vec<TraceSummary> = open;
         for entry in t.by_session.scan_prefix(value_prefix(id)) {
             let (k, _) = entry?;
             let Some(trace) = trace_id_of(&k) else {
                 continue;
             };
+            if open_ids.contains(&trace) {
+                continue;
+            }
             if let Some(s) = self.summary(&trace)? {
-                if rows.len() == limit {
-                    more = true;
+                all.push(s);
+                if all.len() > limit + open_ids.len() {
                     break;
                 }
-                rows.push(s);
             }
         }
-        Ok(Some((session, Page { rows, more })))
+        all.sort_by_key(|s| (s.start_unix_nanos, s.trace_id));
+        let more = all.len() > limit;
+        all.truncate(limit);
+        Ok(Some((session, Page { rows: all, more })))
     }
 }
 
