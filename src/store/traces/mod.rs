@@ -37,7 +37,7 @@ use std::{
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
-        mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel},
+        mpsc::{Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError, sync_channel},
     },
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
@@ -48,7 +48,7 @@ pub use query::{Page, SessionQuery, TraceQuery, TraceTree, TreeNode};
 pub use summary::{SessionSummary, Totals, TraceSummary};
 
 use log::{Pointer, SpanLog};
-use open::{OPEN_MAX, OpenTrace, OpenTraces, TraceRow, WrittenIds, to_seal};
+use open::{OPEN_MAX, OpenTrace, OpenTraces, TraceRow, WrittenIds};
 
 use super::sled_db::{Damage, Detached, is_damage, move_aside, open_waiting_for_lock};
 use crate::{
@@ -66,6 +66,8 @@ const QUEUE_SPANS: usize = 16 * 1024;
 const BATCH_SPANS: usize = 1024;
 /// How often the writer evicts traces past `max_age` (also once at open).
 const AGE_CHECK: Duration = Duration::from_secs(30);
+/// While spans keep coming, the writer takes them this often.
+const GATHER: Duration = Duration::from_millis(10);
 /// How often the writer looks for open traces to write.
 const SEAL_CHECK: Duration = Duration::from_secs(1);
 /// What a span adds to the stored bytes besides its JSON: its entry in its trace's row.
@@ -390,7 +392,7 @@ impl TraceStore {
             counts: Mutex::new(counts),
             log,
             live: Mutex::new(live),
-            open: Mutex::new(OpenTraces::new()),
+            open: Mutex::new(OpenTraces::default()),
             written: Mutex::new(written),
             trees: Detached::new(trees),
             limits,
@@ -495,13 +497,30 @@ impl TraceStore {
         let mut buf = Vec::with_capacity(1 << 20);
         let mut last_age_check = Instant::now();
         let mut last_seal_check = Instant::now();
+        let mut busy = false;
+        let mut full = false;
         self.evict_expired();
         loop {
-            let first = match receiver.recv_timeout(SEAL_CHECK) {
-                Ok(m) => Some(m),
-                Err(RecvTimeoutError::Timeout) => None,
-                Err(RecvTimeoutError::Disconnected) => break,
+            // While spans keep coming, let them gather for a moment instead of being woken by
+            // each one (a wake-up is a system call on the request path); when they stop,
+            // sleep until the next.
+            let first = if busy {
+                if !full {
+                    std::thread::sleep(GATHER);
+                }
+                match receiver.try_recv() {
+                    Ok(m) => Some(m),
+                    Err(TryRecvError::Empty) => None,
+                    Err(TryRecvError::Disconnected) => break,
+                }
+            } else {
+                match receiver.recv_timeout(SEAL_CHECK) {
+                    Ok(m) => Some(m),
+                    Err(RecvTimeoutError::Timeout) => None,
+                    Err(RecvTimeoutError::Disconnected) => break,
+                }
             };
+            busy = first.is_some();
             let mut spans = Vec::new();
             let mut flushes = Vec::new();
             let mut caught_up = Vec::new();
@@ -518,6 +537,7 @@ impl TraceStore {
                     None
                 };
             }
+            full = spans.len() >= BATCH_SPANS;
             let spans_written = !spans.is_empty();
             if spans_written {
                 self.write(spans, &mut known_resources, &mut buf);
@@ -650,7 +670,7 @@ impl TraceStore {
                 Some(self.written_row(&trace_id)?)
             };
             let mut open = self.open_traces();
-            let trace = open.entry(trace_id).or_insert_with(|| match reopened {
+            let trace = open.touch(trace_id, now, || match reopened {
                 Some(Some((_, row))) => OpenTrace::reopened(row),
                 _ => {
                     self.counts().traces += 1;
@@ -665,21 +685,19 @@ impl TraceStore {
                 .then(|| trace.summary.clone());
             for (stored, at, len) in spans {
                 // A span sent twice (a client retrying an export) is kept once, as it came first.
-                if !trace.span_ids.insert(stored.span.span_id) {
-                    continue;
-                }
                 let pointer = Pointer {
                     segment,
                     offset: base + at,
                     len,
                 };
-                trace.spans.push((stored.span.span_id, pointer));
+                if !trace.add_span(stored.span.span_id, pointer) {
+                    continue;
+                }
                 let bytes = (TRACE_ROW_SPAN_BYTES + len) as u64;
                 trace.summary.add(&stored.span, &stored.totals(), bytes);
                 added_bytes += bytes;
                 added_spans += 1;
             }
-            trace.touched = now;
             let after = trace.summary.clone();
             drop(open);
             if let Some(session) = after.session.as_deref() {
@@ -696,30 +714,27 @@ impl TraceStore {
     }
 
     /// Writes the open traces that have been quiet for [`open::SEAL_IDLE`] (and, past
-    /// [`OPEN_MAX`], the ones quiet the longest), or every one when `all`.
+    /// [`OPEN_MAX`], the ones quiet the longest), or every one when `all`. The open traces
+    /// stay locked meanwhile, so a reader finds each trace open or written.
     fn seal(&self, all: bool) {
-        let sealing: Vec<OpenTrace> = {
-            let open = self.open_traces();
-            let ids = if all {
-                open.keys().copied().collect()
-            } else {
-                to_seal(&open, Instant::now(), OPEN_MAX * 3 / 4)
-            };
-            ids.iter().filter_map(|id| open.get(id).cloned()).collect()
-        };
-        if sealing.is_empty() || self.failed.load(Ordering::Relaxed) {
+        if self.failed.load(Ordering::Relaxed) {
             return;
         }
-        for trace in &sealing {
-            if let Err(e) = self.write_row(trace) {
+        let mut open = self.open_traces();
+        let due = if all {
+            open.take_all()
+        } else {
+            open.take_due(Instant::now(), OPEN_MAX * 3 / 4)
+        };
+        let mut due = due.into_iter();
+        while let Some(trace) = due.next() {
+            if let Err(e) = self.write_row(&trace) {
+                open.put_back(trace);
+                due.for_each(|t| open.put_back(t));
+                drop(open);
                 self.fail(&e);
                 return;
             }
-        }
-        // Let go of them only now: a reader that misses a trace here finds its row.
-        let mut open = self.open_traces();
-        for trace in &sealing {
-            open.remove(&trace.summary.trace_id);
         }
     }
 
@@ -735,7 +750,10 @@ impl TraceStore {
             self.forget_written(id, old.start_unix_nanos);
         }
         self.reindex(trace.written.as_ref(), &trace.summary)?;
-        t.rows.insert(time_key(start, id), trace.row().encode())?;
+        t.rows.insert(
+            time_key(start, id),
+            TraceRow::encode_parts(&trace.summary, &trace.spans),
+        )?;
         self.written().insert(id, start, |at| {
             t.rows.contains_key(time_key(at, id)).unwrap_or(false)
         });

@@ -8,7 +8,7 @@
 //! instead of rewriting a random node per span, which is what the store's cost was.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{HashMap, HashSet, VecDeque},
     time::{Duration, Instant},
 };
 
@@ -25,19 +25,23 @@ pub(super) struct OpenTrace {
     pub summary: TraceSummary,
     /// Its spans, in arrival order.
     pub spans: Vec<([u8; 8], Pointer)>,
-    pub span_ids: HashSet<[u8; 8]>,
+    /// Their ids, once there are many (a few are searched in `spans`).
+    span_ids: Option<HashSet<[u8; 8]>>,
     /// Its row as written before (a span came after it was written): replaced when written
     /// again.
     pub written: Option<TraceSummary>,
-    pub touched: Instant,
+    touched: Instant,
 }
+
+/// Up to this many spans, a trace's span ids are searched in its list.
+const FEW_SPANS: usize = 32;
 
 impl OpenTrace {
     pub fn new(trace_id: [u8; 16]) -> OpenTrace {
         OpenTrace {
             summary: TraceSummary::new(trace_id),
             spans: Vec::new(),
-            span_ids: HashSet::new(),
+            span_ids: None,
             written: None,
             touched: Instant::now(),
         }
@@ -45,15 +49,32 @@ impl OpenTrace {
 
     /// Opened again from its written row.
     pub fn reopened(row: TraceRow) -> OpenTrace {
-        OpenTrace {
-            span_ids: row.spans.iter().map(|(id, _)| *id).collect(),
-            summary: row.summary.clone(),
-            spans: row.spans,
-            written: Some(row.summary),
-            touched: Instant::now(),
+        let mut trace = OpenTrace::new(row.summary.trace_id);
+        trace.summary = row.summary.clone();
+        trace.written = Some(row.summary);
+        for (id, p) in row.spans {
+            trace.add_span(id, p);
         }
+        trace
     }
 
+    /// Adds a span; false (and nothing added) when the trace has one with that id already.
+    pub fn add_span(&mut self, id: [u8; 8], p: Pointer) -> bool {
+        let known = match &mut self.span_ids {
+            Some(ids) => !ids.insert(id),
+            None => self.spans.iter().any(|(have, _)| *have == id),
+        };
+        if known {
+            return false;
+        }
+        self.spans.push((id, p));
+        if self.span_ids.is_none() && self.spans.len() > FEW_SPANS {
+            self.span_ids = Some(self.spans.iter().map(|(id, _)| *id).collect());
+        }
+        true
+    }
+
+    #[cfg(test)]
     pub fn row(&self) -> TraceRow {
         TraceRow {
             summary: self.summary.clone(),
@@ -62,22 +83,83 @@ impl OpenTrace {
     }
 }
 
-/// The open traces, by id.
-pub(super) type OpenTraces = HashMap<[u8; 16], OpenTrace>;
+/// The open traces, by id, and the order they were last given spans in.
+#[derive(Debug, Default)]
+pub(super) struct OpenTraces {
+    traces: HashMap<[u8; 16], OpenTrace>,
+    /// Each time a trace took spans, oldest first. An entry older than its trace's `touched`
+    /// is stale (the trace took spans again since) and skipped.
+    touches: VecDeque<(Instant, [u8; 16])>,
+}
 
-/// The ids of the traces `quiet_for` has passed for, and past `keep`, the ones quiet the
-/// longest.
-pub(super) fn to_seal(open: &OpenTraces, now: Instant, keep: usize) -> Vec<[u8; 16]> {
-    let mut by_age: Vec<(Instant, [u8; 16])> =
-        open.iter().map(|(id, t)| (t.touched, *id)).collect();
-    by_age.sort_unstable();
-    let excess = by_age.len().saturating_sub(keep);
-    by_age
-        .into_iter()
-        .enumerate()
-        .take_while(|(i, (touched, _))| *i < excess || now.duration_since(*touched) >= SEAL_IDLE)
-        .map(|(_, (_, id))| id)
-        .collect()
+impl OpenTraces {
+    pub fn len(&self) -> usize {
+        self.traces.len()
+    }
+
+    pub fn get(&self, id: &[u8; 16]) -> Option<&OpenTrace> {
+        self.traces.get(id)
+    }
+
+    pub fn contains_key(&self, id: &[u8; 16]) -> bool {
+        self.traces.contains_key(id)
+    }
+
+    pub fn values(&self) -> impl Iterator<Item = &OpenTrace> {
+        self.traces.values()
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &[u8; 16]> {
+        self.traces.keys()
+    }
+
+    pub fn remove(&mut self, id: &[u8; 16]) -> Option<OpenTrace> {
+        self.traces.remove(id)
+    }
+
+    /// The trace `id`, made by `make` when not open; marked as given spans `now`.
+    pub fn touch(
+        &mut self,
+        id: [u8; 16],
+        now: Instant,
+        make: impl FnOnce() -> OpenTrace,
+    ) -> &mut OpenTrace {
+        self.touches.push_back((now, id));
+        let trace = self.traces.entry(id).or_insert_with(make);
+        trace.touched = now;
+        trace
+    }
+
+    /// Takes out the traces due to be written: quiet for [`SEAL_IDLE`], and past `keep` open
+    /// traces the ones quiet the longest.
+    pub fn take_due(&mut self, now: Instant, keep: usize) -> Vec<OpenTrace> {
+        let mut due = Vec::new();
+        while let Some(&(at, id)) = self.touches.front() {
+            if self.traces.get(&id).map(|t| t.touched) != Some(at) {
+                self.touches.pop_front();
+                continue;
+            }
+            if self.traces.len() <= keep && now.duration_since(at) < SEAL_IDLE {
+                break;
+            }
+            self.touches.pop_front();
+            due.extend(self.traces.remove(&id));
+        }
+        due
+    }
+
+    /// Takes out every open trace.
+    pub fn take_all(&mut self) -> Vec<OpenTrace> {
+        self.touches.clear();
+        self.traces.drain().map(|(_, t)| t).collect()
+    }
+
+    /// Puts back a trace that could not be written.
+    pub fn put_back(&mut self, trace: OpenTrace) {
+        self.touches
+            .push_back((trace.touched, trace.summary.trace_id));
+        self.traces.insert(trace.summary.trace_id, trace);
+    }
 }
 
 /// A written trace: its summary and where its spans are. Encoded as the span count (4 bytes),
@@ -93,14 +175,20 @@ const SPAN_ENTRY: usize = 8 + Pointer::LEN;
 
 impl TraceRow {
     pub fn encode(&self) -> Vec<u8> {
-        let summary = serde_json::to_vec(&self.summary).unwrap_or_default();
-        let mut out = Vec::with_capacity(4 + self.spans.len() * SPAN_ENTRY + summary.len());
-        out.extend_from_slice(&(self.spans.len() as u32).to_be_bytes());
-        for (id, p) in &self.spans {
+        TraceRow::encode_parts(&self.summary, &self.spans)
+    }
+
+    /// A row's encoding from its parts.
+    pub fn encode_parts(summary: &TraceSummary, spans: &[([u8; 8], Pointer)]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(4 + spans.len() * SPAN_ENTRY + 512);
+        out.extend_from_slice(&(spans.len() as u32).to_be_bytes());
+        for (id, p) in spans {
             out.extend_from_slice(id);
             out.extend_from_slice(&p.encode());
         }
-        out.extend_from_slice(&summary);
+        if serde_json::to_writer(&mut out, summary).is_err() {
+            out.truncate(4 + spans.len() * SPAN_ENTRY);
+        }
         out
     }
 
@@ -246,17 +334,47 @@ mod tests {
     }
 
     #[test]
-    fn quiet_traces_and_the_excess_are_sealed_oldest_first() {
+    fn quiet_traces_and_the_excess_are_written_quietest_first() {
         let now = Instant::now();
-        let mut open = OpenTraces::new();
+        let mut open = OpenTraces::default();
         for i in 0..4u8 {
-            let mut t = OpenTrace::new([i; 16]);
-            t.touched = now - Duration::from_secs(u64::from(i));
-            open.insert([i; 16], t);
+            open.touch([i; 16], now + Duration::from_secs(u64::from(i)), || {
+                OpenTrace::new([i; 16])
+            });
         }
-        // None quiet for SEAL_IDLE; one over `keep`: the oldest (3) goes.
-        assert_eq!(to_seal(&open, now, 3), vec![[3; 16]]);
-        let later = now + SEAL_IDLE - Duration::from_millis(1500);
-        assert_eq!(to_seal(&open, later, 10), vec![[3; 16], [2; 16]]);
+        // Trace 0 takes spans again last: its first entry is stale.
+        let last = now + Duration::from_secs(4);
+        open.touch([0; 16], last, || unreachable!("open already"));
+        let ids = |due: Vec<OpenTrace>| -> Vec<u8> {
+            due.iter().map(|t| t.summary.trace_id[0]).collect()
+        };
+        // Nothing quiet for SEAL_IDLE; one over `keep`: the quietest (1) goes.
+        assert_eq!(ids(open.take_due(last, 3)), vec![1]);
+        assert_eq!(
+            ids(open.take_due(now + SEAL_IDLE + Duration::from_millis(2500), 10)),
+            vec![2]
+        );
+        assert_eq!(ids(open.take_due(last + SEAL_IDLE, 10)), vec![3, 0]);
+        assert_eq!(open.len(), 0);
+    }
+
+    #[test]
+    fn a_span_id_is_taken_once_however_many_spans_the_trace_has() {
+        let p = Pointer {
+            segment: 1,
+            offset: 0,
+            len: 1,
+        };
+        let mut trace = OpenTrace::new([1; 16]);
+        for i in 0..100u64 {
+            assert!(trace.add_span(i.to_be_bytes(), p));
+            assert!(!trace.add_span(i.to_be_bytes(), p), "span {i} again");
+            assert!(!trace.add_span(0u64.to_be_bytes(), p));
+        }
+        assert_eq!(trace.spans.len(), 100);
+        let reopened = OpenTrace::reopened(trace.row());
+        assert_eq!(reopened.spans.len(), 100);
+        let mut reopened = reopened;
+        assert!(!reopened.add_span(50u64.to_be_bytes(), p));
     }
 }
