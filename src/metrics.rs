@@ -145,6 +145,10 @@ impl ConnectionMetrics {
 /// The local trace store.
 pub struct StoreMetrics {
     pub spans_written: Counter,
+    /// Spans written and flushed to disk: a crash does not lose them.
+    pub spans_durable: Counter,
+    /// Traces still taking spans, held in memory until quiet.
+    pub open_traces: Gauge,
     /// Spans the store did not keep: `queue_full`, `write_error`, `off` (store degraded).
     pub spans_dropped: Family<ReasonLabels, Counter>,
     /// Whole traces evicted: `size`, `age`.
@@ -159,6 +163,8 @@ impl StoreMetrics {
     fn register(registry: &mut Registry) -> StoreMetrics {
         let m = StoreMetrics {
             spans_written: Counter::default(),
+            spans_durable: Counter::default(),
+            open_traces: Gauge::default(),
             spans_dropped: Family::default(),
             traces_evicted: Family::default(),
             bytes: Gauge::default(),
@@ -175,6 +181,16 @@ impl StoreMetrics {
             "sidetrace_store_spans_written",
             "Spans written to the local trace store",
             m.spans_written.clone(),
+        );
+        registry.register(
+            "sidetrace_store_spans_durable",
+            "Spans of the local trace store flushed to disk (a crash loses none of them)",
+            m.spans_durable.clone(),
+        );
+        registry.register(
+            "sidetrace_store_open_traces",
+            "Traces in the local trace store still taking spans, held in memory until quiet for 5 s",
+            m.open_traces.clone(),
         );
         registry.register(
             "sidetrace_store_spans_dropped",

@@ -308,6 +308,8 @@ async fn wait_up(admin: u16) {
     }
 }
 
+/// Also the trace store: its traces are still open (in memory, rows not written) when the
+/// gateway is killed, and come back from the span files at the restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spans_spooled_before_a_sigkill_are_exported_after_a_restart() {
     let mock = Mock::start(|_| reply()).await;
@@ -350,7 +352,10 @@ async fn spans_spooled_before_a_sigkill_are_exported_after_a_restart() {
             .ok()
             .flatten()
             .map_or(0, |t| t.units);
-        if spooled >= n as f64 && flushed >= n as u64 {
+        let stored = metric_in(&text, "sidetrace_store_spans_durable_total");
+        let open = metric_in(&text, "sidetrace_store_open_traces");
+        if spooled >= n as f64 && flushed >= n as u64 && stored >= n as f64 {
+            assert_eq!(open, n as f64, "the traces are still open at the kill");
             break;
         }
         assert!(
@@ -368,6 +373,13 @@ async fn spans_spooled_before_a_sigkill_are_exported_after_a_restart() {
     got.sort();
     trace_ids.sort();
     assert_eq!(got, trace_ids);
+    for id in &trace_ids {
+        let tree = admin_text(admin, &format!("/api/traces/{id}"))
+            .await
+            .expect("the gateway is up");
+        let tree: serde_json::Value = serde_json::from_str(&tree).expect(&tree);
+        assert_eq!(tree["spans"].as_array().map(Vec::len), Some(1), "{tree}");
+    }
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();

@@ -131,6 +131,33 @@ impl SpanLog {
         Ok((current.id, at))
     }
 
+    /// Where the next append goes: the current segment and its length.
+    pub fn end(&self) -> (u32, u64) {
+        let current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        (current.id, current.len)
+    }
+
+    /// The segments from `first` on, in order, with their bytes (from `offset` in the first):
+    /// what a replay after a crash reads. A segment that cannot be read is left out.
+    pub fn read_from(&self, first: u32, offset: u64) -> Vec<(u32, u64, Vec<u8>)> {
+        let mut ids: Vec<u32> = fs::read_dir(&self.dir)
+            .into_iter()
+            .flatten()
+            .filter_map(|e| segment_id(&e.ok()?.path()))
+            .filter(|&id| id >= first)
+            .collect();
+        ids.sort_unstable();
+        ids.into_iter()
+            .filter_map(|id| {
+                let mut bytes = fs::read(segment_path(&self.dir, id)).ok()?;
+                let from = if id == first { offset } else { 0 };
+                let from = usize::try_from(from).ok()?.min(bytes.len());
+                bytes.drain(..from);
+                Some((id, from as u64, bytes))
+            })
+            .collect()
+    }
+
     /// The segment being appended to (never deleted while current).
     pub fn current_segment(&self) -> u32 {
         self.current.lock().unwrap_or_else(|e| e.into_inner()).id

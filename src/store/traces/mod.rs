@@ -171,7 +171,8 @@ impl Trees {
             &sled::Config::new()
                 .path(dir)
                 .cache_capacity(CACHE_BYTES)
-                .flush_every_ms(Some(1000)),
+                // The writer flushes, once a second while spans come (see `run`).
+                .flush_every_ms(None),
         )?;
         let tree = |name: &str| db.open_tree(name);
         Ok(Trees {
@@ -400,6 +401,19 @@ impl TraceStore {
             failed: AtomicBool::new(false),
             queue: Mutex::new(Some(sender)),
         });
+        match store.replay() {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(
+                spans = n,
+                "the gateway stopped without writing its open traces: their spans are back from the span files"
+            ),
+            Err(e) => {
+                return Opened::unavailable(
+                    format!("cannot read the trace store in {}: {e}", dir.display()),
+                    damage,
+                );
+            }
+        }
         store.refresh_gauges();
         let writer = store.clone();
         let spawned = std::thread::Builder::new()
@@ -499,6 +513,11 @@ impl TraceStore {
         let mut last_seal_check = Instant::now();
         let mut busy = false;
         let mut full = false;
+        let mut last_flush = Instant::now();
+        // Spans written since the last flush of sled.
+        let mut unflushed = 0u64;
+        // Rows written since the last flush.
+        let mut sealed = false;
         self.evict_expired();
         loop {
             // While spans keep coming, let them gather for a moment instead of being woken by
@@ -540,6 +559,7 @@ impl TraceStore {
             full = spans.len() >= BATCH_SPANS;
             let spans_written = !spans.is_empty();
             if spans_written {
+                unflushed += spans.len() as u64;
                 self.write(spans, &mut known_resources, &mut buf);
             }
             for done in caught_up {
@@ -548,7 +568,7 @@ impl TraceStore {
             let crowded = self.open_traces().len() > OPEN_MAX;
             if !flushes.is_empty() || crowded || last_seal_check.elapsed() >= SEAL_CHECK {
                 last_seal_check = Instant::now();
-                self.seal(!flushes.is_empty());
+                sealed |= self.seal(!flushes.is_empty());
             }
             // Cheap when nothing expired (one look at the oldest trace), so after every batch.
             if spans_written || last_age_check.elapsed() >= AGE_CHECK {
@@ -558,12 +578,19 @@ impl TraceStore {
             if !flushes.is_empty() {
                 if let Err(e) = self.log.sync().map_err(sled::Error::Io) {
                     self.fail(&e);
-                } else if let Err(e) = self.trees.db.flush() {
-                    self.fail(&e);
+                } else {
+                    self.flush_sled(&mut unflushed);
                 }
+                last_flush = Instant::now();
+                sealed = false;
                 for done in flushes {
                     let _ = done.send(());
                 }
+            } else if (unflushed > 0 || sealed) && last_flush.elapsed() >= SEAL_CHECK {
+                // What a crash may lose from the store: at most about a second.
+                self.flush_sled(&mut unflushed);
+                last_flush = Instant::now();
+                sealed = false;
             }
         }
         self.seal(true);
@@ -572,6 +599,18 @@ impl TraceStore {
         }
         if let Err(e) = self.trees.db.flush() {
             tracing::warn!(error = %e, "the trace store did not flush at shutdown");
+        }
+    }
+
+    fn flush_sled(&self, unflushed: &mut u64) {
+        match self.trees.db.flush() {
+            Ok(_) => {
+                self.metrics
+                    .store
+                    .spans_durable
+                    .inc_by(std::mem::take(unflushed));
+            }
+            Err(e) => self.fail(&e),
         }
     }
 
@@ -710,15 +749,106 @@ impl TraceStore {
         }
         let mut counts = self.counts();
         counts.bytes += added_bytes;
-        counts.save(t)
+        counts.save(t)?;
+        drop(counts);
+        self.save_replay_marks()
+    }
+
+    /// Saves where a replay after a crash begins (the first span of any open trace that is
+    /// not in its row yet) and ends (the span files' end now). Saved after the batch's other
+    /// writes, so when sled has it, it has them too: the spans between the two marks are the
+    /// ones to put back into their open traces.
+    fn save_replay_marks(&self) -> Result<(), sled::Error> {
+        let end = self.log.end();
+        let from = self
+            .open_traces()
+            .values()
+            .filter_map(|t| t.first_new)
+            .map(|p| (p.segment, p.offset))
+            .min()
+            .unwrap_or(end);
+        let mut value = [0u8; 24];
+        value[..4].copy_from_slice(&from.0.to_be_bytes());
+        value[4..12].copy_from_slice(&from.1.to_be_bytes());
+        value[12..16].copy_from_slice(&end.0.to_be_bytes());
+        value[16..].copy_from_slice(&end.1.to_be_bytes());
+        self.trees.meta.insert("replay", &value)?;
+        Ok(())
+    }
+
+    /// Puts the spans of traces that were open at a crash back into their open traces (their
+    /// bodies are in the span files; only the rows were still to be written). Counts and
+    /// session rows were saved per batch and are not added again.
+    fn replay(&self) -> Result<u64, sled::Error> {
+        let Some(marks) = self.trees.meta.get("replay")? else {
+            return Ok(0);
+        };
+        let Ok(marks) = <[u8; 24]>::try_from(marks.as_ref()) else {
+            return Ok(0);
+        };
+        let num =
+            |r: std::ops::Range<usize>| marks[r].iter().fold(0u64, |n, b| (n << 8) | u64::from(*b));
+        let (from, end) = (
+            (num(0..4) as u32, num(4..12)),
+            (num(12..16) as u32, num(16..24)),
+        );
+        if from >= end {
+            return Ok(0);
+        }
+        let now = Instant::now();
+        let mut replayed = 0;
+        for (segment, base, bytes) in self.log.read_from(from.0, from.1) {
+            if segment > end.0 {
+                break;
+            }
+            let mut stream = serde_json::Deserializer::from_slice(&bytes).into_iter::<StoredSpan>();
+            loop {
+                let at = stream.byte_offset();
+                if (segment, base + at as u64) >= end {
+                    break;
+                }
+                let Some(Ok(stored)) = stream.next() else {
+                    break;
+                };
+                let pointer = Pointer {
+                    segment,
+                    offset: base + at as u64,
+                    len: u32::try_from(stream.byte_offset() - at).unwrap_or(u32::MAX),
+                };
+                let id = stored.span.trace_id;
+                let row = if self.open_traces().contains_key(&id) {
+                    None
+                } else {
+                    self.written_row(&id)?.map(|(_, row)| row)
+                };
+                if row
+                    .as_ref()
+                    .is_some_and(|r| r.spans.iter().any(|(s, _)| *s == stored.span.span_id))
+                {
+                    continue;
+                }
+                let mut open = self.open_traces();
+                let trace = open.touch(id, now, || match row {
+                    Some(row) => OpenTrace::reopened(row),
+                    None => OpenTrace::new(id),
+                });
+                if trace.add_span(stored.span.span_id, pointer) {
+                    let bytes = u64::from(TRACE_ROW_SPAN_BYTES + pointer.len);
+                    trace.summary.add(&stored.span, &stored.totals(), bytes);
+                    replayed += 1;
+                }
+            }
+        }
+        Ok(replayed)
     }
 
     /// Writes the open traces that have been quiet for [`open::SEAL_IDLE`] (and, past
     /// [`OPEN_MAX`], the ones quiet the longest), or every one when `all`. The open traces
     /// stay locked meanwhile, so a reader finds each trace open or written.
-    fn seal(&self, all: bool) {
+    /// Returns whether it wrote any.
+    fn seal(&self, all: bool) -> bool {
         if self.failed.load(Ordering::Relaxed) {
-            return;
+            return false;
         }
         let mut open = self.open_traces();
         let due = if all {
@@ -726,6 +856,9 @@ impl TraceStore {
         } else {
             open.take_due(Instant::now(), OPEN_MAX * 3 / 4)
         };
+        if due.is_empty() {
+            return false;
+        }
         let mut due = due.into_iter();
         while let Some(trace) = due.next() {
             if let Err(e) = self.write_row(&trace) {
@@ -733,9 +866,14 @@ impl TraceStore {
                 due.for_each(|t| open.put_back(t));
                 drop(open);
                 self.fail(&e);
-                return;
+                return false;
             }
         }
+        drop(open);
+        if let Err(e) = self.save_replay_marks() {
+            self.fail(&e);
+        }
+        true
     }
 
     /// Writes one trace's row and index entries (replacing those of its earlier row).
@@ -909,6 +1047,7 @@ impl TraceStore {
         let m = &self.metrics.store;
         m.bytes.set(counts.bytes as i64);
         m.traces.set(counts.traces as i64);
+        m.open_traces.set(self.open_traces().len() as i64);
     }
 
     /// The open trace that started first.

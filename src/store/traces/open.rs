@@ -30,6 +30,9 @@ pub(super) struct OpenTrace {
     /// Its row as written before (a span came after it was written): replaced when written
     /// again.
     pub written: Option<TraceSummary>,
+    /// Where its first span since it was opened is in the span files: a replay after a crash
+    /// reads from the earliest of these.
+    pub first_new: Option<Pointer>,
     touched: Instant,
 }
 
@@ -43,6 +46,7 @@ impl OpenTrace {
             spans: Vec::new(),
             span_ids: None,
             written: None,
+            first_new: None,
             touched: Instant::now(),
         }
     }
@@ -55,6 +59,7 @@ impl OpenTrace {
         for (id, p) in row.spans {
             trace.add_span(id, p);
         }
+        trace.first_new = None;
         trace
     }
 
@@ -68,6 +73,7 @@ impl OpenTrace {
             return false;
         }
         self.spans.push((id, p));
+        self.first_new.get_or_insert(p);
         if self.span_ids.is_none() && self.spans.len() > FEW_SPANS {
             self.span_ids = Some(self.spans.iter().map(|(id, _)| *id).collect());
         }
