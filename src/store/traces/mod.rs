@@ -16,8 +16,8 @@
 //! - span bodies: JSON [`StoredSpan`]s appended to the segment files under `spans/` (`log.rs`)
 //! - `rows`: start nanos (8) + trace id -> the trace's [`TraceSummary`] and where each of its
 //!   spans is (`open.rs`, [`TraceRow`]); written once the trace has been quiet for a while
-//!   (until then it is open, in memory, and the readers see it there)
-//! - `by_time`: start nanos (8) + trace id -> () (the ids of the written rows, read at open)
+//!   (until then it is open, in memory, and the readers see it there). Its keys are the time
+//!   index.
 //! - `segments`: segment id (4) -> how many stored spans it holds (deleted at zero)
 //! - `by_feature`, `by_user`, `by_session`: value length (2) + value + start + trace id -> ()
 //! - `sessions`: session id -> [`SessionSummary`]; `sessions_by_time`: last nanos + id -> ()
@@ -154,7 +154,6 @@ pub struct StoreLimits {
 struct Trees {
     db: sled::Db,
     rows: sled::Tree,
-    by_time: sled::Tree,
     by_feature: sled::Tree,
     by_user: sled::Tree,
     by_session: sled::Tree,
@@ -177,7 +176,6 @@ impl Trees {
         let tree = |name: &str| db.open_tree(name);
         Ok(Trees {
             rows: tree("rows")?,
-            by_time: tree("by_time")?,
             by_feature: tree("by_feature")?,
             by_user: tree("by_user")?,
             by_session: tree("by_session")?,
@@ -966,13 +964,6 @@ impl TraceStore {
         let t = &*self.trees;
         let id = &after.trace_id;
         let start_moved = before.is_none_or(|b| b.start_unix_nanos != after.start_unix_nanos);
-        if start_moved {
-            if let Some(b) = before {
-                t.by_time.remove(time_key(b.start_unix_nanos, id))?;
-            }
-            t.by_time
-                .insert(time_key(after.start_unix_nanos, id), &[])?;
-        }
         for (tree, old, new) in [
             (
                 &t.by_feature,
@@ -1061,7 +1052,7 @@ impl TraceStore {
     /// Evicts whole traces, oldest written first, until the stored bytes fit `max_bytes`.
     fn enforce_size(&self) -> Result<(), sled::Error> {
         while self.stored_bytes() > self.limits.max_bytes {
-            let oldest = self.trees.by_time.first()?;
+            let oldest = self.trees.rows.first()?;
             let Some(id) = oldest
                 .as_ref()
                 .and_then(|(key, _)| trace_id_of(key))
@@ -1072,7 +1063,7 @@ impl TraceStore {
             if !self.evict(&id, "size")? {
                 match oldest {
                     // An index entry without its row: drop it so the loop ends.
-                    Some((key, _)) => self.trees.by_time.remove(key).map(|_| ())?,
+                    Some((key, _)) => self.trees.rows.remove(key).map(|_| ())?,
                     None => break,
                 }
             }
@@ -1084,14 +1075,14 @@ impl TraceStore {
     fn evict_expired(&self) {
         let cutoff = now_unix_nanos().saturating_sub(self.limits.max_age.as_nanos() as u64);
         let result = (|| -> Result<(), sled::Error> {
-            while let Some((key, _)) = self.trees.by_time.first()? {
+            while let Some((key, _)) = self.trees.rows.first()? {
                 let start = u64::from_be_bytes(key[..8].try_into().unwrap_or_default());
                 if start >= cutoff {
                     break;
                 }
                 let Some(id) = trace_id_of(&key) else { break };
                 if !self.evict(&id, "age")? {
-                    self.trees.by_time.remove(key)?;
+                    self.trees.rows.remove(key)?;
                 }
             }
             let expired: Vec<[u8; 16]> = self
@@ -1131,7 +1122,6 @@ impl TraceStore {
             t.rows.remove(key)?;
             self.forget_written(trace_id, written.summary.start_unix_nanos);
             let w = &written.summary;
-            t.by_time.remove(time_key(w.start_unix_nanos, trace_id))?;
             for (tree, value) in [
                 (&t.by_feature, &w.feature),
                 (&t.by_user, &w.user),
@@ -1160,10 +1150,10 @@ impl TraceStore {
     }
 }
 
-/// Where each written trace's row is, from the `by_time` index (its keys are the rows' keys).
+/// Where each written trace's row is, from the rows' keys.
 fn written_ids(trees: &Trees) -> Result<WrittenIds, sled::Error> {
     let mut ids = WrittenIds::default();
-    for key in trees.by_time.iter().keys() {
+    for key in trees.rows.iter().keys() {
         let key = key?;
         let (Some(id), Some(start)) = (
             trace_id_of(&key),
@@ -1188,7 +1178,12 @@ fn migrate_legacy(
     log: &SpanLog,
     live: &mut BTreeMap<u32, u64>,
 ) -> Result<(), sled::Error> {
-    if !trees.db.tree_names().iter().any(|n| n == b"traces") {
+    let names = trees.db.tree_names();
+    if names.iter().any(|n| n == b"by_time") {
+        // A time index beside the rows, from before their keys were it.
+        trees.db.drop_tree("by_time")?;
+    }
+    if !names.iter().any(|n| n == b"traces") {
         return Ok(());
     }
     let traces = trees.db.open_tree("traces")?;

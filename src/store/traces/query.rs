@@ -127,7 +127,8 @@ impl TraceStore {
             (Some(s), _, _) => (&t.by_session, value_prefix(s)),
             (None, Some(u), _) => (&t.by_user, value_prefix(u)),
             (None, None, Some(f)) => (&t.by_feature, value_prefix(f)),
-            _ => (&t.by_time, Vec::new()),
+            // The rows' own keys are (start, trace id).
+            _ => (&t.rows, Vec::new()),
         };
         let key = |time_part: [u8; 24]| {
             let mut k = prefix.clone();
@@ -162,16 +163,20 @@ impl TraceStore {
             // The next written row that matches, unless an open trace comes before it.
             let mut next_written = None;
             for entry in written.by_ref() {
-                let (k, _) = entry?;
+                let (k, v) = entry?;
                 let Some(id) = trace_id_of(&k) else { continue };
                 if open_ids.contains(&id) {
                     continue;
                 }
-                let Some(at) = k.len().checked_sub(24).map(|at| &k[at..]) else {
-                    continue;
+                let row = if prefix.is_empty() {
+                    Some(v)
+                } else {
+                    let Some(at) = k.len().checked_sub(24).map(|at| &k[at..]) else {
+                        continue;
+                    };
+                    t.rows.get(at)?
                 };
-                let Some(summary) = t.rows.get(at)?.and_then(|v| TraceRow::decode_summary(&v))
-                else {
+                let Some(summary) = row.and_then(|v| TraceRow::decode_summary(&v)) else {
                     continue;
                 };
                 if q.matches(&summary) {
