@@ -118,7 +118,7 @@ impl Gateway {
         extra_sinks: Vec<Arc<dyn Sink>>,
     ) -> Result<Gateway, StartError> {
         let registry = Arc::new(check_config(&config)?);
-        let metrics = Arc::new(Metrics::new());
+        let metrics = Arc::new(Metrics::with_series_cap(config.cost.max_metric_series));
         let client = Arc::new(UpstreamClient::new(&config.upstream).map_err(StartError::Client)?);
 
         let bind = |what, addr| async move {

@@ -421,6 +421,10 @@ pub struct CostConfig {
     /// rest as `other` (bounds cardinality).
     pub metric_features: Vec<String>,
     pub max_metric_features: usize,
+    /// Distinct label sets each metric labelled by model, feature or score name may hold (the
+    /// product of the per-label bounds can be large); past it new ones count under `other`
+    /// (`sidetrace_metric_series_overflow_total`).
+    pub max_metric_series: usize,
 }
 
 impl Default for CostConfig {
@@ -430,6 +434,7 @@ impl Default for CostConfig {
             response_headers_max_body_bytes: 1024 * 1024,
             metric_features: Vec::new(),
             max_metric_features: 100,
+            max_metric_series: 2_000,
         }
     }
 }
