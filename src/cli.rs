@@ -51,6 +51,9 @@ fn check_config(path: Option<PathBuf>) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    for warning in &config.env_warnings {
+        eprintln!("warning: {warning}");
+    }
     match crate::server::check_config(&config) {
         Ok(registry) => {
             println!(
@@ -78,6 +81,9 @@ fn serve(path: Option<PathBuf>) -> ExitCode {
         }
     };
     init_logging(&config);
+    for warning in &config.env_warnings {
+        tracing::warn!("{warning}");
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

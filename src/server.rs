@@ -153,7 +153,9 @@ impl Gateway {
             let (handle, tasks) = start_export(&config, &telemetry, metrics.clone()).await?;
             (Some(handle), Some(tasks))
         } else {
-            tracing::info!("no OTLP endpoint configured: spans stay local");
+            if let Some(reason) = config.export.off_reason() {
+                tracing::info!("{reason}");
+            }
             (None, None)
         };
         let prices = Arc::new(PriceBookCell::new(PriceBook::from_config(&config)?));

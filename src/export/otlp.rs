@@ -1,5 +1,5 @@
 //! The OTLP side of export: span records become `SpanData` and go out through the
-//! `opentelemetry-otlp` exporter (gRPC or HTTP/protobuf), called from our own task, never from
+//! `opentelemetry-otlp` exporter (gRPC, HTTP/protobuf or HTTP/JSON), called from our own task, never from
 //! the SDK's batch processor (reference/rust-stack.md, pitfall 1). The exporter's own retries
 //! are off: a failed batch goes to the spool and the replayer retries it.
 
@@ -219,7 +219,7 @@ pub fn build(
             }
             b.build().map_err(|e| format!("OTLP gRPC exporter: {e}"))?
         }
-        ExportProtocol::HttpProtobuf => {
+        ExportProtocol::HttpProtobuf | ExportProtocol::HttpJson => {
             let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
             http.enforce_http(false);
             http.set_nodelay(true);
@@ -229,8 +229,15 @@ pub fn build(
                 .enable_http1()
                 .wrap_connector(http);
             let client = opentelemetry_http::hyper::HyperClient::new(https, timeout, None);
+            // Named, never left to the crate: with the http-json feature on, its default (and
+            // its reading of OTEL_EXPORTER_OTLP_PROTOCOL) could differ from the config's.
+            let protocol = match cfg.protocol {
+                ExportProtocol::HttpJson => opentelemetry_otlp::Protocol::HttpJson,
+                _ => opentelemetry_otlp::Protocol::HttpBinary,
+            };
             let mut b = opentelemetry_otlp::SpanExporter::builder()
                 .with_http()
+                .with_protocol(protocol)
                 .with_http_client(client)
                 .with_timeout(timeout)
                 .with_retry_policy(opentelemetry_otlp::RetryPolicy::disabled());
