@@ -61,7 +61,13 @@ fn check_config(path: Option<PathBuf>) -> ExitCode {
                 config.listen, config.admin_listen
             );
             for p in registry.providers() {
-                println!("  {:<12} {:<14} -> {}", p.name, p.prefix, p.gen_ai_provider);
+                println!(
+                    "  {:<12} {:<20} -> {:<48} {}",
+                    p.name,
+                    p.prefix,
+                    p.upstream_url(),
+                    p.gen_ai_provider
+                );
             }
             ExitCode::SUCCESS
         }

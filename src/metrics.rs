@@ -636,11 +636,12 @@ impl Metrics {
         let trace_context_invalid = Family::<HeaderLabels, Counter>::default();
         registry.register(
             "sidetrace_trace_context_invalid",
-            "Calls whose trace header was present but invalid (a new trace was started)",
+            "Calls whose trace header was present but invalid, by header (traceparent and the grouping headers: a new trace was started; tracestate: dropped)",
             trace_context_invalid.clone(),
         );
         for header in [
             "traceparent",
+            "tracestate",
             "x-sidetrace-trace-id",
             "x-sidetrace-parent-span-id",
         ] {

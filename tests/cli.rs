@@ -42,9 +42,48 @@ fn check_config_accepts_no_file_and_the_example_file() {
         out.contains("config ok") && out.contains("/openai"),
         "{out}"
     );
+    // Each route names the upstream it goes to, host parameters as placeholders.
+    let line = |prefix: &str| {
+        out.lines()
+            .find(|l| l.split_whitespace().nth(1) == Some(prefix))
+            .unwrap_or_else(|| panic!("no route {prefix}: {out}"))
+            .to_string()
+    };
+    assert!(
+        line("/openai").contains("-> https://api.openai.com "),
+        "{out}"
+    );
+    assert!(
+        line("/azure").contains("-> https://{resource}.openai.azure.com "),
+        "{out}"
+    );
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config/sidetrace.toml");
     let (code, _, err) = run(&["check-config", "--config", example]);
     assert_eq!(code, 0, "{err}");
+}
+
+#[test]
+fn check_config_prints_the_upstream_an_override_sends_a_route_to_and_warns_on_ignored_otel_values()
+{
+    let out = sidetrace()
+        .args(["check-config"])
+        .env("SIDETRACE_OPENAI_BASE_URL", "http://10.0.0.5:8000/proxy")
+        .env("OTEL_TRACES_EXPORTER", "zipkin")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.contains(" /openai ") && l.contains("-> http://10.0.0.5:8000/proxy ")),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("warning: OTEL_TRACES_EXPORTER") && stderr.contains("zipkin"),
+        "{stderr}"
+    );
 }
 
 #[test]

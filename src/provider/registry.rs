@@ -206,6 +206,24 @@ impl Provider {
         })
     }
 
+    /// The upstream base URL as configured, host parameters as `{name}` (what `check-config`
+    /// prints): `https://{resource}.openai.azure.com`.
+    pub fn upstream_url(&self) -> String {
+        let mut url = format!("{}://", self.scheme);
+        for part in &self.host {
+            match part {
+                HostPart::Literal(s) => url.push_str(s),
+                HostPart::Param(name) => {
+                    url.push('{');
+                    url.push_str(name);
+                    url.push('}');
+                }
+            }
+        }
+        url.push_str(&self.base_path);
+        url
+    }
+
     /// Names of the path segments that fill the host template, e.g. `["resource"]` for Azure.
     pub fn host_params(&self) -> impl Iterator<Item = &str> {
         self.host.iter().filter_map(|p| match p {

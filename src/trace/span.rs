@@ -378,6 +378,7 @@ pub fn span_for(call: &CallRecord) -> SpanRecord {
     opt("session.id", &m.session_id);
     opt("gen_ai.conversation.id", &m.session_id);
     opt("session.path", &m.session_path);
+    opt("sidetrace.session.name", &m.session_name);
     opt("prompt.template_id", &m.prompt_template);
     opt("prompt.version", &m.prompt_version);
     if !m.tags.is_empty() {
