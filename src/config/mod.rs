@@ -277,6 +277,10 @@ pub struct ExportConfig {
     /// Set from the environment: an endpoint variable was present.
     #[serde(skip)]
     pub endpoint_from_env: bool,
+    /// Set from the environment: `OTEL_SEMCONV_STABILITY_OPT_IN` lists
+    /// `gen_ai_latest_experimental`, so the gateway's spans leave with the latest GenAI names.
+    #[serde(skip)]
+    pub gen_ai_latest: bool,
     /// Set from the environment: the variable that turned export off (`OTEL_SDK_DISABLED=true`,
     /// `OTEL_TRACES_EXPORTER=none`); it wins over any endpoint.
     #[serde(skip)]
@@ -298,6 +302,7 @@ impl Default for ExportConfig {
             shutdown_export_ms: 5_000,
             replay_backoff_max_ms: 30_000,
             endpoint_from_env: false,
+            gen_ai_latest: false,
             disabled_by_env: None,
         }
     }
@@ -717,6 +722,10 @@ pub const ENV_VARS: &[(&str, &str)] = &[
         "grpc, http/protobuf or http/json (export.protocol)",
     ),
     (
+        "OTEL_SEMCONV_STABILITY_OPT_IN",
+        "gen_ai_latest_experimental: export the latest GenAI names, not v1.41's (docs/conventions.md)",
+    ),
+    (
         "OTEL_SDK_DISABLED",
         "true turns span export off (the local trace store stays)",
     ),
@@ -813,6 +822,11 @@ impl Config {
                     )),
                 },
                 "OTEL_TRACES_EXPORTER" => traces_exporter = Some(value),
+                "OTEL_SEMCONV_STABILITY_OPT_IN" => {
+                    self.export.gen_ai_latest = value
+                        .split(',')
+                        .any(|v| v.trim() == "gen_ai_latest_experimental");
+                }
                 "OTEL_EXPORTER_OTLP_PROTOCOL" | "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL" => {
                     // The traces-specific variable wins; the loop sees both in any order.
                     if key.ends_with("TRACES_PROTOCOL") || protocol_env.is_none() {

@@ -16,6 +16,7 @@ use opentelemetry::{
 use opentelemetry_otlp::{WithExportConfig, WithHttpConfig, WithTonicConfig};
 use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanExporter as _, SpanLinks};
 
+use super::conventions::Conventions;
 use crate::{
     config::{ExportConfig, ExportProtocol},
     trace::span::{AttrValue, Origin, SpanRecord, SpanStatus, Telemetry},
@@ -84,10 +85,11 @@ fn key_values(attrs: &[(String, AttrValue)]) -> Vec<KeyValue> {
         .collect()
 }
 
-pub fn scope(t: &Telemetry) -> InstrumentationScope {
+/// The scope of the gateway's own spans; its schema URL names the conventions they leave with.
+pub fn scope(t: &Telemetry, conventions: &Conventions) -> InstrumentationScope {
     InstrumentationScope::builder(t.scope_name.clone())
         .with_version(t.scope_version.clone())
-        .with_schema_url(t.schema_url.clone())
+        .with_schema_url(conventions.schema_url())
         .build()
 }
 
@@ -136,8 +138,13 @@ fn time(nanos: u64) -> std::time::SystemTime {
     UNIX_EPOCH + Duration::from_nanos(nanos)
 }
 
-/// One span record as the SDK's export type.
-pub fn span_data(r: &SpanRecord, scope: &InstrumentationScope) -> SpanData {
+/// One span record as the SDK's export type. `conventions`: the gateway's own span, renamed for
+/// the export's conventions; `None`: a received span, exported as the app made it.
+pub fn span_data(
+    r: &SpanRecord,
+    scope: &InstrumentationScope,
+    conventions: Option<&Conventions>,
+) -> SpanData {
     let mut events = SpanEvents::default();
     events.events = r
         .events
@@ -171,7 +178,10 @@ pub fn span_data(r: &SpanRecord, scope: &InstrumentationScope) -> SpanData {
         name: Cow::Owned(r.name.clone()),
         start_time: time(r.start_unix_nanos),
         end_time: time(r.end_unix_nanos),
-        attributes: key_values(&r.attributes),
+        attributes: match conventions {
+            Some(c) => key_values(&c.attributes(r)),
+            None => key_values(&r.attributes),
+        },
         dropped_attributes_count: 0,
         events,
         links,
