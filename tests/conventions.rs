@@ -168,3 +168,60 @@ async fn the_export_uses_the_v1_41_genai_names_unless_the_latest_are_opted_in() 
     gw.shutdown().await;
     collector.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openinference_attributes_carry_the_exact_cost_feature_and_prompt_when_opted_in() {
+    let mock = Mock::start(provider).await;
+    let collector = Collector::start(Transport::Grpc).await;
+    let (gw, _dir) = gateway_with(
+        &mock,
+        &collector,
+        "conventions = [\"gen_ai\", \"openinference\"]",
+        &[],
+    )
+    .await;
+    let s = cached_call(&gw, &collector).await;
+    let str_of = |key: &str| match s.attributes.get(key) {
+        Some(AttrValue::Str(v)) => v.clone(),
+        other => panic!("{key}: {other:?}"),
+    };
+    let f64_of = |key: &str| match s.attributes.get(key) {
+        Some(AttrValue::Double(v)) => *v,
+        other => panic!("{key}: {other:?}"),
+    };
+    let int_of = |key: &str| match s.attributes.get(key) {
+        Some(AttrValue::Int(v)) => *v,
+        other => panic!("{key}: {other:?}"),
+    };
+    assert_eq!(str_of("openinference.span.kind"), "LLM");
+    assert_eq!(str_of("llm.provider"), "anthropic");
+    assert_eq!(str_of("llm.system"), "anthropic");
+    assert_eq!(str_of("llm.model_name"), "claude-sonnet-4-5-20250929");
+    // 12 plain + 10240 read + 1895 written, 90 out (the fixture).
+    assert_eq!(int_of("llm.token_count.prompt"), 12147);
+    assert_eq!(int_of("llm.token_count.completion"), 90);
+    assert_eq!(int_of("llm.token_count.total"), 12237);
+    assert_eq!(int_of("llm.token_count.prompt_details.cache_read"), 10240);
+    assert_eq!(int_of("llm.token_count.prompt_details.cache_write"), 1895);
+    // The gateway's exact price (cost_gateway.rs: 0.01156425 USD), split into input (12 x 3 +
+    // 10240 x 0.30 + 1895 x 3.75 µUSD) and output (90 x 15 µUSD).
+    assert_eq!(f64_of("llm.cost.total"), 0.01156425);
+    assert_eq!(f64_of("llm.cost.total"), f64_of("cost.usd"));
+    assert!((f64_of("llm.cost.prompt") - 0.01021425).abs() < 1e-12);
+    assert!((f64_of("llm.cost.completion") - 0.00135).abs() < 1e-12);
+    assert_eq!(str_of("llm.prompt_template.version"), "7");
+    assert_eq!(str_of("prompt.id"), "support.v3");
+    let metadata: serde_json::Value = serde_json::from_str(&str_of("metadata")).unwrap();
+    assert_eq!(metadata["feature"], "support");
+    assert_eq!(metadata["prompt_template"], "support.v3");
+    assert_eq!(metadata["prompt_version"], "7");
+    assert_eq!(metadata["price_model"], "claude-sonnet-4-5");
+    let params: serde_json::Value =
+        serde_json::from_str(&str_of("llm.invocation_parameters")).unwrap();
+    assert_eq!(params["max_tokens"], 9);
+    // The GenAI attributes are all still there.
+    assert_eq!(int_of("gen_ai.usage.cache_creation.input_tokens"), 1895);
+    assert_eq!(str_of("gen_ai.operation.name"), "chat");
+    gw.shutdown().await;
+    collector.stop().await;
+}

@@ -277,6 +277,9 @@ pub struct ExportConfig {
     /// Set from the environment: an endpoint variable was present.
     #[serde(skip)]
     pub endpoint_from_env: bool,
+    /// Attribute conventions of the gateway's spans: `gen_ai` (always), and `openinference` to
+    /// add the OpenInference attributes Phoenix reads first (exact cost, metadata, prompt).
+    pub conventions: Vec<String>,
     /// Set from the environment: `OTEL_SEMCONV_STABILITY_OPT_IN` lists
     /// `gen_ai_latest_experimental`, so the gateway's spans leave with the latest GenAI names.
     #[serde(skip)]
@@ -301,6 +304,7 @@ impl Default for ExportConfig {
             batch_delay_ms: 1_000,
             shutdown_export_ms: 5_000,
             replay_backoff_max_ms: 30_000,
+            conventions: vec!["gen_ai".into()],
             endpoint_from_env: false,
             gen_ai_latest: false,
             disabled_by_env: None,
@@ -1068,6 +1072,22 @@ impl Config {
                 self.export.compression
             )));
         }
+        // Kept in step with export::conventions::CONVENTION_NAMES (config imports no feature).
+        if let Some(bad) = self
+            .export
+            .conventions
+            .iter()
+            .find(|c| !matches!(c.as_str(), "gen_ai" | "openinference"))
+        {
+            return Err(ConfigError::Invalid(format!(
+                "export.conventions: {bad:?} is not one of gen_ai, openinference"
+            )));
+        }
+        if !self.export.conventions.iter().any(|c| c == "gen_ai") {
+            return Err(ConfigError::Invalid(
+                "export.conventions must list gen_ai (openinference adds to it)".into(),
+            ));
+        }
         if !(0.0..=1.0).contains(&self.sampling.keep_fraction) {
             return Err(ConfigError::Invalid(
                 "sampling.keep_fraction must be between 0 and 1".into(),
@@ -1223,6 +1243,23 @@ mod tests {
         let c = with_env(file, &[("OTEL_TRACES_EXPORTER", "otlp,zipkin")]).unwrap();
         assert!(c.export.enabled());
         assert!(c.env_warnings[0].contains("zipkin"));
+    }
+
+    #[test]
+    fn export_conventions_must_name_known_sets_and_keep_gen_ai() {
+        for ok in ["[\"gen_ai\"]", "[\"gen_ai\", \"openinference\"]"] {
+            let c = with_env(&format!("[export]\nconventions = {ok}\n"), &[]).unwrap();
+            c.validate().unwrap();
+        }
+        for (bad, says) in [
+            ("[\"gen_ai\", \"phoenix\"]", "phoenix"),
+            ("[\"openinference\"]", "must list gen_ai"),
+            ("[]", "must list gen_ai"),
+        ] {
+            let c = with_env(&format!("[export]\nconventions = {bad}\n"), &[]).unwrap();
+            let err = c.validate().unwrap_err().to_string();
+            assert!(err.contains(says), "{bad}: {err}");
+        }
     }
 
     #[test]
