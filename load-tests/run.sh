@@ -8,6 +8,8 @@
 #   bash load-tests/run.sh --quick    smoke run for CI, well under a minute after the build;
 #                                     skips nginx when it is not installed
 #   --no-build                        use the binaries already built
+#   --profiling                       build and run the profiling profile (release with symbols
+#                                     and line tables, target/profiling) to record perf profiles
 #   --keep                            keep the temp dir (JSON reports, logs, nginx.conf)
 #   --nice N                          run the mock, the proxies and the driver at nice N (e.g.
 #                                     -10 as root, to get ahead of other work on a shared machine)
@@ -18,12 +20,15 @@ set -euo pipefail
 
 QUICK=0
 BUILD=1
+# release ships stripped (Cargo.toml); perf needs the profiling profile's symbols.
+PROFILE=release
 KEEP=0
 NICE=()
 while [[ $# -gt 0 ]]; do
     case "$1" in
     --quick) QUICK=1 ;;
     --no-build) BUILD=0 ;;
+    --profiling) PROFILE=profiling ;;
     --keep) KEEP=1 ;;
     --nice)
         [[ $# -ge 2 && $2 =~ ^-?[0-9]+$ ]] || {
@@ -34,7 +39,7 @@ while [[ $# -gt 0 ]]; do
         shift
         ;;
     -h | --help)
-        sed -n '2,15p' "$0"
+        sed -n '2,18p' "$0"
         exit 0
         ;;
     *)
@@ -47,10 +52,10 @@ done
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/.." && pwd)
-BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release
+BIN=${CARGO_TARGET_DIR:-$ROOT/target}/$PROFILE
 
 if [[ $BUILD == 1 ]]; then
-    (cd "$ROOT" && cargo build --release -p sidetrace -p sidetrace-load-tests)
+    (cd "$ROOT" && cargo build --profile "$PROFILE" -p sidetrace -p sidetrace-load-tests)
 fi
 LOAD=$BIN/bench-load
 MOCK=$BIN/bench-mock

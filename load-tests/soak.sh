@@ -10,6 +10,8 @@
 #   --up-secs S --down-secs S              collector up / down periods (default 50 / 25)
 #   --workers N                            clients per kind of call (default 2)
 #   --no-build                             use the release binaries already built
+#   --profiling                            build and run the profiling profile (release with symbols
+#                                          and line tables, target/profiling) to record perf profiles
 #   --keep                                 keep the temp dir (gateway log, config, data dir)
 #
 # Exits non-zero if a process fails to start, the gateway dies during the run, or it does not
@@ -21,6 +23,8 @@ UP=50
 DOWN=25
 WORKERS=2
 BUILD=1
+# release ships stripped (Cargo.toml); perf needs the profiling profile's symbols.
+PROFILE=release
 KEEP=0
 while [[ $# -gt 0 ]]; do
     case "$1" in
@@ -38,9 +42,10 @@ while [[ $# -gt 0 ]]; do
         shift
         ;;
     --no-build) BUILD=0 ;;
+    --profiling) PROFILE=profiling ;;
     --keep) KEEP=1 ;;
     -h | --help)
-        sed -n '2,17p' "$0"
+        sed -n '2,18p' "$0"
         exit 0
         ;;
     *)
@@ -53,9 +58,9 @@ done
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/.." && pwd)
-BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release
+BIN=${CARGO_TARGET_DIR:-$ROOT/target}/$PROFILE
 if [[ $BUILD == 1 ]]; then
-    (cd "$ROOT" && cargo build --release -p sidetrace -p sidetrace-load-tests)
+    (cd "$ROOT" && cargo build --profile "$PROFILE" -p sidetrace -p sidetrace-load-tests)
 fi
 LOAD=$BIN/bench-load
 MOCK=$BIN/bench-mock

@@ -51,6 +51,9 @@ fn check_config(path: Option<PathBuf>) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    for warning in &config.env_warnings {
+        eprintln!("warning: {warning}");
+    }
     match crate::server::check_config(&config) {
         Ok(registry) => {
             println!(
@@ -58,7 +61,13 @@ fn check_config(path: Option<PathBuf>) -> ExitCode {
                 config.listen, config.admin_listen
             );
             for p in registry.providers() {
-                println!("  {:<12} {:<14} -> {}", p.name, p.prefix, p.gen_ai_provider);
+                println!(
+                    "  {:<12} {:<20} -> {:<48} {}",
+                    p.name,
+                    p.prefix,
+                    p.upstream_url(),
+                    p.gen_ai_provider
+                );
             }
             ExitCode::SUCCESS
         }
@@ -78,6 +87,9 @@ fn serve(path: Option<PathBuf>) -> ExitCode {
         }
     };
     init_logging(&config);
+    for warning in &config.env_warnings {
+        tracing::warn!("{warning}");
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

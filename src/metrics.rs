@@ -100,6 +100,9 @@ pub struct ConnectionCloseLabels {
     pub reason: &'static str,
 }
 
+/// The listeners that count connections (`server.rs` names them so).
+const LISTENERS: [&str; 3] = ["proxy", "admin", "ingest"];
+
 /// Client connections of each listener.
 pub struct ConnectionMetrics {
     pub open: Family<ListenerLabels, Gauge>,
@@ -118,6 +121,16 @@ impl ConnectionMetrics {
             accept_errors: Family::default(),
             cap_reached: Family::default(),
         };
+        // Present at 0 from the start, so an alert on them sees data.
+        for listener in LISTENERS {
+            let _ = m.accept_errors.get_or_create(&ListenerLabels { listener });
+            let _ = m.cap_reached.get_or_create(&ListenerLabels { listener });
+            for reason in ["idle", "shutdown_cut"] {
+                let _ = m
+                    .closed
+                    .get_or_create(&ConnectionCloseLabels { listener, reason });
+            }
+        }
         registry.register(
             "sidetrace_connections_open",
             "Client connections open, by listener",
@@ -248,6 +261,18 @@ impl IngestMetrics {
         for transport in ["http", "grpc"] {
             for result in ["accepted", "rejected"] {
                 let _ = m.spans.get_or_create(&IngestLabels { transport, result });
+            }
+            for result in [
+                "ok",
+                "partial",
+                "malformed",
+                "too_large",
+                "unsupported",
+                "overloaded",
+            ] {
+                let _ = m
+                    .requests
+                    .get_or_create(&IngestLabels { transport, result });
             }
         }
         for reason in [
@@ -441,7 +466,30 @@ pub struct Metrics {
     store_damaged: Family<StoreLabels, Counter>,
     pub cost_calls_lost: Counter,
     scores: ScoreMetrics,
+    /// Label sets each client-labelled family may hold (see [`SeriesCap`]).
+    series: SeriesCaps,
+    series_overflow: Family<FamilyLabels, Counter>,
 }
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FamilyLabels {
+    family: &'static str,
+}
+
+/// The families whose label values come from clients (model, feature, score names), each with
+/// its own cap on distinct label sets.
+struct SeriesCaps {
+    tokens: SeriesCap,
+    cost: SeriesCap,
+    unpriced: SeriesCap,
+    scores: SeriesCap,
+    score_values: SeriesCap,
+}
+
+/// Default cap on the distinct label sets of one client-labelled family: model and feature are
+/// each bounded (200 models, `max_metric_features` features), but their product is not: 100
+/// features over 60 models made 18,794 series and a 2 MB page.
+pub const DEFAULT_MAX_SERIES_PER_FAMILY: usize = 2_000;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ScoreLabels {
@@ -494,6 +542,13 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Metrics {
+        Metrics::with_series_cap(DEFAULT_MAX_SERIES_PER_FAMILY)
+    }
+
+    /// `max_series`: distinct label sets each family labelled by model, feature or score name
+    /// may hold; past it a new set is counted under `other` (and in
+    /// `sidetrace_metric_series_overflow_total{family}`).
+    pub fn with_series_cap(max_series: usize) -> Metrics {
         let mut registry = Registry::default();
         let requests = Family::<CallLabels, Counter>::default();
         registry.register(
@@ -504,9 +559,20 @@ impl Metrics {
         let rejected = Family::<ReasonLabels, Counter>::default();
         registry.register(
             "sidetrace_requests_rejected",
-            "Calls refused before reaching a provider, by reason",
+            "Calls refused before reaching a provider, by reason (unknown_route, bad_route_param, invalid_path, overloaded, buffer_full)",
             rejected.clone(),
         );
+        // Every drop and error counter is present at 0 from the start, so an alert on it sees
+        // data before the first drop.
+        for reason in [
+            "unknown_route",
+            "bad_route_param",
+            "invalid_path",
+            "overloaded",
+            "buffer_full",
+        ] {
+            let _ = rejected.get_or_create(&ReasonLabels { reason });
+        }
         let upstream_headers: HistogramFamily = Family::new_with_constructor(latency_histogram);
         registry.register_with_unit(
             "sidetrace_upstream_response_headers",
@@ -564,6 +630,9 @@ impl Metrics {
             "Response events the side parser could not read (oversize, malformed) and bodies it saw cut (truncated)",
             events_skipped.clone(),
         );
+        for reason in ["oversize", "malformed", "truncated"] {
+            let _ = events_skipped.get_or_create(&ReasonLabels { reason });
+        }
         let calls_uninspected = Family::<ReasonLabels, Counter>::default();
         registry.register(
             "sidetrace_calls_uninspected",
@@ -583,9 +652,17 @@ impl Metrics {
         let trace_context_invalid = Family::<HeaderLabels, Counter>::default();
         registry.register(
             "sidetrace_trace_context_invalid",
-            "Calls whose trace header was present but invalid (a new trace was started)",
+            "Calls whose trace header was present but invalid, by header (traceparent and the grouping headers: a new trace was started; tracestate: dropped)",
             trace_context_invalid.clone(),
         );
+        for header in [
+            "traceparent",
+            "tracestate",
+            "x-sidetrace-trace-id",
+            "x-sidetrace-parent-span-id",
+        ] {
+            let _ = trace_context_invalid.get_or_create(&HeaderLabels { header });
+        }
         let metadata_truncated = Counter::default();
         registry.register(
             "sidetrace_metadata_truncated",
@@ -625,21 +702,32 @@ impl Metrics {
         let traces_sampled = Family::<DecisionLabels, Counter>::default();
         registry.register(
             "sidetrace_traces_sampled",
-            "Tail sampling decisions by outcome",
+            "Tail sampling decisions by outcome (keep, drop)",
             traces_sampled.clone(),
         );
+        for decision in ["keep", "drop"] {
+            let _ = traces_sampled.get_or_create(&DecisionLabels { decision });
+        }
         let spans_dropped = Family::<DropLabels, Counter>::default();
         registry.register(
             "sidetrace_spans_dropped",
-            "Spans lost, by reason (spool_full, expired, max_attempts, corrupt, spool_error, encode_error, shutdown)",
+            "Spans lost, by reason (queue_full, spool_full, expired, max_attempts, corrupt, spool_error, encode_error, shutdown)",
             spans_dropped.clone(),
         );
+        for reason in SPAN_DROP_REASONS {
+            let _ = spans_dropped.get_or_create(&DropLabels {
+                reason: reason.to_string(),
+            });
+        }
         let export_attempts = Family::<OutcomeOnly, Counter>::default();
         registry.register(
             "sidetrace_export_attempts",
             "OTLP export attempts by outcome (ok, error, timeout)",
             export_attempts.clone(),
         );
+        for outcome in ["ok", "error", "timeout"] {
+            let _ = export_attempts.get_or_create(&OutcomeOnly { outcome });
+        }
         let export_duration = latency_histogram();
         registry.register_with_unit(
             "sidetrace_export_duration",
@@ -696,6 +784,25 @@ impl Metrics {
             "Damaged data directories found on open (store: spool, costs), moved aside for inspection",
             store_damaged.clone(),
         );
+        for store in ["spool", "costs", "traces"] {
+            let _ = store_damaged.get_or_create(&StoreLabels { store });
+        }
+        let series_overflow = Family::<FamilyLabels, Counter>::default();
+        registry.register(
+            "sidetrace_metric_series_overflow",
+            "Samples counted under model, feature or score name \"other\" because their family reached its cap on distinct label sets ([cost] max_metric_series), by family",
+            series_overflow.clone(),
+        );
+        for family in SERIES_CAPPED_FAMILIES {
+            let _ = series_overflow.get_or_create(&FamilyLabels { family });
+        }
+        let series = SeriesCaps {
+            tokens: SeriesCap::new(max_series),
+            cost: SeriesCap::new(max_series),
+            unpriced: SeriesCap::new(max_series),
+            scores: SeriesCap::new(max_series),
+            score_values: SeriesCap::new(max_series),
+        };
         let cost_calls_lost = counter(
             &mut registry,
             "sidetrace_cost_calls_lost",
@@ -740,27 +847,61 @@ impl Metrics {
             store_damaged,
             cost_calls_lost,
             scores,
+            series,
+            series_overflow,
+        }
+    }
+
+    /// `labels` as they are when `cap` admits them, else with the client-chosen values put to
+    /// `other` (counted); `fold` makes the `other` label set from the labels.
+    fn capped<L: Clone + std::hash::Hash + Eq>(
+        &self,
+        cap: &SeriesCap,
+        family: &'static str,
+        labels: L,
+        fold: impl FnOnce(L) -> L,
+    ) -> L {
+        if cap.admit(&labels) {
+            labels
+        } else {
+            self.series_overflow
+                .get_or_create(&FamilyLabels { family })
+                .inc();
+            fold(labels)
         }
     }
 
     /// One score posted to `/api/scores` (labels already bounded by the caller).
     pub fn score_recorded(&self, name: &str, feature: &str, label: &str, value: Option<f64>) {
-        self.scores
-            .scores
-            .get_or_create(&ScoreLabels {
+        let labels = self.capped(
+            &self.series.scores,
+            "sidetrace_scores",
+            ScoreLabels {
                 name: name.to_string(),
                 feature: feature.to_string(),
                 label: label.to_string(),
-            })
-            .inc();
+            },
+            |_| ScoreLabels {
+                name: OTHER.into(),
+                feature: OTHER.into(),
+                label: OTHER.into(),
+            },
+        );
+        self.scores.scores.get_or_create(&labels).inc();
         if let Some(value) = value {
-            self.scores
-                .values
-                .get_or_create(&ScoreValueLabels {
+            let labels = self.capped(
+                &self.series.score_values,
+                "sidetrace_score_value",
+                ScoreValueLabels {
                     name: name.to_string(),
                     feature: feature.to_string(),
-                })
-                .observe(value);
+                },
+                |_| ScoreValueLabels {
+                    name: OTHER.into(),
+                    feature: OTHER.into(),
+                },
+            );
+            self.scores.values.get_or_create(&labels).observe(value);
         }
     }
 
@@ -850,17 +991,28 @@ impl Metrics {
             model: model.to_string(),
             feature: feature.to_string(),
         };
+        let fold = |l: CostLabels| CostLabels {
+            provider: l.provider,
+            model: OTHER.into(),
+            feature: OTHER.into(),
+        };
         match call.cost_pico_usd {
             Some(pico) => {
-                self.cost
-                    .get_or_create(&cost_labels)
-                    .inc_by(pico as f64 / 1e12);
+                let labels =
+                    self.capped(&self.series.cost, "sidetrace_cost_usd", cost_labels, fold);
+                self.cost.get_or_create(&labels).inc_by(pico as f64 / 1e12);
             }
             None if pricing
                 && (response.usage.input_tokens.is_some()
                     || response.usage.output_tokens.is_some()) =>
             {
-                self.unpriced.get_or_create(&cost_labels).inc();
+                let labels = self.capped(
+                    &self.series.unpriced,
+                    "sidetrace_calls_unpriced",
+                    cost_labels,
+                    fold,
+                );
+                self.unpriced.get_or_create(&labels).inc();
             }
             None => {}
         }
@@ -873,14 +1025,23 @@ impl Metrics {
             ("reasoning", u.reasoning_tokens),
         ] {
             if let Some(n) = value.filter(|n| *n > 0) {
-                self.tokens
-                    .get_or_create(&TokenLabels {
+                let labels = self.capped(
+                    &self.series.tokens,
+                    "sidetrace_tokens",
+                    TokenLabels {
                         provider: call.provider.clone(),
                         model: model.to_string(),
                         feature: feature.to_string(),
                         kind,
-                    })
-                    .inc_by(n);
+                    },
+                    |l| TokenLabels {
+                        provider: l.provider,
+                        model: OTHER.into(),
+                        feature: OTHER.into(),
+                        kind: l.kind,
+                    },
+                );
+                self.tokens.get_or_create(&labels).inc_by(n);
             }
         }
         for (reason, n) in [
@@ -924,13 +1085,166 @@ impl Metrics {
             .observe(elapsed.as_secs_f64());
     }
 
-    /// The Prometheus text exposition of every metric.
+    /// Every metric in the OpenMetrics text format 1.0.0.
     pub fn encode(&self) -> String {
         let mut out = String::with_capacity(4096);
         if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
             tracing::error!(error = %e, "encoding metrics failed");
         }
         out
+    }
+
+    /// Every metric in the format the client asked for with `accept`: OpenMetrics when it
+    /// prefers it, else the classic Prometheus text format 0.0.4 (what `promtool check
+    /// metrics` and older scrapers read). Returns the content type and the body.
+    pub fn encode_for(&self, accept: Option<&str>) -> (&'static str, String) {
+        if accept.is_some_and(prefers_openmetrics) {
+            (OPENMETRICS_CONTENT_TYPE, self.encode())
+        } else {
+            (CLASSIC_CONTENT_TYPE, classic_text(&self.encode()))
+        }
+    }
+}
+
+pub const OPENMETRICS_CONTENT_TYPE: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
+pub const CLASSIC_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// The label value client-labelled series fold into past a cap.
+const OTHER: &str = "other";
+
+/// Every reason a span can be lost for (`sidetrace_spans_dropped_total{reason}`).
+const SPAN_DROP_REASONS: [&str; 8] = [
+    "queue_full",
+    "spool_full",
+    "expired",
+    "max_attempts",
+    "corrupt",
+    "spool_error",
+    "encode_error",
+    "shutdown",
+];
+
+/// The families with a cap on label sets, as `sidetrace_metric_series_overflow_total` names
+/// them.
+const SERIES_CAPPED_FAMILIES: [&str; 5] = [
+    "sidetrace_tokens",
+    "sidetrace_cost_usd",
+    "sidetrace_calls_unpriced",
+    "sidetrace_scores",
+    "sidetrace_score_value",
+];
+
+/// Whether an `Accept` header asks for OpenMetrics at least as much as for the classic text
+/// (`text/plain`, `text/*`, `*/*`): the highest `q` of each decides; a range with `q=0` is
+/// refused, and OpenMetrics wins a tie only when it was named.
+fn prefers_openmetrics(accept: &str) -> bool {
+    let mut openmetrics: Option<f32> = None;
+    let mut classic: Option<f32> = None;
+    for range in accept.split(',') {
+        let mut parts = range.split(';');
+        let media = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+        let q = parts
+            .filter_map(|p| p.split_once('='))
+            .find(|(k, _)| k.trim().eq_ignore_ascii_case("q"))
+            .and_then(|(_, v)| v.trim().parse::<f32>().ok())
+            .unwrap_or(1.0);
+        let slot = match media.as_str() {
+            "application/openmetrics-text" => &mut openmetrics,
+            "text/plain" | "text/*" | "*/*" => &mut classic,
+            _ => continue,
+        };
+        *slot = Some(slot.map_or(q, |old: f32| old.max(q)));
+    }
+    match (openmetrics, classic) {
+        (Some(om), Some(text)) => om > 0.0 && om >= text,
+        (Some(om), None) => om > 0.0,
+        _ => false,
+    }
+}
+
+/// The classic Prometheus text format 0.0.4 of an OpenMetrics text: a counter family's HELP
+/// and TYPE name its `_total` samples (OpenMetrics names the family without the suffix, which
+/// the classic parser reads as a family with no samples and a sample with no help), `# UNIT`
+/// and `# EOF` go (the classic format has neither), and HELP text loses OpenMetrics' `\"`
+/// escape, which the classic format does not have.
+pub fn classic_text(openmetrics: &str) -> String {
+    let mut out = String::with_capacity(openmetrics.len() + 1024);
+    let mut help: Option<(&str, &str)> = None;
+    for line in openmetrics.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            if let Some((name, text)) = help.take() {
+                push_help(&mut out, name, text);
+            }
+            help = Some(rest.split_once(' ').unwrap_or((rest, "")));
+        } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap_or((rest, "untyped"));
+            let (name, kind) = match kind {
+                "counter" => (format!("{name}_total"), "counter"),
+                "gauge" | "histogram" | "summary" => (name.to_string(), kind),
+                "info" | "stateset" => (format!("{name}_info"), "gauge"),
+                _ => (name.to_string(), "untyped"),
+            };
+            if let Some((_, text)) = help.take() {
+                push_help(&mut out, &name, text);
+            }
+            out.push_str("# TYPE ");
+            out.push_str(&name);
+            out.push(' ');
+            out.push_str(kind);
+            out.push('\n');
+        } else if line.starts_with("# UNIT ") || line == "# EOF" {
+        } else {
+            if let Some((name, text)) = help.take() {
+                push_help(&mut out, name, text);
+            }
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    if let Some((name, text)) = help {
+        push_help(&mut out, name, text);
+    }
+    out
+}
+
+fn push_help(out: &mut String, name: &str, text: &str) {
+    out.push_str("# HELP ");
+    out.push_str(name);
+    out.push(' ');
+    out.push_str(&text.replace("\\\"", "\""));
+    out.push('\n');
+}
+
+/// Distinct label sets one family has given a series of their own, at most `max`.
+struct SeriesCap {
+    seen: Mutex<HashSet<u64>>,
+    max: usize,
+}
+
+impl SeriesCap {
+    fn new(max: usize) -> SeriesCap {
+        SeriesCap {
+            seen: Mutex::new(HashSet::new()),
+            max,
+        }
+    }
+
+    /// Whether `labels` has (or may now get) a series of its own. Keyed by a 64-bit hash: a
+    /// collision only lets one extra label set share a slot, never grows the family past the
+    /// cap.
+    fn admit<L: std::hash::Hash>(&self, labels: &L) -> bool {
+        use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+        let key = BuildHasherDefault::<DefaultHasher>::default().hash_one(labels);
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.contains(&key) {
+            return true;
+        }
+        if seen.len() < self.max {
+            seen.insert(key);
+            return true;
+        }
+        false
     }
 }
 

@@ -118,7 +118,7 @@ impl Gateway {
         extra_sinks: Vec<Arc<dyn Sink>>,
     ) -> Result<Gateway, StartError> {
         let registry = Arc::new(check_config(&config)?);
-        let metrics = Arc::new(Metrics::new());
+        let metrics = Arc::new(Metrics::with_series_cap(config.cost.max_metric_series));
         let client = Arc::new(UpstreamClient::new(&config.upstream).map_err(StartError::Client)?);
 
         let bind = |what, addr| async move {
@@ -153,7 +153,9 @@ impl Gateway {
             let (handle, tasks) = start_export(&config, &telemetry, metrics.clone()).await?;
             (Some(handle), Some(tasks))
         } else {
-            tracing::info!("no OTLP endpoint configured: spans stay local");
+            if let Some(reason) = config.export.off_reason() {
+                tracing::info!("{reason}");
+            }
             (None, None)
         };
         let prices = Arc::new(PriceBookCell::new(PriceBook::from_config(&config)?));

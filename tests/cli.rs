@@ -42,9 +42,48 @@ fn check_config_accepts_no_file_and_the_example_file() {
         out.contains("config ok") && out.contains("/openai"),
         "{out}"
     );
+    // Each route names the upstream it goes to, host parameters as placeholders.
+    let line = |prefix: &str| {
+        out.lines()
+            .find(|l| l.split_whitespace().nth(1) == Some(prefix))
+            .unwrap_or_else(|| panic!("no route {prefix}: {out}"))
+            .to_string()
+    };
+    assert!(
+        line("/openai").contains("-> https://api.openai.com "),
+        "{out}"
+    );
+    assert!(
+        line("/azure").contains("-> https://{resource}.openai.azure.com "),
+        "{out}"
+    );
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config/sidetrace.toml");
     let (code, _, err) = run(&["check-config", "--config", example]);
     assert_eq!(code, 0, "{err}");
+}
+
+#[test]
+fn check_config_prints_the_upstream_an_override_sends_a_route_to_and_warns_on_ignored_otel_values()
+{
+    let out = sidetrace()
+        .args(["check-config"])
+        .env("SIDETRACE_OPENAI_BASE_URL", "http://10.0.0.5:8000/proxy")
+        .env("OTEL_TRACES_EXPORTER", "zipkin")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.contains(" /openai ") && l.contains("-> http://10.0.0.5:8000/proxy ")),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("warning: OTEL_TRACES_EXPORTER") && stderr.contains("zipkin"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -267,4 +306,143 @@ async fn sighup_reloads_prices_from_the_config_file_without_a_restart() {
         .args(["-TERM", &child.id().to_string()])
         .status();
     assert_eq!(child.wait().unwrap().code(), Some(0));
+}
+
+/// `YYYYMMDDTHHMMSSZ` (`x-amz-date`) as a time.
+fn amz_date(text: &str) -> std::time::SystemTime {
+    let n = |r: std::ops::Range<usize>| text[r].parse::<i64>().unwrap();
+    let (y, m, d) = (n(0..4), n(4..6), n(6..8));
+    // Days from 1970-01-01 to the civil date (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + n(9..11) * 3600 + n(11..13) * 60 + n(13..15);
+    std::time::UNIX_EPOCH + Duration::from_secs(secs as u64)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bedrock_calls_are_signed_again_with_the_gateways_aws_credentials() {
+    let mock = Mock::start(|_| {
+        Reply::json(
+            200,
+            r#"{"output":{"message":{"role":"assistant","content":[{"text":"hi"}]}},"stopReason":"end_turn","usage":{"inputTokens":3,"outputTokens":1,"totalTokens":4}}"#,
+        )
+    })
+    .await;
+    let (port, admin) = (free_port(), free_port());
+    let mut child = sidetrace()
+        .arg("serve")
+        .env("SIDETRACE_LISTEN", format!("127.0.0.1:{port}"))
+        .env("SIDETRACE_ADMIN_LISTEN", format!("127.0.0.1:{admin}"))
+        // A base_url without {region}: the region comes from AWS_REGION.
+        .env("SIDETRACE_BEDROCK_BASE_URL", mock.url())
+        .env("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
+        .env(
+            "AWS_SECRET_ACCESS_KEY",
+            "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY",
+        )
+        .env("AWS_SESSION_TOKEN", "session-token-1")
+        .env("AWS_REGION", "us-west-2")
+        .env_remove("AWS_DEFAULT_REGION")
+        .env_remove("AWS_BEARER_TOKEN_BEDROCK")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let client = client();
+    let started = Instant::now();
+    loop {
+        let req = Request::get(format!("http://127.0.0.1:{admin}/healthz"))
+            .body(full_body(""))
+            .unwrap();
+        if let Ok(r) = client.request(req).await
+            && r.status() == StatusCode::OK
+        {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "gateway did not come up"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let path = "/model/anthropic.claude-sonnet-4-5-20250929-v1%3A0/converse";
+    let body = r#"{"messages":[{"role":"user","content":[{"text":"hi"}]}]}"#;
+    let send = |auth: &'static str| {
+        let client = client.clone();
+        async move {
+            let req = Request::post(format!("http://127.0.0.1:{port}/bedrock{path}"))
+                .header("authorization", auth)
+                .header("x-amz-date", "20260101T000000Z")
+                .header("content-type", "application/json")
+                .body(full_body(body))
+                .unwrap();
+            client.request(req).await.unwrap().status()
+        }
+    };
+    // A client's own SigV4 signature (for the gateway's host) is replaced by the gateway's.
+    let client_signature = "AWS4-HMAC-SHA256 Credential=AKIACLIENT/20260101/us-west-2/bedrock/aws4_request, SignedHeaders=content-type;host;x-amz-date, Signature=0000";
+    assert_eq!(send(client_signature).await, StatusCode::OK);
+    let seen = mock.last();
+    assert_eq!(
+        seen.uri, path,
+        "the path as the client sent it, encoding kept"
+    );
+    let auth = seen.headers["authorization"].to_str().unwrap().to_string();
+    assert!(
+        auth.starts_with("AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/")
+            && auth.contains("/us-west-2/bedrock/aws4_request, SignedHeaders=content-type;host;x-amz-date;x-amz-security-token, Signature="),
+        "{auth}"
+    );
+    assert_eq!(seen.headers["x-amz-security-token"], "session-token-1");
+    let date = seen.headers["x-amz-date"].to_str().unwrap().to_string();
+    assert_ne!(
+        date, "20260101T000000Z",
+        "the client's date went with its signature"
+    );
+    // The signature covers exactly what reached the upstream: signing the received request again
+    // (its host, path, content type and body, at its date) gives the same header.
+    let signer = sidetrace::provider::sigv4::AwsSigner::from_env(
+        "bedrock",
+        [
+            ("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE"),
+            (
+                "AWS_SECRET_ACCESS_KEY",
+                "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY",
+            ),
+            ("AWS_SESSION_TOKEN", "session-token-1"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string())),
+    )
+    .unwrap();
+    let host = seen.headers["host"].to_str().unwrap();
+    let uri: http::Uri = format!("http://{host}{}", seen.uri).parse().unwrap();
+    let mut again = http::HeaderMap::new();
+    again.insert("content-type", seen.headers["content-type"].clone());
+    signer
+        .sign(
+            &http::Method::POST,
+            &uri,
+            &mut again,
+            Some("us-west-2"),
+            &seen.body,
+            amz_date(&date),
+        )
+        .unwrap();
+    assert_eq!(again["authorization"].to_str().unwrap(), auth);
+    assert_eq!(&seen.body[..], body.as_bytes());
+
+    // A Bedrock API key is no signature: it passes as it is, and nothing is signed.
+    assert_eq!(send("Bearer bedrock-api-key-1").await, StatusCode::OK);
+    let seen = mock.last();
+    assert_eq!(seen.headers["authorization"], "Bearer bedrock-api-key-1");
+    assert_eq!(seen.headers["x-amz-date"], "20260101T000000Z");
+    assert!(!seen.headers.contains_key("x-amz-security-token"));
+
+    let status = sigterm_and_wait(&mut child, Duration::from_secs(10)).await;
+    assert_eq!(status.code(), Some(0));
 }

@@ -544,6 +544,7 @@ fn price_call_reads_provider_models_and_usage_from_the_record() {
         },
         cost_pico_usd: None,
         priced_model: None,
+        input_cost_pico_usd: None,
         metadata: Default::default(),
         content: None,
         kept_content: None,

@@ -432,3 +432,103 @@ async fn tail_sampling_keeps_failed_and_slow_traces_and_drops_the_rest_when_the_
     gw.shutdown().await;
     collector.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn otel_exporter_otlp_protocol_http_json_exports_every_span_as_otlp_json() {
+    let mock = Mock::start(|_| reply()).await;
+    let collector = Collector::start(Transport::Http).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = sidetrace::config::Config::from_toml(
+        &format!(
+            "listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n[providers.openai]\nbase_url = {:?}\n",
+            mock.url()
+        ),
+        "test.toml",
+    )
+    .unwrap();
+    config.data_dir = dir.path().display().to_string();
+    // As an operator sets it: the standard variables alone, no [export] table.
+    config
+        .apply_env([
+            (
+                "OTEL_EXPORTER_OTLP_ENDPOINT".to_string(),
+                collector.endpoint(),
+            ),
+            (
+                "OTEL_EXPORTER_OTLP_PROTOCOL".to_string(),
+                "http/json".to_string(),
+            ),
+        ])
+        .unwrap();
+    config.export.endpoint = collector.endpoint();
+    config.export.batch_delay_ms = 50;
+    let gw = TestGateway::start(config).await.unwrap();
+    calls(&gw, 3).await;
+    // The collector reads the JSON with the gateway's receiver decoder, which follows the
+    // OTLP/JSON rules (hex ids, integer enums), not with the exporter's own serde.
+    let spans = collector.wait_for_spans(3, Duration::from_secs(10)).await;
+    wait_settled(&gw, 3).await;
+    assert_each_once(&collector.spans(), &recorded_span_ids(&gw));
+    assert!(
+        collector
+            .content_types()
+            .iter()
+            .all(|t| t.starts_with("application/json")),
+        "{:?}",
+        collector.content_types()
+    );
+    let recorded = gw.recent_spans();
+    let s = spans
+        .iter()
+        .find(|s| s.span_id == sidetrace::trace::context::hex(&recorded[0].span_id))
+        .unwrap();
+    assert_eq!(
+        s.trace_id,
+        sidetrace::trace::context::hex(&recorded[0].trace_id)
+    );
+    assert_eq!(s.kind, 3, "CLIENT");
+    assert_eq!(s.name, "chat o4-mini");
+    assert_eq!(
+        s.attributes.get("gen_ai.usage.input_tokens"),
+        Some(&common::otlp::AttrValue::Int(1310))
+    );
+    gw.shutdown().await;
+    collector.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn otel_sdk_disabled_or_traces_exporter_none_keep_every_span_local() {
+    for var in [
+        ("OTEL_SDK_DISABLED", "true"),
+        ("OTEL_TRACES_EXPORTER", "none"),
+    ] {
+        let mock = Mock::start(|_| reply()).await;
+        let collector = Collector::start(Transport::Http).await;
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = sidetrace::config::Config::from_toml(
+            &format!(
+                "listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n{}\n[providers.openai]\nbase_url = {:?}\n",
+                export_config(&collector.endpoint(), Transport::Http, dir.path(), ""),
+                mock.url()
+            ),
+            "test.toml",
+        )
+        .unwrap();
+        config
+            .apply_env([(var.0.to_string(), var.1.to_string())])
+            .unwrap();
+        let gw = TestGateway::start(config).await.unwrap();
+        calls(&gw, 3).await;
+        // Shutdown exports whatever is queued: had export been on, the spans would be at the
+        // collector once it returns.
+        let recorded = gw.recent_spans().len();
+        gw.shutdown().await;
+        assert_eq!(recorded, 3, "{var:?}: the calls are still recorded");
+        assert_eq!(collector.export_requests(), 0, "{var:?}");
+        assert!(
+            !dir.path().join("spool").exists(),
+            "{var:?}: no spool either"
+        );
+        collector.stop().await;
+    }
+}

@@ -474,7 +474,10 @@ async fn admin_serves_health_readiness_and_metrics() {
             .contains("sidetrace_upstream_response_headers_seconds_count{provider=\"openai\"} 1"),
         "{metrics}"
     );
-    assert!(metrics.contains("# EOF"));
+    assert!(
+        !metrics.contains("# EOF"),
+        "classic text unless OpenMetrics is asked for"
+    );
     gw.shutdown().await;
 }
 

@@ -5,6 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+echo "== command-line tools the tests check output with (promtool)"
+bash tests/setup-tools.sh
+
 echo "== python venv with the official SDKs"
 bash tests/setup-python.sh
 

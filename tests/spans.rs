@@ -77,6 +77,86 @@ async fn a_valid_traceparent_makes_the_call_span_its_child_and_propagates_upstre
 }
 
 #[tokio::test]
+async fn two_traceparent_headers_start_a_new_trace_and_an_invalid_tracestate_never_reaches_the_upstream()
+ {
+    let mock = Mock::start(|_| nonstream_mock_reply()).await;
+    let gw = gateway_for(&mock, "").await;
+    let other = "00-12345678901234567890123456789012-1234567890123456-01";
+    post(
+        &gw,
+        "/openai/v1/chat/completions",
+        &[
+            ("traceparent", TRACEPARENT),
+            ("traceparent", other),
+            ("tracestate", "vendor=abc"),
+        ],
+        r#"{"model":"o4-mini","messages":[]}"#,
+    )
+    .await;
+    let span = spans(&gw, 1).await.remove(0);
+    let trace = hex(&span.trace_id);
+    assert!(trace != "4bf92f3577b34da6a3ce929d0e0e4736" && trace != other[3..35]);
+    assert!(span.parent_span_id.is_none());
+    let seen = mock.last();
+    assert_eq!(seen.headers.get_all("traceparent").iter().count(), 1);
+    assert!(
+        seen.headers["traceparent"]
+            .to_str()
+            .unwrap()
+            .contains(&trace)
+    );
+    assert!(!seen.headers.contains_key("tracestate"));
+    // A valid traceparent with a tracestate that breaks the grammar: the trace is kept, the
+    // tracestate is dropped whole (not forwarded as received) and counted.
+    post(
+        &gw,
+        "/openai/v1/chat/completions",
+        &[
+            ("traceparent", TRACEPARENT),
+            ("tracestate", "congo=t61rcWkgMzE,Rojo=00f067aa0ba902b7"),
+        ],
+        r#"{"model":"o4-mini","messages":[]}"#,
+    )
+    .await;
+    let span = spans(&gw, 2).await.remove(1);
+    assert_eq!(hex(&span.trace_id), "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_eq!(span.trace_state, None);
+    assert!(!mock.last().headers.contains_key("tracestate"));
+    // Valid entries from several fields are combined in order, whitespace and empty members gone.
+    post(
+        &gw,
+        "/openai/v1/chat/completions",
+        &[
+            ("traceparent", TRACEPARENT),
+            ("tracestate", "rojo=00f067aa0ba902b7 , "),
+            ("tracestate", "acme@congo=t61rcWkgMzE"),
+        ],
+        r#"{"model":"o4-mini","messages":[]}"#,
+    )
+    .await;
+    assert_eq!(
+        mock.last().headers["tracestate"],
+        "rojo=00f067aa0ba902b7,acme@congo=t61rcWkgMzE"
+    );
+    let metrics = metrics_of(&gw).await;
+    assert_eq!(
+        metric_in(
+            &metrics,
+            r#"sidetrace_trace_context_invalid_total{header="traceparent"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric_in(
+            &metrics,
+            r#"sidetrace_trace_context_invalid_total{header="tracestate"}"#
+        ),
+        1.0
+    );
+    gw.shutdown().await;
+}
+
+#[tokio::test]
 async fn an_invalid_traceparent_starts_a_new_trace_and_is_counted() {
     let mock = Mock::start(|_| nonstream_mock_reply()).await;
     let gw = gateway_for(&mock, "").await;
@@ -161,6 +241,7 @@ async fn metadata_headers_and_aliases_become_attributes_and_never_reach_the_upst
             ("x-sidetrace-tags", "beta,eu"),
             ("x-sidetrace-meta-tenant", "acme"),
             ("helicone-session-id", "sess-1"),
+            ("helicone-session-name", "Refund flow"),
             ("helicone-property-environment", "prod"),
             ("x-portkey-metadata", r#"{"team":"ml"}"#),
             ("x-litellm-tags", "from-litellm"),
@@ -176,6 +257,7 @@ async fn metadata_headers_and_aliases_become_attributes_and_never_reach_the_upst
         ("user.id", "u_42"),
         ("session.id", "sess-1"),
         ("gen_ai.conversation.id", "sess-1"),
+        ("sidetrace.session.name", "Refund flow"),
         ("prompt.template_id", "support.v3"),
         ("prompt.version", "12"),
         ("sidetrace.meta.tenant", "acme"),

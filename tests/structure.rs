@@ -1,7 +1,8 @@
 //! The structural invariants ARCHITECTURE.md promises, checked on the source: which module may
 //! import which, and no import circle anywhere. A module is a file (`proxy/record.rs` is
 //! `proxy/record`, `config/mod.rs` is `config`); an import is a `use` or a path through
-//! `crate::`, `super::` or a child of the file's own module. Unit tests are left out.
+//! `crate::`, `super::` or a child of the file's own module. Unit tests are left out. Also the
+//! build profiles: what ships and what profiles.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -361,4 +362,36 @@ fn the_checker_sees_imports_of_every_kind() {
     g.entry("c".into()).or_default().insert("a".into());
     g.entry("d".into()).or_default().insert("a".into());
     assert_eq!(circles(&g), vec![vec!["a", "b", "c"]]);
+}
+
+/// The shipped binary is stripped and carries no debug info; the profiling profile keeps
+/// symbols and line tables; the benchmark scripts can build and run it.
+#[test]
+fn release_ships_stripped_and_profiling_keeps_symbols() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let manifest: toml::Table =
+        toml::from_str(&std::fs::read_to_string(root.join("Cargo.toml")).unwrap()).unwrap();
+    let profile = |name: &str| manifest["profile"][name].as_table().unwrap().clone();
+    let release = profile("release");
+    assert_eq!(release.get("strip"), Some(&toml::Value::Boolean(true)));
+    assert!(
+        matches!(
+            release.get("debug"),
+            None | Some(toml::Value::Boolean(false)) | Some(toml::Value::Integer(0))
+        ),
+        "no debug info or line tables in release: {release:?}"
+    );
+    let profiling = profile("profiling");
+    assert_eq!(profiling["inherits"].as_str(), Some("release"));
+    assert_eq!(profiling["strip"], toml::Value::Boolean(false));
+    assert!(profiling.contains_key("debug"));
+    assert_ne!(profiling["debug"], toml::Value::Boolean(false));
+    for script in ["load-tests/run.sh", "load-tests/soak.sh"] {
+        let text = std::fs::read_to_string(root.join(script)).unwrap();
+        assert!(
+            text.contains("--profiling) PROFILE=profiling")
+                && text.contains("cargo build --profile \"$PROFILE\""),
+            "{script} cannot build the profiling profile"
+        );
+    }
 }

@@ -173,11 +173,19 @@ where
                 )
             }
         }
-        "/metrics" => text(
-            StatusCode::OK,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            state.metrics.encode(),
-        ),
+        "/metrics" => {
+            // Classic text unless the scraper asks for OpenMetrics (Prometheus does, in its
+            // Accept header); promtool and older scrapers read only the classic format.
+            let accept = req
+                .headers()
+                .get(header::ACCEPT)
+                .and_then(|v| v.to_str().ok());
+            let (content_type, body) = state.metrics.encode_for(accept);
+            let mut r = text(StatusCode::OK, content_type, body);
+            r.headers_mut()
+                .insert(header::VARY, http::HeaderValue::from_static("accept"));
+            r
+        }
         "/api/costs" => json_answer(costs(&state, &query)),
         "/" => {
             let mut r = text(

@@ -98,6 +98,9 @@ pub struct CallRecord {
     pub kept_content: Option<CapturedContent>,
     /// Exact cost in pico-USD (10^-12); `None` when the model has no price or no usage came.
     pub cost_pico_usd: Option<u128>,
+    /// The input part of that cost (uncached input, cache reads and writes), in pico-USD.
+    #[serde(default)]
+    pub input_cost_pico_usd: Option<u128>,
     /// The price-table entry used (`gpt-4o` for `gpt-4o-2024-08-06`).
     pub priced_model: Option<String>,
 }

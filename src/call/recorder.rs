@@ -98,6 +98,7 @@ impl Recorder {
         }
         let priced = self.prices.load().price_call(call);
         call.cost_pico_usd = priced.cost.map(|c| c.pico_usd());
+        call.input_cost_pico_usd = priced.input_cost.map(|c| c.pico_usd());
         call.priced_model = priced.matched_model;
     }
 

@@ -750,6 +750,7 @@ mod tests {
             kept_content: None,
             cost_pico_usd: None,
             priced_model: None,
+            input_cost_pico_usd: None,
         }
     }
 

@@ -231,6 +231,20 @@ pub enum ExportProtocol {
     Grpc,
     #[serde(rename = "http/protobuf")]
     HttpProtobuf,
+    #[serde(rename = "http/json")]
+    HttpJson,
+}
+
+impl ExportProtocol {
+    /// The protocol for an `OTEL_EXPORTER_OTLP_PROTOCOL` value.
+    pub fn parse(value: &str) -> Option<ExportProtocol> {
+        match value.trim() {
+            "grpc" => Some(ExportProtocol::Grpc),
+            "http/protobuf" => Some(ExportProtocol::HttpProtobuf),
+            "http/json" => Some(ExportProtocol::HttpJson),
+            _ => None,
+        }
+    }
 }
 
 /// Span export over OTLP. Off unless an endpoint is set here or in `OTEL_EXPORTER_OTLP_ENDPOINT`
@@ -240,7 +254,7 @@ pub enum ExportProtocol {
 pub struct ExportConfig {
     /// gRPC: `http://collector:4317`. HTTP: `http://collector:4318` (`/v1/traces` is added).
     pub endpoint: String,
-    /// `grpc` or `http/protobuf`; `OTEL_EXPORTER_OTLP_(TRACES_)PROTOCOL` when not set here.
+    /// `grpc`, `http/protobuf` or `http/json`; `OTEL_EXPORTER_OTLP_(TRACES_)PROTOCOL` overrides it.
     pub protocol: ExportProtocol,
     /// Per export attempt.
     pub timeout_ms: u64,
@@ -263,6 +277,17 @@ pub struct ExportConfig {
     /// Set from the environment: an endpoint variable was present.
     #[serde(skip)]
     pub endpoint_from_env: bool,
+    /// Attribute conventions of the gateway's spans: `gen_ai` (always), and `openinference` to
+    /// add the OpenInference attributes Phoenix reads first (exact cost, metadata, prompt).
+    pub conventions: Vec<String>,
+    /// Set from the environment: `OTEL_SEMCONV_STABILITY_OPT_IN` lists
+    /// `gen_ai_latest_experimental`, so the gateway's spans leave with the latest GenAI names.
+    #[serde(skip)]
+    pub gen_ai_latest: bool,
+    /// Set from the environment: the variable that turned export off (`OTEL_SDK_DISABLED=true`,
+    /// `OTEL_TRACES_EXPORTER=none`); it wins over any endpoint.
+    #[serde(skip)]
+    pub disabled_by_env: Option<String>,
 }
 
 impl Default for ExportConfig {
@@ -279,14 +304,26 @@ impl Default for ExportConfig {
             batch_delay_ms: 1_000,
             shutdown_export_ms: 5_000,
             replay_backoff_max_ms: 30_000,
+            conventions: vec!["gen_ai".into()],
             endpoint_from_env: false,
+            gen_ai_latest: false,
+            disabled_by_env: None,
         }
     }
 }
 
 impl ExportConfig {
     pub fn enabled(&self) -> bool {
-        !self.endpoint.is_empty() || self.endpoint_from_env
+        self.disabled_by_env.is_none() && (!self.endpoint.is_empty() || self.endpoint_from_env)
+    }
+
+    /// Why export is off, for the log line; `None` when it is on.
+    pub fn off_reason(&self) -> Option<String> {
+        match &self.disabled_by_env {
+            Some(var) => Some(format!("span export off ({var}): spans stay local")),
+            None if !self.enabled() => Some("no OTLP endpoint configured: spans stay local".into()),
+            None => None,
+        }
     }
 }
 
@@ -421,6 +458,10 @@ pub struct CostConfig {
     /// rest as `other` (bounds cardinality).
     pub metric_features: Vec<String>,
     pub max_metric_features: usize,
+    /// Distinct label sets each metric labelled by model, feature or score name may hold (the
+    /// product of the per-label bounds can be large); past it new ones count under `other`
+    /// (`sidetrace_metric_series_overflow_total`).
+    pub max_metric_series: usize,
 }
 
 impl Default for CostConfig {
@@ -430,6 +471,7 @@ impl Default for CostConfig {
             response_headers_max_body_bytes: 1024 * 1024,
             metric_features: Vec::new(),
             max_metric_features: 100,
+            max_metric_series: 2_000,
         }
     }
 }
@@ -473,6 +515,10 @@ pub struct Config {
     /// Documented by example (commented) in config/sidetrace.toml, so not compared there.
     #[serde(skip_serializing)]
     pub providers: BTreeMap<String, ProviderOverride>,
+    /// Environment values that were ignored, as the OpenTelemetry spec asks of unknown values
+    /// (an exporter the gateway does not have, a boolean that is not one): logged at start.
+    #[serde(skip)]
+    pub env_warnings: Vec<String>,
 }
 
 /// What to do with the upstream call when the client goes away mid-stream.
@@ -632,6 +678,7 @@ impl Default for Config {
             store: StoreConfig::default(),
             ingest: IngestConfig::default(),
             providers: BTreeMap::new(),
+            env_warnings: Vec::new(),
         }
     }
 }
@@ -676,7 +723,19 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ),
     (
         "OTEL_EXPORTER_OTLP_[TRACES_]PROTOCOL",
-        "grpc or http/protobuf (export.protocol)",
+        "grpc, http/protobuf or http/json (export.protocol)",
+    ),
+    (
+        "OTEL_SEMCONV_STABILITY_OPT_IN",
+        "gen_ai_latest_experimental: export the latest GenAI names, not v1.41's (docs/conventions.md)",
+    ),
+    (
+        "OTEL_SDK_DISABLED",
+        "true turns span export off (the local trace store stays)",
+    ),
+    (
+        "OTEL_TRACES_EXPORTER",
+        "otlp (default) or none; a list without otlp turns span export off",
     ),
     (
         "OTEL_EXPORTER_OTLP_[TRACES_]HEADERS, _TIMEOUT, _COMPRESSION",
@@ -725,6 +784,8 @@ impl Config {
     ) -> Result<(), ConfigError> {
         let mut rust_log = None;
         let mut protocol_env: Option<String> = None;
+        let mut sdk_disabled = false;
+        let mut traces_exporter: Option<String> = None;
         let mut level_set = false;
         for (key, value) in vars {
             match key.as_str() {
@@ -756,6 +817,19 @@ impl Config {
                     if !value.is_empty() =>
                 {
                     self.export.endpoint_from_env = true;
+                }
+                "OTEL_SDK_DISABLED" => match value.trim().to_ascii_lowercase().as_str() {
+                    "true" => sdk_disabled = true,
+                    "false" | "" => {}
+                    _ => self.env_warnings.push(format!(
+                        "OTEL_SDK_DISABLED={value:?} is not a boolean; read as false"
+                    )),
+                },
+                "OTEL_TRACES_EXPORTER" => traces_exporter = Some(value),
+                "OTEL_SEMCONV_STABILITY_OPT_IN" => {
+                    self.export.gen_ai_latest = value
+                        .split(',')
+                        .any(|v| v.trim() == "gen_ai_latest_experimental");
                 }
                 "OTEL_EXPORTER_OTLP_PROTOCOL" | "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL" => {
                     // The traces-specific variable wins; the loop sees both in any order.
@@ -797,15 +871,33 @@ impl Config {
             self.log.level = filter;
         }
         if let Some(p) = protocol_env {
-            self.export.protocol = match p.trim() {
-                "grpc" => ExportProtocol::Grpc,
-                "http/protobuf" => ExportProtocol::HttpProtobuf,
-                other => {
-                    return Err(ConfigError::Invalid(format!(
-                        "OTEL_EXPORTER_OTLP_PROTOCOL={other:?}: sidetrace speaks grpc and http/protobuf"
-                    )));
-                }
-            };
+            self.export.protocol = ExportProtocol::parse(&p).ok_or_else(|| {
+                ConfigError::Invalid(format!(
+                    "OTEL_EXPORTER_OTLP_PROTOCOL={p:?}: expected grpc, http/protobuf or http/json"
+                ))
+            })?;
+        }
+        if sdk_disabled {
+            self.export.disabled_by_env = Some("OTEL_SDK_DISABLED=true".into());
+        } else if let Some(list) = traces_exporter {
+            // A comma-separated list (spec): `none` alone means no exporter; of the others the
+            // gateway has only `otlp`, so a list without it exports nothing.
+            let names: Vec<String> = list
+                .split(',')
+                .map(|n| n.trim().to_ascii_lowercase())
+                .filter(|n| !n.is_empty())
+                .collect();
+            for unknown in names
+                .iter()
+                .filter(|n| !matches!(n.as_str(), "otlp" | "none"))
+            {
+                self.env_warnings.push(format!(
+                    "OTEL_TRACES_EXPORTER: sidetrace has no {unknown:?} exporter (only otlp and none); ignored"
+                ));
+            }
+            if !names.is_empty() && !names.iter().any(|n| n == "otlp") {
+                self.export.disabled_by_env = Some(format!("OTEL_TRACES_EXPORTER={list}"));
+            }
         }
         Ok(())
     }
@@ -980,6 +1072,22 @@ impl Config {
                 self.export.compression
             )));
         }
+        // Kept in step with export::conventions::CONVENTION_NAMES (config imports no feature).
+        if let Some(bad) = self
+            .export
+            .conventions
+            .iter()
+            .find(|c| !matches!(c.as_str(), "gen_ai" | "openinference"))
+        {
+            return Err(ConfigError::Invalid(format!(
+                "export.conventions: {bad:?} is not one of gen_ai, openinference"
+            )));
+        }
+        if !self.export.conventions.iter().any(|c| c == "gen_ai") {
+            return Err(ConfigError::Invalid(
+                "export.conventions must list gen_ai (openinference adds to it)".into(),
+            ));
+        }
         if !(0.0..=1.0).contains(&self.sampling.keep_fraction) {
             return Err(ConfigError::Invalid(
                 "sampling.keep_fraction must be between 0 and 1".into(),
@@ -1094,6 +1202,89 @@ mod tests {
         ] {
             assert!(text.contains(example), "{example} is not documented");
         }
+    }
+
+    fn with_env(toml: &str, vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let mut c = Config::from_toml(toml, "t").unwrap();
+        c.apply_env(vars.iter().map(|(k, v)| (k.to_string(), v.to_string())))?;
+        Ok(c)
+    }
+
+    #[test]
+    fn otel_sdk_disabled_and_traces_exporter_none_turn_export_off_whatever_the_endpoint() {
+        let file = "[export]\nendpoint = \"http://collector:4317\"\n";
+        assert!(with_env(file, &[]).unwrap().export.enabled());
+        for vars in [
+            &[("OTEL_SDK_DISABLED", "true")][..],
+            &[("OTEL_SDK_DISABLED", "TRUE")],
+            &[("OTEL_TRACES_EXPORTER", "none")],
+            &[("OTEL_TRACES_EXPORTER", "console")],
+            &[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"),
+                ("OTEL_SDK_DISABLED", "true"),
+            ],
+        ] {
+            let c = with_env(file, vars).unwrap();
+            assert!(!c.export.enabled(), "{vars:?}");
+            assert!(c.export.off_reason().unwrap().contains("OTEL_"), "{vars:?}");
+        }
+        for vars in [
+            &[("OTEL_SDK_DISABLED", "false")][..],
+            &[("OTEL_TRACES_EXPORTER", "otlp")],
+            &[("OTEL_TRACES_EXPORTER", "otlp,console")],
+            &[("OTEL_TRACES_EXPORTER", "")],
+        ] {
+            assert!(with_env(file, vars).unwrap().export.enabled(), "{vars:?}");
+        }
+        // The spec: an unknown value is a warning and is ignored, never a refusal to start.
+        let c = with_env(file, &[("OTEL_SDK_DISABLED", "yes")]).unwrap();
+        assert!(c.export.enabled());
+        assert!(c.env_warnings[0].contains("OTEL_SDK_DISABLED"), "{c:?}");
+        let c = with_env(file, &[("OTEL_TRACES_EXPORTER", "otlp,zipkin")]).unwrap();
+        assert!(c.export.enabled());
+        assert!(c.env_warnings[0].contains("zipkin"));
+    }
+
+    #[test]
+    fn export_conventions_must_name_known_sets_and_keep_gen_ai() {
+        for ok in ["[\"gen_ai\"]", "[\"gen_ai\", \"openinference\"]"] {
+            let c = with_env(&format!("[export]\nconventions = {ok}\n"), &[]).unwrap();
+            c.validate().unwrap();
+        }
+        for (bad, says) in [
+            ("[\"gen_ai\", \"phoenix\"]", "phoenix"),
+            ("[\"openinference\"]", "must list gen_ai"),
+            ("[]", "must list gen_ai"),
+        ] {
+            let c = with_env(&format!("[export]\nconventions = {bad}\n"), &[]).unwrap();
+            let err = c.validate().unwrap_err().to_string();
+            assert!(err.contains(says), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn every_otlp_protocol_of_the_spec_is_accepted_from_file_and_environment() {
+        for (name, want) in [
+            ("grpc", ExportProtocol::Grpc),
+            ("http/protobuf", ExportProtocol::HttpProtobuf),
+            ("http/json", ExportProtocol::HttpJson),
+        ] {
+            let file = format!("[export]\nprotocol = {name:?}\n");
+            assert_eq!(with_env(&file, &[]).unwrap().export.protocol, want);
+            let c = with_env("", &[("OTEL_EXPORTER_OTLP_PROTOCOL", name)]).unwrap();
+            assert_eq!(c.export.protocol, want);
+        }
+        let c = with_env(
+            "",
+            &[
+                ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/json"),
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.export.protocol, ExportProtocol::HttpJson, "traces wins");
+        let err = with_env("", &[("OTEL_EXPORTER_OTLP_PROTOCOL", "http/xml")]).unwrap_err();
+        assert!(err.to_string().contains("http/json"), "{err}");
     }
 
     #[test]

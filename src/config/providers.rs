@@ -42,6 +42,11 @@ pub struct AuthSpec {
     /// Environment variable holding a gateway-held key. It is used only when the client sent
     /// none of the credential headers.
     pub key_env: Option<String>,
+    /// The AWS service to sign requests for with SigV4 (`bedrock`), when the gateway holds AWS
+    /// credentials (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`): a
+    /// client's own signature names the gateway's host and cannot reach the upstream intact.
+    /// The region is the `{region}` host parameter, else `AWS_REGION`.
+    pub sigv4_service: Option<String>,
 }
 
 /// A path pattern on the upstream side (after the route prefix) and the wire format it speaks.
@@ -178,6 +183,7 @@ impl ProviderSpec {
                 key_header: Some("authorization".to_string()),
                 key_prefix: "Bearer ".to_string(),
                 key_env: None,
+                sigv4_service: None,
             },
             paths,
             timeouts: TimeoutOverrides::default(),

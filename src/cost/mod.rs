@@ -103,6 +103,8 @@ pub struct Priced {
     /// `None` when the model has no price (then `matched_model` is `None` too) or the call
     /// reported no token counts (then `matched_model` says which price would have applied).
     pub cost: Option<Cost>,
+    /// The input part of `cost` (uncached input, cache reads and writes); the rest is output.
+    pub input_cost: Option<Cost>,
     /// The price-table entry used (`gpt-4o` for `gpt-4o-2024-08-06`).
     pub matched_model: Option<String>,
 }
@@ -268,6 +270,7 @@ impl PriceBook {
         match entry {
             Some(m) => Priced {
                 cost: m.cost(usage),
+                input_cost: m.cost_split(usage).map(|(input, _)| input),
                 matched_model: Some(m.name.clone()),
             },
             None => Priced::default(),

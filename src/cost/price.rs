@@ -69,6 +69,12 @@ impl ModelPrice {
     /// counts as 0 (embeddings report no output). Inconsistent counts (more cached than input)
     /// never underflow: the uncached part stops at 0.
     pub fn cost(&self, usage: &Usage) -> Option<Cost> {
+        self.cost_split(usage).map(|(input, output)| input + output)
+    }
+
+    /// [`ModelPrice::cost`] as its input part (uncached input, cache reads and writes) and its
+    /// output part (output, reasoning included), each exact: they add up to the cost.
+    pub fn cost_split(&self, usage: &Usage) -> Option<(Cost, Cost)> {
         if usage.input_tokens.is_none() && usage.output_tokens.is_none() {
             return None;
         }
@@ -82,20 +88,21 @@ impl ModelPrice {
         let reasoning = usage.reasoning_tokens.unwrap_or(0).min(output);
 
         let r = self.rates_for(input);
-        let terms = [
+        let input_terms = [
             (uncached, r.input),
             (cached, r.cached_input),
             (write_5m, r.cache_write),
             (write_1h, r.cache_write_1h),
-            (output - reasoning, r.output),
-            (reasoning, r.reasoning),
         ];
+        let output_terms = [(output - reasoning, r.output), (reasoning, r.reasoning)];
         // tokens × pico-USD per token is pico-USD. u128 holds 10^38: saturation is
         // unreachable below 10^18 tokens at any price, and keeps this total anyway.
-        let pico = terms.iter().fold(0u128, |sum, &(tokens, rate)| {
-            sum.saturating_add(u128::from(tokens).saturating_mul(u128::from(rate.micros())))
-        });
-        Some(Cost::from_pico_usd(pico))
+        let sum = |terms: &[(u64, UsdPerMillion)]| {
+            Cost::from_pico_usd(terms.iter().fold(0u128, |sum, &(tokens, rate)| {
+                sum.saturating_add(u128::from(tokens).saturating_mul(u128::from(rate.micros())))
+            }))
+        };
+        Some((sum(&input_terms), sum(&output_terms)))
     }
 
     /// Every name this entry answers to, `name` first.
@@ -225,6 +232,21 @@ mod tests {
         // 100 writes at $4/M, 60 of them 1h with no price of their own: 400 µ$ = $0.0004.
         let c = m.cost(&usage(100, 0, 100, 60, 0, 0)).unwrap();
         assert_eq!(c.to_string(), "0.0004");
+    }
+
+    #[test]
+    fn the_split_is_input_with_cache_and_output_with_reasoning_and_adds_up_exactly() {
+        let m = model(
+            "name = \"m\"\ninput = \"3\"\noutput = \"15\"\ncached_input = \"0.30\"\ncache_write = \"3.75\"\nreasoning = \"20\"",
+        );
+        // Input: 12 plain × 3 + 10240 read × 0.30 + 1895 written × 3.75 = 10214.25 µ$.
+        // Output: 60 plain × 15 + 30 reasoning × 20 = 1500 µ$.
+        let u = usage(12147, 10240, 1895, 0, 90, 30);
+        let (input, output) = m.cost_split(&u).unwrap();
+        assert_eq!(input.to_string(), "0.01021425");
+        assert_eq!(output.to_string(), "0.0015");
+        assert_eq!(input + output, m.cost(&u).unwrap());
+        assert_eq!(m.cost_split(&Usage::default()), None);
     }
 
     #[test]

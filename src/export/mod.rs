@@ -3,6 +3,8 @@
 
 pub mod spool;
 
+pub mod conventions;
+
 pub mod otlp;
 pub mod pipeline;
 pub mod sampling;

@@ -1,5 +1,5 @@
 //! The OTLP side of export: span records become `SpanData` and go out through the
-//! `opentelemetry-otlp` exporter (gRPC or HTTP/protobuf), called from our own task, never from
+//! `opentelemetry-otlp` exporter (gRPC, HTTP/protobuf or HTTP/JSON), called from our own task, never from
 //! the SDK's batch processor (reference/rust-stack.md, pitfall 1). The exporter's own retries
 //! are off: a failed batch goes to the spool and the replayer retries it.
 
@@ -16,6 +16,7 @@ use opentelemetry::{
 use opentelemetry_otlp::{WithExportConfig, WithHttpConfig, WithTonicConfig};
 use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanExporter as _, SpanLinks};
 
+use super::conventions::Conventions;
 use crate::{
     config::{ExportConfig, ExportProtocol},
     trace::span::{AttrValue, Origin, SpanRecord, SpanStatus, Telemetry},
@@ -84,10 +85,11 @@ fn key_values(attrs: &[(String, AttrValue)]) -> Vec<KeyValue> {
         .collect()
 }
 
-pub fn scope(t: &Telemetry) -> InstrumentationScope {
+/// The scope of the gateway's own spans; its schema URL names the conventions they leave with.
+pub fn scope(t: &Telemetry, conventions: &Conventions) -> InstrumentationScope {
     InstrumentationScope::builder(t.scope_name.clone())
         .with_version(t.scope_version.clone())
-        .with_schema_url(t.schema_url.clone())
+        .with_schema_url(conventions.schema_url())
         .build()
 }
 
@@ -136,8 +138,13 @@ fn time(nanos: u64) -> std::time::SystemTime {
     UNIX_EPOCH + Duration::from_nanos(nanos)
 }
 
-/// One span record as the SDK's export type.
-pub fn span_data(r: &SpanRecord, scope: &InstrumentationScope) -> SpanData {
+/// One span record as the SDK's export type. `conventions`: the gateway's own span, renamed for
+/// the export's conventions; `None`: a received span, exported as the app made it.
+pub fn span_data(
+    r: &SpanRecord,
+    scope: &InstrumentationScope,
+    conventions: Option<&Conventions>,
+) -> SpanData {
     let mut events = SpanEvents::default();
     events.events = r
         .events
@@ -171,7 +178,10 @@ pub fn span_data(r: &SpanRecord, scope: &InstrumentationScope) -> SpanData {
         name: Cow::Owned(r.name.clone()),
         start_time: time(r.start_unix_nanos),
         end_time: time(r.end_unix_nanos),
-        attributes: key_values(&r.attributes),
+        attributes: match conventions {
+            Some(c) => key_values(&c.attributes(r)),
+            None => key_values(&r.attributes),
+        },
         dropped_attributes_count: 0,
         events,
         links,
@@ -219,7 +229,7 @@ pub fn build(
             }
             b.build().map_err(|e| format!("OTLP gRPC exporter: {e}"))?
         }
-        ExportProtocol::HttpProtobuf => {
+        ExportProtocol::HttpProtobuf | ExportProtocol::HttpJson => {
             let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
             http.enforce_http(false);
             http.set_nodelay(true);
@@ -229,8 +239,15 @@ pub fn build(
                 .enable_http1()
                 .wrap_connector(http);
             let client = opentelemetry_http::hyper::HyperClient::new(https, timeout, None);
+            // Named, never left to the crate: with the http-json feature on, its default (and
+            // its reading of OTEL_EXPORTER_OTLP_PROTOCOL) could differ from the config's.
+            let protocol = match cfg.protocol {
+                ExportProtocol::HttpJson => opentelemetry_otlp::Protocol::HttpJson,
+                _ => opentelemetry_otlp::Protocol::HttpBinary,
+            };
             let mut b = opentelemetry_otlp::SpanExporter::builder()
                 .with_http()
+                .with_protocol(protocol)
                 .with_http_client(client)
                 .with_timeout(timeout)
                 .with_retry_policy(opentelemetry_otlp::RetryPolicy::disabled());

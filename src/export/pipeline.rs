@@ -23,6 +23,7 @@ use tokio::{
 
 use super::sampling::TailSampler;
 use super::{
+    conventions::Conventions,
     otlp::{self, Exporter},
     spool::{MemorySpool, Spool, SpoolError, SpoolLimits, unix_time_ms},
 };
@@ -39,6 +40,8 @@ struct Out {
     exporter: tokio::sync::Mutex<Exporter>,
     own_resource: opentelemetry_sdk::Resource,
     own_scope: InstrumentationScope,
+    /// The names the gateway's own spans leave with.
+    conventions: Conventions,
 }
 
 /// What the request path holds: a sender into the queue.
@@ -113,10 +116,12 @@ impl ExportHandle {
             spill_wakeup: Notify::new(),
         });
         shared.update_gauges();
+        let conventions = Conventions::from_config(cfg);
         let out = Arc::new(Out {
             exporter: tokio::sync::Mutex::new(exporter),
             own_resource: otlp::resource(telemetry),
-            own_scope: otlp::scope(telemetry),
+            own_scope: otlp::scope(telemetry, &conventions),
+            conventions,
         });
         let (stop, stopped) = watch::channel(false);
         let batcher = tokio::spawn(batcher(
@@ -489,11 +494,21 @@ async fn export(
     timeout: Duration,
 ) -> Result<(), String> {
     let origin = spans.first().and_then(|s| s.origin.as_deref());
-    let (resource, scope) = match origin {
-        Some(o) => otlp::origin_parts(o),
-        None => (out.own_resource.clone(), out.own_scope.clone()),
+    let (resource, scope, conventions) = match origin {
+        Some(o) => {
+            let (resource, scope) = otlp::origin_parts(o);
+            (resource, scope, None)
+        }
+        None => (
+            out.own_resource.clone(),
+            out.own_scope.clone(),
+            Some(&out.conventions),
+        ),
     };
-    let batch = spans.iter().map(|s| otlp::span_data(s, &scope)).collect();
+    let batch = spans
+        .iter()
+        .map(|s| otlp::span_data(s, &scope, conventions))
+        .collect();
     // The batcher and the replayer share the exporter: waiting for it is not part of the
     // export's time (a backstop fired while waiting would spool a batch that may be in flight
     // and so send it twice).

@@ -1,6 +1,7 @@
 //! Provider specs (`providers/*.toml`) and the registry that maps a route prefix to a provider.
 
 mod registry;
+pub mod sigv4;
 
 pub use crate::config::providers::{
     AuthSpec, PathSpec, ProviderOverride, ProviderSpec, Quirks, WireFormat, builtin_specs,

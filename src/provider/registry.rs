@@ -1,6 +1,7 @@
 //! Validated providers and routing: the upstream is chosen by the route prefix only, so no header
 //! or body can point the gateway at another host.
 
+use super::sigv4::AwsSigner;
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use http::{HeaderName, HeaderValue, Uri};
@@ -45,6 +46,9 @@ pub struct Provider {
     pub credential_headers: Vec<HeaderName>,
     /// A key the gateway holds, set only when the client sent no credential.
     pub gateway_key: Option<(HeaderName, HeaderValue)>,
+    /// AWS credentials the gateway signs requests with (`[auth] sigv4_service`), when it holds
+    /// some.
+    pub sigv4: Option<Arc<AwsSigner>>,
     pub timeouts: RouteTimeouts,
 }
 
@@ -165,6 +169,12 @@ impl Provider {
             }
             _ => None,
         };
+        let sigv4 = spec
+            .auth
+            .sigv4_service
+            .as_deref()
+            .and_then(|service| AwsSigner::from_env(service, std::env::vars()))
+            .map(Arc::new);
         let t = &spec.timeouts;
         let timeouts = RouteTimeouts {
             response_headers: t
@@ -202,8 +212,51 @@ impl Provider {
             paths: spec.paths.clone(),
             credential_headers,
             gateway_key,
+            sigv4,
             timeouts,
         })
+    }
+
+    /// The value a host parameter took in an upstream host (`us-east-1` for `region` in
+    /// `bedrock-runtime.us-east-1.amazonaws.com`); `None` when the template has no such
+    /// parameter (a `base_url` override) or the host does not fit it.
+    pub fn host_param_value<'h>(&self, host: &'h str, name: &str) -> Option<&'h str> {
+        let mut rest = host;
+        let mut parts = self.host.iter().peekable();
+        while let Some(part) = parts.next() {
+            match part {
+                HostPart::Literal(s) => rest = rest.strip_prefix(s.as_str())?,
+                HostPart::Param(param) => {
+                    let end = match parts.peek() {
+                        Some(HostPart::Literal(next)) => rest.find(next.as_str())?,
+                        _ => rest.len(),
+                    };
+                    if param == name {
+                        return Some(&rest[..end]);
+                    }
+                    rest = &rest[end..];
+                }
+            }
+        }
+        None
+    }
+
+    /// The upstream base URL as configured, host parameters as `{name}` (what `check-config`
+    /// prints): `https://{resource}.openai.azure.com`.
+    pub fn upstream_url(&self) -> String {
+        let mut url = format!("{}://", self.scheme);
+        for part in &self.host {
+            match part {
+                HostPart::Literal(s) => url.push_str(s),
+                HostPart::Param(name) => {
+                    url.push('{');
+                    url.push_str(name);
+                    url.push('}');
+                }
+            }
+        }
+        url.push_str(&self.base_path);
+        url
     }
 
     /// Names of the path segments that fill the host template, e.g. `["resource"]` for Azure.
@@ -480,6 +533,29 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_region_is_read_back_from_an_upstream_host_by_its_template() {
+        let registry = Registry::from_config(&Config::default()).unwrap();
+        let bedrock = registry.get("bedrock").unwrap();
+        let route = registry
+            .route("/bedrock/eu-central-1/model/m/converse")
+            .unwrap();
+        assert_eq!(
+            bedrock.host_param_value(route.uri.host().unwrap(), "region"),
+            Some("eu-central-1")
+        );
+        assert_eq!(
+            bedrock.host_param_value("bedrock-runtime.us-east-1.amazonaws.com", "resource"),
+            None
+        );
+        assert_eq!(bedrock.host_param_value("example.com", "region"), None);
+        let azure = registry.get("azure").unwrap();
+        assert_eq!(
+            azure.host_param_value("acme.openai.azure.com", "resource"),
+            Some("acme")
+        );
+    }
 
     fn timeouts() -> RouteTimeouts {
         RouteTimeouts {

@@ -80,6 +80,7 @@ where
             TraceContext::from_headers(req.headers(), self.layer.grouping_key.as_deref());
         for (bad, header) in [
             (invalid.traceparent, "traceparent"),
+            (invalid.tracestate, "tracestate"),
             (invalid.trace_id, "x-sidetrace-trace-id"),
             (invalid.parent_span_id, "x-sidetrace-parent-span-id"),
         ] {

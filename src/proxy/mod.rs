@@ -12,6 +12,7 @@ pub mod rescue;
 pub mod rewrite;
 pub mod route;
 pub mod shed;
+pub mod sign;
 pub mod stack;
 pub mod tap;
 pub mod timeouts;

@@ -351,6 +351,7 @@ impl Call {
                 kept_content: None,
                 cost_pico_usd: None,
                 priced_model: None,
+                input_cost_pico_usd: None,
             }),
             started: Instant::now(),
             parser: None,

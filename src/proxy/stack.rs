@@ -19,6 +19,7 @@ use super::{
     rewrite::RewriteLayer,
     route::RouteLayer,
     shed::LoadShedLayer,
+    sign::SignLayer,
     timeouts::TimeoutsLayer,
     upstream::{Upstream, UpstreamClient},
 };
@@ -111,6 +112,10 @@ pub fn build(
         .layer(BudgetLayer::new(budgets, metrics.clone()))
         // Rewrite: upstream URI, hop-by-hop headers, Host, x-sidetrace-* stripped, credentials kept.
         .layer(RewriteLayer)
+        // Sign right after the rewrite, which fixed the URI and headers a signature covers: a
+        // client's AWS SigV4 signature names the gateway's host, so SigV4 providers are signed
+        // again with the gateway's AWS credentials (Bearer API keys pass as they are).
+        .layer(SignLayer)
         // Timeouts wrap only the upstream exchange: time to headers, idle between frames, total.
         .layer(TimeoutsLayer)
         // Upstream: pooled hyper client over rustls; never retries a POST.

@@ -1,7 +1,8 @@
-//! Call metadata from request headers: sidetrace's own `x-sidetrace-*` headers, the migration
-//! aliases of other gateways (Helicone, Portkey, LiteLLM) and W3C `baggage` keys. Values are
-//! bounded in length and count so a client cannot blow up memory or cardinality; what is cut is
-//! counted.
+//! Call metadata from request headers: sidetrace's own `x-sidetrace-*` headers, W3C `baggage`
+//! keys and the migration aliases of other gateways (Helicone, Portkey, LiteLLM). When several
+//! say the same thing, one order decides ([`ALIAS_ORDER`]): the gateway's own headers, then
+//! `baggage`, then each peer's in turn. Values are bounded in length and count so a client
+//! cannot blow up memory or cardinality; what is cut is counted.
 
 use http::HeaderMap;
 use serde::{Deserialize, Serialize};
@@ -19,6 +20,9 @@ pub struct CallMetadata {
     pub user_id: Option<String>,
     pub session_id: Option<String>,
     pub session_path: Option<String>,
+    /// A human name for the session (`Helicone-Session-Name`, `x-sidetrace-session-name`).
+    #[serde(default)]
+    pub session_name: Option<String>,
     pub prompt_template: Option<String>,
     pub prompt_version: Option<String>,
     pub span_name: Option<String>,
@@ -50,6 +54,17 @@ pub const CODING_AGENT_SESSION_HEADERS: [&str; 7] = [
     "x-session-id",
 ];
 
+/// Who wins when several headers set the same field (user, session, feature, prompt, a `meta`
+/// key), first first: the gateway's own `x-sidetrace-*` headers, then W3C `baggage`, then the
+/// peers' headers in this order. Documented in the README ("Migrating from another gateway").
+pub const ALIAS_ORDER: [&str; 5] = [
+    "x-sidetrace-*",
+    "baggage",
+    "helicone-*",
+    "x-portkey-*",
+    "x-litellm-*",
+];
+
 /// Request headers that carry metadata and are stripped before the request goes upstream
 /// (besides every `x-sidetrace-*` header).
 pub fn is_metadata_header(name: &str) -> bool {
@@ -63,30 +78,13 @@ pub fn is_metadata_header(name: &str) -> bool {
 impl CallMetadata {
     pub fn from_headers(headers: &HeaderMap) -> CallMetadata {
         let mut m = CallMetadata::default();
-        // Aliases first, so sidetrace's own headers win when both are sent.
-        if let Some(v) = text(headers, "baggage") {
-            for (key, value) in parse_baggage(&v) {
-                match key.as_str() {
-                    "user.id" | "user_id" | "userId" => m.set_user(&value),
-                    "session.id" | "session_id" | "sessionId" => m.set(Field::Session, &value),
-                    "feature.id" | "feature" => m.set(Field::Feature, &value),
-                    "prompt.template_id" | "prompt.template" => {
-                        m.set(Field::PromptTemplate, &value)
-                    }
-                    "prompt.version" => m.set(Field::PromptVersion, &value),
-                    _ => {}
-                }
-            }
+        // The sources in reverse of ALIAS_ORDER: each one overwrites what a source after it in
+        // the order set, so the first in the order wins.
+        // LiteLLM.
+        if let Some(v) = text(headers, "x-litellm-tags") {
+            m.add_tags(&v);
         }
-        if let Some(v) = text(headers, "helicone-user-id") {
-            m.set_user(&v);
-        }
-        if let Some(v) = text(headers, "helicone-session-id") {
-            m.set(Field::Session, &v);
-        }
-        if let Some(v) = text(headers, "helicone-session-path") {
-            m.set(Field::SessionPath, &v);
-        }
+        // Portkey.
         if let Some(v) = text(headers, "x-portkey-metadata")
             && let Ok(serde_json::Value::Object(map)) =
                 serde_json::from_str::<serde_json::Value>(&v)
@@ -103,8 +101,18 @@ impl CallMetadata {
                 }
             }
         }
-        if let Some(v) = text(headers, "x-litellm-tags") {
-            m.add_tags(&v);
+        // Helicone.
+        if let Some(v) = text(headers, "helicone-user-id") {
+            m.set_user(&v);
+        }
+        if let Some(v) = text(headers, "helicone-session-id") {
+            m.set(Field::Session, &v);
+        }
+        if let Some(v) = text(headers, "helicone-session-path") {
+            m.set(Field::SessionPath, &v);
+        }
+        if let Some(v) = text(headers, "helicone-session-name") {
+            m.set(Field::SessionName, &v);
         }
         for (name, value) in headers {
             let name = name.as_str();
@@ -112,6 +120,22 @@ impl CallMetadata {
                 && let Ok(v) = value.to_str()
             {
                 m.add_meta(key, v);
+            }
+        }
+        // W3C baggage.
+        if let Some(v) = text(headers, "baggage") {
+            for (key, value) in parse_baggage(&v) {
+                match key.as_str() {
+                    "user.id" | "user_id" | "userId" => m.set_user(&value),
+                    "session.id" | "session_id" | "sessionId" => m.set(Field::Session, &value),
+                    "session.name" => m.set(Field::SessionName, &value),
+                    "feature.id" | "feature" => m.set(Field::Feature, &value),
+                    "prompt.template_id" | "prompt.template" => {
+                        m.set(Field::PromptTemplate, &value)
+                    }
+                    "prompt.version" => m.set(Field::PromptVersion, &value),
+                    _ => {}
+                }
             }
         }
         // sidetrace's own headers.
@@ -123,6 +147,9 @@ impl CallMetadata {
         }
         if let Some(v) = text(headers, "x-sidetrace-session-id") {
             m.set(Field::Session, &v);
+        }
+        if let Some(v) = text(headers, "x-sidetrace-session-name") {
+            m.set(Field::SessionName, &v);
         }
         if let Some(v) = text(headers, "x-sidetrace-prompt-template") {
             m.set(Field::PromptTemplate, &v);
@@ -136,6 +163,13 @@ impl CallMetadata {
         if let Some(v) = text(headers, "x-sidetrace-tags") {
             m.add_tags(&v);
         }
+        for (name, value) in headers {
+            if let Some(key) = name.as_str().strip_prefix("x-sidetrace-meta-")
+                && let Ok(v) = value.to_str()
+            {
+                m.add_meta(key, v);
+            }
+        }
         // Session headers coding agents send on their own, only when no header set one on
         // purpose (those win). Sources in the README ("Sessions").
         m.session_explicit = m.session_id.is_some();
@@ -148,13 +182,6 @@ impl CallMetadata {
         }
         if let Some(v) = text(headers, "x-sidetrace-capture") {
             m.capture = CaptureLevel::parse(&v);
-        }
-        for (name, value) in headers {
-            if let Some(key) = name.as_str().strip_prefix("x-sidetrace-meta-")
-                && let Ok(v) = value.to_str()
-            {
-                m.add_meta(key, v);
-            }
         }
         m
     }
@@ -191,6 +218,7 @@ impl CallMetadata {
             Field::User => &mut self.user_id,
             Field::Session => &mut self.session_id,
             Field::SessionPath => &mut self.session_path,
+            Field::SessionName => &mut self.session_name,
             Field::PromptTemplate => &mut self.prompt_template,
             Field::PromptVersion => &mut self.prompt_version,
             Field::SpanName => &mut self.span_name,
@@ -249,6 +277,7 @@ enum Field {
     User,
     Session,
     SessionPath,
+    SessionName,
     PromptTemplate,
     PromptVersion,
     SpanName,
@@ -402,8 +431,8 @@ mod tests {
         ]));
         assert_eq!(
             m.user_id.as_deref(),
-            Some("pu"),
-            "portkey's _user comes after helicone's"
+            Some("hu"),
+            "Helicone comes before Portkey in the alias order"
         );
         assert_eq!(m.session_id.as_deref(), Some("hs"));
         assert_eq!(m.session_path.as_deref(), Some("/a/b"));
@@ -413,6 +442,93 @@ mod tests {
         assert!(m.meta.contains(&("environment".into(), "prod".into())));
         assert!(m.meta.contains(&("team".into(), "ml".into())));
         assert!(m.meta.contains(&("n".into(), "3".into())));
+    }
+
+    #[test]
+    fn conflicting_aliases_resolve_by_the_documented_order_own_then_baggage_then_each_peer() {
+        assert_eq!(
+            ALIAS_ORDER,
+            [
+                "x-sidetrace-*",
+                "baggage",
+                "helicone-*",
+                "x-portkey-*",
+                "x-litellm-*"
+            ]
+        );
+        // Every source sets the user and a `team` meta key; each step removes the winner.
+        let all: Vec<(&'static str, &str)> = vec![
+            ("x-sidetrace-user-id", "own"),
+            ("x-sidetrace-meta-team", "own"),
+            ("baggage", "user.id=baggage,session.id=baggage-s"),
+            ("helicone-user-id", "helicone"),
+            ("helicone-property-team", "helicone"),
+            ("helicone-session-id", "helicone-s"),
+            (
+                "x-portkey-metadata",
+                r#"{"_user":"portkey","team":"portkey"}"#,
+            ),
+        ];
+        let user = |pairs: &[(&'static str, &str)]| {
+            let m = CallMetadata::from_headers(&h(pairs));
+            (
+                m.user_id,
+                m.meta
+                    .iter()
+                    .find(|(k, _)| k == "team")
+                    .map(|(_, v)| v.clone()),
+                m.session_id,
+            )
+        };
+        let (u, team, session) = user(&all);
+        assert_eq!(u.as_deref(), Some("own"));
+        assert_eq!(team.as_deref(), Some("own"));
+        assert_eq!(
+            session.as_deref(),
+            Some("baggage-s"),
+            "baggage before Helicone"
+        );
+        let (u, team, _) = user(&all[2..]);
+        assert_eq!(u.as_deref(), Some("baggage"));
+        assert_eq!(
+            team.as_deref(),
+            Some("helicone"),
+            "baggage carries no meta keys"
+        );
+        let (u, team, session) = user(&all[3..]);
+        assert_eq!(u.as_deref(), Some("helicone"));
+        assert_eq!(team.as_deref(), Some("helicone"));
+        assert_eq!(session.as_deref(), Some("helicone-s"));
+        let (u, team, _) = user(&all[6..]);
+        assert_eq!(u.as_deref(), Some("portkey"));
+        assert_eq!(team.as_deref(), Some("portkey"));
+        // The order does not depend on the order the headers arrive in.
+        let mut reversed = all.clone();
+        reversed.reverse();
+        assert_eq!(user(&reversed).0.as_deref(), Some("own"));
+    }
+
+    #[test]
+    fn helicone_session_name_is_kept_and_the_own_header_wins() {
+        let m = CallMetadata::from_headers(&h(&[
+            ("helicone-session-id", "s1"),
+            ("helicone-session-name", "Support chat"),
+        ]));
+        assert_eq!(m.session_name.as_deref(), Some("Support chat"));
+        assert!(
+            is_metadata_header("helicone-session-name"),
+            "stripped upstream"
+        );
+        let m = CallMetadata::from_headers(&h(&[
+            ("helicone-session-name", "theirs"),
+            ("baggage", "session.name=from%20baggage"),
+        ]));
+        assert_eq!(m.session_name.as_deref(), Some("from baggage"));
+        let m = CallMetadata::from_headers(&h(&[
+            ("helicone-session-name", "theirs"),
+            ("x-sidetrace-session-name", "mine"),
+        ]));
+        assert_eq!(m.session_name.as_deref(), Some("mine"));
     }
 
     #[test]

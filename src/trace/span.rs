@@ -347,6 +347,17 @@ pub fn span_for(call: &CallRecord) -> SpanRecord {
     }
     if let Some(pico) = call.cost_pico_usd {
         a.push(("cost.usd".into(), AttrValue::Double(pico as f64 / 1e12)));
+        // The split, for readers that show input and output cost apart (OpenInference).
+        if let Some(input) = call.input_cost_pico_usd.filter(|i| *i <= pico) {
+            a.push((
+                "sidetrace.cost.input_usd".into(),
+                AttrValue::Double(input as f64 / 1e12),
+            ));
+            a.push((
+                "sidetrace.cost.output_usd".into(),
+                AttrValue::Double((pico - input) as f64 / 1e12),
+            ));
+        }
     }
     if let Some(m) = &call.priced_model {
         a.push(("sidetrace.price.model".into(), AttrValue::Str(m.clone())));
@@ -378,6 +389,7 @@ pub fn span_for(call: &CallRecord) -> SpanRecord {
     opt("session.id", &m.session_id);
     opt("gen_ai.conversation.id", &m.session_id);
     opt("session.path", &m.session_path);
+    opt("sidetrace.session.name", &m.session_name);
     opt("prompt.template_id", &m.prompt_template);
     opt("prompt.version", &m.prompt_version);
     if !m.tags.is_empty() {

@@ -1,5 +1,6 @@
 //! An in-process OTLP trace collector for the export tests: OTLP/gRPC (tonic service, gzip
-//! accepted) or OTLP/HTTP protobuf (`POST /v1/traces`, gzip accepted), on port 0 or on a
+//! accepted) or OTLP/HTTP, protobuf or JSON (`POST /v1/traces`, gzip accepted; JSON read by the
+//! gateway's own receiver decoder, written to the spec, not by the exporter's), on port 0 or on a
 //! known port, with a switchable answer (accept, error status, stall, refuse) and a `stop`
 //! that closes the listener and every open connection.
 #![allow(dead_code)]
@@ -223,6 +224,8 @@ struct Shared {
     mode: Mutex<Mode>,
     spans: Mutex<Vec<ReceivedSpan>>,
     requests: AtomicUsize,
+    /// The `Content-Type` of every OTLP/HTTP request, in order.
+    content_types: Mutex<Vec<String>>,
     /// Woken on every request and every stored batch.
     changed: Notify,
     /// Turns true in `stop`: releases stalled requests.
@@ -298,6 +301,7 @@ impl Collector {
             spans: Mutex::new(Vec::new()),
             requests: AtomicUsize::new(0),
             changed: Notify::new(),
+            content_types: Mutex::new(Vec::new()),
             stopped: watch::Sender::new(false),
         });
         let (stop_tx, stop_rx) = oneshot::channel();
@@ -346,6 +350,11 @@ impl Collector {
     }
 
     /// Export requests received so far, in any mode.
+    /// The `Content-Type` of every OTLP/HTTP request so far.
+    pub fn content_types(&self) -> Vec<String> {
+        self.shared.content_types.lock().unwrap().clone()
+    }
+
     pub fn export_requests(&self) -> usize {
         self.shared.requests.load(Ordering::SeqCst)
     }
@@ -544,11 +553,32 @@ async fn http_export(
         .get(header::CONTENT_ENCODING)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.trim().eq_ignore_ascii_case("gzip"));
+    let content_type = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let json = content_type.starts_with("application/json");
+    shared
+        .content_types
+        .lock()
+        .unwrap()
+        .push(content_type.clone());
     let request = match req.into_body().collect().await {
-        Ok(body) => decode_http(&body.to_bytes(), gzip),
+        Ok(body) => decode_http(&body.to_bytes(), gzip, json),
         Err(e) => Err(format!("reading the body: {e}")),
     };
     let response = match shared.receive(request).await {
+        // The answer uses the request's encoding (OTLP/HTTP spec).
+        Outcome::Accepted if json => {
+            let mut response = Response::new(Full::new(Bytes::from_static(b"{}")));
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("application/json"),
+            );
+            response
+        }
         Outcome::Accepted => {
             let mut response = Response::new(Full::new(Bytes::from(
                 ExportTraceServiceResponse {
@@ -594,7 +624,7 @@ async fn http_export(
     Ok(response)
 }
 
-fn decode_http(body: &[u8], gzip: bool) -> Result<ExportTraceServiceRequest, String> {
+fn decode_http(body: &[u8], gzip: bool, json: bool) -> Result<ExportTraceServiceRequest, String> {
     let mut inflated = Vec::new();
     let bytes = if gzip {
         flate2::read::GzDecoder::new(body)
@@ -604,6 +634,9 @@ fn decode_http(body: &[u8], gzip: bool) -> Result<ExportTraceServiceRequest, Str
     } else {
         body
     };
+    if json {
+        return sidetrace::ingest::json::decode(bytes).map_err(|e| format!("json: {e}"));
+    }
     ExportTraceServiceRequest::decode(bytes).map_err(|e| format!("protobuf: {e}"))
 }
 
