@@ -394,6 +394,7 @@ pub struct Metrics {
     cost: Family<CostLabels, Counter<f64, std::sync::atomic::AtomicU64>>,
     unpriced: Family<CostLabels, Counter>,
     budget_refused: Family<BudgetLabels, Counter>,
+    admin_refused: Family<ReasonLabels, Counter>,
     gateway_overhead: HistogramFamily,
     calls: Family<OutcomeLabels, Counter>,
     events_skipped: Family<ReasonLabels, Counter>,
@@ -528,6 +529,12 @@ impl Metrics {
             "sidetrace_budget_refused",
             "Calls refused because their budget was spent",
             budget_refused.clone(),
+        );
+        let admin_refused = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "sidetrace_admin_refused",
+            "Admin requests refused for a missing or wrong token",
+            admin_refused.clone(),
         );
         let gateway_overhead: HistogramFamily = Family::new_with_constructor(overhead_histogram);
         registry.register_with_unit(
@@ -695,6 +702,7 @@ impl Metrics {
             cost,
             unpriced,
             budget_refused,
+            admin_refused,
             gateway_overhead,
             calls,
             events_skipped,
@@ -791,6 +799,13 @@ impl Metrics {
             .get_or_create(&BudgetLabels {
                 budget: budget.to_string(),
             })
+            .inc();
+    }
+
+    /// An admin request refused: `missing` or `wrong` token.
+    pub fn admin_refused(&self, reason: &'static str) {
+        self.admin_refused
+            .get_or_create(&ReasonLabels { reason })
             .inc();
     }
 

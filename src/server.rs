@@ -118,6 +118,13 @@ impl Gateway {
         extra_sinks: Vec<Arc<dyn Sink>>,
     ) -> Result<Gateway, StartError> {
         let registry = Arc::new(check_config(&config)?);
+        let admin_auth = admin::auth::AdminAuth::from_config(&config.admin)?;
+        if !admin_auth.required() && !config.admin_addr()?.ip().is_loopback() {
+            tracing::warn!(
+                admin_listen = %config.admin_listen,
+                "THE ADMIN LISTENER IS OPEN TO THE NETWORK WITH NO TOKEN (allow_unauthenticated_admin): anyone who reaches it can read traces, captured content and spend per user"
+            );
+        }
         let metrics = Arc::new(Metrics::new());
         let client = Arc::new(UpstreamClient::new(&config.upstream).map_err(StartError::Client)?);
 
@@ -254,6 +261,7 @@ impl Gateway {
             costs: costs.clone(),
             traces: traces.clone(),
             scores: admin::scores::Scores::new(recorder.clone(), metrics.clone()),
+            auth: admin_auth,
         });
         let admin_service = tower::service_fn({
             let state = admin_state.clone();

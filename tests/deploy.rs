@@ -108,6 +108,28 @@ fn top_level_value(yaml: &str, key: &str) -> Option<String> {
 struct Embedded {
     origin: String,
     text: String,
+    /// The environment the workload beside it gives the gateway from a Secret, with a stand-in
+    /// value (the Secret itself is the operator's).
+    env: Vec<(String, String)>,
+}
+
+/// The `SIDETRACE_*` variables a workload sets from a Secret that must exist (no
+/// `optional: true`), each with a stand-in value.
+fn secret_env(yaml: &str) -> Vec<(String, String)> {
+    let lines: Vec<&str> = yaml.lines().collect();
+    let mut env = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        let Some(name) = line.trim().strip_prefix("- name: SIDETRACE_") else {
+            continue;
+        };
+        let body = nested(&lines, i);
+        let from_secret = body.iter().any(|l| l.trim() == "secretKeyRef:");
+        let optional = body.iter().any(|l| l.trim() == "optional: true");
+        if from_secret && !optional {
+            env.push((format!("SIDETRACE_{name}"), "from-the-secret".to_string()));
+        }
+    }
+    env
 }
 
 /// The configs of the ConfigMaps in kubernetes/*.yaml (one each), the Helm chart's default
@@ -124,6 +146,7 @@ fn embedded_configs() -> Vec<Embedded> {
         found.push(Embedded {
             origin: format!("deploy/{rel} (sidetrace.toml)"),
             text: blocks[0].clone(),
+            env: secret_env(&read(&rel)),
         });
     }
     let values = block_scalars(&read(HELM_VALUES), "config");
@@ -135,10 +158,12 @@ fn embedded_configs() -> Vec<Embedded> {
     found.push(Embedded {
         origin: format!("deploy/{HELM_VALUES} (config)"),
         text: values[0].clone(),
+        env: secret_env(&read(HELM_WORKLOAD)),
     });
     found.push(Embedded {
         origin: "deploy/container.toml".into(),
         text: read("container.toml"),
+        env: Vec::new(),
     });
     found
 }
@@ -152,8 +177,29 @@ fn check(e: &Embedded) -> Result<Config, String> {
             e.origin, e.text
         ));
     }
-    let config = Config::from_toml(&e.text, &e.origin).map_err(|err| err.to_string())?;
+    let mut config = Config::from_toml(&e.text, &e.origin).map_err(|err| err.to_string())?;
+    config
+        .apply_env(e.env.iter().cloned())
+        .map_err(|err| format!("{}: {err}", e.origin))?;
+    // A token file is the operator's secret: checked with a stand-in at the same place.
+    let stand_in = match &config.admin.token_file {
+        Some(path) => {
+            if !path.is_absolute() {
+                return Err(format!("{}: admin.token_file must be absolute", e.origin));
+            }
+            let dir = tempfile::tempdir().unwrap();
+            let file = dir.path().join("token");
+            fs::write(&file, "from-the-secret\n").unwrap();
+            config.admin.token_file = Some(file);
+            Some(dir)
+        }
+        None => None,
+    };
     sidetrace::server::check_config(&config).map_err(|err| format!("{}: {err}", e.origin))?;
+    if stand_in.is_some() {
+        config.admin.token_file = None;
+        config.admin.token = sidetrace::config::Secret::new("from-the-secret");
+    }
     Ok(config)
 }
 
@@ -189,6 +235,12 @@ fn every_sidetrace_config_embedded_in_deploy_parses_and_validates() {
             admin.ip().is_unspecified(),
             "{origin}: admin_listen {admin} is unreachable for probes"
         );
+        // So it needs a token, from a Secret; never the override.
+        assert!(
+            config.admin.resolved_token().unwrap().is_some()
+                && !config.admin.allow_unauthenticated_admin,
+            "{origin}: the admin port has no token from a Secret"
+        );
     }
     let template = read("helm/sidetrace/templates/configmap.yaml");
     assert!(
@@ -208,6 +260,7 @@ fn a_typo_in_an_embedded_config_fails_the_check() {
     let err = check(&Embedded {
         origin: "typo.yaml".into(),
         text: blocks[0].clone(),
+        env: Vec::new(),
     })
     .expect_err("an unknown key must be refused");
     assert!(
@@ -217,8 +270,25 @@ fn a_typo_in_an_embedded_config_fails_the_check() {
     let bad_value = Embedded {
         origin: "bad.yaml".into(),
         text: "listen = \"0.0.0.0:4000\"\nadmin_listen = \"localhost\"\n".into(),
+        env: Vec::new(),
     };
     assert!(check(&bad_value).unwrap_err().contains("admin_listen"));
+    // An admin port on every interface with no token from a Secret is refused.
+    let open_admin = "listen = \"0.0.0.0:4000\"\nadmin_listen = \"0.0.0.0:4001\"\n";
+    let manifest = "env:\n  - name: SIDETRACE_ADMIN_TOKEN\n    valueFrom:\n      secretKeyRef:\n        name: s\n        key: admin-token\n        optional: true\n";
+    let err = check(&Embedded {
+        origin: "open.yaml".into(),
+        text: open_admin.into(),
+        env: secret_env(manifest),
+    })
+    .expect_err("an optional Secret may be missing: the port would be open");
+    assert!(err.contains("no token"), "{err}");
+    check(&Embedded {
+        origin: "closed.yaml".into(),
+        text: open_admin.into(),
+        env: secret_env(&manifest.replace("        optional: true\n", "")),
+    })
+    .unwrap();
 }
 
 #[test]
@@ -344,6 +414,7 @@ fn termination_grace_periods_cover_the_drain_and_the_span_flush() {
         let config = check(&Embedded {
             origin: rel.clone(),
             text: block_scalars(&text, "sidetrace.toml").remove(0),
+            env: secret_env(&text),
         })
         .unwrap();
         let grace_s: u64 = lines
@@ -368,6 +439,7 @@ fn termination_grace_periods_cover_the_drain_and_the_span_flush() {
     let config = check(&Embedded {
         origin: HELM_VALUES.into(),
         text: block_scalars(&values, "config").remove(0),
+        env: secret_env(&read(HELM_WORKLOAD)),
     })
     .unwrap();
     let number = |key: &str| -> u64 {

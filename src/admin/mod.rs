@@ -1,6 +1,7 @@
 //! The admin listener: health, readiness, Prometheus metrics, the JSON API (`docs/api.md`) and
 //! the web UI, away from the proxy port.
 
+pub mod auth;
 pub mod scores;
 mod traces;
 pub mod ui;
@@ -38,6 +39,8 @@ pub struct AdminState {
     pub traces: Result<Arc<TraceStore>, String>,
     /// Where posted scores go.
     pub scores: scores::Scores,
+    /// The admin token and the routes open without it.
+    pub auth: auth::AdminAuth,
 }
 
 /// A query string's parameters, percent-decoded (`+` is a space).
@@ -132,6 +135,16 @@ where
     B: http_body::Body,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    match state.auth.check(req.uri().path(), req.headers()) {
+        auth::Access::Granted => {}
+        refused => {
+            state.metrics.admin_refused(match refused {
+                auth::Access::Missing => "missing",
+                _ => "wrong",
+            });
+            return Ok(unauthorized());
+        }
+    }
     if req.uri().path() == "/api/scores" {
         return Ok(post_score(&state, req).await);
     }
@@ -196,6 +209,22 @@ where
         ),
     };
     Ok(response)
+}
+
+/// 401 with a challenge; the UI shows its login form on it.
+fn unauthorized() -> Response<ProxyBody> {
+    let mut r = ApiError {
+        status: StatusCode::UNAUTHORIZED,
+        kind: "unauthorized",
+        message: "this admin route needs Authorization: Bearer <admin token> ([admin] token)"
+            .into(),
+    }
+    .response();
+    r.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        http::HeaderValue::from_static("Bearer realm=\"sidetrace admin\""),
+    );
+    r
 }
 
 /// `POST /api/scores` (`scores.rs`): the body read up to its limit, then the score.

@@ -393,6 +393,78 @@ impl IngestConfig {
     }
 }
 
+/// A secret from the config (a token): compared and used, never printed. `Debug` shows whether
+/// it is set, so a config dumped into a log line cannot leak it.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_empty() {
+            "Secret(unset)"
+        } else {
+            "Secret(set)"
+        })
+    }
+}
+
+/// `[admin]`: who may use the admin listener (the trace and cost API, the UI's data, scores).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Bearer token every admin route but `/healthz` and `/readyz` requires; empty: none.
+    /// `SIDETRACE_ADMIN_TOKEN` overrides it.
+    pub token: Secret,
+    /// A file holding the token (a mounted Secret); `SIDETRACE_ADMIN_TOKEN_FILE`.
+    pub token_file: Option<PathBuf>,
+    /// Serve `/metrics` without the token (Prometheus scrapers rarely send one).
+    pub open_metrics: bool,
+    /// Start with no token on a non-loopback `admin_listen` anyway (logged as a warning).
+    pub allow_unauthenticated_admin: bool,
+}
+
+impl AdminConfig {
+    /// The token in force: `token`, or the first line of `token_file`; `None` when neither.
+    pub fn resolved_token(&self) -> Result<Option<Secret>, ConfigError> {
+        match (&self.token_file, self.token.is_empty()) {
+            (Some(_), false) => Err(ConfigError::Invalid(
+                "admin.token and admin.token_file are both set; keep one".into(),
+            )),
+            (Some(path), true) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                let token = text.lines().next().unwrap_or("").trim();
+                if token.is_empty() {
+                    return Err(ConfigError::Invalid(format!(
+                        "admin.token_file {} is empty",
+                        path.display()
+                    )));
+                }
+                Ok(Some(Secret::new(token)))
+            }
+            (None, false) => Ok(Some(self.token.clone())),
+            (None, true) => Ok(None),
+        }
+    }
+}
+
 /// `15m`, `24h`, `7d` in seconds; `None` for anything else (or 0).
 pub fn parse_duration_secs(text: &str) -> Option<u64> {
     let text = text.trim();
@@ -470,6 +542,7 @@ pub struct Config {
     pub budgets: Vec<BudgetConfig>,
     pub store: StoreConfig,
     pub ingest: IngestConfig,
+    pub admin: AdminConfig,
     /// Documented by example (commented) in config/sidetrace.toml, so not compared there.
     #[serde(skip_serializing)]
     pub providers: BTreeMap<String, ProviderOverride>,
@@ -631,6 +704,7 @@ impl Default for Config {
             budgets: Vec::new(),
             store: StoreConfig::default(),
             ingest: IngestConfig::default(),
+            admin: AdminConfig::default(),
             providers: BTreeMap::new(),
         }
     }
@@ -662,6 +736,10 @@ pub const ENV_VARS: &[(&str, &str)] = &[
         "none, metadata, redacted or full (capture.level)",
     ),
     ("SIDETRACE_DATA_DIR", "spool directory (data_dir)"),
+    (
+        "SIDETRACE_ADMIN_TOKEN, SIDETRACE_ADMIN_TOKEN_FILE",
+        "bearer token of the admin listener, or a file holding it (admin.token, admin.token_file)",
+    ),
     (
         "SIDETRACE_INGEST_HTTP_LISTEN, SIDETRACE_INGEST_GRPC_LISTEN",
         "OTLP receiver addresses (ingest.http_listen, ingest.grpc_listen)",
@@ -739,6 +817,15 @@ impl Config {
                 "RUST_LOG" => rust_log = Some(value),
                 "SIDETRACE_TRACE_GROUPING_KEY" => self.trace.grouping_key = value,
                 "SIDETRACE_DATA_DIR" => self.data_dir = value,
+                // Either replaces both of the file's settings: one source of the token.
+                "SIDETRACE_ADMIN_TOKEN" => {
+                    self.admin.token = Secret::new(value);
+                    self.admin.token_file = None;
+                }
+                "SIDETRACE_ADMIN_TOKEN_FILE" => {
+                    self.admin.token_file = Some(PathBuf::from(value));
+                    self.admin.token = Secret::default();
+                }
                 "SIDETRACE_INGEST_HTTP_LISTEN" => self.ingest.http_listen = value,
                 "SIDETRACE_INGEST_GRPC_LISTEN" => self.ingest.grpc_listen = value,
                 "SIDETRACE_INGEST_ENABLED" => {
@@ -818,6 +905,23 @@ impl Config {
         parse_addr("admin_listen", &self.admin_listen)
     }
 
+    /// An admin listener others can reach needs a token: it serves captured content, user ids
+    /// and their spend. `allow_unauthenticated_admin` overrides (the server warns at start).
+    pub fn check_admin_exposure(&self) -> Result<(), ConfigError> {
+        let addr = self.admin_addr()?;
+        let token = self.admin.resolved_token()?;
+        if token.is_none() && !addr.ip().is_loopback() && !self.admin.allow_unauthenticated_admin {
+            return Err(ConfigError::Invalid(format!(
+                "admin_listen {addr} is reachable beyond this host and the admin listener has no \
+                 token: anyone who reaches it could read traces, captured content and spend per \
+                 user. Set [admin] token or token_file (SIDETRACE_ADMIN_TOKEN, \
+                 SIDETRACE_ADMIN_TOKEN_FILE), bind admin_listen to 127.0.0.1, or set [admin] \
+                 allow_unauthenticated_admin = true to accept the risk"
+            )));
+        }
+        Ok(())
+    }
+
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_millis(self.shutdown_grace_ms)
     }
@@ -895,7 +999,7 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.listen_addr()?;
         self.store.max_age_secs()?;
-        self.admin_addr()?;
+        self.check_admin_exposure()?;
         if self.ingest.enabled {
             self.ingest.http_addr()?;
             self.ingest.grpc_addr()?;
@@ -1091,6 +1195,7 @@ mod tests {
             "# [providers.",
             "# providers_dir",
             "# extra_ca_file",
+            "# token_file",
         ] {
             assert!(text.contains(example), "{example} is not documented");
         }

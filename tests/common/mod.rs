@@ -567,8 +567,13 @@ pub async fn closed_port() -> SocketAddr {
     addr
 }
 
+/// The admin token tests configure when they turn admin authentication on; the helpers below
+/// always send it (a gateway without a token ignores it).
+pub const TEST_ADMIN_TOKEN: &str = "test-admin-token-7f3a";
+
 pub async fn admin_get(gw: &Gateway, path: &str) -> Answer {
     let req = Request::get(format!("http://{}{path}", gw.admin_addr))
+        .header("authorization", format!("Bearer {TEST_ADMIN_TOKEN}"))
         .body(full_body(""))
         .unwrap();
     let response = client().request(req).await.unwrap();
