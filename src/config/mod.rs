@@ -768,6 +768,10 @@ pub const ENV_VARS: &[(&str, &str)] = &[
         "SIDETRACE_<PROVIDER>_BASE_URL",
         "upstream of one provider, e.g. SIDETRACE_OPENAI_BASE_URL",
     ),
+    (
+        "SIDETRACE_<PROVIDER>_ENABLED",
+        "true or false: turn a provider on (local-network ones, e.g. SIDETRACE_OLLAMA_ENABLED) or off",
+    ),
 ];
 
 impl Config {
@@ -876,6 +880,22 @@ impl Config {
                     {
                         let name = name.to_ascii_lowercase();
                         self.providers.entry(name).or_default().base_url = Some(value);
+                    } else if let Some(name) = key
+                        .strip_prefix("SIDETRACE_")
+                        .and_then(|k| k.strip_suffix("_ENABLED"))
+                        .filter(|n| !n.is_empty())
+                    {
+                        let enabled = match value.trim() {
+                            "true" | "1" => true,
+                            "false" | "0" => false,
+                            other => {
+                                return Err(ConfigError::Invalid(format!(
+                                    "{key}={other:?}: expected true or false"
+                                )));
+                            }
+                        };
+                        let name = name.to_ascii_lowercase();
+                        self.providers.entry(name).or_default().enabled = Some(enabled);
                     }
                 }
             }
@@ -952,8 +972,19 @@ impl Config {
                 specs.insert(spec.name.clone(), spec);
             }
         }
+        // Providers that forward to this host or its network are off unless turned on here.
+        // An override of one that stays off (a base_url alone) does not define a new provider.
+        let mut off = Vec::new();
+        specs.retain(|name, spec| {
+            let on = !spec.local_network
+                || self.providers.get(name).and_then(|o| o.enabled) == Some(true);
+            if !on {
+                off.push(name.clone());
+            }
+            on
+        });
         for (name, o) in &self.providers {
-            if o.enabled == Some(false) {
+            if o.enabled == Some(false) || off.contains(name) {
                 specs.remove(name);
                 continue;
             }
@@ -1234,8 +1265,74 @@ mod tests {
     }
 
     #[test]
+    fn local_network_providers_are_off_until_the_config_turns_them_on() {
+        let names = |c: &Config| -> Vec<String> {
+            crate::provider::Registry::from_config(c)
+                .unwrap()
+                .providers()
+                .map(|p| p.name.clone())
+                .collect()
+        };
+        let default = names(&Config::default());
+        assert!(
+            !default.iter().any(|n| n == "ollama" || n == "vllm"),
+            "{default:?}"
+        );
+        assert!(
+            crate::provider::Registry::from_config(&Config::default())
+                .unwrap()
+                .route("/ollama/api/chat")
+                .is_err()
+        );
+        // A base_url alone does not turn one on: only `enabled = true` does.
+        let moved = Config::from_toml(
+            "[providers.ollama]\nbase_url = \"http://127.0.0.1:1\"\n",
+            "c.toml",
+        )
+        .unwrap();
+        assert!(!names(&moved).contains(&"ollama".to_string()));
+        let on = Config::from_toml("[providers.ollama]\nenabled = true\n", "c.toml").unwrap();
+        assert!(names(&on).contains(&"ollama".to_string()));
+        assert!(!names(&on).contains(&"vllm".to_string()));
+        let mut env = Config::default();
+        env.apply_env([("SIDETRACE_VLLM_ENABLED".to_string(), "true".to_string())])
+            .unwrap();
+        assert!(names(&env).contains(&"vllm".to_string()));
+        assert!(
+            env.apply_env([("SIDETRACE_VLLM_ENABLED".to_string(), "yes".to_string())])
+                .is_err()
+        );
+    }
+
+    /// A built-in provider whose upstream is this host or a private network must be opt-in.
+    #[test]
+    fn every_built_in_provider_on_a_local_address_is_marked_local_network() {
+        for (file, text) in builtin_specs() {
+            let spec = parse_spec(text, file).unwrap();
+            let host = spec
+                .base_url
+                .split("://")
+                .nth(1)
+                .and_then(|rest| rest.split(['/', ':']).next())
+                .unwrap_or("");
+            let local = host == "localhost"
+                || host.parse::<std::net::IpAddr>().is_ok_and(|ip| match ip {
+                    std::net::IpAddr::V4(v4) => {
+                        v4.is_loopback() || v4.is_private() || v4.is_link_local()
+                    }
+                    std::net::IpAddr::V6(v6) => v6.is_loopback(),
+                });
+            assert_eq!(spec.local_network, local, "providers/{file}: {host}");
+        }
+    }
+
+    #[test]
     fn every_built_in_provider_file_is_valid() {
-        let registry = crate::server::check_config(&Config::default()).unwrap();
+        let mut config = Config::default();
+        for local in ["ollama", "vllm"] {
+            config.providers.entry(local.into()).or_default().enabled = Some(true);
+        }
+        let registry = crate::server::check_config(&config).unwrap();
         let names: Vec<&str> = registry.providers().map(|p| p.name.as_str()).collect();
         for want in [
             "openai",
