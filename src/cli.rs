@@ -1,4 +1,4 @@
-//! The command line: `serve` and `check-config`.
+//! The command line: `serve`, `check-config` and `new-key`.
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -33,6 +33,13 @@ enum Command {
         #[arg(long, env = "SIDETRACE_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// Make a gateway key for a client: prints the key (give it to the client, once) and the
+    /// `[[keys]]` entry with its SHA-256 (the config keeps only that).
+    NewKey {
+        /// The key's name in the config, on spans and on metrics.
+        #[arg(long, default_value = "my-app")]
+        name: String,
+    },
 }
 
 pub fn main() -> ExitCode {
@@ -40,6 +47,21 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Serve { config } => serve(config),
         Command::CheckConfig { config } => check_config(config),
+        Command::NewKey { name } => new_key(&name),
+    }
+}
+
+fn new_key(name: &str) -> ExitCode {
+    match crate::proxy::keys::generate() {
+        Ok((key, sha256)) => {
+            println!("key (give it to the client; it is not kept anywhere):\n  {key}\n");
+            println!("config entry:\n[[keys]]\nname = {name:?}\nsha256 = \"{sha256}\"");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -62,6 +62,8 @@ struct BudgetLabels {
 struct OutcomeLabels {
     provider: String,
     outcome: &'static str,
+    /// The gateway key's name (`[[keys]]`, bounded by the config); empty without keys.
+    key: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -824,6 +826,7 @@ impl Metrics {
             .get_or_create(&OutcomeLabels {
                 provider: call.provider.clone(),
                 outcome: call.outcome.as_str(),
+                key: call.metadata.key.clone().unwrap_or_default(),
             })
             .inc();
         // Unparsed means forwarded unread: a call the gateway refused (body too large or too

@@ -119,6 +119,7 @@ impl Gateway {
     ) -> Result<Gateway, StartError> {
         let registry = Arc::new(check_config(&config)?);
         let admin_auth = admin::auth::AdminAuth::from_config(&config.admin)?;
+        let keys = Arc::new(crate::proxy::keys::Keys::from_config(&config.keys)?);
         if !admin_auth.required() && !config.admin_addr()?.ip().is_loopback() {
             tracing::warn!(
                 admin_listen = %config.admin_listen,
@@ -244,7 +245,7 @@ impl Gateway {
             metrics.clone(),
             recorder.clone(),
             capturer,
-            budgets,
+            stack::Admission { keys, budgets },
         );
 
         let receiver = ingest_listeners.is_some().then(|| {
@@ -478,7 +479,29 @@ pub fn check_config(config: &Config) -> Result<Registry, ConfigError> {
     Capturer::from_config(&config.capture)?;
     PriceBook::from_config(config)?;
     crate::store::budgets::check(&config.budgets).map_err(ConfigError::Invalid)?;
-    Registry::from_config(config)
+    let registry = Registry::from_config(config)?;
+    crate::proxy::keys::Keys::from_config(&config.keys)?;
+    for key in &config.keys {
+        for provider in &key.providers {
+            if !registry.providers().any(|p| p.name == *provider) {
+                return Err(ConfigError::Invalid(format!(
+                    "[[keys]] {:?}: provider {provider:?} is not one this gateway routes to",
+                    key.name
+                )));
+            }
+        }
+    }
+    for budget in &config.budgets {
+        if let Some(key) = budget.key.as_deref().filter(|k| !k.is_empty())
+            && !config.keys.iter().any(|k| k.name == key)
+        {
+            return Err(ConfigError::Invalid(format!(
+                "budget {}: key {key:?} is not a [[keys]] name",
+                budget.name
+            )));
+        }
+    }
+    Ok(registry)
 }
 
 /// `service.instance.id`: the pod or host name when known, else a random id.

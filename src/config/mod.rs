@@ -540,6 +540,8 @@ pub struct Config {
     pub sampling: SamplingConfig,
     pub cost: CostConfig,
     pub budgets: Vec<BudgetConfig>,
+    /// Gateway keys for clients; when any is set, every call must present one.
+    pub keys: Vec<KeyConfig>,
     pub store: StoreConfig,
     pub ingest: IngestConfig,
     pub admin: AdminConfig,
@@ -652,6 +654,59 @@ impl Window {
     }
 }
 
+/// One `[[keys]]` entry: a gateway key a client presents. Only the key's SHA-256 is kept.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyConfig {
+    /// Shown on spans (`sidetrace.key.name`) and metrics (`key`), and named by budgets.
+    pub name: String,
+    /// The SHA-256 of the key, 64 hex digits (`sidetrace new-key` prints a key and this).
+    pub sha256: String,
+    /// The feature the key's calls are recorded under, whatever their headers say.
+    #[serde(default)]
+    pub feature: Option<String>,
+    /// The user the key's calls are recorded under, whatever their headers or body say.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Providers (names, as in providers/) the key may call; empty: all.
+    #[serde(default)]
+    pub providers: Vec<String>,
+    /// Models the key may ask for: exact names, or prefixes ending in `*`; empty: all.
+    #[serde(default)]
+    pub models: Vec<String>,
+    /// From then on the key is refused: a TOML date (`2027-01-31`, midnight UTC) or date-time
+    /// with an offset (`2027-01-31T12:00:00Z`).
+    #[serde(default)]
+    pub expires: Option<toml::value::Datetime>,
+}
+
+/// Seconds since the Unix epoch of a TOML date (midnight UTC) or offset date-time; `None` for a
+/// local date-time or a bare time, which name no instant.
+pub fn datetime_unix_secs(d: &toml::value::Datetime) -> Option<u64> {
+    let date = d.date?;
+    let (time, offset_minutes) = match (d.time, d.offset) {
+        (None, None) => (None, 0),
+        (Some(t), Some(toml::value::Offset::Z)) => (Some(t), 0),
+        (Some(t), Some(toml::value::Offset::Custom { minutes })) => (Some(t), i64::from(minutes)),
+        _ => return None,
+    };
+    // Days from 1970-01-01 to the civil date (Howard Hinnant's days_from_civil).
+    let (y, m, day) = (
+        i64::from(date.year) - i64::from(date.month <= 2),
+        i64::from(date.month),
+        i64::from(date.day),
+    );
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs_of_day = time.map_or(0, |t| {
+        i64::from(t.hour) * 3600 + i64::from(t.minute) * 60 + i64::from(t.second.unwrap_or(0))
+    });
+    u64::try_from(days * 86_400 + secs_of_day - offset_minutes * 60).ok()
+}
+
 /// One `[[budgets]]` entry of the config.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -663,6 +718,9 @@ pub struct BudgetConfig {
     /// Calls with this user id count; absent: any user.
     #[serde(default)]
     pub user: Option<String>,
+    /// Calls made with this gateway key (`[[keys]]` name) count; absent: any key or none.
+    #[serde(default)]
+    pub key: Option<String>,
     /// USD as a decimal string, e.g. "25.00".
     pub limit_usd: String,
     pub window: Window,
@@ -702,6 +760,7 @@ impl Default for Config {
             sampling: SamplingConfig::default(),
             cost: CostConfig::default(),
             budgets: Vec::new(),
+            keys: Vec::new(),
             store: StoreConfig::default(),
             ingest: IngestConfig::default(),
             admin: AdminConfig::default(),
@@ -1227,9 +1286,23 @@ mod tests {
             "# providers_dir",
             "# extra_ca_file",
             "# token_file",
+            "# [[keys]]",
         ] {
             assert!(text.contains(example), "{example} is not documented");
         }
+    }
+
+    #[test]
+    fn key_expiry_dates_are_instants_in_utc() {
+        let at = |text: &str| {
+            let d: toml::value::Datetime = text.parse().unwrap();
+            datetime_unix_secs(&d)
+        };
+        assert_eq!(at("1970-01-01"), Some(0));
+        assert_eq!(at("2000-03-01"), Some(951_868_800));
+        assert_eq!(at("2026-12-03T07:00:00Z"), Some(1_796_281_200));
+        assert_eq!(at("2026-12-03T09:00:00+02:00"), Some(1_796_281_200));
+        assert_eq!(at("2026-12-03T07:00:00"), None);
     }
 
     #[test]

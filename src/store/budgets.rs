@@ -23,7 +23,8 @@
 //! - **Matching.** Features are compared in their canonical form (trimmed, lowercased, stray
 //!   separators dropped: `Support_Agent` and `support_agent,` are one feature); users exactly.
 //! - **Restarts.** The spend is re-read from the cost store, which holds priced costs: what
-//!   unpriced calls were counted at, and reservations, start again from zero.
+//!   unpriced calls were counted at, and reservations, start again from zero. A budget on a
+//!   gateway key (`key = ...`) starts from zero: the cost store keeps no key dimension.
 //! - **Refusals** are 429 with `retry-after` (seconds until the window turns) and
 //!   `x-should-retry: false`, so the official SDKs do not retry them.
 
@@ -81,11 +82,13 @@ struct Budget {
 }
 
 impl Budget {
-    fn matches(&self, feature: Option<&str>, user: Option<&str>) -> bool {
+    fn matches(&self, feature: Option<&str>, user: Option<&str>, key: Option<&str>) -> bool {
         let u = self.config.user.as_deref().filter(|u| !u.is_empty());
+        let k = self.config.key.as_deref().filter(|k| !k.is_empty());
         // Call metadata holds features in canonical form already (see `canonical_feature`).
         self.feature.as_deref().is_none_or(|f| feature == Some(f))
             && u.is_none_or(|u| user == Some(u))
+            && k.is_none_or(|k| key == Some(k))
     }
 
     fn filter(&self) -> Filter {
@@ -197,10 +200,14 @@ impl Budgets {
                 recent_costs: VecDeque::with_capacity(RECENT_COSTS),
                 seeded_estimate: None,
             };
-            let totals = store.totals(b.window_start, &b.filter());
-            b.spent_pico = totals.cost_pico_usd;
-            b.seeded_estimate = (totals.priced_calls > 0)
-                .then(|| totals.cost_pico_usd / u128::from(totals.priced_calls));
+            // The cost store keeps no key dimension: a key's budget starts its window from
+            // zero at each start (see "Restarts" above).
+            if c.key.as_deref().is_none_or(str::is_empty) {
+                let totals = store.totals(b.window_start, &b.filter());
+                b.spent_pico = totals.cost_pico_usd;
+                b.seeded_estimate = (totals.priced_calls > 0)
+                    .then(|| totals.cost_pico_usd / u128::from(totals.priced_calls));
+            }
             budgets.push(b);
         }
         Ok(Budgets {
@@ -232,6 +239,7 @@ impl Budgets {
         self: &Arc<Self>,
         feature: Option<&str>,
         user: Option<&str>,
+        key: Option<&str>,
     ) -> Result<Reservation, Exceeded> {
         let now = now_secs();
         let mut budgets = self.lock();
@@ -239,7 +247,8 @@ impl Budgets {
             roll(b, now);
         }
         if let Some(b) = budgets.iter().find(|b| {
-            b.matches(feature, user) && b.spent_pico.saturating_add(b.reserved_pico) >= b.limit_pico
+            b.matches(feature, user, key)
+                && b.spent_pico.saturating_add(b.reserved_pico) >= b.limit_pico
         }) {
             return Err(Exceeded {
                 name: b.config.name.clone(),
@@ -252,7 +261,7 @@ impl Budgets {
         }
         let mut held = Vec::new();
         for (i, b) in budgets.iter_mut().enumerate() {
-            if b.matches(feature, user) {
+            if b.matches(feature, user, key) {
                 let amount = b.estimate();
                 b.reserved_pico = b.reserved_pico.saturating_add(amount);
                 held.push((i, b.window_start, amount));
@@ -275,6 +284,7 @@ impl Budgets {
             if !b.matches(
                 call.metadata.feature.as_deref(),
                 call.metadata.user_id.as_deref(),
+                call.metadata.key.as_deref(),
             ) {
                 continue;
             }
