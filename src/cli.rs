@@ -136,7 +136,8 @@ fn serve(path: Option<PathBuf>) -> ExitCode {
 /// How long exit waits for blocking tasks still running after shutdown.
 const RUNTIME_SHUTDOWN_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// Waits for SIGTERM or Ctrl-C; on SIGHUP, reloads the prices from the config file.
+/// Waits for SIGTERM or Ctrl-C; on SIGHUP, reloads the prices from the config file and the
+/// listeners' TLS certificate from its files.
 async fn wait_for_shutdown(gateway: &Gateway, path: Option<&std::path::Path>) {
     #[cfg(unix)]
     {
@@ -147,14 +148,20 @@ async fn wait_for_shutdown(gateway: &Gateway, path: Option<&std::path::Path>) {
             loop {
                 tokio::select! {
                     _ = &mut stop => return,
-                    _ = hup.recv() => match Config::load(path) {
-                        Ok(config) => {
-                            if let Err(e) = gateway.reload_prices(&config) {
-                                tracing::error!(error = %e, "reload refused; the old prices stay");
+                    _ = hup.recv() => {
+                        match Config::load(path) {
+                            Ok(config) => {
+                                if let Err(e) = gateway.reload_prices(&config) {
+                                    tracing::error!(error = %e, "reload refused; the old prices stay");
+                                }
                             }
+                            Err(e) => tracing::error!(error = %e, "reload refused; the old prices stay"),
                         }
-                        Err(e) => tracing::error!(error = %e, "reload refused; the old prices stay"),
-                    },
+                        // The same certificate files, read again (a renewed certificate).
+                        if let Err(e) = gateway.reload_tls() {
+                            tracing::error!(error = %e, "TLS reload refused; the old certificate stays");
+                        }
+                    }
                 }
             }
         }

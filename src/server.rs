@@ -101,6 +101,8 @@ pub struct Gateway {
     /// receiver reports the app's own `execute_tool` spans here.
     pub tools: Option<Arc<ToolTable>>,
     prices: Arc<PriceBookCell>,
+    /// The listeners' certificate (`[tls]`), reloaded on SIGHUP.
+    server_certs: Option<Arc<crate::tls::ServerCerts>>,
     shutdown: watch::Sender<bool>,
     task: JoinHandle<ShutdownReport>,
 }
@@ -120,6 +122,21 @@ impl Gateway {
         let registry = Arc::new(check_config(&config)?);
         let admin_auth = admin::auth::AdminAuth::from_config(&config.admin)?;
         let keys = Arc::new(crate::proxy::keys::Keys::from_config(&config.keys)?);
+        // HTTPS on the listeners: one certificate, swapped in place on reload.
+        let server_certs = crate::tls::ServerCerts::load(&config.tls)
+            .map_err(|e| StartError::Config(ConfigError::Invalid(e)))?;
+        let (proxy_tls, admin_tls) = match &server_certs {
+            Some(certs) => {
+                let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(
+                    certs
+                        .server_config()
+                        .map_err(|e| StartError::Config(ConfigError::Invalid(e)))?,
+                ));
+                let admin = config.tls.admin.then(|| acceptor.clone());
+                (Some(acceptor), admin)
+            }
+            None => (None, None),
+        };
         if !admin_auth.required() && !config.admin_addr()?.ip().is_loopback() {
             tracing::warn!(
                 admin_listen = %config.admin_listen,
@@ -311,6 +328,7 @@ impl Gateway {
                     ingest_limits,
                     serve_metrics.clone(),
                     None,
+                    None,
                 )));
                 ingest_tasks.push(tokio::spawn(serve(
                     grpc,
@@ -318,6 +336,7 @@ impl Gateway {
                     signal.clone(),
                     ingest_limits,
                     serve_metrics.clone(),
+                    None,
                     None,
                 )));
             }
@@ -329,6 +348,7 @@ impl Gateway {
                 admin_limits,
                 serve_metrics.clone(),
                 None,
+                admin_tls,
             ));
             let mut on_signal = signal.clone();
             let ready = admin_state.clone();
@@ -343,6 +363,7 @@ impl Gateway {
                 proxy_limits,
                 serve_metrics,
                 Some(recorder),
+                proxy_tls,
             )
             .await;
             for task in ingest_tasks {
@@ -376,7 +397,7 @@ impl Gateway {
             let _ = admin_task.await;
             ShutdownReport { drained }
         });
-        tracing::info!(%addr, %admin_addr, providers = registry.providers().count(), "sidetrace listening");
+        tracing::info!(%addr, %admin_addr, tls = server_certs.is_some(), providers = registry.providers().count(), "sidetrace listening");
         Ok(Gateway {
             addr,
             admin_addr,
@@ -385,6 +406,7 @@ impl Gateway {
             metrics,
             tools,
             prices,
+            server_certs,
             shutdown,
             task,
         })
@@ -395,6 +417,19 @@ impl Gateway {
     pub fn reload_prices(&self, config: &Config) -> Result<(), StartError> {
         self.prices.store(PriceBook::from_config(config)?);
         tracing::info!("prices reloaded");
+        Ok(())
+    }
+
+    /// Reads the listeners' certificate and key files again (`[tls]`): handshakes from now on
+    /// use them, open connections keep theirs. On an error the old certificate stays.
+    pub fn reload_tls(&self) -> Result<(), StartError> {
+        let Some(certs) = &self.server_certs else {
+            return Ok(());
+        };
+        certs
+            .reload()
+            .map_err(|e| StartError::Config(ConfigError::Invalid(e)))?;
+        tracing::info!("TLS certificate reloaded");
         Ok(())
     }
 
@@ -479,6 +514,7 @@ pub fn check_config(config: &Config) -> Result<Registry, ConfigError> {
     Capturer::from_config(&config.capture)?;
     PriceBook::from_config(config)?;
     crate::store::budgets::check(&config.budgets).map_err(ConfigError::Invalid)?;
+    crate::tls::ServerCerts::load(&config.tls).map_err(ConfigError::Invalid)?;
     let registry = Registry::from_config(config)?;
     crate::proxy::keys::Keys::from_config(&config.keys)?;
     for key in &config.keys {
@@ -824,6 +860,7 @@ enum Next {
 /// open connections finish for up to the grace period. Connections still open after it are cut,
 /// and the calls on them finished (as `error.type=shutdown` when `recorder` is given) before
 /// this returns. Returns whether every connection finished within the grace.
+#[allow(clippy::too_many_arguments)]
 async fn serve<S>(
     listener: TcpListener,
     service: S,
@@ -831,6 +868,7 @@ async fn serve<S>(
     limits: ListenerLimits,
     metrics: Arc<Metrics>,
     recorder: Option<Arc<Recorder>>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 ) -> bool
 where
     S: Service<Request<Incoming>, Response = Response<ProxyBody>, Error = Infallible>
@@ -898,18 +936,42 @@ where
                     listener: listener_requests.clone(),
                 });
                 let requests = in_flight.connection.subscribe();
-                let service = TrackRequests {
+                let service = TowerToHyperService::new(TrackRequests {
                     inner: service.clone(),
                     in_flight,
-                };
-                let conn = builder
-                    .serve_connection_with_upgrades(
-                        TokioIo::new(stream),
-                        TowerToHyperService::new(service),
-                    )
-                    .into_owned();
+                });
                 let open = OpenConnection::new(metrics.clone(), name, permit);
-                connections.spawn(run_connection(conn, requests, stop.clone(), limits, open));
+                let stop = stop.clone();
+                let Some(tls) = tls.clone() else {
+                    let conn = builder
+                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                        .into_owned();
+                    connections.spawn(run_connection(conn, requests, stop, limits, open));
+                    continue;
+                };
+                // The handshake runs on the connection's task, bounded like a first request,
+                // so a slow or silent client never holds up the accept loop.
+                let builder = builder.clone();
+                connections.spawn(async move {
+                    let handshake =
+                        tokio::time::timeout(limits.first_request, tls.accept(stream)).await;
+                    let stream = match handshake {
+                        Ok(Ok(stream)) => stream,
+                        Ok(Err(e)) => {
+                            open.closed("tls_handshake");
+                            tracing::debug!(listener = limits.name, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_elapsed) => {
+                            open.closed("tls_handshake");
+                            return;
+                        }
+                    };
+                    let conn = builder
+                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                        .into_owned();
+                    run_connection(conn, requests, stop, limits, open).await;
+                });
             }
             Next::Accepted(Err(e)) => {
                 // Out of file descriptors and the like: keep serving the connections we have.

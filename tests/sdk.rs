@@ -116,7 +116,12 @@ async fn run_python_with(case: &str, gw: &TestGateway, env: &[(&str, &str)]) -> 
         .collect();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/sdk_check.py");
     let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/providers");
-    let gateway = format!("http://{}", gw.addr);
+    let scheme = if env.iter().any(|(k, _)| k == "CA_FILE") {
+        "https"
+    } else {
+        "http"
+    };
+    let gateway = format!("{scheme}://{}", gw.addr);
     let case_name = case.to_string();
     let output = tokio::task::spawn_blocking(move || {
         Command::new(python())
@@ -632,5 +637,23 @@ async fn openai_sdk_with_gateway_keys() {
     assert_eq!(requests.len(), 1);
     let auth = requests[0].headers.get("authorization");
     assert!(auth.is_none(), "{auth:?}");
+    gw.shutdown().await;
+}
+
+/// The official SDK over HTTPS to the gateway, trusting only a test CA: a call and a stream go
+/// through; a client that does not trust the CA is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_sdk_over_https_with_a_test_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let tls = TestPki::new("sdk").write(dir.path());
+    let mock = Mock::start(provider).await;
+    let gw = gateway_for(&mock, &tls).await;
+    let ca = dir.path().join("ca.pem").display().to_string();
+    run_python_with("tls_openai", &gw, &[("CA_FILE", ca.as_str())]).await;
+    assert_eq!(
+        mock.requests().len(),
+        2,
+        "the untrusted call never reached the provider"
+    );
     gw.shutdown().await;
 }

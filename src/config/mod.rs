@@ -465,6 +465,29 @@ impl AdminConfig {
     }
 }
 
+/// `[tls]`: HTTPS on the gateway's own listeners (the proxy, and the admin one unless
+/// `admin = false`), HTTP/2 or HTTP/1.1 by ALPN. The files are read again on SIGHUP.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM: the certificate chain, leaf first.
+    pub cert_file: Option<PathBuf>,
+    /// PEM: its private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: Option<PathBuf>,
+    /// Serve the admin listener over TLS too (its probes then need `scheme: HTTPS`).
+    pub admin: bool,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            cert_file: None,
+            key_file: None,
+            admin: true,
+        }
+    }
+}
+
 /// `15m`, `24h`, `7d` in seconds; `None` for anything else (or 0).
 pub fn parse_duration_secs(text: &str) -> Option<u64> {
     let text = text.trim();
@@ -545,6 +568,7 @@ pub struct Config {
     pub store: StoreConfig,
     pub ingest: IngestConfig,
     pub admin: AdminConfig,
+    pub tls: TlsConfig,
     /// Documented by example (commented) in config/sidetrace.toml, so not compared there.
     #[serde(skip_serializing)]
     pub providers: BTreeMap<String, ProviderOverride>,
@@ -764,6 +788,7 @@ impl Default for Config {
             store: StoreConfig::default(),
             ingest: IngestConfig::default(),
             admin: AdminConfig::default(),
+            tls: TlsConfig::default(),
             providers: BTreeMap::new(),
         }
     }
@@ -1287,6 +1312,8 @@ mod tests {
             "# extra_ca_file",
             "# token_file",
             "# [[keys]]",
+            "# cert_file",
+            "# key_file",
         ] {
             assert!(text.contains(example), "{example} is not documented");
         }

@@ -334,10 +334,46 @@ def keys_openai():
         raise AssertionError("expected PermissionDeniedError")
 
 
+def tls_openai():
+    # GATEWAY is https://127.0.0.1:PORT; the gateway's certificate is signed by the test CA in
+    # CA_FILE, which the client trusts (and nothing else).
+    import ssl
+
+    trusted = ssl.create_default_context(cafile=os.environ["CA_FILE"])
+    client = openai.OpenAI(
+        base_url=GATEWAY + "/openai/v1",
+        api_key="sk-test-openai-0001",
+        max_retries=0,
+        timeout=10,
+        http_client=openai.DefaultHttpxClient(verify=trusted),
+    )
+    r = client.chat.completions.create(model="o4-mini", messages=MESSAGES)
+    assert r.id == expect("openai/chat_nonstream")["response_id"], r.id
+    chunks = list(
+        client.chat.completions.create(
+            model="gpt-4o-mini",
+            messages=MESSAGES,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    assert chunks[-1].usage is not None, chunks[-1]
+    # The system's roots do not know the test CA: the same call is refused.
+    untrusted = openai.OpenAI(
+        base_url=GATEWAY + "/openai/v1", api_key="sk-test-openai-0001", max_retries=0, timeout=10
+    )
+    try:
+        untrusted.chat.completions.create(model="o4-mini", messages=MESSAGES)
+    except openai.APIConnectionError:
+        pass
+    else:
+        raise AssertionError("a certificate from an unknown CA was accepted")
+
+
 CASES = {
     name: fn
     for name, fn in globals().items()
-    if callable(fn) and name.startswith(("openai_", "anthropic_", "otel_", "loop_", "keys_"))
+    if callable(fn) and name.startswith(("openai_", "anthropic_", "otel_", "loop_", "keys_", "tls_"))
 }
 
 if __name__ == "__main__":
