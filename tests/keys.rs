@@ -207,6 +207,16 @@ async fn x_sidetrace_key_rides_beside_the_clients_own_provider_key() {
         "Bearer sk-client-own-provider-key"
     );
     assert!(seen.headers.get("x-sidetrace-key").is_none());
+    // A gateway key in a credential header beside x-sidetrace-key never goes upstream either.
+    let both = call(
+        &gw,
+        "/openai/v1/chat/completions",
+        &[("authorization", &bearer(OLD)), ("x-sidetrace-key", APP)],
+        "gpt-4o-mini",
+    )
+    .await;
+    assert_eq!(both.status, StatusCode::OK);
+    assert!(mock.last().headers.get("authorization").is_none());
     // A provider key alone is not a gateway key.
     let refused = call(
         &gw,

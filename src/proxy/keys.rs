@@ -211,9 +211,13 @@ impl<S> KeyCheck<S> {
             Some((bytes, header)) => (self.keys.find(bytes), header),
             None => return Err(ProxyError::KeyMissing),
         };
-        // Whatever the outcome, the key leaves the request here.
+        // Whatever the outcome, the key leaves the request here: the header it came in, and
+        // any other credential header carrying a gateway key too.
         req.headers_mut().remove(KEY_HEADER);
         if let Some(h) = header {
+            req.headers_mut().remove(h);
+        }
+        while let Some((_, Some(h))) = presented(req.headers(), &route) {
             req.headers_mut().remove(h);
         }
         let Some(key) = key else {
