@@ -507,3 +507,93 @@ fn the_gateways_export_to_the_collector_service_that_collector_yaml_defines() {
         );
     }
 }
+
+/// The name and key of the Secret an env var `name` reads (`secretKeyRef`), in `yaml`.
+fn secret_ref(yaml: &str, name: &str) -> Option<(String, String)> {
+    let lines: Vec<&str> = yaml.lines().collect();
+    let at = lines
+        .iter()
+        .position(|l| l.trim() == format!("- name: {name}"))?;
+    let secret = nested_value(&lines, at, "name")?;
+    let key = nested_value(&lines, at, "key")?;
+    Some((secret, key))
+}
+
+#[test]
+fn every_workload_takes_the_admin_token_from_the_secret_the_kustomization_makes() {
+    let kustomization = read("kustomization.yaml");
+    let lines: Vec<&str> = kustomization.lines().collect();
+    // Every resource it lists exists, the manifest and the NetworkPolicy among them.
+    let resources_at = lines.iter().position(|l| *l == "resources:").unwrap();
+    let resources: Vec<String> = nested(&lines, resources_at)
+        .iter()
+        .filter_map(|l| l.trim().strip_prefix("- ").map(str::to_string))
+        .collect();
+    assert!(
+        resources.contains(&"kubernetes/standalone.yaml".to_string())
+            && resources.contains(&"networkpolicy.yaml".to_string()),
+        "{resources:?}"
+    );
+    for r in &resources {
+        assert!(
+            deploy_dir().join(r).is_file(),
+            "kustomization lists {r}, which is missing"
+        );
+    }
+    let generated = nested_value(
+        &lines,
+        lines.iter().position(|l| *l == "secretGenerator:").unwrap(),
+        "- name",
+    )
+    .expect("a secretGenerator");
+    assert!(
+        kustomization.contains("- admin-token="),
+        "the generated Secret has no admin-token:\n{kustomization}"
+    );
+    for rel in kubernetes_manifests() {
+        let (secret, key) = secret_ref(&read(&rel), "SIDETRACE_ADMIN_TOKEN")
+            .unwrap_or_else(|| panic!("deploy/{rel} does not set SIDETRACE_ADMIN_TOKEN"));
+        assert_eq!(
+            (secret.as_str(), key.as_str()),
+            (generated.as_str(), "admin-token"),
+            "{rel}"
+        );
+    }
+    let (secret, key) = secret_ref(&read(HELM_WORKLOAD), "SIDETRACE_ADMIN_TOKEN")
+        .expect("the chart does not set SIDETRACE_ADMIN_TOKEN");
+    assert_eq!(secret, "{{ include \"sidetrace.secretName\" . }}");
+    assert_eq!(key, "admin-token");
+}
+
+#[test]
+fn the_network_policies_open_exactly_the_images_ports_to_the_gateways_pods() {
+    let policy = read("networkpolicy.yaml");
+    let lines: Vec<&str> = policy.lines().collect();
+    let ingress_at = lines.iter().position(|l| l.trim() == "ingress:").unwrap();
+    let ports: BTreeSet<u16> = nested(&lines, ingress_at)
+        .iter()
+        .filter_map(|l| l.trim().strip_prefix("- port: "))
+        .map(|p| p.parse().unwrap())
+        .collect();
+    assert_eq!(ports, BTreeSet::from([4000, 4001]));
+    // It selects the standalone Deployment's pods.
+    let selector_at = lines
+        .iter()
+        .position(|l| l.trim() == "podSelector:")
+        .unwrap();
+    let label = nested_value(&lines, selector_at, "app.kubernetes.io/name").unwrap();
+    let standalone = read("kubernetes/standalone.yaml");
+    assert!(
+        standalone.contains(&format!("app.kubernetes.io/name: {label}")),
+        "the NetworkPolicy selects {label}, which no standalone pod carries"
+    );
+    let chart = read("helm/sidetrace/templates/networkpolicy.yaml");
+    for port in ["- port: 4000", "- port: 4001"] {
+        assert!(
+            chart.contains(port),
+            "the chart's NetworkPolicy lacks {port}"
+        );
+    }
+    assert!(chart.contains(".Values.networkPolicy.enabled"));
+    assert!(read(HELM_VALUES).contains("networkPolicy:"));
+}
