@@ -147,6 +147,11 @@ async fn calls_without_a_valid_key_are_refused_in_the_sdk_error_shape_and_each_i
     for (span, (_, _, _, _, code, name)) in spans.iter().zip(&cases) {
         assert_eq!(attr(span, "error.type"), Some(*code));
         assert_eq!(attr(span, "sidetrace.key.name"), *name, "{code}");
+        // Only the name: no key bytes anywhere in the span.
+        let whole = format!("{span:?}");
+        for key in [APP, OLD, "sk-st-nope"] {
+            assert!(!whole.contains(key), "{key} in the span of {code}");
+        }
     }
 
     // The right key on an allowed model goes through, and the key stays at the gateway.
