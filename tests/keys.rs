@@ -276,6 +276,70 @@ async fn a_keys_budget_refuses_its_calls_once_spent_and_no_other_keys() {
     gw.shutdown().await;
 }
 
+/// The cost store keeps the key as a dimension: spend per key is in the cost API, and a key's
+/// spent budget is still spent after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keys_spend_is_in_the_cost_api_and_its_budget_survives_a_restart() {
+    let mock = Mock::start(answer).await;
+    let dir = tempfile::tempdir().unwrap();
+    let extra = format!(
+        "data_dir = {:?}\n{}",
+        dir.path().display().to_string(),
+        keys_config()
+    );
+    let budgeted = bearer(BUDGETED);
+    let gw = gateway_for(&mock, &extra).await;
+    let first = call(
+        &gw,
+        "/v1/chat/completions",
+        &[("authorization", &budgeted)],
+        "gpt-4o-mini",
+    )
+    .await;
+    assert_eq!(first.status, StatusCode::OK);
+    let app = call(
+        &gw,
+        "/v1/chat/completions",
+        &[("authorization", &bearer(APP))],
+        "gpt-4o-mini",
+    )
+    .await;
+    assert_eq!(app.status, StatusCode::OK);
+    let costs = admin_get(&gw, "/api/costs?group_by=key").await.json();
+    let keys: Vec<&str> = costs["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(keys.len(), 2, "{costs}");
+    assert!(
+        keys.contains(&"budgeted") && keys.contains(&"app"),
+        "{costs}"
+    );
+    let one = admin_get(&gw, "/api/costs?group_by=model&key=app")
+        .await
+        .json();
+    assert_eq!(one["total"]["calls"], 1, "{one}");
+    gw.shutdown().await;
+
+    let gw = gateway_for(&mock, &extra).await;
+    let after = call(
+        &gw,
+        "/v1/chat/completions",
+        &[("authorization", &budgeted)],
+        "gpt-4o-mini",
+    )
+    .await;
+    assert_eq!(
+        after.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "the spend was forgotten"
+    );
+    assert_eq!(mock.requests().len(), 2);
+    gw.shutdown().await;
+}
+
 #[test]
 fn keys_that_cannot_work_are_refused_by_the_config_check() {
     let check = |text: &str| {

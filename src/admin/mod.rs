@@ -268,14 +268,14 @@ where
 const COST_ROWS: usize = 100;
 const COST_SERIES: usize = 10;
 
-/// `GET /api/costs?group_by=feature|user|model|provider|prompt_version&window=24h` (or
-/// `from`/`to` in unix seconds; `feature=`/`user=` filter; `bucket=1h|1d` adds a series per
+/// `GET /api/costs?group_by=feature|user|model|provider|prompt_version|key&window=24h` (or
+/// `from`/`to` in unix seconds; `feature=`/`user=`/`key=` filter; `bucket=1h|1d` adds a series per
 /// group): totals of cost, tokens and calls per group over the window, at hour granularity,
 /// from the local cost store.
 fn costs(state: &AdminState, q: &Query) -> Result<Value, ApiError> {
     let group_name = q.get("group_by").unwrap_or_else(|| "feature".into());
     let group_by = GroupBy::parse(&group_name).ok_or_else(|| {
-        ApiError::bad("group_by must be one of provider, model, feature, user, prompt_version")
+        ApiError::bad("group_by must be one of provider, model, feature, user, prompt_version, key")
     })?;
     let now = now_secs();
     let (from, to) = match (q.get("from"), q.get("to"), q.get("window")) {
@@ -305,6 +305,7 @@ fn costs(state: &AdminState, q: &Query) -> Result<Value, ApiError> {
         // Features are recorded in canonical form: `Support_Agent` finds `support_agent`.
         feature: q.get("feature").map(|v| canonical_feature(&v)),
         user: q.get("user"),
+        key: q.get("key"),
     };
     let rows = state.costs.query(from, to, group_by, &filter);
     let mut total = Totals::default();

@@ -23,8 +23,7 @@
 //! - **Matching.** Features are compared in their canonical form (trimmed, lowercased, stray
 //!   separators dropped: `Support_Agent` and `support_agent,` are one feature); users exactly.
 //! - **Restarts.** The spend is re-read from the cost store, which holds priced costs: what
-//!   unpriced calls were counted at, and reservations, start again from zero. A budget on a
-//!   gateway key (`key = ...`) starts from zero: the cost store keeps no key dimension.
+//!   unpriced calls were counted at, and reservations, start again from zero.
 //! - **Refusals** are 429 with `retry-after` (seconds until the window turns) and
 //!   `x-should-retry: false`, so the official SDKs do not retry them.
 
@@ -95,6 +94,7 @@ impl Budget {
         Filter {
             feature: self.feature.clone(),
             user: self.config.user.clone().filter(|u| !u.is_empty()),
+            key: self.config.key.clone().filter(|k| !k.is_empty()),
         }
     }
 
@@ -200,14 +200,10 @@ impl Budgets {
                 recent_costs: VecDeque::with_capacity(RECENT_COSTS),
                 seeded_estimate: None,
             };
-            // The cost store keeps no key dimension: a key's budget starts its window from
-            // zero at each start (see "Restarts" above).
-            if c.key.as_deref().is_none_or(str::is_empty) {
-                let totals = store.totals(b.window_start, &b.filter());
-                b.spent_pico = totals.cost_pico_usd;
-                b.seeded_estimate = (totals.priced_calls > 0)
-                    .then(|| totals.cost_pico_usd / u128::from(totals.priced_calls));
-            }
+            let totals = store.totals(b.window_start, &b.filter());
+            b.spent_pico = totals.cost_pico_usd;
+            b.seeded_estimate = (totals.priced_calls > 0)
+                .then(|| totals.cost_pico_usd / u128::from(totals.priced_calls));
             budgets.push(b);
         }
         Ok(Budgets {
