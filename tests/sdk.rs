@@ -640,6 +640,31 @@ async fn openai_sdk_with_gateway_keys() {
     gw.shutdown().await;
 }
 
+/// Anthropic's SDK with a gateway key as its api_key (sent in x-api-key): accepted, and a wrong
+/// one is an AuthenticationError, not retried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anthropic_sdk_with_a_gateway_key() {
+    let good = "sk-st-sdk-anthropic-key-0003";
+    let digest = sidetrace::digest::hex(&sidetrace::digest::sha256(good.as_bytes()));
+    let mock = Mock::start(provider).await;
+    let gw = gateway_for(
+        &mock,
+        &format!("[[keys]]\nname = \"sdk-claude\"\nsha256 = \"{digest}\"\n"),
+    )
+    .await;
+    run_python_with("keys_anthropic", &gw, &[("GATEWAY_KEY", good)]).await;
+    let errors: Vec<Option<String>> = gw
+        .recent_calls()
+        .into_iter()
+        .map(|c| c.error_type)
+        .collect();
+    assert_eq!(errors, [None, Some("invalid_gateway_key".to_string())]);
+    let requests = mock.requests();
+    assert_eq!(requests.len(), 1);
+    assert!(requests[0].headers.get("x-api-key").is_none());
+    gw.shutdown().await;
+}
+
 /// The official SDK over HTTPS to the gateway, trusting only a test CA: a call and a stream go
 /// through; a client that does not trust the CA is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -334,6 +334,28 @@ def keys_openai():
         raise AssertionError("expected PermissionDeniedError")
 
 
+def keys_anthropic():
+    # Anthropic's SDK sends its api_key in x-api-key: a gateway key there works the same way.
+    def client(key):
+        return anthropic.Anthropic(
+            base_url=GATEWAY + "/anthropic", api_key=key, max_retries=3, timeout=10
+        )
+
+    r = client(os.environ["GATEWAY_KEY"]).messages.create(
+        model="claude-sonnet-4-5", max_tokens=64, messages=MESSAGES
+    )
+    assert r.usage.output_tokens > 0, r
+    try:
+        client("sk-st-not-a-key-of-this-gateway").messages.create(
+            model="claude-sonnet-4-5", max_tokens=64, messages=MESSAGES
+        )
+    except anthropic.AuthenticationError as err:
+        assert err.status_code == 401
+        assert err.body["error"]["code"] == "invalid_gateway_key", err.body
+    else:
+        raise AssertionError("expected AuthenticationError")
+
+
 def tls_openai():
     # GATEWAY is https://127.0.0.1:PORT; the gateway's certificate is signed by the test CA in
     # CA_FILE, which the client trusts (and nothing else).
