@@ -1,4 +1,4 @@
-//! The command line: `serve` and `check-config`.
+//! The command line: `serve`, `check-config` and `new-key`.
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -33,6 +33,13 @@ enum Command {
         #[arg(long, env = "SIDETRACE_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// Make a gateway key for a client: prints the key (give it to the client, once) and the
+    /// `[[keys]]` entry with its SHA-256 (the config keeps only that).
+    NewKey {
+        /// The key's name in the config, on spans and on metrics.
+        #[arg(long, default_value = "my-app")]
+        name: String,
+    },
 }
 
 pub fn main() -> ExitCode {
@@ -40,6 +47,21 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Serve { config } => serve(config),
         Command::CheckConfig { config } => check_config(config),
+        Command::NewKey { name } => new_key(&name),
+    }
+}
+
+fn new_key(name: &str) -> ExitCode {
+    match crate::proxy::keys::generate() {
+        Ok((key, sha256)) => {
+            println!("key (give it to the client; it is not kept anywhere):\n  {key}\n");
+            println!("config entry:\n[[keys]]\nname = {name:?}\nsha256 = \"{sha256}\"");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -126,7 +148,8 @@ fn serve(path: Option<PathBuf>) -> ExitCode {
 /// How long exit waits for blocking tasks still running after shutdown.
 const RUNTIME_SHUTDOWN_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// Waits for SIGTERM or Ctrl-C; on SIGHUP, reloads the prices from the config file.
+/// Waits for SIGTERM or Ctrl-C; on SIGHUP, reloads the prices from the config file and the
+/// listeners' TLS certificate from its files.
 async fn wait_for_shutdown(gateway: &Gateway, path: Option<&std::path::Path>) {
     #[cfg(unix)]
     {
@@ -137,14 +160,20 @@ async fn wait_for_shutdown(gateway: &Gateway, path: Option<&std::path::Path>) {
             loop {
                 tokio::select! {
                     _ = &mut stop => return,
-                    _ = hup.recv() => match Config::load(path) {
-                        Ok(config) => {
-                            if let Err(e) = gateway.reload_prices(&config) {
-                                tracing::error!(error = %e, "reload refused; the old prices stay");
+                    _ = hup.recv() => {
+                        match Config::load(path) {
+                            Ok(config) => {
+                                if let Err(e) = gateway.reload_prices(&config) {
+                                    tracing::error!(error = %e, "reload refused; the old prices stay");
+                                }
                             }
+                            Err(e) => tracing::error!(error = %e, "reload refused; the old prices stay"),
                         }
-                        Err(e) => tracing::error!(error = %e, "reload refused; the old prices stay"),
-                    },
+                        // The same certificate files, read again (a renewed certificate).
+                        if let Err(e) = gateway.reload_tls() {
+                            tracing::error!(error = %e, "TLS reload refused; the old certificate stays");
+                        }
+                    }
                 }
             }
         }

@@ -63,6 +63,16 @@ pub enum ProxyError {
         "request bodies held by the gateway would pass {limit} bytes (max_buffered_request_bytes), retry shortly"
     )]
     BufferFull { limit: u64 },
+    #[error(
+        "this gateway wants a gateway key: Authorization: Bearer sk-st-... (or x-sidetrace-key beside your own provider key)"
+    )]
+    KeyMissing,
+    #[error("the gateway key is not valid")]
+    KeyUnknown,
+    #[error("the gateway key {name:?} has expired")]
+    KeyExpired { name: String },
+    #[error("the gateway key {name:?} may not use {what}")]
+    KeyNotAllowed { name: String, what: String },
     #[error("internal gateway error: {0}")]
     Internal(String),
 }
@@ -82,6 +92,10 @@ impl ProxyError {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             ProxyError::BudgetExceeded { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ProxyError::KeyMissing | ProxyError::KeyUnknown | ProxyError::KeyExpired { .. } => {
+                StatusCode::UNAUTHORIZED
+            }
+            ProxyError::KeyNotAllowed { .. } => StatusCode::FORBIDDEN,
             ProxyError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -94,7 +108,11 @@ impl ProxyError {
             | ProxyError::BodyTooLarge { .. }
             | ProxyError::ClientBody(_)
             | ProxyError::RequestBodyTimeout(_)
-            | ProxyError::BudgetExceeded { .. } => Fault::Client,
+            | ProxyError::BudgetExceeded { .. }
+            | ProxyError::KeyMissing
+            | ProxyError::KeyUnknown
+            | ProxyError::KeyExpired { .. }
+            | ProxyError::KeyNotAllowed { .. } => Fault::Client,
             ProxyError::UpstreamUnreachable { .. } | ProxyError::UpstreamTimeout { .. } => {
                 Fault::Upstream
             }
@@ -119,6 +137,10 @@ impl ProxyError {
             ProxyError::Overloaded { .. } => "gateway_overloaded",
             ProxyError::BufferFull { .. } => "gateway_buffer_full",
             ProxyError::BudgetExceeded { .. } => "budget_exceeded",
+            ProxyError::KeyMissing => "missing_gateway_key",
+            ProxyError::KeyUnknown => "invalid_gateway_key",
+            ProxyError::KeyExpired { .. } => "expired_gateway_key",
+            ProxyError::KeyNotAllowed { .. } => "gateway_key_not_allowed",
             ProxyError::Internal(_) => "internal_error",
         }
     }
@@ -128,6 +150,16 @@ impl ProxyError {
             Fault::Client if matches!(self, ProxyError::BudgetExceeded { .. }) => {
                 "budget_exceeded_error"
             }
+            // The types OpenAI's and Anthropic's APIs use for 401 and 403.
+            Fault::Client
+                if matches!(
+                    self,
+                    ProxyError::KeyMissing | ProxyError::KeyUnknown | ProxyError::KeyExpired { .. }
+                ) =>
+            {
+                "authentication_error"
+            }
+            Fault::Client if matches!(self, ProxyError::KeyNotAllowed { .. }) => "permission_error",
             Fault::Client => "invalid_request_error",
             Fault::Upstream => "upstream_error",
             Fault::Gateway => match self {
@@ -163,6 +195,19 @@ impl ProxyError {
         match self {
             ProxyError::Overloaded { .. } | ProxyError::BufferFull { .. } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            ProxyError::KeyMissing
+            | ProxyError::KeyUnknown
+            | ProxyError::KeyExpired { .. }
+            | ProxyError::KeyNotAllowed { .. } => {
+                // The same key would be refused again.
+                headers.insert("x-should-retry", HeaderValue::from_static("false"));
+                if self.status() == StatusCode::UNAUTHORIZED {
+                    headers.insert(
+                        header::WWW_AUTHENTICATE,
+                        HeaderValue::from_static("Bearer realm=\"sidetrace\""),
+                    );
+                }
             }
             ProxyError::BudgetExceeded {
                 retry_after_secs, ..

@@ -6,6 +6,7 @@ pub mod call;
 pub mod cli;
 pub mod config;
 pub mod cost;
+pub mod digest;
 pub mod error;
 pub mod export;
 pub mod format;

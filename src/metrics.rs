@@ -62,6 +62,8 @@ struct BudgetLabels {
 struct OutcomeLabels {
     provider: String,
     outcome: &'static str,
+    /// The gateway key's name (`[[keys]]`, bounded by the config); empty without keys.
+    key: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -435,6 +437,7 @@ pub struct Metrics {
     cost: Family<CostLabels, Counter<f64, std::sync::atomic::AtomicU64>>,
     unpriced: Family<CostLabels, Counter>,
     budget_refused: Family<BudgetLabels, Counter>,
+    admin_refused: Family<ReasonLabels, Counter>,
     gateway_overhead: HistogramFamily,
     calls: Family<OutcomeLabels, Counter>,
     events_skipped: Family<ReasonLabels, Counter>,
@@ -610,6 +613,12 @@ impl Metrics {
             "sidetrace_budget_refused",
             "Calls refused because their budget was spent",
             budget_refused.clone(),
+        );
+        let admin_refused = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "sidetrace_admin_refused",
+            "Admin requests refused for a missing or wrong token",
+            admin_refused.clone(),
         );
         let gateway_overhead: HistogramFamily = Family::new_with_constructor(overhead_histogram);
         registry.register_with_unit(
@@ -818,6 +827,7 @@ impl Metrics {
             cost,
             unpriced,
             budget_refused,
+            admin_refused,
             gateway_overhead,
             calls,
             events_skipped,
@@ -951,6 +961,13 @@ impl Metrics {
             .inc();
     }
 
+    /// An admin request refused: `missing` or `wrong` token.
+    pub fn admin_refused(&self, reason: &'static str) {
+        self.admin_refused
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
     pub fn observe_overhead(&self, provider: &str, overhead: Duration) {
         self.gateway_overhead
             .get_or_create(&ProviderLabels {
@@ -966,6 +983,7 @@ impl Metrics {
             .get_or_create(&OutcomeLabels {
                 provider: call.provider.clone(),
                 outcome: call.outcome.as_str(),
+                key: call.metadata.key.clone().unwrap_or_default(),
             })
             .inc();
         // Unparsed means forwarded unread: a call the gateway refused (body too large or too

@@ -101,6 +101,8 @@ pub struct Gateway {
     /// receiver reports the app's own `execute_tool` spans here.
     pub tools: Option<Arc<ToolTable>>,
     prices: Arc<PriceBookCell>,
+    /// The listeners' certificate (`[tls]`), reloaded on SIGHUP.
+    server_certs: Option<Arc<crate::tls::ServerCerts>>,
     shutdown: watch::Sender<bool>,
     task: JoinHandle<ShutdownReport>,
 }
@@ -118,6 +120,29 @@ impl Gateway {
         extra_sinks: Vec<Arc<dyn Sink>>,
     ) -> Result<Gateway, StartError> {
         let registry = Arc::new(check_config(&config)?);
+        let admin_auth = admin::auth::AdminAuth::from_config(&config.admin)?;
+        let keys = Arc::new(crate::proxy::keys::Keys::from_config(&config.keys)?);
+        // HTTPS on the listeners: one certificate, swapped in place on reload.
+        let server_certs = crate::tls::ServerCerts::load(&config.tls)
+            .map_err(|e| StartError::Config(ConfigError::Invalid(e)))?;
+        let (proxy_tls, admin_tls) = match &server_certs {
+            Some(certs) => {
+                let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(
+                    certs
+                        .server_config()
+                        .map_err(|e| StartError::Config(ConfigError::Invalid(e)))?,
+                ));
+                let admin = config.tls.admin.then(|| acceptor.clone());
+                (Some(acceptor), admin)
+            }
+            None => (None, None),
+        };
+        if !admin_auth.required() && !config.admin_addr()?.ip().is_loopback() {
+            tracing::warn!(
+                admin_listen = %config.admin_listen,
+                "THE ADMIN LISTENER IS OPEN TO THE NETWORK WITH NO TOKEN (allow_unauthenticated_admin): anyone who reaches it can read traces, captured content and spend per user"
+            );
+        }
         let metrics = Arc::new(Metrics::with_series_cap(config.cost.max_metric_series));
         let client = Arc::new(UpstreamClient::new(&config.upstream).map_err(StartError::Client)?);
 
@@ -239,7 +264,7 @@ impl Gateway {
             metrics.clone(),
             recorder.clone(),
             capturer,
-            budgets,
+            stack::Admission { keys, budgets },
         );
 
         let receiver = ingest_listeners.is_some().then(|| {
@@ -256,6 +281,7 @@ impl Gateway {
             costs: costs.clone(),
             traces: traces.clone(),
             scores: admin::scores::Scores::new(recorder.clone(), metrics.clone()),
+            auth: admin_auth,
         });
         let admin_service = tower::service_fn({
             let state = admin_state.clone();
@@ -304,6 +330,7 @@ impl Gateway {
                     ingest_limits,
                     serve_metrics.clone(),
                     None,
+                    None,
                 )));
                 ingest_tasks.push(tokio::spawn(serve(
                     grpc,
@@ -311,6 +338,7 @@ impl Gateway {
                     signal.clone(),
                     ingest_limits,
                     serve_metrics.clone(),
+                    None,
                     None,
                 )));
             }
@@ -322,6 +350,7 @@ impl Gateway {
                 admin_limits,
                 serve_metrics.clone(),
                 None,
+                admin_tls,
             ));
             let mut on_signal = signal.clone();
             let ready = admin_state.clone();
@@ -336,6 +365,7 @@ impl Gateway {
                 proxy_limits,
                 serve_metrics,
                 Some(recorder),
+                proxy_tls,
             )
             .await;
             for task in ingest_tasks {
@@ -369,7 +399,7 @@ impl Gateway {
             let _ = admin_task.await;
             ShutdownReport { drained }
         });
-        tracing::info!(%addr, %admin_addr, providers = registry.providers().count(), "sidetrace listening");
+        tracing::info!(%addr, %admin_addr, tls = server_certs.is_some(), providers = registry.providers().count(), "sidetrace listening");
         Ok(Gateway {
             addr,
             admin_addr,
@@ -378,6 +408,7 @@ impl Gateway {
             metrics,
             tools,
             prices,
+            server_certs,
             shutdown,
             task,
         })
@@ -388,6 +419,19 @@ impl Gateway {
     pub fn reload_prices(&self, config: &Config) -> Result<(), StartError> {
         self.prices.store(PriceBook::from_config(config)?);
         tracing::info!("prices reloaded");
+        Ok(())
+    }
+
+    /// Reads the listeners' certificate and key files again (`[tls]`): handshakes from now on
+    /// use them, open connections keep theirs. On an error the old certificate stays.
+    pub fn reload_tls(&self) -> Result<(), StartError> {
+        let Some(certs) = &self.server_certs else {
+            return Ok(());
+        };
+        certs
+            .reload()
+            .map_err(|e| StartError::Config(ConfigError::Invalid(e)))?;
+        tracing::info!("TLS certificate reloaded");
         Ok(())
     }
 
@@ -472,7 +516,30 @@ pub fn check_config(config: &Config) -> Result<Registry, ConfigError> {
     Capturer::from_config(&config.capture)?;
     PriceBook::from_config(config)?;
     crate::store::budgets::check(&config.budgets).map_err(ConfigError::Invalid)?;
-    Registry::from_config(config)
+    crate::tls::ServerCerts::load(&config.tls).map_err(ConfigError::Invalid)?;
+    let registry = Registry::from_config(config)?;
+    crate::proxy::keys::Keys::from_config(&config.keys)?;
+    for key in &config.keys {
+        for provider in &key.providers {
+            if !registry.providers().any(|p| p.name == *provider) {
+                return Err(ConfigError::Invalid(format!(
+                    "[[keys]] {:?}: provider {provider:?} is not one this gateway routes to",
+                    key.name
+                )));
+            }
+        }
+    }
+    for budget in &config.budgets {
+        if let Some(key) = budget.key.as_deref().filter(|k| !k.is_empty())
+            && !config.keys.iter().any(|k| k.name == key)
+        {
+            return Err(ConfigError::Invalid(format!(
+                "budget {}: key {key:?} is not a [[keys]] name",
+                budget.name
+            )));
+        }
+    }
+    Ok(registry)
 }
 
 /// `service.instance.id`: the pod or host name when known, else a random id.
@@ -795,6 +862,7 @@ enum Next {
 /// open connections finish for up to the grace period. Connections still open after it are cut,
 /// and the calls on them finished (as `error.type=shutdown` when `recorder` is given) before
 /// this returns. Returns whether every connection finished within the grace.
+#[allow(clippy::too_many_arguments)]
 async fn serve<S>(
     listener: TcpListener,
     service: S,
@@ -802,6 +870,7 @@ async fn serve<S>(
     limits: ListenerLimits,
     metrics: Arc<Metrics>,
     recorder: Option<Arc<Recorder>>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 ) -> bool
 where
     S: Service<Request<Incoming>, Response = Response<ProxyBody>, Error = Infallible>
@@ -869,18 +938,42 @@ where
                     listener: listener_requests.clone(),
                 });
                 let requests = in_flight.connection.subscribe();
-                let service = TrackRequests {
+                let service = TowerToHyperService::new(TrackRequests {
                     inner: service.clone(),
                     in_flight,
-                };
-                let conn = builder
-                    .serve_connection_with_upgrades(
-                        TokioIo::new(stream),
-                        TowerToHyperService::new(service),
-                    )
-                    .into_owned();
+                });
                 let open = OpenConnection::new(metrics.clone(), name, permit);
-                connections.spawn(run_connection(conn, requests, stop.clone(), limits, open));
+                let stop = stop.clone();
+                let Some(tls) = tls.clone() else {
+                    let conn = builder
+                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                        .into_owned();
+                    connections.spawn(run_connection(conn, requests, stop, limits, open));
+                    continue;
+                };
+                // The handshake runs on the connection's task, bounded like a first request,
+                // so a slow or silent client never holds up the accept loop.
+                let builder = builder.clone();
+                connections.spawn(async move {
+                    let handshake =
+                        tokio::time::timeout(limits.first_request, tls.accept(stream)).await;
+                    let stream = match handshake {
+                        Ok(Ok(stream)) => stream,
+                        Ok(Err(e)) => {
+                            open.closed("tls_handshake");
+                            tracing::debug!(listener = limits.name, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_elapsed) => {
+                            open.closed("tls_handshake");
+                            return;
+                        }
+                    };
+                    let conn = builder
+                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                        .into_owned();
+                    run_connection(conn, requests, stop, limits, open).await;
+                });
             }
             Next::Accepted(Err(e)) => {
                 // Out of file descriptors and the like: keep serving the connections we have.

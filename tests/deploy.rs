@@ -110,6 +110,28 @@ fn top_level_value(yaml: &str, key: &str) -> Option<String> {
 struct Embedded {
     origin: String,
     text: String,
+    /// The environment the workload beside it gives the gateway from a Secret, with a stand-in
+    /// value (the Secret itself is the operator's).
+    env: Vec<(String, String)>,
+}
+
+/// The `SIDETRACE_*` variables a workload sets from a Secret that must exist (no
+/// `optional: true`), each with a stand-in value.
+fn secret_env(yaml: &str) -> Vec<(String, String)> {
+    let lines: Vec<&str> = yaml.lines().collect();
+    let mut env = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        let Some(name) = line.trim().strip_prefix("- name: SIDETRACE_") else {
+            continue;
+        };
+        let body = nested(&lines, i);
+        let from_secret = body.iter().any(|l| l.trim() == "secretKeyRef:");
+        let optional = body.iter().any(|l| l.trim() == "optional: true");
+        if from_secret && !optional {
+            env.push((format!("SIDETRACE_{name}"), "from-the-secret".to_string()));
+        }
+    }
+    env
 }
 
 /// The configs of the ConfigMaps in kubernetes/*.yaml (one each), the Helm chart's default
@@ -126,6 +148,7 @@ fn embedded_configs() -> Vec<Embedded> {
         found.push(Embedded {
             origin: format!("deploy/{rel} (sidetrace.toml)"),
             text: blocks[0].clone(),
+            env: secret_env(&read(&rel)),
         });
     }
     let values = block_scalars(&read(HELM_VALUES), "config");
@@ -137,10 +160,12 @@ fn embedded_configs() -> Vec<Embedded> {
     found.push(Embedded {
         origin: format!("deploy/{HELM_VALUES} (config)"),
         text: values[0].clone(),
+        env: secret_env(&read(HELM_WORKLOAD)),
     });
     found.push(Embedded {
         origin: "deploy/container.toml".into(),
         text: read("container.toml"),
+        env: Vec::new(),
     });
     found
 }
@@ -154,8 +179,29 @@ fn check(e: &Embedded) -> Result<Config, String> {
             e.origin, e.text
         ));
     }
-    let config = Config::from_toml(&e.text, &e.origin).map_err(|err| err.to_string())?;
+    let mut config = Config::from_toml(&e.text, &e.origin).map_err(|err| err.to_string())?;
+    config
+        .apply_env(e.env.iter().cloned())
+        .map_err(|err| format!("{}: {err}", e.origin))?;
+    // A token file is the operator's secret: checked with a stand-in at the same place.
+    let stand_in = match &config.admin.token_file {
+        Some(path) => {
+            if !path.is_absolute() {
+                return Err(format!("{}: admin.token_file must be absolute", e.origin));
+            }
+            let dir = tempfile::tempdir().unwrap();
+            let file = dir.path().join("token");
+            fs::write(&file, "from-the-secret\n").unwrap();
+            config.admin.token_file = Some(file);
+            Some(dir)
+        }
+        None => None,
+    };
     sidetrace::server::check_config(&config).map_err(|err| format!("{}: {err}", e.origin))?;
+    if stand_in.is_some() {
+        config.admin.token_file = None;
+        config.admin.token = sidetrace::config::Secret::new("from-the-secret");
+    }
     Ok(config)
 }
 
@@ -191,6 +237,12 @@ fn every_sidetrace_config_embedded_in_deploy_parses_and_validates() {
             admin.ip().is_unspecified(),
             "{origin}: admin_listen {admin} is unreachable for probes"
         );
+        // So it needs a token, from a Secret; never the override.
+        assert!(
+            config.admin.resolved_token().unwrap().is_some()
+                && !config.admin.allow_unauthenticated_admin,
+            "{origin}: the admin port has no token from a Secret"
+        );
     }
     let template = read("helm/sidetrace/templates/configmap.yaml");
     assert!(
@@ -210,6 +262,7 @@ fn a_typo_in_an_embedded_config_fails_the_check() {
     let err = check(&Embedded {
         origin: "typo.yaml".into(),
         text: blocks[0].clone(),
+        env: Vec::new(),
     })
     .expect_err("an unknown key must be refused");
     assert!(
@@ -219,8 +272,25 @@ fn a_typo_in_an_embedded_config_fails_the_check() {
     let bad_value = Embedded {
         origin: "bad.yaml".into(),
         text: "listen = \"0.0.0.0:4000\"\nadmin_listen = \"localhost\"\n".into(),
+        env: Vec::new(),
     };
     assert!(check(&bad_value).unwrap_err().contains("admin_listen"));
+    // An admin port on every interface with no token from a Secret is refused.
+    let open_admin = "listen = \"0.0.0.0:4000\"\nadmin_listen = \"0.0.0.0:4001\"\n";
+    let manifest = "env:\n  - name: SIDETRACE_ADMIN_TOKEN\n    valueFrom:\n      secretKeyRef:\n        name: s\n        key: admin-token\n        optional: true\n";
+    let err = check(&Embedded {
+        origin: "open.yaml".into(),
+        text: open_admin.into(),
+        env: secret_env(manifest),
+    })
+    .expect_err("an optional Secret may be missing: the port would be open");
+    assert!(err.contains("no token"), "{err}");
+    check(&Embedded {
+        origin: "closed.yaml".into(),
+        text: open_admin.into(),
+        env: secret_env(&manifest.replace("        optional: true\n", "")),
+    })
+    .unwrap();
 }
 
 #[test]
@@ -346,6 +416,7 @@ fn termination_grace_periods_cover_the_drain_and_the_span_flush() {
         let config = check(&Embedded {
             origin: rel.clone(),
             text: block_scalars(&text, "sidetrace.toml").remove(0),
+            env: secret_env(&text),
         })
         .unwrap();
         let grace_s: u64 = lines
@@ -370,6 +441,7 @@ fn termination_grace_periods_cover_the_drain_and_the_span_flush() {
     let config = check(&Embedded {
         origin: HELM_VALUES.into(),
         text: block_scalars(&values, "config").remove(0),
+        env: secret_env(&read(HELM_WORKLOAD)),
     })
     .unwrap();
     let number = |key: &str| -> u64 {
@@ -468,7 +540,10 @@ fn the_kustomizations_name_files_that_exist_and_the_image_the_manifests_use() {
     }
     // Every manifest of the shared gateway is in its kustomization; the sidecar example is not.
     let gateway = read("kubernetes/kustomization.yaml");
-    assert_eq!(list_under(&gateway, "resources"), ["standalone.yaml"]);
+    assert_eq!(
+        list_under(&gateway, "resources"),
+        ["standalone.yaml", "networkpolicy.yaml"]
+    );
     let image = read("kubernetes/standalone.yaml")
         .lines()
         .find_map(|l| l.trim().strip_prefix("image: ").map(str::to_string))
@@ -505,9 +580,18 @@ fn kubectl_kustomize_builds_deploy_with_every_object_in_its_namespace() {
         );
         return;
     }
+    // A copy of deploy/ with the admin token its Secret is generated from (git ignores it).
+    let copy = tempfile::tempdir().unwrap();
+    copy_dir(&deploy_dir(), copy.path());
+    std::fs::create_dir_all(copy.path().join("kubernetes/secrets")).unwrap();
+    std::fs::write(
+        copy.path().join("kubernetes/secrets/admin-token"),
+        "a-test-token",
+    )
+    .unwrap();
     let out = std::process::Command::new("kubectl")
         .arg("kustomize")
-        .arg(deploy_dir())
+        .arg(copy.path())
         .output()
         .unwrap();
     let built = String::from_utf8_lossy(&out.stdout);
@@ -546,9 +630,124 @@ fn kubectl_kustomize_builds_deploy_with_every_object_in_its_namespace() {
     assert!(
         objects
             .iter()
+            .any(|(k, n, s)| k == "Secret" && n.starts_with("sidetrace-") && s == "sidetrace"),
+        "the admin token's Secret: {objects:?}"
+    );
+    assert!(
+        objects
+            .iter()
+            .any(|(k, _, s)| k == "NetworkPolicy" && s == "sidetrace"),
+        "{objects:?}"
+    );
+    assert!(
+        objects
+            .iter()
             .filter(|(k, _, _)| k != "Namespace")
             .all(|(_, _, ns)| ns == "sidetrace" || ns == "observability"),
         "{objects:?}"
     );
     assert!(built.contains("image: registry.example.com/sidetrace:0.1.0"));
+}
+
+/// The name and key of the Secret an env var `name` reads (`secretKeyRef`), in `yaml`.
+fn secret_ref(yaml: &str, name: &str) -> Option<(String, String)> {
+    let lines: Vec<&str> = yaml.lines().collect();
+    let at = lines
+        .iter()
+        .position(|l| l.trim() == format!("- name: {name}"))?;
+    let secret = nested_value(&lines, at, "name")?;
+    let key = nested_value(&lines, at, "key")?;
+    Some((secret, key))
+}
+
+#[test]
+fn every_workload_takes_the_admin_token_from_the_secret_the_kustomization_makes() {
+    let kustomization = read("kubernetes/kustomization.yaml");
+    let lines: Vec<&str> = kustomization.lines().collect();
+    // Every resource it lists exists, the manifest and the NetworkPolicy among them.
+    let resources_at = lines.iter().position(|l| *l == "resources:").unwrap();
+    let resources: Vec<String> = nested(&lines, resources_at)
+        .iter()
+        .filter_map(|l| l.trim().strip_prefix("- ").map(str::to_string))
+        .collect();
+    assert!(
+        resources.contains(&"standalone.yaml".to_string())
+            && resources.contains(&"networkpolicy.yaml".to_string()),
+        "{resources:?}"
+    );
+    for r in &resources {
+        assert!(
+            deploy_dir().join("kubernetes").join(r).is_file(),
+            "kustomization lists {r}, which is missing"
+        );
+    }
+    let generated = nested_value(
+        &lines,
+        lines.iter().position(|l| *l == "secretGenerator:").unwrap(),
+        "- name",
+    )
+    .expect("a secretGenerator");
+    assert!(
+        kustomization.contains("- admin-token="),
+        "the generated Secret has no admin-token:\n{kustomization}"
+    );
+    for rel in kubernetes_manifests() {
+        let (secret, key) = secret_ref(&read(&rel), "SIDETRACE_ADMIN_TOKEN")
+            .unwrap_or_else(|| panic!("deploy/{rel} does not set SIDETRACE_ADMIN_TOKEN"));
+        assert_eq!(
+            (secret.as_str(), key.as_str()),
+            (generated.as_str(), "admin-token"),
+            "{rel}"
+        );
+    }
+    let (secret, key) = secret_ref(&read(HELM_WORKLOAD), "SIDETRACE_ADMIN_TOKEN")
+        .expect("the chart does not set SIDETRACE_ADMIN_TOKEN");
+    assert_eq!(secret, "{{ include \"sidetrace.secretName\" . }}");
+    assert_eq!(key, "admin-token");
+}
+
+#[test]
+fn the_network_policies_open_exactly_the_images_ports_to_the_gateways_pods() {
+    let policy = read("kubernetes/networkpolicy.yaml");
+    let lines: Vec<&str> = policy.lines().collect();
+    let ingress_at = lines.iter().position(|l| l.trim() == "ingress:").unwrap();
+    let ports: BTreeSet<u16> = nested(&lines, ingress_at)
+        .iter()
+        .filter_map(|l| l.trim().strip_prefix("- port: "))
+        .map(|p| p.parse().unwrap())
+        .collect();
+    assert_eq!(ports, BTreeSet::from([4000, 4001]));
+    // It selects the standalone Deployment's pods.
+    let selector_at = lines
+        .iter()
+        .position(|l| l.trim() == "podSelector:")
+        .unwrap();
+    let label = nested_value(&lines, selector_at, "app.kubernetes.io/name").unwrap();
+    let standalone = read("kubernetes/standalone.yaml");
+    assert!(
+        standalone.contains(&format!("app.kubernetes.io/name: {label}")),
+        "the NetworkPolicy selects {label}, which no standalone pod carries"
+    );
+    let chart = read("helm/sidetrace/templates/networkpolicy.yaml");
+    for port in ["- port: 4000", "- port: 4001"] {
+        assert!(
+            chart.contains(port),
+            "the chart's NetworkPolicy lacks {port}"
+        );
+    }
+    assert!(chart.contains(".Values.networkPolicy.enabled"));
+    assert!(read(HELM_VALUES).contains("networkPolicy:"));
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
 }

@@ -105,9 +105,23 @@ async fn sdk_case_with_spans(
 
 /// Runs one case of sdk_check.py against a running gateway; returns its stdout.
 async fn run_python(case: &str, gw: &TestGateway) -> String {
+    run_python_with(case, gw, &[]).await
+}
+
+/// [`run_python`] with more environment for the script.
+async fn run_python_with(case: &str, gw: &TestGateway, env: &[(&str, &str)]) -> String {
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/sdk_check.py");
     let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/providers");
-    let gateway = format!("http://{}", gw.addr);
+    let scheme = if env.iter().any(|(k, _)| k == "CA_FILE") {
+        "https"
+    } else {
+        "http"
+    };
+    let gateway = format!("{scheme}://{}", gw.addr);
     let case_name = case.to_string();
     let output = tokio::task::spawn_blocking(move || {
         Command::new(python())
@@ -117,6 +131,7 @@ async fn run_python(case: &str, gw: &TestGateway) -> String {
             .env("FIXTURES", fixtures)
             .env_remove("OPENAI_BASE_URL")
             .env_remove("ANTHROPIC_BASE_URL")
+            .envs(env)
             .output()
             .unwrap()
     })
@@ -577,4 +592,93 @@ async fn anthropic_sdk_tool_use_loop_without_trace_headers_marks_the_error_resul
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openai_sdk_responses_loop_with_previous_response_id_is_one_trace() {
     agent_loop("loop_openai_responses", 2, &[("lookup", "call_lookup")]).await;
+}
+
+/// The official SDK with gateway keys: the right key works (and never reaches the provider), a
+/// wrong or expired one is an AuthenticationError, a model the key may not use a
+/// PermissionDeniedError; every refusal is recorded as a span, once, without a retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_sdk_with_gateway_keys() {
+    let (good, expired) = ("sk-st-sdk-good-key-0001", "sk-st-sdk-expired-key-0002");
+    let digest = |k: &str| sidetrace::digest::hex(&sidetrace::digest::sha256(k.as_bytes()));
+    let mock = Mock::start(provider).await;
+    let gw = gateway_for(
+        &mock,
+        &format!(
+            "[[keys]]\nname = \"sdk-app\"\nsha256 = \"{}\"\nproviders = [\"openai\"]\nmodels = [\"gpt-4o-mini\", \"o4-*\"]\n\
+             [[keys]]\nname = \"sdk-old\"\nsha256 = \"{}\"\nexpires = 2020-01-01\n",
+            digest(good),
+            digest(expired)
+        ),
+    )
+    .await;
+    run_python_with(
+        "keys_openai",
+        &gw,
+        &[("GATEWAY_KEY", good), ("EXPIRED_KEY", expired)],
+    )
+    .await;
+    let calls = gw.recent_calls();
+    let seen: Vec<(Option<&str>, Option<&str>)> = calls
+        .iter()
+        .map(|c| (c.metadata.key.as_deref(), c.error_type.as_deref()))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (Some("sdk-app"), None),
+            (None, Some("invalid_gateway_key")),
+            (Some("sdk-old"), Some("expired_gateway_key")),
+            (Some("sdk-app"), Some("gateway_key_not_allowed")),
+        ]
+    );
+    // Only the admitted call reached the provider, without the gateway key.
+    let requests = mock.requests();
+    assert_eq!(requests.len(), 1);
+    let auth = requests[0].headers.get("authorization");
+    assert!(auth.is_none(), "{auth:?}");
+    gw.shutdown().await;
+}
+
+/// Anthropic's SDK with a gateway key as its api_key (sent in x-api-key): accepted, and a wrong
+/// one is an AuthenticationError, not retried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anthropic_sdk_with_a_gateway_key() {
+    let good = "sk-st-sdk-anthropic-key-0003";
+    let digest = sidetrace::digest::hex(&sidetrace::digest::sha256(good.as_bytes()));
+    let mock = Mock::start(provider).await;
+    let gw = gateway_for(
+        &mock,
+        &format!("[[keys]]\nname = \"sdk-claude\"\nsha256 = \"{digest}\"\n"),
+    )
+    .await;
+    run_python_with("keys_anthropic", &gw, &[("GATEWAY_KEY", good)]).await;
+    let errors: Vec<Option<String>> = gw
+        .recent_calls()
+        .into_iter()
+        .map(|c| c.error_type)
+        .collect();
+    assert_eq!(errors, [None, Some("invalid_gateway_key".to_string())]);
+    let requests = mock.requests();
+    assert_eq!(requests.len(), 1);
+    assert!(requests[0].headers.get("x-api-key").is_none());
+    gw.shutdown().await;
+}
+
+/// The official SDK over HTTPS to the gateway, trusting only a test CA: a call and a stream go
+/// through; a client that does not trust the CA is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_sdk_over_https_with_a_test_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let tls = TestPki::new("sdk").write(dir.path());
+    let mock = Mock::start(provider).await;
+    let gw = gateway_for(&mock, &tls).await;
+    let ca = dir.path().join("ca.pem").display().to_string();
+    run_python_with("tls_openai", &gw, &[("CA_FILE", ca.as_str())]).await;
+    assert_eq!(
+        mock.requests().len(),
+        2,
+        "the untrusted call never reached the provider"
+    );
+    gw.shutdown().await;
 }

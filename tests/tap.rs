@@ -53,6 +53,10 @@ async fn gateway_to(mock: &Mock, extra: &str) -> TestGateway {
         "xai",
     ] {
         text.push_str(&format!("[providers.{p}]\nbase_url = \"{}\"\n", mock.url()));
+        // Local-network providers are opt-in.
+        if p == "ollama" || p == "vllm" {
+            text.push_str("enabled = true\n");
+        }
     }
     gateway(&text).await
 }

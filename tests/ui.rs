@@ -5,7 +5,9 @@
 //! refused call and a 1,000-call trace; `tests/ui/ui_check.mjs` then opens the list, filters by
 //! feature, opens the trace, checks both agent trees row by row, collapses and expands the tree,
 //! opens a span's messages and cost, follows the deep link, the session view and the cost chart,
-//! failing on any console error. Screenshots go to `target/ui-screenshots/`.
+//! failing on any console error. The gateway wants an admin token: the check first signs in through
+//! the UI's form (a wrong token refused, the right one kept in sessionStorage). Screenshots go to
+//! `target/ui-screenshots/`.
 
 mod common;
 
@@ -62,6 +64,7 @@ async fn send_app_spans(gw: &TestGateway, spans: &[Value]) {
 async fn admin_post(gw: &TestGateway, path: &str, body: &str) -> StatusCode {
     let req = http::Request::post(format!("http://{}{path}", gw.admin_addr))
         .header("content-type", "application/json")
+        .header("authorization", format!("Bearer {TEST_ADMIN_TOKEN}"))
         .body(full_body(body.to_string()))
         .unwrap();
     client().request(req).await.unwrap().status()
@@ -142,7 +145,14 @@ async fn the_trace_explorer_works_in_a_real_browser() {
     );
     let mock = Mock::start(provider).await;
     // Tool spans wait a moment for an app's own (see call/tools.rs); a short wait here.
-    let gw = gateway_for(&mock, "[trace]\ntool_app_span_grace_ms = 100\n").await;
+    // Admin authentication on: the browser signs in with the token through the UI's form.
+    let gw = gateway_for(
+        &mock,
+        &format!(
+            "[trace]\ntool_app_span_grace_ms = 100\n[admin]\ntoken = \"{TEST_ADMIN_TOKEN}\"\n"
+        ),
+    )
+    .await;
     let session = [
         ("x-sidetrace-feature", "support_agent"),
         ("x-sidetrace-user-id", "u_123"),
@@ -266,6 +276,7 @@ async fn the_trace_explorer_works_in_a_real_browser() {
             .arg(root.join("tests/ui/ui_check.mjs"))
             .args(["--base", &base, "--trace", AGENT_TRACE, "--session", "s_9"])
             .args(["--feature", "support_agent", "--big-trace", BIG_TRACE])
+            .args(["--token", TEST_ADMIN_TOKEN])
             .args([
                 "--tree",
                 AGENT_TREE,

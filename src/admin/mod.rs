@@ -1,6 +1,7 @@
 //! The admin listener: health, readiness, Prometheus metrics, the JSON API (`docs/api.md`) and
 //! the web UI, away from the proxy port.
 
+pub mod auth;
 pub mod scores;
 mod traces;
 pub mod ui;
@@ -38,6 +39,8 @@ pub struct AdminState {
     pub traces: Result<Arc<TraceStore>, String>,
     /// Where posted scores go.
     pub scores: scores::Scores,
+    /// The admin token and the routes open without it.
+    pub auth: auth::AdminAuth,
 }
 
 /// A query string's parameters, percent-decoded (`+` is a space).
@@ -132,6 +135,16 @@ where
     B: http_body::Body,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    match state.auth.check(req.uri().path(), req.headers()) {
+        auth::Access::Granted => {}
+        refused => {
+            state.metrics.admin_refused(match refused {
+                auth::Access::Missing => "missing",
+                _ => "wrong",
+            });
+            return Ok(unauthorized());
+        }
+    }
     if req.uri().path() == "/api/scores" {
         return Ok(post_score(&state, req).await);
     }
@@ -206,6 +219,22 @@ where
     Ok(response)
 }
 
+/// 401 with a challenge; the UI shows its login form on it.
+fn unauthorized() -> Response<ProxyBody> {
+    let mut r = ApiError {
+        status: StatusCode::UNAUTHORIZED,
+        kind: "unauthorized",
+        message: "this admin route needs Authorization: Bearer <admin token> ([admin] token)"
+            .into(),
+    }
+    .response();
+    r.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        http::HeaderValue::from_static("Bearer realm=\"sidetrace admin\""),
+    );
+    r
+}
+
 /// `POST /api/scores` (`scores.rs`): the body read up to its limit, then the score.
 async fn post_score<B>(state: &AdminState, req: Request<B>) -> Response<ProxyBody>
 where
@@ -247,14 +276,14 @@ where
 const COST_ROWS: usize = 100;
 const COST_SERIES: usize = 10;
 
-/// `GET /api/costs?group_by=feature|user|model|provider|prompt_version&window=24h` (or
-/// `from`/`to` in unix seconds; `feature=`/`user=` filter; `bucket=1h|1d` adds a series per
+/// `GET /api/costs?group_by=feature|user|model|provider|prompt_version|key&window=24h` (or
+/// `from`/`to` in unix seconds; `feature=`/`user=`/`key=` filter; `bucket=1h|1d` adds a series per
 /// group): totals of cost, tokens and calls per group over the window, at hour granularity,
 /// from the local cost store.
 fn costs(state: &AdminState, q: &Query) -> Result<Value, ApiError> {
     let group_name = q.get("group_by").unwrap_or_else(|| "feature".into());
     let group_by = GroupBy::parse(&group_name).ok_or_else(|| {
-        ApiError::bad("group_by must be one of provider, model, feature, user, prompt_version")
+        ApiError::bad("group_by must be one of provider, model, feature, user, prompt_version, key")
     })?;
     let now = now_secs();
     let (from, to) = match (q.get("from"), q.get("to"), q.get("window")) {
@@ -284,6 +313,7 @@ fn costs(state: &AdminState, q: &Query) -> Result<Value, ApiError> {
         // Features are recorded in canonical form: `Support_Agent` finds `support_agent`.
         feature: q.get("feature").map(|v| canonical_feature(&v)),
         user: q.get("user"),
+        key: q.get("key"),
     };
     let rows = state.costs.query(from, to, group_by, &filter);
     let mut total = Totals::default();

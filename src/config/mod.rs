@@ -430,6 +430,101 @@ impl IngestConfig {
     }
 }
 
+/// A secret from the config (a token): compared and used, never printed. `Debug` shows whether
+/// it is set, so a config dumped into a log line cannot leak it.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_empty() {
+            "Secret(unset)"
+        } else {
+            "Secret(set)"
+        })
+    }
+}
+
+/// `[admin]`: who may use the admin listener (the trace and cost API, the UI's data, scores).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Bearer token every admin route but `/healthz` and `/readyz` requires; empty: none.
+    /// `SIDETRACE_ADMIN_TOKEN` overrides it.
+    pub token: Secret,
+    /// A file holding the token (a mounted Secret); `SIDETRACE_ADMIN_TOKEN_FILE`.
+    pub token_file: Option<PathBuf>,
+    /// Serve `/metrics` without the token (Prometheus scrapers rarely send one).
+    pub open_metrics: bool,
+    /// Start with no token on a non-loopback `admin_listen` anyway (logged as a warning).
+    pub allow_unauthenticated_admin: bool,
+}
+
+impl AdminConfig {
+    /// The token in force: `token`, or the first line of `token_file`; `None` when neither.
+    pub fn resolved_token(&self) -> Result<Option<Secret>, ConfigError> {
+        match (&self.token_file, self.token.is_empty()) {
+            (Some(_), false) => Err(ConfigError::Invalid(
+                "admin.token and admin.token_file are both set; keep one".into(),
+            )),
+            (Some(path), true) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                let token = text.lines().next().unwrap_or("").trim();
+                if token.is_empty() {
+                    return Err(ConfigError::Invalid(format!(
+                        "admin.token_file {} is empty",
+                        path.display()
+                    )));
+                }
+                Ok(Some(Secret::new(token)))
+            }
+            (None, false) => Ok(Some(self.token.clone())),
+            (None, true) => Ok(None),
+        }
+    }
+}
+
+/// `[tls]`: HTTPS on the gateway's own listeners (the proxy, and the admin one unless
+/// `admin = false`), HTTP/2 or HTTP/1.1 by ALPN. The files are read again on SIGHUP.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM: the certificate chain, leaf first.
+    pub cert_file: Option<PathBuf>,
+    /// PEM: its private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: Option<PathBuf>,
+    /// Serve the admin listener over TLS too (its probes then need `scheme: HTTPS`).
+    pub admin: bool,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            cert_file: None,
+            key_file: None,
+            admin: true,
+        }
+    }
+}
+
 /// `15m`, `24h`, `7d` in seconds; `None` for anything else (or 0).
 pub fn parse_duration_secs(text: &str) -> Option<u64> {
     let text = text.trim();
@@ -510,8 +605,12 @@ pub struct Config {
     pub sampling: SamplingConfig,
     pub cost: CostConfig,
     pub budgets: Vec<BudgetConfig>,
+    /// Gateway keys for clients; when any is set, every call must present one.
+    pub keys: Vec<KeyConfig>,
     pub store: StoreConfig,
     pub ingest: IngestConfig,
+    pub admin: AdminConfig,
+    pub tls: TlsConfig,
     /// Documented by example (commented) in config/sidetrace.toml, so not compared there.
     #[serde(skip_serializing)]
     pub providers: BTreeMap<String, ProviderOverride>,
@@ -625,6 +724,59 @@ impl Window {
     }
 }
 
+/// One `[[keys]]` entry: a gateway key a client presents. Only the key's SHA-256 is kept.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyConfig {
+    /// Shown on spans (`sidetrace.key.name`) and metrics (`key`), and named by budgets.
+    pub name: String,
+    /// The SHA-256 of the key, 64 hex digits (`sidetrace new-key` prints a key and this).
+    pub sha256: String,
+    /// The feature the key's calls are recorded under, whatever their headers say.
+    #[serde(default)]
+    pub feature: Option<String>,
+    /// The user the key's calls are recorded under, whatever their headers or body say.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Providers (names, as in providers/) the key may call; empty: all.
+    #[serde(default)]
+    pub providers: Vec<String>,
+    /// Models the key may ask for: exact names, or prefixes ending in `*`; empty: all.
+    #[serde(default)]
+    pub models: Vec<String>,
+    /// From then on the key is refused: a TOML date (`2027-01-31`, midnight UTC) or date-time
+    /// with an offset (`2027-01-31T12:00:00Z`).
+    #[serde(default)]
+    pub expires: Option<toml::value::Datetime>,
+}
+
+/// Seconds since the Unix epoch of a TOML date (midnight UTC) or offset date-time; `None` for a
+/// local date-time or a bare time, which name no instant.
+pub fn datetime_unix_secs(d: &toml::value::Datetime) -> Option<u64> {
+    let date = d.date?;
+    let (time, offset_minutes) = match (d.time, d.offset) {
+        (None, None) => (None, 0),
+        (Some(t), Some(toml::value::Offset::Z)) => (Some(t), 0),
+        (Some(t), Some(toml::value::Offset::Custom { minutes })) => (Some(t), i64::from(minutes)),
+        _ => return None,
+    };
+    // Days from 1970-01-01 to the civil date (Howard Hinnant's days_from_civil).
+    let (y, m, day) = (
+        i64::from(date.year) - i64::from(date.month <= 2),
+        i64::from(date.month),
+        i64::from(date.day),
+    );
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs_of_day = time.map_or(0, |t| {
+        i64::from(t.hour) * 3600 + i64::from(t.minute) * 60 + i64::from(t.second.unwrap_or(0))
+    });
+    u64::try_from(days * 86_400 + secs_of_day - offset_minutes * 60).ok()
+}
+
 /// One `[[budgets]]` entry of the config.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -636,6 +788,9 @@ pub struct BudgetConfig {
     /// Calls with this user id count; absent: any user.
     #[serde(default)]
     pub user: Option<String>,
+    /// Calls made with this gateway key (`[[keys]]` name) count; absent: any key or none.
+    #[serde(default)]
+    pub key: Option<String>,
     /// USD as a decimal string, e.g. "25.00".
     pub limit_usd: String,
     pub window: Window,
@@ -675,8 +830,11 @@ impl Default for Config {
             sampling: SamplingConfig::default(),
             cost: CostConfig::default(),
             budgets: Vec::new(),
+            keys: Vec::new(),
             store: StoreConfig::default(),
             ingest: IngestConfig::default(),
+            admin: AdminConfig::default(),
+            tls: TlsConfig::default(),
             providers: BTreeMap::new(),
             env_warnings: Vec::new(),
         }
@@ -709,6 +867,10 @@ pub const ENV_VARS: &[(&str, &str)] = &[
         "none, metadata, redacted or full (capture.level)",
     ),
     ("SIDETRACE_DATA_DIR", "spool directory (data_dir)"),
+    (
+        "SIDETRACE_ADMIN_TOKEN, SIDETRACE_ADMIN_TOKEN_FILE",
+        "bearer token of the admin listener, or a file holding it (admin.token, admin.token_file)",
+    ),
     (
         "SIDETRACE_INGEST_HTTP_LISTEN, SIDETRACE_INGEST_GRPC_LISTEN",
         "OTLP receiver addresses (ingest.http_listen, ingest.grpc_listen)",
@@ -748,6 +910,10 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     (
         "SIDETRACE_<PROVIDER>_BASE_URL",
         "upstream of one provider, e.g. SIDETRACE_OPENAI_BASE_URL",
+    ),
+    (
+        "SIDETRACE_<PROVIDER>_ENABLED",
+        "true or false: turn a provider on (local-network ones, e.g. SIDETRACE_OLLAMA_ENABLED) or off",
     ),
 ];
 
@@ -800,6 +966,15 @@ impl Config {
                 "RUST_LOG" => rust_log = Some(value),
                 "SIDETRACE_TRACE_GROUPING_KEY" => self.trace.grouping_key = value,
                 "SIDETRACE_DATA_DIR" => self.data_dir = value,
+                // Either replaces both of the file's settings: one source of the token.
+                "SIDETRACE_ADMIN_TOKEN" => {
+                    self.admin.token = Secret::new(value);
+                    self.admin.token_file = None;
+                }
+                "SIDETRACE_ADMIN_TOKEN_FILE" => {
+                    self.admin.token_file = Some(PathBuf::from(value));
+                    self.admin.token = Secret::default();
+                }
                 "SIDETRACE_INGEST_HTTP_LISTEN" => self.ingest.http_listen = value,
                 "SIDETRACE_INGEST_GRPC_LISTEN" => self.ingest.grpc_listen = value,
                 "SIDETRACE_INGEST_ENABLED" => {
@@ -863,6 +1038,22 @@ impl Config {
                     {
                         let name = name.to_ascii_lowercase();
                         self.providers.entry(name).or_default().base_url = Some(value);
+                    } else if let Some(name) = key
+                        .strip_prefix("SIDETRACE_")
+                        .and_then(|k| k.strip_suffix("_ENABLED"))
+                        .filter(|n| !n.is_empty())
+                    {
+                        let enabled = match value.trim() {
+                            "true" | "1" => true,
+                            "false" | "0" => false,
+                            other => {
+                                return Err(ConfigError::Invalid(format!(
+                                    "{key}={other:?}: expected true or false"
+                                )));
+                            }
+                        };
+                        let name = name.to_ascii_lowercase();
+                        self.providers.entry(name).or_default().enabled = Some(enabled);
                     }
                 }
             }
@@ -910,6 +1101,23 @@ impl Config {
         parse_addr("admin_listen", &self.admin_listen)
     }
 
+    /// An admin listener others can reach needs a token: it serves captured content, user ids
+    /// and their spend. `allow_unauthenticated_admin` overrides (the server warns at start).
+    pub fn check_admin_exposure(&self) -> Result<(), ConfigError> {
+        let addr = self.admin_addr()?;
+        let token = self.admin.resolved_token()?;
+        if token.is_none() && !addr.ip().is_loopback() && !self.admin.allow_unauthenticated_admin {
+            return Err(ConfigError::Invalid(format!(
+                "admin_listen {addr} is reachable beyond this host and the admin listener has no \
+                 token: anyone who reaches it could read traces, captured content and spend per \
+                 user. Set [admin] token or token_file (SIDETRACE_ADMIN_TOKEN, \
+                 SIDETRACE_ADMIN_TOKEN_FILE), bind admin_listen to 127.0.0.1, or set [admin] \
+                 allow_unauthenticated_admin = true to accept the risk"
+            )));
+        }
+        Ok(())
+    }
+
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_millis(self.shutdown_grace_ms)
     }
@@ -940,8 +1148,19 @@ impl Config {
                 specs.insert(spec.name.clone(), spec);
             }
         }
+        // Providers that forward to this host or its network are off unless turned on here.
+        // An override of one that stays off (a base_url alone) does not define a new provider.
+        let mut off = Vec::new();
+        specs.retain(|name, spec| {
+            let on = !spec.local_network
+                || self.providers.get(name).and_then(|o| o.enabled) == Some(true);
+            if !on {
+                off.push(name.clone());
+            }
+            on
+        });
         for (name, o) in &self.providers {
-            if o.enabled == Some(false) {
+            if o.enabled == Some(false) || off.contains(name) {
                 specs.remove(name);
                 continue;
             }
@@ -987,7 +1206,7 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.listen_addr()?;
         self.store.max_age_secs()?;
-        self.admin_addr()?;
+        self.check_admin_exposure()?;
         if self.ingest.enabled {
             self.ingest.http_addr()?;
             self.ingest.grpc_addr()?;
@@ -1199,6 +1418,10 @@ mod tests {
             "# [providers.",
             "# providers_dir",
             "# extra_ca_file",
+            "# token_file",
+            "# [[keys]]",
+            "# cert_file",
+            "# key_file",
         ] {
             assert!(text.contains(example), "{example} is not documented");
         }
@@ -1288,6 +1511,19 @@ mod tests {
     }
 
     #[test]
+    fn key_expiry_dates_are_instants_in_utc() {
+        let at = |text: &str| {
+            let d: toml::value::Datetime = text.parse().unwrap();
+            datetime_unix_secs(&d)
+        };
+        assert_eq!(at("1970-01-01"), Some(0));
+        assert_eq!(at("2000-03-01"), Some(951_868_800));
+        assert_eq!(at("2026-12-03T07:00:00Z"), Some(1_796_281_200));
+        assert_eq!(at("2026-12-03T09:00:00+02:00"), Some(1_796_281_200));
+        assert_eq!(at("2026-12-03T07:00:00"), None);
+    }
+
+    #[test]
     fn buffers_smaller_than_the_body_limit_are_refused() {
         let config = Config::from_toml(
             "max_request_body_bytes = 2000\nmax_buffered_request_bytes = 1000\n",
@@ -1320,8 +1556,74 @@ mod tests {
     }
 
     #[test]
+    fn local_network_providers_are_off_until_the_config_turns_them_on() {
+        let names = |c: &Config| -> Vec<String> {
+            crate::provider::Registry::from_config(c)
+                .unwrap()
+                .providers()
+                .map(|p| p.name.clone())
+                .collect()
+        };
+        let default = names(&Config::default());
+        assert!(
+            !default.iter().any(|n| n == "ollama" || n == "vllm"),
+            "{default:?}"
+        );
+        assert!(
+            crate::provider::Registry::from_config(&Config::default())
+                .unwrap()
+                .route("/ollama/api/chat")
+                .is_err()
+        );
+        // A base_url alone does not turn one on: only `enabled = true` does.
+        let moved = Config::from_toml(
+            "[providers.ollama]\nbase_url = \"http://127.0.0.1:1\"\n",
+            "c.toml",
+        )
+        .unwrap();
+        assert!(!names(&moved).contains(&"ollama".to_string()));
+        let on = Config::from_toml("[providers.ollama]\nenabled = true\n", "c.toml").unwrap();
+        assert!(names(&on).contains(&"ollama".to_string()));
+        assert!(!names(&on).contains(&"vllm".to_string()));
+        let mut env = Config::default();
+        env.apply_env([("SIDETRACE_VLLM_ENABLED".to_string(), "true".to_string())])
+            .unwrap();
+        assert!(names(&env).contains(&"vllm".to_string()));
+        assert!(
+            env.apply_env([("SIDETRACE_VLLM_ENABLED".to_string(), "yes".to_string())])
+                .is_err()
+        );
+    }
+
+    /// A built-in provider whose upstream is this host or a private network must be opt-in.
+    #[test]
+    fn every_built_in_provider_on_a_local_address_is_marked_local_network() {
+        for (file, text) in builtin_specs() {
+            let spec = parse_spec(text, file).unwrap();
+            let host = spec
+                .base_url
+                .split("://")
+                .nth(1)
+                .and_then(|rest| rest.split(['/', ':']).next())
+                .unwrap_or("");
+            let local = host == "localhost"
+                || host.parse::<std::net::IpAddr>().is_ok_and(|ip| match ip {
+                    std::net::IpAddr::V4(v4) => {
+                        v4.is_loopback() || v4.is_private() || v4.is_link_local()
+                    }
+                    std::net::IpAddr::V6(v6) => v6.is_loopback(),
+                });
+            assert_eq!(spec.local_network, local, "providers/{file}: {host}");
+        }
+    }
+
+    #[test]
     fn every_built_in_provider_file_is_valid() {
-        let registry = crate::server::check_config(&Config::default()).unwrap();
+        let mut config = Config::default();
+        for local in ["ollama", "vllm"] {
+            config.providers.entry(local.into()).or_default().enabled = Some(true);
+        }
+        let registry = crate::server::check_config(&config).unwrap();
         let names: Vec<&str> = registry.providers().map(|p| p.name.as_str()).collect();
         for want in [
             "openai",

@@ -84,6 +84,11 @@ pub struct ProviderSpec {
     pub base_url: String,
     /// Defaults to `/<name>`.
     pub route_prefix: Option<String>,
+    /// The provider forwards to this host or its local network (a model server on a local
+    /// port): off unless `[providers.<name>] enabled = true`, so a gateway reachable beyond
+    /// localhost is not a way into the host's other services.
+    #[serde(default)]
+    pub local_network: bool,
     /// Speak HTTP/2 without TLS to a plain `http://` upstream (h2c prior knowledge).
     #[serde(default)]
     pub http2_prior_knowledge: bool,
@@ -141,7 +146,7 @@ pub struct ProviderOverride {
     pub auth: Option<AuthSpec>,
     pub paths: Option<Vec<PathSpec>>,
     pub timeouts: Option<TimeoutOverrides>,
-    /// `false` removes a built-in provider.
+    /// `false` removes a built-in provider; `true` turns on one marked `local_network`.
     pub enabled: Option<bool>,
     /// Added to the provider's prices; an entry with the name of an existing one replaces it
     /// (negotiated prices, private models).
@@ -175,6 +180,7 @@ impl ProviderSpec {
             gen_ai_provider: name.to_string(),
             base_url: String::new(),
             route_prefix: None,
+            local_network: false,
             http2_prior_knowledge: false,
             stream_usage_injection: false,
             propagate_trace_context: true,

@@ -175,6 +175,15 @@ impl Provider {
             .as_deref()
             .and_then(|service| AwsSigner::from_env(service, std::env::vars()))
             .map(Arc::new);
+        // A key the gateway holds goes to the provider's fixed host only: with a host taken
+        // from the client's path, any client could have it sent to a host of its choosing.
+        if gateway_key.is_some() && host.iter().any(|p| matches!(p, HostPart::Param(_))) {
+            return Err(format!(
+                "provider {name}: a gateway-held key (${}) is set, but base_url {:?} takes its host from the client's path; set a fixed base_url for it in [providers.{name}]",
+                spec.auth.key_env.as_deref().unwrap_or(""),
+                spec.base_url
+            ));
+        }
         let t = &spec.timeouts;
         let timeouts = RouteTimeouts {
             response_headers: t

@@ -65,6 +65,7 @@ where
         let admitted = self.layer.budgets.admit(
             metadata.and_then(|m| m.feature.as_deref()),
             metadata.and_then(|m| m.user_id.as_deref()),
+            metadata.and_then(|m| m.key.as_deref()),
         );
         match admitted {
             Ok(reservation) => {
@@ -108,6 +109,7 @@ mod tests {
             name: "search-daily".into(),
             feature: Some("search".into()),
             user: None,
+            key: None,
             limit_usd: "1.00".into(),
             window: Window::Day,
             unpriced_call_usd: Some("1.00".into()),

@@ -4,6 +4,7 @@ pub mod body;
 pub mod budget;
 pub mod context;
 pub mod inspect;
+pub mod keys;
 pub mod limit;
 pub mod record;
 pub mod reply;

@@ -81,6 +81,17 @@ impl CallSlot {
         self.lock().trace = Some(trace);
     }
 
+    /// The key check: the metadata with the key's name (and what it stands for), for a call
+    /// refused before inspection fills the request in.
+    pub fn set_metadata(&self, metadata: CallMetadata) {
+        self.lock().metadata = Some(metadata);
+    }
+
+    /// The model the request names, once inspection has read it.
+    pub fn requested_model(&self) -> Option<String> {
+        self.lock().info.as_ref()?.model.clone()
+    }
+
     /// Budgets: what they hold for this call until it is recorded.
     pub fn hold(&self, reservation: Reservation) {
         self.lock().reservation = Some(reservation);

@@ -12,6 +12,7 @@ use super::{
     budget::BudgetLayer,
     context::TraceContextLayer,
     inspect::{InspectLayer, RequestBuffers},
+    keys::{KeyLayer, KeyModelLayer, Keys},
     limit::{BodyLimitLayer, BodyTimeouts},
     record::RecordLayer,
     request_id::{MakeCallId, REQUEST_ID_HEADER},
@@ -33,6 +34,12 @@ fn grouping_key(config: &Config) -> Option<Arc<[u8]>> {
     (!key.is_empty()).then(|| Arc::from(key))
 }
 
+/// Who may call and how much: the gateway keys and the budgets.
+pub struct Admission {
+    pub keys: Arc<Keys>,
+    pub budgets: Arc<Budgets>,
+}
+
 /// Builds the service that answers every proxied request.
 pub fn build(
     config: &Config,
@@ -41,7 +48,7 @@ pub fn build(
     metrics: Arc<Metrics>,
     recorder: Arc<Recorder>,
     capturer: Arc<Capturer>,
-    budgets: Arc<Budgets>,
+    admission: Admission,
 ) -> impl Service<Request<Incoming>, Response = Response<ProxyBody>, Error = Infallible, Future: Send>
 + Clone
 + Send
@@ -90,6 +97,10 @@ pub fn build(
             },
             config.capture.max_bytes,
         ))
+        // Gateway keys first inside the record layer: a call without a valid key is refused
+        // (and recorded) before its body is read, and the key leaves the headers here, so no
+        // layer below, and no provider, ever sees it.
+        .layer(KeyLayer::new(admission.keys))
         // Body limit: a declared oversize body is refused before anything is read, a streamed
         // one is cut when it grows past the limit or comes too slowly.
         .layer(BodyLimitLayer::new(
@@ -107,9 +118,11 @@ pub fn build(
             RequestBuffers::new(config.max_buffered_request_bytes, metrics.clone()),
             recorder.clone(),
         ))
+        // The key's allowed models once inspection has read the model (body or path).
+        .layer(KeyModelLayer)
         // Budgets after inspection, which knows the feature and user (headers and body): a
         // spent budget is refused before anything reaches the provider.
-        .layer(BudgetLayer::new(budgets, metrics.clone()))
+        .layer(BudgetLayer::new(admission.budgets, metrics.clone()))
         // Rewrite: upstream URI, hop-by-hop headers, Host, x-sidetrace-* stripped, credentials kept.
         .layer(RewriteLayer)
         // Sign right after the rewrite, which fixed the URI and headers a signature covers: a

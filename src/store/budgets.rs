@@ -81,17 +81,20 @@ struct Budget {
 }
 
 impl Budget {
-    fn matches(&self, feature: Option<&str>, user: Option<&str>) -> bool {
+    fn matches(&self, feature: Option<&str>, user: Option<&str>, key: Option<&str>) -> bool {
         let u = self.config.user.as_deref().filter(|u| !u.is_empty());
+        let k = self.config.key.as_deref().filter(|k| !k.is_empty());
         // Call metadata holds features in canonical form already (see `canonical_feature`).
         self.feature.as_deref().is_none_or(|f| feature == Some(f))
             && u.is_none_or(|u| user == Some(u))
+            && k.is_none_or(|k| key == Some(k))
     }
 
     fn filter(&self) -> Filter {
         Filter {
             feature: self.feature.clone(),
             user: self.config.user.clone().filter(|u| !u.is_empty()),
+            key: self.config.key.clone().filter(|k| !k.is_empty()),
         }
     }
 
@@ -232,6 +235,7 @@ impl Budgets {
         self: &Arc<Self>,
         feature: Option<&str>,
         user: Option<&str>,
+        key: Option<&str>,
     ) -> Result<Reservation, Exceeded> {
         let now = now_secs();
         let mut budgets = self.lock();
@@ -239,7 +243,8 @@ impl Budgets {
             roll(b, now);
         }
         if let Some(b) = budgets.iter().find(|b| {
-            b.matches(feature, user) && b.spent_pico.saturating_add(b.reserved_pico) >= b.limit_pico
+            b.matches(feature, user, key)
+                && b.spent_pico.saturating_add(b.reserved_pico) >= b.limit_pico
         }) {
             return Err(Exceeded {
                 name: b.config.name.clone(),
@@ -252,7 +257,7 @@ impl Budgets {
         }
         let mut held = Vec::new();
         for (i, b) in budgets.iter_mut().enumerate() {
-            if b.matches(feature, user) {
+            if b.matches(feature, user, key) {
                 let amount = b.estimate();
                 b.reserved_pico = b.reserved_pico.saturating_add(amount);
                 held.push((i, b.window_start, amount));
@@ -275,6 +280,7 @@ impl Budgets {
             if !b.matches(
                 call.metadata.feature.as_deref(),
                 call.metadata.user_id.as_deref(),
+                call.metadata.key.as_deref(),
             ) {
                 continue;
             }

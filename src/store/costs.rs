@@ -29,6 +29,10 @@ pub struct Key {
     pub feature: String,
     pub user: String,
     pub prompt_version: String,
+    /// The gateway key's name (`[[keys]]`); empty without one. Left out of the encoding when
+    /// empty, so rows written before keys existed read and merge as they were.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub key: String,
 }
 
 /// Sums for one key.
@@ -68,6 +72,8 @@ pub enum GroupBy {
     Feature,
     User,
     PromptVersion,
+    /// The gateway key's name.
+    Key,
 }
 
 impl GroupBy {
@@ -78,6 +84,7 @@ impl GroupBy {
             "feature" => GroupBy::Feature,
             "user" => GroupBy::User,
             "prompt_version" | "prompt" => GroupBy::PromptVersion,
+            "key" => GroupBy::Key,
             _ => return None,
         })
     }
@@ -89,21 +96,24 @@ impl GroupBy {
             GroupBy::Feature => &k.feature,
             GroupBy::User => &k.user,
             GroupBy::PromptVersion => &k.prompt_version,
+            GroupBy::Key => &k.key,
         }
     }
 }
 
-/// Only rows matching every given value count (budgets filter by feature and user).
+/// Only rows matching every given value count (budgets filter by feature, user and key).
 #[derive(Debug, Clone, Default)]
 pub struct Filter {
     pub feature: Option<String>,
     pub user: Option<String>,
+    pub key: Option<String>,
 }
 
 impl Filter {
     fn matches(&self, k: &Key) -> bool {
         self.feature.as_ref().is_none_or(|f| *f == k.feature)
             && self.user.as_ref().is_none_or(|u| *u == k.user)
+            && self.key.as_ref().is_none_or(|key| *key == k.key)
     }
 }
 
@@ -304,6 +314,7 @@ impl CostStore {
             feature: call.metadata.feature.clone().unwrap_or_default(),
             user: call.metadata.user_id.clone().unwrap_or_default(),
             prompt_version: call.metadata.prompt_version.clone().unwrap_or_default(),
+            key: call.metadata.key.clone().unwrap_or_default(),
         };
         let mut t = Totals {
             calls: 1,

@@ -38,6 +38,10 @@ pub struct CallMetadata {
     /// is never joined to an agent loop's trace (see `call::tools`).
     #[serde(default)]
     pub session_explicit: bool,
+    /// The name of the gateway key the call presented (`[[keys]]`); set by the key check only,
+    /// never from a header.
+    #[serde(default)]
+    pub key: Option<String>,
 }
 
 /// Session headers that coding agents and agent gateways send by themselves, first match wins:
@@ -201,6 +205,18 @@ impl CallMetadata {
     }
 
     fn set_user(&mut self, v: &str) {
+        self.set(Field::User, v);
+    }
+
+    /// The feature a gateway key stands for, replacing what the request said.
+    pub fn set_key_feature(&mut self, v: &str) {
+        self.feature = None;
+        self.set(Field::Feature, v);
+    }
+
+    /// The user a gateway key stands for, replacing what the request said.
+    pub fn set_key_user(&mut self, v: &str) {
+        self.user_id = None;
         self.set(Field::User, v);
     }
 

@@ -392,6 +392,7 @@ pub fn span_for(call: &CallRecord) -> SpanRecord {
     opt("sidetrace.session.name", &m.session_name);
     opt("prompt.template_id", &m.prompt_template);
     opt("prompt.version", &m.prompt_version);
+    opt("sidetrace.key.name", &m.key);
     if !m.tags.is_empty() {
         a.push(("tag.tags".into(), AttrValue::StrList(m.tags.clone())));
     }

@@ -358,6 +358,75 @@ pub fn self_signed_localhost() -> (String, String) {
     (certified.cert.pem(), certified.signing_key.serialize_pem())
 }
 
+/// A test CA and a certificate it signed for `localhost` and `127.0.0.1`, all PEM.
+pub struct TestPki {
+    pub ca_pem: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl TestPki {
+    /// A fresh CA (named after `name`) and its server certificate.
+    pub fn new(name: &str) -> TestPki {
+        use rcgen::{
+            BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair,
+            KeyUsagePurpose,
+        };
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name
+            .push(DnType::CommonName, format!("sidetrace test CA {name}"));
+        ca.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
+        let mut leaf =
+            CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
+        leaf.distinguished_name
+            .push(DnType::CommonName, format!("sidetrace {name}"));
+        leaf.use_authority_key_identifier_extension = true;
+        let leaf_key = KeyPair::generate().unwrap();
+        let cert = leaf.signed_by(&leaf_key, &ca).unwrap();
+        TestPki {
+            ca_pem: ca.pem(),
+            cert_pem: cert.pem(),
+            key_pem: leaf_key.serialize_pem(),
+        }
+    }
+
+    /// Writes the CA, the certificate and the key to `dir` (`ca.pem`, `tls.crt`, `tls.key`);
+    /// returns the `[tls]` table naming them.
+    pub fn write(&self, dir: &std::path::Path) -> String {
+        std::fs::write(dir.join("ca.pem"), &self.ca_pem).unwrap();
+        std::fs::write(dir.join("tls.crt"), &self.cert_pem).unwrap();
+        std::fs::write(dir.join("tls.key"), &self.key_pem).unwrap();
+        format!(
+            "[tls]\ncert_file = {:?}\nkey_file = {:?}\n",
+            dir.join("tls.crt").display().to_string(),
+            dir.join("tls.key").display().to_string()
+        )
+    }
+
+    /// A TLS client trusting this CA only, offering `alpn`.
+    pub fn connector(&self, alpn: &[&[u8]]) -> tokio_rustls::TlsConnector {
+        use rustls::pki_types::{CertificateDer, pem::PemObject};
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(self.ca_pem.as_bytes()) {
+            roots.add(cert.unwrap()).unwrap();
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        tokio_rustls::TlsConnector::from(Arc::new(config))
+    }
+}
+
 /// A sink that keeps every finished call and its span, for tests to read: the gateway itself
 /// keeps none in memory.
 #[derive(Default)]
@@ -567,8 +636,13 @@ pub async fn closed_port() -> SocketAddr {
     addr
 }
 
+/// The admin token tests configure when they turn admin authentication on; the helpers below
+/// always send it (a gateway without a token ignores it).
+pub const TEST_ADMIN_TOKEN: &str = "test-admin-token-7f3a";
+
 pub async fn admin_get(gw: &Gateway, path: &str) -> Answer {
     let req = Request::get(format!("http://{}{path}", gw.admin_addr))
+        .header("authorization", format!("Bearer {TEST_ADMIN_TOKEN}"))
         .body(full_body(""))
         .unwrap();
     let response = client().request(req).await.unwrap();

@@ -298,10 +298,104 @@ def loop_openai_responses():
     assert r2.output_text == "in stock", r2
 
 
+def keys_openai():
+    # The gateway key is the SDK's api_key (the gateway holds the provider key); GATEWAY_KEY may
+    # call openai's gpt-4o-mini and o4-* models only. EXPIRED_KEY expired in 2020.
+    def client(key, retries=0):
+        return openai.OpenAI(
+            base_url=GATEWAY + "/openai/v1", api_key=key, max_retries=retries, timeout=10
+        )
+
+    r = client(os.environ["GATEWAY_KEY"]).chat.completions.create(model="o4-mini", messages=MESSAGES)
+    assert r.id == expect("openai/chat_nonstream")["response_id"], r.id
+
+    for key, code in [
+        ("sk-st-not-a-key-of-this-gateway", "invalid_gateway_key"),
+        (os.environ["EXPIRED_KEY"], "expired_gateway_key"),
+    ]:
+        try:
+            # Retries on: the refusal says x-should-retry: false, so the SDK gives up at once.
+            client(key, retries=3).chat.completions.create(model="o4-mini", messages=MESSAGES)
+        except openai.AuthenticationError as err:
+            assert err.status_code == 401
+            assert err.code == code, err.code
+            assert err.type == "authentication_error", err.type
+            assert err.response.headers["x-should-retry"] == "false"
+        else:
+            raise AssertionError(f"expected AuthenticationError for {code}")
+
+    try:
+        client(os.environ["GATEWAY_KEY"]).chat.completions.create(model="gpt-4o", messages=MESSAGES)
+    except openai.PermissionDeniedError as err:
+        assert err.status_code == 403
+        assert err.code == "gateway_key_not_allowed", err.code
+        assert "gpt-4o" in err.message, err.message
+    else:
+        raise AssertionError("expected PermissionDeniedError")
+
+
+def keys_anthropic():
+    # Anthropic's SDK sends its api_key in x-api-key: a gateway key there works the same way.
+    def client(key):
+        return anthropic.Anthropic(
+            base_url=GATEWAY + "/anthropic", api_key=key, max_retries=3, timeout=10
+        )
+
+    r = client(os.environ["GATEWAY_KEY"]).messages.create(
+        model="claude-sonnet-4-5", max_tokens=64, messages=MESSAGES
+    )
+    assert r.usage.output_tokens > 0, r
+    try:
+        client("sk-st-not-a-key-of-this-gateway").messages.create(
+            model="claude-sonnet-4-5", max_tokens=64, messages=MESSAGES
+        )
+    except anthropic.AuthenticationError as err:
+        assert err.status_code == 401
+        assert err.body["error"]["code"] == "invalid_gateway_key", err.body
+    else:
+        raise AssertionError("expected AuthenticationError")
+
+
+def tls_openai():
+    # GATEWAY is https://127.0.0.1:PORT; the gateway's certificate is signed by the test CA in
+    # CA_FILE, which the client trusts (and nothing else).
+    import ssl
+
+    trusted = ssl.create_default_context(cafile=os.environ["CA_FILE"])
+    client = openai.OpenAI(
+        base_url=GATEWAY + "/openai/v1",
+        api_key="sk-test-openai-0001",
+        max_retries=0,
+        timeout=10,
+        http_client=openai.DefaultHttpxClient(verify=trusted),
+    )
+    r = client.chat.completions.create(model="o4-mini", messages=MESSAGES)
+    assert r.id == expect("openai/chat_nonstream")["response_id"], r.id
+    chunks = list(
+        client.chat.completions.create(
+            model="gpt-4o-mini",
+            messages=MESSAGES,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    assert chunks[-1].usage is not None, chunks[-1]
+    # The system's roots do not know the test CA: the same call is refused.
+    untrusted = openai.OpenAI(
+        base_url=GATEWAY + "/openai/v1", api_key="sk-test-openai-0001", max_retries=0, timeout=10
+    )
+    try:
+        untrusted.chat.completions.create(model="o4-mini", messages=MESSAGES)
+    except openai.APIConnectionError:
+        pass
+    else:
+        raise AssertionError("a certificate from an unknown CA was accepted")
+
+
 CASES = {
     name: fn
     for name, fn in globals().items()
-    if callable(fn) and name.startswith(("openai_", "anthropic_", "otel_", "loop_"))
+    if callable(fn) and name.startswith(("openai_", "anthropic_", "otel_", "loop_", "keys_", "tls_"))
 }
 
 if __name__ == "__main__":

@@ -5,7 +5,9 @@
 //   node tests/ui/ui_check.mjs --base http://127.0.0.1:PORT --trace TRACE_ID \
 //     --session SESSION_ID --feature FEATURE --out DIR [--big-trace TRACE_ID]
 //     [--tree 'name:depth,...'] [--loop-trace TRACE_ID --loop-tree 'name:depth,...']
+//     [--token ADMIN_TOKEN]
 //
+// --token: the gateway wants this admin token; the check signs in through the UI's form first.
 // --tree: the rows --trace must show, in order (span name and depth in the tree); --loop-tree
 // the same for --loop-trace.
 //
@@ -48,6 +50,7 @@ let step = 'start';
 let shot = 0;
 let page;
 let browser;
+let allow401 = false; // set while the login step expects the API's 401
 
 class CheckFailed extends Error {}
 
@@ -113,13 +116,35 @@ async function main() {
   const context = await browser.newContext({ viewport: { width: 1440, height: 900 }, deviceScaleFactor: 1 });
   page = await context.newPage();
   page.on('console', (msg) => {
+    // The browser logs the 401 the login step asks for; nothing else may fail.
+    if (allow401 && /\b401\b/.test(msg.text())) return;
     if (msg.type() === 'error') problems.push(`[${step}] console error: ${msg.text()}`);
   });
   page.on('pageerror', (err) => problems.push(`[${step}] uncaught page error: ${err.message}`));
   page.on('requestfailed', (req) => problems.push(`[${step}] request failed: ${req.method()} ${req.url()} (${req.failure()?.errorText})`));
   page.on('response', (res) => {
+    if (allow401 && res.status() === 401 && new URL(res.url()).pathname.startsWith('/api/')) return;
     if (res.status() >= 400) problems.push(`[${step}] request failed: ${res.request().method()} ${res.url()} answered ${res.status()}`);
   });
+
+  if (args.token) {
+    await runStep('the UI asks for the admin token, refuses a wrong one, takes the right one', async () => {
+      allow401 = true;
+      await goto('/ui');
+      await waitFor(() => !!document.querySelector('[data-testid=login]'), null, 'no login form at /ui without a token');
+      check(await visibleRows('[data-testid=trace-row]') === 0, 'trace rows shown without a token');
+      await screenshot('login');
+      await page.fill('[data-testid=login-token]', 'not-the-admin-token');
+      await page.click('[data-testid=login-submit]');
+      await waitFor(() => !!document.querySelector('[data-testid=login-problem]'), null, 'a wrong token was not refused');
+      await page.fill('[data-testid=login-token]', args.token);
+      await page.click('[data-testid=login-submit]');
+      await waitFor(() => document.querySelectorAll('[data-testid=trace-row]').length > 0, null, 'no trace rows after signing in');
+      const kept = await page.evaluate(() => [sessionStorage.getItem('sidetrace.adminToken'), localStorage.length]);
+      check(kept[0] === args.token && kept[1] === 0, `the token is not kept in sessionStorage only: ${JSON.stringify(kept)}`);
+      allow401 = false;
+    });
+  }
 
   await runStep('trace list shows rows', async () => {
     await goto('/ui');

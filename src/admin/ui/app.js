@@ -154,8 +154,11 @@ async function api(path, params) {
     if (s) url += '?' + s;
   }
   let res;
+  const headers = { accept: 'application/json' };
+  const token = adminToken();
+  if (token) headers.authorization = 'Bearer ' + token;
   try {
-    res = await fetch(url, { headers: { accept: 'application/json' } });
+    res = await fetch(url, { headers });
   } catch (e) {
     throw new ApiError(0, 'network', `cannot reach the gateway (${e.message})`, url);
   }
@@ -170,6 +173,11 @@ async function api(path, params) {
     body = text ? JSON.parse(text) : null;
   } catch (_) {
     body = null;
+  }
+  if (res.status === 401) {
+    // No token yet, or a wrong or changed one: ask for it (once per browser session).
+    showLogin(token ? 'The gateway refused this token.' : null);
+    throw new ApiError(401, 'unauthorized', 'the admin token is needed', url);
   }
   if (!res.ok) {
     const err = body && body.error;
@@ -223,6 +231,41 @@ function idChip(label, id, testid) {
   return h('span', { class: 'idchip' },
     h('span', { class: 'muted', text: label + ' ' }),
     h('code', { text: id, title: id }), btn);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The admin token: asked for once, kept for this browser session only (sessionStorage, so it
+// leaves with the tab), sent as a bearer token with every API call.
+
+const TOKEN_KEY = 'sidetrace.adminToken';
+
+function adminToken() {
+  try { return sessionStorage.getItem(TOKEN_KEY) || ''; } catch (_) { return ''; }
+}
+
+function showLogin(problem) {
+  for (const fn of cleanups) { try { fn(); } catch (_) { /* never stops the login form */ } }
+  cleanups = [];
+  ++routeGen; // pages still loading see they are stale and draw nothing
+  try { sessionStorage.removeItem(TOKEN_KEY); } catch (_) { /* private mode */ }
+  clear(main);
+  clear(topRight);
+  const input = h('input', { type: 'password', name: 'token', autocomplete: 'current-password',
+    required: true, testid: 'login-token', attrs: { 'aria-label': 'Admin token' } });
+  const form = h('form', { class: 'login', testid: 'login', on: { submit: (e) => {
+    e.preventDefault();
+    const token = input.value.trim();
+    if (!token) return;
+    try { sessionStorage.setItem(TOKEN_KEY, token); } catch (_) { /* kept for this page only */ }
+    route();
+  } } },
+  h('h2', { text: 'Admin token' }),
+  h('p', { class: 'muted', text: 'This gateway asks for its admin token ([admin] token). It is kept for this browser session only.' }),
+  problem ? h('div', { class: 'notice warn', testid: 'login-problem', attrs: { role: 'alert' }, text: problem }) : null,
+  input,
+  h('button', { type: 'submit', text: 'Sign in', testid: 'login-submit' }));
+  main.appendChild(h('div', { class: 'page' }, form));
+  input.focus();
 }
 
 // ---------------------------------------------------------------------------------------------
