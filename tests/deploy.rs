@@ -28,15 +28,17 @@ fn read(rel: &str) -> String {
     fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
 }
 
-/// Every `deploy/kubernetes/*.yaml`, relative to deploy/, so that a new manifest is checked too.
+/// Every workload manifest `deploy/kubernetes/*.yaml`, relative to deploy/, so that a new one is
+/// checked too.
 fn kubernetes_manifests() -> Vec<String> {
     let dir = deploy_dir().join("kubernetes");
     let mut names: Vec<String> = fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()))
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .filter(|n| n.ends_with(".yaml") || n.ends_with(".yml"))
-        // kustomize's own file lists manifests; it is checked apart.
-        .filter(|n| !n.starts_with("kustomization."))
+        // kustomize's own file lists manifests, and the NetworkPolicy is not a workload: both
+        // are checked apart.
+        .filter(|n| !n.starts_with("kustomization.") && !n.starts_with("networkpolicy."))
         .map(|n| format!("kubernetes/{n}"))
         .collect();
     names.sort();
