@@ -137,9 +137,8 @@ impl SpanLog {
         (current.id, current.len)
     }
 
-    /// The segments from `first` on, in order, with their bytes (from `offset` in the first):
-    /// what a replay after a crash reads. A segment that cannot be read is left out.
-    pub fn read_from(&self, first: u32, offset: u64) -> Vec<(u32, u64, Vec<u8>)> {
+    /// The segments from `first` on, in order: what a replay after a crash reads.
+    pub fn segments_from(&self, first: u32) -> Vec<u32> {
         let mut ids: Vec<u32> = fs::read_dir(&self.dir)
             .into_iter()
             .flatten()
@@ -147,15 +146,15 @@ impl SpanLog {
             .filter(|&id| id >= first)
             .collect();
         ids.sort_unstable();
-        ids.into_iter()
-            .filter_map(|id| {
-                let mut bytes = fs::read(segment_path(&self.dir, id)).ok()?;
-                let from = if id == first { offset } else { 0 };
-                let from = usize::try_from(from).ok()?.min(bytes.len());
-                bytes.drain(..from);
-                Some((id, from as u64, bytes))
-            })
-            .collect()
+        ids
+    }
+
+    /// A segment's bytes from `offset` on; `None` when it cannot be read.
+    pub fn read_segment(&self, id: u32, offset: u64) -> Option<Vec<u8>> {
+        let mut bytes = fs::read(segment_path(&self.dir, id)).ok()?;
+        let from = usize::try_from(offset).ok()?.min(bytes.len());
+        bytes.drain(..from);
+        Some(bytes)
     }
 
     /// The segment being appended to (never deleted while current).

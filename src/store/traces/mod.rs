@@ -795,10 +795,16 @@ impl TraceStore {
         }
         let now = Instant::now();
         let mut replayed = 0;
-        for (segment, base, bytes) in self.log.read_from(from.0, from.1) {
+        // One segment in memory at a time; traces are written at least every minute
+        // (`open::OPEN_LONGEST`), so the marks are about a minute apart at most.
+        for segment in self.log.segments_from(from.0) {
             if segment > end.0 {
                 break;
             }
+            let base = if segment == from.0 { from.1 } else { 0 };
+            let Some(bytes) = self.log.read_segment(segment, base) else {
+                continue;
+            };
             let mut stream = serde_json::Deserializer::from_slice(&bytes).into_iter::<StoredSpan>();
             loop {
                 let at = stream.byte_offset();

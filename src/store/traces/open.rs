@@ -18,6 +18,9 @@ use super::{TraceSummary, log::Pointer};
 pub(super) const SEAL_IDLE: Duration = Duration::from_secs(5);
 /// Open traces at most; past it the ones quiet the longest are written first.
 pub(super) const OPEN_MAX: usize = 4096;
+/// A trace open this long is written even while it still takes spans (and opened again by
+/// the next): this bounds what a replay after a crash reads back.
+pub(super) const OPEN_LONGEST: Duration = Duration::from_secs(60);
 
 /// A trace still taking spans.
 #[derive(Debug, Clone)]
@@ -33,6 +36,7 @@ pub(super) struct OpenTrace {
     /// Where its first span since it was opened is in the span files: a replay after a crash
     /// reads from the earliest of these.
     pub first_new: Option<Pointer>,
+    opened: Instant,
     touched: Instant,
 }
 
@@ -47,6 +51,7 @@ impl OpenTrace {
             span_ids: None,
             written: None,
             first_new: None,
+            opened: Instant::now(),
             touched: Instant::now(),
         }
     }
@@ -136,8 +141,8 @@ impl OpenTraces {
         trace
     }
 
-    /// Takes out the traces due to be written: quiet for [`SEAL_IDLE`], and past `keep` open
-    /// traces the ones quiet the longest.
+    /// Takes out the traces due to be written: quiet for [`SEAL_IDLE`], open for
+    /// [`OPEN_LONGEST`], and past `keep` open traces the ones quiet the longest.
     pub fn take_due(&mut self, now: Instant, keep: usize) -> Vec<OpenTrace> {
         let mut due = Vec::new();
         while let Some(&(at, id)) = self.touches.front() {
@@ -149,6 +154,15 @@ impl OpenTraces {
                 break;
             }
             self.touches.pop_front();
+            due.extend(self.traces.remove(&id));
+        }
+        let long_open: Vec<[u8; 16]> = self
+            .traces
+            .iter()
+            .filter(|(_, t)| now.duration_since(t.opened) >= OPEN_LONGEST)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in long_open {
             due.extend(self.traces.remove(&id));
         }
         due
@@ -362,6 +376,17 @@ mod tests {
         );
         assert_eq!(ids(open.take_due(last + SEAL_IDLE, 10)), vec![3, 0]);
         assert_eq!(open.len(), 0);
+        // A trace that never goes quiet is written once it has been open for OPEN_LONGEST.
+        let busy = OpenTrace::new([9; 16]);
+        let opened = busy.opened;
+        open.touch([9; 16], opened, || busy);
+        let mut at = opened;
+        while at < opened + OPEN_LONGEST {
+            assert!(open.take_due(at, 10).is_empty());
+            at += Duration::from_secs(1);
+            open.touch([9; 16], at, || unreachable!("still open"));
+        }
+        assert_eq!(ids(open.take_due(at, 10)), vec![9]);
     }
 
     #[test]
