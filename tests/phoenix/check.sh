@@ -85,6 +85,19 @@ done
 wait_http "$phoenix/healthz" "Phoenix" 120
 
 # --- the gateway -------------------------------------------------------------------------------
+# gpt-4o-mini at a negotiated rate (0.10 / 0.40 USD per 1M tokens instead of the list 0.15 /
+# 0.60), so the gateway's exact cost differs from what Phoenix's own price table gives and the
+# check tells which of the two Phoenix shows.
+mkdir -p "$tmp/providers"
+"$py" - providers/openai.toml "$tmp/providers/openai.toml" <<'PY'
+import sys
+s = open(sys.argv[1]).read()
+i = s.index('name = "gpt-4o-mini"')
+j = s.index("[[models]]", i)
+block = s[i:j].replace('input = "0.15"', 'input = "0.10"').replace('output = "0.60"', 'output = "0.40"')
+assert block != s[i:j], "gpt-4o-mini's list price in providers/openai.toml changed: update check.sh"
+open(sys.argv[2], "w").write(s[:i] + block + s[j:])
+PY
 gw_port="$(free_port)"
 admin_port="$(free_port)"
 project="sidetrace-phoenix-check"
@@ -103,7 +116,7 @@ env -u OTEL_EXPORTER_OTLP_ENDPOINT -u OTEL_EXPORTER_OTLP_TRACES_ENDPOINT \
   -u OTEL_EXPORTER_OTLP_PROTOCOL -u OTEL_EXPORTER_OTLP_TRACES_PROTOCOL \
   -u OTEL_SDK_DISABLED -u OTEL_TRACES_EXPORTER \
   OTEL_RESOURCE_ATTRIBUTES="openinference.project.name=$project" \
-  SIDETRACE_OPENAI_BASE_URL="http://127.0.0.1:$mock_port" \
+  SIDETRACE_OPENAI_BASE_URL="http://127.0.0.1:$mock_port" SIDETRACE_PROVIDERS_DIR="$tmp/providers" \
   SIDETRACE_INGEST_HTTP_LISTEN=127.0.0.1:0 SIDETRACE_INGEST_GRPC_LISTEN=127.0.0.1:0 \
   "$bin" serve --config "$tmp/sidetrace.toml" >"$tmp/gateway.log" 2>&1 &
 pids+=($!)

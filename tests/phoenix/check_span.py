@@ -137,9 +137,17 @@ check(isinstance(metadata, dict) and metadata.get("prompt_template") == TEMPLATE
       f"metadata.prompt_template == {TEMPLATE!r}")
 check(str(get("llm.prompt_template.version")) == VERSION,
       f"llm.prompt_template.version == {VERSION!r}")
-if phoenix_cost is not None and abs(phoenix_cost - float(gateway_cost)) > 1e-12:
-    print(f"  note  Phoenix's displayed cost {phoenix_cost} differs from the gateway's {gateway_cost}: "
-          "Phoenix computes it from its own price table, not from llm.cost.*")
+# check.sh prices gpt-4o-mini at 0.10 / 0.40 USD per 1M tokens (Phoenix's table: the list 0.15 /
+# 0.60), so the two costs differ and this tells which one Phoenix's cost column shows.
+check(Decimal(gateway_cost) == Decimal("0.0003502"),
+      "the gateway's cost is the negotiated price check.sh set (1234 x 0.10 + 567 x 0.40 per 1M)")
+if phoenix_cost is not None and Decimal(str(phoenix_cost)) == Decimal(gateway_cost):
+    print("  info  Phoenix's cost column (costSummary) shows the gateway's exact cost")
+else:
+    print(f"  info  Phoenix's cost column (costSummary: Total Cost, the span's cost tooltip) shows "
+          f"{phoenix_cost}, not the gateway's {gateway_cost}: Phoenix prices the span from its own "
+          "table (llm.model_name x llm.token_count.*) and does not read llm.cost.*; the exact "
+          "cost is in the span's attributes (llm.cost.total, cost.usd)")
 
 out = os.environ.get("SPAN_INFO")
 if out:

@@ -1,5 +1,7 @@
 // Screenshot of the gateway's span in Phoenix's UI (headless Debian chromium, playwright-core
-// from tests/ui/node_modules). Run by tests/phoenix/check.sh with SCREENSHOT=<png>.
+// from tests/ui/node_modules): the span's Attributes tab (llm.cost.*, cost.usd,
+// llm.prompt_template.version, metadata.*) with Phoenix's own cost tooltip open.
+// Run by tests/phoenix/check.sh with SCREENSHOT=<png>.
 //   node tests/phoenix/screenshot.mjs <phoenix url> <span.json from check_span.py> <out.png>
 import { createRequire } from 'node:module';
 import { readFileSync } from 'node:fs';
@@ -20,12 +22,16 @@ const browser = await chromium.launch({
   args: ['--headless', '--no-sandbox', '--disable-gpu'],
 });
 try {
-  const page = await browser.newPage({ viewport: { width: 1600, height: 1000 } });
+  const page = await browser.newPage({ viewport: { width: 1600, height: 2100 } });
   await page.goto(url, { waitUntil: 'networkidle' });
-  // The span's details: its name and the metadata block are there once the drawer has loaded.
-  await page.getByText('Metadata', { exact: false }).first().waitFor({ timeout: 30000 });
-  await page.waitForTimeout(1000);
-  await page.screenshot({ path: out, fullPage: false });
+  await page.getByText('Metadata').first().waitFor({ timeout: 30000 });
+  await page.getByRole('tab', { name: 'Attributes' }).click();
+  await page.getByText('llm.cost.total', { exact: true }).waitFor({ timeout: 30000 });
+  // The cost in the span's header line: hovering opens Phoenix's tokens-and-cost breakdown.
+  await page.getByText(/^<?\$\d/).nth(2).hover();
+  await page.getByText('Tokens and cost').waitFor({ timeout: 10000 });
+  await page.waitForTimeout(500);
+  await page.screenshot({ path: out });
 } finally {
   await browser.close();
 }
