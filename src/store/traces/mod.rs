@@ -701,15 +701,11 @@ impl TraceStore {
         let mut added_spans = 0u64;
         let now = Instant::now();
         for (trace_id, spans) in by_trace {
-            let reopened = if self.open_traces().contains_key(&trace_id) {
-                None
-            } else {
-                Some(self.written_row(&trace_id)?)
-            };
+            let row = self.row_to_reopen(&trace_id)?;
             let mut open = self.open_traces();
-            let trace = open.touch(trace_id, now, || match reopened {
-                Some(Some((_, row))) => OpenTrace::reopened(row),
-                _ => {
+            let trace = open.touch(trace_id, now, || match row {
+                Some(row) => OpenTrace::reopened(row),
+                None => {
                     self.counts().traces += 1;
                     OpenTrace::new(trace_id)
                 }
@@ -784,11 +780,11 @@ impl TraceStore {
         let Ok(marks) = <[u8; 24]>::try_from(marks.as_ref()) else {
             return Ok(0);
         };
-        let num =
-            |r: std::ops::Range<usize>| marks[r].iter().fold(0u64, |n, b| (n << 8) | u64::from(*b));
+        let segment_at = |at: usize| u32::from_be_bytes(marks[at..at + 4].try_into().expect("4"));
+        let offset_at = |at: usize| u64::from_be_bytes(marks[at..at + 8].try_into().expect("8"));
         let (from, end) = (
-            (num(0..4) as u32, num(4..12)),
-            (num(12..16) as u32, num(16..24)),
+            (segment_at(0), offset_at(4)),
+            (segment_at(12), offset_at(16)),
         );
         if from >= end {
             return Ok(0);
@@ -820,11 +816,7 @@ impl TraceStore {
                     len: u32::try_from(stream.byte_offset() - at).unwrap_or(u32::MAX),
                 };
                 let id = stored.span.trace_id;
-                let row = if self.open_traces().contains_key(&id) {
-                    None
-                } else {
-                    self.written_row(&id)?.map(|(_, row)| row)
-                };
+                let row = self.row_to_reopen(&id)?;
                 if row
                     .as_ref()
                     .is_some_and(|r| r.spans.iter().any(|(s, _)| *s == stored.span.span_id))
@@ -910,6 +902,14 @@ impl TraceStore {
                 .next()
                 .is_some_and(|r| r.is_ok())
         });
+    }
+
+    /// The row of a written trace that is not open: what a new span opens it again from.
+    fn row_to_reopen(&self, id: &[u8; 16]) -> Result<Option<TraceRow>, sled::Error> {
+        if self.open_traces().contains_key(id) {
+            return Ok(None);
+        }
+        Ok(self.written_row(id)?.map(|(_, row)| row))
     }
 
     /// A written trace's row key and row.

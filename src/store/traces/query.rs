@@ -226,7 +226,8 @@ impl TraceStore {
     }
 
     fn trace_has_text(&self, id: &[u8; 16], needle: &str) -> Result<bool, sled::Error> {
-        for p in self.span_pointers(id)?.unwrap_or_default() {
+        let pointers = self.lookup(id)?.map(|(_, p)| p).unwrap_or_default();
+        for p in pointers {
             if let Some(span) = self.load_span(p)
                 && span_has_text(&span, needle)
             {
@@ -236,14 +237,17 @@ impl TraceStore {
         Ok(false)
     }
 
-    /// Where a trace's spans are, open or written.
-    fn span_pointers(&self, id: &[u8; 16]) -> Result<Option<Vec<Pointer>>, sled::Error> {
+    /// A trace's summary and where its spans are, open or written.
+    fn lookup(&self, id: &[u8; 16]) -> Result<Option<(TraceSummary, Vec<Pointer>)>, sled::Error> {
         if let Some(t) = self.open_traces().get(id) {
-            return Ok(Some(t.spans.iter().map(|(_, p)| *p).collect()));
+            return Ok(Some((
+                t.summary.clone(),
+                t.spans.iter().map(|(_, p)| *p).collect(),
+            )));
         }
         Ok(self
             .written_row(id)?
-            .map(|(_, row)| row.spans.into_iter().map(|(_, p)| p).collect()))
+            .map(|(_, row)| (row.summary, row.spans.into_iter().map(|(_, p)| p).collect())))
     }
 
     /// One trace's row.
@@ -256,14 +260,9 @@ impl TraceStore {
 
     /// One whole trace as a tree; `None` when the store has no such trace.
     pub fn trace(&self, id: &[u8; 16]) -> Result<Option<TraceTree>, sled::Error> {
-        let (summary, pointers) = match self.open_traces().get(id) {
-            Some(t) => (t.summary.clone(), t.spans.iter().map(|(_, p)| *p).collect()),
-            None => match self.written_row(id)? {
-                Some((_, row)) => (row.summary, row.spans.into_iter().map(|(_, p)| p).collect()),
-                None => return Ok(None),
-            },
+        let Some((summary, pointers)) = self.lookup(id)? else {
+            return Ok(None);
         };
-        let pointers: Vec<Pointer> = pointers;
         let spans: Vec<StoredSpan> = pointers
             .into_iter()
             .filter_map(|p| self.load_span(p))
