@@ -14,10 +14,8 @@ pub fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Lowercase hex of a digest.
-pub fn hex(digest: &[u8; 32]) -> String {
-    digest.iter().map(|b| format!("{b:02x}")).collect()
-}
+/// Lowercase hex (of a digest, say).
+pub use crate::trace::context::hex;
 
 /// A digest from 64 hex digits (either case).
 pub fn from_hex(text: &str) -> Option<[u8; 32]> {

@@ -247,6 +247,12 @@ impl ExportProtocol {
     }
 }
 
+/// The value of `OTEL_SEMCONV_STABILITY_OPT_IN` that asks for the latest GenAI names.
+pub const OPT_IN_GEN_AI_LATEST: &str = "gen_ai_latest_experimental";
+
+/// The values `[export] conventions` may list.
+pub const EXPORT_CONVENTIONS: [&str; 2] = ["gen_ai", "openinference"];
+
 /// Span export over OTLP. Off unless an endpoint is set here or in `OTEL_EXPORTER_OTLP_ENDPOINT`
 /// / `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -1002,9 +1008,8 @@ impl Config {
                 },
                 "OTEL_TRACES_EXPORTER" => traces_exporter = Some(value),
                 "OTEL_SEMCONV_STABILITY_OPT_IN" => {
-                    self.export.gen_ai_latest = value
-                        .split(',')
-                        .any(|v| v.trim() == "gen_ai_latest_experimental");
+                    self.export.gen_ai_latest =
+                        value.split(',').any(|v| v.trim() == OPT_IN_GEN_AI_LATEST);
                 }
                 "OTEL_EXPORTER_OTLP_PROTOCOL" | "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL" => {
                     // The traces-specific variable wins; the loop sees both in any order.
@@ -1291,12 +1296,11 @@ impl Config {
                 self.export.compression
             )));
         }
-        // Kept in step with export::conventions::CONVENTION_NAMES (config imports no feature).
         if let Some(bad) = self
             .export
             .conventions
             .iter()
-            .find(|c| !matches!(c.as_str(), "gen_ai" | "openinference"))
+            .find(|c| !EXPORT_CONVENTIONS.contains(&c.as_str()))
         {
             return Err(ConfigError::Invalid(format!(
                 "export.conventions: {bad:?} is not one of gen_ai, openinference"

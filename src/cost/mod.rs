@@ -268,11 +268,14 @@ impl PriceBook {
         let entry =
             deployed.or_else(|| names(response_model, request_model).find_map(|m| self.find(p, m)));
         match entry {
-            Some(m) => Priced {
-                cost: m.cost(usage),
-                input_cost: m.cost_split(usage).map(|(input, _)| input),
-                matched_model: Some(m.name.clone()),
-            },
+            Some(m) => {
+                let split = m.cost_split(usage);
+                Priced {
+                    cost: split.map(|(input, output)| input + output),
+                    input_cost: split.map(|(input, _)| input),
+                    matched_model: Some(m.name.clone()),
+                }
+            }
             None => Priced::default(),
         }
     }

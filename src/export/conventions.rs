@@ -16,9 +16,6 @@ use crate::{
 /// The schema of the GenAI repository's development text, which has no release yet.
 pub const LATEST_SCHEMA_URL: &str = "https://opentelemetry.io/schemas/gen-ai-dev/1.42.0-dev";
 
-/// The value of `OTEL_SEMCONV_STABILITY_OPT_IN` that asks for the latest GenAI names.
-pub const OPT_IN_LATEST: &str = "gen_ai_latest_experimental";
-
 /// Which GenAI names the export uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GenAiNames {
@@ -42,9 +39,6 @@ pub struct Conventions {
     /// Add the OpenInference attributes (`[export] conventions` lists `openinference`).
     pub openinference: bool,
 }
-
-/// The values `[export] conventions` may list.
-pub const CONVENTION_NAMES: [&str; 2] = ["gen_ai", "openinference"];
 
 impl Conventions {
     pub fn from_config(cfg: &ExportConfig) -> Conventions {
