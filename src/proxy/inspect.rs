@@ -316,7 +316,7 @@ async fn read_whole(
     Ok((buf.freeze(), held))
 }
 
-fn body_error(e: super::body::BoxError) -> ProxyError {
+pub(super) fn body_error(e: super::body::BoxError) -> ProxyError {
     super::limit::refusal(&*e).unwrap_or_else(|| ProxyError::ClientBody(e.to_string()))
 }
 

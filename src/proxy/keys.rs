@@ -55,7 +55,8 @@ struct Key {
     feature: Option<String>,
     user: Option<String>,
     providers: Vec<String>,
-    models: Vec<String>,
+    /// Shared with each call's [`Grant`].
+    models: Arc<[String]>,
     expires_unix: Option<u64>,
 }
 
@@ -124,7 +125,7 @@ impl Keys {
                 feature: c.feature.clone().filter(|f| !f.is_empty()),
                 user: c.user.clone().filter(|u| !u.is_empty()),
                 providers: c.providers.clone(),
-                models: c.models.clone(),
+                models: Arc::from(c.models.as_slice()),
                 expires_unix,
             });
         }
@@ -254,7 +255,7 @@ impl<S> KeyCheck<S> {
         }
         req.extensions_mut().insert(Grant {
             name: key.name.clone(),
-            models: Arc::from(key.models.as_slice()),
+            models: key.models.clone(),
         });
         Ok(())
     }
@@ -315,7 +316,12 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let refused = req.extensions().get::<Grant>().and_then(|grant| {
+        // A key that allows every model has nothing to check.
+        let grant = req
+            .extensions()
+            .get::<Grant>()
+            .filter(|g| !g.models.is_empty());
+        let refused = grant.and_then(|grant| {
             let model = req.extensions().get::<CallSlot>()?.requested_model()?;
             (!grant.allows_model(&model)).then(|| ProxyError::KeyNotAllowed {
                 name: grant.name.to_string(),

@@ -9,9 +9,9 @@ use std::{
     time::SystemTime,
 };
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::{Request, Response};
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use tower::{Layer, Service};
 
 use super::body::{ProxyBody, RequestBody};
@@ -82,27 +82,17 @@ where
             // Boxed here, where its type is concrete: rustc cannot prove the inner future Send
             // for every lifetime of the body's error type otherwise.
             let call: super::BoxFuture<Result<Response<ProxyBody>, ProxyError>> =
-                Box::pin(inner.call(Request::from_parts(parts, whole(bytes))));
+                Box::pin(inner.call(Request::from_parts(parts, super::body::full(bytes))));
             call.await
         })
     }
 }
 
-async fn read_whole(mut body: RequestBody) -> Result<Bytes, ProxyError> {
-    let mut buf = BytesMut::new();
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| {
-            super::limit::refusal(&*e).unwrap_or_else(|| ProxyError::ClientBody(e.to_string()))
-        })?;
-        if let Ok(data) = frame.into_data() {
-            buf.extend_from_slice(&data);
-        }
-    }
-    Ok(buf.freeze())
-}
-
-fn whole(bytes: Bytes) -> RequestBody {
-    Full::new(bytes)
-        .map_err(|never| match never {})
-        .boxed_unsync()
+/// The whole body (not copied when it is one chunk already, as inspection leaves it).
+async fn read_whole(body: RequestBody) -> Result<Bytes, ProxyError> {
+    Ok(body
+        .collect()
+        .await
+        .map_err(super::inspect::body_error)?
+        .to_bytes())
 }
