@@ -660,3 +660,78 @@ fn a_store_in_the_earlier_layout_is_moved_into_the_new_one() {
         3
     );
 }
+
+/// A store whose rows were a sled `rows` tree (start + trace id -> span count, span id and
+/// pointer per span, summary JSON) is moved into the row files at open, and nothing is lost.
+#[test]
+fn a_store_with_rows_in_sled_is_moved_into_the_row_files() {
+    use sidetrace::store::traces::{StoredSpan, Totals, TraceSummary};
+    let dir = tempfile::tempdir().unwrap();
+    let now = now_unix_nanos();
+    let spans = [simple(4, 0, now), simple(4, 1, now + 5)];
+    {
+        let db = sled::open(dir.path()).unwrap();
+        let rows = db.open_tree("rows").unwrap();
+        let segments = db.open_tree("segments").unwrap();
+        std::fs::create_dir_all(dir.path().join("spans")).unwrap();
+        let mut file = Vec::new();
+        let mut summary = TraceSummary::new(trace_id(4));
+        let mut row = (spans.len() as u32).to_be_bytes().to_vec();
+        for span in &spans {
+            let stored = StoredSpan {
+                span: span.clone(),
+                resource: 1,
+                scope_name: "sidetrace".into(),
+                scope_version: "0".into(),
+                cost_pico_usd: Some(7),
+            };
+            let json = serde_json::to_vec(&stored).unwrap();
+            summary.add(
+                span,
+                &Totals::of_span(span, Some(7)),
+                24 + json.len() as u64,
+            );
+            // Span id, then the pointer: segment (4), offset (8), length (4).
+            row.extend_from_slice(&span.span_id);
+            row.extend_from_slice(&1u32.to_be_bytes());
+            row.extend_from_slice(&(file.len() as u64).to_be_bytes());
+            row.extend_from_slice(&(json.len() as u32).to_be_bytes());
+            file.extend_from_slice(&json);
+        }
+        std::fs::write(dir.path().join("spans/0000000001.log"), &file).unwrap();
+        segments
+            .insert(1u32.to_be_bytes(), &2u64.to_be_bytes())
+            .unwrap();
+        row.extend_from_slice(&serde_json::to_vec(&summary).unwrap());
+        let mut key = summary.start_unix_nanos.to_be_bytes().to_vec();
+        key.extend_from_slice(&trace_id(4));
+        rows.insert(key, row).unwrap();
+        db.flush().unwrap();
+    }
+    for added in 0..2 {
+        let (store, metrics) = open(dir.path(), u64::MAX, Duration::from_secs(86_400));
+        let tree = store
+            .trace(&trace_id(4))
+            .unwrap()
+            .expect("the trace is kept");
+        assert_eq!(tree.nodes.len(), 2 + added);
+        assert_eq!(tree.summary.totals.cost(), Some(14));
+        assert_eq!(metric(&metrics, "sidetrace_store_traces "), 1.0);
+        let page = store
+            .traces(&TraceQuery {
+                limit: 10,
+                ..TraceQuery::default()
+            })
+            .unwrap();
+        assert_eq!(page.rows.len(), 1);
+        put(&store, simple(4, 9, now + 9), None);
+        assert!(store.flush(Duration::from_secs(10)));
+        store.close();
+    }
+    assert!(dir.path().join("rows").is_dir());
+    let (store, _) = open(dir.path(), u64::MAX, Duration::from_secs(86_400));
+    assert_eq!(
+        store.summary(&trace_id(4)).unwrap().unwrap().totals.spans,
+        3
+    );
+}

@@ -70,13 +70,25 @@ pub(super) struct SpanLog {
     readers: Mutex<HashMap<u32, Arc<File>>>,
 }
 
-fn segment_path(dir: &Path, id: u32) -> PathBuf {
+pub(super) fn segment_path(dir: &Path, id: u32) -> PathBuf {
     dir.join(format!("{id:010}.log"))
 }
 
 fn segment_id(path: &Path) -> Option<u32> {
     let name = path.file_name()?.to_str()?;
     name.strip_suffix(".log")?.parse().ok()
+}
+
+/// The segments in `dir`, in order.
+pub(super) fn segment_ids(dir: &Path) -> io::Result<Vec<u32>> {
+    let mut ids = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        if let Some(id) = segment_id(&entry?.path()) {
+            ids.push(id);
+        }
+    }
+    ids.sort_unstable();
+    Ok(ids)
 }
 
 impl SpanLog {
@@ -139,13 +151,8 @@ impl SpanLog {
 
     /// The segments from `first` on, in order: what a replay after a crash reads.
     pub fn segments_from(&self, first: u32) -> Vec<u32> {
-        let mut ids: Vec<u32> = fs::read_dir(&self.dir)
-            .into_iter()
-            .flatten()
-            .filter_map(|e| segment_id(&e.ok()?.path()))
-            .filter(|&id| id >= first)
-            .collect();
-        ids.sort_unstable();
+        let mut ids = segment_ids(&self.dir).unwrap_or_default();
+        ids.retain(|&id| id >= first);
         ids
     }
 

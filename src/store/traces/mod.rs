@@ -1,6 +1,6 @@
-//! The local trace store: every finished span, in sled, with a summary row per trace and per
-//! session and indexes by time, feature, user and session, so that the JSON API and the web UI
-//! list, filter and open traces by index scans.
+//! The local trace store: every finished span, with a summary row per trace and per session and
+//! indexes by time, feature, user and session, so that the JSON API and the web UI list, filter
+//! and open traces by index scans.
 //!
 //! Spans come from the recorder (and, later, from spans received over OTLP) through a bounded
 //! queue: [`TraceStore::submit`] never waits; a full queue drops the span from the store only,
@@ -14,21 +14,23 @@
 //!
 //! Layout (all keys big-endian, so byte order is time order):
 //! - span bodies: JSON [`StoredSpan`]s appended to the segment files under `spans/` (`log.rs`)
-//! - `rows`: start nanos (8) + trace id -> the trace's [`TraceSummary`] and where each of its
-//!   spans is (`open.rs`, [`TraceRow`]); written once the trace has been quiet for a while
-//!   (until then it is open, in memory, and the readers see it there). Its keys are the time
-//!   index.
-//! - `segments`: segment id (4) -> how many stored spans it holds (deleted at zero)
-//! - `by_feature`, `by_user`, `by_session`: value length (2) + value + start + trace id -> ()
-//! - `sessions`: session id -> [`SessionSummary`]; `sessions_by_time`: last nanos + id -> ()
-//! - `resources`: resource key (8) -> resource attributes; `meta`: `bytes` -> stored bytes
+//! - rows: start nanos (8) + trace id -> the trace's [`TraceSummary`] and where each of its
+//!   spans is ([`TraceRow`]), appended to the segment files under `rows/` (`rows.rs`), whose
+//!   index in memory is the time index; written once the trace has been quiet for a while
+//!   (until then it is open, in memory, and the readers see it there)
+//! - sled trees: `segments`: span segment id (4) -> how many stored spans it holds (deleted at
+//!   zero); `by_feature`, `by_user`, `by_session`: value length (2) + value + start + trace id
+//!   -> (); `sessions`: session id -> [`SessionSummary`]; `sessions_by_time`: last nanos + id
+//!   -> (); `resources`: resource key (8) -> resource attributes; `meta`: stored bytes and
+//!   traces, replay marks
 //!
-//! Stores written before the `rows` tree (a `traces` row per id, a `spans` row per span) are
-//! moved into it at open.
+//! Stores of earlier layouts (a sled `traces` row per id and a `spans` row per span; or a sled
+//! `rows` tree) are moved into the row files at open.
 
 mod log;
 mod open;
 mod query;
+mod rows;
 mod summary;
 
 use std::{
@@ -49,6 +51,7 @@ pub use summary::{SessionSummary, Totals, TraceSummary};
 
 use log::{Pointer, SpanLog};
 use open::{OPEN_MAX, OpenTrace, OpenTraces, TraceRow, WrittenIds};
+use rows::{Change, Rows};
 
 use super::sled_db::{Damage, Detached, is_damage, move_aside, open_waiting_for_lock};
 use crate::{
@@ -153,7 +156,6 @@ pub struct StoreLimits {
 
 struct Trees {
     db: sled::Db,
-    rows: sled::Tree,
     by_feature: sled::Tree,
     by_user: sled::Tree,
     by_session: sled::Tree,
@@ -175,7 +177,6 @@ impl Trees {
         )?;
         let tree = |name: &str| db.open_tree(name);
         Ok(Trees {
-            rows: tree("rows")?,
             by_feature: tree("by_feature")?,
             by_user: tree("by_user")?,
             by_session: tree("by_session")?,
@@ -201,6 +202,8 @@ pub struct TraceStore {
     counts: Mutex<Counts>,
     /// The span bodies.
     log: SpanLog,
+    /// The written traces' rows, and the time index.
+    rows: Rows,
     /// Live spans per segment, as saved in `segments`.
     live: Mutex<BTreeMap<u32, u64>>,
     /// Traces still taking spans (readers look here first). Only the writer changes it; a
@@ -226,7 +229,7 @@ struct Counts {
 
 impl Counts {
     /// As saved in `meta`; counted afresh when missing (a store from before the counts).
-    fn load(trees: &Trees) -> Result<Counts, sled::Error> {
+    fn load(trees: &Trees, rows: &Rows) -> Result<Counts, sled::Error> {
         let read = |key: &str| -> Result<Option<u64>, sled::Error> {
             Ok(trees
                 .meta
@@ -237,9 +240,12 @@ impl Counts {
             (Some(bytes), Some(traces)) => Ok(Counts { bytes, traces }),
             _ => {
                 let mut counts = Counts::default();
-                for row in trees.rows.iter().values() {
+                for key in rows.keys() {
                     counts.traces += 1;
-                    counts.bytes += TraceRow::decode_summary(&row?).map_or(0, |s| s.bytes);
+                    let row = rows.get(&key).map_err(sled::Error::Io)?;
+                    counts.bytes += row
+                        .and_then(|r| TraceRow::decode_summary(&r))
+                        .map_or(0, |s| s.bytes);
                 }
                 Ok(counts)
             }
@@ -364,9 +370,12 @@ impl TraceStore {
         };
         let opened_log = load_live(&trees).map_err(io_error).and_then(|live| {
             let segment_bytes = (limits.max_bytes / 16).clamp(64 << 10, 64 << 20);
-            SpanLog::open(&dir.join("spans"), segment_bytes, &live).map(|log| (log, live))
+            let log = SpanLog::open(&dir.join("spans"), segment_bytes, &live)?;
+            let row_bytes = (limits.max_bytes / 64).clamp(64 << 10, 16 << 20);
+            let rows = Rows::open(&dir.join("rows"), row_bytes)?;
+            Ok((log, live, rows))
         });
-        let (log, mut live) = match opened_log {
+        let (log, mut live, rows) = match opened_log {
             Ok(opened) => opened,
             Err(e) => {
                 return Opened::unavailable(
@@ -375,8 +384,8 @@ impl TraceStore {
                 );
             }
         };
-        let read = migrate_legacy(&trees, &log, &mut live)
-            .and_then(|()| Ok((Counts::load(&trees)?, written_ids(&trees)?)));
+        let read = migrate_legacy(&trees, &log, &rows, &mut live)
+            .and_then(|()| Ok((Counts::load(&trees, &rows)?, written_ids(&rows))));
         let (counts, written) = match read {
             Ok(read) => read,
             Err(e) => {
@@ -390,6 +399,7 @@ impl TraceStore {
         let store = Arc::new(TraceStore {
             counts: Mutex::new(counts),
             log,
+            rows,
             live: Mutex::new(live),
             open: Mutex::new(OpenTraces::default()),
             written: Mutex::new(written),
@@ -592,15 +602,21 @@ impl TraceStore {
             }
         }
         self.seal(true);
-        if let Err(e) = self.log.sync() {
-            tracing::warn!(error = %e, "the trace store's span files did not sync at shutdown");
+        if let Err(e) = self.log.sync().and_then(|()| self.rows.sync()) {
+            tracing::warn!(error = %e, "the trace store's files did not sync at shutdown");
         }
         if let Err(e) = self.trees.db.flush() {
             tracing::warn!(error = %e, "the trace store did not flush at shutdown");
         }
     }
 
+    /// Syncs the row files, then flushes sled: the replay marks sled keeps never get ahead of
+    /// the rows they count on.
     fn flush_sled(&self, unflushed: &mut u64) {
+        if let Err(e) = self.rows.sync() {
+            self.fail(&sled::Error::Io(e));
+            return;
+        }
         match self.trees.db.flush() {
             Ok(_) => {
                 self.metrics
@@ -855,15 +871,11 @@ impl TraceStore {
         if due.is_empty() {
             return false;
         }
-        let mut due = due.into_iter();
-        while let Some(trace) = due.next() {
-            if let Err(e) = self.write_row(&trace) {
-                open.put_back(trace);
-                due.for_each(|t| open.put_back(t));
-                drop(open);
-                self.fail(&e);
-                return false;
-            }
+        if let Err(e) = self.write_rows(&due) {
+            due.into_iter().for_each(|t| open.put_back(t));
+            drop(open);
+            self.fail(&e);
+            return false;
         }
         drop(open);
         if let Err(e) = self.save_replay_marks() {
@@ -872,35 +884,43 @@ impl TraceStore {
         true
     }
 
-    /// Writes one trace's row and index entries (replacing those of its earlier row).
-    fn write_row(&self, trace: &OpenTrace) -> Result<(), sled::Error> {
-        let t = &*self.trees;
-        let id = &trace.summary.trace_id;
-        let start = trace.summary.start_unix_nanos;
-        if let Some(old) = &trace.written
-            && old.start_unix_nanos != start
-        {
-            t.rows.remove(time_key(old.start_unix_nanos, id))?;
-            self.forget_written(id, old.start_unix_nanos);
+    /// Writes traces' rows (replacing their earlier rows) with one append, and their index
+    /// entries.
+    fn write_rows(&self, traces: &[OpenTrace]) -> Result<(), sled::Error> {
+        let mut changes: Vec<Change> = Vec::with_capacity(traces.len());
+        let mut moved = Vec::new();
+        for trace in traces {
+            let id = &trace.summary.trace_id;
+            let start = trace.summary.start_unix_nanos;
+            if let Some(old) = &trace.written
+                && old.start_unix_nanos != start
+            {
+                changes.push((time_key(old.start_unix_nanos, id), None));
+                moved.push((*id, old.start_unix_nanos));
+            }
+            self.reindex(trace.written.as_ref(), &trace.summary)?;
+            let row = TraceRow::encode_parts(&trace.summary, &trace.spans);
+            changes.push((time_key(start, id), Some(row)));
         }
-        self.reindex(trace.written.as_ref(), &trace.summary)?;
-        t.rows.insert(
-            time_key(start, id),
-            TraceRow::encode_parts(&trace.summary, &trace.spans),
-        )?;
-        self.written().insert(id, start, |at| {
-            t.rows.contains_key(time_key(at, id)).unwrap_or(false)
-        });
+        let mut buf = Vec::new();
+        self.rows.write(&changes, &mut buf).map_err(sled::Error::Io)?;
+        for (id, start) in moved {
+            self.forget_written(&id, start);
+        }
+        let mut written = self.written();
+        for trace in traces {
+            let id = &trace.summary.trace_id;
+            written.insert(id, trace.summary.start_unix_nanos, |at| {
+                self.rows.contains_key(&time_key(at, id))
+            });
+        }
         Ok(())
     }
 
     /// Forgets where a trace's row was (the row at `start` is removed already).
     fn forget_written(&self, id: &[u8; 16], start: u64) {
-        let rows = &self.trees.rows;
         self.written().remove(id, start, || {
-            rows.range(WrittenIds::shared_range(id, start))
-                .next()
-                .is_some_and(|r| r.is_ok())
+            self.rows.any_in(WrittenIds::shared_range(id, start))
         });
     }
 
@@ -919,9 +939,9 @@ impl TraceStore {
         };
         let key = time_key(start, id);
         Ok(self
-            .trees
             .rows
-            .get(key)?
+            .get(&key)
+            .map_err(sled::Error::Io)?
             .and_then(|v| TraceRow::decode(&v))
             .filter(|row| &row.summary.trace_id == id)
             .map(|row| (key, row)))
@@ -1058,10 +1078,10 @@ impl TraceStore {
     /// Evicts whole traces, oldest written first, until the stored bytes fit `max_bytes`.
     fn enforce_size(&self) -> Result<(), sled::Error> {
         while self.stored_bytes() > self.limits.max_bytes {
-            let oldest = self.trees.rows.first()?;
+            let oldest = self.rows.first_key();
             let Some(id) = oldest
                 .as_ref()
-                .and_then(|(key, _)| trace_id_of(key))
+                .and_then(|key| trace_id_of(key))
                 .or_else(|| self.oldest_open())
             else {
                 break;
@@ -1069,7 +1089,7 @@ impl TraceStore {
             if !self.evict(&id, "size")? {
                 match oldest {
                     // An index entry without its row: drop it so the loop ends.
-                    Some((key, _)) => self.trees.rows.remove(key).map(|_| ())?,
+                    Some(key) => self.remove_row(key)?,
                     None => break,
                 }
             }
@@ -1077,18 +1097,24 @@ impl TraceStore {
         Ok(())
     }
 
+    fn remove_row(&self, key: [u8; 24]) -> Result<(), sled::Error> {
+        self.rows
+            .write(&[(key, None)], &mut Vec::new())
+            .map_err(sled::Error::Io)
+    }
+
     /// Evicts the traces that started before `max_age` ago.
     fn evict_expired(&self) {
         let cutoff = now_unix_nanos().saturating_sub(self.limits.max_age.as_nanos() as u64);
         let result = (|| -> Result<(), sled::Error> {
-            while let Some((key, _)) = self.trees.rows.first()? {
+            while let Some(key) = self.rows.first_key() {
                 let start = u64::from_be_bytes(key[..8].try_into().unwrap_or_default());
                 if start >= cutoff {
                     break;
                 }
                 let Some(id) = trace_id_of(&key) else { break };
                 if !self.evict(&id, "age")? {
-                    self.trees.rows.remove(key)?;
+                    self.remove_row(key)?;
                 }
             }
             let expired: Vec<[u8; 16]> = self
@@ -1125,7 +1151,7 @@ impl TraceStore {
             *freed.entry(p.segment).or_default() -= 1;
         }
         if let Some((key, written)) = &row {
-            t.rows.remove(key)?;
+            self.remove_row(*key)?;
             self.forget_written(trace_id, written.summary.start_unix_nanos);
             let w = &written.summary;
             for (tree, value) in [
@@ -1157,10 +1183,9 @@ impl TraceStore {
 }
 
 /// Where each written trace's row is, from the rows' keys.
-fn written_ids(trees: &Trees) -> Result<WrittenIds, sled::Error> {
+fn written_ids(rows: &Rows) -> WrittenIds {
     let mut ids = WrittenIds::default();
-    for key in trees.rows.iter().keys() {
-        let key = key?;
+    for key in rows.keys() {
         let (Some(id), Some(start)) = (
             trace_id_of(&key),
             key.get(..8)
@@ -1169,71 +1194,100 @@ fn written_ids(trees: &Trees) -> Result<WrittenIds, sled::Error> {
         ) else {
             continue;
         };
-        ids.insert(&id, start, |at| {
-            trees.rows.contains_key(time_key(at, &id)).unwrap_or(false)
-        });
+        ids.insert(&id, start, |at| rows.contains_key(&time_key(at, &id)));
     }
-    Ok(ids)
+    ids
 }
 
-/// Moves a store written before the `rows` tree into it: each `traces` row (keyed by trace id)
-/// and its `spans` rows (pointers, or the span's JSON inline, which is appended to the span
-/// files) become one row; the old trees are dropped. The index trees are unchanged.
+/// Moves a store of an earlier layout into the row files: a sled `rows` tree (rows as they are
+/// now, kept in sled) is copied as it is; a `traces` row per trace id and its `spans` rows
+/// (pointers, or the span's JSON inline, which is appended to the span files) become one row.
+/// The old trees are dropped once the rows are durable; the index trees are unchanged.
 fn migrate_legacy(
     trees: &Trees,
     log: &SpanLog,
+    rows: &Rows,
     live: &mut BTreeMap<u32, u64>,
 ) -> Result<(), sled::Error> {
     let names = trees.db.tree_names();
-    if names.iter().any(|n| n == b"by_time") {
+    let has = |name: &[u8]| names.iter().any(|n| n == name);
+    if has(b"by_time") {
         // A time index beside the rows, from before their keys were it.
         trees.db.drop_tree("by_time")?;
     }
-    if !names.iter().any(|n| n == b"traces") {
-        return Ok(());
+    let mut buf = Vec::new();
+    let mut changes: Vec<Change> = Vec::new();
+    let mut write = |changes: &mut Vec<Change>| -> Result<(), sled::Error> {
+        rows.write(changes, &mut buf).map_err(sled::Error::Io)?;
+        changes.clear();
+        Ok(())
+    };
+    if has(b"rows") {
+        for entry in trees.db.open_tree("rows")?.iter() {
+            let (key, row) = entry?;
+            if let Ok(key) = <[u8; 24]>::try_from(key.as_ref()) {
+                changes.push((key, Some(row.to_vec())));
+            }
+            if changes.len() >= 1024 {
+                write(&mut changes)?;
+            }
+        }
     }
-    let traces = trees.db.open_tree("traces")?;
-    let spans = trees.db.open_tree("spans")?;
-    for row in traces.iter().values() {
-        let Some(summary) = decode::<TraceSummary>(&row?) else {
-            continue;
-        };
-        let id = summary.trace_id;
-        let mut pointers = Vec::new();
-        for span in spans.scan_prefix(id) {
-            let (key, value) = span?;
-            let Some(span_id) = key.get(16..24).and_then(|b| <[u8; 8]>::try_from(b).ok()) else {
+    if has(b"traces") {
+        let traces = trees.db.open_tree("traces")?;
+        let spans = trees.db.open_tree("spans")?;
+        for row in traces.iter().values() {
+            let Some(summary) = decode::<TraceSummary>(&row?) else {
                 continue;
             };
-            let pointer = match Pointer::decode(&value) {
-                Some(p) => p,
-                None => {
-                    let (segment, offset) = log.append(&value).map_err(sled::Error::Io)?;
-                    let count = live.entry(segment).or_default();
-                    *count += 1;
-                    trees
-                        .segments
-                        .insert(segment.to_be_bytes(), &count.to_be_bytes())?;
-                    Pointer {
-                        segment,
-                        offset,
-                        len: u32::try_from(value.len()).unwrap_or(u32::MAX),
+            let id = summary.trace_id;
+            let mut pointers = Vec::new();
+            for span in spans.scan_prefix(id) {
+                let (key, value) = span?;
+                let Some(span_id) = key.get(16..24).and_then(|b| <[u8; 8]>::try_from(b).ok())
+                else {
+                    continue;
+                };
+                let pointer = match Pointer::decode(&value) {
+                    Some(p) => p,
+                    None => {
+                        let (segment, offset) = log.append(&value).map_err(sled::Error::Io)?;
+                        let count = live.entry(segment).or_default();
+                        *count += 1;
+                        trees
+                            .segments
+                            .insert(segment.to_be_bytes(), &count.to_be_bytes())?;
+                        Pointer {
+                            segment,
+                            offset,
+                            len: u32::try_from(value.len()).unwrap_or(u32::MAX),
+                        }
                     }
-                }
+                };
+                pointers.push((span_id, pointer));
+            }
+            let key = time_key(summary.start_unix_nanos, &id);
+            let row = TraceRow {
+                spans: pointers,
+                summary,
             };
-            pointers.push((span_id, pointer));
+            changes.push((key, Some(row.encode())));
+            if changes.len() >= 1024 {
+                write(&mut changes)?;
+            }
         }
-        let row = TraceRow {
-            spans: pointers,
-            summary,
-        };
-        trees
-            .rows
-            .insert(time_key(row.summary.start_unix_nanos, &id), row.encode())?;
     }
+    if !has(b"rows") && !has(b"traces") {
+        return Ok(());
+    }
+    write(&mut changes)?;
+    log.sync().and_then(|()| rows.sync()).map_err(sled::Error::Io)?;
     trees.db.flush()?;
-    trees.db.drop_tree("traces")?;
-    trees.db.drop_tree("spans")?;
+    for old in ["rows", "traces", "spans"] {
+        if has(old.as_bytes()) {
+            trees.db.drop_tree(old)?;
+        }
+    }
     tracing::info!("the trace store was moved to its new layout");
     Ok(())
 }

@@ -5,8 +5,60 @@ use std::collections::{HashMap, HashSet};
 
 use super::{
     SessionSummary, StoredSpan, Totals, TraceStore, TraceSummary, decode, log::Pointer,
-    open::TraceRow, session_time_key, time_key, trace_id_of, value_prefix,
+    open::TraceRow, rows::Rows, session_time_key, time_key, trace_id_of, value_prefix,
 };
+
+/// Rows the time index gives a reader at a time (its lock is not held while they are read).
+const TIME_PAGE: usize = 64;
+
+/// Written rows newest first within a page's bounds, with their keys: by the time index, or by
+/// a sled index tree whose keys end with the row's key.
+enum Written<'a> {
+    Time {
+        rows: &'a Rows,
+        low: [u8; 24],
+        high: [u8; 24],
+        page: std::vec::IntoIter<([u8; 24], Pointer)>,
+    },
+    Index {
+        rows: &'a Rows,
+        entries: std::iter::Rev<sled::Iter>,
+    },
+}
+
+impl Iterator for Written<'_> {
+    type Item = Result<([u8; 24], Option<Vec<u8>>), sled::Error>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self {
+            Written::Time {
+                rows,
+                low,
+                high,
+                page,
+            } => {
+                if page.len() == 0 {
+                    let next = rows.newest_before(low, high, TIME_PAGE);
+                    *high = next.last()?.0;
+                    *page = next.into_iter();
+                }
+                let (key, p) = page.next()?;
+                Some(rows.read(p).map(|row| (key, Some(row))).map_err(sled::Error::Io))
+            }
+            Written::Index { rows, entries } => {
+                let entry = entries.next()?;
+                Some(entry.and_then(|(k, _)| {
+                    let key: [u8; 24] = k
+                        .len()
+                        .checked_sub(24)
+                        .and_then(|at| k[at..].try_into().ok())
+                        .unwrap_or_default();
+                    Ok((key, rows.get(&key).map_err(sled::Error::Io)?))
+                }))
+            }
+        }
+    }
+}
 
 /// A filter over traces, and a page of it. Every given condition must hold.
 #[derive(Debug, Clone, Default)]
@@ -123,31 +175,33 @@ impl TraceStore {
     /// user, feature, else time); the other conditions are checked on each row.
     pub fn traces(&self, q: &TraceQuery) -> Result<Page<TraceSummary>, sled::Error> {
         let t = &*self.trees;
-        let (tree, prefix) = match (&q.session, &q.user, &q.feature) {
-            (Some(s), _, _) => (&t.by_session, value_prefix(s)),
-            (None, Some(u), _) => (&t.by_user, value_prefix(u)),
-            (None, None, Some(f)) => (&t.by_feature, value_prefix(f)),
-            // The rows' own keys are (start, trace id).
-            _ => (&t.rows, Vec::new()),
-        };
-        let key = |time_part: [u8; 24]| {
-            let mut k = prefix.clone();
-            k.extend_from_slice(&time_part);
-            k
-        };
-        let low = key(time_key(q.from.unwrap_or(0), &[0; 16]));
+        let low = time_key(q.from.unwrap_or(0), &[0; 16]);
         // Exclusive upper bound: before `to`, and before the cursor's row.
-        let mut high = match q.to {
-            Some(to) => key(time_key(to, &[0; 16])),
-            None => {
-                let mut k = prefix.clone();
-                k.extend_from_slice(&[0xff; 25]);
-                k
-            }
-        };
+        let mut high = q.to.map_or([0xff; 24], |to| time_key(to, &[0; 16]));
         if let Some((start, id)) = q.cursor {
-            high = high.min(key(time_key(start, &id)));
+            high = high.min(time_key(start, &id));
         }
+        let index = match (&q.session, &q.user, &q.feature) {
+            (Some(s), _, _) => Some((&t.by_session, value_prefix(s))),
+            (None, Some(u), _) => Some((&t.by_user, value_prefix(u))),
+            (None, None, Some(f)) => Some((&t.by_feature, value_prefix(f))),
+            _ => None,
+        };
+        let written = match index {
+            Some((tree, prefix)) => {
+                let key = |time_part: [u8; 24]| [prefix.as_slice(), &time_part].concat();
+                Written::Index {
+                    rows: &self.rows,
+                    entries: tree.range(key(low)..key(high)).rev(),
+                }
+            }
+            None => Written::Time {
+                rows: &self.rows,
+                low,
+                high,
+                page: Vec::new().into_iter(),
+            },
+        };
         let needle = q.text.as_ref().map(|s| s.to_lowercase());
         // Open traces first (newest first, within the page's bounds): they take the place of
         // any row written for them before.
@@ -158,24 +212,16 @@ impl TraceStore {
         open.sort_by_key(|s| std::cmp::Reverse((s.start_unix_nanos, s.trace_id)));
         let mut open = open.into_iter().peekable();
         let mut rows = Vec::new();
-        let mut written = tree.range(low..high).rev();
+        let mut written = written;
         loop {
             // The next written row that matches, unless an open trace comes before it.
             let mut next_written = None;
             for entry in written.by_ref() {
-                let (k, v) = entry?;
+                let (k, row) = entry?;
                 let Some(id) = trace_id_of(&k) else { continue };
                 if open_ids.contains(&id) {
                     continue;
                 }
-                let row = if prefix.is_empty() {
-                    Some(v)
-                } else {
-                    let Some(at) = k.len().checked_sub(24).map(|at| &k[at..]) else {
-                        continue;
-                    };
-                    t.rows.get(at)?
-                };
                 let Some(summary) = row.and_then(|v| TraceRow::decode_summary(&v)) else {
                     continue;
                 };
