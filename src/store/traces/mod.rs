@@ -524,7 +524,7 @@ impl TraceStore {
         let mut last_flush = Instant::now();
         // Spans written since the last flush of sled.
         let mut unflushed = 0u64;
-        // Rows written since the last flush.
+        // Rows written or traces evicted since the last flush.
         let mut sealed = false;
         self.evict_expired();
         loop {
@@ -581,7 +581,9 @@ impl TraceStore {
             // Cheap when nothing expired (one look at the oldest trace), so after every batch.
             if spans_written || last_age_check.elapsed() >= AGE_CHECK {
                 last_age_check = Instant::now();
+                let traces = self.counts().traces;
                 self.evict_expired();
+                sealed |= self.counts().traces != traces;
             }
             if !flushes.is_empty() {
                 if let Err(e) = self.log.sync().map_err(sled::Error::Io) {
@@ -602,19 +604,22 @@ impl TraceStore {
             }
         }
         self.seal(true);
-        if let Err(e) = self.log.sync().and_then(|()| self.rows.sync()) {
-            tracing::warn!(error = %e, "the trace store's files did not sync at shutdown");
+        if let Err(e) = self.log.sync() {
+            tracing::warn!(error = %e, "the trace store's span files did not sync at shutdown");
         }
-        if let Err(e) = self.trees.db.flush() {
-            tracing::warn!(error = %e, "the trace store did not flush at shutdown");
-        }
+        self.flush_sled(&mut unflushed);
     }
 
-    /// Syncs the row files, then flushes sled: the replay marks sled keeps never get ahead of
-    /// the rows they count on.
+    /// Syncs the row files, saves the counts and the replay marks, then flushes sled: the
+    /// marks sled keeps never get ahead of the rows they count on. About once a second: what
+    /// a crash may lose from the store.
     fn flush_sled(&self, unflushed: &mut u64) {
-        if let Err(e) = self.rows.sync() {
-            self.fail(&sled::Error::Io(e));
+        let saved = self.rows.sync().map_err(sled::Error::Io).and_then(|()| {
+            self.counts().save(&self.trees)?;
+            self.save_replay_marks()
+        });
+        if let Err(e) = saved {
+            self.fail(&e);
             return;
         }
         match self.trees.db.flush() {
@@ -757,17 +762,15 @@ impl TraceStore {
         if duplicates > 0 {
             self.change_live(&[(segment, -(duplicates as i64))])?;
         }
-        let mut counts = self.counts();
-        counts.bytes += added_bytes;
-        counts.save(t)?;
-        drop(counts);
-        self.save_replay_marks()
+        self.counts().bytes += added_bytes;
+        Ok(())
     }
 
     /// Saves where a replay after a crash begins (the first span of any open trace that is
-    /// not in its row yet) and ends (the span files' end now). Saved after the batch's other
-    /// writes, so when sled has it, it has them too: the spans between the two marks are the
-    /// ones to put back into their open traces.
+    /// not in its row yet) and ends (the span files' end now). Saved just before sled is flushed
+    /// and after the rows are synced, so when sled has the marks, the rows of every trace that
+    /// is not open are on disk: the spans between the two marks are the ones to put back into
+    /// their open traces.
     fn save_replay_marks(&self) -> Result<(), sled::Error> {
         let end = self.log.end();
         let from = self
@@ -876,10 +879,6 @@ impl TraceStore {
             drop(open);
             self.fail(&e);
             return false;
-        }
-        drop(open);
-        if let Err(e) = self.save_replay_marks() {
-            self.fail(&e);
         }
         true
     }
@@ -1171,7 +1170,6 @@ impl TraceStore {
         let mut counts = self.counts();
         counts.bytes = counts.bytes.saturating_sub(summary.bytes);
         counts.traces = counts.traces.saturating_sub(1);
-        counts.save(t)?;
         drop(counts);
         self.metrics
             .store
