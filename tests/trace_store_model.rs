@@ -448,9 +448,13 @@ fn past_max_bytes_the_oldest_traces_are_evicted_whole_and_counted() {
 
 /// Bytes in the span files under `dir/spans`, and how many files.
 fn span_files(dir: &Path) -> (u64, usize) {
+    files_in(&dir.join("spans"))
+}
+
+fn files_in(dir: &Path) -> (u64, usize) {
     let mut bytes = 0;
     let mut files = 0;
-    for entry in std::fs::read_dir(dir.join("spans")).unwrap() {
+    for entry in std::fs::read_dir(dir).unwrap() {
         bytes += entry.unwrap().metadata().unwrap().len();
         files += 1;
     }
@@ -487,6 +491,9 @@ fn evicted_traces_give_their_disk_space_back_and_what_is_kept_survives_a_restart
             bytes < max_bytes + 3 * (64 << 10),
             "{bytes} bytes in {files} span files for {written} spans"
         );
+        // The rows' files too: the segments of evicted traces' rows are deleted.
+        let (bytes, files) = files_in(&dir.path().join("rows"));
+        assert!(bytes < 3 * (64 << 10), "{bytes} bytes in {files} row files");
         store.close();
     }
     let (store, _) = open(dir.path(), max_bytes, Duration::from_secs(86_400));
@@ -734,4 +741,52 @@ fn a_store_with_rows_in_sled_is_moved_into_the_row_files() {
         store.summary(&trace_id(4)).unwrap().unwrap().totals.spans,
         3
     );
+}
+
+/// The row files and the span files are the truth about which span files hold live spans: a
+/// store whose sled lost its last writes (a kill before its flush) still keeps every span file
+/// a row points into, across several segments.
+#[test]
+fn span_files_the_rows_point_into_are_kept_when_sled_lost_its_last_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    // The smallest segments (64 KiB): the spans below fill several.
+    let max_bytes = 1 << 20;
+    let now = now_unix_nanos();
+    {
+        let (store, _) = open(dir.path(), max_bytes, Duration::from_secs(86_400));
+        for t in 0..60u64 {
+            let mut id = [0u8; 16];
+            id[..8].copy_from_slice(&(t + 1).to_be_bytes());
+            for s in 0..4 {
+                let mut span = simple(1, s, now + t * 1_000_000);
+                span.trace_id = id;
+                span.attributes
+                    .push(("padding".into(), AttrValue::Str("x".repeat(1000))));
+                put(&store, span, None);
+            }
+            // A batch per trace, so the segments roll over between traces.
+            assert!(store.flush(Duration::from_secs(10)));
+        }
+        store.close();
+    }
+    assert!(
+        span_files(dir.path()).1 > 2,
+        "the spans fill several segments"
+    );
+    {
+        // What sled had saved is gone: the counts and the replay marks.
+        let db =
+            sidetrace::store::sled_db::open_waiting_for_lock(&sled::Config::new().path(dir.path()))
+                .unwrap();
+        db.drop_tree("meta").unwrap();
+        db.flush().unwrap();
+    }
+    let (store, metrics) = open(dir.path(), max_bytes, Duration::from_secs(86_400));
+    assert_eq!(metric(&metrics, "sidetrace_store_traces "), 60.0);
+    for t in 0..60u64 {
+        let mut id = [0u8; 16];
+        id[..8].copy_from_slice(&(t + 1).to_be_bytes());
+        let tree = store.trace(&id).unwrap().expect("the trace is kept");
+        assert_eq!(tree.nodes.len(), 4, "every span is read back");
+    }
 }

@@ -1,4 +1,4 @@
-//! Span bodies, in append-only segment files beside the sled trees.
+//! Span bodies, in append-only segment files.
 //!
 //! sled keeps its values inside its B-tree nodes, so every insert of a 1–3 KB span rewrote (and
 //! on a cache miss first read back) a node full of other spans: that was most of the store's
@@ -7,12 +7,13 @@
 //!
 //! Segments are named `{id:010}.log` and never appended to after a restart (a new one is begun).
 //! A batch is appended before any pointer to it is written, and a segment is synced when it is
-//! closed and with each flush; after a power loss sled may still keep pointers to bytes that
-//! never reached the disk: such a span reads as missing and is left out of its trace. The `segments` tree counts each
-//! segment's live spans; eviction lowers the count and deletes the file when it reaches zero, so
-//! disk space comes back a segment at a time (traces arrive in time order, so the oldest
-//! segments empty first). A segment that no count names at open is left over from a crash
-//! between the append and the index, and is deleted.
+//! closed and with each flush; after a power loss the rows may still keep pointers to bytes
+//! that never reached the disk: such a span reads as missing and is left out of its trace.
+//! Each segment's live spans are counted in memory (from the rows at open); eviction lowers
+//! the count and deletes the file when it reaches zero, so disk space comes back a segment at a
+//! time (traces arrive in time order, so the oldest segments empty first). A segment no row
+//! points into and no crash replay reads is left over (its traces were evicted, or a crash
+//! came between the append and the rows) and is deleted at open.
 
 use std::{
     collections::{BTreeMap, HashMap},

@@ -18,11 +18,11 @@
 //!   spans is ([`TraceRow`]), appended to the segment files under `rows/` (`rows.rs`), whose
 //!   index in memory is the time index; written once the trace has been quiet for a while
 //!   (until then it is open, in memory, and the readers see it there)
-//! - sled trees: `segments`: span segment id (4) -> how many stored spans it holds (deleted at
-//!   zero); `by_feature`, `by_user`, `by_session`: value length (2) + value + start + trace id
-//!   -> (); `sessions`: session id -> [`SessionSummary`]; `sessions_by_time`: last nanos + id
-//!   -> (); `resources`: resource key (8) -> resource attributes; `meta`: stored bytes and
-//!   traces, replay marks
+//! - sled trees: `by_feature`, `by_user`, `by_session`: value length (2) + value + start +
+//!   trace id -> (); `sessions`: session id -> [`SessionSummary`]; `sessions_by_time`: last
+//!   nanos + id -> (); `resources`: resource key (8) -> resource attributes; `meta`: stored
+//!   bytes and traces, replay marks
+//! - live spans per span segment: in memory, counted from the rows at open
 //!
 //! Stores of earlier layouts (a sled `traces` row per id and a `spans` row per span; or a sled
 //! `rows` tree) are moved into the row files at open.
@@ -35,6 +35,7 @@ mod summary;
 
 use std::{
     collections::{BTreeMap, HashSet},
+    io,
     path::Path,
     sync::{
         Arc, Mutex,
@@ -162,7 +163,6 @@ struct Trees {
     sessions: sled::Tree,
     sessions_by_time: sled::Tree,
     resources: sled::Tree,
-    segments: sled::Tree,
     meta: sled::Tree,
 }
 
@@ -183,7 +183,6 @@ impl Trees {
             sessions: tree("sessions")?,
             sessions_by_time: tree("sessions_by_time")?,
             resources: tree("resources")?,
-            segments: tree("segments")?,
             meta: tree("meta")?,
             db,
         })
@@ -204,7 +203,7 @@ pub struct TraceStore {
     log: SpanLog,
     /// The written traces' rows, and the time index.
     rows: Rows,
-    /// Live spans per segment, as saved in `segments`.
+    /// Live spans per segment, counted from the rows at open.
     live: Mutex<BTreeMap<u32, u64>>,
     /// Traces still taking spans (readers look here first). Only the writer changes it; a
     /// trace leaves it only once its row is written.
@@ -315,16 +314,60 @@ fn io_error(e: sled::Error) -> std::io::Error {
     std::io::Error::other(e.to_string())
 }
 
-/// The `segments` tree: live spans per segment.
-fn load_live(trees: &Trees) -> Result<BTreeMap<u32, u64>, sled::Error> {
+/// The span segments to keep at open: every one a row points into, every one a replay after a
+/// crash reads (from the replay's first mark on), and, for stores of earlier layouts, every one
+/// the old `segments` tree counted. The rest are left over (their traces were evicted, or a
+/// crash came between an append and the rows) and deleted.
+fn span_segments_to_keep(
+    trees: &Trees,
+    rows: &Rows,
+    spans_dir: &Path,
+) -> io::Result<BTreeMap<u32, u64>> {
+    let mut keep = BTreeMap::new();
+    for key in rows.keys() {
+        if let Some(row) = rows.get(&key)? {
+            keep.extend(TraceRow::span_segments(&row).map(|s| (s, 0)));
+        }
+    }
+    let replay_from = trees.meta.get("replay").map_err(io_error)?.and_then(|m| {
+        m.get(..4)
+            .and_then(|b| b.try_into().ok())
+            .map(u32::from_be_bytes)
+    });
+    if let Some(from) = replay_from
+        && spans_dir.is_dir()
+    {
+        keep.extend(
+            log::segment_ids(spans_dir)?
+                .into_iter()
+                .filter(|&s| s >= from)
+                .map(|s| (s, 0)),
+        );
+    }
+    if trees.db.tree_names().iter().any(|n| n == b"segments") {
+        for entry in trees
+            .db
+            .open_tree("segments")
+            .map_err(io_error)?
+            .iter()
+            .keys()
+        {
+            if let Ok(k) = <[u8; 4]>::try_from(entry.map_err(io_error)?.as_ref()) {
+                keep.insert(u32::from_be_bytes(k), 0);
+            }
+        }
+    }
+    Ok(keep)
+}
+
+/// Live spans per segment, counted from the rows (a replay adds the open traces' spans).
+fn live_spans(rows: &Rows) -> Result<BTreeMap<u32, u64>, sled::Error> {
     let mut live = BTreeMap::new();
-    for row in trees.segments.iter() {
-        let (k, v) = row?;
-        if let (Ok(k), Ok(v)) = (
-            <[u8; 4]>::try_from(k.as_ref()),
-            <[u8; 8]>::try_from(v.as_ref()),
-        ) {
-            live.insert(u32::from_be_bytes(k), u64::from_be_bytes(v));
+    for key in rows.keys() {
+        if let Some(row) = rows.get(&key).map_err(sled::Error::Io)? {
+            for segment in TraceRow::span_segments(&row) {
+                *live.entry(segment).or_default() += 1;
+            }
         }
     }
     Ok(live)
@@ -368,14 +411,15 @@ impl TraceStore {
                 );
             }
         };
-        let opened_log = load_live(&trees).map_err(io_error).and_then(|live| {
-            let segment_bytes = (limits.max_bytes / 16).clamp(64 << 10, 64 << 20);
-            let log = SpanLog::open(&dir.join("spans"), segment_bytes, &live)?;
+        let opened_log = (|| -> io::Result<(SpanLog, Rows)> {
             let row_bytes = (limits.max_bytes / 64).clamp(64 << 10, 16 << 20);
             let rows = Rows::open(&dir.join("rows"), row_bytes)?;
-            Ok((log, live, rows))
-        });
-        let (log, mut live, rows) = match opened_log {
+            let keep = span_segments_to_keep(&trees, &rows, &dir.join("spans"))?;
+            let segment_bytes = (limits.max_bytes / 16).clamp(64 << 10, 64 << 20);
+            let log = SpanLog::open(&dir.join("spans"), segment_bytes, &keep)?;
+            Ok((log, rows))
+        })();
+        let (log, rows) = match opened_log {
             Ok(opened) => opened,
             Err(e) => {
                 return Opened::unavailable(
@@ -384,9 +428,14 @@ impl TraceStore {
                 );
             }
         };
-        let read = migrate_legacy(&trees, &log, &rows, &mut live)
-            .and_then(|()| Ok((Counts::load(&trees, &rows)?, written_ids(&rows))));
-        let (counts, written) = match read {
+        let read = migrate_legacy(&trees, &log, &rows).and_then(|()| {
+            Ok((
+                Counts::load(&trees, &rows)?,
+                written_ids(&rows),
+                live_spans(&rows)?,
+            ))
+        });
+        let (counts, written, live) = match read {
             Ok(read) => read,
             Err(e) => {
                 return Opened::unavailable(
@@ -714,8 +763,7 @@ impl TraceStore {
             return Ok(());
         }
         let (segment, base) = self.log.append(buf).map_err(sled::Error::Io)?;
-        // Counted before any pointer names the segment (and taken back for duplicates after),
-        // so a crash between the two never leaves a pointer into a segment counted empty.
+        // Counted before the spans join their traces, and taken back for duplicates after.
         let batch_spans: usize = by_trace.values().map(Vec::len).sum();
         self.change_live(&[(segment, batch_spans as i64)])?;
         let mut added_bytes = 0u64;
@@ -790,8 +838,9 @@ impl TraceStore {
     }
 
     /// Puts the spans of traces that were open at a crash back into their open traces (their
-    /// bodies are in the span files; only the rows were still to be written). Counts and
-    /// session rows were saved per batch and are not added again.
+    /// bodies are in the span files; only the rows were still to be written), and counts them
+    /// as live in their segments. The stored bytes and the session rows were saved before and
+    /// are not added again.
     fn replay(&self) -> Result<u64, sled::Error> {
         let Some(marks) = self.trees.meta.get("replay")? else {
             return Ok(0);
@@ -851,6 +900,13 @@ impl TraceStore {
                     let bytes = u64::from(TRACE_ROW_SPAN_BYTES + pointer.len);
                     trace.summary.add(&stored.span, &stored.totals(), bytes);
                     replayed += 1;
+                    drop(open);
+                    *self
+                        .live
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .entry(segment)
+                        .or_default() += 1;
                 }
             }
         }
@@ -902,7 +958,9 @@ impl TraceStore {
             changes.push((time_key(start, id), Some(row)));
         }
         let mut buf = Vec::new();
-        self.rows.write(&changes, &mut buf).map_err(sled::Error::Io)?;
+        self.rows
+            .write(&changes, &mut buf)
+            .map_err(sled::Error::Io)?;
         for (id, start) in moved {
             self.forget_written(&id, start);
         }
@@ -953,9 +1011,6 @@ impl TraceStore {
         for &(segment, change) in changes {
             let count = live.entry(segment).or_default();
             *count = count.saturating_add_signed(change);
-            self.trees
-                .segments
-                .insert(segment.to_be_bytes(), &count.to_be_bytes())?;
         }
         let current = self.log.current_segment();
         let empty: Vec<u32> = live
@@ -965,7 +1020,6 @@ impl TraceStore {
             .collect();
         for segment in empty {
             live.remove(&segment);
-            self.trees.segments.remove(segment.to_be_bytes())?;
             self.log.remove(segment).map_err(sled::Error::Io)?;
         }
         Ok(())
@@ -1201,12 +1255,7 @@ fn written_ids(rows: &Rows) -> WrittenIds {
 /// now, kept in sled) is copied as it is; a `traces` row per trace id and its `spans` rows
 /// (pointers, or the span's JSON inline, which is appended to the span files) become one row.
 /// The old trees are dropped once the rows are durable; the index trees are unchanged.
-fn migrate_legacy(
-    trees: &Trees,
-    log: &SpanLog,
-    rows: &Rows,
-    live: &mut BTreeMap<u32, u64>,
-) -> Result<(), sled::Error> {
+fn migrate_legacy(trees: &Trees, log: &SpanLog, rows: &Rows) -> Result<(), sled::Error> {
     let names = trees.db.tree_names();
     let has = |name: &[u8]| names.iter().any(|n| n == name);
     if has(b"by_time") {
@@ -1250,11 +1299,6 @@ fn migrate_legacy(
                     Some(p) => p,
                     None => {
                         let (segment, offset) = log.append(&value).map_err(sled::Error::Io)?;
-                        let count = live.entry(segment).or_default();
-                        *count += 1;
-                        trees
-                            .segments
-                            .insert(segment.to_be_bytes(), &count.to_be_bytes())?;
                         Pointer {
                             segment,
                             offset,
@@ -1276,12 +1320,18 @@ fn migrate_legacy(
         }
     }
     if !has(b"rows") && !has(b"traces") {
+        if has(b"segments") {
+            // Live span counts, from before they were counted from the rows at open.
+            trees.db.drop_tree("segments")?;
+        }
         return Ok(());
     }
     write(&mut changes)?;
-    log.sync().and_then(|()| rows.sync()).map_err(sled::Error::Io)?;
+    log.sync()
+        .and_then(|()| rows.sync())
+        .map_err(sled::Error::Io)?;
     trees.db.flush()?;
-    for old in ["rows", "traces", "spans"] {
+    for old in ["rows", "traces", "spans", "segments"] {
         if has(old.as_bytes()) {
             trees.db.drop_tree(old)?;
         }

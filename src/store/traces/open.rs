@@ -235,6 +235,16 @@ impl TraceRow {
     }
 }
 
+impl TraceRow {
+    /// The span segment of each span of an encoded row, without decoding its summary.
+    pub fn span_segments(bytes: &[u8]) -> impl Iterator<Item = u32> + '_ {
+        let (n, rest) = split_count(bytes).unwrap_or((0, &[]));
+        rest.chunks_exact(SPAN_ENTRY)
+            .take(n)
+            .filter_map(|e| e.get(8..12)?.try_into().ok().map(u32::from_be_bytes))
+    }
+}
+
 fn split_count(bytes: &[u8]) -> Option<(usize, &[u8])> {
     let (n, rest) = bytes.split_first_chunk::<4>()?;
     Some((u32::from_be_bytes(*n) as usize, rest))

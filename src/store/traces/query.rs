@@ -43,7 +43,11 @@ impl Iterator for Written<'_> {
                     *page = next.into_iter();
                 }
                 let (key, p) = page.next()?;
-                Some(rows.read(p).map(|row| (key, Some(row))).map_err(sled::Error::Io))
+                Some(
+                    rows.read(p)
+                        .map(|row| (key, Some(row)))
+                        .map_err(sled::Error::Io),
+                )
             }
             Written::Index { rows, entries } => {
                 let entry = entries.next()?;

@@ -278,7 +278,11 @@ mod tests {
         {
             let rows = Rows::open(dir.path(), 1 << 20).unwrap();
             rows.write(
-                &[put(key(1, 1), "one"), put(key(2, 2), "two"), put(key(3, 3), "three")],
+                &[
+                    put(key(1, 1), "one"),
+                    put(key(2, 2), "two"),
+                    put(key(3, 3), "three"),
+                ],
                 &mut buf,
             )
             .unwrap();
@@ -292,7 +296,10 @@ mod tests {
         assert_eq!(rows.get(&key(2, 2)).unwrap().unwrap(), b"two again");
         assert_eq!(rows.get(&key(3, 3)).unwrap().unwrap(), b"three");
         let page = rows.newest_before(&key(0, 0), &key(3, 3), 10);
-        assert_eq!(page.iter().map(|(k, _)| *k).collect::<Vec<_>>(), [key(2, 2)]);
+        assert_eq!(
+            page.iter().map(|(k, _)| *k).collect::<Vec<_>>(),
+            [key(2, 2)]
+        );
         assert!(rows.any_in(key(2, 0)..=key(2, 255)));
         assert!(!rows.any_in(key(1, 0)..=key(1, 255)));
         assert_eq!(rows.first_key(), Some(key(2, 2)));
@@ -305,7 +312,8 @@ mod tests {
         {
             let rows = Rows::open(dir.path(), 1 << 20).unwrap();
             rows.write(&[put(key(1, 1), "kept")], &mut buf).unwrap();
-            rows.write(&[put(key(2, 2), "cut short")], &mut buf).unwrap();
+            rows.write(&[put(key(2, 2), "cut short")], &mut buf)
+                .unwrap();
         }
         let file = segment_path(dir.path(), 1);
         let len = fs::metadata(&file).unwrap().len();
@@ -341,7 +349,10 @@ mod tests {
         rows.write(&[(key(2, 2), None)], &mut buf).unwrap();
         let before = rows.segments();
         rows.write(&[(key(1, 1), None)], &mut buf).unwrap();
-        assert!(rows.segments() < before, "the two oldest segments are deleted");
+        assert!(
+            rows.segments() < before,
+            "the two oldest segments are deleted"
+        );
         drop(rows);
         let rows = Rows::open(dir.path(), 1).unwrap();
         assert_eq!(rows.keys(), vec![key(3, 3), key(4, 4)]);
