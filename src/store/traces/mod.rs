@@ -32,6 +32,7 @@ mod open;
 mod query;
 mod rows;
 mod summary;
+mod time_index;
 
 use std::{
     collections::{BTreeMap, HashSet},

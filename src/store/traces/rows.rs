@@ -4,8 +4,8 @@
 //! Each written trace has one row ([`super::open::TraceRow`]): its summary and where its spans
 //! are. In sled a row cost about 15 µs of the writer's CPU and 230 bytes of memory (sled's page
 //! table and node copies), more than the rest of the store together. Here a batch of rows is
-//! appended with one write, and the index, start time + trace id -> where the row is (40 bytes
-//! and the map's overhead a trace), is kept in memory and rebuilt at open by reading the files.
+//! appended with one write, and the index, start time + trace id -> where the row is (about 40
+//! bytes a trace, `time_index.rs`), is kept in memory and rebuilt at open by reading the files.
 //!
 //! A record is a CRC-32 of the rest (4 bytes), the body's length (4; `u32::MAX` for a removal),
 //! the key (24) and the body. A row written again under its key supersedes the earlier one; a
@@ -26,7 +26,10 @@ use std::{
     sync::{Mutex, RwLock},
 };
 
-use super::log::{Pointer, SpanLog, segment_ids, segment_path};
+use super::{
+    log::{Pointer, SpanLog, segment_ids, segment_path},
+    time_index::TimeIndex,
+};
 
 /// A row's key: the trace's start (unix nanos, big-endian) and its id.
 pub(super) type Key = [u8; 24];
@@ -40,7 +43,7 @@ pub(super) type Change = (Key, Option<Vec<u8>>);
 pub(super) struct Rows {
     log: SpanLog,
     /// Where each live row's body is, in key (time) order.
-    index: RwLock<BTreeMap<Key, Pointer>>,
+    index: RwLock<TimeIndex>,
     /// Live rows per segment (every segment still on disk has an entry).
     live: Mutex<BTreeMap<u32, u64>>,
 }
@@ -49,7 +52,7 @@ pub(super) struct Rows {
 fn read_segment(
     dir: &Path,
     segment: u32,
-    index: &mut BTreeMap<Key, Pointer>,
+    index: &mut TimeIndex,
     live: &mut BTreeMap<u32, u64>,
 ) -> io::Result<()> {
     let path = segment_path(dir, segment);
@@ -100,12 +103,7 @@ fn record_at(bytes: &[u8], at: usize) -> Option<(Key, Option<(usize, u32)>, usiz
 }
 
 /// Puts (`Some`) or removes (`None`) one row in the index, keeping the live counts.
-fn apply(
-    index: &mut BTreeMap<Key, Pointer>,
-    live: &mut BTreeMap<u32, u64>,
-    key: Key,
-    put: Option<Pointer>,
-) {
+fn apply(index: &mut TimeIndex, live: &mut BTreeMap<u32, u64>, key: Key, put: Option<Pointer>) {
     let old = match put {
         Some(p) => {
             *live.entry(p.segment).or_default() += 1;
@@ -147,7 +145,7 @@ impl Rows {
     /// than the oldest live row are deleted.
     pub fn open(dir: &Path, segment_bytes: u64) -> io::Result<Rows> {
         fs::create_dir_all(dir)?;
-        let mut index = BTreeMap::new();
+        let mut index = TimeIndex::default();
         let mut live = BTreeMap::new();
         for segment in segment_ids(dir)? {
             read_segment(dir, segment, &mut index, &mut live)?;
@@ -164,27 +162,27 @@ impl Rows {
         })
     }
 
-    fn index(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<Key, Pointer>> {
+    fn index(&self) -> std::sync::RwLockReadGuard<'_, TimeIndex> {
         self.index.read().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn contains_key(&self, key: &Key) -> bool {
-        self.index().contains_key(key)
+        self.index().get(key).is_some()
     }
 
     /// Whether any row's key is in `range`.
     pub fn any_in(&self, range: RangeInclusive<Key>) -> bool {
-        self.index().range(range).next().is_some()
+        self.index().any_in(range)
     }
 
     /// The oldest row's key.
     pub fn first_key(&self) -> Option<Key> {
-        self.index().first_key_value().map(|(k, _)| *k)
+        self.index().first_key()
     }
 
     /// Every row's key, oldest first.
     pub fn keys(&self) -> Vec<Key> {
-        self.index().keys().copied().collect()
+        self.index().iter().map(|(k, _)| *k).collect()
     }
 
     /// At most `n` rows with keys in `low..high`, newest first: a page of the time index.
@@ -192,17 +190,12 @@ impl Rows {
         if low >= high {
             return Vec::new();
         }
-        self.index()
-            .range::<Key, _>(low..high)
-            .rev()
-            .take(n)
-            .map(|(k, p)| (*k, *p))
-            .collect()
+        self.index().newest_before(low, high, n)
     }
 
     /// The row under `key`, if any.
     pub fn get(&self, key: &Key) -> io::Result<Option<Vec<u8>>> {
-        let Some(p) = self.index().get(key).copied() else {
+        let Some(p) = self.index().get(key) else {
             return Ok(None);
         };
         self.read(p).map(Some)
