@@ -18,9 +18,10 @@
 //!   spans is ([`TraceRow`]), appended to the segment files under `rows/` (`rows.rs`), whose
 //!   index in memory is the time index; written once the trace has been quiet for a while
 //!   (until then it is open, in memory, and the readers see it there)
-//! - sled trees: `by_feature`, `by_user`, `by_session`: value length (2) + value + start +
-//!   trace id -> (); `sessions`: session id -> [`SessionSummary`]; `sessions_by_time`: last
-//!   nanos + id -> (); `resources`: resource key (8) -> resource attributes; `meta`: stored
+//! - the time index's entries also hold each trace's feature, user and session as ids
+//!   (`tags.rs`): the lists filter by them in memory
+//! - sled trees: `sessions`: session id -> [`SessionSummary`]; `sessions_by_time`: last
+//!   nanos and id -> (); `resources`: resource key (8) -> resource attributes; `meta`: stored
 //!   bytes and traces, replay marks
 //! - live spans per span segment: in memory, counted from the rows at open
 //!
@@ -32,6 +33,7 @@ mod open;
 mod query;
 mod rows;
 mod summary;
+mod tags;
 mod time_index;
 
 use std::{
@@ -54,6 +56,7 @@ pub use summary::{SessionSummary, Totals, TraceSummary};
 use log::{Pointer, SpanLog};
 use open::{OPEN_MAX, OpenTrace, OpenTraces, TraceRow, WrittenIds};
 use rows::{Change, Rows};
+use tags::Interner;
 
 use super::sled_db::{Damage, Detached, is_damage, move_aside, open_waiting_for_lock};
 use crate::{
@@ -158,9 +161,6 @@ pub struct StoreLimits {
 
 struct Trees {
     db: sled::Db,
-    by_feature: sled::Tree,
-    by_user: sled::Tree,
-    by_session: sled::Tree,
     sessions: sled::Tree,
     sessions_by_time: sled::Tree,
     resources: sled::Tree,
@@ -178,9 +178,6 @@ impl Trees {
         )?;
         let tree = |name: &str| db.open_tree(name);
         Ok(Trees {
-            by_feature: tree("by_feature")?,
-            by_user: tree("by_user")?,
-            by_session: tree("by_session")?,
             sessions: tree("sessions")?,
             sessions_by_time: tree("sessions_by_time")?,
             resources: tree("resources")?,
@@ -204,6 +201,8 @@ pub struct TraceStore {
     log: SpanLog,
     /// The written traces' rows, and the time index.
     rows: Rows,
+    /// The ids of the features, users and sessions in the time index.
+    interner: Mutex<Interner>,
     /// Live spans per segment, counted from the rows at open.
     live: Mutex<BTreeMap<u32, u64>>,
     /// Traces still taking spans (readers look here first). Only the writer changes it; a
@@ -275,22 +274,6 @@ fn time_key(start: u64, trace_id: &[u8; 16]) -> [u8; 24] {
     let mut k = [0u8; 24];
     k[..8].copy_from_slice(&start.to_be_bytes());
     k[8..].copy_from_slice(trace_id);
-    k
-}
-
-/// `value`'s prefix in a `by_feature`/`by_user`/`by_session` index.
-fn value_prefix(value: &str) -> Vec<u8> {
-    let bytes = value.as_bytes();
-    let len = u16::try_from(bytes.len()).unwrap_or(u16::MAX);
-    let mut k = Vec::with_capacity(2 + bytes.len() + 24);
-    k.extend_from_slice(&len.to_be_bytes());
-    k.extend_from_slice(&bytes[..usize::from(len)]);
-    k
-}
-
-fn value_key(value: &str, start: u64, trace_id: &[u8; 16]) -> Vec<u8> {
-    let mut k = value_prefix(value);
-    k.extend_from_slice(&time_key(start, trace_id));
     k
 }
 
@@ -412,9 +395,12 @@ impl TraceStore {
                 );
             }
         };
+        let mut interner = Interner::default();
         let opened_log = (|| -> io::Result<(SpanLog, Rows)> {
             let row_bytes = (limits.max_bytes / 64).clamp(64 << 10, 16 << 20);
-            let rows = Rows::open(&dir.join("rows"), row_bytes)?;
+            let rows = Rows::open(&dir.join("rows"), row_bytes, |row| {
+                TraceRow::decode_tags(row, &mut interner)
+            })?;
             let keep = span_segments_to_keep(&trees, &rows, &dir.join("spans"))?;
             let segment_bytes = (limits.max_bytes / 16).clamp(64 << 10, 64 << 20);
             let log = SpanLog::open(&dir.join("spans"), segment_bytes, &keep)?;
@@ -429,7 +415,7 @@ impl TraceStore {
                 );
             }
         };
-        let read = migrate_legacy(&trees, &log, &rows).and_then(|()| {
+        let read = migrate_legacy(&trees, &log, &rows, &mut interner).and_then(|()| {
             Ok((
                 Counts::load(&trees, &rows)?,
                 written_ids(&rows),
@@ -450,6 +436,7 @@ impl TraceStore {
             counts: Mutex::new(counts),
             log,
             rows,
+            interner: Mutex::new(interner),
             live: Mutex::new(live),
             open: Mutex::new(OpenTraces::default()),
             written: Mutex::new(written),
@@ -954,9 +941,9 @@ impl TraceStore {
                 changes.push((time_key(old.start_unix_nanos, id), None));
                 moved.push((*id, old.start_unix_nanos));
             }
-            self.reindex(trace.written.as_ref(), &trace.summary)?;
             let row = TraceRow::encode_parts(&trace.summary, &trace.spans);
-            changes.push((time_key(start, id), Some(row)));
+            let tags = self.interner().tags_of(&trace.summary);
+            changes.push((time_key(start, id), Some((row, tags))));
         }
         let mut buf = Vec::new();
         self.rows
@@ -1031,47 +1018,12 @@ impl TraceStore {
         self.log.read(p).ok().and_then(|bytes| decode(&bytes))
     }
 
-    fn counts(&self) -> std::sync::MutexGuard<'_, Counts> {
-        self.counts.lock().unwrap_or_else(|e| e.into_inner())
+    fn interner(&self) -> std::sync::MutexGuard<'_, Interner> {
+        self.interner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Moves a trace's index entries from its old row to its new one.
-    fn reindex(
-        &self,
-        before: Option<&TraceSummary>,
-        after: &TraceSummary,
-    ) -> Result<(), sled::Error> {
-        let t = &*self.trees;
-        let id = &after.trace_id;
-        let start_moved = before.is_none_or(|b| b.start_unix_nanos != after.start_unix_nanos);
-        for (tree, old, new) in [
-            (
-                &t.by_feature,
-                before.and_then(|b| b.feature.as_deref()),
-                after.feature.as_deref(),
-            ),
-            (
-                &t.by_user,
-                before.and_then(|b| b.user.as_deref()),
-                after.user.as_deref(),
-            ),
-            (
-                &t.by_session,
-                before.and_then(|b| b.session.as_deref()),
-                after.session.as_deref(),
-            ),
-        ] {
-            if old == new && !start_moved {
-                continue;
-            }
-            if let (Some(old), Some(b)) = (old, before) {
-                tree.remove(value_key(old, b.start_unix_nanos, id))?;
-            }
-            if let Some(new) = new {
-                tree.insert(value_key(new, after.start_unix_nanos, id), &[])?;
-            }
-        }
-        Ok(())
+    fn counts(&self) -> std::sync::MutexGuard<'_, Counts> {
+        self.counts.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Changes a session's row (and its place in `sessions_by_time`); a session left with no
@@ -1191,7 +1143,6 @@ impl TraceStore {
     /// Removes one trace whole, open or written: its spans, row and index entries. False when
     /// the store does not have it.
     fn evict(&self, trace_id: &[u8; 16], reason: &'static str) -> Result<bool, sled::Error> {
-        let t = &*self.trees;
         let open = self.open_traces().remove(trace_id);
         let row = self.written_row(trace_id)?;
         // The open trace holds the written spans too.
@@ -1207,16 +1158,6 @@ impl TraceStore {
         if let Some((key, written)) = &row {
             self.remove_row(*key)?;
             self.forget_written(trace_id, written.summary.start_unix_nanos);
-            let w = &written.summary;
-            for (tree, value) in [
-                (&t.by_feature, &w.feature),
-                (&t.by_user, &w.user),
-                (&t.by_session, &w.session),
-            ] {
-                if let Some(v) = value {
-                    tree.remove(value_key(v, w.start_unix_nanos, trace_id))?;
-                }
-            }
         }
         self.change_live(&freed.into_iter().collect::<Vec<_>>())?;
         if let Some(session) = &summary.session {
@@ -1256,7 +1197,12 @@ fn written_ids(rows: &Rows) -> WrittenIds {
 /// now, kept in sled) is copied as it is; a `traces` row per trace id and its `spans` rows
 /// (pointers, or the span's JSON inline, which is appended to the span files) become one row.
 /// The old trees are dropped once the rows are durable; the index trees are unchanged.
-fn migrate_legacy(trees: &Trees, log: &SpanLog, rows: &Rows) -> Result<(), sled::Error> {
+fn migrate_legacy(
+    trees: &Trees,
+    log: &SpanLog,
+    rows: &Rows,
+    interner: &mut Interner,
+) -> Result<(), sled::Error> {
     let names = trees.db.tree_names();
     let has = |name: &[u8]| names.iter().any(|n| n == name);
     if has(b"by_time") {
@@ -1274,7 +1220,8 @@ fn migrate_legacy(trees: &Trees, log: &SpanLog, rows: &Rows) -> Result<(), sled:
         for entry in trees.db.open_tree("rows")?.iter() {
             let (key, row) = entry?;
             if let Ok(key) = <[u8; 24]>::try_from(key.as_ref()) {
-                changes.push((key, Some(row.to_vec())));
+                let tags = TraceRow::decode_tags(&row, interner);
+                changes.push((key, Some((row.to_vec(), tags))));
             }
             if changes.len() >= 1024 {
                 write(&mut changes)?;
@@ -1310,20 +1257,25 @@ fn migrate_legacy(trees: &Trees, log: &SpanLog, rows: &Rows) -> Result<(), sled:
                 pointers.push((span_id, pointer));
             }
             let key = time_key(summary.start_unix_nanos, &id);
+            let tags = interner.tags_of(&summary);
             let row = TraceRow {
                 spans: pointers,
                 summary,
             };
-            changes.push((key, Some(row.encode())));
+            changes.push((key, Some((row.encode(), tags))));
             if changes.len() >= 1024 {
                 write(&mut changes)?;
             }
         }
     }
+    // Live span counts, from before they were counted from the rows at open; indexes by
+    // value, from before the time index kept the values' ids.
+    let dropped = ["segments", "by_feature", "by_user", "by_session"];
     if !has(b"rows") && !has(b"traces") {
-        if has(b"segments") {
-            // Live span counts, from before they were counted from the rows at open.
-            trees.db.drop_tree("segments")?;
+        for old in dropped {
+            if has(old.as_bytes()) {
+                trees.db.drop_tree(old)?;
+            }
         }
         return Ok(());
     }
@@ -1332,7 +1284,7 @@ fn migrate_legacy(trees: &Trees, log: &SpanLog, rows: &Rows) -> Result<(), sled:
         .and_then(|()| rows.sync())
         .map_err(sled::Error::Io)?;
     trees.db.flush()?;
-    for old in ["rows", "traces", "spans", "segments"] {
+    for old in ["rows", "traces", "spans"].into_iter().chain(dropped) {
         if has(old.as_bytes()) {
             trees.db.drop_tree(old)?;
         }

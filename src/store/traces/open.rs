@@ -12,7 +12,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::{TraceSummary, log::Pointer};
+use super::{
+    TraceSummary,
+    log::Pointer,
+    tags::{Interner, Tags},
+};
 
 /// A trace with no new span for this long is written and let go of.
 pub(super) const SEAL_IDLE: Duration = Duration::from_secs(5);
@@ -236,6 +240,26 @@ impl TraceRow {
 }
 
 impl TraceRow {
+    /// The feature, user and session ids of an encoded row (its summary read for just these).
+    pub fn decode_tags(bytes: &[u8], interner: &mut Interner) -> Tags {
+        #[derive(serde::Deserialize)]
+        struct Filtered {
+            feature: Option<String>,
+            user: Option<String>,
+            session: Option<String>,
+        }
+        let summary = split_count(bytes)
+            .and_then(|(n, rest)| rest.get(n.checked_mul(SPAN_ENTRY)?..))
+            .and_then(|json| serde_json::from_slice::<Filtered>(json).ok());
+        summary.map_or_else(Tags::default, |s| {
+            interner.tags(
+                s.feature.as_deref(),
+                s.user.as_deref(),
+                s.session.as_deref(),
+            )
+        })
+    }
+
     /// The span segment of each span of an encoded row, without decoding its summary.
     pub fn span_segments(bytes: &[u8]) -> impl Iterator<Item = u32> + '_ {
         let (n, rest) = split_count(bytes).unwrap_or((0, &[]));

@@ -5,62 +5,41 @@ use std::collections::{HashMap, HashSet};
 
 use super::{
     SessionSummary, StoredSpan, Totals, TraceStore, TraceSummary, decode, log::Pointer,
-    open::TraceRow, rows::Rows, session_time_key, time_key, trace_id_of, value_prefix,
+    open::TraceRow, rows::Rows, session_time_key, tags::TagFilter, time_key, trace_id_of,
 };
 
 /// Rows the time index gives a reader at a time (its lock is not held while they are read).
 const TIME_PAGE: usize = 64;
 
-/// Written rows newest first within a page's bounds, with their keys: by the time index, or by
-/// a sled index tree whose keys end with the row's key.
-enum Written<'a> {
-    Time {
-        rows: &'a Rows,
-        low: [u8; 24],
-        high: [u8; 24],
-        page: std::vec::IntoIter<([u8; 24], Pointer)>,
-    },
-    Index {
-        rows: &'a Rows,
-        entries: std::iter::Rev<sled::Iter>,
-    },
+/// Written rows newest first within a page's bounds whose tags the filter takes, with their
+/// keys, a page of the time index at a time.
+struct Written<'a> {
+    rows: &'a Rows,
+    filter: TagFilter,
+    low: [u8; 24],
+    high: [u8; 24],
+    page: std::vec::IntoIter<([u8; 24], Pointer)>,
 }
 
 impl Iterator for Written<'_> {
-    type Item = Result<([u8; 24], Option<Vec<u8>>), sled::Error>;
+    type Item = Result<([u8; 24], Vec<u8>), sled::Error>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        match self {
-            Written::Time {
-                rows,
-                low,
-                high,
-                page,
-            } => {
-                if page.len() == 0 {
-                    let next = rows.newest_before(low, high, TIME_PAGE);
-                    *high = next.last()?.0;
-                    *page = next.into_iter();
-                }
-                let (key, p) = page.next()?;
-                Some(
-                    rows.read(p)
-                        .map(|row| (key, Some(row)))
-                        .map_err(sled::Error::Io),
-                )
-            }
-            Written::Index { rows, entries } => {
-                let entry = entries.next()?;
-                Some(entry.and_then(|(k, _)| {
-                    let key: [u8; 24] = k
-                        .len()
-                        .checked_sub(24)
-                        .and_then(|at| k[at..].try_into().ok())
-                        .unwrap_or_default();
-                    Ok((key, rows.get(&key).map_err(sled::Error::Io)?))
-                }))
-            }
+        if self.page.len() == 0 {
+            let filter = self.filter;
+            let next = self
+                .rows
+                .newest_before(&self.low, &self.high, TIME_PAGE, |t| filter.takes(t));
+            self.high = next.last()?.0;
+            self.page = next.into_iter();
         }
+        let (key, p) = self.page.next()?;
+        Some(
+            self.rows
+                .read(p)
+                .map(|row| (key, row))
+                .map_err(sled::Error::Io),
+        )
     }
 }
 
@@ -178,33 +157,27 @@ impl TraceStore {
     /// A page of traces, newest first. The most selective index given is scanned (session,
     /// user, feature, else time); the other conditions are checked on each row.
     pub fn traces(&self, q: &TraceQuery) -> Result<Page<TraceSummary>, sled::Error> {
-        let t = &*self.trees;
         let low = time_key(q.from.unwrap_or(0), &[0; 16]);
         // Exclusive upper bound: before `to`, and before the cursor's row.
         let mut high = q.to.map_or([0xff; 24], |to| time_key(to, &[0; 16]));
         if let Some((start, id)) = q.cursor {
             high = high.min(time_key(start, &id));
         }
-        let index = match (&q.session, &q.user, &q.feature) {
-            (Some(s), _, _) => Some((&t.by_session, value_prefix(s))),
-            (None, Some(u), _) => Some((&t.by_user, value_prefix(u))),
-            (None, None, Some(f)) => Some((&t.by_feature, value_prefix(f))),
-            _ => None,
-        };
-        let written = match index {
-            Some((tree, prefix)) => {
-                let key = |time_part: [u8; 24]| [prefix.as_slice(), &time_part].concat();
-                Written::Index {
-                    rows: &self.rows,
-                    entries: tree.range(key(low)..key(high)).rev(),
-                }
-            }
-            None => Written::Time {
-                rows: &self.rows,
-                low,
-                high,
-                page: Vec::new().into_iter(),
-            },
+        let filter = self.interner().filter(
+            q.feature.as_deref(),
+            q.user.as_deref(),
+            q.session.as_deref(),
+        );
+        if filter.matches_none() {
+            // No written trace has the value asked for; open ones may.
+            high = low;
+        }
+        let written = Written {
+            rows: &self.rows,
+            filter,
+            low,
+            high,
+            page: Vec::new().into_iter(),
         };
         let needle = q.text.as_ref().map(|s| s.to_lowercase());
         // Open traces first (newest first, within the page's bounds): they take the place of
@@ -226,7 +199,7 @@ impl TraceStore {
                 if open_ids.contains(&id) {
                     continue;
                 }
-                let Some(summary) = row.and_then(|v| TraceRow::decode_summary(&v)) else {
+                let Some(summary) = TraceRow::decode_summary(&row) else {
                     continue;
                 };
                 if q.matches(&summary) {
@@ -394,8 +367,14 @@ impl TraceStore {
         // its earlier row.
         let (open, open_ids) = self.open_matching(|s| s.session.as_deref() == Some(id));
         let mut all: Vec<TraceSummary> = open;
-        for entry in t.by_session.scan_prefix(value_prefix(id)) {
-            let (k, _) = entry?;
+        let filter = self.interner().filter(None, None, Some(id));
+        let written = if filter.matches_none() {
+            Vec::new()
+        } else {
+            self.rows
+                .oldest(limit + open_ids.len() + 1, |t| filter.takes(t))
+        };
+        for k in written {
             let Some(trace) = trace_id_of(&k) else {
                 continue;
             };

@@ -28,6 +28,7 @@ use std::{
 
 use super::{
     log::{Pointer, SpanLog, segment_ids, segment_path},
+    tags::Tags,
     time_index::TimeIndex,
 };
 
@@ -37,13 +38,20 @@ pub(super) type Key = [u8; 24];
 const HEADER: usize = 4 + 4 + 24;
 const REMOVED: u32 = u32::MAX;
 
-/// One change to the rows: `Some(body)` puts the row under the key, `None` removes it.
-pub(super) type Change = (Key, Option<Vec<u8>>);
+/// One change to the rows: `Some((body, tags))` puts the row under the key, `None` removes it.
+pub(super) type Change = (Key, Option<(Vec<u8>, Tags)>);
+
+/// A live row in the index: where it is, and what lists filter it by.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) struct Entry {
+    pub pointer: Pointer,
+    pub tags: Tags,
+}
 
 pub(super) struct Rows {
     log: SpanLog,
     /// Where each live row's body is, in key (time) order.
-    index: RwLock<TimeIndex>,
+    index: RwLock<TimeIndex<Entry>>,
     /// Live rows per segment (every segment still on disk has an entry).
     live: Mutex<BTreeMap<u32, u64>>,
 }
@@ -52,8 +60,9 @@ pub(super) struct Rows {
 fn read_segment(
     dir: &Path,
     segment: u32,
-    index: &mut TimeIndex,
+    index: &mut TimeIndex<Entry>,
     live: &mut BTreeMap<u32, u64>,
+    tags_of: &mut impl FnMut(&[u8]) -> Tags,
 ) -> io::Result<()> {
     let path = segment_path(dir, segment);
     let bytes = fs::read(&path)?;
@@ -73,10 +82,13 @@ fn read_segment(
                 .set_len(at as u64)?;
             break;
         };
-        let put = body.map(|(offset, len)| Pointer {
-            segment,
-            offset: offset as u64,
-            len,
+        let put = body.map(|(offset, len)| Entry {
+            pointer: Pointer {
+                segment,
+                offset: offset as u64,
+                len,
+            },
+            tags: tags_of(&bytes[offset..offset + len as usize]),
         });
         apply(index, live, key, put);
         at = next;
@@ -103,52 +115,65 @@ fn record_at(bytes: &[u8], at: usize) -> Option<(Key, Option<(usize, u32)>, usiz
 }
 
 /// Puts (`Some`) or removes (`None`) one row in the index, keeping the live counts.
-fn apply(index: &mut TimeIndex, live: &mut BTreeMap<u32, u64>, key: Key, put: Option<Pointer>) {
+fn apply(
+    index: &mut TimeIndex<Entry>,
+    live: &mut BTreeMap<u32, u64>,
+    key: Key,
+    put: Option<Entry>,
+) {
     let old = match put {
-        Some(p) => {
-            *live.entry(p.segment).or_default() += 1;
-            index.insert(key, p)
+        Some(e) => {
+            *live.entry(e.pointer.segment).or_default() += 1;
+            index.insert(key, e)
         }
         None => index.remove(&key),
     };
     if let Some(old) = old
-        && let Some(count) = live.get_mut(&old.segment)
+        && let Some(count) = live.get_mut(&old.pointer.segment)
     {
         *count = count.saturating_sub(1);
     }
 }
 
-fn encode(changes: &[Change], buf: &mut Vec<u8>) -> Vec<(Key, Option<(usize, u32)>)> {
+#[allow(clippy::type_complexity)]
+fn encode(changes: &[Change], buf: &mut Vec<u8>) -> Vec<(Key, Option<(usize, u32, Tags)>)> {
     buf.clear();
     let mut placed = Vec::with_capacity(changes.len());
     for (key, body) in changes {
         let at = buf.len();
         let len = match body {
-            Some(b) => u32::try_from(b.len()).unwrap_or(REMOVED - 1),
+            Some((b, _)) => u32::try_from(b.len()).unwrap_or(REMOVED - 1),
             None => REMOVED,
         };
         buf.extend_from_slice(&[0; 4]);
         buf.extend_from_slice(&len.to_be_bytes());
         buf.extend_from_slice(key);
-        if let Some(b) = body {
+        if let Some((b, _)) = body {
             buf.extend_from_slice(&b[..len as usize]);
         }
         let crc = crc32fast::hash(&buf[at + 4..]);
         buf[at..at + 4].copy_from_slice(&crc.to_be_bytes());
-        placed.push((*key, body.is_some().then_some((at + HEADER, len))));
+        placed.push((
+            *key,
+            body.as_ref().map(|(_, tags)| (at + HEADER, len, *tags)),
+        ));
     }
     placed
 }
 
 impl Rows {
-    /// Reads the rows in `dir` (created if missing) and begins a new segment; segments older
-    /// than the oldest live row are deleted.
-    pub fn open(dir: &Path, segment_bytes: u64) -> io::Result<Rows> {
+    /// Reads the rows in `dir` (created if missing), each row's tags by `tags_of`, and begins
+    /// a new segment; segments older than the oldest live row are deleted.
+    pub fn open(
+        dir: &Path,
+        segment_bytes: u64,
+        mut tags_of: impl FnMut(&[u8]) -> Tags,
+    ) -> io::Result<Rows> {
         fs::create_dir_all(dir)?;
         let mut index = TimeIndex::default();
         let mut live = BTreeMap::new();
         for segment in segment_ids(dir)? {
-            read_segment(dir, segment, &mut index, &mut live)?;
+            read_segment(dir, segment, &mut index, &mut live, &mut tags_of)?;
         }
         // Keep every segment from the oldest one with a live row on.
         let first_live = live.iter().find(|&(_, &n)| n > 0).map(|(&s, _)| s);
@@ -162,7 +187,7 @@ impl Rows {
         })
     }
 
-    fn index(&self) -> std::sync::RwLockReadGuard<'_, TimeIndex> {
+    fn index(&self) -> std::sync::RwLockReadGuard<'_, TimeIndex<Entry>> {
         self.index.read().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -185,20 +210,41 @@ impl Rows {
         self.index().iter().map(|(k, _)| *k).collect()
     }
 
-    /// At most `n` rows with keys in `low..high`, newest first: a page of the time index.
-    pub fn newest_before(&self, low: &Key, high: &Key, n: usize) -> Vec<(Key, Pointer)> {
+    /// At most `n` rows with keys in `low..high` whose tags `keep` takes, newest first: a page
+    /// of the time index.
+    pub fn newest_before(
+        &self,
+        low: &Key,
+        high: &Key,
+        n: usize,
+        keep: impl Fn(&Tags) -> bool,
+    ) -> Vec<(Key, Pointer)> {
         if low >= high {
             return Vec::new();
         }
-        self.index().newest_before(low, high, n)
+        self.index()
+            .newest_before(low, high, n, |e| keep(&e.tags))
+            .into_iter()
+            .map(|(k, e)| (k, e.pointer))
+            .collect()
+    }
+
+    /// The keys of at most `n` rows whose tags `keep` takes, oldest first.
+    pub fn oldest(&self, n: usize, keep: impl Fn(&Tags) -> bool) -> Vec<Key> {
+        self.index()
+            .iter()
+            .filter(|(_, e)| keep(&e.tags))
+            .take(n)
+            .map(|(k, _)| *k)
+            .collect()
     }
 
     /// The row under `key`, if any.
     pub fn get(&self, key: &Key) -> io::Result<Option<Vec<u8>>> {
-        let Some(p) = self.index().get(key) else {
+        let Some(e) = self.index().get(key) else {
             return Ok(None);
         };
-        self.read(p).map(Some)
+        self.read(e.pointer).map(Some)
     }
 
     /// A row's body.
@@ -217,10 +263,13 @@ impl Rows {
         let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
         live.entry(segment).or_default();
         for (key, body) in placed {
-            let put = body.map(|(at, len)| Pointer {
-                segment,
-                offset: base + at as u64,
-                len,
+            let put = body.map(|(at, len, tags)| Entry {
+                pointer: Pointer {
+                    segment,
+                    offset: base + at as u64,
+                    len,
+                },
+                tags,
             });
             apply(&mut index, &mut live, key, put);
         }
@@ -261,7 +310,22 @@ mod tests {
     }
 
     fn put(k: Key, body: &str) -> Change {
-        (k, Some(body.as_bytes().to_vec()))
+        (k, Some((body.as_bytes().to_vec(), tags(body))))
+    }
+
+    /// Tags that tell bodies apart by their length.
+    fn tags(body: &str) -> Tags {
+        Tags {
+            feature: body.len() as u32,
+            ..Tags::default()
+        }
+    }
+
+    fn open(dir: &Path, segment_bytes: u64) -> Rows {
+        Rows::open(dir, segment_bytes, |b| {
+            tags(std::str::from_utf8(b).unwrap())
+        })
+        .unwrap()
     }
 
     #[test]
@@ -269,7 +333,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut buf = Vec::new();
         {
-            let rows = Rows::open(dir.path(), 1 << 20).unwrap();
+            let rows = open(dir.path(), 1 << 20);
             rows.write(
                 &[
                     put(key(1, 1), "one"),
@@ -284,11 +348,18 @@ mod tests {
             assert_eq!(rows.get(&key(2, 2)).unwrap().unwrap(), b"two again");
             assert_eq!(rows.get(&key(1, 1)).unwrap(), None);
         }
-        let rows = Rows::open(dir.path(), 1 << 20).unwrap();
+        let rows = open(dir.path(), 1 << 20);
         assert_eq!(rows.keys(), vec![key(2, 2), key(3, 3)]);
         assert_eq!(rows.get(&key(2, 2)).unwrap().unwrap(), b"two again");
         assert_eq!(rows.get(&key(3, 3)).unwrap().unwrap(), b"three");
-        let page = rows.newest_before(&key(0, 0), &key(3, 3), 10);
+        let page = rows.newest_before(&key(0, 0), &key(3, 3), 10, |_| true);
+        assert_eq!(
+            page.iter().map(|(k, _)| *k).collect::<Vec<_>>(),
+            [key(2, 2)]
+        );
+        // The tags of each row, as written and as read back at open.
+        let long = |t: &Tags| t.feature == "two again".len() as u32;
+        let page = rows.newest_before(&key(0, 0), &[0xff; 24], 10, long);
         assert_eq!(
             page.iter().map(|(k, _)| *k).collect::<Vec<_>>(),
             [key(2, 2)]
@@ -303,7 +374,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut buf = Vec::new();
         {
-            let rows = Rows::open(dir.path(), 1 << 20).unwrap();
+            let rows = open(dir.path(), 1 << 20);
             rows.write(&[put(key(1, 1), "kept")], &mut buf).unwrap();
             rows.write(&[put(key(2, 2), "cut short")], &mut buf)
                 .unwrap();
@@ -317,13 +388,13 @@ mod tests {
         let mut bytes = fs::read(&file).unwrap();
         bytes.extend_from_slice(&[0; 64]);
         fs::write(&file, bytes).unwrap();
-        let rows = Rows::open(dir.path(), 1 << 20).unwrap();
+        let rows = open(dir.path(), 1 << 20);
         assert_eq!(rows.keys(), vec![key(1, 1)]);
         assert_eq!(rows.get(&key(1, 1)).unwrap().unwrap(), b"kept");
         // Appends go on in a new segment, and the row written there is read back.
         rows.write(&[put(key(3, 3), "after")], &mut buf).unwrap();
         drop(rows);
-        let rows = Rows::open(dir.path(), 1 << 20).unwrap();
+        let rows = open(dir.path(), 1 << 20);
         assert_eq!(rows.keys(), vec![key(1, 1), key(3, 3)]);
     }
 
@@ -332,7 +403,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut buf = Vec::new();
         // Tiny segments: every write begins a new one.
-        let rows = Rows::open(dir.path(), 1).unwrap();
+        let rows = open(dir.path(), 1);
         for i in 1..=4u8 {
             rows.write(&[put(key(u64::from(i), i), "row")], &mut buf)
                 .unwrap();
@@ -347,7 +418,7 @@ mod tests {
             "the two oldest segments are deleted"
         );
         drop(rows);
-        let rows = Rows::open(dir.path(), 1).unwrap();
+        let rows = open(dir.path(), 1);
         assert_eq!(rows.keys(), vec![key(3, 3), key(4, 4)]);
     }
 }

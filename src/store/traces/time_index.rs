@@ -1,40 +1,47 @@
-//! The rows' time index in memory: row keys in order, each with where its row is.
+//! The rows' time index in memory: row keys in order, each with where its row is and what
+//! the lists filter by.
 //!
 //! Keys arrive almost in order (a trace's row is written seconds after it starts), and a
 //! `BTreeMap` fed keys in order leaves every node it splits half full: about 85 bytes an entry
 //! for 40 bytes of data. Here the entries sit in sorted chunks of at most [`CHUNK`]; an entry
 //! past the end of a full last chunk begins a new chunk (so appends fill chunks whole), and an
-//! insert into the middle of a full chunk splits it. About 40 bytes an entry; a lookup is two
-//! binary searches, an insert moves at most one chunk.
+//! insert into the middle of a full chunk splits it. No more than the entries' own size; a
+//! lookup is two binary searches, an insert moves at most one chunk.
 
 use std::ops::RangeInclusive;
 
-use super::{log::Pointer, rows::Key};
+use super::rows::Key;
 
 /// Entries per chunk at most.
 const CHUNK: usize = 1024;
 
-#[derive(Debug, Default)]
-pub(super) struct TimeIndex {
+#[derive(Debug)]
+pub(super) struct TimeIndex<V> {
     /// Sorted, none empty, each chunk's keys below the next chunk's.
-    chunks: Vec<Vec<(Key, Pointer)>>,
+    chunks: Vec<Vec<(Key, V)>>,
 }
 
-impl TimeIndex {
+impl<V> Default for TimeIndex<V> {
+    fn default() -> Self {
+        TimeIndex { chunks: Vec::new() }
+    }
+}
+
+impl<V: Copy> TimeIndex<V> {
     /// The chunk that holds `key` or the first key after it (`chunks.len()` when none does).
     fn chunk_of(&self, key: &Key) -> usize {
         self.chunks
             .partition_point(|c| c.last().is_some_and(|(k, _)| k < key))
     }
 
-    pub fn get(&self, key: &Key) -> Option<Pointer> {
+    pub fn get(&self, key: &Key) -> Option<V> {
         let chunk = self.chunks.get(self.chunk_of(key))?;
         let at = chunk.binary_search_by(|(k, _)| k.cmp(key)).ok()?;
         Some(chunk[at].1)
     }
 
     /// Puts `p` under `key`; returns what was there.
-    pub fn insert(&mut self, key: Key, p: Pointer) -> Option<Pointer> {
+    pub fn insert(&mut self, key: Key, p: V) -> Option<V> {
         if self.chunks.is_empty() {
             self.chunks.push(Vec::with_capacity(CHUNK));
         }
@@ -62,7 +69,7 @@ impl TimeIndex {
     }
 
     /// Takes `key` out; returns where its row was.
-    pub fn remove(&mut self, key: &Key) -> Option<Pointer> {
+    pub fn remove(&mut self, key: &Key) -> Option<V> {
         let c = self.chunk_of(key);
         let chunk = self.chunks.get_mut(c)?;
         let at = chunk.binary_search_by(|(k, _)| k.cmp(key)).ok()?;
@@ -78,7 +85,7 @@ impl TimeIndex {
     }
 
     /// Every entry, oldest first.
-    pub fn iter(&self) -> impl Iterator<Item = &(Key, Pointer)> {
+    pub fn iter(&self) -> impl Iterator<Item = &(Key, V)> {
         self.chunks.iter().flatten()
     }
 
@@ -92,8 +99,14 @@ impl TimeIndex {
             .is_some_and(|(k, _)| k <= range.end())
     }
 
-    /// At most `n` entries with keys in `low..high`, newest first.
-    pub fn newest_before(&self, low: &Key, high: &Key, n: usize) -> Vec<(Key, Pointer)> {
+    /// At most `n` entries with keys in `low..high` that `keep` takes, newest first.
+    pub fn newest_before(
+        &self,
+        low: &Key,
+        high: &Key,
+        n: usize,
+        keep: impl Fn(&V) -> bool,
+    ) -> Vec<(Key, V)> {
         let mut out = Vec::new();
         let mut c = self.chunk_of(high);
         // Entries before (c, at) are below `high`.
@@ -115,7 +128,9 @@ impl TimeIndex {
             if &entry.0 < low {
                 break;
             }
-            out.push(entry);
+            if keep(&entry.1) {
+                out.push(entry);
+            }
         }
         out
     }
@@ -128,6 +143,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+    use crate::store::traces::log::Pointer;
 
     fn key(n: u16) -> Key {
         let mut k = [0u8; 24];
@@ -163,7 +179,7 @@ mod tests {
         /// Every operation and every query answers as a BTreeMap would.
         #[test]
         fn answers_as_a_btreemap_does(ops in proptest::collection::vec(op(), 1..40), low in 0..5000u16, high in 0..5000u16, n in 0..3000usize) {
-            let mut index = TimeIndex::default();
+            let mut index = TimeIndex::<Pointer>::default();
             let mut model = BTreeMap::new();
             let mut next = 4000u16;
             for op in ops {
@@ -191,7 +207,14 @@ mod tests {
             } else {
                 Vec::new()
             };
-            prop_assert_eq!(index.newest_before(&low, &high, n), expected);
+            prop_assert_eq!(index.newest_before(&low, &high, n, |_| true), expected);
+            let even = |p: &Pointer| p.segment.is_multiple_of(2);
+            let expected: Vec<_> = if low < high {
+                model.range(low..high).rev().filter(|(_, p)| even(p)).take(n).map(|(k, p)| (*k, *p)).collect()
+            } else {
+                Vec::new()
+            };
+            prop_assert_eq!(index.newest_before(&low, &high, n, even), expected);
             if low <= high {
                 prop_assert_eq!(index.any_in(low..=high), model.range(low..=high).next().is_some());
             }
@@ -200,7 +223,7 @@ mod tests {
 
     #[test]
     fn appends_fill_chunks_whole() {
-        let mut index = TimeIndex::default();
+        let mut index = TimeIndex::<Pointer>::default();
         for n in 0..(3 * CHUNK as u16) {
             index.insert(key(n), pointer(1));
         }
