@@ -7,7 +7,9 @@ use std::{path::Path, sync::Arc, time::Duration};
 use proptest::prelude::*;
 use sidetrace::{
     metrics::Metrics,
-    store::traces::{Ingest, Origin, StoreLimits, TraceQuery, TraceStore, now_unix_nanos},
+    store::traces::{
+        Ingest, Origin, SessionQuery, StoreLimits, TraceQuery, TraceStore, now_unix_nanos,
+    },
     trace::span::{AttrValue, SpanRecord, SpanStatus},
 };
 
@@ -563,6 +565,21 @@ fn traces_survive_a_restart() {
     assert_eq!(row.totals.cost(), Some(11));
     assert!(metric(&metrics, "sidetrace_store_bytes ") > 0.0);
     assert_eq!(metric(&metrics, "sidetrace_store_traces "), 1.0);
+    // Its session too, summed again from the rows.
+    let (session, traces) = store
+        .session("s1", 10)
+        .unwrap()
+        .expect("the session is kept");
+    assert_eq!((session.traces, session.totals.spans), (1, 2));
+    assert_eq!(session.totals.cost(), Some(11));
+    assert_eq!(traces.rows.len(), 1);
+    let page = store
+        .sessions(&SessionQuery {
+            limit: 10,
+            ..SessionQuery::default()
+        })
+        .unwrap();
+    assert_eq!(page.rows, vec![session]);
 }
 
 #[test]

@@ -20,9 +20,10 @@
 //!   (until then it is open, in memory, and the readers see it there)
 //! - the time index's entries also hold each trace's feature, user and session as ids
 //!   (`tags.rs`): the lists filter by them in memory
-//! - sled trees: `sessions`: session id -> [`SessionSummary`]; `sessions_by_time`: last
-//!   nanos and id -> (); `resources`: resource key (8) -> resource attributes; `meta`: stored
-//!   bytes and traces, replay marks
+//! - session rows ([`SessionSummary`]): in memory (`sessions.rs`), summed from the trace rows
+//!   at open
+//! - sled trees: `resources`: resource key (8) -> resource attributes; `meta`: stored bytes
+//!   and traces, replay marks
 //! - live spans per span segment: in memory, counted from the rows at open
 //!
 //! Stores of earlier layouts (a sled `traces` row per id and a `spans` row per span; or a sled
@@ -32,6 +33,7 @@ mod log;
 mod open;
 mod query;
 mod rows;
+mod sessions;
 mod summary;
 mod tags;
 mod time_index;
@@ -56,6 +58,7 @@ pub use summary::{SessionSummary, Totals, TraceSummary};
 use log::{Pointer, SpanLog};
 use open::{OPEN_MAX, OpenTrace, OpenTraces, TraceRow, WrittenIds};
 use rows::{Change, Rows};
+use sessions::Sessions;
 use tags::Interner;
 
 use super::sled_db::{Damage, Detached, is_damage, move_aside, open_waiting_for_lock};
@@ -161,8 +164,6 @@ pub struct StoreLimits {
 
 struct Trees {
     db: sled::Db,
-    sessions: sled::Tree,
-    sessions_by_time: sled::Tree,
     resources: sled::Tree,
     meta: sled::Tree,
 }
@@ -178,8 +179,6 @@ impl Trees {
         )?;
         let tree = |name: &str| db.open_tree(name);
         Ok(Trees {
-            sessions: tree("sessions")?,
-            sessions_by_time: tree("sessions_by_time")?,
             resources: tree("resources")?,
             meta: tree("meta")?,
             db,
@@ -203,6 +202,8 @@ pub struct TraceStore {
     rows: Rows,
     /// The ids of the features, users and sessions in the time index.
     interner: Mutex<Interner>,
+    /// Session rows, rebuilt from the trace rows at open.
+    sessions: Mutex<Sessions>,
     /// Live spans per segment, counted from the rows at open.
     live: Mutex<BTreeMap<u32, u64>>,
     /// Traces still taking spans (readers look here first). Only the writer changes it; a
@@ -277,12 +278,6 @@ fn time_key(start: u64, trace_id: &[u8; 16]) -> [u8; 24] {
     k
 }
 
-fn session_time_key(last: u64, session: &str) -> Vec<u8> {
-    let mut k = last.to_be_bytes().to_vec();
-    k.extend_from_slice(session.as_bytes());
-    k
-}
-
 /// The last 16 bytes of an index key: the trace id.
 fn trace_id_of(key: &[u8]) -> Option<[u8; 16]> {
     key.len()
@@ -342,6 +337,20 @@ fn span_segments_to_keep(
         }
     }
     Ok(keep)
+}
+
+/// The session rows, summed from the trace rows (a replay adds the open traces' spans).
+fn sessions_of(rows: &Rows) -> Result<Sessions, sled::Error> {
+    let mut sessions = Sessions::default();
+    for key in rows.oldest(usize::MAX, |t| t.session != 0) {
+        let row = rows.get(&key).map_err(sled::Error::Io)?;
+        if let Some(trace) = row.and_then(|r| TraceRow::decode_summary(&r))
+            && let Some(session) = trace.session.as_deref()
+        {
+            sessions.update(session, |s| s.update(None, &trace));
+        }
+    }
+    Ok(sessions)
 }
 
 /// Live spans per segment, counted from the rows (a replay adds the open traces' spans).
@@ -422,7 +431,9 @@ impl TraceStore {
                 live_spans(&rows)?,
             ))
         });
-        let (counts, written, live) = match read {
+        let read = read
+            .and_then(|(counts, written, live)| Ok((counts, written, live, sessions_of(&rows)?)));
+        let (counts, written, live, sessions) = match read {
             Ok(read) => read,
             Err(e) => {
                 return Opened::unavailable(
@@ -437,6 +448,7 @@ impl TraceStore {
             log,
             rows,
             interner: Mutex::new(interner),
+            sessions: Mutex::new(sessions),
             live: Mutex::new(live),
             open: Mutex::new(OpenTraces::default()),
             written: Mutex::new(written),
@@ -791,7 +803,8 @@ impl TraceStore {
             let after = trace.summary.clone();
             drop(open);
             if let Some(session) = after.session.as_deref() {
-                self.update_session(session, |s| s.update(before.as_ref(), &after))?;
+                self.session_rows()
+                    .update(session, |s| s.update(before.as_ref(), &after));
             }
         }
         let duplicates = batch_spans as u64 - added_spans;
@@ -826,9 +839,9 @@ impl TraceStore {
     }
 
     /// Puts the spans of traces that were open at a crash back into their open traces (their
-    /// bodies are in the span files; only the rows were still to be written), and counts them
-    /// as live in their segments. The stored bytes and the session rows were saved before and
-    /// are not added again.
+    /// bodies are in the span files; only the rows were still to be written), counts them as
+    /// live in their segments and adds them to their sessions. The stored bytes were saved
+    /// before and are not added again.
     fn replay(&self) -> Result<u64, sled::Error> {
         let Some(marks) = self.trees.meta.get("replay")? else {
             return Ok(0);
@@ -896,6 +909,16 @@ impl TraceStore {
                         .entry(segment)
                         .or_default() += 1;
                 }
+            }
+        }
+        // The sessions were rebuilt from the rows: they take the replayed spans too.
+        let open = self.open_traces();
+        let mut sessions = self.session_rows();
+        for trace in open.values() {
+            if let Some(session) = trace.summary.session.as_deref() {
+                sessions.update(session, |s| {
+                    s.update(trace.written.as_ref(), &trace.summary)
+                });
             }
         }
         Ok(replayed)
@@ -1026,39 +1049,8 @@ impl TraceStore {
         self.counts.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Changes a session's row (and its place in `sessions_by_time`); a session left with no
-    /// trace is removed.
-    fn update_session(
-        &self,
-        session: &str,
-        change: impl FnOnce(&mut SessionSummary),
-    ) -> Result<(), sled::Error> {
-        let t = &*self.trees;
-        let before: Option<SessionSummary> = t.sessions.get(session)?.and_then(|v| decode(&v));
-        let mut after = before
-            .clone()
-            .unwrap_or_else(|| SessionSummary::new(session));
-        change(&mut after);
-        if let Some(b) = &before
-            && (b.last_unix_nanos != after.last_unix_nanos || after.traces == 0)
-        {
-            t.sessions_by_time
-                .remove(session_time_key(b.last_unix_nanos, session))?;
-        }
-        if after.traces == 0 {
-            t.sessions.remove(session)?;
-            return Ok(());
-        }
-        if before
-            .as_ref()
-            .is_none_or(|b| b.last_unix_nanos != after.last_unix_nanos)
-        {
-            t.sessions_by_time
-                .insert(session_time_key(after.last_unix_nanos, session), &[])?;
-        }
-        t.sessions
-            .insert(session, serde_json::to_vec(&after).unwrap_or_default())?;
-        Ok(())
+    fn session_rows(&self) -> std::sync::MutexGuard<'_, Sessions> {
+        self.sessions.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn stored_bytes(&self) -> u64 {
@@ -1161,7 +1153,7 @@ impl TraceStore {
         }
         self.change_live(&freed.into_iter().collect::<Vec<_>>())?;
         if let Some(session) = &summary.session {
-            self.update_session(session, |s| s.remove(&summary))?;
+            self.session_rows().update(session, |s| s.remove(&summary));
         }
         let mut counts = self.counts();
         counts.bytes = counts.bytes.saturating_sub(summary.bytes);
@@ -1269,8 +1261,16 @@ fn migrate_legacy(
         }
     }
     // Live span counts, from before they were counted from the rows at open; indexes by
-    // value, from before the time index kept the values' ids.
-    let dropped = ["segments", "by_feature", "by_user", "by_session"];
+    // value, from before the time index kept the values' ids; session rows, from before they
+    // were summed from the trace rows at open.
+    let dropped = [
+        "segments",
+        "by_feature",
+        "by_user",
+        "by_session",
+        "sessions",
+        "sessions_by_time",
+    ];
     if !has(b"rows") && !has(b"traces") {
         for old in dropped {
             if has(old.as_bytes()) {

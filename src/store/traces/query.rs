@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 
 use super::{
     SessionSummary, StoredSpan, Totals, TraceStore, TraceSummary, decode, log::Pointer,
-    open::TraceRow, rows::Rows, session_time_key, tags::TagFilter, time_key, trace_id_of,
+    open::TraceRow, rows::Rows, tags::TagFilter, time_key, trace_id_of,
 };
 
 /// Rows the time index gives a reader at a time (its lock is not held while they are read).
@@ -308,42 +308,15 @@ impl TraceStore {
 
     /// A page of sessions, most recently active first.
     pub fn sessions(&self, q: &SessionQuery) -> Result<Page<SessionSummary>, sled::Error> {
-        let t = &*self.trees;
-        let low = q.from.unwrap_or(0).to_be_bytes().to_vec();
-        let mut high = match q.to {
-            Some(to) => to.to_be_bytes().to_vec(),
-            None => vec![0xff; 9],
-        };
-        if let Some((last, id)) = &q.cursor {
-            high = high.min(session_time_key(*last, id));
-        }
-        let mut rows = Vec::new();
-        let mut more = false;
-        for entry in t.sessions_by_time.range(low..high).rev() {
-            let (k, _) = entry?;
-            let Some(session) = k.get(8..).and_then(|b| std::str::from_utf8(b).ok()) else {
-                continue;
-            };
-            let Some(s) = t
-                .sessions
-                .get(session)?
-                .and_then(|v| decode::<SessionSummary>(&v))
-            else {
-                continue;
-            };
-            let keep = q.user.as_ref().is_none_or(|u| s.user.as_ref() == Some(u))
-                && q.feature
-                    .as_ref()
-                    .is_none_or(|f| s.feature.as_ref() == Some(f));
-            if !keep {
-                continue;
-            }
-            if rows.len() == q.limit {
-                more = true;
-                break;
-            }
-            rows.push(s);
-        }
+        let cursor = q.cursor.as_ref().map(|(last, id)| (*last, id.as_str()));
+        let (rows, more) =
+            self.session_rows()
+                .page(q.from.unwrap_or(0), q.to, cursor, q.limit, |s| {
+                    q.user.as_ref().is_none_or(|u| s.user.as_ref() == Some(u))
+                        && q.feature
+                            .as_ref()
+                            .is_none_or(|f| s.feature.as_ref() == Some(f))
+                });
         Ok(Page { rows, more })
     }
 
@@ -355,12 +328,7 @@ impl TraceStore {
         id: &str,
         limit: usize,
     ) -> Result<Option<(SessionSummary, Page<TraceSummary>)>, sled::Error> {
-        let t = &*self.trees;
-        let Some(session) = t
-            .sessions
-            .get(id)?
-            .and_then(|v| decode::<SessionSummary>(&v))
-        else {
+        let Some(session) = self.session_rows().get(id).cloned() else {
             return Ok(None);
         };
         // Its open traces and its written ones, oldest first; an open trace takes the place of
