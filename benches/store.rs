@@ -180,6 +180,8 @@ fn writes(c: &mut Criterion) {
                     }
                     assert!(store.flush(Duration::from_secs(60)));
                 }
+                // Its writer thread ends: the next samples do not pay for this store.
+                store.close();
                 (dir, store)
             },
             BatchSize::PerIteration,
