@@ -3,9 +3,8 @@
 //!
 //! A trace's spans usually arrive within seconds of each other (the gateway's call, then the
 //! app's batch of spans, then the tool spans). Keeping the trace open in memory until it has
-//! been quiet for a while means its row and index entries are written once, not once per span,
-//! and written rows are keyed by start time: sled then appends to the right edge of its trees
-//! instead of rewriting a random node per span, which is what the store's cost was.
+//! been quiet for a while means its row is written once, not once per span, and in about the
+//! order the traces started: the time index then grows at its end.
 
 use std::{
     collections::{HashMap, HashSet, VecDeque},
@@ -274,9 +273,8 @@ fn split_count(bytes: &[u8]) -> Option<(usize, &[u8])> {
     Some((u32::from_be_bytes(*n) as usize, rest))
 }
 
-/// Where each written trace's row is: its start time, the first half of the row's key. Held in
-/// memory (about 17 bytes a trace) because trace ids are random: a sled tree keyed by them
-/// would be rewritten at a random node per trace. Keyed by the id's first 8 bytes. The rule:
+/// Where each written trace's row is: its start time, the first half of the row's key (about
+/// 17 bytes a trace). Keyed by the id's first 8 bytes. The rule:
 /// a written trace is in `overflow` with its start, or its start is its prefix's entry in
 /// `by_prefix` (ids sharing a prefix and a start share the entry); a lookup reads the row at
 /// that start and checks the id.
