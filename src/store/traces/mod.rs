@@ -39,7 +39,7 @@ mod tags;
 mod time_index;
 
 use std::{
-    collections::{BTreeMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet},
     io,
     path::Path,
     sync::{
@@ -119,6 +119,34 @@ impl Origin {
         let mut key = [0u8; 8];
         key.copy_from_slice(&digest.as_ref()[..8]);
         u64::from_be_bytes(key)
+    }
+}
+
+/// The writer's memo of resource keys: by origin (the gateway's own spans share one, a batch
+/// received over OTLP shares one), so a key is hashed once per origin, not once per span; and
+/// the keys known to be in the `resources` tree.
+#[derive(Default)]
+struct ResourceKeys {
+    /// By the origin's address; the `Arc` is held, so the address is not reused meanwhile.
+    by_origin: HashMap<usize, (Arc<Origin>, u64)>,
+    stored: HashSet<u64>,
+}
+
+impl ResourceKeys {
+    /// Origins remembered at most (then forgotten all at once).
+    const MAX: usize = 1024;
+
+    fn key(&mut self, origin: &Arc<Origin>) -> u64 {
+        let at = Arc::as_ptr(origin) as usize;
+        if let Some((_, key)) = self.by_origin.get(&at) {
+            return *key;
+        }
+        if self.by_origin.len() >= Self::MAX {
+            self.by_origin.clear();
+        }
+        let key = origin.key();
+        self.by_origin.insert(at, (origin.clone(), key));
+        key
     }
 }
 
@@ -563,7 +591,7 @@ impl TraceStore {
     }
 
     fn run(self: Arc<Self>, receiver: Receiver<Message>) {
-        let mut known_resources = HashSet::new();
+        let mut known_resources = ResourceKeys::default();
         // Reused for every batch's encoded spans.
         let mut buf = Vec::with_capacity(1 << 20);
         let mut last_age_check = Instant::now();
@@ -698,7 +726,7 @@ impl TraceStore {
     }
 
     /// Applies a batch of spans; on a failed write the store turns off.
-    fn write(&self, spans: Vec<Ingest>, known_resources: &mut HashSet<u64>, buf: &mut Vec<u8>) {
+    fn write(&self, spans: Vec<Ingest>, known_resources: &mut ResourceKeys, buf: &mut Vec<u8>) {
         let n = spans.len() as u64;
         if self.failed.load(Ordering::Relaxed) {
             self.dropped("off", n);
@@ -724,7 +752,7 @@ impl TraceStore {
     fn try_write(
         &self,
         spans: Vec<Ingest>,
-        known_resources: &mut HashSet<u64>,
+        known_resources: &mut ResourceKeys,
         buf: &mut Vec<u8>,
     ) -> Result<(), sled::Error> {
         let t = &*self.trees;
@@ -732,8 +760,8 @@ impl TraceStore {
         buf.clear();
         let mut by_trace: BTreeMap<[u8; 16], Vec<(StoredSpan, u64, u32)>> = BTreeMap::new();
         for ingest in spans {
-            let resource = ingest.origin.key();
-            if known_resources.insert(resource)
+            let resource = known_resources.key(&ingest.origin);
+            if known_resources.stored.insert(resource)
                 && !t.resources.contains_key(resource.to_be_bytes())?
             {
                 let value = serde_json::to_vec(&ingest.origin.resource).unwrap_or_default();
@@ -784,7 +812,7 @@ impl TraceStore {
                 .summary
                 .session
                 .is_some()
-                .then(|| trace.summary.clone());
+                .then_some(trace.summary.totals);
             for (stored, at, len) in spans {
                 // A span sent twice (a client retrying an export) is kept once, as it came first.
                 let pointer = Pointer {
@@ -800,12 +828,11 @@ impl TraceStore {
                 added_bytes += bytes;
                 added_spans += 1;
             }
-            let after = trace.summary.clone();
-            drop(open);
-            if let Some(session) = after.session.as_deref() {
+            if let Some(session) = trace.summary.session.as_deref() {
                 self.session_rows()
-                    .update(session, |s| s.update(before.as_ref(), &after));
+                    .update(session, |s| s.update(before.as_ref(), &trace.summary));
             }
+            drop(open);
         }
         let duplicates = batch_spans as u64 - added_spans;
         if duplicates > 0 {
@@ -917,7 +944,7 @@ impl TraceStore {
         for trace in open.values() {
             if let Some(session) = trace.summary.session.as_deref() {
                 sessions.update(session, |s| {
-                    s.update(trace.written.as_ref(), &trace.summary)
+                    s.update(trace.written.as_ref().map(|w| &w.totals), &trace.summary)
                 });
             }
         }

@@ -185,12 +185,12 @@ impl SessionSummary {
         }
     }
 
-    /// Takes in a trace of the session: `before` is its row as the session counted it already
-    /// (`None` when the trace is new to the session).
-    pub fn update(&mut self, before: Option<&TraceSummary>, after: &TraceSummary) {
+    /// Takes in a trace of the session: `before` is its totals as the session counted them
+    /// already (`None` when the trace is new to the session).
+    pub fn update(&mut self, before: Option<&Totals>, after: &TraceSummary) {
         let empty = self.traces == 0;
         match before {
-            Some(b) => self.totals.sub(&b.totals),
+            Some(b) => self.totals.sub(b),
             None => self.traces += 1,
         }
         self.totals.add(&after.totals);
