@@ -327,15 +327,10 @@ fn io_error(e: sled::Error) -> std::io::Error {
 /// crash came between an append and the rows) and deleted.
 fn span_segments_to_keep(
     trees: &Trees,
-    rows: &Rows,
+    scanned: &Scanned,
     spans_dir: &Path,
 ) -> io::Result<BTreeMap<u32, u64>> {
-    let mut keep = BTreeMap::new();
-    for key in rows.keys() {
-        if let Some(row) = rows.get(&key)? {
-            keep.extend(TraceRow::span_segments(&row).map(|s| (s, 0)));
-        }
-    }
+    let mut keep: BTreeMap<u32, u64> = scanned.live.keys().map(|&s| (s, 0)).collect();
     let replay_from = trees.meta.get("replay").map_err(io_error)?.and_then(|m| {
         m.get(..4)
             .and_then(|b| b.try_into().ok())
@@ -367,31 +362,29 @@ fn span_segments_to_keep(
     Ok(keep)
 }
 
-/// The session rows, summed from the trace rows (a replay adds the open traces' spans).
-fn sessions_of(rows: &Rows) -> Result<Sessions, sled::Error> {
+/// What the rows say, read once at open: the live spans per span segment, and the session
+/// rows (summed from the traces; a replay adds the open traces' spans to both).
+struct Scanned {
+    live: BTreeMap<u32, u64>,
+    sessions: Sessions,
+}
+
+fn scan_rows(rows: &Rows) -> io::Result<Scanned> {
+    let mut live = BTreeMap::new();
     let mut sessions = Sessions::default();
-    for key in rows.oldest(usize::MAX, |t| t.session != 0) {
-        let row = rows.get(&key).map_err(sled::Error::Io)?;
-        if let Some(trace) = row.and_then(|r| TraceRow::decode_summary(&r))
+    for (key, entry) in rows.entries() {
+        let Some(row) = rows.get(&key)? else { continue };
+        for segment in TraceRow::span_segments(&row) {
+            *live.entry(segment).or_default() += 1;
+        }
+        if entry.tags.session != 0
+            && let Some(trace) = TraceRow::decode_summary(&row)
             && let Some(session) = trace.session.as_deref()
         {
             sessions.update(session, |s| s.update(None, &trace));
         }
     }
-    Ok(sessions)
-}
-
-/// Live spans per segment, counted from the rows (a replay adds the open traces' spans).
-fn live_spans(rows: &Rows) -> Result<BTreeMap<u32, u64>, sled::Error> {
-    let mut live = BTreeMap::new();
-    for key in rows.keys() {
-        if let Some(row) = rows.get(&key).map_err(sled::Error::Io)? {
-            for segment in TraceRow::span_segments(&row) {
-                *live.entry(segment).or_default() += 1;
-            }
-        }
-    }
-    Ok(live)
+    Ok(Scanned { live, sessions })
 }
 
 /// Now, in unix nanoseconds.
@@ -433,17 +426,18 @@ impl TraceStore {
             }
         };
         let mut interner = Interner::default();
-        let opened_log = (|| -> io::Result<(SpanLog, Rows)> {
+        let opened_log = (|| -> io::Result<(SpanLog, Rows, Scanned)> {
             let row_bytes = (limits.max_bytes / 64).clamp(64 << 10, 16 << 20);
             let rows = Rows::open(&dir.join("rows"), row_bytes, |row| {
                 TraceRow::decode_tags(row, &mut interner)
             })?;
-            let keep = span_segments_to_keep(&trees, &rows, &dir.join("spans"))?;
+            let scanned = scan_rows(&rows)?;
+            let keep = span_segments_to_keep(&trees, &scanned, &dir.join("spans"))?;
             let segment_bytes = (limits.max_bytes / 16).clamp(64 << 10, 64 << 20);
             let log = SpanLog::open(&dir.join("spans"), segment_bytes, &keep)?;
-            Ok((log, rows))
+            Ok((log, rows, scanned))
         })();
-        let (log, rows) = match opened_log {
+        let (log, rows, scanned) = match opened_log {
             Ok(opened) => opened,
             Err(e) => {
                 return Opened::unavailable(
@@ -452,16 +446,16 @@ impl TraceStore {
                 );
             }
         };
-        let read = migrate_legacy(&trees, &log, &rows, &mut interner).and_then(|()| {
-            Ok((
-                Counts::load(&trees, &rows)?,
-                written_ids(&rows),
-                live_spans(&rows)?,
-            ))
+        let read = migrate_legacy(&trees, &log, &rows, &mut interner).and_then(|migrated| {
+            // Rows moved in from an earlier layout are read again.
+            let scanned = if migrated {
+                scan_rows(&rows).map_err(sled::Error::Io)?
+            } else {
+                scanned
+            };
+            Ok((Counts::load(&trees, &rows)?, written_ids(&rows), scanned))
         });
-        let read = read
-            .and_then(|(counts, written, live)| Ok((counts, written, live, sessions_of(&rows)?)));
-        let (counts, written, live, sessions) = match read {
+        let (counts, written, Scanned { live, sessions }) = match read {
             Ok(read) => read,
             Err(e) => {
                 return Opened::unavailable(
@@ -968,6 +962,9 @@ impl TraceStore {
         if due.is_empty() {
             return false;
         }
+        // In start order: the time index then grows at its end, its chunks filled whole.
+        let mut due = due;
+        due.sort_unstable_by_key(|t| (t.summary.start_unix_nanos, t.summary.trace_id));
         if let Err(e) = self.write_rows(&due) {
             due.into_iter().for_each(|t| open.put_back(t));
             drop(open);
@@ -1221,7 +1218,7 @@ fn migrate_legacy(
     log: &SpanLog,
     rows: &Rows,
     interner: &mut Interner,
-) -> Result<(), sled::Error> {
+) -> Result<bool, sled::Error> {
     let names = trees.db.tree_names();
     let has = |name: &[u8]| names.iter().any(|n| n == name);
     if has(b"by_time") {
@@ -1304,7 +1301,7 @@ fn migrate_legacy(
                 trees.db.drop_tree(old)?;
             }
         }
-        return Ok(());
+        return Ok(false);
     }
     write(&mut changes)?;
     log.sync()
@@ -1317,7 +1314,7 @@ fn migrate_legacy(
         }
     }
     tracing::info!("the trace store was moved to its new layout");
-    Ok(())
+    Ok(true)
 }
 
 /// The store as a recorder sink: each call's span goes to the store with the content at the

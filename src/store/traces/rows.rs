@@ -205,6 +205,11 @@ impl Rows {
         self.index().first_key()
     }
 
+    /// Every row's key and entry, oldest first.
+    pub fn entries(&self) -> Vec<(Key, Entry)> {
+        self.index().iter().copied().collect()
+    }
+
     /// Every row's key, oldest first.
     pub fn keys(&self) -> Vec<Key> {
         self.index().iter().map(|(k, _)| *k).collect()
