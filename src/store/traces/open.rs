@@ -100,7 +100,9 @@ impl OpenTrace {
 /// The open traces, by id, and the order they were last given spans in.
 #[derive(Debug, Default)]
 pub(super) struct OpenTraces {
-    traces: HashMap<[u8; 16], OpenTrace>,
+    /// Boxed: an open trace is about 900 bytes, and the map keeps its largest capacity (8,192
+    /// slots once past [`OPEN_MAX`]) after the traces are written.
+    traces: HashMap<[u8; 16], Box<OpenTrace>>,
     /// Each time a trace took spans, oldest first. An entry older than its trace's `touched`
     /// is stale (the trace took spans again since) and skipped.
     touches: VecDeque<(Instant, [u8; 16])>,
@@ -112,7 +114,7 @@ impl OpenTraces {
     }
 
     pub fn get(&self, id: &[u8; 16]) -> Option<&OpenTrace> {
-        self.traces.get(id)
+        self.traces.get(id).map(|t| &**t)
     }
 
     pub fn contains_key(&self, id: &[u8; 16]) -> bool {
@@ -120,7 +122,7 @@ impl OpenTraces {
     }
 
     pub fn values(&self) -> impl Iterator<Item = &OpenTrace> {
-        self.traces.values()
+        self.traces.values().map(|t| &**t)
     }
 
     pub fn keys(&self) -> impl Iterator<Item = &[u8; 16]> {
@@ -128,7 +130,7 @@ impl OpenTraces {
     }
 
     pub fn remove(&mut self, id: &[u8; 16]) -> Option<OpenTrace> {
-        self.traces.remove(id)
+        self.traces.remove(id).map(|t| *t)
     }
 
     /// The trace `id`, made by `make` when not open; marked as given spans `now`.
@@ -139,7 +141,7 @@ impl OpenTraces {
         make: impl FnOnce() -> OpenTrace,
     ) -> &mut OpenTrace {
         self.touches.push_back((now, id));
-        let trace = self.traces.entry(id).or_insert_with(make);
+        let trace = self.traces.entry(id).or_insert_with(|| Box::new(make()));
         trace.touched = now;
         trace
     }
@@ -157,7 +159,7 @@ impl OpenTraces {
                 break;
             }
             self.touches.pop_front();
-            due.extend(self.traces.remove(&id));
+            due.extend(self.traces.remove(&id).map(|t| *t));
         }
         let long_open: Vec<[u8; 16]> = self
             .traces
@@ -166,7 +168,7 @@ impl OpenTraces {
             .map(|(id, _)| *id)
             .collect();
         for id in long_open {
-            due.extend(self.traces.remove(&id));
+            due.extend(self.traces.remove(&id).map(|t| *t));
         }
         due
     }
@@ -174,14 +176,14 @@ impl OpenTraces {
     /// Takes out every open trace.
     pub fn take_all(&mut self) -> Vec<OpenTrace> {
         self.touches.clear();
-        self.traces.drain().map(|(_, t)| t).collect()
+        self.traces.drain().map(|(_, t)| *t).collect()
     }
 
     /// Puts back a trace that could not be written.
     pub fn put_back(&mut self, trace: OpenTrace) {
         self.touches
             .push_back((trace.touched, trace.summary.trace_id));
-        self.traces.insert(trace.summary.trace_id, trace);
+        self.traces.insert(trace.summary.trace_id, Box::new(trace));
     }
 }
 
