@@ -552,18 +552,21 @@ fn traces_past_max_age_are_evicted_and_counted() {
 fn traces_survive_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let now = now_unix_nanos();
-    {
-        let (store, _) = open(dir.path(), u64::MAX, Duration::from_secs(86_400));
+    let bytes = {
+        let (store, metrics) = open(dir.path(), u64::MAX, Duration::from_secs(86_400));
         put(&store, simple(7, 0, now), Some(5));
         put(&store, simple(7, 1, now), Some(6));
         assert!(store.flush(Duration::from_secs(10)));
         store.close();
-    }
+        metric(&metrics, "sidetrace_store_bytes ")
+    };
     let (store, metrics) = open(dir.path(), u64::MAX, Duration::from_secs(86_400));
     let row = store.summary(&trace_id(7)).unwrap().unwrap();
     assert_eq!(row.totals.spans, 2);
     assert_eq!(row.totals.cost(), Some(11));
-    assert!(metric(&metrics, "sidetrace_store_bytes ") > 0.0);
+    // The stored bytes, counted again from the rows, are what they were.
+    assert!(bytes > 0.0);
+    assert_eq!(metric(&metrics, "sidetrace_store_bytes "), bytes);
     assert_eq!(metric(&metrics, "sidetrace_store_traces "), 1.0);
     // Its session too, summed again from the rows.
     let (session, traces) = store

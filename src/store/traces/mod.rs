@@ -22,8 +22,9 @@
 //!   (`tags.rs`): the lists filter by them in memory
 //! - session rows ([`SessionSummary`]): in memory (`sessions.rs`), summed from the trace rows
 //!   at open
-//! - sled trees: `resources`: resource key (8) -> resource attributes; `meta`: stored bytes
-//!   and traces, replay marks
+//! - sled trees: `resources`: resource key (8) -> resource attributes; `meta`: the replay
+//!   marks
+//! - stored bytes and traces: in memory, counted from the rows at open
 //! - live spans per span segment: in memory, counted from the rows at open
 //!
 //! Stores of earlier layouts (a sled `traces` row per id and a `spans` row per span; or a sled
@@ -255,38 +256,6 @@ struct Counts {
     traces: u64,
 }
 
-impl Counts {
-    /// As saved in `meta`; counted afresh when missing (a store from before the counts).
-    fn load(trees: &Trees, rows: &Rows) -> Result<Counts, sled::Error> {
-        let read = |key: &str| -> Result<Option<u64>, sled::Error> {
-            Ok(trees
-                .meta
-                .get(key)?
-                .and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes)))
-        };
-        match (read("bytes")?, read("traces")?) {
-            (Some(bytes), Some(traces)) => Ok(Counts { bytes, traces }),
-            _ => {
-                let mut counts = Counts::default();
-                for key in rows.keys() {
-                    counts.traces += 1;
-                    let row = rows.get(&key).map_err(sled::Error::Io)?;
-                    counts.bytes += row
-                        .and_then(|r| TraceRow::decode_summary(&r))
-                        .map_or(0, |s| s.bytes);
-                }
-                Ok(counts)
-            }
-        }
-    }
-
-    fn save(&self, trees: &Trees) -> Result<(), sled::Error> {
-        trees.meta.insert("bytes", &self.bytes.to_be_bytes())?;
-        trees.meta.insert("traces", &self.traces.to_be_bytes())?;
-        Ok(())
-    }
-}
-
 impl Opened {
     /// No store, for `reason` (logged here): the API answers 503 with it, the proxy serves on.
     fn unavailable(reason: String, damage: Option<Damage>) -> Opened {
@@ -362,20 +331,25 @@ fn span_segments_to_keep(
     Ok(keep)
 }
 
-/// What the rows say, read once at open: the live spans per span segment, and the session
-/// rows (summed from the traces; a replay adds the open traces' spans to both).
+/// What the rows say, read once at open: the live spans per span segment, the stored bytes
+/// and traces, and the session rows (summed from the traces; a replay adds the open traces'
+/// spans to all of them).
 struct Scanned {
     live: BTreeMap<u32, u64>,
+    counts: Counts,
     sessions: Sessions,
 }
 
 fn scan_rows(rows: &Rows) -> io::Result<Scanned> {
     let mut live = BTreeMap::new();
+    let mut counts = Counts::default();
     let mut sessions = Sessions::default();
     for (key, entry) in rows.entries() {
         let Some(row) = rows.get(&key)? else { continue };
-        for segment in TraceRow::span_segments(&row) {
-            *live.entry(segment).or_default() += 1;
+        counts.traces += 1;
+        for p in TraceRow::span_pointers(&row) {
+            *live.entry(p.segment).or_default() += 1;
+            counts.bytes += u64::from(TRACE_ROW_SPAN_BYTES + p.len);
         }
         if entry.tags.session != 0
             && let Some(trace) = TraceRow::decode_summary(&row)
@@ -384,7 +358,11 @@ fn scan_rows(rows: &Rows) -> io::Result<Scanned> {
             sessions.update(session, |s| s.update(None, &trace));
         }
     }
-    Ok(Scanned { live, sessions })
+    Ok(Scanned {
+        live,
+        counts,
+        sessions,
+    })
 }
 
 /// Now, in unix nanoseconds.
@@ -453,9 +431,16 @@ impl TraceStore {
             } else {
                 scanned
             };
-            Ok((Counts::load(&trees, &rows)?, written_ids(&rows), scanned))
+            Ok((written_ids(&rows), scanned))
         });
-        let (counts, written, Scanned { live, sessions }) = match read {
+        let (
+            written,
+            Scanned {
+                live,
+                counts,
+                sessions,
+            },
+        ) = match read {
             Ok(read) => read,
             Err(e) => {
                 return Opened::unavailable(
@@ -681,14 +666,15 @@ impl TraceStore {
         self.flush_sled(&mut unflushed);
     }
 
-    /// Syncs the row files, saves the counts and the replay marks, then flushes sled: the
+    /// Syncs the row files, saves the replay marks, then flushes sled: the
     /// marks sled keeps never get ahead of the rows they count on. About once a second: what
     /// a crash may lose from the store.
     fn flush_sled(&self, unflushed: &mut u64) {
-        let saved = self.rows.sync().map_err(sled::Error::Io).and_then(|()| {
-            self.counts().save(&self.trees)?;
-            self.save_replay_marks()
-        });
+        let saved = self
+            .rows
+            .sync()
+            .map_err(sled::Error::Io)
+            .and_then(|()| self.save_replay_marks());
         if let Err(e) = saved {
             self.fail(&e);
             return;
@@ -861,8 +847,8 @@ impl TraceStore {
 
     /// Puts the spans of traces that were open at a crash back into their open traces (their
     /// bodies are in the span files; only the rows were still to be written), counts them as
-    /// live in their segments and adds them to their sessions. The stored bytes were saved
-    /// before and are not added again.
+    /// live in their segments and in the stored bytes and traces, and adds them to their
+    /// sessions.
     fn replay(&self) -> Result<u64, sled::Error> {
         let Some(marks) = self.trees.meta.get("replay")? else {
             return Ok(0);
@@ -916,11 +902,15 @@ impl TraceStore {
                 let mut open = self.open_traces();
                 let trace = open.touch(id, now, || match row {
                     Some(row) => OpenTrace::reopened(row),
-                    None => OpenTrace::new(id),
+                    None => {
+                        self.counts().traces += 1;
+                        OpenTrace::new(id)
+                    }
                 });
                 if trace.add_span(stored.span.span_id, pointer) {
                     let bytes = u64::from(TRACE_ROW_SPAN_BYTES + pointer.len);
                     trace.summary.add(&stored.span, &stored.totals(), bytes);
+                    self.counts().bytes += bytes;
                     replayed += 1;
                     drop(open);
                     *self

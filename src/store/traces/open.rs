@@ -261,12 +261,12 @@ impl TraceRow {
         })
     }
 
-    /// The span segment of each span of an encoded row, without decoding its summary.
-    pub fn span_segments(bytes: &[u8]) -> impl Iterator<Item = u32> + '_ {
+    /// Where each span of an encoded row is, without decoding its summary.
+    pub fn span_pointers(bytes: &[u8]) -> impl Iterator<Item = Pointer> + '_ {
         let (n, rest) = split_count(bytes).unwrap_or((0, &[]));
         rest.chunks_exact(SPAN_ENTRY)
             .take(n)
-            .filter_map(|e| e.get(8..12)?.try_into().ok().map(u32::from_be_bytes))
+            .filter_map(|e| Pointer::decode(&e[8..]))
     }
 }
 
