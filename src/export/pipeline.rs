@@ -78,6 +78,11 @@ struct Shared {
     overflow: std::sync::Mutex<Vec<SpanRecord>>,
     overflow_max: usize,
     spill_wakeup: Notify,
+    /// A full batch is waiting in the queue. The batcher sleeps through a batch's delay
+    /// instead of waking for every span: a span costs the request path one `try_send` and no
+    /// task wake-up, and only the span that fills a batch wakes the batcher early.
+    batch_ready: Notify,
+    batch_max_spans: usize,
 }
 
 /// The running tasks; `shutdown` exports what it can within the deadline and spools the rest.
@@ -114,6 +119,8 @@ impl ExportHandle {
             overflow: std::sync::Mutex::new(Vec::new()),
             overflow_max: cfg.queue_spans,
             spill_wakeup: Notify::new(),
+            batch_ready: Notify::new(),
+            batch_max_spans: cfg.batch_max_spans,
         });
         shared.update_gauges();
         let conventions = Conventions::from_config(cfg);
@@ -197,6 +204,10 @@ impl ExportHandle {
         match self.tx.try_send(span) {
             Ok(()) => {
                 self.shared.unsettled.fetch_add(1, Ordering::AcqRel);
+                let queued = self.tx.max_capacity() - self.tx.capacity();
+                if queued >= self.shared.batch_max_spans {
+                    self.shared.batch_ready.notify_one();
+                }
             }
             Err(mpsc::error::TrySendError::Full(span))
             | Err(mpsc::error::TrySendError::Closed(span)) => {
@@ -556,17 +567,31 @@ async fn batcher(
         let mut bytes = estimated_bytes(&first);
         let mut batch = vec![first];
         let deadline = tokio::time::Instant::now() + delay;
-        while batch.len() < cfg.batch_max_spans && bytes < cfg.batch_max_bytes {
-            tokio::select! {
-                span = rx.recv() => match span {
-                    Some(s) => {
+        // Takes what is queued, up to the batch's limits; true when the batch is full.
+        let mut take = |batch: &mut Vec<SpanRecord>, rx: &mut mpsc::Receiver<SpanRecord>| {
+            while batch.len() < cfg.batch_max_spans && bytes < cfg.batch_max_bytes {
+                match rx.try_recv() {
+                    Ok(s) => {
                         bytes += estimated_bytes(&s);
                         batch.push(s);
                     }
-                    None => break,
-                },
-                _ = tokio::time::sleep_until(deadline) => break,
-                _ = stop.wait_for(|s| *s) => break,
+                    Err(_) => return false,
+                }
+            }
+            true
+        };
+        // Not woken per span: the batch's delay, a full batch queued (`batch_ready`) or stop.
+        while !take(&mut batch, &mut rx) {
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => {
+                    take(&mut batch, &mut rx);
+                    break;
+                }
+                _ = shared.batch_ready.notified() => {}
+                _ = stop.wait_for(|s| *s) => {
+                    take(&mut batch, &mut rx);
+                    break;
+                }
             }
         }
         for group in by_origin(batch) {
