@@ -10,12 +10,14 @@
 #     --secs S     length of the recording (default 8); --conns C (default 64)
 #     --no-pin     leave every process on every CPU
 #     --keep       keep the temp dir (perf.data, logs)
+#     --call-graph M  perf's unwinding (default dwarf,16384; `fp` for a build with frame
+#                  pointers: RUSTFLAGS="-C force-frame-pointers=yes")
 #
 # Needs perf (linux-perf). The flame graph is drawn by the `inferno` crate's binaries, installed
 # once into target/tools by this script (`cargo install --locked`), like tests/setup-tools.sh
 # installs the tests' tools. Stops exactly the processes it started.
 set -euo pipefail
-OUT="" BUILD=1 SECS=8 CONNS=64 PIN=1 KEEP=0
+OUT="" BUILD=1 SECS=8 CONNS=64 PIN=1 KEEP=0 CALL_GRAPH=dwarf,16384
 while [[ $# -gt 0 ]]; do
     case "$1" in
     --no-build) BUILD=0 ;;
@@ -23,7 +25,8 @@ while [[ $# -gt 0 ]]; do
     --conns) CONNS=$2; shift ;;
     --no-pin) PIN=0 ;;
     --keep) KEEP=1 ;;
-    -h | --help) sed -n '2,14p' "$0"; exit 0 ;;
+    --call-graph) CALL_GRAPH=$2; shift ;;
+    -h | --help) sed -n '2,16p' "$0"; exit 0 ;;
     *) OUT=$1 ;;
     esac
     shift
@@ -83,7 +86,7 @@ wait_port "$PORT"
 URL=http://127.0.0.1:$PORT/v1/chat/completions
 "${DRIVER_CPU[@]}" "$BIN/bench-load" run --rate 1000 --duration 1 --mode chat --url "$URL" >/dev/null
 
-perf record -F 499 --call-graph dwarf,16384 -p "$GW" -o "$WORK/perf.data" -- sleep "$SECS" >"$WORK/perf.log" 2>&1 &
+perf record -F 499 --call-graph "$CALL_GRAPH" -p "$GW" -o "$WORK/perf.data" -- sleep "$SECS" >"$WORK/perf.log" 2>&1 &
 PERF=$!
 PIDS+=("$PERF")
 "${DRIVER_CPU[@]}" "$BIN/bench-load" run --mode chat --url "$URL" --connections "$CONNS" \
