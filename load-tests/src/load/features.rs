@@ -75,99 +75,102 @@ fn tap(out: &mut String, scenarios: &[Scenario]) {
         return;
     }
     let _ = writeln!(out, "\n#### Tap and request inspection\n");
-    let _ = writeln!(
-        out,
-        "One gateway process, two routes to the same mock, taking turns within each scenario: \
-         **raw** is `/raw/v1/chat/completions`, a provider with `paths = []` (every path \
-         passthrough: no request inspection, no tap parsing, no cost); **inspected** is the \
-         default `/v1/chat/completions` (OpenAI chat: request parse, usage injection, the tap \
-         on the response, cost, the span record).\n"
-    );
-    let _ = writeln!(
-        out,
-        "| figure | raw route (before) | inspected route (after) | inspected − raw |"
-    );
-    let _ = writeln!(out, "|---|---|---|---|");
-    let mut row = |label: String, s: Option<&Scenario>, pointer: &str, kind: &str| {
-        let raw = fig(s, "sidetrace-raw", pointer);
-        let ins = fig(s, "sidetrace", pointer);
-        let (fmt, d): (fn(Option<f64>) -> String, String) = match kind {
-            "ms" => (ms, format!("{} ms", signed_ms(diff(ins, raw)))),
-            "cpu" => (us, times(ratio(ins, raw))),
-            _ => (count, times(ratio(ins, raw))),
+    // The comparison needs load runs on both routes (not in the headline run).
+    if has_raw {
+        let _ = writeln!(
+            out,
+            "One gateway process, two routes to the same mock, taking turns within each scenario: \
+             **raw** is `/raw/v1/chat/completions`, a provider with `paths = []` (every path \
+             passthrough: no request inspection, no tap parsing, no cost); **inspected** is the \
+             default `/v1/chat/completions` (OpenAI chat: request parse, usage injection, the tap \
+             on the response, cost, the span record).\n"
+        );
+        let _ = writeln!(
+            out,
+            "| figure | raw route (before) | inspected route (after) | inspected − raw |"
+        );
+        let _ = writeln!(out, "|---|---|---|---|");
+        let mut row = |label: String, s: Option<&Scenario>, pointer: &str, kind: &str| {
+            let raw = fig(s, "sidetrace-raw", pointer);
+            let ins = fig(s, "sidetrace", pointer);
+            let (fmt, d): (fn(Option<f64>) -> String, String) = match kind {
+                "ms" => (ms, format!("{} ms", signed_ms(diff(ins, raw)))),
+                "cpu" => (us, times(ratio(ins, raw))),
+                _ => (count, times(ratio(ins, raw))),
+            };
+            let _ = writeln!(out, "| {label} | {} | {} | {d} |", fmt(raw), fmt(ins));
         };
-        let _ = writeln!(out, "| {label} | {} | {} | {d} |", fmt(raw), fmt(ins));
-    };
-    let al = rate_label(a);
-    row(
-        format!("non-stream latency p50, {al} (a1k)"),
-        a,
-        "/total_ms/p50",
-        "ms",
-    );
-    row(
-        format!("non-stream latency p99, {al} (a1k)"),
-        a,
-        "/total_ms/p99",
-        "ms",
-    );
-    row(
-        "proxy CPU µs/request (a1k)".into(),
-        a,
-        "/processes/proxy/cpu_us_per_req",
-        "cpu",
-    );
-    let bl = rate_label(b);
-    row(
-        format!("stream TTFB p50, {bl} (b)"),
-        b,
-        "/ttfb_ms/p50",
-        "ms",
-    );
-    row(
-        format!("stream TTFB p99, {bl} (b)"),
-        b,
-        "/ttfb_ms/p99",
-        "ms",
-    );
-    row(
-        format!("stream total p50, {bl} (b)"),
-        b,
-        "/total_ms/p50",
-        "ms",
-    );
-    row(
-        "proxy CPU µs/request (b)".into(),
-        b,
-        "/processes/proxy/cpu_us_per_req",
-        "cpu",
-    );
-    row(
-        format!("req/s, closed loop {} (c)", rate_label(c)),
-        c,
-        "/achieved_rps",
-        "count",
-    );
-    row(
-        "proxy CPU µs/request (c)".into(),
-        c,
-        "/processes/proxy/cpu_us_per_req",
-        "cpu",
-    );
-    // How late the driver itself sent requests: high in one run only means other work shared
-    // the machine during it, and its figures are the noisier.
-    row(
-        "noise check: driver lag p99 (a1k)".into(),
-        a,
-        "/send_lag_ms/p99",
-        "ms",
-    );
-    row(
-        "noise check: driver lag p99 (b)".into(),
-        b,
-        "/send_lag_ms/p99",
-        "ms",
-    );
+        let al = rate_label(a);
+        row(
+            format!("non-stream latency p50, {al} (a1k)"),
+            a,
+            "/total_ms/p50",
+            "ms",
+        );
+        row(
+            format!("non-stream latency p99, {al} (a1k)"),
+            a,
+            "/total_ms/p99",
+            "ms",
+        );
+        row(
+            "proxy CPU µs/request (a1k)".into(),
+            a,
+            "/processes/proxy/cpu_us_per_req",
+            "cpu",
+        );
+        let bl = rate_label(b);
+        row(
+            format!("stream TTFB p50, {bl} (b)"),
+            b,
+            "/ttfb_ms/p50",
+            "ms",
+        );
+        row(
+            format!("stream TTFB p99, {bl} (b)"),
+            b,
+            "/ttfb_ms/p99",
+            "ms",
+        );
+        row(
+            format!("stream total p50, {bl} (b)"),
+            b,
+            "/total_ms/p50",
+            "ms",
+        );
+        row(
+            "proxy CPU µs/request (b)".into(),
+            b,
+            "/processes/proxy/cpu_us_per_req",
+            "cpu",
+        );
+        row(
+            format!("req/s, closed loop {} (c)", rate_label(c)),
+            c,
+            "/achieved_rps",
+            "count",
+        );
+        row(
+            "proxy CPU µs/request (c)".into(),
+            c,
+            "/processes/proxy/cpu_us_per_req",
+            "cpu",
+        );
+        // How late the driver itself sent requests: high in one run only means other work shared
+        // the machine during it, and its figures are the noisier.
+        row(
+            "noise check: driver lag p99 (a1k)".into(),
+            a,
+            "/send_lag_ms/p99",
+            "ms",
+        );
+        row(
+            "noise check: driver lag p99 (b)".into(),
+            b,
+            "/send_lag_ms/p99",
+            "ms",
+        );
+    }
     if let Some(p) = probe {
         let _ = writeln!(
             out,
