@@ -78,12 +78,18 @@ struct Shared {
     overflow: std::sync::Mutex<Vec<SpanRecord>>,
     overflow_max: usize,
     spill_wakeup: Notify,
-    /// A full batch is waiting in the queue. The batcher sleeps through a batch's delay
+    /// Spans are waiting in the queue for the batcher. It sleeps through a batch's delay
     /// instead of waking for every span: a span costs the request path one `try_send` and no
-    /// task wake-up, and only the span that fills a batch wakes the batcher early.
+    /// task wake-up; every [`WAKE_EVERY_SPANS`] spans (or a batch's count, if fewer) wake it to
+    /// take them, so that a batch full by bytes leaves without waiting for its delay.
     batch_ready: Notify,
-    batch_max_spans: usize,
+    wake_every: usize,
 }
+
+/// How many queued spans wake the batcher before a batch's delay is over: few enough that
+/// large spans (a batch full by `batch_max_bytes` long before `batch_max_spans`) do not pile
+/// up for a whole delay, many enough that the batcher runs once per dozens of calls.
+const WAKE_EVERY_SPANS: usize = 64;
 
 /// The running tasks; `shutdown` exports what it can within the deadline and spools the rest.
 pub struct ExportTasks {
@@ -120,7 +126,7 @@ impl ExportHandle {
             overflow_max: cfg.queue_spans,
             spill_wakeup: Notify::new(),
             batch_ready: Notify::new(),
-            batch_max_spans: cfg.batch_max_spans,
+            wake_every: cfg.batch_max_spans.clamp(1, WAKE_EVERY_SPANS),
         });
         shared.update_gauges();
         let conventions = Conventions::from_config(cfg);
@@ -205,7 +211,7 @@ impl ExportHandle {
             Ok(()) => {
                 self.shared.unsettled.fetch_add(1, Ordering::AcqRel);
                 let queued = self.tx.max_capacity() - self.tx.capacity();
-                if queued >= self.shared.batch_max_spans {
+                if queued >= self.shared.wake_every {
                     self.shared.batch_ready.notify_one();
                 }
             }
@@ -580,7 +586,7 @@ async fn batcher(
             }
             true
         };
-        // Not woken per span: the batch's delay, a full batch queued (`batch_ready`) or stop.
+        // Not woken per span: the batch's delay, spans queued (`batch_ready`) or stop.
         while !take(&mut batch, &mut rx) {
             tokio::select! {
                 _ = tokio::time::sleep_until(deadline) => {
