@@ -14,6 +14,18 @@
 #   --nice N                          run the mock, the proxies and the driver at nice N (e.g.
 #                                     -10 as root, to get ahead of other work on a shared machine)
 #
+#   --pin                             then the headline scenarios again, pinned: nginx (one worker)
+#                                     and sidetrace restarted on CPU 0, the driver, the mock and
+#                                     the OTLP sink on CPU 1 (taskset), so CPU per request and
+#                                     throughput compare across runs (needs 2 CPUs)
+#   --headline                        only the headline comparison (a1k, a3k, b, c, memory):
+#                                     no raw route, no feature gateways; about 5 minutes, 9 with
+#                                     --pin
+#
+# Every sidetrace of the headline exports every span over OTLP/HTTP to a bench-mock sink (the
+# design's budgets are measured with export on); the export scenarios compare it with a gateway
+# that has no endpoint (sidetrace-noexport).
+#
 # Exits non-zero if any run against direct or a sidetrace target had errors, a cost-header probe
 # failed, or the spool did not drain after the collector came back.
 set -euo pipefail
@@ -23,6 +35,8 @@ BUILD=1
 # release ships stripped (Cargo.toml); perf needs the profiling profile's symbols.
 PROFILE=release
 KEEP=0
+PIN=0
+HEADLINE=0
 NICE=()
 while [[ $# -gt 0 ]]; do
     case "$1" in
@@ -30,6 +44,8 @@ while [[ $# -gt 0 ]]; do
     --no-build) BUILD=0 ;;
     --profiling) PROFILE=profiling ;;
     --keep) KEEP=1 ;;
+    --pin) PIN=1 ;;
+    --headline) HEADLINE=1 ;;
     --nice)
         [[ $# -ge 2 && $2 =~ ^-?[0-9]+$ ]] || {
             echo "run.sh: --nice needs a number" >&2
@@ -39,7 +55,7 @@ while [[ $# -gt 0 ]]; do
         shift
         ;;
     -h | --help)
-        sed -n '2,18p' "$0"
+        sed -n '2,30p' "$0"
         exit 0
         ;;
     *)
@@ -60,6 +76,10 @@ fi
 LOAD=$BIN/bench-load
 MOCK=$BIN/bench-mock
 GATEWAY=$BIN/sidetrace
+if [[ $PIN == 1 && $(nproc) -lt 2 ]]; then
+    echo "run.sh: --pin needs 2 CPUs" >&2
+    exit 2
+fi
 for b in "$LOAD" "$MOCK" "$GATEWAY"; do
     [[ -x $b ]] || {
         echo "run.sh: $b is missing; build first or drop --no-build" >&2
@@ -165,20 +185,27 @@ read -r MOCK_PORT NGINX_PORT GATEWAY_PORT ADMIN_PORT NONE_PORT NONE_ADMIN REDACT
     REDACTED_ADMIN EXPORT_PORT EXPORT_ADMIN SPOOL_PORT SPOOL_ADMIN SINK_PORT SPOOL_SINK_PORT \
     NOSTORE_PORT NOSTORE_ADMIN <<<"$("$LOAD" ports 16 | tr '\n' ' ')"
 
+# Where each process runs: with --pin, the pinned pass puts the proxy under test on CPU 0 and
+# everything else (driver, mock, sink) on CPU 1; until then both are empty (any CPU).
+PROXY_CPU=()
+DRIVER_CPU=()
+
 "${NICE[@]}" "$MOCK" --listen "127.0.0.1:$MOCK_PORT" >"$WORK/mock.log" 2>&1 &
 MOCK_PID=$!
 PIDS+=("$MOCK_PID")
 wait_port "$MOCK_PORT" "$MOCK_PID" mock
 
-if [[ $USE_NGINX == 1 ]]; then
+# nginx with the given number of worker processes (2 on shared CPUs, 1 pinned). Sets NGINX_PID
+# and NGINX_PIDS (the master and its workers, whose CPU and memory are summed).
+start_nginx() { # workers
     # Workers as the invoking user: as root, nginx would otherwise switch to a user that may not
     # exist or may not reach the temp dir.
-    user_line=""
+    local user_line="" child
     [[ $EUID == 0 ]] && user_line="user root;"
     cat >"$WORK/nginx/nginx.conf" <<EOF
 # Written by load-tests/run.sh: nginx as a plain streaming reverse proxy, the practical floor.
 $user_line
-worker_processes 2;
+worker_processes $1;
 worker_rlimit_nofile $NOFILE;
 daemon off;
 pid $WORK/nginx/nginx.pid;
@@ -212,16 +239,18 @@ http {
     }
 }
 EOF
-    "${NICE[@]}" nginx -p "$WORK/nginx/" -c "$WORK/nginx/nginx.conf" -e "$WORK/nginx/error.log" \
-        >"$WORK/nginx.log" 2>&1 &
+    "${NICE[@]}" "${PROXY_CPU[@]}" nginx -p "$WORK/nginx/" -c "$WORK/nginx/nginx.conf" \
+        -e "$WORK/nginx/error.log" >"$WORK/nginx.log" 2>&1 &
     NGINX_PID=$!
     PIDS+=("$NGINX_PID")
     wait_port "$NGINX_PORT" "$NGINX_PID" nginx
-    # The master and its workers; their CPU and memory are summed.
     NGINX_PIDS=$NGINX_PID
     for child in $(cat "/proc/$NGINX_PID"/task/*/children); do
         NGINX_PIDS+=",$child"
     done
+}
+if [[ $USE_NGINX == 1 ]]; then
+    start_nginx 2
 fi
 
 # Every gateway reads this file: the defaults plus one provider with no inspection at all, to
@@ -245,7 +274,7 @@ start_gateway() { # name port admin_port [NAME=VALUE...]
     shift 3
     [[ -f $WORK/$name.toml ]] && config=$WORK/$name.toml
     mkdir -p "$WORK/data/$name"
-    "${NICE[@]}" env -u OPENAI_API_KEY -u ANTHROPIC_API_KEY -u SIDETRACE_CONFIG \
+    "${NICE[@]}" "${PROXY_CPU[@]}" env -u OPENAI_API_KEY -u ANTHROPIC_API_KEY -u SIDETRACE_CONFIG \
         -u SIDETRACE_DATA_DIR -u SIDETRACE_CAPTURE_LEVEL -u OTEL_EXPORTER_OTLP_ENDPOINT \
         -u OTEL_EXPORTER_OTLP_TRACES_ENDPOINT -u OTEL_EXPORTER_OTLP_PROTOCOL \
         -u OTEL_EXPORTER_OTLP_TRACES_PROTOCOL -u OTEL_EXPORTER_OTLP_HEADERS \
@@ -268,16 +297,22 @@ start_gateway() { # name port admin_port [NAME=VALUE...]
 
 # Starts a bench-mock as an OTLP/HTTP sink. Sets STARTED_PID.
 start_sink() { # name port
-    "${NICE[@]}" "$MOCK" --listen "127.0.0.1:$2" >"$WORK/$1.log" 2>&1 &
+    "${NICE[@]}" "${DRIVER_CPU[@]}" "$MOCK" --listen "127.0.0.1:$2" >"$WORK/$1.log" 2>&1 &
     STARTED_PID=$!
     PIDS+=("$STARTED_PID")
     wait_port "$2" "$STARTED_PID" "$1"
 }
 
-# The default gateway: span export off, capture level metadata.
-start_gateway sidetrace "$GATEWAY_PORT" "$ADMIN_PORT"
+# The OTLP sink every exporting gateway sends its spans to.
+start_sink sink "$SINK_PORT"
+SINK_PID=$STARTED_PID
+# What makes a gateway export every span to that sink.
+EXPORT_ENV=(OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$SINK_PORT" OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf)
+
+# The default gateway: span export on (to the sink), capture level metadata.
+start_gateway sidetrace "$GATEWAY_PORT" "$ADMIN_PORT" "${EXPORT_ENV[@]}"
 GATEWAY_PID=$STARTED_PID
-NONE_PID="" REDACTED_PID="" EXPORT_PID="" SPOOL_PID="" NOSTORE_PID=""
+NONE_PID="" REDACTED_PID="" NOEXPORT_PID="" SPOOL_PID="" NOSTORE_PID=""
 
 TARGETS=(direct)
 [[ $USE_NGINX == 1 ]] && TARGETS+=(nginx)
@@ -293,7 +328,7 @@ port_of() {
     sidetrace-none) echo "$NONE_PORT" ;;
     sidetrace-nostore) echo "$NOSTORE_PORT" ;;
     sidetrace-redacted) echo "$REDACTED_PORT" ;;
-    sidetrace-export) echo "$EXPORT_PORT" ;;
+    sidetrace-noexport) echo "$EXPORT_PORT" ;;
     sidetrace-spool) echo "$SPOOL_PORT" ;;
     esac
 }
@@ -304,7 +339,7 @@ admin_of() {
     sidetrace-none) echo "$NONE_ADMIN" ;;
     sidetrace-nostore) echo "$NOSTORE_ADMIN" ;;
     sidetrace-redacted) echo "$REDACTED_ADMIN" ;;
-    sidetrace-export) echo "$EXPORT_ADMIN" ;;
+    sidetrace-noexport) echo "$EXPORT_ADMIN" ;;
     sidetrace-spool) echo "$SPOOL_ADMIN" ;;
     esac
 }
@@ -315,7 +350,7 @@ pid_of() {
     sidetrace-none) echo "$NONE_PID" ;;
     sidetrace-nostore) echo "$NOSTORE_PID" ;;
     sidetrace-redacted) echo "$REDACTED_PID" ;;
-    sidetrace-export) echo "$EXPORT_PID" ;;
+    sidetrace-noexport) echo "$NOEXPORT_PID" ;;
     sidetrace-spool) echo "$SPOOL_PID" ;;
     esac
 }
@@ -350,7 +385,7 @@ counter_args() {
     [[ $COUNTERS == 1 && $1 == sidetrace* ]] || return 0
     local args="--counters gw=http://127.0.0.1:$(admin_of "$1")/metrics"
     case $1 in
-    sidetrace-export) args+=" --counters sink=http://127.0.0.1:$SINK_PORT/stats" ;;
+    sidetrace) args+=" --counters sink=http://127.0.0.1:$SINK_PORT/stats" ;;
     sidetrace-spool) args+=" --counters sink=http://127.0.0.1:$SPOOL_SINK_PORT/stats" ;;
     esac
     echo "$args"
@@ -389,7 +424,7 @@ scenario_on() { # "targets..." id title mode [bench-load run args...]
         echo "run.sh: $id $target" >&2
         next_out "$id" "$target"
         # shellcheck disable=SC2046  # watch_args and counter_args are meant to split into words
-        "${NICE[@]}" "$LOAD" run --scenario "$id" --title "$title" --target "$target" --mode "$mode" \
+        "${NICE[@]}" "${DRIVER_CPU[@]}" "$LOAD" run --scenario "$id" --title "$title" --target "$target" --mode "$mode" \
             --url "http://127.0.0.1:$(port_of "$target")$(path_of "$target" "$mode")" \
             $(watch_args "$target") $(counter_args "$target") --out "$OUT_FILE" "$@"
         sleep "$PAUSE"
@@ -401,7 +436,7 @@ scenario() { # id title mode [bench-load run args...]: direct, nginx and the def
 }
 
 warm_up() { # target
-    "${NICE[@]}" "$LOAD" run --rate "$WARMUP" --duration 1 --mode stream \
+    "${NICE[@]}" "${DRIVER_CPU[@]}" "$LOAD" run --rate "$WARMUP" --duration 1 --mode stream \
         --url "http://127.0.0.1:$(port_of "$1")$(path_of "$1" stream)" >/dev/null
 }
 
@@ -435,8 +470,10 @@ for target in sidetrace sidetrace-raw; do
         --url "http://127.0.0.1:$(port_of "$target")$(path_of "$target" chat)" --out "$OUT_FILE"
 done
 
-# a1k, b and c also run on the raw route of the same gateway: the tap's cost, before / after.
+# a1k, b and c also run on the raw route of the same gateway: the tap's cost, before / after
+# (not in the headline run).
 WITH_RAW="direct nginx sidetrace-raw sidetrace"
+[[ $HEADLINE == 1 ]] && WITH_RAW="direct nginx sidetrace"
 scenario_on "$WITH_RAW" a1k "non-stream chat, open loop $A1_RATE req/s, ${DUR} s" chat \
     --rate "$A1_RATE" --duration "$DUR"
 scenario a3k "non-stream chat, open loop $A3_RATE req/s, ${DUR} s" chat \
@@ -445,12 +482,16 @@ scenario_on "$WITH_RAW" b "stream chat, 20 chunks, open loop $B_RATE req/s, ${DU
     --rate "$B_RATE" --duration "$DUR" --chunks 20
 # The same stream with 5 ms between chunks, as tokens come from a model: nobody can batch
 # chunks that arrive apart, so this shows the per-chunk cost without the burst advantage.
-scenario b5 "stream chat, 20 chunks 5 ms apart, open loop $B_RATE req/s, ${DUR} s" stream \
-    --rate "$B_RATE" --duration "$DUR" --chunks 20 --delay-ms 5
+if [[ $HEADLINE == 0 ]]; then
+    scenario b5 "stream chat, 20 chunks 5 ms apart, open loop $B_RATE req/s, ${DUR} s" stream \
+        --rate "$B_RATE" --duration "$DUR" --chunks 20 --delay-ms 5
+fi
 scenario_on "$WITH_RAW" c "non-stream chat, closed loop, $C_CONN connections, ${C_DUR} s (max throughput)" chat \
     --connections "$C_CONN" --duration "$C_DUR" --max-requests "$C_MAX"
-scenario e "Anthropic messages stream, 20 chunks, open loop $E_RATE req/s, ${DUR} s" anthropic \
-    --rate "$E_RATE" --duration "$DUR" --chunks 20
+if [[ $HEADLINE == 0 ]]; then
+    scenario e "Anthropic messages stream, 20 chunks, open loop $E_RATE req/s, ${DUR} s" anthropic \
+        --rate "$E_RATE" --duration "$DUR" --chunks 20
+fi
 
 # Memory with many open streams: only the proxies, the direct run would measure nothing new.
 SLOW_TARGETS=("${TARGETS[@]:1}")
@@ -469,103 +510,139 @@ for target in "${SLOW_TARGETS[@]}"; do
         --out "$OUT_FILE"
 done
 
-# Capture levels: two more gateways, none and redacted, against the default one (metadata).
-echo "run.sh: starting the capture-level gateways" >&2
-start_gateway sidetrace-none "$NONE_PORT" "$NONE_ADMIN" SIDETRACE_CAPTURE_LEVEL=none
-NONE_PID=$STARTED_PID
-start_gateway sidetrace-redacted "$REDACTED_PORT" "$REDACTED_ADMIN" SIDETRACE_CAPTURE_LEVEL=redacted
-REDACTED_PID=$STARTED_PID
-warm_up sidetrace-none
-warm_up sidetrace-redacted
-sleep "$PAUSE"
-scenario_on "sidetrace-none sidetrace sidetrace-redacted" cap \
-    "non-stream chat, open loop $F_RATE req/s, ${F_DUR} s, by capture level" chat \
-    --rate "$F_RATE" --duration "$F_DUR"
-stop_proc "$NONE_PID"
-stop_proc "$REDACTED_PID"
+# The features' costs, each against a baseline in the same run (not in the headline run).
+features() {
+    # Capture levels: two more gateways, none and redacted, against the default one (metadata).
+    echo "run.sh: starting the capture-level gateways" >&2
+    start_gateway sidetrace-none "$NONE_PORT" "$NONE_ADMIN" SIDETRACE_CAPTURE_LEVEL=none "${EXPORT_ENV[@]}"
+    NONE_PID=$STARTED_PID
+    start_gateway sidetrace-redacted "$REDACTED_PORT" "$REDACTED_ADMIN" SIDETRACE_CAPTURE_LEVEL=redacted \
+        "${EXPORT_ENV[@]}"
+    REDACTED_PID=$STARTED_PID
+    warm_up sidetrace-none
+    warm_up sidetrace-redacted
+    sleep "$PAUSE"
+    scenario_on "sidetrace-none sidetrace sidetrace-redacted" cap \
+        "non-stream chat, open loop $F_RATE req/s, ${F_DUR} s, by capture level" chat \
+        --rate "$F_RATE" --duration "$F_DUR"
+    stop_proc "$NONE_PID"
+    stop_proc "$REDACTED_PID"
 
-# The trace store: a gateway with it off against the default one (on: every span written to
-# sled by a background thread). Open loop for the added latency, closed loop for CPU and
-# throughput; the default gateway's counters say every span was written and none dropped.
-echo "run.sh: starting the gateway without a trace store" >&2
-printf '\n[store]\nenabled = false\n' | cat "$WORK/sidetrace.toml" - >"$WORK/sidetrace-nostore.toml"
-start_gateway sidetrace-nostore "$NOSTORE_PORT" "$NOSTORE_ADMIN"
-NOSTORE_PID=$STARTED_PID
-warm_up sidetrace-nostore
-sleep "$PAUSE"
-COUNTERS=1
-scenario_on "sidetrace-nostore sidetrace" st1k \
-    "non-stream chat, open loop $F_RATE req/s, ${F_DUR} s, trace store off / on" chat \
-    --rate "$F_RATE" --duration "$F_DUR" --settle-ms "$SETTLE_MS"
-scenario_on "sidetrace-nostore sidetrace" stc \
-    "non-stream chat, closed loop, $F_CONN connections, ${F_DUR} s, trace store off / on" chat \
-    --connections "$F_CONN" --duration "$F_DUR" --max-requests "$F_MAX" --settle-ms "$SETTLE_MS"
-COUNTERS=0
-stop_proc "$NOSTORE_PID"
+    # The trace store: a gateway with it off against the default one (on: every span written to
+    # sled by a background thread). Open loop for the added latency, closed loop for CPU and
+    # throughput; the default gateway's counters say every span was written and none dropped.
+    echo "run.sh: starting the gateway without a trace store" >&2
+    printf '\n[store]\nenabled = false\n' | cat "$WORK/sidetrace.toml" - >"$WORK/sidetrace-nostore.toml"
+    start_gateway sidetrace-nostore "$NOSTORE_PORT" "$NOSTORE_ADMIN" "${EXPORT_ENV[@]}"
+    NOSTORE_PID=$STARTED_PID
+    warm_up sidetrace-nostore
+    sleep "$PAUSE"
+    COUNTERS=1
+    scenario_on "sidetrace-nostore sidetrace" st1k \
+        "non-stream chat, open loop $F_RATE req/s, ${F_DUR} s, trace store off / on" chat \
+        --rate "$F_RATE" --duration "$F_DUR" --settle-ms "$SETTLE_MS"
+    scenario_on "sidetrace-nostore sidetrace" stc \
+        "non-stream chat, closed loop, $F_CONN connections, ${F_DUR} s, trace store off / on" chat \
+        --connections "$F_CONN" --duration "$F_DUR" --max-requests "$F_MAX" --settle-ms "$SETTLE_MS"
+    COUNTERS=0
+    stop_proc "$NOSTORE_PID"
 
-# Span export: a gateway exporting to a local OTLP/HTTP sink, and one whose collector is down
-# (its endpoint is a closed port), against the default gateway (export off).
-echo "run.sh: starting the OTLP sink and the exporting gateways" >&2
-start_sink sink "$SINK_PORT"
-SINK_PID=$STARTED_PID
-start_gateway sidetrace-export "$EXPORT_PORT" "$EXPORT_ADMIN" \
-    OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$SINK_PORT" OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf
-EXPORT_PID=$STARTED_PID
-start_gateway sidetrace-spool "$SPOOL_PORT" "$SPOOL_ADMIN" \
-    OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$SPOOL_SINK_PORT" \
-    OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf
-SPOOL_PID=$STARTED_PID
-warm_up sidetrace-export
-warm_up sidetrace-spool
-sleep "$PAUSE"
-COUNTERS=1
-X_TARGETS="sidetrace sidetrace-export sidetrace-spool"
-scenario_on "$X_TARGETS" x1k "non-stream chat, open loop $F_RATE req/s, ${F_DUR} s, by span export" \
-    chat --rate "$F_RATE" --duration "$F_DUR" --settle-ms "$SETTLE_MS"
-scenario_on "$X_TARGETS" xc \
-    "non-stream chat, closed loop, $F_CONN connections, ${F_DUR} s, by span export" chat \
-    --connections "$F_CONN" --duration "$F_DUR" --max-requests "$F_MAX" --settle-ms "$SETTLE_MS"
+    # Span export: the default gateway (exporting to the sink) against one with no OTLP endpoint
+    # (export off) and one whose collector is down (its endpoint is a closed port).
+    echo "run.sh: starting the gateways without export and with the collector down" >&2
+    start_gateway sidetrace-noexport "$EXPORT_PORT" "$EXPORT_ADMIN"
+    NOEXPORT_PID=$STARTED_PID
+    start_gateway sidetrace-spool "$SPOOL_PORT" "$SPOOL_ADMIN" \
+        OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$SPOOL_SINK_PORT" \
+        OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf
+    SPOOL_PID=$STARTED_PID
+    warm_up sidetrace-noexport
+    warm_up sidetrace-spool
+    sleep "$PAUSE"
+    COUNTERS=1
+    X_TARGETS="sidetrace-noexport sidetrace sidetrace-spool"
+    scenario_on "$X_TARGETS" x1k "non-stream chat, open loop $F_RATE req/s, ${F_DUR} s, by span export" \
+        chat --rate "$F_RATE" --duration "$F_DUR" --settle-ms "$SETTLE_MS"
+    scenario_on "$X_TARGETS" xc \
+        "non-stream chat, closed loop, $F_CONN connections, ${F_DUR} s, by span export" chat \
+        --connections "$F_CONN" --duration "$F_DUR" --max-requests "$F_MAX" --settle-ms "$SETTLE_MS"
 
-# Replay: the collector comes up on the collector-down gateway's endpoint. A watcher, started
-# just before, polls that gateway's metrics until its spool is empty (bounded); once the first
-# spans are replayed, a closed-loop run measures the throughput during the replay, until the
-# spool is empty.
-echo "run.sh: the collector comes back: replay" >&2
-next_out replay sidetrace-spool
-"${NICE[@]}" "$LOAD" replay-watch --metrics "http://127.0.0.1:$SPOOL_ADMIN/metrics" \
-    --timeout "$REPLAY_WAIT" --started-file "$WORK/replay-started" --scenario replay \
-    --target sidetrace-spool --title "spool replay after the collector came back" \
-    --out "$OUT_FILE" &
-WATCHER_PID=$!
-PIDS+=("$WATCHER_PID")
-sleep 0.2
-start_sink sink-replay "$SPOOL_SINK_PORT"
-REPLAY_SINK_PID=$STARTED_PID
-for _ in $(seq $((REPLAY_WAIT * 10))); do
-    [[ -e $WORK/replay-started ]] && break
-    alive "$WATCHER_PID" || break
-    sleep 0.1
-done
-if [[ -e $WORK/replay-started ]]; then
-    scenario_on sidetrace-spool rc \
-        "non-stream chat, closed loop, $F_CONN connections, during the replay (at most ${F_DUR} s)" \
-        chat --connections "$F_CONN" --duration "$F_DUR" --max-requests "$F_MAX" \
-        --until-drained "http://127.0.0.1:$SPOOL_ADMIN/metrics"
-else
-    echo "run.sh: nothing was replayed within ${REPLAY_WAIT} s" >&2
+    # Replay: the collector comes up on the collector-down gateway's endpoint. A watcher, started
+    # just before, polls that gateway's metrics until its spool is empty (bounded); once the first
+    # spans are replayed, a closed-loop run measures the throughput during the replay, until the
+    # spool is empty.
+    echo "run.sh: the collector comes back: replay" >&2
+    next_out replay sidetrace-spool
+    "${NICE[@]}" "$LOAD" replay-watch --metrics "http://127.0.0.1:$SPOOL_ADMIN/metrics" \
+        --timeout "$REPLAY_WAIT" --started-file "$WORK/replay-started" --scenario replay \
+        --target sidetrace-spool --title "spool replay after the collector came back" \
+        --out "$OUT_FILE" &
+    WATCHER_PID=$!
+    PIDS+=("$WATCHER_PID")
+    sleep 0.2
+    start_sink sink-replay "$SPOOL_SINK_PORT"
+    REPLAY_SINK_PID=$STARTED_PID
+    for _ in $(seq $((REPLAY_WAIT * 10))); do
+        [[ -e $WORK/replay-started ]] && break
+        alive "$WATCHER_PID" || break
+        sleep 0.1
+    done
+    if [[ -e $WORK/replay-started ]]; then
+        scenario_on sidetrace-spool rc \
+            "non-stream chat, closed loop, $F_CONN connections, during the replay (at most ${F_DUR} s)" \
+            chat --connections "$F_CONN" --duration "$F_DUR" --max-requests "$F_MAX" \
+            --until-drained "http://127.0.0.1:$SPOOL_ADMIN/metrics"
+    else
+        echo "run.sh: nothing was replayed within ${REPLAY_WAIT} s" >&2
+    fi
+    # The watcher ends by itself, when the spool is empty or at its timeout; stopped if it has not.
+    for _ in $(seq $(((REPLAY_WAIT + 5) * 10))); do
+        alive "$WATCHER_PID" || break
+        sleep 0.1
+    done
+    stop_proc "$WATCHER_PID"
+    COUNTERS=0
+    # Gateways first: a graceful shutdown exports what is queued, so the sinks go last.
+    stop_proc "$NOEXPORT_PID"
+    stop_proc "$SPOOL_PID"
+    stop_proc "$REPLAY_SINK_PID"
+}
+if [[ $HEADLINE == 0 ]]; then
+    features
 fi
-# The watcher ends by itself, when the spool is empty or at its timeout; stopped if it has not.
-for _ in $(seq $(((REPLAY_WAIT + 5) * 10))); do
-    alive "$WATCHER_PID" || break
-    sleep 0.1
-done
-stop_proc "$WATCHER_PID"
-COUNTERS=0
-# Gateways first: a graceful shutdown exports what is queued, so the sinks go last.
-stop_proc "$EXPORT_PID"
-stop_proc "$SPOOL_PID"
+
+# The headline scenarios again, pinned: the proxies restarted on CPU 0 (nginx with one worker,
+# sidetrace seeing one CPU: one runtime worker), the mock and the sink moved to CPU 1 with every
+# thread, the driver started there. Scenario ids get "-pin".
+if [[ $PIN == 1 ]]; then
+    echo "run.sh: the pinned pass" >&2
+    PROXY_CPU=(taskset -c 0)
+    DRIVER_CPU=(taskset -c 1)
+    taskset -a -p -c 1 "$MOCK_PID" >/dev/null
+    taskset -a -p -c 1 "$SINK_PID" >/dev/null
+    stop_proc "$GATEWAY_PID"
+    start_gateway sidetrace "$GATEWAY_PORT" "$ADMIN_PORT" "${EXPORT_ENV[@]}"
+    GATEWAY_PID=$STARTED_PID
+    if [[ $USE_NGINX == 1 ]]; then
+        stop_proc "$NGINX_PID"
+        start_nginx 1
+    fi
+    for target in "${TARGETS[@]}"; do
+        warm_up "$target"
+    done
+    sleep "$PAUSE"
+    scenario a1k-pin "pinned: non-stream chat, open loop $A1_RATE req/s, ${DUR} s" chat \
+        --rate "$A1_RATE" --duration "$DUR"
+    scenario a3k-pin "pinned: non-stream chat, open loop $A3_RATE req/s, ${DUR} s" chat \
+        --rate "$A3_RATE" --duration "$DUR"
+    scenario b-pin "pinned: stream chat, 20 chunks, open loop $B_RATE req/s, ${DUR} s" stream \
+        --rate "$B_RATE" --duration "$DUR" --chunks 20
+    scenario c-pin "pinned: non-stream chat, closed loop, $C_CONN connections, ${C_DUR} s (max throughput)" \
+        chat --connections "$C_CONN" --duration "$C_DUR" --max-requests "$C_MAX"
+fi
+# Gateways first: a graceful shutdown exports what is queued, so the sink goes last.
+stop_proc "$GATEWAY_PID"
 stop_proc "$SINK_PID"
-stop_proc "$REPLAY_SINK_PID"
 
 LOADAVG_END=$(cut -d' ' -f1-3 /proc/loadavg)
 
@@ -578,6 +655,13 @@ else
 fi
 mkdir -p "$HERE/results"
 commit=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
+# The command as run, for the page.
+ARGS=""
+[[ $QUICK == 1 ]] && ARGS+=" --quick"
+[[ $HEADLINE == 1 ]] && ARGS+=" --headline"
+[[ $PIN == 1 ]] && ARGS+=" --pin"
+[[ $PROFILE == profiling ]] && ARGS+=" --profiling"
+[[ ${#NICE[@]} -gt 0 ]] && ARGS+=" --nice ${NICE[2]}"
 # Changes to the bench itself do not change what is measured.
 [[ -n $(git -C "$ROOT" status --porcelain -- . ':(exclude)load-tests' 2>/dev/null) ]] &&
     commit+=" (plus uncommitted changes)"
@@ -587,7 +671,7 @@ nginx_version="not run"
 {
     echo "# sidetrace benchmark: $([[ $QUICK == 1 ]] && echo quick smoke run || echo latest results)"
     echo
-    echo "Written by \`bash load-tests/run.sh$([[ $QUICK == 1 ]] && echo ' --quick')\` on $(date -u '+%Y-%m-%d %H:%M UTC')."
+    echo "Written by \`bash load-tests/run.sh$ARGS\` on $(date -u '+%Y-%m-%d %H:%M UTC')."
     echo
     echo "## Machine and versions"
     echo
@@ -602,12 +686,19 @@ nginx_version="not run"
     echo
     echo "- Everything on one machine over 127.0.0.1: the load driver, the mock upstream and the proxy"
     echo "  under test share the same $(nproc) cores."
+    if [[ $PIN == 1 ]]; then
+        echo "- Pinned pass (scenario ids ending in \`-pin\`, after everything else): nginx (one worker"
+        echo "  process) and sidetrace restarted under \`taskset -c 0\`, the driver, the mock and the OTLP"
+        echo "  sink on CPU 1 (\`taskset -c 1\`; the mock and sink moved with all their threads)."
+    fi
     echo "- Targets: **direct** (bench-mock itself), **nginx** (\`proxy_pass\`, \`proxy_buffering off\`,"
-    echo "  \`proxy_http_version 1.1\`, upstream keepalive 128, \`worker_processes 2\`, access log off),"
-    echo "  **sidetrace** (\`sidetrace serve\`, \`SIDETRACE_LOG=warn\`, default limits, capture level"
-    echo "  metadata, the trace store on (the default: every span kept in sled, content redacted), no"
-    echo "  OTLP endpoint so span export off, its own data dir in the temp dir) on the default"
-    echo "  inspected route \`/v1/chat/completions\`."
+    echo "  \`proxy_http_version 1.1\`, upstream keepalive 128, \`worker_processes 2\` (1 pinned), access"
+    echo "  log off), **sidetrace** (\`sidetrace serve\`, \`SIDETRACE_LOG=warn\`, default limits, capture"
+    echo "  level metadata, the trace store on (the default: every span kept in sled, content"
+    echo "  redacted), **span export on**: \`OTEL_EXPORTER_OTLP_ENDPOINT\` = a bench-mock OTLP/HTTP sink,"
+    echo "  \`OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf\`, export settings at their defaults (batches of"
+    echo "  512 spans or 1 s), its own data dir in the temp dir) on the default inspected route"
+    echo "  \`/v1/chat/completions\`."
     echo "- Gateway request path, as built from this tree (the layers of src/proxy/stack.rs, outermost"
     echo "  first): $LAYERS; then the upstream client."
     echo "- Gateway config file, every gateway process (defaults otherwise): one more provider,"
@@ -616,11 +707,10 @@ nginx_version="not run"
     echo "  Target **sidetrace-raw** is the default gateway on that route."
     echo "- Feature targets, each a gateway process of its own started for its scenarios, warmed up,"
     echo "  then stopped: **sidetrace-none** / **sidetrace-redacted** (\`SIDETRACE_CAPTURE_LEVEL\`),"
-    echo "  **sidetrace-nostore** (\`[store] enabled = false\`),"
-    echo "  **sidetrace-export** (\`OTEL_EXPORTER_OTLP_ENDPOINT\` = a bench-mock OTLP/HTTP sink,"
-    echo "  \`OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf\`, export settings at their defaults: batches of"
-    echo "  512 spans or 1 s), **sidetrace-spool** (the same, endpoint a closed loopback port until the"
-    echo "  replay, when a second sink starts on it). Their counters come from their \`/metrics\`."
+    echo "  **sidetrace-nostore** (\`[store] enabled = false\`), all three exporting to the same sink;"
+    echo "  **sidetrace-noexport** (no OTLP endpoint: span export off), **sidetrace-spool** (endpoint a"
+    echo "  closed loopback port until the replay, when a second sink starts on it). Their counters"
+    echo "  come from their \`/metrics\`."
     echo "- Mock: bench-mock, HTTP/1.1 keep-alive, TCP_NODELAY, no delay between chunks unless stated."
     echo "- Driver: bench-load. Open loop: requests due at fixed intervals, latency measured from the"
     echo "  due time (no coordinated omission), at most 2,000 in flight (more count as errors)."

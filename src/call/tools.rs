@@ -27,7 +27,10 @@ use std::{
 use crate::{
     call::record::CallRecord,
     config::TraceConfig,
-    format::{is_synthetic_tool_call_id, request::ToolResult},
+    format::{
+        is_synthetic_tool_call_id,
+        request::{self, ToolResult},
+    },
     metrics::Metrics,
     trace::{
         capture::Capturer,
@@ -245,7 +248,12 @@ impl ToolTable {
             .iter()
             .filter(|t| !t.id.is_empty())
             .collect();
-        let response_id = response.response_id.as_deref().filter(|id| !id.is_empty());
+        // Only an API whose requests can name a response (`previous_response_id`) has ids
+        // worth remembering: a chat completion's id is never followed.
+        let response_id = response
+            .response_id
+            .as_deref()
+            .filter(|id| !id.is_empty() && request::continued_by_response_id(call.format));
         if calls.is_empty() && response_id.is_none() {
             return Vec::new();
         }
@@ -778,13 +786,18 @@ mod tests {
         );
         assert_eq!(second.source, TraceSource::Joined);
         // The second call's own follower goes under the root too, not under the second.
-        t.remember(&call(2, Some(1), &[("c2", "g", "{}")]), now);
+        let mut second_call = call(2, Some(1), &[("c2", "g", "{}")]);
+        // A Responses API call: its id can be named as `previous_response_id`.
+        second_call.format = WireFormat::Responses;
+        t.remember(&second_call, now);
         let asker = t.join(&[result("c2", "y", false)], None, None).unwrap();
         assert_eq!(asker.followed_by([3; 8]).parent_span_id, Some([1; 8]));
         // By response id too, and a request naming another session does not join.
         assert!(t.join(&[], Some("resp_2"), Some("s1")).is_some());
         assert!(t.join(&[], Some("resp_2"), Some("other")).is_none());
         assert!(t.join(&[], Some("resp_unknown"), None).is_none());
+        // A chat completion's id is never remembered: no request can name it.
+        assert!(t.join(&[], Some("resp_1"), None).is_none());
     }
 
     #[test]

@@ -78,7 +78,18 @@ struct Shared {
     overflow: std::sync::Mutex<Vec<SpanRecord>>,
     overflow_max: usize,
     spill_wakeup: Notify,
+    /// Spans are waiting in the queue for the batcher. It sleeps through a batch's delay
+    /// instead of waking for every span: a span costs the request path one `try_send` and no
+    /// task wake-up; every [`WAKE_EVERY_SPANS`] spans (or a batch's count, if fewer) wake it to
+    /// take them, so that a batch full by bytes leaves without waiting for its delay.
+    batch_ready: Notify,
+    wake_every: usize,
 }
+
+/// How many queued spans wake the batcher before a batch's delay is over: few enough that
+/// large spans (a batch full by `batch_max_bytes` long before `batch_max_spans`) do not pile
+/// up for a whole delay, many enough that the batcher runs once per dozens of calls.
+const WAKE_EVERY_SPANS: usize = 64;
 
 /// The running tasks; `shutdown` exports what it can within the deadline and spools the rest.
 pub struct ExportTasks {
@@ -114,6 +125,8 @@ impl ExportHandle {
             overflow: std::sync::Mutex::new(Vec::new()),
             overflow_max: cfg.queue_spans,
             spill_wakeup: Notify::new(),
+            batch_ready: Notify::new(),
+            wake_every: cfg.batch_max_spans.clamp(1, WAKE_EVERY_SPANS),
         });
         shared.update_gauges();
         let conventions = Conventions::from_config(cfg);
@@ -197,6 +210,10 @@ impl ExportHandle {
         match self.tx.try_send(span) {
             Ok(()) => {
                 self.shared.unsettled.fetch_add(1, Ordering::AcqRel);
+                let queued = self.tx.max_capacity() - self.tx.capacity();
+                if queued >= self.shared.wake_every {
+                    self.shared.batch_ready.notify_one();
+                }
             }
             Err(mpsc::error::TrySendError::Full(span))
             | Err(mpsc::error::TrySendError::Closed(span)) => {
@@ -556,17 +573,31 @@ async fn batcher(
         let mut bytes = estimated_bytes(&first);
         let mut batch = vec![first];
         let deadline = tokio::time::Instant::now() + delay;
-        while batch.len() < cfg.batch_max_spans && bytes < cfg.batch_max_bytes {
-            tokio::select! {
-                span = rx.recv() => match span {
-                    Some(s) => {
+        // Takes what is queued, up to the batch's limits; true when the batch is full.
+        let mut take = |batch: &mut Vec<SpanRecord>, rx: &mut mpsc::Receiver<SpanRecord>| {
+            while batch.len() < cfg.batch_max_spans && bytes < cfg.batch_max_bytes {
+                match rx.try_recv() {
+                    Ok(s) => {
                         bytes += estimated_bytes(&s);
                         batch.push(s);
                     }
-                    None => break,
-                },
-                _ = tokio::time::sleep_until(deadline) => break,
-                _ = stop.wait_for(|s| *s) => break,
+                    Err(_) => return false,
+                }
+            }
+            true
+        };
+        // Not woken per span: the batch's delay, spans queued (`batch_ready`) or stop.
+        while !take(&mut batch, &mut rx) {
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => {
+                    take(&mut batch, &mut rx);
+                    break;
+                }
+                _ = shared.batch_ready.notified() => {}
+                _ = stop.wait_for(|s| *s) => {
+                    take(&mut batch, &mut rx);
+                    break;
+                }
             }
         }
         for group in by_origin(batch) {

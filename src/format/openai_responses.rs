@@ -334,6 +334,11 @@ impl Extractor for OpenAiResponses {
 pub(crate) struct ResponsesRequest;
 
 impl RequestApi for ResponsesRequest {
+    /// `previous_response_id` names the response a request continues.
+    fn continued_by_response_id(&self) -> bool {
+        true
+    }
+
     /// `function_call_output` items of `input` with their `call_id`.
     fn tool_results(&self, body: &Value) -> Vec<ToolResult> {
         let Some(items) = body.get("input").and_then(Value::as_array) else {

@@ -29,6 +29,12 @@ pub(crate) trait RequestApi: Sync {
     /// Input messages, system instructions left out, counted from the typed read.
     fn input_message_count(&self, fields: &RequestFields) -> Option<u64>;
 
+    /// Whether a later request can continue a response of this API by naming its id
+    /// (`previous_response_id`): only then is the id worth remembering.
+    fn continued_by_response_id(&self) -> bool {
+        false
+    }
+
     /// The tool results the request carries (answers to tool calls an earlier response asked
     /// for), in the order they appear.
     fn tool_results(&self, body: &Value) -> Vec<ToolResult> {
@@ -92,6 +98,12 @@ static TOOL_RESULT_KEYS: [super::json::Needle; 6] = [
 
 /// The tool results a request of `format` carries; empty for a body without any (checked by
 /// a byte scan first, so most requests are not parsed again).
+/// Whether a request can name a response of this wire format as the one it continues
+/// (`previous_response_id`, the Responses API).
+pub fn continued_by_response_id(format: WireFormat) -> bool {
+    api(format).is_some_and(|api| api.continued_by_response_id())
+}
+
 pub fn tool_results(format: WireFormat, body: &[u8]) -> Vec<ToolResult> {
     let Some(api) = api(format) else {
         return Vec::new();

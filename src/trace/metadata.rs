@@ -58,6 +58,40 @@ pub const CODING_AGENT_SESSION_HEADERS: [&str; 7] = [
     "x-session-id",
 ];
 
+/// Every header [`CallMetadata::from_headers`] reads by name (the coding agents' session headers
+/// and the `helicone-property-*` and `x-sidetrace-meta-*` prefixes aside). A request carrying
+/// none of them (most do) is read with one pass over its header names instead of a lookup
+/// each; `text` asserts in debug builds that it is asked only for a name listed here.
+const METADATA_HEADERS: [&str; 16] = [
+    "x-litellm-tags",
+    "x-portkey-metadata",
+    "helicone-user-id",
+    "helicone-session-id",
+    "helicone-session-path",
+    "helicone-session-name",
+    "baggage",
+    "x-sidetrace-feature",
+    "x-sidetrace-user-id",
+    "x-sidetrace-session-id",
+    "x-sidetrace-session-name",
+    "x-sidetrace-prompt-template",
+    "x-sidetrace-prompt-version",
+    "x-sidetrace-span-name",
+    "x-sidetrace-tags",
+    "x-sidetrace-capture",
+];
+
+/// Whether any header of the request is one `from_headers` reads.
+fn may_carry_metadata(headers: &HeaderMap) -> bool {
+    headers.keys().any(|name| {
+        let n = name.as_str();
+        METADATA_HEADERS.contains(&n)
+            || CODING_AGENT_SESSION_HEADERS.contains(&n)
+            || n.starts_with("helicone-property-")
+            || n.starts_with("x-sidetrace-meta-")
+    })
+}
+
 /// Who wins when several headers set the same field (user, session, feature, prompt, a `meta`
 /// key), first first: the gateway's own `x-sidetrace-*` headers, then W3C `baggage`, then the
 /// peers' headers in this order. Documented in the README ("Migrating from another gateway").
@@ -82,6 +116,9 @@ pub fn is_metadata_header(name: &str) -> bool {
 impl CallMetadata {
     pub fn from_headers(headers: &HeaderMap) -> CallMetadata {
         let mut m = CallMetadata::default();
+        if !may_carry_metadata(headers) {
+            return m;
+        }
         // The sources in reverse of ALIAS_ORDER: each one overwrites what a source after it in
         // the order set, so the first in the order wins.
         // LiteLLM.
@@ -300,6 +337,10 @@ enum Field {
 }
 
 fn text(headers: &HeaderMap, name: &str) -> Option<String> {
+    debug_assert!(
+        METADATA_HEADERS.contains(&name) || CODING_AGENT_SESSION_HEADERS.contains(&name),
+        "{name} is missing from METADATA_HEADERS"
+    );
     let v = headers.get(name)?;
     let s = match v.to_str() {
         Ok(s) => s.to_string(),
@@ -366,6 +407,35 @@ mod tests {
             map.append(*k, HeaderValue::from_str(v).unwrap());
         }
         map
+    }
+
+    #[test]
+    fn every_metadata_header_is_read_and_a_request_without_them_reads_as_none() {
+        let plain = h(&[
+            ("content-type", "application/json"),
+            ("x-mock-chunks", "3"),
+            ("user-agent", "test"),
+        ]);
+        assert_eq!(CallMetadata::from_headers(&plain), CallMetadata::default());
+        for name in METADATA_HEADERS {
+            let value = match name {
+                "x-portkey-metadata" => r#"{"k":"v"}"#,
+                "baggage" => "user.id=u1",
+                "x-sidetrace-capture" => "none",
+                _ => "v1",
+            };
+            let m =
+                CallMetadata::from_headers(&h(&[("content-type", "text/plain"), (name, value)]));
+            assert_ne!(m, CallMetadata::default(), "{name} was not read");
+        }
+        for name in ["helicone-property-team", "x-sidetrace-meta-team"] {
+            let m = CallMetadata::from_headers(&h(&[(name, "core")]));
+            assert_eq!(
+                m.meta,
+                vec![("team".to_string(), "core".to_string())],
+                "{name}"
+            );
+        }
     }
 
     #[test]

@@ -23,7 +23,8 @@ pub struct ReportArgs {
 
 /// The gateway variants are separate targets: `sidetrace` is the default gateway on the
 /// inspected route; `sidetrace-raw` the same process on a route with no inspection; the others
-/// are gateway processes of their own (capture level, export on, collector down).
+/// are gateway processes of their own (capture level, trace store off, export off, collector
+/// down).
 const TARGET_ORDER: [&str; 8] = [
     "direct",
     "nginx",
@@ -31,7 +32,7 @@ const TARGET_ORDER: [&str; 8] = [
     "sidetrace-none",
     "sidetrace",
     "sidetrace-redacted",
-    "sidetrace-export",
+    "sidetrace-noexport",
     "sidetrace-spool",
 ];
 
@@ -414,6 +415,108 @@ fn budgets(scenarios: &[Scenario]) -> Vec<Budget> {
     list
 }
 
+/// The headline comparison with nginx (issue 16's table), once per placement the run measured:
+/// every process on every CPU (scenario ids as they are), and pinned (`run.sh --pin`: ids with
+/// `-pin`, the proxy on one CPU, the driver and the mock on the other).
+fn headline(out: &mut String, scenarios: &[Scenario]) {
+    let find = |id: &str| scenarios.iter().find(|s| s.id == id);
+    for (suffix, placement) in [
+        ("", "every process on every CPU"),
+        (
+            "-pin",
+            "pinned: the proxy on CPU 0, the driver, the mock and the OTLP sink on CPU 1",
+        ),
+    ] {
+        let (a1, a3, b, c) = (
+            find(&format!("a1k{suffix}")),
+            find(&format!("a3k{suffix}")),
+            find(&format!("b{suffix}")),
+            find(&format!("c{suffix}")),
+        );
+        if [a1, a3, b, c].iter().all(Option::is_none) {
+            continue;
+        }
+        let _ = writeln!(out, "\n#### {placement}\n");
+        let _ = writeln!(out, "| figure | nginx | sidetrace | sidetrace vs nginx |");
+        let _ = writeln!(out, "|---|---|---|---|");
+        let rate = |s: Option<&Scenario>| {
+            s.and_then(|s| s.runs.first())
+                .and_then(|r| num(r, "/rate"))
+                .map_or("—".into(), |r| format!("{r:.0}/s"))
+        };
+        let lat = |label: String, s: Option<&Scenario>, pointer: &str| {
+            let ng = s.and_then(|s| added(s, "nginx", pointer));
+            let st = s.and_then(|s| added(s, "sidetrace", pointer));
+            let diff = match (st, ng) {
+                (Some(a), Some(b)) => format!("{:+.3} ms", a - b),
+                _ => "—".into(),
+            };
+            format!(
+                "| {label} | {} ms | {} ms | {diff} |",
+                signed_ms(ng),
+                signed_ms(st)
+            )
+        };
+        let fig = |s: Option<&Scenario>, t: &str, p: &str| s.and_then(|s| num(s.run(t)?, p));
+        let per_req =
+            |label: String, s: Option<&Scenario>, pointer: &str, fmt: fn(f64) -> String| {
+                let ng = fig(s, "nginx", pointer);
+                let st = fig(s, "sidetrace", pointer);
+                format!(
+                    "| {label} | {} | {} | {} |",
+                    ng.map_or("—".into(), fmt),
+                    st.map_or("—".into(), fmt),
+                    times(ratio(st, ng))
+                )
+            };
+        let cpu = "/processes/proxy/cpu_us_per_req";
+        let conns = c
+            .and_then(|s| s.runs.first())
+            .map_or("—".into(), |r| r["connections"].to_string());
+        for row in [
+            lat(format!("added p50, {}", rate(a1)), a1, "/total_ms/p50"),
+            lat(format!("added p50, {}", rate(a3)), a3, "/total_ms/p50"),
+            lat(format!("added p99, {}", rate(a3)), a3, "/total_ms/p99"),
+            lat(
+                format!("stream TTFB added p50, {}", rate(b)),
+                b,
+                "/ttfb_ms/p50",
+            ),
+            per_req(
+                format!("CPU per request, {conns} connections"),
+                c,
+                cpu,
+                |v| format!("{v:.1} µs"),
+            ),
+            per_req(format!("CPU per request, {}", rate(a3)), a3, cpu, |v| {
+                format!("{v:.1} µs")
+            }),
+            per_req(
+                format!("max throughput, {conns} connections"),
+                c,
+                "/achieved_rps",
+                |v| format!("{v:.0} req/s"),
+            ),
+        ] {
+            let _ = writeln!(out, "{row}");
+        }
+        let peak = |t: &str| {
+            [a1, a3, b, c]
+                .into_iter()
+                .flatten()
+                .filter_map(|s| fig(Some(s), t, "/processes/proxy/peak_rss_kib"))
+                .reduce(f64::max)
+        };
+        let _ = writeln!(
+            out,
+            "| peak RSS under load | {} MiB | {} MiB | {} |",
+            mib(peak("nginx")),
+            mib(peak("sidetrace")),
+            times(ratio(peak("sidetrace"), peak("nginx")))
+        );
+    }
+}
+
 pub fn main(args: ReportArgs) -> Result<ExitCode, String> {
     let scenarios = load(&args.dir)?;
     let mut out = String::new();
@@ -433,6 +536,12 @@ pub fn main(args: ReportArgs) -> Result<ExitCode, String> {
         };
         let _ = writeln!(out, "| {} | {} | {verdict} |", b.what, b.measured);
     }
+    let _ = writeln!(
+        out,
+        "\n### sidetrace and nginx side by side (span export on)\n\nAdded latency = the \
+         proxy's percentile minus the direct call's, same scenario, same placement.",
+    );
+    headline(&mut out, &scenarios);
     let _ = writeln!(out, "\n### Memory\n");
     memory_table(&mut out, &scenarios);
     crate::features::write(&mut out, &scenarios);
