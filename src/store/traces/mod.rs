@@ -84,7 +84,7 @@ const GATHER: Duration = Duration::from_millis(10);
 const SEAL_CHECK: Duration = Duration::from_secs(1);
 /// What a span adds to the stored bytes besides its JSON: its entry in its trace's row.
 const TRACE_ROW_SPAN_BYTES: u32 = 24;
-/// sled's page cache: reads of recent traces hit it; the rest come from the OS page cache.
+/// sled's page cache (sled holds only the resources and the replay marks now).
 const CACHE_BYTES: u64 = 8 * 1024 * 1024;
 
 /// Where a span came from (defined beside the span, which carries it through the export).
@@ -223,7 +223,7 @@ pub struct TraceStore {
     metrics: Arc<Metrics>,
     /// A write failed: the store keeps no more spans this run.
     failed: AtomicBool,
-    /// Stored bytes and traces, kept in memory and saved in `meta` with each batch.
+    /// Stored bytes and traces, counted from the rows at open and kept current in memory.
     counts: Mutex<Counts>,
     /// The span bodies.
     log: SpanLog,
@@ -404,7 +404,8 @@ impl TraceStore {
             }
         };
         let mut interner = Interner::default();
-        let opened_log = (|| -> io::Result<(SpanLog, Rows, Scanned)> {
+        #[allow(clippy::type_complexity)]
+        let opened_log = (|| -> io::Result<(SpanLog, Rows, Scanned, BTreeMap<u32, u64>)> {
             let row_bytes = (limits.max_bytes / 64).clamp(64 << 10, 16 << 20);
             let rows = Rows::open(&dir.join("rows"), row_bytes, |row| {
                 TraceRow::decode_tags(row, &mut interner)
@@ -413,9 +414,9 @@ impl TraceStore {
             let keep = span_segments_to_keep(&trees, &scanned, &dir.join("spans"))?;
             let segment_bytes = (limits.max_bytes / 16).clamp(64 << 10, 64 << 20);
             let log = SpanLog::open(&dir.join("spans"), segment_bytes, &keep)?;
-            Ok((log, rows, scanned))
+            Ok((log, rows, scanned, keep))
         })();
-        let (log, rows, scanned) = match opened_log {
+        let (log, rows, scanned, keep) = match opened_log {
             Ok(opened) => opened,
             Err(e) => {
                 return Opened::unavailable(
@@ -477,6 +478,15 @@ impl TraceStore {
                     damage,
                 );
             }
+        }
+        // Span files kept for the replay that it found nothing live in go now (and the ones
+        // that empty later go as their traces are evicted).
+        let kept: Vec<(u32, i64)> = keep.keys().map(|&s| (s, 0)).collect();
+        if let Err(e) = store.change_live(&kept) {
+            return Opened::unavailable(
+                format!("cannot read the trace store in {}: {e}", dir.display()),
+                damage,
+            );
         }
         store.refresh_gauges();
         let writer = store.clone();
@@ -928,7 +938,9 @@ impl TraceStore {
         for trace in open.values() {
             if let Some(session) = trace.summary.session.as_deref() {
                 sessions.update(session, |s| {
-                    s.update(trace.written.as_ref().map(|w| &w.totals), &trace.summary)
+                    // The session counted the written row only if it named the session.
+                    let counted = trace.written.as_ref().filter(|w| w.session.is_some());
+                    s.update(counted.map(|w| &w.totals), &trace.summary)
                 });
             }
         }
@@ -1202,7 +1214,8 @@ fn written_ids(rows: &Rows) -> WrittenIds {
 /// Moves a store of an earlier layout into the row files: a sled `rows` tree (rows as they are
 /// now, kept in sled) is copied as it is; a `traces` row per trace id and its `spans` rows
 /// (pointers, or the span's JSON inline, which is appended to the span files) become one row.
-/// The old trees are dropped once the rows are durable; the index trees are unchanged.
+/// The old trees are dropped once the rows are durable (the index and session trees too: the
+/// time index and the sessions are rebuilt from the rows).
 fn migrate_legacy(
     trees: &Trees,
     log: &SpanLog,

@@ -25,21 +25,23 @@ impl Iterator for Written<'_> {
     type Item = Result<([u8; 24], Vec<u8>), sled::Error>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        if self.page.len() == 0 {
-            let filter = self.filter;
-            let next = self
-                .rows
-                .newest_before(&self.low, &self.high, TIME_PAGE, |t| filter.takes(t));
-            self.high = next.last()?.0;
-            self.page = next.into_iter();
+        loop {
+            if self.page.len() == 0 {
+                let filter = self.filter;
+                let next = self
+                    .rows
+                    .newest_before(&self.low, &self.high, TIME_PAGE, |t| filter.takes(t));
+                self.high = next.last()?.0;
+                self.page = next.into_iter();
+            }
+            let (key, p) = self.page.next()?;
+            match self.rows.read(p) {
+                Ok(Some(row)) => return Some(Ok((key, row))),
+                // Evicted since the page was taken.
+                Ok(None) => continue,
+                Err(e) => return Some(Err(sled::Error::Io(e))),
+            }
         }
-        let (key, p) = self.page.next()?;
-        Some(
-            self.rows
-                .read(p)
-                .map(|row| (key, row))
-                .map_err(sled::Error::Io),
-        )
     }
 }
 
@@ -154,8 +156,9 @@ fn span_has_text(span: &StoredSpan, needle: &str) -> bool {
 }
 
 impl TraceStore {
-    /// A page of traces, newest first. The most selective index given is scanned (session,
-    /// user, feature, else time); the other conditions are checked on each row.
+    /// A page of traces, newest first: the time index is walked newest first, taking the rows
+    /// whose feature, user and session ids match in memory; the other conditions are checked
+    /// on each row read.
     pub fn traces(&self, q: &TraceQuery) -> Result<Page<TraceSummary>, sled::Error> {
         let low = time_key(q.from.unwrap_or(0), &[0; 16]);
         // Exclusive upper bound: before `to`, and before the cursor's row.

@@ -4,7 +4,7 @@
 //! Each written trace has one row ([`super::open::TraceRow`]): its summary and where its spans
 //! are. In sled a row cost about 15 µs of the writer's CPU and 230 bytes of memory (sled's page
 //! table and node copies), more than the rest of the store together. Here a batch of rows is
-//! appended with one write, and the index, start time + trace id -> where the row is (about 40
+//! appended with one write, and the index, start time + trace id -> where the row is (56
 //! bytes a trace, `time_index.rs`), is kept in memory and rebuilt at open by reading the files.
 //!
 //! A record is a CRC-32 of the rest (4 bytes), the body's length (4; `u32::MAX` for a removal),
@@ -16,7 +16,9 @@
 //!
 //! At open the segments are read in order; a record that is cut short or fails its CRC (a
 //! power loss during an append) ends its segment's reading: what came before it is kept, the
-//! rest of that segment is ignored (logged), and appends go to a new segment.
+//! rest is not read (logged) and, in the last segment, cut off; appends go to a new segment.
+//! A segment is deleted only after the current one is synced, so a row replaced by a newer
+//! copy is never lost to a power loss between the two.
 
 use std::{
     collections::BTreeMap,
@@ -56,10 +58,12 @@ pub(super) struct Rows {
     live: Mutex<BTreeMap<u32, u64>>,
 }
 
-/// Reads one segment's records into the index; stops at the first damaged one.
+/// Reads one segment's records into the index; stops at the first damaged one. The last
+/// segment (a crash during its append) is cut there; an older one is left as it is.
 fn read_segment(
     dir: &Path,
     segment: u32,
+    last: bool,
     index: &mut TimeIndex<Entry>,
     live: &mut BTreeMap<u32, u64>,
     tags_of: &mut impl FnMut(&[u8]) -> Tags,
@@ -74,12 +78,15 @@ fn read_segment(
                 segment,
                 offset = at,
                 ignored_bytes = bytes.len() - at,
-                "a trace row record is cut short or damaged (a crash during a write?): the rest of its file is dropped"
+                "a trace row record is cut short or damaged: the rows after it in its file are not read"
             );
-            fs::OpenOptions::new()
-                .write(true)
-                .open(&path)?
-                .set_len(at as u64)?;
+            if last {
+                // A crash during the last append: what follows is garbage, and is cut.
+                fs::OpenOptions::new()
+                    .write(true)
+                    .open(&path)?
+                    .set_len(at as u64)?;
+            }
             break;
         };
         let put = body.map(|(offset, len)| Entry {
@@ -172,8 +179,10 @@ impl Rows {
         fs::create_dir_all(dir)?;
         let mut index = TimeIndex::default();
         let mut live = BTreeMap::new();
-        for segment in segment_ids(dir)? {
-            read_segment(dir, segment, &mut index, &mut live, &mut tags_of)?;
+        let segments = segment_ids(dir)?;
+        for (n, &segment) in segments.iter().enumerate() {
+            let last = n + 1 == segments.len();
+            read_segment(dir, segment, last, &mut index, &mut live, &mut tags_of)?;
         }
         // Keep every segment from the oldest one with a live row on.
         let first_live = live.iter().find(|&(_, &n)| n > 0).map(|(&s, _)| s);
@@ -249,12 +258,24 @@ impl Rows {
         let Some(e) = self.index().get(key) else {
             return Ok(None);
         };
-        self.read(e.pointer).map(Some)
+        self.read(e.pointer)
     }
 
-    /// A row's body.
-    pub fn read(&self, p: Pointer) -> io::Result<Vec<u8>> {
-        self.log.read(p)
+    /// A row's body; `None` when its file went meanwhile (the writer evicted the row after a
+    /// reader found it in the index).
+    pub fn read(&self, p: Pointer) -> io::Result<Option<Vec<u8>>> {
+        match self.log.read(p) {
+            Ok(row) => Ok(Some(row)),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::NotFound | io::ErrorKind::UnexpectedEof
+                ) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Appends `changes` with one write, then applies them to the index in order.
@@ -281,9 +302,16 @@ impl Rows {
         drop(index);
         // Segments empty in order; one with live rows keeps the newer ones (their removals).
         let current = self.log.current_segment();
+        let mut synced = false;
         while let Some((&oldest, &count)) = live.first_key_value() {
             if count > 0 || oldest == current {
                 break;
+            }
+            if !synced {
+                // The rows that replaced the ones in it reach the disk before it goes: a power
+                // loss must not find neither.
+                self.log.sync()?;
+                synced = true;
             }
             self.log.remove(oldest)?;
             live.pop_first();
