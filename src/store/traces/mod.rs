@@ -1129,6 +1129,11 @@ impl TraceStore {
 
     /// Evicts the traces that started before `max_age` ago.
     fn evict_expired(&self) {
+        // A store that failed a write writes nothing more (its removals could land after a
+        // torn record, where the next open does not read).
+        if self.failed.load(Ordering::Relaxed) {
+            return;
+        }
         let cutoff = now_unix_nanos().saturating_sub(self.limits.max_age.as_nanos() as u64);
         let result = (|| -> Result<(), sled::Error> {
             while let Some(key) = self.rows.first_key() {
