@@ -618,6 +618,37 @@ fn a_damaged_store_is_moved_aside_and_a_fresh_one_used() {
     assert!(store.summary(&trace_id(2)).unwrap().is_some());
 }
 
+/// A store moved from an earlier layout holds trace `n` (two spans, 14 pico-USD) whole, and
+/// across two restarts a span arriving after the move joins it (the second time, as a
+/// duplicate).
+fn check_moved(dir: &Path, n: u8, now: u64) {
+    for added in 0..2 {
+        let (store, metrics) = open(dir, u64::MAX, Duration::from_secs(86_400));
+        let tree = store
+            .trace(&trace_id(n))
+            .unwrap()
+            .expect("the trace is kept");
+        assert_eq!(tree.nodes.len(), 2 + added);
+        assert_eq!(tree.summary.totals.cost(), Some(14));
+        assert_eq!(metric(&metrics, "sidetrace_store_traces "), 1.0);
+        let page = store
+            .traces(&TraceQuery {
+                limit: 10,
+                ..TraceQuery::default()
+            })
+            .unwrap();
+        assert_eq!(page.rows.len(), 1);
+        put(&store, simple(n, 9, now + 9), None);
+        assert!(store.flush(Duration::from_secs(10)));
+        store.close();
+    }
+    let (store, _) = open(dir, u64::MAX, Duration::from_secs(86_400));
+    assert_eq!(
+        store.summary(&trace_id(n)).unwrap().unwrap().totals.spans,
+        3
+    );
+}
+
 /// A store written before the `rows` tree (one `traces` row per trace id, one `spans` row per
 /// span, spans inline as JSON) is moved into the new layout at open, and nothing is lost.
 #[test]
@@ -660,32 +691,7 @@ fn a_store_in_the_earlier_layout_is_moved_into_the_new_one() {
         by_time.insert(time_key, &[]).unwrap();
         db.flush().unwrap();
     }
-    for added in 0..2 {
-        let (store, metrics) = open(dir.path(), u64::MAX, Duration::from_secs(86_400));
-        let tree = store
-            .trace(&trace_id(3))
-            .unwrap()
-            .expect("the trace is kept");
-        assert_eq!(tree.nodes.len(), 2 + added);
-        assert_eq!(tree.summary.totals.cost(), Some(14));
-        assert_eq!(metric(&metrics, "sidetrace_store_traces "), 1.0);
-        let page = store
-            .traces(&TraceQuery {
-                limit: 10,
-                ..TraceQuery::default()
-            })
-            .unwrap();
-        assert_eq!(page.rows.len(), 1);
-        // A span arriving now joins the moved trace (the second time, as a duplicate).
-        put(&store, simple(3, 9, now + 9), None);
-        assert!(store.flush(Duration::from_secs(10)));
-        store.close();
-    }
-    let (store, _) = open(dir.path(), u64::MAX, Duration::from_secs(86_400));
-    assert_eq!(
-        store.summary(&trace_id(3)).unwrap().unwrap().totals.spans,
-        3
-    );
+    check_moved(dir.path(), 3, now);
 }
 
 /// A store whose rows were a sled `rows` tree (start + trace id -> span count, span id and
@@ -735,32 +741,8 @@ fn a_store_with_rows_in_sled_is_moved_into_the_row_files() {
         rows.insert(key, row).unwrap();
         db.flush().unwrap();
     }
-    for added in 0..2 {
-        let (store, metrics) = open(dir.path(), u64::MAX, Duration::from_secs(86_400));
-        let tree = store
-            .trace(&trace_id(4))
-            .unwrap()
-            .expect("the trace is kept");
-        assert_eq!(tree.nodes.len(), 2 + added);
-        assert_eq!(tree.summary.totals.cost(), Some(14));
-        assert_eq!(metric(&metrics, "sidetrace_store_traces "), 1.0);
-        let page = store
-            .traces(&TraceQuery {
-                limit: 10,
-                ..TraceQuery::default()
-            })
-            .unwrap();
-        assert_eq!(page.rows.len(), 1);
-        put(&store, simple(4, 9, now + 9), None);
-        assert!(store.flush(Duration::from_secs(10)));
-        store.close();
-    }
+    check_moved(dir.path(), 4, now);
     assert!(dir.path().join("rows").is_dir());
-    let (store, _) = open(dir.path(), u64::MAX, Duration::from_secs(86_400));
-    assert_eq!(
-        store.summary(&trace_id(4)).unwrap().unwrap().totals.spans,
-        3
-    );
 }
 
 /// The row files and the span files are the truth about which span files hold live spans: a

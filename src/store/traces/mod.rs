@@ -790,13 +790,7 @@ impl TraceStore {
         for (trace_id, spans) in by_trace {
             let row = self.row_to_reopen(&trace_id)?;
             let mut open = self.open_traces();
-            let trace = open.touch(trace_id, now, || match row {
-                Some(row) => OpenTrace::reopened(row),
-                None => {
-                    self.counts().traces += 1;
-                    OpenTrace::new(trace_id)
-                }
-            });
+            let trace = self.touch(&mut open, trace_id, row, now);
             // The trace as its session counted it so far (sessions are kept current per batch).
             let before = trace
                 .summary
@@ -910,25 +904,14 @@ impl TraceStore {
                     continue;
                 }
                 let mut open = self.open_traces();
-                let trace = open.touch(id, now, || match row {
-                    Some(row) => OpenTrace::reopened(row),
-                    None => {
-                        self.counts().traces += 1;
-                        OpenTrace::new(id)
-                    }
-                });
+                let trace = self.touch(&mut open, id, row, now);
                 if trace.add_span(stored.span.span_id, pointer) {
                     let bytes = u64::from(TRACE_ROW_SPAN_BYTES + pointer.len);
                     trace.summary.add(&stored.span, &stored.totals(), bytes);
                     self.counts().bytes += bytes;
                     replayed += 1;
                     drop(open);
-                    *self
-                        .live
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .entry(segment)
-                        .or_default() += 1;
+                    self.change_live(&[(segment, 1)])?;
                 }
             }
         }
@@ -1016,6 +999,24 @@ impl TraceStore {
         self.written().remove(id, start, || {
             self.rows.any_in(WrittenIds::shared_range(id, start))
         });
+    }
+
+    /// The open trace `id`, marked as given spans `now`; opened again from `row` (its written
+    /// row) when not open, or new (and counted) when it has none.
+    fn touch<'a>(
+        &self,
+        open: &'a mut OpenTraces,
+        id: [u8; 16],
+        row: Option<TraceRow>,
+        now: Instant,
+    ) -> &'a mut OpenTrace {
+        open.touch(id, now, || match row {
+            Some(row) => OpenTrace::reopened(row),
+            None => {
+                self.counts().traces += 1;
+                OpenTrace::new(id)
+            }
+        })
     }
 
     /// The row of a written trace that is not open: what a new span opens it again from.
