@@ -792,3 +792,95 @@ fn span_files_the_rows_point_into_are_kept_when_sled_lost_its_last_writes() {
         assert_eq!(tree.nodes.len(), 4, "every span is read back");
     }
 }
+
+/// A store written by the version before the binary span encoding (ca1ce7b: spans and row
+/// summaries as JSON; `tests/fixtures/store-ca1ce7b`, four calls through the release gateway)
+/// opens and reads as it did, and takes new spans beside the old ones, also after a restart.
+#[test]
+fn a_store_written_as_json_by_the_previous_version_reads_and_grows() {
+    let dir = tempfile::tempdir().unwrap();
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/store-ca1ce7b");
+    copy_dir(&fixture, dir.path());
+    // Its spans are from December 2026: keep them whatever the date.
+    let forever = Duration::from_secs(100 * 365 * 86_400);
+    let id = |last: u8| {
+        let mut id = [0u8; 16];
+        hex_to(&mut id, "0af7651916cd43dd8448eb211c803190");
+        id[15] |= last;
+        id
+    };
+    let check = |store: &TraceStore, extra: usize| {
+        let page = store
+            .traces(&TraceQuery {
+                limit: 10,
+                ..TraceQuery::default()
+            })
+            .unwrap();
+        assert_eq!(page.rows.len(), 3 + extra);
+        let two = store
+            .trace(&id(1))
+            .unwrap()
+            .expect("the first trace is kept");
+        assert_eq!(two.nodes.len(), 2 + extra);
+        // As the previous version answered: 38 input tokens, $0.0000297 (plus the late span).
+        assert_eq!(two.summary.totals.input_tokens, 38 + 10 * extra as u64);
+        assert_eq!(
+            two.summary.totals.cost(),
+            Some(29_700_000 + 5 * extra as u128)
+        );
+        let first = &two.nodes[0].stored;
+        assert_eq!(first.span.name, "chat gpt-4o-mini");
+        assert_eq!(first.scope_name, "sidetrace");
+        let input = first.span.attr("gen_ai.input.messages");
+        assert!(
+            matches!(input, Some(AttrValue::Str(s)) if s.contains("[EMAIL]")),
+            "{input:?}"
+        );
+        let by_user = store
+            .traces(&TraceQuery {
+                user: Some("u2".into()),
+                limit: 10,
+                ..TraceQuery::default()
+            })
+            .unwrap();
+        assert_eq!(by_user.rows.len(), 1);
+        assert_eq!(by_user.rows[0].feature.as_deref(), Some("search"));
+        let (session, traces) = store.session("s1", 10).unwrap().expect("the session");
+        // Its three traces and four spans (the new trace and the late span join it).
+        assert_eq!(session.totals.spans, 4 + 2 * extra as u64);
+        assert_eq!(traces.rows.len(), 3 + extra);
+    };
+    {
+        let (store, _) = open(dir.path(), u64::MAX, forever);
+        check(&store, 0);
+        let mut late = simple(1, 7, store.summary(&id(1)).unwrap().unwrap().end_unix_nanos);
+        late.trace_id = id(1);
+        put(&store, late, Some(5));
+        let mut new = simple(9, 0, now_unix_nanos());
+        new.trace_id = id(4);
+        put(&store, new, None);
+        assert!(store.flush(Duration::from_secs(10)));
+        store.close();
+    }
+    let (store, _) = open(dir.path(), u64::MAX, forever);
+    check(&store, 1);
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+fn hex_to(out: &mut [u8], hex: &str) {
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap();
+    }
+}

@@ -13,7 +13,8 @@
 //! after it counted as dropped) and the proxy keeps serving.
 //!
 //! Layout (all keys big-endian, so byte order is time order):
-//! - span bodies: JSON [`StoredSpan`]s appended to the segment files under `spans/` (`log.rs`)
+//! - span bodies: [`StoredSpan`]s in a binary encoding (`codec.rs`; JSON before it, still read)
+//!   appended to the segment files under `spans/` (`log.rs`)
 //! - rows: start nanos (8) + trace id -> the trace's [`TraceSummary`] and where each of its
 //!   spans is ([`TraceRow`]), appended to the segment files under `rows/` (`rows.rs`), whose
 //!   index in memory is the time index; written once the trace has been quiet for a while
@@ -30,6 +31,7 @@
 //! Stores of earlier layouts (a sled `traces` row per id and a `spans` row per span; or a sled
 //! `rows` tree) are moved into the row files at open.
 
+mod codec;
 mod log;
 mod open;
 mod query;
@@ -765,12 +767,7 @@ impl TraceStore {
                 span: ingest.span,
             };
             let at = buf.len();
-            if let Err(e) = serde_json::to_writer(&mut *buf, &stored) {
-                tracing::warn!(error = %e, "a span could not be encoded for the trace store");
-                self.dropped("write_error", 1);
-                buf.truncate(at);
-                continue;
-            }
+            codec::encode_span(&stored, buf);
             let len = u32::try_from(buf.len() - at).unwrap_or(u32::MAX);
             by_trace
                 .entry(stored.span.trace_id)
@@ -881,20 +878,17 @@ impl TraceStore {
             let Some(bytes) = self.log.read_segment(segment, base) else {
                 continue;
             };
-            let mut stream = serde_json::Deserializer::from_slice(&bytes).into_iter::<StoredSpan>();
-            loop {
-                let at = stream.byte_offset();
-                if (segment, base + at as u64) >= end {
-                    break;
-                }
-                let Some(Ok(stored)) = stream.next() else {
+            let mut at = 0;
+            while (segment, base + at as u64) < end {
+                let Some((stored, len)) = codec::next_span(&bytes[at..]) else {
                     break;
                 };
                 let pointer = Pointer {
                     segment,
                     offset: base + at as u64,
-                    len: u32::try_from(stream.byte_offset() - at).unwrap_or(u32::MAX),
+                    len: u32::try_from(len).unwrap_or(u32::MAX),
                 };
+                at += len;
                 let id = stored.span.trace_id;
                 let row = self.row_to_reopen(&id)?;
                 if row
@@ -1065,7 +1059,10 @@ impl TraceStore {
 
     /// One stored span, read from its segment. `None` when it cannot be read or decoded.
     fn load_span(&self, p: Pointer) -> Option<StoredSpan> {
-        self.log.read(p).ok().and_then(|bytes| decode(&bytes))
+        self.log
+            .read(p)
+            .ok()
+            .and_then(|bytes| codec::decode_span(&bytes))
     }
 
     fn interner(&self) -> std::sync::MutexGuard<'_, Interner> {

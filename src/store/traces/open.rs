@@ -12,7 +12,7 @@ use std::{
 };
 
 use super::{
-    TraceSummary,
+    TraceSummary, codec,
     log::Pointer,
     tags::{Interner, Tags},
 };
@@ -211,9 +211,7 @@ impl TraceRow {
             out.extend_from_slice(id);
             out.extend_from_slice(&p.encode());
         }
-        if serde_json::to_writer(&mut out, summary).is_err() {
-            out.truncate(4 + spans.len() * SPAN_ENTRY);
-        }
+        codec::encode_summary(summary, &mut out);
         out
     }
 
@@ -228,7 +226,7 @@ impl TraceRow {
             })
             .collect::<Option<Vec<_>>>()?;
         Some(TraceRow {
-            summary: serde_json::from_slice(summary).ok()?,
+            summary: codec::decode_summary(summary)?,
             spans,
         })
     }
@@ -236,28 +234,18 @@ impl TraceRow {
     /// Only the summary of an encoded row.
     pub fn decode_summary(bytes: &[u8]) -> Option<TraceSummary> {
         let (n, rest) = split_count(bytes)?;
-        serde_json::from_slice(rest.get(n.checked_mul(SPAN_ENTRY)?..)?).ok()
+        codec::decode_summary(rest.get(n.checked_mul(SPAN_ENTRY)?..)?)
     }
 }
 
 impl TraceRow {
     /// The feature, user and session ids of an encoded row (its summary read for just these).
     pub fn decode_tags(bytes: &[u8], interner: &mut Interner) -> Tags {
-        #[derive(serde::Deserialize)]
-        struct Filtered {
-            feature: Option<String>,
-            user: Option<String>,
-            session: Option<String>,
-        }
-        let summary = split_count(bytes)
+        let tags = split_count(bytes)
             .and_then(|(n, rest)| rest.get(n.checked_mul(SPAN_ENTRY)?..))
-            .and_then(|json| serde_json::from_slice::<Filtered>(json).ok());
-        summary.map_or_else(Tags::default, |s| {
-            interner.tags(
-                s.feature.as_deref(),
-                s.user.as_deref(),
-                s.session.as_deref(),
-            )
+            .and_then(codec::decode_tags);
+        tags.map_or_else(Tags::default, |[feature, user, session]| {
+            interner.tags(feature.as_deref(), user.as_deref(), session.as_deref())
         })
     }
 

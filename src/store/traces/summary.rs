@@ -84,9 +84,9 @@ pub struct TraceSummary {
     pub end_unix_nanos: u64,
     /// The earliest span without a parent, when one arrived.
     pub root_name: Option<String>,
-    root_start: u64,
+    pub(super) root_start: u64,
     /// The earliest span's name: the trace's name until its root arrives.
-    first_name: String,
+    pub(super) first_name: String,
     pub totals: Totals,
     /// The first feature, user and session seen in the trace.
     pub feature: Option<String>,
