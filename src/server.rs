@@ -210,7 +210,7 @@ impl Gateway {
                 .with_store_level(traces.as_ref().ok().map(|_| config.store.capture)),
         );
         // Where each finished call goes, in order: metrics, the cost store, budgets, then any
-        // the caller added; the span goes to the export last.
+        // the caller added; the span goes to the trace store and the export last.
         let mut sinks: Vec<Arc<dyn Sink>> = vec![
             Arc::new(CallMetrics::new(
                 metrics.clone(),
@@ -227,9 +227,6 @@ impl Gateway {
             .as_ref()
             .ok()
             .map(|store| Arc::new(StoreSink::new(store.clone(), &telemetry)));
-        if let Some(sink) = &store_sink {
-            sinks.push(sink.clone());
-        }
         sinks.extend(extra_sinks);
         let tools = config.trace.tool_spans.then(|| {
             Arc::new(ToolTable::new(

@@ -1,6 +1,7 @@
 //! The recorder: where a finished call goes. It prices the call, puts the captured output in
 //! its content, builds its span, hands call and span to every sink in order (metrics, the cost
-//! store, budgets, ...) and gives the span to the export last, which owns it from there.
+//! store, budgets, ...), then the span to the trace store and the export, which own their
+//! copies from there (the store's with its own content; one copy when only one of them is on).
 
 use std::{
     sync::{
@@ -37,8 +38,8 @@ pub struct RecorderParts {
     pub sinks: Vec<Arc<dyn Sink>>,
     /// The span's last stop: the OTLP export (and its tail sampler), when configured.
     pub export: Option<ExportHandle>,
-    /// The trace store, for spans that are not a call's own (see [`Recorder::record_span`]);
-    /// a call's span reaches it as a sink.
+    /// The trace store: it gets each call's span after the sinks, and the spans that are not
+    /// a call's own (see [`Recorder::record_span`]).
     pub store: Option<Arc<StoreSink>>,
     /// Tool calls awaiting their results (`[trace] tool_spans`); `None` turns tool spans and
     /// agent-loop joining off.
@@ -116,8 +117,17 @@ impl Recorder {
             sink.record(&call, &span);
         }
         log(&call, &span);
-        if let Some(export) = &self.export {
-            export.submit(span);
+        // The store and the export last: the last of them takes the span, the store its own
+        // content.
+        let kept = call.kept_content.take();
+        match (&self.store, &self.export) {
+            (Some(store), Some(export)) => {
+                store.call(span.clone(), kept, call.cost_pico_usd);
+                export.submit(span);
+            }
+            (Some(store), None) => store.call(span, kept, call.cost_pico_usd),
+            (None, Some(export)) => export.submit(span),
+            (None, None) => {}
         }
     }
 

@@ -213,16 +213,17 @@ const CONTENT_ATTRIBUTES: [&str; 7] = [
     "sidetrace.content.level",
 ];
 
-fn push_content(a: &mut Vec<(String, AttrValue)>, c: &CapturedContent) {
-    let mut opt = |k: &str, v: &Option<String>| {
+fn push_content(a: &mut Vec<(String, AttrValue)>, c: CapturedContent) {
+    for (k, v) in [
+        ("gen_ai.input.messages", c.input_messages),
+        ("gen_ai.system_instructions", c.system_instructions),
+        ("gen_ai.tool.definitions", c.tool_definitions),
+        ("gen_ai.output.messages", c.output_messages),
+    ] {
         if let Some(v) = v {
-            a.push((k.to_string(), AttrValue::Str(v.clone())));
+            a.push((k.to_string(), AttrValue::Str(v)));
         }
-    };
-    opt("gen_ai.input.messages", &c.input_messages);
-    opt("gen_ai.system_instructions", &c.system_instructions);
-    opt("gen_ai.tool.definitions", &c.tool_definitions);
-    opt("gen_ai.output.messages", &c.output_messages);
+    }
     if let Some(n) = c.input_message_count.and_then(|n| i64::try_from(n).ok()) {
         a.push(("sidetrace.input.message_count".into(), AttrValue::Int(n)));
     }
@@ -233,11 +234,11 @@ fn push_content(a: &mut Vec<(String, AttrValue)>, c: &CapturedContent) {
 
 /// The span with `content` in place of the content it carried, and the level it was kept at
 /// (`sidetrace.content.level`): the local store keeps content at its own level.
-pub fn with_content(mut span: SpanRecord, content: &CapturedContent) -> SpanRecord {
+pub fn with_content(mut span: SpanRecord, content: CapturedContent) -> SpanRecord {
     span.attributes
         .retain(|(k, _)| !CONTENT_ATTRIBUTES.contains(&k.as_str()));
-    push_content(&mut span.attributes, content);
     let level = content.level.unwrap_or(CaptureLevel::None);
+    push_content(&mut span.attributes, content);
     span.attributes.push((
         "sidetrace.content.level".into(),
         AttrValue::Str(level.as_str().into()),
@@ -400,7 +401,7 @@ pub fn span_for(call: &CallRecord) -> SpanRecord {
         a.push((format!("sidetrace.meta.{k}"), AttrValue::Str(v.clone())));
     }
     if let Some(c) = &call.content {
-        push_content(&mut a, c);
+        push_content(&mut a, c.clone());
     }
     int(
         &mut a,

@@ -66,7 +66,6 @@ use tags::Interner;
 
 use super::sled_db::{Damage, Detached, is_damage, move_aside, open_waiting_for_lock};
 use crate::{
-    call::{record::CallRecord, sink::Sink},
     metrics::{Metrics, ReasonLabels},
     trace::{
         capture::CapturedContent,
@@ -594,7 +593,7 @@ impl TraceStore {
         let mut unflushed = 0u64;
         // Rows written or traces evicted since the last flush.
         let mut sealed = false;
-        self.evict_expired();
+        self.evict_expired(0);
         loop {
             // While spans keep coming, let them gather for a moment instead of being woken by
             // each one (a wake-up is a system call on the request path); when they stop,
@@ -634,6 +633,7 @@ impl TraceStore {
             }
             full = spans.len() >= BATCH_SPANS;
             let spans_written = !spans.is_empty();
+            let earliest = spans.iter().map(|i| i.span.start_unix_nanos).min();
             if spans_written {
                 unflushed += spans.len() as u64;
                 self.write(spans, &mut known_resources, &mut buf);
@@ -646,11 +646,18 @@ impl TraceStore {
                 last_seal_check = Instant::now();
                 sealed |= self.seal(!flushes.is_empty());
             }
-            // Cheap when nothing expired (one look at the oldest trace), so after every batch.
-            if spans_written || last_age_check.elapsed() >= AGE_CHECK {
-                last_age_check = Instant::now();
+            // Cheap when nothing expired (one look at the oldest row; the open traces only for
+            // a batch with an old span), so after every batch.
+            let periodic = last_age_check.elapsed() >= AGE_CHECK;
+            if spans_written || periodic {
+                let open_from = if periodic {
+                    last_age_check = Instant::now();
+                    0
+                } else {
+                    earliest.unwrap_or(u64::MAX)
+                };
                 let traces = self.counts().traces;
-                self.evict_expired();
+                self.evict_expired(open_from);
                 sealed |= self.counts().traces != traces;
             }
             if !flushes.is_empty() {
@@ -1126,7 +1133,12 @@ impl TraceStore {
     }
 
     /// Evicts the traces that started before `max_age` ago.
-    fn evict_expired(&self) {
+    ///
+    /// The open traces are looked through only when `open_from` (the earliest start among the
+    /// traces a batch touched, or 0 for all) is past the cutoff: a trace is open for a minute
+    /// at most, so between the periodic checks only a span that came already old can make one
+    /// expire.
+    fn evict_expired(&self, open_from: u64) {
         // A store that failed a write writes nothing more (its removals could land after a
         // torn record, where the next open does not read).
         if self.failed.load(Ordering::Relaxed) {
@@ -1143,6 +1155,9 @@ impl TraceStore {
                 if !self.evict(&id, "age")? {
                     self.remove_row(key)?;
                 }
+            }
+            if open_from >= cutoff {
+                return Ok(());
             }
             let expired: Vec<[u8; 16]> = self
                 .open_traces()
@@ -1323,8 +1338,8 @@ fn migrate_legacy(
     Ok(true)
 }
 
-/// The store as a recorder sink: each call's span goes to the store with the content at the
-/// store's own capture level (`[store] capture`), which may keep more than the export.
+/// Where the recorder hands the store each call's span, with the content at the store's own
+/// capture level (`[store] capture`), which may keep more than the export.
 pub struct StoreSink {
     store: Arc<TraceStore>,
     origin: Arc<Origin>,
@@ -1337,9 +1352,7 @@ impl StoreSink {
             origin: Arc::new(Origin::of(telemetry)),
         }
     }
-}
 
-impl StoreSink {
     /// Queues one span; `origin` is this gateway's when not given.
     pub fn span(&self, span: SpanRecord, origin: Option<Arc<Origin>>, cost_pico_usd: Option<u128>) {
         self.store.submit(Ingest {
@@ -1348,16 +1361,15 @@ impl StoreSink {
             cost_pico_usd,
         });
     }
-}
 
-impl Sink for StoreSink {
-    fn record(&self, call: &CallRecord, span: &SpanRecord) {
-        let span = with_content(
-            span.clone(),
-            call.kept_content
-                .as_ref()
-                .unwrap_or(&CapturedContent::default()),
-        );
-        self.span(span, None, call.cost_pico_usd);
+    /// Queues a call's span with the content the store keeps (`kept`, moved into it).
+    pub fn call(
+        &self,
+        span: SpanRecord,
+        kept: Option<CapturedContent>,
+        cost_pico_usd: Option<u128>,
+    ) {
+        let span = with_content(span, kept.unwrap_or_default());
+        self.span(span, None, cost_pico_usd);
     }
 }
