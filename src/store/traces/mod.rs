@@ -77,6 +77,9 @@ use crate::{
 const QUEUE_SPANS: usize = 16 * 1024;
 /// Spans the writer applies at once.
 const BATCH_SPANS: usize = 1024;
+/// How many of the oldest traces the writer evicts at a time past `max_bytes` (at most: it
+/// stops once the stored bytes are within it).
+const EVICT_BATCH: usize = 256;
 /// How often the writer evicts traces past `max_age` (also once at open).
 const AGE_CHECK: Duration = Duration::from_secs(30);
 /// While spans keep coming, the writer takes them this often.
@@ -1105,22 +1108,36 @@ impl TraceStore {
     }
 
     /// Evicts whole traces, oldest written first, until the stored bytes fit `max_bytes`.
+    /// Evicts the oldest traces until the stored bytes are within `max_bytes`. The written
+    /// ones go a batch at a time: their rows are read, then removed with one append.
     fn enforce_size(&self) -> Result<(), sled::Error> {
         while self.stored_bytes() > self.limits.max_bytes {
-            let oldest = self.rows.first_key();
-            let Some(id) = oldest
-                .as_ref()
-                .and_then(|key| trace_id_of(key))
-                .or_else(|| self.oldest_open())
-            else {
-                break;
-            };
-            if !self.evict(&id, "size")? {
-                match oldest {
-                    // An index entry without its row: drop it so the loop ends.
-                    Some(key) => self.remove_row(key)?,
-                    None => break,
+            let oldest = self.rows.oldest(EVICT_BATCH, |_| true);
+            if oldest.is_empty() {
+                // Nothing written yet: the open traces, oldest first.
+                match self.oldest_open() {
+                    Some(id) if self.evict(&id, "size")? => continue,
+                    _ => break,
                 }
+            }
+            let mut removed = Vec::new();
+            for key in oldest {
+                if self.stored_bytes() <= self.limits.max_bytes {
+                    break;
+                }
+                let Some(id) = trace_id_of(&key) else {
+                    continue;
+                };
+                // An index entry without its row is removed too, so the loop ends.
+                let row = self.evict_taking_row(&id, "size", key)?;
+                removed.push((key, row));
+            }
+            let changes: Vec<_> = removed.iter().map(|(key, _)| (*key, None)).collect();
+            self.rows
+                .write(&changes, &mut Vec::new())
+                .map_err(sled::Error::Io)?;
+            for (id, start) in removed.into_iter().filter_map(|(_, row)| row) {
+                self.forget_written(&id, start);
             }
         }
         Ok(())
@@ -1181,19 +1198,57 @@ impl TraceStore {
     fn evict(&self, trace_id: &[u8; 16], reason: &'static str) -> Result<bool, sled::Error> {
         let open = self.open_traces().remove(trace_id);
         let row = self.written_row(trace_id)?;
-        // The open trace holds the written spans too.
-        let (summary, spans) = match (open, &row) {
+        if let Some((key, _)) = &row {
+            self.remove_row(*key)?;
+        }
+        let forget = row
+            .as_ref()
+            .map(|(_, written)| written.summary.start_unix_nanos);
+        let evicted = self.forget_trace(open, row.map(|(_, row)| row), reason)?;
+        if let Some(start) = forget {
+            self.forget_written(trace_id, start);
+        }
+        Ok(evicted)
+    }
+
+    /// [`TraceStore::evict`] for the trace of the row at `key`, whose removal the caller
+    /// writes (with others, in one append). Returns the written row's id and start, to forget
+    /// once the removal is written.
+    fn evict_taking_row(
+        &self,
+        trace_id: &[u8; 16],
+        reason: &'static str,
+        key: [u8; 24],
+    ) -> Result<Option<([u8; 16], u64)>, sled::Error> {
+        let open = self.open_traces().remove(trace_id);
+        let row = self
+            .written_row(trace_id)?
+            .filter(|(at, _)| *at == key)
+            .map(|(_, row)| row);
+        let written = row
+            .as_ref()
+            .map(|r| (*trace_id, r.summary.start_unix_nanos));
+        self.forget_trace(open, row, reason)?;
+        Ok(written)
+    }
+
+    /// Takes an evicted trace (open, written, or both: the open trace holds the written spans
+    /// too) out of the live span counts, its session and the stored totals, and counts the
+    /// eviction. Returns false when there was no such trace.
+    fn forget_trace(
+        &self,
+        open: Option<OpenTrace>,
+        row: Option<TraceRow>,
+        reason: &'static str,
+    ) -> Result<bool, sled::Error> {
+        let (summary, spans) = match (open, row) {
             (Some(open), _) => (open.summary, open.spans),
-            (None, Some((_, row))) => (row.summary.clone(), row.spans.clone()),
+            (None, Some(row)) => (row.summary, row.spans),
             (None, None) => return Ok(false),
         };
         let mut freed: BTreeMap<u32, i64> = BTreeMap::new();
         for (_, p) in &spans {
             *freed.entry(p.segment).or_default() -= 1;
-        }
-        if let Some((key, written)) = &row {
-            self.remove_row(*key)?;
-            self.forget_written(trace_id, written.summary.start_unix_nanos);
         }
         self.change_live(&freed.into_iter().collect::<Vec<_>>())?;
         if let Some(session) = &summary.session {
