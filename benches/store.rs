@@ -40,56 +40,50 @@ fn span(trace: u64, n: u64, start: u64) -> SpanRecord {
     let s = |v: &str| AttrValue::Str(v.to_string());
     let features = ["support_agent", "search", "summarize", "classify"];
     let attributes = vec![
-        ("gen_ai.operation.name".to_string(), s("chat")),
-        ("gen_ai.provider.name".to_string(), s("openai")),
-        ("gen_ai.request.model".to_string(), s("gpt-4o-mini")),
-        ("server.address".to_string(), s("api.openai.com")),
-        ("server.port".to_string(), AttrValue::Int(443)),
-        ("gen_ai.request.max_tokens".to_string(), AttrValue::Int(512)),
+        ("gen_ai.operation.name".into(), s("chat")),
+        ("gen_ai.provider.name".into(), s("openai")),
+        ("gen_ai.request.model".into(), s("gpt-4o-mini")),
+        ("server.address".into(), s("api.openai.com")),
+        ("server.port".into(), AttrValue::Int(443)),
+        ("gen_ai.request.max_tokens".into(), AttrValue::Int(512)),
+        ("gen_ai.request.temperature".into(), AttrValue::Double(0.2)),
         (
-            "gen_ai.request.temperature".to_string(),
-            AttrValue::Double(0.2),
-        ),
-        (
-            "gen_ai.response.id".to_string(),
+            "gen_ai.response.id".into(),
             s("chatcmpl-CJCk1PzR4vXb7NmQe2WtY9sLu5HaJ"),
         ),
+        ("gen_ai.response.model".into(), s("gpt-4o-mini-2024-07-18")),
         (
-            "gen_ai.response.model".to_string(),
-            s("gpt-4o-mini-2024-07-18"),
-        ),
-        (
-            "gen_ai.response.finish_reasons".to_string(),
+            "gen_ai.response.finish_reasons".into(),
             AttrValue::StrList(vec!["stop".into()]),
         ),
-        ("gen_ai.usage.input_tokens".to_string(), AttrValue::Int(182)),
-        ("gen_ai.usage.output_tokens".to_string(), AttrValue::Int(17)),
-        ("cost.usd".to_string(), AttrValue::Double(0.0000375)),
-        ("http.response.status_code".to_string(), AttrValue::Int(200)),
-        ("feature.id".to_string(), s(features[(trace % 4) as usize])),
-        ("user.id".to_string(), s(&format!("u_{}", trace % 1000))),
-        ("session.id".to_string(), s(&format!("s_{}", trace % 5000))),
+        ("gen_ai.usage.input_tokens".into(), AttrValue::Int(182)),
+        ("gen_ai.usage.output_tokens".into(), AttrValue::Int(17)),
+        ("cost.usd".into(), AttrValue::Double(0.0000375)),
+        ("http.response.status_code".into(), AttrValue::Int(200)),
+        ("feature.id".into(), s(features[(trace % 4) as usize])),
+        ("user.id".into(), s(&format!("u_{}", trace % 1000))),
+        ("session.id".into(), s(&format!("s_{}", trace % 5000))),
         (
-            "gen_ai.input.messages".to_string(),
+            "gen_ai.input.messages".into(),
             s(
                 r#"[{"role":"user","parts":[{"type":"text","content":"What is the weather in Paris right now? I fly there tomorrow and need to know what to pack. Mail me at [EMAIL] with a list of clothes, please, and keep it short."}]}]"#,
             ),
         ),
         (
-            "gen_ai.system_instructions".to_string(),
+            "gen_ai.system_instructions".into(),
             s(
                 r#"[{"type":"text","content":"You are a helpful support agent for Acme Travel. Use the tools when the user asks about the weather. Be brief."}]"#,
             ),
         ),
         (
-            "gen_ai.output.messages".to_string(),
+            "gen_ai.output.messages".into(),
             s(
                 r#"[{"role":"assistant","parts":[{"type":"text","content":"It is 18°C and sunny in Paris; pack a light jacket, comfortable shoes and sunglasses. Rain is not expected before the weekend."}],"finish_reason":"stop"}]"#,
             ),
         ),
-        ("sidetrace.provider".to_string(), s("openai")),
-        ("sidetrace.outcome".to_string(), s("completed")),
-        ("sidetrace.content.level".to_string(), s("redacted")),
+        ("sidetrace.provider".into(), s("openai")),
+        ("sidetrace.outcome".into(), s("completed")),
+        ("sidetrace.content.level".into(), s("redacted")),
     ];
     SpanRecord {
         trace_id,

@@ -49,17 +49,17 @@ fn trace_id(n: u8) -> [u8; 16] {
 }
 
 fn span_of(s: &Spec, base: u64) -> SpanRecord {
-    let mut attributes = vec![
+    let mut attributes: Vec<(sidetrace::trace::span::AttrKey, AttrValue)> = vec![
         (
-            "gen_ai.request.model".to_string(),
+            "gen_ai.request.model".into(),
             AttrValue::Str(s.model.into()),
         ),
         (
-            "sidetrace.provider".to_string(),
+            "sidetrace.provider".into(),
             AttrValue::Str(s.provider.into()),
         ),
         (
-            "gen_ai.usage.input_tokens".to_string(),
+            "gen_ai.usage.input_tokens".into(),
             AttrValue::Int(s.input_tokens as i64),
         ),
     ];
@@ -69,7 +69,7 @@ fn span_of(s: &Spec, base: u64) -> SpanRecord {
         ("session.id", s.session),
     ] {
         if let Some(v) = v {
-            attributes.push((k.to_string(), AttrValue::Str(v.into())));
+            attributes.push((k.into(), AttrValue::Str(v.into())));
         }
     }
     SpanRecord {

@@ -303,7 +303,7 @@ fn score_span(posted: &Posted, target: &Target) -> SpanRecord {
             time_unix_nanos: now,
             attributes: attributes.clone(),
         }],
-        attributes,
+        attributes: attributes.into_iter().map(|(k, v)| (k.into(), v)).collect(),
         links: Vec::new(),
         origin: None,
     }

@@ -111,7 +111,7 @@ fn node_json(n: &TreeNode) -> Value {
     let attributes: Map<String, Value> = s
         .attributes
         .iter()
-        .map(|(k, v)| (k.clone(), attr_json(v)))
+        .map(|(k, v)| (k.to_string(), attr_json(v)))
         .collect();
     let mut out = json!({
         "trace_id": hex(&s.trace_id),

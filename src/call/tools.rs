@@ -36,7 +36,7 @@ use crate::{
         capture::Capturer,
         context::{TraceContext, TraceSource, random_span_id},
         metadata::CaptureLevel,
-        span::{AttrValue, SpanRecord, SpanStatus},
+        span::{AttrKey, AttrValue, SpanRecord, SpanStatus},
     },
 };
 
@@ -592,7 +592,9 @@ impl ToolTable {
             links: Vec::new(),
             origin: None,
         };
-        let s = |k: &str, v: &str| (k.to_string(), AttrValue::Str(v.to_string()));
+        let s = |k: &'static str, v: &str| -> (AttrKey, AttrValue) {
+            (k.into(), AttrValue::Str(v.to_string()))
+        };
         base.attributes
             .push(s("gen_ai.operation.name", "execute_tool"));
         base.attributes.push(s("gen_ai.tool.name", &p.name));

@@ -10,7 +10,7 @@ use std::borrow::Cow;
 
 use crate::{
     config::ExportConfig,
-    trace::span::{AttrValue, SCHEMA_URL, SpanRecord},
+    trace::span::{AttrKey, AttrValue, SCHEMA_URL, SpanRecord},
 };
 
 /// The schema of the GenAI repository's development text, which has no release yet.
@@ -61,7 +61,7 @@ impl Conventions {
     }
 
     /// The attributes one of the gateway's own spans is exported with.
-    pub fn attributes<'a>(&self, span: &'a SpanRecord) -> Cow<'a, [(String, AttrValue)]> {
+    pub fn attributes<'a>(&self, span: &'a SpanRecord) -> Cow<'a, [(AttrKey, AttrValue)]> {
         let mut out = match self.gen_ai {
             GenAiNames::V1_41 => Cow::Borrowed(&span.attributes[..]),
             GenAiNames::Latest => Cow::Owned(latest(&span.attributes)),
@@ -81,7 +81,7 @@ impl Conventions {
 /// `spec/semantic_conventions.md`), from its recorded attributes. Only what the span knows
 /// exactly: no template text (the gateway sees a template's name, not its text) and no
 /// flattened messages (OpenInference readers convert `gen_ai.*.messages` themselves).
-fn openinference(attributes: &[(String, AttrValue)]) -> Vec<(String, AttrValue)> {
+fn openinference(attributes: &[(AttrKey, AttrValue)]) -> Vec<(AttrKey, AttrValue)> {
     let get = |key: &str| attributes.iter().find(|(k, _)| k == key).map(|(_, v)| v);
     let text = |key: &str| match get(key) {
         Some(AttrValue::Str(s)) => Some(s.as_str()),
@@ -91,8 +91,8 @@ fn openinference(attributes: &[(String, AttrValue)]) -> Vec<(String, AttrValue)>
         Some(AttrValue::Int(i)) => Some(*i),
         _ => None,
     };
-    let mut out: Vec<(String, AttrValue)> = Vec::new();
-    let mut push = |key: &str, value: AttrValue| out.push((key.to_string(), value));
+    let mut out: Vec<(AttrKey, AttrValue)> = Vec::new();
+    let mut push = |key: &'static str, value: AttrValue| out.push((key.into(), value));
     let kind = match (text("gen_ai.operation.name"), get("gen_ai.evaluation.name")) {
         (_, Some(_)) => "EVALUATOR",
         (Some("chat" | "text_completion" | "generate_content"), _) => "LLM",
@@ -256,14 +256,14 @@ fn oi_provider<'a>(gen_ai: &'a str, model: Option<&str>) -> (&'a str, Option<&'s
 }
 
 /// The v1.41 attributes as the latest text names them.
-fn latest(attributes: &[(String, AttrValue)]) -> Vec<(String, AttrValue)> {
+fn latest(attributes: &[(AttrKey, AttrValue)]) -> Vec<(AttrKey, AttrValue)> {
     let mut out = Vec::with_capacity(attributes.len() + 2);
     for (key, value) in attributes {
-        let key = RENAMED
+        let key: AttrKey = RENAMED
             .iter()
             .find(|(old, _)| old == key)
-            .map_or(key.as_str(), |(_, new)| new);
-        let value = match (key, value) {
+            .map_or_else(|| key.clone(), |(_, new)| (*new).into());
+        let value = match (key.as_ref(), value) {
             // An int now (was a double); a fraction has no int form and is left out.
             ("gen_ai.request.top_k", AttrValue::Double(d)) => {
                 if d.fract() != 0.0 || !d.is_finite() {
@@ -278,7 +278,7 @@ fn latest(attributes: &[(String, AttrValue)]) -> Vec<(String, AttrValue)> {
             }
             _ => value.clone(),
         };
-        out.push((key.to_string(), value));
+        out.push((key, value));
     }
     // Named prompts have attributes of their own in the latest text.
     for (from, to) in [
@@ -288,7 +288,7 @@ fn latest(attributes: &[(String, AttrValue)]) -> Vec<(String, AttrValue)> {
         if let Some((_, v)) = attributes.iter().find(|(k, _)| k == from)
             && !attributes.iter().any(|(k, _)| k == to)
         {
-            out.push((to.to_string(), v.clone()));
+            out.push((to.into(), v.clone()));
         }
     }
     out
@@ -327,7 +327,7 @@ mod tests {
             status: crate::trace::span::SpanStatus::Unset,
             attributes: attributes
                 .into_iter()
-                .map(|(k, v)| (k.to_string(), v))
+                .map(|(k, v)| (k.to_string().into(), v))
                 .collect(),
             events: Vec::new(),
             links: Vec::new(),
@@ -335,7 +335,7 @@ mod tests {
         }
     }
 
-    fn get<'a>(attrs: &'a [(String, AttrValue)], key: &str) -> Option<&'a AttrValue> {
+    fn get<'a>(attrs: &'a [(AttrKey, AttrValue)], key: &str) -> Option<&'a AttrValue> {
         attrs.iter().find(|(k, _)| k == key).map(|(_, v)| v)
     }
 

@@ -78,7 +78,7 @@ fn as_json(v: &AttrValue) -> Value {
     Value::String(serde_json::to_string(v).unwrap_or_default().into())
 }
 
-fn key_values(attrs: &[(String, AttrValue)]) -> Vec<KeyValue> {
+fn key_values<K: Clone + Into<opentelemetry::Key>>(attrs: &[(K, AttrValue)]) -> Vec<KeyValue> {
     attrs
         .iter()
         .map(|(k, v)| KeyValue::new(k.clone(), value(v)))

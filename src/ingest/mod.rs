@@ -330,9 +330,10 @@ pub fn attr_value(v: AnyValue) -> Option<AttrValue> {
     })
 }
 
-fn attributes(kvs: Vec<KeyValue>) -> Vec<(String, AttrValue)> {
+/// Span attributes take `AttrKey`s, events' and links' `String`s.
+fn attributes<K: From<String>>(kvs: Vec<KeyValue>) -> Vec<(K, AttrValue)> {
     kvs.into_iter()
-        .filter_map(|kv| Some((kv.key, attr_value(kv.value?)?)))
+        .filter_map(|kv| Some((kv.key.into(), attr_value(kv.value?)?)))
         .collect()
 }
 

@@ -40,6 +40,10 @@ pub enum AttrValue {
     },
 }
 
+/// An attribute key of a span: a `&'static str` for the names the gateway sets, a `String` for
+/// the ones a received span or an old record brings.
+pub type AttrKey = std::borrow::Cow<'static, str>;
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum SpanStatus {
     Unset,
@@ -93,7 +97,8 @@ pub struct SpanRecord {
     pub start_unix_nanos: u64,
     pub end_unix_nanos: u64,
     pub status: SpanStatus,
-    pub attributes: Vec<(String, AttrValue)>,
+    /// Keys are mostly the conventions' names: borrowed, not allocated per span.
+    pub attributes: Vec<(AttrKey, AttrValue)>,
     /// Events and links: received spans may have them; old spool entries have none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub events: Vec<SpanEvent>,
@@ -213,7 +218,7 @@ const CONTENT_ATTRIBUTES: [&str; 7] = [
     "sidetrace.content.level",
 ];
 
-fn push_content(a: &mut Vec<(String, AttrValue)>, c: CapturedContent) {
+fn push_content(a: &mut Vec<(AttrKey, AttrValue)>, c: CapturedContent) {
     for (k, v) in [
         ("gen_ai.input.messages", c.input_messages),
         ("gen_ai.system_instructions", c.system_instructions),
@@ -221,7 +226,7 @@ fn push_content(a: &mut Vec<(String, AttrValue)>, c: CapturedContent) {
         ("gen_ai.output.messages", c.output_messages),
     ] {
         if let Some(v) = v {
-            a.push((k.to_string(), AttrValue::Str(v)));
+            a.push((k.into(), AttrValue::Str(v)));
         }
     }
     if let Some(n) = c.input_message_count.and_then(|n| i64::try_from(n).ok()) {
@@ -236,7 +241,7 @@ fn push_content(a: &mut Vec<(String, AttrValue)>, c: CapturedContent) {
 /// (`sidetrace.content.level`): the local store keeps content at its own level.
 pub fn with_content(mut span: SpanRecord, content: CapturedContent) -> SpanRecord {
     span.attributes
-        .retain(|(k, _)| !CONTENT_ATTRIBUTES.contains(&k.as_str()));
+        .retain(|(k, _)| !CONTENT_ATTRIBUTES.contains(&k.as_ref()));
     let level = content.level.unwrap_or(CaptureLevel::None);
     push_content(&mut span.attributes, content);
     span.attributes.push((
@@ -248,8 +253,8 @@ pub fn with_content(mut span: SpanRecord, content: CapturedContent) -> SpanRecor
 
 /// Builds the span of a finished call.
 pub fn span_for(call: &CallRecord) -> SpanRecord {
-    let mut a: Vec<(String, AttrValue)> = Vec::with_capacity(40);
-    let mut s = |k: &str, v: &str| a.push((k.to_string(), AttrValue::Str(v.to_string())));
+    let mut a: Vec<(AttrKey, AttrValue)> = Vec::with_capacity(40);
+    let mut s = |k: &'static str, v: &str| a.push((k.into(), AttrValue::Str(v.to_string())));
     let op = operation(call.format);
     s("gen_ai.operation.name", op);
     s("gen_ai.provider.name", &call.gen_ai_provider);
@@ -263,14 +268,14 @@ pub fn span_for(call: &CallRecord) -> SpanRecord {
         AttrValue::Int(i64::from(call.server_port)),
     ));
     let p = &call.request.params;
-    let int = |a: &mut Vec<(String, AttrValue)>, k: &str, v: Option<u64>| {
+    let int = |a: &mut Vec<(AttrKey, AttrValue)>, k: &'static str, v: Option<u64>| {
         if let Some(v) = v.and_then(|v| i64::try_from(v).ok()) {
-            a.push((k.to_string(), AttrValue::Int(v)));
+            a.push((k.into(), AttrValue::Int(v)));
         }
     };
-    let dbl = |a: &mut Vec<(String, AttrValue)>, k: &str, v: Option<f64>| {
+    let dbl = |a: &mut Vec<(AttrKey, AttrValue)>, k: &'static str, v: Option<f64>| {
         if let Some(v) = v {
-            a.push((k.to_string(), AttrValue::Double(v)));
+            a.push((k.into(), AttrValue::Double(v)));
         }
     };
     int(&mut a, "gen_ai.request.max_tokens", p.max_tokens);
@@ -380,9 +385,9 @@ pub fn span_for(call: &CallRecord) -> SpanRecord {
         a.push(("error.type".into(), AttrValue::Str(e.clone())));
     }
     let m = &call.metadata;
-    let mut opt = |k: &str, v: &Option<String>| {
+    let mut opt = |k: &'static str, v: &Option<String>| {
         if let Some(v) = v {
-            a.push((k.to_string(), AttrValue::Str(v.clone())));
+            a.push((k.into(), AttrValue::Str(v.clone())));
         }
     };
     opt("feature.id", &m.feature);
@@ -398,7 +403,10 @@ pub fn span_for(call: &CallRecord) -> SpanRecord {
         a.push(("tag.tags".into(), AttrValue::StrList(m.tags.clone())));
     }
     for (k, v) in &m.meta {
-        a.push((format!("sidetrace.meta.{k}"), AttrValue::Str(v.clone())));
+        a.push((
+            format!("sidetrace.meta.{k}").into(),
+            AttrValue::Str(v.clone()),
+        ));
     }
     if let Some(c) = &call.content {
         push_content(&mut a, c.clone());
@@ -477,23 +485,23 @@ mod tests {
         assert_eq!(span.attr("d"), Some(&AttrValue::Double(1.5)));
         span.attributes.extend([
             (
-                "mixed".to_string(),
+                "mixed".into(),
                 AttrValue::List(vec![AttrValue::Int(1), AttrValue::Str("x".into())]),
             ),
-            ("ints".to_string(), AttrValue::List(vec![AttrValue::Int(1)])),
+            ("ints".into(), AttrValue::List(vec![AttrValue::Int(1)])),
             (
-                "map".to_string(),
+                "map".into(),
                 AttrValue::Map {
                     kvlist: vec![("k".into(), AttrValue::Bool(true))],
                 },
             ),
             (
-                "bytes".to_string(),
+                "bytes".into(),
                 AttrValue::Bytes {
                     bytes: "AQI=".into(),
                 },
             ),
-            ("whole double".to_string(), AttrValue::Double(2.0)),
+            ("whole double".into(), AttrValue::Double(2.0)),
         ]);
         span.status = SpanStatus::Ok;
         span.events.push(SpanEvent {
@@ -531,7 +539,7 @@ mod tests {
             ],
             "i-1",
         );
-        let get = |k: &str| {
+        let get = |k: &'static str| {
             t.resource
                 .iter()
                 .find(|(key, _)| key == k)

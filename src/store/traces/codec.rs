@@ -191,10 +191,10 @@ fn opt_str(out: &mut Vec<u8>, s: Option<&str>) {
     }
 }
 
-fn attributes(out: &mut Vec<u8>, attrs: &[(String, AttrValue)]) {
+fn attributes<K: AsRef<str>>(out: &mut Vec<u8>, attrs: &[(K, AttrValue)]) {
     count(out, attrs.len());
     for (k, v) in attrs {
-        str(out, k);
+        str(out, k.as_ref());
         value(out, v);
     }
 }
@@ -287,10 +287,12 @@ impl Reader<'_> {
         (0..n).map(|_| self.str()).collect()
     }
 
-    fn attributes(&mut self) -> Option<Vec<(String, AttrValue)>> {
+    fn attributes<K: From<String>>(&mut self) -> Option<Vec<(K, AttrValue)>> {
         // A key's length (4) and a value's tag and smallest body (2).
         let n = self.count(6)?;
-        (0..n).map(|_| Some((self.str()?, self.value()?))).collect()
+        (0..n)
+            .map(|_| Some((self.str()?.into(), self.value()?)))
+            .collect()
     }
 
     fn value(&mut self) -> Option<AttrValue> {
@@ -479,7 +481,7 @@ mod tests {
                     start_unix_nanos: bits.2,
                     end_unix_nanos: bits.3,
                     status,
-                    attributes,
+                    attributes: attributes.into_iter().map(|(k, v)| (k.into(), v)).collect(),
                     events: events
                         .into_iter()
                         .map(|(name, time_unix_nanos, attributes)| SpanEvent {

@@ -150,7 +150,7 @@ fn span_has_text(span: &StoredSpan, needle: &str) -> bool {
         return true;
     }
     span.span.attributes.iter().any(|(k, v)| {
-        CONTENT.contains(&k.as_str())
+        CONTENT.contains(&k.as_ref())
             && matches!(v, crate::trace::span::AttrValue::Str(s) if s.to_lowercase().contains(needle))
     })
 }
