@@ -205,17 +205,25 @@ impl Recorder {
     }
 
     /// The content was captured at the higher of the export's and the store's levels: each
-    /// gets its own from here (the span carries the export's).
+    /// gets its own from here (the span carries the export's). The one at the higher level
+    /// takes the content as it is; the other a lowered copy.
     fn split_content(&self, call: &mut CallRecord) {
         let Some(content) = call.content.take() else {
             return;
         };
         let asked = call.metadata.capture;
-        call.kept_content = self
-            .capturer
-            .store_level(asked)
-            .and_then(|level| self.capturer.lower(content.clone(), level));
-        call.content = self.capturer.lower(content, self.capturer.level(asked));
+        let export = self.capturer.level(asked);
+        match self.capturer.store_level(asked) {
+            Some(store) if store > export => {
+                call.content = self.capturer.lower(&content, export);
+                call.kept_content = Some(content);
+            }
+            Some(store) => {
+                call.kept_content = self.capturer.lower(&content, store);
+                call.content = Some(content);
+            }
+            None => call.content = Some(content),
+        }
     }
 
     /// Puts what the response said (text, tool calls, finish reason) in the captured content,

@@ -81,17 +81,18 @@ impl Capturer {
             .map(|level| asked.map_or(level, |a| a.min(level)))
     }
 
-    /// `content`, captured at its own level, as `level` keeps it (never more than it has):
-    /// `metadata` drops the text, `redacted` replaces personal data in text captured `full`.
-    pub fn lower(&self, content: CapturedContent, level: CaptureLevel) -> Option<CapturedContent> {
+    /// A copy of `content`, captured at its own level, as `level` keeps it (never more than
+    /// it has): `metadata` drops the text, `redacted` replaces personal data in text captured
+    /// `full`.
+    pub fn lower(&self, content: &CapturedContent, level: CaptureLevel) -> Option<CapturedContent> {
         let have = content.level.unwrap_or(CaptureLevel::None);
         if level >= have {
-            return Some(content);
+            return Some(content.clone());
         }
         match level {
             CaptureLevel::None => None,
             CaptureLevel::Metadata => {
-                Some(self.metadata(content.input_message_count, content.tool_names))
+                Some(self.metadata(content.input_message_count, content.tool_names.clone()))
             }
             CaptureLevel::Redacted | CaptureLevel::Full => {
                 let mut budget = Budget {
@@ -99,22 +100,25 @@ impl Capturer {
                     truncated: false,
                     redactor: Some(&self.redactor),
                 };
-                let mut redact = |text: Option<String>| {
-                    text.map(|t| match serde_json::from_str::<Value>(&t) {
-                        Ok(mut v) => {
-                            budget.walk(&mut v);
-                            v.to_string()
-                        }
-                        Err(_) => self.redactor.redact(&t).into_owned(),
-                    })
+                let mut redact = |text: &Option<String>| {
+                    text.as_deref()
+                        .map(|t| match serde_json::from_str::<Value>(t) {
+                            Ok(mut v) => {
+                                budget.walk(&mut v);
+                                v.to_string()
+                            }
+                            Err(_) => self.redactor.redact(t).into_owned(),
+                        })
                 };
                 Some(CapturedContent {
                     level: Some(level),
-                    input_messages: redact(content.input_messages),
-                    system_instructions: redact(content.system_instructions),
-                    tool_definitions: redact(content.tool_definitions),
-                    output_messages: redact(content.output_messages),
-                    ..content
+                    input_messages: redact(&content.input_messages),
+                    system_instructions: redact(&content.system_instructions),
+                    tool_definitions: redact(&content.tool_definitions),
+                    output_messages: redact(&content.output_messages),
+                    input_message_count: content.input_message_count,
+                    tool_names: content.tool_names.clone(),
+                    truncated: content.truncated,
                 })
             }
         }
