@@ -11,7 +11,7 @@ use serde::{
     de::{SeqAccess, Visitor},
 };
 
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::{
     EventKind, Extractor, Progress, Usage,
@@ -21,7 +21,8 @@ use super::{
     },
     output::{JsonArg, OutputBuilder, synthetic_tool_call_id},
     request::{
-        Input, RequestApi, RequestFields, ToolResult, model_before_verb, result_text, text_part,
+        Input, RequestApi, RequestFields, ToolResult, message, model_before_verb, result_text,
+        text_part,
     },
 };
 
@@ -374,7 +375,7 @@ impl RequestApi for GenerateContentRequest {
                 .collect();
             input
                 .messages
-                .push(json!({"role": c["role"].as_str().unwrap_or("user"), "parts": parts}));
+                .push(message(c["role"].as_str().unwrap_or("user"), parts));
         }
         input
     }

@@ -17,8 +17,8 @@ use super::{
     },
     output::{Function, OutputBuilder, TextParts, ToolCall},
     request::{
-        Input, RequestApi, RequestFields, ToolResult, parts, path_segment_after, result_text,
-        text_part,
+        Input, RequestApi, RequestFields, ToolResult, message, parts, path_segment_after,
+        result_text, text_part,
     },
 };
 
@@ -437,14 +437,10 @@ impl RequestApi for EmbeddingsRequest {
     fn input(&self, body: &Value) -> Input {
         let mut input = Input::default();
         match &body["input"] {
-            Value::String(s) => input
-                .messages
-                .push(json!({"role": "user", "parts": [text_part(s)]})),
+            Value::String(s) => input.messages.push(message("user", vec![text_part(s)])),
             Value::Array(items) => {
                 for i in items {
-                    input
-                        .messages
-                        .push(json!({"role": "user", "parts": parts(i)}));
+                    input.messages.push(message("user", parts(i)));
                 }
             }
             _ => {}

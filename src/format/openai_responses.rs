@@ -2,13 +2,15 @@
 //! what its requests say.
 
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::{
     EventKind, Extractor, Progress, Usage,
     json::{Count, ErrorField, FinishReasons, Needle, Obj, Objs, Text, set_error, set_first},
     output::{JsonArg, OutputBuilder},
-    request::{Input, RequestApi, RequestFields, ToolResult, parts, result_text, text_part},
+    request::{
+        Input, RequestApi, RequestFields, ToolResult, message, parts, result_text, text_part,
+    },
 };
 
 #[derive(Debug, Default, Deserialize)]
@@ -364,12 +366,11 @@ impl RequestApi for ResponsesRequest {
             input.system.push(text_part(i));
         }
         match &body["input"] {
-            Value::String(s) => input
-                .messages
-                .push(json!({"role": "user", "parts": [text_part(s)]})),
+            Value::String(s) => input.messages.push(message("user", vec![text_part(s)])),
             Value::Array(items) => {
                 for m in items {
-                    input.messages.push(json!({"role": m["role"].as_str().unwrap_or("user"), "parts": parts(&m["content"])}));
+                    let role = m["role"].as_str().unwrap_or("user");
+                    input.messages.push(message(role, parts(&m["content"])));
                 }
             }
             _ => {}

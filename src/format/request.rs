@@ -445,7 +445,7 @@ impl Input {
         Input {
             system: Vec::new(),
             messages: text
-                .map(|t| json!({"role": "user", "parts": [text_part(t)]}))
+                .map(|t| message("user", vec![text_part(t)]))
                 .into_iter()
                 .collect(),
         }
@@ -469,16 +469,24 @@ impl Input {
             }
             // An OpenAI tool result: `{role: tool, tool_call_id, content}`.
             if let Some(id) = m["tool_call_id"].as_str() {
-                let part =
-                    json!({"type": "tool_call_response", "id": id, "response": m["content"]});
-                input.messages.push(json!({"role": role, "parts": [part]}));
+                let part = object([
+                    ("type", "tool_call_response".into()),
+                    ("id", id.into()),
+                    ("response", m["content"].clone()),
+                ]);
+                input.messages.push(message(role, vec![part]));
                 continue;
             }
             let mut p = parts(&m["content"]);
             for call in m["tool_calls"].as_array().into_iter().flatten() {
-                p.push(json!({"type": "tool_call", "id": call["id"], "name": call["function"]["name"], "arguments": call["function"]["arguments"]}));
+                p.push(object([
+                    ("type", "tool_call".into()),
+                    ("id", call["id"].clone()),
+                    ("name", call["function"]["name"].clone()),
+                    ("arguments", call["function"]["arguments"].clone()),
+                ]));
             }
-            input.messages.push(json!({"role": role, "parts": p}));
+            input.messages.push(message(role, p));
         }
         input
     }
@@ -494,13 +502,12 @@ pub fn tool_definitions(body: &Value) -> Vec<Value> {
     let mut out = Vec::new();
     for t in body["tools"].as_array().into_iter().flatten() {
         if let Some(f) = t.get("function") {
-            out.push(json!({"type": "function", "name": f["name"], "description": f["description"], "parameters": f["parameters"]}));
+            out.push(function(f, &f["parameters"]));
         } else if let Some(decls) = t.get("functionDeclarations").and_then(Value::as_array) {
-            for d in decls {
-                out.push(json!({"type": "function", "name": d["name"], "description": d["description"], "parameters": d["parameters"]}));
-            }
+            out.extend(decls.iter().map(|d| function(d, &d["parameters"])));
         } else if t.get("name").is_some() {
-            out.push(json!({"type": "function", "name": t["name"], "description": t["description"], "parameters": t.get("input_schema").or(t.get("parameters"))}));
+            let parameters = t.get("input_schema").or(t.get("parameters"));
+            out.push(function(t, parameters.unwrap_or(&Value::Null)));
         }
     }
     out
@@ -508,7 +515,28 @@ pub fn tool_definitions(body: &Value) -> Vec<Value> {
 
 /// A text part.
 pub(crate) fn text_part(s: &str) -> Value {
-    json!({"type": "text", "content": s})
+    object([("type", "text".into()), ("content", s.into())])
+}
+
+/// A JSON object of these fields, the values moved in (`json!` copies each value it is
+/// given through serde, a deep copy of a `Value`).
+pub(crate) fn object<const N: usize>(fields: [(&str, Value); N]) -> Value {
+    Value::Object(fields.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())
+}
+
+/// A message in the GenAI shape: its role and its parts.
+pub(crate) fn message(role: &str, parts: Vec<Value>) -> Value {
+    object([("role", role.into()), ("parts", Value::Array(parts))])
+}
+
+/// A function tool definition from an object with `name` and `description`.
+fn function(f: &Value, parameters: &Value) -> Value {
+    object([
+        ("type", "function".into()),
+        ("name", f["name"].clone()),
+        ("description", f["description"].clone()),
+        ("parameters", parameters.clone()),
+    ])
 }
 
 /// Converts one provider content value (string, or list of typed blocks) to OTel parts.
@@ -518,10 +546,23 @@ pub(crate) fn parts(content: &Value) -> Vec<Value> {
         Value::Array(blocks) => blocks
             .iter()
             .map(|b| match b["type"].as_str() {
-                Some("text") | Some("input_text") | Some("output_text") => text_part(b["text"].as_str().unwrap_or("")),
-                Some("tool_use") => json!({"type": "tool_call", "id": b["id"], "name": b["name"], "arguments": b["input"]}),
-                Some("tool_result") => json!({"type": "tool_call_response", "id": b["tool_use_id"], "response": b["content"]}),
-                Some("image_url") | Some("image") | Some("input_image") => json!({"type": "uri", "modality": "image", "uri": "[image]"}),
+                Some("text") | Some("input_text") | Some("output_text") => {
+                    text_part(b["text"].as_str().unwrap_or(""))
+                }
+                Some("tool_use") => object([
+                    ("type", "tool_call".into()),
+                    ("id", b["id"].clone()),
+                    ("name", b["name"].clone()),
+                    ("arguments", b["input"].clone()),
+                ]),
+                Some("tool_result") => object([
+                    ("type", "tool_call_response".into()),
+                    ("id", b["tool_use_id"].clone()),
+                    ("response", b["content"].clone()),
+                ]),
+                Some("image_url") | Some("image") | Some("input_image") => {
+                    json!({"type": "uri", "modality": "image", "uri": "[image]"})
+                }
                 _ if b.get("text").is_some() => text_part(b["text"].as_str().unwrap_or("")),
                 Some(other) => json!({"type": other}),
                 None => json!({"type": "unknown"}),

@@ -4,7 +4,7 @@
 //! unredacted is ever stored.
 
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::{metadata::CaptureLevel, redact::Redactor};
 use crate::{
@@ -105,7 +105,7 @@ impl Capturer {
                         .map(|t| match serde_json::from_str::<Value>(t) {
                             Ok(mut v) => {
                                 budget.walk(&mut v);
-                                v.to_string()
+                                json_text(&v)
                             }
                             Err(_) => self.redactor.redact(t).into_owned(),
                         })
@@ -136,13 +136,9 @@ impl Capturer {
         tool_names: Vec<String>,
     ) -> CapturedContent {
         let tool_definitions = (!tool_names.is_empty()).then(|| {
-            Value::Array(
-                tool_names
-                    .iter()
-                    .map(|n| json!({"type": "function", "name": n}))
-                    .collect(),
-            )
-            .to_string()
+            json_text(&Value::Array(
+                tool_names.iter().map(|n| function_name(n)).collect(),
+            ))
         });
         CapturedContent {
             level: Some(CaptureLevel::Metadata),
@@ -176,12 +172,8 @@ impl Capturer {
             .collect();
         if level == CaptureLevel::Metadata {
             if !out.tool_names.is_empty() {
-                let names: Vec<Value> = out
-                    .tool_names
-                    .iter()
-                    .map(|n| json!({"type": "function", "name": n}))
-                    .collect();
-                out.tool_definitions = Some(Value::Array(names).to_string());
+                let names = out.tool_names.iter().map(|n| function_name(n)).collect();
+                out.tool_definitions = Some(json_text(&Value::Array(names)));
             }
             return out;
         }
@@ -192,16 +184,16 @@ impl Capturer {
         };
         let mut messages = Value::Array(messages);
         budget.walk(&mut messages);
-        out.input_messages = Some(messages.to_string());
+        out.input_messages = Some(json_text(&messages));
         if !system.is_empty() {
             let mut system = Value::Array(system);
             budget.walk(&mut system);
-            out.system_instructions = Some(system.to_string());
+            out.system_instructions = Some(json_text(&system));
         }
         if !tools.is_empty() {
             let mut tools = Value::Array(tools);
             budget.walk(&mut tools);
-            out.tool_definitions = Some(tools.to_string());
+            out.tool_definitions = Some(json_text(&tools));
         }
         out.truncated = budget.truncated;
         out
@@ -221,21 +213,24 @@ impl Capturer {
         }
         let mut parts = Vec::new();
         if !text.is_empty() {
-            parts.push(json!({"type": "text", "content": text}));
+            parts.push(request::text_part(text));
         }
         for call in tool_calls {
-            let mut part =
-                json!({"type": "tool_call", "name": call.name, "arguments": call.arguments});
+            let mut part = request::object([
+                ("type", "tool_call".into()),
+                ("name", call.name.as_str().into()),
+                ("arguments", call.arguments.as_str().into()),
+            ]);
             if !call.id.is_empty() {
-                part["id"] = json!(call.id);
+                part["id"] = call.id.as_str().into();
             }
             parts.push(part);
         }
-        let mut message = json!([{
-            "role": "assistant",
-            "parts": parts,
-            "finish_reason": finish.unwrap_or(""),
-        }]);
+        let mut message = Value::Array(vec![request::object([
+            ("role", "assistant".into()),
+            ("parts", Value::Array(parts)),
+            ("finish_reason", finish.unwrap_or("").into()),
+        ])]);
         let mut budget = Budget {
             left: self.max_bytes,
             truncated: false,
@@ -243,8 +238,20 @@ impl Capturer {
         };
         budget.walk(&mut message);
         content.truncated |= budget.truncated;
-        content.output_messages = Some(message.to_string());
+        content.output_messages = Some(json_text(&message));
     }
+}
+
+/// JSON text of a value, written straight into a buffer (`Value`'s `Display` goes through a
+/// formatter a piece at a time).
+fn json_text(v: &Value) -> String {
+    // A `Value` always serializes: its keys are strings.
+    serde_json::to_string(v).unwrap_or_default()
+}
+
+/// A tool definition that keeps only the name.
+fn function_name(name: &str) -> Value {
+    request::object([("type", "function".into()), ("name", name.into())])
 }
 
 /// Redacts and truncates every string in a JSON value, keeping the JSON valid.
@@ -286,6 +293,7 @@ impl Budget<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn capturer(level: CaptureLevel, max_bytes: usize) -> Capturer {
         Capturer {

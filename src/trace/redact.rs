@@ -69,9 +69,14 @@ impl Redactor {
 
     /// The text with every finding replaced; borrowed when nothing was found.
     pub fn redact<'a>(&self, text: &'a str) -> Cow<'a, str> {
-        let mut out = self
-            .combined
-            .replace_all(text, |caps: &Captures<'_>| replacement(text, caps));
+        // Most text holds nothing to redact: a match test first, which needs no capture
+        // groups (`replace_all` with a closure sets them up for every call).
+        let mut out = if self.combined.is_match(text) {
+            self.combined
+                .replace_all(text, |caps: &Captures<'_>| replacement(text, caps))
+        } else {
+            Cow::Borrowed(text)
+        };
         for (re, placeholder) in &self.custom {
             if let Cow::Owned(s) = re.replace_all(&out, placeholder.as_str()) {
                 out = Cow::Owned(s);
