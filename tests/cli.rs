@@ -147,6 +147,15 @@ fn check_config_refuses_invalid_values() {
     assert!(err.contains("/does/not/exist.toml"), "{err}");
 }
 
+/// The names of a process's threads.
+fn thread_names(pid: u32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|name| name.trim_end().to_string())
+        .collect()
+}
+
 fn free_port() -> u16 {
     // The binary is killed and started again on the same ports.
     restartable_port()
@@ -204,6 +213,13 @@ async fn serve_takes_env_overrides_uses_a_gateway_held_key_and_exits_0_on_sigter
         mock.last().headers["authorization"],
         "Bearer sk-gateway-held-0001"
     );
+    // The allocator gives freed memory back by itself, from one background thread (Cargo.toml
+    // and .cargo/config.toml configure jemalloc when it is built).
+    let allocator_threads = thread_names(child.id())
+        .iter()
+        .filter(|n| *n == "jemalloc_bg_thd")
+        .count();
+    assert_eq!(allocator_threads, 1, "{:?}", thread_names(child.id()));
     assert_eq!(
         send(Some("Bearer sk-client-secret-0002")).await,
         StatusCode::OK
