@@ -965,7 +965,7 @@ impl TraceStore {
 
     /// Writes traces' rows (replacing their earlier rows) with one append, and their index
     /// entries.
-    fn write_rows(&self, traces: &[OpenTrace]) -> Result<(), sled::Error> {
+    fn write_rows(&self, traces: &[Box<OpenTrace>]) -> Result<(), sled::Error> {
         let mut changes: Vec<Change> = Vec::with_capacity(traces.len());
         let mut moved = Vec::new();
         for trace in traces {

@@ -148,7 +148,8 @@ impl OpenTraces {
 
     /// Takes out the traces due to be written: quiet for [`SEAL_IDLE`], open for
     /// [`OPEN_LONGEST`], and past `keep` open traces the ones quiet the longest.
-    pub fn take_due(&mut self, now: Instant, keep: usize) -> Vec<OpenTrace> {
+    /// Boxed as they were kept: a seal sorts them, and moving 900 bytes a trace showed.
+    pub fn take_due(&mut self, now: Instant, keep: usize) -> Vec<Box<OpenTrace>> {
         let mut due = Vec::new();
         while let Some(&(at, id)) = self.touches.front() {
             if self.traces.get(&id).map(|t| t.touched) != Some(at) {
@@ -159,7 +160,7 @@ impl OpenTraces {
                 break;
             }
             self.touches.pop_front();
-            due.extend(self.traces.remove(&id).map(|t| *t));
+            due.extend(self.traces.remove(&id));
         }
         let long_open: Vec<[u8; 16]> = self
             .traces
@@ -168,22 +169,22 @@ impl OpenTraces {
             .map(|(id, _)| *id)
             .collect();
         for id in long_open {
-            due.extend(self.traces.remove(&id).map(|t| *t));
+            due.extend(self.traces.remove(&id));
         }
         due
     }
 
     /// Takes out every open trace.
-    pub fn take_all(&mut self) -> Vec<OpenTrace> {
+    pub fn take_all(&mut self) -> Vec<Box<OpenTrace>> {
         self.touches.clear();
-        self.traces.drain().map(|(_, t)| *t).collect()
+        self.traces.drain().map(|(_, t)| t).collect()
     }
 
     /// Puts back a trace that could not be written.
-    pub fn put_back(&mut self, trace: OpenTrace) {
+    pub fn put_back(&mut self, trace: Box<OpenTrace>) {
         self.touches
             .push_back((trace.touched, trace.summary.trace_id));
-        self.traces.insert(trace.summary.trace_id, Box::new(trace));
+        self.traces.insert(trace.summary.trace_id, trace);
     }
 }
 
@@ -387,7 +388,7 @@ mod tests {
         // Trace 0 takes spans again last: its first entry is stale.
         let last = now + Duration::from_secs(4);
         open.touch([0; 16], last, || unreachable!("open already"));
-        let ids = |due: Vec<OpenTrace>| -> Vec<u8> {
+        let ids = |due: Vec<Box<OpenTrace>>| -> Vec<u8> {
             due.iter().map(|t| t.summary.trace_id[0]).collect()
         };
         // Nothing quiet for SEAL_IDLE; one over `keep`: the quietest (1) goes.
