@@ -155,7 +155,7 @@ impl RecordLayer {
     /// its headers can carry the cost) or hand the body to the tap.
     async fn respond(
         &self,
-        mut call: Call,
+        mut call: Box<Call>,
         route: Route,
         wants: ClientWants,
         response: Response<ProxyBody>,
@@ -329,14 +329,16 @@ pub struct Call {
 }
 
 impl Call {
+    /// Boxed: a call is about 2 KB (its record, its parser) and moves from the record layer's
+    /// future into the response's and then into the body; a box moves as a pointer.
     fn start(
         recorder: Arc<Recorder>,
         route: &Route,
         method: &str,
         (trace, metadata): (TraceContext, CallMetadata),
         slot: CallSlot,
-    ) -> Call {
-        Call {
+    ) -> Box<Call> {
+        Box::new(Call {
             recorder,
             record: Some(CallRecord {
                 provider: route.provider.name.clone(),
@@ -368,7 +370,7 @@ impl Call {
             parser: None,
             slot: Some(slot),
             reservation: None,
-        }
+        })
     }
 
     /// Takes what the inner layers learned into the record (once).

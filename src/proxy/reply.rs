@@ -130,7 +130,7 @@ pub(super) struct EndExtras {
 /// Reads a non-streamed response whole (it is small), so the headers can carry its cost. A body
 /// larger than `max` is passed on as it comes, without cost headers.
 pub(super) async fn buffer_and_price(
-    mut call: Call,
+    mut call: Box<Call>,
     response: Response<ProxyBody>,
     max: usize,
     host: String,

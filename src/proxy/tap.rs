@@ -45,7 +45,7 @@ impl Strip {
 /// The tap on a response body; see the module docs.
 pub struct TapBody {
     inner: Option<ProxyBody>,
-    call: Option<Call>,
+    call: Option<Box<Call>>,
     strip: Option<Strip>,
     /// Frames to send before ending the stream: held-back bytes, the cost comment, trailers.
     queued: VecDeque<Frame<Bytes>>,
@@ -57,7 +57,7 @@ pub struct TapBody {
 impl TapBody {
     pub(super) fn new(
         inner: ProxyBody,
-        call: Call,
+        call: Box<Call>,
         strip: bool,
         queued: VecDeque<Frame<Bytes>>,
         extras: EndExtras,
