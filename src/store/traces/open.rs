@@ -149,6 +149,7 @@ impl OpenTraces {
     /// Takes out the traces due to be written: quiet for [`SEAL_IDLE`], open for
     /// [`OPEN_LONGEST`], and past `keep` open traces the ones quiet the longest.
     /// Boxed as they were kept: a seal sorts them, and moving 900 bytes a trace showed.
+    #[allow(clippy::vec_box)]
     pub fn take_due(&mut self, now: Instant, keep: usize) -> Vec<Box<OpenTrace>> {
         let mut due = Vec::new();
         while let Some(&(at, id)) = self.touches.front() {
@@ -174,7 +175,8 @@ impl OpenTraces {
         due
     }
 
-    /// Takes out every open trace.
+    /// Takes out every open trace (boxed, as [`OpenTraces::take_due`]).
+    #[allow(clippy::vec_box)]
     pub fn take_all(&mut self) -> Vec<Box<OpenTrace>> {
         self.touches.clear();
         self.traces.drain().map(|(_, t)| t).collect()
