@@ -24,11 +24,12 @@ impl Totals {
     /// One span's own figures: its token counts and cost (`cost_pico_usd` when the gateway
     /// priced it, else its `cost.usd` attribute).
     pub fn of_span(span: &SpanRecord, cost_pico_usd: Option<u128>) -> Totals {
-        let int = |k: &str| match span.attr(k) {
+        let picked = Picked::of(span);
+        let int = |v: Option<&AttrValue>| match v {
             Some(AttrValue::Int(n)) => u64::try_from(*n).unwrap_or(0),
             _ => 0,
         };
-        let cost = cost_pico_usd.or_else(|| match span.attr("cost.usd") {
+        let cost = cost_pico_usd.or_else(|| match picked.cost_usd {
             Some(AttrValue::Double(usd)) if *usd >= 0.0 && usd.is_finite() => {
                 Some((usd * 1e12).round() as u128)
             }
@@ -37,10 +38,10 @@ impl Totals {
         Totals {
             spans: 1,
             errors: u64::from(matches!(span.status, SpanStatus::Error(_))),
-            input_tokens: int("gen_ai.usage.input_tokens"),
-            cached_input_tokens: int("gen_ai.usage.cache_read.input_tokens"),
-            reasoning_tokens: int("gen_ai.usage.reasoning.output_tokens"),
-            output_tokens: int("gen_ai.usage.output_tokens"),
+            input_tokens: int(picked.input_tokens),
+            cached_input_tokens: int(picked.cached_input_tokens),
+            reasoning_tokens: int(picked.reasoning_tokens),
+            output_tokens: int(picked.output_tokens),
             cost_pico_usd: cost.unwrap_or(0),
             priced_spans: u64::from(cost.is_some()),
         }
@@ -99,9 +100,53 @@ pub struct TraceSummary {
     pub bytes: u64,
 }
 
-fn text(span: &SpanRecord, key: &str) -> Option<String> {
-    match span.attr(key) {
-        Some(AttrValue::Str(s)) if !s.is_empty() => Some(s.clone()),
+/// The attributes a trace's row reads from a span (the first of each key, as
+/// [`SpanRecord::attr`] finds it), in one pass over them instead of one a key.
+#[derive(Default)]
+struct Picked<'a> {
+    feature: Option<&'a AttrValue>,
+    user: Option<&'a AttrValue>,
+    session: Option<&'a AttrValue>,
+    response_model: Option<&'a AttrValue>,
+    request_model: Option<&'a AttrValue>,
+    provider: Option<&'a AttrValue>,
+    gen_ai_provider: Option<&'a AttrValue>,
+    input_tokens: Option<&'a AttrValue>,
+    cached_input_tokens: Option<&'a AttrValue>,
+    reasoning_tokens: Option<&'a AttrValue>,
+    output_tokens: Option<&'a AttrValue>,
+    cost_usd: Option<&'a AttrValue>,
+}
+
+impl<'a> Picked<'a> {
+    fn of(span: &'a SpanRecord) -> Picked<'a> {
+        let mut p = Picked::default();
+        for (key, value) in &span.attributes {
+            let slot = match key.as_ref() {
+                "feature.id" => &mut p.feature,
+                "user.id" => &mut p.user,
+                "session.id" => &mut p.session,
+                "gen_ai.response.model" => &mut p.response_model,
+                "gen_ai.request.model" => &mut p.request_model,
+                "sidetrace.provider" => &mut p.provider,
+                "gen_ai.provider.name" => &mut p.gen_ai_provider,
+                "gen_ai.usage.input_tokens" => &mut p.input_tokens,
+                "gen_ai.usage.cache_read.input_tokens" => &mut p.cached_input_tokens,
+                "gen_ai.usage.reasoning.output_tokens" => &mut p.reasoning_tokens,
+                "gen_ai.usage.output_tokens" => &mut p.output_tokens,
+                "cost.usd" => &mut p.cost_usd,
+                _ => continue,
+            };
+            slot.get_or_insert(value);
+        }
+        p
+    }
+}
+
+/// A non-empty string value.
+fn text(value: Option<&AttrValue>) -> Option<&str> {
+    match value {
+        Some(AttrValue::Str(s)) if !s.is_empty() => Some(s),
         _ => None,
     }
 }
@@ -139,28 +184,27 @@ impl TraceSummary {
         }
         self.totals.add(totals);
         self.bytes += bytes;
+        let picked = Picked::of(span);
         if self.feature.is_none() {
-            self.feature = text(span, "feature.id");
+            self.feature = text(picked.feature).map(str::to_string);
         }
         if self.user.is_none() {
-            self.user = text(span, "user.id");
+            self.user = text(picked.user).map(str::to_string);
         }
         if self.session.is_none() {
-            self.session = text(span, "session.id");
+            self.session = text(picked.session).map(str::to_string);
         }
-        let model =
-            text(span, "gen_ai.response.model").or_else(|| text(span, "gen_ai.request.model"));
+        let model = text(picked.response_model).or_else(|| text(picked.request_model));
         if let Some(m) = model
-            && !self.models.contains(&m)
+            && !self.models.iter().any(|known| known == m)
         {
-            self.models.push(m);
+            self.models.push(m.to_string());
         }
-        let provider =
-            text(span, "sidetrace.provider").or_else(|| text(span, "gen_ai.provider.name"));
+        let provider = text(picked.provider).or_else(|| text(picked.gen_ai_provider));
         if let Some(p) = provider
-            && !self.providers.contains(&p)
+            && !self.providers.iter().any(|known| known == p)
         {
-            self.providers.push(p);
+            self.providers.push(p.to_string());
         }
     }
 }
@@ -212,5 +256,70 @@ impl SessionSummary {
     pub fn remove(&mut self, trace: &TraceSummary) {
         self.traces = self.traces.saturating_sub(1);
         self.totals.sub(&trace.totals);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn span(attributes: Vec<(&'static str, AttrValue)>) -> SpanRecord {
+        SpanRecord {
+            trace_id: [1; 16],
+            span_id: [2; 8],
+            parent_span_id: None,
+            parent_is_remote: false,
+            flags: 1,
+            trace_state: None,
+            name: "chat m".into(),
+            kind: "client".into(),
+            start_unix_nanos: 10,
+            end_unix_nanos: 20,
+            status: SpanStatus::Unset,
+            attributes: attributes.into_iter().map(|(k, v)| (k.into(), v)).collect(),
+            events: Vec::new(),
+            links: Vec::new(),
+            origin: None,
+        }
+    }
+
+    fn s(text: &str) -> AttrValue {
+        AttrValue::Str(text.into())
+    }
+
+    #[test]
+    fn a_row_reads_the_first_value_of_each_key_as_attr_finds_it() {
+        let first = span(vec![
+            ("user.id", s("u1")),
+            ("user.id", s("u2")),
+            // An empty answered model names no model: the requested one does.
+            ("gen_ai.response.model", s("")),
+            ("gen_ai.request.model", s("gpt-4o")),
+            ("gen_ai.provider.name", s("openai")),
+            ("gen_ai.usage.input_tokens", AttrValue::Int(12)),
+            ("gen_ai.usage.input_tokens", AttrValue::Int(99)),
+            ("gen_ai.usage.output_tokens", AttrValue::Int(5)),
+            ("cost.usd", AttrValue::Double(0.5)),
+        ]);
+        let totals = Totals::of_span(&first, None);
+        assert_eq!((totals.input_tokens, totals.output_tokens), (12, 5));
+        assert_eq!(totals.cost(), Some(500_000_000_000));
+        // The gateway's own price wins over the attribute.
+        assert_eq!(Totals::of_span(&first, Some(7)).cost(), Some(7));
+        let mut row = TraceSummary::new([1; 16]);
+        row.add(&first, &totals, 100);
+        let second = span(vec![
+            ("feature.id", s("search")),
+            ("user.id", s("u3")),
+            ("gen_ai.response.model", s("gpt-4o")),
+            ("sidetrace.provider", s("azure")),
+            ("gen_ai.provider.name", s("openai")),
+        ]);
+        row.add(&second, &Totals::of_span(&second, None), 50);
+        assert_eq!(row.user.as_deref(), Some("u1"));
+        assert_eq!(row.feature.as_deref(), Some("search"));
+        assert_eq!(row.models, ["gpt-4o"]);
+        assert_eq!(row.providers, ["openai", "azure"]);
+        assert_eq!((row.totals.spans, row.bytes), (2, 150));
     }
 }
