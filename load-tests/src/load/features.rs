@@ -257,8 +257,8 @@ fn store(out: &mut String, scenarios: &[Scenario]) {
     let _ = writeln!(
         out,
         "Off is a gateway process of its own (`[store] enabled = false`); on is the default \
-         gateway, whose background thread writes every span to sled. Open loop at {} (st1k), \
-         closed loop at {} (stc).\n",
+         gateway, whose background thread writes every span to its span files and each \
+         trace's row to its row files. Open loop at {} (st1k), closed loop at {} (stc).\n",
         rate_label(o),
         rate_label(c)
     );
