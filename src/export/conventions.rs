@@ -312,29 +312,6 @@ fn without_finish_reason(messages: &str) -> String {
 mod tests {
     use super::*;
 
-    fn span(attributes: Vec<(&str, AttrValue)>) -> SpanRecord {
-        SpanRecord {
-            trace_id: [1; 16],
-            span_id: [2; 8],
-            parent_span_id: None,
-            parent_is_remote: false,
-            flags: 1,
-            trace_state: None,
-            name: "chat m".into(),
-            kind: "client".into(),
-            start_unix_nanos: 1,
-            end_unix_nanos: 2,
-            status: crate::trace::span::SpanStatus::Unset,
-            attributes: attributes
-                .into_iter()
-                .map(|(k, v)| (k.to_string().into(), v))
-                .collect(),
-            events: Vec::new(),
-            links: Vec::new(),
-            origin: None,
-        }
-    }
-
     fn get<'a>(attrs: &'a [(AttrKey, AttrValue)], key: &str) -> Option<&'a AttrValue> {
         attrs.iter().find(|(k, _)| k == key).map(|(_, v)| v)
     }
@@ -355,7 +332,7 @@ mod tests {
     }
 
     fn llm_span() -> SpanRecord {
-        span(vec![
+        SpanRecord::with_attributes(vec![
             ("gen_ai.operation.name", AttrValue::Str("chat".into())),
             ("gen_ai.provider.name", AttrValue::Str("aws.bedrock".into())),
             (
@@ -446,7 +423,7 @@ mod tests {
     fn openinference_kinds_follow_the_operation() {
         let kind = |attrs: Vec<(&str, AttrValue)>| {
             get(
-                &with_openinference(false).attributes(&span(attrs)),
+                &with_openinference(false).attributes(&SpanRecord::with_attributes(attrs)),
                 "openinference.span.kind",
             )
             .cloned()
@@ -473,7 +450,7 @@ mod tests {
             None,
             "a passthrough call is no model call"
         );
-        let tool = span(vec![
+        let tool = SpanRecord::with_attributes(vec![
             op("execute_tool"),
             ("gen_ai.tool.name", AttrValue::Str("get_weather".into())),
             ("gen_ai.tool.call.id", AttrValue::Str("call_1".into())),
@@ -488,7 +465,7 @@ mod tests {
 
     #[test]
     fn v1_41_is_the_default_and_leaves_the_span_as_recorded() {
-        let s = span(vec![
+        let s = SpanRecord::with_attributes(vec![
             (
                 "gen_ai.usage.cache_creation.input_tokens",
                 AttrValue::Int(25),
@@ -503,7 +480,7 @@ mod tests {
 
     #[test]
     fn latest_renames_cache_creation_to_cache_write_and_types_top_k_as_int() {
-        let s = span(vec![
+        let s = SpanRecord::with_attributes(vec![
             ("gen_ai.usage.input_tokens", AttrValue::Int(100)),
             ("gen_ai.usage.cache_read.input_tokens", AttrValue::Int(50)),
             (
@@ -550,7 +527,7 @@ mod tests {
             serde_json::json!([{"role":"assistant","parts":[{"type":"text","content":"hi"}]}])
         );
         // A fractional top_k has no int form: left out rather than rounded.
-        let s = span(vec![("gen_ai.request.top_k", AttrValue::Double(0.5))]);
+        let s = SpanRecord::with_attributes(vec![("gen_ai.request.top_k", AttrValue::Double(0.5))]);
         assert_eq!(get(&c.attributes(&s), "gen_ai.request.top_k"), None);
     }
 }

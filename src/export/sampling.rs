@@ -133,12 +133,6 @@ mod tests {
         SpanRecord {
             trace_id: [trace; 16],
             span_id: [trace; 8],
-            parent_span_id: None,
-            parent_is_remote: false,
-            flags: 1,
-            trace_state: None,
-            name: "chat m".into(),
-            kind: "client".into(),
             start_unix_nanos: 0,
             end_unix_nanos: millis * 1_000_000,
             status: if error {
@@ -146,10 +140,7 @@ mod tests {
             } else {
                 SpanStatus::Unset
             },
-            attributes: Vec::new(),
-            events: Vec::new(),
-            links: Vec::new(),
-            origin: None,
+            ..SpanRecord::with_attributes(Vec::new())
         }
     }
 

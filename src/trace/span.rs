@@ -467,6 +467,33 @@ pub fn span_for(call: &CallRecord) -> SpanRecord {
 }
 
 #[cfg(test)]
+impl SpanRecord {
+    /// For tests: a root client span `chat m` of trace `01…` with these attributes.
+    pub(crate) fn with_attributes(attributes: Vec<(&str, AttrValue)>) -> SpanRecord {
+        SpanRecord {
+            trace_id: [1; 16],
+            span_id: [2; 8],
+            parent_span_id: None,
+            parent_is_remote: false,
+            flags: 1,
+            trace_state: None,
+            name: "chat m".into(),
+            kind: "client".into(),
+            start_unix_nanos: 1,
+            end_unix_nanos: 2,
+            status: SpanStatus::Unset,
+            attributes: attributes
+                .into_iter()
+                .map(|(k, v)| (k.to_string().into(), v))
+                .collect(),
+            events: Vec::new(),
+            links: Vec::new(),
+            origin: None,
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

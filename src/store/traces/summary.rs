@@ -263,33 +263,13 @@ impl SessionSummary {
 mod tests {
     use super::*;
 
-    fn span(attributes: Vec<(&'static str, AttrValue)>) -> SpanRecord {
-        SpanRecord {
-            trace_id: [1; 16],
-            span_id: [2; 8],
-            parent_span_id: None,
-            parent_is_remote: false,
-            flags: 1,
-            trace_state: None,
-            name: "chat m".into(),
-            kind: "client".into(),
-            start_unix_nanos: 10,
-            end_unix_nanos: 20,
-            status: SpanStatus::Unset,
-            attributes: attributes.into_iter().map(|(k, v)| (k.into(), v)).collect(),
-            events: Vec::new(),
-            links: Vec::new(),
-            origin: None,
-        }
-    }
-
     fn s(text: &str) -> AttrValue {
         AttrValue::Str(text.into())
     }
 
     #[test]
     fn a_row_reads_the_first_value_of_each_key_as_attr_finds_it() {
-        let first = span(vec![
+        let first = SpanRecord::with_attributes(vec![
             ("user.id", s("u1")),
             ("user.id", s("u2")),
             // An empty answered model names no model: the requested one does.
@@ -308,7 +288,7 @@ mod tests {
         assert_eq!(Totals::of_span(&first, Some(7)).cost(), Some(7));
         let mut row = TraceSummary::new([1; 16]);
         row.add(&first, &totals, 100);
-        let second = span(vec![
+        let second = SpanRecord::with_attributes(vec![
             ("feature.id", s("search")),
             ("user.id", s("u3")),
             ("gen_ai.response.model", s("gpt-4o")),
