@@ -178,16 +178,7 @@ where
             let (mut parts, body) = req.into_parts();
             let (bytes, held) = read_whole(body, &parts.headers, held).await?;
             let path = parts.uri.path().to_string();
-            // Content captured with its text needs the whole body as JSON: parsed once, and
-            // the request's fields read from that.
-            let level = parts
-                .extensions
-                .get::<CallMetadata>()
-                .map(|m| capturer.capture_level(m.capture));
-            let parsed = (level >= Some(CaptureLevel::Redacted))
-                .then(|| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
-                .flatten();
-            let (info, rewritten, fields) = inspect(&route, &path, &bytes, inject, parsed.as_ref());
+            let (info, rewritten, fields) = inspect(&route, &path, &bytes, inject);
             // Decided here, before the request goes upstream, so the propagated
             // `traceparent` names the joined trace.
             let joined = follow_agent_loop(&recorder, &mut parts, route.format, &bytes, &fields);
@@ -204,9 +195,8 @@ where
                         Some(capturer.metadata(f.input_message_count(), f.tool_names()))
                     }
                     (_, Some(_)) => Some(
-                        parsed
-                            .as_ref()
-                            .map(|body| capturer.request(level, route.format, body))
+                        serde_json::from_slice::<serde_json::Value>(&bytes)
+                            .map(|body| capturer.request(level, route.format, &body))
                             .unwrap_or_default(),
                     ),
                 };
@@ -331,20 +321,15 @@ pub(super) fn body_error(e: super::body::BoxError) -> ProxyError {
 }
 
 /// Asks the route's API what the request says and, when `inject` allows, for a body that asks
-/// for the stream's usage too. `parsed` is the body as JSON when the caller has it already.
+/// for the stream's usage too.
 pub fn inspect(
     route: &Route,
     path: &str,
     body: &[u8],
     inject: bool,
-    parsed: Option<&serde_json::Value>,
 ) -> (RequestInfo, Option<Bytes>, Option<RequestFields>) {
     let body_bytes = body.len() as u64;
-    let request = match parsed {
-        Some(value) => request::Request::read_parsed(route.format, path, value),
-        None => request::Request::read(route.format, path, body),
-    };
-    let Some(request) = request else {
+    let Some(request) = request::Request::read(route.format, path, body) else {
         return (
             RequestInfo {
                 body_bytes,
