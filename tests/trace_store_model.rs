@@ -653,7 +653,7 @@ fn check_moved(dir: &Path, n: u8, now: u64) {
 /// span, spans inline as JSON) is moved into the new layout at open, and nothing is lost.
 #[test]
 fn a_store_in_the_earlier_layout_is_moved_into_the_new_one() {
-    use sidetrace::store::traces::{StoredSpan, Totals, TraceSummary};
+    use sidetrace::store::traces::{StoredSpan, TraceSummary};
     let dir = tempfile::tempdir().unwrap();
     let now = now_unix_nanos();
     let spans = [simple(3, 0, now), simple(3, 1, now + 5)];
@@ -674,11 +674,7 @@ fn a_store_in_the_earlier_layout_is_moved_into_the_new_one() {
                 cost_pico_usd: Some(7),
             };
             let json = serde_json::to_vec(&stored).unwrap();
-            summary.add(
-                span,
-                &Totals::of_span(span, Some(7)),
-                24 + json.len() as u64,
-            );
+            summary.add(span, Some(7), 24 + json.len() as u64);
             let mut key = trace_id(3).to_vec();
             key.extend_from_slice(&span.span_id);
             old_spans.insert(key, json).unwrap();
@@ -698,7 +694,7 @@ fn a_store_in_the_earlier_layout_is_moved_into_the_new_one() {
 /// pointer per span, summary JSON) is moved into the row files at open, and nothing is lost.
 #[test]
 fn a_store_with_rows_in_sled_is_moved_into_the_row_files() {
-    use sidetrace::store::traces::{StoredSpan, Totals, TraceSummary};
+    use sidetrace::store::traces::{StoredSpan, TraceSummary};
     let dir = tempfile::tempdir().unwrap();
     let now = now_unix_nanos();
     let spans = [simple(4, 0, now), simple(4, 1, now + 5)];
@@ -719,11 +715,7 @@ fn a_store_with_rows_in_sled_is_moved_into_the_row_files() {
                 cost_pico_usd: Some(7),
             };
             let json = serde_json::to_vec(&stored).unwrap();
-            summary.add(
-                span,
-                &Totals::of_span(span, Some(7)),
-                24 + json.len() as u64,
-            );
+            summary.add(span, Some(7), 24 + json.len() as u64);
             // Span id, then the pointer: segment (4), offset (8), length (4).
             row.extend_from_slice(&span.span_id);
             row.extend_from_slice(&1u32.to_be_bytes());

@@ -815,7 +815,7 @@ impl TraceStore {
                     continue;
                 }
                 let bytes = (TRACE_ROW_SPAN_BYTES + len) as u64;
-                trace.summary.add(&stored.span, &stored.totals(), bytes);
+                trace.summary.add(&stored.span, stored.cost_pico_usd, bytes);
                 added_bytes += bytes;
                 added_spans += 1;
             }
@@ -911,7 +911,7 @@ impl TraceStore {
                 let trace = self.touch(&mut open, id, row, now);
                 if trace.add_span(stored.span.span_id, pointer) {
                     let bytes = u64::from(TRACE_ROW_SPAN_BYTES + pointer.len);
-                    trace.summary.add(&stored.span, &stored.totals(), bytes);
+                    trace.summary.add(&stored.span, stored.cost_pico_usd, bytes);
                     self.counts().bytes += bytes;
                     replayed += 1;
                     drop(open);

@@ -24,7 +24,11 @@ impl Totals {
     /// One span's own figures: its token counts and cost (`cost_pico_usd` when the gateway
     /// priced it, else its `cost.usd` attribute).
     pub fn of_span(span: &SpanRecord, cost_pico_usd: Option<u128>) -> Totals {
-        let picked = Picked::of(span);
+        Totals::of(span, &Picked::of(span), cost_pico_usd)
+    }
+
+    /// [`Totals::of_span`] from the span's attributes already picked.
+    fn of(span: &SpanRecord, picked: &Picked<'_>, cost_pico_usd: Option<u128>) -> Totals {
         let int = |v: Option<&AttrValue>| match v {
             Some(AttrValue::Int(n)) => u64::try_from(*n).unwrap_or(0),
             _ => 0,
@@ -168,8 +172,10 @@ impl TraceSummary {
         self.end_unix_nanos.saturating_sub(self.start_unix_nanos)
     }
 
-    /// Adds one span (`bytes`: what it takes in the store).
-    pub fn add(&mut self, span: &SpanRecord, totals: &Totals, bytes: u64) {
+    /// Adds one span (`cost_pico_usd`: the gateway's price, as for [`Totals::of_span`];
+    /// `bytes`: what it takes in the store).
+    pub fn add(&mut self, span: &SpanRecord, cost_pico_usd: Option<u128>, bytes: u64) {
+        let picked = Picked::of(span);
         let first = self.totals.spans == 0;
         if first || span.start_unix_nanos < self.start_unix_nanos {
             self.start_unix_nanos = span.start_unix_nanos;
@@ -182,9 +188,8 @@ impl TraceSummary {
             self.root_name = Some(span.name.clone());
             self.root_start = span.start_unix_nanos;
         }
-        self.totals.add(totals);
+        self.totals.add(&Totals::of(span, &picked, cost_pico_usd));
         self.bytes += bytes;
-        let picked = Picked::of(span);
         if self.feature.is_none() {
             self.feature = text(picked.feature).map(str::to_string);
         }
@@ -287,7 +292,7 @@ mod tests {
         // The gateway's own price wins over the attribute.
         assert_eq!(Totals::of_span(&first, Some(7)).cost(), Some(7));
         let mut row = TraceSummary::new([1; 16]);
-        row.add(&first, &totals, 100);
+        row.add(&first, None, 100);
         let second = SpanRecord::with_attributes(vec![
             ("feature.id", s("search")),
             ("user.id", s("u3")),
@@ -295,7 +300,7 @@ mod tests {
             ("sidetrace.provider", s("azure")),
             ("gen_ai.provider.name", s("openai")),
         ]);
-        row.add(&second, &Totals::of_span(&second, None), 50);
+        row.add(&second, None, 50);
         assert_eq!(row.user.as_deref(), Some("u1"));
         assert_eq!(row.feature.as_deref(), Some("search"));
         assert_eq!(row.models, ["gpt-4o"]);
