@@ -469,22 +469,14 @@ impl Input {
             }
             // An OpenAI tool result: `{role: tool, tool_call_id, content}`.
             if let Some(id) = m["tool_call_id"].as_str() {
-                let part = object([
-                    ("type", "tool_call_response".into()),
-                    ("id", id.into()),
-                    ("response", m["content"].clone()),
-                ]);
+                let part = tool_call_response(id.into(), &m["content"]);
                 input.messages.push(message(role, vec![part]));
                 continue;
             }
             let mut p = parts(&m["content"]);
             for call in m["tool_calls"].as_array().into_iter().flatten() {
-                p.push(object([
-                    ("type", "tool_call".into()),
-                    ("id", call["id"].clone()),
-                    ("name", call["function"]["name"].clone()),
-                    ("arguments", call["function"]["arguments"].clone()),
-                ]));
+                let f = &call["function"];
+                p.push(tool_call(&call["id"], &f["name"], &f["arguments"]));
             }
             input.messages.push(message(role, p));
         }
@@ -535,6 +527,25 @@ pub(crate) fn message(role: &str, parts: Vec<Value>) -> Value {
     object([("role", role.into()), ("parts", Value::Array(parts))])
 }
 
+/// A tool call part of a message.
+fn tool_call(id: &Value, name: &Value, arguments: &Value) -> Value {
+    object([
+        ("type", "tool_call".into()),
+        ("id", id.clone()),
+        ("name", name.clone()),
+        ("arguments", arguments.clone()),
+    ])
+}
+
+/// A tool result part of a message: the response to the call `id`.
+fn tool_call_response(id: Value, response: &Value) -> Value {
+    object([
+        ("type", "tool_call_response".into()),
+        ("id", id),
+        ("response", response.clone()),
+    ])
+}
+
 /// A function tool definition from an object with `name` and `description`.
 fn function(f: &Value, parameters: &Value) -> Value {
     object([
@@ -555,17 +566,8 @@ pub(crate) fn parts(content: &Value) -> Vec<Value> {
                 Some("text") | Some("input_text") | Some("output_text") => {
                     text_part(b["text"].as_str().unwrap_or(""))
                 }
-                Some("tool_use") => object([
-                    ("type", "tool_call".into()),
-                    ("id", b["id"].clone()),
-                    ("name", b["name"].clone()),
-                    ("arguments", b["input"].clone()),
-                ]),
-                Some("tool_result") => object([
-                    ("type", "tool_call_response".into()),
-                    ("id", b["tool_use_id"].clone()),
-                    ("response", b["content"].clone()),
-                ]),
+                Some("tool_use") => tool_call(&b["id"], &b["name"], &b["input"]),
+                Some("tool_result") => tool_call_response(b["tool_use_id"].clone(), &b["content"]),
                 Some("image_url") | Some("image") | Some("input_image") => {
                     json!({"type": "uri", "modality": "image", "uri": "[image]"})
                 }
