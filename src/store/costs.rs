@@ -4,6 +4,8 @@
 //! the cost query API, and gives budgets their spend after a restart.
 
 use std::{
+    borrow::Borrow,
+    cmp::Ordering,
     collections::BTreeMap,
     path::{Path, PathBuf},
     sync::Mutex,
@@ -33,6 +35,93 @@ pub struct Key {
     /// empty, so rows written before keys existed read and merge as they were.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub key: String,
+}
+
+/// A key's fields, owned ([`Key`]) or borrowed from a call ([`KeyRef`]): the pending map is
+/// looked up without copying the call's strings, which it only does for a key it has not seen.
+trait KeyFields {
+    fn fields(&self) -> (u64, &str, &str, &str, &str, &str, &str);
+}
+
+impl KeyFields for Key {
+    fn fields(&self) -> (u64, &str, &str, &str, &str, &str, &str) {
+        (
+            self.hour,
+            &self.provider,
+            &self.model,
+            &self.feature,
+            &self.user,
+            &self.prompt_version,
+            &self.key,
+        )
+    }
+}
+
+/// A call's key, borrowed.
+struct KeyRef<'a> {
+    hour: u64,
+    provider: &'a str,
+    model: &'a str,
+    feature: &'a str,
+    user: &'a str,
+    prompt_version: &'a str,
+    key: &'a str,
+}
+
+impl KeyFields for KeyRef<'_> {
+    fn fields(&self) -> (u64, &str, &str, &str, &str, &str, &str) {
+        (
+            self.hour,
+            self.provider,
+            self.model,
+            self.feature,
+            self.user,
+            self.prompt_version,
+            self.key,
+        )
+    }
+}
+
+impl KeyRef<'_> {
+    fn to_key(&self) -> Key {
+        Key {
+            hour: self.hour,
+            provider: self.provider.to_string(),
+            model: self.model.to_string(),
+            feature: self.feature.to_string(),
+            user: self.user.to_string(),
+            prompt_version: self.prompt_version.to_string(),
+            key: self.key.to_string(),
+        }
+    }
+}
+
+// `Key`'s derived order compares its fields in this order, so both orders agree (what
+// `Borrow` asks of them).
+impl PartialEq for dyn KeyFields + '_ {
+    fn eq(&self, other: &Self) -> bool {
+        self.fields() == other.fields()
+    }
+}
+
+impl Eq for dyn KeyFields + '_ {}
+
+impl PartialOrd for dyn KeyFields + '_ {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for dyn KeyFields + '_ {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.fields().cmp(&other.fields())
+    }
+}
+
+impl<'a> Borrow<dyn KeyFields + 'a> for Key {
+    fn borrow(&self) -> &(dyn KeyFields + 'a) {
+        self
+    }
 }
 
 /// Sums for one key.
@@ -307,14 +396,15 @@ impl CostStore {
 
     /// Adds one finished call (cheap: an in-memory map update).
     pub fn add(&self, call: &CallRecord, model: &str, at_secs: u64) {
-        let key = Key {
+        let meta = &call.metadata;
+        let key = KeyRef {
             hour: at_secs - at_secs % HOUR_SECS,
-            provider: call.provider.clone(),
-            model: model.to_string(),
-            feature: call.metadata.feature.clone().unwrap_or_default(),
-            user: call.metadata.user_id.clone().unwrap_or_default(),
-            prompt_version: call.metadata.prompt_version.clone().unwrap_or_default(),
-            key: call.metadata.key.clone().unwrap_or_default(),
+            provider: &call.provider,
+            model,
+            feature: meta.feature.as_deref().unwrap_or_default(),
+            user: meta.user_id.as_deref().unwrap_or_default(),
+            prompt_version: meta.prompt_version.as_deref().unwrap_or_default(),
+            key: meta.key.as_deref().unwrap_or_default(),
         };
         let mut t = Totals {
             calls: 1,
@@ -335,12 +425,18 @@ impl CostStore {
             }
             None => t.unpriced_calls = 1,
         }
-        self.pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(key)
-            .or_default()
-            .add(&t);
+        self.add_totals(&key, &t);
+    }
+
+    /// Adds `t` to the pending row of `key`.
+    fn add_totals(&self, key: &KeyRef, t: &Totals) {
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        match pending.get_mut(key as &dyn KeyFields) {
+            Some(totals) => totals.add(t),
+            None => {
+                pending.insert(key.to_key(), *t);
+            }
+        }
     }
 
     /// Merges pending increments into the stored rows (call from a background task).
@@ -528,4 +624,41 @@ pub fn spawn_flusher(
             tokio::time::sleep(every).await;
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        /// Rows added through borrowed keys sum as a map of owned keys would, and the queries
+        /// see them in the same order.
+        #[test]
+        fn pending_rows_sum_by_key_as_owned_keys_would(
+            adds in proptest::collection::vec((0u64..3, 0usize..2, 0usize..2, 0usize..3, 0usize..3, 1u64..50), 1..60)
+        ) {
+            let names = ["", "a", "ab"];
+            let store = CostStore::in_memory();
+            let mut model: BTreeMap<Key, Totals> = BTreeMap::new();
+            for (hour, provider, m, feature, user, tokens) in adds {
+                let key = KeyRef {
+                    hour: hour * HOUR_SECS,
+                    provider: ["openai", "anthropic"][provider],
+                    model: ["gpt-4o", "gpt-4o-mini"][m],
+                    feature: names[feature],
+                    user: names[user],
+                    prompt_version: "",
+                    key: names[(feature + user) % 3],
+                };
+                let t = Totals { calls: 1, input_tokens: tokens, ..Totals::default() };
+                store.add_totals(&key, &t);
+                model.entry(key.to_key()).or_default().add(&t);
+            }
+            let mut seen = Vec::new();
+            store.rows(0, 10 * HOUR_SECS, &Filter::default(), |k, t| seen.push((k.clone(), *t)));
+            prop_assert_eq!(seen, model.into_iter().collect::<Vec<_>>());
+        }
+    }
 }
