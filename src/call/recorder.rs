@@ -117,17 +117,13 @@ impl Recorder {
             sink.record(&call, &span);
         }
         log(&call, &span);
-        // The store and the export last: the last of them takes the span, the store its own
-        // content.
-        let kept = call.kept_content.take();
-        match (&self.store, &self.export) {
-            (Some(store), Some(export)) => {
-                store.call(span.clone(), kept, call.cost_pico_usd);
-                export.submit(span);
-            }
-            (Some(store), None) => store.call(span, kept, call.cost_pico_usd),
-            (None, Some(export)) => export.submit(span),
-            (None, None) => {}
+        // The store and the export last: the store copies the span with its own content, the
+        // export takes it.
+        if let Some(store) = &self.store {
+            store.call(&span, call.kept_content.take(), call.cost_pico_usd);
+        }
+        if let Some(export) = &self.export {
+            export.submit(span);
         }
     }
 

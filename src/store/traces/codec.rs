@@ -22,11 +22,31 @@ const SUMMARY_V1: u8 = 0xC1;
 const SPAN_HEADER: usize = 5;
 
 /// Appends `stored` to `out` as one self-delimiting record.
+#[cfg(test)]
 pub(super) fn encode_span(stored: &StoredSpan, out: &mut Vec<u8>) {
+    encode_span_parts(
+        &stored.span,
+        stored.resource,
+        &stored.scope_name,
+        &stored.scope_version,
+        stored.cost_pico_usd,
+        out,
+    );
+}
+
+/// [`encode_span`] from a stored span's parts: the writer encodes each span where it
+/// arrived, without first moving it and copying its scope into a [`StoredSpan`].
+pub(super) fn encode_span_parts(
+    s: &SpanRecord,
+    resource: u64,
+    scope_name: &str,
+    scope_version: &str,
+    cost_pico_usd: Option<u128>,
+    out: &mut Vec<u8>,
+) {
     let at = out.len();
     out.push(SPAN_V1);
     out.extend_from_slice(&[0; 4]);
-    let s = &stored.span;
     out.extend_from_slice(&s.trace_id);
     out.extend_from_slice(&s.span_id);
     match s.parent_span_id {
@@ -66,10 +86,10 @@ pub(super) fn encode_span(stored: &StoredSpan, out: &mut Vec<u8>) {
         out.push(l.flags);
         attributes(out, &l.attributes);
     }
-    out.extend_from_slice(&stored.resource.to_le_bytes());
-    str(out, &stored.scope_name);
-    str(out, &stored.scope_version);
-    match stored.cost_pico_usd {
+    out.extend_from_slice(&resource.to_le_bytes());
+    str(out, scope_name);
+    str(out, scope_version);
+    match cost_pico_usd {
         Some(c) => {
             out.push(1);
             out.extend_from_slice(&c.to_le_bytes());

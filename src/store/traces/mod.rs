@@ -624,7 +624,7 @@ impl TraceStore {
             let mut next = first;
             while let Some(message) = next {
                 match message {
-                    Message::Span(s) => spans.push(*s),
+                    Message::Span(s) => spans.push(s),
                     Message::Flush(done) => flushes.push(done),
                     Message::CaughtUp(done) => caught_up.push(done),
                 }
@@ -728,7 +728,14 @@ impl TraceStore {
     }
 
     /// Applies a batch of spans; on a failed write the store turns off.
-    fn write(&self, spans: Vec<Ingest>, known_resources: &mut ResourceKeys, buf: &mut Vec<u8>) {
+    // Boxed as they came through the queue: a span is moved out of its box never.
+    #[allow(clippy::vec_box)]
+    fn write(
+        &self,
+        spans: Vec<Box<Ingest>>,
+        known_resources: &mut ResourceKeys,
+        buf: &mut Vec<u8>,
+    ) {
         let n = spans.len() as u64;
         if self.failed.load(Ordering::Relaxed) {
             self.dropped("off", n);
@@ -751,16 +758,19 @@ impl TraceStore {
 
     /// Appends the batch's spans to the span files and adds them to their open traces (a
     /// trace written already is opened again from its row).
+    #[allow(clippy::vec_box)]
     fn try_write(
         &self,
-        spans: Vec<Ingest>,
+        mut spans: Vec<Box<Ingest>>,
         known_resources: &mut ResourceKeys,
         buf: &mut Vec<u8>,
     ) -> Result<(), sled::Error> {
         let t = &*self.trees;
-        // Encode the batch into one buffer, grouped by trace; each span's place in it.
+        // Grouped by trace, each trace's spans in arrival order (the sort is stable), then
+        // encoded into one buffer; each span's place in it.
+        spans.sort_by_key(|i| i.span.trace_id);
         buf.clear();
-        let mut by_trace: BTreeMap<[u8; 16], Vec<(StoredSpan, u64, u32)>> = BTreeMap::new();
+        let mut placed = Vec::with_capacity(spans.len());
         for ingest in spans {
             let resource = known_resources.key(&ingest.origin);
             if known_resources.stored.insert(resource)
@@ -769,32 +779,30 @@ impl TraceStore {
                 let value = serde_json::to_vec(&ingest.origin.resource).unwrap_or_default();
                 t.resources.insert(resource.to_be_bytes(), value)?;
             }
-            let stored = StoredSpan {
-                resource,
-                scope_name: ingest.origin.scope_name.clone(),
-                scope_version: ingest.origin.scope_version.clone(),
-                cost_pico_usd: ingest.cost_pico_usd,
-                span: ingest.span,
-            };
             let at = buf.len();
-            codec::encode_span(&stored, buf);
+            codec::encode_span_parts(
+                &ingest.span,
+                resource,
+                &ingest.origin.scope_name,
+                &ingest.origin.scope_version,
+                ingest.cost_pico_usd,
+                buf,
+            );
             let len = u32::try_from(buf.len() - at).unwrap_or(u32::MAX);
-            by_trace
-                .entry(stored.span.trace_id)
-                .or_default()
-                .push((stored, at as u64, len));
+            placed.push((ingest, at as u64, len));
         }
         if buf.is_empty() {
             return Ok(());
         }
         let (segment, base) = self.log.append(buf).map_err(sled::Error::Io)?;
         // Counted before the spans join their traces, and taken back for duplicates after.
-        let batch_spans: usize = by_trace.values().map(Vec::len).sum();
+        let batch_spans = placed.len();
         self.change_live(&[(segment, batch_spans as i64)])?;
         let mut added_bytes = 0u64;
         let mut added_spans = 0u64;
         let now = Instant::now();
-        for (trace_id, spans) in by_trace {
+        for spans in placed.chunk_by(|a, b| a.0.span.trace_id == b.0.span.trace_id) {
+            let trace_id = spans[0].0.span.trace_id;
             let row = self.row_to_reopen(&trace_id)?;
             let mut open = self.open_traces();
             let trace = self.touch(&mut open, trace_id, row, now);
@@ -804,18 +812,18 @@ impl TraceStore {
                 .session
                 .is_some()
                 .then_some(trace.summary.totals);
-            for (stored, at, len) in spans {
+            for &(ref ingest, at, len) in spans {
                 // A span sent twice (a client retrying an export) is kept once, as it came first.
                 let pointer = Pointer {
                     segment,
                     offset: base + at,
                     len,
                 };
-                if !trace.add_span(stored.span.span_id, pointer) {
+                if !trace.add_span(ingest.span.span_id, pointer) {
                     continue;
                 }
                 let bytes = (TRACE_ROW_SPAN_BYTES + len) as u64;
-                trace.summary.add(&stored.span, stored.cost_pico_usd, bytes);
+                trace.summary.add(&ingest.span, ingest.cost_pico_usd, bytes);
                 added_bytes += bytes;
                 added_spans += 1;
             }
@@ -1417,10 +1425,11 @@ impl StoreSink {
         });
     }
 
-    /// Queues a call's span with the content the store keeps (`kept`, moved into it).
+    /// Queues a copy of a call's span with the content the store keeps (`kept`, moved into
+    /// it).
     pub fn call(
         &self,
-        span: SpanRecord,
+        span: &SpanRecord,
         kept: Option<CapturedContent>,
         cost_pico_usd: Option<u128>,
     ) {
