@@ -3,6 +3,8 @@
 //! shapes, kept at the capture level in force, redacted and truncated at ingest so nothing
 //! unredacted is ever stored.
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -211,35 +213,60 @@ impl Capturer {
         if level < CaptureLevel::Redacted {
             return;
         }
-        let mut parts = Vec::new();
-        if !text.is_empty() {
-            parts.push(request::text_part(text));
-        }
-        for call in tool_calls {
-            let mut part = request::object([
-                ("type", "tool_call".into()),
-                ("name", call.name.as_str().into()),
-                ("arguments", call.arguments.as_str().into()),
-            ]);
-            if !call.id.is_empty() {
-                part["id"] = call.id.as_str().into();
-            }
-            parts.push(part);
-        }
-        let mut message = Value::Array(vec![request::object([
-            ("role", "assistant".into()),
-            ("parts", Value::Array(parts)),
-            ("finish_reason", finish.unwrap_or("").into()),
-        ])]);
         let mut budget = Budget {
             left: self.max_bytes,
             truncated: false,
             redactor: (level == CaptureLevel::Redacted).then_some(&self.redactor),
         };
-        budget.walk(&mut message);
+        content.output_messages = Some(output_messages(&mut budget, text, tool_calls, finish));
         content.truncated |= budget.truncated;
-        content.output_messages = Some(json_text(&message));
     }
+}
+
+/// `gen_ai.output.messages` of one response: its assistant message, with a text part and a
+/// part per tool call, written straight to JSON text. It is exactly the text the message
+/// would be as a `Value` walked by the budget and serialized (the test keeps that version):
+/// keys in the order serde_json's maps keep them (sorted), each string redacted and cut in
+/// that order. Building the `Value` copied the whole output once more and was most of the
+/// cost of keeping it.
+fn output_messages(
+    budget: &mut Budget,
+    text: &str,
+    tool_calls: &[ToolCallOutput],
+    finish: Option<&str>,
+) -> String {
+    let mut out = Vec::with_capacity(text.len() + 96);
+    out.extend_from_slice(br#"[{"finish_reason":"#);
+    budget.write(&mut out, finish.unwrap_or(""));
+    out.extend_from_slice(br#","parts":["#);
+    if !text.is_empty() {
+        out.extend_from_slice(br#"{"content":"#);
+        budget.write(&mut out, text);
+        out.extend_from_slice(br#","type":"#);
+        budget.write(&mut out, "text");
+        out.push(b'}');
+    }
+    for (i, call) in tool_calls.iter().enumerate() {
+        if i > 0 || !text.is_empty() {
+            out.push(b',');
+        }
+        out.extend_from_slice(br#"{"arguments":"#);
+        budget.write(&mut out, &call.arguments);
+        if !call.id.is_empty() {
+            out.extend_from_slice(br#","id":"#);
+            budget.write(&mut out, &call.id);
+        }
+        out.extend_from_slice(br#","name":"#);
+        budget.write(&mut out, &call.name);
+        out.extend_from_slice(br#","type":"#);
+        budget.write(&mut out, "tool_call");
+        out.push(b'}');
+    }
+    out.extend_from_slice(br#"],"role":"#);
+    budget.write(&mut out, "assistant");
+    out.extend_from_slice(b"}]");
+    // Only UTF-8 was written (JSON punctuation and escaped `str`s).
+    String::from_utf8(out).unwrap_or_default()
 }
 
 /// JSON text of a value, written straight into a buffer (`Value`'s `Display` goes through a
@@ -262,25 +289,40 @@ struct Budget<'a> {
 }
 
 impl Budget<'_> {
+    /// A string as kept: redacted, then cut to what is left of the budget (and counted).
+    fn keep<'s>(&mut self, s: &'s str) -> Cow<'s, str> {
+        let mut kept = match self.redactor {
+            Some(r) => r.redact(s),
+            None => Cow::Borrowed(s),
+        };
+        if kept.len() > self.left {
+            let mut cut = self.left;
+            while !kept.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            let mut short = kept[..cut].to_string();
+            short.push_str("…[truncated]");
+            kept = Cow::Owned(short);
+            self.truncated = true;
+            self.left = 0;
+        } else {
+            self.left -= kept.len();
+        }
+        kept
+    }
+
+    /// Writes a string as kept, as a JSON string.
+    fn write(&mut self, out: &mut Vec<u8>, s: &str) {
+        let kept = self.keep(s);
+        // Writing a `str` to a `Vec` cannot fail.
+        let _ = serde_json::to_writer(&mut *out, &*kept);
+    }
+
     fn walk(&mut self, v: &mut Value) {
         match v {
             Value::String(s) => {
-                if let Some(r) = self.redactor
-                    && let std::borrow::Cow::Owned(red) = r.redact(s)
-                {
-                    *s = red;
-                }
-                if s.len() > self.left {
-                    let mut cut = self.left;
-                    while !s.is_char_boundary(cut) {
-                        cut -= 1;
-                    }
-                    s.truncate(cut);
-                    s.push_str("…[truncated]");
-                    self.truncated = true;
-                    self.left = 0;
-                } else {
-                    self.left -= s.len();
+                if let Cow::Owned(kept) = self.keep(s) {
+                    *s = kept;
                 }
             }
             Value::Array(items) => items.iter_mut().for_each(|i| self.walk(i)),
@@ -293,7 +335,86 @@ impl Budget<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
     use serde_json::json;
+
+    /// The output message as it was built before `output_messages`: a `Value`, walked by the
+    /// budget, serialized.
+    fn output_as_value(
+        budget: &mut Budget,
+        text: &str,
+        tool_calls: &[ToolCallOutput],
+        finish: Option<&str>,
+    ) -> String {
+        let mut parts = Vec::new();
+        if !text.is_empty() {
+            parts.push(request::text_part(text));
+        }
+        for call in tool_calls {
+            let mut part = request::object([
+                ("type", "tool_call".into()),
+                ("name", call.name.as_str().into()),
+                ("arguments", call.arguments.as_str().into()),
+            ]);
+            if !call.id.is_empty() {
+                part["id"] = call.id.as_str().into();
+            }
+            parts.push(part);
+        }
+        let mut message = Value::Array(vec![request::object([
+            ("role", "assistant".into()),
+            ("parts", Value::Array(parts)),
+            ("finish_reason", finish.unwrap_or("").into()),
+        ])]);
+        budget.walk(&mut message);
+        json_text(&message)
+    }
+
+    /// Texts with what needs escaping, personal data, custom matches and multi-byte
+    /// characters (cut at the budget).
+    fn text() -> impl Strategy<Value = String> {
+        proptest::collection::vec(
+            prop_oneof![
+                Just("plain words ".to_string()),
+                Just("jane@example.com".to_string()),
+                Just("\"quoted\"\n\t\\".to_string()),
+                Just("é漢🙂".to_string()),
+                Just("SECRET-42".to_string()),
+                Just("\u{1}".to_string()),
+                Just("stop".to_string()),
+            ],
+            0..6,
+        )
+        .prop_map(|p| p.concat())
+    }
+
+    proptest! {
+        #[test]
+        fn output_messages_are_the_text_the_walked_value_was(
+            text in text(),
+            calls in proptest::collection::vec((text(), text(), text()), 0..3),
+            finish in proptest::option::of(text()),
+            max_bytes in 0usize..120,
+            redacted in any::<bool>(),
+        ) {
+            let redactor = Redactor::new(&[("secret".into(), "SECRET-[0-9]+".into())]).unwrap();
+            let calls: Vec<ToolCallOutput> = calls
+                .into_iter()
+                .map(|(id, name, arguments)| ToolCallOutput { id, name, arguments })
+                .collect();
+            let budget = || Budget {
+                left: max_bytes,
+                truncated: false,
+                redactor: redacted.then_some(&redactor),
+            };
+            let (mut a, mut b) = (budget(), budget());
+            let direct = output_messages(&mut a, &text, &calls, finish.as_deref());
+            let walked = output_as_value(&mut b, &text, &calls, finish.as_deref());
+            prop_assert_eq!(&direct, &walked);
+            prop_assert_eq!(a.truncated, b.truncated);
+            prop_assert!(serde_json::from_str::<Value>(&direct).is_ok());
+        }
+    }
 
     fn capturer(level: CaptureLevel, max_bytes: usize) -> Capturer {
         Capturer {
