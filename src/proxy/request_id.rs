@@ -9,6 +9,8 @@ use std::sync::{
 use http::{HeaderName, HeaderValue, Request};
 use tower_http::request_id::{MakeRequestId, RequestId};
 
+use crate::trace::context::push_hex;
+
 pub const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-sidetrace-request-id");
 
 #[derive(Clone)]
@@ -34,10 +36,55 @@ impl Default for MakeCallId {
     }
 }
 
+/// The prefix as 8 hex digits, then the counter as at least 12 (what `{:08x}{:012x}` writes,
+/// without `format!`'s cost on every call).
+fn call_id(prefix: u32, n: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(24);
+    push_hex(&mut out, &prefix.to_be_bytes());
+    let digits = n.to_be_bytes();
+    // Whole bytes from the first non-zero one, but never fewer than 6 (12 digits).
+    let first = digits.iter().position(|&b| b != 0).unwrap_or(8).min(2);
+    let at = out.len();
+    push_hex(&mut out, &digits[first..]);
+    // A leading zero digit past the 12 is dropped, as `{:x}` does not write it.
+    if out.len() - at > 12 && out[at] == b'0' {
+        out.remove(at);
+    }
+    out
+}
+
 impl MakeRequestId for MakeCallId {
     fn make_request_id<B>(&mut self, _request: &Request<B>) -> Option<RequestId> {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
-        let id = format!("{:08x}{:012x}", self.prefix, n);
-        HeaderValue::from_str(&id).ok().map(RequestId::new)
+        HeaderValue::from_bytes(&call_id(self.prefix, n))
+            .ok()
+            .map(RequestId::new)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn call_ids_are_written_as_the_format_string_would() {
+        let counters = [
+            0,
+            1,
+            0xabc,
+            0xffff_ffff_ffff,
+            0x1_0000_0000_0000,
+            0x12_3456_789a_bcde,
+            u64::MAX,
+        ];
+        for prefix in [0, 7, 0xdead_beef, u32::MAX] {
+            for n in counters.into_iter().chain((0..64).map(|i| 1u64 << i)) {
+                assert_eq!(
+                    String::from_utf8(call_id(prefix, n)).unwrap(),
+                    format!("{prefix:08x}{n:012x}"),
+                    "prefix {prefix:x}, n {n:x}"
+                );
+            }
+        }
     }
 }

@@ -156,12 +156,15 @@ impl TraceContext {
 
     /// The `traceparent` for the upstream request: same trace and flags, our span as parent.
     pub fn traceparent(&self) -> String {
-        format!(
-            "00-{}-{}-{:02x}",
-            hex(&self.trace_id),
-            hex(&self.span_id),
-            self.flags
-        )
+        // Written byte by byte: `format!` was a noticeable part of each call's CPU.
+        let mut out = Vec::with_capacity(55);
+        out.extend_from_slice(b"00-");
+        push_hex(&mut out, &self.trace_id);
+        out.push(b'-');
+        push_hex(&mut out, &self.span_id);
+        out.push(b'-');
+        push_hex(&mut out, &[self.flags]);
+        ascii(out)
     }
 }
 
@@ -205,13 +208,23 @@ pub fn parse_hex<const N: usize>(s: &str) -> Option<[u8; N]> {
 }
 
 pub fn hex(bytes: &[u8]) -> String {
+    let mut out = Vec::with_capacity(bytes.len() * 2);
+    push_hex(&mut out, bytes);
+    ascii(out)
+}
+
+/// Appends `bytes` as lowercase hex.
+pub fn push_hex(out: &mut Vec<u8>, bytes: &[u8]) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
     for b in bytes {
-        s.push(DIGITS[(b >> 4) as usize] as char);
-        s.push(DIGITS[(b & 15) as usize] as char);
+        out.push(DIGITS[usize::from(b >> 4)]);
+        out.push(DIGITS[usize::from(b & 15)]);
     }
-    s
+}
+
+/// Text written as ASCII bytes.
+fn ascii(bytes: Vec<u8>) -> String {
+    String::from_utf8(bytes).unwrap_or_default()
 }
 
 /// The trace id for a grouping value: the first 16 bytes of SHA-256 (or of HMAC-SHA256 with the
@@ -415,6 +428,17 @@ mod tests {
         assert_eq!(invalid, Invalid::default());
         let out = ctx.traceparent();
         assert!(out.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-") && out.ends_with("-01"));
+        assert_eq!(
+            out,
+            format!(
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-{}-01",
+                ctx.span_id_hex()
+            )
+        );
+        assert_eq!(
+            parse_traceparent(&out),
+            Some((ctx.trace_id, ctx.span_id, ctx.flags))
+        );
         assert_ne!(
             &out[36..52],
             "00f067aa0ba902b7",
