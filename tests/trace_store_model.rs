@@ -8,9 +8,14 @@ use proptest::prelude::*;
 use sidetrace::{
     metrics::Metrics,
     store::traces::{
-        Ingest, Origin, SessionQuery, StoreLimits, TraceQuery, TraceStore, now_unix_nanos,
+        Ingest, Origin, SessionQuery, StoreLimits, StoreSink, TraceQuery, TraceStore,
+        now_unix_nanos,
     },
-    trace::span::{AttrValue, SpanRecord, SpanStatus},
+    trace::{
+        capture::CapturedContent,
+        metadata::CaptureLevel,
+        span::{AttrValue, SpanRecord, SpanStatus, Telemetry, content_attributes, is_content},
+    },
 };
 
 const HOUR: u64 = 3_600_000_000_000;
@@ -408,6 +413,55 @@ fn simple(trace: u8, span: u8, start: u64) -> SpanRecord {
         },
         start,
     )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    /// A call's span goes to the store encoded on the request's worker (`StoreSink::call`,
+    /// with the store's content in place of the export's). What is stored and read back, span
+    /// by span and row by row, is what storing the equivalent span through the writer gives.
+    #[test]
+    fn a_calls_span_encoded_by_the_sink_is_stored_as_the_writer_would_store_it(
+        specs in prop::collection::vec(spec(), 1..12),
+        content in prop::option::of(("[{\"role\":\"user\"}]", prop::bool::ANY)),
+    ) {
+        let base = now_unix_nanos() - HOUR;
+        let telemetry = Telemetry {
+            resource: origin().resource.clone(),
+            scope_name: origin().scope_name.clone(),
+            scope_version: origin().scope_version.clone(),
+            schema_url: String::new(),
+        };
+        let kept = content.map(|(messages, truncated)| CapturedContent {
+            level: Some(CaptureLevel::Redacted),
+            input_messages: Some(messages.to_string()),
+            output_messages: Some("[]".into()),
+            truncated,
+            ..CapturedContent::default()
+        });
+        let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (encoded, _) = open(dir_a.path(), 1 << 30, Duration::from_secs(86_400));
+        let (written, _) = open(dir_b.path(), 1 << 30, Duration::from_secs(86_400));
+        let sink = StoreSink::new(encoded.clone(), &telemetry);
+        for s in &specs {
+            let mut span = span_of(s, base);
+            // What the export carries of the content, which the store replaces.
+            span.attributes.push(("gen_ai.input.messages".into(), AttrValue::Str("exported".into())));
+            sink.call(&span, kept.clone(), s.cost_pico);
+            let mut stored = span.clone();
+            stored.attributes.retain(|(k, _)| !is_content(k));
+            stored.attributes.extend(content_attributes(kept.clone().unwrap_or_default()));
+            put(&written, stored, s.cost_pico);
+        }
+        prop_assert!(encoded.flush(Duration::from_secs(10)) && written.flush(Duration::from_secs(10)));
+        for t in 0u8..6 {
+            let (a, b) = (encoded.trace(&trace_id(t)).unwrap(), written.trace(&trace_id(t)).unwrap());
+            prop_assert_eq!(a.as_ref().map(|a| (&a.summary, &a.nodes)), b.as_ref().map(|b| (&b.summary, &b.nodes)));
+        }
+        encoded.close();
+        written.close();
+    }
 }
 
 #[test]

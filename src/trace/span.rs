@@ -237,40 +237,23 @@ fn push_content(a: &mut Vec<(AttrKey, AttrValue)>, c: CapturedContent) {
     }
 }
 
-/// A copy of the span with `content` in place of the content it carried, and the level it was
-/// kept at (`sidetrace.content.level`): the local store keeps content at its own level. Only
-/// the attributes it keeps are copied, into a list with room for the content.
-pub fn with_content(span: &SpanRecord, content: CapturedContent) -> SpanRecord {
-    let mut attributes = Vec::with_capacity(span.attributes.len() + CONTENT_ATTRIBUTES.len() + 1);
-    attributes.extend(
-        span.attributes
-            .iter()
-            .filter(|(k, _)| !CONTENT_ATTRIBUTES.contains(&k.as_ref()))
-            .cloned(),
-    );
+/// Whether `key` is one of the attributes that carry a span's content (what the local store
+/// replaces with its own, see [`content_attributes`]).
+pub fn is_content(key: &str) -> bool {
+    CONTENT_ATTRIBUTES.contains(&key)
+}
+
+/// The attributes the local store keeps in place of a span's content: `content`, and the
+/// level it was kept at (`sidetrace.content.level`). The store keeps content at its own level.
+pub fn content_attributes(content: CapturedContent) -> Vec<(AttrKey, AttrValue)> {
+    let mut attributes = Vec::with_capacity(CONTENT_ATTRIBUTES.len());
     let level = content.level.unwrap_or(CaptureLevel::None);
     push_content(&mut attributes, content);
     attributes.push((
         "sidetrace.content.level".into(),
         AttrValue::Str(level.as_str().into()),
     ));
-    SpanRecord {
-        trace_id: span.trace_id,
-        span_id: span.span_id,
-        parent_span_id: span.parent_span_id,
-        parent_is_remote: span.parent_is_remote,
-        flags: span.flags,
-        trace_state: span.trace_state.clone(),
-        name: span.name.clone(),
-        kind: span.kind.clone(),
-        start_unix_nanos: span.start_unix_nanos,
-        end_unix_nanos: span.end_unix_nanos,
-        status: span.status.clone(),
-        attributes,
-        events: span.events.clone(),
-        links: span.links.clone(),
-        origin: span.origin.clone(),
-    }
+    attributes
 }
 
 /// Builds the span of a finished call.

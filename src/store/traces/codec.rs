@@ -12,7 +12,7 @@
 //! damaged; it never panics and never allocates more than the record holds.
 
 use super::{StoredSpan, summary::TraceSummary};
-use crate::trace::span::{AttrValue, SpanEvent, SpanLink, SpanRecord, SpanStatus};
+use crate::trace::span::{AttrKey, AttrValue, SpanEvent, SpanLink, SpanRecord, SpanStatus};
 
 /// The first byte of a binary span record (version 1).
 const SPAN_V1: u8 = 0xB1;
@@ -26,6 +26,7 @@ const SPAN_HEADER: usize = 5;
 pub(super) fn encode_span(stored: &StoredSpan, out: &mut Vec<u8>) {
     encode_span_parts(
         &stored.span,
+        stored.span.attributes.iter(),
         stored.resource,
         &stored.scope_name,
         &stored.scope_version,
@@ -34,10 +35,13 @@ pub(super) fn encode_span(stored: &StoredSpan, out: &mut Vec<u8>) {
     );
 }
 
-/// [`encode_span`] from a stored span's parts: the writer encodes each span where it
-/// arrived, without first moving it and copying its scope into a [`StoredSpan`].
-pub(super) fn encode_span_parts(
+/// [`encode_span`] from a stored span's parts, with `span_attributes` in place of the span's
+/// own. The writer encodes each span where it arrived, without first moving it and copying its
+/// scope into a [`StoredSpan`]; a call's span is encoded on the request's worker with the
+/// store's content in place of the export's, without a copy of the span.
+pub(super) fn encode_span_parts<'a>(
     s: &SpanRecord,
+    span_attributes: impl Iterator<Item = &'a (AttrKey, AttrValue)>,
     resource: u64,
     scope_name: &str,
     scope_version: &str,
@@ -71,7 +75,7 @@ pub(super) fn encode_span_parts(
         }
         SpanStatus::Ok => out.push(2),
     }
-    attributes(out, &s.attributes);
+    attribute_list(out, span_attributes);
     count(out, s.events.len());
     for e in &s.events {
         str(out, &e.name);
@@ -217,6 +221,19 @@ fn attributes<K: AsRef<str>>(out: &mut Vec<u8>, attrs: &[(K, AttrValue)]) {
         str(out, k.as_ref());
         value(out, v);
     }
+}
+
+/// Like [`attributes`], from an iterator: the count is written once they are.
+fn attribute_list<'a>(out: &mut Vec<u8>, attrs: impl Iterator<Item = &'a (AttrKey, AttrValue)>) {
+    let at = out.len();
+    count(out, 0);
+    let mut n = 0;
+    for (k, v) in attrs {
+        str(out, k);
+        value(out, v);
+        n += 1;
+    }
+    out[at..at + 4].copy_from_slice(&u32::try_from(n).unwrap_or(u32::MAX).to_le_bytes());
 }
 
 fn value(out: &mut Vec<u8>, v: &AttrValue) {

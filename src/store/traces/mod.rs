@@ -56,7 +56,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 pub use query::{Page, SessionQuery, TraceQuery, TraceTree, TreeNode};
-pub use summary::{SessionSummary, Totals, TraceSummary};
+pub use summary::{SessionSummary, SpanFacts, Totals, TraceSummary};
 
 use log::{Pointer, SpanLog};
 use open::{OPEN_MAX, OpenTrace, OpenTraces, TraceRow, WrittenIds};
@@ -69,7 +69,7 @@ use crate::{
     metrics::{Metrics, ReasonLabels},
     trace::{
         capture::CapturedContent,
-        span::{SpanRecord, Telemetry, with_content},
+        span::{SpanRecord, Telemetry, content_attributes, is_content},
     },
 };
 
@@ -180,8 +180,40 @@ pub struct Ingest {
     pub cost_pico_usd: Option<u128>,
 }
 
-enum Message {
+/// A call's span, encoded on the request's worker ([`StoreSink::call`]): the writer appends its
+/// bytes and adds its facts to its trace's row.
+struct Encoded {
+    bytes: Vec<u8>,
+    facts: SpanFacts<'static>,
+    origin: Arc<Origin>,
+    /// The key of `origin`'s resource.
+    resource: u64,
+}
+
+/// A span as the writer takes it.
+enum Incoming {
     Span(Box<Ingest>),
+    Encoded(Box<Encoded>),
+}
+
+impl Incoming {
+    fn trace_id(&self) -> [u8; 16] {
+        match self {
+            Incoming::Span(i) => i.span.trace_id,
+            Incoming::Encoded(e) => e.facts.trace_id,
+        }
+    }
+
+    fn start_unix_nanos(&self) -> u64 {
+        match self {
+            Incoming::Span(i) => i.span.start_unix_nanos,
+            Incoming::Encoded(e) => e.facts.start_unix_nanos,
+        }
+    }
+}
+
+enum Message {
+    Span(Incoming),
     /// Everything sent before is written and flushed: answer on the channel.
     Flush(std::sync::mpsc::Sender<()>),
     /// Everything sent before is applied (readers see it): answer on the channel.
@@ -514,6 +546,10 @@ impl TraceStore {
     /// Queues a span for the store; never waits. A full queue or a failed store drops it from
     /// the store (counted).
     pub fn submit(&self, ingest: Ingest) {
+        self.send(Incoming::Span(Box::new(ingest)));
+    }
+
+    fn send(&self, span: Incoming) {
         if self.failed.load(Ordering::Relaxed) {
             self.dropped("off", 1);
             return;
@@ -524,7 +560,7 @@ impl TraceStore {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .as_ref()
-            .map(|sender| sender.try_send(Message::Span(Box::new(ingest))))
+            .map(|sender| sender.try_send(Message::Span(span)))
         {
             Some(Ok(())) => return,
             Some(Err(TrySendError::Full(_))) => "queue_full",
@@ -636,7 +672,7 @@ impl TraceStore {
             }
             full = spans.len() >= BATCH_SPANS;
             let spans_written = !spans.is_empty();
-            let earliest = spans.iter().map(|i| i.span.start_unix_nanos).min();
+            let earliest = spans.iter().map(Incoming::start_unix_nanos).min();
             if spans_written {
                 unflushed += spans.len() as u64;
                 self.write(spans, &mut known_resources, &mut buf);
@@ -728,14 +764,7 @@ impl TraceStore {
     }
 
     /// Applies a batch of spans; on a failed write the store turns off.
-    // Boxed as they came through the queue: a span is moved out of its box never.
-    #[allow(clippy::vec_box)]
-    fn write(
-        &self,
-        spans: Vec<Box<Ingest>>,
-        known_resources: &mut ResourceKeys,
-        buf: &mut Vec<u8>,
-    ) {
+    fn write(&self, spans: Vec<Incoming>, known_resources: &mut ResourceKeys, buf: &mut Vec<u8>) {
         let n = spans.len() as u64;
         if self.failed.load(Ordering::Relaxed) {
             self.dropped("off", n);
@@ -758,38 +787,42 @@ impl TraceStore {
 
     /// Appends the batch's spans to the span files and adds them to their open traces (a
     /// trace written already is opened again from its row).
-    #[allow(clippy::vec_box)]
     fn try_write(
         &self,
-        mut spans: Vec<Box<Ingest>>,
+        mut spans: Vec<Incoming>,
         known_resources: &mut ResourceKeys,
         buf: &mut Vec<u8>,
     ) -> Result<(), sled::Error> {
-        let t = &*self.trees;
         // Grouped by trace, each trace's spans in arrival order (the sort is stable), then
-        // encoded into one buffer; each span's place in it.
-        spans.sort_by_key(|i| i.span.trace_id);
+        // encoded into one buffer (a call's span came encoded); each span's place in it.
+        spans.sort_by_key(Incoming::trace_id);
         buf.clear();
         let mut placed = Vec::with_capacity(spans.len());
-        for ingest in spans {
-            let resource = known_resources.key(&ingest.origin);
-            if known_resources.stored.insert(resource)
-                && !t.resources.contains_key(resource.to_be_bytes())?
-            {
-                let value = serde_json::to_vec(&ingest.origin.resource).unwrap_or_default();
-                t.resources.insert(resource.to_be_bytes(), value)?;
-            }
+        for incoming in &spans {
             let at = buf.len();
-            codec::encode_span_parts(
-                &ingest.span,
-                resource,
-                &ingest.origin.scope_name,
-                &ingest.origin.scope_version,
-                ingest.cost_pico_usd,
-                buf,
-            );
+            let facts = match incoming {
+                Incoming::Span(ingest) => {
+                    let resource = known_resources.key(&ingest.origin);
+                    self.store_resource(known_resources, resource, &ingest.origin)?;
+                    codec::encode_span_parts(
+                        &ingest.span,
+                        ingest.span.attributes.iter(),
+                        resource,
+                        &ingest.origin.scope_name,
+                        &ingest.origin.scope_version,
+                        ingest.cost_pico_usd,
+                        buf,
+                    );
+                    SpanFacts::of(&ingest.span, ingest.cost_pico_usd)
+                }
+                Incoming::Encoded(e) => {
+                    self.store_resource(known_resources, e.resource, &e.origin)?;
+                    buf.extend_from_slice(&e.bytes);
+                    e.facts.borrowed()
+                }
+            };
             let len = u32::try_from(buf.len() - at).unwrap_or(u32::MAX);
-            placed.push((ingest, at as u64, len));
+            placed.push((facts, at as u64, len));
         }
         if buf.is_empty() {
             return Ok(());
@@ -801,8 +834,8 @@ impl TraceStore {
         let mut added_bytes = 0u64;
         let mut added_spans = 0u64;
         let now = Instant::now();
-        for spans in placed.chunk_by(|a, b| a.0.span.trace_id == b.0.span.trace_id) {
-            let trace_id = spans[0].0.span.trace_id;
+        for spans in placed.chunk_by(|a, b| a.0.trace_id == b.0.trace_id) {
+            let trace_id = spans[0].0.trace_id;
             let row = self.row_to_reopen(&trace_id)?;
             let mut open = self.open_traces();
             let trace = self.touch(&mut open, trace_id, row, now);
@@ -812,18 +845,18 @@ impl TraceStore {
                 .session
                 .is_some()
                 .then_some(trace.summary.totals);
-            for &(ref ingest, at, len) in spans {
+            for &(ref facts, at, len) in spans {
                 // A span sent twice (a client retrying an export) is kept once, as it came first.
                 let pointer = Pointer {
                     segment,
                     offset: base + at,
                     len,
                 };
-                if !trace.add_span(ingest.span.span_id, pointer) {
+                if !trace.add_span(facts.span_id, pointer) {
                     continue;
                 }
                 let bytes = (TRACE_ROW_SPAN_BYTES + len) as u64;
-                trace.summary.add(&ingest.span, ingest.cost_pico_usd, bytes);
+                trace.summary.add_facts(facts, bytes);
                 added_bytes += bytes;
                 added_spans += 1;
             }
@@ -838,6 +871,21 @@ impl TraceStore {
             self.change_live(&[(segment, -(duplicates as i64))])?;
         }
         self.counts().bytes += added_bytes;
+        Ok(())
+    }
+
+    /// Puts a resource in the `resources` tree the first time the writer meets its key.
+    fn store_resource(
+        &self,
+        known: &mut ResourceKeys,
+        resource: u64,
+        origin: &Origin,
+    ) -> Result<(), sled::Error> {
+        let t = &*self.trees;
+        if known.stored.insert(resource) && !t.resources.contains_key(resource.to_be_bytes())? {
+            let value = serde_json::to_vec(&origin.resource).unwrap_or_default();
+            t.resources.insert(resource.to_be_bytes(), value)?;
+        }
         Ok(())
     }
 
@@ -1406,13 +1454,17 @@ fn migrate_legacy(
 pub struct StoreSink {
     store: Arc<TraceStore>,
     origin: Arc<Origin>,
+    /// The key of `origin`'s resource.
+    resource: u64,
 }
 
 impl StoreSink {
     pub fn new(store: Arc<TraceStore>, telemetry: &Telemetry) -> StoreSink {
+        let origin = Origin::of(telemetry);
         StoreSink {
             store,
-            origin: Arc::new(Origin::of(telemetry)),
+            resource: origin.key(),
+            origin: Arc::new(origin),
         }
     }
 
@@ -1425,15 +1477,41 @@ impl StoreSink {
         });
     }
 
-    /// Queues a copy of a call's span with the content the store keeps (`kept`, moved into
-    /// it).
+    /// Queues a call's span with the content the store keeps (`kept`) in place of the content
+    /// it carries. It is encoded here, from the span as exported, into exactly the record the
+    /// writer would make of that span with the store's content: no copy of the span is made,
+    /// sent and freed on the writer's thread.
     pub fn call(
         &self,
         span: &SpanRecord,
         kept: Option<CapturedContent>,
         cost_pico_usd: Option<u128>,
     ) {
-        let span = with_content(span, kept.unwrap_or_default());
-        self.span(span, None, cost_pico_usd);
+        if self.store.failed.load(Ordering::Relaxed) {
+            self.store.dropped("off", 1);
+            return;
+        }
+        let content = content_attributes(kept.unwrap_or_default());
+        let attributes = span
+            .attributes
+            .iter()
+            .filter(|(k, _)| !is_content(k))
+            .chain(&content);
+        let mut bytes = Vec::with_capacity(1024);
+        codec::encode_span_parts(
+            span,
+            attributes,
+            self.resource,
+            &self.origin.scope_name,
+            &self.origin.scope_version,
+            cost_pico_usd,
+            &mut bytes,
+        );
+        self.store.send(Incoming::Encoded(Box::new(Encoded {
+            bytes,
+            facts: SpanFacts::of(span, cost_pico_usd).into_owned(),
+            origin: self.origin.clone(),
+            resource: self.resource,
+        })));
     }
 }

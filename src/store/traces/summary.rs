@@ -1,6 +1,8 @@
 //! What the trace store keeps beside the spans: one summary row per trace and per session, kept
 //! current as spans arrive, so that lists and filters read rows, not spans.
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
 
 use crate::trace::span::{AttrValue, SpanRecord, SpanStatus};
@@ -175,41 +177,125 @@ impl TraceSummary {
     /// Adds one span (`cost_pico_usd`: the gateway's price, as for [`Totals::of_span`];
     /// `bytes`: what it takes in the store).
     pub fn add(&mut self, span: &SpanRecord, cost_pico_usd: Option<u128>, bytes: u64) {
-        let picked = Picked::of(span);
+        self.add_facts(&SpanFacts::of(span, cost_pico_usd), bytes);
+    }
+
+    /// Adds one span, from what its trace's row takes from it.
+    pub fn add_facts(&mut self, span: &SpanFacts<'_>, bytes: u64) {
         let first = self.totals.spans == 0;
         if first || span.start_unix_nanos < self.start_unix_nanos {
             self.start_unix_nanos = span.start_unix_nanos;
-            self.first_name = span.name.clone();
+            self.first_name = span.name.to_string();
         }
         self.end_unix_nanos = self.end_unix_nanos.max(span.end_unix_nanos);
-        if span.parent_span_id.is_none()
-            && (self.root_name.is_none() || span.start_unix_nanos < self.root_start)
-        {
-            self.root_name = Some(span.name.clone());
+        if span.root && (self.root_name.is_none() || span.start_unix_nanos < self.root_start) {
+            self.root_name = Some(span.name.to_string());
             self.root_start = span.start_unix_nanos;
         }
-        self.totals.add(&Totals::of(span, &picked, cost_pico_usd));
+        self.totals.add(&span.totals);
         self.bytes += bytes;
-        if self.feature.is_none() {
-            self.feature = text(picked.feature).map(str::to_string);
+        for (have, seen) in [
+            (&mut self.feature, &span.feature),
+            (&mut self.user, &span.user),
+            (&mut self.session, &span.session),
+        ] {
+            if have.is_none() {
+                *have = seen.as_deref().map(str::to_string);
+            }
         }
-        if self.user.is_none() {
-            self.user = text(picked.user).map(str::to_string);
+        for (list, seen) in [
+            (&mut self.models, &span.model),
+            (&mut self.providers, &span.provider),
+        ] {
+            if let Some(v) = seen.as_deref()
+                && !list.iter().any(|known| known == v)
+            {
+                list.push(v.to_string());
+            }
         }
-        if self.session.is_none() {
-            self.session = text(picked.session).map(str::to_string);
+    }
+}
+
+/// What a trace's row takes from one of its spans. Read from the span where it is (borrowed),
+/// or, for a call's span encoded on the request's worker, copied out to go with its bytes to
+/// the writer ([`SpanFacts::into_owned`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SpanFacts<'a> {
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+    pub start_unix_nanos: u64,
+    end_unix_nanos: u64,
+    /// It has no parent.
+    root: bool,
+    name: Cow<'a, str>,
+    totals: Totals,
+    /// Its first non-empty `feature.id`, `user.id` and `session.id`.
+    feature: Option<Cow<'a, str>>,
+    user: Option<Cow<'a, str>>,
+    session: Option<Cow<'a, str>>,
+    /// The model as answered, else as requested; the gateway's provider, else the GenAI one.
+    model: Option<Cow<'a, str>>,
+    provider: Option<Cow<'a, str>>,
+}
+
+impl<'a> SpanFacts<'a> {
+    /// `cost_pico_usd`: the gateway's price, as for [`Totals::of_span`].
+    pub fn of(span: &'a SpanRecord, cost_pico_usd: Option<u128>) -> SpanFacts<'a> {
+        let picked = Picked::of(span);
+        let text = |v: Option<&'a AttrValue>| text(v).map(Cow::Borrowed);
+        SpanFacts {
+            trace_id: span.trace_id,
+            span_id: span.span_id,
+            start_unix_nanos: span.start_unix_nanos,
+            end_unix_nanos: span.end_unix_nanos,
+            root: span.parent_span_id.is_none(),
+            name: Cow::Borrowed(&span.name),
+            totals: Totals::of(span, &picked, cost_pico_usd),
+            feature: text(picked.feature),
+            user: text(picked.user),
+            session: text(picked.session),
+            model: text(picked.response_model).or_else(|| text(picked.request_model)),
+            provider: text(picked.provider).or_else(|| text(picked.gen_ai_provider)),
         }
-        let model = text(picked.response_model).or_else(|| text(picked.request_model));
-        if let Some(m) = model
-            && !self.models.iter().any(|known| known == m)
-        {
-            self.models.push(m.to_string());
+    }
+
+    /// The same facts, owning their text.
+    pub fn into_owned(self) -> SpanFacts<'static> {
+        let own = |v: Option<Cow<'_, str>>| v.map(|v| Cow::Owned(v.into_owned()));
+        SpanFacts {
+            name: Cow::Owned(self.name.into_owned()),
+            feature: own(self.feature),
+            user: own(self.user),
+            session: own(self.session),
+            model: own(self.model),
+            provider: own(self.provider),
+            trace_id: self.trace_id,
+            span_id: self.span_id,
+            start_unix_nanos: self.start_unix_nanos,
+            end_unix_nanos: self.end_unix_nanos,
+            root: self.root,
+            totals: self.totals,
         }
-        let provider = text(picked.provider).or_else(|| text(picked.gen_ai_provider));
-        if let Some(p) = provider
-            && !self.providers.iter().any(|known| known == p)
-        {
-            self.providers.push(p.to_string());
+    }
+
+    /// The same facts, borrowing their text from these.
+    pub fn borrowed(&self) -> SpanFacts<'_> {
+        fn lend<'b>(v: &'b Option<Cow<'_, str>>) -> Option<Cow<'b, str>> {
+            v.as_deref().map(Cow::Borrowed)
+        }
+        SpanFacts {
+            trace_id: self.trace_id,
+            span_id: self.span_id,
+            start_unix_nanos: self.start_unix_nanos,
+            end_unix_nanos: self.end_unix_nanos,
+            root: self.root,
+            name: Cow::Borrowed(&self.name),
+            totals: self.totals,
+            feature: lend(&self.feature),
+            user: lend(&self.user),
+            session: lend(&self.session),
+            model: lend(&self.model),
+            provider: lend(&self.provider),
         }
     }
 }
