@@ -240,7 +240,17 @@ fn push_content(a: &mut Vec<(AttrKey, AttrValue)>, c: CapturedContent) {
 /// Whether `key` is one of the attributes that carry a span's content (what the local store
 /// replaces with its own, see [`content_attributes`]).
 pub fn is_content(key: &str) -> bool {
-    CONTENT_ATTRIBUTES.contains(&key)
+    // A `match` compares lengths first: most keys are told apart without reading them.
+    matches!(
+        key,
+        "gen_ai.input.messages"
+            | "gen_ai.system_instructions"
+            | "gen_ai.tool.definitions"
+            | "gen_ai.output.messages"
+            | "sidetrace.input.message_count"
+            | "sidetrace.content.truncated"
+            | "sidetrace.content.level"
+    )
 }
 
 /// The attributes the local store keeps in place of a span's content: `content`, and the
@@ -501,6 +511,32 @@ impl SpanRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_content_attributes_are_the_ones_is_content_names() {
+        assert!(CONTENT_ATTRIBUTES.iter().all(|k| is_content(k)));
+        let content = content_attributes(CapturedContent {
+            level: Some(CaptureLevel::Redacted),
+            input_messages: Some("[]".into()),
+            system_instructions: Some("[]".into()),
+            tool_definitions: Some("[]".into()),
+            output_messages: Some("[]".into()),
+            input_message_count: Some(1),
+            truncated: true,
+            ..CapturedContent::default()
+        });
+        assert_eq!(content.len(), CONTENT_ATTRIBUTES.len());
+        assert!(content.iter().all(|(k, _)| is_content(k)));
+        for other in [
+            "gen_ai.request.model",
+            "gen_ai.input",
+            "sidetrace.content",
+            "",
+            "cost.usd",
+        ] {
+            assert!(!is_content(other), "{other}");
+        }
+    }
 
     #[test]
     fn received_values_events_links_and_origin_survive_json_and_old_records_still_decode() {

@@ -223,6 +223,26 @@ fn attributes<K: AsRef<str>>(out: &mut Vec<u8>, attrs: &[(K, AttrValue)]) {
     }
 }
 
+/// About how many bytes [`encode_span_parts`] writes for `s` with `span_attributes`: exact for
+/// strings, a guess for nested values; enough to size the buffer once.
+pub(super) fn estimated_len<'a>(
+    s: &SpanRecord,
+    span_attributes: impl Iterator<Item = &'a (AttrKey, AttrValue)>,
+) -> usize {
+    let attributes: usize = span_attributes
+        .map(|(k, v)| {
+            let value = match v {
+                AttrValue::Str(s) => s.len(),
+                AttrValue::StrList(list) => list.iter().map(|s| s.len() + 4).sum(),
+                AttrValue::Bytes { bytes } => bytes.len(),
+                _ => 64,
+            };
+            9 + k.len() + value
+        })
+        .sum();
+    128 + s.name.len() + s.kind.len() + attributes + 256 * (s.events.len() + s.links.len())
+}
+
 /// Like [`attributes`], from an iterator: the count is written once they are.
 fn attribute_list<'a>(out: &mut Vec<u8>, attrs: impl Iterator<Item = &'a (AttrKey, AttrValue)>) {
     let at = out.len();

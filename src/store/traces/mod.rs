@@ -1497,7 +1497,7 @@ impl StoreSink {
             .iter()
             .filter(|(k, _)| !is_content(k))
             .chain(&content);
-        let mut bytes = Vec::with_capacity(1024);
+        let mut bytes = Vec::with_capacity(codec::estimated_len(span, attributes.clone()));
         codec::encode_span_parts(
             span,
             attributes,
