@@ -41,22 +41,7 @@ PROXY_CPU=() DRIVER_CPU=()
 if [[ $PIN == 1 ]]; then PROXY_CPU=(taskset -c 0) DRIVER_CPU=(taskset -c 1); fi
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/sidetrace-ab.XXXXXX")
-PIDS=()
-cleanup() {
-    local pid
-    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-wait_port() {
-    for _ in $(seq 100); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-        sleep 0.1
-    done
-    echo "ab.sh: nothing listens on $1" >&2
-    exit 1
-}
+source "$HERE/procs.sh"
 
 read -r MOCK_PORT SINK_PORT <<<"$("$LOAD" ports 2 | tr '\n' ' ')"
 "${DRIVER_CPU[@]}" "$MOCK" --listen "127.0.0.1:$MOCK_PORT" >"$WORK/mock.log" 2>&1 &

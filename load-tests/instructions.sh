@@ -37,22 +37,7 @@ command -v valgrind >/dev/null && command -v callgrind_control >/dev/null ||
 LOAD=$BENCH/bench-load MOCK=$BENCH/bench-mock
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/sidetrace-instructions.XXXXXX")
-PIDS=()
-cleanup() {
-    local pid
-    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-wait_port() {
-    for _ in $(seq 600); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-        sleep 0.1
-    done
-    echo "instructions.sh: nothing listens on $1" >&2
-    exit 1
-}
+source "$HERE/procs.sh"
 
 read -r MOCK_PORT SINK_PORT <<<"$("$LOAD" ports 2 | tr '\n' ' ')"
 "$MOCK" --listen "127.0.0.1:$MOCK_PORT" >"$WORK/mock.log" 2>&1 &
@@ -84,7 +69,7 @@ for t in "${TARGETS[@]}"; do
         "$t" serve --config "$WORK/config.toml" >"$WORK/gw$i.log" 2>&1 &
     pid=$!
     PIDS+=("$pid")
-    wait_port "$port"
+    wait_port "$port" 60
     url="http://127.0.0.1:$port/v1/chat/completions"
     "$LOAD" run --mode chat --url "$url" --connections "$CONNS" --duration 120 --max-requests 500 >/dev/null
     sleep 2
