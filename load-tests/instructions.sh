@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # User-space instructions per call of gateway builds, counted by valgrind's callgrind: a measure
 # of the gateway's own work that does not move with the machine's noise (CPU time on a shared
-# VM drifts by up to 30% within minutes; this count moves by well under 1% between runs). It
+# VM drifts by up to 30% within minutes; this count moves by about 0.3% between runs of one
+# invocation, up to 1.5% between invocations: compare builds in one, alternating them). It
 # leaves out the kernel (sockets, writes), so it is a companion to CPU time, not a stand-in.
 #
 #   bash load-tests/instructions.sh [options] SIDETRACE_BINARY...
