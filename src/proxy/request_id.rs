@@ -41,15 +41,10 @@ impl Default for MakeCallId {
 fn call_id(prefix: u32, n: u64) -> Vec<u8> {
     let mut out = Vec::with_capacity(24);
     push_hex(&mut out, &prefix.to_be_bytes());
-    let digits = n.to_be_bytes();
-    // Whole bytes from the first non-zero one, but never fewer than 6 (12 digits).
-    let first = digits.iter().position(|&b| b != 0).unwrap_or(8).min(2);
-    let at = out.len();
-    push_hex(&mut out, &digits[first..]);
-    // A leading zero digit past the 12 is dropped, as `{:x}` does not write it.
-    if out.len() - at > 12 && out[at] == b'0' {
-        out.remove(at);
-    }
+    // All 16 digits of the counter, then its leading zeros past the 12 dropped.
+    push_hex(&mut out, &n.to_be_bytes());
+    let zeros = out[8..12].iter().take_while(|&&d| d == b'0').count();
+    out.drain(8..8 + zeros);
     out
 }
 

@@ -40,24 +40,26 @@ pub struct Key {
 /// A key's fields, owned ([`Key`]) or borrowed from a call ([`KeyRef`]): the pending map is
 /// looked up without copying the call's strings, which it only does for a key it has not seen.
 trait KeyFields {
-    fn fields(&self) -> (u64, &str, &str, &str, &str, &str, &str);
+    fn fields(&self) -> KeyRef<'_>;
 }
 
 impl KeyFields for Key {
-    fn fields(&self) -> (u64, &str, &str, &str, &str, &str, &str) {
-        (
-            self.hour,
-            &self.provider,
-            &self.model,
-            &self.feature,
-            &self.user,
-            &self.prompt_version,
-            &self.key,
-        )
+    fn fields(&self) -> KeyRef<'_> {
+        KeyRef {
+            hour: self.hour,
+            provider: &self.provider,
+            model: &self.model,
+            feature: &self.feature,
+            user: &self.user,
+            prompt_version: &self.prompt_version,
+            key: &self.key,
+        }
     }
 }
 
-/// A call's key, borrowed.
+/// A call's key, borrowed. Its fields are `Key`'s, in the same order, so the derived orders
+/// agree.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 struct KeyRef<'a> {
     hour: u64,
     provider: &'a str,
@@ -69,21 +71,13 @@ struct KeyRef<'a> {
 }
 
 impl KeyFields for KeyRef<'_> {
-    fn fields(&self) -> (u64, &str, &str, &str, &str, &str, &str) {
-        (
-            self.hour,
-            self.provider,
-            self.model,
-            self.feature,
-            self.user,
-            self.prompt_version,
-            self.key,
-        )
+    fn fields(&self) -> KeyRef<'_> {
+        *self
     }
 }
 
 impl KeyRef<'_> {
-    fn to_key(&self) -> Key {
+    fn to_key(self) -> Key {
         Key {
             hour: self.hour,
             provider: self.provider.to_string(),
@@ -96,8 +90,7 @@ impl KeyRef<'_> {
     }
 }
 
-// `Key`'s derived order compares its fields in this order, so both orders agree (what
-// `Borrow` asks of them).
+// Both compare as their `KeyRef` (what `Borrow` asks: the same order as `Key`'s own).
 impl PartialEq for dyn KeyFields + '_ {
     fn eq(&self, other: &Self) -> bool {
         self.fields() == other.fields()

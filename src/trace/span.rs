@@ -240,17 +240,7 @@ fn push_content(a: &mut Vec<(AttrKey, AttrValue)>, c: CapturedContent) {
 /// Whether `key` is one of the attributes that carry a span's content (what the local store
 /// replaces with its own, see [`content_attributes`]).
 pub fn is_content(key: &str) -> bool {
-    // A `match` compares lengths first: most keys are told apart without reading them.
-    matches!(
-        key,
-        "gen_ai.input.messages"
-            | "gen_ai.system_instructions"
-            | "gen_ai.tool.definitions"
-            | "gen_ai.output.messages"
-            | "sidetrace.input.message_count"
-            | "sidetrace.content.truncated"
-            | "sidetrace.content.level"
-    )
+    CONTENT_ATTRIBUTES.contains(&key)
 }
 
 /// The attributes the local store keeps in place of a span's content: `content`, and the

@@ -75,7 +75,7 @@ pub(super) fn encode_span_parts<'a>(
         }
         SpanStatus::Ok => out.push(2),
     }
-    attribute_list(out, span_attributes);
+    attributes(out, span_attributes);
     count(out, s.events.len());
     for e in &s.events {
         str(out, &e.name);
@@ -215,41 +215,16 @@ fn opt_str(out: &mut Vec<u8>, s: Option<&str>) {
     }
 }
 
-fn attributes<K: AsRef<str>>(out: &mut Vec<u8>, attrs: &[(K, AttrValue)]) {
-    count(out, attrs.len());
-    for (k, v) in attrs {
-        str(out, k.as_ref());
-        value(out, v);
-    }
-}
-
-/// About how many bytes [`encode_span_parts`] writes for `s` with `span_attributes`: exact for
-/// strings, a guess for nested values; enough to size the buffer once.
-pub(super) fn estimated_len<'a>(
-    s: &SpanRecord,
-    span_attributes: impl Iterator<Item = &'a (AttrKey, AttrValue)>,
-) -> usize {
-    let attributes: usize = span_attributes
-        .map(|(k, v)| {
-            let value = match v {
-                AttrValue::Str(s) => s.len(),
-                AttrValue::StrList(list) => list.iter().map(|s| s.len() + 4).sum(),
-                AttrValue::Bytes { bytes } => bytes.len(),
-                _ => 64,
-            };
-            9 + k.len() + value
-        })
-        .sum();
-    128 + s.name.len() + s.kind.len() + attributes + 256 * (s.events.len() + s.links.len())
-}
-
-/// Like [`attributes`], from an iterator: the count is written once they are.
-fn attribute_list<'a>(out: &mut Vec<u8>, attrs: impl Iterator<Item = &'a (AttrKey, AttrValue)>) {
+/// Attributes: their count (written once they are), then each key and value.
+fn attributes<'a, K: AsRef<str> + 'a>(
+    out: &mut Vec<u8>,
+    attrs: impl IntoIterator<Item = &'a (K, AttrValue)>,
+) {
     let at = out.len();
     count(out, 0);
     let mut n = 0;
     for (k, v) in attrs {
-        str(out, k);
+        str(out, k.as_ref());
         value(out, v);
         n += 1;
     }

@@ -42,6 +42,7 @@ mod tags;
 mod time_index;
 
 use std::{
+    borrow::Cow,
     collections::{BTreeMap, HashMap, HashSet},
     io,
     path::Path,
@@ -813,12 +814,12 @@ impl TraceStore {
                         ingest.cost_pico_usd,
                         buf,
                     );
-                    SpanFacts::of(&ingest.span, ingest.cost_pico_usd)
+                    Cow::Owned(SpanFacts::of(&ingest.span, ingest.cost_pico_usd))
                 }
                 Incoming::Encoded(e) => {
                     self.store_resource(known_resources, e.resource, &e.origin)?;
                     buf.extend_from_slice(&e.bytes);
-                    e.facts.borrowed()
+                    Cow::Borrowed(&e.facts)
                 }
             };
             let len = u32::try_from(buf.len() - at).unwrap_or(u32::MAX);
@@ -1497,7 +1498,7 @@ impl StoreSink {
             .iter()
             .filter(|(k, _)| !is_content(k))
             .chain(&content);
-        let mut bytes = Vec::with_capacity(codec::estimated_len(span, attributes.clone()));
+        let mut bytes = Vec::with_capacity(1024);
         codec::encode_span_parts(
             span,
             attributes,

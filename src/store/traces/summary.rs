@@ -277,27 +277,6 @@ impl<'a> SpanFacts<'a> {
             totals: self.totals,
         }
     }
-
-    /// The same facts, borrowing their text from these.
-    pub fn borrowed(&self) -> SpanFacts<'_> {
-        fn lend<'b>(v: &'b Option<Cow<'_, str>>) -> Option<Cow<'b, str>> {
-            v.as_deref().map(Cow::Borrowed)
-        }
-        SpanFacts {
-            trace_id: self.trace_id,
-            span_id: self.span_id,
-            start_unix_nanos: self.start_unix_nanos,
-            end_unix_nanos: self.end_unix_nanos,
-            root: self.root,
-            name: Cow::Borrowed(&self.name),
-            totals: self.totals,
-            feature: lend(&self.feature),
-            user: lend(&self.user),
-            session: lend(&self.session),
-            model: lend(&self.model),
-            provider: lend(&self.provider),
-        }
-    }
 }
 
 /// One session's row: the sum of its traces' rows.
