@@ -305,7 +305,7 @@ impl Default for ExportConfig {
             compression: String::new(),
             headers: BTreeMap::new(),
             queue_spans: 65_536,
-            batch_max_spans: 512,
+            batch_max_spans: 64,
             batch_max_bytes: 3 * 1024 * 1024,
             batch_delay_ms: 1_000,
             shutdown_export_ms: 5_000,
