@@ -334,6 +334,63 @@ async fn with_the_store_off_the_api_says_so_and_the_proxy_serves() {
     assert!(span.attr("gen_ai.input.messages").is_none());
 }
 
+/// The nice value of each of this process's threads, by thread name (Linux).
+#[cfg(target_os = "linux")]
+fn thread_nices() -> Vec<(String, i32)> {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|task| {
+            let stat = std::fs::read_to_string(task.ok()?.path().join("stat")).ok()?;
+            // pid (comm) state ppid ...: the name may hold spaces, so fields count from the `)`.
+            let (head, rest) = stat.rsplit_once(')')?;
+            let name = head.split_once('(')?.1.to_string();
+            let nice = rest.split_whitespace().nth(16)?.parse().ok()?;
+            Some((name, nice))
+        })
+        .collect()
+}
+
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn the_store_writer_gives_way_to_calls_on_a_busy_core() {
+    let mock = Mock::start(provider).await;
+    let gw = gateway_for(&mock, "").await;
+    assert_eq!(
+        post(&gw, "/v1/chat/completions", &[], CHAT).await.status,
+        StatusCode::OK
+    );
+    let own = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
+    let own: i32 = own
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .nth(16)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let nices = thread_nices();
+    // Linux cuts thread names to 15 bytes: "sidetrace-trace-store".
+    let writers: Vec<i32> = nices
+        .iter()
+        .filter(|(name, _)| name == "sidetrace-trace")
+        .map(|&(_, nice)| nice)
+        .collect();
+    assert!(!writers.is_empty(), "no writer thread among {nices:?}");
+    let lowered = (own + sidetrace::store::traces::WRITER_NICE).min(19);
+    assert!(
+        writers.iter().all(|&n| n == lowered),
+        "{nices:?}, own {own}"
+    );
+    // Only the writer: the threads that serve calls keep the process's priority.
+    assert!(
+        nices
+            .iter()
+            .any(|(name, nice)| name != "sidetrace-trace" && *nice == own),
+        "{nices:?}"
+    );
+}
+
 #[tokio::test]
 async fn traces_survive_a_restart_of_the_gateway() {
     let mock = Mock::start(provider).await;
