@@ -4,7 +4,9 @@
 # round's throughput and proxy CPU per request, then the medians and their ratios to the first.
 #
 #   bash load-tests/ab.sh [options] TARGET...
-#     TARGET       a sidetrace binary, or `nginx` (one worker, proxy_pass, buffering off)
+#     TARGET       a sidetrace binary, BINARY@CONFIG (started with `--config CONFIG`, e.g. to
+#                  compare settings on one build), or `nginx` (one worker, proxy_pass,
+#                  buffering off)
 #     --rounds N   rounds (default 3); --secs S  length of each run (default 5)
 #     --conns C    closed loop with C connections (default 64); --rate R  open loop instead
 #     --mode M     chat | stream (default chat)
@@ -96,6 +98,8 @@ EOF
         NAMES+=("nginx")
     else
         mkdir -p "$WORK/data$i"
+        binary=${t%%@*} config_args=()
+        [[ $t == *@* ]] && config_args=(--config "${t#*@}")
         export_env=()
         if [[ $EXPORT == 1 ]]; then
             export_env=(OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$SINK_PORT"
@@ -105,7 +109,7 @@ EOF
             SIDETRACE_LISTEN="127.0.0.1:$port" SIDETRACE_ADMIN_LISTEN="127.0.0.1:$admin" \
             SIDETRACE_INGEST_ENABLED=false SIDETRACE_OPENAI_BASE_URL="http://127.0.0.1:$MOCK_PORT" \
             SIDETRACE_LOG=warn SIDETRACE_DATA_DIR="$WORK/data$i" "${export_env[@]}" \
-            "${EXTRA_ENV[@]}" "$t" serve >"$WORK/gw$i.log" 2>&1 &
+            "${EXTRA_ENV[@]}" "$binary" serve "${config_args[@]}" >"$WORK/gw$i.log" 2>&1 &
         pid=$!
         PIDS+=("$pid")
         wait_port "$port"
@@ -124,7 +128,7 @@ for r in $(seq "$ROUNDS"); do
             "${load_args[@]}" --watch "proxy=${WATCH[$j]}" --watch "mock=$MOCK_PID" \
             --settle-ms 1200 --out "$WORK/r$r-$j.json"
         jq -r --arg n "$j ${NAMES[$j]}" --arg r "$r" \
-            '"round \($r) \($n): \(.achieved_rps|floor) req/s, proxy \(.processes.proxy.cpu_us_per_req*10|floor/10) µs/req, p50 \(.total_ms.p50) ms, errors \(.errors), peak RSS \(.processes.proxy.peak_rss_kib/1024|floor) MiB"' \
+            '"round \($r) \($n): \(.achieved_rps|floor) req/s, proxy \(.processes.proxy.cpu_us_per_req*10|floor/10) µs/req, p50 \(.total_ms.p50) ms, p99 \(.total_ms.p99) ms, errors \(.errors), peak RSS \(.processes.proxy.peak_rss_kib/1024|floor) MiB"' \
             "$WORK/r$r-$j.json"
         sleep 0.5
     done
@@ -133,7 +137,7 @@ echo "medians (ratio to target 0):"
 for j in "${!TARGETS[@]}"; do
     jq -s -r --arg n "$j ${NAMES[$j]}" '
         def med: sort | .[length/2|floor];
-        "\($n): \(map(.achieved_rps)|med|floor) req/s, \(map(.processes.proxy.cpu_us_per_req)|med*10|floor/10) µs/req, p50 \(map(.total_ms.p50)|med) ms"' \
+        "\($n): \(map(.achieved_rps)|med|floor) req/s, \(map(.processes.proxy.cpu_us_per_req)|med*10|floor/10) µs/req, p50 \(map(.total_ms.p50)|med) ms, p99 \(map(.total_ms.p99)|med) ms"' \
         "$WORK"/r*-"$j".json
 done | tee "$WORK/medians.txt"
 base_rps=$(jq -s 'map(.achieved_rps)|sort|.[length/2|floor]' "$WORK"/r*-0.json)
