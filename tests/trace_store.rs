@@ -334,6 +334,18 @@ async fn with_the_store_off_the_api_says_so_and_the_proxy_serves() {
     assert!(span.attr("gen_ai.input.messages").is_none());
 }
 
+/// The nice value in a `/proc/.../stat` line: `pid (comm) state ppid ...`; the name may hold
+/// spaces, so fields count from the `)`.
+#[cfg(target_os = "linux")]
+fn nice_in(stat: &str) -> Option<i32> {
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(16)?
+        .parse()
+        .ok()
+}
+
 /// The nice value of each of this process's threads, by thread name (Linux).
 #[cfg(target_os = "linux")]
 fn thread_nices() -> Vec<(String, i32)> {
@@ -341,11 +353,8 @@ fn thread_nices() -> Vec<(String, i32)> {
         .unwrap()
         .filter_map(|task| {
             let stat = std::fs::read_to_string(task.ok()?.path().join("stat")).ok()?;
-            // pid (comm) state ppid ...: the name may hold spaces, so fields count from the `)`.
-            let (head, rest) = stat.rsplit_once(')')?;
-            let name = head.split_once('(')?.1.to_string();
-            let nice = rest.split_whitespace().nth(16)?.parse().ok()?;
-            Some((name, nice))
+            let name = stat.split_once('(')?.1.rsplit_once(')')?.0.to_string();
+            Some((name, nice_in(&stat)?))
         })
         .collect()
 }
@@ -359,16 +368,7 @@ async fn the_store_writer_gives_way_to_calls_on_a_busy_core() {
         post(&gw, "/v1/chat/completions", &[], CHAT).await.status,
         StatusCode::OK
     );
-    let own = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
-    let own: i32 = own
-        .rsplit_once(')')
-        .unwrap()
-        .1
-        .split_whitespace()
-        .nth(16)
-        .unwrap()
-        .parse()
-        .unwrap();
+    let own = nice_in(&std::fs::read_to_string("/proc/thread-self/stat").unwrap()).unwrap();
     let nices = thread_nices();
     // Linux cuts thread names to 15 bytes: "sidetrace-trace-store".
     let writers: Vec<i32> = nices
