@@ -4,6 +4,7 @@
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::tree::Json;
 use super::{
     EventKind, Extractor, Progress, ResponseRecord, Usage,
     json::{
@@ -379,7 +380,7 @@ impl RequestApi for MessagesRequest {
         model_before_verb(path)
     }
 
-    fn input(&self, body: &Value) -> Input {
+    fn input<'a>(&self, body: &Json<'a>) -> Input<'a> {
         Input::chat(body)
     }
 

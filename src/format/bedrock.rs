@@ -8,6 +8,7 @@ use base64::Engine;
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::tree::Json;
 use super::{
     EventKind, Extractor, Progress, ResponseRecord, Usage,
     anthropic::AnthropicMessages,
@@ -375,7 +376,7 @@ impl RequestApi for BedrockRequest {
         Some(percent_decode(m)).filter(|m| !m.is_empty())
     }
 
-    fn input(&self, body: &Value) -> Input {
+    fn input<'a>(&self, body: &Json<'a>) -> Input<'a> {
         Input::chat(body)
     }
 

@@ -25,6 +25,7 @@ use super::{
         text_part,
     },
 };
+use super::{request::text_of, tree::Json};
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, rename_all = "camelCase")]
@@ -354,7 +355,7 @@ impl RequestApi for GenerateContentRequest {
         model_before_verb(path)
     }
 
-    fn input(&self, body: &Value) -> Input {
+    fn input<'a>(&self, body: &Json<'a>) -> Input<'a> {
         let mut input = Input::default();
         if let Some(si) = body
             .get("systemInstruction")
@@ -363,19 +364,17 @@ impl RequestApi for GenerateContentRequest {
             for p in si["parts"].as_array().into_iter().flatten() {
                 input
                     .system
-                    .push(text_part(p["text"].as_str().unwrap_or("")));
+                    .push(text_part(text_of(&p["text"]).unwrap_or_default()));
             }
         }
         for c in body["contents"].as_array().into_iter().flatten() {
-            let parts: Vec<Value> = c["parts"]
+            let parts = c["parts"]
                 .as_array()
                 .into_iter()
                 .flatten()
-                .map(|p| text_part(p["text"].as_str().unwrap_or("")))
+                .map(|p| text_part(text_of(&p["text"]).unwrap_or_default()))
                 .collect();
-            input
-                .messages
-                .push(message(c["role"].as_str().unwrap_or("user"), parts));
+            input.messages.push(message(&c["role"], parts));
         }
         input
     }

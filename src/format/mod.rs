@@ -21,6 +21,7 @@ pub mod openai_chat;
 pub mod openai_responses;
 mod output;
 pub mod request;
+pub mod tree;
 
 pub use output::{
     CapturedOutput, ToolCallOutput, ToolCallRef, is_synthetic_tool_call_id, synthetic_tool_call_id,

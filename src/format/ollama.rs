@@ -2,8 +2,8 @@
 //! what its requests say.
 
 use serde::Deserialize;
-use serde_json::Value;
 
+use super::tree::Json;
 use super::{
     EventKind, Extractor, Progress, Usage,
     json::{
@@ -145,7 +145,7 @@ impl RequestApi for OllamaChatRequest {
         flag.unwrap_or(true)
     }
 
-    fn input(&self, body: &Value) -> Input {
+    fn input<'a>(&self, body: &Json<'a>) -> Input<'a> {
         Input::chat(body)
     }
 
@@ -163,8 +163,8 @@ impl RequestApi for OllamaGenerateRequest {
         flag.unwrap_or(true)
     }
 
-    fn input(&self, body: &Value) -> Input {
-        Input::prompt(body["prompt"].as_str())
+    fn input<'a>(&self, body: &Json<'a>) -> Input<'a> {
+        Input::prompt(&body["prompt"])
     }
 
     fn input_message_count(&self, _: &RequestFields) -> Option<u64> {

@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 
 use crate::provider::Quirks;
 
+use super::tree::Json;
 use super::{
     EventKind, Extractor, Progress, ResponseRecord, Usage,
     json::{
@@ -391,7 +392,7 @@ impl RequestApi for ChatRequest {
         azure_deployment(path)
     }
 
-    fn input(&self, body: &Value) -> Input {
+    fn input<'a>(&self, body: &Json<'a>) -> Input<'a> {
         Input::chat(body)
     }
 
@@ -413,8 +414,8 @@ impl RequestApi for CompletionsRequest {
         azure_deployment(path)
     }
 
-    fn input(&self, body: &Value) -> Input {
-        Input::prompt(body["prompt"].as_str())
+    fn input<'a>(&self, body: &Json<'a>) -> Input<'a> {
+        Input::prompt(&body["prompt"])
     }
 
     fn input_message_count(&self, _: &RequestFields) -> Option<u64> {
@@ -434,13 +435,15 @@ impl RequestApi for EmbeddingsRequest {
         azure_deployment(path)
     }
 
-    fn input(&self, body: &Value) -> Input {
+    fn input<'a>(&self, body: &Json<'a>) -> Input<'a> {
         let mut input = Input::default();
         match &body["input"] {
-            Value::String(s) => input.messages.push(message("user", vec![text_part(s)])),
-            Value::Array(items) => {
+            Json::String(s) => input
+                .messages
+                .push(message(&Json::Null, vec![text_part(s.clone())])),
+            Json::Array(items) => {
                 for i in items {
-                    input.messages.push(message("user", parts(i)));
+                    input.messages.push(message(&Json::Null, parts(i)));
                 }
             }
             _ => {}

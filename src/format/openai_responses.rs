@@ -12,6 +12,7 @@ use super::{
         Input, RequestApi, RequestFields, ToolResult, message, parts, result_text, text_part,
     },
 };
+use super::{request::text_of, tree::Json};
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
@@ -360,17 +361,20 @@ impl RequestApi for ResponsesRequest {
             .collect()
     }
 
-    fn input(&self, body: &Value) -> Input {
+    fn input<'a>(&self, body: &Json<'a>) -> Input<'a> {
         let mut input = Input::default();
-        if let Some(i) = body["instructions"].as_str() {
+        if let Some(i) = text_of(&body["instructions"]) {
             input.system.push(text_part(i));
         }
         match &body["input"] {
-            Value::String(s) => input.messages.push(message("user", vec![text_part(s)])),
-            Value::Array(items) => {
+            Json::String(s) => input
+                .messages
+                .push(message(&Json::Null, vec![text_part(s.clone())])),
+            Json::Array(items) => {
                 for m in items {
-                    let role = m["role"].as_str().unwrap_or("user");
-                    input.messages.push(message(role, parts(&m["content"])));
+                    input
+                        .messages
+                        .push(message(&m["role"], parts(&m["content"])));
                 }
             }
             _ => {}

@@ -2,11 +2,13 @@
 //! its fields, generation parameters, metadata, tools, the OpenTelemetry GenAI shapes of its
 //! input), and the [`RequestApi`] each API implements beside its response extractor. Pure code.
 
+use std::borrow::Cow;
+
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::Value;
 
-use super::{anthropic, bedrock, gemini, ollama, openai_chat, openai_responses};
+use super::{anthropic, bedrock, gemini, ollama, openai_chat, openai_responses, tree::Json};
 use crate::provider::WireFormat;
 
 /// One API's request side: what it says beyond the fields all APIs share.
@@ -24,7 +26,7 @@ pub(crate) trait RequestApi: Sync {
     }
 
     /// The system instructions and input messages, in the OpenTelemetry GenAI shapes.
-    fn input(&self, body: &Value) -> Input;
+    fn input<'a>(&self, body: &Json<'a>) -> Input<'a>;
 
     /// Input messages, system instructions left out, counted from the typed read.
     fn input_message_count(&self, fields: &RequestFields) -> Option<u64>;
@@ -430,22 +432,22 @@ pub(crate) fn model_before_verb(path: &str) -> Option<String> {
     Some(segment.split(':').next().unwrap_or("").to_string()).filter(|m| !m.is_empty())
 }
 
-/// A request's input in the OpenTelemetry GenAI shapes.
+/// A request's input in the OpenTelemetry GenAI shapes, borrowing the body's strings.
 #[derive(Debug, Default)]
-pub struct Input {
+pub struct Input<'a> {
     /// `gen_ai.system_instructions` parts.
-    pub system: Vec<Value>,
+    pub system: Vec<Json<'a>>,
     /// `gen_ai.input.messages`: `{role, parts}` objects.
-    pub messages: Vec<Value>,
+    pub messages: Vec<Json<'a>>,
 }
 
-impl Input {
+impl<'a> Input<'a> {
     /// One user message holding `text`, when there is text (a completion prompt).
-    pub(crate) fn prompt(text: Option<&str>) -> Input {
+    pub(crate) fn prompt(text: &Json<'a>) -> Input<'a> {
         Input {
             system: Vec::new(),
-            messages: text
-                .map(|t| message("user", vec![text_part(t)]))
+            messages: text_of(text)
+                .map(|t| message(&Json::from("user"), vec![text_part(t)]))
                 .into_iter()
                 .collect(),
         }
@@ -454,22 +456,22 @@ impl Input {
     /// The shape chat completions, Anthropic, Ollama chat and Bedrock share: a top-level
     /// `system` (text or blocks) and `messages`, where `system` and `developer` roles are
     /// instructions too and `tool_calls` become tool call parts.
-    pub(crate) fn chat(body: &Value) -> Input {
+    pub(crate) fn chat(body: &Json<'a>) -> Input<'a> {
         let mut input = Input::default();
         match &body["system"] {
-            Value::String(s) => input.system.push(text_part(s)),
-            system @ Value::Array(_) => input.system.extend(parts(system)),
+            Json::String(s) => input.system.push(text_part(s.clone())),
+            system @ Json::Array(_) => input.system.extend(parts(system)),
             _ => {}
         }
         for m in body["messages"].as_array().into_iter().flatten() {
-            let role = m["role"].as_str().unwrap_or("user");
-            if role == "system" || role == "developer" {
+            let role = &m["role"];
+            if matches!(role.as_str(), Some("system" | "developer")) {
                 input.system.extend(parts(&m["content"]));
                 continue;
             }
             // An OpenAI tool result: `{role: tool, tool_call_id, content}`.
-            if let Some(id) = m["tool_call_id"].as_str() {
-                let part = tool_call_response(id.into(), &m["content"]);
+            if let id @ Json::String(_) = &m["tool_call_id"] {
+                let part = tool_call_response(id, &m["content"]);
                 input.messages.push(message(role, vec![part]));
                 continue;
             }
@@ -485,105 +487,118 @@ impl Input {
 }
 
 /// The input of a request of `format`; empty for a format the gateway does not read.
-pub fn input(format: WireFormat, body: &Value) -> Input {
+pub fn input<'a>(format: WireFormat, body: &Json<'a>) -> Input<'a> {
     api(format).map(|a| a.input(body)).unwrap_or_default()
 }
 
 /// Tools offered to the model, as `{type: function, name, description?, parameters?}`.
-pub fn tool_definitions(body: &Value) -> Vec<Value> {
+pub fn tool_definitions<'a>(body: &Json<'a>) -> Vec<Json<'a>> {
     let mut out = Vec::new();
     for t in body["tools"].as_array().into_iter().flatten() {
         if let Some(f) = t.get("function") {
             out.push(function(f, &f["parameters"]));
-        } else if let Some(decls) = t.get("functionDeclarations").and_then(Value::as_array) {
+        } else if let Some(decls) = t.get("functionDeclarations").and_then(Json::as_array) {
             out.extend(decls.iter().map(|d| function(d, &d["parameters"])));
         } else if t.get("name").is_some() {
             let parameters = t.get("input_schema").or(t.get("parameters"));
-            out.push(function(t, parameters.unwrap_or(&Value::Null)));
+            out.push(function(t, parameters.unwrap_or(&Json::Null)));
         }
     }
     out
 }
 
-/// A text part.
-pub(crate) fn text_part(s: &str) -> Value {
-    object([("type", "text".into()), ("content", s.into())])
-}
-
-/// A JSON object of these fields, the values moved in (`json!` copies each value it is
-/// given through serde, a deep copy of a `Value`).
-pub(crate) fn object<const N: usize>(fields: [(&str, Value); N]) -> Value {
-    // Inserted one by one: collecting sorts the pairs into a new vector first, a cost that
-    // showed for maps of two to four keys.
-    let mut map = serde_json::Map::new();
-    for (k, v) in fields {
-        map.insert(k.to_owned(), v);
+/// The text of a string value, as the tree holds it (borrowed from the body or not).
+pub(crate) fn text_of<'a>(v: &Json<'a>) -> Option<Cow<'a, str>> {
+    match v {
+        Json::String(s) => Some(s.clone()),
+        _ => None,
     }
-    Value::Object(map)
 }
 
-/// A message in the GenAI shape: its role and its parts.
-pub(crate) fn message(role: &str, parts: Vec<Value>) -> Value {
-    object([("role", role.into()), ("parts", Value::Array(parts))])
+/// A text part.
+pub(crate) fn text_part<'a>(s: impl Into<Cow<'a, str>>) -> Json<'a> {
+    Json::Object(vec![
+        ("content".into(), Json::String(s.into())),
+        ("type".into(), "text".into()),
+    ])
+}
+
+/// A role that is not a string reads as `user`.
+fn role<'a>(role: &Json<'a>) -> Json<'a> {
+    match role {
+        Json::String(_) => role.clone(),
+        _ => "user".into(),
+    }
+}
+
+/// A message in the GenAI shape: its role (`user` when not a string) and its parts.
+pub(crate) fn message<'a>(r: &Json<'a>, parts: Vec<Json<'a>>) -> Json<'a> {
+    Json::Object(vec![
+        ("parts".into(), Json::Array(parts)),
+        ("role".into(), role(r)),
+    ])
 }
 
 /// A tool call part of a message.
-fn tool_call(id: &Value, name: &Value, arguments: &Value) -> Value {
-    object([
-        ("type", "tool_call".into()),
-        ("id", id.clone()),
-        ("name", name.clone()),
-        ("arguments", arguments.clone()),
+fn tool_call<'a>(id: &Json<'a>, name: &Json<'a>, arguments: &Json<'a>) -> Json<'a> {
+    Json::Object(vec![
+        ("arguments".into(), arguments.clone()),
+        ("id".into(), id.clone()),
+        ("name".into(), name.clone()),
+        ("type".into(), "tool_call".into()),
     ])
 }
 
 /// A tool result part of a message: the response to the call `id`.
-fn tool_call_response(id: Value, response: &Value) -> Value {
-    object([
-        ("type", "tool_call_response".into()),
-        ("id", id),
-        ("response", response.clone()),
+fn tool_call_response<'a>(id: &Json<'a>, response: &Json<'a>) -> Json<'a> {
+    Json::Object(vec![
+        ("id".into(), id.clone()),
+        ("response".into(), response.clone()),
+        ("type".into(), "tool_call_response".into()),
     ])
 }
 
 /// A function tool definition from an object with `name` and `description`.
-fn function(f: &Value, parameters: &Value) -> Value {
-    object([
-        ("type", "function".into()),
-        ("name", f["name"].clone()),
-        ("description", f["description"].clone()),
-        ("parameters", parameters.clone()),
+fn function<'a>(f: &Json<'a>, parameters: &Json<'a>) -> Json<'a> {
+    Json::Object(vec![
+        ("description".into(), f["description"].clone()),
+        ("name".into(), f["name"].clone()),
+        ("parameters".into(), parameters.clone()),
+        ("type".into(), "function".into()),
     ])
 }
 
 /// Converts one provider content value (string, or list of typed blocks) to OTel parts.
-pub(crate) fn parts(content: &Value) -> Vec<Value> {
+pub(crate) fn parts<'a>(content: &Json<'a>) -> Vec<Json<'a>> {
     match content {
-        Value::String(s) => vec![text_part(s)],
-        Value::Array(blocks) => blocks
+        Json::String(s) => vec![text_part(s.clone())],
+        Json::Array(blocks) => blocks
             .iter()
             .map(|b| match b["type"].as_str() {
                 Some("text") | Some("input_text") | Some("output_text") => {
-                    text_part(b["text"].as_str().unwrap_or(""))
+                    text_part(text_of(&b["text"]).unwrap_or_default())
                 }
                 Some("tool_use") => tool_call(&b["id"], &b["name"], &b["input"]),
-                Some("tool_result") => tool_call_response(b["tool_use_id"].clone(), &b["content"]),
-                Some("image_url") | Some("image") | Some("input_image") => {
-                    json!({"type": "uri", "modality": "image", "uri": "[image]"})
-                }
-                _ if b.get("text").is_some() => text_part(b["text"].as_str().unwrap_or("")),
-                Some(other) => json!({"type": other}),
-                None => json!({"type": "unknown"}),
+                Some("tool_result") => tool_call_response(&b["tool_use_id"], &b["content"]),
+                Some("image_url") | Some("image") | Some("input_image") => Json::Object(vec![
+                    ("modality".into(), "image".into()),
+                    ("type".into(), "uri".into()),
+                    ("uri".into(), "[image]".into()),
+                ]),
+                _ if b.get("text").is_some() => text_part(text_of(&b["text"]).unwrap_or_default()),
+                Some(_) => Json::Object(vec![("type".into(), b["type"].clone())]),
+                None => Json::Object(vec![("type".into(), "unknown".into())]),
             })
             .collect(),
-        Value::Null => Vec::new(),
-        other => vec![text_part(&other.to_string())],
+        Json::Null => Vec::new(),
+        other => vec![text_part(other.to_json())],
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn a_chat_tool_result_is_a_tool_call_response_with_its_call_id() {
@@ -592,10 +607,12 @@ mod tests {
                 "function": {"name": "get_weather", "arguments": "{}"}}]},
             {"role": "tool", "tool_call_id": "call_1", "content": "18C"},
         ]});
-        let input = Input::chat(&body);
-        assert_eq!(input.messages[0]["parts"][0]["id"], "call_1");
+        let body = body.to_string();
+        let input = Input::chat(&serde_json::from_str(&body).unwrap());
+        let messages = serde_json::to_value(&input.messages).unwrap();
+        assert_eq!(messages[0]["parts"][0]["id"], "call_1");
         assert_eq!(
-            input.messages[1],
+            messages[1],
             serde_json::json!({"role": "tool", "parts": [
                 {"type": "tool_call_response", "id": "call_1", "response": "18C"}]})
         );

@@ -194,11 +194,7 @@ where
                     (CaptureLevel::Metadata, Some(f)) => {
                         Some(capturer.metadata(f.input_message_count(), f.tool_names()))
                     }
-                    (_, Some(_)) => Some(
-                        serde_json::from_slice::<serde_json::Value>(&bytes)
-                            .map(|body| capturer.request(level, route.format, &body))
-                            .unwrap_or_default(),
-                    ),
+                    (_, Some(_)) => Some(capturer.request(level, route.format, &bytes)),
                 };
             }
             let body = match rewritten {

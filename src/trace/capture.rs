@@ -6,7 +6,6 @@
 use std::borrow::Cow;
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 use super::{metadata::CaptureLevel, redact::Redactor};
 use crate::{
@@ -14,6 +13,7 @@ use crate::{
     format::{
         ToolCallOutput,
         request::{self, Input},
+        tree::Json,
     },
     provider::WireFormat,
 };
@@ -104,10 +104,10 @@ impl Capturer {
                 };
                 let mut redact = |text: &Option<String>| {
                     text.as_deref()
-                        .map(|t| match serde_json::from_str::<Value>(t) {
+                        .map(|t| match serde_json::from_str::<Json>(t) {
                             Ok(mut v) => {
                                 budget.walk(&mut v);
-                                json_text(&v)
+                                v.to_json()
                             }
                             Err(_) => self.redactor.redact(t).into_owned(),
                         })
@@ -137,11 +137,8 @@ impl Capturer {
         input_message_count: Option<u64>,
         tool_names: Vec<String>,
     ) -> CapturedContent {
-        let tool_definitions = (!tool_names.is_empty()).then(|| {
-            json_text(&Value::Array(
-                tool_names.iter().map(|n| function_name(n)).collect(),
-            ))
-        });
+        let tool_definitions = (!tool_names.is_empty())
+            .then(|| Json::Array(tool_names.iter().map(|n| function_name(n)).collect()).to_json());
         CapturedContent {
             level: Some(CaptureLevel::Metadata),
             input_message_count,
@@ -151,13 +148,8 @@ impl Capturer {
         }
     }
 
-    /// Captures the request side from its JSON body.
-    pub fn request(
-        &self,
-        level: CaptureLevel,
-        format: WireFormat,
-        body: &Value,
-    ) -> CapturedContent {
+    /// Captures the request side from its JSON body; nothing for a body that is not JSON.
+    pub fn request(&self, level: CaptureLevel, format: WireFormat, body: &[u8]) -> CapturedContent {
         let mut out = CapturedContent {
             level: Some(level),
             ..CapturedContent::default()
@@ -165,6 +157,10 @@ impl Capturer {
         if level == CaptureLevel::None {
             return out;
         }
+        let Ok(body) = serde_json::from_slice::<Json>(body) else {
+            return CapturedContent::default();
+        };
+        let body = &body;
         let Input { system, messages } = request::input(format, body);
         out.input_message_count = Some(messages.len() as u64);
         let tools = request::tool_definitions(body);
@@ -175,7 +171,7 @@ impl Capturer {
         if level == CaptureLevel::Metadata {
             if !out.tool_names.is_empty() {
                 let names = out.tool_names.iter().map(|n| function_name(n)).collect();
-                out.tool_definitions = Some(json_text(&Value::Array(names)));
+                out.tool_definitions = Some(Json::Array(names).to_json());
             }
             return out;
         }
@@ -184,18 +180,18 @@ impl Capturer {
             truncated: false,
             redactor: (level == CaptureLevel::Redacted).then_some(&self.redactor),
         };
-        let mut messages = Value::Array(messages);
+        let mut messages = Json::Array(messages);
         budget.walk(&mut messages);
-        out.input_messages = Some(json_text(&messages));
+        out.input_messages = Some(messages.to_json());
         if !system.is_empty() {
-            let mut system = Value::Array(system);
+            let mut system = Json::Array(system);
             budget.walk(&mut system);
-            out.system_instructions = Some(json_text(&system));
+            out.system_instructions = Some(system.to_json());
         }
         if !tools.is_empty() {
-            let mut tools = Value::Array(tools);
+            let mut tools = Json::Array(tools);
             budget.walk(&mut tools);
-            out.tool_definitions = Some(json_text(&tools));
+            out.tool_definitions = Some(tools.to_json());
         }
         out.truncated = budget.truncated;
         out
@@ -243,7 +239,7 @@ fn output_messages(
         out.extend_from_slice(br#"{"content":"#);
         budget.write(&mut out, text);
         out.extend_from_slice(br#","type":"#);
-        budget.write(&mut out, "text");
+        budget.write_word(&mut out, "text");
         out.push(b'}');
     }
     for (i, call) in tool_calls.iter().enumerate() {
@@ -259,26 +255,22 @@ fn output_messages(
         out.extend_from_slice(br#","name":"#);
         budget.write(&mut out, &call.name);
         out.extend_from_slice(br#","type":"#);
-        budget.write(&mut out, "tool_call");
+        budget.write_word(&mut out, "tool_call");
         out.push(b'}');
     }
     out.extend_from_slice(br#"],"role":"#);
-    budget.write(&mut out, "assistant");
+    budget.write_word(&mut out, "assistant");
     out.extend_from_slice(b"}]");
     // Only UTF-8 was written (JSON punctuation and escaped `str`s).
     String::from_utf8(out).unwrap_or_default()
 }
 
-/// JSON text of a value, written straight into a buffer (`Value`'s `Display` goes through a
-/// formatter a piece at a time).
-fn json_text(v: &Value) -> String {
-    // A `Value` always serializes: its keys are strings.
-    serde_json::to_string(v).unwrap_or_default()
-}
-
 /// A tool definition that keeps only the name.
-fn function_name(name: &str) -> Value {
-    request::object([("type", "function".into()), ("name", name.into())])
+fn function_name(name: &str) -> Json<'_> {
+    Json::Object(vec![
+        ("name".into(), name.into()),
+        ("type".into(), "function".into()),
+    ])
 }
 
 /// Redacts and truncates every string in a JSON value, keeping the JSON valid.
@@ -291,10 +283,15 @@ struct Budget<'a> {
 impl Budget<'_> {
     /// A string as kept: redacted, then cut to what is left of the budget (and counted).
     fn keep<'s>(&mut self, s: &'s str) -> Cow<'s, str> {
-        let mut kept = match self.redactor {
+        let kept = match self.redactor {
             Some(r) => r.redact(s),
             None => Cow::Borrowed(s),
         };
+        self.cut(kept)
+    }
+
+    /// A string cut to what is left of the budget (and counted).
+    fn cut<'s>(&mut self, mut kept: Cow<'s, str>) -> Cow<'s, str> {
         if kept.len() > self.left {
             let mut cut = self.left;
             while !kept.is_char_boundary(cut) {
@@ -318,15 +315,22 @@ impl Budget<'_> {
         let _ = serde_json::to_writer(&mut *out, &*kept);
     }
 
-    fn walk(&mut self, v: &mut Value) {
+    /// Writes one of the shape's own words (a part type, a role): counted and cut like any
+    /// string, but not given to the redactor, which has nothing to find in it.
+    fn write_word(&mut self, out: &mut Vec<u8>, word: &'static str) {
+        let kept = self.cut(Cow::Borrowed(word));
+        let _ = serde_json::to_writer(&mut *out, &*kept);
+    }
+
+    fn walk(&mut self, v: &mut Json<'_>) {
         match v {
-            Value::String(s) => {
+            Json::String(s) => {
                 if let Cow::Owned(kept) = self.keep(s) {
-                    *s = kept;
+                    *s = Cow::Owned(kept);
                 }
             }
-            Value::Array(items) => items.iter_mut().for_each(|i| self.walk(i)),
-            Value::Object(map) => map.values_mut().for_each(|i| self.walk(i)),
+            Json::Array(items) => items.iter_mut().for_each(|i| self.walk(i)),
+            Json::Object(entries) => entries.iter_mut().for_each(|(_, i)| self.walk(i)),
             _ => {}
         }
     }
@@ -336,7 +340,7 @@ impl Budget<'_> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
-    use serde_json::json;
+    use serde_json::{Value, json};
 
     /// The output message as it was built before `output_messages`: a `Value`, walked by the
     /// budget, serialized.
@@ -351,23 +355,23 @@ mod tests {
             parts.push(request::text_part(text));
         }
         for call in tool_calls {
-            let mut part = request::object([
-                ("type", "tool_call".into()),
-                ("name", call.name.as_str().into()),
-                ("arguments", call.arguments.as_str().into()),
-            ]);
+            let mut entries = vec![
+                ("type".into(), "tool_call".into()),
+                ("name".into(), call.name.as_str().into()),
+                ("arguments".into(), call.arguments.as_str().into()),
+            ];
             if !call.id.is_empty() {
-                part["id"] = call.id.as_str().into();
+                entries.push(("id".into(), call.id.as_str().into()));
             }
-            parts.push(part);
+            parts.push(Json::object(entries));
         }
-        let mut message = Value::Array(vec![request::object([
-            ("role", "assistant".into()),
-            ("parts", Value::Array(parts)),
-            ("finish_reason", finish.unwrap_or("").into()),
+        let mut message = Json::Array(vec![Json::object(vec![
+            ("role".into(), "assistant".into()),
+            ("parts".into(), Json::Array(parts)),
+            ("finish_reason".into(), finish.unwrap_or("").into()),
         ])]);
         budget.walk(&mut message);
-        json_text(&message)
+        message.to_json()
     }
 
     /// Texts with what needs escaping, personal data, custom matches and multi-byte
@@ -425,15 +429,16 @@ mod tests {
         }
     }
 
-    fn chat() -> Value {
-        json!({
+    fn chat() -> Vec<u8> {
+        let body = json!({
             "model": "gpt-4o",
             "messages": [
                 {"role": "system", "content": "You are terse."},
                 {"role": "user", "content": "My email is jane@example.com"}
             ],
             "tools": [{"type": "function", "function": {"name": "lookup", "description": "find", "parameters": {"type": "object"}}}]
-        })
+        });
+        body.to_string().into_bytes()
     }
 
     #[test]
@@ -495,14 +500,16 @@ mod tests {
         let a = c.request(
             CaptureLevel::Full,
             WireFormat::Messages,
-            &json!({"system": "sys", "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]}),
+            json!({"system": "sys", "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]}).to_string().as_bytes(),
         );
         assert!(a.system_instructions.unwrap().contains("sys"));
         assert!(a.input_messages.unwrap().contains("hi"));
         let g = c.request(
             CaptureLevel::Full,
             WireFormat::GenerateContent,
-            &json!({"contents": [{"role": "user", "parts": [{"text": "yo"}]}]}),
+            json!({"contents": [{"role": "user", "parts": [{"text": "yo"}]}]})
+                .to_string()
+                .as_bytes(),
         );
         assert!(g.input_messages.unwrap().contains("yo"));
     }
