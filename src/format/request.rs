@@ -162,12 +162,25 @@ pub struct Request {
 impl Request {
     /// Reads a request of `format`; `None` for a format the gateway does not read.
     pub fn read(format: WireFormat, path: &str, body: &[u8]) -> Option<Request> {
-        let api = api(format)?;
-        let mut fields: Option<RequestFields> = if body.is_empty() {
+        let fields = if body.is_empty() {
             None
         } else {
             serde_json::from_slice(body).ok()
         };
+        Request::of_fields(format, path, fields)
+    }
+
+    /// [`Request::read`] of a body already read into a tree (to capture its content).
+    pub fn read_tree(format: WireFormat, path: &str, body: &Json<'_>) -> Option<Request> {
+        Request::of_fields(format, path, RequestFields::deserialize(body).ok())
+    }
+
+    fn of_fields(
+        format: WireFormat,
+        path: &str,
+        mut fields: Option<RequestFields>,
+    ) -> Option<Request> {
+        let api = api(format)?;
         if let Some(f) = &mut fields {
             f.input_message_count = api.input_message_count(f);
         }

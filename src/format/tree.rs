@@ -7,13 +7,19 @@
 //! an object is a vector of its entries, and the reshaped tree borrows the same slices.
 //!
 //! An object keeps its entries sorted by key, the last of equal keys kept, so it reads, walks
-//! and writes exactly as a `Value` of the same text (serde_json's maps are sorted too).
+//! and writes exactly as a `Value` of the same text (serde_json's maps are sorted too). A
+//! tree is itself a deserializer, so the typed read of a request captured whole decodes the
+//! tree instead of parsing the body a second time.
 
 use std::{borrow::Cow, fmt, ops::Index};
 
 use serde::{
     Deserialize, Deserializer, Serialize, Serializer,
-    de::{MapAccess, SeqAccess, Visitor},
+    de::{
+        IntoDeserializer, MapAccess, SeqAccess, Visitor,
+        value::{MapDeserializer, SeqDeserializer},
+    },
+    forward_to_deserialize_any,
     ser::{SerializeMap, SerializeSeq},
 };
 use serde_json::Number;
@@ -138,6 +144,56 @@ impl Serialize for Json<'_> {
     }
 }
 
+/// Typed values read from a tree as serde_json reads them from its text (for
+/// `#[derive(Deserialize)]` structs, `Option`s, maps, untagged enums).
+impl<'de> Deserializer<'de> for &'de Json<'de> {
+    type Error = serde_json::Error;
+
+    fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
+        match self {
+            Json::Null => visitor.visit_unit(),
+            Json::Bool(b) => visitor.visit_bool(*b),
+            Json::Number(n) => n.deserialize_any(visitor),
+            Json::String(s) => visitor.visit_borrowed_str(s),
+            Json::Array(items) => {
+                let mut seq = SeqDeserializer::new(items.iter());
+                let value = visitor.visit_seq(&mut seq)?;
+                seq.end()?;
+                Ok(value)
+            }
+            Json::Object(entries) => {
+                let mut map = MapDeserializer::new(entries.iter().map(|(k, v)| (k.as_ref(), v)));
+                let value = visitor.visit_map(&mut map)?;
+                map.end()?;
+                Ok(value)
+            }
+        }
+    }
+
+    fn deserialize_option<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
+        match self {
+            Json::Null => visitor.visit_none(),
+            _ => visitor.visit_some(self),
+        }
+    }
+
+    fn deserialize_ignored_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
+        visitor.visit_unit()
+    }
+
+    forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf
+        unit unit_struct newtype_struct seq tuple tuple_struct map struct enum identifier
+    }
+}
+
+impl<'de> IntoDeserializer<'de, serde_json::Error> for &'de Json<'de> {
+    type Deserializer = Self;
+    fn into_deserializer(self) -> Self {
+        self
+    }
+}
+
 impl<'de> Deserialize<'de> for Json<'de> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Json<'de>, D::Error> {
         d.deserialize_any(JsonVisitor)
@@ -239,13 +295,13 @@ impl<'de> Deserialize<'de> for Key<'de> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use proptest::prelude::*;
     use serde_json::Value;
 
     /// Any JSON value, with keys that repeat and strings that need escapes.
-    fn value() -> impl Strategy<Value = Value> {
+    pub(crate) fn value() -> impl Strategy<Value = Value> {
         let leaf = prop_oneof![
             Just(Value::Null),
             any::<bool>().prop_map(Value::Bool),
@@ -294,6 +350,42 @@ mod tests {
             let value: Value = serde_json::from_str(&text).unwrap();
             prop_assert_eq!(tree.to_json(), value.to_string());
             prop_assert_eq!(tree[key.as_str()].to_json(), value[key.as_str()].to_string());
+        }
+    }
+
+    proptest! {
+        /// A typed read of a tree is the typed read of its text, for the shapes the request
+        /// side reads: structs of options, lists, numbers, maps and untagged enums.
+        #[test]
+        fn a_typed_read_of_a_tree_is_the_read_of_its_text(
+            v in value(),
+            fields in proptest::collection::vec(
+                prop_oneof![Just("n"), Just("s"), Just("list"), Just("map"), Just("either")],
+                0..4,
+            ),
+        ) {
+            #[derive(Deserialize, Debug, PartialEq)]
+            #[serde(untagged)]
+            enum Either {
+                One(String),
+                Many(Vec<String>),
+            }
+            #[derive(Deserialize, Debug, PartialEq, Default)]
+            #[serde(default)]
+            struct Typed {
+                n: Option<u64>,
+                s: Option<String>,
+                list: Option<Vec<Option<f64>>>,
+                map: Option<serde_json::Map<String, Value>>,
+                either: Option<Either>,
+            }
+            let object: serde_json::Map<String, Value> =
+                fields.into_iter().map(|k| (k.to_string(), v.clone())).collect();
+            let text = Value::Object(object).to_string();
+            let tree: Json = serde_json::from_str(&text).unwrap();
+            let from_text = serde_json::from_str::<Typed>(&text).ok();
+            let from_tree = Typed::deserialize(&tree).ok();
+            prop_assert_eq!(from_tree, from_text);
         }
     }
 

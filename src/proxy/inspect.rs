@@ -26,11 +26,14 @@ use super::{
 use crate::{
     call::{RequestInfo, recorder::Recorder},
     error::ProxyError,
-    format::request::{self, RequestFields},
+    format::{
+        request::{self, RequestFields},
+        tree::Json,
+    },
     metrics::Metrics,
     provider::{Route, WireFormat},
     trace::{
-        capture::Capturer,
+        capture::{CapturedContent, Capturer},
         context::{TraceContext, TraceSource},
         metadata::{CallMetadata, CaptureLevel},
     },
@@ -178,23 +181,31 @@ where
             let (mut parts, body) = req.into_parts();
             let (bytes, held) = read_whole(body, &parts.headers, held).await?;
             let path = parts.uri.path().to_string();
-            let (info, rewritten, fields) = inspect(&route, &path, &bytes, inject);
+            let metadata = parts.extensions.get::<CallMetadata>();
+            let level = metadata.map(|m| capturer.capture_level(m.capture));
+            // Content captured whole is read into a tree once, for the typed read too.
+            let tree = level
+                .filter(|&l| l >= CaptureLevel::Redacted)
+                .and_then(|_| serde_json::from_slice::<Json>(&bytes).ok());
+            let (info, rewritten, fields) = inspect(&route, &path, &bytes, tree.as_ref(), inject);
             // Decided here, before the request goes upstream, so the propagated
             // `traceparent` names the joined trace.
             let joined = follow_agent_loop(&recorder, &mut parts, route.format, &bytes, &fields);
             let mut content = None;
-            if let Some(metadata) = parts.extensions.get_mut::<CallMetadata>() {
+            if let (Some(metadata), Some(level)) =
+                (parts.extensions.get_mut::<CallMetadata>(), level)
+            {
                 if let Some(f) = &fields {
                     metadata.add_body_fields(f.user.as_deref(), &f.metadata_pairs());
                 }
-                let level = capturer.capture_level(metadata.capture);
-                content = match (level, &fields) {
-                    (CaptureLevel::None, _) | (_, None) => None,
+                content = match (level, &fields, &tree) {
+                    (CaptureLevel::None, _, _) | (_, None, _) => None,
                     // Counts and tool names come from the typed parse already done.
-                    (CaptureLevel::Metadata, Some(f)) => {
+                    (CaptureLevel::Metadata, Some(f), _) => {
                         Some(capturer.metadata(f.input_message_count(), f.tool_names()))
                     }
-                    (_, Some(_)) => Some(capturer.request(level, route.format, &bytes)),
+                    (_, Some(_), Some(tree)) => Some(capturer.request(level, route.format, tree)),
+                    (_, Some(_), None) => Some(CapturedContent::default()),
                 };
             }
             let body = match rewritten {
@@ -316,16 +327,21 @@ pub(super) fn body_error(e: super::body::BoxError) -> ProxyError {
     super::limit::refusal(&*e).unwrap_or_else(|| ProxyError::ClientBody(e.to_string()))
 }
 
-/// Asks the route's API what the request says and, when `inject` allows, for a body that asks
-/// for the stream's usage too.
+/// Asks the route's API what the request says (from `tree` when the body was read into one)
+/// and, when `inject` allows, for a body that asks for the stream's usage too.
 pub fn inspect(
     route: &Route,
     path: &str,
     body: &[u8],
+    tree: Option<&Json<'_>>,
     inject: bool,
 ) -> (RequestInfo, Option<Bytes>, Option<RequestFields>) {
     let body_bytes = body.len() as u64;
-    let Some(request) = request::Request::read(route.format, path, body) else {
+    let request = match tree {
+        Some(tree) => request::Request::read_tree(route.format, path, tree),
+        None => request::Request::read(route.format, path, body),
+    };
+    let Some(request) = request else {
         return (
             RequestInfo {
                 body_bytes,

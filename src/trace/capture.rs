@@ -105,10 +105,7 @@ impl Capturer {
                 let mut redact = |text: &Option<String>| {
                     text.as_deref()
                         .map(|t| match serde_json::from_str::<Json>(t) {
-                            Ok(mut v) => {
-                                budget.walk(&mut v);
-                                v.to_json()
-                            }
+                            Ok(v) => budget.text(&v),
                             Err(_) => self.redactor.redact(t).into_owned(),
                         })
                 };
@@ -148,8 +145,8 @@ impl Capturer {
         }
     }
 
-    /// Captures the request side from its JSON body; nothing for a body that is not JSON.
-    pub fn request(&self, level: CaptureLevel, format: WireFormat, body: &[u8]) -> CapturedContent {
+    /// Captures the request side from its JSON body, read into a tree.
+    pub fn request(&self, level: CaptureLevel, format: WireFormat, body: &Json) -> CapturedContent {
         let mut out = CapturedContent {
             level: Some(level),
             ..CapturedContent::default()
@@ -157,10 +154,6 @@ impl Capturer {
         if level == CaptureLevel::None {
             return out;
         }
-        let Ok(body) = serde_json::from_slice::<Json>(body) else {
-            return CapturedContent::default();
-        };
-        let body = &body;
         let Input { system, messages } = request::input(format, body);
         out.input_message_count = Some(messages.len() as u64);
         let tools = request::tool_definitions(body);
@@ -180,18 +173,12 @@ impl Capturer {
             truncated: false,
             redactor: (level == CaptureLevel::Redacted).then_some(&self.redactor),
         };
-        let mut messages = Json::Array(messages);
-        budget.walk(&mut messages);
-        out.input_messages = Some(messages.to_json());
+        out.input_messages = Some(budget.text(&Json::Array(messages)));
         if !system.is_empty() {
-            let mut system = Json::Array(system);
-            budget.walk(&mut system);
-            out.system_instructions = Some(system.to_json());
+            out.system_instructions = Some(budget.text(&Json::Array(system)));
         }
         if !tools.is_empty() {
-            let mut tools = Json::Array(tools);
-            budget.walk(&mut tools);
-            out.tool_definitions = Some(tools.to_json());
+            out.tool_definitions = Some(budget.text(&Json::Array(tools)));
         }
         out.truncated = budget.truncated;
         out
@@ -322,16 +309,46 @@ impl Budget<'_> {
         let _ = serde_json::to_writer(&mut *out, &*kept);
     }
 
-    fn walk(&mut self, v: &mut Json<'_>) {
+    /// The JSON text of a value with every string value kept (keys as they are), in the
+    /// order the value holds them: exactly `Json::to_json` of the value with its strings
+    /// replaced by what [`Budget::keep`] keeps, written in one pass.
+    fn text(&mut self, v: &Json<'_>) -> String {
+        let mut out = Vec::with_capacity(256);
+        self.write_json(&mut out, v);
+        // Only UTF-8 was written (JSON punctuation, numbers and escaped `str`s).
+        String::from_utf8(out).unwrap_or_default()
+    }
+
+    fn write_json(&mut self, out: &mut Vec<u8>, v: &Json<'_>) {
         match v {
-            Json::String(s) => {
-                if let Cow::Owned(kept) = self.keep(s) {
-                    *s = Cow::Owned(kept);
-                }
+            Json::Null => out.extend_from_slice(b"null"),
+            Json::Bool(b) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
+            Json::Number(n) => {
+                let _ = serde_json::to_writer(&mut *out, n);
             }
-            Json::Array(items) => items.iter_mut().for_each(|i| self.walk(i)),
-            Json::Object(entries) => entries.iter_mut().for_each(|(_, i)| self.walk(i)),
-            _ => {}
+            Json::String(s) => self.write(out, s),
+            Json::Array(items) => {
+                out.push(b'[');
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    self.write_json(out, item);
+                }
+                out.push(b']');
+            }
+            Json::Object(entries) => {
+                out.push(b'{');
+                for (i, (key, value)) in entries.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    let _ = serde_json::to_writer(&mut *out, key.as_ref());
+                    out.push(b':');
+                    self.write_json(out, value);
+                }
+                out.push(b'}');
+            }
         }
     }
 }
@@ -365,13 +382,12 @@ mod tests {
             }
             parts.push(Json::object(entries));
         }
-        let mut message = Json::Array(vec![Json::object(vec![
+        let message = Json::Array(vec![Json::object(vec![
             ("role".into(), "assistant".into()),
             ("parts".into(), Json::Array(parts)),
             ("finish_reason".into(), finish.unwrap_or("").into()),
         ])]);
-        budget.walk(&mut message);
-        message.to_json()
+        budget.text(&message)
     }
 
     /// Texts with what needs escaping, personal data, custom matches and multi-byte
@@ -393,6 +409,17 @@ mod tests {
     }
 
     proptest! {
+        /// With nothing to redact and room for all, a budget writes what serde_json writes.
+        #[test]
+        fn a_budget_with_room_writes_a_tree_as_serde_json_does(
+            v in crate::format::tree::tests::value(),
+        ) {
+            let text = v.to_string();
+            let tree: Json = serde_json::from_str(&text).unwrap();
+            let mut budget = Budget { left: usize::MAX, truncated: false, redactor: None };
+            prop_assert_eq!(budget.text(&tree), tree.to_json());
+        }
+
         #[test]
         fn output_messages_are_the_text_the_walked_value_was(
             text in text(),
@@ -429,7 +456,7 @@ mod tests {
         }
     }
 
-    fn chat() -> Vec<u8> {
+    fn chat() -> String {
         let body = json!({
             "model": "gpt-4o",
             "messages": [
@@ -438,7 +465,7 @@ mod tests {
             ],
             "tools": [{"type": "function", "function": {"name": "lookup", "description": "find", "parameters": {"type": "object"}}}]
         });
-        body.to_string().into_bytes()
+        body.to_string()
     }
 
     #[test]
@@ -446,7 +473,7 @@ mod tests {
         let c = capturer(CaptureLevel::Metadata, 1000).request(
             CaptureLevel::Metadata,
             WireFormat::ChatCompletions,
-            &chat(),
+            &serde_json::from_str(&chat()).unwrap(),
         );
         assert_eq!(c.input_message_count, Some(1));
         assert_eq!(c.tool_names, ["lookup"]);
@@ -459,7 +486,7 @@ mod tests {
         let c = capturer(CaptureLevel::Redacted, 1000).request(
             CaptureLevel::Redacted,
             WireFormat::ChatCompletions,
-            &chat(),
+            &serde_json::from_str(&chat()).unwrap(),
         );
         let input: Value = serde_json::from_str(c.input_messages.as_deref().unwrap()).unwrap();
         assert_eq!(input[0]["role"], "user");
@@ -474,7 +501,7 @@ mod tests {
         let c = capturer(CaptureLevel::Full, 20).request(
             CaptureLevel::Full,
             WireFormat::ChatCompletions,
-            &chat(),
+            &serde_json::from_str(&chat()).unwrap(),
         );
         let input: Value = serde_json::from_str(c.input_messages.as_deref().unwrap()).unwrap();
         assert!(
@@ -500,16 +527,15 @@ mod tests {
         let a = c.request(
             CaptureLevel::Full,
             WireFormat::Messages,
-            json!({"system": "sys", "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]}).to_string().as_bytes(),
+            &serde_json::from_str(r#"{"system": "sys", "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]}"#).unwrap(),
         );
         assert!(a.system_instructions.unwrap().contains("sys"));
         assert!(a.input_messages.unwrap().contains("hi"));
         let g = c.request(
             CaptureLevel::Full,
             WireFormat::GenerateContent,
-            json!({"contents": [{"role": "user", "parts": [{"text": "yo"}]}]})
-                .to_string()
-                .as_bytes(),
+            &serde_json::from_str(r#"{"contents": [{"role": "user", "parts": [{"text": "yo"}]}]}"#)
+                .unwrap(),
         );
         assert!(g.input_messages.unwrap().contains("yo"));
     }
