@@ -7,7 +7,9 @@ use std::borrow::Cow;
 
 use regex::{Captures, Regex};
 
-/// Placeholders by kind, in the priority order the combined pattern tries them.
+/// Placeholders by kind, in the priority order the combined pattern tries them. Each match
+/// holds a digit, an `@` or a `:`, or is at least [`SHORTEST_WITHOUT`] bytes long (a key or a
+/// token); [`could_match`] relies on it, and a test checks it.
 const PATTERNS: &[(&str, &str)] = &[
     (
         "API_KEY",
@@ -31,6 +33,18 @@ const PATTERNS: &[(&str, &str)] = &[
         r"(?:\+\d{1,3}[ .\-]?)?(?:\(\d{2,4}\)[ .\-]?|\b\d{2,4}[ .\-])\d{3,4}[ .\-]\d{3,4}\b|\+\d{8,15}\b",
     ),
 ];
+
+/// The shortest text a built-in pattern matches that holds no digit, `@` or `:`: a Slack token
+/// (`xoxb-` and ten more).
+const SHORTEST_WITHOUT: usize = 15;
+
+/// Whether a built-in pattern could match anything in `text`. Most strings capture writes are
+/// short words (a part type, a role, a finish reason), and the combined pattern costs hundreds
+/// of instructions even to find nothing in them. `\d` is any Unicode digit, so this asks
+/// `is_numeric`, which holds for those and more.
+fn could_match(text: &str) -> bool {
+    text.len() >= SHORTEST_WITHOUT || text.chars().any(|c| c.is_numeric() || c == '@' || c == ':')
+}
 
 /// A compiled redactor: the built-in kinds plus configured patterns.
 pub struct Redactor {
@@ -71,7 +85,7 @@ impl Redactor {
     pub fn redact<'a>(&self, text: &'a str) -> Cow<'a, str> {
         // Most text holds nothing to redact: a match test first, which needs no capture
         // groups (`replace_all` with a closure sets them up for every call).
-        let mut out = if self.combined.is_match(text) {
+        let mut out = if could_match(text) && self.combined.is_match(text) {
             self.combined
                 .replace_all(text, |caps: &Captures<'_>| replacement(text, caps))
         } else {
@@ -146,7 +160,11 @@ fn luhn(s: &str) -> bool {
 }
 
 /// IBAN: move the first four characters to the end, letters to numbers, mod 97 must be 1.
+/// Only ASCII is an IBAN (`\d` is any Unicode digit).
 fn iban_valid(s: &str) -> bool {
+    if !s.is_ascii() {
+        return false;
+    }
     let compact: String = s.chars().filter(|c| !c.is_whitespace()).collect();
     if !(15..=34).contains(&compact.len()) {
         return false;
@@ -168,8 +186,12 @@ fn iban_valid(s: &str) -> bool {
     rem == 1
 }
 
-/// US SSNs never start with 000, 666 or 9, and have no all-zero group.
+/// US SSNs never start with 000, 666 or 9, and have no all-zero group. One written in other
+/// digits than ASCII (`\d` is any Unicode digit) is taken as plausible.
 fn ssn_plausible(s: &str) -> bool {
+    if !s.is_ascii() {
+        return true;
+    }
     let area = &s[..3];
     area != "000"
         && area != "666"
@@ -181,6 +203,7 @@ fn ssn_plausible(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     fn r() -> Redactor {
         Redactor::new(&[("ticket".into(), r"TICKET-\d+".into())]).unwrap()
@@ -248,6 +271,59 @@ mod tests {
         ] {
             assert_eq!(r.redact(input), input, "{input}");
         }
+    }
+
+    /// Texts of fewer than `SHORTEST_WITHOUT` bytes with no digit, `@` or `:`: letters (ASCII,
+    /// accented, other scripts), spaces and the punctuation the patterns use.
+    fn short_without() -> impl Strategy<Value = String> {
+        proptest::collection::vec(
+            proptest::sample::select(vec![
+                'a', 'f', 'x', 'o', 'b', 'A', 'K', 'I', 'Z', 'S', 'k', 'h', 'g', 'p', 'r', 'i',
+                'z', 's', 'e', 'u', 'E', 'R', 'W', '-', '_', '.', '+', '%', ' ', '/', '=', '~',
+                '(', ')', 'é', 'ß', 'Ж', '漢', '\n', '\t',
+            ]),
+            0..SHORTEST_WITHOUT,
+        )
+        .prop_map(|chars| {
+            let mut s: String = chars.into_iter().collect();
+            while s.len() >= SHORTEST_WITHOUT {
+                s.pop();
+            }
+            s
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn no_built_in_pattern_matches_what_could_match_rules_out(text in short_without()) {
+            prop_assert!(!could_match(&text));
+            let combined = Redactor::new(&[]).unwrap().combined;
+            prop_assert!(!combined.is_match(&text), "{:?}", text);
+        }
+    }
+
+    #[test]
+    fn the_shortest_key_without_a_digit_is_still_redacted() {
+        let token = "xoxb-abcdefghij";
+        assert_eq!(token.len(), SHORTEST_WITHOUT);
+        assert_eq!(r().redact(token), "[API_KEY]");
+        assert_eq!(r().redact("::"), "[IP]");
+        assert_eq!(r().redact("a@b.cd"), "[EMAIL]");
+    }
+
+    #[test]
+    fn custom_patterns_apply_to_short_words_too() {
+        let r = Redactor::new(&[("word".into(), "stop".into())]).unwrap();
+        assert_eq!(r.redact("stop"), "[WORD]");
+    }
+
+    #[test]
+    fn an_ssn_in_other_digits_is_redacted_without_a_panic() {
+        // Arabic-Indic digits: `\d` matches them, and each is two bytes.
+        assert_eq!(r().redact("ssn ١٢٣-٤٥-٦٧٨٩"), "ssn [SSN]");
+        // Devanagari digits (three bytes each) where an IBAN's check digits go.
+        let text = "iban DE१२ 3704 0044 0532 0130 00";
+        assert_eq!(r().redact(text), text);
     }
 
     #[test]
