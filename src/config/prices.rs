@@ -65,15 +65,28 @@ impl fmt::Display for UsdPerMillion {
     }
 }
 
-/// Writes `value / 10^digits` as a decimal with trailing zeros trimmed.
+/// Writes `value / 10^digits` (`digits` at most 38) as a decimal with trailing zeros trimmed.
+/// Every call's cost is written so (span attribute, response header): the fraction's digits
+/// go through a buffer on the stack, not a formatted `String`.
 pub fn write_decimal(f: &mut fmt::Formatter<'_>, value: u128, digits: u32) -> fmt::Result {
     let scale = 10u128.pow(digits);
-    let (whole, frac) = (value / scale, value % scale);
+    let (whole, mut frac) = (value / scale, value % scale);
     if frac == 0 {
         return write!(f, "{whole}");
     }
-    let frac = format!("{frac:0width$}", width = digits as usize);
-    write!(f, "{whole}.{}", frac.trim_end_matches('0'))
+    let mut buf = [b'0'; 38];
+    let width = digits as usize;
+    for d in buf[..width].iter_mut().rev() {
+        *d = b'0' + (frac % 10) as u8;
+        frac /= 10;
+    }
+    let end = buf[..width]
+        .iter()
+        .rposition(|&d| d != b'0')
+        .map_or(0, |i| i + 1);
+    // Only ASCII digits were written.
+    let text = std::str::from_utf8(&buf[..end]).unwrap_or_default();
+    write!(f, "{whole}.{text}")
 }
 
 impl<'de> Deserialize<'de> for UsdPerMillion {
