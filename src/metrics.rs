@@ -164,6 +164,8 @@ pub struct StoreMetrics {
     pub spans_durable: Counter,
     /// Traces still taking spans, held in memory until quiet.
     pub open_traces: Gauge,
+    /// Spans queued for the writer, not yet applied.
+    pub queued_spans: Gauge,
     /// Spans the store did not keep: `queue_full`, `write_error`, `off` (store degraded).
     pub spans_dropped: Family<ReasonLabels, Counter>,
     /// Whole traces evicted: `size`, `age`.
@@ -180,6 +182,7 @@ impl StoreMetrics {
             spans_written: Counter::default(),
             spans_durable: Counter::default(),
             open_traces: Gauge::default(),
+            queued_spans: Gauge::default(),
             spans_dropped: Family::default(),
             traces_evicted: Family::default(),
             bytes: Gauge::default(),
@@ -206,6 +209,11 @@ impl StoreMetrics {
             "sidetrace_store_open_traces",
             "Traces in the local trace store still taking spans, held in memory until quiet for 5 s",
             m.open_traces.clone(),
+        );
+        registry.register(
+            "sidetrace_store_queued_spans",
+            "Spans waiting for the local trace store's writer (at most 16,384; past it they are dropped, counted as queue_full)",
+            m.queued_spans.clone(),
         );
         registry.register(
             "sidetrace_store_spans_dropped",

@@ -464,6 +464,35 @@ proptest! {
     }
 }
 
+/// `sidetrace_store_queued_spans` counts what waits for the writer: never below zero while
+/// spans pour in, zero once the writer has caught up, and every span submitted is written or
+/// counted as dropped.
+#[test]
+fn the_queue_gauge_counts_what_waits_for_the_writer() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, metrics) = open(dir.path(), u64::MAX, Duration::from_secs(86_400));
+    let now = now_unix_nanos();
+    let n = 20_000u32;
+    let mut lowest = 0.0f64;
+    for i in 0..n {
+        put(
+            &store,
+            simple((i % 200) as u8, (i / 200) as u8, now + u64::from(i)),
+            None,
+        );
+        if i % 1000 == 0 {
+            lowest = lowest.min(metric(&metrics, "sidetrace_store_queued_spans "));
+        }
+    }
+    assert!(store.caught_up(Duration::from_secs(30)));
+    assert!(lowest >= 0.0, "the gauge went below zero: {lowest}");
+    assert_eq!(metric(&metrics, "sidetrace_store_queued_spans "), 0.0);
+    let written = metric(&metrics, "sidetrace_store_spans_written_total");
+    let dropped = metric(&metrics, "sidetrace_store_spans_dropped_total");
+    assert_eq!(written + dropped, f64::from(n));
+    store.close();
+}
+
 #[test]
 fn past_max_bytes_the_oldest_traces_are_evicted_whole_and_counted() {
     let dir = tempfile::tempdir().unwrap();

@@ -569,7 +569,10 @@ impl TraceStore {
             .as_ref()
             .map(|sender| sender.try_send(Message::Span(span)))
         {
-            Some(Ok(())) => return,
+            Some(Ok(())) => {
+                self.metrics.store.queued_spans.inc();
+                return;
+            }
             Some(Err(TrySendError::Full(_))) => "queue_full",
             Some(Err(TrySendError::Disconnected(_))) | None => "off",
         };
@@ -679,6 +682,7 @@ impl TraceStore {
                 };
             }
             full = spans.len() >= BATCH_SPANS;
+            self.metrics.store.queued_spans.dec_by(spans.len() as i64);
             let spans_written = !spans.is_empty();
             let earliest = spans.iter().map(Incoming::start_unix_nanos).min();
             if spans_written {
