@@ -7,7 +7,8 @@
 //! past the end of a full last chunk begins a new chunk (so appends fill chunks whole), an
 //! insert near the end of the full last chunk splits it where it goes (the left part stays
 //! nearly full), and one elsewhere splits the chunk in half. Close to the entries' own size
-//! (56 bytes); a lookup is two binary searches, an insert moves at most one chunk.
+//! (48 bytes with the rows' entries); a lookup is two binary searches, an insert moves at most
+//! one chunk.
 
 use std::ops::RangeInclusive;
 
