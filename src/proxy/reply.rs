@@ -21,36 +21,28 @@ pub struct CostSummary {
     tokens: [(HeaderName, Option<u64>); 4],
 }
 
+const COST_USD: HeaderName = HeaderName::from_static("x-sidetrace-cost-usd");
+const INPUT_TOKENS: HeaderName = HeaderName::from_static("x-sidetrace-input-tokens");
+const OUTPUT_TOKENS: HeaderName = HeaderName::from_static("x-sidetrace-output-tokens");
+const CACHED_INPUT_TOKENS: HeaderName = HeaderName::from_static("x-sidetrace-cached-input-tokens");
+const REASONING_TOKENS: HeaderName = HeaderName::from_static("x-sidetrace-reasoning-tokens");
+
 pub(super) const TRAILER_NAMES: &str = "x-sidetrace-cost-usd, x-sidetrace-input-tokens, x-sidetrace-output-tokens, x-sidetrace-cached-input-tokens, x-sidetrace-reasoning-tokens";
 
 impl CostSummary {
     pub(super) fn of(record: &CallRecord) -> CostSummary {
-        let u = record
-            .response
-            .as_ref()
-            .map(|r| r.usage.clone())
-            .unwrap_or_default();
+        let u = record.response.as_ref().map(|r| &r.usage);
+        let n = |f: fn(&crate::format::Usage) -> Option<u64>| u.and_then(f);
         CostSummary {
             cost_usd: record
                 .cost_pico_usd
                 .map(|p| Cost::from_pico_usd(p).to_string()),
+            // Names made at compile time: `from_static` checks every byte when run.
             tokens: [
-                (
-                    HeaderName::from_static("x-sidetrace-input-tokens"),
-                    u.input_tokens,
-                ),
-                (
-                    HeaderName::from_static("x-sidetrace-output-tokens"),
-                    u.output_tokens,
-                ),
-                (
-                    HeaderName::from_static("x-sidetrace-cached-input-tokens"),
-                    u.cached_input_tokens,
-                ),
-                (
-                    HeaderName::from_static("x-sidetrace-reasoning-tokens"),
-                    u.reasoning_tokens,
-                ),
+                (INPUT_TOKENS, n(|u| u.input_tokens)),
+                (OUTPUT_TOKENS, n(|u| u.output_tokens)),
+                (CACHED_INPUT_TOKENS, n(|u| u.cached_input_tokens)),
+                (REASONING_TOKENS, n(|u| u.reasoning_tokens)),
             ],
         }
     }
@@ -63,7 +55,7 @@ impl CostSummary {
             .as_deref()
             .and_then(|c| HeaderValue::from_str(c).ok())
         {
-            h.insert("x-sidetrace-cost-usd", cost);
+            h.insert(COST_USD, cost);
         }
         for (name, value) in &self.tokens {
             if let Some(v) = value {
