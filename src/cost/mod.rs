@@ -29,8 +29,9 @@
 //! cost, never 0: the caller counts it as unpriced.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap, hash_map::DefaultHasher},
     fmt,
+    hash::{Hash, Hasher},
     iter::Sum,
     ops::{Add, AddAssign},
     sync::{Arc, RwLock},
@@ -193,6 +194,35 @@ struct ProviderPrices {
 #[derive(Debug, Default)]
 pub struct PriceBook {
     providers: BTreeMap<String, ProviderPrices>,
+    /// The entry each (provider, response model, request model) resolved to. Resolving tries
+    /// deployment names, lowercases, and cuts snapshot suffixes longest first: about 5,000
+    /// instructions, the same answer for every call of a model. At most [`MEMO_MAX`] answers
+    /// (clients name models freely), the rest resolved each time; a reload starts a new book.
+    memo: RwLock<HashMap<u64, Vec<Memo>>>,
+}
+
+/// Answers the book remembers at most.
+const MEMO_MAX: usize = 1024;
+
+#[derive(Debug)]
+struct Memo {
+    provider: String,
+    response_model: Option<String>,
+    request_model: Option<String>,
+    entry: Option<Arc<ModelPrice>>,
+}
+
+impl Memo {
+    fn is(
+        &self,
+        provider: &str,
+        response_model: Option<&str>,
+        request_model: Option<&str>,
+    ) -> bool {
+        self.provider == provider
+            && self.response_model.as_deref() == response_model
+            && self.request_model.as_deref() == request_model
+    }
 }
 
 impl PriceBook {
@@ -218,7 +248,10 @@ impl PriceBook {
             };
             providers.insert(spec.name.clone(), prices);
         }
-        let book = PriceBook { providers };
+        let book = PriceBook {
+            providers,
+            memo: RwLock::default(),
+        };
         for (name, p) in &book.providers {
             for (deployment, model) in &p.deployments {
                 if book.find(p, model).is_none() {
@@ -252,22 +285,7 @@ impl PriceBook {
         request_model: Option<&str>,
         usage: &Usage,
     ) -> Priced {
-        let Some(p) = self.providers.get(provider) else {
-            return Priced::default();
-        };
-        let names = |first, second| {
-            [first, second]
-                .into_iter()
-                .flatten()
-                .filter(|m: &&str| !m.trim().is_empty())
-        };
-        let deployed = names(request_model, response_model).find_map(|m| {
-            let target = p.deployments.get(&m.trim().to_ascii_lowercase())?;
-            self.find(p, target)
-        });
-        let entry =
-            deployed.or_else(|| names(response_model, request_model).find_map(|m| self.find(p, m)));
-        match entry {
+        match self.entry(provider, response_model, request_model) {
             Some(m) => {
                 let split = m.cost_split(usage);
                 Priced {
@@ -278,6 +296,68 @@ impl PriceBook {
             }
             None => Priced::default(),
         }
+    }
+
+    /// The entry a call's models resolve to, remembered (see [`PriceBook::memo`]).
+    fn entry(
+        &self,
+        provider: &str,
+        response_model: Option<&str>,
+        request_model: Option<&str>,
+    ) -> Option<Arc<ModelPrice>> {
+        let hash = {
+            let mut h = DefaultHasher::new();
+            (provider, response_model, request_model).hash(&mut h);
+            h.finish()
+        };
+        let memo = self.memo.read().unwrap_or_else(|e| e.into_inner());
+        if let Some(m) = memo.get(&hash).and_then(|ms| {
+            ms.iter()
+                .find(|m| m.is(provider, response_model, request_model))
+        }) {
+            return m.entry.clone();
+        }
+        let remembered: usize = memo.values().map(Vec::len).sum();
+        drop(memo);
+        let entry = self
+            .resolve(provider, response_model, request_model)
+            .map(|m| Arc::new(m.clone()));
+        if remembered < MEMO_MAX {
+            self.memo
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(hash)
+                .or_default()
+                .push(Memo {
+                    provider: provider.to_string(),
+                    response_model: response_model.map(str::to_string),
+                    request_model: request_model.map(str::to_string),
+                    entry: entry.clone(),
+                });
+        }
+        entry
+    }
+
+    /// The entry a call's models resolve to: a configured deployment name in either model
+    /// first, then the response model, then the request model.
+    fn resolve(
+        &self,
+        provider: &str,
+        response_model: Option<&str>,
+        request_model: Option<&str>,
+    ) -> Option<&ModelPrice> {
+        let p = self.providers.get(provider)?;
+        let names = |first, second| {
+            [first, second]
+                .into_iter()
+                .flatten()
+                .filter(|m: &&str| !m.trim().is_empty())
+        };
+        let deployed = names(request_model, response_model).find_map(|m| {
+            let target = p.deployments.get(&m.trim().to_ascii_lowercase())?;
+            self.find(p, target)
+        });
+        deployed.or_else(|| names(response_model, request_model).find_map(|m| self.find(p, m)))
     }
 
     /// Prices a recorded call: its provider, response and request models (the request model
@@ -489,5 +569,44 @@ mod tests {
             // 6 × 2·10^12 tokens at under $1000/M is far below saturation: the sum is exact.
             prop_assert!(bigger.pico_usd() < u128::MAX / 2);
         }
+
+        /// The remembered answer is the one resolving gives, for names that match, names that
+        /// match by snapshot suffix or case, and names that match nothing, asked in any order
+        /// and more than once.
+        #[test]
+        fn a_remembered_price_is_the_resolved_one(
+            asks in prop::collection::vec((
+                prop::sample::select(vec!["openai", "anthropic", "azure", "nobody"]),
+                prop::option::of(prop::sample::select(vec![
+                    "gpt-4o", "GPT-4o-2024-08-06", "gpt-4o-mini-2024-07-18", "claude-sonnet-4-5",
+                    "claude-sonnet-4-5-20250929", "no-such-model", " ", "gpt-5.4",
+                ])),
+                prop::option::of(prop::sample::select(vec!["gpt-4o-mini", "o3", "claude-opus-4", ""])),
+            ), 1..40),
+        ) {
+            let book = builtin_book();
+            let usage = usage_of([1000, 200, 300, 0, 50, 7]);
+            for (provider, response, request) in asks {
+                let fresh = book.resolve(provider, response, request).map(|m| m.name.clone());
+                let priced = book.price(provider, response, request, &usage);
+                prop_assert_eq!(&priced.matched_model, &fresh);
+                let again = book.price(provider, response, request, &usage);
+                prop_assert_eq!(again.matched_model, fresh);
+                prop_assert_eq!(again.cost, priced.cost);
+            }
+        }
+    }
+
+    #[test]
+    fn the_memo_is_bounded_and_what_it_does_not_keep_is_still_priced() {
+        let book = builtin_book();
+        let usage = usage_of([1000, 200, 0, 0, 0, 0]);
+        for i in 0..MEMO_MAX + 100 {
+            let model = format!("gpt-4o-2024-08-{i:04}");
+            let priced = book.price("openai", Some(&model), None, &usage);
+            assert_eq!(priced.matched_model.as_deref(), Some("gpt-4o"), "{model}");
+        }
+        let kept: usize = book.memo.read().unwrap().values().map(Vec::len).sum();
+        assert_eq!(kept, MEMO_MAX);
     }
 }
