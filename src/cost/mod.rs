@@ -196,8 +196,9 @@ pub struct PriceBook {
     providers: BTreeMap<String, ProviderPrices>,
     /// The entry each (provider, response model, request model) resolved to. Resolving tries
     /// deployment names, lowercases, and cuts snapshot suffixes longest first: about 5,000
-    /// instructions, the same answer for every call of a model. At most [`MEMO_MAX`] answers
-    /// (clients name models freely), the rest resolved each time; a reload starts a new book.
+    /// instructions, the same answer for every call of a model. Keyed by the three names'
+    /// hash, whose few collisions share a slot; at most [`MEMO_MAX`] slots (clients name
+    /// models freely), the rest resolved each time; a reload starts a new book.
     memo: RwLock<HashMap<u64, Vec<Memo>>>,
 }
 
@@ -310,30 +311,34 @@ impl PriceBook {
             (provider, response_model, request_model).hash(&mut h);
             h.finish()
         };
-        let memo = self.memo.read().unwrap_or_else(|e| e.into_inner());
-        if let Some(m) = memo.get(&hash).and_then(|ms| {
-            ms.iter()
+        let remembered = |memo: &HashMap<u64, Vec<Memo>>| {
+            memo.get(&hash)?
+                .iter()
                 .find(|m| m.is(provider, response_model, request_model))
-        }) {
-            return m.entry.clone();
-        }
-        let remembered: usize = memo.values().map(Vec::len).sum();
-        drop(memo);
+                .map(|m| m.entry.clone())
+        };
+        let full = {
+            let memo = self.memo.read().unwrap_or_else(|e| e.into_inner());
+            if let Some(entry) = remembered(&memo) {
+                return entry;
+            }
+            memo.len() >= MEMO_MAX
+        };
         let entry = self
             .resolve(provider, response_model, request_model)
             .map(|m| Arc::new(m.clone()));
-        if remembered < MEMO_MAX {
-            self.memo
-                .write()
-                .unwrap_or_else(|e| e.into_inner())
-                .entry(hash)
-                .or_default()
-                .push(Memo {
-                    provider: provider.to_string(),
-                    response_model: response_model.map(str::to_string),
-                    request_model: request_model.map(str::to_string),
-                    entry: entry.clone(),
-                });
+        if full {
+            return entry;
+        }
+        let mut memo = self.memo.write().unwrap_or_else(|e| e.into_inner());
+        // Another call may have remembered it, or filled the memo, meanwhile.
+        if memo.len() < MEMO_MAX && remembered(&memo).is_none() {
+            memo.entry(hash).or_default().push(Memo {
+                provider: provider.to_string(),
+                response_model: response_model.map(str::to_string),
+                request_model: request_model.map(str::to_string),
+                entry: entry.clone(),
+            });
         }
         entry
     }

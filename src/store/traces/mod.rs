@@ -561,7 +561,10 @@ impl TraceStore {
             self.dropped("off", 1);
             return;
         }
-        // The lock is released before counting: the counter is not the queue's.
+        // Counted as queued before it is sent: the writer may take it (and count it out)
+        // before `try_send` returns. The lock is released before counting a drop.
+        let queued = &self.metrics.store.queued_spans;
+        queued.inc();
         let reason = match self
             .queue
             .lock()
@@ -569,13 +572,11 @@ impl TraceStore {
             .as_ref()
             .map(|sender| sender.try_send(Message::Span(span)))
         {
-            Some(Ok(())) => {
-                self.metrics.store.queued_spans.inc();
-                return;
-            }
+            Some(Ok(())) => return,
             Some(Err(TrySendError::Full(_))) => "queue_full",
             Some(Err(TrySendError::Disconnected(_))) | None => "off",
         };
+        queued.dec();
         self.dropped(reason, 1);
     }
 
