@@ -387,8 +387,16 @@ fn scan_rows(rows: &Rows) -> io::Result<Scanned> {
     let mut live = BTreeMap::new();
     let mut counts = Counts::default();
     let mut sessions = Sessions::default();
-    for (key, entry) in rows.entries() {
-        let Some(row) = rows.get(&key)? else { continue };
+    let mut failed = Ok(());
+    rows.for_each(|_, entry| {
+        let row = match rows.read(entry.pointer()) {
+            Ok(Some(row)) => row,
+            Ok(None) => return,
+            Err(e) => {
+                failed = Err(e);
+                return;
+            }
+        };
         counts.traces += 1;
         for p in TraceRow::span_pointers(&row) {
             *live.entry(p.segment).or_default() += 1;
@@ -400,7 +408,8 @@ fn scan_rows(rows: &Rows) -> io::Result<Scanned> {
         {
             sessions.update(session, |s| s.update(None, &trace));
         }
-    }
+    })?;
+    failed?;
     Ok(Scanned {
         live,
         counts,
@@ -475,7 +484,7 @@ impl TraceStore {
             } else {
                 scanned
             };
-            Ok((written_ids(&rows), scanned))
+            Ok((written_ids(&rows).map_err(sled::Error::Io)?, scanned))
         });
         let (
             written,
@@ -1060,8 +1069,9 @@ impl TraceStore {
         let mut written = self.written();
         for trace in traces {
             let id = &trace.summary.trace_id;
+            // Unreadable, the entry is taken as another trace's: this one's goes beside it.
             written.insert(id, trace.summary.start_unix_nanos, |at| {
-                self.rows.contains_key(&time_key(at, id))
+                self.rows.contains_key(&time_key(at, id)).unwrap_or(false)
             });
         }
         Ok(())
@@ -1069,8 +1079,11 @@ impl TraceStore {
 
     /// Forgets where a trace's row was (the row at `start` is removed already).
     fn forget_written(&self, id: &[u8; 16], start: u64) {
+        // Unreadable, the entry is kept: a lookup checks the row it leads to.
         self.written().remove(id, start, || {
-            self.rows.any_in(WrittenIds::shared_range(id, start))
+            self.rows
+                .any_in(WrittenIds::shared_range(id, start))
+                .unwrap_or(true)
         });
     }
 
@@ -1181,7 +1194,10 @@ impl TraceStore {
     /// ones go a batch at a time: their rows are read, then removed with one append.
     fn enforce_size(&self) -> Result<(), sled::Error> {
         while self.stored_bytes() > self.limits.max_bytes {
-            let oldest = self.rows.oldest(EVICT_BATCH, |_| true);
+            let oldest = self
+                .rows
+                .oldest(EVICT_BATCH, |_| true)
+                .map_err(sled::Error::Io)?;
             if oldest.is_empty() {
                 // Nothing written yet: the open traces, oldest first.
                 match self.oldest_open() {
@@ -1337,20 +1353,22 @@ impl TraceStore {
 }
 
 /// Where each written trace's row is, from the rows' keys.
-fn written_ids(rows: &Rows) -> WrittenIds {
+fn written_ids(rows: &Rows) -> io::Result<WrittenIds> {
     let mut ids = WrittenIds::default();
-    for key in rows.keys() {
+    rows.for_each(|key, _| {
         let (Some(id), Some(start)) = (
-            trace_id_of(&key),
+            trace_id_of(key),
             key.get(..8)
                 .and_then(|b| b.try_into().ok())
                 .map(u64::from_be_bytes),
         ) else {
-            continue;
+            return;
         };
-        ids.insert(&id, start, |at| rows.contains_key(&time_key(at, &id)));
-    }
-    ids
+        // A trace has one row: the one recorded under its prefix is this trace's only if it
+        // is at this start.
+        ids.insert(&id, start, |at| at == start);
+    })?;
+    Ok(ids)
 }
 
 /// Moves a store of an earlier layout into the row files: a sled `rows` tree (rows as they are

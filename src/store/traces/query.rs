@@ -28,9 +28,13 @@ impl Iterator for Written<'_> {
         loop {
             if self.page.len() == 0 {
                 let filter = self.filter;
-                let next = self
+                let next = match self
                     .rows
-                    .newest_before(&self.low, &self.high, TIME_PAGE, |t| filter.takes(t));
+                    .newest_before(&self.low, &self.high, TIME_PAGE, |t| filter.takes(t))
+                {
+                    Ok(next) => next,
+                    Err(e) => return Some(Err(sled::Error::Io(e))),
+                };
                 self.high = next.last()?.0;
                 self.page = next.into_iter();
             }
@@ -344,6 +348,7 @@ impl TraceStore {
         } else {
             self.rows
                 .oldest(limit + open_ids.len() + 1, |t| filter.takes(t))
+                .map_err(sled::Error::Io)?
         };
         for k in written {
             let Some(trace) = trace_id_of(&k) else {

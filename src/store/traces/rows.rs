@@ -23,7 +23,7 @@
 use std::{
     collections::BTreeMap,
     fs, io,
-    ops::RangeInclusive,
+    ops::{ControlFlow, RangeInclusive},
     path::Path,
     sync::{Mutex, RwLock},
 };
@@ -31,7 +31,7 @@ use std::{
 use super::{
     log::{Pointer, SpanLog, segment_ids, segment_path},
     tags::Tags,
-    time_index::TimeIndex,
+    time_index::{Fixed, TimeIndex},
 };
 
 /// A row's key: the trace's start (unix nanos, big-endian) and its id.
@@ -75,6 +75,35 @@ impl Entry {
             segment: self.segment,
             offset: u64::from(self.offset),
             len: self.len,
+        }
+    }
+}
+
+impl Fixed for Entry {
+    const SIZE: usize = 24;
+
+    fn put(&self, out: &mut Vec<u8>) {
+        let Tags {
+            feature,
+            user,
+            session,
+        } = self.tags;
+        for n in [self.segment, self.offset, self.len, feature, user, session] {
+            out.extend_from_slice(&n.to_le_bytes());
+        }
+    }
+
+    fn get(bytes: &[u8]) -> Self {
+        let n = |i: usize| u32::from_le_bytes(bytes[i * 4..i * 4 + 4].try_into().expect("4 bytes"));
+        Entry {
+            segment: n(0),
+            offset: n(1),
+            len: n(2),
+            tags: Tags {
+                feature: n(3),
+                user: n(4),
+                session: n(5),
+            },
         }
     }
 }
@@ -124,10 +153,10 @@ fn read_segment(
                 Entry::at(segment, offset as u64, len, tags)
             })
             .transpose()?;
-        apply(index, live, key, put);
+        apply(index, live, key, put)?;
         at = next;
     }
-    Ok(())
+    index.settle()
 }
 
 /// The record at `at`: its key, its body's offset and length (`None` for a removal), and where
@@ -154,19 +183,21 @@ fn apply(
     live: &mut BTreeMap<u32, u64>,
     key: Key,
     put: Option<Entry>,
-) {
+) -> io::Result<()> {
     let old = match put {
         Some(e) => {
+            let old = index.insert(key, e)?;
             *live.entry(e.segment).or_default() += 1;
-            index.insert(key, e)
+            old
         }
-        None => index.remove(&key),
+        None => index.remove(&key)?,
     };
     if let Some(old) = old
         && let Some(count) = live.get_mut(&old.segment)
     {
         *count = count.saturating_sub(1);
     }
+    Ok(())
 }
 
 #[allow(clippy::type_complexity)]
@@ -197,14 +228,15 @@ fn encode(changes: &[Change], buf: &mut Vec<u8>) -> Vec<(Key, Option<(usize, u32
 
 impl Rows {
     /// Reads the rows in `dir` (created if missing), each row's tags by `tags_of`, and begins
-    /// a new segment; segments older than the oldest live row are deleted.
+    /// a new segment; segments older than the oldest live row are deleted. The time index
+    /// spills to `dir/index`.
     pub fn open(
         dir: &Path,
         segment_bytes: u64,
         mut tags_of: impl FnMut(&[u8]) -> Tags,
     ) -> io::Result<Rows> {
         fs::create_dir_all(dir)?;
-        let mut index = TimeIndex::default();
+        let mut index = TimeIndex::spilling(&dir.join("index"))?;
         let mut live = BTreeMap::new();
         let segments = segment_ids(dir)?;
         for (n, &segment) in segments.iter().enumerate() {
@@ -227,12 +259,12 @@ impl Rows {
         self.index.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn contains_key(&self, key: &Key) -> bool {
-        self.index().get(key).is_some()
+    pub fn contains_key(&self, key: &Key) -> io::Result<bool> {
+        Ok(self.index().get(key)?.is_some())
     }
 
     /// Whether any row's key is in `range`.
-    pub fn any_in(&self, range: RangeInclusive<Key>) -> bool {
+    pub fn any_in(&self, range: RangeInclusive<Key>) -> io::Result<bool> {
         self.index().any_in(range)
     }
 
@@ -241,14 +273,20 @@ impl Rows {
         self.index().first_key()
     }
 
-    /// Every row's key and entry, oldest first.
-    pub fn entries(&self) -> Vec<(Key, Entry)> {
-        self.index().iter().copied().collect()
+    /// Calls `f` with every row's key and entry, oldest first.
+    pub fn for_each(&self, mut f: impl FnMut(&Key, &Entry)) -> io::Result<()> {
+        self.index().for_each(|k, e| {
+            f(k, e);
+            ControlFlow::Continue(())
+        })
     }
 
     /// Every row's key, oldest first.
-    pub fn keys(&self) -> Vec<Key> {
-        self.index().iter().map(|(k, _)| *k).collect()
+    #[cfg(test)]
+    fn keys(&self) -> Vec<Key> {
+        let mut keys = Vec::new();
+        self.for_each(|k, _| keys.push(*k)).unwrap();
+        keys
     }
 
     /// At most `n` rows with keys in `low..high` whose tags `keep` takes, newest first: a page
@@ -259,30 +297,40 @@ impl Rows {
         high: &Key,
         n: usize,
         keep: impl Fn(&Tags) -> bool,
-    ) -> Vec<(Key, Pointer)> {
+    ) -> io::Result<Vec<(Key, Pointer)>> {
         if low >= high {
-            return Vec::new();
+            return Ok(Vec::new());
         }
-        self.index()
-            .newest_before(low, high, n, |e| keep(&e.tags))
+        Ok(self
+            .index()
+            .newest_before(low, high, n, |e| keep(&e.tags))?
             .into_iter()
             .map(|(k, e)| (k, e.pointer()))
-            .collect()
+            .collect())
     }
 
     /// The keys of at most `n` rows whose tags `keep` takes, oldest first.
-    pub fn oldest(&self, n: usize, keep: impl Fn(&Tags) -> bool) -> Vec<Key> {
-        self.index()
-            .iter()
-            .filter(|(_, e)| keep(&e.tags))
-            .take(n)
-            .map(|(k, _)| *k)
-            .collect()
+    pub fn oldest(&self, n: usize, keep: impl Fn(&Tags) -> bool) -> io::Result<Vec<Key>> {
+        let mut out = Vec::new();
+        if n == 0 {
+            return Ok(out);
+        }
+        self.index().for_each(|k, e| {
+            if keep(&e.tags) {
+                out.push(*k);
+            }
+            if out.len() < n {
+                ControlFlow::Continue(())
+            } else {
+                ControlFlow::Break(())
+            }
+        })?;
+        Ok(out)
     }
 
     /// The row under `key`, if any.
     pub fn get(&self, key: &Key) -> io::Result<Option<Vec<u8>>> {
-        let Some(e) = self.index().get(key) else {
+        let Some(e) = self.index().get(key)? else {
             return Ok(None);
         };
         self.read(e.pointer())
@@ -319,8 +367,9 @@ impl Rows {
             let put = body
                 .map(|(at, len, tags)| Entry::at(segment, base + at as u64, len, tags))
                 .transpose()?;
-            apply(&mut index, &mut live, key, put);
+            apply(&mut index, &mut live, key, put)?;
         }
+        index.settle()?;
         drop(index);
         // Segments empty in order; one with live rows keeps the newer ones (their removals).
         let current = self.log.current_segment();
@@ -429,20 +478,24 @@ mod tests {
         assert_eq!(rows.keys(), vec![key(2, 2), key(3, 3)]);
         assert_eq!(rows.get(&key(2, 2)).unwrap().unwrap(), b"two again");
         assert_eq!(rows.get(&key(3, 3)).unwrap().unwrap(), b"three");
-        let page = rows.newest_before(&key(0, 0), &key(3, 3), 10, |_| true);
+        let page = rows
+            .newest_before(&key(0, 0), &key(3, 3), 10, |_| true)
+            .unwrap();
         assert_eq!(
             page.iter().map(|(k, _)| *k).collect::<Vec<_>>(),
             [key(2, 2)]
         );
         // The tags of each row, as written and as read back at open.
         let long = |t: &Tags| t.feature == "two again".len() as u32;
-        let page = rows.newest_before(&key(0, 0), &[0xff; 24], 10, long);
+        let page = rows
+            .newest_before(&key(0, 0), &[0xff; 24], 10, long)
+            .unwrap();
         assert_eq!(
             page.iter().map(|(k, _)| *k).collect::<Vec<_>>(),
             [key(2, 2)]
         );
-        assert!(rows.any_in(key(2, 0)..=key(2, 255)));
-        assert!(!rows.any_in(key(1, 0)..=key(1, 255)));
+        assert!(rows.any_in(key(2, 0)..=key(2, 255)).unwrap());
+        assert!(!rows.any_in(key(1, 0)..=key(1, 255)).unwrap());
         assert_eq!(rows.first_key(), Some(key(2, 2)));
     }
 

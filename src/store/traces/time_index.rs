@@ -1,111 +1,287 @@
-//! The rows' time index in memory: row keys in order, each with where its row is and what
-//! the lists filter by.
+//! The rows' time index: row keys in order, each with where its row is and what the lists
+//! filter by. Only its newest entries are in memory; the rest wait in files.
 //!
 //! Keys arrive almost in order (a trace's row is written seconds after it starts), and a
 //! `BTreeMap` fed keys in order leaves every node it splits half full: about 85 bytes an entry
 //! for 40 bytes of data. Here the entries sit in sorted chunks of at most [`CHUNK`]; an entry
 //! past the end of a full last chunk begins a new chunk (so appends fill chunks whole), an
 //! insert near the end of the full last chunk splits it where it goes (the left part stays
-//! nearly full), and one elsewhere splits the chunk in half. Close to the entries' own size
-//! (48 bytes with the rows' entries); a lookup is two binary searches, an insert moves at most
-//! one chunk.
+//! nearly full), and one elsewhere splits the chunk in half. A lookup is two binary searches,
+//! an insert moves at most one chunk.
+//!
+//! Held in memory, the entries of a full store (about 700,000 traces in the default 1 GiB)
+//! took about 34 MB, most of the gateway's memory. So an index opened with a directory spills
+//! its chunks there, each to a file of its own ([`TimeIndex::settle`]), all but the first (where
+//! eviction takes from) and the last [`HOT_TAIL`] (where new rows go): what stays in memory is
+//! a few thousand entries and, per chunk in a file, its first and last key. Reading a chunk in
+//! a file reads the file (48 KiB, from the page cache when it is warm); changing one brings it
+//! back into memory until the next settle. The files are a cache of what the row files hold:
+//! the directory is emptied at open and the index rebuilt from the rows.
 
-use std::ops::RangeInclusive;
+use std::{
+    borrow::Cow,
+    fs, io,
+    ops::{ControlFlow, RangeInclusive},
+    path::{Path, PathBuf},
+};
 
 use super::rows::Key;
 
 /// Entries per chunk at most.
 const CHUNK: usize = 1024;
+/// Chunks at the end that stay in memory.
+pub(super) const HOT_TAIL: usize = 4;
+
+/// A value the index keeps, written to a chunk's file in a fixed number of bytes.
+pub(super) trait Fixed: Copy {
+    const SIZE: usize;
+    fn put(&self, out: &mut Vec<u8>);
+    /// From exactly `SIZE` bytes.
+    fn get(bytes: &[u8]) -> Self;
+}
+
+/// A chunk's entries: in memory, or in a file of the spill directory.
+#[derive(Debug)]
+enum Chunk<V> {
+    Hot(Vec<(Key, V)>),
+    Cold {
+        first: Key,
+        last: Key,
+        len: usize,
+        file: u64,
+    },
+}
+
+impl<V> Chunk<V> {
+    fn first(&self) -> Option<&Key> {
+        match self {
+            Chunk::Hot(entries) => entries.first().map(|(k, _)| k),
+            Chunk::Cold { first, .. } => Some(first),
+        }
+    }
+
+    fn last(&self) -> Option<&Key> {
+        match self {
+            Chunk::Hot(entries) => entries.last().map(|(k, _)| k),
+            Chunk::Cold { last, .. } => Some(last),
+        }
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        match self {
+            Chunk::Hot(entries) => entries.len(),
+            Chunk::Cold { len, .. } => *len,
+        }
+    }
+}
+
+/// Where chunks spill: a directory of `<n>.chunk` files.
+#[derive(Debug)]
+struct Spill {
+    dir: PathBuf,
+    next: u64,
+}
+
+impl Spill {
+    fn path(&self, file: u64) -> PathBuf {
+        self.dir.join(format!("{file}.chunk"))
+    }
+}
 
 #[derive(Debug)]
 pub(super) struct TimeIndex<V> {
     /// Sorted, none empty, each chunk's keys below the next chunk's.
-    chunks: Vec<Vec<(Key, V)>>,
+    chunks: Vec<Chunk<V>>,
+    /// `None`: every chunk stays in memory.
+    spill: Option<Spill>,
 }
 
 impl<V> Default for TimeIndex<V> {
     fn default() -> Self {
-        TimeIndex { chunks: Vec::new() }
+        TimeIndex {
+            chunks: Vec::new(),
+            spill: None,
+        }
     }
 }
 
-impl<V: Copy> TimeIndex<V> {
+impl<V: Fixed> TimeIndex<V> {
+    /// An empty index that spills to `dir` (emptied: what it held is stale).
+    pub fn spilling(dir: &Path) -> io::Result<Self> {
+        match fs::remove_dir_all(dir) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        fs::create_dir_all(dir)?;
+        Ok(TimeIndex {
+            chunks: Vec::new(),
+            spill: Some(Spill {
+                dir: dir.to_path_buf(),
+                next: 0,
+            }),
+        })
+    }
+
     /// The chunk that holds `key` or the first key after it (`chunks.len()` when none does).
     fn chunk_of(&self, key: &Key) -> usize {
         self.chunks
-            .partition_point(|c| c.last().is_some_and(|(k, _)| k < key))
+            .partition_point(|c| c.last().is_some_and(|k| k < key))
     }
 
-    pub fn get(&self, key: &Key) -> Option<V> {
-        let chunk = self.chunks.get(self.chunk_of(key))?;
-        let at = chunk.binary_search_by(|(k, _)| k.cmp(key)).ok()?;
-        Some(chunk[at].1)
+    /// Chunk `c`'s entries, read from its file when it is in one.
+    fn entries(&self, c: usize) -> io::Result<Cow<'_, [(Key, V)]>> {
+        match &self.chunks[c] {
+            Chunk::Hot(entries) => Ok(Cow::Borrowed(entries)),
+            Chunk::Cold { len, file, .. } => {
+                let spill = self
+                    .spill
+                    .as_ref()
+                    .expect("a chunk in a file has a directory");
+                let path = spill.path(*file);
+                let bytes = fs::read(&path)?;
+                let size = 24 + V::SIZE;
+                if bytes.len() != len * size {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!(
+                            "time index chunk {} holds {} bytes, not {} ({len} entries)",
+                            path.display(),
+                            bytes.len(),
+                            len * size
+                        ),
+                    ));
+                }
+                Ok(Cow::Owned(
+                    bytes
+                        .chunks_exact(size)
+                        .map(|e| {
+                            let key: Key = e[..24].try_into().expect("24 bytes");
+                            (key, V::get(&e[24..]))
+                        })
+                        .collect(),
+                ))
+            }
+        }
+    }
+
+    /// Chunk `c`'s entries in memory, to change: read back from its file (which goes) if
+    /// it is in one.
+    fn hot(&mut self, c: usize) -> io::Result<&mut Vec<(Key, V)>> {
+        if let Chunk::Cold { file, .. } = self.chunks[c] {
+            let entries = self.entries(c)?.into_owned();
+            let spill = self
+                .spill
+                .as_ref()
+                .expect("a chunk in a file has a directory");
+            fs::remove_file(spill.path(file))?;
+            self.chunks[c] = Chunk::Hot(entries);
+        }
+        match &mut self.chunks[c] {
+            Chunk::Hot(entries) => Ok(entries),
+            Chunk::Cold { .. } => unreachable!("made hot above"),
+        }
+    }
+
+    /// Where `key` is in chunk `c` (`Err`: where it would go), without changing the chunk.
+    fn find(&self, c: usize, key: &Key) -> io::Result<Result<usize, usize>> {
+        if self.chunks[c].first().is_none_or(|first| key < first) {
+            return Ok(Err(0));
+        }
+        Ok(self.entries(c)?.binary_search_by(|(k, _)| k.cmp(key)))
+    }
+
+    pub fn get(&self, key: &Key) -> io::Result<Option<V>> {
+        let c = self.chunk_of(key);
+        if c == self.chunks.len() {
+            return Ok(None);
+        }
+        Ok(match self.find(c, key)? {
+            Ok(at) => Some(self.entries(c)?[at].1),
+            Err(_) => None,
+        })
     }
 
     /// Puts `p` under `key`; returns what was there.
-    pub fn insert(&mut self, key: Key, p: V) -> Option<V> {
+    pub fn insert(&mut self, key: Key, p: V) -> io::Result<Option<V>> {
         if self.chunks.is_empty() {
-            self.chunks.push(Vec::with_capacity(CHUNK));
+            self.chunks.push(Chunk::Hot(Vec::with_capacity(CHUNK)));
         }
-        let mut c = self.chunk_of(&key).min(self.chunks.len() - 1);
-        let mut at = match self.chunks[c].binary_search_by(|(k, _)| k.cmp(&key)) {
-            Ok(at) => return Some(std::mem::replace(&mut self.chunks[c][at].1, p)),
+        let last = self.chunks.len() - 1;
+        let mut c = self.chunk_of(&key).min(last);
+        let chunk = self.hot(c)?;
+        let mut at = match chunk.binary_search_by(|(k, _)| k.cmp(&key)) {
+            Ok(at) => return Ok(Some(std::mem::replace(&mut chunk[at].1, p))),
             Err(at) => at,
         };
-        if self.chunks[c].len() >= CHUNK {
-            if c == self.chunks.len() - 1 && at == CHUNK {
-                self.chunks.push(Vec::with_capacity(CHUNK));
+        if chunk.len() >= CHUNK {
+            if c == last && at == CHUNK {
+                self.chunks.push(Chunk::Hot(Vec::with_capacity(CHUNK)));
                 c += 1;
                 at = 0;
             } else {
                 // Rows come a little out of order near the end: there, split where the entry
                 // goes, so the chunk left behind stays full.
-                let split = if c == self.chunks.len() - 1 {
+                let split = if c == last {
                     at.max(CHUNK / 2)
                 } else {
                     CHUNK / 2
                 };
-                let tail = self.chunks[c].split_off(split);
-                self.chunks.insert(c + 1, tail);
+                let tail = chunk.split_off(split);
+                self.chunks.insert(c + 1, Chunk::Hot(tail));
                 if at >= split && split > 0 {
                     c += 1;
                     at -= split;
                 }
             }
         }
-        self.chunks[c].insert(at, (key, p));
-        None
+        self.hot(c)?.insert(at, (key, p));
+        Ok(None)
     }
 
     /// Takes `key` out; returns where its row was.
-    pub fn remove(&mut self, key: &Key) -> Option<V> {
+    pub fn remove(&mut self, key: &Key) -> io::Result<Option<V>> {
         let c = self.chunk_of(key);
-        let chunk = self.chunks.get_mut(c)?;
-        let at = chunk.binary_search_by(|(k, _)| k.cmp(key)).ok()?;
+        if c == self.chunks.len() {
+            return Ok(None);
+        }
+        let Ok(at) = self.find(c, key)? else {
+            return Ok(None);
+        };
+        let chunk = self.hot(c)?;
         let (_, p) = chunk.remove(at);
         if chunk.is_empty() {
             self.chunks.remove(c);
         }
-        Some(p)
+        Ok(Some(p))
     }
 
     pub fn first_key(&self) -> Option<Key> {
-        self.chunks.first()?.first().map(|(k, _)| *k)
+        self.chunks.first()?.first().copied()
     }
 
-    /// Every entry, oldest first.
-    pub fn iter(&self) -> impl Iterator<Item = &(Key, V)> {
-        self.chunks.iter().flatten()
+    /// Calls `f` with every entry, oldest first, until it breaks.
+    pub fn for_each(&self, mut f: impl FnMut(&Key, &V) -> ControlFlow<()>) -> io::Result<()> {
+        for c in 0..self.chunks.len() {
+            for (k, v) in self.entries(c)?.iter() {
+                if f(k, v).is_break() {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Whether any key is in `range`.
-    pub fn any_in(&self, range: RangeInclusive<Key>) -> bool {
-        let Some(chunk) = self.chunks.get(self.chunk_of(range.start())) else {
-            return false;
-        };
-        chunk
-            .get(chunk.partition_point(|(k, _)| k < range.start()))
-            .is_some_and(|(k, _)| k <= range.end())
+    pub fn any_in(&self, range: RangeInclusive<Key>) -> io::Result<bool> {
+        let c = self.chunk_of(range.start());
+        if c == self.chunks.len() || self.chunks[c].first().is_some_and(|f| f > range.end()) {
+            return Ok(false);
+        }
+        let entries = self.entries(c)?;
+        Ok(entries
+            .get(entries.partition_point(|(k, _)| k < range.start()))
+            .is_some_and(|(k, _)| k <= range.end()))
     }
 
     /// At most `n` entries with keys in `low..high` that `keep` takes, newest first.
@@ -115,33 +291,75 @@ impl<V: Copy> TimeIndex<V> {
         high: &Key,
         n: usize,
         keep: impl Fn(&V) -> bool,
-    ) -> Vec<(Key, V)> {
+    ) -> io::Result<Vec<(Key, V)>> {
         let mut out = Vec::new();
-        let mut c = self.chunk_of(high);
-        // Entries before (c, at) are below `high`.
-        let mut at = self
-            .chunks
-            .get(c)
-            .map_or(0, |chunk| chunk.partition_point(|(k, _)| k < high));
-        while out.len() < n {
-            if at == 0 {
-                if c == 0 {
-                    break;
-                }
-                c -= 1;
-                at = self.chunks[c].len();
-                continue;
-            }
-            at -= 1;
-            let entry = self.chunks[c][at];
-            if &entry.0 < low {
+        // Chunks before `end` hold keys below `high`, and some of chunk `end` may.
+        let end = self.chunk_of(high).min(self.chunks.len().saturating_sub(1));
+        for c in (0..=end).rev() {
+            if out.len() >= n || c >= self.chunks.len() {
                 break;
             }
-            if keep(&entry.1) {
-                out.push(entry);
+            if self.chunks[c].last().is_some_and(|k| k < low) {
+                break;
+            }
+            if self.chunks[c].first().is_some_and(|k| k >= high) {
+                continue;
+            }
+            let entries = self.entries(c)?;
+            let below = entries.partition_point(|(k, _)| k < high);
+            for entry in entries[..below].iter().rev() {
+                if &entry.0 < low || out.len() >= n {
+                    break;
+                }
+                if keep(&entry.1) {
+                    out.push(*entry);
+                }
             }
         }
-        out
+        Ok(out)
+    }
+
+    /// Writes every chunk in memory but the first and the last [`HOT_TAIL`] to a file of its
+    /// own (a no-op without a directory). What fails to be written stays in memory.
+    pub fn settle(&mut self) -> io::Result<()> {
+        let Some(spill) = &mut self.spill else {
+            return Ok(());
+        };
+        let end = self.chunks.len().saturating_sub(HOT_TAIL);
+        let mut buf = Vec::new();
+        for chunk in self.chunks.iter_mut().take(end).skip(1) {
+            let Chunk::Hot(entries) = chunk else { continue };
+            let (Some(&(first, _)), Some(&(last, _))) = (entries.first(), entries.last()) else {
+                continue;
+            };
+            buf.clear();
+            for (k, v) in entries.iter() {
+                buf.extend_from_slice(k);
+                v.put(&mut buf);
+            }
+            let file = spill.next;
+            fs::write(spill.path(file), &buf)?;
+            spill.next += 1;
+            *chunk = Chunk::Cold {
+                first,
+                last,
+                len: entries.len(),
+                file,
+            };
+        }
+        Ok(())
+    }
+
+    /// Entries held in memory (for tests).
+    #[cfg(test)]
+    fn in_memory(&self) -> usize {
+        self.chunks
+            .iter()
+            .map(|c| match c {
+                Chunk::Hot(e) => e.len(),
+                Chunk::Cold { .. } => 0,
+            })
+            .sum()
     }
 }
 
@@ -153,6 +371,18 @@ mod tests {
 
     use super::*;
     use crate::store::traces::log::Pointer;
+
+    impl Fixed for Pointer {
+        const SIZE: usize = Pointer::LEN;
+
+        fn put(&self, out: &mut Vec<u8>) {
+            out.extend_from_slice(&self.encode());
+        }
+
+        fn get(bytes: &[u8]) -> Self {
+            Pointer::decode(bytes).expect("16 bytes")
+        }
+    }
 
     fn key(n: u16) -> Key {
         let mut k = [0u8; 24];
@@ -184,31 +414,49 @@ mod tests {
         ]
     }
 
+    fn all(index: &TimeIndex<Pointer>) -> Vec<(Key, Pointer)> {
+        let mut out = Vec::new();
+        index
+            .for_each(|k, p| {
+                out.push((*k, *p));
+                ControlFlow::Continue(())
+            })
+            .unwrap();
+        out
+    }
+
     proptest! {
-        /// Every operation and every query answers as a BTreeMap would.
+        /// Every operation and every query answers as a BTreeMap would, with the chunks in
+        /// memory and with them spilled to files after each operation.
         #[test]
-        fn answers_as_a_btreemap_does(ops in proptest::collection::vec(op(), 1..40), low in 0..5000u16, high in 0..5000u16, n in 0..3000usize) {
-            let mut index = TimeIndex::<Pointer>::default();
+        fn answers_as_a_btreemap_does(ops in proptest::collection::vec(op(), 1..40), low in 0..5000u16, high in 0..5000u16, n in 0..3000usize, spilled in any::<bool>()) {
+            let dir = tempfile::tempdir().unwrap();
+            let mut index = if spilled {
+                TimeIndex::<Pointer>::spilling(&dir.path().join("index")).unwrap()
+            } else {
+                TimeIndex::<Pointer>::default()
+            };
             let mut model = BTreeMap::new();
             let mut next = 4000u16;
             for op in ops {
                 match op {
-                    Op::Insert(k, p) => prop_assert_eq!(index.insert(key(k), pointer(p)), model.insert(key(k), pointer(p))),
+                    Op::Insert(k, p) => prop_assert_eq!(index.insert(key(k), pointer(p)).unwrap(), model.insert(key(k), pointer(p))),
                     Op::Append(count) => {
                         for _ in 0..count {
                             next = next.saturating_add(1);
-                            prop_assert_eq!(index.insert(key(next), pointer(1)), model.insert(key(next), pointer(1)));
+                            prop_assert_eq!(index.insert(key(next), pointer(1)).unwrap(), model.insert(key(next), pointer(1)));
                         }
                     }
-                    Op::Remove(k) => prop_assert_eq!(index.remove(&key(k)), model.remove(&key(k))),
+                    Op::Remove(k) => prop_assert_eq!(index.remove(&key(k)).unwrap(), model.remove(&key(k))),
                 }
-                prop_assert!(index.chunks.iter().all(|c| !c.is_empty() && c.len() <= CHUNK));
+                index.settle().unwrap();
+                prop_assert!(index.chunks.iter().all(|c| c.len() > 0 && c.len() <= CHUNK));
+                prop_assert!(!spilled || index.in_memory() <= (1 + HOT_TAIL) * CHUNK);
             }
-            let all: Vec<_> = index.iter().copied().collect();
-            prop_assert_eq!(&all, &model.iter().map(|(k, p)| (*k, *p)).collect::<Vec<_>>());
+            prop_assert_eq!(&all(&index), &model.iter().map(|(k, p)| (*k, *p)).collect::<Vec<_>>());
             prop_assert_eq!(index.first_key(), model.keys().next().copied());
             for k in [low, high] {
-                prop_assert_eq!(index.get(&key(k)), model.get(&key(k)).copied());
+                prop_assert_eq!(index.get(&key(k)).unwrap(), model.get(&key(k)).copied());
             }
             let (low, high) = (key(low), key(high));
             let expected: Vec<_> = if low < high {
@@ -216,16 +464,16 @@ mod tests {
             } else {
                 Vec::new()
             };
-            prop_assert_eq!(index.newest_before(&low, &high, n, |_| true), expected);
+            prop_assert_eq!(index.newest_before(&low, &high, n, |_| true).unwrap(), expected);
             let even = |p: &Pointer| p.segment.is_multiple_of(2);
             let expected: Vec<_> = if low < high {
                 model.range(low..high).rev().filter(|(_, p)| even(p)).take(n).map(|(k, p)| (*k, *p)).collect()
             } else {
                 Vec::new()
             };
-            prop_assert_eq!(index.newest_before(&low, &high, n, even), expected);
+            prop_assert_eq!(index.newest_before(&low, &high, n, even).unwrap(), expected);
             if low <= high {
-                prop_assert_eq!(index.any_in(low..=high), model.range(low..=high).next().is_some());
+                prop_assert_eq!(index.any_in(low..=high).unwrap(), model.range(low..=high).next().is_some());
             }
         }
     }
@@ -234,10 +482,10 @@ mod tests {
     fn rows_a_little_out_of_order_leave_chunks_nearly_full() {
         let mut index = TimeIndex::<Pointer>::default();
         for n in (0..(4 * CHUNK as u16)).step_by(2) {
-            index.insert(key(n + 1), pointer(1));
-            index.insert(key(n), pointer(1));
+            index.insert(key(n + 1), pointer(1)).unwrap();
+            index.insert(key(n), pointer(1)).unwrap();
         }
-        let entries: usize = index.chunks.iter().map(Vec::len).sum();
+        let entries: usize = index.chunks.iter().map(Chunk::len).sum();
         assert_eq!(entries, 4 * CHUNK);
         assert!(index.chunks.len() <= 5, "{} chunks", index.chunks.len());
     }
@@ -246,9 +494,64 @@ mod tests {
     fn appends_fill_chunks_whole() {
         let mut index = TimeIndex::<Pointer>::default();
         for n in 0..(3 * CHUNK as u16) {
-            index.insert(key(n), pointer(1));
+            index.insert(key(n), pointer(1)).unwrap();
         }
         assert_eq!(index.chunks.len(), 3);
         assert!(index.chunks.iter().all(|c| c.len() == CHUNK));
+    }
+
+    #[test]
+    fn a_spilling_index_keeps_the_first_and_last_chunks_in_memory_and_the_rest_in_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let spill = dir.path().join("index");
+        let mut index = TimeIndex::<Pointer>::spilling(&spill).unwrap();
+        let chunks = 3 * HOT_TAIL as u16;
+        for n in 0..(chunks * CHUNK as u16) {
+            index.insert(key(n), pointer(u32::from(n))).unwrap();
+        }
+        index.settle().unwrap();
+        assert_eq!(index.in_memory(), (1 + HOT_TAIL) * CHUNK);
+        let files = fs::read_dir(&spill).unwrap().count();
+        assert_eq!(files, usize::from(chunks) - 1 - HOT_TAIL);
+        // A change to a chunk in a file brings it back until the next settle.
+        let middle = (usize::from(chunks) / 2 * CHUNK) as u16;
+        assert_eq!(
+            index.remove(&key(middle)).unwrap(),
+            Some(pointer(u32::from(middle)))
+        );
+        assert_eq!(fs::read_dir(&spill).unwrap().count(), files - 1);
+        assert_eq!(
+            index.get(&key(middle + 1)).unwrap(),
+            Some(pointer(u32::from(middle) + 1))
+        );
+        index.settle().unwrap();
+        assert_eq!(fs::read_dir(&spill).unwrap().count(), files);
+        assert_eq!(index.in_memory(), (1 + HOT_TAIL) * CHUNK);
+        // Opening the directory again empties it.
+        drop(index);
+        let again = TimeIndex::<Pointer>::spilling(&spill).unwrap();
+        assert_eq!(fs::read_dir(&spill).unwrap().count(), 0);
+        assert_eq!(again.first_key(), None);
+    }
+
+    #[test]
+    fn a_chunk_file_cut_short_is_an_error_not_a_wrong_answer() {
+        let dir = tempfile::tempdir().unwrap();
+        let spill = dir.path().join("index");
+        let mut index = TimeIndex::<Pointer>::spilling(&spill).unwrap();
+        for n in 0..((2 + HOT_TAIL) * CHUNK) as u16 {
+            index.insert(key(n), pointer(1)).unwrap();
+        }
+        index.settle().unwrap();
+        let file = fs::read_dir(&spill)
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        fs::write(&file, b"short").unwrap();
+        let e = index.get(&key(CHUNK as u16 + 5)).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}");
+        assert!(e.to_string().contains("holds 5 bytes"), "{e}");
     }
 }
