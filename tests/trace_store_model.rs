@@ -1005,7 +1005,7 @@ fn a_store_larger_than_the_index_in_memory_answers_the_same() {
     let check = |store: &TraceStore| {
         assert_eq!(all_pages(store, &feature_query(None)), newest_first);
         assert_eq!(all_pages(store, &feature_query(Some("rare"))), rare);
-        for i in [0, 1, 999, 5_000, n - 1] {
+        for i in [0, 1, 999, 2_000, 3_000, 5_000, 6_001, n - 1] {
             let row = store.summary(&many_id(i)).unwrap().expect("kept");
             assert_eq!(row.feature.as_deref(), Some(feature(i)));
         }
@@ -1023,11 +1023,23 @@ fn a_store_larger_than_the_index_in_memory_answers_the_same() {
         assert!(store.flush(Duration::from_secs(30)));
         assert!(chunk_files(dir.path()) > 0, "the index spilled nothing");
         check(&store);
-        // A late span for an old trace changes its row, in a chunk held in a file.
-        put(&store, one_of_many(3, 1, now + 3_000, feature(3)), None);
+        // A late span for an old trace (found by its id in a chunk held in a file) changes its
+        // row; one that starts before it moves the row.
+        put(
+            &store,
+            one_of_many(3_000, 1, now + 3_000_000, feature(3_000)),
+            None,
+        );
+        put(
+            &store,
+            one_of_many(5_000, 1, now + 5_000_000 - 1, feature(5_000)),
+            None,
+        );
         assert!(store.flush(Duration::from_secs(30)));
-        assert_eq!(store.summary(&many_id(3)).unwrap().unwrap().totals.spans, 2);
-        assert_eq!(store.trace(&many_id(3)).unwrap().unwrap().nodes.len(), 2);
+        for i in [3_000, 5_000] {
+            assert_eq!(store.summary(&many_id(i)).unwrap().unwrap().totals.spans, 2);
+            assert_eq!(store.trace(&many_id(i)).unwrap().unwrap().nodes.len(), 2);
+        }
         check(&store);
         store.close();
         metric(&metrics, "sidetrace_store_bytes ")
@@ -1038,7 +1050,24 @@ fn a_store_larger_than_the_index_in_memory_answers_the_same() {
         assert_eq!(metric(&metrics, "sidetrace_store_traces "), f64::from(n));
         assert!(chunk_files(dir.path()) > 0);
         check(&store);
-        assert_eq!(store.summary(&many_id(3)).unwrap().unwrap().totals.spans, 2);
+        assert_eq!(
+            store
+                .summary(&many_id(3_000))
+                .unwrap()
+                .unwrap()
+                .totals
+                .spans,
+            2
+        );
+        assert_eq!(
+            store
+                .summary(&many_id(5_000))
+                .unwrap()
+                .unwrap()
+                .totals
+                .spans,
+            2
+        );
         store.close();
     }
     // Opened with room for about half: the oldest go, whole, from chunks held in files.

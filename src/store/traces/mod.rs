@@ -32,6 +32,7 @@
 //! `rows` tree) are moved into the row files at open.
 
 mod codec;
+mod id_filter;
 mod log;
 mod open;
 mod query;
@@ -60,7 +61,7 @@ pub use query::{Page, SessionQuery, TraceQuery, TraceTree, TreeNode};
 pub use summary::{SessionSummary, SpanFacts, Totals, TraceSummary};
 
 use log::{Pointer, SpanLog};
-use open::{OPEN_MAX, OpenTrace, OpenTraces, TraceRow, WrittenIds};
+use open::{OPEN_MAX, OpenTrace, OpenTraces, TraceRow};
 use rows::{Change, Rows};
 use sessions::Sessions;
 use tags::Interner;
@@ -281,8 +282,6 @@ pub struct TraceStore {
     /// Traces still taking spans (readers look here first). Only the writer changes it; a
     /// trace leaves it only once its row is written.
     open: Mutex<OpenTraces>,
-    /// Where each written trace's row is.
-    written: Mutex<WrittenIds>,
     queue: Mutex<Option<SyncSender<Message>>>,
 }
 /// What opening the store found.
@@ -484,16 +483,13 @@ impl TraceStore {
             } else {
                 scanned
             };
-            Ok((written_ids(&rows).map_err(sled::Error::Io)?, scanned))
+            Ok(scanned)
         });
-        let (
-            written,
-            Scanned {
-                live,
-                counts,
-                sessions,
-            },
-        ) = match read {
+        let Scanned {
+            live,
+            counts,
+            sessions,
+        } = match read {
             Ok(read) => read,
             Err(e) => {
                 return Opened::unavailable(
@@ -511,7 +507,6 @@ impl TraceStore {
             sessions: Mutex::new(sessions),
             live: Mutex::new(live),
             open: Mutex::new(OpenTraces::default()),
-            written: Mutex::new(written),
             trees: Detached::new(trees),
             limits,
             metrics,
@@ -781,10 +776,6 @@ impl TraceStore {
         self.open.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn written(&self) -> std::sync::MutexGuard<'_, WrittenIds> {
-        self.written.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// Applies a batch of spans; on a failed write the store turns off.
     fn write(&self, spans: Vec<Incoming>, known_resources: &mut ResourceKeys, buf: &mut Vec<u8>) {
         let n = spans.len() as u64;
@@ -1045,7 +1036,6 @@ impl TraceStore {
     /// entries.
     fn write_rows(&self, traces: &[Box<OpenTrace>]) -> Result<(), sled::Error> {
         let mut changes: Vec<Change> = Vec::with_capacity(traces.len());
-        let mut moved = Vec::new();
         for trace in traces {
             let id = &trace.summary.trace_id;
             let start = trace.summary.start_unix_nanos;
@@ -1053,38 +1043,13 @@ impl TraceStore {
                 && old.start_unix_nanos != start
             {
                 changes.push((time_key(old.start_unix_nanos, id), None));
-                moved.push((*id, old.start_unix_nanos));
             }
             let row = TraceRow::encode_parts(&trace.summary, &trace.spans);
             let tags = self.interner().tags_of(&trace.summary);
             changes.push((time_key(start, id), Some((row, tags))));
         }
         let mut buf = Vec::new();
-        self.rows
-            .write(&changes, &mut buf)
-            .map_err(sled::Error::Io)?;
-        for (id, start) in moved {
-            self.forget_written(&id, start);
-        }
-        let mut written = self.written();
-        for trace in traces {
-            let id = &trace.summary.trace_id;
-            // Unreadable, the entry is taken as another trace's: this one's goes beside it.
-            written.insert(id, trace.summary.start_unix_nanos, |at| {
-                self.rows.contains_key(&time_key(at, id)).unwrap_or(false)
-            });
-        }
-        Ok(())
-    }
-
-    /// Forgets where a trace's row was (the row at `start` is removed already).
-    fn forget_written(&self, id: &[u8; 16], start: u64) {
-        // Unreadable, the entry is kept: a lookup checks the row it leads to.
-        self.written().remove(id, start, || {
-            self.rows
-                .any_in(WrittenIds::shared_range(id, start))
-                .unwrap_or(true)
-        });
+        self.rows.write(&changes, &mut buf).map_err(sled::Error::Io)
     }
 
     /// The open trace `id`, marked as given spans `now`; opened again from `row` (its written
@@ -1115,10 +1080,9 @@ impl TraceStore {
 
     /// A written trace's row key and row.
     fn written_row(&self, id: &[u8; 16]) -> Result<Option<([u8; 24], TraceRow)>, sled::Error> {
-        let Some(start) = self.written().get(id) else {
+        let Some(key) = self.rows.find(id).map_err(sled::Error::Io)? else {
             return Ok(None);
         };
-        let key = time_key(start, id);
         Ok(self
             .rows
             .get(&key)
@@ -1214,16 +1178,12 @@ impl TraceStore {
                     continue;
                 };
                 // An index entry without its row is removed too, so the loop ends.
-                let row = self.evict_taking_row(&id, "size", key)?;
-                removed.push((key, row));
+                self.evict_taking_row(&id, "size", key)?;
+                removed.push((key, None));
             }
-            let changes: Vec<_> = removed.iter().map(|(key, _)| (*key, None)).collect();
             self.rows
-                .write(&changes, &mut Vec::new())
+                .write(&removed, &mut Vec::new())
                 .map_err(sled::Error::Io)?;
-            for (id, start) in removed.into_iter().filter_map(|(_, row)| row) {
-                self.forget_written(&id, start);
-            }
         }
         Ok(())
     }
@@ -1286,35 +1246,24 @@ impl TraceStore {
         if let Some((key, _)) = &row {
             self.remove_row(*key)?;
         }
-        let forget = row
-            .as_ref()
-            .map(|(_, written)| written.summary.start_unix_nanos);
-        let evicted = self.forget_trace(open, row.map(|(_, row)| row), reason)?;
-        if let Some(start) = forget {
-            self.forget_written(trace_id, start);
-        }
-        Ok(evicted)
+        self.forget_trace(open, row.map(|(_, row)| row), reason)
     }
 
     /// [`TraceStore::evict`] for the trace of the row at `key`, whose removal the caller
-    /// writes (with others, in one append). Returns the written row's id and start, to forget
-    /// once the removal is written.
+    /// writes (with others, in one append).
     fn evict_taking_row(
         &self,
         trace_id: &[u8; 16],
         reason: &'static str,
         key: [u8; 24],
-    ) -> Result<Option<([u8; 16], u64)>, sled::Error> {
+    ) -> Result<(), sled::Error> {
         let open = self.open_traces().remove(trace_id);
         let row = self
             .written_row(trace_id)?
             .filter(|(at, _)| *at == key)
             .map(|(_, row)| row);
-        let written = row
-            .as_ref()
-            .map(|r| (*trace_id, r.summary.start_unix_nanos));
         self.forget_trace(open, row, reason)?;
-        Ok(written)
+        Ok(())
     }
 
     /// Takes an evicted trace (open, written, or both: the open trace holds the written spans
@@ -1350,25 +1299,6 @@ impl TraceStore {
             .inc();
         Ok(true)
     }
-}
-
-/// Where each written trace's row is, from the rows' keys.
-fn written_ids(rows: &Rows) -> io::Result<WrittenIds> {
-    let mut ids = WrittenIds::default();
-    rows.for_each(|key, _| {
-        let (Some(id), Some(start)) = (
-            trace_id_of(key),
-            key.get(..8)
-                .and_then(|b| b.try_into().ok())
-                .map(u64::from_be_bytes),
-        ) else {
-            return;
-        };
-        // A trace has one row: the one recorded under its prefix is this trace's only if it
-        // is at this start.
-        ids.insert(&id, start, |at| at == start);
-    })?;
-    Ok(ids)
 }
 
 /// Moves a store of an earlier layout into the row files: a sled `rows` tree (rows as they are

@@ -267,70 +267,6 @@ fn split_count(bytes: &[u8]) -> Option<(usize, &[u8])> {
     Some((u32::from_be_bytes(*n) as usize, rest))
 }
 
-/// Where each written trace's row is: its start time, the first half of the row's key (about
-/// 17 bytes a trace). Keyed by the id's first 8 bytes. The rule:
-/// a written trace is in `overflow` with its start, or its start is its prefix's entry in
-/// `by_prefix` (ids sharing a prefix and a start share the entry); a lookup reads the row at
-/// that start and checks the id.
-#[derive(Debug, Default)]
-pub(super) struct WrittenIds {
-    by_prefix: HashMap<u64, u64>,
-    overflow: HashMap<[u8; 16], u64>,
-}
-
-fn prefix(id: &[u8; 16]) -> u64 {
-    u64::from_be_bytes(id[..8].try_into().expect("8 bytes"))
-}
-
-impl WrittenIds {
-    /// The start to look the trace up at: the row there may be another trace's that shares
-    /// the prefix, so the caller checks the row it reads.
-    pub fn get(&self, id: &[u8; 16]) -> Option<u64> {
-        self.overflow
-            .get(id)
-            .or_else(|| self.by_prefix.get(&prefix(id)))
-            .copied()
-    }
-
-    /// Records `id`'s row at `start`. `is_same` says whether the trace already recorded under
-    /// the same prefix (at the start given) is this one.
-    pub fn insert(&mut self, id: &[u8; 16], start: u64, is_same: impl FnOnce(u64) -> bool) {
-        if let Some(s) = self.overflow.get_mut(id) {
-            *s = start;
-            return;
-        }
-        match self.by_prefix.get(&prefix(id)).copied() {
-            Some(existing) if !is_same(existing) => {
-                self.overflow.insert(*id, start);
-            }
-            _ => {
-                self.by_prefix.insert(prefix(id), start);
-            }
-        }
-    }
-
-    /// Forgets `id`'s row, which was at `start` (and is gone). `shared` says whether another
-    /// trace with the same prefix still has a row at that start: it keeps the entry then.
-    pub fn remove(&mut self, id: &[u8; 16], start: u64, shared: impl FnOnce() -> bool) {
-        if self.overflow.remove(id).is_none()
-            && self.by_prefix.get(&prefix(id)) == Some(&start)
-            && !shared()
-        {
-            self.by_prefix.remove(&prefix(id));
-        }
-    }
-
-    /// The key range of the rows at `start` whose trace ids begin like `id`.
-    pub fn shared_range(id: &[u8; 16], start: u64) -> std::ops::RangeInclusive<[u8; 24]> {
-        let mut low = [0u8; 24];
-        low[..8].copy_from_slice(&start.to_be_bytes());
-        low[8..16].copy_from_slice(&id[..8]);
-        let mut high = low;
-        high[16..].fill(0xff);
-        low..=high
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -359,30 +295,6 @@ mod tests {
         assert_eq!(TraceRow::decode_summary(&bytes), Some(summary));
         assert_eq!(TraceRow::decode(&bytes[..10]), None);
         assert_eq!(TraceRow::decode_summary(&[0, 0, 0, 9, b'{']), None);
-    }
-
-    #[test]
-    fn ids_sharing_a_prefix_are_kept_apart() {
-        let mut ids = WrittenIds::default();
-        let a = [1u8; 16];
-        let mut b = a;
-        b[15] = 2;
-        ids.insert(&a, 10, |_| unreachable!("nothing shares the prefix yet"));
-        ids.insert(&b, 20, |at| {
-            assert_eq!(at, 10);
-            false
-        });
-        assert_eq!((ids.get(&a), ids.get(&b)), (Some(10), Some(20)));
-        // Moved (its start changed), then removed.
-        ids.insert(&a, 5, |_| true);
-        assert_eq!(ids.get(&a), Some(5));
-        ids.remove(&b, 20, || unreachable!("b was in the overflow"));
-        assert_eq!((ids.get(&a), ids.get(&b)), (Some(5), Some(5)));
-        // Another trace with the prefix still at 5 keeps the entry; none left drops it.
-        ids.remove(&a, 5, || true);
-        assert_eq!(ids.get(&a), Some(5));
-        ids.remove(&a, 5, || false);
-        assert_eq!(ids.get(&a), None);
     }
 
     #[test]

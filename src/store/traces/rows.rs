@@ -5,7 +5,8 @@
 //! are. In sled a row cost about 15 µs of the writer's CPU and 230 bytes of memory (sled's page
 //! table and node copies), more than the rest of the store together. Here a batch of rows is
 //! appended with one write, and the index, start time + trace id -> where the row is (48
-//! bytes a trace, `time_index.rs`), is kept in memory and rebuilt at open by reading the files.
+//! bytes a trace, `time_index.rs`: its newest entries in memory, the rest in files of its
+//! own), is rebuilt at open by reading the files.
 //!
 //! A record is a CRC-32 of the rest (4 bytes), the body's length (4; `u32::MAX` for a removal),
 //! the key (24) and the body. A row written again under its key supersedes the earlier one; a
@@ -23,7 +24,7 @@
 use std::{
     collections::BTreeMap,
     fs, io,
-    ops::{ControlFlow, RangeInclusive},
+    ops::ControlFlow,
     path::Path,
     sync::{Mutex, RwLock},
 };
@@ -259,13 +260,9 @@ impl Rows {
         self.index.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn contains_key(&self, key: &Key) -> io::Result<bool> {
-        Ok(self.index().get(key)?.is_some())
-    }
-
-    /// Whether any row's key is in `range`.
-    pub fn any_in(&self, range: RangeInclusive<Key>) -> io::Result<bool> {
-        self.index().any_in(range)
+    /// The key of trace `id`'s row, if it has one.
+    pub fn find(&self, id: &[u8; 16]) -> io::Result<Option<Key>> {
+        self.index().find(id)
     }
 
     /// The oldest row's key.
@@ -494,8 +491,14 @@ mod tests {
             page.iter().map(|(k, _)| *k).collect::<Vec<_>>(),
             [key(2, 2)]
         );
-        assert!(rows.any_in(key(2, 0)..=key(2, 255)).unwrap());
-        assert!(!rows.any_in(key(1, 0)..=key(1, 255)).unwrap());
+        assert_eq!(
+            rows.find(&key(2, 2)[8..].try_into().unwrap()).unwrap(),
+            Some(key(2, 2))
+        );
+        assert_eq!(
+            rows.find(&key(1, 1)[8..].try_into().unwrap()).unwrap(),
+            None
+        );
         assert_eq!(rows.first_key(), Some(key(2, 2)));
     }
 

@@ -20,12 +20,13 @@
 
 use std::{
     borrow::Cow,
+    collections::HashMap,
     fs, io,
-    ops::{ControlFlow, RangeInclusive},
+    ops::ControlFlow,
     path::{Path, PathBuf},
 };
 
-use super::rows::Key;
+use super::{id_filter::IdFilter, rows::Key};
 
 /// Entries per chunk at most.
 const CHUNK: usize = 1024;
@@ -49,7 +50,24 @@ enum Chunk<V> {
         last: Key,
         len: usize,
         file: u64,
+        /// Its filter's slot in [`IdFilter`].
+        slot: usize,
     },
+}
+
+fn id_of(key: &Key) -> [u8; 16] {
+    key[8..].try_into().expect("16 bytes")
+}
+
+fn start_of(key: &Key) -> u64 {
+    u64::from_be_bytes(key[..8].try_into().expect("8 bytes"))
+}
+
+fn key_of(start: u64, id: &[u8; 16]) -> Key {
+    let mut key = [0u8; 24];
+    key[..8].copy_from_slice(&start.to_be_bytes());
+    key[8..].copy_from_slice(id);
+    key
 }
 
 impl<V> Chunk<V> {
@@ -95,6 +113,11 @@ pub(super) struct TimeIndex<V> {
     chunks: Vec<Chunk<V>>,
     /// `None`: every chunk stays in memory.
     spill: Option<Spill>,
+    /// The trace id of each key in a chunk in memory, to its start (a key per id: a trace has
+    /// one row).
+    ids: HashMap<[u8; 16], u64>,
+    /// The trace ids of the chunks in files.
+    filter: IdFilter,
 }
 
 impl<V> Default for TimeIndex<V> {
@@ -102,6 +125,8 @@ impl<V> Default for TimeIndex<V> {
         TimeIndex {
             chunks: Vec::new(),
             spill: None,
+            ids: HashMap::new(),
+            filter: IdFilter::default(),
         }
     }
 }
@@ -115,11 +140,11 @@ impl<V: Fixed> TimeIndex<V> {
         }
         fs::create_dir_all(dir)?;
         Ok(TimeIndex {
-            chunks: Vec::new(),
             spill: Some(Spill {
                 dir: dir.to_path_buf(),
                 next: 0,
             }),
+            ..TimeIndex::default()
         })
     }
 
@@ -168,13 +193,18 @@ impl<V: Fixed> TimeIndex<V> {
     /// Chunk `c`'s entries in memory, to change: read back from its file (which goes) if
     /// it is in one.
     fn hot(&mut self, c: usize) -> io::Result<&mut Vec<(Key, V)>> {
-        if let Chunk::Cold { file, .. } = self.chunks[c] {
+        if let Chunk::Cold { file, slot, .. } = self.chunks[c] {
             let entries = self.entries(c)?.into_owned();
             let spill = self
                 .spill
                 .as_ref()
                 .expect("a chunk in a file has a directory");
             fs::remove_file(spill.path(file))?;
+            self.filter.free(slot);
+            for (k, _) in &entries {
+                // A row that replaced this one in memory already (a later start) stays.
+                self.ids.entry(id_of(k)).or_insert(start_of(k));
+            }
             self.chunks[c] = Chunk::Hot(entries);
         }
         match &mut self.chunks[c] {
@@ -184,7 +214,7 @@ impl<V: Fixed> TimeIndex<V> {
     }
 
     /// Where `key` is in chunk `c` (`Err`: where it would go), without changing the chunk.
-    fn find(&self, c: usize, key: &Key) -> io::Result<Result<usize, usize>> {
+    fn search(&self, c: usize, key: &Key) -> io::Result<Result<usize, usize>> {
         if self.chunks[c].first().is_none_or(|first| key < first) {
             return Ok(Err(0));
         }
@@ -196,7 +226,7 @@ impl<V: Fixed> TimeIndex<V> {
         if c == self.chunks.len() {
             return Ok(None);
         }
-        Ok(match self.find(c, key)? {
+        Ok(match self.search(c, key)? {
             Ok(at) => Some(self.entries(c)?[at].1),
             Err(_) => None,
         })
@@ -236,6 +266,7 @@ impl<V: Fixed> TimeIndex<V> {
             }
         }
         self.hot(c)?.insert(at, (key, p));
+        self.ids.insert(id_of(&key), start_of(&key));
         Ok(None)
     }
 
@@ -245,7 +276,7 @@ impl<V: Fixed> TimeIndex<V> {
         if c == self.chunks.len() {
             return Ok(None);
         }
-        let Ok(at) = self.find(c, key)? else {
+        let Ok(at) = self.search(c, key)? else {
             return Ok(None);
         };
         let chunk = self.hot(c)?;
@@ -253,7 +284,31 @@ impl<V: Fixed> TimeIndex<V> {
         if chunk.is_empty() {
             self.chunks.remove(c);
         }
+        let id = id_of(key);
+        if self.ids.get(&id) == Some(&start_of(key)) {
+            self.ids.remove(&id);
+        }
         Ok(Some(p))
+    }
+
+    /// The key of trace `id`'s entry, if it has one.
+    pub fn find(&self, id: &[u8; 16]) -> io::Result<Option<Key>> {
+        if let Some(&start) = self.ids.get(id) {
+            return Ok(Some(key_of(start, id)));
+        }
+        for slot in self.filter.candidates(id) {
+            let Some(c) = self
+                .chunks
+                .iter()
+                .position(|chunk| matches!(chunk, Chunk::Cold { slot: s, .. } if *s == slot))
+            else {
+                continue;
+            };
+            if let Some((k, _)) = self.entries(c)?.iter().find(|(k, _)| k[8..] == id[..]) {
+                return Ok(Some(*k));
+            }
+        }
+        Ok(None)
     }
 
     pub fn first_key(&self) -> Option<Key> {
@@ -270,18 +325,6 @@ impl<V: Fixed> TimeIndex<V> {
             }
         }
         Ok(())
-    }
-
-    /// Whether any key is in `range`.
-    pub fn any_in(&self, range: RangeInclusive<Key>) -> io::Result<bool> {
-        let c = self.chunk_of(range.start());
-        if c == self.chunks.len() || self.chunks[c].first().is_some_and(|f| f > range.end()) {
-            return Ok(false);
-        }
-        let entries = self.entries(c)?;
-        Ok(entries
-            .get(entries.partition_point(|(k, _)| k < range.start()))
-            .is_some_and(|(k, _)| k <= range.end()))
     }
 
     /// At most `n` entries with keys in `low..high` that `keep` takes, newest first.
@@ -340,13 +383,23 @@ impl<V: Fixed> TimeIndex<V> {
             let file = spill.next;
             fs::write(spill.path(file), &buf)?;
             spill.next += 1;
+            let slot = self.filter.alloc();
+            for (k, _) in entries.iter() {
+                let id = id_of(k);
+                self.filter.add(slot, &id);
+                if self.ids.get(&id) == Some(&start_of(k)) {
+                    self.ids.remove(&id);
+                }
+            }
             *chunk = Chunk::Cold {
                 first,
                 last,
                 len: entries.len(),
                 file,
+                slot,
             };
         }
+        self.ids.shrink_to(self.ids.len() * 2);
         Ok(())
     }
 
@@ -384,9 +437,11 @@ mod tests {
         }
     }
 
+    /// Key `n`: start `n`, and a trace id of its own.
     fn key(n: u16) -> Key {
         let mut k = [0u8; 24];
         k[6..8].copy_from_slice(&n.to_be_bytes());
+        k[22..].copy_from_slice(&n.to_be_bytes());
         k
     }
 
@@ -457,6 +512,11 @@ mod tests {
             prop_assert_eq!(index.first_key(), model.keys().next().copied());
             for k in [low, high] {
                 prop_assert_eq!(index.get(&key(k)).unwrap(), model.get(&key(k)).copied());
+                let id = id_of(&key(k));
+                prop_assert_eq!(index.find(&id).unwrap(), model.contains_key(&key(k)).then_some(key(k)));
+            }
+            for k in model.keys().step_by(97) {
+                prop_assert_eq!(index.find(&id_of(k)).unwrap(), Some(*k));
             }
             let (low, high) = (key(low), key(high));
             let expected: Vec<_> = if low < high {
@@ -472,9 +532,6 @@ mod tests {
                 Vec::new()
             };
             prop_assert_eq!(index.newest_before(&low, &high, n, even).unwrap(), expected);
-            if low <= high {
-                prop_assert_eq!(index.any_in(low..=high).unwrap(), model.range(low..=high).next().is_some());
-            }
         }
     }
 
