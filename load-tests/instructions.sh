@@ -81,7 +81,7 @@ for t in "${TARGETS[@]}"; do
     callgrind_control -d "$pid" >/dev/null 2>&1
     sleep 1
     ok=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['ok'])" "$WORK/run$i.json")
-    ir=$(cat "$WORK"/cg"$i".*.1 | awk '/^summary:/ { s += $2 } END { print s }')
+    ir=$(cat "$WORK"/cg"$i".*.1 | awk '/^summary:/ { s += $2 } END { printf "%.0f\n", s }')
     kill -TERM "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
     echo "$t  store $STORE  calls $ok  instructions per call $((ir / ok))"
