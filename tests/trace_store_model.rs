@@ -1095,3 +1095,55 @@ fn a_store_larger_than_the_index_in_memory_answers_the_same() {
     assert!(store.summary(&many_id(0)).unwrap().is_none());
     assert!(store.summary(&many_id(n - 1)).unwrap().is_some());
 }
+
+/// Lists filter the time index by 32-bit hashes of the feature, user and session; two values
+/// with the same hash (these two do) are still told apart, in the lists and the session view.
+#[test]
+fn values_that_share_a_hash_are_told_apart() {
+    let (a, b) = ("s38675", "s61566");
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = open(dir.path(), u64::MAX, Duration::from_secs(86_400));
+    let now = now_unix_nanos();
+    for (n, value) in [(0u32, a), (1, b), (2, a), (3, b)] {
+        let mut span = one_of_many(n, 0, now + u64::from(n) * 1_000, "support");
+        for (k, v) in &mut span.attributes {
+            if k.as_ref() == "session.id" {
+                *v = AttrValue::Str(value.into());
+            }
+        }
+        span.attributes
+            .push(("user.id".into(), AttrValue::Str(value.into())));
+        put(&store, span, None);
+    }
+    assert!(store.flush(Duration::from_secs(10)));
+    let of = |value: &str| -> Vec<[u8; 16]> {
+        if value == a {
+            vec![many_id(2), many_id(0)]
+        } else {
+            vec![many_id(3), many_id(1)]
+        }
+    };
+    for value in [a, b] {
+        let by_session = TraceQuery {
+            session: Some(value.into()),
+            limit: 1,
+            ..TraceQuery::default()
+        };
+        assert_eq!(all_pages(&store, &by_session), of(value));
+        let by_user = TraceQuery {
+            user: Some(value.into()),
+            limit: 10,
+            ..TraceQuery::default()
+        };
+        assert_eq!(all_pages(&store, &by_user), of(value));
+        let (session, traces) = store.session(value, 1).unwrap().unwrap();
+        assert_eq!(session.traces, 2);
+        assert_eq!(traces.rows.len(), 1);
+        assert!(traces.more);
+        assert_eq!(traces.rows[0].trace_id, of(value)[1]);
+        let (_, traces) = store.session(value, 10).unwrap().unwrap();
+        let mut ids: Vec<_> = traces.rows.iter().map(|r| r.trace_id).collect();
+        ids.reverse();
+        assert_eq!(ids, of(value));
+    }
+}

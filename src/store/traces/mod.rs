@@ -17,10 +17,11 @@
 //!   appended to the segment files under `spans/` (`log.rs`)
 //! - rows: start nanos (8) + trace id -> the trace's [`TraceSummary`] and where each of its
 //!   spans is ([`TraceRow`]), appended to the segment files under `rows/` (`rows.rs`), whose
-//!   index in memory is the time index; written once the trace has been quiet for a while
-//!   (until then it is open, in memory, and the readers see it there)
-//! - the time index's entries also hold each trace's feature, user and session as ids
-//!   (`tags.rs`): the lists filter by them in memory
+//!   index is the time index (its newest entries in memory, the rest in files under
+//!   `rows/index`); written once the trace has been quiet for a while (until then it is
+//!   open, in memory, and the readers see it there)
+//! - the time index's entries also hold each trace's feature, user and session as 32-bit
+//!   hashes (`tags.rs`): the lists filter by them before reading a row
 //! - session rows ([`SessionSummary`]): in memory (`sessions.rs`), summed from the trace rows
 //!   at open
 //! - sled trees: `resources`: resource key (8) -> resource attributes; `meta`: the replay
@@ -64,7 +65,7 @@ use log::{Pointer, SpanLog};
 use open::{OPEN_MAX, OpenTrace, OpenTraces, TraceRow};
 use rows::{Change, Rows};
 use sessions::Sessions;
-use tags::Interner;
+use tags::Tags;
 
 use super::sled_db::{Damage, Detached, is_damage, move_aside, open_waiting_for_lock};
 use crate::{
@@ -273,8 +274,6 @@ pub struct TraceStore {
     log: SpanLog,
     /// The written traces' rows, and the time index.
     rows: Rows,
-    /// The ids of the features, users and sessions in the time index.
-    interner: Mutex<Interner>,
     /// Session rows, rebuilt from the trace rows at open.
     sessions: Mutex<Sessions>,
     /// Live spans per segment, counted from the rows at open.
@@ -454,13 +453,10 @@ impl TraceStore {
                 );
             }
         };
-        let mut interner = Interner::default();
         #[allow(clippy::type_complexity)]
         let opened_log = (|| -> io::Result<(SpanLog, Rows, Scanned, BTreeMap<u32, u64>)> {
             let row_bytes = (limits.max_bytes / 64).clamp(64 << 10, 16 << 20);
-            let rows = Rows::open(&dir.join("rows"), row_bytes, |row| {
-                TraceRow::decode_tags(row, &mut interner)
-            })?;
+            let rows = Rows::open(&dir.join("rows"), row_bytes, TraceRow::decode_tags)?;
             let scanned = scan_rows(&rows)?;
             let keep = span_segments_to_keep(&trees, &scanned, &dir.join("spans"))?;
             let segment_bytes = (limits.max_bytes / 16).clamp(64 << 10, 64 << 20);
@@ -476,7 +472,7 @@ impl TraceStore {
                 );
             }
         };
-        let read = migrate_legacy(&trees, &log, &rows, &mut interner).and_then(|migrated| {
+        let read = migrate_legacy(&trees, &log, &rows).and_then(|migrated| {
             // Rows moved in from an earlier layout are read again.
             let scanned = if migrated {
                 scan_rows(&rows).map_err(sled::Error::Io)?
@@ -503,7 +499,6 @@ impl TraceStore {
             counts: Mutex::new(counts),
             log,
             rows,
-            interner: Mutex::new(interner),
             sessions: Mutex::new(sessions),
             live: Mutex::new(live),
             open: Mutex::new(OpenTraces::default()),
@@ -1045,7 +1040,7 @@ impl TraceStore {
                 changes.push((time_key(old.start_unix_nanos, id), None));
             }
             let row = TraceRow::encode_parts(&trace.summary, &trace.spans);
-            let tags = self.interner().tags_of(&trace.summary);
+            let tags = Tags::of_summary(&trace.summary);
             changes.push((time_key(start, id), Some((row, tags))));
         }
         let mut buf = Vec::new();
@@ -1119,10 +1114,6 @@ impl TraceStore {
             .read(p)
             .ok()
             .and_then(|bytes| codec::decode_span(&bytes))
-    }
-
-    fn interner(&self) -> std::sync::MutexGuard<'_, Interner> {
-        self.interner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn counts(&self) -> std::sync::MutexGuard<'_, Counts> {
@@ -1306,12 +1297,7 @@ impl TraceStore {
 /// (pointers, or the span's JSON inline, which is appended to the span files) become one row.
 /// The old trees are dropped once the rows are durable (the index and session trees too: the
 /// time index and the sessions are rebuilt from the rows).
-fn migrate_legacy(
-    trees: &Trees,
-    log: &SpanLog,
-    rows: &Rows,
-    interner: &mut Interner,
-) -> Result<bool, sled::Error> {
+fn migrate_legacy(trees: &Trees, log: &SpanLog, rows: &Rows) -> Result<bool, sled::Error> {
     let names = trees.db.tree_names();
     let has = |name: &[u8]| names.iter().any(|n| n == name);
     if has(b"by_time") {
@@ -1329,7 +1315,7 @@ fn migrate_legacy(
         for entry in trees.db.open_tree("rows")?.iter() {
             let (key, row) = entry?;
             if let Ok(key) = <[u8; 24]>::try_from(key.as_ref()) {
-                let tags = TraceRow::decode_tags(&row, interner);
+                let tags = TraceRow::decode_tags(&row);
                 changes.push((key, Some((row.to_vec(), tags))));
             }
             if changes.len() >= 1024 {
@@ -1366,7 +1352,7 @@ fn migrate_legacy(
                 pointers.push((span_id, pointer));
             }
             let key = time_key(summary.start_unix_nanos, &id);
-            let tags = interner.tags_of(&summary);
+            let tags = Tags::of_summary(&summary);
             let row = TraceRow {
                 spans: pointers,
                 summary,

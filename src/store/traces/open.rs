@@ -11,11 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::{
-    TraceSummary, codec,
-    log::Pointer,
-    tags::{Interner, Tags},
-};
+use super::{TraceSummary, codec, log::Pointer, tags::Tags};
 
 /// A trace with no new span for this long is written and let go of.
 pub(super) const SEAL_IDLE: Duration = Duration::from_secs(5);
@@ -244,12 +240,12 @@ impl TraceRow {
 
 impl TraceRow {
     /// The feature, user and session ids of an encoded row (its summary read for just these).
-    pub fn decode_tags(bytes: &[u8], interner: &mut Interner) -> Tags {
+    pub fn decode_tags(bytes: &[u8]) -> Tags {
         let tags = split_count(bytes)
             .and_then(|(n, rest)| rest.get(n.checked_mul(SPAN_ENTRY)?..))
             .and_then(codec::decode_tags);
         tags.map_or_else(Tags::default, |[feature, user, session]| {
-            interner.tags(feature.as_deref(), user.as_deref(), session.as_deref())
+            Tags::of(feature.as_deref(), user.as_deref(), session.as_deref())
         })
     }
 

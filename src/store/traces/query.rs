@@ -170,15 +170,11 @@ impl TraceStore {
         if let Some((start, id)) = q.cursor {
             high = high.min(time_key(start, &id));
         }
-        let filter = self.interner().filter(
+        let filter = TagFilter::new(
             q.feature.as_deref(),
             q.user.as_deref(),
             q.session.as_deref(),
         );
-        if filter.matches_none() {
-            // No written trace has the value asked for; open ones may.
-            high = low;
-        }
         let written = Written {
             rows: &self.rows,
             filter,
@@ -341,29 +337,41 @@ impl TraceStore {
         // Its open traces and its written ones, oldest first; an open trace takes the place of
         // its earlier row.
         let (open, open_ids) = self.open_matching(|s| s.session.as_deref() == Some(id));
-        let mut all: Vec<TraceSummary> = open;
-        let filter = self.interner().filter(None, None, Some(id));
-        let written = if filter.matches_none() {
-            Vec::new()
-        } else {
-            self.rows
-                .oldest(limit + open_ids.len() + 1, |t| filter.takes(t))
-                .map_err(sled::Error::Io)?
-        };
-        for k in written {
-            let Some(trace) = trace_id_of(&k) else {
-                continue;
-            };
-            if open_ids.contains(&trace) {
-                continue;
-            }
-            if let Some(s) = self.summary(&trace)? {
-                all.push(s);
-                if all.len() > limit + open_ids.len() {
-                    break;
+        let filter = TagFilter::new(None, None, Some(id));
+        // The oldest rows whose session hash matches, checked against the session itself; a
+        // row of another session that shares the hash makes it look further.
+        let want = limit + open_ids.len() + 1;
+        let mut written = Vec::new();
+        let mut n = want;
+        loop {
+            let keys = self
+                .rows
+                .oldest(n, |t| filter.takes(t))
+                .map_err(sled::Error::Io)?;
+            written.clear();
+            for k in &keys {
+                let Some(trace) = trace_id_of(k) else {
+                    continue;
+                };
+                if open_ids.contains(&trace) {
+                    continue;
+                }
+                if let Some(s) = self.summary(&trace)?
+                    && s.session.as_deref() == Some(id)
+                {
+                    written.push(s);
+                    if written.len() >= want {
+                        break;
+                    }
                 }
             }
+            if written.len() >= want || keys.len() < n {
+                break;
+            }
+            n *= 2;
         }
+        let mut all: Vec<TraceSummary> = open;
+        all.extend(written);
         all.sort_by_key(|s| (s.start_unix_nanos, s.trace_id));
         let more = all.len() > limit;
         all.truncate(limit);
