@@ -331,7 +331,7 @@ impl TraceStore {
         id: &str,
         limit: usize,
     ) -> Result<Option<(SessionSummary, Page<TraceSummary>)>, sled::Error> {
-        let Some(session) = self.session_rows().get(id).cloned() else {
+        let Some(session) = self.session_rows().get(id) else {
             return Ok(None);
         };
         // Its open traces and its written ones, oldest first; an open trace takes the place of
