@@ -994,8 +994,13 @@ fn feature_query(feature: Option<&str>) -> TraceQuery {
 fn a_store_larger_than_the_index_in_memory_answers_the_same() {
     let dir = tempfile::tempdir().unwrap();
     let now = now_unix_nanos();
-    let n = 12_000u32;
-    let feature = |i: u32| if i % 100 == 7 { "rare" } else { "support" };
+    // Enough for more chunk files than a page of the index reads at once (8).
+    let n = 16_000u32;
+    let feature = |i: u32| match i {
+        0 => "first",
+        i if i % 100 == 7 => "rare",
+        _ => "support",
+    };
     let newest_first: Vec<[u8; 16]> = (0..n).rev().map(many_id).collect();
     let rare: Vec<[u8; 16]> = (0..n)
         .rev()
@@ -1005,6 +1010,12 @@ fn a_store_larger_than_the_index_in_memory_answers_the_same() {
     let check = |store: &TraceStore| {
         assert_eq!(all_pages(store, &feature_query(None)), newest_first);
         assert_eq!(all_pages(store, &feature_query(Some("rare"))), rare);
+        // Lists that walk every chunk file, a few at a time.
+        assert_eq!(
+            all_pages(store, &feature_query(Some("first"))),
+            [many_id(0)]
+        );
+        assert!(all_pages(store, &feature_query(Some("nobody"))).is_empty());
         for i in [0, 1, 999, 2_000, 3_000, 5_000, 6_001, n - 1] {
             let row = store.summary(&many_id(i)).unwrap().expect("kept");
             assert_eq!(row.feature.as_deref(), Some(feature(i)));

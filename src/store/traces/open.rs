@@ -1,5 +1,5 @@
-//! What the writer keeps in memory: traces still taking spans, and where each written trace's
-//! row is.
+//! What the writer keeps in memory: traces still taking spans, and the rows it writes for
+//! them.
 //!
 //! A trace's spans usually arrive within seconds of each other (the gateway's call, then the
 //! app's batch of spans, then the tool spans). Keeping the trace open in memory until it has

@@ -26,16 +26,22 @@ impl Iterator for Written<'_> {
 
     fn next(&mut self) -> Option<Self::Item> {
         loop {
-            if self.page.len() == 0 {
+            while self.page.len() == 0 {
                 let filter = self.filter;
-                let next = match self
-                    .rows
-                    .newest_before(&self.low, &self.high, TIME_PAGE, |t| filter.takes(t))
-                {
-                    Ok(next) => next,
-                    Err(e) => return Some(Err(sled::Error::Io(e))),
+                let (next, resume) =
+                    match self
+                        .rows
+                        .newest_before(&self.low, &self.high, TIME_PAGE, |t| filter.takes(t))
+                    {
+                        Ok(next) => next,
+                        Err(e) => return Some(Err(sled::Error::Io(e))),
+                    };
+                // Stopped at its budget of chunk files: everything from `resume` up was seen.
+                self.high = match (resume, next.last()) {
+                    (Some(resume), _) => resume,
+                    (None, Some(last)) => last.0,
+                    (None, None) => return None,
                 };
-                self.high = next.last()?.0;
                 self.page = next.into_iter();
             }
             let (key, p) = self.page.next()?;
@@ -161,8 +167,8 @@ fn span_has_text(span: &StoredSpan, needle: &str) -> bool {
 
 impl TraceStore {
     /// A page of traces, newest first: the time index is walked newest first, taking the rows
-    /// whose feature, user and session ids match in memory; the other conditions are checked
-    /// on each row read.
+    /// whose feature, user and session hashes match; every condition is checked on each row
+    /// read.
     pub fn traces(&self, q: &TraceQuery) -> Result<Page<TraceSummary>, sled::Error> {
         let low = time_key(q.from.unwrap_or(0), &[0; 16]);
         // Exclusive upper bound: before `to`, and before the cursor's row.
@@ -338,11 +344,12 @@ impl TraceStore {
         // its earlier row.
         let (open, open_ids) = self.open_matching(|s| s.session.as_deref() == Some(id));
         let filter = TagFilter::new(None, None, Some(id));
-        // The oldest rows whose session hash matches, checked against the session itself; a
-        // row of another session that shares the hash makes it look further.
-        let want = limit + open_ids.len() + 1;
+        // The oldest rows whose session hash matches, checked against the session itself: one
+        // more than the page, besides the rows of its open traces (skipped). A row of another
+        // session that shares the hash makes it look further.
+        let want = limit + 1;
         let mut written = Vec::new();
-        let mut n = want;
+        let mut n = want + open.len();
         loop {
             let keys = self
                 .rows

@@ -1,5 +1,5 @@
 //! The written traces' rows, in append-only segment files beside the span files, with their
-//! time index in memory.
+//! time index (its newest entries in memory, the rest in files of its own).
 //!
 //! Each written trace has one row ([`super::open::TraceRow`]): its summary and where its spans
 //! are. In sled a row cost about 15 µs of the writer's CPU and 230 bytes of memory (sled's page
@@ -32,13 +32,15 @@ use std::{
 use super::{
     log::{Pointer, SpanLog, segment_ids, segment_path},
     tags::Tags,
-    time_index::{Fixed, TimeIndex},
+    time_index::{Fixed, TimeIndex, Walk},
 };
 
 /// A row's key: the trace's start (unix nanos, big-endian) and its id.
 pub(super) type Key = [u8; 24];
 
 const HEADER: usize = 4 + 4 + 24;
+/// Chunk files of the time index one page reads at most (8 x 48 KiB).
+const FILES_PER_PAGE: usize = 8;
 const REMOVED: u32 = u32::MAX;
 
 /// One change to the rows: `Some((body, tags))` puts the row under the key, `None` removes it.
@@ -287,23 +289,24 @@ impl Rows {
     }
 
     /// At most `n` rows with keys in `low..high` whose tags `keep` takes, newest first: a page
-    /// of the time index.
+    /// of the time index. It reads at most [`FILES_PER_PAGE`] of the index's chunk files with
+    /// the index locked; past them it stops with what it has and the key to go on below
+    /// (`Some`), so that a list matching few rows lets the writer in as it goes.
     pub fn newest_before(
         &self,
         low: &Key,
         high: &Key,
         n: usize,
         keep: impl Fn(&Tags) -> bool,
-    ) -> io::Result<Vec<(Key, Pointer)>> {
+    ) -> io::Result<Walk<Pointer>> {
         if low >= high {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), None));
         }
-        Ok(self
+        let (page, resume) = self
             .index()
-            .newest_before(low, high, n, |e| keep(&e.tags))?
-            .into_iter()
-            .map(|(k, e)| (k, e.pointer()))
-            .collect())
+            .newest_before(low, high, n, FILES_PER_PAGE, |e| keep(&e.tags))?;
+        let page = page.into_iter().map(|(k, e)| (k, e.pointer())).collect();
+        Ok((page, resume))
     }
 
     /// The keys of at most `n` rows whose tags `keep` takes, oldest first.
@@ -477,7 +480,8 @@ mod tests {
         assert_eq!(rows.get(&key(3, 3)).unwrap().unwrap(), b"three");
         let page = rows
             .newest_before(&key(0, 0), &key(3, 3), 10, |_| true)
-            .unwrap();
+            .unwrap()
+            .0;
         assert_eq!(
             page.iter().map(|(k, _)| *k).collect::<Vec<_>>(),
             [key(2, 2)]
@@ -486,7 +490,8 @@ mod tests {
         let long = |t: &Tags| t.feature == "two again".len() as u32;
         let page = rows
             .newest_before(&key(0, 0), &[0xff; 24], 10, long)
-            .unwrap();
+            .unwrap()
+            .0;
         assert_eq!(
             page.iter().map(|(k, _)| *k).collect::<Vec<_>>(),
             [key(2, 2)]

@@ -33,6 +33,9 @@ const CHUNK: usize = 1024;
 /// Chunks at the end that stay in memory.
 pub(super) const HOT_TAIL: usize = 4;
 
+/// Entries newest first, and the key to go on below when the walk stopped at its budget.
+pub(super) type Walk<V> = (Vec<(Key, V)>, Option<Key>);
+
 /// A value the index keeps, written to a chunk's file in a fixed number of bytes.
 pub(super) trait Fixed: Copy {
     const SIZE: usize;
@@ -193,19 +196,9 @@ impl<V: Fixed> TimeIndex<V> {
     /// Chunk `c`'s entries in memory, to change: read back from its file (which goes) if
     /// it is in one.
     fn hot(&mut self, c: usize) -> io::Result<&mut Vec<(Key, V)>> {
-        if let Chunk::Cold { file, slot, .. } = self.chunks[c] {
+        if let Chunk::Cold { .. } = self.chunks[c] {
             let entries = self.entries(c)?.into_owned();
-            let spill = self
-                .spill
-                .as_ref()
-                .expect("a chunk in a file has a directory");
-            fs::remove_file(spill.path(file))?;
-            self.filter.free(slot);
-            for (k, _) in &entries {
-                // A row that replaced this one in memory already (a later start) stays.
-                self.ids.entry(id_of(k)).or_insert(start_of(k));
-            }
-            self.chunks[c] = Chunk::Hot(entries);
+            self.bring_back(c, entries)?;
         }
         match &mut self.chunks[c] {
             Chunk::Hot(entries) => Ok(entries),
@@ -213,23 +206,35 @@ impl<V: Fixed> TimeIndex<V> {
         }
     }
 
-    /// Where `key` is in chunk `c` (`Err`: where it would go), without changing the chunk.
-    fn search(&self, c: usize, key: &Key) -> io::Result<Result<usize, usize>> {
-        if self.chunks[c].first().is_none_or(|first| key < first) {
-            return Ok(Err(0));
+    /// Puts cold chunk `c`'s `entries`, read from its file, back in memory; the file goes.
+    fn bring_back(&mut self, c: usize, entries: Vec<(Key, V)>) -> io::Result<()> {
+        let Chunk::Cold { file, slot, .. } = self.chunks[c] else {
+            return Ok(());
+        };
+        let spill = self
+            .spill
+            .as_ref()
+            .expect("a chunk in a file has a directory");
+        fs::remove_file(spill.path(file))?;
+        self.filter.free(slot);
+        for (k, _) in &entries {
+            // Should the id have another key in memory, that one stays (a trace has one row).
+            self.ids.entry(id_of(k)).or_insert(start_of(k));
         }
-        Ok(self.entries(c)?.binary_search_by(|(k, _)| k.cmp(key)))
+        self.chunks[c] = Chunk::Hot(entries);
+        Ok(())
     }
 
     pub fn get(&self, key: &Key) -> io::Result<Option<V>> {
         let c = self.chunk_of(key);
-        if c == self.chunks.len() {
+        if c == self.chunks.len() || self.chunks[c].first().is_none_or(|first| key < first) {
             return Ok(None);
         }
-        Ok(match self.search(c, key)? {
-            Ok(at) => Some(self.entries(c)?[at].1),
-            Err(_) => None,
-        })
+        let entries = self.entries(c)?;
+        Ok(entries
+            .binary_search_by(|(k, _)| k.cmp(key))
+            .ok()
+            .map(|at| entries[at].1))
     }
 
     /// Puts `p` under `key`; returns what was there.
@@ -273,12 +278,17 @@ impl<V: Fixed> TimeIndex<V> {
     /// Takes `key` out; returns where its row was.
     pub fn remove(&mut self, key: &Key) -> io::Result<Option<V>> {
         let c = self.chunk_of(key);
-        if c == self.chunks.len() {
+        if c == self.chunks.len() || self.chunks[c].first().is_none_or(|first| key < first) {
             return Ok(None);
         }
-        let Ok(at) = self.search(c, key)? else {
+        // A chunk in a file is read once: left there when it does not hold the key.
+        let entries = self.entries(c)?;
+        let Ok(at) = entries.binary_search_by(|(k, _)| k.cmp(key)) else {
             return Ok(None);
         };
+        if let Cow::Owned(entries) = entries {
+            self.bring_back(c, entries)?;
+        }
         let chunk = self.hot(c)?;
         let (_, p) = chunk.remove(at);
         if chunk.is_empty() {
@@ -327,15 +337,22 @@ impl<V: Fixed> TimeIndex<V> {
         Ok(())
     }
 
-    /// At most `n` entries with keys in `low..high` that `keep` takes, newest first.
+    /// At most `n` entries with keys in `low..high` that `keep` takes, newest first, reading
+    /// at most `files` chunks from their files. Past that budget, it stops with what it has
+    /// and the key to go on below (`Some`): every entry from it up to `high` was looked at. A
+    /// caller holding a lock over the index lets the writer in between calls.
     pub fn newest_before(
         &self,
         low: &Key,
         high: &Key,
         n: usize,
+        files: usize,
         keep: impl Fn(&V) -> bool,
-    ) -> io::Result<Vec<(Key, V)>> {
+    ) -> io::Result<Walk<V>> {
         let mut out = Vec::new();
+        let mut read = 0;
+        // Every entry in `looked_below..high` was looked at.
+        let mut looked_below = *high;
         // Chunks before `end` hold keys below `high`, and some of chunk `end` may.
         let end = self.chunk_of(high).min(self.chunks.len().saturating_sub(1));
         for c in (0..=end).rev() {
@@ -348,6 +365,12 @@ impl<V: Fixed> TimeIndex<V> {
             if self.chunks[c].first().is_some_and(|k| k >= high) {
                 continue;
             }
+            if matches!(self.chunks[c], Chunk::Cold { .. }) {
+                if read == files {
+                    return Ok((out, Some(looked_below)));
+                }
+                read += 1;
+            }
             let entries = self.entries(c)?;
             let below = entries.partition_point(|(k, _)| k < high);
             for entry in entries[..below].iter().rev() {
@@ -358,8 +381,11 @@ impl<V: Fixed> TimeIndex<V> {
                     out.push(*entry);
                 }
             }
+            if let Some(&(first, _)) = entries.first() {
+                looked_below = looked_below.min(first);
+            }
         }
-        Ok(out)
+        Ok((out, None))
     }
 
     /// Writes every chunk in memory but the first and the last [`HOT_TAIL`] to a file of its
@@ -480,6 +506,32 @@ mod tests {
         out
     }
 
+    /// [`TimeIndex::newest_before`] called again from where it stopped, `files` at a time.
+    fn newest(
+        index: &TimeIndex<Pointer>,
+        low: &Key,
+        high: &Key,
+        n: usize,
+        files: usize,
+        keep: impl Fn(&Pointer) -> bool,
+    ) -> Vec<(Key, Pointer)> {
+        let mut out = Vec::new();
+        let mut high = *high;
+        loop {
+            let (page, resume) = index
+                .newest_before(low, &high, n - out.len(), files, &keep)
+                .unwrap();
+            out.extend(page);
+            match resume {
+                Some(below) if out.len() < n => {
+                    assert!(below < high, "no progress");
+                    high = below;
+                }
+                _ => return out,
+            }
+        }
+    }
+
     proptest! {
         /// Every operation and every query answers as a BTreeMap would, with the chunks in
         /// memory and with them spilled to files after each operation.
@@ -524,14 +576,16 @@ mod tests {
             } else {
                 Vec::new()
             };
-            prop_assert_eq!(index.newest_before(&low, &high, n, |_| true).unwrap(), expected);
+            prop_assert_eq!(index.newest_before(&low, &high, n, usize::MAX, |_| true).unwrap(), (expected.clone(), None));
+            prop_assert_eq!(newest(&index, &low, &high, n, 1, |_| true), expected);
             let even = |p: &Pointer| p.segment.is_multiple_of(2);
             let expected: Vec<_> = if low < high {
                 model.range(low..high).rev().filter(|(_, p)| even(p)).take(n).map(|(k, p)| (*k, *p)).collect()
             } else {
                 Vec::new()
             };
-            prop_assert_eq!(index.newest_before(&low, &high, n, even).unwrap(), expected);
+            prop_assert_eq!(index.newest_before(&low, &high, n, usize::MAX, even).unwrap(), (expected.clone(), None));
+            prop_assert_eq!(newest(&index, &low, &high, n, 1, even), expected);
         }
     }
 
@@ -584,6 +638,14 @@ mod tests {
         index.settle().unwrap();
         assert_eq!(fs::read_dir(&spill).unwrap().count(), files);
         assert_eq!(index.in_memory(), (1 + HOT_TAIL) * CHUNK);
+        // A walk reading one file at a time stops with what it has and where to go on.
+        let (page, below) = index
+            .newest_before(&key(0), &key(u16::MAX), usize::MAX, 1, |_| true)
+            .unwrap();
+        let below = below.expect("stopped at the second file");
+        assert!(page.len() >= HOT_TAIL * CHUNK && page.iter().all(|(k, _)| *k >= below));
+        let everything = newest(&index, &key(0), &key(u16::MAX), usize::MAX, 1, |_| true);
+        assert_eq!(everything.len(), usize::from(chunks) * CHUNK - 1);
         // Opening the directory again empties it.
         drop(index);
         let again = TimeIndex::<Pointer>::spilling(&spill).unwrap();
