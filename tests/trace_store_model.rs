@@ -1016,6 +1016,12 @@ fn a_store_larger_than_the_index_in_memory_answers_the_same() {
             [many_id(0)]
         );
         assert!(all_pages(store, &feature_query(Some("nobody"))).is_empty());
+        // Every trace is in session s1: its view, oldest first.
+        let (session, traces) = store.session("s1", 10).unwrap().unwrap();
+        assert_eq!(session.traces, u64::from(n));
+        let oldest: Vec<_> = traces.rows.iter().map(|r| r.trace_id).collect();
+        assert_eq!(oldest, (0..10).map(many_id).collect::<Vec<_>>());
+        assert!(traces.more);
         for i in [0, 1, 999, 2_000, 3_000, 5_000, 6_001, n - 1] {
             let row = store.summary(&many_id(i)).unwrap().expect("kept");
             assert_eq!(row.feature.as_deref(), Some(feature(i)));

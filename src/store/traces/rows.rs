@@ -310,21 +310,21 @@ impl Rows {
     }
 
     /// The keys of at most `n` rows whose tags `keep` takes, oldest first.
+    /// Like [`Rows::newest_before`], it reads at most [`FILES_PER_PAGE`] chunk files with the
+    /// index locked at a time.
     pub fn oldest(&self, n: usize, keep: impl Fn(&Tags) -> bool) -> io::Result<Vec<Key>> {
         let mut out = Vec::new();
-        if n == 0 {
-            return Ok(out);
+        let mut from = [0u8; 24];
+        while out.len() < n {
+            let (page, resume) =
+                self.index()
+                    .oldest_from(&from, n - out.len(), FILES_PER_PAGE, |e| keep(&e.tags))?;
+            out.extend(page.into_iter().map(|(k, _)| k));
+            match resume {
+                Some(next) => from = next,
+                None => break,
+            }
         }
-        self.index().for_each(|k, e| {
-            if keep(&e.tags) {
-                out.push(*k);
-            }
-            if out.len() < n {
-                ControlFlow::Continue(())
-            } else {
-                ControlFlow::Break(())
-            }
-        })?;
         Ok(out)
     }
 

@@ -388,6 +388,42 @@ impl<V: Fixed> TimeIndex<V> {
         Ok((out, None))
     }
 
+    /// At most `n` entries with keys from `from` on that `keep` takes, oldest first, reading
+    /// at most `files` chunks from their files. Past that budget, it stops with what it has
+    /// and the key to go on from (`Some`): every entry from `from` up to it was looked at.
+    pub fn oldest_from(
+        &self,
+        from: &Key,
+        n: usize,
+        files: usize,
+        keep: impl Fn(&V) -> bool,
+    ) -> io::Result<Walk<V>> {
+        let mut out = Vec::new();
+        let mut read = 0;
+        for c in self.chunk_of(from)..self.chunks.len() {
+            if out.len() >= n {
+                break;
+            }
+            if let Chunk::Cold { first, .. } = self.chunks[c] {
+                if read == files {
+                    return Ok((out, Some(first.max(*from))));
+                }
+                read += 1;
+            }
+            let entries = self.entries(c)?;
+            let start = entries.partition_point(|(k, _)| k < from);
+            for entry in &entries[start..] {
+                if out.len() >= n {
+                    break;
+                }
+                if keep(&entry.1) {
+                    out.push(*entry);
+                }
+            }
+        }
+        Ok((out, None))
+    }
+
     /// Writes every chunk in memory but the first and the last [`HOT_TAIL`] to a file of its
     /// own (a no-op without a directory). What fails to be written stays in memory.
     pub fn settle(&mut self) -> io::Result<()> {
@@ -506,6 +542,31 @@ mod tests {
         out
     }
 
+    /// [`TimeIndex::oldest_from`] called again from where it stopped, `files` at a time.
+    fn oldest(
+        index: &TimeIndex<Pointer>,
+        n: usize,
+        files: usize,
+        keep: impl Fn(&Pointer) -> bool,
+    ) -> Vec<(Key, Pointer)> {
+        let mut out = Vec::new();
+        let mut from = [0u8; 24];
+        while out.len() < n {
+            let (page, resume) = index
+                .oldest_from(&from, n - out.len(), files, &keep)
+                .unwrap();
+            out.extend(page);
+            match resume {
+                Some(next) => {
+                    assert!(next > from || out.is_empty() && next >= from, "no progress");
+                    from = next;
+                }
+                None => break,
+            }
+        }
+        out
+    }
+
     /// [`TimeIndex::newest_before`] called again from where it stopped, `files` at a time.
     fn newest(
         index: &TimeIndex<Pointer>,
@@ -586,6 +647,9 @@ mod tests {
             };
             prop_assert_eq!(index.newest_before(&low, &high, n, usize::MAX, even).unwrap(), (expected.clone(), None));
             prop_assert_eq!(newest(&index, &low, &high, n, 1, even), expected);
+            let expected: Vec<_> = model.iter().filter(|(_, p)| even(p)).take(n).map(|(k, p)| (*k, *p)).collect();
+            prop_assert_eq!(oldest(&index, n, 1, even), expected.clone());
+            prop_assert_eq!(oldest(&index, n, usize::MAX, even), expected);
         }
     }
 
