@@ -11,7 +11,10 @@
 //! Decoding checks every length against the bytes left and answers `None` for anything
 //! damaged; it never panics and never allocates more than the record holds.
 
-use super::{StoredSpan, summary::TraceSummary};
+use super::{
+    StoredSpan,
+    summary::{Totals, TraceSummary},
+};
 use crate::trace::span::{AttrKey, AttrValue, SpanEvent, SpanLink, SpanRecord, SpanStatus};
 
 /// The first byte of a binary span record (version 1).
@@ -141,19 +144,10 @@ pub(super) fn encode_summary(summary: &TraceSummary, out: &mut Vec<u8>) {
     opt_str(out, summary.root_name.as_deref());
     out.extend_from_slice(&summary.root_start.to_le_bytes());
     str(out, &summary.first_name);
-    let t = &summary.totals;
-    for n in [
-        t.spans,
-        t.errors,
-        t.input_tokens,
-        t.cached_input_tokens,
-        t.reasoning_tokens,
-        t.output_tokens,
-        t.priced_spans,
-    ] {
+    for n in summary.totals.counts() {
         out.extend_from_slice(&n.to_le_bytes());
     }
-    out.extend_from_slice(&t.cost_pico_usd.to_le_bytes());
+    out.extend_from_slice(&summary.totals.cost_pico_usd.to_le_bytes());
     for tag in [&summary.feature, &summary.user, &summary.session] {
         opt_str(out, tag.as_deref());
     }
@@ -430,15 +424,11 @@ impl Reader<'_> {
         s.root_name = self.opt_str()?;
         s.root_start = self.u64()?;
         s.first_name = self.str()?;
-        let t = &mut s.totals;
-        t.spans = self.u64()?;
-        t.errors = self.u64()?;
-        t.input_tokens = self.u64()?;
-        t.cached_input_tokens = self.u64()?;
-        t.reasoning_tokens = self.u64()?;
-        t.output_tokens = self.u64()?;
-        t.priced_spans = self.u64()?;
-        t.cost_pico_usd = u128::from_le_bytes(self.take()?);
+        let mut counts = [0u64; 7];
+        for n in &mut counts {
+            *n = self.u64()?;
+        }
+        s.totals = Totals::from_counts(counts, u128::from_le_bytes(self.take()?));
         s.feature = self.opt_str()?;
         s.user = self.opt_str()?;
         s.session = self.opt_str()?;

@@ -385,15 +385,9 @@ fn scan_rows(rows: &Rows) -> io::Result<Scanned> {
     let mut live = BTreeMap::new();
     let mut counts = Counts::default();
     let mut sessions = Sessions::default();
-    let mut failed = Ok(());
     rows.for_each(|_, entry| {
-        let row = match rows.read(entry.pointer()) {
-            Ok(Some(row)) => row,
-            Ok(None) => return,
-            Err(e) => {
-                failed = Err(e);
-                return;
-            }
+        let Some(row) = rows.read(entry.pointer())? else {
+            return Ok(());
         };
         counts.traces += 1;
         for p in TraceRow::span_pointers(&row) {
@@ -406,8 +400,8 @@ fn scan_rows(rows: &Rows) -> io::Result<Scanned> {
         {
             sessions.update(session, |s| s.update(None, &trace));
         }
+        Ok(())
     })?;
-    failed?;
     Ok(Scanned {
         live,
         counts,

@@ -272,19 +272,28 @@ impl Rows {
         self.index().first_key()
     }
 
-    /// Calls `f` with every row's key and entry, oldest first.
-    pub fn for_each(&self, mut f: impl FnMut(&Key, &Entry)) -> io::Result<()> {
-        self.index().for_each(|k, e| {
-            f(k, e);
-            ControlFlow::Continue(())
-        })
+    /// Calls `f` with every row's key and entry, oldest first; stops at its first error.
+    pub fn for_each(&self, mut f: impl FnMut(&Key, &Entry) -> io::Result<()>) -> io::Result<()> {
+        let mut failed = Ok(());
+        self.index().for_each(|k, e| match f(k, e) {
+            Ok(()) => ControlFlow::Continue(()),
+            Err(e) => {
+                failed = Err(e);
+                ControlFlow::Break(())
+            }
+        })?;
+        failed
     }
 
     /// Every row's key, oldest first.
     #[cfg(test)]
     fn keys(&self) -> Vec<Key> {
         let mut keys = Vec::new();
-        self.for_each(|k, _| keys.push(*k)).unwrap();
+        self.for_each(|k, _| {
+            keys.push(*k);
+            Ok(())
+        })
+        .unwrap();
         keys
     }
 

@@ -60,22 +60,13 @@ fn take_varint(bytes: &mut &[u8]) -> u128 {
 impl Packed {
     fn pack(s: &SessionSummary) -> Packed {
         let mut out = Vec::with_capacity(48);
-        let t = &s.totals;
-        for n in [
-            s.first_unix_nanos,
-            s.last_unix_nanos,
-            s.traces,
-            t.spans,
-            t.errors,
-            t.input_tokens,
-            t.cached_input_tokens,
-            t.reasoning_tokens,
-            t.output_tokens,
-            t.priced_spans,
-        ] {
+        for n in [s.first_unix_nanos, s.last_unix_nanos, s.traces] {
             put_varint(&mut out, u128::from(n));
         }
-        put_varint(&mut out, t.cost_pico_usd);
+        for n in s.totals.counts() {
+            put_varint(&mut out, u128::from(n));
+        }
+        put_varint(&mut out, s.totals.cost_pico_usd);
         for text in [&s.user, &s.feature] {
             match text {
                 Some(text) => {
@@ -92,9 +83,8 @@ impl Packed {
         let mut b: &[u8] = &self.0;
         let mut next = || u64::try_from(take_varint(&mut b)).unwrap_or(u64::MAX);
         let (first_unix_nanos, last_unix_nanos, traces) = (next(), next(), next());
-        let (spans, errors, input_tokens, cached_input_tokens) = (next(), next(), next(), next());
-        let (reasoning_tokens, output_tokens, priced_spans) = (next(), next(), next());
-        let cost_pico_usd = take_varint(&mut b);
+        let counts = std::array::from_fn(|_| next());
+        let totals = Totals::from_counts(counts, take_varint(&mut b));
         let mut text = || {
             let len = usize::try_from(take_varint(&mut b)).unwrap_or(usize::MAX);
             let len = len.checked_sub(1)?;
@@ -108,16 +98,7 @@ impl Packed {
             first_unix_nanos,
             last_unix_nanos,
             traces,
-            totals: Totals {
-                spans,
-                errors,
-                input_tokens,
-                cached_input_tokens,
-                reasoning_tokens,
-                output_tokens,
-                cost_pico_usd,
-                priced_spans,
-            },
+            totals,
             user,
             feature,
         }

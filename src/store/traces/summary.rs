@@ -23,6 +23,42 @@ pub struct Totals {
 }
 
 impl Totals {
+    /// The counts, in the order the encodings keep them (the cost apart).
+    pub(super) fn counts(&self) -> [u64; 7] {
+        [
+            self.spans,
+            self.errors,
+            self.input_tokens,
+            self.cached_input_tokens,
+            self.reasoning_tokens,
+            self.output_tokens,
+            self.priced_spans,
+        ]
+    }
+
+    /// Totals from [`Totals::counts`] and the cost.
+    pub(super) fn from_counts(counts: [u64; 7], cost_pico_usd: u128) -> Totals {
+        let [
+            spans,
+            errors,
+            input_tokens,
+            cached_input_tokens,
+            reasoning_tokens,
+            output_tokens,
+            priced_spans,
+        ] = counts;
+        Totals {
+            spans,
+            errors,
+            input_tokens,
+            cached_input_tokens,
+            reasoning_tokens,
+            output_tokens,
+            cost_pico_usd,
+            priced_spans,
+        }
+    }
+
     /// One span's own figures: its token counts and cost (`cost_pico_usd` when the gateway
     /// priced it, else its `cost.usd` attribute).
     pub fn of_span(span: &SpanRecord, cost_pico_usd: Option<u128>) -> Totals {
