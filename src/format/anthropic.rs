@@ -232,7 +232,7 @@ impl AnthropicMessages {
         if p.settled() && !p.capturing() && !named && !may_matter(data) {
             return;
         }
-        match serde_json::from_slice::<Event<'_>>(data) {
+        match super::json::from_bytes::<Event<'_>>(data) {
             Ok(event) => self.apply(&event, name, p),
             Err(_) => p.malformed(),
         }
@@ -315,7 +315,7 @@ impl AnthropicMessages {
 
     /// A whole JSON body: a message, or `{"type":"error","error":{…}}`.
     pub(crate) fn on_message_json(&mut self, body: &[u8], p: &mut Progress) {
-        let Ok(mut e) = serde_json::from_slice::<Event<'_>>(body) else {
+        let Ok(mut e) = super::json::from_bytes::<Event<'_>>(body) else {
             p.malformed();
             p.json_body = Some(false);
             return;

@@ -232,7 +232,7 @@ impl Extractor for Converse {
     }
 
     fn on_json(&mut self, body: &[u8], p: &mut Progress) {
-        let Ok(e) = serde_json::from_slice::<ConverseEvent<'_>>(body) else {
+        let Ok(e) = super::json::from_bytes::<ConverseEvent<'_>>(body) else {
             p.malformed();
             p.json_body = Some(false);
             return;
@@ -300,7 +300,7 @@ impl Extractor for InvokeModel {
 
     fn on_json(&mut self, body: &[u8], p: &mut Progress) {
         // A Bedrock error body has no `type`; an Anthropic body (message or error) has one.
-        if let Ok(e) = serde_json::from_slice::<ConverseEvent<'_>>(body)
+        if let Ok(e) = super::json::from_bytes::<ConverseEvent<'_>>(body)
             && !has_type(body)
             && bedrock_error_body(&e, &mut p.record)
         {
@@ -317,7 +317,7 @@ fn has_type(body: &[u8]) -> bool {
         #[serde(borrow, default, rename = "type")]
         kind: Text<'a>,
     }
-    serde_json::from_slice::<Typed<'_>>(body).is_ok_and(|t| t.kind.as_str().is_some())
+    super::json::from_bytes::<Typed<'_>>(body).is_ok_and(|t| t.kind.as_str().is_some())
 }
 
 // The request side.

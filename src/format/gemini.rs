@@ -277,7 +277,7 @@ impl Extractor for Gemini {
             };
             (&mut de).deserialize_seq(visitor).and_then(|()| de.end())
         } else {
-            serde_json::from_slice::<Chunk<'_>>(body).map(|chunk| self.apply(&chunk, p))
+            super::json::from_bytes::<Chunk<'_>>(body).map(|chunk| self.apply(&chunk, p))
         };
         if parsed.is_err() {
             p.malformed();

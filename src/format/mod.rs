@@ -14,7 +14,7 @@ pub mod anthropic;
 pub mod bedrock;
 pub mod eventstream;
 pub mod gemini;
-mod json;
+pub(crate) mod json;
 pub mod ndjson;
 pub mod ollama;
 pub mod openai_chat;

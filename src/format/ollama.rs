@@ -122,7 +122,7 @@ impl Extractor for OllamaNative {
     }
 
     fn on_json(&mut self, body: &[u8], p: &mut Progress) {
-        match serde_json::from_slice::<Line<'_>>(body) {
+        match super::json::from_bytes::<Line<'_>>(body) {
             Ok(line) => {
                 self.apply(&line, p);
                 p.json_body = Some(line.done.0 && p.record.error.is_none());

@@ -333,7 +333,7 @@ impl Extractor for OpenAiChat {
     }
 
     fn on_json(&mut self, body: &[u8], p: &mut Progress) {
-        match serde_json::from_slice::<Chunk<'_>>(body) {
+        match super::json::from_bytes::<Chunk<'_>>(body) {
             Ok(chunk) => {
                 let recognised = chunk.id.as_str().is_some()
                     || chunk.model.as_str().is_some()
@@ -475,7 +475,7 @@ fn add_include_usage(body: &[u8], has_stream_options: bool) -> Option<Bytes> {
         out.extend_from_slice(rest);
         return Some(out.freeze());
     }
-    let mut value: Value = serde_json::from_slice(body).ok()?;
+    let mut value: Value = super::json::from_bytes(body).ok()?;
     let options = value.get_mut("stream_options")?;
     if options.is_null() {
         *options = json!({});

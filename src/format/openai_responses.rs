@@ -307,7 +307,7 @@ impl Extractor for OpenAiResponses {
     }
 
     fn on_json(&mut self, body: &[u8], p: &mut Progress) {
-        let Ok(r) = serde_json::from_slice::<Response<'_>>(body) else {
+        let Ok(r) = super::json::from_bytes::<Response<'_>>(body) else {
             p.malformed();
             p.json_body = Some(false);
             return;

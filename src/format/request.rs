@@ -113,7 +113,7 @@ pub fn tool_results(format: WireFormat, body: &[u8]) -> Vec<ToolResult> {
     if !TOOL_RESULT_KEYS.iter().any(|k| k.any(body, |_| true)) {
         return Vec::new();
     }
-    match serde_json::from_slice::<Value>(body) {
+    match super::json::from_bytes::<Value>(body) {
         Ok(v) => api.tool_results(&v),
         Err(_) => Vec::new(),
     }
@@ -165,7 +165,7 @@ impl Request {
         let fields = if body.is_empty() {
             None
         } else {
-            serde_json::from_slice(body).ok()
+            super::json::from_bytes(body).ok()
         };
         Request::of_fields(format, path, fields)
     }

@@ -19,7 +19,8 @@ type Obj = Map<String, Value>;
 
 /// Decodes an `ExportTraceServiceRequest`; the error says what is wrong where.
 pub fn decode(body: &[u8]) -> Result<ExportTraceServiceRequest, String> {
-    let root: Value = serde_json::from_slice(body).map_err(|e| format!("invalid JSON: {e}"))?;
+    let root: Value =
+        crate::format::json::from_bytes(body).map_err(|e| format!("invalid JSON: {e}"))?;
     let root = object(&root, "the request")?;
     Ok(ExportTraceServiceRequest {
         resource_spans: list(root, "resourceSpans", "resource_spans")?

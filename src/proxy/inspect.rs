@@ -186,7 +186,7 @@ where
             // Content captured whole is read into a tree once, for the typed read too.
             let tree = level
                 .filter(|&l| l >= CaptureLevel::Redacted)
-                .and_then(|_| serde_json::from_slice::<Json>(&bytes).ok());
+                .and_then(|_| crate::format::json::from_bytes::<Json>(&bytes).ok());
             let (info, rewritten, fields) = inspect(&route, &path, &bytes, tree.as_ref(), inject);
             // Decided here, before the request goes upstream, so the propagated
             // `traceparent` names the joined trace.
