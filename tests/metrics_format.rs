@@ -210,19 +210,22 @@ async fn label_sets_past_the_cap_are_counted_under_other_and_the_page_stays_boun
         ),
     )
     .await;
-    // 4 features x 4 models = 16 label sets, each with input and output token series.
+    // 4 features x 4 models = 16 label sets, each with input and output token series; each
+    // called twice (the second call of a kind takes the series kept from the first).
     let mut calls = 0.0;
-    for feature in ["a", "b", "c", "d"] {
-        for model in ["gpt-4o-mini", "gpt-4o", "o4-mini", "gpt-4.1"] {
-            let a = post(
-                &gw,
-                "/openai/v1/chat/completions",
-                &[("x-sidetrace-feature", feature)],
-                &format!(r#"{{"model":"{model}","messages":[]}}"#),
-            )
-            .await;
-            assert_eq!(a.status, 200);
-            calls += 1.0;
+    for _round in 0..2 {
+        for feature in ["a", "b", "c", "d"] {
+            for model in ["gpt-4o-mini", "gpt-4o", "o4-mini", "gpt-4.1"] {
+                let a = post(
+                    &gw,
+                    "/openai/v1/chat/completions",
+                    &[("x-sidetrace-feature", feature)],
+                    &format!(r#"{{"model":"{model}","messages":[]}}"#),
+                )
+                .await;
+                assert_eq!(a.status, 200);
+                calls += 1.0;
+            }
         }
     }
     wait_metric(&gw, "sidetrace_calls_total", calls).await;
@@ -244,20 +247,21 @@ async fn label_sets_past_the_cap_are_counted_under_other_and_the_page_stays_boun
         metric_in(&text, "sidetrace_tokens_total{"),
         calls * (7.0 + 3.0)
     );
-    // 32 token samples, 6 of them admitted (3 label sets x 2 kinds); 16 cost samples, 6 admitted.
+    // 64 token samples, 12 of them in the 6 admitted series (3 label sets x 2 kinds, each
+    // twice); 32 cost samples, 12 in the 6 admitted: every folded sample is counted.
     assert_eq!(
         metric_in(
             &text,
             r#"sidetrace_metric_series_overflow_total{family="sidetrace_tokens"}"#
         ),
-        32.0 - 6.0
+        64.0 - 12.0
     );
     assert_eq!(
         metric_in(
             &text,
             r#"sidetrace_metric_series_overflow_total{family="sidetrace_cost_usd"}"#
         ),
-        16.0 - 6.0
+        32.0 - 12.0
     );
     gw.shutdown().await;
 }

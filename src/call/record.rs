@@ -49,6 +49,9 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// How many outcomes there are: each `outcome as usize` is below it (the last one named).
+    pub const COUNT: usize = Outcome::GatewayError as usize + 1;
+
     pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Completed => "completed",
