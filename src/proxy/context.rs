@@ -11,7 +11,10 @@ use tower::{Layer, Service};
 
 use crate::{
     metrics::Metrics,
-    trace::{context::TraceContext, metadata::CallMetadata},
+    trace::{
+        context::{self, TraceContext},
+        metadata::CallMetadata,
+    },
 };
 
 /// Where an inner layer leaves the trace a call joined (inspection: an agent loop with no
@@ -106,8 +109,9 @@ where
             let trace_id = HeaderValue::from_str(&trace.trace_id_hex());
             let span_id = HeaderValue::from_str(&trace.span_id_hex());
             if let (Ok(t), Ok(s)) = (trace_id, span_id) {
-                response.headers_mut().insert("x-sidetrace-trace-id", t);
-                response.headers_mut().insert("x-sidetrace-span-id", s);
+                let headers = response.headers_mut();
+                headers.insert(context::TRACE_ID, t);
+                headers.insert(context::SPAN_ID, s);
             }
             Ok(response)
         })

@@ -26,6 +26,7 @@ const INPUT_TOKENS: HeaderName = HeaderName::from_static("x-sidetrace-input-toke
 const OUTPUT_TOKENS: HeaderName = HeaderName::from_static("x-sidetrace-output-tokens");
 const CACHED_INPUT_TOKENS: HeaderName = HeaderName::from_static("x-sidetrace-cached-input-tokens");
 const REASONING_TOKENS: HeaderName = HeaderName::from_static("x-sidetrace-reasoning-tokens");
+const COST_COMMENT: HeaderName = HeaderName::from_static("x-sidetrace-cost-comment");
 
 pub(super) const TRAILER_NAMES: &str = "x-sidetrace-cost-usd, x-sidetrace-input-tokens, x-sidetrace-output-tokens, x-sidetrace-cached-input-tokens, x-sidetrace-reasoning-tokens";
 
@@ -106,7 +107,7 @@ impl ClientWants {
                         .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
                 }),
             sse_comment: headers
-                .get("x-sidetrace-cost-comment")
+                .get(COST_COMMENT)
                 .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true")),
         }
     }

@@ -9,12 +9,15 @@ use tower::{Layer, Service};
 
 use crate::{
     provider::Route,
-    trace::{context::TraceContext, metadata::is_metadata_header},
+    trace::{
+        context::{TRACEPARENT, TRACESTATE, TraceContext},
+        metadata::is_metadata_header,
+    },
 };
 
 /// Headers that describe one connection, not the message (RFC 9110 7.6.1), plus the
 /// non-standard ones proxies are known to see.
-const HOP_BY_HOP: [HeaderName; 8] = [
+const HOP_BY_HOP: [HeaderName; 9] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -23,36 +26,48 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::TE,
     header::TRAILER,
     header::TRANSFER_ENCODING,
+    header::UPGRADE,
 ];
 
 /// Removes hop-by-hop headers, including any the `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
-    }
-    for name in &HOP_BY_HOP {
-        headers.remove(name);
-    }
-    headers.remove(header::UPGRADE);
+    remove_where(headers, |_| false);
 }
 
-/// Removes sidetrace's own headers and the metadata aliases of other gateways.
-fn strip_sidetrace_headers(headers: &mut HeaderMap) {
-    let ours: Vec<HeaderName> = headers
+/// Removes the hop-by-hop headers (and each one `Connection` names) and every header `also`
+/// picks. The names to remove are found in one pass over the message's names: most messages
+/// have none of them, and a removal by name hashes the name whether it is there or not.
+fn remove_where(headers: &mut HeaderMap, also: impl Fn(&HeaderName) -> bool) {
+    let mut doomed: Vec<HeaderName> = headers
         .keys()
-        .filter(|k| is_metadata_header(k.as_str()))
+        .filter(|k| HOP_BY_HOP.contains(k) || also(k))
         .cloned()
         .collect();
-    for name in ours {
+    if doomed.contains(&header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+            .collect();
+        doomed.extend(named);
+    }
+    for name in doomed {
         headers.remove(name);
     }
+}
+
+/// What the request path removes besides the hop-by-hop headers: sidetrace's own headers and
+/// the metadata aliases of other gateways; the caller's trace context (the call span is the
+/// parent: ours replaces it); `Host` (hyper sets Host, or :authority, from the new URI) and
+/// `Expect` (hyper's client does not wait for 100 Continue; the body is sent at once anyway).
+fn replaced_upstream(name: &HeaderName) -> bool {
+    name == TRACEPARENT
+        || name == TRACESTATE
+        || name == header::HOST
+        || name == header::EXPECT
+        || is_metadata_header(name.as_str())
 }
 
 #[derive(Clone, Default)]
@@ -86,12 +101,7 @@ where
         let route = req.extensions().get::<Route>().cloned();
         if let Some(route) = route {
             *req.uri_mut() = route.uri.clone();
-            let headers = req.headers_mut();
-            strip_hop_by_hop(headers);
-            strip_sidetrace_headers(headers);
-            // The caller's trace context is replaced by ours: the call span is the parent.
-            headers.remove("traceparent");
-            headers.remove("tracestate");
+            remove_where(req.headers_mut(), replaced_upstream);
             let trace = req.extensions().get::<TraceContext>().cloned();
             if route.provider.propagate_trace_context
                 && let Some(trace) = trace
@@ -99,21 +109,17 @@ where
                 let headers = req.headers_mut();
 
                 if let Ok(v) = HeaderValue::from_str(&trace.traceparent()) {
-                    headers.insert("traceparent", v);
+                    headers.insert(TRACEPARENT, v);
                 }
                 if let Some(state) = trace
                     .trace_state
                     .as_deref()
                     .and_then(|s| HeaderValue::from_str(s).ok())
                 {
-                    headers.insert("tracestate", state);
+                    headers.insert(TRACESTATE, state);
                 }
             }
             let headers = req.headers_mut();
-            // hyper sets Host (HTTP/1.1) or :authority (HTTP/2) from the new URI.
-            headers.remove(header::HOST);
-            // hyper's client does not wait for 100 Continue; the body is sent at once anyway.
-            headers.remove(header::EXPECT);
             if let Some((name, value)) = &route.provider.gateway_key {
                 let client_sent_credentials = route
                     .provider
@@ -149,6 +155,7 @@ mod tests {
             header::TRANSFER_ENCODING,
             HeaderValue::from_static("chunked"),
         );
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         h.insert(
             header::AUTHORIZATION,
             HeaderValue::from_static("Bearer sk-test"),
@@ -158,17 +165,26 @@ mod tests {
             HeaderValue::from_static("application/json"),
         );
         strip_hop_by_hop(&mut h);
-        let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        left.sort();
         assert_eq!(left, ["authorization", "content-type"]);
     }
 
     #[test]
-    fn sidetrace_headers_are_stripped() {
+    fn sidetrace_headers_trace_context_host_and_expect_are_not_sent_upstream() {
         let mut h = HeaderMap::new();
         h.insert("x-sidetrace-feature", HeaderValue::from_static("a"));
         h.insert("x-sidetrace-user-id", HeaderValue::from_static("b"));
         h.insert("x-side", HeaderValue::from_static("kept"));
-        strip_sidetrace_headers(&mut h);
-        assert_eq!(h.len(), 1);
+        h.insert(TRACEPARENT, HeaderValue::from_static("00-x"));
+        h.insert(TRACESTATE, HeaderValue::from_static("a=b"));
+        h.insert(header::HOST, HeaderValue::from_static("gateway"));
+        h.insert(header::EXPECT, HeaderValue::from_static("100-continue"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer k"));
+        remove_where(&mut h, replaced_upstream);
+        let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        left.sort();
+        assert_eq!(left, ["authorization", "x-side"]);
     }
 }

@@ -7,9 +7,19 @@
 
 use std::cell::Cell;
 
-use http::HeaderMap;
+use http::{HeaderMap, HeaderName};
 use ring::digest;
 use serde::{Deserialize, Serialize};
+
+// The trace headers' names, made at compile time: a lookup by a `&str` name parses it first.
+pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+pub const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+/// Names a trace by id or by any string (grouping), on requests; the trace's id on responses.
+pub const TRACE_ID: HeaderName = HeaderName::from_static("x-sidetrace-trace-id");
+/// The call's span id, on responses.
+pub const SPAN_ID: HeaderName = HeaderName::from_static("x-sidetrace-span-id");
+const PARENT_SPAN_ID: HeaderName = HeaderName::from_static("x-sidetrace-parent-span-id");
+const PORTKEY_TRACE_ID: HeaderName = HeaderName::from_static("x-portkey-trace-id");
 
 /// Bit 0 of the trace flags.
 pub const FLAG_SAMPLED: u8 = 0x01;
@@ -59,7 +69,7 @@ impl TraceContext {
     ) -> (TraceContext, Invalid) {
         let mut invalid = Invalid::default();
         let span_id = random_span_id();
-        let mut traceparents = headers.get_all("traceparent").iter();
+        let mut traceparents = headers.get_all(TRACEPARENT).iter();
         if let Some(value) = traceparents.next() {
             // Two `traceparent` fields cannot be combined into one value: the context is
             // invalid (W3C test suite, `test_traceparent_duplicated`), so a new trace starts.
@@ -96,8 +106,8 @@ impl TraceContext {
             }
         }
         let group = headers
-            .get("x-sidetrace-trace-id")
-            .or_else(|| headers.get("x-portkey-trace-id"))
+            .get(TRACE_ID)
+            .or_else(|| headers.get(PORTKEY_TRACE_ID))
             .and_then(|v| v.to_str().ok())
             .map(str::trim)
             .filter(|v| !v.is_empty());
@@ -106,7 +116,7 @@ impl TraceContext {
                 Some(id) if id != [0; 16] => id,
                 _ => grouped_trace_id(value, grouping_key),
             };
-            let parent = match headers.get("x-sidetrace-parent-span-id") {
+            let parent = match headers.get(PARENT_SPAN_ID) {
                 Some(v) => match v.to_str().ok().and_then(parse_hex::<8>) {
                     Some(id) if id != [0; 8] => Some(id),
                     _ => {
@@ -129,7 +139,7 @@ impl TraceContext {
                 invalid,
             );
         }
-        if headers.contains_key("x-sidetrace-trace-id") {
+        if headers.contains_key(TRACE_ID) {
             invalid.trace_id = true;
         }
         (
@@ -266,7 +276,7 @@ const MAX_TRACESTATE_MEMBERS: usize = 32;
 fn parse_tracestate(headers: &HeaderMap) -> Result<Option<String>, ()> {
     let mut members: Vec<(&str, &str)> = Vec::new();
     let mut count = 0;
-    for field in headers.get_all("tracestate") {
+    for field in headers.get_all(TRACESTATE) {
         let field = field.to_str().map_err(|_| ())?;
         for member in field.split(',') {
             let member = member.trim_matches([' ', '\t']);
