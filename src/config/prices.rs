@@ -76,9 +76,20 @@ pub fn write_decimal(f: &mut fmt::Formatter<'_>, value: u128, digits: u32) -> fm
     }
     let mut buf = [b'0'; 38];
     let width = digits as usize;
-    for d in buf[..width].iter_mut().rev() {
-        *d = b'0' + (frac % 10) as u8;
+    // The fraction's digits, last first (the rest of `buf` stays '0'): in u128 only while the
+    // fraction needs it (never for a cost's 12 digits), then in u64, whose division is a few
+    // instructions, not a call.
+    let mut at = width;
+    while frac > u128::from(u64::MAX) {
+        at -= 1;
+        buf[at] = b'0' + (frac % 10) as u8;
         frac /= 10;
+    }
+    let mut small = u64::try_from(frac).unwrap_or_default();
+    while small > 0 {
+        at -= 1;
+        buf[at] = b'0' + (small % 10) as u8;
+        small /= 10;
     }
     let end = buf[..width]
         .iter()

@@ -51,6 +51,12 @@ impl CostSummary {
     /// The headers (or trailers); an unpriced call gets no cost header, never a 0.
     pub(super) fn headers(&self) -> HeaderMap {
         let mut h = HeaderMap::new();
+        self.add_to(&mut h);
+        h
+    }
+
+    /// Adds [`CostSummary::headers`] to `h` (a response's own: no map made and merged).
+    pub(super) fn add_to(&self, h: &mut HeaderMap) {
         if let Some(cost) = self
             .cost_usd
             .as_deref()
@@ -63,7 +69,6 @@ impl CostSummary {
                 h.insert(name.clone(), HeaderValue::from(*v));
             }
         }
-        h
     }
 
     /// An SSE comment line: every SSE parser ignores it.
@@ -166,7 +171,7 @@ pub(super) async fn buffer_and_price(
         }
     }
     if let Some(summary) = call.finish(Outcome::Completed, None, true) {
-        parts.headers.extend(summary.headers());
+        summary.add_to(&mut parts.headers);
     }
     parts.extensions.insert(BufferedFor(started.elapsed()));
     Ok(Response::from_parts(parts, super::body::full(buf.freeze())))
