@@ -986,8 +986,8 @@ impl Metrics {
 
     /// Counts a finished call: outcome, tokens by kind, cost, time to first token, parser
     /// trouble, in the series of its provider, key, model and feature (`series`).
-    pub fn call_recorded(&self, call: &CallRecord, series: &CallSeries, pricing: bool) {
-        series.calls[call.outcome as usize]
+    pub(crate) fn call_recorded(&self, call: &CallRecord, series: &CallSeries, pricing: bool) {
+        series.calls[call.outcome.index()]
             .get_or_init(|| {
                 self.calls
                     .get_or_create(&OutcomeLabels {
@@ -1376,7 +1376,7 @@ struct Capped<M> {
 /// found (and admitted under its family's cap) on first use and then kept: a call updates its
 /// counters without building, hashing and looking up a label set in each of five families
 /// (about 5,000 instructions a call).
-pub struct CallSeries {
+pub(crate) struct CallSeries {
     provider: String,
     key: String,
     /// The model and feature as calls name them, and as labels (bounded: see [`LabelCap`]).
@@ -1404,6 +1404,9 @@ impl CallSeries {
 /// Kinds of calls whose series [`CallMetrics`] keeps; a kind past it is looked up each time
 /// (its labels are bounded all the same, only the lookup is not saved).
 const MAX_CALL_SERIES: usize = 4096;
+/// The longest model or feature name a kept series is found by (as [`LabelCap`] cuts label
+/// values at 100 characters): a client's longer name is looked up each time, never kept.
+const MAX_KEPT_NAME_BYTES: usize = 256;
 
 /// The metrics a finished call updates, as a recorder sink. Model and feature label values are
 /// bounded (see [`LabelCap`]).
@@ -1443,13 +1446,14 @@ impl CallMetrics {
 
     /// The series of calls like `call`, kept from an earlier call when there was one.
     fn series_of(&self, call: &CallRecord) -> Arc<CallSeries> {
-        use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
         let provider = call.provider.as_str();
         let key = call.metadata.key.as_deref().unwrap_or_default();
         let model = call.model().unwrap_or("unknown");
         let feature = call.metadata.feature.as_deref().unwrap_or("");
-        let hash = BuildHasherDefault::<DefaultHasher>::default()
-            .hash_one((provider, key, model, feature));
+        if model.len() > MAX_KEPT_NAME_BYTES || feature.len() > MAX_KEPT_NAME_BYTES {
+            return Arc::new(self.new_series(provider, key, model, feature));
+        }
+        let hash = series_hash(provider, key, model, feature);
         let mut kept = self.series.lock().unwrap_or_else(|e| e.into_inner());
         match kept.get(&hash) {
             Some(s) if s.names(provider, key, model, feature) => return s.clone(),
@@ -1480,9 +1484,144 @@ impl CallMetrics {
     }
 }
 
+fn series_hash(provider: &str, key: &str, model: &str, feature: &str) -> u64 {
+    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+    BuildHasherDefault::<DefaultHasher>::default().hash_one((provider, key, model, feature))
+}
+
 impl Sink for CallMetrics {
     fn record(&self, call: &CallRecord, _span: &SpanRecord) {
         let series = self.series_of(call);
         self.metrics.call_recorded(call, &series, self.pricing);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::SystemTime;
+
+    use super::*;
+    use crate::{
+        call::record::{Outcome, RequestInfo},
+        format::{ResponseRecord, Usage},
+        provider::WireFormat,
+        trace::{context::TraceContext, metadata::CallMetadata},
+    };
+
+    /// A finished chat call of `model` that used `tokens` input tokens.
+    fn call(model: &str, tokens: u64) -> CallRecord {
+        CallRecord {
+            provider: "openai".into(),
+            gen_ai_provider: "openai".into(),
+            format: WireFormat::ChatCompletions,
+            method: "POST".into(),
+            path: "/v1/chat/completions".into(),
+            server_address: "localhost".into(),
+            server_port: 443,
+            request: RequestInfo {
+                model: Some(model.into()),
+                parsed: true,
+                ..RequestInfo::default()
+            },
+            status: Some(200),
+            response: Some(ResponseRecord {
+                usage: Usage {
+                    input_tokens: Some(tokens),
+                    ..Usage::default()
+                },
+                ..ResponseRecord::default()
+            }),
+            outcome: Outcome::Completed,
+            error_type: None,
+            started_at: SystemTime::UNIX_EPOCH,
+            duration: Duration::ZERO,
+            time_to_headers: None,
+            time_to_first_chunk: None,
+            time_to_first_token: None,
+            trace: TraceContext::from_headers(&http::HeaderMap::new(), None).0,
+            metadata: CallMetadata::default(),
+            content: None,
+            kept_content: None,
+            cost_pico_usd: None,
+            input_cost_pico_usd: None,
+            priced_model: None,
+        }
+    }
+
+    fn record(m: &CallMetrics, call: &CallRecord) {
+        m.metrics.call_recorded(call, &m.series_of(call), m.pricing);
+    }
+
+    fn input_tokens(metrics: &Metrics, model: &str) -> Option<String> {
+        let prefix = format!(
+            r#"sidetrace_tokens_total{{provider="openai",model="{model}",feature="",kind="input"}} "#
+        );
+        let page = metrics.encode();
+        page.lines()
+            .find_map(|l| l.strip_prefix(&prefix).map(str::to_string))
+    }
+
+    fn call_metrics() -> CallMetrics {
+        CallMetrics::new(Arc::new(Metrics::with_series_cap(100)), &[], 100, false)
+    }
+
+    #[test]
+    fn outcomes_index_a_table_of_their_count() {
+        let all = [
+            Outcome::Completed,
+            Outcome::UpstreamError,
+            Outcome::Timeout,
+            Outcome::Cancelled,
+            Outcome::GatewayError,
+        ];
+        let mut seen: Vec<usize> = all.iter().map(|o| o.index()).collect();
+        seen.sort();
+        assert_eq!(seen, (0..Outcome::COUNT).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_kind_of_call_is_counted_in_its_kept_series() {
+        let m = call_metrics();
+        record(&m, &call("gpt-4o", 3));
+        record(&m, &call("gpt-4o", 4));
+        assert_eq!(input_tokens(&m.metrics, "gpt-4o").as_deref(), Some("7"));
+        assert_eq!(m.series.lock().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_kept_series_under_the_same_hash_is_never_taken_for_another_kind() {
+        let m = call_metrics();
+        // The series of `gpt-4o-mini`, filed under the hash of `gpt-4o` (a collision).
+        let other = Arc::new(m.new_series("openai", "", "gpt-4o-mini", ""));
+        let hash = series_hash("openai", "", "gpt-4o", "");
+        m.series.lock().unwrap().insert(hash, other);
+        record(&m, &call("gpt-4o", 5));
+        assert_eq!(input_tokens(&m.metrics, "gpt-4o").as_deref(), Some("5"));
+        assert_eq!(input_tokens(&m.metrics, "gpt-4o-mini"), None);
+        assert_eq!(m.series.lock().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn past_the_cap_or_with_a_long_name_a_kind_is_counted_but_not_kept() {
+        let m = call_metrics();
+        let long = "m".repeat(MAX_KEPT_NAME_BYTES + 1);
+        record(&m, &call(&long, 2));
+        assert_eq!(
+            input_tokens(&m.metrics, &"m".repeat(100)).as_deref(),
+            Some("2")
+        );
+        assert!(m.series.lock().unwrap().is_empty());
+        {
+            let mut kept = m.series.lock().unwrap();
+            let filler = Arc::new(m.new_series("openai", "", "filler", ""));
+            let hash = series_hash("openai", "", "gpt-4o", "");
+            for n in (0..).filter(|&n| n != hash).take(MAX_CALL_SERIES) {
+                kept.insert(n, filler.clone());
+            }
+        }
+        record(&m, &call("gpt-4o", 6));
+        record(&m, &call("gpt-4o", 1));
+        assert_eq!(input_tokens(&m.metrics, "gpt-4o").as_deref(), Some("7"));
+        assert_eq!(m.series.lock().unwrap().len(), MAX_CALL_SERIES);
     }
 }

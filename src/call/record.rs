@@ -49,8 +49,19 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    /// How many outcomes there are: each `outcome as usize` is below it (the last one named).
-    pub const COUNT: usize = Outcome::GatewayError as usize + 1;
+    /// How many outcomes there are: every [`Outcome::index`] is below it.
+    pub const COUNT: usize = 5;
+
+    /// The outcome's place in a table of [`Outcome::COUNT`] entries.
+    pub const fn index(self) -> usize {
+        match self {
+            Outcome::Completed => 0,
+            Outcome::UpstreamError => 1,
+            Outcome::Timeout => 2,
+            Outcome::Cancelled => 3,
+            Outcome::GatewayError => 4,
+        }
+    }
 
     pub fn as_str(self) -> &'static str {
         match self {

@@ -85,7 +85,8 @@ pub fn write_decimal(f: &mut fmt::Formatter<'_>, value: u128, digits: u32) -> fm
         buf[at] = b'0' + (frac % 10) as u8;
         frac /= 10;
     }
-    let mut small = u64::try_from(frac).unwrap_or_default();
+    // Below 2^64 now (the loop above), so the cast keeps every bit.
+    let mut small = frac as u64;
     while small > 0 {
         at -= 1;
         buf[at] = b'0' + (small % 10) as u8;
@@ -178,4 +179,32 @@ pub struct ModelPrice {
     pub as_of: Option<String>,
     /// Caveats for humans: where a price came from when unsure, what is not modelled.
     pub note: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decimals_of_more_digits_than_a_u64_holds_are_written_exactly() {
+        struct D(u128, u32);
+        impl fmt::Display for D {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write_decimal(f, self.0, self.1)
+            }
+        }
+        assert_eq!(
+            D(u128::MAX, 38).to_string(),
+            "3.40282366920938463463374607431768211455"
+        );
+        assert_eq!(
+            D(10u128.pow(37) + 5, 38).to_string(),
+            "0.10000000000000000000000000000000000005"
+        );
+        assert_eq!(
+            D(u128::from(u64::MAX) + 1, 30).to_string(),
+            "0.000000000018446744073709551616"
+        );
+        assert_eq!(D(7, 20).to_string(), "0.00000000000000000007");
+    }
 }

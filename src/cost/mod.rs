@@ -442,29 +442,6 @@ mod tests {
         assert_eq!(total, Cost::from_pico_usd(6));
     }
 
-    #[test]
-    fn decimals_of_more_digits_than_a_u64_holds_are_written_exactly() {
-        struct D(u128, u32);
-        impl fmt::Display for D {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                crate::config::prices::write_decimal(f, self.0, self.1)
-            }
-        }
-        assert_eq!(
-            D(u128::MAX, 38).to_string(),
-            "3.40282366920938463463374607431768211455"
-        );
-        assert_eq!(
-            D(10u128.pow(37) + 5, 38).to_string(),
-            "0.10000000000000000000000000000000000005"
-        );
-        assert_eq!(
-            D(u128::from(u64::MAX) + 1, 30).to_string(),
-            "0.000000000018446744073709551616"
-        );
-        assert_eq!(D(7, 20).to_string(), "0.00000000000000000007");
-    }
-
     fn builtin_book() -> PriceBook {
         let specs: Vec<ProviderSpec> = builtin_specs()
             .iter()

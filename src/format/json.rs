@@ -613,11 +613,12 @@ mod tests {
             from_bytes::<Probe<'_>>(skipped).expect("read as bytes").n,
             Count(Some(2))
         );
-        // ... and in a kept one, both refuse it.
-        let kept = b"{\"s\": \"\xff\"}";
-        assert!(serde_json::from_slice::<Probe<'_>>(kept).is_err());
-        assert!(from_bytes::<Probe<'_>>(kept).is_err());
-        assert!(from_bytes::<Probe<'_>>(b"{\"n\": ").is_err());
+        // ... and in a kept one, both refuse it, with the same message; so for a body cut short.
+        for bad in [&b"{\"s\": \"\xff\"}"[..], &b"{\"n\": "[..]] {
+            let theirs = serde_json::from_slice::<Probe<'_>>(bad).expect_err("refused");
+            let ours = from_bytes::<Probe<'_>>(bad).expect_err("refused");
+            assert_eq!(ours.to_string(), theirs.to_string());
+        }
     }
 
     #[test]
