@@ -870,30 +870,11 @@ impl Metrics {
         }
     }
 
-    /// `labels` as they are when `cap` admits them, else with the client-chosen values put to
-    /// `other` (counted); `fold` makes the `other` label set from the labels.
-    fn capped<L: Clone + std::hash::Hash + Eq>(
-        &self,
-        cap: &SeriesCap,
-        family: &'static str,
-        labels: L,
-        fold: impl FnOnce(L) -> L,
-    ) -> L {
-        if cap.admit(&labels) {
-            labels
-        } else {
-            self.series_overflow
-                .get_or_create(&FamilyLabels { family })
-                .inc();
-            fold(labels)
-        }
-    }
-
     /// One score posted to `/api/scores` (labels already bounded by the caller).
     pub fn score_recorded(&self, name: &str, feature: &str, label: &str, value: Option<f64>) {
-        let labels = self.capped(
+        let scores = self.capped_series(
+            &self.scores.scores,
             &self.series.scores,
-            "sidetrace_scores",
             ScoreLabels {
                 name: name.to_string(),
                 feature: feature.to_string(),
@@ -905,11 +886,11 @@ impl Metrics {
                 label: OTHER.into(),
             },
         );
-        self.scores.scores.get_or_create(&labels).inc();
+        self.count_fold(&scores, "sidetrace_scores").inc();
         if let Some(value) = value {
-            let labels = self.capped(
+            let values = self.capped_series(
+                &self.scores.values,
                 &self.series.score_values,
-                "sidetrace_score_value",
                 ScoreValueLabels {
                     name: name.to_string(),
                     feature: feature.to_string(),
@@ -919,7 +900,8 @@ impl Metrics {
                     feature: OTHER.into(),
                 },
             );
-            self.scores.values.get_or_create(&labels).observe(value);
+            self.count_fold(&values, "sidetrace_score_value")
+                .observe(value);
         }
     }
 
@@ -1093,8 +1075,8 @@ impl Metrics {
         }
     }
 
-    /// The series of `labels` in `family`, or of `fold(labels)` when the family's cap has no
-    /// room for them.
+    /// The series of `labels` in `family`, or of `fold(labels)` (the client-chosen values put
+    /// to `other`) when the family's cap has no room for them.
     fn capped_series<L, M, C>(
         &self,
         family: &Family<L, M, C>,
@@ -1115,7 +1097,8 @@ impl Metrics {
         }
     }
 
-    /// A folded series' sample is counted in the overflow family each time, as `capped` does.
+    /// The series' metric, a sample of a folded series counted in the overflow family (each
+    /// sample, not each series).
     fn count_fold<'a, M>(&self, capped: &'a Capped<M>, family: &'static str) -> &'a M {
         if capped.folded {
             self.series_overflow
@@ -1498,32 +1481,20 @@ impl Sink for CallMetrics {
 
 #[cfg(test)]
 mod tests {
-    use std::time::SystemTime;
-
     use super::*;
     use crate::{
         call::record::{Outcome, RequestInfo},
         format::{ResponseRecord, Usage},
-        provider::WireFormat,
-        trace::{context::TraceContext, metadata::CallMetadata},
     };
 
     /// A finished chat call of `model` that used `tokens` input tokens.
     fn call(model: &str, tokens: u64) -> CallRecord {
         CallRecord {
-            provider: "openai".into(),
-            gen_ai_provider: "openai".into(),
-            format: WireFormat::ChatCompletions,
-            method: "POST".into(),
-            path: "/v1/chat/completions".into(),
-            server_address: "localhost".into(),
-            server_port: 443,
             request: RequestInfo {
                 model: Some(model.into()),
                 parsed: true,
                 ..RequestInfo::default()
             },
-            status: Some(200),
             response: Some(ResponseRecord {
                 usage: Usage {
                     input_tokens: Some(tokens),
@@ -1531,20 +1502,7 @@ mod tests {
                 },
                 ..ResponseRecord::default()
             }),
-            outcome: Outcome::Completed,
-            error_type: None,
-            started_at: SystemTime::UNIX_EPOCH,
-            duration: Duration::ZERO,
-            time_to_headers: None,
-            time_to_first_chunk: None,
-            time_to_first_token: None,
-            trace: TraceContext::from_headers(&http::HeaderMap::new(), None).0,
-            metadata: CallMetadata::default(),
-            content: None,
-            kept_content: None,
-            cost_pico_usd: None,
-            input_cost_pico_usd: None,
-            priced_model: None,
+            ..CallRecord::test_chat()
         }
     }
 
@@ -1563,6 +1521,36 @@ mod tests {
 
     fn call_metrics() -> CallMetrics {
         CallMetrics::new(Arc::new(Metrics::with_series_cap(100)), &[], 100, false)
+    }
+
+    #[test]
+    fn scores_past_the_cap_go_to_other_and_each_is_counted() {
+        let metrics = Metrics::with_series_cap(1);
+        metrics.score_recorded("helpfulness", "support", "", Some(0.5));
+        metrics.score_recorded("tone", "support", "", Some(1.0));
+        metrics.score_recorded("tone", "support", "", None);
+        let page = metrics.encode();
+        let value = |prefix: &str| {
+            page.lines()
+                .find_map(|l| l.strip_prefix(prefix).map(str::to_string))
+                .unwrap_or_else(|| panic!("{prefix} in {page}"))
+        };
+        assert_eq!(
+            value(r#"sidetrace_scores_total{name="helpfulness",feature="support",label=""} "#),
+            "1"
+        );
+        assert_eq!(
+            value(r#"sidetrace_scores_total{name="other",feature="other",label="other"} "#),
+            "2"
+        );
+        assert_eq!(
+            value(r#"sidetrace_metric_series_overflow_total{family="sidetrace_scores"} "#),
+            "2"
+        );
+        assert_eq!(
+            value(r#"sidetrace_metric_series_overflow_total{family="sidetrace_score_value"} "#),
+            "1"
+        );
     }
 
     #[test]

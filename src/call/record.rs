@@ -129,3 +129,45 @@ impl CallRecord {
             .or(self.request.model.as_deref())
     }
 }
+
+#[cfg(test)]
+impl CallRecord {
+    /// A completed OpenAI chat call (status 200, sampled, nothing read from its request or
+    /// response): what unit tests build their calls from.
+    pub(crate) fn test_chat() -> CallRecord {
+        CallRecord {
+            provider: "openai".into(),
+            gen_ai_provider: "openai".into(),
+            format: WireFormat::ChatCompletions,
+            method: "POST".into(),
+            path: "/v1/chat/completions".into(),
+            server_address: "localhost".into(),
+            server_port: 443,
+            request: RequestInfo::default(),
+            status: Some(200),
+            response: None,
+            outcome: Outcome::Completed,
+            error_type: None,
+            started_at: SystemTime::UNIX_EPOCH,
+            duration: Duration::ZERO,
+            time_to_headers: None,
+            time_to_first_chunk: None,
+            time_to_first_token: None,
+            trace: TraceContext {
+                trace_id: [1; 16],
+                span_id: [1; 8],
+                parent_span_id: None,
+                parent_is_remote: false,
+                flags: crate::trace::context::FLAG_SAMPLED,
+                trace_state: None,
+                source: crate::trace::context::TraceSource::New,
+            },
+            metadata: CallMetadata::default(),
+            content: None,
+            kept_content: None,
+            cost_pico_usd: None,
+            input_cost_pico_usd: None,
+            priced_model: None,
+        }
+    }
+}

@@ -675,11 +675,10 @@ mod tests {
 
     use super::*;
     use crate::{
-        call::record::{Outcome, RequestInfo},
         config::CaptureConfig,
         format::{CapturedOutput, ResponseRecord, ToolCallOutput, ToolCallRef},
         provider::WireFormat,
-        trace::{context::FLAG_SAMPLED, metadata::CallMetadata},
+        trace::metadata::CallMetadata,
     };
 
     fn table(limits: ToolLimits, level: CaptureLevel) -> ToolTable {
@@ -703,16 +702,8 @@ mod tests {
 
     /// A finished call whose response asked for `calls` (id, name, arguments).
     fn call(span: u8, parent: Option<u8>, calls: &[(&str, &str, &str)]) -> CallRecord {
+        let chat = CallRecord::test_chat();
         CallRecord {
-            provider: "openai".into(),
-            gen_ai_provider: "openai".into(),
-            format: WireFormat::ChatCompletions,
-            method: "POST".into(),
-            path: "/v1/chat/completions".into(),
-            server_address: "localhost".into(),
-            server_port: 443,
-            request: RequestInfo::default(),
-            status: Some(200),
             response: Some(ResponseRecord {
                 response_id: Some(format!("resp_{span}")),
                 tool_calls: calls
@@ -736,31 +727,19 @@ mod tests {
                 }),
                 ..ResponseRecord::default()
             }),
-            outcome: Outcome::Completed,
-            error_type: None,
             started_at: UNIX_EPOCH + Duration::from_secs(1000),
             duration: Duration::from_millis(250),
-            time_to_headers: None,
-            time_to_first_chunk: None,
-            time_to_first_token: None,
             trace: TraceContext {
                 trace_id: [7; 16],
                 span_id: [span; 8],
                 parent_span_id: parent.map(|p| [p; 8]),
-                parent_is_remote: false,
-                flags: FLAG_SAMPLED,
-                trace_state: None,
-                source: TraceSource::New,
+                ..chat.trace.clone()
             },
             metadata: CallMetadata {
                 session_id: Some("s1".into()),
                 ..CallMetadata::default()
             },
-            content: None,
-            kept_content: None,
-            cost_pico_usd: None,
-            priced_model: None,
-            input_cost_pico_usd: None,
+            ..chat
         }
     }
 
