@@ -2,6 +2,7 @@
 //! traces are read on the side. See ARCHITECTURE.md for the map.
 
 pub mod admin;
+pub mod background;
 pub mod call;
 pub mod cli;
 pub mod config;

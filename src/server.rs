@@ -553,7 +553,6 @@ async fn start_export(
     metrics: Arc<Metrics>,
 ) -> Result<(ExportHandle, ExportTasks), StartError> {
     let tls = crate::tls::client_config(&config.upstream).map_err(StartError::Export)?;
-    let exporter = otlp::build(&config.export, telemetry, tls).map_err(StartError::Export)?;
     let limits = SpoolLimits {
         max_bytes: config.spool.max_bytes,
         max_age_ms: config.spool.max_age_ms,
@@ -574,15 +573,16 @@ async fn start_export(
         .sampling
         .enabled
         .then(|| TailSampler::new(config.sampling.clone()));
-    Ok(ExportHandle::start(
+    ExportHandle::start(
         &config.export,
-        exporter,
+        || otlp::build(&config.export, telemetry, tls),
         spool,
         limits,
         telemetry,
         metrics,
         sampler,
-    ))
+    )
+    .map_err(StartError::Export)
 }
 
 fn local_addr(listener: &TcpListener, what: &'static str) -> Result<SocketAddr, StartError> {

@@ -532,3 +532,56 @@ async fn otel_sdk_disabled_or_traces_exporter_none_keep_every_span_local() {
         collector.stop().await;
     }
 }
+
+/// Spans leave from the export's own thread, at a lower priority than the calls: with the
+/// runtime that serves calls not running at all, a finished call's span still reaches the
+/// collector, and the thread that sent it runs at the background nice value.
+#[cfg(target_os = "linux")]
+#[test]
+fn spans_leave_from_a_thread_of_their_own_that_gives_way_to_calls() {
+    // The collector on a runtime of its own, so that it answers while the gateway's is idle.
+    let collector_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let collector = collector_rt.block_on(Collector::start(Transport::Grpc));
+    let calls_rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = export_config(&collector.endpoint(), Transport::Grpc, dir.path(), "");
+    let (mock, gw) = calls_rt.block_on(async {
+        let mock = Mock::start(|_| reply()).await;
+        let gw = gateway_for(&mock, &config).await;
+        calls(&gw, 1).await;
+        wait_metric(&gw, "sidetrace_spans_received_total", 1.0).await;
+        (mock, gw)
+    });
+    // From here on nothing drives the gateway's runtime: no call is served, no task of it runs.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while collector.spans().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "no span exported while the calls' runtime was idle"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_each_once(&collector.spans(), &recorded_span_ids(&gw));
+    let own = nice_in(&std::fs::read_to_string("/proc/thread-self/stat").unwrap()).unwrap();
+    let nices = thread_nices();
+    let export: Vec<i32> = nices
+        .iter()
+        .filter(|(name, _)| name == "sidetrace-otlp")
+        .map(|&(_, nice)| nice)
+        .collect();
+    assert!(!export.is_empty(), "no export thread among {nices:?}");
+    let lowered = (own + sidetrace::background::BACKGROUND_NICE).min(19);
+    assert!(export.iter().all(|&n| n == lowered), "{nices:?}, own {own}");
+    calls_rt.block_on(async {
+        gw.shutdown().await;
+        drop(mock);
+    });
+    collector_rt.block_on(collector.stop());
+}

@@ -164,7 +164,6 @@ fn start_pipeline(collector: &Collector, gate: &Gate, extra: &str) -> Pipeline {
     let config = Config::from_toml(&text, "test.toml").unwrap();
     let telemetry = Telemetry::from_env(Vec::new(), "test-instance");
     let tls = sidetrace::tls::client_config(&config.upstream).unwrap();
-    let exporter = otlp::build(&config.export, &telemetry, tls).unwrap();
     let (full, stuck) = (Arc::new(AtomicBool::new(false)), Arc::default());
     let spool = FailingDiskSpool {
         inner: MemorySpool::new(LIMITS),
@@ -176,13 +175,14 @@ fn start_pipeline(collector: &Collector, gate: &Gate, extra: &str) -> Pipeline {
     // The test keeps no handle on the spool: the pipeline holds the only ones.
     let (handle, tasks) = ExportHandle::start(
         &config.export,
-        exporter,
+        || otlp::build(&config.export, &telemetry, tls),
         Arc::new(spool),
         LIMITS,
         &telemetry,
         metrics.clone(),
         None,
-    );
+    )
+    .unwrap();
     Pipeline {
         handle,
         tasks,

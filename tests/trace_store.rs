@@ -334,31 +334,6 @@ async fn with_the_store_off_the_api_says_so_and_the_proxy_serves() {
     assert!(span.attr("gen_ai.input.messages").is_none());
 }
 
-/// The nice value in a `/proc/.../stat` line: `pid (comm) state ppid ...`; the name may hold
-/// spaces, so fields count from the `)`.
-#[cfg(target_os = "linux")]
-fn nice_in(stat: &str) -> Option<i32> {
-    stat.rsplit_once(')')?
-        .1
-        .split_whitespace()
-        .nth(16)?
-        .parse()
-        .ok()
-}
-
-/// The nice value of each of this process's threads, by thread name (Linux).
-#[cfg(target_os = "linux")]
-fn thread_nices() -> Vec<(String, i32)> {
-    std::fs::read_dir("/proc/self/task")
-        .unwrap()
-        .filter_map(|task| {
-            let stat = std::fs::read_to_string(task.ok()?.path().join("stat")).ok()?;
-            let name = stat.split_once('(')?.1.rsplit_once(')')?.0.to_string();
-            Some((name, nice_in(&stat)?))
-        })
-        .collect()
-}
-
 #[cfg(target_os = "linux")]
 #[tokio::test]
 async fn the_store_writer_gives_way_to_calls_on_a_busy_core() {
@@ -377,7 +352,7 @@ async fn the_store_writer_gives_way_to_calls_on_a_busy_core() {
         .map(|&(_, nice)| nice)
         .collect();
     assert!(!writers.is_empty(), "no writer thread among {nices:?}");
-    let lowered = (own + sidetrace::store::traces::WRITER_NICE).min(19);
+    let lowered = (own + sidetrace::background::BACKGROUND_NICE).min(19);
     assert!(
         writers.iter().all(|&n| n == lowered),
         "{nices:?}, own {own}"

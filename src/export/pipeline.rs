@@ -99,19 +99,68 @@ pub struct ExportTasks {
     replayer: JoinHandle<()>,
     spiller: JoinHandle<()>,
     shared: Arc<Shared>,
+    /// The thread the tasks run on; it ends when this is dropped.
+    thread: ExportThread,
+}
+
+/// The export's own thread: a single-threaded runtime at a raised nice value
+/// ([`crate::background`]) running the batcher, the replayer, the spiller and the sampler's
+/// decisions. Turning a batch into OTLP protobuf (tens of thousands of instructions a span in
+/// the OTLP crate) never holds up the calls on the runtime's workers: on a second core it runs
+/// beside them, and on a busy core the calls come first.
+struct ExportThread {
+    handle: tokio::runtime::Handle,
+    /// Dropped to stop the thread: its runtime then shuts down without waiting for a blocking
+    /// task (a spool write on a failed disk may never return).
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl ExportThread {
+    fn spawn() -> std::io::Result<ExportThread> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .thread_name("sidetrace-otlp")
+            .build()?;
+        let handle = runtime.handle().clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        // Linux cuts thread names to 15 bytes.
+        std::thread::Builder::new()
+            .name("sidetrace-otlp".into())
+            .spawn(move || {
+                crate::background::yield_to_calls("span export");
+                runtime.block_on(async {
+                    let _ = stopped.await;
+                });
+                runtime.shutdown_background();
+            })?;
+        Ok(ExportThread {
+            handle,
+            _stop: stop,
+        })
+    }
 }
 
 impl ExportHandle {
-    /// Starts the pipeline. `spool` comes from `spool::open_or_degrade`.
+    /// Starts the pipeline on a thread of its own ([`ExportThread`]). `make_exporter` runs there
+    /// (inside its runtime: a gRPC channel starts its tasks where it is built); `spool` comes
+    /// from `spool::open_or_degrade`. Fails when the exporter cannot be built or the thread
+    /// cannot start.
     pub fn start(
         cfg: &ExportConfig,
-        exporter: Exporter,
+        make_exporter: impl FnOnce() -> Result<Exporter, String>,
         spool: Arc<dyn Spool>,
         limits: SpoolLimits,
         telemetry: &Telemetry,
         metrics: Arc<Metrics>,
         sampler: Option<TailSampler>,
-    ) -> (ExportHandle, ExportTasks) {
+    ) -> Result<(ExportHandle, ExportTasks), String> {
+        let thread = ExportThread::spawn()
+            .map_err(|e| format!("cannot start the span export's thread: {e}"))?;
+        let runtime = thread.handle.clone();
+        let exporter = {
+            let _inside = runtime.enter();
+            make_exporter()?
+        };
         let (tx, rx) = mpsc::channel(cfg.queue_spans);
         let shared = Arc::new(Shared {
             spool: RwLock::new(spool),
@@ -137,15 +186,15 @@ impl ExportHandle {
             conventions,
         });
         let (stop, stopped) = watch::channel(false);
-        let batcher = tokio::spawn(batcher(
+        let batcher = runtime.spawn(batcher(
             rx,
             out.clone(),
             shared.clone(),
             cfg.clone(),
             stopped.clone(),
         ));
-        let replayer = tokio::spawn(replayer(out, shared.clone(), cfg.clone(), stopped.clone()));
-        let spiller = tokio::spawn(spiller(shared.clone(), stopped));
+        let replayer = runtime.spawn(replayer(out, shared.clone(), cfg.clone(), stopped.clone()));
+        let spiller = runtime.spawn(spiller(shared.clone(), stopped));
         let sampler = sampler.map(Arc::new);
         let handle = ExportHandle {
             tx,
@@ -156,10 +205,10 @@ impl ExportHandle {
             let (stop, stopped) = watch::channel(false);
             (
                 stop,
-                tokio::spawn(decide_traces(s, handle.clone(), stopped)),
+                runtime.spawn(decide_traces(s, handle.clone(), stopped)),
             )
         });
-        (
+        Ok((
             handle,
             ExportTasks {
                 stop,
@@ -168,8 +217,9 @@ impl ExportHandle {
                 replayer,
                 spiller,
                 shared,
+                thread,
             },
-        )
+        ))
     }
 
     /// Hands a finished span to the exporter. Never waits and never touches the disk: a full
@@ -322,6 +372,8 @@ impl ExportTasks {
             );
             shared.metrics.spans_dropped("shutdown", in_memory);
         }
+        // The tasks are over or abandoned: the export's thread and its runtime end.
+        drop(self.thread);
         let retired =
             std::mem::take(&mut *shared.retired.lock().unwrap_or_else(|e| e.into_inner()));
         if !retired.is_empty() {

@@ -741,3 +741,28 @@ pub async fn sigterm_and_wait(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// The nice value in a `/proc/.../stat` line: `pid (comm) state ppid ...`; the name may hold
+/// spaces, so fields count from the `)`.
+#[cfg(target_os = "linux")]
+pub fn nice_in(stat: &str) -> Option<i32> {
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(16)?
+        .parse()
+        .ok()
+}
+
+/// The nice value of each of this process's threads, by thread name (Linux).
+#[cfg(target_os = "linux")]
+pub fn thread_nices() -> Vec<(String, i32)> {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|task| {
+            let stat = std::fs::read_to_string(task.ok()?.path().join("stat")).ok()?;
+            let name = stat.split_once('(')?.1.rsplit_once(')')?.0.to_string();
+            Some((name, nice_in(&stat)?))
+        })
+        .collect()
+}

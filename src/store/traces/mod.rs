@@ -89,12 +89,6 @@ const AGE_CHECK: Duration = Duration::from_secs(30);
 const GATHER: Duration = Duration::from_millis(10);
 /// How often the writer looks for open traces to write.
 const SEAL_CHECK: Duration = Duration::from_secs(1);
-/// How much the writer thread raises its nice value (Linux), so that calls come first on a busy
-/// core. Its work (the batches, a second's traces sealed, sled flushed) comes in bursts of
-/// milliseconds, which at the process's own nice value share the core evenly with the runtime
-/// and stretch the calls in flight; 5 higher, it still gets a quarter of a core that calls keep
-/// busy, several times what it needs.
-pub const WRITER_NICE: i32 = 5;
 /// What a span adds to the stored bytes besides its JSON: its entry in its trace's row.
 const TRACE_ROW_SPAN_BYTES: u32 = 24;
 /// sled's page cache (sled holds only the resources and the replay marks now).
@@ -624,7 +618,7 @@ impl TraceStore {
     }
 
     fn run(self: Arc<Self>, receiver: Receiver<Message>) {
-        yield_to_calls();
+        crate::background::yield_to_calls("trace store's writer");
         let mut known_resources = ResourceKeys::default();
         // Reused for every batch's encoded spans.
         let mut buf = Vec::with_capacity(1 << 20);
@@ -1464,15 +1458,5 @@ impl StoreSink {
             origin: self.origin.clone(),
             resource: self.resource,
         })));
-    }
-}
-
-/// Raises the calling thread's nice value by [`WRITER_NICE`] (a per-thread value on Linux; the
-/// threads sled starts from the writer inherit it); a failure only costs latency, so it is
-/// logged and the writer goes on.
-fn yield_to_calls() {
-    #[cfg(target_os = "linux")]
-    if let Err(e) = rustix::process::nice(WRITER_NICE) {
-        tracing::debug!(error = %e, "cannot lower the trace store writer's priority");
     }
 }
