@@ -668,6 +668,53 @@ fn traces_survive_a_restart() {
     assert_eq!(page.rows, vec![session]);
 }
 
+/// Many traces due at once (more than the writer writes in one go: a second's traces at
+/// thousands of calls a second) are all written, in start order, and all read back after a
+/// restart.
+#[test]
+fn a_thousand_traces_sealed_at_once_are_all_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = now_unix_nanos();
+    let n = 1_000u64;
+    let ids: Vec<[u8; 16]> = (0..n)
+        .map(|i| {
+            let mut id = [0x22u8; 16];
+            id[8..].copy_from_slice(&(i + 1).to_be_bytes());
+            id
+        })
+        .collect();
+    {
+        let (store, _) = open(dir.path(), u64::MAX, Duration::from_secs(86_400));
+        for (i, id) in ids.iter().enumerate() {
+            let mut span = simple(0, 0, now + i as u64 * 1_000);
+            span.trace_id = *id;
+            put(&store, span, Some(1));
+        }
+        // One flush seals every open trace at once.
+        assert!(store.flush(Duration::from_secs(20)));
+        store.close();
+    }
+    let (store, metrics) = open(dir.path(), u64::MAX, Duration::from_secs(86_400));
+    assert_eq!(metric(&metrics, "sidetrace_store_traces "), n as f64);
+    let listed = all_pages(
+        &store,
+        &TraceQuery {
+            limit: 100,
+            ..TraceQuery::default()
+        },
+    );
+    // Newest first.
+    let mut expected = ids.clone();
+    expected.reverse();
+    assert_eq!(listed, expected);
+    for id in &ids {
+        let row = store.summary(id).unwrap().expect("every trace has its row");
+        assert_eq!((row.totals.spans, row.totals.cost()), (1, Some(1)));
+    }
+    let (session, _) = store.session("s1", 1).unwrap().expect("their session");
+    assert_eq!(session.traces, n);
+}
+
 #[test]
 fn a_damaged_store_is_moved_aside_and_a_fresh_one_used() {
     let root = tempfile::tempdir().unwrap();
