@@ -679,7 +679,10 @@ impl TraceStore {
             if spans_written {
                 unflushed += spans.len() as u64;
                 self.write(spans, &mut known_resources, &mut buf);
-                give_way();
+                // Behind (a full batch, more waiting): no giving way, or the queue would grow.
+                if !full {
+                    give_way();
+                }
             }
             for done in caught_up {
                 let _ = done.send(());
