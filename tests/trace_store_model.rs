@@ -668,9 +668,8 @@ fn traces_survive_a_restart() {
     assert_eq!(page.rows, vec![session]);
 }
 
-/// Many traces due at once (more than the writer writes in one go: a second's traces at
-/// thousands of calls a second) are all written, in start order, and all read back after a
-/// restart.
+/// Many traces due at once (a second's traces at thousands of calls a second) are all
+/// written, in start order, and all read back after a restart.
 #[test]
 fn a_thousand_traces_sealed_at_once_are_all_written() {
     let dir = tempfile::tempdir().unwrap();

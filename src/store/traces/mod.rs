@@ -89,9 +89,6 @@ const AGE_CHECK: Duration = Duration::from_secs(30);
 const GATHER: Duration = Duration::from_millis(10);
 /// How often the writer looks for open traces to write.
 const SEAL_CHECK: Duration = Duration::from_secs(1);
-/// Traces whose rows are written in one go when many are due at once (a second's traces at
-/// thousands of calls a second); the writer gives way to calls between them ([`give_way`]).
-const SEAL_CHUNK: usize = 256;
 /// What a span adds to the stored bytes besides its JSON: its entry in its trace's row.
 const TRACE_ROW_SPAN_BYTES: u32 = 24;
 /// sled's page cache (sled holds only the resources and the replay marks now).
@@ -679,10 +676,6 @@ impl TraceStore {
             if spans_written {
                 unflushed += spans.len() as u64;
                 self.write(spans, &mut known_resources, &mut buf);
-                // Behind (a full batch, more waiting): no giving way, or the queue would grow.
-                if !full {
-                    give_way();
-                }
             }
             for done in caught_up {
                 let _ = done.send(());
@@ -1013,18 +1006,11 @@ impl TraceStore {
         // In start order: the time index then grows at its end, its chunks filled whole.
         let mut due = due;
         due.sort_unstable_by_key(|t| (t.summary.start_unix_nanos, t.summary.trace_id));
-        let mut due = due.into_iter().peekable();
-        while due.peek().is_some() {
-            let chunk: Vec<Box<OpenTrace>> = due.by_ref().take(SEAL_CHUNK).collect();
-            if let Err(e) = self.write_rows(&chunk) {
-                chunk.into_iter().chain(due).for_each(|t| open.put_back(t));
-                drop(open);
-                self.fail(&e);
-                return false;
-            }
-            if due.peek().is_some() {
-                give_way();
-            }
+        if let Err(e) = self.write_rows(&due) {
+            due.into_iter().for_each(|t| open.put_back(t));
+            drop(open);
+            self.fail(&e);
+            return false;
         }
         true
     }
@@ -1473,13 +1459,4 @@ impl StoreSink {
             resource: self.resource,
         })));
     }
-}
-
-/// Lets a call that is waiting for the core run before the writer's next piece of work: its
-/// pieces (a batch of spans, a chunk of a second's traces sealed) take up to a millisecond or
-/// so, and the scheduler need not take the core from a thread that runs at a raised nice value
-/// (`crate::background`) until its slice is over. One system call, a hundred or so times a
-/// second at most.
-fn give_way() {
-    std::thread::yield_now();
 }
