@@ -462,6 +462,9 @@ pub struct Metrics {
     spans_dropped: Family<DropLabels, Counter>,
     export_attempts: Family<OutcomeOnly, Counter>,
     pub export_duration: Histogram,
+    /// Spans the export holds in memory: queued, in the overflow buffer or in the batch being
+    /// sent (not yet exported, spooled or dropped).
+    pub export_queued_spans: Gauge,
     pub spool_items: Gauge,
     pub spool_bytes: Gauge,
     pub spool_oldest_age_seconds: Gauge,
@@ -757,6 +760,11 @@ impl Metrics {
             registry.register(name, help, g.clone());
             g
         };
+        let export_queued_spans = gauge(
+            &mut registry,
+            "sidetrace_export_queued_spans",
+            "Spans the export holds in memory: queued, waiting for the spool or in the batch being sent",
+        );
         let spool_items = gauge(
             &mut registry,
             "sidetrace_spool_items",
@@ -852,6 +860,7 @@ impl Metrics {
             spans_dropped,
             export_attempts,
             export_duration,
+            export_queued_spans,
             spool_items,
             spool_bytes,
             spool_oldest_age_seconds,

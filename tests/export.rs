@@ -585,3 +585,31 @@ fn spans_leave_from_a_thread_of_their_own_that_gives_way_to_calls() {
     });
     collector_rt.block_on(collector.stop());
 }
+
+/// `sidetrace_export_queued_spans` shows the spans the export holds in memory: the calls'
+/// spans while the collector has not answered, none once the batch has gone to the spool and
+/// been replayed.
+#[tokio::test]
+async fn the_queued_spans_gauge_shows_what_the_export_holds() {
+    let mock = Mock::start(|_| reply()).await;
+    let collector = Collector::start(Transport::Grpc).await;
+    collector.set_mode(Mode::Stall);
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "data_dir = {:?}\n[export]\nendpoint = {:?}\nprotocol = \"grpc\"\ntimeout_ms = 1500\nbatch_delay_ms = 20\nreplay_backoff_max_ms = 400\n",
+        dir.path().display().to_string(),
+        collector.endpoint()
+    );
+    let gw = gateway_for(&mock, &config).await;
+    assert_eq!(metric(&gw, "sidetrace_export_queued_spans").await, 0.0);
+    calls(&gw, 3).await;
+    // Queued, then in the batch the stalled collector holds: 3 until the export times out.
+    wait_metric(&gw, "sidetrace_export_queued_spans", 3.0).await;
+    assert_eq!(metric(&gw, "sidetrace_spans_exported_total").await, 0.0);
+    collector.set_mode(Mode::Accept);
+    wait_settled(&gw, 3).await;
+    assert_eq!(metric(&gw, "sidetrace_export_queued_spans").await, 0.0);
+    assert_each_once(&collector.spans(), &recorded_span_ids(&gw));
+    gw.shutdown().await;
+    collector.stop().await;
+}

@@ -9,7 +9,7 @@
 use std::{
     sync::{
         Arc, RwLock,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicBool, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -62,9 +62,6 @@ struct Shared {
     /// dropped by a task: dropping the last handle of a sled database on a failed disk can
     /// block forever, so shutdown drops them on a thread of its own.
     retired: std::sync::Mutex<Vec<Arc<dyn Spool>>>,
-    /// Spans taken into the queue or the overflow buffer and not yet exported, spooled or
-    /// counted as dropped: what an abandoned shutdown leaves behind.
-    unsettled: AtomicU64,
     /// Shutdown is over: a span that still comes (a call finished after it) is counted as
     /// dropped at once, never left in a buffer nobody reads.
     closed: AtomicBool,
@@ -165,7 +162,6 @@ impl ExportHandle {
         let shared = Arc::new(Shared {
             spool: RwLock::new(spool),
             retired: std::sync::Mutex::new(Vec::new()),
-            unsettled: AtomicU64::new(0),
             closed: AtomicBool::new(false),
             limits,
             healthy: AtomicBool::new(true),
@@ -259,7 +255,7 @@ impl ExportHandle {
         }
         match self.tx.try_send(span) {
             Ok(()) => {
-                self.shared.unsettled.fetch_add(1, Ordering::AcqRel);
+                self.shared.unsettled().inc();
                 let queued = self.tx.max_capacity() - self.tx.capacity();
                 if queued >= self.shared.wake_every {
                     self.shared.batch_ready.notify_one();
@@ -274,7 +270,7 @@ impl ExportHandle {
                     .unwrap_or_else(|e| e.into_inner());
                 if overflow.len() < self.shared.overflow_max {
                     overflow.push(span);
-                    self.shared.unsettled.fetch_add(1, Ordering::AcqRel);
+                    self.shared.unsettled().inc();
                     drop(overflow);
                     self.shared.spill_wakeup.notify_one();
                 } else {
@@ -349,7 +345,7 @@ impl ExportTasks {
                 0
             }
         };
-        let left_behind = shared.unsettled.swap(0, Ordering::AcqRel);
+        let left_behind = shared.unsettled().set(0).max(0) as u64;
         if !abandoned.is_empty() {
             tracing::error!(
                 tasks = ?abandoned,
@@ -475,12 +471,21 @@ impl Shared {
         current.clone()
     }
 
+    /// Spans taken into the queue or the overflow buffer and not yet exported, spooled or
+    /// counted as dropped: what an abandoned shutdown leaves behind. Kept in the
+    /// `sidetrace_export_queued_spans` gauge itself.
+    fn unsettled(&self) -> &prometheus_client::metrics::gauge::Gauge {
+        &self.metrics.export_queued_spans
+    }
+
     /// `n` spans were exported, spooled or counted as dropped.
     fn settle(&self, n: u64) {
+        let n = i64::try_from(n).unwrap_or(i64::MAX);
         let _ = self
-            .unsettled
+            .unsettled()
+            .inner()
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
-                Some(u.saturating_sub(n))
+                Some(u.saturating_sub(n).max(0))
             });
     }
 
