@@ -113,23 +113,37 @@ struct ExportThread {
 }
 
 impl ExportThread {
+    /// The runtime is built on the new thread and only ever dropped there: a runtime dropped
+    /// on the caller's (an async context) would panic.
     fn spawn() -> std::io::Result<ExportThread> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .thread_name("sidetrace-otlp")
-            .build()?;
-        let handle = runtime.handle().clone();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (started, handle) = std::sync::mpsc::channel();
         // Linux cuts thread names to 15 bytes.
         std::thread::Builder::new()
             .name("sidetrace-otlp".into())
             .spawn(move || {
                 crate::background::yield_to_calls("span export");
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .thread_name("sidetrace-otlp")
+                    .build()
+                {
+                    Ok(runtime) => runtime,
+                    Err(e) => {
+                        let _ = started.send(Err(e));
+                        return;
+                    }
+                };
+                let _ = started.send(Ok(runtime.handle().clone()));
                 runtime.block_on(async {
                     let _ = stopped.await;
                 });
                 runtime.shutdown_background();
             })?;
+        // Building a runtime takes well under a millisecond; this waits for nothing else.
+        let handle = handle.recv().map_err(|_| {
+            std::io::Error::other("the export thread ended before its runtime started")
+        })??;
         Ok(ExportThread {
             handle,
             _stop: stop,
@@ -253,9 +267,11 @@ impl ExportHandle {
             self.shared.metrics.spans_dropped("shutdown", 1);
             return;
         }
+        // Counted before it is sent: the batcher, on its own thread, may export it and settle
+        // it before `try_send` returns.
+        self.shared.unsettled().inc();
         match self.tx.try_send(span) {
             Ok(()) => {
-                self.shared.unsettled().inc();
                 let queued = self.tx.max_capacity() - self.tx.capacity();
                 if queued >= self.shared.wake_every {
                     self.shared.batch_ready.notify_one();
@@ -270,11 +286,11 @@ impl ExportHandle {
                     .unwrap_or_else(|e| e.into_inner());
                 if overflow.len() < self.shared.overflow_max {
                     overflow.push(span);
-                    self.shared.unsettled().inc();
                     drop(overflow);
                     self.shared.spill_wakeup.notify_one();
                 } else {
                     drop(overflow);
+                    self.shared.settle(1);
                     self.shared.metrics.spans_dropped("queue_full", 1);
                 }
             }
@@ -810,7 +826,13 @@ async fn replayer(
             next_maintenance = now + Duration::from_secs(5);
         }
         let spool = shared.spool();
-        let waiting = spool.stats().items > 0;
+        // Every call on the spool is made off this thread: on a failed disk one may block
+        // (sled holds its lock across a write), and the batcher shares the thread.
+        let look = spool.clone();
+        let waiting = match tokio::task::spawn_blocking(move || look.stats().items > 0).await {
+            Ok(waiting) => waiting,
+            Err(_) => break,
+        };
         if !waiting {
             // Nothing spooled: the live path may try the collector again.
             shared.healthy.store(true, Ordering::Release);
@@ -884,13 +906,17 @@ async fn replayer(
             Err(e) => {
                 tracing::debug!(error = %e, attempts = entry.attempts + 1, "replay failed; backing off");
                 shared.healthy.store(false, Ordering::Release);
-                let s = spool.clone();
-                let _ = tokio::task::spawn_blocking(move || s.fail(id)).await;
-                shared.count_drops(spool.as_ref());
+                let (s, sh) = (spool.clone(), shared.clone());
+                let _ = tokio::task::spawn_blocking(move || {
+                    let _ = s.fail(id);
+                    sh.count_drops(s.as_ref());
+                })
+                .await;
                 next_try = tokio::time::Instant::now() + jittered(backoff);
                 backoff = (backoff * 2).min(max);
             }
         }
-        shared.update_gauges();
+        let s = shared.clone();
+        let _ = tokio::task::spawn_blocking(move || s.update_gauges()).await;
     }
 }
