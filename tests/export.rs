@@ -569,25 +569,7 @@ fn spans_leave_from_a_thread_of_their_own_that_gives_way_to_calls() {
         std::thread::sleep(Duration::from_millis(10));
     }
     assert_each_once(&collector.spans(), &recorded_span_ids(&gw));
-    let own = nice_in(&std::fs::read_to_string("/proc/thread-self/stat").unwrap()).unwrap();
-    let lowered = (own + sidetrace::background::BACKGROUND_NICE).min(19);
-    // Other tests of this binary start gateways meanwhile: a thread just started has its name
-    // before it lowers its priority, so the check waits for every export thread to have done so.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let nices = thread_nices();
-        let export: Vec<i32> = nices
-            .iter()
-            .filter(|(name, _)| name == "sidetrace-otlp")
-            .map(|&(_, nice)| nice)
-            .collect();
-        assert!(!export.is_empty(), "no export thread among {nices:?}");
-        if export.iter().all(|&n| n == lowered) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{nices:?}, own {own}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_for_background_threads("sidetrace-otlp");
     calls_rt.block_on(async {
         gw.shutdown().await;
         drop(mock);

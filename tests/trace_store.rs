@@ -343,20 +343,8 @@ async fn the_store_writer_gives_way_to_calls_on_a_busy_core() {
         post(&gw, "/v1/chat/completions", &[], CHAT).await.status,
         StatusCode::OK
     );
-    let own = nice_in(&std::fs::read_to_string("/proc/thread-self/stat").unwrap()).unwrap();
-    let nices = thread_nices();
     // Linux cuts thread names to 15 bytes: "sidetrace-trace-store".
-    let writers: Vec<i32> = nices
-        .iter()
-        .filter(|(name, _)| name == "sidetrace-trace")
-        .map(|&(_, nice)| nice)
-        .collect();
-    assert!(!writers.is_empty(), "no writer thread among {nices:?}");
-    let lowered = (own + sidetrace::background::BACKGROUND_NICE).min(19);
-    assert!(
-        writers.iter().all(|&n| n == lowered),
-        "{nices:?}, own {own}"
-    );
+    let (own, nices) = wait_for_background_threads("sidetrace-trace");
     // Only the writer: the threads that serve calls keep the process's priority.
     assert!(
         nices

@@ -766,3 +766,28 @@ pub fn thread_nices() -> Vec<(String, i32)> {
         })
         .collect()
 }
+
+/// Waits (at most 10 s) until every thread of this process named `name` (Linux cuts names to
+/// 15 bytes) runs at the background nice value above this thread's, and returns this thread's
+/// nice value with the last look at every thread's. Other tests of the binary start gateways
+/// meanwhile, and a thread has its name before it lowers its priority.
+#[cfg(target_os = "linux")]
+pub fn wait_for_background_threads(name: &str) -> (i32, Vec<(String, i32)>) {
+    let own = nice_in(&std::fs::read_to_string("/proc/thread-self/stat").unwrap()).unwrap();
+    let lowered = (own + sidetrace::background::BACKGROUND_NICE).min(19);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let nices = thread_nices();
+        let named: Vec<i32> = nices
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|&(_, nice)| nice)
+            .collect();
+        assert!(!named.is_empty(), "no {name} thread among {nices:?}");
+        if named.iter().all(|&n| n == lowered) {
+            return (own, nices);
+        }
+        assert!(Instant::now() < deadline, "{nices:?}, own {own}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
