@@ -63,8 +63,10 @@ struct Shared {
     /// block forever, so shutdown drops them on a thread of its own.
     retired: std::sync::Mutex<Vec<Arc<dyn Spool>>>,
     /// Shutdown is over: a span that still comes (a call finished after it) is counted as
-    /// dropped at once, never left in a buffer nobody reads.
-    closed: AtomicBool,
+    /// dropped at once, never left in a buffer nobody reads. A span's whole intake (its count,
+    /// its send, its push to the overflow buffer) holds the read lock: once shutdown has set it,
+    /// no intake is half done, and every later one sees it set.
+    closed: RwLock<bool>,
     limits: SpoolLimits,
     /// The last export (live or replay) worked; while false, live batches go straight to the
     /// spool and only the replayer probes the collector.
@@ -176,7 +178,7 @@ impl ExportHandle {
         let shared = Arc::new(Shared {
             spool: RwLock::new(spool),
             retired: std::sync::Mutex::new(Vec::new()),
-            closed: AtomicBool::new(false),
+            closed: RwLock::new(false),
             limits,
             healthy: AtomicBool::new(true),
             replay: Notify::new(),
@@ -262,7 +264,8 @@ impl ExportHandle {
     }
 
     fn enqueue(&self, span: SpanRecord) {
-        if self.shared.closed.load(Ordering::Acquire) {
+        let closed = self.shared.closed.read().unwrap_or_else(|e| e.into_inner());
+        if *closed {
             tracing::warn!("a span finished after the export shut down; dropped");
             self.shared.metrics.spans_dropped("shutdown", 1);
             return;
@@ -329,9 +332,8 @@ impl ExportTasks {
         // Spans that came in after the batcher stopped are still in the overflow buffer: they go
         // to the spool like any other. From now on a span that comes is counted at once.
         let late = {
-            let mut overflow = shared.overflow.lock().unwrap_or_else(|e| e.into_inner());
-            shared.closed.store(true, Ordering::Release);
-            std::mem::take(&mut *overflow)
+            *shared.closed.write().unwrap_or_else(|e| e.into_inner()) = true;
+            std::mem::take(&mut *shared.overflow.lock().unwrap_or_else(|e| e.into_inner()))
         };
         let late_spans = late.len();
         // Every call on the spool may block on a failed disk (sled holds its lock across the
