@@ -234,8 +234,10 @@ impl ExportHandle {
         ))
     }
 
-    /// Hands a finished span to the exporter. Never waits and never touches the disk: a full
-    /// queue sends the span to the overflow buffer, which the spiller writes to the spool.
+    /// Hands a finished span to the exporter. Never waits on the export and never touches the
+    /// disk: a full queue sends the span to the overflow buffer, which the spiller writes to
+    /// the spool. (At shutdown it may wait the few instructions another span's intake takes.)
+    /// A span the tail sampler no longer takes (it closed at shutdown) goes on unsampled.
     pub fn submit(&self, span: SpanRecord) {
         self.shared.metrics.spans_received.inc();
         let span = match &self.sampler {
@@ -266,8 +268,9 @@ impl ExportHandle {
     fn enqueue(&self, span: SpanRecord) {
         let closed = self.shared.closed.read().unwrap_or_else(|e| e.into_inner());
         if *closed {
-            tracing::warn!("a span finished after the export shut down; dropped");
+            drop(closed);
             self.shared.metrics.spans_dropped("shutdown", 1);
+            tracing::warn!("a span finished after the export shut down; dropped");
             return;
         }
         // Counted before it is sent: the batcher, on its own thread, may export it and settle
@@ -750,7 +753,11 @@ async fn decide_traces(
             _ = tokio::time::sleep(tick) => false,
             _ = stop.wait_for(|s| *s) => true,
         };
-        let decided = sampler.decide(Instant::now(), stopping);
+        let decided = if stopping {
+            sampler.close()
+        } else {
+            sampler.decide(Instant::now(), false)
+        };
         let m = &handle.shared.metrics;
         m.traces_sampled("keep", decided.kept_traces);
         m.traces_sampled("drop", decided.dropped_traces);

@@ -6,7 +6,10 @@
 
 use std::{
     collections::HashMap,
-    sync::Mutex,
+    sync::{
+        Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -31,6 +34,9 @@ pub struct Decided {
 pub struct TailSampler {
     cfg: SamplingConfig,
     traces: Mutex<HashMap<[u8; 16], Pending>>,
+    /// Set by [`TailSampler::close`], and read, only with `traces` locked: a span offered
+    /// after the last decision is handed back, never held where no decision comes.
+    closed: AtomicBool,
 }
 
 impl TailSampler {
@@ -38,6 +44,7 @@ impl TailSampler {
         TailSampler {
             cfg,
             traces: Mutex::new(HashMap::new()),
+            closed: AtomicBool::new(false),
         }
     }
 
@@ -61,10 +68,14 @@ impl TailSampler {
         false
     }
 
-    /// Holds a span until its trace is decided; returns it back when the sampler is full.
+    /// Holds a span until its trace is decided; returns it back when the sampler is full or
+    /// closed.
     pub fn offer(&self, span: SpanRecord) -> Option<SpanRecord> {
         let interesting = self.interesting(&span);
         let mut traces = self.traces.lock().unwrap_or_else(|e| e.into_inner());
+        if self.closed.load(Ordering::Relaxed) {
+            return Some(span);
+        }
         if let Some(p) = traces.get_mut(&span.trace_id) {
             p.spans.push(span);
             p.last_seen = Instant::now();
@@ -108,6 +119,16 @@ impl TailSampler {
             }
         }
         out
+    }
+
+    /// The last decision (at shutdown): every trace held is decided, and from now on `offer`
+    /// hands every span back.
+    pub fn close(&self) -> Decided {
+        {
+            let _traces = self.traces.lock().unwrap_or_else(|e| e.into_inner());
+            self.closed.store(true, Ordering::Relaxed);
+        }
+        self.decide(Instant::now(), true)
     }
 }
 
@@ -219,6 +240,22 @@ mod tests {
             ids.iter()
                 .all(|id| keep_by_id(id, 0.25) == keep_by_id(id, 0.25))
         );
+    }
+
+    #[test]
+    fn a_closed_sampler_decides_what_it_held_and_hands_later_spans_back() {
+        let s = TailSampler::new(SamplingConfig {
+            enabled: true,
+            decision_wait_ms: 60_000,
+            keep_fraction: 1.0,
+            ..SamplingConfig::default()
+        });
+        assert!(s.offer(span(1, false, 5)).is_none());
+        assert_eq!(s.close().kept.len(), 1);
+        // A call that finished after the last decision: nothing would ever decide it here.
+        assert!(s.offer(span(1, false, 5)).is_some());
+        assert!(s.offer(span(2, false, 5)).is_some());
+        assert_eq!(s.decide(Instant::now(), true).kept.len(), 0);
     }
 
     #[test]
