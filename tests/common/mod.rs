@@ -628,12 +628,28 @@ pub fn fixture(path: &str) -> Vec<u8> {
     std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
-/// An address on which nothing listens.
-pub async fn closed_port() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    drop(l);
-    addr
+/// An address on which nothing listens, for as long as the value lives: its port stays bound
+/// (never listened on, so a connection is refused), so that no other test's listener can be
+/// given it meanwhile, as one was when the port was released at once.
+pub struct ClosedPort {
+    _bound: tokio::net::TcpSocket,
+    pub addr: SocketAddr,
+}
+
+impl std::fmt::Display for ClosedPort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.addr.fmt(f)
+    }
+}
+
+pub async fn closed_port() -> ClosedPort {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = socket.local_addr().unwrap();
+    ClosedPort {
+        _bound: socket,
+        addr,
+    }
 }
 
 /// The admin token tests configure when they turn admin authentication on; the helpers below
