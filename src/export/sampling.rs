@@ -6,10 +6,7 @@
 
 use std::{
     collections::HashMap,
-    sync::{
-        Mutex,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::Mutex,
     time::{Duration, Instant},
 };
 
@@ -33,18 +30,22 @@ pub struct Decided {
 
 pub struct TailSampler {
     cfg: SamplingConfig,
-    traces: Mutex<HashMap<[u8; 16], Pending>>,
-    /// Set by [`TailSampler::close`], and read, only with `traces` locked: a span offered
-    /// after the last decision is handed back, never held where no decision comes.
-    closed: AtomicBool,
+    held: Mutex<Held>,
+}
+
+#[derive(Default)]
+struct Held {
+    traces: HashMap<[u8; 16], Pending>,
+    /// Set by [`TailSampler::close`]: a span offered after the last decision is handed back,
+    /// never held where no decision comes.
+    closed: bool,
 }
 
 impl TailSampler {
     pub fn new(cfg: SamplingConfig) -> TailSampler {
         TailSampler {
             cfg,
-            traces: Mutex::new(HashMap::new()),
-            closed: AtomicBool::new(false),
+            held: Mutex::default(),
         }
     }
 
@@ -72,10 +73,11 @@ impl TailSampler {
     /// closed.
     pub fn offer(&self, span: SpanRecord) -> Option<SpanRecord> {
         let interesting = self.interesting(&span);
-        let mut traces = self.traces.lock().unwrap_or_else(|e| e.into_inner());
-        if self.closed.load(Ordering::Relaxed) {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        if held.closed {
             return Some(span);
         }
+        let traces = &mut held.traces;
         if let Some(p) = traces.get_mut(&span.trace_id) {
             p.spans.push(span);
             p.last_seen = Instant::now();
@@ -98,8 +100,25 @@ impl TailSampler {
 
     /// Decides every trace idle for the decision wait (all of them when `everything`).
     pub fn decide(&self, now: Instant, everything: bool) -> Decided {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        self.decide_held(&mut held.traces, now, everything)
+    }
+
+    /// The last decision (at shutdown): every trace held is decided, and from now on `offer`
+    /// hands every span back.
+    pub fn close(&self) -> Decided {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        held.closed = true;
+        self.decide_held(&mut held.traces, Instant::now(), true)
+    }
+
+    fn decide_held(
+        &self,
+        traces: &mut HashMap<[u8; 16], Pending>,
+        now: Instant,
+        everything: bool,
+    ) -> Decided {
         let wait = self.decision_wait();
-        let mut traces = self.traces.lock().unwrap_or_else(|e| e.into_inner());
         let ready: Vec<[u8; 16]> = traces
             .iter()
             .filter(|(_, p)| everything || now.duration_since(p.last_seen) >= wait)
@@ -119,16 +138,6 @@ impl TailSampler {
             }
         }
         out
-    }
-
-    /// The last decision (at shutdown): every trace held is decided, and from now on `offer`
-    /// hands every span back.
-    pub fn close(&self) -> Decided {
-        {
-            let _traces = self.traces.lock().unwrap_or_else(|e| e.into_inner());
-            self.closed.store(true, Ordering::Relaxed);
-        }
-        self.decide(Instant::now(), true)
     }
 }
 
