@@ -3,9 +3,14 @@
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use sidetrace::trace::redact::Redactor;
 
-fn corpus(with_findings: bool) -> String {
-    let clean = "The quarterly report shows steady growth across all regions, with the team \
-                 planning three launches next year and a review of supplier contracts in spring. ";
+fn corpus(with_findings: bool, non_ascii: bool) -> String {
+    let clean = if non_ascii {
+        "Le rapport trimestriel montre une croissance régulière — l’équipe prévoit trois \
+         lancements l’an prochain, une revue des contrats « fournisseurs » au printemps. "
+    } else {
+        "The quarterly report shows steady growth across all regions, with the team \
+         planning three launches next year and a review of supplier contracts in spring. "
+    };
     let dirty = "Contact jane.doe@example.com or +1 415-555-0132; card 4111 1111 1111 1111, \
                  key sk-proj-abcdefghijklmnopqrstuvwxyz0123 from 10.1.2.3. ";
     let mut text = String::new();
@@ -22,8 +27,10 @@ fn redaction(c: &mut Criterion) {
     let redactor = Redactor::new(&[]).expect("built-in patterns compile");
     let mut group = c.benchmark_group("redact");
     for (name, text) in [
-        ("clean_text", corpus(false)),
-        ("text_with_findings", corpus(true)),
+        ("clean_text", corpus(false, false)),
+        ("text_with_findings", corpus(true, false)),
+        ("clean_text_non_ascii", corpus(false, true)),
+        ("text_with_findings_non_ascii", corpus(true, true)),
     ] {
         group.throughput(Throughput::Bytes(text.len() as u64));
         group.bench_function(name, |b| {
