@@ -31,6 +31,17 @@ fn redaction(c: &mut Criterion) {
         ("text_with_findings", corpus(true, false)),
         ("clean_text_non_ascii", corpus(false, true)),
         ("text_with_findings_non_ascii", corpus(true, true)),
+        // The findings' digits written in Arabic-Indic ones (searched as the ASCII digits).
+        (
+            "text_with_findings_arabic_digits",
+            corpus(true, true)
+                .chars()
+                .map(|c| match c.to_digit(10) {
+                    Some(d) => char::from_u32('٠' as u32 + d).unwrap_or(c),
+                    None => c,
+                })
+                .collect(),
+        ),
     ] {
         group.throughput(Throughput::Bytes(text.len() as u64));
         group.bench_function(name, |b| {
@@ -39,10 +50,11 @@ fn redaction(c: &mut Criterion) {
     }
     // One message of a long conversation: a paragraph with an e-mail address and a phone
     // number in a format the patterns do not take, twelve times (2.8 kB).
-    let message = "Le rapport trimestriel montre une croissance reguliere - l equipe prevoit trois \
+    let message =
+        "Le rapport trimestriel montre une croissance reguliere - l equipe prevoit trois \
                    lancements l an prochain, une revue des contrats fournisseurs au printemps, \
                    et ecrit a jane.doe@example.com ou au +33 6 12 34 56 78. "
-        .repeat(12);
+            .repeat(12);
     group.throughput(Throughput::Bytes(message.len() as u64));
     group.bench_function("message_with_findings", |b| {
         b.iter(|| redactor.redact(std::hint::black_box(&message)).len())

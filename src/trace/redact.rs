@@ -3,23 +3,26 @@
 //! one combined regex; matches that need a checksum (cards: Luhn, IBAN: mod 97) or a parse
 //! (IPv6) are replaced only when they pass it.
 //!
-//! The patterns' `\b` is an ASCII word boundary for almost all text. The regex crate's fast
-//! engine (a lazy DFA) follows a Unicode `\b` only through ASCII text: one accented letter,
-//! curly quote or emoji sent it to an engine about 150 times slower (3 MiB/s against 530, see
-//! `benches/redact.rs`), a 20 kB French conversation 6 ms on the request path. An ASCII `\b`
-//! counts a non-ASCII letter as a non-word character, so it finds what the Unicode one finds and
-//! more (`日本語jane@example.com` is redacted, which a Unicode `\b` would not be); on ASCII text
-//! the two are the same. Only text holding non-ASCII decimal digits (Arabic-Indic, Devanagari,
-//! full-width), which the patterns' `\d` matches and an ASCII boundary cannot border, takes the
-//! Unicode patterns and the slower engine.
+//! The patterns are written with `\b` and `\d` and compiled with ASCII ones, `(?-u:\b)` and
+//! `[0-9]`. The regex crate's fast engine (a lazy DFA) follows a Unicode `\b` only through
+//! ASCII text, and not always then: text with digits and findings, or one accented letter,
+//! curly quote or emoji, sent it to engines 30 to 150 times slower (a 160 kB conversation took
+//! 55-65 ms of a runtime worker; see `benches/redact.rs`). An ASCII `\b` counts a non-ASCII
+//! letter as a non-word character, so it finds what the Unicode one finds and more
+//! (`日本語jane@example.com` is redacted, which a Unicode `\b` would not be); on ASCII text the
+//! two are the same (a test compares them). Decimal digits other than ASCII's (Arabic-Indic,
+//! Devanagari, full-width) are matched as the ASCII digits of the same value: the text is
+//! searched with them rewritten, and what is found replaced in the text as it was. So the
+//! checksums see every digit, and no text needs the slow engines.
 
 use std::borrow::Cow;
 
 use regex::{Captures, Regex};
 
-/// Placeholders by kind, in the priority order the combined pattern tries them. Each match
-/// holds a digit, an `@` or a `:`, or is at least [`SHORTEST_WITHOUT`] bytes long (a key or a
-/// token); [`could_match`] relies on it, and a test checks it.
+/// Placeholders by kind, in the priority order the combined pattern tries them (compiled with
+/// ASCII `\b` and `\d`: see the module's note). Each match holds a digit, an `@` or a `:`, or
+/// is at least [`SHORTEST_WITHOUT`] bytes long (a key or a token); [`could_match`] relies on
+/// it, and a test checks it.
 const PATTERNS: &[(&str, &str)] = &[
     (
         "API_KEY",
@@ -50,18 +53,16 @@ const SHORTEST_WITHOUT: usize = 15;
 
 /// Whether a built-in pattern could match anything in `text`. Most strings capture writes are
 /// short words (a part type, a role, a finish reason), and the combined pattern costs hundreds
-/// of instructions even to find nothing in them. `\d` is any Unicode digit, so this asks
-/// `is_numeric`, which holds for those and more.
+/// of instructions even to find nothing in them. Any decimal digit is searched as an ASCII
+/// one, so this asks `is_numeric`, which holds for those and more.
 fn could_match(text: &str) -> bool {
     text.len() >= SHORTEST_WITHOUT || text.chars().any(|c| c.is_numeric() || c == '@' || c == ':')
 }
 
 /// A compiled redactor: the built-in kinds plus configured patterns.
 pub struct Redactor {
-    /// The built-in patterns, ASCII word boundaries: for text without non-ASCII digits.
+    /// The built-in patterns (ASCII `\b` and `\d`).
     combined: Regex,
-    /// The built-in patterns as written (Unicode word boundaries): for text with them.
-    unicode: Regex,
     /// A decimal digit other than ASCII's.
     other_digit: Regex,
     custom: Vec<(Regex, String)>,
@@ -75,18 +76,22 @@ impl std::fmt::Debug for Redactor {
     }
 }
 
+/// The built-in patterns as one, each in a group named by its placeholder.
+fn joined() -> String {
+    PATTERNS
+        .iter()
+        .map(|(name, p)| format!("(?P<{name}>{p})"))
+        .collect::<Vec<_>>()
+        .join("|")
+}
+
 impl Redactor {
     /// `custom` is a list of (name, regex); a match is replaced with `[NAME]`.
     pub fn new(custom: &[(String, String)]) -> Result<Redactor, String> {
-        let unicode = PATTERNS
-            .iter()
-            .map(|(name, p)| format!("(?P<{name}>{p})"))
-            .collect::<Vec<_>>()
-            .join("|");
         let built_in =
             |p: &str| Regex::new(p).map_err(|e| format!("built-in redaction patterns: {e}"));
-        let combined = built_in(&unicode.replace(r"\b", r"(?-u:\b)"))?;
-        let unicode = built_in(&unicode)?;
+        let ascii = joined().replace(r"\b", r"(?-u:\b)").replace(r"\d", "[0-9]");
+        let combined = built_in(&ascii)?;
         let other_digit = built_in(r"[\d--0-9]")?;
         let custom = custom
             .iter()
@@ -98,7 +103,6 @@ impl Redactor {
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Redactor {
             combined,
-            unicode,
             other_digit,
             custom,
         })
@@ -106,14 +110,10 @@ impl Redactor {
 
     /// The text with every finding replaced; borrowed when nothing was found.
     pub fn redact<'a>(&self, text: &'a str) -> Cow<'a, str> {
-        // Most text holds nothing to redact: a match test first, which needs no capture
-        // groups (`replace_all` with a closure sets them up for every call).
-        let found = could_match(text)
-            .then(|| self.built_in(text))
-            .filter(|re| re.is_match(text));
-        let mut out = match found {
-            Some(re) => re.replace_all(text, |caps: &Captures<'_>| replacement(text, caps)),
-            None => Cow::Borrowed(text),
+        let mut out = if could_match(text) {
+            self.built_in(text)
+        } else {
+            Cow::Borrowed(text)
         };
         for (re, placeholder) in &self.custom {
             if let Cow::Owned(s) = re.replace_all(&out, placeholder.as_str()) {
@@ -123,15 +123,93 @@ impl Redactor {
         out
     }
 
-    /// The built-in patterns for `text`: with Unicode word boundaries only when it holds a
-    /// non-ASCII decimal digit (see the module's note).
-    fn built_in(&self, text: &str) -> &Regex {
-        if text.is_ascii() || !self.other_digit.is_match(text) {
-            &self.combined
-        } else {
-            &self.unicode
+    /// What the built-in patterns find in `text`, replaced.
+    fn built_in<'a>(&self, text: &'a str) -> Cow<'a, str> {
+        // Most text holds nothing to redact: a match test first, which needs no capture
+        // groups (`replace_all` with a closure sets them up for every call).
+        let Some(searched) = self.ascii_digits(text) else {
+            if !self.combined.is_match(text) {
+                return Cow::Borrowed(text);
+            }
+            return self
+                .combined
+                .replace_all(text, |caps: &Captures<'_>| replacement(text, caps));
+        };
+        if !self.combined.is_match(&searched.text) {
+            return Cow::Borrowed(text);
         }
+        // Found in the rewritten text, replaced in the text as it was.
+        let mut out = String::with_capacity(text.len());
+        let mut copied = 0;
+        for caps in self.combined.captures_iter(&searched.text) {
+            let Some(m) = caps.get(0) else { continue };
+            let kept = replacement(&searched.text, &caps);
+            if kept != m.as_str() {
+                let (start, end) = (searched.from[m.start()], searched.from[m.end()]);
+                out.push_str(&text[copied..start]);
+                out.push_str(&kept);
+                copied = end;
+            }
+        }
+        if copied == 0 {
+            return Cow::Borrowed(text);
+        }
+        out.push_str(&text[copied..]);
+        Cow::Owned(out)
     }
+
+    /// `text` with each decimal digit other than ASCII's written as the ASCII digit of its
+    /// value; `None` when it has none.
+    fn ascii_digits(&self, text: &str) -> Option<Rewritten> {
+        if text.is_ascii() || !self.other_digit.is_match(text) {
+            return None;
+        }
+        let is_digit = |c: char| self.other_digit.is_match(c.encode_utf8(&mut [0; 4]));
+        let mut rewritten = Rewritten {
+            text: String::with_capacity(text.len()),
+            from: Vec::with_capacity(text.len() + 1),
+        };
+        let mut copied = 0;
+        for m in self.other_digit.find_iter(text) {
+            rewritten.copy(text, copied, m.start());
+            let c = m.as_str().chars().next().unwrap_or('0');
+            rewritten
+                .text
+                .push(char::from(b'0' + digit_value(c, is_digit)));
+            rewritten.from.push(m.start());
+            copied = m.end();
+        }
+        rewritten.copy(text, copied, text.len());
+        rewritten.from.push(text.len());
+        Some(rewritten)
+    }
+}
+
+/// A text with its decimal digits rewritten as ASCII ones.
+struct Rewritten {
+    text: String,
+    /// Where each byte of `text` (and its end) came from in the text as it was.
+    from: Vec<usize>,
+}
+
+impl Rewritten {
+    /// Copies `original[start..end]` as it is.
+    fn copy(&mut self, original: &str, start: usize, end: usize) {
+        self.text.push_str(&original[start..end]);
+        self.from.extend(start..end);
+    }
+}
+
+/// The value of a decimal digit (`is_digit` holds for it): Unicode encodes each set of them as
+/// ten code points in order, zero first, and some sets adjoin (the mathematical digits).
+fn digit_value(c: char, is_digit: impl Fn(char) -> bool) -> u8 {
+    let mut first = c as u32;
+    while let Some(before) = first.checked_sub(1).and_then(char::from_u32)
+        && is_digit(before)
+    {
+        first -= 1;
+    }
+    ((c as u32 - first) % 10) as u8
 }
 
 fn replacement(text: &str, caps: &Captures<'_>) -> String {
@@ -194,7 +272,7 @@ fn luhn(s: &str) -> bool {
 }
 
 /// IBAN: move the first four characters to the end, letters to numbers, mod 97 must be 1.
-/// Only ASCII is an IBAN (`\d` is any Unicode digit).
+/// Only ASCII is an IBAN (the patterns match only ASCII digits: see the module's note).
 fn iban_valid(s: &str) -> bool {
     if !s.is_ascii() {
         return false;
@@ -220,8 +298,9 @@ fn iban_valid(s: &str) -> bool {
     rem == 1
 }
 
-/// US SSNs never start with 000, 666 or 9, and have no all-zero group. One written in other
-/// digits than ASCII (`\d` is any Unicode digit) is taken as plausible.
+/// US SSNs never start with 000, 666 or 9, and have no all-zero group. The patterns match only
+/// ASCII digits (other digits are searched as the ASCII ones); anything else is taken as
+/// plausible rather than cut between the bytes of a character.
 fn ssn_plausible(s: &str) -> bool {
     if !s.is_ascii() {
         return true;
@@ -241,6 +320,11 @@ mod tests {
 
     fn r() -> Redactor {
         Redactor::new(&[("ticket".into(), r"TICKET-\d+".into())]).unwrap()
+    }
+
+    /// The built-in patterns as written: Unicode `\b` and `\d`.
+    fn as_written() -> Regex {
+        Regex::new(&joined()).unwrap()
     }
 
     #[test]
@@ -333,7 +417,7 @@ mod tests {
             prop_assert!(!could_match(&text));
             let r = Redactor::new(&[]).unwrap();
             prop_assert!(!r.combined.is_match(&text), "{:?}", text);
-            prop_assert!(!r.unicode.is_match(&text), "{:?}", text);
+            prop_assert!(!as_written().is_match(&text), "{:?}", text);
         }
     }
 
@@ -354,11 +438,111 @@ mod tests {
 
     #[test]
     fn an_ssn_in_other_digits_is_redacted_without_a_panic() {
-        // Arabic-Indic digits: `\d` matches them, and each is two bytes.
+        // Arabic-Indic digits: two bytes each.
         assert_eq!(r().redact("ssn ١٢٣-٤٥-٦٧٨٩"), "ssn [SSN]");
-        // Devanagari digits (three bytes each) where an IBAN's check digits go.
+        // Devanagari digits (three bytes each) where an IBAN's check digits go: 12 fails the
+        // check (89 passes).
         let text = "iban DE१२ 3704 0044 0532 0130 00";
         assert_eq!(r().redact(text), text);
+        assert_eq!(
+            r().redact("iban DE८९ 3704 0044 0532 0130 00 ok"),
+            "iban [IBAN] ok"
+        );
+    }
+
+    #[test]
+    fn other_digits_are_checked_by_their_value_and_replaced_where_they_stand() {
+        let r = r();
+        // Full-width digits (three bytes each): a card passing Luhn, one failing it.
+        assert_eq!(
+            r.redact("カード ４１１１ １１１１ １１１１ １１１１ です"),
+            "カード [CARD] です"
+        );
+        let failing = "番号 ４１１１ １１１１ １１１１ １１１２";
+        assert_eq!(r.redact(failing), failing);
+        // Arabic-Indic digits in a phone number beside an ASCII e-mail address, in Arabic.
+        assert_eq!(
+            r.redact("اتصل على ٤١٥-٥٥٥-٠١٣٢ أو jane@example.com شكرا"),
+            "اتصل على [PHONE] أو [EMAIL] شكرا"
+        );
+        // Mathematical digits: five sets of ten that adjoin (double-struck here).
+        assert_eq!(r.redact("ip 𝟙𝟘.𝟘.𝟘.𝟙 up"), "ip [IP] up");
+        // Other digits found but nothing to redact: the text comes back as it was.
+        assert!(matches!(r.redact("page ٤٢ of ١٠٠"), Cow::Borrowed(_)));
+    }
+
+    /// Text with findings and near-findings whose digits are ASCII, Arabic-Indic, Devanagari or
+    /// full-width, beside letters of several scripts.
+    fn mixed_digit_text() -> impl Strategy<Value = String> {
+        let piece = prop_oneof![
+            Just("4111 1111 1111 1111"),
+            Just("4111 1111 1111 1112"),
+            Just("123-45-6789"),
+            Just("10.1.2.3"),
+            Just("+1 415-555-0132"),
+            Just("DE89 3704 0044 0532 0130 00"),
+            Just("jane@example.com"),
+            Just(" "),
+            Just("-"),
+            Just("é"),
+            Just("日本"),
+            Just("x"),
+        ];
+        let zero = proptest::sample::select(vec!['0', '٠', '०', '０']);
+        proptest::collection::vec((piece, zero), 0..8).prop_map(|parts| {
+            parts
+                .into_iter()
+                .map(|(p, zero)| {
+                    p.chars()
+                        .map(|c| match c.to_digit(10) {
+                            Some(d) => char::from_u32(zero as u32 + d).unwrap(),
+                            None => c,
+                        })
+                        .collect::<String>()
+                })
+                .collect()
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn other_digits_redact_as_their_ascii_values_do(text in mixed_digit_text()) {
+            let r = Redactor::new(&[]).unwrap();
+            let is_digit = |c: char| r.other_digit.is_match(c.encode_utf8(&mut [0; 4]));
+            let ascii = |t: &str| -> String {
+                t.chars()
+                    .map(|c| if is_digit(c) { char::from(b'0' + digit_value(c, is_digit)) } else { c })
+                    .collect()
+            };
+            // Redacting, then writing the digits that are left as ASCII, is writing them as
+            // ASCII, then redacting.
+            prop_assert_eq!(ascii(&r.redact(&text)), r.redact(&ascii(&text)).into_owned());
+        }
+    }
+
+    #[test]
+    fn digit_values_follow_unicode_s_sets_of_ten() {
+        let r = r();
+        let is_digit = |c: char| r.other_digit.is_match(c.encode_utf8(&mut [0; 4]));
+        for (zero, name) in [
+            ('٠', "Arabic-Indic"),
+            ('۰', "Extended Arabic-Indic"),
+            ('०', "Devanagari"),
+            ('০', "Bengali"),
+            ('０', "full-width"),
+            ('𝟎', "mathematical bold"),
+            ('𝟘', "mathematical double-struck"),
+            ('𝟿', "mathematical monospace nine"),
+        ] {
+            if name.ends_with("nine") {
+                assert_eq!(digit_value(zero, is_digit), 9, "{name}");
+                continue;
+            }
+            for v in 0..10u8 {
+                let c = char::from_u32(zero as u32 + u32::from(v)).unwrap();
+                assert_eq!(digit_value(c, is_digit), v, "{name} {v}");
+            }
+        }
     }
 
     #[test]
@@ -415,7 +599,7 @@ mod tests {
                     })
                     .collect()
             };
-            prop_assert_eq!(found(&r.combined), found(&r.unicode));
+            prop_assert_eq!(found(&r.combined), found(&as_written()));
         }
     }
 
