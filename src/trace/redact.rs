@@ -43,7 +43,7 @@ const PATTERNS: &[(&str, &str)] = &[
     ("IPV6", r"(?i)(?:[0-9a-f]{0,4}:){2,7}[0-9a-f]{0,4}"),
     (
         "PHONE",
-        r"(?:\+\d{1,3}[ .\-]?)?(?:\(\d{2,4}\)[ .\-]?|\b\d{2,4}[ .\-])\d{3,4}[ .\-]\d{3,4}\b|\+\d{8,15}\b",
+        r"(?:\+\d{1,3}[ .\-]?)?(?:\(\d{2,4}\)[ .\-]?|\b\d{2,4}[ .\-])\d{3,4}[ .\-]\d{3,4}\b|\+\d{1,3}(?:[ .\-]?(?:\(\d{1,4}\))?[ .\-]?\d{1,5}){1,6}\b",
     ),
 ];
 
@@ -225,6 +225,8 @@ fn replacement(text: &str, caps: &Captures<'_>) -> String {
             "CARD" => !luhn(whole),
             "IBAN" => !iban_valid(whole),
             "SSN" => !ssn_plausible(whole),
+            // Shorter than any number with its country code (E.164): a sum, a score.
+            "PHONE" => whole.bytes().filter(u8::is_ascii_digit).count() < 8,
             "IPV6" => whole.parse::<std::net::Ipv6Addr>().is_err(),
             // Part of a longer dotted number (a version string), not an address.
             "IP" => dotted_neighbour(text, m.start(), m.end()),
@@ -366,6 +368,12 @@ mod tests {
                 "call [PHONE] or [PHONE]",
             ),
             ("e164 +447911123456", "e164 [PHONE]"),
+            // International numbers in their countries' own groupings.
+            ("appelez le +33 6 12 34 56 78.", "appelez le [PHONE]."),
+            ("Tel. +49 30 12345678", "Tel. [PHONE]"),
+            ("ring +44 (0)20 7946 0958", "ring [PHONE]"),
+            ("call +91 98765 43210 now", "call [PHONE] now"),
+            ("電話 +81 3-1234-5678", "電話 [PHONE]"),
             ("see TICKET-991", "see [TICKET]"),
         ];
         let r = r();
@@ -385,6 +393,7 @@ mod tests {
             "version 1.2.3.4.5 and 999.1.1.1",
             "time 12:30:45 is not an address",
             "sk-short",
+            "score +15 points, +2.0.1, +3 4 5 6",
             "hello world, nothing here",
         ] {
             assert_eq!(r.redact(input), input, "{input}");
