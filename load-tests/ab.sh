@@ -10,6 +10,8 @@
 #     --rounds N   rounds (default 3); --secs S  length of each run (default 5)
 #     --conns C    closed loop with C connections (default 64); --rate R  open loop instead
 #     --mode M     chat | stream (default chat)
+#     --body FILE  send FILE as each request's body (e.g. `bench-load conversation --language
+#                  french > conv.json`: a long conversation, what agents resend each call)
 #     --no-pin     do not pin (default: every proxy on CPU 0, driver, mock and sink on CPU 1)
 #     --no-export  no span export (default: every gateway exports over OTLP/HTTP to a sink)
 #     --bench DIR  where bench-load and bench-mock are (default: $CARGO_TARGET_DIR/release)
@@ -17,7 +19,7 @@
 #
 # Stops exactly the processes it started.
 set -euo pipefail
-ROUNDS=3 SECS=5 CONNS=64 RATE="" MODE=chat PIN=1 EXPORT=1 EXTRA_ENV=()
+ROUNDS=3 SECS=5 CONNS=64 RATE="" MODE=chat PIN=1 EXPORT=1 EXTRA_ENV=() BODY=()
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 BENCH=${CARGO_TARGET_DIR:-$HERE/../target}/release
 TARGETS=()
@@ -28,11 +30,12 @@ while [[ $# -gt 0 ]]; do
     --conns) CONNS=$2; shift ;;
     --rate) RATE=$2; shift ;;
     --mode) MODE=$2; shift ;;
+    --body) BODY=(--body "$2"); shift ;;
     --no-pin) PIN=0 ;;
     --no-export) EXPORT=0 ;;
     --bench) BENCH=$2; shift ;;
     --env) EXTRA_ENV+=("$2"); shift ;;
-    -h | --help) sed -n '2,15p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,18p' "$0"; exit 0 ;;
     *) TARGETS+=("$1") ;;
     esac
     shift
@@ -117,14 +120,14 @@ EOF
         NAMES+=("$t")
     fi
     URLS+=("http://127.0.0.1:$port/v1/chat/completions")
-    "${DRIVER_CPU[@]}" "$LOAD" run --rate 1000 --duration 1 --mode "$MODE" --url "${URLS[-1]}" >/dev/null
+    "${DRIVER_CPU[@]}" "$LOAD" run --rate 1000 --duration 1 --mode "$MODE" "${BODY[@]}" --url "${URLS[-1]}" >/dev/null
 done
 
 load_args=(--connections "$CONNS" --max-requests 5000000)
 [[ -n $RATE ]] && load_args=(--rate "$RATE")
 for r in $(seq "$ROUNDS"); do
     for j in "${!TARGETS[@]}"; do
-        "${DRIVER_CPU[@]}" "$LOAD" run --mode "$MODE" --url "${URLS[$j]}" --duration "$SECS" \
+        "${DRIVER_CPU[@]}" "$LOAD" run --mode "$MODE" "${BODY[@]}" --url "${URLS[$j]}" --duration "$SECS" \
             "${load_args[@]}" --watch "proxy=${WATCH[$j]}" --watch "mock=$MOCK_PID" \
             --settle-ms 1200 --out "$WORK/r$r-$j.json"
         jq -r --arg n "$j ${NAMES[$j]}" --arg r "$r" \

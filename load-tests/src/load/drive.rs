@@ -124,6 +124,8 @@ pub struct Outcomes {
 pub struct Target {
     pub uri: Uri,
     pub mode: Mode,
+    /// Each request's body instead of the mode's own (the mode still says how answers end).
+    pub body: Option<Bytes>,
     pub chunks: u64,
     pub delay_ms: u64,
     pub timeout: Duration,
@@ -170,7 +172,10 @@ impl Driver {
         }
         Arc::new(Driver {
             client,
-            body: Bytes::from_static(target.mode.body().as_bytes()),
+            body: target
+                .body
+                .clone()
+                .unwrap_or_else(|| Bytes::from_static(target.mode.body().as_bytes())),
             target,
             headers,
             in_flight: AtomicUsize::new(0),

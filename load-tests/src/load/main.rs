@@ -52,6 +52,9 @@ enum Command {
     },
     /// Turn a directory of JSON reports into the markdown results tables.
     Report(report::ReportArgs),
+    /// Print a long chat conversation (a request body for `run --body`): what an agent resends
+    /// with each call, each message with an e-mail address and a phone number in it.
+    Conversation(ConversationArgs),
     /// Send one request and record its status and `x-sidetrace-*` response headers.
     Probe(ProbeArgs),
     /// Watch a gateway's span spool drain once the collector is back: the wait before the
@@ -90,6 +93,10 @@ struct RunArgs {
     url: String,
     #[arg(long, value_enum, default_value = "chat")]
     mode: Mode,
+    /// Send this file as each request's body instead of the mode's own (the mode still says
+    /// how an answer ends), e.g. a long conversation from `bench-load conversation`.
+    #[arg(long)]
+    body: Option<PathBuf>,
     /// Open loop: requests per second, sent at fixed intervals.
     #[arg(long)]
     rate: Option<f64>,
@@ -143,6 +150,62 @@ struct RunArgs {
 }
 
 #[derive(Args)]
+struct ConversationArgs {
+    /// Messages after the system prompt.
+    #[arg(long, default_value_t = 60)]
+    messages: usize,
+    /// The messages' language: English (ASCII), French (accents, curly quotes) or Arabic
+    /// (Arabic script and digits).
+    #[arg(long, value_enum, default_value = "english")]
+    language: Language,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Language {
+    English,
+    French,
+    Arabic,
+}
+
+impl Language {
+    /// One paragraph (a message holds twelve).
+    fn paragraph(self) -> &'static str {
+        match self {
+            Language::English => {
+                "The quarterly report shows steady growth across all regions; the team plans \
+                 three launches next year and a review of supplier contracts in spring. Write \
+                 to jane.doe@example.com or call +1 415-555-0132. "
+            }
+            Language::French => {
+                "Le rapport trimestriel montre une croissance régulière — l’équipe prévoit \
+                 trois lancements l’an prochain et une revue des contrats « fournisseurs » au \
+                 printemps. Écrivez à jane.doe@example.com ou appelez le +33 6 12 34 56 78. "
+            }
+            Language::Arabic => {
+                "يُظهر التقرير الفصلي نموًا ثابتًا في جميع المناطق، ويخطط الفريق لثلاثة إطلاقات \
+                 في العام المقبل. راسلونا على jane.doe@example.com أو اتصلوا على ٤١٥-٥٥٥-٠١٣٢. "
+            }
+        }
+    }
+}
+
+fn conversation(args: ConversationArgs) -> Result<ExitCode, String> {
+    println!("{}", conversation_body(args.messages, args.language));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A chat completions body: the system prompt, then `messages` turns of twelve paragraphs.
+fn conversation_body(messages: usize, language: Language) -> Value {
+    let text = language.paragraph().repeat(12);
+    let turns = (0..messages).map(|i| {
+        let role = if i % 2 == 0 { "user" } else { "assistant" };
+        json!({"role": role, "content": text})
+    });
+    let system = json!({"role": "system", "content": "You are a helpful assistant."});
+    json!({"model": "gpt-4o-mini", "messages": std::iter::once(system).chain(turns).collect::<Vec<_>>()})
+}
+
+#[derive(Args)]
 struct ProbeArgs {
     /// Full URL (loopback only).
     #[arg(long)]
@@ -169,6 +232,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => run(args),
+        Command::Conversation(args) => conversation(args),
         Command::Snapshot(args) => snapshot(args),
         Command::Ports { n, restartable } => ports(n, restartable),
         Command::Report(args) => report::main(args),
@@ -286,9 +350,18 @@ fn run(args: RunArgs) -> Result<ExitCode, String> {
     } else {
         (args.mode, args.chunks, args.delay_ms, args.timeout)
     };
+    let body = match &args.body {
+        Some(path) => Some(
+            std::fs::read(path)
+                .map_err(|e| format!("cannot read --body {}: {e}", path.display()))?
+                .into(),
+        ),
+        None => None,
+    };
     let driver = Driver::new(Target {
         uri,
         mode,
+        body,
         chunks,
         delay_ms,
         timeout: Duration::from_secs_f64(timeout.clamp(0.001, 7200.0)),
@@ -407,6 +480,7 @@ fn run(args: RunArgs) -> Result<ExitCode, String> {
     let fields = json!({
         "url": args.url,
         "mode": format!("{mode:?}").to_lowercase(),
+        "body": args.body.as_ref().map(|p| p.display().to_string()),
         "rate": args.rate,
         "connections": args.connections,
         "streams": args.slow_streams,
@@ -450,6 +524,7 @@ fn probe(args: ProbeArgs) -> Result<ExitCode, String> {
     let driver = Driver::new(Target {
         uri,
         mode: args.mode,
+        body: None,
         chunks: 20,
         delay_ms: 0,
         timeout: Duration::from_secs(30),
@@ -519,5 +594,20 @@ mod tests {
         assert!(loopback_uri("http://localhost:4000/").is_err());
         assert!(loopback_uri("http://10.0.0.1:4000/").is_err());
         assert!(loopback_uri("https://127.0.0.1:4000/").is_err());
+    }
+
+    #[test]
+    fn a_conversation_is_a_chat_body_with_findings_in_each_message() {
+        for language in [Language::English, Language::French, Language::Arabic] {
+            let body = conversation_body(4, language);
+            let messages = body["messages"].as_array().unwrap();
+            assert_eq!(messages.len(), 5);
+            assert_eq!(messages[1]["role"], "user");
+            assert_eq!(messages[2]["role"], "assistant");
+            let text = messages[4]["content"].as_str().unwrap();
+            assert_eq!(text.matches("jane.doe@example.com").count(), 12);
+        }
+        let arabic = conversation_body(1, Language::Arabic).to_string();
+        assert!(arabic.contains("٤١٥-٥٥٥-٠١٣٢"));
     }
 }
