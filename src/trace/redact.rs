@@ -123,32 +123,39 @@ impl Redactor {
         out
     }
 
-    /// What the built-in patterns find in `text`, replaced.
+    /// What the built-in patterns find in `text`, replaced. The search goes on after each
+    /// match, replaced or left as it is (a number failing its checksum, a version string),
+    /// except after a `+` number too short to be a phone: it goes on after the `+`, so the
+    /// address in `+10.0.0.1` is still found.
     fn built_in<'a>(&self, text: &'a str) -> Cow<'a, str> {
+        let rewritten = self.ascii_digits(text);
+        let searched = rewritten.as_ref().map_or(text, |r| r.text.as_str());
         // Most text holds nothing to redact: a match test first, which needs no capture
-        // groups (`replace_all` with a closure sets them up for every call).
-        let Some(searched) = self.ascii_digits(text) else {
-            if !self.combined.is_match(text) {
-                return Cow::Borrowed(text);
-            }
-            return self
-                .combined
-                .replace_all(text, |caps: &Captures<'_>| replacement(text, caps));
-        };
-        if !self.combined.is_match(&searched.text) {
+        // groups.
+        if !self.combined.is_match(searched) {
             return Cow::Borrowed(text);
         }
-        // Found in the rewritten text, replaced in the text as it was.
-        let mut out = String::with_capacity(text.len());
+        // Found in the searched text, replaced in the text as it was.
+        let original = |at: usize| rewritten.as_ref().map_or(at, |r| r.from[at] as usize);
+        let mut out = String::new();
         let mut copied = 0;
-        for caps in self.combined.captures_iter(&searched.text) {
-            let Some(m) = caps.get(0) else { continue };
-            let kept = replacement(&searched.text, &caps);
-            if kept != m.as_str() {
-                let (start, end) = (searched.from[m.start()], searched.from[m.end()]);
-                out.push_str(&text[copied..start]);
-                out.push_str(&kept);
-                copied = end;
+        let mut from = 0;
+        while let Some(caps) = self.combined.captures_at(searched, from) {
+            let Some(m) = caps.get(0) else { break };
+            match placeholder(searched, &caps) {
+                Some(placeholder) => {
+                    out.push_str(&text[copied..original(m.start())]);
+                    out.push('[');
+                    out.push_str(placeholder);
+                    out.push(']');
+                    copied = original(m.end());
+                    from = m.end();
+                }
+                None if caps.name("PHONE").is_some() => from = m.start() + 1,
+                None => from = m.end(),
+            }
+            if from >= searched.len() {
+                break;
             }
         }
         if copied == 0 {
@@ -169,18 +176,27 @@ impl Redactor {
             text: String::with_capacity(text.len()),
             from: Vec::with_capacity(text.len() + 1),
         };
+        // The zero of the last digit's set: the digits of one text are mostly of one script,
+        // and finding a zero takes a look at each code point before it.
+        let mut zero: Option<u32> = None;
         let mut copied = 0;
         for m in self.other_digit.find_iter(text) {
             rewritten.copy(text, copied, m.start());
-            let c = m.as_str().chars().next().unwrap_or('0');
-            rewritten
-                .text
-                .push(char::from(b'0' + digit_value(c, is_digit)));
-            rewritten.from.push(m.start());
+            let c = m.as_str().chars().next().unwrap_or('0') as u32;
+            let value = match zero {
+                Some(z) if (z..z + 10).contains(&c) => c - z,
+                _ => {
+                    let value = char::from_u32(c).map_or(0, |c| digit_value(c, is_digit));
+                    zero = Some(c - u32::from(value));
+                    u32::from(value)
+                }
+            };
+            rewritten.text.push(char::from(b'0' + value as u8));
+            rewritten.from.push(m.start() as u32);
             copied = m.end();
         }
         rewritten.copy(text, copied, text.len());
-        rewritten.from.push(text.len());
+        rewritten.from.push(text.len() as u32);
         Some(rewritten)
     }
 }
@@ -188,15 +204,16 @@ impl Redactor {
 /// A text with its decimal digits rewritten as ASCII ones.
 struct Rewritten {
     text: String,
-    /// Where each byte of `text` (and its end) came from in the text as it was.
-    from: Vec<usize>,
+    /// Where each byte of `text` (and its end) came from in the text as it was (captured text
+    /// is far below 4 GiB: the request body limit).
+    from: Vec<u32>,
 }
 
 impl Rewritten {
     /// Copies `original[start..end]` as it is.
     fn copy(&mut self, original: &str, start: usize, end: usize) {
         self.text.push_str(&original[start..end]);
-        self.from.extend(start..end);
+        self.from.extend(start as u32..end as u32);
     }
 }
 
@@ -212,33 +229,29 @@ fn digit_value(c: char, is_digit: impl Fn(char) -> bool) -> u8 {
     ((c as u32 - first) % 10) as u8
 }
 
-fn replacement(text: &str, caps: &Captures<'_>) -> String {
-    let Some(m) = caps.get(0) else {
-        return String::new();
-    };
+/// The placeholder for a match, `None` when it is left as it is (it fails its kind's check).
+fn placeholder(text: &str, caps: &Captures<'_>) -> Option<&'static str> {
+    let m = caps.get(0)?;
     let whole = m.as_str();
-    for (name, _) in PATTERNS {
-        if caps.name(name).is_none() {
-            continue;
-        }
-        let keep = match *name {
-            "CARD" => !luhn(whole),
-            "IBAN" => !iban_valid(whole),
-            "SSN" => !ssn_plausible(whole),
-            // Shorter than any number with its country code (E.164): a sum, a score.
-            "PHONE" => whole.bytes().filter(u8::is_ascii_digit).count() < 8,
-            "IPV6" => whole.parse::<std::net::Ipv6Addr>().is_err(),
-            // Part of a longer dotted number (a version string), not an address.
-            "IP" => dotted_neighbour(text, m.start(), m.end()),
-            _ => false,
-        };
-        if keep {
-            return whole.to_string();
-        }
-        let placeholder = if *name == "IPV6" { "IP" } else { name };
-        return format!("[{placeholder}]");
+    let (name, _) = PATTERNS
+        .iter()
+        .find(|(name, _)| caps.name(name).is_some())?;
+    let keep = match *name {
+        "CARD" => !luhn(whole),
+        "IBAN" => !iban_valid(whole),
+        "SSN" => !ssn_plausible(whole),
+        // Shorter than any number with its country code (E.164): a sum, a score.
+        "PHONE" => whole.bytes().filter(u8::is_ascii_digit).count() < 8,
+        "IPV6" => whole.parse::<std::net::Ipv6Addr>().is_err(),
+        // Part of a longer dotted number (a version string), not an address.
+        "IP" => dotted_neighbour(text, m.start(), m.end()),
+        _ => false,
+    };
+    match *name {
+        _ if keep => None,
+        "IPV6" => Some("IP"),
+        name => Some(name),
     }
-    whole.to_string()
 }
 
 fn dotted_neighbour(text: &str, start: usize, end: usize) -> bool {
@@ -570,6 +583,21 @@ mod tests {
                 "Schlüssel:[API_KEY]",
             ),
             ("“call +1 415-555-0132” 🙂", "“call [PHONE]” 🙂"),
+        ] {
+            assert_eq!(r.redact(input), want, "{input}");
+        }
+    }
+
+    #[test]
+    fn a_plus_too_short_for_a_phone_hides_nothing_after_it() {
+        let r = r();
+        for (input, want) in [
+            ("+10.0.0.1 db", "+[IP] db"),
+            ("+10.0.0.1:8080", "+[IP]:8080"),
+            ("+1 10.1.2.3", "+1 [IP]"),
+            ("+2001:db8::1", "+[IP]"),
+            ("(+1234@example.com)", "(+[EMAIL])"),
+            ("+15 points", "+15 points"),
         ] {
             assert_eq!(r.redact(input), want, "{input}");
         }
