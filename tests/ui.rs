@@ -23,6 +23,7 @@ use serde_json::{Value, json};
 
 const AGENT_TRACE: &str = "5b8aa5a2d2c872e8321cf37308d69df2";
 const BIG_TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
+const LONG_TRACE: &str = "6e0c63257de34c92bf9efcd03927272e";
 const APP_ROOT: &str = "b7ad6b7169203331";
 const APP_RETRIEVE: &str = "c7ad6b7169203332";
 /// The agent run's tree as the UI must show it, row by row: name and depth.
@@ -269,6 +270,32 @@ async fn the_trace_explorer_works_in_a_real_browser() {
     }
     wait_spans(&gw, BIG_TRACE, 1000).await;
 
+    // A long conversation, over the capture's size limit (16 kB): the first message and the
+    // latest are kept, and the span says how many between them were left out.
+    let turns: Vec<Value> = (0..40)
+        .map(|i| {
+            let role = if i % 2 == 0 { "user" } else { "assistant" };
+            json!({"role": role, "content": format!("Turn {} of the conversation. {}", i + 1, "All quiet. ".repeat(90))})
+        })
+        .collect();
+    let long = format!("00-{LONG_TRACE}-00f067aa0ba902b8-01");
+    let r = post(
+        &gw,
+        "/v1/chat/completions",
+        &[("traceparent", long.as_str())],
+        &json!({"model": "gpt-4o-mini", "messages": turns}).to_string(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    wait_spans(&gw, LONG_TRACE, 1).await;
+    let long_trace = admin_get(&gw, &format!("/api/traces/{LONG_TRACE}"))
+        .await
+        .json();
+    let omitted = long_trace["spans"][0]["attributes"]["sidetrace.input.messages_omitted"]
+        .as_i64()
+        .expect("the long conversation's span counts the messages left out");
+    assert!((20..39).contains(&omitted), "{omitted}");
+
     let out = root.join("target/ui-screenshots");
     let base = format!("http://{}", gw.admin_addr);
     let output = tokio::task::spawn_blocking(move || {
@@ -277,6 +304,12 @@ async fn the_trace_explorer_works_in_a_real_browser() {
             .args(["--base", &base, "--trace", AGENT_TRACE, "--session", "s_9"])
             .args(["--feature", "support_agent", "--big-trace", BIG_TRACE])
             .args(["--token", TEST_ADMIN_TOKEN])
+            .args([
+                "--long-trace",
+                LONG_TRACE,
+                "--long-omitted",
+                &omitted.to_string(),
+            ])
             .args([
                 "--tree",
                 AGENT_TREE,

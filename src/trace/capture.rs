@@ -34,6 +34,10 @@ pub struct CapturedContent {
     pub output_messages: Option<String>,
     /// Some text was cut to fit the size limit.
     pub truncated: bool,
+    /// Input messages left out of `input_messages` to fit the size limit: the ones after the
+    /// first, before the latest that fit (see [`Capturer::request`]).
+    #[serde(default)]
+    pub omitted_input_messages: Option<u64>,
 }
 
 /// Settings for capture.
@@ -118,6 +122,7 @@ impl Capturer {
                     input_message_count: content.input_message_count,
                     tool_names: content.tool_names.clone(),
                     truncated: content.truncated,
+                    omitted_input_messages: content.omitted_input_messages,
                 })
             }
         }
@@ -145,7 +150,11 @@ impl Capturer {
         }
     }
 
-    /// Captures the request side from its JSON body, read into a tree.
+    /// Captures the request side from its JSON body, read into a tree. When the messages do
+    /// not fit in `max_bytes`, the first one (the task, as a rule) and the latest that fit are
+    /// kept and those between them left out, counted: an agent resends its whole conversation
+    /// with each call, and what a call was asked is at its end. Cutting in order, as before,
+    /// kept the first turns of a long conversation in every call of it and none of the latest.
     pub fn request(&self, level: CaptureLevel, format: WireFormat, body: &Json) -> CapturedContent {
         let mut out = CapturedContent {
             level: Some(level),
@@ -173,7 +182,9 @@ impl Capturer {
             truncated: false,
             redactor: (level == CaptureLevel::Redacted).then_some(&self.redactor),
         };
-        out.input_messages = Some(budget.text(&Json::Array(messages)));
+        let (input_messages, omitted) = first_and_latest(&mut budget, messages);
+        out.input_messages = Some(input_messages);
+        out.omitted_input_messages = omitted;
         if !system.is_empty() {
             out.system_instructions = Some(budget.text(&Json::Array(system)));
         }
@@ -252,6 +263,57 @@ fn output_messages(
     String::from_utf8(out).unwrap_or_default()
 }
 
+/// `gen_ai.input.messages` within the budget: every message when their text fits, else the
+/// first and the latest that fit in what the first leaves (it takes at most half when the
+/// latest need the rest), with the number left out between them. The last message is always
+/// kept, cut if it alone is over the budget.
+fn first_and_latest(budget: &mut Budget, messages: Vec<Json<'_>>) -> (String, Option<u64>) {
+    let sizes: Vec<usize> = messages.iter().map(text_bytes).collect();
+    let total: usize = sizes.iter().sum();
+    let n = messages.len();
+    if total <= budget.left || n < 3 {
+        return (budget.text(&Json::Array(messages)), None);
+    }
+    let first = sizes[0].min(budget.left / 2);
+    let room = budget.left - first;
+    let mut from = n - 1;
+    let mut latest = sizes[n - 1];
+    while from > 1 && latest + sizes[from - 1] <= room {
+        from -= 1;
+        latest += sizes[from];
+    }
+    let omitted = from - 1;
+    if omitted == 0 {
+        return (budget.text(&Json::Array(messages)), None);
+    }
+    // The first message gets what the latest leave, and they get it back after it.
+    let latest = latest.min(room);
+    let mut out = Vec::with_capacity(budget.left.min(total) + 64);
+    out.push(b'[');
+    budget.left -= latest;
+    budget.write_json(&mut out, &messages[0]);
+    budget.left += latest;
+    for message in &messages[from..] {
+        out.push(b',');
+        budget.write_json(&mut out, message);
+    }
+    out.push(b']');
+    budget.truncated = true;
+    // Only UTF-8 was written (JSON punctuation, numbers and escaped `str`s).
+    let text = String::from_utf8(out).unwrap_or_default();
+    (text, Some(omitted as u64))
+}
+
+/// The bytes of text (string values) in a JSON value: what a budget counts.
+fn text_bytes(v: &Json<'_>) -> usize {
+    match v {
+        Json::String(s) => s.len(),
+        Json::Array(items) => items.iter().map(text_bytes).sum(),
+        Json::Object(entries) => entries.iter().map(|(_, v)| text_bytes(v)).sum(),
+        _ => 0,
+    }
+}
+
 /// A tool definition that keeps only the name.
 fn function_name(name: &str) -> Json<'_> {
     Json::Object(vec![
@@ -259,6 +321,10 @@ fn function_name(name: &str) -> Json<'_> {
         ("type".into(), "function".into()),
     ])
 }
+
+/// The longest role or part type written as a word of the shape, never cut (longer ones are
+/// text like any other).
+const MAX_SHAPE_WORD: usize = 32;
 
 /// Redacts and truncates every string in a JSON value, keeping the JSON valid.
 struct Budget<'a> {
@@ -305,11 +371,21 @@ impl Budget<'_> {
         let _ = serde_json::to_writer(&mut *out, &*kept);
     }
 
-    /// Writes one of the shape's own words (a part type, a role): counted and cut like any
-    /// string, but not given to the redactor, which has nothing to find in it.
-    fn write_word(&mut self, out: &mut Vec<u8>, word: &'static str) {
-        let kept = self.cut(Cow::Borrowed(word));
-        let _ = serde_json::to_writer(&mut *out, &*kept);
+    /// Writes one of the shape's own words (a part type, a role): counted, but never cut, so
+    /// that a message cut short keeps its role and its parts their types; not given to the
+    /// redactor, which has nothing to find in it.
+    fn write_word(&mut self, out: &mut Vec<u8>, word: &str) {
+        self.left = self.left.saturating_sub(word.len());
+        let _ = serde_json::to_writer(&mut *out, word);
+    }
+
+    /// A role or a part type read from the request: a word of the shape (see
+    /// [`Budget::write_word`]) when short, redacted all the same since the caller wrote it.
+    fn write_shape_word(&mut self, out: &mut Vec<u8>, word: &str) {
+        match self.redactor {
+            Some(r) => self.write_word(out, &r.redact(word)),
+            None => self.write_word(out, word),
+        }
     }
 
     /// The JSON text of a value with every string value kept (keys as they are), in the
@@ -348,7 +424,15 @@ impl Budget<'_> {
                     }
                     let _ = serde_json::to_writer(&mut *out, key.as_ref());
                     out.push(b':');
-                    self.write_json(out, value);
+                    match value {
+                        Json::String(word)
+                            if matches!(key.as_ref(), "role" | "type")
+                                && word.len() <= MAX_SHAPE_WORD =>
+                        {
+                            self.write_shape_word(out, word)
+                        }
+                        _ => self.write_json(out, value),
+                    }
                 }
                 out.push(b'}');
             }
@@ -497,6 +581,83 @@ mod tests {
         let system: Value =
             serde_json::from_str(c.system_instructions.as_deref().unwrap()).unwrap();
         assert_eq!(system[0]["content"], "You are terse.");
+    }
+
+    /// A conversation of `n` turns, turn `i` saying `turn i` padded to `len` bytes.
+    fn conversation(n: usize, len: usize) -> Value {
+        let messages: Vec<Value> = (0..n)
+            .map(|i| {
+                let role = if i % 2 == 0 { "user" } else { "assistant" };
+                json!({"role": role, "content": format!("{:<len$}", format!("turn {i}"))})
+            })
+            .collect();
+        json!({"model": "gpt-4o", "messages": messages})
+    }
+
+    /// The input messages' texts kept at `full` within `max_bytes`, and the content.
+    fn captured(max_bytes: usize, body: &Value) -> (Vec<String>, CapturedContent) {
+        let c = capturer(CaptureLevel::Full, max_bytes).request(
+            CaptureLevel::Full,
+            WireFormat::ChatCompletions,
+            &serde_json::from_str(&body.to_string()).unwrap(),
+        );
+        let input: Value = serde_json::from_str(c.input_messages.as_deref().unwrap()).unwrap();
+        let texts = input
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| {
+                m["parts"][0]["content"]
+                    .as_str()
+                    .unwrap()
+                    .trim_end()
+                    .to_string()
+            })
+            .collect();
+        (texts, c)
+    }
+
+    #[test]
+    fn a_long_conversation_keeps_its_first_and_latest_messages() {
+        // Ten turns of 100 bytes of text (and a role and a part type each: 108 to 113 bytes).
+        let body = conversation(10, 100);
+        let (texts, c) = captured(500, &body);
+        assert_eq!(texts, ["turn 0", "turn 7", "turn 8", "turn 9"]);
+        assert_eq!(c.omitted_input_messages, Some(6));
+        assert_eq!(c.input_message_count, Some(10));
+        assert!(c.truncated);
+        // Room for all: all, in order, none left out.
+        let (texts, c) = captured(5000, &body);
+        assert_eq!(texts.len(), 10);
+        assert_eq!(c.omitted_input_messages, None);
+        assert!(!c.truncated);
+    }
+
+    #[test]
+    fn a_long_first_message_leaves_room_for_the_latest() {
+        let mut body = conversation(6, 50);
+        body["messages"][0]["content"] = json!("x".repeat(5000));
+        let (texts, c) = captured(400, &body);
+        // The first is cut to what the latest leave (at least half), the latest are whole.
+        assert!(texts[0].ends_with("…[truncated]"), "{}", texts[0]);
+        assert!(texts[0].len() >= 200, "{}", texts[0].len());
+        assert_eq!(texts[1..], ["turn 3", "turn 4", "turn 5"]);
+        assert_eq!(c.omitted_input_messages, Some(2));
+        // A message cut short keeps its role and its part's type.
+        let input: Value = serde_json::from_str(c.input_messages.as_deref().unwrap()).unwrap();
+        assert_eq!(input[0]["role"], "user");
+        assert_eq!(input[0]["parts"][0]["type"], "text");
+    }
+
+    #[test]
+    fn a_last_message_over_the_limit_is_kept_cut() {
+        let mut body = conversation(5, 20);
+        body["messages"][4]["content"] = json!("y".repeat(5000));
+        let (texts, c) = captured(1000, &body);
+        assert_eq!(texts[0], "turn 0");
+        assert_eq!(texts.len(), 2);
+        assert!(texts[1].starts_with("yyy") && texts[1].ends_with("…[truncated]"));
+        assert_eq!(c.omitted_input_messages, Some(3));
     }
 
     #[test]

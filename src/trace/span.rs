@@ -208,12 +208,13 @@ fn nanos(t: std::time::SystemTime) -> u64 {
 }
 
 /// The attributes that carry a call's captured content.
-const CONTENT_ATTRIBUTES: [&str; 7] = [
+const CONTENT_ATTRIBUTES: [&str; 8] = [
     "gen_ai.input.messages",
     "gen_ai.system_instructions",
     "gen_ai.tool.definitions",
     "gen_ai.output.messages",
     "sidetrace.input.message_count",
+    "sidetrace.input.messages_omitted",
     "sidetrace.content.truncated",
     "sidetrace.content.level",
 ];
@@ -231,6 +232,9 @@ fn push_content(a: &mut Vec<(AttrKey, AttrValue)>, c: CapturedContent) {
     }
     if let Some(n) = c.input_message_count.and_then(|n| i64::try_from(n).ok()) {
         a.push(("sidetrace.input.message_count".into(), AttrValue::Int(n)));
+    }
+    if let Some(n) = c.omitted_input_messages.and_then(|n| i64::try_from(n).ok()) {
+        a.push(("sidetrace.input.messages_omitted".into(), AttrValue::Int(n)));
     }
     if c.truncated {
         a.push(("sidetrace.content.truncated".into(), AttrValue::Bool(true)));
@@ -515,6 +519,7 @@ mod tests {
             output_messages: Some("[]".into()),
             input_message_count: Some(1),
             truncated: true,
+            omitted_input_messages: Some(3),
             ..CapturedContent::default()
         });
         assert_eq!(content.len(), CONTENT_ATTRIBUTES.len());

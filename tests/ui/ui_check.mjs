@@ -5,11 +5,12 @@
 //   node tests/ui/ui_check.mjs --base http://127.0.0.1:PORT --trace TRACE_ID \
 //     --session SESSION_ID --feature FEATURE --out DIR [--big-trace TRACE_ID]
 //     [--tree 'name:depth,...'] [--loop-trace TRACE_ID --loop-tree 'name:depth,...']
-//     [--token ADMIN_TOKEN]
+//     [--token ADMIN_TOKEN] [--long-trace TRACE_ID --long-omitted N]
 //
 // --token: the gateway wants this admin token; the check signs in through the UI's form first.
 // --tree: the rows --trace must show, in order (span name and depth in the tree); --loop-tree
-// the same for --loop-trace.
+// the same for --loop-trace. --long-trace: a one-call trace of a conversation over the capture
+// size limit, N messages left out between the first and the latest.
 //
 // Needs Debian's chromium at /usr/bin/chromium and playwright-core (tests/setup-ui.sh).
 
@@ -236,6 +237,30 @@ async function main() {
   if (args['loop-trace'] && args['loop-tree']) {
     await runStep('the same run with no SDK is one tree too', async () => {
       await checkTree(args['loop-trace'], args['loop-tree'].split(','), 'agent-tree-no-sdk');
+    });
+    await goto('/ui/traces/' + args.trace);
+    await waitFor(() => document.querySelectorAll('[data-testid=span-row]').length > 0, null, 'the trace view shows no span tree');
+  }
+
+  if (args['long-trace'] && args['long-omitted']) {
+    await runStep('a long conversation shows its first and latest messages, and what was left out', async () => {
+      await goto('/ui/traces/' + args['long-trace']);
+      await waitFor(() => document.querySelectorAll('[data-testid=span-row]').length === 1, null, 'the long conversation\'s trace does not show its call');
+      await page.click('[data-testid=span-row]');
+      await waitFor(() => document.querySelector('[data-testid=span-panel] [data-testid=chat-input]'), null, 'the call\'s panel shows no input messages');
+      const note = await page.textContent('[data-testid=span-panel] [data-testid=omitted-messages]').catch(() => null);
+      check(note && note.startsWith(args['long-omitted'] + ' messages'), `no note of ${args['long-omitted']} messages left out (${note})`);
+      // on screen: the first message, the note, then (past "show earlier") the latest
+      const idx = await page.$$eval('[data-testid=chat-input] [data-testid=chat-message] .msg-idx', (xs) => xs.map((x) => x.textContent));
+      check(idx[0] === '#1', `the first message shown is ${idx[0]}, not #1`);
+      check(idx[idx.length - 1] === '#40', `the last message shown is ${idx[idx.length - 1]}, not #40`);
+      const text = await page.textContent('[data-testid=chat-input]');
+      check(text.includes('Turn 1 of the conversation') && text.includes('Turn 40 of the conversation'), 'the first or the latest message is not shown');
+      const kept = 40 - Number(args['long-omitted']);
+      await page.click('[data-testid=chat-input] [data-testid=show-earlier]');
+      const all = await page.$$eval('[data-testid=chat-input] [data-testid=chat-message]', (xs) => xs.length);
+      check(all === kept, `${all} messages shown with the earlier ones, not the ${kept} kept`);
+      await screenshot('long-conversation');
     });
     await goto('/ui/traces/' + args.trace);
     await waitFor(() => document.querySelectorAll('[data-testid=span-row]').length > 0, null, 'the trace view shows no span tree');

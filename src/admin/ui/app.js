@@ -1338,7 +1338,7 @@ function renderSpanPanel(panel, nodes, idx, traceId, ctx, select) {
   if (sys.present || input.present) {
     const sec = section('Input', 'span-input', true);
     if (sys.present) sec.body.appendChild(renderSystem(sys));
-    if (input.present) sec.body.appendChild(renderMessages(input, chatCtx, 'input'));
+    if (input.present) sec.body.appendChild(renderMessages(input, chatCtx, 'input', Number(a['sidetrace.input.messages_omitted']) || 0));
     panel.appendChild(sec.el);
   }
   if (output.present) {
@@ -1428,7 +1428,9 @@ function renderSystem(sys) {
 
 const SHOW_LAST = 8;
 
-function renderMessages(parsed, chatCtx, which) {
+// `omitted`: input messages the gateway left out between the first and the latest to fit its
+// capture size limit (`sidetrace.input.messages_omitted`); a note stands in their place.
+function renderMessages(parsed, chatCtx, which, omitted = 0) {
   const wrap = h('div', { class: 'chat', testid: 'chat-' + which });
   if (parsed.raw !== undefined) {
     wrap.appendChild(h('div', { class: 'small muted', text: 'Not valid JSON; shown as stored:' }));
@@ -1436,21 +1438,32 @@ function renderMessages(parsed, chatCtx, which) {
     return wrap;
   }
   const msgs = Array.isArray(parsed.value) ? parsed.value : [parsed.value];
-  const build = (m, i) => renderMessage(m, i, chatCtx);
+  // Appends message i (numbered as in the request: after the gap, past the omitted ones).
+  const add = (into, m, i) => {
+    into.appendChild(renderMessage(m, i > 0 ? i + omitted : i, chatCtx));
+    if (i === 0 && omitted > 0) {
+      into.appendChild(h('div', { class: 'notice omitted', testid: 'omitted-messages',
+        text: `${omitted} message${omitted === 1 ? '' : 's'} between the first and the latest ${omitted === 1 ? 'was' : 'were'} not kept: the conversation was over the capture size limit ([capture] max_bytes).` }));
+    }
+  };
   if (which === 'input' && msgs.length > SHOW_LAST + 2) {
-    const hiddenN = msgs.length - SHOW_LAST;
+    // With messages left out, the first stays in sight with the note after it.
+    const first = omitted > 0 ? 1 : 0;
+    if (first) add(wrap, msgs[0], 0);
+    const shownFrom = msgs.length - SHOW_LAST;
+    const hiddenN = shownFrom - first;
     const earlier = h('div', { class: 'earlier', hidden: true });
     const btn = h('button', { type: 'button', class: 'small earlier-btn', text: `Show ${hiddenN} earlier messages`, testid: 'show-earlier' });
     btn.addEventListener('click', () => {
-      if (!earlier.firstChild) msgs.slice(0, hiddenN).forEach((m, i) => earlier.appendChild(build(m, i)));
+      if (!earlier.firstChild) msgs.slice(first, shownFrom).forEach((m, i) => add(earlier, m, first + i));
       earlier.hidden = !earlier.hidden;
       btn.textContent = earlier.hidden ? `Show ${hiddenN} earlier messages` : `Hide ${hiddenN} earlier messages`;
     });
     // calls shown only in the hidden part still match their results below
     wrap.append(btn, earlier);
-    msgs.slice(hiddenN).forEach((m, i) => wrap.appendChild(build(m, hiddenN + i)));
+    msgs.slice(shownFrom).forEach((m, i) => add(wrap, m, shownFrom + i));
   } else {
-    msgs.forEach((m, i) => wrap.appendChild(build(m, i)));
+    msgs.forEach((m, i) => add(wrap, m, i));
   }
   if (!msgs.length) wrap.appendChild(h('div', { class: 'muted small', text: '(no messages)' }));
   return wrap;
