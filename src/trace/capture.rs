@@ -177,21 +177,28 @@ impl Capturer {
             }
             return out;
         }
-        let mut budget = Budget {
+        // Each attribute has `max_bytes` of its own, as the setting says: a long conversation
+        // must not leave its system instructions cut to nothing.
+        let budget = || Budget {
             left: self.max_bytes,
             truncated: false,
             redactor: (level == CaptureLevel::Redacted).then_some(&self.redactor),
         };
-        let (input_messages, omitted) = first_and_latest(&mut budget, messages);
+        let mut input = budget();
+        let (input_messages, omitted) = first_and_latest(&mut input, messages);
         out.input_messages = Some(input_messages);
         out.omitted_input_messages = omitted;
+        out.truncated = input.truncated;
         if !system.is_empty() {
+            let mut budget = budget();
             out.system_instructions = Some(budget.text(&Json::Array(system)));
+            out.truncated |= budget.truncated;
         }
         if !tools.is_empty() {
+            let mut budget = budget();
             out.tool_definitions = Some(budget.text(&Json::Array(tools)));
+            out.truncated |= budget.truncated;
         }
-        out.truncated = budget.truncated;
         out
     }
 
@@ -631,6 +638,20 @@ mod tests {
         assert_eq!(texts.len(), 10);
         assert_eq!(c.omitted_input_messages, None);
         assert!(!c.truncated);
+    }
+
+    #[test]
+    fn a_long_conversation_leaves_the_system_instructions_whole() {
+        let mut body = conversation(10, 100);
+        body["messages"]
+            .as_array_mut()
+            .unwrap()
+            .insert(0, json!({"role": "system", "content": "You are terse."}));
+        let (_, c) = captured(500, &body);
+        assert_eq!(c.omitted_input_messages, Some(6));
+        let system: Value =
+            serde_json::from_str(c.system_instructions.as_deref().unwrap()).unwrap();
+        assert_eq!(system[0]["content"], "You are terse.");
     }
 
     #[test]
