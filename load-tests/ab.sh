@@ -9,7 +9,8 @@
 #                  buffering off)
 #     --rounds N   rounds (default 3); --secs S  length of each run (default 5)
 #     --conns C    closed loop with C connections (default 64); --rate R  open loop instead
-#     --mode M     chat | stream (default chat); --chunks N  content chunks an answer (default 20)
+#     --mode M     chat | stream (default chat); --chunks N  content chunks an answer (default
+#                  20); --delay-ms D  the mock's pause between chunks (default 0)
 #     --body FILE  send FILE as each request's body (e.g. `bench-load conversation --language
 #                  french > conv.json`: a long conversation, what agents resend each call)
 #     --no-pin     do not pin (default: every proxy on CPU 0, driver, mock and sink on CPU 1)
@@ -19,7 +20,7 @@
 #
 # Stops exactly the processes it started.
 set -euo pipefail
-ROUNDS=3 SECS=5 CONNS=64 RATE="" MODE=chat PIN=1 EXPORT=1 EXTRA_ENV=() BODY=() CHUNKS=20
+ROUNDS=3 SECS=5 CONNS=64 RATE="" MODE=chat PIN=1 EXPORT=1 EXTRA_ENV=() BODY=() CHUNKS=20 DELAY=0
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 BENCH=${CARGO_TARGET_DIR:-$HERE/../target}/release
 TARGETS=()
@@ -32,11 +33,12 @@ while [[ $# -gt 0 ]]; do
     --mode) MODE=$2; shift ;;
     --body) BODY=(--body "$2"); shift ;;
     --chunks) CHUNKS=$2; shift ;;
+    --delay-ms) DELAY=$2; shift ;;
     --no-pin) PIN=0 ;;
     --no-export) EXPORT=0 ;;
     --bench) BENCH=$2; shift ;;
     --env) EXTRA_ENV+=("$2"); shift ;;
-    -h | --help) sed -n '2,18p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,19p' "$0"; exit 0 ;;
     *) TARGETS+=("$1") ;;
     esac
     shift
@@ -128,7 +130,7 @@ load_args=(--connections "$CONNS" --max-requests 5000000)
 [[ -n $RATE ]] && load_args=(--rate "$RATE")
 for r in $(seq "$ROUNDS"); do
     for j in "${!TARGETS[@]}"; do
-        "${DRIVER_CPU[@]}" "$LOAD" run --mode "$MODE" "${BODY[@]}" --chunks "$CHUNKS" --url "${URLS[$j]}" --duration "$SECS" \
+        "${DRIVER_CPU[@]}" "$LOAD" run --mode "$MODE" "${BODY[@]}" --chunks "$CHUNKS" --delay-ms "$DELAY" --url "${URLS[$j]}" --duration "$SECS" \
             "${load_args[@]}" --watch "proxy=${WATCH[$j]}" --watch "mock=$MOCK_PID" \
             --settle-ms 1200 --out "$WORK/r$r-$j.json"
         jq -r --arg n "$j ${NAMES[$j]}" --arg r "$r" \
