@@ -114,6 +114,7 @@ fn open(dir: &std::path::Path) -> Arc<TraceStore> {
         StoreLimits {
             max_bytes: u64::MAX,
             max_age: Duration::from_secs(365 * 86_400),
+            search_scan_traces: 5_000,
         },
         Arc::new(Metrics::new()),
     )

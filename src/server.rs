@@ -472,6 +472,7 @@ async fn open_trace_store(
     let limits = StoreLimits {
         max_bytes: config.store.max_bytes,
         max_age: Duration::from_secs(config.store.max_age_secs()?),
+        search_scan_traces: config.store.search_scan_traces,
     };
     let dir = config.data_dir().join("traces");
     let opened = {

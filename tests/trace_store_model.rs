@@ -102,7 +102,12 @@ fn span_of(s: &Spec, base: u64) -> SpanRecord {
 
 fn open(dir: &Path, max_bytes: u64, max_age: Duration) -> (Arc<TraceStore>, Arc<Metrics>) {
     let metrics = Arc::new(Metrics::new());
-    let opened = TraceStore::open(dir, StoreLimits { max_bytes, max_age }, metrics.clone());
+    let limits = StoreLimits {
+        max_bytes,
+        max_age,
+        search_scan_traces: 5_000,
+    };
+    let opened = TraceStore::open(dir, limits, metrics.clone());
     (opened.store.expect("the store opens"), metrics)
 }
 
@@ -277,12 +282,14 @@ fn query(base: u64) -> impl Strategy<Value = TraceQuery> {
             prop::option::of(0u64..30),
             prop::option::of(prop::sample::select(vec!["retrieve", "CHAT", "nothing"])),
             1usize..5,
+            // A text search's pages stop reading after this many traces.
+            prop::option::of(1usize..4),
         ),
     )
         .prop_map(
             move |(
                 (from, to, feature, user, session),
-                (model, provider, errors_only, min_cost, min_duration, text, limit),
+                (model, provider, errors_only, min_cost, min_duration, text, limit, scan),
             )| TraceQuery {
                 from: from.map(|f| base + f * 1_000_000),
                 to: to.map(|t| base + t * 1_000_000),
@@ -297,6 +304,7 @@ fn query(base: u64) -> impl Strategy<Value = TraceQuery> {
                 text: text.map(String::from),
                 limit,
                 cursor: None,
+                text_scan_limit: scan,
             },
         )
 }
@@ -305,15 +313,14 @@ fn query(base: u64) -> impl Strategy<Value = TraceQuery> {
 fn all_pages(store: &TraceStore, q: &TraceQuery) -> Vec<[u8; 16]> {
     let mut q = q.clone();
     let mut out = Vec::new();
-    for _ in 0..100 {
+    for _ in 0..1000 {
         let page = store.traces(&q).unwrap();
         assert!(page.rows.len() <= q.limit);
         out.extend(page.rows.iter().map(|r| r.trace_id));
-        if !page.more {
+        let Some(next) = page.next() else {
             return out;
-        }
-        let last = page.rows.last().expect("a page with more is not empty");
-        q.cursor = Some((last.start_unix_nanos, last.trace_id));
+        };
+        q.cursor = Some(next);
     }
     panic!("paging did not end");
 }
@@ -631,6 +638,50 @@ fn traces_past_max_age_are_evicted_and_counted() {
     assert!(store.trace(&trace_id(2)).unwrap().is_some());
 }
 
+/// A word only the oldest trace holds: each page of the search reads at most `text_scan_limit`
+/// traces, answers with what it found (nothing here) and where it stopped, and the next goes
+/// on from there until the oldest is found.
+#[test]
+fn a_text_search_reads_a_bounded_number_of_traces_a_page_and_goes_on_where_it_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = now_unix_nanos();
+    let (store, _) = open(dir.path(), u64::MAX, Duration::from_secs(86_400));
+    for t in 0..10u8 {
+        let mut span = simple(t, 0, now + u64::from(t) * 1_000_000);
+        if t == 0 {
+            span.name = "needle in the oldest".into();
+        }
+        put(&store, span, None);
+        if t == 4 {
+            // Half written to the row files, half still open in memory.
+            assert!(store.flush(Duration::from_secs(10)));
+        }
+    }
+    assert!(store.caught_up(Duration::from_secs(10)));
+    let q = TraceQuery {
+        text: Some("NEEDLE".into()),
+        limit: 5,
+        text_scan_limit: Some(3),
+        ..TraceQuery::default()
+    };
+    let first = store.traces(&q).unwrap();
+    assert!(first.rows.is_empty() && first.more);
+    // It read the three newest: 9, 8 and 7.
+    let seven = store.summary(&trace_id(7)).unwrap().unwrap();
+    assert_eq!(first.resume, Some((seven.start_unix_nanos, trace_id(7))));
+    assert_eq!(first.next(), first.resume);
+    assert_eq!(all_pages(&store, &q), [trace_id(0)]);
+    // Without the bound one page finds it.
+    let whole = store
+        .traces(&TraceQuery {
+            text_scan_limit: None,
+            ..q
+        })
+        .unwrap();
+    assert_eq!(whole.rows.len(), 1);
+    assert!(!whole.more);
+}
+
 #[test]
 fn traces_survive_a_restart() {
     let dir = tempfile::tempdir().unwrap();
@@ -735,6 +786,7 @@ fn a_damaged_store_is_moved_aside_and_a_fresh_one_used() {
         StoreLimits {
             max_bytes: u64::MAX,
             max_age: Duration::from_secs(86_400),
+            search_scan_traces: 5_000,
         },
         metrics,
     );

@@ -150,7 +150,8 @@ async fn the_trace_explorer_works_in_a_real_browser() {
     let gw = gateway_for(
         &mock,
         &format!(
-            "[trace]\ntool_app_span_grace_ms = 100\n[admin]\ntoken = \"{TEST_ADMIN_TOKEN}\"\n"
+            "[trace]\ntool_app_span_grace_ms = 100\n[admin]\ntoken = \"{TEST_ADMIN_TOKEN}\"\n\
+             [store]\nsearch_scan_traces = 3\n"
         ),
     )
     .await;
@@ -310,6 +311,10 @@ async fn the_trace_explorer_works_in_a_real_browser() {
                 "--long-omitted",
                 &omitted.to_string(),
             ])
+            // Only the agent runs hold it, and the three newest traces (the long conversation,
+            // the big trace, the refused call) do not: the first page of the search reads
+            // those three (`search_scan_traces = 3`) and says so.
+            .args(["--search", "weather in Paris"])
             .args([
                 "--tree",
                 AGENT_TREE,

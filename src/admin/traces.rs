@@ -421,6 +421,7 @@ fn trace_query(q: &Query) -> Result<TraceQuery, ApiError> {
         text: nonempty("q"),
         limit: limit(q, MAX_LIMIT)?,
         cursor,
+        text_scan_limit: None,
     })
 }
 
@@ -472,10 +473,15 @@ pub async fn route(
 async fn traces(store: &Arc<TraceStore>, query: &Query) -> Result<Value, ApiError> {
     let q = trace_query(query)?;
     let page = read(store, move |s| s.traces(&q)).await?;
-    Ok(json!({
+    let mut body = json!({
         "traces": page.rows.iter().map(summary_json).collect::<Vec<_>>(),
-        "next_cursor": page_cursor(&page, |s| format!("{}-{}", s.start_unix_nanos, hex(&s.trace_id))),
-    }))
+        "next_cursor": page.next().map(|(start, id)| format!("{start}-{}", hex(&id))),
+    });
+    // A text search that stopped reading before its page was full: how far back it read.
+    if let Some((start, _)) = page.resume {
+        body["searched_to_ms"] = ms(start).into();
+    }
+    Ok(body)
 }
 
 async fn trace(store: &Arc<TraceStore>, id: &str, otlp: bool) -> Result<Value, ApiError> {

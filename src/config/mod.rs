@@ -369,6 +369,9 @@ pub struct StoreConfig {
     /// The content the store keeps: none, metadata, redacted or full. It stays on this machine;
     /// `[capture] level` is what leaves it with the export.
     pub capture: CaptureLevel,
+    /// Traces one page of a text search (`/api/traces?q=`) reads at most before it answers
+    /// with what it found and where it stopped.
+    pub search_scan_traces: usize,
 }
 
 impl Default for StoreConfig {
@@ -378,6 +381,7 @@ impl Default for StoreConfig {
             max_bytes: 1024 * 1024 * 1024,
             max_age: "7d".into(),
             capture: CaptureLevel::Redacted,
+            search_scan_traces: crate::store::traces::TEXT_SCAN_TRACES,
         }
     }
 }
@@ -1211,6 +1215,11 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.listen_addr()?;
         self.store.max_age_secs()?;
+        if self.store.search_scan_traces == 0 {
+            return Err(ConfigError::Invalid(
+                "store.search_scan_traces must be at least 1".into(),
+            ));
+        }
         self.check_admin_exposure()?;
         if self.ingest.enabled {
             self.ingest.http_addr()?;
@@ -1487,6 +1496,15 @@ mod tests {
             let err = c.validate().unwrap_err().to_string();
             assert!(err.contains(says), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn a_text_search_must_read_at_least_one_trace_a_page() {
+        let c = with_env("[store]\nsearch_scan_traces = 0\n", &[]).unwrap();
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("search_scan_traces"), "{err}");
+        let c = with_env("[store]\nsearch_scan_traces = 1\n", &[]).unwrap();
+        c.validate().unwrap();
     }
 
     #[test]

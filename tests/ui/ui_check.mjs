@@ -5,12 +5,13 @@
 //   node tests/ui/ui_check.mjs --base http://127.0.0.1:PORT --trace TRACE_ID \
 //     --session SESSION_ID --feature FEATURE --out DIR [--big-trace TRACE_ID]
 //     [--tree 'name:depth,...'] [--loop-trace TRACE_ID --loop-tree 'name:depth,...']
-//     [--token ADMIN_TOKEN] [--long-trace TRACE_ID --long-omitted N]
+//     [--token ADMIN_TOKEN] [--long-trace TRACE_ID --long-omitted N] [--search TEXT]
 //
 // --token: the gateway wants this admin token; the check signs in through the UI's form first.
 // --tree: the rows --trace must show, in order (span name and depth in the tree); --loop-tree
 // the same for --loop-trace. --long-trace: a one-call trace of a conversation over the capture
-// size limit, N messages left out between the first and the latest.
+// size limit, N messages left out between the first and the latest. --search: text that --trace
+// holds and the newest traces do not, in a gateway whose search reads few traces a page.
 //
 // Needs Debian's chromium at /usr/bin/chromium and playwright-core (tests/setup-ui.sh).
 
@@ -261,6 +262,28 @@ async function main() {
       const all = await page.$$eval('[data-testid=chat-input] [data-testid=chat-message]', (xs) => xs.length);
       check(all === kept, `${all} messages shown with the earlier ones, not the ${kept} kept`);
       await screenshot('long-conversation');
+    });
+    await goto('/ui/traces/' + args.trace);
+    await waitFor(() => document.querySelectorAll('[data-testid=span-row]').length > 0, null, 'the trace view shows no span tree');
+  }
+
+  if (args.search) {
+    await runStep(`search the traces for "${args.search}": a bounded first page, then Load more`, async () => {
+      await goto('/ui/traces?q=' + encodeURIComponent(args.search));
+      await waitFor(() => document.querySelector('[data-testid=search-partial]'), null, 'the search does not say it stopped early');
+      const note = await page.textContent('[data-testid=search-partial]');
+      check(/read traces back to/.test(note), `the note does not say how far back it read (${note})`);
+      await screenshot('search-partial');
+      const rowSel = `[data-testid=trace-row][data-trace-id="${args.trace}"]`;
+      for (let i = 0; i < 10 && !(await page.$(rowSel)); i++) {
+        const more = await page.$('[data-testid=load-more]:not([hidden])');
+        check(more, `the search ended without finding trace ${args.trace}`);
+        await more.click();
+        await waitFor(() => !document.querySelector('[data-testid=load-more]')?.disabled, null, 'load more did not finish');
+      }
+      check(await page.$(rowSel), `trace ${args.trace} was not found by its text`);
+      await noErrorBox();
+      await screenshot('search-found');
     });
     await goto('/ui/traces/' + args.trace);
     await waitFor(() => document.querySelectorAll('[data-testid=span-row]').length > 0, null, 'the trace view shows no span tree');

@@ -598,7 +598,7 @@ function pageTraces(gen, params) {
     tableWrap.appendChild(sortTable({
       cols: traceSummaryCols(), rows: st.rows, sort: st.sort, testid: 'trace-table',
       rowProps: traceRowProps,
-      emptyText: hasFilter ? 'No traces match these filters.' : 'No traces yet. Point an SDK at the gateway and make a call; it shows up here.',
+      emptyText: hasFilter ? (st.next ? 'None found so far.' : 'No traces match these filters.') : 'No traces yet. Point an SDK at the gateway and make a call; it shows up here.',
       onSort: (s) => {
         st.sort = s;
         const q = new URLSearchParams(location.search);
@@ -626,6 +626,14 @@ function pageTraces(gen, params) {
     }
   }
 
+  // A text search reads a bounded number of traces a page (the API says how far back it read
+  // when it stopped before the page was full): say so, and that Load more goes on.
+  function searchNote(body) {
+    if (body.searched_to_ms == null) return;
+    msg.appendChild(h('div', { class: 'notice', testid: 'search-partial',
+      text: `The text search read traces back to ${fmtTime(body.searched_to_ms)} and stopped there to answer quickly. Load more searches further back.` }));
+  }
+
   async function loadPage(cursor) {
     if (st.loading) return;
     st.loading = true;
@@ -643,6 +651,7 @@ function pageTraces(gen, params) {
       }
       st.next = body.next_cursor || null;
       st.updated = Date.now();
+      searchNote(body);
       render();
     } catch (e) {
       if (!isCurrent(gen)) return;
@@ -668,6 +677,7 @@ function pageTraces(gen, params) {
       if (st.rows.length <= fresh.length || !st.next) {
         st.rows = fresh;
         st.next = body.next_cursor || null;
+        searchNote(body);
       } else {
         const ids = new Set(fresh.map((r) => r.trace_id));
         st.rows = fresh.concat(st.rows.filter((r) => !ids.has(r.trace_id)));

@@ -58,7 +58,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-pub use query::{Page, SessionQuery, TraceQuery, TraceTree, TreeNode};
+pub use query::{Page, SessionQuery, TEXT_SCAN_TRACES, TraceQuery, TraceTree, TreeNode};
 pub use summary::{SessionSummary, SpanFacts, Totals, TraceSummary};
 
 use log::{Pointer, SpanLog};
@@ -228,6 +228,8 @@ enum Message {
 pub struct StoreLimits {
     pub max_bytes: u64,
     pub max_age: Duration,
+    /// Traces one page of a text search reads at most (`[store] search_scan_traces`).
+    pub search_scan_traces: usize,
 }
 
 struct Trees {

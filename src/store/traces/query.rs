@@ -74,9 +74,18 @@ pub struct TraceQuery {
     /// Case-insensitive text in span names and captured content.
     pub text: Option<String>,
     pub limit: usize,
-    /// Continue after this (start, trace id): the last row of the previous page.
+    /// Continue after this (start, trace id): the previous page's [`Page::next`].
     pub cursor: Option<(u64, [u8; 16])>,
+    /// With `text`: how many traces one page reads at most before it answers with what it
+    /// found (`None`: the store's `search_scan_traces`).
+    pub text_scan_limit: Option<usize>,
 }
+
+/// How many traces a page of a text search reads at most by default (`[store]
+/// search_scan_traces`): each is read from disk, span by span, and searched; a word found in no
+/// trace would otherwise read the whole store before the first answer. The page then says
+/// where it stopped, and the next goes on from there.
+pub const TEXT_SCAN_TRACES: usize = 5_000;
 
 /// A filter over sessions, and a page of it.
 #[derive(Debug, Clone, Default)]
@@ -92,11 +101,25 @@ pub struct SessionQuery {
     pub cursor: Option<(u64, String)>,
 }
 
-/// One page: the rows and whether more follow (their cursor is the last row's).
+/// One page: the rows and whether more follow (their cursor is the last row's, or `resume`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Page<T> {
     pub rows: Vec<T>,
     pub more: bool,
+    /// A page of traces that a text search ended before it was full: the (start, trace id)
+    /// of the last trace it read, where the next page goes on.
+    pub resume: Option<(u64, [u8; 16])>,
+}
+
+impl Page<TraceSummary> {
+    /// Where the next page of traces begins; `None` when there is none.
+    pub fn next(&self) -> Option<(u64, [u8; 16])> {
+        if !self.more {
+            return None;
+        }
+        self.resume
+            .or_else(|| self.rows.last().map(|r| (r.start_unix_nanos, r.trace_id)))
+    }
 }
 
 /// One span of a trace in tree order.
@@ -189,6 +212,13 @@ impl TraceStore {
             page: Vec::new().into_iter(),
         };
         let needle = q.text.as_ref().map(|s| s.to_lowercase());
+        let scan_limit = q
+            .text_scan_limit
+            .unwrap_or(self.limits.search_scan_traces)
+            .max(1);
+        // With text: the traces read so far, and the last one.
+        let mut scanned = 0;
+        let mut last_read = None;
         // Open traces first (newest first, within the page's bounds): they take the place of
         // any row written for them before.
         let (mut open, open_ids) = self.open_matching(|s| {
@@ -226,18 +256,35 @@ impl TraceStore {
             let done = next_written.is_none();
             candidates.extend(next_written);
             for summary in candidates {
-                if let Some(needle) = &needle
-                    && !self.trace_has_text(&summary.trace_id, needle)?
-                {
-                    continue;
+                if let Some(needle) = &needle {
+                    if scanned == scan_limit {
+                        return Ok(Page {
+                            rows,
+                            more: true,
+                            resume: last_read,
+                        });
+                    }
+                    scanned += 1;
+                    last_read = Some((summary.start_unix_nanos, summary.trace_id));
+                    if !self.trace_has_text(&summary.trace_id, needle)? {
+                        continue;
+                    }
                 }
                 if rows.len() == q.limit {
-                    return Ok(Page { rows, more: true });
+                    return Ok(Page {
+                        rows,
+                        more: true,
+                        resume: None,
+                    });
                 }
                 rows.push(summary);
             }
             if done {
-                return Ok(Page { rows, more: false });
+                return Ok(Page {
+                    rows,
+                    more: false,
+                    resume: None,
+                });
             }
         }
     }
@@ -326,7 +373,11 @@ impl TraceStore {
                             .as_ref()
                             .is_none_or(|f| s.feature.as_ref() == Some(f))
                 });
-        Ok(Page { rows, more })
+        Ok(Page {
+            rows,
+            more,
+            resume: None,
+        })
     }
 
     /// One session's row and its traces, oldest first (at most `limit`; `more` when there are
@@ -382,7 +433,14 @@ impl TraceStore {
         all.sort_by_key(|s| (s.start_unix_nanos, s.trace_id));
         let more = all.len() > limit;
         all.truncate(limit);
-        Ok(Some((session, Page { rows: all, more })))
+        Ok(Some((
+            session,
+            Page {
+                rows: all,
+                more,
+                resume: None,
+            },
+        )))
     }
 }
 
