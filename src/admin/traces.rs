@@ -472,13 +472,16 @@ pub async fn route(
 
 async fn traces(store: &Arc<TraceStore>, query: &Query) -> Result<Value, ApiError> {
     let q = trace_query(query)?;
+    let limit = q.limit;
     let page = read(store, move |s| s.traces(&q)).await?;
     let mut body = json!({
         "traces": page.rows.iter().map(summary_json).collect::<Vec<_>>(),
         "next_cursor": page.next().map(|(start, id)| format!("{start}-{}", hex(&id))),
     });
     // A text search that stopped reading before its page was full: how far back it read.
-    if let Some((start, _)) = page.resume {
+    if let Some((start, _)) = page.resume
+        && page.rows.len() < limit
+    {
         body["searched_to_ms"] = ms(start).into();
     }
     Ok(body)

@@ -278,7 +278,7 @@ fn first_and_latest(budget: &mut Budget, messages: Vec<Json<'_>>) -> (String, Op
     let sizes: Vec<usize> = messages.iter().map(text_bytes).collect();
     let total: usize = sizes.iter().sum();
     let n = messages.len();
-    if total <= budget.left || n < 3 {
+    if total <= budget.left || n < 2 {
         return (budget.text(&Json::Array(messages)), None);
     }
     let first = sizes[0].min(budget.left / 2);
@@ -290,9 +290,6 @@ fn first_and_latest(budget: &mut Budget, messages: Vec<Json<'_>>) -> (String, Op
         latest += sizes[from];
     }
     let omitted = from - 1;
-    if omitted == 0 {
-        return (budget.text(&Json::Array(messages)), None);
-    }
     // The first message gets what the latest leave, and they get it back after it.
     let latest = latest.min(room);
     let mut out = Vec::with_capacity(budget.left.min(total) + 64);
@@ -305,10 +302,11 @@ fn first_and_latest(budget: &mut Budget, messages: Vec<Json<'_>>) -> (String, Op
         budget.write_json(&mut out, message);
     }
     out.push(b']');
+    // Something was left out or cut: the first message or the last is over its share.
     budget.truncated = true;
     // Only UTF-8 was written (JSON punctuation, numbers and escaped `str`s).
     let text = String::from_utf8(out).unwrap_or_default();
-    (text, Some(omitted as u64))
+    (text, (omitted > 0).then_some(omitted as u64))
 }
 
 /// The bytes of text (string values) in a JSON value: what a budget counts.
@@ -668,6 +666,22 @@ mod tests {
         let input: Value = serde_json::from_str(c.input_messages.as_deref().unwrap()).unwrap();
         assert_eq!(input[0]["role"], "user");
         assert_eq!(input[0]["parts"][0]["type"], "text");
+    }
+
+    #[test]
+    fn a_long_first_message_does_not_crowd_out_the_question_after_it() {
+        // A document, an answer, the question: none left out, but the document gets only what
+        // the latest two leave (it took the whole limit before, and they were cut to nothing).
+        for n in [2, 3] {
+            let mut body = conversation(n, 40);
+            body["messages"][0]["content"] = json!("d".repeat(5000));
+            let (texts, c) = captured(1000, &body);
+            assert_eq!(texts.len(), n);
+            assert!(texts[0].ends_with("…[truncated]"));
+            assert_eq!(texts[n - 1], format!("turn {}", n - 1));
+            assert_eq!(c.omitted_input_messages, None);
+            assert!(c.truncated);
+        }
     }
 
     #[test]

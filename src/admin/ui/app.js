@@ -628,10 +628,10 @@ function pageTraces(gen, params) {
 
   // A text search reads a bounded number of traces a page (the API says how far back it read
   // when it stopped before the page was full): say so, and that Load more goes on.
-  function searchNote(body) {
-    if (body.searched_to_ms == null) return;
+  function searchNote() {
+    if (st.searchedTo == null) return;
     msg.appendChild(h('div', { class: 'notice', testid: 'search-partial',
-      text: `The text search read traces back to ${fmtTime(body.searched_to_ms)} and stopped there to answer quickly. Load more searches further back.` }));
+      text: `The text search read traces back to ${fmtTime(st.searchedTo)} and stopped there to answer quickly. Load more searches further back.` }));
   }
 
   async function loadPage(cursor) {
@@ -650,8 +650,9 @@ function pageTraces(gen, params) {
         st.rows = got;
       }
       st.next = body.next_cursor || null;
+      st.searchedTo = body.searched_to_ms ?? null;
       st.updated = Date.now();
-      searchNote(body);
+      searchNote();
       render();
     } catch (e) {
       if (!isCurrent(gen)) return;
@@ -677,11 +678,12 @@ function pageTraces(gen, params) {
       if (st.rows.length <= fresh.length || !st.next) {
         st.rows = fresh;
         st.next = body.next_cursor || null;
-        searchNote(body);
+        st.searchedTo = body.searched_to_ms ?? null;
       } else {
         const ids = new Set(fresh.map((r) => r.trace_id));
         st.rows = fresh.concat(st.rows.filter((r) => !ids.has(r.trace_id)));
       }
+      searchNote();
       st.updated = Date.now();
       render();
     } catch (e) {
