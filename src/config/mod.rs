@@ -381,7 +381,7 @@ impl Default for StoreConfig {
             max_bytes: 1024 * 1024 * 1024,
             max_age: "7d".into(),
             capture: CaptureLevel::Redacted,
-            search_scan_traces: crate::store::traces::TEXT_SCAN_TRACES,
+            search_scan_traces: 5_000,
         }
     }
 }

@@ -58,7 +58,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-pub use query::{Page, SessionQuery, TEXT_SCAN_TRACES, TraceQuery, TraceTree, TreeNode};
+pub use query::{Page, SessionQuery, TraceQuery, TraceTree, TreeNode};
 pub use summary::{SessionSummary, SpanFacts, Totals, TraceSummary};
 
 use log::{Pointer, SpanLog};

@@ -77,15 +77,10 @@ pub struct TraceQuery {
     /// Continue after this (start, trace id): the previous page's [`Page::next`].
     pub cursor: Option<(u64, [u8; 16])>,
     /// With `text`: how many traces one page reads at most before it answers with what it
-    /// found (`None`: the store's `search_scan_traces`).
+    /// found and where it stopped (`None`: the store's `search_scan_traces`); a word no trace
+    /// holds would otherwise read the whole store before the first answer.
     pub text_scan_limit: Option<usize>,
 }
-
-/// How many traces a page of a text search reads at most by default (`[store]
-/// search_scan_traces`): each is read from disk, span by span, and searched; a word found in no
-/// trace would otherwise read the whole store before the first answer. The page then says
-/// where it stopped, and the next goes on from there.
-pub const TEXT_SCAN_TRACES: usize = 5_000;
 
 /// A filter over sessions, and a page of it.
 #[derive(Debug, Clone, Default)]
