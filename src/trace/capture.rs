@@ -275,12 +275,13 @@ fn output_messages(
 /// latest need the rest), with the number left out between them. The last message is always
 /// kept, cut if it alone is over the budget.
 fn first_and_latest(budget: &mut Budget, messages: Vec<Json<'_>>) -> (String, Option<u64>) {
-    let sizes: Vec<usize> = messages.iter().map(text_bytes).collect();
-    let total: usize = sizes.iter().sum();
     let n = messages.len();
+    // Most calls fit: only their total is counted (no per-message sizes kept).
+    let total: usize = messages.iter().map(text_bytes).sum();
     if total <= budget.left || n < 2 {
         return (budget.text(&Json::Array(messages)), None);
     }
+    let sizes: Vec<usize> = messages.iter().map(text_bytes).collect();
     let first = sizes[0].min(budget.left / 2);
     let room = budget.left - first;
     let mut from = n - 1;
