@@ -334,6 +334,56 @@ async fn with_the_store_off_the_api_says_so_and_the_proxy_serves() {
     assert!(span.attr("gen_ai.input.messages").is_none());
 }
 
+/// One of the export and the store keeps `full` text, the other `redacted`: each copy is
+/// captured from the request at its own level. The redacted copy used to be the `full` one
+/// redacted afterwards, after the size limit had cut the address in the message in half, and
+/// kept the half (`jane@exa…`) that no pattern matches.
+#[tokio::test]
+async fn full_and_redacted_copies_are_each_captured_from_the_request() {
+    let mock = Mock::start(provider).await;
+    for (export, store) in [("full", "redacted"), ("redacted", "full")] {
+        // The limit falls in the address: the message's text up to "jane@exa" is 41 bytes.
+        let gw = gateway_for(
+            &mock,
+            &format!(
+                "[capture]\nlevel = \"{export}\"\nmax_bytes = 41\n[store]\ncapture = \"{store}\"\n"
+            ),
+        )
+        .await;
+        let answer = post(&gw, "/v1/chat/completions", &[], CHAT).await;
+        assert_eq!(answer.status, StatusCode::OK);
+        let id = answer.headers["x-sidetrace-trace-id"].to_str().unwrap();
+        let trace = wait_json(&gw, &format!("/api/traces/{id}"), |v| {
+            v["spans"].as_array().is_some_and(|s| s.len() == 1)
+        })
+        .await;
+        let stored = &trace["spans"][0]["attributes"];
+        let exported = gw.recent_spans().remove(0);
+        let exported_input = match exported.attr("gen_ai.input.messages") {
+            Some(AttrValue::Str(s)) => s.clone(),
+            other => panic!("{export}: {other:?}"),
+        };
+        let stored_input = stored["gen_ai.input.messages"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let (full, redacted) = if export == "full" {
+            (exported_input, stored_input)
+        } else {
+            (stored_input, exported_input)
+        };
+        assert!(full.contains("Mail me at jane@exa…[truncated]"), "{full}");
+        assert!(
+            redacted.contains("Mail me at [EMAIL]") && !redacted.contains("jane"),
+            "{export} export, {store} store: {redacted}"
+        );
+        // Each copy has the response too, at its own level.
+        assert_eq!(stored["sidetrace.content.level"], store);
+        assert!(stored["gen_ai.output.messages"].as_str().is_some());
+        assert!(exported.attr("gen_ai.output.messages").is_some());
+    }
+}
+
 #[cfg(target_os = "linux")]
 #[tokio::test]
 async fn the_store_writer_gives_way_to_calls_on_a_busy_core() {

@@ -202,8 +202,12 @@ impl Recorder {
 
     /// The content was captured at the higher of the export's and the store's levels: each
     /// gets its own from here (the span carries the export's). The one at the higher level
-    /// takes the content as it is; the other a lowered copy.
+    /// takes the content as it is; the other a lowered copy. Content captured apart (one
+    /// keeps `full` text, the other `redacted`) came with the store's copy already.
     fn split_content(&self, call: &mut CallRecord) {
+        if call.kept_content.is_some() {
+            return;
+        }
         let Some(content) = call.content.take() else {
             return;
         };
@@ -222,17 +226,25 @@ impl Recorder {
         }
     }
 
-    /// Puts what the response said (text, tool calls, finish reason) in the captured content,
-    /// at the configured capture level.
+    /// Puts what the response said (text, tool calls, finish reason) in the captured content
+    /// (and in the store's copy when it was captured apart), each at its own level.
     fn capture_output(&self, call: &mut CallRecord) {
-        if let (Some(content), Some(response)) = (&mut call.content, &call.response)
-            && let Some(output) = &response.output
+        let Some(output) = call.response.as_ref().and_then(|r| r.output.as_ref()) else {
+            return;
+        };
+        let finish = call
+            .response
+            .as_ref()
+            .and_then(|r| r.finish_reasons.first());
+        for content in [&mut call.content, &mut call.kept_content]
+            .into_iter()
+            .flatten()
         {
             self.capturer.output(
                 content,
                 &output.text,
                 &output.tool_calls,
-                response.finish_reasons.first().map(String::as_str),
+                finish.map(String::as_str),
             );
             content.truncated |= output.truncated;
         }

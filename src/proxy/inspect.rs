@@ -182,7 +182,8 @@ where
             let (bytes, held) = read_whole(body, &parts.headers, held).await?;
             let path = parts.uri.path().to_string();
             let metadata = parts.extensions.get::<CallMetadata>();
-            let level = metadata.map(|m| capturer.capture_level(m.capture));
+            let asked = metadata.and_then(|m| m.capture);
+            let level = metadata.map(|_| capturer.capture_level(asked));
             // Content captured whole is read into a tree once, for the typed read too.
             let tree = level
                 .filter(|&l| l >= CaptureLevel::Redacted)
@@ -191,7 +192,7 @@ where
             // Decided here, before the request goes upstream, so the propagated
             // `traceparent` names the joined trace.
             let joined = follow_agent_loop(&recorder, &mut parts, route.format, &bytes, &fields);
-            let mut content = None;
+            let (mut content, mut kept) = (None, None);
             if let (Some(metadata), Some(level)) =
                 (parts.extensions.get_mut::<CallMetadata>(), level)
             {
@@ -204,7 +205,15 @@ where
                     (CaptureLevel::Metadata, Some(f), _) => {
                         Some(capturer.metadata(f.input_message_count(), f.tool_names()))
                     }
-                    (_, Some(_), Some(tree)) => Some(capturer.request(level, route.format, tree)),
+                    (_, Some(_), Some(tree)) => {
+                        match capturer.request_apart(asked, route.format, tree) {
+                            Some((exported, stored)) => {
+                                kept = Some(stored);
+                                Some(exported)
+                            }
+                            None => Some(capturer.request(level, route.format, tree)),
+                        }
+                    }
                     (_, Some(_), None) => Some(CapturedContent::default()),
                 };
             }
@@ -223,7 +232,7 @@ where
             // For the call's record; the metadata stays in the extensions for the budgets.
             if let Some(slot) = parts.extensions.get::<CallSlot>() {
                 let metadata = parts.extensions.get::<CallMetadata>().cloned();
-                slot.fill_request(info, metadata, content);
+                slot.fill_request(info, metadata, content, kept);
                 if let Some(trace) = &joined {
                     slot.join_trace(trace.clone());
                 }

@@ -52,6 +52,9 @@ struct Draft {
     info: Option<RequestInfo>,
     metadata: Option<CallMetadata>,
     content: Option<CapturedContent>,
+    /// The store's copy of the content, when it was captured apart from the export's (see
+    /// `Capturer::request_apart`).
+    kept_content: Option<CapturedContent>,
     reservation: Option<Reservation>,
     /// The trace the call joined (an agent loop with no trace header), replacing the one read
     /// from its headers.
@@ -69,11 +72,13 @@ impl CallSlot {
         info: RequestInfo,
         metadata: Option<CallMetadata>,
         content: Option<CapturedContent>,
+        kept_content: Option<CapturedContent>,
     ) {
         let mut draft = self.lock();
         draft.info = Some(info);
         draft.metadata = metadata;
         draft.content = content;
+        draft.kept_content = kept_content;
     }
 
     /// Inspection: the call joins an earlier call's trace (see `call::tools`).
@@ -387,6 +392,7 @@ impl Call {
                 record.metadata = metadata;
             }
             record.content = draft.content;
+            record.kept_content = draft.kept_content;
             if let Some(trace) = draft.trace {
                 record.trace = trace;
             }

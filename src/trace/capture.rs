@@ -87,6 +87,29 @@ impl Capturer {
             .map(|level| asked.map_or(level, |a| a.min(level)))
     }
 
+    /// The export's copy and the store's of a request's content, each captured from the
+    /// body at its own level, when one keeps `full` text and the other `redacted`; `None`
+    /// otherwise (one capture at the higher level is lowered for the other, see
+    /// [`Capturer::lower`]). Redacting the `full` copy afterwards would miss what the size
+    /// limit cut in half: `jane@exa…[truncated]` is no address to the patterns, nor the first
+    /// twelve digits of a card a card, and both would be kept.
+    pub fn request_apart(
+        &self,
+        asked: Option<CaptureLevel>,
+        format: WireFormat,
+        body: &Json,
+    ) -> Option<(CapturedContent, CapturedContent)> {
+        let export = self.level(asked);
+        let store = self.store_level(asked)?;
+        if export == store || export.min(store) < CaptureLevel::Redacted {
+            return None;
+        }
+        Some((
+            self.request(export, format, body),
+            self.request(store, format, body),
+        ))
+    }
+
     /// A copy of `content`, captured at its own level, as `level` keeps it (never more than
     /// it has): `metadata` drops the text, `redacted` replaces personal data in text captured
     /// `full`.
