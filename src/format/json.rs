@@ -26,9 +26,10 @@ const MAX_CHOICES: usize = 256;
 /// Decodes a JSON body. A body in UTF-8 (as every JSON text should be) is checked once, whole,
 /// then read as text, so serde_json does not check each string in it again (about 40 strings a
 /// chat call, a fifth of the parse); any other body is read as bytes, as before: the same value
-/// or the same error either way.
+/// or the same error either way. The check is simdutf8's: std's runs at 1.3-2.4 GB/s on text
+/// in other languages than English, and an agent resends its whole conversation each call.
 pub fn from_bytes<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> serde_json::Result<T> {
-    match std::str::from_utf8(bytes) {
+    match simdutf8::basic::from_utf8(bytes) {
         Ok(text) => serde_json::from_str(text),
         Err(_) => serde_json::from_slice(bytes),
     }
@@ -619,6 +620,31 @@ mod tests {
             let ours = from_bytes::<Probe<'_>>(bad).expect_err("refused");
             assert_eq!(ours.to_string(), theirs.to_string());
         }
+    }
+
+    /// Long bodies in other scripts than Latin, where the check takes its vector path: valid
+    /// ones read as text, a byte that is not UTF-8 anywhere in a skipped field still read as
+    /// bytes, and one cut inside a character refused as serde_json refuses it.
+    #[test]
+    fn long_bodies_in_any_script_decode_as_serde_json_reads_them() {
+        let long = "Écrivez-moi à l'été prochain; مرحبا بالعالم ✓ 日本語 ".repeat(60);
+        let text = format!(r#"{{"n": 5, "s": "{long}", "z": "{long}"}}"#);
+        let ours: Probe<'_> = from_bytes(text.as_bytes()).expect("valid");
+        assert_eq!(ours.s, Text(Some(long.as_str().into())));
+        let z = text.rfind(&long).expect("z's value");
+        for offset in [0, 1, 31, 64, 1000, long.len() - 1] {
+            let mut bad = text.clone().into_bytes();
+            bad[z + offset] = 0xff;
+            let ours = from_bytes::<Probe<'_>>(&bad).expect("read as bytes");
+            assert_eq!(
+                (ours.n, ours.s),
+                (Count(Some(5)), Text(Some(long.as_str().into())))
+            );
+        }
+        let cut = &text.as_bytes()[..text.find('م').expect("an Arabic letter") + 1];
+        let theirs = serde_json::from_slice::<Probe<'_>>(cut).expect_err("refused");
+        let ours = from_bytes::<Probe<'_>>(cut).expect_err("refused");
+        assert_eq!(ours.to_string(), theirs.to_string());
     }
 
     #[test]
