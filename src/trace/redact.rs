@@ -152,7 +152,18 @@ impl Redactor {
                     from = m.end();
                 }
                 None if caps.name("PHONE").is_some() => from = m.start() + 1,
-                None => from = m.end(),
+                None => {
+                    // A run of digits failing the Luhn check may hold a card with more digits
+                    // beside it: its security code or expiry month (`4111 1111 1111 1111 123`).
+                    if caps.name("CARD").is_some()
+                        && let Some((start, end)) = card_within(m.as_str())
+                    {
+                        out.push_str(&text[copied..original(m.start() + start)]);
+                        out.push_str("[CARD]");
+                        copied = original(m.start() + end);
+                    }
+                    from = m.end();
+                }
             }
             if from >= searched.len() {
                 break;
@@ -286,6 +297,41 @@ fn luhn(s: &str) -> bool {
     sum.is_multiple_of(10)
 }
 
+/// The longest card number (the first of those as long) inside a run of digit groups that
+/// fails the Luhn check as a whole: 13 to 19 digits from the start of one group to the end of
+/// another, passing the check. Its byte range in `run`. Only whole groups are tried, as the
+/// card pattern would find them written alone: a run of digits with no separator holds none.
+fn card_within(run: &str) -> Option<(usize, usize)> {
+    let mut groups = Vec::new();
+    let mut start = None;
+    for (i, b) in run.bytes().chain([b' ']).enumerate() {
+        match (b.is_ascii_digit(), start) {
+            (true, None) => start = Some(i),
+            (false, Some(s)) => {
+                groups.push((s, i));
+                start = None;
+            }
+            _ => {}
+        }
+    }
+    let mut best: Option<(usize, usize)> = None;
+    for (i, &(first, _)) in groups.iter().enumerate() {
+        let mut count = 0;
+        for &(group, end) in &groups[i..] {
+            count += end - group;
+            if count > 19 {
+                break;
+            }
+            let whole = first == 0 && end == run.len();
+            let longer = best.is_none_or(|(s, e)| end - first > e - s);
+            if count >= 13 && !whole && longer && luhn(&run[first..end]) {
+                best = Some((first, end));
+            }
+        }
+    }
+    best
+}
+
 /// IBAN: move the first four characters to the end, letters to numbers, mod 97 must be 1.
 /// Only ASCII is an IBAN (the patterns match only ASCII digits: see the module's note).
 fn iban_valid(s: &str) -> bool {
@@ -393,6 +439,31 @@ mod tests {
         for (input, want) in cases {
             assert_eq!(r.redact(input), want, "{input}");
         }
+    }
+
+    /// A card with its security code or expiry month beside it fails the Luhn check as one
+    /// run of digits; the card in it is still found. Runs with no card in them are kept whole.
+    #[test]
+    fn a_card_beside_more_digits_is_still_redacted() {
+        let r = r();
+        for (input, want) in [
+            ("card 4111 1111 1111 1111 123 exp", "card [CARD] 123 exp"),
+            ("card 4111 1111 1111 1111 12/26", "card [CARD] 12/26"),
+            ("cvv 123 4111-1111-1111-1111", "cvv 123 [CARD]"),
+            ("amex 3782 822463 10005 1234", "amex [CARD] 1234"),
+            ("no gap 4111111111111111123", "no gap 4111111111111111123"),
+            (
+                "card 4111 1111 1111 1112 123",
+                "card 4111 1111 1111 1112 123",
+            ),
+        ] {
+            assert_eq!(r.redact(input), want, "{input}");
+        }
+        // In other digits too: the range maps back to the text as it was.
+        assert_eq!(
+            r.redact("بطاقة ٤١١١ ١١١١ ١١١١ ١١١١ ١٢٣"),
+            "بطاقة [CARD] ١٢٣"
+        );
     }
 
     #[test]
