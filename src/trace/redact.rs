@@ -43,7 +43,7 @@ const PATTERNS: &[(&str, &str)] = &[
     ("IPV6", r"(?i)(?:[0-9a-f]{0,4}:){2,7}[0-9a-f]{0,4}"),
     (
         "PHONE",
-        r"(?:\+\d{1,3}[ .\-]?)?(?:\(\d{2,4}\)[ .\-]?|\b\d{2,4}[ .\-])\d{3,4}[ .\-]\d{3,4}\b|\+\d{1,3}(?:[ .\-]?(?:\(\d{1,4}\))?[ .\-]?\d{1,5}){1,6}\b",
+        r"(?:\+\d{1,3}[ .\-]?)?(?:\(\d{2,4}\)[ .\-]?|\b\d{2,4}[ .\-])\d{3,4}[ .\-]\d{3,4}\b|\+\d{1,3}(?:[ .\-]?(?:\(\d{1,4}\))?[ .\-]?\d{1,5}){1,6}\b|\b0[1-9](?:[ .\-]\d{2}){4}\b|\b0\d{2,4}[ /\-]\d{5,8}\b",
     ),
 ];
 
@@ -433,6 +433,14 @@ mod tests {
             ("ring +44 (0)20 7946 0958", "ring [PHONE]"),
             ("call +91 98765 43210 now", "call [PHONE] now"),
             ("電話 +81 3-1234-5678", "電話 [PHONE]"),
+            // National numbers with their trunk 0: in pairs (France, Belgium), or an area
+            // code and the rest (Germany, the UK, the Netherlands, Italy).
+            ("appelez le 06 12 34 56 78.", "appelez le [PHONE]."),
+            ("tél. 01.23.45.67.89", "tél. [PHONE]"),
+            ("Tel. 030 12345678", "Tel. [PHONE]"),
+            ("Handy 0171/1234567", "Handy [PHONE]"),
+            ("mobile 07700 900123", "mobile [PHONE]"),
+            ("bel 020-7946095 nu", "bel [PHONE] nu"),
             ("see TICKET-991", "see [TICKET]"),
         ];
         let r = r();
@@ -478,6 +486,7 @@ mod tests {
             "time 12:30:45 is not an address",
             "sk-short",
             "score +15 points, +2.0.1, +3 4 5 6",
+            "dates 01.02.2024, 05 06 07, ref 012 3456, room 0-12",
             "hello world, nothing here",
         ] {
             assert_eq!(r.redact(input), input, "{input}");
