@@ -21,10 +21,18 @@ fn provider(seen: &Seen) -> Reply {
     if body["model"] == "rate-limited" {
         return Reply::json(429, &json("openai/error_rate_limit_429.json"));
     }
+    if body["model"] == "mail-me" {
+        let mut answer: Value = serde_json::from_str(&json("openai/chat_nonstream.json")).unwrap();
+        answer["choices"][0]["message"]["content"] = MAIL_ME.into();
+        return Reply::json(200, &answer.to_string());
+    }
     Reply::json(200, &json("openai/chat_nonstream.json"))
 }
 
 const CHAT: &str = r#"{"model":"o4-mini","messages":[{"role":"system","content":"Be brief."},{"role":"user","content":"Why is my query slow? Mail me at jane@example.com"}]}"#;
+
+/// An answer with an address where a small size limit falls.
+const MAIL_ME: &str = "Please send the full report to jane@example.com";
 
 /// GETs an admin path until `done` holds for its JSON; panics after 30 s.
 async fn wait_json(gw: &TestGateway, path: &str, done: impl Fn(&Value) -> bool) -> Value {
@@ -337,10 +345,12 @@ async fn with_the_store_off_the_api_says_so_and_the_proxy_serves() {
 /// One of the export and the store keeps `full` text, the other `redacted`: each copy is
 /// captured from the request at its own level. The redacted copy used to be the `full` one
 /// redacted afterwards, after the size limit had cut the address in the message in half, and
-/// kept the half (`jane@exa…`) that no pattern matches.
+/// kept the half (`jane@exa…`) that no pattern matches. The answer's address, across the
+/// limit too, is redacted whole: the output was cut at the limit before it was redacted.
 #[tokio::test]
 async fn full_and_redacted_copies_are_each_captured_from_the_request() {
     let mock = Mock::start(provider).await;
+    let chat = CHAT.replace("o4-mini", "mail-me");
     for (export, store) in [("full", "redacted"), ("redacted", "full")] {
         // The limit falls in the address: the message's text up to "jane@exa" is 41 bytes.
         let gw = gateway_for(
@@ -350,7 +360,7 @@ async fn full_and_redacted_copies_are_each_captured_from_the_request() {
             ),
         )
         .await;
-        let answer = post(&gw, "/v1/chat/completions", &[], CHAT).await;
+        let answer = post(&gw, "/v1/chat/completions", &[], &chat).await;
         assert_eq!(answer.status, StatusCode::OK);
         let id = answer.headers["x-sidetrace-trace-id"].to_str().unwrap();
         let trace = wait_json(&gw, &format!("/api/traces/{id}"), |v| {
@@ -379,8 +389,24 @@ async fn full_and_redacted_copies_are_each_captured_from_the_request() {
         );
         // Each copy has the response too, at its own level.
         assert_eq!(stored["sidetrace.content.level"], store);
-        assert!(stored["gen_ai.output.messages"].as_str().is_some());
-        assert!(exported.attr("gen_ai.output.messages").is_some());
+        let exported_output = match exported.attr("gen_ai.output.messages") {
+            Some(AttrValue::Str(s)) => s.clone(),
+            other => panic!("{export}: {other:?}"),
+        };
+        let stored_output = stored["gen_ai.output.messages"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let (full, redacted) = if export == "full" {
+            (exported_output, stored_output)
+        } else {
+            (stored_output, exported_output)
+        };
+        assert!(full.contains("report to jane@e…[truncated]"), "{full}");
+        assert!(
+            redacted.contains("report to [EMAIL") && !redacted.contains("jane"),
+            "{export} export, {store} store: {redacted}"
+        );
     }
 }
 

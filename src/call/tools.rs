@@ -33,7 +33,7 @@ use crate::{
     },
     metrics::Metrics,
     trace::{
-        capture::Capturer,
+        capture::{Capturer, REDACTION_MARGIN},
         context::{TraceContext, TraceSource, random_span_id},
         metadata::CaptureLevel,
         span::{AttrKey, AttrValue, SpanRecord, SpanStatus},
@@ -651,7 +651,7 @@ impl ToolTable {
             CaptureLevel::Redacted => self
                 .capturer
                 .redactor
-                .redact(cut(text, max + 256))
+                .redact(cut(text, max + REDACTION_MARGIN))
                 .into_owned(),
             CaptureLevel::Full => cut(text, max).to_owned(),
         };

@@ -35,7 +35,7 @@ use crate::{
     provider::{Route, WireFormat},
     store::budgets::Reservation,
     trace::{
-        capture::CapturedContent,
+        capture::{CapturedContent, REDACTION_MARGIN},
         context::TraceContext,
         metadata::{CallMetadata, CaptureLevel},
     },
@@ -174,10 +174,12 @@ impl RecordLayer {
             ),
             None => (false, false, false),
         };
-        // Output is assembled only when the call's content is captured with text.
+        // Output is assembled only when the call's content is captured with text; past the
+        // size limit by a margin, so that redaction sees a finding across it whole (each copy
+        // is cut to the limit once redacted).
         let limits = ParserLimits {
             capture_output_bytes: if capture_text {
-                self.capture_output_bytes
+                self.capture_output_bytes + REDACTION_MARGIN
             } else {
                 0
             },

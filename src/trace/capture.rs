@@ -40,6 +40,12 @@ pub struct CapturedContent {
     pub omitted_input_messages: Option<u64>,
 }
 
+/// Text kept past `max_bytes` before it is redacted (and cut to `max_bytes` after), where it
+/// arrives already cut (a response's output, a tool's arguments): a finding across the limit
+/// is then seen whole and replaced, not kept in part (`jane@exa…`). Longer than any built-in
+/// finding but the rarest keys.
+pub const REDACTION_MARGIN: usize = 256;
+
 /// Settings for capture.
 pub struct Capturer {
     pub default_level: CaptureLevel,

@@ -43,7 +43,13 @@ const PATTERNS: &[(&str, &str)] = &[
     ("IPV6", r"(?i)(?:[0-9a-f]{0,4}:){2,7}[0-9a-f]{0,4}"),
     (
         "PHONE",
-        r"(?:\+\d{1,3}[ .\-]?)?(?:\(\d{2,4}\)[ .\-]?|\b\d{2,4}[ .\-])\d{3,4}[ .\-]\d{3,4}\b|\+\d{1,3}(?:[ .\-]?(?:\(\d{1,4}\))?[ .\-]?\d{1,5}){1,6}\b|\b0[1-9](?:[ .\-]\d{2}){4}\b|\b0\d{2,4}[ /\-]\d{5,8}\b",
+        r"(?:\+\d{1,3}[ .\-]?)?(?:\(\d{2,4}\)[ .\-]?|\b\d{2,4}[ .\-])\d{3,4}[ .\-]\d{3,4}\b|\+\d{1,3}(?:[ .\-]?(?:\(\d{1,4}\))?[ .\-]?\d{1,5}){1,6}\b",
+    ),
+    // National numbers with their trunk 0: in pairs, one separator throughout (France,
+    // Belgium), or an area code and the rest (Germany, the UK, the Netherlands).
+    (
+        "TRUNK_PHONE",
+        r"\b0[1-9](?: \d{2}){4}\b|\b0[1-9](?:\.\d{2}){4}\b|\b0[1-9](?:-\d{2}){4}\b|\b0[1-9]\d{1,3}[ /\-]\d{5,8}\b",
     ),
 ];
 
@@ -256,13 +262,26 @@ fn placeholder(text: &str, caps: &Captures<'_>) -> Option<&'static str> {
         "IPV6" => whole.parse::<std::net::Ipv6Addr>().is_err(),
         // Part of a longer dotted number (a version string), not an address.
         "IP" => dotted_neighbour(text, m.start(), m.end()),
+        "TRUNK_PHONE" => chained(text, m.start(), m.end()),
         _ => false,
     };
     match *name {
         _ if keep => None,
         "IPV6" => Some("IP"),
+        "TRUNK_PHONE" => Some("PHONE"),
         name => Some(name),
     }
+}
+
+/// Part of a longer chain of groups (a MAC address `08-00-27-12-34-56`, an id
+/// `INV-042-12345`): a `.`, `-` or `/` and a digit right after, or a letter or a digit and one
+/// of them right before.
+fn chained(text: &str, start: usize, end: usize) -> bool {
+    let b = text.as_bytes();
+    let joint = |c: u8| matches!(c, b'.' | b'-' | b'/');
+    let after = end + 1 < b.len() && joint(b[end]) && b[end + 1].is_ascii_digit();
+    let before = start >= 2 && joint(b[start - 1]) && b[start - 2].is_ascii_alphanumeric();
+    after || before
 }
 
 fn dotted_neighbour(text: &str, start: usize, end: usize) -> bool {
@@ -297,10 +316,11 @@ fn luhn(s: &str) -> bool {
     sum.is_multiple_of(10)
 }
 
-/// The longest card number (the first of those as long) inside a run of digit groups that
-/// fails the Luhn check as a whole: 13 to 19 digits from the start of one group to the end of
-/// another, passing the check. Its byte range in `run`. Only whole groups are tried, as the
-/// card pattern would find them written alone: a run of digits with no separator holds none.
+/// The card inside a run of digit groups that fails the Luhn check as a whole, as a card is
+/// written beside its security code or expiry month: the run without its last group (or else
+/// its first) of 1 to 4 digits, when what is left is groups of at least 4 digits, 13 to 19 in
+/// all, passing the check. Its byte range in `run`. A list of short numbers (`1 2 3 ... 15`)
+/// holds none, nor does a run of digits with no separator.
 fn card_within(run: &str) -> Option<(usize, usize)> {
     let mut groups = Vec::new();
     let mut start = None;
@@ -314,22 +334,24 @@ fn card_within(run: &str) -> Option<(usize, usize)> {
             _ => {}
         }
     }
-    let mut best: Option<(usize, usize)> = None;
-    for (i, &(first, _)) in groups.iter().enumerate() {
-        let mut count = 0;
-        for &(group, end) in &groups[i..] {
-            count += end - group;
-            if count > 19 {
-                break;
-            }
-            let whole = first == 0 && end == run.len();
-            let longer = best.is_none_or(|(s, e)| end - first > e - s);
-            if count >= 13 && !whole && longer && luhn(&run[first..end]) {
-                best = Some((first, end));
-            }
-        }
+    let digits = |g: &[(usize, usize)]| g.iter().map(|(s, e)| e - s).sum::<usize>();
+    let n = groups.len();
+    if n < 2 {
+        return None;
     }
-    best
+    [
+        (&groups[n - 1..], &groups[..n - 1]),
+        (&groups[..1], &groups[1..]),
+    ]
+    .into_iter()
+    .filter(|(dropped, _)| (1..=4).contains(&digits(dropped)))
+    .map(|(_, card)| (card[0].0, card[card.len() - 1].1, card))
+    .find(|&(start, end, card)| {
+        card.iter().all(|(s, e)| e - s >= 4)
+            && (13..=19).contains(&digits(card))
+            && luhn(&run[start..end])
+    })
+    .map(|(start, end, _)| (start, end))
 }
 
 /// IBAN: move the first four characters to the end, letters to numbers, mod 97 must be 1.
@@ -464,6 +486,14 @@ mod tests {
                 "card 4111 1111 1111 1112 123",
                 "card 4111 1111 1111 1112 123",
             ),
+            (
+                "0 1 2 3 4 5 6 7 8 9 10 11 12 13",
+                "0 1 2 3 4 5 6 7 8 9 10 11 12 13",
+            ),
+            (
+                "pi 3 1 4 1 5 9 2 6 5 3 5 8 9 7 9 3",
+                "pi 3 1 4 1 5 9 2 6 5 3 5 8 9 7 9 3",
+            ),
         ] {
             assert_eq!(r.redact(input), want, "{input}");
         }
@@ -487,6 +517,8 @@ mod tests {
             "sk-short",
             "score +15 points, +2.0.1, +3 4 5 6",
             "dates 01.02.2024, 05 06 07, ref 012 3456, room 0-12",
+            "Termin 01.02.24 10.30 Uhr, MAC 08-00-27-12-34-56",
+            "Order 0012-3456789, INV-042-12345, part 0171/1234567-9",
             "hello world, nothing here",
         ] {
             assert_eq!(r.redact(input), input, "{input}");
