@@ -368,40 +368,29 @@ async fn full_and_redacted_copies_are_each_captured_from_the_request() {
         })
         .await;
         let stored = &trace["spans"][0]["attributes"];
+        assert_eq!(stored["sidetrace.content.level"], store);
         let exported = gw.recent_spans().remove(0);
-        let exported_input = match exported.attr("gen_ai.input.messages") {
-            Some(AttrValue::Str(s)) => s.clone(),
-            other => panic!("{export}: {other:?}"),
+        // An attribute's (full, redacted) copies, whichever side keeps which.
+        let copies = |name: &str| {
+            let exported = match exported.attr(name) {
+                Some(AttrValue::Str(s)) => s.clone(),
+                other => panic!("{export} export, {name}: {other:?}"),
+            };
+            let stored = stored[name].as_str().unwrap().to_string();
+            if export == "full" {
+                (exported, stored)
+            } else {
+                (stored, exported)
+            }
         };
-        let stored_input = stored["gen_ai.input.messages"]
-            .as_str()
-            .unwrap()
-            .to_string();
-        let (full, redacted) = if export == "full" {
-            (exported_input, stored_input)
-        } else {
-            (stored_input, exported_input)
-        };
+        let (full, redacted) = copies("gen_ai.input.messages");
         assert!(full.contains("Mail me at jane@exa…[truncated]"), "{full}");
         assert!(
             redacted.contains("Mail me at [EMAIL]") && !redacted.contains("jane"),
             "{export} export, {store} store: {redacted}"
         );
-        // Each copy has the response too, at its own level.
-        assert_eq!(stored["sidetrace.content.level"], store);
-        let exported_output = match exported.attr("gen_ai.output.messages") {
-            Some(AttrValue::Str(s)) => s.clone(),
-            other => panic!("{export}: {other:?}"),
-        };
-        let stored_output = stored["gen_ai.output.messages"]
-            .as_str()
-            .unwrap()
-            .to_string();
-        let (full, redacted) = if export == "full" {
-            (exported_output, stored_output)
-        } else {
-            (stored_output, exported_output)
-        };
+        // The answer, in each copy at its own level.
+        let (full, redacted) = copies("gen_ai.output.messages");
         assert!(full.contains("report to jane@e…[truncated]"), "{full}");
         assert!(
             redacted.contains("report to [EMAIL") && !redacted.contains("jane"),
