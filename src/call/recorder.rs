@@ -245,6 +245,7 @@ impl Recorder {
                 &output.text,
                 &output.tool_calls,
                 finish.map(String::as_str),
+                output.truncated,
             );
             content.truncated |= output.truncated;
         }

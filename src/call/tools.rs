@@ -33,7 +33,7 @@ use crate::{
     },
     metrics::Metrics,
     trace::{
-        capture::{Capturer, REDACTION_MARGIN},
+        capture::{Capturer, REDACTION_MARGIN, redacted_cut_short},
         context::{TraceContext, TraceSource, random_span_id},
         metadata::CaptureLevel,
         span::{AttrKey, AttrValue, SpanRecord, SpanStatus},
@@ -648,11 +648,10 @@ impl ToolTable {
             CaptureLevel::None | CaptureLevel::Metadata => return None,
             // Cut first (with a margin, so a secret across the cut is still seen whole), then
             // redact: the work is bounded whatever the size of the text.
-            CaptureLevel::Redacted => self
-                .capturer
-                .redactor
-                .redact(cut(text, max + REDACTION_MARGIN))
-                .into_owned(),
+            CaptureLevel::Redacted if text.len() > max + REDACTION_MARGIN => {
+                redacted_cut_short(&self.capturer.redactor, cut(text, max + REDACTION_MARGIN))
+            }
+            CaptureLevel::Redacted => self.capturer.redactor.redact(text).into_owned(),
             CaptureLevel::Full => cut(text, max).to_owned(),
         };
         Some(cut(&text, max).to_owned())

@@ -178,8 +178,8 @@ impl RecordLayer {
         // size limit by a margin, so that redaction sees a finding across it whole (each copy
         // is cut to the limit once redacted).
         let limits = ParserLimits {
-            capture_output_bytes: if capture_text {
-                self.capture_output_bytes + REDACTION_MARGIN
+            capture_output_bytes: if capture_text && self.capture_output_bytes > 0 {
+                self.capture_output_bytes.saturating_add(REDACTION_MARGIN)
             } else {
                 0
             },

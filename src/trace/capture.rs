@@ -46,6 +46,20 @@ pub struct CapturedContent {
 /// finding but the rarest keys.
 pub const REDACTION_MARGIN: usize = 256;
 
+/// Text that arrived cut short (past `max_bytes` plus [`REDACTION_MARGIN`]), redacted, without
+/// its last `REDACTION_MARGIN` bytes: what the cut left of a finding is in them. Every whole
+/// finding before it was replaced, so what follows the last replacement is the text as it
+/// came, and no finding is longer than the margin; keeping the margin's worth of text would
+/// keep the part (`jane@exa`) whenever redaction shrank what came before by more than that.
+pub fn redacted_cut_short(redactor: &Redactor, text: &str) -> String {
+    let redacted = redactor.redact(text);
+    let mut end = redacted.len().saturating_sub(REDACTION_MARGIN);
+    while !redacted.is_char_boundary(end) {
+        end -= 1;
+    }
+    redacted[..end].to_string()
+}
+
 /// Settings for capture.
 pub struct Capturer {
     pub default_level: CaptureLevel,
@@ -232,17 +246,36 @@ impl Capturer {
     }
 
     /// Captures the output text and tool calls of a response.
+    /// `cut_short`: the body parser cut the output at its limit (`max_bytes` plus
+    /// [`REDACTION_MARGIN`]); its last string (the text, or the last tool call's arguments) is
+    /// then kept as [`redacted_cut_short`] keeps it at `redacted`.
     pub fn output(
         &self,
         content: &mut CapturedContent,
         text: &str,
         tool_calls: &[ToolCallOutput],
         finish: Option<&str>,
+        cut_short: bool,
     ) {
         let Some(level) = content.level else { return };
         if level < CaptureLevel::Redacted {
             return;
         }
+        let (short_text, short_calls);
+        let (text, tool_calls) = match tool_calls.split_last() {
+            _ if !cut_short || level != CaptureLevel::Redacted => (text, tool_calls),
+            None => {
+                short_text = redacted_cut_short(&self.redactor, text);
+                (short_text.as_str(), tool_calls)
+            }
+            Some((last, _)) => {
+                let mut calls = tool_calls.to_vec();
+                let n = calls.len();
+                calls[n - 1].arguments = redacted_cut_short(&self.redactor, &last.arguments);
+                short_calls = calls;
+                (text, &short_calls[..])
+            }
+        };
         let mut budget = Budget {
             left: self.max_bytes,
             truncated: false,
@@ -576,6 +609,38 @@ mod tests {
             redactor: Redactor::new(&[]).unwrap(),
             store_level: None,
         }
+    }
+
+    /// An output the parser cut short, whose findings redaction shrank by more than the
+    /// margin: the part of an address the cut left (`jane@exa`) now falls within the limit,
+    /// and is dropped with the rest of the margin.
+    #[test]
+    fn output_cut_short_keeps_no_part_of_a_finding() {
+        let c = capturer(CaptureLevel::Redacted, 300);
+        let mut text = "Here is the list. ".repeat(7);
+        text.push_str(&"abcdefgh@example.com ".repeat(20));
+        text.push_str("x jane@exa");
+        assert!(text.len() <= 300 + REDACTION_MARGIN);
+        let output = |text: &str, calls: &[ToolCallOutput], cut_short| {
+            let mut content = CapturedContent {
+                level: Some(CaptureLevel::Redacted),
+                ..CapturedContent::default()
+            };
+            c.output(&mut content, text, calls, Some("length"), cut_short);
+            content.output_messages.unwrap()
+        };
+        let kept = output(&text, &[], true);
+        assert!(kept.contains("Here is") && !kept.contains("jane"), "{kept}");
+        // An output that was not cut keeps its end.
+        assert!(output("mail x@example.org", &[], false).contains("mail [EMAIL]"));
+        // Cut in a tool call's arguments: the last call's.
+        let call = ToolCallOutput {
+            id: "call_1".into(),
+            name: "send".into(),
+            arguments: text.clone(),
+        };
+        let kept = output("", &[call], true);
+        assert!(kept.contains("Here is") && !kept.contains("jane"), "{kept}");
     }
 
     fn chat() -> String {
