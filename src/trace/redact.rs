@@ -274,13 +274,19 @@ fn placeholder(text: &str, caps: &Captures<'_>) -> Option<&'static str> {
 }
 
 /// Part of a longer chain of groups (a MAC address `08-00-27-12-34-56`, an id
-/// `INV-042-12345`): a `.`, `-` or `/` and a digit right after, or a letter or a digit and one
-/// of them right before.
+/// `INV-042-12345`): right after it, one of its own separators and a digit (a German extension,
+/// `089 12345-0`, is not a longer chain); right before it, a `-` after a letter or a digit, or
+/// a `.` or `/` after a digit (`Tél.01 23 45 67 89` and `Fax/030 1234567` are numbers).
 fn chained(text: &str, start: usize, end: usize) -> bool {
     let b = text.as_bytes();
-    let joint = |c: u8| matches!(c, b'.' | b'-' | b'/');
-    let after = end + 1 < b.len() && joint(b[end]) && b[end + 1].is_ascii_digit();
-    let before = start >= 2 && joint(b[start - 1]) && b[start - 2].is_ascii_alphanumeric();
+    let own = |c: u8| matches!(c, b' ' | b'.' | b'-' | b'/') && b[start..end].contains(&c);
+    let after = end + 1 < b.len() && own(b[end]) && b[end + 1].is_ascii_digit();
+    let before = start >= 2
+        && match b[start - 1] {
+            b'-' => b[start - 2].is_ascii_alphanumeric(),
+            b'.' | b'/' => b[start - 2].is_ascii_digit(),
+            _ => false,
+        };
     after || before
 }
 
@@ -463,6 +469,9 @@ mod tests {
             ("Handy 0171/1234567", "Handy [PHONE]"),
             ("mobile 07700 900123", "mobile [PHONE]"),
             ("bel 020-7946095 nu", "bel [PHONE] nu"),
+            ("Durchwahl 089 12345-0", "Durchwahl [PHONE]-0"),
+            ("Tél.01 23 45 67 89", "Tél.[PHONE]"),
+            ("Fax/030 1234567", "Fax/[PHONE]"),
             ("see TICKET-991", "see [TICKET]"),
         ];
         let r = r();
@@ -518,7 +527,7 @@ mod tests {
             "score +15 points, +2.0.1, +3 4 5 6",
             "dates 01.02.2024, 05 06 07, ref 012 3456, room 0-12",
             "Termin 01.02.24 10.30 Uhr, MAC 08-00-27-12-34-56",
-            "Order 0012-3456789, INV-042-12345, part 0171/1234567-9",
+            "Order 0012-3456789, INV-042-12345, part 0171/1234567/9, list 01 02 03 04 05 06",
             "hello world, nothing here",
         ] {
             assert_eq!(r.redact(input), input, "{input}");
