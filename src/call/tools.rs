@@ -117,6 +117,9 @@ struct Pending {
     /// Raw, as the response sent them: only kept when the call's content was captured with
     /// text, and lowered to each copy's level when the span is made.
     arguments: Option<String>,
+    /// The arguments were cut short (by the body parser's limit, or [`MAX_CONTENT_BYTES`]):
+    /// redacted, they drop their margin (see `redacted_cut_short`).
+    arguments_cut: bool,
     /// The capture level the asking call's caller asked for.
     asked: Option<CaptureLevel>,
     /// When the asking call ended: the tool span's start.
@@ -259,10 +262,15 @@ impl ToolTable {
         }
         let asker = Arc::new(Asker::of(call));
         let start = call.started_at + call.duration;
+        // With whether they were cut short: by the parser (its output was cut, and this is
+        // its last tool call) or here.
         let arguments = |id: &str| {
             let out = response.output.as_ref()?;
-            let t = out.tool_calls.iter().find(|t| t.id == id)?;
-            Some(cut(&t.arguments, MAX_CONTENT_BYTES).to_owned())
+            let i = out.tool_calls.iter().position(|t| t.id == id)?;
+            let t = &out.tool_calls[i];
+            let kept = cut(&t.arguments, MAX_CONTENT_BYTES + REDACTION_MARGIN);
+            let by_parser = out.truncated && i + 1 == out.tool_calls.len();
+            Some((kept.to_owned(), by_parser || kept.len() < t.arguments.len()))
         };
         let mut st = self.lock();
         if let Some(id) = response_id
@@ -279,7 +287,7 @@ impl ToolTable {
             }
         }
         for t in calls {
-            let arguments = arguments(&t.id);
+            let (arguments, arguments_cut) = arguments(&t.id).unzip();
             let bytes = 128
                 + asker.bytes()
                 + t.id.len() * 2
@@ -291,6 +299,7 @@ impl ToolTable {
                 asker: asker.clone(),
                 name: t.name.clone(),
                 arguments,
+                arguments_cut: arguments_cut.unwrap_or(false),
                 asked: call.metadata.capture,
                 start,
                 deadline: now + self.limits.unanswered_after,
@@ -613,13 +622,13 @@ impl ToolTable {
         let content = |level: Option<CaptureLevel>, res_level: Option<CaptureLevel>| {
             let mut span = base.clone();
             if let (Some(args), Some(level)) = (&p.arguments, level)
-                && let Some(text) = self.content(args, level)
+                && let Some(text) = self.content(args, level, p.arguments_cut)
             {
                 span.attributes
                     .push(("gen_ai.tool.call.arguments".into(), AttrValue::Str(text)));
             }
             if let (Some((r, _)), Some(level)) = (result, res_level)
-                && let Some(text) = self.content(&r.content, level)
+                && let Some(text) = self.content(&r.content, level, false)
             {
                 span.attributes
                     .push(("gen_ai.tool.call.result".into(), AttrValue::Str(text)));
@@ -641,14 +650,14 @@ impl ToolTable {
     }
 
     /// Arguments or a result as `level` keeps them: text only at `redacted` (redacted) and
-    /// `full`, cut to the capture size limit.
-    fn content(&self, text: &str, level: CaptureLevel) -> Option<String> {
+    /// `full`, cut to the capture size limit. `cut_short`: the text came cut already.
+    fn content(&self, text: &str, level: CaptureLevel, cut_short: bool) -> Option<String> {
         let max = self.capturer.max_bytes.min(MAX_CONTENT_BYTES);
         let text = match level {
             CaptureLevel::None | CaptureLevel::Metadata => return None,
             // Cut first (with a margin, so a secret across the cut is still seen whole), then
             // redact: the work is bounded whatever the size of the text.
-            CaptureLevel::Redacted if text.len() > max + REDACTION_MARGIN => {
+            CaptureLevel::Redacted if cut_short || text.len() > max + REDACTION_MARGIN => {
                 redacted_cut_short(&self.capturer.redactor, cut(text, max + REDACTION_MARGIN))
             }
             CaptureLevel::Redacted => self.capturer.redactor.redact(text).into_owned(),
@@ -803,6 +812,28 @@ mod tests {
         // A real id still links without a session.
         t.remember(&call(2, None, &[("call_1", "f", "{}")]), now);
         assert!(t.join(&[result("call_1", "", false)], None, None).is_some());
+    }
+
+    /// Arguments the body parser cut short: redacted, no part of an address its cut left
+    /// is kept, however much redaction shrank what came before.
+    #[test]
+    fn arguments_cut_short_keep_no_part_of_a_finding() {
+        let t = table(limits(), CaptureLevel::Redacted);
+        let now = Instant::now();
+        let mut args = "{\"to\":\"".to_string();
+        args.push_str(&"abcdefgh@example.com ".repeat(20));
+        args.push_str("x jane@exa");
+        let mut asking = call(1, None, &[("c1", "mail", &args)]);
+        let output = asking.response.as_mut().unwrap().output.as_mut().unwrap();
+        output.truncated = true;
+        t.remember(&asking, now);
+        let arrived = UNIX_EPOCH + Duration::from_secs(1002);
+        let spans = t.answer(&[result("c1", "sent", false)], [7; 16], None, arrived, now);
+        let (s, _) = &spans[0];
+        let Some(AttrValue::Str(kept)) = s.attr("gen_ai.tool.call.arguments") else {
+            panic!("no arguments: {s:?}");
+        };
+        assert!(!kept.contains("jane"), "{kept}");
     }
 
     #[test]
