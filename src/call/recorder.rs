@@ -229,13 +229,13 @@ impl Recorder {
     /// Puts what the response said (text, tool calls, finish reason) in the captured content
     /// (and in the store's copy when it was captured apart), each at its own level.
     fn capture_output(&self, call: &mut CallRecord) {
-        let Some(output) = call.response.as_ref().and_then(|r| r.output.as_ref()) else {
+        let Some(response) = &call.response else {
             return;
         };
-        let finish = call
-            .response
-            .as_ref()
-            .and_then(|r| r.finish_reasons.first());
+        let Some(output) = &response.output else {
+            return;
+        };
+        let finish = response.finish_reasons.first();
         for content in [&mut call.content, &mut call.kept_content]
             .into_iter()
             .flatten()

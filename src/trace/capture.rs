@@ -53,10 +53,7 @@ pub const REDACTION_MARGIN: usize = 256;
 /// keep the part (`jane@exa`) whenever redaction shrank what came before by more than that.
 pub fn redacted_cut_short(redactor: &Redactor, text: &str) -> String {
     let redacted = redactor.redact(text);
-    let mut end = redacted.len().saturating_sub(REDACTION_MARGIN);
-    while !redacted.is_char_boundary(end) {
-        end -= 1;
-    }
+    let end = redacted.floor_char_boundary(redacted.len().saturating_sub(REDACTION_MARGIN));
     redacted[..end].to_string()
 }
 
@@ -261,20 +258,17 @@ impl Capturer {
         if level < CaptureLevel::Redacted {
             return;
         }
-        let (short_text, short_calls);
-        let (text, tool_calls) = match tool_calls.split_last() {
-            _ if !cut_short || level != CaptureLevel::Redacted => (text, tool_calls),
-            None => {
-                short_text = redacted_cut_short(&self.redactor, text);
-                (short_text.as_str(), tool_calls)
-            }
-            Some((last, _)) => {
-                let mut calls = tool_calls.to_vec();
-                let n = calls.len();
-                calls[n - 1].arguments = redacted_cut_short(&self.redactor, &last.arguments);
-                short_calls = calls;
-                (text, &short_calls[..])
-            }
+        let (short_text, mut short_calls);
+        let (text, tool_calls) = if !cut_short || level != CaptureLevel::Redacted {
+            (text, tool_calls)
+        } else if let Some(last) = tool_calls.last() {
+            short_calls = tool_calls.to_vec();
+            short_calls[tool_calls.len() - 1].arguments =
+                redacted_cut_short(&self.redactor, &last.arguments);
+            (text, &short_calls[..])
+        } else {
+            short_text = redacted_cut_short(&self.redactor, text);
+            (short_text.as_str(), tool_calls)
         };
         let mut budget = Budget {
             left: self.max_bytes,
