@@ -12,7 +12,7 @@ use std::{
     net::SocketAddr,
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
     task::{Context, Poll},
     time::{Duration, Instant},
@@ -702,10 +702,48 @@ impl ListenerRequests {
     }
 }
 
-/// Requests in flight, on one connection (watched for idleness) and on the whole listener.
+/// Requests in flight, on one connection (for idleness) and on the whole listener. Counted with
+/// atomics alone: a request's start and end wake no task (the idle check looks when it is due).
 struct InFlight {
-    connection: watch::Sender<usize>,
+    requests: AtomicUsize,
+    /// When the connection's last request ended, in milliseconds after `opened`, plus one (0:
+    /// none has ended yet).
+    last_end: AtomicU64,
+    opened: tokio::time::Instant,
     listener: Arc<ListenerRequests>,
+}
+
+/// How long a connection has had no request in flight.
+#[derive(Debug, PartialEq)]
+enum Quiet {
+    /// A request is in flight.
+    Busy,
+    /// No request yet, for this long since the connection opened.
+    Unused(Duration),
+    /// No request since the last one ended, this long ago.
+    Idle(Duration),
+}
+
+impl InFlight {
+    fn new(listener: Arc<ListenerRequests>) -> Self {
+        InFlight {
+            requests: AtomicUsize::new(0),
+            last_end: AtomicU64::new(0),
+            opened: tokio::time::Instant::now(),
+            listener,
+        }
+    }
+
+    fn quiet(&self) -> Quiet {
+        if self.requests.load(Ordering::Acquire) > 0 {
+            return Quiet::Busy;
+        }
+        let open_for = self.opened.elapsed();
+        match self.last_end.load(Ordering::Acquire) {
+            0 => Quiet::Unused(open_for),
+            end => Quiet::Idle(open_for.saturating_sub(Duration::from_millis(end - 1))),
+        }
+    }
 }
 
 /// One request in flight: from the call of the service until its response body is dropped.
@@ -713,7 +751,7 @@ struct RequestGuard(Arc<InFlight>);
 
 impl RequestGuard {
     fn new(in_flight: &Arc<InFlight>) -> Self {
-        in_flight.connection.send_modify(|n| *n += 1);
+        in_flight.requests.fetch_add(1, Ordering::AcqRel);
         in_flight.listener.count.fetch_add(1, Ordering::AcqRel);
         RequestGuard(in_flight.clone())
     }
@@ -721,8 +759,11 @@ impl RequestGuard {
 
 impl Drop for RequestGuard {
     fn drop(&mut self) {
-        self.0.connection.send_modify(|n| *n -= 1);
-        let listener = &self.0.listener;
+        let in_flight = &self.0;
+        let ended = u64::try_from(in_flight.opened.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
+        in_flight.last_end.store(ended + 1, Ordering::Release);
+        in_flight.requests.fetch_sub(1, Ordering::AcqRel);
+        let listener = &in_flight.listener;
         if listener.count.fetch_sub(1, Ordering::AcqRel) == 1 {
             listener.none_left.notify_waiters();
         }
@@ -761,18 +802,19 @@ where
 }
 
 /// Resolves once the connection has had no request in flight for `first` (before its first
-/// request) or `idle` (after it).
-async fn until_idle(mut requests: watch::Receiver<usize>, first: Duration, idle: Duration) {
-    let mut wait = first;
+/// request) or `idle` (after one). It sleeps until the earliest moment that could be true and
+/// looks again, so a busy connection's timer fires once per `idle`, not once per request.
+async fn until_idle(in_flight: Arc<InFlight>, first: Duration, idle: Duration) {
     loop {
-        if requests.wait_for(|n| *n == 0).await.is_err() {
-            return std::future::pending().await;
+        let wait = match in_flight.quiet() {
+            Quiet::Busy => idle,
+            Quiet::Unused(quiet) => first.saturating_sub(quiet),
+            Quiet::Idle(quiet) => idle.saturating_sub(quiet),
+        };
+        if wait.is_zero() {
+            return;
         }
-        match tokio::time::timeout(wait, requests.changed()).await {
-            Err(_elapsed) => return,
-            Ok(Err(_closed)) => return std::future::pending().await,
-            Ok(Ok(())) => wait = idle,
-        }
+        tokio::time::sleep(wait).await;
     }
 }
 
@@ -819,7 +861,7 @@ impl Drop for OpenConnection {
 /// it has been idle too long.
 async fn run_connection<C>(
     conn: C,
-    requests: watch::Receiver<usize>,
+    in_flight: Arc<InFlight>,
     mut stop: watch::Receiver<bool>,
     limits: ListenerLimits,
     open: OpenConnection,
@@ -828,7 +870,7 @@ async fn run_connection<C>(
     C::Error: Display,
 {
     tokio::pin!(conn);
-    let idle = until_idle(requests, limits.first_request, limits.idle);
+    let idle = until_idle(in_flight, limits.first_request, limits.idle);
     tokio::pin!(idle);
     let mut closing = false;
     let result = loop {
@@ -931,14 +973,10 @@ where
             Next::Accepted(Ok((stream, _peer))) => {
                 // Small SSE events must leave at once, not wait for Nagle.
                 let _ = stream.set_nodelay(true);
-                let in_flight = Arc::new(InFlight {
-                    connection: watch::Sender::new(0),
-                    listener: listener_requests.clone(),
-                });
-                let requests = in_flight.connection.subscribe();
+                let in_flight = Arc::new(InFlight::new(listener_requests.clone()));
                 let service = TowerToHyperService::new(TrackRequests {
                     inner: service.clone(),
-                    in_flight,
+                    in_flight: in_flight.clone(),
                 });
                 let open = OpenConnection::new(metrics.clone(), name, permit);
                 let stop = stop.clone();
@@ -946,7 +984,7 @@ where
                     let conn = builder
                         .serve_connection_with_upgrades(TokioIo::new(stream), service)
                         .into_owned();
-                    connections.spawn(run_connection(conn, requests, stop, limits, open));
+                    connections.spawn(run_connection(conn, in_flight, stop, limits, open));
                     continue;
                 };
                 // The handshake runs on the connection's task, bounded like a first request,
@@ -970,7 +1008,7 @@ where
                     let conn = builder
                         .serve_connection_with_upgrades(TokioIo::new(stream), service)
                         .into_owned();
-                    run_connection(conn, requests, stop, limits, open).await;
+                    run_connection(conn, in_flight, stop, limits, open).await;
                 });
             }
             Next::Accepted(Err(e)) => {
@@ -1052,6 +1090,57 @@ Max open files            1024                 1048576              files     \n
             None
         );
         assert_eq!(parse_open_file_limit(""), None);
+    }
+
+    /// Resolves `until_idle` in paused time; returns how long it took.
+    async fn time_until_idle(in_flight: &Arc<InFlight>) -> Duration {
+        let start = tokio::time::Instant::now();
+        until_idle(
+            in_flight.clone(),
+            Duration::from_secs(2),
+            Duration::from_secs(10),
+        )
+        .await;
+        start.elapsed()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_is_idle_after_its_last_request_not_while_one_runs() {
+        let listener = Arc::new(ListenerRequests::default());
+        // No request at all: closed after the first-request limit.
+        let unused = Arc::new(InFlight::new(listener.clone()));
+        assert_eq!(time_until_idle(&unused).await, Duration::from_secs(2));
+
+        // A request that runs 25 s keeps the connection open; the idle limit counts from its end.
+        let used = Arc::new(InFlight::new(listener.clone()));
+        let guard = RequestGuard::new(&used);
+        assert_eq!(listener.count(), 1);
+        assert_eq!(used.quiet(), Quiet::Busy);
+        let ends = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(25)).await;
+            drop(guard);
+        });
+        assert_eq!(time_until_idle(&used).await, Duration::from_secs(35));
+        ends.await.unwrap();
+        assert_eq!(listener.count(), 0);
+
+        // Requests every 4 s for a minute: never idle 10 s, so it closes 10 s after the last.
+        let steady = Arc::new(InFlight::new(listener.clone()));
+        let calls = {
+            let steady = steady.clone();
+            tokio::spawn(async move {
+                for _ in 0..15 {
+                    let guard = RequestGuard::new(&steady);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    drop(guard);
+                    tokio::time::sleep(Duration::from_millis(3900)).await;
+                }
+            })
+        };
+        let took = time_until_idle(&steady).await;
+        calls.await.unwrap();
+        assert_eq!(took, Duration::from_millis(14 * 4000 + 100 + 10_000));
+        assert_eq!(steady.quiet(), Quiet::Idle(Duration::from_secs(10)));
     }
 
     #[test]
