@@ -5,8 +5,8 @@
 #
 #   bash load-tests/ab.sh [options] TARGET...
 #     TARGET       a sidetrace binary, BINARY@CONFIG (started with `--config CONFIG`, e.g. to
-#                  compare settings on one build), or `nginx` (one worker, proxy_pass,
-#                  buffering off)
+#                  compare settings on one build), `nginx` (one worker, proxy_pass,
+#                  buffering off), or `floor` (bench-floor: a minimal hyper proxy)
 #     --rounds N   rounds (default 3); --secs S  length of each run (default 5)
 #     --conns C    closed loop with C connections (default 64); --rate R  open loop instead
 #     --mode M     chat | stream (default chat); --chunks N  content chunks an answer (default
@@ -38,13 +38,13 @@ while [[ $# -gt 0 ]]; do
     --no-export) EXPORT=0 ;;
     --bench) BENCH=$2; shift ;;
     --env) EXTRA_ENV+=("$2"); shift ;;
-    -h | --help) sed -n '2,19p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,20p' "$0"; exit 0 ;;
     *) TARGETS+=("$1") ;;
     esac
     shift
 done
 [[ ${#TARGETS[@]} -gt 0 ]] || { echo "ab.sh: name at least one target" >&2; exit 2; }
-LOAD=$BENCH/bench-load MOCK=$BENCH/bench-mock
+LOAD=$BENCH/bench-load MOCK=$BENCH/bench-mock FLOOR=$BENCH/bench-floor
 PROXY_CPU=() DRIVER_CPU=()
 if [[ $PIN == 1 ]]; then PROXY_CPU=(taskset -c 0) DRIVER_CPU=(taskset -c 1); fi
 
@@ -102,6 +102,14 @@ EOF
         for c in $(cat /proc/"$pid"/task/*/children); do pids+=",$c"; done
         WATCH+=("$pids")
         NAMES+=("nginx")
+    elif [[ $t == floor ]]; then
+        "${PROXY_CPU[@]}" "$FLOOR" --listen "127.0.0.1:$port" --upstream "127.0.0.1:$MOCK_PORT" \
+            >"$WORK/floor$i.log" 2>&1 &
+        pid=$!
+        PIDS+=("$pid")
+        wait_port "$port"
+        WATCH+=("$pid")
+        NAMES+=("floor")
     else
         mkdir -p "$WORK/data$i"
         binary=${t%%@*} config_args=()

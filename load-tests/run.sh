@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The gateway benchmark: the same scenarios against a mock upstream called directly, through
-# nginx and through sidetrace, side by side in one run, then what the gateway's features cost
+# nginx, through bench-floor (a minimal hyper proxy: the floor under any hyper-based gateway) and
+# through sidetrace, side by side in one run, then what the gateway's features cost
 # (tap, capture levels, span export, spooling, replay), each against a baseline of the same run;
 # results in load-tests/results/latest.md.
 #
@@ -75,6 +76,7 @@ if [[ $BUILD == 1 ]]; then
 fi
 LOAD=$BIN/bench-load
 MOCK=$BIN/bench-mock
+FLOOR=$BIN/bench-floor
 GATEWAY=$BIN/sidetrace
 if [[ $PIN == 1 && $(nproc) -lt 2 ]]; then
     echo "run.sh: --pin needs 2 CPUs" >&2
@@ -183,7 +185,7 @@ wait_port() {
 # the OTLP endpoint of the collector-down gateway.
 read -r MOCK_PORT NGINX_PORT GATEWAY_PORT ADMIN_PORT NONE_PORT NONE_ADMIN REDACTED_PORT \
     REDACTED_ADMIN EXPORT_PORT EXPORT_ADMIN SPOOL_PORT SPOOL_ADMIN SINK_PORT SPOOL_SINK_PORT \
-    NOSTORE_PORT NOSTORE_ADMIN <<<"$("$LOAD" ports 16 | tr '\n' ' ')"
+    NOSTORE_PORT NOSTORE_ADMIN FLOOR_PORT <<<"$("$LOAD" ports 17 | tr '\n' ' ')"
 
 # Where each process runs: with --pin, the pinned pass puts the proxy under test on CPU 0 and
 # everything else (driver, mock, sink) on CPU 1; until then both are empty (any CPU).
@@ -253,6 +255,17 @@ if [[ $USE_NGINX == 1 ]]; then
     start_nginx 2
 fi
 
+# bench-floor: hyper's server and pooled client on tokio's multi-threaded runtime, forwarding
+# every request as it is. Sets FLOOR_PID.
+start_floor() {
+    "${NICE[@]}" "${PROXY_CPU[@]}" "$FLOOR" --listen "127.0.0.1:$FLOOR_PORT" \
+        --upstream "127.0.0.1:$MOCK_PORT" >"$WORK/floor.log" 2>&1 &
+    FLOOR_PID=$!
+    PIDS+=("$FLOOR_PID")
+    wait_port "$FLOOR_PORT" "$FLOOR_PID" floor
+}
+start_floor
+
 # Every gateway reads this file: the defaults plus one provider with no inspection at all, to
 # measure what the tap and the request inspection cost on the same process.
 cat >"$WORK/sidetrace.toml" <<EOF
@@ -316,14 +329,15 @@ NONE_PID="" REDACTED_PID="" NOEXPORT_PID="" SPOOL_PID="" NOSTORE_PID=""
 
 TARGETS=(direct)
 [[ $USE_NGINX == 1 ]] && TARGETS+=(nginx)
-TARGETS+=(sidetrace)
+TARGETS+=(floor sidetrace)
 
-# Targets: direct, nginx, and the gateway variants. sidetrace and sidetrace-raw are the same
+# Targets: direct, nginx, floor, and the gateway variants. sidetrace and sidetrace-raw are the same
 # process (the default gateway) on two routes; the others are gateway processes of their own.
 port_of() {
     case $1 in
     direct) echo "$MOCK_PORT" ;;
     nginx) echo "$NGINX_PORT" ;;
+    floor) echo "$FLOOR_PORT" ;;
     sidetrace | sidetrace-raw) echo "$GATEWAY_PORT" ;;
     sidetrace-none) echo "$NONE_PORT" ;;
     sidetrace-nostore) echo "$NOSTORE_PORT" ;;
@@ -346,6 +360,7 @@ admin_of() {
 
 pid_of() {
     case $1 in
+    floor) echo "$FLOOR_PID" ;;
     sidetrace | sidetrace-raw) echo "$GATEWAY_PID" ;;
     sidetrace-none) echo "$NONE_PID" ;;
     sidetrace-nostore) echo "$NOSTORE_PID" ;;
@@ -357,7 +372,7 @@ pid_of() {
 
 path_of() { # target mode
     if [[ $2 == anthropic ]]; then
-        if [[ $1 == direct || $1 == nginx ]]; then
+        if [[ $1 == direct || $1 == nginx || $1 == floor ]]; then
             echo /v1/messages
         else
             echo /anthropic/v1/messages
@@ -431,7 +446,7 @@ scenario_on() { # "targets..." id title mode [bench-load run args...]
     done
 }
 
-scenario() { # id title mode [bench-load run args...]: direct, nginx and the default gateway
+scenario() { # id title mode [bench-load run args...]: direct, nginx, floor and the default gateway
     scenario_on "${TARGETS[*]}" "$@"
 }
 
@@ -472,8 +487,8 @@ done
 
 # a1k, b and c also run on the raw route of the same gateway: the tap's cost, before / after
 # (not in the headline run).
-WITH_RAW="direct nginx sidetrace-raw sidetrace"
-[[ $HEADLINE == 1 ]] && WITH_RAW="direct nginx sidetrace"
+WITH_RAW="direct nginx floor sidetrace-raw sidetrace"
+[[ $HEADLINE == 1 ]] && WITH_RAW="direct nginx floor sidetrace"
 scenario_on "$WITH_RAW" a1k "non-stream chat, open loop $A1_RATE req/s, ${DUR} s" chat \
     --rate "$A1_RATE" --duration "$DUR"
 scenario a3k "non-stream chat, open loop $A3_RATE req/s, ${DUR} s" chat \
@@ -612,8 +627,8 @@ if [[ $HEADLINE == 0 ]]; then
 fi
 
 # The headline scenarios again, pinned: the proxies restarted on CPU 0 (nginx with one worker,
-# sidetrace seeing one CPU: one runtime worker), the mock and the sink moved to CPU 1 with every
-# thread, the driver started there. Scenario ids get "-pin".
+# bench-floor and sidetrace seeing one CPU: one runtime worker), the mock and the sink moved to
+# CPU 1 with every thread, the driver started there. Scenario ids get "-pin".
 if [[ $PIN == 1 ]]; then
     echo "run.sh: the pinned pass" >&2
     PROXY_CPU=(taskset -c 0)
@@ -627,6 +642,8 @@ if [[ $PIN == 1 ]]; then
         stop_proc "$NGINX_PID"
         start_nginx 1
     fi
+    stop_proc "$FLOOR_PID"
+    start_floor
     for target in "${TARGETS[@]}"; do
         warm_up "$target"
     done
@@ -641,6 +658,7 @@ if [[ $PIN == 1 ]]; then
         chat --connections "$C_CONN" --duration "$C_DUR" --max-requests "$C_MAX"
 fi
 # Gateways first: a graceful shutdown exports what is queued, so the sink goes last.
+stop_proc "$FLOOR_PID"
 stop_proc "$GATEWAY_PID"
 stop_proc "$SINK_PID"
 
@@ -693,7 +711,10 @@ nginx_version="not run"
     fi
     echo "- Targets: **direct** (bench-mock itself), **nginx** (\`proxy_pass\`, \`proxy_buffering off\`,"
     echo "  \`proxy_http_version 1.1\`, upstream keepalive 128, \`worker_processes 2\` (1 pinned), access"
-    echo "  log off), **sidetrace** (\`sidetrace serve\`, \`SIDETRACE_LOG=warn\`, default limits, capture"
+    echo "  log off), **floor** (bench-floor: hyper 1's HTTP/1.1 server and hyper-util's pooled client"
+    echo "  on tokio's multi-threaded runtime, one worker per CPU, forwarding each request and its"
+    echo "  body as they are: what any hyper-based proxy costs before it does anything of its own),"
+    echo "  **sidetrace** (\`sidetrace serve\`, \`SIDETRACE_LOG=warn\`, default limits, capture"
     echo "  level metadata, the trace store on (the default: every span kept on disk, content"
     echo "  redacted), **span export on**: \`OTEL_EXPORTER_OTLP_ENDPOINT\` = a bench-mock OTLP/HTTP sink,"
     echo "  \`OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf\`, export settings at their defaults (batches of"

@@ -25,9 +25,10 @@ pub struct ReportArgs {
 /// inspected route; `sidetrace-raw` the same process on a route with no inspection; the others
 /// are gateway processes of their own (capture level, trace store off, export off, collector
 /// down).
-const TARGET_ORDER: [&str; 8] = [
+const TARGET_ORDER: [&str; 9] = [
     "direct",
     "nginx",
+    "floor",
     "sidetrace-raw",
     "sidetrace-none",
     "sidetrace",
@@ -437,36 +438,43 @@ fn headline(out: &mut String, scenarios: &[Scenario]) {
             continue;
         }
         let _ = writeln!(out, "\n#### {placement}\n");
-        let _ = writeln!(out, "| figure | nginx | sidetrace | sidetrace vs nginx |");
-        let _ = writeln!(out, "|---|---|---|---|");
+        let _ = writeln!(
+            out,
+            "| figure | nginx | floor (bare hyper) | sidetrace | sidetrace vs nginx | floor vs nginx |"
+        );
+        let _ = writeln!(out, "|---|---|---|---|---|---|");
         let rate = |s: Option<&Scenario>| {
             s.and_then(|s| s.runs.first())
                 .and_then(|r| num(r, "/rate"))
                 .map_or("—".into(), |r| format!("{r:.0}/s"))
         };
         let lat = |label: String, s: Option<&Scenario>, pointer: &str| {
-            let ng = s.and_then(|s| added(s, "nginx", pointer));
-            let st = s.and_then(|s| added(s, "sidetrace", pointer));
-            let diff = match (st, ng) {
+            let [ng, fl, st] =
+                ["nginx", "floor", "sidetrace"].map(|t| s.and_then(|s| added(s, t, pointer)));
+            let diff = |a: Option<f64>| match (a, ng) {
                 (Some(a), Some(b)) => format!("{:+.3} ms", a - b),
                 _ => "—".into(),
             };
             format!(
-                "| {label} | {} ms | {} ms | {diff} |",
+                "| {label} | {} ms | {} ms | {} ms | {} | {} |",
                 signed_ms(ng),
-                signed_ms(st)
+                signed_ms(fl),
+                signed_ms(st),
+                diff(st),
+                diff(fl)
             )
         };
         let fig = |s: Option<&Scenario>, t: &str, p: &str| s.and_then(|s| num(s.run(t)?, p));
         let per_req =
             |label: String, s: Option<&Scenario>, pointer: &str, fmt: fn(f64) -> String| {
-                let ng = fig(s, "nginx", pointer);
-                let st = fig(s, "sidetrace", pointer);
+                let [ng, fl, st] = ["nginx", "floor", "sidetrace"].map(|t| fig(s, t, pointer));
                 format!(
-                    "| {label} | {} | {} | {} |",
+                    "| {label} | {} | {} | {} | {} | {} |",
                     ng.map_or("—".into(), fmt),
+                    fl.map_or("—".into(), fmt),
                     st.map_or("—".into(), fmt),
-                    times(ratio(st, ng))
+                    times(ratio(st, ng)),
+                    times(ratio(fl, ng))
                 )
             };
         let cpu = "/processes/proxy/cpu_us_per_req";
@@ -509,10 +517,12 @@ fn headline(out: &mut String, scenarios: &[Scenario]) {
         };
         let _ = writeln!(
             out,
-            "| peak RSS under load | {} MiB | {} MiB | {} |",
+            "| peak RSS under load | {} MiB | {} MiB | {} MiB | {} | {} |",
             mib(peak("nginx")),
+            mib(peak("floor")),
             mib(peak("sidetrace")),
-            times(ratio(peak("sidetrace"), peak("nginx")))
+            times(ratio(peak("sidetrace"), peak("nginx"))),
+            times(ratio(peak("floor"), peak("nginx")))
         );
     }
 }
@@ -539,7 +549,9 @@ pub fn main(args: ReportArgs) -> Result<ExitCode, String> {
     let _ = writeln!(
         out,
         "\n### sidetrace and nginx side by side (span export on)\n\nAdded latency = the \
-         proxy's percentile minus the direct call's, same scenario, same placement.",
+         proxy's percentile minus the direct call's, same scenario, same placement. The floor is \
+         bench-floor, a hyper reverse proxy that does nothing of its own: what hyper and tokio \
+         cost before any gateway work.",
     );
     headline(&mut out, &scenarios);
     let _ = writeln!(out, "\n### Memory\n");
