@@ -709,6 +709,7 @@ struct InFlight {
     /// When the connection's last request ended, in milliseconds after `opened`, plus one (0:
     /// none has ended yet).
     last_end: AtomicU64,
+    /// tokio's clock, the one `sleep` in `until_idle` follows (paused in tests).
     opened: tokio::time::Instant,
     listener: Arc<ListenerRequests>,
 }
@@ -761,7 +762,8 @@ impl Drop for RequestGuard {
     fn drop(&mut self) {
         let in_flight = &self.0;
         let ended = u64::try_from(in_flight.opened.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
-        in_flight.last_end.store(ended + 1, Ordering::Release);
+        // The latest end wins: HTTP/2 streams can end at once on different tasks.
+        in_flight.last_end.fetch_max(ended + 1, Ordering::AcqRel);
         in_flight.requests.fetch_sub(1, Ordering::AcqRel);
         let listener = &in_flight.listener;
         if listener.count.fetch_sub(1, Ordering::AcqRel) == 1 {
@@ -799,6 +801,19 @@ where
             Ok(response.map(|body| Holding::boxed(body, guard)))
         })
     }
+}
+
+/// The service for one connection, counting its requests from now on.
+fn track<S>(
+    inner: S,
+    listener: Arc<ListenerRequests>,
+) -> (TowerToHyperService<TrackRequests<S>>, Arc<InFlight>) {
+    let in_flight = Arc::new(InFlight::new(listener));
+    let service = TowerToHyperService::new(TrackRequests {
+        inner,
+        in_flight: in_flight.clone(),
+    });
+    (service, in_flight)
 }
 
 /// Resolves once the connection has had no request in flight for `first` (before its first
@@ -973,14 +988,10 @@ where
             Next::Accepted(Ok((stream, _peer))) => {
                 // Small SSE events must leave at once, not wait for Nagle.
                 let _ = stream.set_nodelay(true);
-                let in_flight = Arc::new(InFlight::new(listener_requests.clone()));
-                let service = TowerToHyperService::new(TrackRequests {
-                    inner: service.clone(),
-                    in_flight: in_flight.clone(),
-                });
                 let open = OpenConnection::new(metrics.clone(), name, permit);
                 let stop = stop.clone();
                 let Some(tls) = tls.clone() else {
+                    let (service, in_flight) = track(service.clone(), listener_requests.clone());
                     let conn = builder
                         .serve_connection_with_upgrades(TokioIo::new(stream), service)
                         .into_owned();
@@ -990,6 +1001,7 @@ where
                 // The handshake runs on the connection's task, bounded like a first request,
                 // so a slow or silent client never holds up the accept loop.
                 let builder = builder.clone();
+                let (service, listener_requests) = (service.clone(), listener_requests.clone());
                 connections.spawn(async move {
                     let handshake =
                         tokio::time::timeout(limits.first_request, tls.accept(stream)).await;
@@ -1005,6 +1017,9 @@ where
                             return;
                         }
                     };
+                    // Once the handshake is done, like hyper's request header timeout: the
+                    // first request has `first_request` from here.
+                    let (service, in_flight) = track(service, listener_requests);
                     let conn = builder
                         .serve_connection_with_upgrades(TokioIo::new(stream), service)
                         .into_owned();
@@ -1092,7 +1107,8 @@ Max open files            1024                 1048576              files     \n
         assert_eq!(parse_open_file_limit(""), None);
     }
 
-    /// Resolves `until_idle` in paused time; returns how long it took.
+    /// Resolves `until_idle` (2 s before a first request, 10 s after one) in paused time;
+    /// returns how long it took.
     async fn time_until_idle(in_flight: &Arc<InFlight>) -> Duration {
         let start = tokio::time::Instant::now();
         until_idle(

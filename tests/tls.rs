@@ -113,6 +113,49 @@ async fn both_listeners_speak_https_with_http2_or_http1_chosen_by_alpn() {
     gw.shutdown().await;
 }
 
+/// A slow client's handshake does not eat into its first request's time: each has
+/// `request_headers_ms` (400 ms here), so a handshake begun 250 ms after connecting and a request
+/// sent 250 ms after the handshake are both in time, though 500 ms passed since the connect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_request_has_its_own_time_after_a_slow_handshake() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::new("slow");
+    let tls = pki.write(dir.path());
+    let mock = Mock::start(answer).await;
+    let gw = gateway_for(
+        &mock,
+        &format!("{tls}\n[timeouts]\nrequest_headers_ms = 400\nidle_connection_ms = 400\n"),
+    )
+    .await;
+
+    let tcp = TcpStream::connect(gw.addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let name = ServerName::try_from("localhost").unwrap();
+    let stream = pki
+        .connector(&[b"http/1.1"])
+        .connect(name, tcp)
+        .await
+        .expect("the handshake is within request_headers_ms");
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let req = Request::post("/v1/chat/completions")
+        .header("host", "localhost")
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from_static(
+            br#"{"model":"gpt-4o-mini","messages":[]}"#,
+        )))
+        .unwrap();
+    let response = send
+        .send_request(req)
+        .await
+        .expect("the connection is still open for its first request");
+    assert_eq!(response.status(), StatusCode::OK);
+    gw.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admin_listener_can_stay_plain_while_the_proxy_speaks_tls() {
     let dir = tempfile::tempdir().unwrap();
