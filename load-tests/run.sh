@@ -5,7 +5,7 @@
 # (tap, capture levels, span export, spooling, replay), each against a baseline of the same run;
 # results in load-tests/results/latest.md.
 #
-#   bash load-tests/run.sh            full run, about 13 minutes (installs nginx if missing)
+#   bash load-tests/run.sh            full run, about 13 minutes, 16 with --pin (installs nginx if missing)
 #   bash load-tests/run.sh --quick    smoke run for CI, well under a minute after the build;
 #                                     skips nginx when it is not installed
 #   --no-build                        use the binaries already built
@@ -20,7 +20,7 @@
 #                                     the OTLP sink on CPU 1 (taskset), so CPU per request and
 #                                     throughput compare across runs (needs 2 CPUs)
 #   --headline                        only the headline comparison (a1k, a3k, b, c, memory):
-#                                     no raw route, no feature gateways; about 5 minutes, 9 with
+#                                     no raw route, no feature gateways; about 6 minutes, 10 with
 #                                     --pin
 #
 # Every sidetrace of the headline exports every span over OTLP/HTTP to a bench-mock sink (the
