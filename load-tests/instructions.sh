@@ -19,8 +19,8 @@
 # Each target runs under callgrind against a bench-mock upstream on /v1/chat/completions,
 # gateways with span export on (to a bench-mock sink) unless --no-export. The counters are
 # zeroed after the warm-up and dumped 3 s after the last counted call (the trace store's and the
-# export's batches of those calls are counted). Needs valgrind (Debian: `apt-get install valgrind`); about a minute a
-# binary. Stops exactly the processes it started.
+# export's batches of those calls are counted). Needs valgrind (Debian: `apt-get install
+# valgrind`); about a minute a target. Stops exactly the processes it started.
 set -euo pipefail
 CALLS=3000 STORE=on CONNS=8 EXPORT=1
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -33,7 +33,7 @@ while [[ $# -gt 0 ]]; do
     --conns) CONNS=$2; shift ;;
     --no-export) EXPORT=0 ;;
     --bench) BENCH=$2; shift ;;
-    -h | --help) sed -n '2,22p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,23p' "$0"; exit 0 ;;
     *) TARGETS+=("$1") ;;
     esac
     shift

@@ -5,7 +5,8 @@
 # (tap, capture levels, span export, spooling, replay), each against a baseline of the same run;
 # results in load-tests/results/latest.md.
 #
-#   bash load-tests/run.sh            full run, about 13 minutes, 16 with --pin (installs nginx if missing)
+#   bash load-tests/run.sh            full run, about 13 minutes, 16 with --pin (installs nginx
+#                                     if missing)
 #   bash load-tests/run.sh --quick    smoke run for CI, well under a minute after the build;
 #                                     skips nginx when it is not installed
 #   --no-build                        use the binaries already built
@@ -56,7 +57,7 @@ while [[ $# -gt 0 ]]; do
         shift
         ;;
     -h | --help)
-        sed -n '2,30p' "$0"
+        sed -n '2,32p' "$0"
         exit 0
         ;;
     *)
