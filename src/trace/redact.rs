@@ -34,7 +34,7 @@ const PATTERNS: &[(&str, &str)] = &[
         r"\b[A-Za-z0-9._%+\-]+@[A-Za-z0-9.\-]+\.[A-Za-z]{2,}\b",
     ),
     ("IBAN", r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}\b"),
-    ("CARD", r"\b\d(?:[ \-]?\d){12,18}\b"),
+    ("CARD", CARD),
     ("SSN", r"\b\d{3}-\d{2}-\d{4}\b"),
     (
         "IP",
@@ -53,6 +53,9 @@ const PATTERNS: &[(&str, &str)] = &[
     ),
 ];
 
+/// Card numbers: 13 to 19 digits, in groups or not (the Luhn check is made after).
+const CARD: &str = r"\b\d(?:[ \-]?\d){12,18}\b";
+
 /// The shortest text a built-in pattern matches that holds no digit, `@` or `:`: a Slack token
 /// (`xoxb-` and ten more).
 const SHORTEST_WITHOUT: usize = 15;
@@ -69,6 +72,8 @@ fn could_match(text: &str) -> bool {
 pub struct Redactor {
     /// The built-in patterns (ASCII `\b` and `\d`).
     combined: Regex,
+    /// The card pattern alone, as compiled in `combined`.
+    card: Regex,
     /// A decimal digit other than ASCII's.
     other_digit: Regex,
     custom: Vec<(Regex, String)>,
@@ -96,8 +101,9 @@ impl Redactor {
     pub fn new(custom: &[(String, String)]) -> Result<Redactor, String> {
         let built_in =
             |p: &str| Regex::new(p).map_err(|e| format!("built-in redaction patterns: {e}"));
-        let ascii = joined().replace(r"\b", r"(?-u:\b)").replace(r"\d", "[0-9]");
-        let combined = built_in(&ascii)?;
+        let ascii = |p: &str| p.replace(r"\b", r"(?-u:\b)").replace(r"\d", "[0-9]");
+        let combined = built_in(&ascii(&joined()))?;
+        let card = built_in(&ascii(CARD))?;
         let other_digit = built_in(r"[\d--0-9]")?;
         let custom = custom
             .iter()
@@ -109,6 +115,7 @@ impl Redactor {
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Redactor {
             combined,
+            card,
             other_digit,
             custom,
         })
@@ -160,15 +167,21 @@ impl Redactor {
                 None if caps.name("PHONE").is_some() => from = m.start() + 1,
                 None => {
                     // A run of digits failing the Luhn check may hold a card with more digits
-                    // beside it: its security code or expiry month (`4111 1111 1111 1111 123`).
-                    if caps.name("CARD").is_some()
-                        && let Some((start, end)) = card_within(m.as_str())
-                    {
-                        out.push_str(&text[copied..original(m.start() + start)]);
-                        out.push_str("[CARD]");
-                        copied = original(m.start() + end);
-                    }
+                    // beside it: its security code or expiry month (`4111 1111 1111 1111 123`);
+                    // or a card may begin inside a match that failed its check.
+                    let within = caps
+                        .name("CARD")
+                        .and_then(|_| card_within(m.as_str()))
+                        .map(|(start, end)| (m.start() + start, m.start() + end));
                     from = m.end();
+                    if let Some((start, end)) =
+                        within.or_else(|| self.card_inside(searched, m.start(), m.end()))
+                    {
+                        out.push_str(&text[copied..original(start)]);
+                        out.push_str("[CARD]");
+                        copied = original(end);
+                        from = from.max(end);
+                    }
                 }
             }
             if from >= searched.len() {
@@ -180,6 +193,31 @@ impl Redactor {
         }
         out.push_str(&text[copied..]);
         Cow::Owned(out)
+    }
+
+    /// A card beginning inside a match (`start..end` of `searched`) that failed its check, at
+    /// one of its groups of digits after the first: a year or a reference before a card (`2024 4111 1111 1111 1111`, twenty digits, of which
+    /// the card pattern takes the first sixteen) or letters and digits taken for an IBAN
+    /// (`AB12 4111 1111 1111 1111`). Only cards are looked for there, written as
+    /// [`card_within`] takes them (groups of at least 4 digits); a phone inside a longer
+    /// number is not one. Its range in `searched`.
+    fn card_inside(&self, searched: &str, start: usize, end: usize) -> Option<(usize, usize)> {
+        let bytes = searched.as_bytes();
+        (start + 1..end)
+            .filter(|&at| bytes[at].is_ascii_digit() && matches!(bytes[at - 1], b' ' | b'-'))
+            .find_map(|at| {
+                let m = self
+                    .card
+                    .find_at(searched, at)
+                    .filter(|m| m.start() == at)?;
+                let (s, e) = if luhn(m.as_str()) {
+                    (0, m.len())
+                } else {
+                    card_within(m.as_str())?
+                };
+                let groups_of_four = m.as_str()[s..e].split([' ', '-']).all(|g| g.len() >= 4);
+                groups_of_four.then_some((at + s, at + e))
+            })
     }
 
     /// `text` with each decimal digit other than ASCII's written as the ASCII digit of its
@@ -511,6 +549,37 @@ mod tests {
             r.redact("بطاقة ٤١١١ ١١١١ ١١١١ ١١١١ ١٢٣"),
             "بطاقة [CARD] ١٢٣"
         );
+    }
+
+    /// A card that begins inside a match failing its check: after a group the card pattern
+    /// took with it (twenty digits, of which it takes sixteen), or after letters and digits
+    /// taken for an IBAN. Only cards in groups of four or more digits are looked for there.
+    #[test]
+    fn a_card_inside_a_failed_match_is_still_redacted() {
+        let r = r();
+        for (input, want) in [
+            (
+                "paid 2024 4111 1111 1111 1111 today",
+                "paid 2024 [CARD] today",
+            ),
+            ("0126 4111 1111 1111 1111", "0126 [CARD]"),
+            ("ref 2024-4111-1111-1111-1111 ok", "ref 2024-[CARD] ok"),
+            ("AB12 4111 1111 1111 1111", "AB12 [CARD]"),
+            ("2024 4111 1111 1111 1111 123", "2024 [CARD] 123"),
+            // No card inside: kept whole.
+            (
+                "ref 1234 5678 9012 3456 7890",
+                "ref 1234 5678 9012 3456 7890",
+            ),
+            ("2024 4111 1111 1111 1112", "2024 4111 1111 1111 1112"),
+            // Its only Luhn-passing run ends in a group of two digits.
+            (
+                "iban DE89 3704 0044 0532 0130 01 bad checksum",
+                "iban DE89 3704 0044 0532 0130 01 bad checksum",
+            ),
+        ] {
+            assert_eq!(r.redact(input), want, "{input}");
+        }
     }
 
     #[test]
