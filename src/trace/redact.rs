@@ -34,7 +34,7 @@ const PATTERNS: &[(&str, &str)] = &[
         r"\b[A-Za-z0-9._%+\-]+@[A-Za-z0-9.\-]+\.[A-Za-z]{2,}\b",
     ),
     ("IBAN", r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}\b"),
-    ("CARD", CARD),
+    ("CARD", r"\b\d(?:[ \-]?\d){12,18}\b"),
     ("SSN", r"\b\d{3}-\d{2}-\d{4}\b"),
     (
         "IP",
@@ -53,9 +53,6 @@ const PATTERNS: &[(&str, &str)] = &[
     ),
 ];
 
-/// Card numbers: 13 to 19 digits, in groups or not (the Luhn check is made after).
-const CARD: &str = r"\b\d(?:[ \-]?\d){12,18}\b";
-
 /// The shortest text a built-in pattern matches that holds no digit, `@` or `:`: a Slack token
 /// (`xoxb-` and ten more).
 const SHORTEST_WITHOUT: usize = 15;
@@ -72,8 +69,6 @@ fn could_match(text: &str) -> bool {
 pub struct Redactor {
     /// The built-in patterns (ASCII `\b` and `\d`).
     combined: Regex,
-    /// The card pattern alone, as compiled in `combined`.
-    card: Regex,
     /// A decimal digit other than ASCII's.
     other_digit: Regex,
     custom: Vec<(Regex, String)>,
@@ -101,9 +96,8 @@ impl Redactor {
     pub fn new(custom: &[(String, String)]) -> Result<Redactor, String> {
         let built_in =
             |p: &str| Regex::new(p).map_err(|e| format!("built-in redaction patterns: {e}"));
-        let ascii = |p: &str| p.replace(r"\b", r"(?-u:\b)").replace(r"\d", "[0-9]");
-        let combined = built_in(&ascii(&joined()))?;
-        let card = built_in(&ascii(CARD))?;
+        let ascii = joined().replace(r"\b", r"(?-u:\b)").replace(r"\d", "[0-9]");
+        let combined = built_in(&ascii)?;
         let other_digit = built_in(r"[\d--0-9]")?;
         let custom = custom
             .iter()
@@ -115,7 +109,6 @@ impl Redactor {
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Redactor {
             combined,
-            card,
             other_digit,
             custom,
         })
@@ -137,9 +130,10 @@ impl Redactor {
     }
 
     /// What the built-in patterns find in `text`, replaced. The search goes on after each
-    /// match, replaced or left as it is (a number failing its checksum, a version string),
-    /// except after a `+` number too short to be a phone: it goes on after the `+`, so the
-    /// address in `+10.0.0.1` is still found.
+    /// match, replaced or left as it is (a number failing its checksum, a version string), or
+    /// after the card found at the end of the digit groups a failed match began
+    /// ([`card_ending_run`]); except after a `+` number too short to be a phone: it goes on
+    /// after the `+`, so the address in `+10.0.0.1` is still found.
     fn built_in<'a>(&self, text: &'a str) -> Cow<'a, str> {
         let rewritten = self.ascii_digits(text);
         let searched = rewritten.as_ref().map_or(text, |r| r.text.as_str());
@@ -168,15 +162,19 @@ impl Redactor {
                 None => {
                     // A run of digits failing the Luhn check may hold a card with more digits
                     // beside it: its security code or expiry month (`4111 1111 1111 1111 123`);
-                    // or a card may begin inside a match that failed its check.
-                    let within = caps
-                        .name("CARD")
-                        .and_then(|_| card_within(m.as_str()))
+                    // or a card may end the run of digit groups a failed match began.
+                    let card = caps.name("CARD").is_some();
+                    let within = card
+                        .then(|| card_within(m.as_str()))
+                        .flatten()
                         .map(|(start, end)| (m.start() + start, m.start() + end));
+                    let ending = || {
+                        (card || caps.name("IBAN").is_some())
+                            .then(|| card_ending_run(searched, m.start(), m.end(), card))
+                            .flatten()
+                    };
                     from = m.end();
-                    if let Some((start, end)) =
-                        within.or_else(|| self.card_inside(searched, m.start(), m.end()))
-                    {
+                    if let Some((start, end)) = within.or_else(ending) {
                         out.push_str(&text[copied..original(start)]);
                         out.push_str("[CARD]");
                         copied = original(end);
@@ -193,31 +191,6 @@ impl Redactor {
         }
         out.push_str(&text[copied..]);
         Cow::Owned(out)
-    }
-
-    /// A card beginning inside a match (`start..end` of `searched`) that failed its check, at
-    /// one of its groups of digits after the first: a year or a reference before a card (`2024 4111 1111 1111 1111`, twenty digits, of which
-    /// the card pattern takes the first sixteen) or letters and digits taken for an IBAN
-    /// (`AB12 4111 1111 1111 1111`). Only cards are looked for there, written as
-    /// [`card_within`] takes them (groups of at least 4 digits); a phone inside a longer
-    /// number is not one. Its range in `searched`.
-    fn card_inside(&self, searched: &str, start: usize, end: usize) -> Option<(usize, usize)> {
-        let bytes = searched.as_bytes();
-        (start + 1..end)
-            .filter(|&at| bytes[at].is_ascii_digit() && matches!(bytes[at - 1], b' ' | b'-'))
-            .find_map(|at| {
-                let m = self
-                    .card
-                    .find_at(searched, at)
-                    .filter(|m| m.start() == at)?;
-                let (s, e) = if luhn(m.as_str()) {
-                    (0, m.len())
-                } else {
-                    card_within(m.as_str())?
-                };
-                let groups_of_four = m.as_str()[s..e].split([' ', '-']).all(|g| g.len() >= 4);
-                groups_of_four.then_some((at + s, at + e))
-            })
     }
 
     /// `text` with each decimal digit other than ASCII's written as the ASCII digit of its
@@ -398,6 +371,96 @@ fn card_within(run: &str) -> Option<(usize, usize)> {
     .map(|(start, end, _)| (start, end))
 }
 
+/// A card at the end of a run of digit groups that a match (`start..end` of `searched`) failing
+/// its check took the start of: after a year or a reference the card pattern took with it
+/// (`2024 4111 1111 1111 1111`: twenty digits, of which the pattern takes the first sixteen), or
+/// after letters and digits taken for an IBAN (`AB12 4111 1111 1111 1111`). The run goes on
+/// from the match's end through more groups after a space or a `-`; a card match counts only
+/// when the run goes on past it (`continued`), since [`card_within`] has looked at the rest.
+/// The card is the longest whole groups at the run's end (or before a last group of 1 to 4
+/// digits), after its first group, each of at least 4 digits, 13 to 19 in all, passing the
+/// check ([`card_ending_at`]). Its range in `searched`.
+fn card_ending_run(
+    searched: &str,
+    start: usize,
+    end: usize,
+    continued: bool,
+) -> Option<(usize, usize)> {
+    let bytes = searched.as_bytes();
+    let mut run_end = end;
+    // Digits past the match: past 19, a card at the run's end is a match of its own later on
+    // (and a long list is not walked to its end from each of its matches).
+    let mut past = 0;
+    while run_end + 1 < bytes.len()
+        && matches!(bytes[run_end], b' ' | b'-')
+        && bytes[run_end + 1].is_ascii_digit()
+    {
+        run_end += 1;
+        while run_end < bytes.len() && bytes[run_end].is_ascii_digit() {
+            run_end += 1;
+            past += 1;
+        }
+        if past > 19 {
+            return None;
+        }
+    }
+    if (continued && run_end == end) || bytes.get(run_end).is_some_and(u8::is_ascii_alphanumeric) {
+        return None;
+    }
+    // The card ends at the run's end, or before a last group of 1 to 4 digits (its security
+    // code or expiry month, as in `card_within`).
+    let last = searched[start..run_end]
+        .rfind([' ', '-'])
+        .map(|i| start + i)?;
+    let code = (1..=4).contains(&(run_end - last - 1)).then_some(last);
+    [run_end]
+        .into_iter()
+        .chain(code)
+        .find_map(|card_end| card_ending_at(searched, start, card_end))
+}
+
+/// The longest whole groups of digits ending at `card_end`, after the group at `start`, each of
+/// at least 4 digits, 13 to 19 in all, starting as issued cards start ([`issued`]) and passing
+/// the Luhn check. Its range.
+fn card_ending_at(searched: &str, start: usize, card_end: usize) -> Option<(usize, usize)> {
+    let mut card_start = None;
+    let mut digits = 0;
+    let mut at = card_end;
+    while let Some(sep) = searched[start..at].rfind([' ', '-']).map(|i| start + i) {
+        let group = &searched[sep + 1..at];
+        if group.len() < 4 || !group.bytes().all(|b| b.is_ascii_digit()) {
+            break;
+        }
+        digits += group.len();
+        if digits > 19 {
+            break;
+        }
+        let card = &searched[sep + 1..card_end];
+        if digits >= 13 && issued(card) && luhn(card) {
+            card_start = Some(sep + 1);
+        }
+        at = sep;
+    }
+    card_start.map(|s| (s, card_end))
+}
+
+/// Starts as the card networks' numbers start: 3 to 6 (American Express, Diners, JCB, Visa,
+/// Mastercard, Discover, UnionPay, Maestro) or Mastercard's 2221 to 2720. A run of years or of
+/// other numbers in groups of four mostly does not (`1954 1955 1956 1957` passes Luhn): one
+/// taken from the middle of a longer run has this to pass as well as the check.
+fn issued(card: &str) -> bool {
+    let first4: String = card
+        .bytes()
+        .filter(u8::is_ascii_digit)
+        .take(4)
+        .map(char::from)
+        .collect();
+    matches!(first4.as_bytes().first(), Some(b'3'..=b'6'))
+        || first4
+            .parse::<u32>()
+            .is_ok_and(|n| (2221..=2720).contains(&n))
+}
+
 /// IBAN: move the first four characters to the end, letters to numbers, mod 97 must be 1.
 /// Only ASCII is an IBAN (the patterns match only ASCII digits: see the module's note).
 fn iban_valid(s: &str) -> bool {
@@ -551,9 +614,10 @@ mod tests {
         );
     }
 
-    /// A card that begins inside a match failing its check: after a group the card pattern
-    /// took with it (twenty digits, of which it takes sixteen), or after letters and digits
-    /// taken for an IBAN. Only cards in groups of four or more digits are looked for there.
+    /// A card at the end of the digit groups a match failing its check began: after a group
+    /// the card pattern took with it (twenty digits, of which it takes sixteen), or after
+    /// letters and digits taken for an IBAN. Only cards in groups of four or more digits,
+    /// starting as issued cards start, are looked for there.
     #[test]
     fn a_card_inside_a_failed_match_is_still_redacted() {
         let r = r();
@@ -572,6 +636,16 @@ mod tests {
                 "ref 1234 5678 9012 3456 7890",
             ),
             ("2024 4111 1111 1111 1112", "2024 4111 1111 1111 1112"),
+            // `1954 1955 1956 1957` passes Luhn, but no card starts with a 1.
+            (
+                "years 1952 1953 1954 1955 1956 1957",
+                "years 1952 1953 1954 1955 1956 1957",
+            ),
+            // The card at the run's end, not the first run of 16 digits passing Luhn in it.
+            (
+                "ref 0792 4402 6859 9528 4111 1111 1111 1111 ok",
+                "ref 0792 4402 6859 9528 [CARD] ok",
+            ),
             // Its only Luhn-passing run ends in a group of two digits.
             (
                 "iban DE89 3704 0044 0532 0130 01 bad checksum",
