@@ -376,10 +376,12 @@ fn card_within(run: &str) -> Option<(usize, usize)> {
 /// (`2024 4111 1111 1111 1111`: twenty digits, of which the pattern takes the first sixteen), or
 /// after letters and digits taken for an IBAN (`AB12 4111 1111 1111 1111`). The run goes on
 /// from the match's end through more groups after a space or a `-`; a card match counts only
-/// when the run goes on past it (`continued`), since [`card_within`] has looked at the rest.
-/// The card is the longest whole groups at the run's end (or before a last group of 1 to 4
-/// digits), after its first group, each of at least 4 digits, 13 to 19 in all, passing the
-/// check ([`card_ending_at`]). Its range in `searched`.
+/// when the run goes on past it (`continued`): one that ends with its run was given to
+/// [`card_within`]. The card is the longest whole groups at the run's end, after its first
+/// group, each of at least 4 digits, 13 to 19 in all, starting as issued cards start
+/// ([`issued`]) and passing the Luhn check. As it ends the run, the search goes on after the
+/// run, and nothing a match would have found in it is left. A card with its security code after
+/// it as well is not looked for. Its range in `searched`.
 fn card_ending_run(
     searched: &str,
     start: usize,
@@ -404,28 +406,13 @@ fn card_ending_run(
             return None;
         }
     }
-    if (continued && run_end == end) || bytes.get(run_end).is_some_and(u8::is_ascii_alphanumeric) {
+    let glued = |b: &u8| b.is_ascii_alphanumeric() || *b == b'_';
+    if (continued && run_end == end) || bytes.get(run_end).is_some_and(glued) {
         return None;
     }
-    // The card ends at the run's end, or before a last group of 1 to 4 digits (its security
-    // code or expiry month, as in `card_within`).
-    let last = searched[start..run_end]
-        .rfind([' ', '-'])
-        .map(|i| start + i)?;
-    let code = (1..=4).contains(&(run_end - last - 1)).then_some(last);
-    [run_end]
-        .into_iter()
-        .chain(code)
-        .find_map(|card_end| card_ending_at(searched, start, card_end))
-}
-
-/// The longest whole groups of digits ending at `card_end`, after the group at `start`, each of
-/// at least 4 digits, 13 to 19 in all, starting as issued cards start ([`issued`]) and passing
-/// the Luhn check. Its range.
-fn card_ending_at(searched: &str, start: usize, card_end: usize) -> Option<(usize, usize)> {
     let mut card_start = None;
     let mut digits = 0;
-    let mut at = card_end;
+    let mut at = run_end;
     while let Some(sep) = searched[start..at].rfind([' ', '-']).map(|i| start + i) {
         let group = &searched[sep + 1..at];
         if group.len() < 4 || !group.bytes().all(|b| b.is_ascii_digit()) {
@@ -435,19 +422,20 @@ fn card_ending_at(searched: &str, start: usize, card_end: usize) -> Option<(usiz
         if digits > 19 {
             break;
         }
-        let card = &searched[sep + 1..card_end];
+        let card = &searched[sep + 1..run_end];
         if digits >= 13 && issued(card) && luhn(card) {
             card_start = Some(sep + 1);
         }
         at = sep;
     }
-    card_start.map(|s| (s, card_end))
+    card_start.map(|s| (s, run_end))
 }
 
 /// Starts as the card networks' numbers start: 3 to 6 (American Express, Diners, JCB, Visa,
-/// Mastercard, Discover, UnionPay, Maestro) or Mastercard's 2221 to 2720. A run of years or of
-/// other numbers in groups of four mostly does not (`1954 1955 1956 1957` passes Luhn): one
-/// taken from the middle of a longer run has this to pass as well as the check.
+/// Mastercard, Discover, UnionPay, Maestro, RuPay), 2200 to 2204 (Mir), 2221 to 2720
+/// (Mastercard), 81 and 82 (UnionPay, RuPay) or 9792 (Troy); not UATP's 1, as years start. A
+/// run of years or of other numbers in groups of four mostly does not (`1954 1955 1956 1957`
+/// passes Luhn): one taken from the end of a longer run has this to pass as well as the check.
 fn issued(card: &str) -> bool {
     let first4: String = card
         .bytes()
@@ -455,10 +443,10 @@ fn issued(card: &str) -> bool {
         .take(4)
         .map(char::from)
         .collect();
-    matches!(first4.as_bytes().first(), Some(b'3'..=b'6'))
-        || first4
-            .parse::<u32>()
-            .is_ok_and(|n| (2221..=2720).contains(&n))
+    let Ok(n) = first4.parse::<u32>() else {
+        return false;
+    };
+    matches!(n / 1000, 3..=6) || matches!(n, 2200..=2204 | 2221..=2720 | 8100..=8299 | 9792)
 }
 
 /// IBAN: move the first four characters to the end, letters to numbers, mod 97 must be 1.
@@ -629,7 +617,13 @@ mod tests {
             ("0126 4111 1111 1111 1111", "0126 [CARD]"),
             ("ref 2024-4111-1111-1111-1111 ok", "ref 2024-[CARD] ok"),
             ("AB12 4111 1111 1111 1111", "AB12 [CARD]"),
-            ("2024 4111 1111 1111 1111 123", "2024 [CARD] 123"),
+            ("2024 2200 0000 0000 0004 ok", "2024 [CARD] ok"),
+            ("2024 4111 1111 1111 1111_x", "2024 4111 1111 1111 1111_x"),
+            // No card ends the run: the phone in it is found as before.
+            (
+                "ids 3034 7276 6067 1434 7933 0941 9469 ok",
+                "ids 3034 7276 6067 1434 [PHONE] ok",
+            ),
             // No card inside: kept whole.
             (
                 "ref 1234 5678 9012 3456 7890",
@@ -641,7 +635,8 @@ mod tests {
                 "years 1952 1953 1954 1955 1956 1957",
                 "years 1952 1953 1954 1955 1956 1957",
             ),
-            // The card at the run's end, not the first run of 16 digits passing Luhn in it.
+            // The card at the run's end, not the first run of 16 digits passing Luhn in it (as
+            // the search found it before: the first sixteen fail and it goes on after them).
             (
                 "ref 0792 4402 6859 9528 4111 1111 1111 1111 ok",
                 "ref 0792 4402 6859 9528 [CARD] ok",
