@@ -286,12 +286,19 @@ fn placeholder(text: &str, caps: &Captures<'_>) -> Option<&'static str> {
 
 /// Part of a longer chain of groups (a MAC address `08-00-27-12-34-56`, an id
 /// `INV-042-12345`): right after it, one of its own separators and a digit (a German extension,
-/// `089 12345-0`, is not a longer chain); right before it, a `-` after a letter or a digit, or
-/// a `.` or `/` after a digit (`Tél.01 23 45 67 89` and `Fax/030 1234567` are numbers).
+/// `089 12345-0`, is not a longer chain), and after a number in pairs, a pair (a list, `01 02
+/// 03 04 05 06`; `06 12 34 56 78 2 fois` is a number and a count); right before it, a `-` after
+/// a letter or a digit, or a `.` or `/` after a digit (`Tél.01 23 45 67 89` and `Fax/030
+/// 1234567` are numbers).
 fn chained(text: &str, start: usize, end: usize) -> bool {
     let b = text.as_bytes();
     let own = |c: u8| matches!(c, b' ' | b'.' | b'-' | b'/') && b[start..end].contains(&c);
-    let after = end + 1 < b.len() && own(b[end]) && b[end + 1].is_ascii_digit();
+    let in_pairs = b[start..end].iter().filter(|c| !c.is_ascii_digit()).count() == 4;
+    let next_group = b.get(end + 1..).map_or(0, |rest| {
+        rest.iter().take_while(|c| c.is_ascii_digit()).count()
+    });
+    let after =
+        end + 1 < b.len() && own(b[end]) && next_group > 0 && (!in_pairs || next_group == 2);
     let before = start >= 2
         && match b[start - 1] {
             b'-' => b[start - 2].is_ascii_alphanumeric(),
@@ -553,6 +560,11 @@ mod tests {
             // National numbers with their trunk 0: in pairs (France, Belgium), or an area
             // code and the rest (Germany, the UK, the Netherlands, Italy).
             ("appelez le 06 12 34 56 78.", "appelez le [PHONE]."),
+            (
+                "appelez le 06 12 34 56 78 2 fois",
+                "appelez le [PHONE] 2 fois",
+            ),
+            ("au 01.23.45.67.89.123", "au [PHONE].123"),
             ("tél. 01.23.45.67.89", "tél. [PHONE]"),
             ("Tel. 030 12345678", "Tel. [PHONE]"),
             ("Handy 0171/1234567", "Handy [PHONE]"),
