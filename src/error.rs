@@ -122,6 +122,18 @@ impl ProxyError {
         }
     }
 
+    /// Refused before the call was routed (load shedding, routing): there is no record of it,
+    /// so its answer names no trace.
+    pub fn before_routing(&self) -> bool {
+        matches!(
+            self,
+            ProxyError::UnknownRoute { .. }
+                | ProxyError::BadRouteParam { .. }
+                | ProxyError::DotSegment { .. }
+                | ProxyError::Overloaded { .. }
+        )
+    }
+
     /// A stable machine-readable code, used as `error.code` in the body and as the
     /// `error.type` of the call record.
     pub fn code(&self) -> &'static str {

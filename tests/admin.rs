@@ -273,3 +273,35 @@ async fn no_admin_token_reaches_a_log_line() {
         "{logs}"
     );
 }
+
+/// A wrong method, or a path under /api/ that is no endpoint, answers a JSON error like every
+/// API answer (it was plain text); a 405 names the methods its route takes.
+#[tokio::test]
+async fn wrong_methods_and_unknown_api_paths_get_json_errors() {
+    let (_mock, gw) = with_token("").await;
+    for (method, path, status, allow) in [
+        (
+            "POST",
+            "/api/traces",
+            StatusCode::METHOD_NOT_ALLOWED,
+            Some("GET, HEAD"),
+        ),
+        (
+            "GET",
+            "/api/scores",
+            StatusCode::METHOD_NOT_ALLOWED,
+            Some("POST"),
+        ),
+        ("GET", "/api/nope", StatusCode::NOT_FOUND, None),
+    ] {
+        let a = request(&gw, method, path, Some(TEST_ADMIN_TOKEN)).await;
+        assert_eq!(a.status, status, "{method} {path}");
+        assert_eq!(
+            a.headers["content-type"], "application/json",
+            "{method} {path}"
+        );
+        assert!(a.json()["error"]["message"].is_string(), "{method} {path}");
+        let allowed = a.headers.get("allow").map(|v| v.to_str().unwrap());
+        assert_eq!(allowed, allow, "{method} {path}");
+    }
+}

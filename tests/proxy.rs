@@ -185,6 +185,8 @@ async fn an_unknown_route_is_a_404_that_lists_the_valid_prefixes() {
     assert_eq!(a.status, StatusCode::NOT_FOUND);
     let json = a.json();
     assert_eq!(json["error"]["code"], "unknown_route");
+    // Refused before routing: no record, so no trace id to look up.
+    assert!(a.headers.get("x-sidetrace-trace-id").is_none());
     let message = json["error"]["message"].as_str().unwrap();
     assert!(
         message.contains("/openai") && message.contains("/anthropic"),

@@ -138,8 +138,24 @@ async fn calls_appear_as_traces_with_exact_tokens_cost_content_and_sessions() {
     assert_eq!(row["feature"], "support_agent");
     assert_eq!(row["user"], "u_123");
     assert_eq!(row["session"], "s_9");
-    assert_eq!(row["models"], serde_json::json!(["o4-mini-2025-04-16"]));
+    // As answered, and as requested: either name finds the trace.
+    assert_eq!(
+        row["models"],
+        serde_json::json!(["o4-mini-2025-04-16", "o4-mini"])
+    );
     assert_eq!(row["providers"], serde_json::json!(["openai"]));
+    for model in ["o4-mini", "o4-mini-2025-04-16"] {
+        let found = admin_get(&gw, &format!("/api/traces?model={model}"))
+            .await
+            .json();
+        let ids: Vec<&Value> = found["traces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| &r["trace_id"])
+            .collect();
+        assert!(ids.contains(&&Value::from(TRACE_ID)), "{model}: {found}");
+    }
 
     // status=error finds the refused call's trace only.
     let errors = admin_get(&gw, "/api/traces?status=error").await.json();
@@ -308,6 +324,39 @@ async fn bad_input_gets_a_json_error_saying_what_was_wrong() {
             "cursor",
         ),
         ("/api/costs?bucket=1w", StatusCode::BAD_REQUEST, "bucket"),
+        // A misspelt filter would answer unfiltered; a window given twice, one of them unread.
+        (
+            "/api/traces?feture=x",
+            StatusCode::BAD_REQUEST,
+            "\"feture\"",
+        ),
+        (
+            "/api/sessions?bogus=1",
+            StatusCode::BAD_REQUEST,
+            "\"bogus\"",
+        ),
+        (
+            "/api/costs?colour=red",
+            StatusCode::BAD_REQUEST,
+            "\"colour\"",
+        ),
+        (
+            "/api/traces?window=1h&from=0",
+            StatusCode::BAD_REQUEST,
+            "not both",
+        ),
+        (
+            "/api/costs?window=1h&to=5",
+            StatusCode::BAD_REQUEST,
+            "not both",
+        ),
+        // The costs take unix seconds, the traces milliseconds.
+        (
+            "/api/costs?from=1796462700000&to=1796462800000",
+            StatusCode::BAD_REQUEST,
+            "milliseconds",
+        ),
+        ("/api/costs?to=1", StatusCode::BAD_REQUEST, "to needs from"),
         (
             "/api/costs?group_by=colour",
             StatusCode::BAD_REQUEST,

@@ -61,6 +61,23 @@ impl Query {
         )
     }
 
+    /// A 400 naming the first parameter that is not one of `known`, the ones `endpoint` takes:
+    /// a misspelt filter (`feture=`) would otherwise leave the answer unfiltered, and look
+    /// right. Also a 400 when the window is given twice, as `window` and as `from`/`to`.
+    pub fn only(&self, endpoint: &str, known: &[&str]) -> Result<(), ApiError> {
+        if let Some((k, _)) = self.0.iter().find(|(k, _)| !known.contains(&k.as_str())) {
+            return Err(ApiError::bad(format!(
+                "{endpoint} has no parameter {k:?}; it takes {}",
+                known.join(", ")
+            )));
+        }
+        if self.get("window").is_some() && (self.get("from").is_some() || self.get("to").is_some())
+        {
+            return Err(ApiError::bad("give window, or from and to, not both"));
+        }
+        Ok(())
+    }
+
     /// The first value of `key`.
     pub fn get(&self, key: &str) -> Option<String> {
         self.0
@@ -149,11 +166,7 @@ where
         return Ok(post_score(&state, req).await);
     }
     if req.method() != Method::GET && req.method() != Method::HEAD {
-        return Ok(text(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "text/plain",
-            "use GET\n".into(),
-        ));
+        return Ok(method_not_allowed("GET, HEAD", "use GET"));
     }
     let path = req.uri().path();
     let query = Query::parse(req.uri().query().unwrap_or(""));
@@ -210,6 +223,10 @@ where
                 .insert(header::LOCATION, http::HeaderValue::from_static("/ui"));
             r
         }
+        _ if path.starts_with("/api/") => ApiError::not_found(
+            "no such endpoint: /api/traces /api/sessions /api/costs /api/scores (docs/api.md)",
+        )
+        .response(),
         _ => text(
             StatusCode::NOT_FOUND,
             "text/plain",
@@ -217,6 +234,19 @@ where
         ),
     };
     Ok(response)
+}
+
+/// 405 as a JSON error, with the methods the route takes in `Allow`.
+fn method_not_allowed(allow: &'static str, message: &str) -> Response<ProxyBody> {
+    let mut r = ApiError {
+        status: StatusCode::METHOD_NOT_ALLOWED,
+        kind: "method_not_allowed",
+        message: message.into(),
+    }
+    .response();
+    r.headers_mut()
+        .insert(header::ALLOW, http::HeaderValue::from_static(allow));
+    r
 }
 
 /// 401 with a challenge; the UI shows its login form on it.
@@ -243,11 +273,7 @@ where
 {
     use http_body_util::{BodyExt, Limited};
     if req.method() != Method::POST {
-        return text(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "text/plain",
-            "use POST with a JSON body (docs/api.md)\n".into(),
-        );
+        return method_not_allowed("POST", "use POST with a JSON body (docs/api.md)");
     }
     let body = match Limited::new(req.into_body(), scores::MAX_BODY)
         .collect()
@@ -281,6 +307,12 @@ const COST_SERIES: usize = 10;
 /// group): totals of cost, tokens and calls per group over the window, at hour granularity,
 /// from the local cost store.
 fn costs(state: &AdminState, q: &Query) -> Result<Value, ApiError> {
+    q.only(
+        "/api/costs",
+        &[
+            "group_by", "window", "from", "to", "bucket", "feature", "user", "key",
+        ],
+    )?;
     let group_name = q.get("group_by").unwrap_or_else(|| "feature".into());
     let group_by = GroupBy::parse(&group_name).ok_or_else(|| {
         ApiError::bad("group_by must be one of provider, model, feature, user, prompt_version, key")
@@ -291,17 +323,27 @@ fn costs(state: &AdminState, q: &Query) -> Result<Value, ApiError> {
             f.parse::<u64>(),
             t.map_or(Ok(now + 1), |t| t.parse::<u64>()),
         ) {
+            // Unix milliseconds (what /api/traces takes) read as seconds are thousands of
+            // years ahead: said, rather than answered with nothing.
+            (Ok(f), Ok(_)) if f > now + 86_400 => {
+                return Err(ApiError::bad(
+                    "from is in the future: from and to are unix seconds (not milliseconds)",
+                ));
+            }
             (Ok(f), Ok(t)) if f < t => (f, t),
             _ => return Err(ApiError::bad("from and to are unix seconds, from < to")),
         },
-        (None, _, w) => match crate::config::parse_duration_secs(w.as_deref().unwrap_or("24h")) {
-            Some(secs) => (now.saturating_sub(secs), now + 1),
-            None => {
-                return Err(ApiError::bad(
-                    "window is a number with m, h or d, e.g. 24h or 7d",
-                ));
+        (None, Some(_), _) => return Err(ApiError::bad("to needs from (unix seconds)")),
+        (None, None, w) => {
+            match crate::config::parse_duration_secs(w.as_deref().unwrap_or("24h")) {
+                Some(secs) => (now.saturating_sub(secs), now + 1),
+                None => {
+                    return Err(ApiError::bad(
+                        "window is a number with m, h or d, e.g. 24h or 7d",
+                    ));
+                }
             }
-        },
+        }
     };
     let bucket = match q.get("bucket").as_deref() {
         None => None,

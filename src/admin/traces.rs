@@ -471,6 +471,25 @@ pub async fn route(
 }
 
 async fn traces(store: &Arc<TraceStore>, query: &Query) -> Result<Value, ApiError> {
+    query.only(
+        "/api/traces",
+        &[
+            "window",
+            "from",
+            "to",
+            "cursor",
+            "limit",
+            "feature",
+            "user",
+            "session",
+            "model",
+            "provider",
+            "status",
+            "min_cost_usd",
+            "min_duration_ms",
+            "q",
+        ],
+    )?;
     let q = trace_query(query)?;
     let limit = q.limit;
     let page = read(store, move |s| s.traces(&q)).await?;
@@ -501,6 +520,10 @@ async fn trace(store: &Arc<TraceStore>, id: &str, otlp: bool) -> Result<Value, A
 }
 
 async fn sessions(store: &Arc<TraceStore>, query: &Query) -> Result<Value, ApiError> {
+    query.only(
+        "/api/sessions",
+        &["window", "from", "to", "cursor", "limit", "user", "feature"],
+    )?;
     let (from, to) = window(query)?;
     let q = SessionQuery {
         from,

@@ -457,9 +457,12 @@ impl RequestApi for EmbeddingsRequest {
 }
 
 /// Adds `"stream_options":{"include_usage":true}`. When the request has no `stream_options`, the
-/// member is inserted right after the opening brace, leaving every other byte as it was.
+/// member is inserted right after the opening brace, leaving every other byte as it was. One
+/// that is `null` (read as none) is replaced: a second member of the same name, after it or
+/// before, would leave the provider to pick one (a stream sent without its usage, or a body
+/// it refuses). So a body with the name anywhere in it is read whole.
 fn add_include_usage(body: &[u8], has_stream_options: bool) -> Option<Bytes> {
-    if !has_stream_options {
+    if !has_stream_options && memchr::memmem::find(body, b"\"stream_options\"").is_none() {
         let start = body.iter().position(|b| !b.is_ascii_whitespace())?;
         if body[start] != b'{' {
             return None;
@@ -476,7 +479,10 @@ fn add_include_usage(body: &[u8], has_stream_options: bool) -> Option<Bytes> {
         return Some(out.freeze());
     }
     let mut value: Value = super::json::from_bytes(body).ok()?;
-    let options = value.get_mut("stream_options")?;
+    let options = value
+        .as_object_mut()?
+        .entry("stream_options")
+        .or_insert(Value::Null);
     if options.is_null() {
         *options = json!({});
     }
@@ -769,6 +775,26 @@ mod tests {
         );
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["stream_options"]["include_usage"], true);
+    }
+
+    /// `"stream_options": null` is replaced, not joined by a second member; the name elsewhere
+    /// in the body does not stop the usage being asked for.
+    #[test]
+    fn null_stream_options_are_replaced_not_doubled() {
+        let ask = |body: &str| {
+            let out = request(WireFormat::ChatCompletions, "/", body)
+                .with_stream_usage(body.as_bytes())
+                .unwrap();
+            String::from_utf8(out.to_vec()).unwrap()
+        };
+        let out = ask(r#"{"model":"m","stream":true,"stream_options":null}"#);
+        assert_eq!(out.matches("stream_options").count(), 1, "{out}");
+        let v: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["stream_options"], json!({"include_usage": true}));
+        let out = ask(r#"{"model":"m","stream":true,"metadata":{"stream_options":"x"}}"#);
+        let v: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["stream_options"]["include_usage"], true, "{out}");
+        assert_eq!(v["metadata"]["stream_options"], "x");
     }
 
     #[test]

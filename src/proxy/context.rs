@@ -103,6 +103,14 @@ where
         let fut = self.inner.call(req);
         Box::pin(async move {
             let mut response = fut.await?;
+            // Refused before routing: no record, so no trace to name.
+            if response
+                .extensions()
+                .get::<super::rescue::Unrecorded>()
+                .is_some()
+            {
+                return Ok(response);
+            }
             // Inspection may have joined the call to an earlier call's trace (an agent loop
             // with no trace header): the response then names that one.
             let trace = joined.take().unwrap_or(read);

@@ -333,7 +333,14 @@ async fn read_whole(
 }
 
 pub(super) fn body_error(e: super::body::BoxError) -> ProxyError {
-    super::limit::refusal(&*e).unwrap_or_else(|| ProxyError::ClientBody(e.to_string()))
+    super::limit::refusal(&*e).unwrap_or_else(|| {
+        // The client's own error says what failed once ("client request body failed: ...").
+        let why = match e.downcast_ref::<super::limit::ClientBodyError>() {
+            Some(client) => client.0.clone(),
+            None => e.to_string(),
+        };
+        ProxyError::ClientBody(why)
+    })
 }
 
 /// Asks the route's API what the request says (from `tree` when the body was read into one)

@@ -320,4 +320,16 @@ mod tests {
         assert_eq!(started.elapsed(), TIMEOUTS.idle);
         assert_eq!(calls.load(Ordering::SeqCst), 1);
     }
+
+    /// A client's body error read while inspecting says what failed once: it was "client
+    /// request body failed: client request body failed: ...".
+    #[test]
+    fn a_client_body_error_is_said_once() {
+        let e: BoxError = Box::new(ClientBodyError("connection reset".into()));
+        let refused = crate::proxy::inspect::body_error(e);
+        assert_eq!(
+            refused.to_string(),
+            "client request body failed: connection reset"
+        );
+    }
 }

@@ -21,6 +21,11 @@ impl<S> Layer<S> for RescueLayer {
     }
 }
 
+/// Marks an answer given before the call was routed: it has no record, and so no trace
+/// headers ([`super::context`]).
+#[derive(Clone, Copy)]
+pub struct Unrecorded;
+
 #[derive(Clone)]
 pub struct Rescue<S> {
     inner: S,
@@ -66,7 +71,11 @@ where
                             tracing::error!(path = uri.path(), error = %e, "gateway error")
                         }
                     }
-                    Ok(e.to_response())
+                    let mut response = e.to_response();
+                    if e.before_routing() {
+                        response.extensions_mut().insert(Unrecorded);
+                    }
+                    Ok(response)
                 }
             }
         })

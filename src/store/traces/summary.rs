@@ -243,12 +243,18 @@ impl TraceSummary {
             (&mut self.models, &span.model),
             (&mut self.providers, &span.provider),
         ] {
-            if let Some(v) = seen.as_deref()
-                && !list.iter().any(|known| known == v)
-            {
-                list.push(v.to_string());
-            }
+            add_new(list, seen.as_deref());
         }
+        add_new(&mut self.models, span.requested_model.as_deref());
+    }
+}
+
+/// Adds `value` to `list` unless it is there already.
+fn add_new(list: &mut Vec<String>, value: Option<&str>) {
+    if let Some(v) = value
+        && !list.iter().any(|known| known == v)
+    {
+        list.push(v.to_string());
     }
 }
 
@@ -269,8 +275,11 @@ pub struct SpanFacts<'a> {
     feature: Option<Cow<'a, str>>,
     user: Option<Cow<'a, str>>,
     session: Option<Cow<'a, str>>,
-    /// The model as answered, else as requested; the gateway's provider, else the GenAI one.
+    /// The model as answered, else as requested; and as requested when that differs (the
+    /// name a caller filters by: `gpt-4o`, answered as `gpt-4o-2024-08-06`).
     model: Option<Cow<'a, str>>,
+    requested_model: Option<Cow<'a, str>>,
+    /// The gateway's provider, else the GenAI one.
     provider: Option<Cow<'a, str>>,
 }
 
@@ -291,6 +300,8 @@ impl<'a> SpanFacts<'a> {
             user: text(picked.user),
             session: text(picked.session),
             model: text(picked.response_model).or_else(|| text(picked.request_model)),
+            requested_model: text(picked.request_model)
+                .filter(|r| text(picked.response_model).is_some_and(|a| a != *r)),
             provider: text(picked.provider).or_else(|| text(picked.gen_ai_provider)),
         }
     }
@@ -304,6 +315,7 @@ impl<'a> SpanFacts<'a> {
             user: own(self.user),
             session: own(self.session),
             model: own(self.model),
+            requested_model: own(self.requested_model),
             provider: own(self.provider),
             trace_id: self.trace_id,
             span_id: self.span_id,
@@ -405,7 +417,17 @@ mod tests {
         assert_eq!(row.user.as_deref(), Some("u1"));
         assert_eq!(row.feature.as_deref(), Some("search"));
         assert_eq!(row.models, ["gpt-4o"]);
+        // Answered under another name: both, so either finds the trace.
+        let third = SpanRecord::with_attributes(vec![
+            ("gen_ai.request.model", s("gpt-4o-mini")),
+            ("gen_ai.response.model", s("gpt-4o-mini-2024-07-18")),
+        ]);
+        row.add(&third, None, 50);
+        assert_eq!(
+            row.models,
+            ["gpt-4o", "gpt-4o-mini-2024-07-18", "gpt-4o-mini"]
+        );
         assert_eq!(row.providers, ["openai", "azure"]);
-        assert_eq!((row.totals.spans, row.bytes), (2, 150));
+        assert_eq!((row.totals.spans, row.bytes), (3, 200));
     }
 }
