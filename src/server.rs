@@ -265,8 +265,10 @@ impl Gateway {
         );
 
         let receiver = ingest_listeners.is_some().then(|| {
+            let max_age = config.store.enabled.then(|| config.store.max_age_secs());
             Arc::new(crate::ingest::Receiver::new(
                 &config.ingest,
+                max_age.and_then(Result::ok).map(Duration::from_secs),
                 recorder.clone(),
                 metrics.clone(),
             ))

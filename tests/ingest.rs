@@ -670,12 +670,12 @@ async fn oversize_requests_gzip_bombs_and_too_many_spans_are_refused_whole() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ten_thousand_spans_in_one_request_all_reach_the_store_and_the_collector_once() {
+async fn the_most_spans_a_request_may_hold_all_reach_the_store_and_the_collector_once() {
     let collector = Collector::start(Transport::Http).await;
     let dir = tempfile::tempdir().unwrap();
     let gw = gateway(&export_config(&collector, dir.path(), "")).await;
     let trace = trace_id(4);
-    let spans: Vec<Span> = (0..10_000)
+    let spans: Vec<Span> = (0..20_000)
         .map(|n| span(trace, n, (n > 0).then_some(0)))
         .collect();
     let body = gzip(&request("bulk-app", spans).encode_to_vec());
@@ -693,10 +693,10 @@ async fn ten_thousand_spans_in_one_request_all_reach_the_store_and_the_collector
         None
     );
     collector
-        .wait_for_spans(10_000, Duration::from_secs(30))
+        .wait_for_spans(20_000, Duration::from_secs(30))
         .await;
-    wait_settled(&gw, 10_000).await;
-    let expected: BTreeSet<String> = (0..10_000u64)
+    wait_settled(&gw, 20_000).await;
+    let expected: BTreeSet<String> = (0..20_000u64)
         .map(|n| hex(&(n + 1).to_be_bytes()))
         .collect();
     let received = collector.spans();
@@ -706,8 +706,49 @@ async fn ten_thousand_spans_in_one_request_all_reach_the_store_and_the_collector
             .iter()
             .all(|s| s.resource["service.name"] == "bulk-app")
     );
-    wait_for(&gw, "sidetrace_store_spans_written_total", 10_000.0).await;
+    wait_for(&gw, "sidetrace_store_spans_written_total", 20_000.0).await;
     assert_eq!(metric(&gw, "sidetrace_spans_dropped_total").await, 0.0);
+    gw.shutdown().await;
+}
+
+/// Requests of the most spans each, sent at once, more than the trace store's queue holds:
+/// each is taken whole or refused whole (503, to be retried), and every span taken is stored.
+/// A request the queue had no room for was answered 200 and lost its last spans from the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_the_store_cannot_queue_are_refused_whole_not_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = gateway(&format!(
+        "data_dir = {:?}\n",
+        dir.path().display().to_string()
+    ))
+    .await;
+    let bodies: Vec<Vec<u8>> = (0..4u8)
+        .map(|i| {
+            let trace = trace_id(20 + i);
+            let spans = (0..20_000).map(|n| span(trace, n, None)).collect();
+            request("burst", spans).encode_to_vec()
+        })
+        .collect();
+    let addr = http_addr(&gw);
+    let sent: Vec<_> = bodies
+        .into_iter()
+        .map(|body| tokio::spawn(async move { post(addr, &[PROTOBUF], body).await }))
+        .collect();
+    let mut taken = 0.0;
+    for a in sent {
+        let a = a.await.unwrap();
+        match a.status {
+            StatusCode::OK => taken += 20_000.0,
+            StatusCode::SERVICE_UNAVAILABLE => assert_eq!(a.headers["retry-after"], "2"),
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert!(taken > 0.0);
+    wait_for(&gw, "sidetrace_store_spans_written_total", taken).await;
+    assert_eq!(
+        metric(&gw, "sidetrace_store_spans_dropped_total").await,
+        0.0
+    );
     gw.shutdown().await;
 }
 
@@ -781,23 +822,28 @@ async fn invalid_ids_are_rejected_one_by_one_in_a_partial_success_and_the_rest_k
     assert_eq!(answer.partial_success.unwrap().rejected_spans, 4);
 
     // JSON with ids that are not hex: rejected spans, not a malformed request.
+    let trace7 = trace_id(7);
     let start = now_nanos();
     let json = format!(
         r#"{{"resourceSpans":[{{"scopeSpans":[{{"spans":[
           {{"traceId":"{t}","spanId":"zzzzzzzzzzzzzzzz","name":"bad","startTimeUnixNano":"{start}","endTimeUnixNano":"{start}"}},
-          {{"traceId":"{t}","spanId":"00000000000000aa","name":"good","startTimeUnixNano":"{start}","endTimeUnixNano":"{start}"}}]}}]}}]}}"#,
-        t = hex(&trace_id(7))
+          {{"traceId":"{t}","spanId":"00000000000000aa","name":"good","startTimeUnixNano":"{start}","endTimeUnixNano":"{start}"}},
+          {{"traceId":"{t}","spanId":"00000000000000bb","parentSpanId":"xyz","name":"bad parent","startTimeUnixNano":"{start}","endTimeUnixNano":"{start}"}},
+          {{"traceId":"{t}","spanId":"00000000000000cc","name":"backwards","startTimeUnixNano":"{start}","endTimeUnixNano":"{before}"}},
+          {{"traceId":"{t}","spanId":"00000000000000dd","name":"ancient","startTimeUnixNano":"0","endTimeUnixNano":"1000"}}]}}]}}]}}"#,
+        t = hex(&trace7),
+        before = start - 1_000,
     );
     let a = post(http_addr(&gw), &[JSON], json).await;
     assert_eq!(a.status, StatusCode::OK);
     let v: serde_json::Value = serde_json::from_slice(&a.body).unwrap();
-    assert_eq!(v["partialSuccess"]["rejectedSpans"], "1");
-    assert!(
-        v["partialSuccess"]["errorMessage"]
-            .as_str()
-            .unwrap()
-            .contains("span_id")
-    );
+    assert_eq!(v["partialSuccess"]["rejectedSpans"], "4");
+    let message = v["partialSuccess"]["errorMessage"].as_str().unwrap();
+    // A parent id that is not hex made its span a root; a span started before the store's
+    // max_age (1970 here) evicted its whole trace at once, the other spans in it too.
+    for says in ["span_id", "parent_span_id", "before start", "max_age"] {
+        assert!(message.contains(says), "{says}: {message}");
+    }
 
     // Every valid span arrives once; no invalid one does.
     let received = collector.wait_for_spans(7, Duration::from_secs(10)).await;
@@ -836,7 +882,18 @@ async fn invalid_ids_are_rejected_one_by_one_in_a_partial_success_and_the_rest_k
             &m,
             "sidetrace_ingest_spans_rejected_total{reason=\"invalid_parent_span_id\"}"
         ),
-        2.0
+        3.0
+    );
+    for reason in ["end_before_start", "older_than_store_max_age"] {
+        let line = format!("sidetrace_ingest_spans_rejected_total{{reason=\"{reason}\"}}");
+        assert_eq!(metric_in(&m, &line), 1.0, "{reason}");
+    }
+    // The trace of the span started in 1970 is still there, with its good span.
+    let stored = stored_trace(&gw, &trace7).await;
+    assert_eq!(
+        stored["spans"].as_array().map(Vec::len),
+        Some(1),
+        "{stored}"
     );
     assert_eq!(
         metric_in(

@@ -158,6 +158,13 @@ impl Recorder {
         self.export.as_ref().is_some_and(|e| e.crowded(n))
     }
 
+    /// The trace store's queue has no room for `n` more spans (they would be dropped from the
+    /// store): the OTLP receiver then refuses a request, to be retried, rather than lose part
+    /// of it.
+    pub fn store_crowded(&self, n: usize) -> bool {
+        self.store.as_ref().is_some_and(|s| s.crowded(n))
+    }
+
     /// The tool table, when tool spans are on (the OTLP receiver reports the app's own
     /// `execute_tool` spans to it).
     pub fn tools(&self) -> Option<&Arc<ToolTable>> {

@@ -398,6 +398,9 @@ impl StoreConfig {
     }
 }
 
+/// The most `ingest.max_spans_per_request` may be: the trace store's queue holds as many.
+pub const MAX_SPANS_PER_REQUEST: usize = 32 * 1024;
+
 /// `[ingest]`: the OTLP receiver, so an app's OpenTelemetry SDK can use the sidecar as its local
 /// collector (`OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4318`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -1243,6 +1246,11 @@ impl Config {
                 return Err(ConfigError::Invalid(
                     "ingest.max_request_bytes, max_spans_per_request and max_concurrent_requests must be at least 1".into(),
                 ));
+            }
+            if self.ingest.max_spans_per_request > MAX_SPANS_PER_REQUEST {
+                return Err(ConfigError::Invalid(format!(
+                    "ingest.max_spans_per_request must be at most {MAX_SPANS_PER_REQUEST} (the trace store's queue holds that many spans, and a request must fit in it whole)"
+                )));
             }
         }
         if self.max_concurrent_requests == 0 {

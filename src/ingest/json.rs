@@ -113,11 +113,12 @@ fn enumeration(o: &Obj, camel: &str, snake: &str, names: &[&str]) -> Result<i32,
     }
 }
 
-/// Hex ids. Anything that is not hex decodes to no bytes, which makes the span invalid (a
-/// rejected span, not a malformed request).
+/// Hex ids. Anything that is not hex decodes to 3 bytes, a length no id has, which makes the
+/// span invalid (a rejected span, not a malformed request). Not to no bytes: an empty parent
+/// id is a root span's, and a parent id that is not hex would have made its span a root.
 fn id(o: &Obj, camel: &str, snake: &str) -> Result<Vec<u8>, String> {
     let text = string(o, camel, snake)?;
-    Ok(hex_decode(&text).unwrap_or_default())
+    Ok(hex_decode(&text).unwrap_or_else(|| vec![0; 3]))
 }
 
 fn hex_decode(text: &str) -> Option<Vec<u8>> {

@@ -89,7 +89,7 @@ impl Refusal {
         match self {
             Refusal::Malformed(m) | Refusal::TooLarge(m) | Refusal::Unsupported(m) => m.clone(),
             Refusal::Overloaded => format!(
-                "the gateway's export queue is crowded; retry after {}s",
+                "the gateway's export queue or trace store queue is crowded; retry after {}s",
                 RETRY_AFTER.as_secs()
             ),
         }
@@ -121,6 +121,12 @@ pub enum Invalid {
     TraceId,
     SpanId,
     ParentSpanId,
+    /// Ends before it starts.
+    Times,
+    /// Started longer ago than the trace store keeps traces: it would end its trace's life
+    /// at once (the store evicts a trace by its first span's start), the gateway's own spans in
+    /// it too.
+    TooOld,
 }
 
 impl Invalid {
@@ -129,6 +135,8 @@ impl Invalid {
             Invalid::TraceId => "invalid_trace_id",
             Invalid::SpanId => "invalid_span_id",
             Invalid::ParentSpanId => "invalid_parent_span_id",
+            Invalid::Times => "end_before_start",
+            Invalid::TooOld => "older_than_store_max_age",
         }
     }
 
@@ -137,6 +145,11 @@ impl Invalid {
             Invalid::TraceId => "trace_id must be 16 bytes, not all zero",
             Invalid::SpanId => "span_id must be 8 bytes, not all zero",
             Invalid::ParentSpanId => "parent_span_id must be empty or 8 bytes",
+            Invalid::Times => "end_time_unix_nano is before start_time_unix_nano",
+            Invalid::TooOld => {
+                "start_time_unix_nano is further back than the trace store keeps traces \
+                 ([store] max_age)"
+            }
         }
     }
 }
@@ -148,16 +161,29 @@ pub struct Receiver {
     max_request_bytes: usize,
     max_spans: usize,
     slots: Semaphore,
+    /// The trace store's `max_age`, when there is a store: spans that started before it are
+    /// rejected.
+    max_age: Option<Duration>,
+    /// Held while a request's spans are checked against the queues and queued.
+    queueing: std::sync::Mutex<()>,
 }
 
 impl Receiver {
-    pub fn new(cfg: &IngestConfig, recorder: Arc<Recorder>, metrics: Arc<Metrics>) -> Receiver {
+    /// `max_age`: the trace store's, when there is one.
+    pub fn new(
+        cfg: &IngestConfig,
+        max_age: Option<Duration>,
+        recorder: Arc<Recorder>,
+        metrics: Arc<Metrics>,
+    ) -> Receiver {
         Receiver {
             recorder,
             metrics,
             max_request_bytes: usize::try_from(cfg.max_request_bytes).unwrap_or(usize::MAX),
             max_spans: cfg.max_spans_per_request,
             slots: Semaphore::new(cfg.max_concurrent_requests.max(1)),
+            max_age,
+            queueing: std::sync::Mutex::new(()),
         }
     }
 
@@ -196,11 +222,13 @@ impl Receiver {
                 self.max_spans
             )));
         }
-        if n > 0 && self.recorder.export_crowded(n) {
-            return Err(Refusal::Overloaded);
-        }
+        let oldest = self.max_age.map(|age| {
+            let now = crate::store::traces::now_unix_nanos();
+            now.saturating_sub(u64::try_from(age.as_nanos()).unwrap_or(u64::MAX))
+        });
         let mut out = Accepted::default();
         let mut messages: Vec<String> = Vec::new();
+        let mut taken = Vec::with_capacity(n);
         for resource_spans in request.resource_spans {
             let resource: Vec<(String, String)> = resource_spans
                 .resource
@@ -219,10 +247,16 @@ impl Receiver {
                     scope_version: scope.version,
                 });
                 for span in scope_spans.spans {
-                    match span_record(span) {
+                    let span = span_record(span).and_then(|r| match oldest {
+                        Some(oldest) if r.start_unix_nanos < oldest => {
+                            Err((Invalid::TooOld, r.name))
+                        }
+                        _ => Ok(r),
+                    });
+                    match span {
                         Ok(record) => {
                             out.accepted += 1;
-                            self.received(record, origin.clone());
+                            taken.push((record, origin.clone()));
                         }
                         Err((why, name)) => {
                             out.rejected += 1;
@@ -233,6 +267,19 @@ impl Receiver {
                         }
                     }
                 }
+            }
+        }
+        {
+            // Checked and queued under one lock: two requests that each fit in the queues must
+            // not both be let in when together they do not (the store would drop what did not
+            // fit, after the request was answered 200).
+            let _queueing = self.queueing.lock().unwrap_or_else(|e| e.into_inner());
+            let k = taken.len();
+            if k > 0 && (self.recorder.export_crowded(k) || self.recorder.store_crowded(k)) {
+                return Err(Refusal::Overloaded);
+            }
+            for (record, origin) in taken {
+                self.received(record, origin);
             }
         }
         if out.rejected > 0 {
@@ -360,6 +407,9 @@ pub fn span_record(s: Span) -> Result<SpanRecord, (Invalid, String)> {
         8 => id::<8>(&s.parent_span_id),
         _ => return Err((Invalid::ParentSpanId, s.name)),
     };
+    if s.end_time_unix_nano < s.start_time_unix_nano {
+        return Err((Invalid::Times, s.name));
+    }
     let kind = match s.kind {
         1 => "internal",
         2 => "server",

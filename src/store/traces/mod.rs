@@ -77,7 +77,9 @@ use crate::{
 };
 
 /// Spans waiting for the writer at most; past it they are dropped from the store (counted).
-const QUEUE_SPANS: usize = 16 * 1024;
+/// An OTLP export request of the most spans it may hold fits (the receiver refuses one that
+/// would not, to be retried: `StoreSink::crowded`).
+const QUEUE_SPANS: usize = crate::config::MAX_SPANS_PER_REQUEST;
 /// Spans the writer applies at once.
 const BATCH_SPANS: usize = 1024;
 /// How many of the oldest traces the writer evicts at a time past `max_bytes` (at most: it
@@ -1396,6 +1398,12 @@ pub struct StoreSink {
 }
 
 impl StoreSink {
+    /// The queue has no room for `n` more spans.
+    pub fn crowded(&self, n: usize) -> bool {
+        let queued = self.store.metrics.store.queued_spans.get().max(0) as usize;
+        queued + n > QUEUE_SPANS
+    }
+
     pub fn new(store: Arc<TraceStore>, telemetry: &Telemetry) -> StoreSink {
         let origin = Origin::of(telemetry);
         StoreSink {
