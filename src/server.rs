@@ -1,7 +1,7 @@
 //! Listeners, connection handling and graceful shutdown for the proxy and admin ports.
 //!
 //! Each listener keeps its connections bounded: at most `max_connections` open (at the cap it
-//! stops accepting until one closes), a connection must send its first request within
+//! closes the ones quiet for a second or more, and accepts again when one closes), a connection must send its first request within
 //! `request_headers_ms` and is closed gracefully after `idle_connection_ms` with no request in
 //! flight. On shutdown the connections drain within the grace; those still open after it are
 //! cut, and the calls on them are finished (recorded, exported or spooled) before export stops.
@@ -604,6 +604,12 @@ const ADMIN_MAX_CONNECTIONS: usize = 64;
 /// lowered for a receiver most deployments barely use).
 const INGEST_MAX_CONNECTIONS: usize = 32;
 
+/// At its connection cap, a listener closes the connections that have had no request in
+/// flight for this long (or have sent none in this long since they opened), so that a new one
+/// does not wait for their idle timeout (30 s for a kept-alive HTTP/1.1 connection). Not at
+/// once: a client may be sending its next request on a connection that just went quiet.
+const CAP_QUIET: Duration = Duration::from_secs(1);
+
 /// File descriptors kept for what is not a client connection: the data stores, the admin
 /// listener, idle upstream connections, the exporter.
 const FD_RESERVE: u64 = 128 + ADMIN_MAX_CONNECTIONS as u64;
@@ -684,6 +690,9 @@ impl Throttled {
 struct ListenerRequests {
     count: AtomicUsize,
     none_left: Notify,
+    /// The listener is at its connection cap: its connections quiet for [`CAP_QUIET`] close
+    /// and make room.
+    crowded: Notify,
 }
 
 impl ListenerRequests {
@@ -887,7 +896,8 @@ async fn run_connection<C>(
     C::Error: Display,
 {
     tokio::pin!(conn);
-    let idle = until_idle(in_flight, limits.first_request, limits.idle);
+    let listener = in_flight.listener.clone();
+    let idle = until_idle(in_flight.clone(), limits.first_request, limits.idle);
     tokio::pin!(idle);
     let mut closing = false;
     let result = loop {
@@ -901,6 +911,17 @@ async fn run_connection<C>(
                 closing = true;
                 open.closed("idle");
                 conn.as_mut().graceful_shutdown();
+            }
+            () = listener.crowded.notified(), if !closing => {
+                let quiet = match in_flight.quiet() {
+                    Quiet::Busy => Duration::ZERO,
+                    Quiet::Unused(quiet) | Quiet::Idle(quiet) => quiet,
+                };
+                if quiet >= CAP_QUIET {
+                    closing = true;
+                    open.closed("cap");
+                    conn.as_mut().graceful_shutdown();
+                }
             }
         }
     };
@@ -972,12 +993,19 @@ where
                         "connection cap reached; accepting again when a connection closes"
                     );
                 }
-                tokio::select! {
-                    permit = slots.clone().acquire_owned() => match permit {
-                        Ok(permit) => permit,
-                        Err(_closed) => break,
-                    },
-                    _ = stop.wait_for(|stop| *stop) => break,
+                // The connections quiet for a while make room (a kept-alive exporter or
+                // client, a socket that never sent anything), asked again while none ends.
+                let permit = loop {
+                    listener_requests.crowded.notify_waiters();
+                    tokio::select! {
+                        permit = slots.clone().acquire_owned() => break permit.ok(),
+                        _ = stop.wait_for(|stop| *stop) => break None,
+                        () = tokio::time::sleep(CAP_QUIET) => {}
+                    }
+                };
+                match permit {
+                    Some(permit) => permit,
+                    None => break,
                 }
             }
         };

@@ -752,6 +752,48 @@ async fn requests_the_store_cannot_queue_are_refused_whole_not_cut() {
     gw.shutdown().await;
 }
 
+/// Exporters that keep their connections open fill the receiver's 32: at the cap, the ones
+/// quiet for a second make room, and the next exporter is answered at once. It used to wait
+/// for their header timeout, 30 s, past an SDK's 10 s export timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kept_alive_exporters_at_the_connection_cap_make_room_for_a_new_one() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let gw = gateway(&format!(
+        "data_dir = {:?}\n",
+        dir.path().display().to_string()
+    ))
+    .await;
+    let addr = http_addr(&gw);
+    let export = "POST /v1/traces HTTP/1.1\r\nhost: app\r\ncontent-type: application/json\r\n\
+                  content-length: 2\r\n\r\n{}";
+    let mut kept = Vec::new();
+    for _ in 0..32 {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream.write_all(export.as_bytes()).await.unwrap();
+        let mut answer = [0u8; 512];
+        let n = stream.read(&mut answer).await.unwrap();
+        assert!(
+            answer[..n].starts_with(b"HTTP/1.1 200"),
+            "{:?}",
+            String::from_utf8_lossy(&answer[..n])
+        );
+        kept.push(stream);
+    }
+    let a = tokio::time::timeout(Duration::from_secs(10), post(addr, &[JSON], "{}"))
+        .await
+        .expect("the 33rd exporter is answered before its export timeout");
+    assert_eq!(a.status, StatusCode::OK);
+    let closed = metric(
+        &gw,
+        "sidetrace_connections_closed_total{listener=\"ingest\",reason=\"cap\"}",
+    )
+    .await;
+    assert!(closed >= 1.0, "{closed}");
+    drop(kept);
+    gw.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_ids_are_rejected_one_by_one_in_a_partial_success_and_the_rest_kept() {
     let collector = Collector::start(Transport::Grpc).await;

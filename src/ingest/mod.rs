@@ -590,7 +590,7 @@ where
     let _slot = receiver.slot().await;
     let result = match encoding {
         None => Err(Refusal::Unsupported(
-            "content-type must be application/x-protobuf or application/json".into(),
+            "content-type must be application/x-protobuf (or application/protobuf) or application/json".into(),
         )),
         Some(encoding) => read(&receiver, req, encoding).await,
     };
