@@ -691,7 +691,7 @@ struct ListenerRequests {
     count: AtomicUsize,
     none_left: Notify,
     /// The listener is at its connection cap: its connections quiet for [`CAP_QUIET`] close
-    /// and make room.
+    /// and make room ([`until_crowded_out`]).
     crowded: Notify,
 }
 
@@ -844,6 +844,36 @@ async fn until_idle(in_flight: Arc<InFlight>, first: Duration, idle: Duration) {
     }
 }
 
+/// Resolves when the listener is at its connection cap (see the accept loop) while this
+/// connection has had no request in flight for [`CAP_QUIET`]. It waits for the listener's
+/// word only while quiet that long, and stops waiting once a request comes: a busy
+/// connection never touches the listener's shared waiter list, which each wait locks.
+async fn until_crowded_out(in_flight: Arc<InFlight>) {
+    let quiet = |in_flight: &InFlight| match in_flight.quiet() {
+        Quiet::Busy => Duration::ZERO,
+        Quiet::Unused(quiet) | Quiet::Idle(quiet) => quiet,
+    };
+    loop {
+        let so_far = quiet(&in_flight);
+        if so_far < CAP_QUIET {
+            tokio::time::sleep(CAP_QUIET - so_far).await;
+            continue;
+        }
+        let crowded = in_flight.listener.crowded.notified();
+        tokio::pin!(crowded);
+        let still_quiet = std::future::poll_fn(|cx| {
+            if in_flight.requests.load(Ordering::Acquire) > 0 {
+                return Poll::Ready(false);
+            }
+            crowded.as_mut().poll(cx).map(|()| true)
+        })
+        .await;
+        if still_quiet {
+            return;
+        }
+    }
+}
+
 /// Counts an open connection and holds its place under the cap until it ends.
 struct OpenConnection {
     metrics: Arc<Metrics>,
@@ -896,9 +926,10 @@ async fn run_connection<C>(
     C::Error: Display,
 {
     tokio::pin!(conn);
-    let listener = in_flight.listener.clone();
     let idle = until_idle(in_flight.clone(), limits.first_request, limits.idle);
     tokio::pin!(idle);
+    let crowded_out = until_crowded_out(in_flight);
+    tokio::pin!(crowded_out);
     let mut closing = false;
     let result = loop {
         tokio::select! {
@@ -912,16 +943,10 @@ async fn run_connection<C>(
                 open.closed("idle");
                 conn.as_mut().graceful_shutdown();
             }
-            () = listener.crowded.notified(), if !closing => {
-                let quiet = match in_flight.quiet() {
-                    Quiet::Busy => Duration::ZERO,
-                    Quiet::Unused(quiet) | Quiet::Idle(quiet) => quiet,
-                };
-                if quiet >= CAP_QUIET {
-                    closing = true;
-                    open.closed("cap");
-                    conn.as_mut().graceful_shutdown();
-                }
+            () = &mut crowded_out, if !closing => {
+                closing = true;
+                open.closed("cap");
+                conn.as_mut().graceful_shutdown();
             }
         }
     };
