@@ -367,11 +367,13 @@ mod tests {
     #[test]
     fn bad_ids_make_an_invalid_span_but_bad_structure_a_malformed_request() {
         let req = decode(
-            br#"{"resourceSpans":[{"scopeSpans":[{"spans":[{"traceId":"zz","spanId":"01"}]}]}]}"#,
+            br#"{"resourceSpans":[{"scopeSpans":[{"spans":[{"traceId":"zz","spanId":"01","parentSpanId":"xyz"}]}]}]}"#,
         )
         .unwrap();
         let span = &req.resource_spans[0].scope_spans[0].spans[0];
-        assert!(span.trace_id.is_empty());
+        // Not hex: a length no id has (an empty parent would be a root's).
+        assert_eq!(span.trace_id.len(), 3);
+        assert_eq!(span.parent_span_id.len(), 3);
         assert!(decode(br#"{"resourceSpans":{"x":1}}"#).is_err());
         assert!(
             decode(
