@@ -406,6 +406,47 @@ async fn injected_include_usage_records_usage_and_the_client_gets_the_stream_it_
     gw.shutdown().await;
 }
 
+/// With CRLF line ends, the injected usage chunk is left out whatever the split of the TCP
+/// writes around it: a write ending between the CR and the LF of the blank line before it
+/// used to send that LF out with the dropped chunk (`…}\r\n\rdata: [DONE]`).
+#[tokio::test]
+async fn the_injected_usage_chunk_is_left_out_of_a_crlf_stream_at_every_split() {
+    let crlf = |events: Vec<&str>| events.concat().replace('\n', "\r\n");
+    let mock = Mock::start(move |seen: &Seen| {
+        let body = crlf(openai_events(true));
+        let at: usize = seen.headers["x-split"].to_str().unwrap().parse().unwrap();
+        Reply::sse(&[], Duration::ZERO)
+            .then(Step::Send(Bytes::copy_from_slice(&body.as_bytes()[..at])))
+            .then(Step::Pause(Duration::from_millis(2)))
+            .then(Step::Send(Bytes::copy_from_slice(&body.as_bytes()[at..])))
+    })
+    .await;
+    let gw = gateway_for(&mock, "").await;
+    let full = crlf(openai_events(true));
+    let usage_at = full.find("data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"gpt-4o-mini-2024-07-18\",\"choices\":[],").unwrap();
+    let done_at = full.find("data: [DONE]").unwrap();
+    let want = crlf(openai_events(false));
+    // Every split within a few bytes of the usage chunk's two ends.
+    for at in (usage_at - 5..usage_at + 5).chain(done_at - 5..done_at + 5) {
+        let split = at.to_string();
+        let a = post(
+            &gw,
+            "/openai/v1/chat/completions",
+            &[("x-split", split.as_str())],
+            r#"{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"hi"}]}"#,
+        )
+        .await;
+        assert_eq!(
+            String::from_utf8_lossy(&a.body),
+            want,
+            "split at {at} ({:?} | {:?})",
+            &full[at - 3..at],
+            &full[at..at + 3]
+        );
+    }
+    gw.shutdown().await;
+}
+
 #[tokio::test]
 async fn a_client_that_asked_for_usage_gets_the_usage_chunk() {
     let mock = Mock::start(openai_like).await;

@@ -32,6 +32,9 @@ struct Strip {
     pending_len: usize,
     /// The dropped event ended with CR at the end of a frame: its LF may start the next one.
     skip_lf: bool,
+    /// A kept event ended with CR at the end of a frame: its LF, if it starts the next one, is
+    /// the kept event's, not part of the event after it (which may be the one dropped).
+    keep_lf: bool,
     boundaries: Vec<(usize, EventKind)>,
 }
 
@@ -105,10 +108,17 @@ impl TapBody {
         call.note_first_chunk();
         call.note_first_token();
         let mut start = 0;
-        if std::mem::take(&mut strip.skip_lf) && data.first() == Some(&b'\n') {
+        let mut out = Vec::new();
+        let (skip_lf, keep_lf) = (
+            std::mem::take(&mut strip.skip_lf),
+            std::mem::take(&mut strip.keep_lf),
+        );
+        if data.first() == Some(&b'\n') && (skip_lf || keep_lf) {
+            if keep_lf {
+                out.push(data.slice(..1));
+            }
             start = 1;
         }
-        let mut out = Vec::new();
         let boundaries = std::mem::take(&mut strip.boundaries);
         for &(end, kind) in &boundaries {
             let end = end.max(start);
@@ -121,6 +131,7 @@ impl TapBody {
                 if end > start {
                     out.push(data.slice(start..end));
                 }
+                strip.keep_lf = end == data.len() && data[end - 1] == b'\r';
             }
             start = end;
         }
