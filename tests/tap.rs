@@ -447,6 +447,44 @@ async fn the_injected_usage_chunk_is_left_out_of_a_crlf_stream_at_every_split() 
     gw.shutdown().await;
 }
 
+/// A stream that ends cleanly before its end marker and before any finish reason was cut
+/// short upstream: an upstream error (`stream_incomplete`), not a completed call with no
+/// tokens. With its finish reason but no `[DONE]` it is an answer, recorded as completed.
+#[tokio::test]
+async fn a_stream_ended_before_its_end_is_an_upstream_error() {
+    let mock = Mock::start(|seen: &Seen| {
+        let events = openai_events(true);
+        let events: Vec<&str> = if seen.headers.contains_key("x-finished") {
+            events[..4].to_vec()
+        } else {
+            events[..2].to_vec()
+        };
+        Reply::sse(&events, Duration::ZERO)
+    })
+    .await;
+    let gw = gateway_for(&mock, "").await;
+    let body = r#"{"model":"gpt-4o-mini","stream":true,"stream_options":{"include_usage":true},"messages":[]}"#;
+    post(&gw, "/openai/v1/chat/completions", &[], body).await;
+    let cut = wait_for_calls(&gw, 1).await.remove(0);
+    assert_eq!(cut.outcome, sidetrace::call::record::Outcome::UpstreamError);
+    assert_eq!(cut.error_type.as_deref(), Some("stream_incomplete"));
+    post(
+        &gw,
+        "/openai/v1/chat/completions",
+        &[("x-finished", "1")],
+        body,
+    )
+    .await;
+    let finished = wait_for_calls(&gw, 2).await.remove(1);
+    assert_eq!(
+        finished.outcome,
+        sidetrace::call::record::Outcome::Completed
+    );
+    assert_eq!(finished.error_type, None);
+    assert_eq!(finished.response.unwrap().usage.input_tokens, Some(11));
+    gw.shutdown().await;
+}
+
 #[tokio::test]
 async fn a_client_that_asked_for_usage_gets_the_usage_chunk() {
     let mock = Mock::start(openai_like).await;

@@ -118,6 +118,18 @@ fn outcome_of(e: &ProxyError) -> (Outcome, &'static str) {
     }
 }
 
+/// A successful stream whose body ended cleanly before the provider's own end (`[DONE]`,
+/// `message_stop`, `response.completed`, ...) and before any finish reason: the upstream cut it
+/// short (a proxy or a server that closed it), and what it said is not the answer. Recorded
+/// as an upstream error, `stream_incomplete`, as a reset body is. A finish reason without the
+/// end marker is an answer whose usage may be missing, recorded as completed.
+fn cut_short(record: &CallRecord) -> bool {
+    record.status.is_some_and(|s| (200..300).contains(&s))
+        && record.response.as_ref().is_some_and(|r| {
+            !r.stream_completed && r.error.is_none() && r.finish_reasons.is_empty()
+        })
+}
+
 /// How a response body that failed mid-way maps to the call's outcome and `error.type`.
 pub(super) fn body_outcome(e: &BoxError) -> (Outcome, &'static str) {
     if e.downcast_ref::<BodyTimeout>().is_some() {
@@ -446,7 +458,15 @@ impl Call {
         self.absorb();
         let mut record = self.record.take()?;
         record.duration = self.started.elapsed();
+        let stream = self.parser.as_ref().is_some_and(|p| p.is_stream());
         record.response = self.parser.take().map(|p| p.finish(clean));
+        let (outcome, error_type) = match (outcome, error_type) {
+            (Outcome::Completed, None) if stream && cut_short(&record) => (
+                Outcome::UpstreamError,
+                Some("stream_incomplete".to_string()),
+            ),
+            other => other,
+        };
         record.outcome = outcome;
         record.error_type = error_type.or_else(|| {
             let inband = record.response.as_ref().and_then(|r| r.error.as_ref());
