@@ -485,6 +485,68 @@ async fn a_stream_ended_before_its_end_is_an_upstream_error() {
     gw.shutdown().await;
 }
 
+/// Gemini's `streamGenerateContent` without `alt=sse` streams a JSON array as
+/// application/json: the client gets each part as it comes. It was held back whole (up to the
+/// cost headers' limit), so the first token came only with the last. The mock sends the rest
+/// only once the test has seen the first part and made a second request.
+#[tokio::test]
+async fn a_gemini_json_array_stream_reaches_the_client_as_it_comes() {
+    use http_body_util::BodyExt;
+    const FIRST: &str = r#"[{"candidates":[{"content":{"parts":[{"text":"Hel"}],"role":"model"},"index":0}],"usageMetadata":{"promptTokenCount":4,"totalTokenCount":4},"modelVersion":"gemini-2.5-flash"}"#;
+    const REST: &str = r#",{"candidates":[{"content":{"parts":[{"text":"lo"}],"role":"model"},"finishReason":"STOP","index":0}],"usageMetadata":{"promptTokenCount":4,"candidatesTokenCount":2,"totalTokenCount":6},"modelVersion":"gemini-2.5-flash"}]"#;
+    let mock = Mock::start(|seen: &Seen| {
+        if !seen.uri.contains("streamGenerateContent") {
+            return Reply::json(200, "{}");
+        }
+        Reply {
+            status: 200,
+            headers: vec![("content-type".into(), "application/json".into())],
+            headers_delay: Duration::ZERO,
+            steps: vec![
+                Step::Send(Bytes::from_static(FIRST.as_bytes())),
+                Step::WaitForRequests(2),
+                Step::Send(Bytes::from_static(REST.as_bytes())),
+            ],
+        }
+    })
+    .await;
+    let gw = gateway_to(&mock, "").await;
+    let req = Request::post(format!(
+        "http://{}/gemini/v1beta/models/gemini-2.5-flash:streamGenerateContent",
+        gw.addr
+    ))
+    .header("content-type", "application/json")
+    .body(full_body(
+        r#"{"contents":[{"role":"user","parts":[{"text":"hi"}]}]}"#,
+    ))
+    .unwrap();
+    let mut body = client().request(req).await.unwrap().into_body();
+    let mut got = Vec::new();
+    while got.len() < FIRST.len() {
+        let frame = tokio::time::timeout(Duration::from_secs(10), body.frame())
+            .await
+            .expect("the first part arrives before the upstream sends the rest")
+            .unwrap()
+            .unwrap();
+        got.extend_from_slice(frame.data_ref().unwrap());
+    }
+    assert_eq!(got, FIRST.as_bytes());
+    let release = Request::get(format!("{}/release", mock.url()))
+        .body(full_body(""))
+        .unwrap();
+    client().request(release).await.unwrap();
+    let rest = body.collect().await.unwrap().to_bytes();
+    got.extend_from_slice(&rest);
+    assert_eq!(got, [FIRST, REST].concat().as_bytes());
+    let call = wait_for_calls(&gw, 1).await.remove(0);
+    let usage = call.response.unwrap().usage;
+    assert_eq!(
+        (usage.input_tokens, usage.output_tokens),
+        (Some(4), Some(2))
+    );
+    gw.shutdown().await;
+}
+
 #[tokio::test]
 async fn a_client_that_asked_for_usage_gets_the_usage_chunk() {
     let mock = Mock::start(openai_like).await;

@@ -225,11 +225,15 @@ impl RecordLayer {
             content_type.starts_with(b"application/json"),
             content_type.starts_with(b"text/event-stream"),
         );
-        // A streamed request answered with an odd content type is still streamed.
+        // A streamed request is streamed whatever its answer's content type: Gemini's
+        // `streamGenerateContent` without `alt=sse` streams a JSON array, as application/json,
+        // and held back it would reach the client only once whole. Its error answers (JSON,
+        // whole at once) are read whole, for their headers.
+        let error_answer = response.status().as_u16() >= 400;
         if self.cost_headers_max_body_bytes > 0
             && call.parser.is_some()
             && !is_stream
-            && (!requested_stream || declared_json)
+            && (!requested_stream || (declared_json && error_answer))
         {
             let host = route.host().to_string();
             return buffer_and_price(call, response, self.cost_headers_max_body_bytes, host).await;
