@@ -191,6 +191,66 @@ async fn calls_without_a_valid_key_are_refused_in_the_sdk_error_shape_and_each_i
     gw.shutdown().await;
 }
 
+/// A key's model list held only for requests whose model the gateway read: a body it could
+/// not parse, a route it does not inspect (images, audio) or a path with a percent-encoded
+/// letter (`completion%73`, which the provider reads as `completions`) went through with any
+/// model. Now the encoded path is the plain one (routed, inspected, checked and forwarded as
+/// that), and a request whose model cannot be read is refused; reads (GET) still pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keys_model_list_holds_for_requests_whose_model_cannot_be_read() {
+    let mock = Mock::start(answer).await;
+    let gw = gateway_for(&mock, &keys_config()).await;
+    let key = [("x-sidetrace-key", APP)];
+    let refused = [
+        (
+            "/openai/v1/chat/completion%73",
+            r#"{"model":"gpt-4o","messages":[]}"#,
+        ),
+        (
+            "/openai/v1/chat/completions",
+            "\u{feff}{\"model\":\"gpt-4o\",\"messages\":[]}",
+        ),
+        (
+            "/openai/v1/images/generations",
+            r#"{"model":"gpt-image-1","prompt":"a cat"}"#,
+        ),
+        (
+            "/openai/v1/audio/speech",
+            r#"{"model":"tts-1-hd","input":"hi"}"#,
+        ),
+    ];
+    for (path, body) in refused {
+        let a = post(&gw, path, &key, body).await;
+        assert_eq!(a.status, StatusCode::FORBIDDEN, "{path}");
+        assert_eq!(
+            a.json()["error"]["code"],
+            "gateway_key_not_allowed",
+            "{path}"
+        );
+    }
+    assert!(mock.requests().is_empty());
+    // An allowed model on the encoded path reaches the provider on the plain one.
+    let ok = post(
+        &gw,
+        "/openai/v1/chat/completion%73",
+        &key,
+        r#"{"model":"gpt-4o-mini","messages":[]}"#,
+    )
+    .await;
+    assert_eq!(ok.status, StatusCode::OK);
+    assert_eq!(mock.last().uri, "/v1/chat/completions");
+    // Reads use no model.
+    let req = Request::get(format!("http://{}/openai/v1/models", gw.addr))
+        .header("x-sidetrace-key", APP)
+        .body(full_body(""))
+        .unwrap();
+    assert_eq!(
+        client().request(req).await.unwrap().status(),
+        StatusCode::OK
+    );
+    gw.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn x_sidetrace_key_rides_beside_the_clients_own_provider_key() {
     let mock = Mock::start(answer).await;

@@ -285,8 +285,10 @@ where
     }
 }
 
-/// After inspection: the model the request names must be one its key allows. A request that
-/// names no model (model lists, files) passes.
+/// After inspection: the model the request names must be one its key allows. With a model list,
+/// a request whose model the gateway could not read (a body it cannot parse, a route it does
+/// not inspect: images, audio, files) is refused too, except GET and HEAD (model lists, files
+/// read back), which use no model: the list would otherwise be passed by any such request.
 #[derive(Clone, Default)]
 pub struct KeyModelLayer;
 
@@ -321,12 +323,26 @@ where
             .extensions()
             .get::<Grant>()
             .filter(|g| !g.models.is_empty());
+        let reads_only = matches!(*req.method(), http::Method::GET | http::Method::HEAD);
         let refused = grant.and_then(|grant| {
-            let model = req.extensions().get::<CallSlot>()?.requested_model()?;
-            (!grant.allows_model(&model)).then(|| ProxyError::KeyNotAllowed {
-                name: grant.name.to_string(),
-                what: format!("model {model}"),
-            })
+            let model = req
+                .extensions()
+                .get::<CallSlot>()
+                .and_then(|slot| slot.requested_model());
+            match model {
+                Some(model) => (!grant.allows_model(&model)).then(|| ProxyError::KeyNotAllowed {
+                    name: grant.name.to_string(),
+                    what: format!("model {model}"),
+                }),
+                None if reads_only => None,
+                None => Some(ProxyError::KeyNotAllowed {
+                    name: grant.name.to_string(),
+                    what: format!(
+                        "a request whose model the gateway cannot read (it allows only {})",
+                        grant.models.join(", ")
+                    ),
+                }),
+            }
         });
         match refused {
             None => Box::pin(self.inner.call(req)),
