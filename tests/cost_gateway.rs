@@ -113,6 +113,18 @@ async fn an_unknown_model_gets_no_cost_header_and_counts_as_unpriced() {
         "{metrics}"
     );
     assert!(gw.recent_spans().pop().unwrap().attr("cost.usd").is_none());
+    // Nor a "0" in the cost API: its group's cost is null, its call unpriced.
+    let costs = costs_api(&gw, "group_by=model&bucket=1h").await;
+    let row = &costs["rows"][0];
+    assert_eq!(row["key"], "my-private-model", "{costs}");
+    assert_eq!(row["cost_usd"], Value::Null, "{costs}");
+    assert_eq!(row["unpriced_calls"], 1);
+    assert_eq!(costs["total"]["cost_usd"], Value::Null, "{costs}");
+    assert_eq!(
+        costs["series"][0]["points"][0]["cost_usd"],
+        Value::Null,
+        "{costs}"
+    );
     gw.shutdown().await;
 }
 

@@ -177,6 +177,35 @@ async fn bare_v1_paths_go_to_the_default_provider_and_anthropic_to_its_prefix() 
     gw.shutdown().await;
 }
 
+/// The upstream's own `x-sidetrace-*` headers (another sidetrace behind this one, or any
+/// server) never reach the client: for a call this gateway cannot price, the upstream's
+/// `x-sidetrace-cost-usd` went through as if it were this gateway's.
+#[tokio::test]
+async fn an_upstreams_sidetrace_headers_do_not_reach_the_client() {
+    let mock = Mock::start(|_| {
+        Reply::json(
+            200,
+            r#"{"id":"c1","object":"chat.completion","model":"no-such-model","choices":[],"usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}}"#,
+        )
+        .header("x-sidetrace-cost-usd", "9.99")
+        .header("x-sidetrace-input-tokens", "1")
+    })
+    .await;
+    let gw = gateway_for(&mock, "").await;
+    let a = post(
+        &gw,
+        "/v1/chat/completions",
+        &[],
+        r#"{"model":"no-such-model","messages":[]}"#,
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert!(a.headers.get("x-sidetrace-cost-usd").is_none());
+    // The gateway's own reading of the answer.
+    assert_eq!(a.headers["x-sidetrace-input-tokens"], "1");
+    gw.shutdown().await;
+}
+
 #[tokio::test]
 async fn an_unknown_route_is_a_404_that_lists_the_valid_prefixes() {
     let mock = Mock::start(|_| Reply::json(200, "{}")).await;

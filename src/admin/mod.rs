@@ -391,7 +391,7 @@ fn costs(state: &AdminState, q: &Query) -> Result<Value, ApiError> {
                         json!({
                             "t": t,
                             "calls": totals.calls,
-                            "cost_usd": Cost::from_pico_usd(totals.cost_pico_usd).to_string(),
+                            "cost_usd": cost_of(totals),
                             "input_tokens": totals.input_tokens,
                             "output_tokens": totals.output_tokens,
                         })
@@ -404,13 +404,23 @@ fn costs(state: &AdminState, q: &Query) -> Result<Value, ApiError> {
     Ok(body)
 }
 
+/// A group's cost as the API writes costs: `null` when none of its calls was priced (a `"0"`
+/// would say they cost nothing).
+fn cost_of(t: &Totals) -> Value {
+    if t.priced_calls == 0 {
+        Value::Null
+    } else {
+        Cost::from_pico_usd(t.cost_pico_usd).to_string().into()
+    }
+}
+
 fn row(key: &str, t: &Totals) -> Value {
     json!({
         "key": key,
         "calls": t.calls,
         "priced_calls": t.priced_calls,
         "unpriced_calls": t.unpriced_calls,
-        "cost_usd": Cost::from_pico_usd(t.cost_pico_usd).to_string(),
+        "cost_usd": cost_of(t),
         "input_tokens": t.input_tokens,
         "output_tokens": t.output_tokens,
         "cached_input_tokens": t.cached_input_tokens,

@@ -29,9 +29,12 @@ const HOP_BY_HOP: [HeaderName; 9] = [
     header::UPGRADE,
 ];
 
-/// Removes hop-by-hop headers, including any the `Connection` header names.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    remove_where(headers, |_| false);
+/// An upstream response's headers as the client may get them: no hop-by-hop headers, and none
+/// of sidetrace's own (`x-sidetrace-*`). Those are the gateway's to set: an upstream's (another
+/// sidetrace behind this one, or any server) reached the client of a call this gateway could
+/// not price as its cost (`x-sidetrace-cost-usd: 9.99`).
+pub fn strip_upstream_response(headers: &mut HeaderMap) {
+    remove_where(headers, |name| name.as_str().starts_with("x-sidetrace-"));
 }
 
 /// Removes the hop-by-hop headers (and each one `Connection` names) and every header `also`
@@ -142,7 +145,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn hop_by_hop_headers_and_the_ones_connection_names_are_removed() {
+    fn hop_by_hop_headers_the_ones_connection_names_and_sidetraces_own_are_removed() {
         let mut h = HeaderMap::new();
         h.insert(
             header::CONNECTION,
@@ -164,7 +167,8 @@ mod tests {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
-        strip_hop_by_hop(&mut h);
+        h.insert("x-sidetrace-cost-usd", HeaderValue::from_static("9.99"));
+        strip_upstream_response(&mut h);
         let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
         left.sort();
         assert_eq!(left, ["authorization", "content-type"]);

@@ -25,7 +25,7 @@ use tower::Service;
 use super::{
     body::{BoxError, Holding, ProxyBody, RequestBody},
     limit::{self, ClientBodyError},
-    rewrite::strip_hop_by_hop,
+    rewrite::strip_upstream_response,
 };
 use crate::{config::UpstreamConfig, error::ProxyError, metrics::Metrics, provider::Route};
 
@@ -217,7 +217,7 @@ impl Service<Request<RequestBody>> for Upstream {
             let elapsed = started.elapsed();
             metrics.observe_upstream_headers(&route.provider.name, elapsed);
             let mut response = result.map_err(|e| classify(&route, &e))?;
-            strip_hop_by_hop(response.headers_mut());
+            strip_upstream_response(response.headers_mut());
             response.extensions_mut().insert(UpstreamElapsed(elapsed));
             Ok(response
                 .map(|body| Holding::boxed(body.map_err(BoxError::from).boxed_unsync(), in_flight)))
