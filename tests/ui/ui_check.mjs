@@ -339,6 +339,14 @@ async function main() {
     const head = await page.textContent('[data-testid=trace-head]');
     check(head.includes(args.trace), 'the deep-linked trace header does not show the trace id');
     await screenshot('trace-deep-link');
+    // The OTLP JSON button downloads the trace with the admin token (a plain link sends none,
+    // and was refused with 401 and no word when a token was set).
+    const [download] = await Promise.all([
+      page.waitForEvent('download', { timeout: 15000 }),
+      page.click('[data-testid=otlp-download]'),
+    ]);
+    const saved = JSON.parse(fs.readFileSync(await download.path(), 'utf8'));
+    check(Array.isArray(saved.resourceSpans) && saved.resourceSpans.length > 0, 'the downloaded trace has no resourceSpans');
   });
 
   if (args['big-trace']) {

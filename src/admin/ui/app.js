@@ -188,6 +188,36 @@ async function api(path, params) {
   return body;
 }
 
+// With an admin token, a plain link would be refused (a download sends no Authorization
+// header): the trace is fetched with the token and saved from memory. Without one, the link
+// works as it is.
+async function downloadWithToken(ev, traceId) {
+  if (!adminToken()) return;
+  ev.preventDefault();
+  const a = ev.currentTarget;
+  try {
+    const body = await api('/api/traces/' + encodeURIComponent(traceId) + '/otlp');
+    const url = URL.createObjectURL(new Blob([JSON.stringify(body)], { type: 'application/json' }));
+    const save = h('a', { href: url, download: 'trace-' + traceId + '.otlp.json' });
+    document.body.appendChild(save);
+    save.click();
+    save.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 10000);
+  } catch (e) {
+    a.after(errorBox(e, 'Could not download the trace'));
+  }
+}
+
+// A path segment of a deep link, decoded; as it is when its percent-encoding is broken (the
+// API then says what is wrong with it, rather than the page failing).
+function decodedSegment(s) {
+  try {
+    return decodeURIComponent(s);
+  } catch (_) {
+    return s;
+  }
+}
+
 function errorBox(err, what) {
   const e = err instanceof ApiError ? err : new ApiError(0, 'ui_error', String(err && err.message || err), '');
   const head = e.status ? `${what}: ${e.status} ${e.type}` : `${what}: ${e.type}`;
@@ -303,13 +333,13 @@ function route() {
       pageTraces(gen, params);
     } else if ((m = path.match(/^\/ui\/traces\/([^/]+)$/))) {
       section = 'traces';
-      pageTrace(gen, decodeURIComponent(m[1]), params);
+      pageTrace(gen, decodedSegment(m[1]), params);
     } else if (path === '/ui/sessions') {
       section = 'sessions';
       pageSessions(gen, params);
     } else if ((m = path.match(/^\/ui\/sessions\/([^/]+)$/))) {
       section = 'sessions';
-      pageSession(gen, decodeURIComponent(m[1]));
+      pageSession(gen, decodedSegment(m[1]));
     } else if (path === '/ui/costs') {
       section = 'costs';
       pageCosts(gen, params);
@@ -518,6 +548,8 @@ const TRACE_FILTERS = [
 ];
 const WINDOWS = [['', 'any time'], ['15m', '15 min'], ['1h', '1 hour'], ['6h', '6 hours'], ['24h', '24 hours'], ['7d', '7 days'], ['30d', '30 days']];
 const PAGE_SIZE = 100;
+// Tree levels indented in the trace view; deeper ones are drawn at this one, with their depth.
+const MAX_INDENT = 8;
 
 function pageTraces(gen, params) {
   const st = { rows: [], next: null, loading: false, sort: parseSort(params), auto: false, timer: 0, updated: 0 };
@@ -885,8 +917,8 @@ function renderTrace(gen, page, body, params) {
       t.errors ? h('span', { class: 'badge err', text: t.errors + (t.errors === 1 ? ' error' : ' errors') }) : h('span', { class: 'badge ok', text: 'ok' }),
       idChip('trace', traceId, 'copy-trace-id'),
       h('span', { class: 'spacer' }),
-      t.session ? h('a', { class: 'btn', href: '/ui/sessions/' + encodeURIComponent(t.session), text: 'Session ' + t.session, testid: 'trace-session-link' }) : null,
-      h('a', { class: 'btn', href: '/api/traces/' + encodeURIComponent(traceId) + '/otlp', download: 'trace-' + traceId + '.otlp.json', text: 'OTLP JSON', title: 'Download the trace as OTLP/JSON (loads in other OpenTelemetry tools)' })),
+      t.session ? h('a', { class: 'btn', href: '/ui/sessions/' + encodeURIComponent(t.session), text: 'Session ' + t.session, title: 'Session ' + t.session, testid: 'trace-session-link' }) : null,
+      h('a', { class: 'btn', href: '/api/traces/' + encodeURIComponent(traceId) + '/otlp', download: 'trace-' + traceId + '.otlp.json', text: 'OTLP JSON', title: 'Download the trace as OTLP/JSON (loads in other OpenTelemetry tools)', testid: 'otlp-download', on: { click: (ev) => downloadWithToken(ev, traceId) } })),
     h('div', { class: 'th-stats' },
       stat('Started', fmtFull(t.start_ms ?? t0)),
       stat('Duration', fmtDur(t.duration_ms ?? total)),
@@ -974,7 +1006,10 @@ function renderTrace(gen, page, body, params) {
       data: { idx: x.idx, spanId: s.span_id, depth: x.depth, name: s.name || '' },
       attrs: { role: 'treeitem', 'aria-level': x.depth + 1 },
     },
-      h('div', { class: 'c-name', style: { paddingLeft: (4 + x.depth * 14) + 'px' } }, toggle,
+      // Indented 14 px a level up to MAX_INDENT levels, so that a deep tree keeps its names
+      // readable; deeper rows say their depth.
+      h('div', { class: 'c-name', style: { paddingLeft: (4 + Math.min(x.depth, MAX_INDENT) * 14) + 'px' } }, toggle,
+        x.depth > MAX_INDENT ? h('span', { class: 'depth', text: String(x.depth), title: 'depth ' + x.depth }) : null,
         h('span', { class: 'kind k-' + x.kind, text: KIND_LABEL[x.kind] }), nameEl, marks),
       h('div', { class: 'c-dur', text: fmtDur(s.duration_ms) }),
       h('div', { class: 'c-tok', text: tok ? fmtCompact(tok) : '' }),
@@ -1261,7 +1296,12 @@ function renderSpanPanel(panel, nodes, idx, traceId, ctx, select) {
       h('span', { class: 'kind k-' + x.kind, text: KIND_LABEL[x.kind] }),
       h('span', { class: 'sp-name', text: s.name || '(unnamed)', testid: 'span-name' }),
       statusBadge,
-      outcome ? h('span', { class: 'badge ' + (outcome === 'completed' ? 'ok' : 'err'), text: outcome, title: 'sidetrace.outcome: how the call ended' }) : null),
+      // `completed` says the provider answered; beside an error it is no success.
+      outcome ? h('span', {
+        class: 'badge ' + (outcome !== 'completed' ? 'err' : s.status && s.status.code === 'error' ? '' : 'ok'),
+        text: outcome,
+        title: 'sidetrace.outcome: how the call ended' + (outcome === 'completed' ? ' (the provider answered)' : ''),
+      }) : null),
     h('div', { class: 'sp-sub' },
       h('span', { text: fmtDur(s.duration_ms) }),
       h('span', { class: 'muted', text: fmtFull(s.start_ms), title: 'start ' + (s.start_unix_nanos || '') + ' ns' }),
@@ -1353,7 +1393,11 @@ function renderSpanPanel(panel, nodes, idx, traceId, ctx, select) {
     if (input.present) sec.body.appendChild(renderMessages(input, chatCtx, 'input', Number(a['sidetrace.input.messages_omitted']) || 0));
     panel.appendChild(sec.el);
   }
-  if (output.present) {
+  // A failed call's answer held no message: its empty assistant turn is not shown as a reply.
+  const failed = s.status && s.status.code === 'error';
+  const said = (m) => m && ((Array.isArray(m.parts) && m.parts.length) || m.finish_reason);
+  const noReply = failed && Array.isArray(output.value) && !output.value.some(said);
+  if (output.present && !noReply) {
     const sec = section('Output', 'span-output', true);
     sec.body.appendChild(renderMessages(output, chatCtx, 'output'));
     panel.appendChild(sec.el);
