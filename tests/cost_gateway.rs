@@ -193,6 +193,40 @@ async fn costs_api(gw: &TestGateway, query: &str) -> Value {
     a.json()
 }
 
+/// The series cover the ten costliest groups; `series_other` sums the rest per bucket, so a
+/// chart's "other" is all of it (it counted only what the ten left after the chart's own top).
+#[tokio::test]
+async fn the_cost_series_sum_the_groups_past_the_charted_ones() {
+    let mock = Mock::start(provider).await;
+    let (gw, _dir) = gw(&mock, "").await;
+    for i in 0..13 {
+        let feature = format!("f{i:02}");
+        post(
+            &gw,
+            "/openai/v1/chat/completions",
+            &[("x-sidetrace-feature", feature.as_str())],
+            r#"{"model":"o4-mini"}"#,
+        )
+        .await;
+    }
+    let costs = costs_api(&gw, "group_by=feature&window=1h&bucket=1h").await;
+    let calls = |points: &Value| -> u64 {
+        points
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["calls"].as_u64().unwrap())
+            .sum()
+    };
+    let series = costs["series"].as_array().unwrap();
+    assert_eq!(series.len(), 10, "{costs}");
+    let charted: u64 = series.iter().map(|s| calls(&s["points"])).sum();
+    assert_eq!(charted, 10);
+    assert_eq!(calls(&costs["series_other"]["points"]), 3, "{costs}");
+    assert_eq!(costs["total"]["calls"], 13);
+    gw.shutdown().await;
+}
+
 #[tokio::test]
 async fn the_cost_query_api_returns_the_sums_of_the_spans_by_feature_user_and_model() {
     let mock = Mock::start(provider).await;

@@ -377,29 +377,30 @@ fn costs(state: &AdminState, q: &Query) -> Result<Value, ApiError> {
             .take(COST_SERIES)
             .map(|(k, _)| k.clone())
             .collect();
-        let series: BTreeMap<String, BTreeMap<u64, Totals>> = state
+        let (series, rest) = state
             .costs
             .series(from, to, group_by, &filter, bucket, &groups);
+        let points = |buckets: &BTreeMap<u64, Totals>| -> Vec<Value> {
+            buckets
+                .iter()
+                .map(|(t, totals)| {
+                    json!({
+                        "t": t,
+                        "calls": totals.calls,
+                        "cost_usd": cost_of(totals),
+                        "input_tokens": totals.input_tokens,
+                        "output_tokens": totals.output_tokens,
+                    })
+                })
+                .collect()
+        };
+        let empty = BTreeMap::new();
         body["series"] = groups
             .iter()
-            .map(|g| {
-                let points: Vec<Value> = series
-                    .get(g)
-                    .into_iter()
-                    .flatten()
-                    .map(|(t, totals)| {
-                        json!({
-                            "t": t,
-                            "calls": totals.calls,
-                            "cost_usd": cost_of(totals),
-                            "input_tokens": totals.input_tokens,
-                            "output_tokens": totals.output_tokens,
-                        })
-                    })
-                    .collect();
-                json!({"key": g, "points": points})
-            })
+            .map(|g| json!({"key": g, "points": points(series.get(g).unwrap_or(&empty))}))
             .collect();
+        // The groups past the charted ones, summed: a chart's "other" is the whole rest.
+        body["series_other"] = json!({"points": points(&rest)});
     }
     Ok(body)
 }

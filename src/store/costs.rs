@@ -528,7 +528,7 @@ impl CostStore {
     }
 
     /// Totals per group and per bucket of `bucket_secs` (a multiple of an hour) over
-    /// `[from, to)`, for the groups in `groups` only.
+    /// `[from, to)`, for the groups in `groups`; and per bucket, every other group's summed.
     pub fn series(
         &self,
         from: u64,
@@ -537,19 +537,26 @@ impl CostStore {
         filter: &Filter,
         bucket_secs: u64,
         groups: &[String],
-    ) -> BTreeMap<String, BTreeMap<u64, Totals>> {
+    ) -> (
+        BTreeMap<String, BTreeMap<u64, Totals>>,
+        BTreeMap<u64, Totals>,
+    ) {
         let mut out: BTreeMap<String, BTreeMap<u64, Totals>> = BTreeMap::new();
+        let mut rest: BTreeMap<u64, Totals> = BTreeMap::new();
         self.rows(from, to, filter, |k, t| {
             let group = group_by.of(k);
+            let bucket = k.hour - k.hour % bucket_secs;
             if groups.iter().any(|g| g == group) {
                 out.entry(group.to_string())
                     .or_default()
-                    .entry(k.hour - k.hour % bucket_secs)
+                    .entry(bucket)
                     .or_default()
                     .add(t);
+            } else {
+                rest.entry(bucket).or_default().add(t);
             }
         });
-        out
+        (out, rest)
     }
 
     /// Drops the rows of hours that ended before `before` (unix seconds): the aggregates are

@@ -1894,7 +1894,9 @@ function chartGroups(body) {
   }
   const keys = series.map((s) => s.key).sort((a, b) => total.get(b) - total.get(a));
   const top = keys.slice(0, MAX_SERIES);
-  body._groups = { top, other: keys.length > MAX_SERIES, colors: new Map(top.map((k, i) => [k, PALETTE[i % PALETTE.length]])) };
+  // The API sends series for its costliest groups and the rest summed (series_other).
+  const rest = ((body.series_other || {}).points || []).length > 0;
+  body._groups = { top, other: keys.length > MAX_SERIES || rest, colors: new Map(top.map((k, i) => [k, PALETTE[i % PALETTE.length]])) };
   return body._groups;
 }
 
@@ -1931,8 +1933,8 @@ function drawCostChart(box, body, metric, bucket, width) {
   const colors = g.top.map((k) => g.colors.get(k));
   if (g.other) {
     const other = new Array(xs.length).fill(0);
-    for (const s of body.series) {
-      if (g.top.includes(s.key)) continue;
+    const restSeries = [...body.series.filter((s) => !g.top.includes(s.key)), body.series_other || {}];
+    for (const s of restSeries) {
       for (const p of s.points || []) { const i = pos.get(Math.floor(p.t / step) * step); if (i !== undefined) other[i] += valueOf(p); }
     }
     raw.push(other);
