@@ -1,9 +1,9 @@
 //! Listeners, connection handling and graceful shutdown for the proxy and admin ports.
 //!
 //! Each listener keeps its connections bounded: at most `max_connections` open (at the cap it
-//! closes the ones quiet for a second or more, and accepts again when one closes), a connection must send its first request within
-//! `request_headers_ms` and is closed gracefully after `idle_connection_ms` with no request in
-//! flight. On shutdown the connections drain within the grace; those still open after it are
+//! closes the ones quiet for a second or more, and accepts again when one closes), a connection
+//! must send its first request within `request_headers_ms` and is closed gracefully after
+//! `idle_connection_ms` with no request in flight. On shutdown the connections drain within the grace; those still open after it are
 //! cut, and the calls on them are finished (recorded, exported or spooled) before export stops.
 
 use std::{

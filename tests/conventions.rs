@@ -149,10 +149,7 @@ async fn the_export_uses_the_v1_41_genai_names_unless_the_latest_are_opted_in() 
     // A span an app sent the receiver leaves exactly as the app made it.
     let ingest = gw.ingest_http_addr.expect("the receiver is on");
     // Started now: a span from before the store's max_age is rejected.
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
+    let now = now_nanos();
     let body = format!(
         r#"{{"resourceSpans":[{{"resource":{{"attributes":[{{"key":"service.name","value":{{"stringValue":"app"}}}}]}},"scopeSpans":[{{"scope":{{"name":"app.lib"}},"spans":[{{"traceId":"5b8efff798038103d269b633813fc60c","spanId":"eee19b7ec3c1b174","name":"chat app-model","kind":3,"startTimeUnixNano":"{now}","endTimeUnixNano":"{end}","attributes":[{{"key":"gen_ai.usage.cache_creation.input_tokens","value":{{"intValue":"3"}}}}]}}]}}]}}]}}"#,
         end = now + 1,

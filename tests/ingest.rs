@@ -57,13 +57,6 @@ fn string(k: &str, v: &str) -> KeyValue {
     }
 }
 
-fn now_nanos() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64
-}
-
 /// A valid span `n` of trace `trace`, child of `parent` when given.
 fn span(trace: [u8; 16], n: u64, parent: Option<u64>) -> Span {
     let start = now_nanos();

@@ -30,13 +30,6 @@ const APP_RETRIEVE: &str = "c7ad6b7169203332";
 const AGENT_TREE: &str = "support_agent.run:0,retrieve:1,chat gpt-4o-mini:1,execute_tool get_weather:2,chat gpt-4o-mini:1,evaluation helpfulness:2";
 const LOOP_TREE: &str = "chat gpt-4o-mini:0,execute_tool get_weather:1,chat gpt-4o-mini:1";
 
-fn now_nanos() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64
-}
-
 /// One span of the app's own SDK, as OTLP/JSON.
 fn app_span(id: &str, parent: Option<&str>, name: &str, start: u64, end: u64) -> Value {
     json!({

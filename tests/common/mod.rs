@@ -670,6 +670,14 @@ pub async fn admin_get(gw: &Gateway, path: &str) -> Answer {
     }
 }
 
+/// Now, in unix nanoseconds (span times).
+pub fn now_nanos() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+}
+
 /// A loopback port for a server that will be stopped and started again on the same port.
 /// Ports from the kernel's ephemeral range can be handed out as the source port of another
 /// test's outgoing connection while the server is down, so these come from below it
