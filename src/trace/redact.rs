@@ -21,8 +21,7 @@ use regex::{Captures, Regex};
 
 /// Placeholders by kind, in the priority order the combined pattern tries them (compiled with
 /// ASCII `\b` and `\d`: see the module's note). Each match holds a digit, an `@` or a `:`, or
-/// is at least [`SHORTEST_WITHOUT`] bytes long (a key or a token); [`could_match`] relies on
-/// it, and a test checks it.
+/// begins as [`key_at`] finds; [`could_match`] relies on it, and a test checks it.
 const PATTERNS: &[(&str, &str)] = &[
     (
         "API_KEY",
@@ -53,16 +52,76 @@ const PATTERNS: &[(&str, &str)] = &[
     ),
 ];
 
-/// The shortest text a built-in pattern matches that holds no digit, `@` or `:`: a Slack token
-/// (`xoxb-` and ten more).
-const SHORTEST_WITHOUT: usize = 15;
+/// Whether [`could_match`] looks closer at a byte: a digit, `@` or `:` (what most patterns
+/// hold), a byte a key or token may begin or end its prefix with ([`key_at`]), or non-ASCII
+/// (a digit other than ASCII's). Written without branches, so a chunk of bytes is asked at
+/// once.
+fn notable(b: u8) -> bool {
+    (b.wrapping_sub(b'0') < 10)
+        | (b == b'@')
+        | (b == b':')
+        | (b == b'-')
+        | (b == b'_')
+        | (b == b'A')
+        | ((b | 0x20) == b'b')
+        | (b >= 0x80)
+}
 
-/// Whether a built-in pattern could match anything in `text`. Most strings capture writes are
-/// short words (a part type, a role, a finish reason), and the combined pattern costs hundreds
-/// of instructions even to find nothing in them. Any decimal digit is searched as an ASCII
-/// one, so this asks `is_numeric`, which holds for those and more.
+/// Whether a key or token that holds no digit begins around `bytes[i]` (a `-`, `_`, `A`, `b`
+/// or `B`): `sk-`, `xai-` and `xox?-` end at a `-`, `gsk_`, `hf_`, `gh?_` and `AZURE_` at a
+/// `_`; `AIza`, `AKIA` and `ASIA` begin at the `A`, `bearer` (in any case) at the `b`. These
+/// are the beginnings of the `API_KEY` and `BEARER_TOKEN` patterns, looser (`?` is any byte).
+fn key_at(bytes: &[u8], i: usize) -> bool {
+    let before = &bytes[..i];
+    let after = &bytes[i..];
+    let ends = |s: &[u8]| {
+        before.len() >= s.len()
+            && s.iter()
+                .zip(&before[before.len() - s.len()..])
+                .all(|(&want, &have)| want == b'?' || want == have)
+    };
+    match bytes[i] {
+        b'-' => ends(b"sk") || ends(b"xai") || ends(b"xox?"),
+        b'_' => ends(b"sk") || ends(b"hf") || ends(b"gh?") || ends(b"AZURE"),
+        b'A' => matches!(after.get(..4), Some(b"AIza" | b"AKIA" | b"ASIA")),
+        _ => after
+            .get(..6)
+            .is_some_and(|b| b.eq_ignore_ascii_case(b"bearer")),
+    }
+}
+
+/// Whether a built-in pattern could match anything in `text`. Most text capture writes (a
+/// part type, a role, a system prompt, a question in prose) holds nothing to redact, and the
+/// combined pattern costs about ten instructions a byte to find nothing; this look, about two.
+/// Every built-in match holds a digit, an `@` or a `:`, or is a key or token beginning as
+/// [`key_at`] finds (a test checks it). Any decimal digit is searched as an ASCII one, so
+/// non-ASCII text is asked `is_numeric`, which holds for those and more.
 fn could_match(text: &str) -> bool {
-    text.len() >= SHORTEST_WITHOUT || text.chars().any(|c| c.is_numeric() || c == '@' || c == ':')
+    const CHUNK: usize = 16;
+    let bytes = text.as_bytes();
+    let (chunks, rest) = bytes.as_chunks::<CHUNK>();
+    let mut last = [0u8; CHUNK];
+    last[..rest.len()].copy_from_slice(rest);
+    let mut ascii = true;
+    for (n, chunk) in chunks.iter().chain([&last]).enumerate() {
+        // A fixed length and no branch: a few vector instructions for the chunk.
+        let mut any = false;
+        for &b in chunk {
+            any |= notable(b);
+        }
+        if !any {
+            continue;
+        }
+        for (j, &b) in chunk.iter().enumerate() {
+            match b {
+                b'0'..=b'9' | b'@' | b':' => return true,
+                0x80.. => ascii = false,
+                b'-' | b'_' | b'A' | b'b' | b'B' if key_at(bytes, n * CHUNK + j) => return true,
+                _ => {}
+            }
+        }
+    }
+    !ascii && text.chars().any(char::is_numeric)
 }
 
 /// A compiled redactor: the built-in kinds plus configured patterns.
@@ -681,43 +740,130 @@ mod tests {
         }
     }
 
-    /// Texts of fewer than `SHORTEST_WITHOUT` bytes with no digit, `@` or `:`: letters (ASCII,
-    /// accented, other scripts), spaces and the punctuation the patterns use.
-    fn short_without() -> impl Strategy<Value = String> {
+    /// Text with no digit, `@` or `:`, of letters (ASCII, accented, other scripts), the
+    /// punctuation the patterns use, and pieces of the keys' and tokens' beginnings, whole and
+    /// cut short.
+    fn without_digits() -> impl Strategy<Value = String> {
         proptest::collection::vec(
             proptest::sample::select(vec![
-                'a', 'f', 'x', 'o', 'b', 'A', 'K', 'I', 'Z', 'S', 'k', 'h', 'g', 'p', 'r', 'i',
-                'z', 's', 'e', 'u', 'E', 'R', 'W', '-', '_', '.', '+', '%', ' ', '/', '=', '~',
-                '(', ')', 'é', 'ß', 'Ж', '漢', '\n', '\t',
+                "a",
+                "f",
+                "x",
+                "o",
+                "b",
+                "A",
+                "K",
+                "I",
+                "Z",
+                "S",
+                "k",
+                "h",
+                "g",
+                "p",
+                "r",
+                "i",
+                "z",
+                "s",
+                "e",
+                "u",
+                "E",
+                "R",
+                "W",
+                "-",
+                "_",
+                ".",
+                "+",
+                "%",
+                " ",
+                "/",
+                "=",
+                "~",
+                "(",
+                ")",
+                "é",
+                "ß",
+                "Ж",
+                "漢",
+                "\n",
+                "\t",
+                "sk",
+                "sk-",
+                "gs",
+                "xai",
+                "xo",
+                "xox",
+                "xoxb",
+                "gh",
+                "ghp",
+                "hf",
+                "AI",
+                "AIz",
+                "AK",
+                "AKI",
+                "AS",
+                "ASI",
+                "AZUR",
+                "bear",
+                "Bea",
+                "rer",
+                "er",
+                "ABCDEFGHIJKLMNOP",
+                "abcdefghijklmnopqrstuvwxyz",
             ]),
-            0..SHORTEST_WITHOUT,
+            0..40,
         )
-        .prop_map(|chars| {
-            let mut s: String = chars.into_iter().collect();
-            while s.len() >= SHORTEST_WITHOUT {
-                s.pop();
-            }
-            s
-        })
+        .prop_map(|pieces| pieces.concat())
     }
 
     proptest! {
         #[test]
-        fn no_built_in_pattern_matches_what_could_match_rules_out(text in short_without()) {
-            prop_assert!(!could_match(&text));
-            let r = Redactor::new(&[]).unwrap();
-            prop_assert!(!r.combined.is_match(&text), "{:?}", text);
-            prop_assert!(!as_written().is_match(&text), "{:?}", text);
+        fn no_built_in_pattern_matches_what_could_match_rules_out(text in without_digits()) {
+            static BOTH: std::sync::LazyLock<(Redactor, Regex)> =
+                std::sync::LazyLock::new(|| (Redactor::new(&[]).unwrap(), as_written()));
+            if !could_match(&text) {
+                prop_assert!(!BOTH.0.combined.is_match(&text), "{:?}", text);
+                prop_assert!(!BOTH.1.is_match(&text), "{:?}", text);
+            }
         }
     }
 
     #[test]
-    fn the_shortest_key_without_a_digit_is_still_redacted() {
-        let token = "xoxb-abcdefghij";
-        assert_eq!(token.len(), SHORTEST_WITHOUT);
-        assert_eq!(r().redact(token), "[API_KEY]");
-        assert_eq!(r().redact("::"), "[IP]");
-        assert_eq!(r().redact("a@b.cd"), "[EMAIL]");
+    fn prose_without_digits_skips_the_patterns_and_keys_without_digits_do_not() {
+        for prose in [
+            "You are a helpful assistant.",
+            "Say hello and count to twenty.",
+            "A well-known step-by-step guide, in short_form, see below",
+            "Réponds en français, s'il te plaît. Ответь по-русски.",
+        ] {
+            assert!(!could_match(prose), "{prose}");
+        }
+        let letters = |n: usize| {
+            "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ".repeat(2)[..n].to_string()
+        };
+        let upper = |n: usize| "ABCDEFGHIJKLMNOPQRSTUVWXYZ".repeat(2)[..n].to_string();
+        for (key, kind) in [
+            ("xoxb-abcdefghij".to_string(), "API_KEY"),
+            (format!("sk-{}", letters(24)), "API_KEY"),
+            (format!("sk-proj-{}", letters(24)), "API_KEY"),
+            (format!("xai-{}", letters(20)), "API_KEY"),
+            (format!("gsk_{}", letters(20)), "API_KEY"),
+            (format!("hf_{}", letters(30)), "API_KEY"),
+            (format!("ghp_{}", letters(36)), "API_KEY"),
+            (format!("AIza{}", letters(35)), "API_KEY"),
+            (format!("AKIA{}", upper(16)), "API_KEY"),
+            (format!("ASIA{}", upper(16)), "API_KEY"),
+            (format!("AZURE_{}", letters(32)), "API_KEY"),
+            (format!("Bearer {}", letters(20)), "BEARER_TOKEN"),
+            (format!("BEARER {}", letters(20)), "BEARER_TOKEN"),
+            ("::".to_string(), "IP"),
+            ("a@b.cd".to_string(), "EMAIL"),
+        ] {
+            assert!(could_match(&key), "{key}");
+            assert_eq!(
+                r().redact(&format!("use {key} now")),
+                format!("use [{kind}] now")
+            );
+        }
     }
 
     #[test]
