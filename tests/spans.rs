@@ -416,12 +416,61 @@ async fn an_upstream_error_sets_error_type_and_status() {
     )
     .await;
     let span = spans(&gw, 1).await.remove(0);
-    assert!(matches!(span.status, SpanStatus::Error(_)));
+    // The provider's own words are the status: what a reader of the failed call wants first.
+    let SpanStatus::Error(message) = &span.status else {
+        panic!("{:?}", span.status)
+    };
+    assert!(
+        message.starts_with("Rate limit reached for gpt-4o in organization org-Qx7Lm2"),
+        "{message}"
+    );
     assert!(str_attr(&span, "error.type").is_some());
     assert_eq!(
         span.attr("http.response.status_code"),
         Some(&AttrValue::Int(429))
     );
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_provider_error_message_is_redacted_in_the_status_and_a_bare_error_says_what_failed() {
+    let mock = Mock::start(|req| {
+        if req.body.windows(4).any(|w| w == b"bare") {
+            Reply::json(502, r#"{"error":{"type":"server_error"}}"#)
+        } else {
+            Reply::json(
+                400,
+                r#"{"error":{"message":"Invalid 'messages[0].content': 'mail jane@example.com' is not allowed.","type":"invalid_request_error","code":null}}"#,
+            )
+        }
+    })
+    .await;
+    let gw = gateway_for(&mock, "").await;
+    let body = r#"{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}]}"#;
+    post(&gw, "/openai/v1/chat/completions", &[], body).await;
+    post(
+        &gw,
+        "/openai/v1/chat/completions",
+        &[],
+        r#"{"model":"bare"}"#,
+    )
+    .await;
+    let spans = spans(&gw, 2).await;
+    let status = |model: &str| {
+        let span = spans
+            .iter()
+            .find(|s| str_attr(s, "gen_ai.request.model") == Some(model))
+            .unwrap();
+        match &span.status {
+            SpanStatus::Error(m) => m.clone(),
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(
+        status("gpt-4o"),
+        "Invalid 'messages[0].content': 'mail [EMAIL]' is not allowed."
+    );
+    assert_eq!(status("bare"), "upstream answered 502");
     gw.shutdown().await;
 }
 

@@ -4,6 +4,7 @@
 //! copies from there (the store's with its own content; one copy when only one of them is on).
 
 use std::{
+    borrow::Cow,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -112,6 +113,7 @@ impl Recorder {
         }
         self.capture_output(&mut call);
         self.split_content(&mut call);
+        self.redact_error(&mut call);
         let span = span_for(&call);
         for sink in &self.sinks {
             sink.record(&call, &span);
@@ -235,6 +237,22 @@ impl Recorder {
 
     /// Puts what the response said (text, tool calls, finish reason) in the captured content
     /// (and in the store's copy when it was captured apart), each at its own level.
+    /// The provider's error message becomes the span's status, exported and stored at every
+    /// capture level, so it is redacted as captured text is: some providers quote the request
+    /// in theirs.
+    fn redact_error(&self, call: &mut CallRecord) {
+        let message = call
+            .response
+            .as_mut()
+            .and_then(|r| r.error.as_mut())
+            .and_then(|e| e.message.as_mut());
+        if let Some(message) = message
+            && let Cow::Owned(redacted) = self.capturer.redactor.redact(message)
+        {
+            *message = redacted;
+        }
+    }
+
     fn capture_output(&self, call: &mut CallRecord) {
         let Some(response) = &call.response else {
             return;

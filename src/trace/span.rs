@@ -435,15 +435,25 @@ pub fn span_for(call: &CallRecord) -> SpanRecord {
     ));
 
     let failed = call.outcome != Outcome::Completed || call.error_type.is_some();
+    // What the provider said went wrong (a 429's "Rate limit reached for ..."), when it said
+    // anything: what a reader of a failed call wants first. The recorder has redacted it.
+    let provider_says = matches!(call.outcome, Outcome::Completed | Outcome::UpstreamError)
+        .then(|| call.response.as_ref()?.error.as_ref()?.message.as_deref())
+        .flatten()
+        .map(str::trim)
+        .filter(|m| !m.is_empty());
     let status = if failed {
-        SpanStatus::Error(match call.outcome {
-            Outcome::Timeout => "upstream timed out".to_string(),
-            Outcome::Cancelled => "client cancelled the call".to_string(),
-            Outcome::UpstreamError => "upstream failed".to_string(),
-            Outcome::GatewayError => "gateway refused the call".to_string(),
-            Outcome::Completed => match call.status {
-                Some(s) if s >= 400 => format!("upstream answered {s}"),
-                _ => "provider signalled an error".to_string(),
+        SpanStatus::Error(match provider_says {
+            Some(message) => message.to_string(),
+            None => match call.outcome {
+                Outcome::Timeout => "upstream timed out".to_string(),
+                Outcome::Cancelled => "client cancelled the call".to_string(),
+                Outcome::UpstreamError => "upstream failed".to_string(),
+                Outcome::GatewayError => "gateway refused the call".to_string(),
+                Outcome::Completed => match call.status {
+                    Some(s) if s >= 400 => format!("upstream answered {s}"),
+                    _ => "provider signalled an error".to_string(),
+                },
             },
         })
     } else {
