@@ -446,8 +446,9 @@ fn card_within(run: &str) -> Option<(usize, usize)> {
 /// [`card_within`]. The card is the longest whole groups at the run's end, after its first
 /// group, each of at least 4 digits, 13 to 19 in all, starting as issued cards start
 /// ([`issued`]) and passing the Luhn check. As it ends the run, the search goes on after the
-/// run, and nothing a match would have found in it is left. A card with its security code after
-/// it as well is not looked for. Its range in `searched`.
+/// run, and nothing a match would have found in it is left. When no card ends the run, one
+/// ending before its last group of 1 to 3 digits (a security code) is looked for the same way.
+/// Its range in `searched`.
 fn card_ending_run(
     searched: &str,
     start: usize,
@@ -476,9 +477,25 @@ fn card_ending_run(
     if (continued && run_end == end) || bytes.get(run_end).is_some_and(glued) {
         return None;
     }
+    // The card ends the run, or the group before a last one of 1 to 3 digits (its security
+    // code or expiry month: `2024 4111 1111 1111 1111 123`). Not 4: in a long run of groups of
+    // four (an id, a serial) some sixteen digits before the last group pass the check.
+    let last_sep = searched[start..run_end]
+        .rfind([' ', '-'])
+        .map(|i| start + i)
+        .filter(|&sep| (1..=3).contains(&(run_end - sep - 1)));
+    [Some(run_end), last_sep]
+        .into_iter()
+        .flatten()
+        .find_map(|card_end| card_ending_at(searched, start, card_end))
+}
+
+/// The longest card of [`card_ending_run`] that ends at `card_end`: whole groups of at least 4
+/// digits after the first group of `searched[start..card_end]`.
+fn card_ending_at(searched: &str, start: usize, card_end: usize) -> Option<(usize, usize)> {
     let mut card_start = None;
     let mut digits = 0;
-    let mut at = run_end;
+    let mut at = card_end;
     while let Some(sep) = searched[start..at].rfind([' ', '-']).map(|i| start + i) {
         let group = &searched[sep + 1..at];
         if group.len() < 4 || !group.bytes().all(|b| b.is_ascii_digit()) {
@@ -488,13 +505,13 @@ fn card_ending_run(
         if digits > 19 {
             break;
         }
-        let card = &searched[sep + 1..run_end];
+        let card = &searched[sep + 1..card_end];
         if digits >= 13 && issued(card) && luhn(card) {
             card_start = Some(sep + 1);
         }
         at = sep;
     }
-    card_start.map(|s| (s, run_end))
+    card_start.map(|s| (s, card_end))
 }
 
 /// Starts as the card networks' numbers start: 3 to 6 (American Express, Diners, JCB, Visa,
@@ -713,6 +730,21 @@ mod tests {
             (
                 "iban DE89 3704 0044 0532 0130 01 bad checksum",
                 "iban DE89 3704 0044 0532 0130 01 bad checksum",
+            ),
+            // With its security code or expiry month after it as well.
+            (
+                "paid 2024 4111 1111 1111 1111 123 today",
+                "paid 2024 [CARD] 123 today",
+            ),
+            ("AB12 4111 1111 1111 1111 09 ok", "AB12 [CARD] 09 ok"),
+            ("2024-4111-1111-1111-1111-123", "2024-[CARD]-123"),
+            (
+                "2024 4111 1111 1111 1112 123",
+                "2024 4111 1111 1111 1112 123",
+            ),
+            (
+                "years 1952 1953 1954 1955 1956 1957 12",
+                "years 1952 1953 1954 1955 1956 1957 12",
             ),
         ] {
             assert_eq!(r.redact(input), want, "{input}");
