@@ -182,6 +182,48 @@ async fn a_stream_ends_with_a_cost_comment_when_asked() {
     gw.shutdown().await;
 }
 
+/// An error answer is not billed, nor a call the gateway refused before sending it: each is
+/// known to cost nothing, so the cost page does not call the totals incomplete for them.
+#[tokio::test]
+async fn error_answers_and_refused_calls_cost_nothing_and_are_not_unpriced() {
+    let mock = Mock::start(|_| {
+        Reply::json(
+            429,
+            std::str::from_utf8(&fixture("openai/error_rate_limit_429.json")).unwrap(),
+        )
+    })
+    .await;
+    let (gw, _dir) = gw(&mock, "max_request_body_bytes = 200\n").await;
+    let feature = [("x-sidetrace-feature", "f")];
+    let limited = post(
+        &gw,
+        "/openai/v1/chat/completions",
+        &feature,
+        r#"{"model":"gpt-4o-mini"}"#,
+    )
+    .await;
+    assert_eq!(limited.status, StatusCode::TOO_MANY_REQUESTS);
+    let big = format!(
+        r#"{{"model":"gpt-4o-mini","messages":[{{"role":"user","content":"{}"}}]}}"#,
+        "x".repeat(300)
+    );
+    let refused = post(&gw, "/openai/v1/chat/completions", &feature, &big).await;
+    assert_eq!(refused.status, StatusCode::PAYLOAD_TOO_LARGE);
+    let mut costs = Value::Null;
+    for _ in 0..200 {
+        costs = costs_api(&gw, "group_by=feature").await;
+        if costs["total"]["calls"] == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(costs["total"]["calls"], 2, "{costs}");
+    assert_eq!(costs["total"]["unpriced_calls"], 0, "{costs}");
+    assert_eq!(costs["total"]["priced_calls"], 2, "{costs}");
+    assert_ne!(costs["total"]["cost_usd"], Value::Null, "{costs}");
+    gw.shutdown().await;
+}
+
 async fn costs_api(gw: &TestGateway, query: &str) -> Value {
     let a = admin_get(gw, &format!("/api/costs?{query}")).await;
     assert_eq!(

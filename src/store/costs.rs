@@ -16,7 +16,10 @@ use serde::{Deserialize, Serialize};
 
 use super::sled_db::{Damage, Detached, Tally, is_damage, move_aside, open_waiting_for_lock};
 use crate::{
-    call::{record::CallRecord, sink::Sink},
+    call::{
+        record::{CallRecord, Outcome},
+        sink::Sink,
+    },
     trace::span::SpanRecord,
 };
 
@@ -416,6 +419,9 @@ impl CostStore {
                 t.priced_calls = 1;
                 t.cost_pico_usd = c;
             }
+            // An error answer is not billed, nor a call the gateway refused before sending it:
+            // each cost nothing, which is known (budgets count them so too).
+            None if !billed(call) => t.priced_calls = 1,
             None => t.unpriced_calls = 1,
         }
         self.add_totals(&key, &t);
@@ -624,6 +630,16 @@ pub fn spawn_flusher(
             tokio::time::sleep(every).await;
         }
     })
+}
+
+/// Whether a call may have been billed: the provider answered with success, or it did not
+/// answer at all (a timeout or a client that left may still be charged); not an error answer,
+/// nor a call the gateway refused and never sent.
+fn billed(call: &CallRecord) -> bool {
+    match call.status {
+        Some(status) => (200..300).contains(&status),
+        None => call.outcome != Outcome::GatewayError,
+    }
 }
 
 #[cfg(test)]
