@@ -126,6 +126,14 @@ async fn scores_are_stored_under_the_scored_span_exported_and_counted() {
         .clone();
     assert_eq!(stored["name"], "evaluation helpfulness");
     assert_eq!(stored["parent_span_id"], call_span_id.as_str());
+    // At the scored span's end, however later it was posted: the trace keeps its duration.
+    assert_eq!(stored["start_unix_nanos"], call_span["end_unix_nanos"]);
+    assert_eq!(stored["end_unix_nanos"], call_span["end_unix_nanos"]);
+    let nanos = |v: &serde_json::Value| v.as_str().unwrap().parse::<u64>().unwrap();
+    assert!(
+        nanos(&stored["events"][0]["time_unix_nanos"]) > nanos(&call_span["end_unix_nanos"]),
+        "the evaluation event keeps the time it was posted"
+    );
     assert_eq!(stored["attributes"]["gen_ai.evaluation.score.value"], 0.25);
     assert_eq!(
         stored["attributes"]["gen_ai.evaluation.name"],

@@ -2,7 +2,8 @@
 //! user's thumbs down, an evaluator's verdict).
 //!
 //! A score becomes a zero-duration span named `evaluation {name}` (kind INTERNAL), parented to
-//! the scored span (or, when only a trace is named, to the trace's root span), carrying the GenAI
+//! the scored span (or, when only a trace is named, to the trace's root span) and placed at its
+//! end (the time it was posted is its event's), carrying the GenAI
 //! evaluation attributes (`gen_ai.evaluation.name`, `.score.value`, `.score.label`,
 //! `.explanation`, and the scored call's `gen_ai.response.id`), and the same attributes in a
 //! `gen_ai.evaluation.result` span event. The span goes where every other
@@ -168,6 +169,9 @@ struct Target {
     trace_state: Option<String>,
     response_id: Option<String>,
     feature: Option<String>,
+    /// When the scored span ended: the score's span is placed there, so a score posted days
+    /// later does not stretch its trace's duration (the time it was posted is its event's).
+    ended: Option<u64>,
 }
 
 /// Finds the scored span (or the trace's root) in the store; `None` when the trace is not there.
@@ -200,6 +204,7 @@ fn find(
         trace_state: node.stored.span.trace_state.clone(),
         response_id,
         feature: tree.summary.feature.clone(),
+        ended: Some(node.stored.span.end_unix_nanos),
     })))
 }
 
@@ -242,6 +247,7 @@ pub async fn post(
             trace_state: None,
             response_id: None,
             feature: None,
+            ended: None,
         },
     };
     let span = score_span(&posted, &target);
@@ -260,6 +266,7 @@ pub async fn post(
 
 fn score_span(posted: &Posted, target: &Target) -> SpanRecord {
     let now = now_unix_nanos();
+    let at = target.ended.unwrap_or(now);
     let mut attributes = vec![(
         "gen_ai.evaluation.name".to_string(),
         AttrValue::Str(posted.name.clone()),
@@ -294,8 +301,8 @@ fn score_span(posted: &Posted, target: &Target) -> SpanRecord {
         trace_state: target.trace_state.clone(),
         name: format!("evaluation {}", posted.name),
         kind: "internal".into(),
-        start_unix_nanos: now,
-        end_unix_nanos: now,
+        start_unix_nanos: at,
+        end_unix_nanos: at,
         status: SpanStatus::Unset,
         // The convention's event too, for tools that read evaluations from span events.
         events: vec![SpanEvent {

@@ -225,6 +225,8 @@ async function main() {
       await checkTree(args.trace, args.tree.split(','), 'agent-tree-with-app-spans');
       // the tool span's panel names its call id and the call it answers
       const tool = await page.$('[data-testid=span-row][data-name="execute_tool get_weather"]');
+      const toolTitle = await tool.$eval('.sname', (e) => e.title);
+      check(toolTitle === 'execute_tool get_weather', `a row's name has no tooltip with the name in full (${toolTitle})`);
       await tool.click();
       await waitFor(() => /execute_tool get_weather/.test(document.querySelector('[data-testid=span-panel] [data-testid=span-name]')?.textContent || ''), null, 'the tool span does not open');
       const attrs = await page.textContent('[data-testid=span-panel] [data-testid=span-attributes]');
@@ -232,6 +234,11 @@ async function main() {
       await screenshot('tool-span-panel');
       const score = await page.textContent('[data-testid=span-row][data-name="evaluation helpfulness"] [data-testid=mark-score]').catch(() => null);
       check(score && score.includes('0.9') && score.includes('pass'), `the score's row does not show its value and label (${score})`);
+      // the score's panel says when it was posted (its span sits at the end of the span it scores)
+      await page.click('[data-testid=span-row][data-name="evaluation helpfulness"]');
+      await waitFor(() => /evaluation helpfulness/.test(document.querySelector('[data-testid=span-panel] [data-testid=span-name]')?.textContent || ''), null, 'the score span does not open');
+      const posted = await page.textContent('[data-testid=span-panel] [data-testid=span-score-posted]').catch(() => null);
+      check(posted && /Posted/.test(posted) && /\d/.test(posted), `the score's panel does not say when it was posted (${posted})`);
     });
   }
 

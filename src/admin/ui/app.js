@@ -982,7 +982,8 @@ function renderTrace(gen, page, body, params) {
       ? h('span', { class: 'twisty', text: '▾', title: 'Collapse / expand', testid: 'span-toggle' })
       : h('span', { class: 'twisty leaf' });
     toggles[x.idx] = toggle;
-    const nameEl = h('span', { class: 'sname', text: s.name || '(unnamed)' });
+    // The name in full on hover: deep rows and long names are cut to the column.
+    const nameEl = h('span', { class: 'sname', text: s.name || '(unnamed)', title: s.name || '' });
     names[x.idx] = nameEl;
     const marks = [];
     if (x.error) marks.push(h('span', { class: 'mark err', text: '!', title: 'error: ' + ((s.status && s.status.message) || 'failed') }));
@@ -1328,6 +1329,9 @@ function renderSpanPanel(panel, nodes, idx, traceId, ctx, select) {
   if (!finish && Array.isArray(output.value)) finish = output.value.map((m) => m && m.finish_reason).filter(Boolean).join(', ');
   fact('Finish', finish, 'span-finish');
   if (a['gen_ai.tool.name']) fact('Tool', a['gen_ai.tool.name'] + (a['gen_ai.tool.call.id'] ? ' (' + a['gen_ai.tool.call.id'] + ')' : ''));
+  // A score sits at the end of the span it scores; its event says when it was posted.
+  const evaluation = x.kind === 'score' && (s.events || []).find((e) => e.name === 'gen_ai.evaluation.result');
+  if (evaluation) fact('Posted', fmtFull(evaluation.time_ms), 'span-score-posted');
   const self = x.self;
   const inTok = self ? self.input_tokens : a['gen_ai.usage.input_tokens'];
   const outTok = self ? self.output_tokens : a['gen_ai.usage.output_tokens'];
