@@ -1,9 +1,9 @@
 //! Trace context per call, first rule that applies: a valid W3C `traceparent` (strict, exactly
-//! one header field), else `x-sidetrace-trace-id` (32 hex as is, any other value hashed to the
-//! same id on every replica) with an optional `x-sidetrace-parent-span-id`, else a new random
-//! trace. A bad header never fails the call: it starts a new trace and is counted. `tracestate`
-//! is kept only beside a valid `traceparent` and only when it follows the grammar of the W3C
-//! Recommendation; a valid one is propagated with its entries in order.
+//! one header field), else `x-sidetrace-trace-id` (32 hex in either case as is, any other value
+//! hashed to the same id on every replica) with an optional `x-sidetrace-parent-span-id`, else a
+//! new random trace. A bad header never fails the call: it starts a new trace and is counted.
+//! `tracestate` is kept only beside a valid `traceparent` and only when it follows the grammar of
+//! the W3C Recommendation; a valid one is propagated with its entries in order.
 
 use std::cell::Cell;
 
@@ -112,12 +112,18 @@ impl TraceContext {
             .map(str::trim)
             .filter(|v| !v.is_empty());
         if let Some(value) = group {
-            let trace_id = match parse_hex::<16>(value) {
+            // Hex in either case, as the OTLP receiver and the API take ids: an app that writes
+            // its ids in capitals must find its calls in the trace of its own spans.
+            let trace_id = match parse_hex::<16>(&value.to_ascii_lowercase()) {
                 Some(id) if id != [0; 16] => id,
                 _ => grouped_trace_id(value, grouping_key),
             };
             let parent = match headers.get(PARENT_SPAN_ID) {
-                Some(v) => match v.to_str().ok().and_then(parse_hex::<8>) {
+                Some(v) => match v
+                    .to_str()
+                    .ok()
+                    .and_then(|v| parse_hex::<8>(&v.trim().to_ascii_lowercase()))
+                {
                     Some(id) if id != [0; 8] => Some(id),
                     _ => {
                         invalid.parent_span_id = true;
@@ -520,6 +526,20 @@ mod tests {
             None,
         );
         assert_eq!(a.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        // In capitals too, as the OTLP receiver and the API take ids; the parent as well.
+        let (upper, invalid) = TraceContext::from_headers(
+            &headers(&[
+                ("x-sidetrace-trace-id", "4BF92F3577B34DA6A3CE929D0E0E4736"),
+                ("x-sidetrace-parent-span-id", "00F067AA0BA902B7"),
+            ]),
+            None,
+        );
+        assert_eq!(upper.trace_id, a.trace_id);
+        assert_eq!(
+            upper.parent_span_id,
+            Some(*b"\x00\xf0\x67\xaa\x0b\xa9\x02\xb7")
+        );
+        assert!(!invalid.parent_span_id);
         let (b, _) =
             TraceContext::from_headers(&headers(&[("x-sidetrace-trace-id", "agent-run-42")]), None);
         let (c, _) =
