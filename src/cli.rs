@@ -1,6 +1,6 @@
 //! The command line: `serve`, `check-config` and `new-key`.
 
-use std::{path::PathBuf, process::ExitCode};
+use std::{io::Write, path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
 
@@ -53,11 +53,10 @@ pub fn main() -> ExitCode {
 
 fn new_key(name: &str) -> ExitCode {
     match crate::proxy::keys::generate() {
-        Ok((key, sha256)) => {
-            println!("key (give it to the client; it is not kept anywhere):\n  {key}\n");
-            println!("config entry:\n[[keys]]\nname = {name:?}\nsha256 = \"{sha256}\"");
-            ExitCode::SUCCESS
-        }
+        Ok((key, sha256)) => print_out(&format!(
+            "key (give it to the client; it is not kept anywhere):\n  {key}\n\n\
+             config entry:\n[[keys]]\nname = {name:?}\nsha256 = \"{sha256}\"\n"
+        )),
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE
@@ -78,24 +77,37 @@ fn check_config(path: Option<PathBuf>) -> ExitCode {
     }
     match crate::server::check_config(&config) {
         Ok(registry) => {
-            println!(
-                "config ok: listen {} admin {}",
+            let mut out = format!(
+                "config ok: listen {} admin {}\n",
                 config.listen, config.admin_listen
             );
             for p in registry.providers() {
-                println!(
-                    "  {:<12} {:<20} -> {:<48} {}",
+                out.push_str(&format!(
+                    "  {:<12} {:<20} -> {:<48} {}\n",
                     p.name,
                     p.prefix,
                     p.upstream_url(),
                     p.gen_ai_provider
-                );
+                ));
             }
-            ExitCode::SUCCESS
+            print_out(&out)
         }
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::from(2)
+        }
+    }
+}
+
+/// Writes `text` to stdout. A reader that stopped early (`| head -1`) is no error; `println!`
+/// panicked there.
+fn print_out(text: &str) -> ExitCode {
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: cannot write the output: {e}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -34,6 +34,25 @@ fn run(args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// `sidetrace check-config | head -1`: a reader gone before the output is no error (the
+/// output was written with `println!`, which panicked on the broken pipe).
+#[test]
+fn output_to_a_reader_that_left_is_no_panic() {
+    for args in [&["check-config"][..], &["new-key", "--name", "x"]] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = sidetrace()
+            .args(args)
+            .stdout(writer)
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+}
+
 #[test]
 fn check_config_accepts_no_file_and_the_example_file() {
     let (code, out, err) = run(&["check-config"]);
