@@ -475,6 +475,23 @@ proptest! {
 /// spans pour in, zero once the writer has caught up, and every span submitted is written or
 /// counted as dropped.
 #[test]
+fn the_open_traces_gauge_falls_when_they_are_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, metrics) = open(dir.path(), u64::MAX, Duration::from_secs(86_400));
+    let now = now_unix_nanos();
+    for t in 1..=3 {
+        put(&store, simple(t, 1, now), None);
+    }
+    assert!(store.caught_up(Duration::from_secs(10)));
+    assert_eq!(metric(&metrics, "sidetrace_store_open_traces "), 3.0);
+    // A flush writes every open trace; nothing else comes that would refresh the gauge.
+    assert!(store.flush(Duration::from_secs(10)));
+    assert_eq!(metric(&metrics, "sidetrace_store_open_traces "), 0.0);
+    assert_eq!(metric(&metrics, "sidetrace_store_traces "), 3.0);
+    store.close();
+}
+
+#[test]
 fn the_queue_gauge_counts_what_waits_for_the_writer() {
     let dir = tempfile::tempdir().unwrap();
     let (store, metrics) = open(dir.path(), u64::MAX, Duration::from_secs(86_400));
@@ -636,6 +653,31 @@ fn traces_past_max_age_are_evicted_and_counted() {
     );
     assert!(store.trace(&trace_id(1)).unwrap().is_none());
     assert!(store.trace(&trace_id(2)).unwrap().is_some());
+}
+
+/// A store that is not written to still evicts traces as they pass `max_age`, within a tenth of
+/// it: not only every 30 s (a `max_age` of a minute kept traces 90 s).
+#[test]
+fn an_idle_store_evicts_a_trace_soon_after_it_passes_max_age() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, metrics) = open(dir.path(), u64::MAX, Duration::from_secs(2));
+    put(&store, simple(1, 0, now_unix_nanos()), None);
+    assert!(store.flush(Duration::from_secs(10)));
+    let evicted = || {
+        metric(
+            &metrics,
+            "sidetrace_store_traces_evicted_total{reason=\"age\"}",
+        )
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while evicted() < 1.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not evicted 15 s after it passed max_age"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(store.trace(&trace_id(1)).unwrap().is_none());
 }
 
 /// A word only the oldest trace holds: each page of the search reads at most `text_scan_limit`

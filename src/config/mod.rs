@@ -1218,6 +1218,13 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.listen_addr()?;
         self.store.max_age_secs()?;
+        // Below this a store holds a few hundred spans and evicts the rest as they come.
+        if self.store.max_bytes < 1024 * 1024 {
+            return Err(ConfigError::Invalid(format!(
+                "store.max_bytes must be at least 1048576 (1 MiB), not {}: to keep no traces, set store.enabled = false",
+                self.store.max_bytes
+            )));
+        }
         if self.store.search_scan_traces == 0 {
             return Err(ConfigError::Invalid(
                 "store.search_scan_traces must be at least 1".into(),
@@ -1508,6 +1515,21 @@ mod tests {
 
     #[test]
     fn a_text_search_must_read_at_least_one_trace_a_page() {
+        for (bad, says) in [
+            ("max_bytes = 0", "at least 1048576"),
+            ("max_bytes = 1000", "store.enabled = false"),
+            ("max_age = \"0m\"", "number with m, h or d"),
+        ] {
+            let c = with_env(&format!("[store]\n{bad}\n"), &[]).unwrap();
+            let err = c.validate().unwrap_err().to_string();
+            assert!(err.contains(says), "{bad}: {err}");
+        }
+        assert!(
+            with_env("[store]\nmax_bytes = 1048576\n", &[])
+                .unwrap()
+                .validate()
+                .is_ok()
+        );
         let c = with_env("[store]\nsearch_scan_traces = 0\n", &[]).unwrap();
         let err = c.validate().unwrap_err().to_string();
         assert!(err.contains("search_scan_traces"), "{err}");

@@ -85,7 +85,8 @@ const BATCH_SPANS: usize = 1024;
 /// How many of the oldest traces the writer evicts at a time past `max_bytes` (at most: it
 /// stops once the stored bytes are within it).
 const EVICT_BATCH: usize = 256;
-/// How often the writer evicts traces past `max_age` (also once at open).
+/// How often the writer evicts traces past `max_age` (also once at open), at most: a tenth of
+/// `max_age` when that is shorter, so a trace outlives it by a tenth at most.
 const AGE_CHECK: Duration = Duration::from_secs(30);
 /// While spans keep coming, the writer takes them this often.
 const GATHER: Duration = Duration::from_millis(10);
@@ -687,11 +688,15 @@ impl TraceStore {
             let crowded = self.open_traces().len() > OPEN_MAX;
             if !flushes.is_empty() || crowded || last_seal_check.elapsed() >= SEAL_CHECK {
                 last_seal_check = Instant::now();
-                sealed |= self.seal(!flushes.is_empty());
+                if self.seal(!flushes.is_empty()) {
+                    sealed = true;
+                    // The open traces just written are open no more.
+                    self.refresh_gauges();
+                }
             }
             // Cheap when nothing expired (one look at the oldest row; the open traces only for
             // a batch with an old span), so after every batch.
-            let periodic = last_age_check.elapsed() >= AGE_CHECK;
+            let periodic = last_age_check.elapsed() >= AGE_CHECK.min(self.limits.max_age / 10);
             if spans_written || periodic {
                 let open_from = if periodic {
                     last_age_check = Instant::now();
