@@ -24,6 +24,8 @@ use serde_json::{Value, json};
 const AGENT_TRACE: &str = "5b8aa5a2d2c872e8321cf37308d69df2";
 const BIG_TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
 const LONG_TRACE: &str = "6e0c63257de34c92bf9efcd03927272e";
+/// Spans whose durations round up into the next unit, and names that are and are not a search.
+const DURATIONS_TRACE: &str = "7f1c63257de34c92bf9efcd03927273a";
 const APP_ROOT: &str = "b7ad6b7169203331";
 const APP_RETRIEVE: &str = "c7ad6b7169203332";
 /// The agent run's tree as the UI must show it, row by row: name and depth.
@@ -264,6 +266,41 @@ async fn the_trace_explorer_works_in_a_real_browser() {
     }
     wait_spans(&gw, BIG_TRACE, 1000).await;
 
+    // Two hours ago, so that it is not among the newest traces the text search reads first.
+    let at = now_nanos() - 7_200_000_000_000;
+    let span = |id: &str, parent: &str, name: &str, nanos: u64| {
+        json!({
+            "traceId": DURATIONS_TRACE, "spanId": id, "parentSpanId": parent, "name": name,
+            "kind": 1, "startTimeUnixNano": at.to_string(),
+            "endTimeUnixNano": (at + nanos).to_string(),
+        })
+    };
+    send_app_spans(
+        &gw,
+        &[
+            span(
+                "a1a1a1a1a1a1a1a1",
+                "",
+                "agent.run research_task",
+                179_600_000_000,
+            ),
+            span(
+                "b2b2b2b2b2b2b2b2",
+                "a1a1a1a1a1a1a1a1",
+                "vector_search docs",
+                59_999_700_000,
+            ),
+            span(
+                "c3c3c3c3c3c3c3c3",
+                "a1a1a1a1a1a1a1a1",
+                "summarize",
+                999_700_000,
+            ),
+        ],
+    )
+    .await;
+    wait_spans(&gw, DURATIONS_TRACE, 3).await;
+
     // A long conversation, over the capture's size limit (16 kB): the first message and the
     // latest are kept, and the span says how many between them were left out.
     let turns: Vec<Value> = (0..40)
@@ -308,6 +345,7 @@ async fn the_trace_explorer_works_in_a_real_browser() {
             // the big trace, the refused call) do not: the first page of the search reads
             // those three (`search_scan_traces = 3`) and says so.
             .args(["--search", "weather in Paris"])
+            .args(["--durations-trace", DURATIONS_TRACE])
             .args([
                 "--tree",
                 AGENT_TREE,

@@ -281,6 +281,10 @@ async function main() {
       const note = await page.textContent('[data-testid=search-partial]');
       check(/read traces back to/.test(note), `the note does not say how far back it read (${note})`);
       await screenshot('search-partial');
+      // With more below, a sort says it orders the loaded rows only.
+      await page.click('[data-testid=trace-table] .gh.sortable >> text=Cost');
+      const sorted = await page.textContent('[data-testid=list-status]');
+      check(/sorted among those loaded/.test(sorted), `a sort with more below does not say it orders the loaded rows only (${sorted})`);
       const rowSel = `[data-testid=trace-row][data-trace-id="${args.trace}"]`;
       for (let i = 0; i < 10 && !(await page.$(rowSel)); i++) {
         const more = await page.$('[data-testid=load-more]:not([hidden])');
@@ -355,6 +359,22 @@ async function main() {
     const saved = JSON.parse(fs.readFileSync(await download.path(), 'utf8'));
     check(Array.isArray(saved.resourceSpans) && saved.resourceSpans.length > 0, 'the downloaded trace has no resourceSpans');
   });
+
+  if (args['durations-trace']) {
+    await runStep('durations round into the next unit, and a name is a search only by a whole word', async () => {
+      await goto('/ui/traces/' + args['durations-trace']);
+      await waitFor(() => document.querySelectorAll('[data-testid=span-row]').length === 3, null, 'the durations trace does not show its three spans');
+      const rows = await page.$$eval('[data-testid=span-row]', (rs) => rs.map((r) => ({
+        name: r.dataset.name, dur: r.querySelector('.c-dur').textContent, kind: r.querySelector('.kind').textContent,
+      })));
+      const row = (name) => rows.find((r) => r.name === name) || {};
+      check(row('agent.run research_task').dur === '3m 00s', `179.6 s shows as ${row('agent.run research_task').dur}`);
+      check(row('agent.run research_task').kind === 'APP', `"research_task" is taken for a search: ${row('agent.run research_task').kind}`);
+      check(row('vector_search docs').dur === '1m 00s', `59,999.7 ms shows as ${row('vector_search docs').dur}`);
+      check(row('vector_search docs').kind === 'RET', `"vector_search" is not taken for a search: ${row('vector_search docs').kind}`);
+      check(row('summarize').dur === '1.00 s', `999.7 ms shows as ${row('summarize').dur}`);
+    });
+  }
 
   if (args['big-trace']) {
     await runStep('a large trace renders', async () => {

@@ -89,14 +89,15 @@ function costNum(s) {
 function fmtDur(ms) {
   if (ms === null || ms === undefined || !Number.isFinite(Number(ms))) return '—';
   const x = Number(ms);
+  // Each unit's rounding may carry into the next: 999.7 ms is 1.00 s, 179.6 s is 3m 00s.
   if (x < 1) return x.toFixed(2) + ' ms';
-  if (x < 10) return x.toFixed(1) + ' ms';
-  if (x < 1000) return Math.round(x) + ' ms';
-  if (x < 60000) return (x / 1000).toFixed(x < 10000 ? 2 : 1) + ' s';
-  const m = Math.floor(x / 60000);
-  const s = Math.round((x % 60000) / 1000);
-  if (m < 60) return m + 'm ' + String(s).padStart(2, '0') + 's';
-  return Math.floor(m / 60) + 'h ' + String(m % 60).padStart(2, '0') + 'm';
+  if (x < 9.95) return x.toFixed(1) + ' ms';
+  if (x < 999.5) return Math.round(x) + ' ms';
+  if (x < 59950) return (x / 1000).toFixed(x < 9995 ? 2 : 1) + ' s';
+  const secs = Math.round(x / 1000);
+  if (secs < 3600) return Math.floor(secs / 60) + 'm ' + String(secs % 60).padStart(2, '0') + 's';
+  const mins = Math.round(x / 60000);
+  return Math.floor(mins / 60) + 'h ' + String(mins % 60).padStart(2, '0') + 'm';
 }
 
 function fmtTime(ms) {
@@ -492,7 +493,7 @@ function traceSummaryCols(opts) {
     { key: 'start', label: 'Start', w: '92px', cls: 'nowrap', value: (r) => r.start_ms, cell: (r) => fmtTime(r.start_ms), tdTitle: (r) => fmtFull(r.start_ms) },
   ];
   if (opts && opts.offsetFrom !== undefined) {
-    cols.push({ key: 'offset', label: '+Time', w: '80px', cls: 'num nowrap muted-cell', title: 'Time since the session began', value: (r) => r.start_ms, cell: (r) => r.start_ms - opts.offsetFrom > 0 ? '+' + fmtDur(r.start_ms - opts.offsetFrom) : '0' });
+    cols.push({ key: 'offset', label: '+Time', w: '92px', cls: 'num nowrap muted-cell', title: 'Time since the session began', value: (r) => r.start_ms, cell: (r) => r.start_ms - opts.offsetFrom > 0 ? '+' + fmtDur(r.start_ms - opts.offsetFrom) : '0' });
   }
   cols.push(
     { key: 'name', label: 'Root name / model', w: 'minmax(200px, 1fr)', cls: 'namecol', value: (r) => r.root_name || '', cell: (r) => {
@@ -641,7 +642,9 @@ function pageTraces(gen, params) {
       },
     }));
     more.hidden = !st.next;
+    // A sort orders the loaded rows only: with more below, say so, and how to reach the rest.
     status.textContent = `${fmtInt(st.rows.length)} loaded${st.next ? ', more below' : ''}` +
+      (st.sort && st.next ? ' · sorted among those loaded (filters such as min cost reach the rest)' : '') +
       (st.updated ? ` · updated ${timeFmt.format(new Date(st.updated))}` : '');
     // Suggestions for the text filters from what is loaded.
     const seen = { feature: new Set(), user: new Set(), session: new Set(), model: new Set(), provider: new Set() };
@@ -769,7 +772,8 @@ function spanKind(span) {
   if (op === 'embeddings') return 'embed';
   if (op) return 'llm';
   const n = (span.name || '').toLowerCase();
-  if (/retriev|search|vector|rag/.test(n)) return 'retrieve';
+  // Whole words: `research_task` is no search, `storage` no RAG.
+  if (/(^|[^a-z])(retriev\w*|search\w*|vector\w*|rag)($|[^a-z])/.test(n)) return 'retrieve';
   if (/tool/.test(n)) return 'tool';
   return 'app';
 }
