@@ -119,8 +119,11 @@ pub(super) struct Rows {
     live: Mutex<BTreeMap<u32, u64>>,
 }
 
-/// Reads one segment's records into the index; stops at the first damaged one. The last
-/// segment (a crash during its append) is cut there; an older one is left as it is.
+/// Reads one segment's records into the index. Past a damaged record it reads on from the
+/// next whole record (found by its CRC), so damage in the middle of a file loses only the rows
+/// it hit; the file is copied aside for inspection first (`<file>.corrupt-<unix time>`). A
+/// damaged tail with no whole record after it (a crash during an append) ends the reading;
+/// the last segment is cut there, an older one left as it is.
 fn read_segment(
     dir: &Path,
     segment: u32,
@@ -133,22 +136,40 @@ fn read_segment(
     let bytes = fs::read(&path)?;
     live.entry(segment).or_default();
     let mut at = 0usize;
+    let mut copied = false;
     while at < bytes.len() {
         let Some((key, body, next)) = record_at(&bytes, at) else {
-            tracing::warn!(
-                segment,
-                offset = at,
-                ignored_bytes = bytes.len() - at,
-                "a trace row record is cut short or damaged: the rows after it in its file are not read"
-            );
-            if last {
-                // A crash during the last append: what follows is garbage, and is cut.
-                fs::OpenOptions::new()
-                    .write(true)
-                    .open(&path)?
-                    .set_len(at as u64)?;
+            match (at + 1..bytes.len()).find(|&from| record_at(&bytes, from).is_some()) {
+                Some(resume) => {
+                    let copy = (!copied).then(|| copy_aside(&path)).flatten();
+                    copied = true;
+                    tracing::error!(
+                        path = %path.display(),
+                        offset = at,
+                        damaged_bytes = resume - at,
+                        copy = copy.as_ref().map(|p| p.display().to_string()),
+                        "a trace row file is damaged in the middle: the rows in the damaged bytes are lost, the ones after them are read"
+                    );
+                    at = resume;
+                    continue;
+                }
+                None => {
+                    tracing::warn!(
+                        segment,
+                        offset = at,
+                        ignored_bytes = bytes.len() - at,
+                        "a trace row record is cut short or damaged at the end of its file: the bytes after it are not read"
+                    );
+                    if last {
+                        // A crash during the last append: what follows is garbage, and is cut.
+                        fs::OpenOptions::new()
+                            .write(true)
+                            .open(&path)?
+                            .set_len(at as u64)?;
+                    }
+                    break;
+                }
             }
-            break;
         };
         let put = body
             .map(|(offset, len)| {
@@ -160,6 +181,24 @@ fn read_segment(
         at = next;
     }
     index.settle()
+}
+
+/// A copy of a damaged file beside it, `<file>.corrupt-<unix time>`; `None` (logged) when it
+/// cannot be made.
+fn copy_aside(path: &Path) -> Option<std::path::PathBuf> {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut name = path.file_name()?.to_os_string();
+    name.push(format!(".corrupt-{secs}"));
+    let copy = path.with_file_name(name);
+    match fs::copy(path, &copy) {
+        Ok(_) => Some(copy),
+        Err(error) => {
+            tracing::warn!(%error, path = %path.display(), "cannot copy a damaged trace row file aside");
+            None
+        }
+    }
 }
 
 /// The record at `at`: its key, its body's offset and length (`None` for a removal), and where
@@ -514,6 +553,47 @@ mod tests {
             None
         );
         assert_eq!(rows.first_key(), Some(key(2, 2)));
+    }
+
+    /// Garbage in the middle of a row file (flipped bytes, a bad sector) loses the rows it hit,
+    /// not the ones after it; the file is copied aside for inspection.
+    #[test]
+    fn damage_in_the_middle_of_a_row_file_loses_only_the_rows_it_hit() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut buf = Vec::new();
+        {
+            let rows = open(dir.path(), 1 << 20);
+            for i in 1..=5u8 {
+                let body = format!("row number {i} of five");
+                rows.write(&[put(key(u64::from(i), i), &body)], &mut buf)
+                    .unwrap();
+            }
+        }
+        let file = segment_path(dir.path(), 1);
+        let mut bytes = fs::read(&file).unwrap();
+        // Inside the second record's body (each record: 32 bytes of header, 20 of body).
+        let record = bytes.len() / 5;
+        bytes[record + HEADER + 3..record + HEADER + 9].copy_from_slice(b"GARBAG");
+        fs::write(&file, &bytes).unwrap();
+        let rows = open(dir.path(), 1 << 20);
+        assert_eq!(
+            rows.keys(),
+            vec![key(1, 1), key(3, 3), key(4, 4), key(5, 5)]
+        );
+        assert_eq!(
+            rows.get(&key(5, 5)).unwrap().unwrap(),
+            b"row number 5 of five"
+        );
+        let copies: Vec<_> = fs::read_dir(file.parent().unwrap())
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| n.starts_with("0000000001.log.corrupt-"))
+            .collect();
+        assert_eq!(copies.len(), 1, "the damaged file is copied aside");
+        // The file itself is not cut: the rows after the damage are still read at the next start.
+        drop(rows);
+        let rows = open(dir.path(), 1 << 20);
+        assert_eq!(rows.keys().len(), 4);
     }
 
     #[test]
