@@ -170,6 +170,8 @@ pub struct StoreMetrics {
     pub spans_dropped: Family<ReasonLabels, Counter>,
     /// Whole traces evicted: `size`, `age`.
     pub traces_evicted: Family<ReasonLabels, Counter>,
+    /// Spans a trace read could not read back (span file gone, cut short, damaged).
+    pub spans_unreadable: Counter,
     pub bytes: Gauge,
     pub traces: Gauge,
     /// 1 while the store keeps spans; 0 when it is off or failed.
@@ -185,6 +187,7 @@ impl StoreMetrics {
             queued_spans: Gauge::default(),
             spans_dropped: Family::default(),
             traces_evicted: Family::default(),
+            spans_unreadable: Counter::default(),
             bytes: Gauge::default(),
             traces: Gauge::default(),
             up: Gauge::default(),
@@ -212,7 +215,7 @@ impl StoreMetrics {
         );
         registry.register(
             "sidetrace_store_queued_spans",
-            "Spans waiting for the local trace store's writer (at most 16,384; past it they are dropped, counted as queue_full)",
+            "Spans waiting for the local trace store's writer (at most 32,768; past it they are dropped, counted as queue_full)",
             m.queued_spans.clone(),
         );
         registry.register(
@@ -224,6 +227,11 @@ impl StoreMetrics {
             "sidetrace_store_traces_evicted",
             "Whole traces evicted from the local trace store, by reason (size, age)",
             m.traces_evicted.clone(),
+        );
+        registry.register(
+            "sidetrace_store_spans_unreadable",
+            "Stored spans a read of their trace could not read back (span file gone, cut short or damaged: each record has a CRC); counted at each read",
+            m.spans_unreadable.clone(),
         );
         registry.register_with_unit(
             "sidetrace_store",

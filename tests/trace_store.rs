@@ -493,3 +493,41 @@ async fn traces_survive_a_restart_of_the_gateway() {
     assert_eq!(trace.status, StatusCode::OK);
     assert_eq!(trace.json()["trace"]["spans"], 1);
 }
+
+/// A span file lost while the gateway was down: the trace still opens, says how many of its
+/// spans could not be read back, and counts them.
+#[tokio::test]
+async fn a_trace_whose_spans_cannot_be_read_back_says_so() {
+    let mock = Mock::start(provider).await;
+    let dir = tempfile::tempdir().unwrap();
+    let extra = format!("data_dir = {:?}\n", dir.path().display().to_string());
+    let gw = gateway_for(&mock, &extra).await;
+    let a = post(
+        &gw,
+        "/v1/chat/completions",
+        &[("traceparent", TRACEPARENT)],
+        CHAT,
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK);
+    wait_json(&gw, &format!("/api/traces/{TRACE_ID}"), |v| {
+        v["spans"].as_array().is_some_and(|s| s.len() == 1)
+    })
+    .await;
+    gw.shutdown().await;
+    for entry in std::fs::read_dir(dir.path().join("traces/spans")).unwrap() {
+        std::fs::write(entry.unwrap().path(), b"").unwrap();
+    }
+
+    let gw = gateway_for(&mock, &extra).await;
+    let trace = admin_get(&gw, &format!("/api/traces/{TRACE_ID}")).await;
+    assert_eq!(trace.status, StatusCode::OK);
+    let trace = trace.json();
+    assert_eq!(trace["spans"].as_array().map(Vec::len), Some(0), "{trace}");
+    assert_eq!(trace["spans_unreadable"], 1, "{trace}");
+    let metrics = String::from_utf8(admin_get(&gw, "/metrics").await.body.to_vec()).unwrap();
+    assert!(
+        metrics.contains("sidetrace_store_spans_unreadable_total 1"),
+        "{metrics}"
+    );
+}

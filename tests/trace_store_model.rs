@@ -631,9 +631,51 @@ fn a_lost_span_file_loses_its_spans_not_the_store() {
     }
     let tree = store.trace(&trace_id(3)).unwrap().expect("the row is kept");
     assert!(tree.nodes.is_empty(), "the span cannot be read: left out");
+    assert_eq!(tree.unreadable, 1, "and said to be");
     put(&store, simple(4, 0, now_unix_nanos()), None);
     assert!(store.flush(Duration::from_secs(10)));
     assert_eq!(store.trace(&trace_id(4)).unwrap().unwrap().nodes.len(), 1);
+}
+
+/// Garbage written over a span in its file: the span is not served with the garbage as its
+/// content, but left out, said to be and counted; the trace's other spans are read.
+#[test]
+fn a_damaged_span_is_left_out_and_counted_never_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, metrics) = open(dir.path(), u64::MAX, Duration::from_secs(86_400));
+    let now = now_unix_nanos();
+    for s in 0..3 {
+        let mut span = simple(5, s, now + u64::from(s));
+        span.attributes.push((
+            "gen_ai.input.messages".into(),
+            AttrValue::Str(format!("message {s} ").repeat(40)),
+        ));
+        put(&store, span, None);
+        assert!(store.flush(Duration::from_secs(10)));
+    }
+    let file = std::fs::read_dir(dir.path().join("spans"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| std::fs::metadata(p).unwrap().len() > 0)
+        .unwrap();
+    let mut bytes = std::fs::read(&file).unwrap();
+    let second = bytes
+        .windows(10)
+        .position(|w| w == b"message 1 ")
+        .expect("the second span's content");
+    bytes[second + 40..second + 47].copy_from_slice(b"GARBAGE");
+    std::fs::write(&file, &bytes).unwrap();
+    let tree = store.trace(&trace_id(5)).unwrap().unwrap();
+    assert_eq!(tree.nodes.len(), 2, "the other spans are read");
+    assert_eq!(tree.unreadable, 1);
+    for node in &tree.nodes {
+        let content = format!("{:?}", node.stored.span.attributes);
+        assert!(!content.contains("GARBAGE"), "{content}");
+    }
+    assert_eq!(
+        metric(&metrics, "sidetrace_store_spans_unreadable_total"),
+        1.0
+    );
 }
 
 #[test]

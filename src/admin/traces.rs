@@ -170,10 +170,14 @@ fn node_json(n: &TreeNode) -> Value {
 }
 
 fn tree_json(t: &TraceTree) -> Value {
-    json!({
+    let mut out = json!({
         "trace": summary_json(&t.summary),
         "spans": t.nodes.iter().map(node_json).collect::<Vec<_>>(),
-    })
+    });
+    if t.unreadable > 0 {
+        out["spans_unreadable"] = t.unreadable.into();
+    }
+    out
 }
 
 /// OTLP/JSON attribute value.

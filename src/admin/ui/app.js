@@ -935,6 +935,10 @@ function renderTrace(gen, page, body, params) {
       (t.models && t.models.length) ? stat('Models', t.models.join(', ')) : null,
       (t.providers && t.providers.length) ? stat('Providers', t.providers.join(', ')) : null));
   page.appendChild(head);
+  if (body.spans_unreadable) {
+    page.appendChild(h('div', { class: 'notice', testid: 'spans-unreadable',
+      text: `${fmtInt(body.spans_unreadable)} of this trace's spans could not be read back: their file in the store is gone or damaged (the gateway's log names it). The tree shows the rest.` }));
+  }
 
   const split = h('div', { class: 'split' });
   page.appendChild(split);

@@ -7,9 +7,10 @@
 //!
 //! A record begins with a tag byte JSON never begins with, so records written as JSON by an
 //! earlier version (`{`) still decode ([`decode_span`], [`decode_summary`]). A span record then
-//! has its whole length, so a reader walking a span file can step over it ([`next_span`]).
-//! Decoding checks every length against the bytes left and answers `None` for anything
-//! damaged; it never panics and never allocates more than the record holds.
+//! has its whole length, so a reader walking a span file can step over it ([`next_span`]), and
+//! (since version 2) a CRC-32 of the rest, so damaged content is never read as other content.
+//! Decoding checks the CRC and every length against the bytes left and answers `None` for
+//! anything damaged; it never panics and never allocates more than the record holds.
 
 use super::{
     StoredSpan,
@@ -17,12 +18,14 @@ use super::{
 };
 use crate::trace::span::{AttrKey, AttrValue, SpanEvent, SpanLink, SpanRecord, SpanStatus};
 
-/// The first byte of a binary span record (version 1).
+/// The first byte of a binary span record: version 1, then version 2 (a CRC of the record).
 const SPAN_V1: u8 = 0xB1;
+const SPAN_V2: u8 = 0xB2;
 /// The first byte of a binary summary (version 1).
 const SUMMARY_V1: u8 = 0xC1;
-/// A span record's tag and length.
-const SPAN_HEADER: usize = 5;
+/// A span record's tag and length (version 1); and its CRC-32 of what follows (version 2).
+const SPAN_HEADER_V1: usize = 5;
+const SPAN_HEADER: usize = 9;
 
 /// Appends `stored` to `out` as one self-delimiting record.
 #[cfg(test)]
@@ -52,8 +55,8 @@ pub(super) fn encode_span_parts<'a>(
     out: &mut Vec<u8>,
 ) {
     let at = out.len();
-    out.push(SPAN_V1);
-    out.extend_from_slice(&[0; 4]);
+    out.push(SPAN_V2);
+    out.extend_from_slice(&[0; 8]);
     out.extend_from_slice(&s.trace_id);
     out.extend_from_slice(&s.span_id);
     match s.parent_span_id {
@@ -104,27 +107,34 @@ pub(super) fn encode_span_parts<'a>(
         None => out.push(0),
     }
     let len = u32::try_from(out.len() - at).unwrap_or(u32::MAX);
-    out[at + 1..at + SPAN_HEADER].copy_from_slice(&len.to_le_bytes());
+    out[at + 1..at + 5].copy_from_slice(&len.to_le_bytes());
+    let crc = crc32fast::hash(&out[at + SPAN_HEADER..]);
+    out[at + 5..at + SPAN_HEADER].copy_from_slice(&crc.to_le_bytes());
 }
 
-/// One stored span, binary or (from an earlier version) JSON.
+/// One stored span, binary or (from an earlier version) JSON; `None` when it is damaged (a
+/// version 2 record whose CRC does not match: flipped bytes, garbage written over it).
 pub(super) fn decode_span(bytes: &[u8]) -> Option<StoredSpan> {
-    match bytes.first()? {
-        &SPAN_V1 => {
-            let mut r = Reader(bytes.get(SPAN_HEADER..)?);
-            let stored = r.span()?;
-            r.0.is_empty().then_some(stored)
+    let body = match *bytes.first()? {
+        SPAN_V2 => {
+            let crc = u32::from_le_bytes(bytes.get(5..SPAN_HEADER)?.try_into().ok()?);
+            let body = bytes.get(SPAN_HEADER..)?;
+            (crc32fast::hash(body) == crc).then_some(body)?
         }
-        _ => serde_json::from_slice(bytes).ok(),
-    }
+        SPAN_V1 => bytes.get(SPAN_HEADER_V1..)?,
+        _ => return serde_json::from_slice(bytes).ok(),
+    };
+    let mut r = Reader(body);
+    let stored = r.span()?;
+    r.0.is_empty().then_some(stored)
 }
 
 /// The span record that begins `bytes` and its length, binary or JSON; `None` at the end or
 /// at damage (nothing after it can be read).
 pub(super) fn next_span(bytes: &[u8]) -> Option<(StoredSpan, usize)> {
     match bytes.first()? {
-        &SPAN_V1 => {
-            let len = u32::from_le_bytes(bytes.get(1..SPAN_HEADER)?.try_into().ok()?) as usize;
+        &SPAN_V1 | &SPAN_V2 => {
+            let len = u32::from_le_bytes(bytes.get(1..5)?.try_into().ok()?) as usize;
             Some((decode_span(bytes.get(..len)?)?, len))
         }
         _ => {
@@ -679,6 +689,28 @@ mod tests {
         assert_eq!(at, file.len());
         assert_eq!(lens.len(), 3);
         assert_eq!(lens[0], json.len());
+    }
+
+    /// Version 2 records carry a CRC: a flipped byte anywhere in one makes it unreadable
+    /// rather than read as other content. Version 1 records (before it) still read.
+    #[test]
+    fn a_damaged_span_record_is_not_read_and_one_without_a_crc_still_is() {
+        let stored = sample();
+        let mut record = Vec::new();
+        encode_span(&stored, &mut record);
+        assert_eq!(record[0], SPAN_V2);
+        assert!(same(&decode_span(&record).unwrap(), &stored));
+        for at in [SPAN_HEADER, record.len() / 2, record.len() - 1] {
+            let mut damaged = record.clone();
+            damaged[at] ^= 0x20;
+            assert!(decode_span(&damaged).is_none(), "byte {at} flipped");
+        }
+        let mut v1 = vec![SPAN_V1];
+        v1.extend_from_slice(&((record.len() - 4) as u32).to_le_bytes());
+        v1.extend_from_slice(&record[SPAN_HEADER..]);
+        assert!(same(&decode_span(&v1).expect("version 1 reads"), &stored));
+        let (_, len) = next_span(&v1).unwrap();
+        assert_eq!(len, v1.len());
     }
 
     #[test]

@@ -139,6 +139,9 @@ pub struct TraceTree {
     pub nodes: Vec<TreeNode>,
     /// Every resource its spans name, by key.
     pub resources: HashMap<u64, Vec<(String, String)>>,
+    /// Spans the trace counts that could not be read back: their span file is gone, cut short
+    /// or damaged (the CRC of each record tells).
+    pub unreadable: usize,
 }
 
 impl TraceQuery {
@@ -337,10 +340,23 @@ impl TraceStore {
         let Some((summary, pointers)) = self.lookup(id)? else {
             return Ok(None);
         };
+        let wanted = pointers.len();
         let spans: Vec<StoredSpan> = pointers
             .into_iter()
             .filter_map(|p| self.load_span(p))
             .collect();
+        let unreadable = wanted - spans.len();
+        if unreadable > 0 {
+            self.metrics
+                .store
+                .spans_unreadable
+                .inc_by(unreadable as u64);
+            tracing::warn!(
+                trace_id = %id.iter().map(|b| format!("{b:02x}")).collect::<String>(),
+                unreadable,
+                "spans of a stored trace could not be read back: their span file is gone, cut short or damaged"
+            );
+        }
         let mut resources = HashMap::new();
         for s in &spans {
             if !resources.contains_key(&s.resource)
@@ -354,6 +370,7 @@ impl TraceStore {
             summary,
             nodes,
             resources,
+            unreadable,
         }))
     }
 
