@@ -697,6 +697,53 @@ fn traces_past_max_age_are_evicted_and_counted() {
     assert!(store.trace(&trace_id(2)).unwrap().is_some());
 }
 
+/// Killed with traces open: they come back from the span files at the next open, and the traces
+/// the size limit evicted before the kill do not (their spans lie among the open ones' in the
+/// span files, and came back, partial and over the limit).
+#[test]
+fn after_a_kill_open_traces_come_back_and_evicted_ones_do_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = now_unix_nanos();
+    let padded = |trace: u8, start: u64| {
+        let mut span = simple(trace, 0, start);
+        span.attributes
+            .push(("padding".into(), AttrValue::Str("x".repeat(1000))));
+        span
+    };
+    let max_bytes = 20_000;
+    let all = TraceQuery {
+        limit: 100,
+        ..TraceQuery::default()
+    };
+    let kept = {
+        let (store, metrics) = open(dir.path(), max_bytes, Duration::from_secs(86_400));
+        // The newest trace, open across the kill; its span is the first in the span files.
+        put(&store, padded(1, now), None);
+        // Older ones: the size limit evicts the oldest first, while they are still open.
+        for t in 2..=60u8 {
+            put(&store, padded(t, now - HOUR + u64::from(t)), None);
+        }
+        assert!(store.caught_up(Duration::from_secs(10)));
+        let evicted = metric(
+            &metrics,
+            "sidetrace_store_traces_evicted_total{reason=\"size\"}",
+        );
+        assert!(evicted > 0.0, "the limit evicted traces");
+        let kept = all_pages(&store, &all);
+        assert!(kept.contains(&trace_id(1)));
+        store.stop_as_if_killed();
+        kept
+    };
+    let (store, metrics) = open(dir.path(), max_bytes, Duration::from_secs(86_400));
+    let back = all_pages(&store, &all);
+    assert!(back.contains(&trace_id(1)), "the open trace is back");
+    for id in &back {
+        assert!(kept.contains(id), "an evicted trace came back: {id:?}");
+    }
+    assert_eq!(back.len(), kept.len());
+    assert!(metric(&metrics, "sidetrace_store_bytes") <= max_bytes as f64);
+}
+
 /// A store that is not written to still evicts traces as they pass `max_age`, within a tenth of
 /// it: not only every 30 s (a `max_age` of a minute kept traces 90 s).
 #[test]

@@ -126,6 +126,10 @@ impl OpenTraces {
         self.traces.keys()
     }
 
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8; 16], &OpenTrace)> {
+        self.traces.iter().map(|(id, t)| (id, &**t))
+    }
+
     pub fn remove(&mut self, id: &[u8; 16]) -> Option<OpenTrace> {
         self.traces.remove(id).map(|t| *t)
     }
