@@ -1139,3 +1139,95 @@ async fn spans_of_several_origins_spooled_together_replay_each_under_its_resourc
     }
     gw.shutdown().await;
 }
+
+/// The app's OpenTelemetry GenAI instrumentation records its LLM call with its usage and sends
+/// it through the gateway under that span (the `traceparent` it injects): the trace counts the
+/// call once, the gateway's way (its tokens, read from the wire, and its price), whether the
+/// app's span comes before or after the call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_the_apps_instrumentation_also_records_is_counted_once() {
+    let mock = Mock::start(|_| {
+        Reply::json(
+            200,
+            &String::from_utf8(fixture("openai/chat_nonstream.json")).unwrap(),
+        )
+    })
+    .await;
+    let gw = gateway_for(&mock, "").await;
+    for (n, app_first) in [(1u8, true), (2, false)] {
+        let trace = [0x70 + n; 16];
+        let mut llm = span(trace, 1, None);
+        llm.name = "chat o4-mini".into();
+        llm.kind = 3;
+        llm.attributes = vec![
+            string("gen_ai.operation.name", "chat"),
+            KeyValue {
+                key: "gen_ai.usage.input_tokens".into(),
+                value: Some(AnyValue {
+                    value: Some(any_value::Value::IntValue(1310)),
+                }),
+                ..Default::default()
+            },
+            KeyValue {
+                key: "gen_ai.usage.output_tokens".into(),
+                value: Some(AnyValue {
+                    value: Some(any_value::Value::IntValue(615)),
+                }),
+                ..Default::default()
+            },
+        ];
+        let send_app = || async {
+            let a = post(
+                http_addr(&gw),
+                &[PROTOBUF],
+                request("support-agent", vec![llm.clone()]).encode_to_vec(),
+            )
+            .await;
+            assert_eq!(a.status, StatusCode::OK);
+        };
+        if app_first {
+            send_app().await;
+        }
+        let traceparent = format!("00-{}-{}-01", hex(&trace), hex(&2u64.to_be_bytes()));
+        let call = common::post(
+            &gw,
+            "/openai/v1/chat/completions",
+            &[("traceparent", &traceparent)],
+            r#"{"model":"o4-mini","messages":[{"role":"user","content":"hi"}]}"#,
+        )
+        .await;
+        assert_eq!(call.status, StatusCode::OK);
+        if !app_first {
+            send_app().await;
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let stored = loop {
+            let stored = stored_trace(&gw, &trace).await;
+            if stored["spans"].as_array().is_some_and(|s| s.len() == 2) {
+                break stored;
+            }
+            assert!(Instant::now() < deadline, "{stored:#}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert_eq!(stored["trace"]["input_tokens"], 1310, "{stored:#}");
+        assert_eq!(stored["trace"]["output_tokens"], 615, "{stored:#}");
+        let spans = stored["spans"].as_array().unwrap();
+        assert_eq!(spans[0]["scope"], "agent.lib");
+        assert_eq!(spans[0]["self"]["input_tokens"], 0, "{stored:#}");
+        assert_eq!(spans[0]["rollup"]["input_tokens"], 1310, "{stored:#}");
+        assert_eq!(spans[1]["scope"], "sidetrace");
+        assert_eq!(spans[1]["self"]["input_tokens"], 1310);
+        assert_ne!(spans[1]["self"]["cost_usd"], serde_json::Value::Null);
+        // The list says the same.
+        let list = admin_get(&gw, "/api/traces?limit=50").await.json();
+        let row = list["traces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["trace_id"] == hex(&trace))
+            .cloned()
+            .unwrap();
+        assert_eq!(row["input_tokens"], 1310, "{row:#}");
+    }
+    gw.shutdown().await;
+}

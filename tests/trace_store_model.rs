@@ -744,6 +744,121 @@ fn after_a_kill_open_traces_come_back_and_evicted_ones_do_not() {
     assert!(metric(&metrics, "sidetrace_store_bytes") <= max_bytes as f64);
 }
 
+/// The app's OpenTelemetry GenAI instrumentation records an LLM call with its usage, and the
+/// request goes through the gateway under it (via the HTTP client's span that sent the
+/// `traceparent`): the call is counted once, by the gateway's span, whatever order the spans
+/// arrive in and however long apart (a trace written in between is counted again when it is
+/// written once more). The tree's rollups, the trace's row and its session agree.
+#[test]
+fn a_call_the_app_and_the_gateway_both_record_is_counted_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = open(dir.path(), u64::MAX, Duration::from_secs(86_400));
+    let telemetry = Telemetry {
+        resource: origin().resource.clone(),
+        scope_name: origin().scope_name.clone(),
+        scope_version: origin().scope_version.clone(),
+        schema_url: String::new(),
+    };
+    let sink = StoreSink::new(store.clone(), &telemetry);
+    let now = now_unix_nanos();
+    let app = |scope: &str| {
+        Arc::new(Origin {
+            resource: vec![("service.name".into(), "agent".into())],
+            scope_name: scope.into(),
+            scope_version: "1".into(),
+        })
+    };
+    let span = |trace: u8, id: u8, parent: Option<u8>, name: &str, usage: bool| {
+        let mut s = simple(trace, id, now);
+        s.parent_span_id = parent.map(|p| [trace, p, 0, 0, 0, 0, 0, 1]);
+        s.name = name.into();
+        s.attributes.retain(|(k, _)| {
+            k.as_ref() != "gen_ai.usage.input_tokens" && k.as_ref() != "sidetrace.provider"
+        });
+        if usage {
+            s.attributes
+                .push(("gen_ai.usage.input_tokens".into(), AttrValue::Int(100)));
+            s.attributes
+                .push(("gen_ai.usage.output_tokens".into(), AttrValue::Int(20)));
+        }
+        s
+    };
+    let send = |store: &TraceStore, trace: u8, which: &str| {
+        let (span, origin, cost) = match which {
+            "root" => (span(trace, 1, None, "agent.run", false), app("agent"), None),
+            "llm" => (
+                span(trace, 2, Some(1), "chat gpt-4o", true),
+                app("opentelemetry.instrumentation.openai_v2"),
+                None,
+            ),
+            "http" => (
+                span(trace, 3, Some(2), "POST", false),
+                app("opentelemetry.instrumentation.httpx"),
+                None,
+            ),
+            _ => {
+                // As the gateway's recorder hands a call's span to the store.
+                let mut g = span(trace, 4, Some(3), "chat gpt-4o", true);
+                g.attributes.push((
+                    "sidetrace.outcome".into(),
+                    AttrValue::Str("completed".into()),
+                ));
+                sink.call(&g, None, Some(5_000_000u128));
+                return;
+            }
+        };
+        store.submit(Ingest {
+            span,
+            origin,
+            cost_pico_usd: cost,
+        });
+    };
+    // All at once; the app's spans after the gateway's, its row written between (a flush)
+    // or not; the gateway's after the app's, likewise.
+    let orders: [(&[&[&str]], bool); 5] = [
+        (&[&["root", "llm", "http", "gateway"]], true),
+        (&[&["gateway"], &["http", "llm", "root"]], true),
+        (&[&["root", "llm", "http"], &["gateway"]], true),
+        (&[&["gateway"], &["http", "llm", "root"]], false),
+        (&[&["root", "llm", "http"], &["gateway"]], false),
+    ];
+    for (n, (batches, written_between)) in orders.iter().enumerate() {
+        let trace = 40 + n as u8;
+        for batch in *batches {
+            for which in *batch {
+                send(&store, trace, which);
+            }
+            if *written_between {
+                assert!(store.flush(Duration::from_secs(10)));
+            } else {
+                assert!(store.caught_up(Duration::from_secs(10)));
+            }
+        }
+        let tree = store.trace(&trace_id(trace)).unwrap().unwrap();
+        assert_eq!(tree.nodes.len(), 4);
+        let root = &tree.nodes[0];
+        assert_eq!(root.stored.span.name, "agent.run");
+        assert_eq!(root.rollup.input_tokens, 100, "order {n}: the tree");
+        assert_eq!(root.rollup.output_tokens, 20, "order {n}: the tree");
+        assert_eq!(root.rollup.cost_pico_usd, 5_000_000);
+        let llm = tree
+            .nodes
+            .iter()
+            .find(|x| x.stored.span.name == "chat gpt-4o" && x.stored.scope_name != "sidetrace")
+            .unwrap();
+        assert_eq!(
+            llm.own.input_tokens, 0,
+            "the app's span of the call counts none"
+        );
+        assert_eq!(tree.summary.totals.input_tokens, 100, "order {n}: the row");
+        assert_eq!(tree.summary.totals.output_tokens, 20, "order {n}: the row");
+        assert_eq!(tree.summary.totals.spans, 4);
+    }
+    // Their session ("s1", from the spans): five calls, each counted once.
+    let (session, _) = store.session("s1", 10).unwrap().unwrap();
+    assert_eq!(session.totals.input_tokens, 500);
+}
+
 /// A store that is not written to still evicts traces as they pass `max_age`, within a tenth of
 /// it: not only every 30 s (a `max_age` of a minute kept traces 90 s).
 #[test]

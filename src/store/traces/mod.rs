@@ -196,6 +196,17 @@ struct Encoded {
     resource: u64,
 }
 
+/// Whether a span may report a call another span of its trace reports too
+/// (`query::counted_twice`).
+#[derive(Clone, Copy)]
+enum Twice {
+    No,
+    /// A span not the gateway's, with usage: the app's own span of an LLM call.
+    AppUsage,
+    /// The gateway's call span, with a parent.
+    GatewayUnder,
+}
+
 /// A span as the writer takes it.
 enum Incoming {
     Span(Box<Ingest>),
@@ -840,8 +851,20 @@ impl TraceStore {
                     Cow::Borrowed(&e.facts)
                 }
             };
+            // May this span report a call another span of its trace reports too
+            // (`query::counted_twice`): an app's span with usage, or a gateway call under some
+            // other span.
+            let gateway = match incoming {
+                Incoming::Span(ingest) => ingest.origin.scope_name == query::GATEWAY_SCOPE,
+                Incoming::Encoded(_) => true,
+            };
+            let twice = match (gateway, facts.has_usage(), facts.has_parent()) {
+                (false, true, _) => Twice::AppUsage,
+                (true, _, true) => Twice::GatewayUnder,
+                _ => Twice::No,
+            };
             let len = u32::try_from(buf.len() - at).unwrap_or(u32::MAX);
-            placed.push((facts, at as u64, len));
+            placed.push((facts, at as u64, len, twice));
         }
         if buf.is_empty() {
             return Ok(());
@@ -864,7 +887,8 @@ impl TraceStore {
                 .session
                 .is_some()
                 .then_some(trace.summary.totals);
-            for &(ref facts, at, len) in spans {
+            let mut recount = false;
+            for &(ref facts, at, len, twice) in spans {
                 // A span sent twice (a client retrying an export) is kept once, as it came first.
                 let pointer = Pointer {
                     segment,
@@ -874,10 +898,26 @@ impl TraceStore {
                 if !trace.add_span(facts.span_id, pointer) {
                     continue;
                 }
+                // Counted again from its spans: after an app span with usage, or a gateway call
+                // joining a trace with one (or written before: its app span may be in the row).
+                // Most traces never are.
+                match twice {
+                    Twice::AppUsage => {
+                        trace.app_usage = true;
+                        recount = true;
+                    }
+                    Twice::GatewayUnder => {
+                        recount |= trace.app_usage || trace.written.is_some();
+                    }
+                    Twice::No => {}
+                }
                 let bytes = (TRACE_ROW_SPAN_BYTES + len) as u64;
                 trace.summary.add_facts(facts, bytes);
                 added_bytes += bytes;
                 added_spans += 1;
+            }
+            if recount {
+                self.recount(trace);
             }
             if let Some(session) = trace.summary.session.as_deref() {
                 self.session_rows()
@@ -1056,6 +1096,26 @@ impl TraceStore {
             return false;
         }
         true
+    }
+
+    /// Counts a trace's totals again from its spans, without the usage a gateway call under
+    /// the app's own span of the same call reports twice ([`query::counted_twice`], as a read
+    /// of the trace counts it). Left as it is when a span cannot be read back.
+    fn recount(&self, trace: &mut OpenTrace) {
+        let spans: Vec<StoredSpan> = trace
+            .spans
+            .iter()
+            .filter_map(|&(_, p)| self.load_span(p))
+            .collect();
+        if spans.len() != trace.spans.len() {
+            return;
+        }
+        let parent_of = query::parent_indexes(&spans, &query::span_index(&spans));
+        let mut totals = Totals::default();
+        for t in &query::own_totals(&spans, &parent_of) {
+            totals.add(t);
+        }
+        trace.summary.totals = totals;
     }
 
     /// Writes traces' rows (replacing their earlier rows) with one append, and their index

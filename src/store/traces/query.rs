@@ -456,6 +456,73 @@ impl TraceStore {
     }
 }
 
+/// The scope of the gateway's own spans.
+pub(super) const GATEWAY_SCOPE: &str = "sidetrace";
+/// How far up from a gateway call [`counted_twice`] looks for the app's span of the same call.
+const SAME_CALL_HOPS: usize = 3;
+
+/// The spans whose usage a gateway call under them reports again: the app's own span of an LLM
+/// call (an OpenTelemetry GenAI instrumentation's `chat gpt-4o`, with its tokens) whose request
+/// went through the gateway, the gateway's call span below it (directly, or under the HTTP
+/// client span that sent the `traceparent`). The gateway's span counts the call (it read the
+/// usage from the wire and priced it); the app's counts no tokens and no cost, or a trace's
+/// totals would hold the call twice. For each gateway call, the nearest span above it, at most
+/// [`SAME_CALL_HOPS`] up, not the gateway's, that reported usage.
+pub(super) fn counted_twice(
+    spans: &[StoredSpan],
+    parent_of: &[Option<usize>],
+    own: &[Totals],
+) -> Vec<usize> {
+    let gateway = |i: usize| spans[i].scope_name == GATEWAY_SCOPE;
+    let mut twice = Vec::new();
+    for (i, s) in spans.iter().enumerate() {
+        if !gateway(i) || s.span.attr("sidetrace.outcome").is_none() {
+            continue;
+        }
+        let mut at = parent_of[i];
+        for _ in 0..SAME_CALL_HOPS {
+            let Some(a) = at.filter(|&a| a != i && !gateway(a)) else {
+                break;
+            };
+            if own[a].has_usage() {
+                twice.push(a);
+                break;
+            }
+            at = parent_of[a];
+        }
+    }
+    twice
+}
+
+/// Each span's place in `spans` by its id.
+pub(super) fn span_index(spans: &[StoredSpan]) -> HashMap<[u8; 8], usize> {
+    spans
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.span.span_id, i))
+        .collect()
+}
+
+/// Each span's parent's place in `spans`, when its parent is there.
+pub(super) fn parent_indexes(
+    spans: &[StoredSpan],
+    index: &HashMap<[u8; 8], usize>,
+) -> Vec<Option<usize>> {
+    spans
+        .iter()
+        .map(|s| s.span.parent_span_id.and_then(|p| index.get(&p).copied()))
+        .collect()
+}
+
+/// Each span's own totals, the usage of [`counted_twice`] left out.
+pub(super) fn own_totals(spans: &[StoredSpan], parent_of: &[Option<usize>]) -> Vec<Totals> {
+    let mut own: Vec<Totals> = spans.iter().map(StoredSpan::totals).collect();
+    for i in counted_twice(spans, parent_of, &own) {
+        own[i] = own[i].without_usage();
+    }
+    own
+}
+
 /// Orders spans depth first (children by start time, then span id), with depths and rollups.
 /// Spans whose parent is not in the trace are roots.
 fn tree_order(
@@ -465,11 +532,7 @@ fn tree_order(
     spans.sort_by(|a, b| {
         (a.span.start_unix_nanos, a.span.span_id).cmp(&(b.span.start_unix_nanos, b.span.span_id))
     });
-    let index: HashMap<[u8; 8], usize> = spans
-        .iter()
-        .enumerate()
-        .map(|(i, s)| (s.span.span_id, i))
-        .collect();
+    let index = span_index(&spans);
     let mut children: Vec<Vec<usize>> = vec![Vec::new(); spans.len()];
     let mut roots = Vec::new();
     for (i, s) in spans.iter().enumerate() {
@@ -496,12 +559,9 @@ fn tree_order(
         }
     }
     // Rollups: children come after their parent in `order`, so a reverse pass sums upwards.
-    let own: Vec<Totals> = spans.iter().map(StoredSpan::totals).collect();
+    let parent_of = parent_indexes(&spans, &index);
+    let own = own_totals(&spans, &parent_of);
     let mut rollup = own.clone();
-    let parent_of: Vec<Option<usize>> = spans
-        .iter()
-        .map(|s| s.span.parent_span_id.and_then(|p| index.get(&p).copied()))
-        .collect();
     for &(i, depth) in order.iter().rev() {
         // Below a root, a span was reached from its parent; roots (a parent cycle included)
         // add to nothing.

@@ -23,6 +23,20 @@ pub struct Totals {
 }
 
 impl Totals {
+    /// Whether it holds tokens (a span that reported usage).
+    pub fn has_usage(&self) -> bool {
+        self.input_tokens > 0 || self.output_tokens > 0
+    }
+
+    /// The same span counted without its tokens and cost (see [`super::query::counted_twice`]).
+    pub fn without_usage(self) -> Totals {
+        Totals {
+            spans: self.spans,
+            errors: self.errors,
+            ..Totals::default()
+        }
+    }
+
     /// The counts, in the order the encodings keep them (the cost apart).
     pub(super) fn counts(&self) -> [u64; 7] {
         [
@@ -304,6 +318,16 @@ impl<'a> SpanFacts<'a> {
                 .filter(|r| text(picked.response_model).is_some_and(|a| a != *r)),
             provider: text(picked.provider).or_else(|| text(picked.gen_ai_provider)),
         }
+    }
+
+    /// It has a parent.
+    pub fn has_parent(&self) -> bool {
+        !self.root
+    }
+
+    /// It reported usage (tokens).
+    pub fn has_usage(&self) -> bool {
+        self.totals.has_usage()
     }
 
     /// The same facts, owning their text.
