@@ -1883,7 +1883,7 @@ function pageCosts(gen, params) {
     ];
     const render = () => {
       clear(tableWrap);
-      tableWrap.appendChild(sortTable({ cols, rows, sort, testid: 'cost-table', emptyText: 'No calls in this window.',
+      tableWrap.appendChild(sortTable({ cols, rows, sort, testid: 'cost-table', emptyText: 'No calls through this gateway in this window (spans received over OTLP are not counted here).',
         rowProps: () => ({ testid: 'cost-row' }), onSort: (s) => { sort = s; render(); } }));
     };
     render();
@@ -1958,7 +1958,7 @@ function drawCostChart(box, body, metric, bucket, width) {
     for (let i = 0; i < xs.length; i++) stacked[k][i] += stacked[k + 1][i];
   }
   if (!(body.series || []).length) {
-    box.appendChild(h('div', { class: 'chart-empty muted', text: 'No calls in this window.' }));
+    box.appendChild(h('div', { class: 'chart-empty muted', text: 'No calls through this gateway in this window.' }));
   }
   const css = getComputedStyle(document.documentElement);
   const fg = css.getPropertyValue('--muted').trim() || '#666';

@@ -473,7 +473,10 @@ impl TraceStore {
             Ok(opened) => opened,
             Err(e) => {
                 return Opened::unavailable(
-                    format!("cannot open the span files in {}: {e}", dir.display()),
+                    format!(
+                        "cannot open the trace store's row and span files in {} (rows/, spans/): {e}",
+                        dir.display()
+                    ),
                     damage,
                 );
             }
