@@ -468,12 +468,9 @@ async fn the_store_writer_gives_way_to_calls_on_a_busy_core() {
     );
 }
 
-#[tokio::test]
-async fn traces_survive_a_restart_of_the_gateway() {
-    let mock = Mock::start(provider).await;
-    let dir = tempfile::tempdir().unwrap();
-    let extra = format!("data_dir = {:?}\n", dir.path().display().to_string());
-    let gw = gateway_for(&mock, &extra).await;
+/// A gateway on `extra`'s data dir makes one call (trace `TRACE_ID`), sees it stored, and stops.
+async fn one_stored_call(mock: &Mock, extra: &str) {
+    let gw = gateway_for(mock, extra).await;
     let a = post(
         &gw,
         "/v1/chat/completions",
@@ -487,6 +484,14 @@ async fn traces_survive_a_restart_of_the_gateway() {
     })
     .await;
     gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn traces_survive_a_restart_of_the_gateway() {
+    let mock = Mock::start(provider).await;
+    let dir = tempfile::tempdir().unwrap();
+    let extra = format!("data_dir = {:?}\n", dir.path().display().to_string());
+    one_stored_call(&mock, &extra).await;
 
     let gw = gateway_for(&mock, &extra).await;
     let trace = admin_get(&gw, &format!("/api/traces/{TRACE_ID}")).await;
@@ -501,20 +506,7 @@ async fn a_trace_whose_spans_cannot_be_read_back_says_so() {
     let mock = Mock::start(provider).await;
     let dir = tempfile::tempdir().unwrap();
     let extra = format!("data_dir = {:?}\n", dir.path().display().to_string());
-    let gw = gateway_for(&mock, &extra).await;
-    let a = post(
-        &gw,
-        "/v1/chat/completions",
-        &[("traceparent", TRACEPARENT)],
-        CHAT,
-    )
-    .await;
-    assert_eq!(a.status, StatusCode::OK);
-    wait_json(&gw, &format!("/api/traces/{TRACE_ID}"), |v| {
-        v["spans"].as_array().is_some_and(|s| s.len() == 1)
-    })
-    .await;
-    gw.shutdown().await;
+    one_stored_call(&mock, &extra).await;
     for entry in std::fs::read_dir(dir.path().join("traces/spans")).unwrap() {
         std::fs::write(entry.unwrap().path(), b"").unwrap();
     }
