@@ -857,6 +857,21 @@ fn a_call_the_app_and_the_gateway_both_record_is_counted_once() {
     // Their session ("s1", from the spans): five calls, each counted once.
     let (session, _) = store.session("s1", 10).unwrap().unwrap();
     assert_eq!(session.totals.input_tokens, 500);
+
+    // Killed with such a trace open: put back from the span files, it is counted once too.
+    for which in ["root", "llm", "http", "gateway"] {
+        send(&store, 50, which);
+    }
+    assert!(store.caught_up(Duration::from_secs(10)));
+    store.stop_as_if_killed();
+    drop(sink);
+    drop(store);
+    let (store, _) = open(dir.path(), u64::MAX, Duration::from_secs(86_400));
+    let tree = store.trace(&trace_id(50)).unwrap().unwrap();
+    assert_eq!(tree.nodes.len(), 4);
+    assert_eq!(tree.summary.totals.input_tokens, 100, "after the replay");
+    let (session, _) = store.session("s1", 10).unwrap().unwrap();
+    assert_eq!(session.totals.input_tokens, 600);
 }
 
 /// A store that is not written to still evicts traces as they pass `max_age`, within a tenth of

@@ -1012,6 +1012,7 @@ impl TraceStore {
         }
         let now = Instant::now();
         let mut replayed = 0;
+        let mut replayed_traces = HashSet::new();
         // One segment in memory at a time; traces are written at least every minute
         // (`open::OPEN_LONGEST`), so the marks are about a minute apart at most.
         for segment in self.log.segments_from(from.0) {
@@ -1052,13 +1053,21 @@ impl TraceStore {
                     trace.summary.add(&stored.span, stored.cost_pico_usd, bytes);
                     self.counts().bytes += bytes;
                     replayed += 1;
+                    replayed_traces.insert(id);
                     drop(open);
                     self.change_live(&[(segment, 1)])?;
                 }
             }
         }
+        // Counted again from their spans, as the writer counts a trace a call may be reported
+        // in twice (`query::counted_twice`): the replay added each span's usage.
+        let mut open = self.open_traces();
+        for id in &replayed_traces {
+            if let Some(trace) = open.get_mut(id) {
+                self.recount(trace);
+            }
+        }
         // The sessions were rebuilt from the rows: they take the replayed spans too.
-        let open = self.open_traces();
         let mut sessions = self.session_rows();
         for trace in open.values() {
             if let Some(session) = trace.summary.session.as_deref() {

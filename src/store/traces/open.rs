@@ -118,6 +118,10 @@ impl OpenTraces {
         self.traces.get(id).map(|t| &**t)
     }
 
+    pub fn get_mut(&mut self, id: &[u8; 16]) -> Option<&mut OpenTrace> {
+        self.traces.get_mut(id).map(|t| &mut **t)
+    }
+
     pub fn contains_key(&self, id: &[u8; 16]) -> bool {
         self.traces.contains_key(id)
     }
