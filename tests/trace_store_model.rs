@@ -815,12 +815,15 @@ fn a_call_the_app_and_the_gateway_both_record_is_counted_once() {
     };
     // All at once; the app's spans after the gateway's, its row written between (a flush)
     // or not; the gateway's after the app's, likewise.
-    let orders: [(&[&[&str]], bool); 5] = [
+    let orders: [(&[&[&str]], bool); 7] = [
         (&[&["root", "llm", "http", "gateway"]], true),
         (&[&["gateway"], &["http", "llm", "root"]], true),
         (&[&["root", "llm", "http"], &["gateway"]], true),
         (&[&["gateway"], &["http", "llm", "root"]], false),
         (&[&["root", "llm", "http"], &["gateway"]], false),
+        // The HTTP client's span, which links the two, last.
+        (&[&["root", "llm", "gateway"], &["http"]], false),
+        (&[&["root", "llm", "gateway"], &["http"]], true),
     ];
     for (n, (batches, written_between)) in orders.iter().enumerate() {
         let trace = 40 + n as u8;
@@ -854,9 +857,9 @@ fn a_call_the_app_and_the_gateway_both_record_is_counted_once() {
         assert_eq!(tree.summary.totals.output_tokens, 20, "order {n}: the row");
         assert_eq!(tree.summary.totals.spans, 4);
     }
-    // Their session ("s1", from the spans): five calls, each counted once.
+    // Their session ("s1", from the spans): seven calls, each counted once.
     let (session, _) = store.session("s1", 10).unwrap().unwrap();
-    assert_eq!(session.totals.input_tokens, 500);
+    assert_eq!(session.totals.input_tokens, 700);
 
     // Killed with such a trace open: put back from the span files, it is counted once too.
     for which in ["root", "llm", "http", "gateway"] {
@@ -871,7 +874,48 @@ fn a_call_the_app_and_the_gateway_both_record_is_counted_once() {
     assert_eq!(tree.nodes.len(), 4);
     assert_eq!(tree.summary.totals.input_tokens, 100, "after the replay");
     let (session, _) = store.session("s1", 10).unwrap().unwrap();
-    assert_eq!(session.totals.input_tokens, 600);
+    assert_eq!(session.totals.input_tokens, 800);
+}
+
+/// Killed with a trace open, and one of its spans damaged in the span file since: the others
+/// are put back, the ones after the damaged one too.
+#[test]
+fn after_a_kill_a_damaged_span_loses_itself_not_the_spans_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = now_unix_nanos();
+    {
+        let (store, _) = open(dir.path(), u64::MAX, Duration::from_secs(86_400));
+        for s in 0..3u8 {
+            let mut span = simple(7, s, now + u64::from(s));
+            span.attributes.push((
+                "gen_ai.input.messages".into(),
+                AttrValue::Str(format!("message {s} ").repeat(20)),
+            ));
+            put(&store, span, None);
+            assert!(store.caught_up(Duration::from_secs(10)));
+        }
+        store.stop_as_if_killed();
+    }
+    let file = std::fs::read_dir(dir.path().join("spans"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| std::fs::metadata(p).unwrap().len() > 0)
+        .unwrap();
+    let mut bytes = std::fs::read(&file).unwrap();
+    let second = bytes
+        .windows(10)
+        .position(|w| w == b"message 1 ")
+        .expect("the second span's content");
+    bytes[second + 30..second + 37].copy_from_slice(b"GARBAGE");
+    std::fs::write(&file, &bytes).unwrap();
+    let (store, _) = open(dir.path(), u64::MAX, Duration::from_secs(86_400));
+    let tree = store.trace(&trace_id(7)).unwrap().expect("put back");
+    let names: Vec<u8> = tree
+        .nodes
+        .iter()
+        .map(|n| n.stored.span.span_id[1])
+        .collect();
+    assert_eq!(names, vec![0, 2], "the first and the third span");
 }
 
 /// A store that is not written to still evicts traces as they pass `max_age`, within a tenth of

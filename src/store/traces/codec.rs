@@ -23,6 +23,8 @@ const SPAN_V1: u8 = 0xB1;
 const SPAN_V2: u8 = 0xB2;
 /// The first byte of a binary summary (version 1).
 const SUMMARY_V1: u8 = 0xC1;
+/// Version 2: version 1 and a byte of flags (`TraceSummary::same_call`).
+const SUMMARY_V2: u8 = 0xC2;
 /// A span record's tag and length (version 1); and its CRC-32 of what follows (version 2).
 const SPAN_HEADER_V1: usize = 5;
 const SPAN_HEADER: usize = 9;
@@ -130,24 +132,30 @@ pub(super) fn decode_span(bytes: &[u8]) -> Option<StoredSpan> {
 }
 
 /// The span record that begins `bytes` and its length, binary or JSON; `None` at the end or
-/// at damage (nothing after it can be read).
-pub(super) fn next_span(bytes: &[u8]) -> Option<(StoredSpan, usize)> {
+/// where no record can be made out (nothing after it can be read). The span is `None` for a
+/// binary record whose length is whole but whose content is damaged: the next record begins
+/// after it.
+pub(super) fn next_span(bytes: &[u8]) -> Option<(Option<StoredSpan>, usize)> {
     match bytes.first()? {
         &SPAN_V1 | &SPAN_V2 => {
             let len = u32::from_le_bytes(bytes.get(1..5)?.try_into().ok()?) as usize;
-            Some((decode_span(bytes.get(..len)?)?, len))
+            // A length shorter than a header is damage that would not move the reader on.
+            if len < SPAN_HEADER_V1 {
+                return None;
+            }
+            Some((decode_span(bytes.get(..len)?), len))
         }
         _ => {
             let mut stream = serde_json::Deserializer::from_slice(bytes).into_iter::<StoredSpan>();
             let stored = stream.next()?.ok()?;
-            Some((stored, stream.byte_offset()))
+            Some((Some(stored), stream.byte_offset()))
         }
     }
 }
 
 /// Appends `summary`'s encoding to `out`.
 pub(super) fn encode_summary(summary: &TraceSummary, out: &mut Vec<u8>) {
-    out.push(SUMMARY_V1);
+    out.push(SUMMARY_V2);
     out.extend_from_slice(&summary.trace_id);
     out.extend_from_slice(&summary.start_unix_nanos.to_le_bytes());
     out.extend_from_slice(&summary.end_unix_nanos.to_le_bytes());
@@ -166,14 +174,18 @@ pub(super) fn encode_summary(summary: &TraceSummary, out: &mut Vec<u8>) {
         list.iter().for_each(|s| str(out, s));
     }
     out.extend_from_slice(&summary.bytes.to_le_bytes());
+    out.push(summary.same_call);
 }
 
 /// A summary, binary or (from an earlier version) JSON.
 pub(super) fn decode_summary(bytes: &[u8]) -> Option<TraceSummary> {
-    match bytes.first()? {
-        &SUMMARY_V1 => {
+    match *bytes.first()? {
+        version @ (SUMMARY_V1 | SUMMARY_V2) => {
             let mut r = Reader(&bytes[1..]);
-            let summary = r.summary()?;
+            let mut summary = r.summary()?;
+            if version == SUMMARY_V2 {
+                summary.same_call = r.u8()?;
+            }
             r.0.is_empty().then_some(summary)
         }
         _ => serde_json::from_slice(bytes).ok(),
@@ -188,8 +200,8 @@ pub(super) fn decode_tags(bytes: &[u8]) -> Option<[Option<String>; 3]> {
         user: Option<String>,
         session: Option<String>,
     }
-    match bytes.first()? {
-        &SUMMARY_V1 => {
+    match *bytes.first()? {
+        SUMMARY_V1 | SUMMARY_V2 => {
             let s = decode_summary(bytes)?;
             Some([s.feature, s.user, s.session])
         }
@@ -556,6 +568,7 @@ mod tests {
             let mut bytes = vec![7u8; 3];
             encode_span(&s, &mut bytes);
             let (back, len) = next_span(&bytes[3..]).expect("decodes");
+            let back = back.expect("whole");
             prop_assert_eq!(len, bytes.len() - 3);
             prop_assert!(same(&back, &s));
             let mut again = Vec::new();
@@ -589,6 +602,7 @@ mod tests {
             totals in any::<([u64; 7], u128)>(),
             tags in any::<(Option<String>, Option<String>, Option<String>)>(),
             lists in (prop::collection::vec(text(), 0..3), prop::collection::vec(text(), 0..3)),
+            same_call in 0u8..4,
         ) {
             let mut s = TraceSummary::new(id);
             (s.start_unix_nanos, s.end_unix_nanos, s.root_start) = times;
@@ -607,9 +621,17 @@ mod tests {
             (s.feature, s.user, s.session) = tags;
             (s.models, s.providers) = lists;
             s.bytes = times.0 ^ times.1;
+            s.same_call = same_call;
             let mut bytes = Vec::new();
             encode_summary(&s, &mut bytes);
             prop_assert_eq!(decode_summary(&bytes), Some(s.clone()));
+            // As version 1 wrote it (no flags byte): the same, without its flags.
+            let mut v1 = bytes[..bytes.len() - 1].to_vec();
+            v1[0] = SUMMARY_V1;
+            prop_assert_eq!(
+                decode_summary(&v1),
+                Some(TraceSummary { same_call: 0, ..s.clone() })
+            );
             prop_assert_eq!(
                 decode_tags(&bytes),
                 Some([s.feature.clone(), s.user.clone(), s.session.clone()])

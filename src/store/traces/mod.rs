@@ -196,16 +196,43 @@ struct Encoded {
     resource: u64,
 }
 
-/// Whether a span may report a call another span of its trace reports too
+/// What a span may change in which calls of its trace are reported twice
 /// (`query::counted_twice`).
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq)]
 enum Twice {
+    /// A gateway span without a parent.
     No,
     /// A span not the gateway's, with usage: the app's own span of an LLM call.
     AppUsage,
-    /// The gateway's call span, with a parent.
+    /// A span not the gateway's, without usage: it may be the link (an HTTP client's span)
+    /// between the app's span of a call and the gateway's.
+    AppOther,
+    /// The gateway's span, with a parent.
     GatewayUnder,
 }
+
+impl Twice {
+    fn of(facts: &SpanFacts<'_>, gateway: bool) -> Twice {
+        match (gateway, facts.has_usage(), facts.has_parent()) {
+            (false, true, _) => Twice::AppUsage,
+            (false, false, _) => Twice::AppOther,
+            (true, _, true) => Twice::GatewayUnder,
+            (true, _, false) => Twice::No,
+        }
+    }
+
+    /// The flag of `TraceSummary::same_call` it sets.
+    fn flag(self) -> u8 {
+        match self {
+            Twice::AppUsage => summary::SAME_CALL_APP,
+            Twice::GatewayUnder => summary::SAME_CALL_GATEWAY,
+            Twice::AppOther | Twice::No => 0,
+        }
+    }
+}
+
+/// Both kinds of span that may report one call twice.
+const SAME_CALL_BOTH: u8 = summary::SAME_CALL_APP | summary::SAME_CALL_GATEWAY;
 
 /// A span as the writer takes it.
 enum Incoming {
@@ -861,11 +888,7 @@ impl TraceStore {
                 Incoming::Span(ingest) => ingest.origin.scope_name == query::GATEWAY_SCOPE,
                 Incoming::Encoded(_) => true,
             };
-            let twice = match (gateway, facts.has_usage(), facts.has_parent()) {
-                (false, true, _) => Twice::AppUsage,
-                (true, _, true) => Twice::GatewayUnder,
-                _ => Twice::No,
-            };
+            let twice = Twice::of(&facts, gateway);
             let len = u32::try_from(buf.len() - at).unwrap_or(u32::MAX);
             placed.push((facts, at as u64, len, twice));
         }
@@ -901,25 +924,17 @@ impl TraceStore {
                 if !trace.add_span(facts.span_id, pointer) {
                     continue;
                 }
-                // Counted again from its spans: after an app span with usage, or a gateway call
-                // joining a trace with one (or written before: its app span may be in the row).
-                // Most traces never are.
-                match twice {
-                    Twice::AppUsage => {
-                        trace.app_usage = true;
-                        recount = true;
-                    }
-                    Twice::GatewayUnder => {
-                        recount |= trace.app_usage || trace.written.is_some();
-                    }
-                    Twice::No => {}
-                }
+                // Counted again from its spans once it holds both an app span with usage and a
+                // gateway call under some span, when a span that may change which call is
+                // reported twice joins it. Most traces never hold both.
+                trace.summary.same_call |= twice.flag();
+                recount |= twice != Twice::No;
                 let bytes = (TRACE_ROW_SPAN_BYTES + len) as u64;
                 trace.summary.add_facts(facts, bytes);
                 added_bytes += bytes;
                 added_spans += 1;
             }
-            if recount {
+            if recount && trace.summary.same_call == SAME_CALL_BOTH {
                 self.recount(trace);
             }
             if let Some(session) = trace.summary.session.as_deref() {
@@ -1028,6 +1043,16 @@ impl TraceStore {
                 let Some((stored, len)) = codec::next_span(&bytes[at..]) else {
                     break;
                 };
+                let Some(stored) = stored else {
+                    // Damaged, its length whole: the spans after it are read on.
+                    at += len;
+                    tracing::warn!(
+                        segment,
+                        offset = base + (at - len) as u64,
+                        "a span to put back after a crash is damaged in its span file: left out"
+                    );
+                    continue;
+                };
                 let pointer = Pointer {
                     segment,
                     offset: base + at as u64,
@@ -1050,6 +1075,10 @@ impl TraceStore {
                 let trace = self.touch(&mut open, id, row, now);
                 if trace.add_span(stored.span.span_id, pointer) {
                     let bytes = u64::from(TRACE_ROW_SPAN_BYTES + pointer.len);
+                    let gateway = stored.scope_name == query::GATEWAY_SCOPE;
+                    trace.summary.same_call |=
+                        Twice::of(&SpanFacts::of(&stored.span, stored.cost_pico_usd), gateway)
+                            .flag();
                     trace.summary.add(&stored.span, stored.cost_pico_usd, bytes);
                     self.counts().bytes += bytes;
                     replayed += 1;
@@ -1063,7 +1092,10 @@ impl TraceStore {
         // in twice (`query::counted_twice`): the replay added each span's usage.
         let mut open = self.open_traces();
         for id in &replayed_traces {
-            if let Some(trace) = open.get_mut(id) {
+            if let Some(trace) = open
+                .get_mut(id)
+                .filter(|t| t.summary.same_call == SAME_CALL_BOTH)
+            {
                 self.recount(trace);
             }
         }

@@ -36,9 +36,6 @@ pub(super) struct OpenTrace {
     /// Where its first span since it was opened is in the span files: a replay after a crash
     /// reads from the earliest of these.
     pub first_new: Option<Pointer>,
-    /// A span not the gateway's that reported usage joined it since it was opened: a gateway
-    /// call joining it may report the same call (`query::counted_twice`).
-    pub app_usage: bool,
     opened: Instant,
     touched: Instant,
 }
@@ -54,7 +51,6 @@ impl OpenTrace {
             span_ids: None,
             written: None,
             first_new: None,
-            app_usage: false,
             opened: Instant::now(),
             touched: Instant::now(),
         }

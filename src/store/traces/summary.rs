@@ -154,7 +154,16 @@ pub struct TraceSummary {
     pub providers: Vec<String>,
     /// Stored bytes of the trace's spans (keys and values), for the size bound.
     pub bytes: u64,
+    /// It holds a span not the gateway's that reported usage ([`SAME_CALL_APP`]) and a gateway
+    /// call span with a parent ([`SAME_CALL_GATEWAY`]): with both, a call may be reported twice
+    /// (`query::counted_twice`), and the trace is counted again from its spans as spans join.
+    #[serde(default)]
+    pub(super) same_call: u8,
 }
+
+/// [`TraceSummary::same_call`]'s flags.
+pub(super) const SAME_CALL_APP: u8 = 1;
+pub(super) const SAME_CALL_GATEWAY: u8 = 2;
 
 /// The attributes a trace's row reads from a span (the first of each key, as
 /// [`SpanRecord::attr`] finds it), in one pass over them instead of one a key.
