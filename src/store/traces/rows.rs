@@ -139,8 +139,8 @@ fn read_segment(
     let mut copied = false;
     while at < bytes.len() {
         let Some((key, body, next)) = record_at(&bytes, at) else {
-            match (at + 1..bytes.len()).find(|&from| record_at(&bytes, from).is_some()) {
-                Some(resume) => {
+            match resync(&bytes, at) {
+                AfterDamage::Record(resume) => {
                     let copy = (!copied).then(|| copy_aside(&path)).flatten();
                     copied = true;
                     tracing::error!(
@@ -153,7 +153,17 @@ fn read_segment(
                     at = resume;
                     continue;
                 }
-                None => {
+                AfterDamage::Unknown => {
+                    copy_aside(&path);
+                    tracing::error!(
+                        path = %path.display(),
+                        offset = at,
+                        ignored_bytes = bytes.len() - at,
+                        "a trace row file is damaged and no whole record was found after the damage: the rest of it is not read"
+                    );
+                    break;
+                }
+                AfterDamage::Tail => {
                     tracing::warn!(
                         segment,
                         offset = at,
@@ -183,13 +193,62 @@ fn read_segment(
     index.settle()
 }
 
-/// A copy of a damaged file beside it, `<file>.corrupt-<unix time>`; `None` (logged) when it
-/// cannot be made.
+/// What follows a damaged record.
+enum AfterDamage {
+    /// The next whole record begins here.
+    Record(usize),
+    /// No whole record: a damaged tail (a crash during an append), which may be cut.
+    Tail,
+    /// The search gave up: the rest is not read, and not cut either.
+    Unknown,
+}
+
+/// Where the next whole record after the damaged one at `at` begins: the first later offset
+/// whose header's CRC matches what follows it. Each candidate costs a CRC of its length, so the
+/// search gives up past 64 times the file's size in all: a damaged record is found again in far
+/// less.
+fn resync(bytes: &[u8], at: usize) -> AfterDamage {
+    let mut budget = bytes.len().saturating_mul(64);
+    for from in at + 1..bytes.len() {
+        let checked = bytes
+            .get(from + 4..from + HEADER)
+            .map(|h| u32::from_be_bytes(h[..4].try_into().expect("4 bytes")))
+            .map_or(0, |len| {
+                if len == REMOVED {
+                    28
+                } else {
+                    len as usize + 28
+                }
+            });
+        let Some(left) = budget.checked_sub(checked.min(bytes.len())) else {
+            return AfterDamage::Unknown;
+        };
+        budget = left;
+        if record_at(bytes, from).is_some() {
+            return AfterDamage::Record(from);
+        }
+    }
+    AfterDamage::Tail
+}
+
+/// A copy of a damaged file beside it, `<file>.corrupt-<unix time>`, unless an earlier start
+/// made one (the file is read past its damage at every start); `None` (logged) when it cannot
+/// be made.
 fn copy_aside(path: &Path) -> Option<std::path::PathBuf> {
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     let mut name = path.file_name()?.to_os_string();
+    let earlier = format!("{}.corrupt-", name.to_string_lossy());
+    if let Some(copy) = fs::read_dir(path.parent()?).ok()?.find_map(|e| {
+        let e = e.ok()?;
+        e.file_name()
+            .to_string_lossy()
+            .starts_with(&earlier)
+            .then(|| e.path())
+    }) {
+        return Some(copy);
+    }
     name.push(format!(".corrupt-{secs}"));
     let copy = path.with_file_name(name);
     match fs::copy(path, &copy) {
@@ -584,16 +643,20 @@ mod tests {
             rows.get(&key(5, 5)).unwrap().unwrap(),
             b"row number 5 of five"
         );
-        let copies: Vec<_> = fs::read_dir(file.parent().unwrap())
-            .unwrap()
-            .filter_map(|e| e.ok()?.file_name().into_string().ok())
-            .filter(|n| n.starts_with("0000000001.log.corrupt-"))
-            .collect();
-        assert_eq!(copies.len(), 1, "the damaged file is copied aside");
-        // The file itself is not cut: the rows after the damage are still read at the next start.
+        let copies = || {
+            fs::read_dir(file.parent().unwrap())
+                .unwrap()
+                .filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .filter(|n| n.starts_with("0000000001.log.corrupt-"))
+                .count()
+        };
+        assert_eq!(copies(), 1, "the damaged file is copied aside");
+        // The file itself is not cut: the rows after the damage are still read at the next
+        // start, which makes no second copy, whenever it comes.
         drop(rows);
         let rows = open(dir.path(), 1 << 20);
         assert_eq!(rows.keys().len(), 4);
+        assert_eq!(copies(), 1);
     }
 
     #[test]
