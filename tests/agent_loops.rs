@@ -182,6 +182,12 @@ async fn an_openai_chat_loop_without_trace_headers_is_one_trace_with_a_tool_span
         assert!(start.abs_diff(nanos(call1, "end_unix_nanos")) < 1_000_000);
         assert!(end >= start && end <= nanos(call2, "end_unix_nanos"));
     }
+    // Asked together, listed in the order the call asked for them.
+    let weather = by_name(&spans, "execute_tool get_weather");
+    let time = by_name(&spans, "execute_tool get_time");
+    assert!(nanos(time, "start_unix_nanos") > nanos(weather, "start_unix_nanos"));
+    let at = |name: &str| spans.iter().position(|s| s["name"] == name).unwrap();
+    assert!(at("execute_tool get_weather") < at("execute_tool get_time"));
     let text = metrics_of(&gw).await;
     assert_eq!(metric_in(&text, "sidetrace_tool_spans_emitted_total"), 2.0);
     assert_eq!(
