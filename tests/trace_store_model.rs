@@ -637,6 +637,23 @@ fn a_lost_span_file_loses_its_spans_not_the_store() {
     assert_eq!(store.trace(&trace_id(4)).unwrap().unwrap().nodes.len(), 1);
 }
 
+/// Writes `GARBAGE` over the second span's content (`message 1 ...`) in the span file, `at`
+/// bytes into it.
+fn garble_second_message(dir: &Path, at: usize) {
+    let file = std::fs::read_dir(dir.join("spans"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| std::fs::metadata(p).unwrap().len() > 0)
+        .unwrap();
+    let mut bytes = std::fs::read(&file).unwrap();
+    let second = bytes
+        .windows(10)
+        .position(|w| w == b"message 1 ")
+        .expect("the second span's content");
+    bytes[second + at..second + at + 7].copy_from_slice(b"GARBAGE");
+    std::fs::write(&file, &bytes).unwrap();
+}
+
 /// Garbage written over a span in its file: the span is not served with the garbage as its
 /// content, but left out, said to be and counted; the trace's other spans are read.
 #[test]
@@ -653,18 +670,7 @@ fn a_damaged_span_is_left_out_and_counted_never_served() {
         put(&store, span, None);
         assert!(store.flush(Duration::from_secs(10)));
     }
-    let file = std::fs::read_dir(dir.path().join("spans"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| std::fs::metadata(p).unwrap().len() > 0)
-        .unwrap();
-    let mut bytes = std::fs::read(&file).unwrap();
-    let second = bytes
-        .windows(10)
-        .position(|w| w == b"message 1 ")
-        .expect("the second span's content");
-    bytes[second + 40..second + 47].copy_from_slice(b"GARBAGE");
-    std::fs::write(&file, &bytes).unwrap();
+    garble_second_message(dir.path(), 40);
     let tree = store.trace(&trace_id(5)).unwrap().unwrap();
     assert_eq!(tree.nodes.len(), 2, "the other spans are read");
     assert_eq!(tree.unreadable, 1);
@@ -896,18 +902,7 @@ fn after_a_kill_a_damaged_span_loses_itself_not_the_spans_after_it() {
         }
         store.stop_as_if_killed();
     }
-    let file = std::fs::read_dir(dir.path().join("spans"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| std::fs::metadata(p).unwrap().len() > 0)
-        .unwrap();
-    let mut bytes = std::fs::read(&file).unwrap();
-    let second = bytes
-        .windows(10)
-        .position(|w| w == b"message 1 ")
-        .expect("the second span's content");
-    bytes[second + 30..second + 37].copy_from_slice(b"GARBAGE");
-    std::fs::write(&file, &bytes).unwrap();
+    garble_second_message(dir.path(), 30);
     let (store, _) = open(dir.path(), u64::MAX, Duration::from_secs(86_400));
     let tree = store.trace(&trace_id(7)).unwrap().expect("put back");
     let names: Vec<u8> = tree
