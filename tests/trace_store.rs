@@ -486,17 +486,59 @@ async fn one_stored_call(mock: &Mock, extra: &str) {
     gw.shutdown().await;
 }
 
+/// Every file under `dir`, read whole.
+fn files_under(dir: &std::path::Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files.extend(files_under(&path));
+        } else {
+            files.push((path.clone(), std::fs::read(&path).unwrap()));
+        }
+    }
+    files
+}
+
+/// The restarted gateway serves the call's content from disk as it served it before: the
+/// request kept as it came (redacted) is read into the GenAI messages; no file holds the
+/// address the call sent, and a search finds words of the request.
 #[tokio::test]
 async fn traces_survive_a_restart_of_the_gateway() {
     let mock = Mock::start(provider).await;
     let dir = tempfile::tempdir().unwrap();
     let extra = format!("data_dir = {:?}\n", dir.path().display().to_string());
     one_stored_call(&mock, &extra).await;
+    for (path, bytes) in files_under(dir.path()) {
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(!text.contains("jane@example.com"), "{}", path.display());
+    }
 
     let gw = gateway_for(&mock, &extra).await;
     let trace = admin_get(&gw, &format!("/api/traces/{TRACE_ID}")).await;
     assert_eq!(trace.status, StatusCode::OK);
-    assert_eq!(trace.json()["trace"]["spans"], 1);
+    let trace = trace.json();
+    assert_eq!(trace["trace"]["spans"], 1);
+    let a = &trace["spans"][0]["attributes"];
+    assert_eq!(
+        a["gen_ai.input.messages"],
+        r#"[{"parts":[{"content":"Why is my query slow? Mail me at [EMAIL]","type":"text"}],"role":"user"}]"#
+    );
+    assert_eq!(
+        a["gen_ai.system_instructions"],
+        r#"[{"content":"Be brief.","type":"text"}]"#
+    );
+    assert_eq!(a["sidetrace.input.message_count"], 1);
+    assert_eq!(a["sidetrace.content.level"], "redacted");
+    assert!(a.get("sidetrace.content.request_body").is_none(), "{a}");
+    assert!(
+        a["gen_ai.output.messages"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{a}"))
+            .contains("composite index")
+    );
+    let found = admin_get(&gw, "/api/traces?q=query%20slow").await.json();
+    assert_eq!(found["traces"][0]["trace_id"], TRACE_ID, "{found}");
 }
 
 /// A span file lost while the gateway was down: the trace still opens, says how many of its

@@ -105,7 +105,8 @@ pub struct CallRecord {
     pub trace: TraceContext,
     pub metadata: CallMetadata,
     /// The content the span carries: at `[capture] level` once recorded (until then, at the
-    /// higher of that and the store's level).
+    /// higher of that and the store's level, unless the store's copy was captured apart
+    /// into `kept_content`).
     pub content: Option<CapturedContent>,
     /// The content at the local trace store's level (`[store] capture`), when it keeps any.
     #[serde(default)]

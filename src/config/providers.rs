@@ -26,6 +26,56 @@ pub enum WireFormat {
     Passthrough,
 }
 
+impl WireFormat {
+    /// Every format, in declaration order.
+    pub const ALL: [WireFormat; 13] = [
+        WireFormat::ChatCompletions,
+        WireFormat::Completions,
+        WireFormat::Embeddings,
+        WireFormat::Responses,
+        WireFormat::Messages,
+        WireFormat::GenerateContent,
+        WireFormat::OllamaChat,
+        WireFormat::OllamaGenerate,
+        WireFormat::Converse,
+        WireFormat::ConverseStream,
+        WireFormat::InvokeModel,
+        WireFormat::InvokeModelWithResponseStream,
+        WireFormat::Passthrough,
+    ];
+
+    /// The format's name in a provider file (`chat_completions`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            WireFormat::ChatCompletions => "chat_completions",
+            WireFormat::Completions => "completions",
+            WireFormat::Embeddings => "embeddings",
+            WireFormat::Responses => "responses",
+            WireFormat::Messages => "messages",
+            WireFormat::GenerateContent => "generate_content",
+            WireFormat::OllamaChat => "ollama_chat",
+            WireFormat::OllamaGenerate => "ollama_generate",
+            WireFormat::Converse => "converse",
+            WireFormat::ConverseStream => "converse_stream",
+            WireFormat::InvokeModel => "invoke_model",
+            WireFormat::InvokeModelWithResponseStream => "invoke_model_with_response_stream",
+            WireFormat::Passthrough => "passthrough",
+        }
+    }
+}
+
+/// A format by its name (see [`WireFormat::name`]).
+impl std::str::FromStr for WireFormat {
+    type Err = String;
+
+    fn from_str(name: &str) -> Result<WireFormat, String> {
+        WireFormat::ALL
+            .into_iter()
+            .find(|f| f.name() == name)
+            .ok_or_else(|| format!("no wire format is named {name:?}"))
+    }
+}
+
 /// Which headers carry the client's credentials, and optionally a key the gateway holds itself.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -266,4 +316,19 @@ impl ProviderSpec {
 /// `build.rs` lists the directory, so adding a provider is adding a file.
 pub fn builtin_specs() -> &'static [(&'static str, &'static str)] {
     include!(concat!(env!("OUT_DIR"), "/builtin_providers.rs"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_format_s_name_is_the_one_provider_files_use() {
+        for format in WireFormat::ALL {
+            let serde_name = serde_json::to_value(format).unwrap();
+            assert_eq!(serde_name, format.name(), "{format:?}");
+            assert_eq!(format.name().parse(), Ok(format));
+        }
+        assert!("chat".parse::<WireFormat>().is_err());
+    }
 }

@@ -184,9 +184,12 @@ where
             let metadata = parts.extensions.get::<CallMetadata>();
             let asked = metadata.and_then(|m| m.capture);
             let level = metadata.map(|_| capturer.capture_level(asked));
+            // Kept for the store as the body came (redacted), it is read into the GenAI shapes
+            // when the store reads it, not here.
+            let body_for_store = level.is_some() && capturer.body_for_store(asked, bytes.len());
             // Content captured whole is read into a tree once, for the typed read too.
             let tree = level
-                .filter(|&l| l >= CaptureLevel::Redacted)
+                .filter(|&l| l >= CaptureLevel::Redacted && !body_for_store)
                 .and_then(|_| crate::format::json::from_bytes::<Json>(&bytes).ok());
             let (info, rewritten, fields) = inspect(&route, &path, &bytes, tree.as_ref(), inject);
             // Decided here, before the request goes upstream, so the propagated
@@ -204,6 +207,11 @@ where
                     // Counts and tool names come from the typed parse already done.
                     (CaptureLevel::Metadata, Some(f), _) => {
                         Some(capturer.metadata(f.input_message_count(), f.tool_names()))
+                    }
+                    (_, Some(f), _) if body_for_store => {
+                        kept = capturer.request_body(route.format, &bytes);
+                        (capturer.level(asked) == CaptureLevel::Metadata)
+                            .then(|| capturer.metadata(f.input_message_count(), f.tool_names()))
                     }
                     (_, Some(_), Some(tree)) => {
                         match capturer.request_apart(asked, route.format, tree) {

@@ -53,7 +53,7 @@ struct Draft {
     metadata: Option<CallMetadata>,
     content: Option<CapturedContent>,
     /// The store's copy of the content, when it was captured apart from the export's (see
-    /// `Capturer::request_apart`).
+    /// `Capturer::request_apart` and `Capturer::request_body`).
     kept_content: Option<CapturedContent>,
     reservation: Option<Reservation>,
     /// The trace the call joined (an agent loop with no trace header), replacing the one read
@@ -182,7 +182,10 @@ impl RecordLayer {
             Some(r) => (
                 r.request.include_usage_injected,
                 r.request.stream,
-                r.content.as_ref().and_then(|c| c.level) >= Some(CaptureLevel::Redacted),
+                [&r.content, &r.kept_content]
+                    .into_iter()
+                    .flatten()
+                    .any(|c| c.level >= Some(CaptureLevel::Redacted)),
             ),
             None => (false, false, false),
         };

@@ -38,6 +38,11 @@ pub struct CapturedContent {
     /// first, before the latest that fit (see [`Capturer::request`]).
     #[serde(default)]
     pub omitted_input_messages: Option<u64>,
+    /// The store's copy of the request side when it is kept as the body came, redacted (see
+    /// [`Capturer::request_body`]): read into `input_messages`, `system_instructions` and
+    /// `tool_definitions` when the store reads the span ([`expand_request_body`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_body: Option<String>,
 }
 
 /// Text kept past `max_bytes` before it is redacted (and cut to `max_bytes` after), where it
@@ -163,9 +168,42 @@ impl Capturer {
                     tool_names: content.tool_names.clone(),
                     truncated: content.truncated,
                     omitted_input_messages: content.omitted_input_messages,
+                    // Redacted already.
+                    request_body: content.request_body.clone(),
                 })
             }
         }
+    }
+
+    /// Whether the request side of a call whose body is `body_len` bytes is kept for the
+    /// store as the body came ([`Capturer::request_body`]): the store alone keeps its text
+    /// (`redacted`, with the export at `metadata` or `none`: the defaults), and the body fits
+    /// in `max_bytes`, so none of its text would be cut or left out.
+    pub fn body_for_store(&self, asked: Option<CaptureLevel>, body_len: usize) -> bool {
+        body_len <= self.max_bytes
+            && self.level(asked) < CaptureLevel::Redacted
+            && self.store_level(asked) == Some(CaptureLevel::Redacted)
+    }
+
+    /// The store's copy of a request's content, `redacted`, kept as the body came: every
+    /// string value in it redacted, behind a line naming its format and `max_bytes`.
+    /// Reading it into the GenAI shapes ([`expand_request_body`]) gives what
+    /// [`Capturer::request`] gives from the body at `redacted`, but is done when the store
+    /// reads the span (a trace opened, a search), not on the request path for every call.
+    /// `None` when the body is not UTF-8 (no tree could be read from it either).
+    pub fn request_body(&self, format: WireFormat, body: &[u8]) -> Option<CapturedContent> {
+        let body = simdutf8::basic::from_utf8(body).ok()?;
+        let mut kept = String::with_capacity(body.len() + 64);
+        kept.push_str(format.name());
+        kept.push(' ');
+        push_decimal(&mut kept, self.max_bytes);
+        kept.push('\n');
+        redact_strings(&self.redactor, body, &mut kept)?;
+        Some(CapturedContent {
+            level: Some(CaptureLevel::Redacted),
+            request_body: Some(kept),
+            ..CapturedContent::default()
+        })
     }
 
     /// The level for one call: the caller may only lower the configured one.
@@ -203,42 +241,8 @@ impl Capturer {
         if level == CaptureLevel::None {
             return out;
         }
-        let Input { system, messages } = request::input(format, body);
-        out.input_message_count = Some(messages.len() as u64);
-        let tools = request::tool_definitions(body);
-        out.tool_names = tools
-            .iter()
-            .filter_map(|t| t["name"].as_str().map(str::to_string))
-            .collect();
-        if level == CaptureLevel::Metadata {
-            if !out.tool_names.is_empty() {
-                let names = out.tool_names.iter().map(|n| function_name(n)).collect();
-                out.tool_definitions = Some(Json::Array(names).to_json());
-            }
-            return out;
-        }
-        // Each attribute has `max_bytes` of its own, as the setting says: a long conversation
-        // must not leave its system instructions cut to nothing.
-        let budget = || Budget {
-            left: self.max_bytes,
-            truncated: false,
-            redactor: (level == CaptureLevel::Redacted).then_some(&self.redactor),
-        };
-        let mut input = budget();
-        let (input_messages, omitted) = first_and_latest(&mut input, messages);
-        out.input_messages = Some(input_messages);
-        out.omitted_input_messages = omitted;
-        out.truncated = input.truncated;
-        if !system.is_empty() {
-            let mut budget = budget();
-            out.system_instructions = Some(budget.text(&Json::Array(system)));
-            out.truncated |= budget.truncated;
-        }
-        if !tools.is_empty() {
-            let mut budget = budget();
-            out.tool_definitions = Some(budget.text(&Json::Array(tools)));
-            out.truncated |= budget.truncated;
-        }
+        let redactor = (level == CaptureLevel::Redacted).then_some(&self.redactor);
+        capture_tree(&mut out, format, body, self.max_bytes, redactor, false);
         out
     }
 
@@ -278,6 +282,137 @@ impl Capturer {
         content.output_messages = Some(output_messages(&mut budget, text, tool_calls, finish));
         content.truncated |= budget.truncated;
     }
+}
+
+/// The request side of `out` (at its level, `metadata` or more) from a body read into a tree:
+/// each text attribute within `max_bytes` of its own, with `redactor` at `redacted`. `fits`:
+/// the body's text is known to fit in `max_bytes` (a body no longer than that, kept by
+/// [`Capturer::request_body`]), so every message is kept, as from the body as it came: its
+/// strings were redacted since, and a placeholder may be longer than what it replaced.
+fn capture_tree(
+    out: &mut CapturedContent,
+    format: WireFormat,
+    body: &Json,
+    max_bytes: usize,
+    redactor: Option<&Redactor>,
+    fits: bool,
+) {
+    let Input { system, messages } = request::input(format, body);
+    out.input_message_count = Some(messages.len() as u64);
+    let tools = request::tool_definitions(body);
+    out.tool_names = tools
+        .iter()
+        .filter_map(|t| t["name"].as_str().map(str::to_string))
+        .collect();
+    if out.level == Some(CaptureLevel::Metadata) {
+        if !out.tool_names.is_empty() {
+            let names = out.tool_names.iter().map(|n| function_name(n)).collect();
+            out.tool_definitions = Some(Json::Array(names).to_json());
+        }
+        return;
+    }
+    // Each attribute has `max_bytes` of its own, as the setting says: a long conversation
+    // must not leave its system instructions cut to nothing.
+    let budget = || Budget {
+        left: max_bytes,
+        truncated: false,
+        redactor,
+    };
+    let mut input = budget();
+    let (input_messages, omitted) = first_and_latest(&mut input, messages, fits);
+    out.input_messages = Some(input_messages);
+    out.omitted_input_messages = omitted;
+    out.truncated = input.truncated;
+    if !system.is_empty() {
+        let mut budget = budget();
+        out.system_instructions = Some(budget.text(&Json::Array(system)));
+        out.truncated |= budget.truncated;
+    }
+    if !tools.is_empty() {
+        let mut budget = budget();
+        out.tool_definitions = Some(budget.text(&Json::Array(tools)));
+        out.truncated |= budget.truncated;
+    }
+}
+
+/// The request side a store keeps as [`Capturer::request_body`] kept it, read into the GenAI
+/// shapes: what [`Capturer::request`] captured from the body at `redacted`. `None` when it
+/// cannot be read (not written by `request_body`).
+pub fn expand_request_body(kept: &str) -> Option<CapturedContent> {
+    let (head, body) = kept.split_once('\n')?;
+    let (format, max_bytes) = head.split_once(' ')?;
+    let format: WireFormat = format.parse().ok()?;
+    let max_bytes = max_bytes.parse().ok()?;
+    let tree: Json = serde_json::from_str(body).ok()?;
+    let mut out = CapturedContent {
+        level: Some(CaptureLevel::Redacted),
+        ..CapturedContent::default()
+    };
+    capture_tree(&mut out, format, &tree, max_bytes, None, true);
+    Some(out)
+}
+
+/// Appends `n` in decimal (without the formatting machinery, a fifth of a call's capture).
+fn push_decimal(out: &mut String, mut n: usize) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend(digits[at..].iter().map(|&d| char::from(d)));
+}
+
+/// Appends `json` (valid JSON text) to `out` with every string value in it redacted: copied
+/// as it is up to a string that holds a finding, which is written redacted (as serde_json
+/// writes a string). Keys are kept as they are, as [`Capturer::request`] keeps them: they
+/// are the shape (`role`, a tool parameter's name), not what was said. `None` when a
+/// string's escapes cannot be read (not JSON).
+fn redact_strings(redactor: &Redactor, json: &str, out: &mut String) -> Option<()> {
+    let bytes = json.as_bytes();
+    let mut copied = 0;
+    let mut at = 0;
+    while let Some(found) = memchr::memchr(b'"', &bytes[at..]) {
+        let open = at + found;
+        // The closing quote: the first not escaped by a backslash.
+        let mut end = open + 1;
+        let mut escaped = false;
+        loop {
+            end += memchr::memchr2(b'"', b'\\', bytes.get(end..)?)?;
+            if bytes[end] == b'"' {
+                break;
+            }
+            escaped = true;
+            end += 2;
+        }
+        at = end + 1;
+        let key = bytes[at..]
+            .iter()
+            .find(|b| !b.is_ascii_whitespace())
+            .is_some_and(|&b| b == b':');
+        if key {
+            continue;
+        }
+        let text: Cow<str> = if escaped {
+            Cow::Owned(serde_json::from_str(&json[open..=end]).ok()?)
+        } else {
+            Cow::Borrowed(&json[open + 1..end])
+        };
+        if let Cow::Owned(redacted) = redactor.redact(&text) {
+            out.push_str(&json[copied..open]);
+            let mut quoted = Vec::with_capacity(redacted.len() + 2);
+            write_json_str(&mut quoted, &redacted);
+            // A `str` written as a JSON string is UTF-8.
+            out.push_str(&String::from_utf8(quoted).ok()?);
+            copied = end + 1;
+        }
+    }
+    out.push_str(&json[copied..]);
+    Some(())
 }
 
 /// `gen_ai.output.messages` of one response: its assistant message, with a text part and a
@@ -330,11 +465,19 @@ fn output_messages(
 /// first and the latest that fit in what the first leaves (it takes at most half when the
 /// latest need the rest), with the number left out between them. The last message is always
 /// kept, cut if it alone is over the budget.
-fn first_and_latest(budget: &mut Budget, messages: Vec<Json<'_>>) -> (String, Option<u64>) {
+fn first_and_latest(
+    budget: &mut Budget,
+    messages: Vec<Json<'_>>,
+    fits: bool,
+) -> (String, Option<u64>) {
     let n = messages.len();
     // Most calls fit: only their total is counted (no per-message sizes kept).
-    let total: usize = messages.iter().map(text_bytes).sum();
-    if total <= budget.left || n < 2 {
+    let total: usize = if fits || n < 2 {
+        0
+    } else {
+        messages.iter().map(text_bytes).sum()
+    };
+    if total <= budget.left {
         return (budget.text(&Json::Array(messages)), None);
     }
     let sizes: Vec<usize> = messages.iter().map(text_bytes).collect();
@@ -873,5 +1016,172 @@ mod tests {
                 .unwrap(),
         );
         assert!(g.input_messages.unwrap().contains("yo"));
+    }
+
+    /// A request body as any of the formats may have it: chat messages (string or block
+    /// content, tool calls and results), Anthropic's `system`, Gemini's `contents` and
+    /// `systemInstruction`, the Responses API's `input` and `instructions`, a prompt, tools.
+    fn any_body() -> impl Strategy<Value = Value> {
+        use proptest::collection::vec;
+        // A control character is followed by a space: where a format reads a whole object as
+        // text (`{"note": …}`), the tree's capture redacts its JSON text, in which `\u0001`
+        // followed by an address reads as `u0001jane@…` to the pattern, and the escape is
+        // replaced with the address. The body kept as it came redacts the string itself.
+        let body_text = || text().prop_map(|t| t.replace('\u{1}', "\u{1} "));
+        let block = prop_oneof![
+            body_text().prop_map(|t| json!({"type": "text", "text": t})),
+            body_text().prop_map(|t| json!({"type": "input_text", "text": t})),
+            (body_text(), body_text()).prop_map(
+                |(id, q)| json!({"type": "tool_use", "id": id, "name": "lookup", "input": {"q": q}})
+            ),
+            (body_text(), body_text()).prop_map(
+                |(id, r)| json!({"type": "tool_result", "tool_use_id": id, "content": r})
+            ),
+            Just(json!({"type": "image_url", "image_url": {"url": "data:image/png;base64,QUFB"}})),
+            body_text().prop_map(|t| json!({"text": t})),
+            Just(json!({"type": "refusal"})),
+        ]
+        .boxed();
+        let content = prop_oneof![
+            body_text().prop_map(Value::from),
+            vec(block.clone(), 0..3).prop_map(Value::from),
+            Just(Value::Null),
+            (0u32..100_000).prop_map(Value::from),
+            body_text().prop_map(|t| json!({"note": t})),
+        ];
+        let role = prop_oneof![
+            Just("system"),
+            Just("developer"),
+            Just("user"),
+            Just("assistant"),
+            Just("tool"),
+        ];
+        let message = (
+            role,
+            content,
+            proptest::option::of((body_text(), body_text())),
+            any::<bool>(),
+        )
+            .prop_map(|(role, content, call, answers)| {
+                let mut m = json!({"role": role, "content": content});
+                if let Some((id, arguments)) = call {
+                    if answers {
+                        m["tool_call_id"] = id.into();
+                    } else {
+                        m["tool_calls"] = json!([{"id": id, "type": "function",
+                            "function": {"name": "lookup", "arguments": arguments}}]);
+                    }
+                }
+                m
+            })
+            .boxed();
+        let gemini = (body_text(), vec(block, 0..3))
+            .prop_map(|(role, parts)| json!({"role": role, "parts": parts}));
+        let tool = (body_text(), body_text()).prop_map(|(name, description)| {
+            json!({"type": "function", "function": {"name": name, "description": description,
+                "parameters": {"type": "object", "properties": {"q": {"description": description}}}}})
+        });
+        (
+            vec(message.clone(), 0..4),
+            proptest::option::of(body_text()),
+            vec(gemini, 0..3),
+            vec(message, 0..3),
+            vec(tool, 0..2),
+            body_text(),
+        )
+            .prop_map(|(messages, system, contents, input, tools, prompt)| {
+                let mut body = json!({"model": "gpt-4o", "temperature": 0.2, "messages": messages,
+                    "contents": contents, "input": input, "tools": tools, "prompt": prompt,
+                    "instructions": prompt, "systemInstruction": {"parts": [{"text": prompt}]}});
+                if let Some(system) = system {
+                    body["system"] = system.into();
+                }
+                body
+            })
+    }
+
+    proptest! {
+        /// The store's copy of a body kept as it came reads as the body captured at
+        /// `redacted`, in every format, with redaction lengthening text up to the limit, and
+        /// keeps none of what redaction replaces.
+        #[test]
+        fn a_body_kept_for_the_store_reads_as_the_request_captured_from_it(
+            body in any_body(),
+            room in prop_oneof![Just(0usize), Just(1 << 20)],
+        ) {
+            let text = body.to_string();
+            let tree: Json = serde_json::from_str(&text).unwrap();
+            let c = Capturer {
+                redactor: Redactor::new(&[("secret".into(), r"SECRET-\d+".into())]).unwrap(),
+                ..capturer(CaptureLevel::Metadata, text.len() + room)
+            }
+            .with_store_level(Some(CaptureLevel::Redacted));
+            prop_assert!(c.body_for_store(None, text.len()));
+            for format in WireFormat::ALL {
+                let kept = c.request_body(format, text.as_bytes()).unwrap();
+                let kept = kept.request_body.unwrap();
+                prop_assert!(!kept.contains("jane@") && !kept.contains("SECRET-4"), "{}", kept);
+                let mut read = expand_request_body(&kept).unwrap();
+                let mut captured = c.request(CaptureLevel::Redacted, format, &tree);
+                // Tool names, as the request named them, are for the export's `metadata`:
+                // the store keeps the definitions.
+                read.tool_names.clear();
+                captured.tool_names.clear();
+                prop_assert_eq!(read, captured, "{:?}", format);
+            }
+        }
+    }
+
+    #[test]
+    fn a_body_kept_for_the_store_has_every_string_value_redacted_escaped_or_not() {
+        let c = capturer(CaptureLevel::Redacted, 1000);
+        let body = r#"{"jane@example.com": "jane@example.com", "messages": [{"role": "user", "content": "mail jane\u0040example.com \"now\""}]}"#;
+        let kept = c
+            .request_body(WireFormat::ChatCompletions, body.as_bytes())
+            .unwrap();
+        let kept = kept.request_body.unwrap();
+        assert_eq!(
+            kept,
+            r#"chat_completions 1000
+{"jane@example.com": "[EMAIL]", "messages": [{"role": "user", "content": "mail [EMAIL] \"now\""}]}"#
+        );
+        let read = expand_request_body(&kept).unwrap();
+        assert_eq!(
+            read.input_messages.unwrap(),
+            r#"[{"parts":[{"content":"mail [EMAIL] \"now\"","type":"text"}],"role":"user"}]"#
+        );
+        assert_eq!(read.input_message_count, Some(1));
+        // Not UTF-8: no tree could be read from it either.
+        assert!(
+            c.request_body(WireFormat::ChatCompletions, b"{\"a\": \"\xff\"}")
+                .is_none()
+        );
+        // A body the store cannot read back.
+        for damaged in [
+            "",
+            "chat_completions 1000",
+            "nope 10\n{}",
+            "messages x\n{}",
+            "messages 10\n{",
+        ] {
+            assert!(expand_request_body(damaged).is_none(), "{damaged}");
+        }
+    }
+
+    #[test]
+    fn only_a_body_the_store_alone_keeps_redacted_and_that_fits_is_kept_as_it_came() {
+        let c = |export, store| capturer(export, 100).with_store_level(store);
+        let redacted = Some(CaptureLevel::Redacted);
+        assert!(c(CaptureLevel::Metadata, redacted).body_for_store(None, 100));
+        assert!(c(CaptureLevel::None, redacted).body_for_store(None, 100));
+        assert!(!c(CaptureLevel::Metadata, redacted).body_for_store(None, 101));
+        // The export keeps text too: captured from the tree, each at its level.
+        assert!(!c(CaptureLevel::Redacted, redacted).body_for_store(None, 10));
+        assert!(!c(CaptureLevel::Full, redacted).body_for_store(None, 10));
+        assert!(!c(CaptureLevel::Metadata, Some(CaptureLevel::Full)).body_for_store(None, 10));
+        assert!(!c(CaptureLevel::Metadata, None).body_for_store(None, 10));
+        // The caller asked for metadata only.
+        let asked = Some(CaptureLevel::Metadata);
+        assert!(!c(CaptureLevel::Metadata, redacted).body_for_store(asked, 10));
     }
 }

@@ -10,7 +10,7 @@ use crate::{
     call::{CallRecord, Outcome},
     provider::WireFormat,
     trace::{
-        capture::CapturedContent,
+        capture::{self, CapturedContent},
         metadata::{CaptureLevel, percent_decode},
     },
 };
@@ -208,7 +208,8 @@ fn nanos(t: std::time::SystemTime) -> u64 {
 }
 
 /// The attributes that carry a call's captured content.
-const CONTENT_ATTRIBUTES: [&str; 8] = [
+const CONTENT_ATTRIBUTES: [&str; 9] = [
+    REQUEST_BODY,
     "gen_ai.input.messages",
     "gen_ai.system_instructions",
     "gen_ai.tool.definitions",
@@ -219,8 +220,14 @@ const CONTENT_ATTRIBUTES: [&str; 8] = [
     "sidetrace.content.level",
 ];
 
+/// The store's own attribute for the request body it keeps in place of the request side's
+/// content (`CapturedContent::request_body`); never exported, and read into the GenAI
+/// attributes whenever the store reads the span ([`expand_content`]).
+const REQUEST_BODY: &str = "sidetrace.content.request_body";
+
 fn push_content(a: &mut Vec<(AttrKey, AttrValue)>, c: CapturedContent) {
     for (k, v) in [
+        (REQUEST_BODY, c.request_body),
         ("gen_ai.input.messages", c.input_messages),
         ("gen_ai.system_instructions", c.system_instructions),
         ("gen_ai.tool.definitions", c.tool_definitions),
@@ -258,6 +265,39 @@ pub fn content_attributes(content: CapturedContent) -> Vec<(AttrKey, AttrValue)>
         AttrValue::Str(level.as_str().into()),
     ));
     attributes
+}
+
+/// A stored span's content as the store serves it: a request body kept as it came
+/// ([`REQUEST_BODY`]) is read into `gen_ai.input.messages`, `gen_ai.system_instructions` and
+/// `gen_ai.tool.definitions`, with the message counts, beside the output kept with it. A body
+/// that cannot be read is left out (the span keeps its output).
+pub fn expand_content(attributes: &mut Vec<(AttrKey, AttrValue)>) {
+    let Some(at) = attributes.iter().position(|(k, _)| k == REQUEST_BODY) else {
+        return;
+    };
+    let (_, body) = attributes.remove(at);
+    let request = match &body {
+        AttrValue::Str(kept) => capture::expand_request_body(kept),
+        _ => None,
+    };
+    let Some(mut content) = request else {
+        tracing::warn!("a stored span's request body cannot be read: its input is left out");
+        return;
+    };
+    // The content attributes come last, in `content_attributes`' order; written again with
+    // the request's beside what was kept with it.
+    let first = attributes
+        .iter()
+        .position(|(k, _)| is_content(k))
+        .unwrap_or(attributes.len());
+    for (k, v) in attributes.drain(first..) {
+        match (k.as_ref(), v) {
+            ("gen_ai.output.messages", AttrValue::Str(s)) => content.output_messages = Some(s),
+            ("sidetrace.content.truncated", AttrValue::Bool(b)) => content.truncated |= b,
+            _ => {}
+        }
+    }
+    attributes.extend(content_attributes(content));
 }
 
 /// Builds the span of a finished call.
@@ -530,6 +570,7 @@ mod tests {
             input_message_count: Some(1),
             truncated: true,
             omitted_input_messages: Some(3),
+            request_body: Some("chat_completions 16384\n{}".into()),
             ..CapturedContent::default()
         });
         assert_eq!(content.len(), CONTENT_ATTRIBUTES.len());

@@ -10,13 +10,17 @@
 //! has its whole length, so a reader walking a span file can step over it ([`next_span`]), and
 //! (since version 2) a CRC-32 of the rest, so damaged content is never read as other content.
 //! Decoding checks the CRC and every length against the bytes left and answers `None` for
-//! anything damaged; it never panics and never allocates more than the record holds.
+//! anything damaged; it never panics and never allocates more than the record holds, but for
+//! a call's request body kept as it came, which it reads into the GenAI messages
+//! (`span::expand_content`): what the API, the UI and a search see.
 
 use super::{
     StoredSpan,
     summary::{Totals, TraceSummary},
 };
-use crate::trace::span::{AttrKey, AttrValue, SpanEvent, SpanLink, SpanRecord, SpanStatus};
+use crate::trace::span::{
+    AttrKey, AttrValue, SpanEvent, SpanLink, SpanRecord, SpanStatus, expand_content,
+};
 
 /// The first byte of a binary span record: version 1, then version 2 (a CRC of the record).
 const SPAN_V1: u8 = 0xB1;
@@ -127,8 +131,12 @@ pub(super) fn decode_span(bytes: &[u8]) -> Option<StoredSpan> {
         _ => return serde_json::from_slice(bytes).ok(),
     };
     let mut r = Reader(body);
-    let stored = r.span()?;
-    r.0.is_empty().then_some(stored)
+    let mut stored = r.span()?;
+    if !r.0.is_empty() {
+        return None;
+    }
+    expand_content(&mut stored.span.attributes);
+    Some(stored)
 }
 
 /// The span record that begins `bytes` and its length, binary or JSON; `None` at the end or
