@@ -370,49 +370,91 @@ fn push_decimal(out: &mut String, mut n: usize) {
 /// Appends `json` (valid JSON text) to `out` with every string value in it redacted: copied
 /// as it is up to a string that holds a finding, which is written redacted (as serde_json
 /// writes a string). Keys are kept as they are, as [`Capturer::request`] keeps them: they
-/// are the shape (`role`, a tool parameter's name), not what was said. `None` when a
+/// are the shape (`role`, a tool parameter's name), not what was said; and so is the
+/// top-level `model`, which the span keeps as `gen_ai.request.model` (its digits sent the
+/// redaction's regex over it, as much work as the rest of a short chat). `None` when a
 /// string's escapes cannot be read (not JSON).
 fn redact_strings(redactor: &Redactor, json: &str, out: &mut String) -> Option<()> {
     let bytes = json.as_bytes();
     let mut copied = 0;
+    let mut depth = 0u32;
+    // The value that follows is the top-level `model`'s.
+    let mut model = false;
     let mut at = 0;
-    while let Some(found) = memchr::memchr(b'"', &bytes[at..]) {
-        let open = at + found;
-        // The closing quote: the first not escaped by a backslash.
-        let mut end = open + 1;
-        let mut escaped = false;
-        loop {
-            end += memchr::memchr2(b'"', b'\\', bytes.get(end..)?)?;
-            if bytes[end] == b'"' {
-                break;
+    while at < bytes.len() {
+        match bytes[at] {
+            b'{' | b'[' => {
+                depth += 1;
+                model = false;
             }
-            escaped = true;
-            end += 2;
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            b'"' => {
+                let open = at;
+                let (end, escaped) = string_end(bytes, open + 1)?;
+                at = end + 1;
+                let key = bytes[at..]
+                    .iter()
+                    .find(|b| !b.is_ascii_whitespace())
+                    .is_some_and(|&b| b == b':');
+                if key {
+                    model = depth == 1 && &bytes[open + 1..end] == b"model";
+                    continue;
+                }
+                if std::mem::take(&mut model) {
+                    continue;
+                }
+                let text: Cow<str> = if escaped {
+                    Cow::Owned(serde_json::from_str(&json[open..=end]).ok()?)
+                } else {
+                    Cow::Borrowed(&json[open + 1..end])
+                };
+                if let Cow::Owned(redacted) = redactor.redact(&text) {
+                    out.push_str(&json[copied..open]);
+                    let mut quoted = Vec::with_capacity(redacted.len() + 2);
+                    write_json_str(&mut quoted, &redacted);
+                    // A `str` written as a JSON string is UTF-8.
+                    out.push_str(&String::from_utf8(quoted).ok()?);
+                    copied = end + 1;
+                }
+                continue;
+            }
+            _ => {}
         }
-        at = end + 1;
-        let key = bytes[at..]
-            .iter()
-            .find(|b| !b.is_ascii_whitespace())
-            .is_some_and(|&b| b == b':');
-        if key {
-            continue;
-        }
-        let text: Cow<str> = if escaped {
-            Cow::Owned(serde_json::from_str(&json[open..=end]).ok()?)
-        } else {
-            Cow::Borrowed(&json[open + 1..end])
-        };
-        if let Cow::Owned(redacted) = redactor.redact(&text) {
-            out.push_str(&json[copied..open]);
-            let mut quoted = Vec::with_capacity(redacted.len() + 2);
-            write_json_str(&mut quoted, &redacted);
-            // A `str` written as a JSON string is UTF-8.
-            out.push_str(&String::from_utf8(quoted).ok()?);
-            copied = end + 1;
-        }
+        at += 1;
     }
     out.push_str(&json[copied..]);
     Some(())
+}
+
+/// Where the JSON string whose text begins at `from` ends (its closing quote), and whether it
+/// holds an escape; `None` when it does not end. Eight bytes at a time while none of them is
+/// a quote or a backslash (most text), then byte by byte.
+fn string_end(bytes: &[u8], mut from: usize) -> Option<(usize, bool)> {
+    const ONES: u64 = u64::from_ne_bytes([1; 8]);
+    const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
+    // Whether a byte of `w` is `b`: the classic test for a zero byte, on `w ^ b…b`.
+    let has = |w: u64, b: u8| {
+        let x = w ^ (ONES * u64::from(b));
+        x.wrapping_sub(ONES) & !x & HIGHS != 0
+    };
+    let mut escaped = false;
+    loop {
+        while let Some(chunk) = bytes.get(from..from + 8) {
+            let w = u64::from_ne_bytes(chunk.try_into().ok()?);
+            if has(w, b'"') || has(w, b'\\') {
+                break;
+            }
+            from += 8;
+        }
+        match *bytes.get(from)? {
+            b'"' => return Some((from, escaped)),
+            b'\\' => {
+                escaped = true;
+                from += 2;
+            }
+            _ => from += 1,
+        }
+    }
 }
 
 /// `gen_ai.output.messages` of one response: its assistant message, with a text part and a
@@ -1101,6 +1143,30 @@ mod tests {
     }
 
     proptest! {
+        /// The end of a string found eight bytes at a time is the one found byte by byte.
+        #[test]
+        fn a_string_ends_where_its_first_unescaped_quote_is(
+            s in "[a-z\"\\\\é ]{0,40}",
+            from in 0usize..4,
+        ) {
+            let bytes = s.as_bytes();
+            let from = from.min(bytes.len());
+            let mut at = from;
+            let mut escaped = false;
+            let expected = loop {
+                match bytes.get(at) {
+                    None => break None,
+                    Some(b'"') => break Some((at, escaped)),
+                    Some(b'\\') => {
+                        escaped = true;
+                        at += 2;
+                    }
+                    Some(_) => at += 1,
+                }
+            };
+            prop_assert_eq!(string_end(bytes, from), expected);
+        }
+
         /// The store's copy of a body kept as it came reads as the body captured at
         /// `redacted`, in every format, with redaction lengthening text up to the limit, and
         /// keeps none of what redaction replaces.
@@ -1151,6 +1217,23 @@ mod tests {
             r#"[{"parts":[{"content":"mail [EMAIL] \"now\"","type":"text"}],"role":"user"}]"#
         );
         assert_eq!(read.input_message_count, Some(1));
+        // The top-level model is the span's `gen_ai.request.model` (not redacted); a `model`
+        // anywhere else, or after a model that is not a string, is text like any other.
+        let body = r#"{"model": "jane@example.com", "messages": [{"model": "jane@example.com", "content": ["jane@example.com"]}], "x": {"model": ["jane@example.com"]}}"#;
+        let kept = c
+            .request_body(WireFormat::ChatCompletions, body.as_bytes())
+            .unwrap();
+        assert_eq!(
+            kept.request_body.unwrap(),
+            r#"chat_completions 1000
+{"model": "jane@example.com", "messages": [{"model": "[EMAIL]", "content": ["[EMAIL]"]}], "x": {"model": ["[EMAIL]"]}}"#
+        );
+        let body =
+            r#"{"model": null, "messages": ["jane@example.com"], "model":["jane@example.com"]}"#;
+        let kept = c
+            .request_body(WireFormat::ChatCompletions, body.as_bytes())
+            .unwrap();
+        assert!(!kept.request_body.unwrap().contains("jane"));
         // Not UTF-8: no tree could be read from it either.
         assert!(
             c.request_body(WireFormat::ChatCompletions, b"{\"a\": \"\xff\"}")

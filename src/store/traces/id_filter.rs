@@ -8,6 +8,8 @@
 //! once in three million lookups: with 700 chunks (a full default store), one file read a few
 //! thousand lookups. Memory: 4 bytes an entry of a full chunk, against 24 for a map of ids.
 
+use super::id_hash::mix;
+
 /// Bits of each chunk's filter (a power of two).
 const BITS: usize = 1 << 15;
 /// Bit positions an id sets in its chunk's filter.
@@ -27,12 +29,6 @@ pub(super) struct IdFilter {
 /// (double hashing, cheaper, names a wrong chunk some thirty times as often with this many
 /// probes in this few bits).
 fn positions(id: &[u8; 16]) -> impl Iterator<Item = usize> {
-    fn mix(mut x: u64) -> u64 {
-        // splitmix64's finalizer.
-        x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        x ^ (x >> 31)
-    }
     const _: () = assert!(BITS == 1 << 15 && PROBES == 16);
     let hi = u64::from_le_bytes(id[..8].try_into().expect("8 bytes"));
     let lo = u64::from_le_bytes(id[8..].try_into().expect("8 bytes"));

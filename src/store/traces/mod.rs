@@ -34,6 +34,7 @@
 
 mod codec;
 mod id_filter;
+mod id_hash;
 mod log;
 mod open;
 mod query;
@@ -141,6 +142,8 @@ struct ResourceKeys {
     /// By the origin's address; the `Arc` is held, so the address is not reused meanwhile.
     by_origin: HashMap<usize, (Arc<Origin>, u64)>,
     stored: HashSet<u64>,
+    /// The last one stored: nearly every span has the one before's (the gateway's own).
+    last: Option<u64>,
 }
 
 impl ResourceKeys {
@@ -958,11 +961,15 @@ impl TraceStore {
         resource: u64,
         origin: &Origin,
     ) -> Result<(), sled::Error> {
+        if known.last == Some(resource) {
+            return Ok(());
+        }
         let t = &*self.trees;
         if known.stored.insert(resource) && !t.resources.contains_key(resource.to_be_bytes())? {
             let value = serde_json::to_vec(&origin.resource).unwrap_or_default();
             t.resources.insert(resource.to_be_bytes(), value)?;
         }
+        known.last = Some(resource);
         Ok(())
     }
 

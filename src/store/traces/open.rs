@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::{TraceSummary, codec, log::Pointer, tags::Tags};
+use super::{TraceSummary, codec, id_hash::IdHash, log::Pointer, tags::Tags};
 
 /// A trace with no new span for this long is written and let go of.
 pub(super) const SEAL_IDLE: Duration = Duration::from_secs(5);
@@ -99,7 +99,7 @@ impl OpenTrace {
 pub(super) struct OpenTraces {
     /// Boxed: an open trace is about 900 bytes, and the map keeps its largest capacity (8,192
     /// slots once past [`OPEN_MAX`]) after the traces are written.
-    traces: HashMap<[u8; 16], Box<OpenTrace>>,
+    traces: HashMap<[u8; 16], Box<OpenTrace>, IdHash>,
     /// Each time a trace took spans, oldest first. An entry older than its trace's `touched`
     /// is stale (the trace took spans again since) and skipped.
     touches: VecDeque<(Instant, [u8; 16])>,

@@ -26,7 +26,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use super::{id_filter::IdFilter, rows::Key};
+use super::{id_filter::IdFilter, id_hash::IdHash, rows::Key};
 
 /// Entries per chunk at most.
 const CHUNK: usize = 1024;
@@ -118,7 +118,7 @@ pub(super) struct TimeIndex<V> {
     spill: Option<Spill>,
     /// The trace id of each key in a chunk in memory, to its start (a key per id: a trace has
     /// one row).
-    ids: HashMap<[u8; 16], u64>,
+    ids: HashMap<[u8; 16], u64, IdHash>,
     /// The trace ids of the chunks in files.
     filter: IdFilter,
 }
@@ -128,7 +128,7 @@ impl<V> Default for TimeIndex<V> {
         TimeIndex {
             chunks: Vec::new(),
             spill: None,
-            ids: HashMap::new(),
+            ids: HashMap::default(),
             filter: IdFilter::default(),
         }
     }
