@@ -31,6 +31,7 @@ fn origin() -> Arc<Origin> {
 }
 
 /// A span like the gateway's for a chat call with redacted content (about 1.5 KB as stored).
+/// Reads of it include turning its request body into the GenAI messages.
 fn span(trace: u64, n: u64, start: u64) -> SpanRecord {
     let mut trace_id = [0u8; 16];
     trace_id[..8].copy_from_slice(&trace.to_be_bytes());
@@ -63,17 +64,16 @@ fn span(trace: u64, n: u64, start: u64) -> SpanRecord {
         ("feature.id".into(), s(features[(trace % 4) as usize])),
         ("user.id".into(), s(&format!("u_{}", trace % 1000))),
         ("session.id".into(), s(&format!("s_{}", trace % 5000))),
+        // The request as the gateway keeps it for the store (the body, redacted, read into
+        // `gen_ai.input.messages` and `gen_ai.system_instructions` when the span is read).
         (
-            "gen_ai.input.messages".into(),
-            s(
-                r#"[{"role":"user","parts":[{"type":"text","content":"What is the weather in Paris right now? I fly there tomorrow and need to know what to pack. Mail me at [EMAIL] with a list of clothes, please, and keep it short."}]}]"#,
-            ),
-        ),
-        (
-            "gen_ai.system_instructions".into(),
-            s(
-                r#"[{"type":"text","content":"You are a helpful support agent for Acme Travel. Use the tools when the user asks about the weather. Be brief."}]"#,
-            ),
+            "sidetrace.content.request_body".into(),
+            s(concat!(
+                "chat_completions 16384\n",
+                r#"{"model":"gpt-4o-mini","temperature":0.2,"max_tokens":512,"messages":["#,
+                r#"{"role":"system","content":"You are a helpful support agent for Acme Travel. Use the tools when the user asks about the weather. Be brief."},"#,
+                r#"{"role":"user","content":"What is the weather in Paris right now? I fly there tomorrow and need to know what to pack. Mail me at [EMAIL] with a list of clothes, please, and keep it short."}]}"#,
+            )),
         ),
         (
             "gen_ai.output.messages".into(),

@@ -2,7 +2,8 @@
 //! `tests/setup-ui.sh` installs both, and the README's test command runs it): the gateway
 //! records the seed's agent run twice (with the app's own spans received over OTLP, and with no
 //! SDK at all: tool spans read from the wire, the loop grouped by its tool call ids), a score, a
-//! refused call and a 1,000-call trace; `tests/ui/ui_check.mjs` then opens the list, filters by
+//! refused call, a 1,000-call trace and a trace with a span damaged on disk;
+//! `tests/ui/ui_check.mjs` then opens the list, filters by
 //! feature, opens the trace, checks both agent trees row by row, collapses and expands the tree,
 //! opens a span's messages and cost, follows the deep link, the session view and the cost chart,
 //! failing on any console error. The gateway wants an admin token: the check first signs in through
@@ -26,6 +27,8 @@ const BIG_TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
 const LONG_TRACE: &str = "6e0c63257de34c92bf9efcd03927272e";
 /// Spans whose durations round up into the next unit, and names that are and are not a search.
 const DURATIONS_TRACE: &str = "7f1c63257de34c92bf9efcd03927273a";
+/// An app's job of two spans, one of them damaged in its span file while the gateway runs.
+const DAMAGED_TRACE: &str = "8a2d63257de34c92bf9efcd03927273b";
 const APP_ROOT: &str = "b7ad6b7169203331";
 const APP_RETRIEVE: &str = "c7ad6b7169203332";
 /// The agent run's tree as the UI must show it, row by row: name and depth.
@@ -116,6 +119,21 @@ fn second_request() -> String {
     )
 }
 
+/// Flips a byte of `name` where it is in a span file under `dir`: the span's record no longer
+/// matches its CRC, and the store leaves it out of its trace.
+fn damage_span_named(dir: &std::path::Path, name: &[u8]) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let mut bytes = std::fs::read(&path).unwrap();
+        if let Some(at) = bytes.windows(name.len()).position(|w| w == name) {
+            bytes[at] ^= 0x20;
+            std::fs::write(&path, bytes).unwrap();
+            return;
+        }
+    }
+    panic!("no span file under {} holds the span", dir.display());
+}
+
 async fn wait_spans(gw: &TestGateway, trace: &str, n: usize) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -142,11 +160,15 @@ async fn the_trace_explorer_works_in_a_real_browser() {
     let mock = Mock::start(provider).await;
     // Tool spans wait a moment for an app's own (see call/tools.rs); a short wait here.
     // Admin authentication on: the browser signs in with the token through the UI's form.
+    // A data directory of the test's own, whose span files it damages.
+    let data = tempfile::tempdir().unwrap();
     let gw = gateway_for(
         &mock,
         &format!(
-            "[trace]\ntool_app_span_grace_ms = 100\n[admin]\ntoken = \"{TEST_ADMIN_TOKEN}\"\n\
-             [store]\nsearch_scan_traces = 3\n"
+            "data_dir = {:?}\n\
+             [trace]\ntool_app_span_grace_ms = 100\n[admin]\ntoken = \"{TEST_ADMIN_TOKEN}\"\n\
+             [store]\nsearch_scan_traces = 3\n",
+            data.path().display().to_string()
         ),
     )
     .await;
@@ -301,6 +323,30 @@ async fn the_trace_explorer_works_in_a_real_browser() {
     .await;
     wait_spans(&gw, DURATIONS_TRACE, 3).await;
 
+    // Three hours ago, for the same reason; one span's bytes flipped in its span file.
+    let at = now_nanos() - 10_800_000_000_000;
+    let span = |id: &str, parent: &str, name: &str| {
+        json!({
+            "traceId": DAMAGED_TRACE, "spanId": id, "parentSpanId": parent, "name": name,
+            "kind": 1, "startTimeUnixNano": at.to_string(),
+            "endTimeUnixNano": (at + 5_000_000).to_string(),
+        })
+    };
+    send_app_spans(
+        &gw,
+        &[
+            span("d1d1d1d1d1d1d1d1", "", "ingest.job"),
+            span(
+                "e2e2e2e2e2e2e2e2",
+                "d1d1d1d1d1d1d1d1",
+                "parse_file damaged-on-disk",
+            ),
+        ],
+    )
+    .await;
+    wait_spans(&gw, DAMAGED_TRACE, 2).await;
+    damage_span_named(&data.path().join("traces/spans"), b"damaged-on-disk");
+
     // A long conversation, over the capture's size limit (16 kB): the first message and the
     // latest are kept, and the span says how many between them were left out.
     let turns: Vec<Value> = (0..40)
@@ -346,6 +392,7 @@ async fn the_trace_explorer_works_in_a_real_browser() {
             // those three (`search_scan_traces = 3`) and says so.
             .args(["--search", "weather in Paris"])
             .args(["--durations-trace", DURATIONS_TRACE])
+            .args(["--unreadable-trace", DAMAGED_TRACE])
             .args([
                 "--tree",
                 AGENT_TREE,

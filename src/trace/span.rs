@@ -284,19 +284,21 @@ pub fn expand_content(attributes: &mut Vec<(AttrKey, AttrValue)>) {
         tracing::warn!("a stored span's request body cannot be read: its input is left out");
         return;
     };
-    // The content attributes come last, in `content_attributes`' order; written again with
-    // the request's beside what was kept with it.
-    let first = attributes
-        .iter()
-        .position(|(k, _)| is_content(k))
-        .unwrap_or(attributes.len());
-    for (k, v) in attributes.drain(first..) {
+    // The content attributes are written again, last (as the store wrote them), with the
+    // request's beside what was kept with it.
+    let mut others = Vec::with_capacity(attributes.len() + 4);
+    for (k, v) in attributes.drain(..) {
+        if !is_content(&k) {
+            others.push((k, v));
+            continue;
+        }
         match (k.as_ref(), v) {
             ("gen_ai.output.messages", AttrValue::Str(s)) => content.output_messages = Some(s),
             ("sidetrace.content.truncated", AttrValue::Bool(b)) => content.truncated |= b,
             _ => {}
         }
     }
+    *attributes = others;
     attributes.extend(content_attributes(content));
 }
 
@@ -584,6 +586,58 @@ mod tests {
         ] {
             assert!(!is_content(other), "{other}");
         }
+    }
+
+    #[test]
+    fn a_kept_request_body_reads_as_the_request_s_content_beside_the_rest() {
+        let s = |v: &str| AttrValue::Str(v.into());
+        let body = r#"chat_completions 16384
+{"model":"m","messages":[{"role":"system","content":"Be brief."},{"role":"user","content":"hi [EMAIL]"}]}"#;
+        let mut attributes: Vec<(AttrKey, AttrValue)> = vec![
+            ("gen_ai.request.model".into(), s("m")),
+            (REQUEST_BODY.into(), s(body)),
+            ("gen_ai.output.messages".into(), s("[]")),
+            ("sidetrace.content.truncated".into(), AttrValue::Bool(true)),
+            ("sidetrace.content.level".into(), s("redacted")),
+            ("sidetrace.outcome".into(), s("completed")),
+        ];
+        expand_content(&mut attributes);
+        let keys: Vec<&str> = attributes.iter().map(|(k, _)| k.as_ref()).collect();
+        assert_eq!(
+            keys,
+            [
+                "gen_ai.request.model",
+                "sidetrace.outcome",
+                "gen_ai.input.messages",
+                "gen_ai.system_instructions",
+                "gen_ai.output.messages",
+                "sidetrace.input.message_count",
+                "sidetrace.content.truncated",
+                "sidetrace.content.level",
+            ]
+        );
+        let value = |k: &str| &attributes.iter().find(|(key, _)| key == k).unwrap().1;
+        assert_eq!(
+            value("gen_ai.input.messages"),
+            &s(r#"[{"parts":[{"content":"hi [EMAIL]","type":"text"}],"role":"user"}]"#)
+        );
+        assert_eq!(value("gen_ai.output.messages"), &s("[]"));
+        assert_eq!(value("sidetrace.input.message_count"), &AttrValue::Int(1));
+
+        // A body that cannot be read is left out; the rest stays as it was.
+        let mut attributes: Vec<(AttrKey, AttrValue)> = vec![
+            (REQUEST_BODY.into(), s("chat_completions 16384\n{")),
+            ("gen_ai.output.messages".into(), s("[]")),
+            ("sidetrace.outcome".into(), s("completed")),
+        ];
+        expand_content(&mut attributes);
+        assert_eq!(
+            attributes,
+            vec![
+                ("gen_ai.output.messages".into(), s("[]")),
+                ("sidetrace.outcome".into(), s("completed")),
+            ]
+        );
     }
 
     #[test]

@@ -376,6 +376,19 @@ async function main() {
     });
   }
 
+  if (args['unreadable-trace']) {
+    await runStep('a span that cannot be read back is left out, and the trace says so', async () => {
+      await goto('/ui/traces/' + args['unreadable-trace']);
+      await waitFor(() => !!document.querySelector('[data-testid=spans-unreadable]'), null, 'the trace shows no notice of its unreadable span');
+      const text = await page.textContent('[data-testid=spans-unreadable]');
+      check(text.startsWith("1 of this trace's spans could not be read back"), `the notice says "${text}"`);
+      const rows = await page.$$eval('[data-testid=span-row]', (rs) => rs.map((r) => r.dataset.name));
+      check(rows.length === 1 && rows[0] === 'ingest.job', `the tree shows ${JSON.stringify(rows)}`);
+      await noErrorBox();
+      await screenshot('trace-unreadable-span');
+    });
+  }
+
   if (args['big-trace']) {
     await runStep('a large trace renders', async () => {
       const t0 = Date.now();
