@@ -27,6 +27,8 @@ const BIG_TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
 const LONG_TRACE: &str = "6e0c63257de34c92bf9efcd03927272e";
 /// Spans whose durations round up into the next unit, and names that are and are not a search.
 const DURATIONS_TRACE: &str = "7f1c63257de34c92bf9efcd03927273a";
+/// Traces loaded into the list at once, and sorted.
+const MANY_TRACES: usize = 2000;
 /// An app's job of two spans, one of them damaged in its span file while the gateway runs.
 const DAMAGED_TRACE: &str = "8a2d63257de34c92bf9efcd03927273b";
 const APP_ROOT: &str = "b7ad6b7169203331";
@@ -347,6 +349,25 @@ async fn the_trace_explorer_works_in_a_real_browser() {
     wait_spans(&gw, DAMAGED_TRACE, 2).await;
     damage_span_named(&data.path().join("traces/spans"), b"damaged-on-disk");
 
+    // Many traces to load into the list and sort, four hours ago (under all the above): one
+    // app span each, from one OTLP request.
+    let at = now_nanos() - 14_400_000_000_000;
+    let many: Vec<Value> = (0..MANY_TRACES as u64)
+        .map(|i| {
+            let start = at + i * 1_000_000;
+            json!({
+                "traceId": format!("{:032x}", 0xabc0_0000_u64 + i), "spanId": format!("{:016x}", i + 1),
+                "name": format!("batch.item {i}"), "kind": 1,
+                "startTimeUnixNano": start.to_string(),
+                "endTimeUnixNano": (start + (i % 97 + 1) * 1_000_000).to_string(),
+            })
+        })
+        .collect();
+    send_app_spans(&gw, &many).await;
+    for i in [0, MANY_TRACES as u64 - 1] {
+        wait_spans(&gw, &format!("{:032x}", 0xabc0_0000_u64 + i), 1).await;
+    }
+
     // A long conversation, over the capture's size limit (16 kB): the first message and the
     // latest are kept, and the span says how many between them were left out.
     let turns: Vec<Value> = (0..40)
@@ -393,6 +414,7 @@ async fn the_trace_explorer_works_in_a_real_browser() {
             .args(["--search", "weather in Paris"])
             .args(["--durations-trace", DURATIONS_TRACE])
             .args(["--unreadable-trace", DAMAGED_TRACE])
+            .args(["--many", &MANY_TRACES.to_string()])
             .args([
                 "--tree",
                 AGENT_TREE,
@@ -410,6 +432,8 @@ async fn the_trace_explorer_works_in_a_real_browser() {
     .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
+    // The steps and the timings the check reports (`--nocapture` shows them).
+    println!("{stdout}");
     assert!(
         output.status.success(),
         "the browser check failed:\n{stdout}\n{stderr}"

@@ -389,6 +389,47 @@ async function main() {
     });
   }
 
+  if (args.many) {
+    await runStep(`Load more to ${args.many} traces, and sort them`, async () => {
+      await goto('/ui/traces');
+      const count = () => page.$$eval('[data-testid=trace-row]', (rs) => rs.length);
+      await waitFor(() => document.querySelectorAll('[data-testid=trace-row]').length > 0, null, 'no trace rows in the list');
+      const t0 = Date.now();
+      let clicks = 0;
+      let last = 0;
+      while ((await count()) < Number(args.many)) {
+        const more = await page.$('[data-testid=load-more]:not([hidden])');
+        check(more, `the list ended at ${await count()} traces, before ${args.many}`);
+        const before = await count();
+        const c0 = Date.now();
+        await more.click();
+        await waitFor((b) => document.querySelectorAll('[data-testid=trace-row]').length > b, before, 'load more did not add rows');
+        last = Date.now() - c0;
+        clicks++;
+      }
+      const n = await count();
+      // reported, not asserted: wall-clock limits do not belong in a test
+      console.log(`  ${n} traces loaded by ${clicks} clicks of Load more in ${Date.now() - t0} ms (the last click ${last} ms)`);
+      const ids = await page.$$eval('[data-testid=trace-row]', (rs) => rs.map((r) => r.dataset.traceId).sort().join());
+      // A sort renders at once: timed in the page, to the layout after it.
+      const took = await page.evaluate(() => {
+        const t = performance.now();
+        document.querySelector('[data-testid=col-duration]').click();
+        void document.body.offsetHeight;
+        return Math.round(performance.now() - t);
+      });
+      await waitFor(() => document.querySelector('[data-testid=col-duration]').getAttribute('aria-sort') === 'descending', null, 'the list is not sorted by duration');
+      console.log(`  ${n} rows sorted by duration in ${took} ms`);
+      const first = await page.$eval('[data-testid=trace-row]', (r) => r.dataset.traceId);
+      check(first === args['durations-trace'], `the longest trace (${args['durations-trace']}, 3 minutes) is not first but ${first}`);
+      const after = await page.$$eval('[data-testid=trace-row]', (rs) => rs.map((r) => r.dataset.traceId).sort().join());
+      check(after === ids, 'the sort changed which traces are listed');
+      await noErrorBox();
+      await page.evaluate(() => window.scrollTo(0, 0));
+      await screenshot('many-traces-sorted');
+    });
+  }
+
   if (args['big-trace']) {
     await runStep('a large trace renders', async () => {
       const t0 = Date.now();

@@ -401,7 +401,10 @@ function showToast(where, e) {
  * measures every cell, while grid rows with `content-visibility: auto` lay out only what is on
  * screen). `cols`: {key, label, w (grid track), cls, value(row) for sorting, cell(row) ->
  * node|string, title, tdTitle(row)}. Sorting is client-side over the loaded rows. */
-function sortTable({ cols, rows, sort, onSort, rowProps, testid, emptyText }) {
+// `rowCache` (a WeakMap, optional): each row's element, kept across renders of the same rows,
+// so a sort or Load more moves the rows already built instead of building all of them again
+// (5,000 rows loaded took 0.6-1 s a sort). Only for columns whose cells do not change.
+function sortTable({ cols, rows, sort, onSort, rowProps, testid, emptyText, rowCache }) {
   const table = h('div', { class: 'grid', testid, attrs: { role: 'table' } });
   table.style.setProperty('--cols', cols.map((c) => c.w || 'minmax(60px, 1fr)').join(' '));
   const head = h('div', { class: 'gr ghead', attrs: { role: 'row' } });
@@ -443,6 +446,11 @@ function sortTable({ cols, rows, sort, onSort, rowProps, testid, emptyText }) {
   const frag = document.createDocumentFragment();
   const cellCls = cols.map((c) => 'gc ' + (c.cls || ''));
   for (const r of view) {
+    const kept = rowCache && rowCache.get(r);
+    if (kept) {
+      frag.appendChild(kept);
+      continue;
+    }
     const tr = h('div', rowProps ? rowProps(r) : null);
     tr.classList.add('gr');
     tr.setAttribute('role', 'row');
@@ -457,6 +465,7 @@ function sortTable({ cols, rows, sort, onSort, rowProps, testid, emptyText }) {
       if (c.tdTitle) { const t = c.tdTitle(r); if (t) td.title = t; }
       tr.appendChild(td);
     }
+    if (rowCache) rowCache.set(r, tr);
     frag.appendChild(tr);
   }
   body.appendChild(frag);
@@ -503,9 +512,9 @@ function traceSummaryCols(opts) {
         h('a', { href: '/ui/traces/' + encodeURIComponent(r.trace_id), class: 'rootname', text: r.root_name || '(unnamed)', testid: 'trace-link' }),
         models.length ? h('span', { class: 'models', text: models.join(', '), title: (r.models || []).join(', ') }) : null);
     } },
-    { key: 'duration', label: 'Duration', w: '76px', cls: 'num', value: (r) => r.duration_ms || 0, cell: (r) => fmtDur(r.duration_ms) },
-    { key: 'spans', label: 'Spans', w: '56px', cls: 'num', value: (r) => r.spans || 0, cell: (r) => fmtInt(r.spans) },
-    { key: 'errors', label: 'Err', w: '44px', cls: 'num', title: 'Failed spans (sort)', value: (r) => r.errors || 0, cell: (r) => errorsCell(r.errors) },
+    { key: 'duration', label: 'Duration', w: '90px', cls: 'num', value: (r) => r.duration_ms || 0, cell: (r) => fmtDur(r.duration_ms) },
+    { key: 'spans', label: 'Spans', w: '66px', cls: 'num', value: (r) => r.spans || 0, cell: (r) => fmtInt(r.spans) },
+    { key: 'errors', label: 'Err', w: '54px', cls: 'num', title: 'Failed spans (sort)', value: (r) => r.errors || 0, cell: (r) => errorsCell(r.errors) },
     ...tokenCols(),
     { key: 'cost', label: 'Cost', w: '100px', cls: 'num', value: (r) => costNum(r.cost_usd), cell: (r) => fmtCost(r.cost_usd), tdTitle: (r) => r.cost_usd === null ? 'no call in this trace was priced' : '' },
     { key: 'feature', label: 'Feature', w: 'minmax(90px, 150px)', cls: 'tag', value: (r) => r.feature || '', cell: (r) => r.feature ?? '—', tdTitle: (r) => r.feature || '' },
@@ -553,7 +562,7 @@ const PAGE_SIZE = 100;
 const MAX_INDENT = 8;
 
 function pageTraces(gen, params) {
-  const st = { rows: [], next: null, loading: false, sort: parseSort(params), auto: false, timer: 0, updated: 0 };
+  const st = { rows: [], next: null, loading: false, sort: parseSort(params), auto: false, timer: 0, updated: 0, built: new WeakMap() };
   const page = h('div', { class: 'page page-list' });
   main.appendChild(page);
 
@@ -630,7 +639,7 @@ function pageTraces(gen, params) {
     clear(tableWrap);
     tableWrap.appendChild(sortTable({
       cols: traceSummaryCols(), rows: st.rows, sort: st.sort, testid: 'trace-table',
-      rowProps: traceRowProps,
+      rowProps: traceRowProps, rowCache: st.built,
       emptyText: hasFilter ? (st.next ? 'None found so far.' : 'No traces match these filters.') : 'No traces yet. Point an SDK at the gateway and make a call; it shows up here.',
       onSort: (s) => {
         st.sort = s;
