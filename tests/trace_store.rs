@@ -565,3 +565,46 @@ async fn a_trace_whose_spans_cannot_be_read_back_says_so() {
         "{metrics}"
     );
 }
+
+/// A request holding an image is captured from its tree, as before the store kept bodies as
+/// they came: the image is `[image]`, its URL (a signed one here) is in no file, the text beside
+/// it is redacted.
+#[tokio::test]
+async fn a_request_with_an_image_keeps_no_part_of_it() {
+    let mock = Mock::start(provider).await;
+    let dir = tempfile::tempdir().unwrap();
+    let extra = format!("data_dir = {:?}\n", dir.path().display().to_string());
+    let gw = gateway_for(&mock, &extra).await;
+    let body = r#"{"model":"o4-mini","messages":[{"role":"user","content":[
+        {"type":"text","text":"What is in it? Mail me at jane@example.com"},
+        {"type":"image_url","image_url":{"url":"https://img.test/a.png?X-Amz-Signature=f00dcafe"}}]}]}"#;
+    let a = post(
+        &gw,
+        "/v1/chat/completions",
+        &[("traceparent", TRACEPARENT)],
+        body,
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK);
+    let trace = wait_json(&gw, &format!("/api/traces/{TRACE_ID}"), |v| {
+        v["spans"].as_array().is_some_and(|s| s.len() == 1)
+    })
+    .await;
+    let input = trace["spans"][0]["attributes"]["gen_ai.input.messages"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        input.contains("Mail me at [EMAIL]") && input.contains(r#""uri":"[image]""#),
+        "{input}"
+    );
+    gw.shutdown().await;
+    for (path, bytes) in files_under(dir.path()) {
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(
+            !text.contains("f00dcafe") && !text.contains("jane@example.com"),
+            "{}",
+            path.display()
+        );
+    }
+}

@@ -581,6 +581,25 @@ fn function<'a>(f: &Json<'a>, parameters: &Json<'a>) -> Json<'a> {
     ])
 }
 
+/// Keys under which the APIs carry images, audio, video and files (their data, a URL or a
+/// file's id). [`parts`] keeps none of it (an image is `[image]`, another block its type): a
+/// body holding one is not kept as it came (see `Capturer::request_body`).
+pub const MEDIA_KEYS: &[&str] = &[
+    "image_url",
+    "image",
+    "input_audio",
+    "audio",
+    "file",
+    "file_data",
+    "fileData",
+    "inline_data",
+    "inlineData",
+    "document",
+    "source",
+    "video",
+    "images",
+];
+
 /// Converts one provider content value (string, or list of typed blocks) to OTel parts.
 pub(crate) fn parts<'a>(content: &Json<'a>) -> Vec<Json<'a>> {
     match content {

@@ -33,7 +33,9 @@ use crate::{
     call::recorder::Recorder,
     config::IngestConfig,
     metrics::Metrics,
-    trace::span::{AttrValue, Origin, SpanEvent, SpanLink, SpanRecord, SpanStatus},
+    trace::span::{
+        AttrKey, AttrValue, Origin, REQUEST_BODY, SpanEvent, SpanLink, SpanRecord, SpanStatus,
+    },
 };
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -435,7 +437,11 @@ pub fn span_record(s: Span) -> Result<SpanRecord, (Invalid, String)> {
         start_unix_nanos: s.start_time_unix_nano,
         end_unix_nanos: s.end_time_unix_nano,
         status,
-        attributes: attributes(s.attributes),
+        // The store's own attribute is never taken from a sender (see `span::REQUEST_BODY`).
+        attributes: attributes(s.attributes)
+            .into_iter()
+            .filter(|(k, _): &(AttrKey, AttrValue)| k != REQUEST_BODY)
+            .collect(),
         events: s
             .events
             .into_iter()
@@ -817,6 +823,26 @@ mod tests {
             end_time_unix_nano: 20,
             ..Default::default()
         }
+    }
+
+    /// A sender cannot hand the store a request body to read as the gateway's own.
+    #[test]
+    fn the_store_s_own_attribute_is_not_taken_from_a_sender() {
+        use any_value::Value as V;
+        let mut s = valid();
+        s.attributes = vec![
+            kv(
+                REQUEST_BODY,
+                V::StringValue("chat_completions 9\n{}".into()),
+            ),
+            kv("gen_ai.input.messages", V::StringValue("[]".into())),
+        ];
+        let r = span_record(s).unwrap();
+        assert_eq!(r.attr(REQUEST_BODY), None);
+        assert_eq!(
+            r.attr("gen_ai.input.messages"),
+            Some(&AttrValue::Str("[]".into()))
+        );
     }
 
     #[test]

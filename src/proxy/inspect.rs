@@ -209,7 +209,10 @@ where
                         Some(capturer.metadata(f.input_message_count(), f.tool_names()))
                     }
                     (_, Some(f), _) if body_for_store => {
-                        kept = capturer.request_body(route.format, &bytes);
+                        kept = capturer.request_body(route.format, &bytes).or_else(|| {
+                            let tree = crate::format::json::from_bytes::<Json>(&bytes).ok()?;
+                            Some(capturer.request(CaptureLevel::Redacted, route.format, &tree))
+                        });
                         (capturer.level(asked) == CaptureLevel::Metadata)
                             .then(|| capturer.metadata(f.input_message_count(), f.tool_names()))
                     }

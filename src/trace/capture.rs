@@ -185,12 +185,13 @@ impl Capturer {
             && self.store_level(asked) == Some(CaptureLevel::Redacted)
     }
 
-    /// The store's copy of a request's content, `redacted`, kept as the body came: every
-    /// string value in it redacted, behind a line naming its format and `max_bytes`.
-    /// Reading it into the GenAI shapes ([`expand_request_body`]) gives what
+    /// The store's copy of a request's content, `redacted`, kept as the body came: its
+    /// strings and numbers redacted ([`redact_strings`]), behind a line naming its format and
+    /// `max_bytes`. Reading it into the GenAI shapes ([`expand_request_body`]) gives what
     /// [`Capturer::request`] gives from the body at `redacted`, but is done when the store
     /// reads the span (a trace opened, a search), not on the request path for every call.
-    /// `None` when the body is not UTF-8 (no tree could be read from it either).
+    /// `None` when the body is not UTF-8, holds an image, audio or a file, or its messages may
+    /// not fit in `max_bytes`: the caller then captures it from a tree.
     pub fn request_body(&self, format: WireFormat, body: &[u8]) -> Option<CapturedContent> {
         let body = simdutf8::basic::from_utf8(body).ok()?;
         let mut kept = String::with_capacity(body.len() + 64);
@@ -198,7 +199,7 @@ impl Capturer {
         kept.push(' ');
         push_decimal(&mut kept, self.max_bytes);
         kept.push('\n');
-        redact_strings(&self.redactor, body, &mut kept)?;
+        redact_strings(&self.redactor, body, self.max_bytes, &mut kept)?;
         Some(CapturedContent {
             level: Some(CaptureLevel::Redacted),
             request_body: Some(kept),
@@ -367,60 +368,105 @@ fn push_decimal(out: &mut String, mut n: usize) {
     out.extend(digits[at..].iter().map(|&d| char::from(d)));
 }
 
-/// Appends `json` (valid JSON text) to `out` with every string value in it redacted: copied
-/// as it is up to a string that holds a finding, which is written redacted (as serde_json
-/// writes a string). Keys are kept as they are, as [`Capturer::request`] keeps them: they
-/// are the shape (`role`, a tool parameter's name), not what was said; and so is the
-/// top-level `model`, which the span keeps as `gen_ai.request.model` (its digits sent the
-/// redaction's regex over it, as much work as the rest of a short chat). `None` when a
-/// string's escapes cannot be read (not JSON).
-fn redact_strings(redactor: &Redactor, json: &str, out: &mut String) -> Option<()> {
+/// Counted text the GenAI conversion may add for each object, array or element of a body (a
+/// part's type, a role, `[image]`), at most: [`Capturer::request_body`] keeps a body as it came
+/// only when its bytes and this much for each `{`, `[` and `,` fit in `max_bytes`, so the
+/// messages read from it fit too, as from the body as it came (none is cut or left out there
+/// that the capture from the tree would keep). 2,000 token ids to embed are 4 kB of body and
+/// 18 kB of messages.
+const ADDED_PER_ELEMENT: usize = 32;
+
+/// Appends `json` (valid JSON text) to `out` with every string in it redacted, keys too, and
+/// every number in its objects and arrays (a number a format reads as text, `content: 4111…`,
+/// is written as the string redaction makes of it): copied as it is up to what holds a
+/// finding, which is written redacted (as serde_json writes a string). The top-level `model`
+/// is left as it is: the span keeps it as `gen_ai.request.model`, and its digits sent the
+/// redaction's regex over it, as much work as the rest of a short chat; so are the top-level
+/// numbers (`temperature`, `max_tokens`), which no format reads as text. `None` when a string's
+/// escapes cannot be read (not JSON), when the body holds an image, audio or a file (under one
+/// of [`request::MEDIA_KEYS`]: the conversion keeps none of their data, so neither may the
+/// store), or when its messages may not fit in `max_bytes` ([`ADDED_PER_ELEMENT`]).
+fn redact_strings(
+    redactor: &Redactor,
+    json: &str,
+    max_bytes: usize,
+    out: &mut String,
+) -> Option<()> {
     let bytes = json.as_bytes();
     let mut copied = 0;
     let mut depth = 0u32;
+    let mut elements = 0usize;
     // The value that follows is the top-level `model`'s.
     let mut model = false;
+    let redact = |out: &mut String, copied: &mut usize, from: usize, to: usize, text: &str| {
+        if let Cow::Owned(redacted) = redactor.redact(text) {
+            out.push_str(&json[*copied..from]);
+            let mut quoted = Vec::with_capacity(redacted.len() + 2);
+            write_json_str(&mut quoted, &redacted);
+            // A `str` written as a JSON string is UTF-8.
+            out.push_str(&String::from_utf8(quoted).ok()?);
+            *copied = to;
+        }
+        Some(())
+    };
     let mut at = 0;
     while at < bytes.len() {
         match bytes[at] {
             b'{' | b'[' => {
                 depth += 1;
+                elements += 1;
                 model = false;
             }
+            b',' => elements += 1,
             b'}' | b']' => depth = depth.saturating_sub(1),
             b'"' => {
                 let open = at;
                 let (end, escaped) = string_end(bytes, open + 1)?;
                 at = end + 1;
+                let raw = &json[open + 1..end];
+                let text: Cow<str> = if escaped {
+                    Cow::Owned(serde_json::from_str(&json[open..=end]).ok()?)
+                } else {
+                    Cow::Borrowed(raw)
+                };
                 let key = bytes[at..]
                     .iter()
                     .find(|b| !b.is_ascii_whitespace())
                     .is_some_and(|&b| b == b':');
                 if key {
-                    model = depth == 1 && &bytes[open + 1..end] == b"model";
+                    if request::MEDIA_KEYS.contains(&text.as_ref()) {
+                        return None;
+                    }
+                    model = depth == 1 && text == "model";
+                } else if std::mem::take(&mut model) {
                     continue;
                 }
-                if std::mem::take(&mut model) {
-                    continue;
+                redact(out, &mut copied, open, at, &text)?;
+                continue;
+            }
+            b'-' | b'0'..=b'9' => {
+                let start = at;
+                while at < bytes.len()
+                    && matches!(bytes[at], b'0'..=b'9' | b'.' | b'e' | b'E' | b'+' | b'-')
+                {
+                    at += 1;
                 }
-                let text: Cow<str> = if escaped {
-                    Cow::Owned(serde_json::from_str(&json[open..=end]).ok()?)
-                } else {
-                    Cow::Borrowed(&json[open + 1..end])
-                };
-                if let Cow::Owned(redacted) = redactor.redact(&text) {
-                    out.push_str(&json[copied..open]);
-                    let mut quoted = Vec::with_capacity(redacted.len() + 2);
-                    write_json_str(&mut quoted, &redacted);
-                    // A `str` written as a JSON string is UTF-8.
-                    out.push_str(&String::from_utf8(quoted).ok()?);
-                    copied = end + 1;
+                model = false;
+                if depth >= 2 {
+                    redact(out, &mut copied, start, at, &json[start..at])?;
                 }
                 continue;
             }
             _ => {}
         }
         at += 1;
+    }
+    if bytes
+        .len()
+        .saturating_add(elements.saturating_mul(ADDED_PER_ELEMENT))
+        > max_bytes
+    {
+        return None;
     }
     out.push_str(&json[copied..]);
     Some(())
@@ -1079,7 +1125,7 @@ mod tests {
             (body_text(), body_text()).prop_map(
                 |(id, r)| json!({"type": "tool_result", "tool_use_id": id, "content": r})
             ),
-            Just(json!({"type": "image_url", "image_url": {"url": "data:image/png;base64,QUFB"}})),
+            Just(json!({"type": "text"})),
             body_text().prop_map(|t| json!({"text": t})),
             Just(json!({"type": "refusal"})),
         ]
@@ -1177,9 +1223,12 @@ mod tests {
         ) {
             let text = body.to_string();
             let tree: Json = serde_json::from_str(&text).unwrap();
+            // The least room a body is kept in as it came (or a little more: the count takes
+            // the commas and brackets within strings too).
+            let elements = text.bytes().filter(|b| matches!(b, b'{' | b'[' | b',')).count();
             let c = Capturer {
                 redactor: Redactor::new(&[("secret".into(), r"SECRET-\d+".into())]).unwrap(),
-                ..capturer(CaptureLevel::Metadata, text.len() + room)
+                ..capturer(CaptureLevel::Metadata, text.len() + elements * ADDED_PER_ELEMENT + room)
             }
             .with_store_level(Some(CaptureLevel::Redacted));
             prop_assert!(c.body_for_store(None, text.len()));
@@ -1209,7 +1258,7 @@ mod tests {
         assert_eq!(
             kept,
             r#"chat_completions 1000
-{"jane@example.com": "[EMAIL]", "messages": [{"role": "user", "content": "mail [EMAIL] \"now\""}]}"#
+{"[EMAIL]": "[EMAIL]", "messages": [{"role": "user", "content": "mail [EMAIL] \"now\""}]}"#
         );
         let read = expand_request_body(&kept).unwrap();
         assert_eq!(
@@ -1234,6 +1283,27 @@ mod tests {
             .request_body(WireFormat::ChatCompletions, body.as_bytes())
             .unwrap();
         assert!(!kept.request_body.unwrap().contains("jane"));
+        // Numbers and keys a format reads as text: redacted too, and read back as the capture
+        // from the tree reads them.
+        for body in [
+            r#"{"model":"m","temperature":0.2,"messages":[{"role":"user","content":4111111111111111}]}"#,
+            r#"{"model":"m","messages":[{"role":"user","content":{"jane@example.com":1}}]}"#,
+            r#"{"model":"m","input":[4111111111111111, "jane@example.com"]}"#,
+        ] {
+            for format in [WireFormat::ChatCompletions, WireFormat::Embeddings] {
+                let kept = c.request_body(format, body.as_bytes()).unwrap();
+                let kept = kept.request_body.unwrap();
+                assert!(
+                    !kept.contains("4111111111111111") && !kept.contains("jane"),
+                    "{kept}"
+                );
+                assert!(kept.contains(r#""temperature":0.2"#) || !body.contains("temperature"));
+                let read = expand_request_body(&kept).unwrap();
+                let tree: Json = serde_json::from_str(body).unwrap();
+                let captured = c.request(CaptureLevel::Redacted, format, &tree);
+                assert_eq!(read.input_messages, captured.input_messages, "{body}");
+            }
+        }
         // Not UTF-8: no tree could be read from it either.
         assert!(
             c.request_body(WireFormat::ChatCompletions, b"{\"a\": \"\xff\"}")
@@ -1249,6 +1319,39 @@ mod tests {
         ] {
             assert!(expand_request_body(damaged).is_none(), "{damaged}");
         }
+    }
+
+    /// What the GenAI conversion leaves out of a body is never kept: an image's data or URL, a
+    /// file, audio. Nor is a body whose messages may not fit: the capture from the tree takes
+    /// the first and latest messages of those.
+    #[test]
+    fn a_body_with_media_or_messages_that_may_not_fit_is_captured_from_its_tree() {
+        let c = capturer(CaptureLevel::Redacted, 16 * 1024);
+        for body in [
+            r#"{"messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"https://x.test/a.png?sig=abc"}}]}]}"#,
+            r#"{"contents":[{"parts":[{"inlineData":{"mimeType":"image/png","data":"QUFB"}}]}]}"#,
+            r#"{"messages":[{"role":"user","content":[{"type":"image","source":{"type":"base64","data":"QUFB"}}]}]}"#,
+            r#"{"messages":[{"role":"user","content":[{"type":"input_audio","input_audio":{"data":"QUFB"}}]}]}"#,
+        ] {
+            assert!(
+                c.request_body(WireFormat::ChatCompletions, body.as_bytes())
+                    .is_none(),
+                "{body}"
+            );
+        }
+        // 2,000 token ids to embed: 4 kB of body, 18 kB of messages.
+        let ids = vec!["1"; 2000].join(",");
+        let body = format!(r#"{{"model":"e","input":[{ids}]}}"#);
+        assert!(body.len() < 16 * 1024);
+        assert!(
+            c.request_body(WireFormat::Embeddings, body.as_bytes())
+                .is_none()
+        );
+        let fits = r#"{"model":"e","input":[1,2,3]}"#;
+        assert!(
+            c.request_body(WireFormat::Embeddings, fits.as_bytes())
+                .is_some()
+        );
     }
 
     #[test]

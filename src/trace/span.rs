@@ -221,9 +221,9 @@ const CONTENT_ATTRIBUTES: [&str; 9] = [
 ];
 
 /// The store's own attribute for the request body it keeps in place of the request side's
-/// content (`CapturedContent::request_body`); never exported, and read into the GenAI
-/// attributes whenever the store reads the span ([`expand_content`]).
-const REQUEST_BODY: &str = "sidetrace.content.request_body";
+/// content (`CapturedContent::request_body`); never exported, read into the GenAI attributes
+/// whenever the store reads the span ([`expand_content`]), and dropped from received spans.
+pub const REQUEST_BODY: &str = "sidetrace.content.request_body";
 
 fn push_content(a: &mut Vec<(AttrKey, AttrValue)>, c: CapturedContent) {
     for (k, v) in [

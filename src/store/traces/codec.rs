@@ -118,9 +118,19 @@ pub(super) fn encode_span_parts<'a>(
     out[at + 5..at + SPAN_HEADER].copy_from_slice(&crc.to_le_bytes());
 }
 
-/// One stored span, binary or (from an earlier version) JSON; `None` when it is damaged (a
-/// version 2 record whose CRC does not match: flipped bytes, garbage written over it).
+/// One stored span, binary or (from an earlier version) JSON, as it is served: a call's
+/// request body kept as it came is read into the GenAI messages (`span::expand_content`).
+/// `None` when it is damaged (a version 2 record whose CRC does not match: flipped bytes,
+/// garbage written over it).
 pub(super) fn decode_span(bytes: &[u8]) -> Option<StoredSpan> {
+    let mut stored = decode_span_as_written(bytes)?;
+    expand_content(&mut stored.span.attributes);
+    Some(stored)
+}
+
+/// [`decode_span`] without reading a request body into messages: for the writer, which only
+/// counts a span (a replay, a trace counted again from its spans).
+pub(super) fn decode_span_as_written(bytes: &[u8]) -> Option<StoredSpan> {
     let body = match *bytes.first()? {
         SPAN_V2 => {
             let crc = u32::from_le_bytes(bytes.get(5..SPAN_HEADER)?.try_into().ok()?);
@@ -131,15 +141,12 @@ pub(super) fn decode_span(bytes: &[u8]) -> Option<StoredSpan> {
         _ => return serde_json::from_slice(bytes).ok(),
     };
     let mut r = Reader(body);
-    let mut stored = r.span()?;
-    if !r.0.is_empty() {
-        return None;
-    }
-    expand_content(&mut stored.span.attributes);
-    Some(stored)
+    let stored = r.span()?;
+    r.0.is_empty().then_some(stored)
 }
 
-/// The span record that begins `bytes` and its length, binary or JSON; `None` at the end or
+/// The span record that begins `bytes` (as written: see [`decode_span_as_written`]) and its
+/// length, binary or JSON; `None` at the end or
 /// where no record can be made out (nothing after it can be read). The span is `None` for a
 /// binary record whose length is whole but whose content is damaged: the next record begins
 /// after it.
@@ -151,7 +158,7 @@ pub(super) fn next_span(bytes: &[u8]) -> Option<(Option<StoredSpan>, usize)> {
             if len < SPAN_HEADER_V1 {
                 return None;
             }
-            Some((decode_span(bytes.get(..len)?), len))
+            Some((decode_span_as_written(bytes.get(..len)?), len))
         }
         _ => {
             let mut stream = serde_json::Deserializer::from_slice(bytes).into_iter::<StoredSpan>();

@@ -1156,7 +1156,7 @@ impl TraceStore {
         let spans: Vec<StoredSpan> = trace
             .spans
             .iter()
-            .filter_map(|&(_, p)| self.load_span(p))
+            .filter_map(|&(_, p)| self.load_span_as_written(p))
             .collect();
         if spans.len() != trace.spans.len() {
             return;
@@ -1256,6 +1256,14 @@ impl TraceStore {
             .read(p)
             .ok()
             .and_then(|bytes| codec::decode_span(&bytes))
+    }
+
+    /// [`TraceStore::load_span`] as written, to count it (`codec::decode_span_as_written`).
+    fn load_span_as_written(&self, p: Pointer) -> Option<StoredSpan> {
+        self.log
+            .read(p)
+            .ok()
+            .and_then(|bytes| codec::decode_span_as_written(&bytes))
     }
 
     fn counts(&self) -> std::sync::MutexGuard<'_, Counts> {
