@@ -581,23 +581,51 @@ fn function<'a>(f: &Json<'a>, parameters: &Json<'a>) -> Json<'a> {
     ])
 }
 
-/// Keys under which the APIs carry images, audio, video and files (their data, a URL or a
-/// file's id). [`parts`] keeps none of it (an image is `[image]`, another block its type): a
-/// body holding one is not kept as it came (see `Capturer::request_body`).
-pub const MEDIA_KEYS: &[&str] = &[
-    "image_url",
-    "image",
-    "input_audio",
-    "audio",
-    "file",
-    "file_data",
-    "fileData",
-    "inline_data",
-    "inlineData",
-    "document",
-    "source",
-    "video",
-    "images",
+/// The keys of a plain chat request, in any of the APIs: its messages and their text, tool
+/// calls and results as they are exchanged, and the sampling settings. The GenAI conversion
+/// reads every string under them ([`parts`], [`Input::chat`], each format's `input`) or none
+/// that is content. A body with any other key (tools and their schemas, images, files, audio,
+/// MCP servers and their credentials, metadata, a field an API adds) holds something the
+/// conversion may leave out, so it is not kept as it came (see `Capturer::request_body`).
+pub const PLAIN_KEYS: &[&str] = &[
+    // The messages and their parts.
+    "messages",
+    "role",
+    "content",
+    "type",
+    "text",
+    "name",
+    "system",
+    "instructions",
+    "prompt",
+    "input",
+    "contents",
+    "parts",
+    "systemInstruction",
+    "system_instruction",
+    // Tool calls and results in the conversation.
+    "tool_calls",
+    "tool_call_id",
+    "id",
+    "function",
+    "arguments",
+    // Settings.
+    "model",
+    "stream",
+    "stream_options",
+    "include_usage",
+    "temperature",
+    "top_p",
+    "top_k",
+    "max_tokens",
+    "max_completion_tokens",
+    "max_output_tokens",
+    "n",
+    "seed",
+    "stop",
+    "presence_penalty",
+    "frequency_penalty",
+    "user",
 ];
 
 /// Converts one provider content value (string, or list of typed blocks) to OTel parts.

@@ -190,8 +190,8 @@ impl Capturer {
     /// `max_bytes`. Reading it into the GenAI shapes ([`expand_request_body`]) gives what
     /// [`Capturer::request`] gives from the body at `redacted`, but is done when the store
     /// reads the span (a trace opened, a search), not on the request path for every call.
-    /// `None` when the body is not UTF-8, holds an image, audio or a file, or its messages may
-    /// not fit in `max_bytes`: the caller then captures it from a tree.
+    /// `None` when the body is not UTF-8 or is not a plain chat ([`redact_strings`] says
+    /// when): the caller then captures it from a tree.
     pub fn request_body(&self, format: WireFormat, body: &[u8]) -> Option<CapturedContent> {
         let body = simdutf8::basic::from_utf8(body).ok()?;
         let mut kept = String::with_capacity(body.len() + 64);
@@ -382,10 +382,17 @@ const ADDED_PER_ELEMENT: usize = 32;
 /// finding, which is written redacted (as serde_json writes a string). The top-level `model`
 /// is left as it is: the span keeps it as `gen_ai.request.model`, and its digits sent the
 /// redaction's regex over it, as much work as the rest of a short chat; so are the top-level
-/// numbers (`temperature`, `max_tokens`), which no format reads as text. `None` when a string's
-/// escapes cannot be read (not JSON), when the body holds an image, audio or a file (under one
-/// of [`request::MEDIA_KEYS`]: the conversion keeps none of their data, so neither may the
-/// store), or when its messages may not fit in `max_bytes` ([`ADDED_PER_ELEMENT`]).
+/// numbers (`temperature`, `max_tokens`), which no format reads as text.
+///
+/// `None`, and the body is captured from its tree, when keeping it as it came could keep what
+/// that capture leaves out or shows otherwise:
+/// - a key that is not one of [`request::PLAIN_KEYS`] (tools, images, files, audio, MCP
+///   servers, metadata: the conversion may leave out what is under it);
+/// - a number in its objects and arrays that is not a plain integer of at most 19 digits
+///   (the conversion writes `4111111111111111e0` as `4111111111111111.0`, which the pattern
+///   redacts there and not here);
+/// - messages that may not fit in `max_bytes` ([`ADDED_PER_ELEMENT`]);
+/// - a string whose escapes cannot be read (not JSON).
 fn redact_strings(
     redactor: &Redactor,
     json: &str,
@@ -434,7 +441,7 @@ fn redact_strings(
                     .find(|b| !b.is_ascii_whitespace())
                     .is_some_and(|&b| b == b':');
                 if key {
-                    if request::MEDIA_KEYS.contains(&text.as_ref()) {
+                    if !request::PLAIN_KEYS.contains(&text.as_ref()) {
                         return None;
                     }
                     model = depth == 1 && text == "model";
@@ -453,7 +460,12 @@ fn redact_strings(
                 }
                 model = false;
                 if depth >= 2 {
-                    redact(out, &mut copied, start, at, &json[start..at])?;
+                    let number = &json[start..at];
+                    let digits = number.strip_prefix('-').unwrap_or(number);
+                    if digits.len() > 19 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+                        return None;
+                    }
+                    redact(out, &mut copied, start, at, number)?;
                 }
                 continue;
             }
@@ -1179,13 +1191,27 @@ mod tests {
         )
             .prop_map(|(messages, system, contents, input, tools, prompt)| {
                 let mut body = json!({"model": "gpt-4o", "temperature": 0.2, "messages": messages,
-                    "contents": contents, "input": input, "tools": tools, "prompt": prompt,
+                    "contents": contents, "input": input, "prompt": prompt,
                     "instructions": prompt, "systemInstruction": {"parts": [{"text": prompt}]}});
                 if let Some(system) = system {
                     body["system"] = system.into();
                 }
+                if !tools.is_empty() {
+                    body["tools"] = tools.into();
+                }
                 body
             })
+    }
+
+    /// Whether every key in `v` is one of a plain chat's.
+    fn plain_keys_only(v: &Value) -> bool {
+        match v {
+            Value::Object(m) => m
+                .iter()
+                .all(|(k, v)| request::PLAIN_KEYS.contains(&k.as_str()) && plain_keys_only(v)),
+            Value::Array(items) => items.iter().all(plain_keys_only),
+            _ => true,
+        }
     }
 
     proptest! {
@@ -1232,8 +1258,14 @@ mod tests {
             }
             .with_store_level(Some(CaptureLevel::Redacted));
             prop_assert!(c.body_for_store(None, text.len()));
+            let plain = plain_keys_only(&body);
             for format in WireFormat::ALL {
-                let kept = c.request_body(format, text.as_bytes()).unwrap();
+                let Some(kept) = c.request_body(format, text.as_bytes()) else {
+                    // Tools, a tool's input, an object as content: captured from the tree.
+                    prop_assert!(!plain, "a plain chat not kept as it came: {}", text);
+                    continue;
+                };
+                prop_assert!(plain, "kept as it came: {}", text);
                 let kept = kept.request_body.unwrap();
                 prop_assert!(!kept.contains("jane@") && !kept.contains("SECRET-4"), "{}", kept);
                 let mut read = expand_request_body(&kept).unwrap();
@@ -1250,7 +1282,7 @@ mod tests {
     #[test]
     fn a_body_kept_for_the_store_has_every_string_value_redacted_escaped_or_not() {
         let c = capturer(CaptureLevel::Redacted, 1000);
-        let body = r#"{"jane@example.com": "jane@example.com", "messages": [{"role": "user", "content": "mail jane\u0040example.com \"now\""}]}"#;
+        let body = r#"{"user": "jane@example.com", "messages": [{"role": "user", "content": "mail jane\u0040example.com \"now\""}]}"#;
         let kept = c
             .request_body(WireFormat::ChatCompletions, body.as_bytes())
             .unwrap();
@@ -1258,7 +1290,7 @@ mod tests {
         assert_eq!(
             kept,
             r#"chat_completions 1000
-{"[EMAIL]": "[EMAIL]", "messages": [{"role": "user", "content": "mail [EMAIL] \"now\""}]}"#
+{"user": "[EMAIL]", "messages": [{"role": "user", "content": "mail [EMAIL] \"now\""}]}"#
         );
         let read = expand_request_body(&kept).unwrap();
         assert_eq!(
@@ -1268,14 +1300,14 @@ mod tests {
         assert_eq!(read.input_message_count, Some(1));
         // The top-level model is the span's `gen_ai.request.model` (not redacted); a `model`
         // anywhere else, or after a model that is not a string, is text like any other.
-        let body = r#"{"model": "jane@example.com", "messages": [{"model": "jane@example.com", "content": ["jane@example.com"]}], "x": {"model": ["jane@example.com"]}}"#;
+        let body = r#"{"model": "jane@example.com", "messages": [{"model": "jane@example.com", "content": ["jane@example.com"]}], "input": {"model": ["jane@example.com"]}}"#;
         let kept = c
             .request_body(WireFormat::ChatCompletions, body.as_bytes())
             .unwrap();
         assert_eq!(
             kept.request_body.unwrap(),
             r#"chat_completions 1000
-{"model": "jane@example.com", "messages": [{"model": "[EMAIL]", "content": ["[EMAIL]"]}], "x": {"model": ["[EMAIL]"]}}"#
+{"model": "jane@example.com", "messages": [{"model": "[EMAIL]", "content": ["[EMAIL]"]}], "input": {"model": ["[EMAIL]"]}}"#
         );
         let body =
             r#"{"model": null, "messages": ["jane@example.com"], "model":["jane@example.com"]}"#;
@@ -1283,11 +1315,10 @@ mod tests {
             .request_body(WireFormat::ChatCompletions, body.as_bytes())
             .unwrap();
         assert!(!kept.request_body.unwrap().contains("jane"));
-        // Numbers and keys a format reads as text: redacted too, and read back as the capture
-        // from the tree reads them.
+        // A number a format reads as text is redacted too, and read back as the capture from
+        // the tree reads it; top-level settings are left as they are.
         for body in [
             r#"{"model":"m","temperature":0.2,"messages":[{"role":"user","content":4111111111111111}]}"#,
-            r#"{"model":"m","messages":[{"role":"user","content":{"jane@example.com":1}}]}"#,
             r#"{"model":"m","input":[4111111111111111, "jane@example.com"]}"#,
         ] {
             for format in [WireFormat::ChatCompletions, WireFormat::Embeddings] {
@@ -1321,17 +1352,25 @@ mod tests {
         }
     }
 
-    /// What the GenAI conversion leaves out of a body is never kept: an image's data or URL, a
-    /// file, audio. Nor is a body whose messages may not fit: the capture from the tree takes
-    /// the first and latest messages of those.
+    /// Only a plain chat is kept as it came. Any other key may hold what the GenAI conversion
+    /// leaves out (an image's data or signed URL, a file, audio, an MCP server's token, tools
+    /// kept as definitions); a number the conversion writes otherwise than the body
+    /// (`4111111111111111e0` as `4111111111111111.0`); messages that may not fit (the capture
+    /// from the tree takes the first and latest of those). Each is captured from its tree.
     #[test]
-    fn a_body_with_media_or_messages_that_may_not_fit_is_captured_from_its_tree() {
+    fn a_body_that_is_not_a_plain_chat_is_captured_from_its_tree() {
         let c = capturer(CaptureLevel::Redacted, 16 * 1024);
         for body in [
             r#"{"messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"https://x.test/a.png?sig=abc"}}]}]}"#,
             r#"{"contents":[{"parts":[{"inlineData":{"mimeType":"image/png","data":"QUFB"}}]}]}"#,
             r#"{"messages":[{"role":"user","content":[{"type":"image","source":{"type":"base64","data":"QUFB"}}]}]}"#,
-            r#"{"messages":[{"role":"user","content":[{"type":"input_audio","input_audio":{"data":"QUFB"}}]}]}"#,
+            r#"{"input":[{"role":"user","content":[{"type":"input_file","file_url":"https://b.test/a.pdf?X-Amz-Signature=abc"}]}]}"#,
+            r#"{"messages":[{"role":"user","content":"hi"}],"mcp_servers":[{"url":"https://m.test","authorization_token":"tok"}]}"#,
+            r#"{"messages":[{"role":"user","content":"hi"}],"tools":[{"type":"function","function":{"name":"f"}}]}"#,
+            r#"{"messages":[{"role":"user","content":{"jane@example.com":1}}]}"#,
+            r#"{"messages":[{"role":"user","content":4111111111111111e0}]}"#,
+            r#"{"messages":[{"role":"user","content":[1.5]}]}"#,
+            r#"{"messages":[{"role":"user","content":[41111111111111111111]}]}"#,
         ] {
             assert!(
                 c.request_body(WireFormat::ChatCompletions, body.as_bytes())
@@ -1350,6 +1389,11 @@ mod tests {
         let fits = r#"{"model":"e","input":[1,2,3]}"#;
         assert!(
             c.request_body(WireFormat::Embeddings, fits.as_bytes())
+                .is_some()
+        );
+        let chat = r#"{"model":"m","temperature":0.2,"max_tokens":9,"stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"system","content":"Be brief."},{"role":"user","content":[{"type":"text","text":"hi"}]},{"role":"assistant","content":null,"tool_calls":[{"id":"c1","type":"function","function":{"name":"f","arguments":"{}"}}]},{"role":"tool","tool_call_id":"c1","content":"ok"}]}"#;
+        assert!(
+            c.request_body(WireFormat::ChatCompletions, chat.as_bytes())
                 .is_some()
         );
     }
