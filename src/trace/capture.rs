@@ -725,6 +725,15 @@ impl Budget<'_> {
             Json::Null => out.extend_from_slice(b"null"),
             Json::Bool(b) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
             Json::Number(n) => {
+                // A number holds digits like any text (a card number as a tool's argument):
+                // written as the string redaction makes of it when it holds a finding.
+                if let Some(r) = self.redactor.filter(|_| self.left > 0) {
+                    let text = n.to_string();
+                    if let Cow::Owned(redacted) = r.redact(&text) {
+                        write_json_str(out, &redacted);
+                        return;
+                    }
+                }
                 let _ = serde_json::to_writer(&mut *out, n);
             }
             Json::String(s) => self.write(out, s),
@@ -744,7 +753,12 @@ impl Budget<'_> {
                     if i > 0 {
                         out.push(b',');
                     }
-                    write_json_str(out, key);
+                    // A key is the shape as a rule, but may be what was said (an object's keys
+                    // as a tool's argument): redacted too, while the budget lasts.
+                    match self.redactor.filter(|_| self.left > 0) {
+                        Some(r) => write_json_str(out, &r.redact(key)),
+                        None => write_json_str(out, key),
+                    }
                     out.push(b':');
                     match value {
                         Json::String(word)
@@ -1396,6 +1410,28 @@ mod tests {
             c.request_body(WireFormat::ChatCompletions, chat.as_bytes())
                 .is_some()
         );
+    }
+
+    /// Numbers and keys in what the capture from a tree keeps whole (a tool call's input, an
+    /// object as a message's content) are redacted like its strings.
+    #[test]
+    fn numbers_and_keys_in_a_tool_s_input_are_redacted() {
+        let c = capturer(CaptureLevel::Redacted, 16 * 1024);
+        let body = r#"{"messages":[{"role":"assistant","content":[{"type":"tool_use","id":"t1","name":"pay","input":{"card":4111111111111111,"jane@example.com":{"n":42}}}]}]}"#;
+        let tree: Json = serde_json::from_str(body).unwrap();
+        let captured = c.request(CaptureLevel::Redacted, WireFormat::Messages, &tree);
+        let input = captured.input_messages.unwrap();
+        assert!(
+            input.contains(r#""card":"[CARD]""#) && input.contains(r#""[EMAIL]":{"n":42}"#),
+            "{input}"
+        );
+        // At `full`, as it came.
+        let full = capturer(CaptureLevel::Full, 16 * 1024).request(
+            CaptureLevel::Full,
+            WireFormat::Messages,
+            &tree,
+        );
+        assert!(full.input_messages.unwrap().contains("4111111111111111"));
     }
 
     #[test]
