@@ -137,6 +137,7 @@ fn serve(path: Option<PathBuf>) -> ExitCode {
     let path_for_reload = path.clone();
     let code = runtime.block_on(async move {
         let path = path_for_reload;
+        let mut signals = Signals::listen();
         let gateway = match Gateway::start(config).await {
             Ok(g) => g,
             Err(e) => {
@@ -145,7 +146,7 @@ fn serve(path: Option<PathBuf>) -> ExitCode {
                 return ExitCode::from(2);
             }
         };
-        wait_for_shutdown(&gateway, path.as_deref()).await;
+        wait_for_shutdown(&gateway, path.as_deref(), &mut signals).await;
         tracing::info!("shutdown requested");
         let report = gateway.shutdown().await;
         tracing::info!(drained = report.drained, "stopped");
@@ -160,14 +161,42 @@ fn serve(path: Option<PathBuf>) -> ExitCode {
 /// How long exit waits for blocking tasks still running after shutdown.
 const RUNTIME_SHUTDOWN_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// The signals the gateway answers, listened for before it starts: one that comes while its
+/// listeners are already up (a SIGHUP right after start) is handled, not left to its default
+/// action, which ends the process.
+struct Signals {
+    #[cfg(unix)]
+    hup: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    term: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn listen() -> Signals {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Signals {
+                hup: signal(SignalKind::hangup()).ok(),
+                term: signal(SignalKind::terminate()).ok(),
+            }
+        }
+        #[cfg(not(unix))]
+        Signals {}
+    }
+}
+
 /// Waits for SIGTERM or Ctrl-C; on SIGHUP, reloads the prices from the config file and the
 /// listeners' TLS certificate from its files.
-async fn wait_for_shutdown(gateway: &Gateway, path: Option<&std::path::Path>) {
+async fn wait_for_shutdown(
+    gateway: &Gateway,
+    path: Option<&std::path::Path>,
+    signals: &mut Signals,
+) {
     #[cfg(unix)]
     {
-        use tokio::signal::unix::{SignalKind, signal};
-        if let Ok(mut hup) = signal(SignalKind::hangup()) {
-            let stop = wait_for_signal();
+        if let Some(mut hup) = signals.hup.take() {
+            let stop = wait_for_signal(signals);
             tokio::pin!(stop);
             loop {
                 tokio::select! {
@@ -190,28 +219,28 @@ async fn wait_for_shutdown(gateway: &Gateway, path: Option<&std::path::Path>) {
             }
         }
     }
-    wait_for_signal().await;
+    wait_for_signal(signals).await;
 }
 
-async fn wait_for_signal() {
+async fn wait_for_signal(signals: &mut Signals) {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
+        match signals.term.as_mut() {
+            Some(term) => {
                 tokio::select! {
                     _ = ctrl_c => {},
                     _ = term.recv() => {},
                 }
             }
-            Err(_) => {
+            None => {
                 let _ = ctrl_c.await;
             }
         }
     }
     #[cfg(not(unix))]
     {
+        let _ = signals;
         let _ = ctrl_c.await;
     }
 }
