@@ -197,7 +197,7 @@ impl Capturer {
         let mut kept = String::with_capacity(body.len() + 64);
         kept.push_str(format.name());
         kept.push(' ');
-        push_decimal(&mut kept, self.max_bytes);
+        kept.push_str(itoa::Buffer::new().format(self.max_bytes));
         kept.push('\n');
         redact_strings(&self.redactor, body, self.max_bytes, &mut kept)?;
         Some(CapturedContent {
@@ -353,21 +353,6 @@ pub fn expand_request_body(kept: &str) -> Option<CapturedContent> {
     Some(out)
 }
 
-/// Appends `n` in decimal (without the formatting machinery, a fifth of a call's capture).
-fn push_decimal(out: &mut String, mut n: usize) {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend(digits[at..].iter().map(|&d| char::from(d)));
-}
-
 /// Counted text the GenAI conversion may add for each object, array or element of a body (a
 /// part's type, a role, `[image]`), at most: [`Capturer::request_body`] keeps a body as it came
 /// only when its bytes and this much for each `{`, `[` and `,` fit in `max_bytes`, so the
@@ -408,10 +393,7 @@ fn redact_strings(
     let redact = |out: &mut String, copied: &mut usize, from: usize, to: usize, text: &str| {
         if let Cow::Owned(redacted) = redactor.redact(text) {
             out.push_str(&json[*copied..from]);
-            let mut quoted = Vec::with_capacity(redacted.len() + 2);
-            write_json_str(&mut quoted, &redacted);
-            // A `str` written as a JSON string is UTF-8.
-            out.push_str(&String::from_utf8(quoted).ok()?);
+            out.push_str(&serde_json::to_string(&*redacted).ok()?);
             *copied = to;
         }
         Some(())
