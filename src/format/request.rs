@@ -581,13 +581,29 @@ fn function<'a>(f: &Json<'a>, parameters: &Json<'a>) -> Json<'a> {
     ])
 }
 
-/// The keys of a plain chat request, in any of the APIs: its messages and their text, tool
-/// calls and results as they are exchanged, and the sampling settings. The GenAI conversion
-/// reads every string under them ([`parts`], [`Input::chat`], each format's `input`) or none
-/// that is content. A body with any other key (tools and their schemas, images, files, audio,
-/// MCP servers and their credentials, metadata, a field an API adds) holds something the
-/// conversion may leave out, so it is not kept as it came (see `Capturer::request_body`).
-pub const PLAIN_KEYS: &[&str] = &[
+/// [`PLAIN_KEYS`] and [`is_plain_key`] from one list.
+macro_rules! plain_keys {
+    ($(#[$doc:meta])* $($key:literal),* $(,)?) => {
+        $(#[$doc])*
+        pub const PLAIN_KEYS: &[&str] = &[$($key),*];
+
+        /// Whether `key` is one of [`PLAIN_KEYS`]: a `match`, which the compiler makes a test
+        /// of the length and a comparison or two, not one for each key.
+        pub fn is_plain_key(key: &str) -> bool {
+            matches!(key, $($key)|*)
+        }
+    };
+}
+
+plain_keys! {
+    /// The keys of a plain chat request, in any of the APIs: its messages and their text, tool
+    /// calls and results as they are exchanged, and the sampling settings. The GenAI
+    /// conversion reads every string under them ([`parts`], [`Input::chat`], each format's
+    /// `input`) or none that is content. A body with any other key (tools and their schemas,
+    /// images, files, audio, MCP servers and their credentials, metadata, a field an API adds)
+    /// holds something the conversion may leave out, so it is not kept as it came (see
+    /// `Capturer::request_body`). No built-in redaction pattern finds anything in one of them
+    /// (a test checks).
     // The messages and their parts.
     "messages",
     "role",
@@ -626,7 +642,7 @@ pub const PLAIN_KEYS: &[&str] = &[
     "presence_penalty",
     "frequency_penalty",
     "user",
-];
+}
 
 /// Converts one provider content value (string, or list of typed blocks) to OTel parts.
 pub(crate) fn parts<'a>(content: &Json<'a>) -> Vec<Json<'a>> {

@@ -361,13 +361,15 @@ pub fn expand_request_body(kept: &str) -> Option<CapturedContent> {
 /// 18 kB of messages.
 const ADDED_PER_ELEMENT: usize = 32;
 
-/// Appends `json` (valid JSON text) to `out` with every string in it redacted, keys too, and
-/// every number in its objects and arrays (a number a format reads as text, `content: 4111…`,
-/// is written as the string redaction makes of it): copied as it is up to what holds a
-/// finding, which is written redacted (as serde_json writes a string). The top-level `model`
-/// is left as it is: the span keeps it as `gen_ai.request.model`, and its digits sent the
-/// redaction's regex over it, as much work as the rest of a short chat; so are the top-level
-/// numbers (`temperature`, `max_tokens`), which no format reads as text.
+/// Appends `json` (valid JSON text) to `out` with every string in it redacted, and every
+/// number in its objects and arrays (a number a format reads as text, `content: 4111…`, is
+/// written as the string redaction makes of it): copied as it is up to what holds a finding,
+/// which is written redacted (as serde_json writes a string). The top-level `model` is left as
+/// it is: the span keeps it as `gen_ai.request.model`, and its digits sent the redaction's
+/// regex over it, as much work as the rest of a short chat; so are the top-level numbers
+/// (`temperature`, `max_tokens`), which no format reads as text. So are the keys, each one
+/// of [`request::PLAIN_KEYS`], in which no built-in pattern finds anything; they are redacted
+/// only by a redactor with patterns of the user's own.
 ///
 /// `None`, and the body is captured from its tree, when keeping it as it came could keep what
 /// that capture leaves out or shows otherwise:
@@ -423,10 +425,14 @@ fn redact_strings(
                     .find(|b| !b.is_ascii_whitespace())
                     .is_some_and(|&b| b == b':');
                 if key {
-                    if !request::PLAIN_KEYS.contains(&text.as_ref()) {
+                    if !request::is_plain_key(&text) {
                         return None;
                     }
                     model = depth == 1 && text == "model";
+                    // No built-in pattern finds anything in a plain chat's key.
+                    if !redactor.has_custom() {
+                        continue;
+                    }
                 } else if std::mem::take(&mut model) {
                     continue;
                 }
@@ -1204,7 +1210,7 @@ mod tests {
         match v {
             Value::Object(m) => m
                 .iter()
-                .all(|(k, v)| request::PLAIN_KEYS.contains(&k.as_str()) && plain_keys_only(v)),
+                .all(|(k, v)| request::is_plain_key(k) && plain_keys_only(v)),
             Value::Array(items) => items.iter().all(plain_keys_only),
             _ => true,
         }
@@ -1431,5 +1437,38 @@ mod tests {
         // The caller asked for metadata only.
         let asked = Some(CaptureLevel::Metadata);
         assert!(!c(CaptureLevel::Metadata, redacted).body_for_store(asked, 10));
+    }
+
+    #[test]
+    fn a_body_kept_as_it_came_has_its_keys_redacted_only_by_the_user_s_own_patterns() {
+        let body = r#"{"messages":[{"role":"user","content":"hi"}],"temperature":0.2}"#;
+        let kept = |c: &Capturer| {
+            c.request_body(WireFormat::ChatCompletions, body.as_bytes())
+                .unwrap()
+                .request_body
+                .unwrap()
+        };
+        let built_in = kept(&capturer(CaptureLevel::Redacted, 1000));
+        assert_eq!(built_in, format!("chat_completions 1000\n{body}"));
+        let own = Capturer {
+            redactor: Redactor::new(&[("word".into(), "^role$".into())]).unwrap(),
+            ..capturer(CaptureLevel::Redacted, 1000)
+        };
+        let kept = kept(&own);
+        assert!(kept.contains(r#"[{"[WORD]":"user","content""#), "{kept}");
+    }
+
+    /// The body kept as it came keeps its keys as they are: none of them holds anything a
+    /// built-in pattern finds.
+    #[test]
+    fn no_built_in_pattern_finds_anything_in_a_plain_chat_s_keys() {
+        let r = Redactor::new(&[]).unwrap();
+        for key in request::PLAIN_KEYS {
+            assert!(matches!(r.redact(key), Cow::Borrowed(_)), "{key}");
+            assert!(request::is_plain_key(key), "{key}");
+        }
+        for other in ["tools", "image_url", "", "Content", "contents ", "metadata"] {
+            assert!(!request::is_plain_key(other), "{other}");
+        }
     }
 }

@@ -54,18 +54,21 @@ const PATTERNS: &[(&str, &str)] = &[
 
 /// Whether [`could_match`] looks closer at a byte: a digit, `@` or `:` (what most patterns
 /// hold), a byte a key or token may begin or end its prefix with ([`key_at`]), or non-ASCII
-/// (a digit other than ASCII's). Written without branches, so a chunk of bytes is asked at
-/// once.
-fn notable(b: u8) -> bool {
-    (b.wrapping_sub(b'0') < 10)
-        | (b == b'@')
-        | (b == b':')
-        | (b == b'-')
-        | (b == b'_')
-        | (b == b'A')
-        | ((b | 0x20) == b'b')
-        | (b >= 0x80)
+/// (a digit other than ASCII's).
+const fn notable(b: u8) -> bool {
+    b.is_ascii_digit() || matches!(b, b'@' | b':' | b'-' | b'_' | b'A' | b'b' | b'B') || b >= 0x80
 }
+
+/// [`notable`] of every byte, looked up: one load a byte.
+const NOTABLE: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        table[b] = notable(b as u8);
+        b += 1;
+    }
+    table
+};
 
 /// Whether a key or token that holds no digit begins around `bytes[i]` (a `-`, `_`, `A`, `b`
 /// or `B`): `sk-`, `xai-` and `xox?-` end at a `-`, `gsk_`, `hf_`, `gh?_` and `AZURE_` at a
@@ -92,33 +95,23 @@ fn key_at(bytes: &[u8], i: usize) -> bool {
 
 /// Whether a built-in pattern could match anything in `text`. Most text capture writes (a
 /// part type, a role, a system prompt, a question in prose) holds nothing to redact, and the
-/// combined pattern costs about ten instructions a byte to find nothing; this look, about two.
+/// combined pattern costs about ten instructions a byte to find nothing; this look, a load
+/// and a test.
 /// Every built-in match holds a digit, an `@` or a `:`, or is a key or token beginning as
 /// [`key_at`] finds (a test checks it). Any decimal digit is searched as an ASCII one, so
 /// non-ASCII text is asked `is_numeric`, which holds for those and more.
 fn could_match(text: &str) -> bool {
-    const CHUNK: usize = 16;
     let bytes = text.as_bytes();
-    let (chunks, rest) = bytes.as_chunks::<CHUNK>();
-    let mut last = [0u8; CHUNK];
-    last[..rest.len()].copy_from_slice(rest);
     let mut ascii = true;
-    for (n, chunk) in chunks.iter().chain([&last]).enumerate() {
-        // A fixed length and no branch: a few vector instructions for the chunk.
-        let mut any = false;
-        for &b in chunk {
-            any |= notable(b);
-        }
-        if !any {
+    for (i, &b) in bytes.iter().enumerate() {
+        if !NOTABLE[usize::from(b)] {
             continue;
         }
-        for (j, &b) in chunk.iter().enumerate() {
-            match b {
-                b'0'..=b'9' | b'@' | b':' => return true,
-                0x80.. => ascii = false,
-                b'-' | b'_' | b'A' | b'b' | b'B' if key_at(bytes, n * CHUNK + j) => return true,
-                _ => {}
-            }
+        match b {
+            b'0'..=b'9' | b'@' | b':' => return true,
+            0x80.. => ascii = false,
+            _ if key_at(bytes, i) => return true,
+            _ => {}
         }
     }
     !ascii && text.chars().any(char::is_numeric)
@@ -171,6 +164,11 @@ impl Redactor {
             other_digit,
             custom,
         })
+    }
+
+    /// Whether it has patterns of its own besides the built-in ones.
+    pub fn has_custom(&self) -> bool {
+        !self.custom.is_empty()
     }
 
     /// The text with every finding replaced; borrowed when nothing was found.

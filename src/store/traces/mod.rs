@@ -861,8 +861,15 @@ impl TraceStore {
         spans.sort_by_key(Incoming::trace_id);
         buf.clear();
         let mut placed = Vec::with_capacity(spans.len());
-        for incoming in &spans {
+        for incoming in &mut spans {
             let at = buf.len();
+            // May this span report a call another span of its trace reports too
+            // (`query::counted_twice`): an app's span with usage, or a gateway call under some
+            // other span.
+            let gateway = match incoming {
+                Incoming::Span(ingest) => ingest.origin.scope_name == query::GATEWAY_SCOPE,
+                Incoming::Encoded(_) => true,
+            };
             let facts = match incoming {
                 Incoming::Span(ingest) => {
                     let resource = known_resources.key(&ingest.origin);
@@ -881,15 +888,9 @@ impl TraceStore {
                 Incoming::Encoded(e) => {
                     self.store_resource(known_resources, e.resource, &e.origin)?;
                     buf.extend_from_slice(&e.bytes);
-                    Cow::Borrowed(&e.facts)
+                    // Taken, so that the summary takes its text rather than a copy.
+                    Cow::Owned(std::mem::take(&mut e.facts))
                 }
-            };
-            // May this span report a call another span of its trace reports too
-            // (`query::counted_twice`): an app's span with usage, or a gateway call under some
-            // other span.
-            let gateway = match incoming {
-                Incoming::Span(ingest) => ingest.origin.scope_name == query::GATEWAY_SCOPE,
-                Incoming::Encoded(_) => true,
             };
             let twice = Twice::of(&facts, gateway);
             let len = u32::try_from(buf.len() - at).unwrap_or(u32::MAX);
@@ -905,7 +906,7 @@ impl TraceStore {
         let mut added_bytes = 0u64;
         let mut added_spans = 0u64;
         let now = Instant::now();
-        for spans in placed.chunk_by(|a, b| a.0.trace_id == b.0.trace_id) {
+        for spans in placed.chunk_by_mut(|a, b| a.0.trace_id == b.0.trace_id) {
             let trace_id = spans[0].0.trace_id;
             let row = self.row_to_reopen(&trace_id)?;
             let mut open = self.open_traces();
@@ -917,7 +918,7 @@ impl TraceStore {
                 .is_some()
                 .then_some(trace.summary.totals);
             let mut recount = false;
-            for &(ref facts, at, len, twice) in spans {
+            for &mut (ref mut facts, at, len, twice) in spans {
                 // A span sent twice (a client retrying an export) is kept once, as it came first.
                 let pointer = Pointer {
                     segment,
@@ -933,7 +934,7 @@ impl TraceStore {
                 trace.summary.same_call |= twice.flag();
                 recount |= twice != Twice::No;
                 let bytes = (TRACE_ROW_SPAN_BYTES + len) as u64;
-                trace.summary.add_facts(facts, bytes);
+                trace.summary.add_facts(facts.to_mut(), bytes);
                 added_bytes += bytes;
                 added_spans += 1;
             }

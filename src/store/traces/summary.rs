@@ -236,55 +236,67 @@ impl TraceSummary {
     /// Adds one span (`cost_pico_usd`: the gateway's price, as for [`Totals::of_span`];
     /// `bytes`: what it takes in the store).
     pub fn add(&mut self, span: &SpanRecord, cost_pico_usd: Option<u128>, bytes: u64) {
-        self.add_facts(&SpanFacts::of(span, cost_pico_usd), bytes);
+        self.add_facts(&mut SpanFacts::of(span, cost_pico_usd), bytes);
     }
 
-    /// Adds one span, from what its trace's row takes from it.
-    pub fn add_facts(&mut self, span: &SpanFacts<'_>, bytes: u64) {
-        let first = self.totals.spans == 0;
-        if first || span.start_unix_nanos < self.start_unix_nanos {
+    /// Adds one span, from what its trace's row takes from it. The text the row keeps is
+    /// taken from `span` where it owns it (a call's span, whose facts were copied out on the
+    /// request's worker), not copied once more.
+    pub fn add_facts(&mut self, span: &mut SpanFacts<'_>, bytes: u64) {
+        let earliest = self.totals.spans == 0 || span.start_unix_nanos < self.start_unix_nanos;
+        let root =
+            span.root && (self.root_name.is_none() || span.start_unix_nanos < self.root_start);
+        if earliest {
             self.start_unix_nanos = span.start_unix_nanos;
-            self.first_name = span.name.to_string();
+            self.first_name = if root {
+                span.name.to_string()
+            } else {
+                take(&mut span.name)
+            };
         }
         self.end_unix_nanos = self.end_unix_nanos.max(span.end_unix_nanos);
-        if span.root && (self.root_name.is_none() || span.start_unix_nanos < self.root_start) {
-            self.root_name = Some(span.name.to_string());
+        if root {
+            self.root_name = Some(take(&mut span.name));
             self.root_start = span.start_unix_nanos;
         }
         self.totals.add(&span.totals);
         self.bytes += bytes;
         for (have, seen) in [
-            (&mut self.feature, &span.feature),
-            (&mut self.user, &span.user),
-            (&mut self.session, &span.session),
+            (&mut self.feature, &mut span.feature),
+            (&mut self.user, &mut span.user),
+            (&mut self.session, &mut span.session),
         ] {
             if have.is_none() {
-                *have = seen.as_deref().map(str::to_string);
+                *have = seen.as_mut().map(take);
             }
         }
-        for (list, seen) in [
-            (&mut self.models, &span.model),
-            (&mut self.providers, &span.provider),
-        ] {
-            add_new(list, seen.as_deref());
-        }
-        add_new(&mut self.models, span.requested_model.as_deref());
+        add_new(&mut self.models, &mut span.model);
+        add_new(&mut self.providers, &mut span.provider);
+        add_new(&mut self.models, &mut span.requested_model);
+    }
+}
+
+/// The text of `text`, taken when owned (left empty), copied when borrowed.
+fn take(text: &mut Cow<'_, str>) -> String {
+    match std::mem::take(text) {
+        Cow::Owned(s) => s,
+        Cow::Borrowed(s) => s.to_string(),
     }
 }
 
 /// Adds `value` to `list` unless it is there already.
-fn add_new(list: &mut Vec<String>, value: Option<&str>) {
+fn add_new(list: &mut Vec<String>, value: &mut Option<Cow<'_, str>>) {
     if let Some(v) = value
         && !list.iter().any(|known| known == v)
     {
-        list.push(v.to_string());
+        list.push(take(v));
     }
 }
 
 /// What a trace's row takes from one of its spans. Read from the span where it is (borrowed),
 /// or, for a call's span encoded on the request's worker, copied out to go with its bytes to
 /// the writer ([`SpanFacts::into_owned`]).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct SpanFacts<'a> {
     pub trace_id: [u8; 16],
     pub span_id: [u8; 8],
