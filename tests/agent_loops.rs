@@ -663,6 +663,90 @@ async fn an_execute_tool_span_the_app_sends_over_otlp_replaces_the_gateways() {
     );
 }
 
+/// Before any app has sent spans, the gateway's tool spans go out at once; an app span of the
+/// same call that arrives later replaces the gateway's in the stored trace.
+#[tokio::test]
+async fn an_app_tool_span_arriving_after_the_gateway_s_replaces_it_in_the_store() {
+    let mock = Mock::start(openai).await;
+    let gw = gateway_for(&mock, "").await;
+    let first = post(&gw, "/openai/v1/chat/completions", &[], CHAT_1).await;
+    let trace = header(&first, "x-sidetrace-trace-id");
+    post(&gw, "/openai/v1/chat/completions", &[], &chat_2()).await;
+    // Both calls and the gateway's two tool spans are stored.
+    let spans = trace_with(&gw, &trace, 4).await;
+    let call_span = by_name(&spans, "execute_tool get_weather")["parent_span_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let app_span = json!({"resourceSpans": [{
+    "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "weather-agent"}}]},
+    "scopeSpans": [{"scope": {"name": "weather-agent"}, "spans": [{
+        "traceId": trace, "spanId": "b1b2b3b4b5b6b7b8", "parentSpanId": call_span,
+        "name": "execute_tool get_weather", "kind": 1,
+        "startTimeUnixNano": (now - 1_000_000).to_string(), "endTimeUnixNano": now.to_string(),
+        "attributes": [
+            {"key": "gen_ai.operation.name", "value": {"stringValue": "execute_tool"}},
+            {"key": "gen_ai.tool.call.id", "value": {"stringValue": "call_weather"}}
+        ]}]}]}]});
+    let addr = gw.ingest_http_addr.expect("the receiver is on");
+    let req = http::Request::post(format!("http://{addr}/v1/traces"))
+        .header("content-type", "application/json")
+        .body(full_body(app_span.to_string()))
+        .unwrap();
+    assert_eq!(client().request(req).await.unwrap().status(), 200);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let trace_json = loop {
+        let t = admin_get(&gw, &format!("/api/traces/{trace}")).await.json();
+        if t["spans"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["span_id"] == "b1b2b3b4b5b6b7b8")
+        {
+            break t;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the app's span never came: {t:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let spans = trace_json["spans"].as_array().unwrap();
+    let weather: Vec<_> = spans
+        .iter()
+        .filter(|s| s["attributes"]["gen_ai.tool.call.id"] == "call_weather")
+        .collect();
+    assert_eq!(weather.len(), 1, "one span for the call: {spans:#?}");
+    assert_eq!(weather[0]["service"], "weather-agent", "the app's");
+    assert_eq!(trace_json["tool_spans_replaced"], 1);
+    assert_eq!(trace_json["trace"]["spans"], 4, "{trace_json:#}");
+    // The other call's tool span is the gateway's still; the download leaves the replaced out.
+    assert_eq!(
+        by_name(spans, "execute_tool get_time")["parent_span_id"],
+        call_span.as_str()
+    );
+    let otlp = admin_get(&gw, &format!("/api/traces/{trace}/otlp"))
+        .await
+        .json();
+    let weather_spans = otlp["resourceSpans"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|r| r["scopeSpans"].as_array().unwrap())
+        .flat_map(|s| s["spans"].as_array().unwrap())
+        .filter(|s| {
+            s["attributes"].as_array().unwrap().iter().any(|a| {
+                a["key"] == "gen_ai.tool.call.id" && a["value"]["stringValue"] == "call_weather"
+            })
+        })
+        .count();
+    assert_eq!(weather_spans, 1, "{otlp:#}");
+}
+
 #[tokio::test]
 async fn a_retried_answer_joins_the_same_trace_and_makes_no_second_tool_span() {
     let attempts = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));

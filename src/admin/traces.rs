@@ -177,6 +177,9 @@ fn tree_json(t: &TraceTree) -> Value {
     if t.unreadable > 0 {
         out["spans_unreadable"] = t.unreadable.into();
     }
+    if t.replaced_tool_spans > 0 {
+        out["tool_spans_replaced"] = t.replaced_tool_spans.into();
+    }
     out
 }
 

@@ -7,6 +7,7 @@ use super::{
     SessionSummary, StoredSpan, Totals, TraceStore, TraceSummary, decode, log::Pointer,
     open::TraceRow, rows::Rows, tags::TagFilter, time_key, trace_id_of,
 };
+use crate::trace::span::AttrValue;
 
 /// Rows the time index gives a reader at a time (its lock is not held while they are read).
 const TIME_PAGE: usize = 64;
@@ -142,6 +143,9 @@ pub struct TraceTree {
     /// Spans the trace counts that could not be read back: their span file is gone, cut short
     /// or damaged (the CRC of each record tells).
     pub unreadable: usize,
+    /// The gateway's tool spans left out, the app's own span of the same tool call being in
+    /// the trace ([`without_tool_spans_the_app_reported`]).
+    pub replaced_tool_spans: usize,
 }
 
 impl TraceQuery {
@@ -357,6 +361,12 @@ impl TraceStore {
                 "spans of a stored trace could not be read back: their span file is gone, cut short or damaged"
             );
         }
+        let (spans, replaced_tool_spans) = without_tool_spans_the_app_reported(spans);
+        let mut summary = summary;
+        summary.totals.spans = summary
+            .totals
+            .spans
+            .saturating_sub(replaced_tool_spans as u64);
         let mut resources = HashMap::new();
         for s in &spans {
             if !resources.contains_key(&s.resource)
@@ -371,6 +381,7 @@ impl TraceStore {
             nodes,
             resources,
             unreadable,
+            replaced_tool_spans,
         }))
     }
 
@@ -492,6 +503,37 @@ pub(super) fn counted_twice(
         }
     }
     twice
+}
+
+/// `spans` without the gateway's tool spans (`execute_tool`, read from the wire) of a tool call
+/// the app reported a span of its own for in the trace (`gen_ai.tool.call.id`), and how many
+/// were left out. The gateway holds its tool span for `tool_app_span_grace_ms` once any app
+/// sends spans, and drops it when the app's arrives meanwhile; but the app's may come later
+/// (its exporter was slow, or this was the first trace after a start, before the gateway knew
+/// the app sends spans), and both were kept. The app's wins, as it does within the grace: it
+/// knows the tool's real timing.
+fn without_tool_spans_the_app_reported(spans: Vec<StoredSpan>) -> (Vec<StoredSpan>, usize) {
+    let text = |s: &StoredSpan, key: &str| match s.span.attr(key) {
+        Some(AttrValue::Str(v)) => Some(v.to_string()),
+        _ => None,
+    };
+    let reported: HashSet<String> = spans
+        .iter()
+        .filter(|s| s.scope_name != GATEWAY_SCOPE)
+        .filter_map(|s| text(s, "gen_ai.tool.call.id"))
+        .collect();
+    if reported.is_empty() {
+        return (spans, 0);
+    }
+    let replaced = |s: &StoredSpan| {
+        s.scope_name == GATEWAY_SCOPE
+            && text(s, "gen_ai.operation.name").as_deref() == Some("execute_tool")
+            && text(s, "gen_ai.tool.call.id").is_some_and(|id| reported.contains(&id))
+    };
+    let before = spans.len();
+    let kept: Vec<StoredSpan> = spans.into_iter().filter(|s| !replaced(s)).collect();
+    let replaced = before - kept.len();
+    (kept, replaced)
 }
 
 /// Each span's place in `spans` by its id.
