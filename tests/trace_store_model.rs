@@ -1562,3 +1562,63 @@ fn values_that_share_a_hash_are_told_apart() {
         assert_eq!(ids, of(value));
     }
 }
+
+/// The gateway's tool span of a call the app reported a span of its own for (which came after
+/// the gateway's) is left out of the trace as read: its span and its error are not counted.
+#[test]
+fn a_gateway_tool_span_the_app_reported_too_is_left_out_with_its_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = open(dir.path(), u64::MAX, Duration::from_secs(86_400));
+    let now = now_unix_nanos();
+    let call = simple(1, 1, now);
+    let tool = |span: u8, call_id: &str, error: bool| {
+        let mut s = simple(1, span, now + 1_000);
+        s.parent_span_id = Some(call.span_id);
+        s.name = "execute_tool get_weather".into();
+        s.attributes = vec![
+            (
+                "gen_ai.operation.name".into(),
+                AttrValue::Str("execute_tool".into()),
+            ),
+            ("gen_ai.tool.call.id".into(), AttrValue::Str(call_id.into())),
+        ];
+        if error {
+            s.status = SpanStatus::Error("the tool returned an error".into());
+        }
+        s
+    };
+    put(&store, call.clone(), None);
+    // The gateway's spans of two calls, one an error; then the app's of the first.
+    put(&store, tool(2, "call_weather", true), None);
+    put(&store, tool(3, "call_time", false), None);
+    let mut app = tool(4, "call_weather", false);
+    app.parent_span_id = Some(call.span_id);
+    store.submit(Ingest {
+        span: app,
+        origin: Arc::new(Origin {
+            resource: vec![("service.name".into(), "weather-agent".into())],
+            scope_name: "weather-agent".into(),
+            scope_version: "1".into(),
+        }),
+        cost_pico_usd: None,
+    });
+    assert!(store.caught_up(Duration::from_secs(30)));
+    let tree = store.trace(&trace_id(1)).unwrap().unwrap();
+    let ids: Vec<u8> = tree
+        .nodes
+        .iter()
+        .map(|n| n.stored.span.span_id[1])
+        .collect();
+    assert_eq!(ids.len(), 3, "{ids:?}");
+    assert!(
+        !ids.contains(&2),
+        "the gateway's span of call_weather is left out: {ids:?}"
+    );
+    assert_eq!(tree.replaced_tool_spans, 1);
+    assert_eq!(tree.summary.totals.spans, 3);
+    assert_eq!(
+        tree.summary.totals.errors, 0,
+        "the left-out span's error with it"
+    );
+    store.close();
+}

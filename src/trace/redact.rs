@@ -893,7 +893,16 @@ mod tests {
                 }
             }
         }
-        assert!(could_match(&format!("{}٣", "x".repeat(33))));
+        // A digit other than ASCII's, inside a chunk and after the last.
+        for at in [0, 5, 15, 16, 30, 33] {
+            let text = format!("{}٣{}", "x".repeat(at), "x".repeat(33 - at));
+            assert!(could_match(&text), "{text}");
+        }
+        assert!(!could_match(&format!(
+            "{}é{}",
+            "x".repeat(5),
+            "x".repeat(28)
+        )));
     }
 
     #[test]

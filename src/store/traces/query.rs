@@ -361,12 +361,13 @@ impl TraceStore {
                 "spans of a stored trace could not be read back: their span file is gone, cut short or damaged"
             );
         }
-        let (spans, replaced_tool_spans) = without_tool_spans_the_app_reported(spans);
+        let (spans, replaced) = without_tool_spans_the_app_reported(spans);
         let mut summary = summary;
-        summary.totals.spans = summary
-            .totals
-            .spans
-            .saturating_sub(replaced_tool_spans as u64);
+        for t in replaced.iter().map(StoredSpan::totals) {
+            summary.totals.spans = summary.totals.spans.saturating_sub(t.spans);
+            summary.totals.errors = summary.totals.errors.saturating_sub(t.errors);
+        }
+        let replaced_tool_spans = replaced.len();
         let mut resources = HashMap::new();
         for s in &spans {
             if !resources.contains_key(&s.resource)
@@ -506,13 +507,15 @@ pub(super) fn counted_twice(
 }
 
 /// `spans` without the gateway's tool spans (`execute_tool`, read from the wire) of a tool call
-/// the app reported a span of its own for in the trace (`gen_ai.tool.call.id`), and how many
-/// were left out. The gateway holds its tool span for `tool_app_span_grace_ms` once any app
-/// sends spans, and drops it when the app's arrives meanwhile; but the app's may come later
-/// (its exporter was slow, or this was the first trace after a start, before the gateway knew
-/// the app sends spans), and both were kept. The app's wins, as it does within the grace: it
-/// knows the tool's real timing.
-fn without_tool_spans_the_app_reported(spans: Vec<StoredSpan>) -> (Vec<StoredSpan>, usize) {
+/// the app reported a span of its own for in the trace (`gen_ai.tool.call.id`), and the spans
+/// left out. The gateway holds its tool span for `tool_app_span_grace_ms` once any app sends
+/// spans, and drops it when the app's arrives meanwhile; but the app's may come later (its
+/// exporter was slow, or this was the first trace after a start, before the gateway knew the
+/// app sends spans), and both were kept. The app's wins, as it does within the grace: it knows
+/// the tool's real timing.
+fn without_tool_spans_the_app_reported(
+    spans: Vec<StoredSpan>,
+) -> (Vec<StoredSpan>, Vec<StoredSpan>) {
     let text = |s: &StoredSpan, key: &str| match s.span.attr(key) {
         Some(AttrValue::Str(v)) => Some(v.to_string()),
         _ => None,
@@ -523,17 +526,13 @@ fn without_tool_spans_the_app_reported(spans: Vec<StoredSpan>) -> (Vec<StoredSpa
         .filter_map(|s| text(s, "gen_ai.tool.call.id"))
         .collect();
     if reported.is_empty() {
-        return (spans, 0);
+        return (spans, Vec::new());
     }
-    let replaced = |s: &StoredSpan| {
-        s.scope_name == GATEWAY_SCOPE
+    spans.into_iter().partition(|s| {
+        !(s.scope_name == GATEWAY_SCOPE
             && text(s, "gen_ai.operation.name").as_deref() == Some("execute_tool")
-            && text(s, "gen_ai.tool.call.id").is_some_and(|id| reported.contains(&id))
-    };
-    let before = spans.len();
-    let kept: Vec<StoredSpan> = spans.into_iter().filter(|s| !replaced(s)).collect();
-    let replaced = before - kept.len();
-    (kept, replaced)
+            && text(s, "gen_ai.tool.call.id").is_some_and(|id| reported.contains(&id)))
+    })
 }
 
 /// Each span's place in `spans` by its id.
