@@ -207,19 +207,6 @@ fn nanos(t: std::time::SystemTime) -> u64 {
         .map_or(0, |d| d.as_nanos() as u64)
 }
 
-/// The attributes that carry a call's captured content.
-const CONTENT_ATTRIBUTES: [&str; 9] = [
-    REQUEST_BODY,
-    "gen_ai.input.messages",
-    "gen_ai.system_instructions",
-    "gen_ai.tool.definitions",
-    "gen_ai.output.messages",
-    "sidetrace.input.message_count",
-    "sidetrace.input.messages_omitted",
-    "sidetrace.content.truncated",
-    "sidetrace.content.level",
-];
-
 /// The store's own attribute for the request body it keeps in place of the request side's
 /// content (`CapturedContent::request_body`); never exported, read into the GenAI attributes
 /// whenever the store reads the span ([`expand_content`]), and dropped from received spans.
@@ -251,13 +238,26 @@ fn push_content(a: &mut Vec<(AttrKey, AttrValue)>, c: CapturedContent) {
 /// Whether `key` is one of the attributes that carry a span's content (what the local store
 /// replaces with its own, see [`content_attributes`]).
 pub fn is_content(key: &str) -> bool {
-    CONTENT_ATTRIBUTES.contains(&key)
+    // A `match`: the store asks it of every attribute of every call's span.
+    matches!(
+        key,
+        REQUEST_BODY
+            | "gen_ai.input.messages"
+            | "gen_ai.system_instructions"
+            | "gen_ai.tool.definitions"
+            | "gen_ai.output.messages"
+            | "sidetrace.input.message_count"
+            | "sidetrace.input.messages_omitted"
+            | "sidetrace.content.truncated"
+            | "sidetrace.content.level"
+    )
 }
 
 /// The attributes the local store keeps in place of a span's content: `content`, and the
 /// level it was kept at (`sidetrace.content.level`). The store keeps content at its own level.
 pub fn content_attributes(content: CapturedContent) -> Vec<(AttrKey, AttrValue)> {
-    let mut attributes = Vec::with_capacity(CONTENT_ATTRIBUTES.len());
+    // Room for every content attribute.
+    let mut attributes = Vec::with_capacity(9);
     let level = content.level.unwrap_or(CaptureLevel::None);
     push_content(&mut attributes, content);
     attributes.push((
@@ -562,7 +562,6 @@ mod tests {
 
     #[test]
     fn the_content_attributes_are_the_ones_is_content_names() {
-        assert!(CONTENT_ATTRIBUTES.iter().all(|k| is_content(k)));
         let content = content_attributes(CapturedContent {
             level: Some(CaptureLevel::Redacted),
             input_messages: Some("[]".into()),
@@ -575,7 +574,8 @@ mod tests {
             request_body: Some("chat_completions 16384\n{}".into()),
             ..CapturedContent::default()
         });
-        assert_eq!(content.len(), CONTENT_ATTRIBUTES.len());
+        // Every one there is, each named by `is_content`.
+        assert_eq!(content.len(), 9);
         assert!(content.iter().all(|(k, _)| is_content(k)));
         for other in [
             "gen_ai.request.model",

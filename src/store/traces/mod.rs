@@ -1200,10 +1200,10 @@ impl TraceStore {
         now: Instant,
     ) -> &'a mut OpenTrace {
         open.touch(id, now, || match row {
-            Some(row) => OpenTrace::reopened(row),
+            Some(row) => OpenTrace::reopened(row, now),
             None => {
                 self.counts().traces += 1;
-                OpenTrace::new(id)
+                OpenTrace::new(id, now)
             }
         })
     }

@@ -44,21 +44,22 @@ pub(super) struct OpenTrace {
 const FEW_SPANS: usize = 32;
 
 impl OpenTrace {
-    pub fn new(trace_id: [u8; 16]) -> OpenTrace {
+    /// A new trace, opened `now`.
+    pub fn new(trace_id: [u8; 16], now: Instant) -> OpenTrace {
         OpenTrace {
             summary: TraceSummary::new(trace_id),
             spans: Vec::new(),
             span_ids: None,
             written: None,
             first_new: None,
-            opened: Instant::now(),
-            touched: Instant::now(),
+            opened: now,
+            touched: now,
         }
     }
 
     /// Opened again from its written row.
-    pub fn reopened(row: TraceRow) -> OpenTrace {
-        let mut trace = OpenTrace::new(row.summary.trace_id);
+    pub fn reopened(row: TraceRow, now: Instant) -> OpenTrace {
+        let mut trace = OpenTrace::new(row.summary.trace_id, now);
         trace.summary = row.summary.clone();
         trace.written = Some(Box::new(row.summary));
         for (id, p) in row.spans {
@@ -307,7 +308,7 @@ mod tests {
         let mut open = OpenTraces::default();
         for i in 0..4u8 {
             open.touch([i; 16], now + Duration::from_secs(u64::from(i)), || {
-                OpenTrace::new([i; 16])
+                OpenTrace::new([i; 16], Instant::now())
             });
         }
         // Trace 0 takes spans again last: its first entry is stale.
@@ -325,7 +326,7 @@ mod tests {
         assert_eq!(ids(open.take_due(last + SEAL_IDLE, 10)), vec![3, 0]);
         assert_eq!(open.len(), 0);
         // A trace that never goes quiet is written once it has been open for OPEN_LONGEST.
-        let busy = OpenTrace::new([9; 16]);
+        let busy = OpenTrace::new([9; 16], Instant::now());
         let opened = busy.opened;
         open.touch([9; 16], opened, || busy);
         let mut at = opened;
@@ -344,14 +345,14 @@ mod tests {
             offset: 0,
             len: 1,
         };
-        let mut trace = OpenTrace::new([1; 16]);
+        let mut trace = OpenTrace::new([1; 16], Instant::now());
         for i in 0..100u64 {
             assert!(trace.add_span(i.to_be_bytes(), p));
             assert!(!trace.add_span(i.to_be_bytes(), p), "span {i} again");
             assert!(!trace.add_span(0u64.to_be_bytes(), p));
         }
         assert_eq!(trace.spans.len(), 100);
-        let reopened = OpenTrace::reopened(trace.row());
+        let reopened = OpenTrace::reopened(trace.row(), Instant::now());
         assert_eq!(reopened.spans.len(), 100);
         let mut reopened = reopened;
         assert!(!reopened.add_span(50u64.to_be_bytes(), p));
