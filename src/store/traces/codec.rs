@@ -22,9 +22,11 @@ use crate::trace::span::{
     AttrKey, AttrValue, SpanEvent, SpanLink, SpanRecord, SpanStatus, expand_content,
 };
 
-/// The first byte of a binary span record: version 1, then version 2 (a CRC of the record).
+/// The first byte of a binary span record: version 1, then version 2 (a CRC of the record),
+/// then version 3 (an attribute key of [`KNOWN_KEYS`] written as its place in it).
 const SPAN_V1: u8 = 0xB1;
 const SPAN_V2: u8 = 0xB2;
+const SPAN_V3: u8 = 0xB3;
 /// The first byte of a binary summary (version 1).
 const SUMMARY_V1: u8 = 0xC1;
 /// Version 2: version 1 and a byte of flags (`TraceSummary::same_call`).
@@ -32,6 +34,125 @@ const SUMMARY_V2: u8 = 0xC2;
 /// A span record's tag and length (version 1); and its CRC-32 of what follows (version 2).
 const SPAN_HEADER_V1: usize = 5;
 const SPAN_HEADER: usize = 9;
+
+/// [`KNOWN_KEYS`] and [`known_key`] from one list.
+macro_rules! known_keys {
+    ($(#[$doc:meta])* $($key:literal),* $(,)?) => {
+        $(#[$doc])*
+        const KNOWN_KEYS: &[&str] = &[$($key),*];
+
+        /// The place of `key` in [`KNOWN_KEYS`]: a `match`, which the compiler makes a test of
+        /// the length and a comparison or two, each place worked out at compile time.
+        fn known_key(key: &str) -> Option<u32> {
+            match key {
+                $($key => Some(const { place($key) }),)*
+                _ => None,
+            }
+        }
+    };
+}
+
+known_keys! {
+    /// Attribute keys written as their place in this list (with [`KNOWN`] set) rather than as
+    /// text: the keys of the gateway's own spans and the GenAI conventions' commonest. A call's
+    /// span has about 25 attributes, whose keys were 650 of its 1,500 bytes, copied on the
+    /// request path, checksummed, written, and read back as new strings each time. The list
+    /// only ever grows at its end: a record names a key by its place. A binary of an earlier
+    /// version does not read a version 3 record (it counts it unreadable).
+    "gen_ai.operation.name",
+    "gen_ai.provider.name",
+    "gen_ai.request.model",
+    "gen_ai.response.model",
+    "gen_ai.response.id",
+    "gen_ai.response.finish_reasons",
+    "gen_ai.response.time_to_first_chunk",
+    "gen_ai.usage.input_tokens",
+    "gen_ai.usage.output_tokens",
+    "gen_ai.usage.cache_read.input_tokens",
+    "gen_ai.usage.cache_creation.input_tokens",
+    "gen_ai.usage.reasoning.output_tokens",
+    "gen_ai.request.max_tokens",
+    "gen_ai.request.temperature",
+    "gen_ai.request.top_p",
+    "gen_ai.request.top_k",
+    "gen_ai.request.seed",
+    "gen_ai.request.stop_sequences",
+    "gen_ai.request.stream",
+    "gen_ai.request.presence_penalty",
+    "gen_ai.request.frequency_penalty",
+    "gen_ai.request.choice.count",
+    "gen_ai.conversation.id",
+    "gen_ai.input.messages",
+    "gen_ai.output.messages",
+    "gen_ai.system_instructions",
+    "gen_ai.tool.definitions",
+    "gen_ai.tool.name",
+    "gen_ai.tool.type",
+    "gen_ai.tool.description",
+    "gen_ai.tool.call.id",
+    "gen_ai.tool.call.arguments",
+    "gen_ai.tool.call.result",
+    "gen_ai.agent.id",
+    "gen_ai.agent.name",
+    "gen_ai.agent.description",
+    "gen_ai.output.type",
+    "gen_ai.data_source.id",
+    "gen_ai.evaluation.name",
+    "gen_ai.evaluation.score.value",
+    "gen_ai.evaluation.score.label",
+    "gen_ai.evaluation.explanation",
+    "server.address",
+    "server.port",
+    "http.response.status_code",
+    "error.type",
+    "feature.id",
+    "user.id",
+    "session.id",
+    "session.path",
+    "prompt.template_id",
+    "prompt.version",
+    "tag.tags",
+    "cost.usd",
+    "openai.api.type",
+    "sidetrace.provider",
+    "sidetrace.outcome",
+    "sidetrace.price.model",
+    "sidetrace.cost.input_usd",
+    "sidetrace.cost.output_usd",
+    "sidetrace.key.name",
+    "sidetrace.request.body_bytes",
+    "sidetrace.session.name",
+    "sidetrace.content.level",
+    "sidetrace.content.truncated",
+    "sidetrace.content.request_body",
+    "sidetrace.input.message_count",
+    "sidetrace.input.messages_omitted",
+    "sidetrace.tool.unanswered",
+    "sidetrace.tool.unanswered_reason",
+}
+
+/// Set in a key's length when it is a place in [`KNOWN_KEYS`] instead (a real length is less
+/// than its record, and the reader checks it against the bytes left).
+const KNOWN: u32 = 1 << 31;
+
+/// The place of `key` in [`KNOWN_KEYS`], at compile time ([`known_key`]).
+const fn place(key: &str) -> u32 {
+    let mut i = 0;
+    while i < KNOWN_KEYS.len() {
+        let (k, want) = (KNOWN_KEYS[i].as_bytes(), key.as_bytes());
+        if k.len() == want.len() {
+            let mut j = 0;
+            while j < k.len() && k[j] == want[j] {
+                j += 1;
+            }
+            if j == k.len() {
+                return i as u32;
+            }
+        }
+        i += 1;
+    }
+    panic!("not a known key")
+}
 
 /// Appends `stored` to `out` as one self-delimiting record.
 #[cfg(test)]
@@ -61,7 +182,7 @@ pub(super) fn encode_span_parts<'a>(
     out: &mut Vec<u8>,
 ) {
     let at = out.len();
-    out.push(SPAN_V2);
+    out.push(SPAN_V3);
     out.extend_from_slice(&[0; 8]);
     out.extend_from_slice(&s.trace_id);
     out.extend_from_slice(&s.span_id);
@@ -132,7 +253,7 @@ pub(super) fn decode_span(bytes: &[u8]) -> Option<StoredSpan> {
 /// counts a span (a replay, a trace counted again from its spans).
 pub(super) fn decode_span_as_written(bytes: &[u8]) -> Option<StoredSpan> {
     let body = match *bytes.first()? {
-        SPAN_V2 => {
+        SPAN_V2 | SPAN_V3 => {
             let crc = u32::from_le_bytes(bytes.get(5..SPAN_HEADER)?.try_into().ok()?);
             let body = bytes.get(SPAN_HEADER..)?;
             (crc32fast::hash(body) == crc).then_some(body)?
@@ -152,7 +273,7 @@ pub(super) fn decode_span_as_written(bytes: &[u8]) -> Option<StoredSpan> {
 /// after it.
 pub(super) fn next_span(bytes: &[u8]) -> Option<(Option<StoredSpan>, usize)> {
     match bytes.first()? {
-        &SPAN_V1 | &SPAN_V2 => {
+        &SPAN_V1 | &SPAN_V2 | &SPAN_V3 => {
             let len = u32::from_le_bytes(bytes.get(1..5)?.try_into().ok()?) as usize;
             // A length shorter than a header is damage that would not move the reader on.
             if len < SPAN_HEADER_V1 {
@@ -236,6 +357,14 @@ fn str(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(s.as_bytes());
 }
 
+/// An attribute key: its place in [`KNOWN_KEYS`], else its text.
+fn key(out: &mut Vec<u8>, key: &str) {
+    match known_key(key) {
+        Some(place) => out.extend_from_slice(&(KNOWN | place).to_le_bytes()),
+        None => str(out, key),
+    }
+}
+
 fn opt_str(out: &mut Vec<u8>, s: Option<&str>) {
     match s {
         Some(s) => {
@@ -255,7 +384,7 @@ fn attributes<'a, K: AsRef<str> + 'a>(
     count(out, 0);
     let mut n = 0;
     for (k, v) in attrs {
-        str(out, k.as_ref());
+        key(out, k.as_ref());
         value(out, v);
         n += 1;
     }
@@ -350,12 +479,21 @@ impl Reader<'_> {
         (0..n).map(|_| self.str()).collect()
     }
 
-    fn attributes<K: From<String>>(&mut self) -> Option<Vec<(K, AttrValue)>> {
-        // A key's length (4) and a value's tag and smallest body (2).
+    fn attributes<K: From<String> + From<&'static str>>(&mut self) -> Option<Vec<(K, AttrValue)>> {
+        // A key's length or place (4) and a value's tag and smallest body (2).
         let n = self.count(6)?;
-        (0..n)
-            .map(|_| Some((self.str()?.into(), self.value()?)))
-            .collect()
+        (0..n).map(|_| Some((self.key()?, self.value()?))).collect()
+    }
+
+    /// An attribute key: a place in [`KNOWN_KEYS`] (its text not copied), else its text.
+    fn key<K: From<String> + From<&'static str>>(&mut self) -> Option<K> {
+        let [a, b, c, d] = *self.0.first_chunk::<4>()?;
+        let n = u32::from_le_bytes([a, b, c, d]);
+        if n & KNOWN == 0 {
+            return self.str().map(K::from);
+        }
+        self.0 = &self.0[4..];
+        KNOWN_KEYS.get((n & !KNOWN) as usize).map(|&k| K::from(k))
     }
 
     fn value(&mut self) -> Option<AttrValue> {
@@ -735,7 +873,7 @@ mod tests {
         let stored = sample();
         let mut record = Vec::new();
         encode_span(&stored, &mut record);
-        assert_eq!(record[0], SPAN_V2);
+        assert_eq!(record[0], SPAN_V3);
         assert!(same(&decode_span(&record).unwrap(), &stored));
         for at in [SPAN_HEADER, record.len() / 2, record.len() - 1] {
             let mut damaged = record.clone();
@@ -748,6 +886,77 @@ mod tests {
         assert!(same(&decode_span(&v1).expect("version 1 reads"), &stored));
         let (_, len) = next_span(&v1).unwrap();
         assert_eq!(len, v1.len());
+    }
+
+    /// A known key is written as its place in four bytes and read back as the key itself
+    /// (not a copy); any other key as its text. Records of version 2, every key as text,
+    /// still read; a place past the list is damage.
+    #[test]
+    fn known_keys_are_written_as_their_place() {
+        let mut seen = std::collections::HashSet::new();
+        for (i, k) in KNOWN_KEYS.iter().enumerate() {
+            assert!(seen.insert(*k), "{k} twice");
+            assert_eq!(known_key(k), Some(i as u32), "{k}");
+        }
+        for other in [
+            "",
+            "gen_ai",
+            "gen_ai.request.model ",
+            "Gen_ai.request.model",
+            "k",
+        ] {
+            assert_eq!(known_key(other), None, "{other}");
+        }
+        // The places are for ever: a record names a key by its place.
+        assert_eq!(KNOWN_KEYS[0], "gen_ai.operation.name");
+        assert_eq!(KNOWN_KEYS[7], "gen_ai.usage.input_tokens");
+        assert_eq!(KNOWN_KEYS[69], "sidetrace.tool.unanswered_reason");
+
+        let mut stored = sample();
+        let (mut known, mut unknown) = (Vec::new(), Vec::new());
+        encode_span(&stored, &mut known);
+        for (k, _) in &mut stored.span.attributes {
+            *k = format!("x.{k}").into();
+        }
+        encode_span(&stored, &mut unknown);
+        let read = decode_span(&known).unwrap();
+        assert_eq!(read.span.attributes, sample().span.attributes);
+        assert!(
+            read.span
+                .attributes
+                .iter()
+                .take(4)
+                .all(|(k, _)| matches!(k, std::borrow::Cow::Borrowed(_))),
+            "known keys are not copied"
+        );
+        // Each known key's text in place of its four bytes, and two more bytes a key ("x.").
+        let text: usize = sample()
+            .span
+            .attributes
+            .iter()
+            .take(4)
+            .map(|(k, _)| k.len())
+            .sum();
+        assert_eq!(
+            unknown.len() - known.len(),
+            text + 2 * 5,
+            "four bytes a known key"
+        );
+        // Version 2: the same body, keys as text.
+        let mut v2 = unknown.clone();
+        v2[0] = SPAN_V2;
+        assert!(same(&decode_span(&v2).unwrap(), &stored));
+        // A place past the list.
+        let at = SPAN_HEADER
+            + known[SPAN_HEADER..]
+                .windows(4)
+                .position(|w| w == (KNOWN | 7).to_le_bytes())
+                .unwrap();
+        let mut past = known.clone();
+        past[at..at + 4].copy_from_slice(&(KNOWN | 4_000).to_le_bytes());
+        let crc = crc32fast::hash(&past[SPAN_HEADER..]);
+        past[5..SPAN_HEADER].copy_from_slice(&crc.to_le_bytes());
+        assert!(decode_span(&past).is_none());
     }
 
     #[test]
