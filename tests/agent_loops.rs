@@ -605,17 +605,9 @@ async fn tool_spans_are_exported_at_the_export_level_and_shutdown_ends_the_waiti
     collector.stop().await;
 }
 
-#[tokio::test]
-async fn an_execute_tool_span_the_app_sends_over_otlp_replaces_the_gateways() {
-    let mock = Mock::start(openai).await;
-    let gw = gateway_for(&mock, "[trace]\ntool_app_span_grace_ms = 200\n").await;
-    let first = post(&gw, "/openai/v1/chat/completions", &[], CHAT_1).await;
-    let trace = header(&first, "x-sidetrace-trace-id");
-    let call_span = trace_with(&gw, &trace, 1).await[0]["span_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    // The app's own SDK reports its tool call to the gateway's OTLP receiver.
+/// The app's `execute_tool get_weather` span of `call_weather`, sent to the gateway's OTLP
+/// receiver as an OpenTelemetry SDK sends it (service `weather-agent`), under `parent`.
+async fn send_app_tool_span(gw: &TestGateway, trace: &str, span_id: &str, parent: &str) {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -623,7 +615,7 @@ async fn an_execute_tool_span_the_app_sends_over_otlp_replaces_the_gateways() {
     let app_span = json!({"resourceSpans": [{
     "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "weather-agent"}}]},
     "scopeSpans": [{"scope": {"name": "weather-agent"}, "spans": [{
-        "traceId": trace, "spanId": "a1a2a3a4a5a6a7a8", "parentSpanId": call_span,
+        "traceId": trace, "spanId": span_id, "parentSpanId": parent,
         "name": "execute_tool get_weather", "kind": 1,
         "startTimeUnixNano": (now - 1_000_000).to_string(), "endTimeUnixNano": now.to_string(),
         "attributes": [
@@ -635,8 +627,21 @@ async fn an_execute_tool_span_the_app_sends_over_otlp_replaces_the_gateways() {
         .header("content-type", "application/json")
         .body(full_body(app_span.to_string()))
         .unwrap();
-    let answer = client().request(req).await.unwrap();
-    assert_eq!(answer.status(), 200);
+    assert_eq!(client().request(req).await.unwrap().status(), 200);
+}
+
+#[tokio::test]
+async fn an_execute_tool_span_the_app_sends_over_otlp_replaces_the_gateways() {
+    let mock = Mock::start(openai).await;
+    let gw = gateway_for(&mock, "[trace]\ntool_app_span_grace_ms = 200\n").await;
+    let first = post(&gw, "/openai/v1/chat/completions", &[], CHAT_1).await;
+    let trace = header(&first, "x-sidetrace-trace-id");
+    let call_span = trace_with(&gw, &trace, 1).await[0]["span_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // The app's own SDK reports its tool call to the gateway's OTLP receiver.
+    send_app_tool_span(&gw, &trace, "a1a2a3a4a5a6a7a8", &call_span).await;
     // The loop goes on: the gateway makes no span for call_weather (the app's wins) and one
     // for call_time, after the grace.
     post(&gw, "/openai/v1/chat/completions", &[], &chat_2()).await;
@@ -678,26 +683,7 @@ async fn an_app_tool_span_arriving_after_the_gateway_s_replaces_it_in_the_store(
         .as_str()
         .unwrap()
         .to_string();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    let app_span = json!({"resourceSpans": [{
-    "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "weather-agent"}}]},
-    "scopeSpans": [{"scope": {"name": "weather-agent"}, "spans": [{
-        "traceId": trace, "spanId": "b1b2b3b4b5b6b7b8", "parentSpanId": call_span,
-        "name": "execute_tool get_weather", "kind": 1,
-        "startTimeUnixNano": (now - 1_000_000).to_string(), "endTimeUnixNano": now.to_string(),
-        "attributes": [
-            {"key": "gen_ai.operation.name", "value": {"stringValue": "execute_tool"}},
-            {"key": "gen_ai.tool.call.id", "value": {"stringValue": "call_weather"}}
-        ]}]}]}]});
-    let addr = gw.ingest_http_addr.expect("the receiver is on");
-    let req = http::Request::post(format!("http://{addr}/v1/traces"))
-        .header("content-type", "application/json")
-        .body(full_body(app_span.to_string()))
-        .unwrap();
-    assert_eq!(client().request(req).await.unwrap().status(), 200);
+    send_app_tool_span(&gw, &trace, "b1b2b3b4b5b6b7b8", &call_span).await;
     let deadline = Instant::now() + Duration::from_secs(30);
     let trace_json = loop {
         let t = admin_get(&gw, &format!("/api/traces/{trace}")).await.json();
