@@ -13,6 +13,8 @@
 #     --store S      on | off | metadata: the trace store's setting (default on: the default)
 #     --no-export    no span export (default: export on, to a bench-mock sink)
 #     --conns C      connections of the closed loop (default 8)
+#     --body FILE    the chat request body to send (default: the bench's short chat), e.g. a
+#                    long conversation from `bench-load conversation`
 #     --bench DIR    where bench-load, bench-mock and bench-floor are (default:
 #                    $CARGO_TARGET_DIR/release)
 #
@@ -22,7 +24,7 @@
 # export's batches of those calls are counted). Needs valgrind (Debian: `apt-get install
 # valgrind`); about a minute a target. Stops exactly the processes it started.
 set -euo pipefail
-CALLS=3000 STORE=on CONNS=8 EXPORT=1
+CALLS=3000 STORE=on CONNS=8 EXPORT=1 BODY=()
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 BENCH=${CARGO_TARGET_DIR:-$HERE/../target}/release
 TARGETS=()
@@ -31,9 +33,10 @@ while [[ $# -gt 0 ]]; do
     --calls) CALLS=$2; shift ;;
     --store) STORE=$2; shift ;;
     --conns) CONNS=$2; shift ;;
+    --body) BODY=(--body "$2"); shift ;;
     --no-export) EXPORT=0 ;;
     --bench) BENCH=$2; shift ;;
-    -h | --help) sed -n '2,23p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,25p' "$0"; exit 0 ;;
     *) TARGETS+=("$1") ;;
     esac
     shift
@@ -89,10 +92,11 @@ for t in "${TARGETS[@]}"; do
     PIDS+=("$pid")
     wait_port "$port" 60
     url="http://127.0.0.1:$port/v1/chat/completions"
-    "$LOAD" run --mode chat --url "$url" --connections "$CONNS" --duration 120 --max-requests 500 >/dev/null
+    "$LOAD" run --mode chat "${BODY[@]}" --url "$url" --connections "$CONNS" --duration 120 \
+        --max-requests 500 >/dev/null
     sleep 2
     callgrind_control -z "$pid" >/dev/null 2>&1
-    "$LOAD" run --mode chat --url "$url" --connections "$CONNS" --duration 600 \
+    "$LOAD" run --mode chat "${BODY[@]}" --url "$url" --connections "$CONNS" --duration 600 \
         --max-requests "$CALLS" --out "$WORK/run$i.json" >/dev/null
     sleep 3
     callgrind_control -d "$pid" >/dev/null 2>&1
