@@ -591,16 +591,52 @@ mod tests {
         Redactor::new(&[("ticket".into(), r"TICKET-\d+".into())]).unwrap()
     }
 
-    /// The built-in patterns as written: Unicode `\b` and `\d`.
-    /// The built-in patterns as written (Unicode `\b` and `\d`), as one alternation, each in
-    /// a group named by its placeholder.
-    fn as_written() -> Regex {
+    /// The built-in patterns as one alternation, each in a group named by its placeholder,
+    /// each rewritten by `rewrite`.
+    fn alternation(rewrite: impl Fn(&str) -> String) -> Regex {
         let joined = PATTERNS
             .iter()
-            .map(|(name, p)| format!("(?P<{name}>{p})"))
+            .map(|(name, p)| format!("(?P<{name}>{})", rewrite(p)))
             .collect::<Vec<_>>()
             .join("|");
         Regex::new(&joined).unwrap()
+    }
+
+    /// The built-in patterns as written (Unicode `\b` and `\d`), as one alternation.
+    fn as_written() -> Regex {
+        alternation(str::to_string)
+    }
+
+    /// Searched from any place, in any text, the patterns one by one find what their
+    /// alternation (with the same ASCII `\b` and `\d`) finds, and say which one as its groups
+    /// do: the context before the place counts for both.
+    #[test]
+    fn the_patterns_one_by_one_find_what_their_alternation_finds_from_any_place() {
+        let ours = Redactor::new(&[]).unwrap();
+        let theirs = alternation(|p| p.replace(r"\b", r"(?-u:\b)").replace(r"\d", "[0-9]"));
+        for text in [
+            "Mail jane.doe@example.com or call +1 415-555-0132; card 4111 1111 1111 1111.",
+            "Écris à jane@exämple.fr, tél. 06 12 34 56 78, IBAN FR76 3000 6000 0112 3456 7890 189",
+            "Bearer\u{a0}abcdefghijklmnopqrstu and ſk-proj-abcdefghijklmnopqrstuvwx 10.1.2.3.4",
+            "日本語jane@example.com ::1 fe80::1ff:fe23:4567:890a SSN 123-45-6789 sk-abc",
+        ] {
+            for from in (0..text.len()).filter(|&i| text.is_char_boundary(i)) {
+                let a = ours
+                    .combined
+                    .search(&Input::new(text).range(from..))
+                    .map(|m| (m.start(), m.end(), PATTERNS[m.pattern().as_usize()].0));
+                let b = theirs.captures_at(text, from).map(|c| {
+                    let m = c.get(0).unwrap();
+                    let kind = PATTERNS
+                        .iter()
+                        .find(|(n, _)| c.name(n).is_some())
+                        .unwrap()
+                        .0;
+                    (m.start(), m.end(), kind)
+                });
+                assert_eq!(a, b, "{text:?} from {from}");
+            }
+        }
     }
 
     #[test]
