@@ -278,10 +278,7 @@ impl TraceSummary {
 
 /// The text of `text`, taken when owned (left empty), copied when borrowed.
 fn take(text: &mut Cow<'_, str>) -> String {
-    match std::mem::take(text) {
-        Cow::Owned(s) => s,
-        Cow::Borrowed(s) => s.to_string(),
-    }
+    std::mem::take(text).into_owned()
 }
 
 /// Adds `value` to `list` unless it is there already.
